@@ -6,7 +6,15 @@ line naming what is wrong and what is accepted; the command line prints it and e
 
 from __future__ import annotations
 
-__all__ = ["FlatlabError", "TopologyError", "TheoryError"]
+__all__ = [
+    "FlatlabError",
+    "TopologyError",
+    "TheoryError",
+    "DataError",
+    "ModelError",
+    "AlgorithmError",
+    "ConfigError",
+]
 
 
 class FlatlabError(ValueError):
@@ -19,3 +27,19 @@ class TopologyError(FlatlabError):
 
 class TheoryError(FlatlabError):
     """Inputs a spectral calculator or a bound cannot use."""
+
+
+class DataError(FlatlabError):
+    """A dataset, a partition or a sampler request that flatlab refuses (or files that are missing)."""
+
+
+class ModelError(FlatlabError):
+    """An unknown model or model options that do not fit the data."""
+
+
+class AlgorithmError(FlatlabError):
+    """An unknown algorithm or hyper-parameters it does not accept."""
+
+
+class ConfigError(FlatlabError):
+    """A run or sweep configuration with a field that is missing, unknown or out of range."""

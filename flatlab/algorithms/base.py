@@ -1,0 +1,164 @@
+"""The algorithm contract and the registry.
+
+Every algorithm is a small frozen dataclass of hyper-parameters with two methods (DESIGN.md §4):
+
+    state = algo.init(X0, oracle, mixer)
+    state = algo.step(state, batch, oracle, mixer, lr)
+
+``X0`` is the ``[n, P]`` node stack, ``oracle(X, batch) -> (losses [n], G [n, P])`` the gradient
+oracle, ``mixer`` the only way to communicate (``mix``, ``exchange``, ``mean``). The state is plain
+data: a dataclass of tensors shaped like ``X`` plus the step counter ``t``, so it checkpoints
+(:func:`state_dict` / :func:`load_state`), moves between devices and compares in tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, TypeVar
+
+import torch
+
+from flatlab.errors import AlgorithmError
+
+__all__ = [
+    "Algorithm",
+    "State",
+    "register",
+    "make",
+    "available",
+    "aliases",
+    "get",
+    "state_dict",
+    "load_state",
+]
+
+
+@dataclass(kw_only=True)
+class State:
+    """What every algorithm carries between steps.
+
+    Attributes:
+        x: ``[n, P]`` node parameters.
+        t: Number of steps taken (the round index of the next gossip).
+        loss: ``[n]`` minibatch losses at the last oracle call of the last step (``None`` when
+            the oracle gives none, or before the first step).
+    """
+
+    x: torch.Tensor
+    t: int = 0
+    loss: torch.Tensor | None = None
+
+    def replace(self, **changes: Any) -> State:
+        """A copy with some fields replaced (states are treated as immutable)."""
+        return dataclasses.replace(self, **changes)
+
+
+S = TypeVar("S", bound=State)
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """Base of all algorithms: hyper-parameters as frozen fields, plus ``init`` and ``step``.
+
+    Class attributes:
+        name: Registry name.
+        exact: True when the method reaches the exact minimizer with a constant step and exact
+            gradients (no heterogeneity bias).
+        vectors_per_neighbor: Vectors each node sends to each neighbour per step.
+    """
+
+    name: ClassVar[str] = ""
+    exact: ClassVar[bool] = False
+    vectors_per_neighbor: ClassVar[int] = 1
+
+    def init(self, X0: torch.Tensor, oracle: Callable, mixer: Any) -> State:  # noqa: N803
+        """Initial state from the ``[n, P]`` starting point."""
+        raise NotImplementedError
+
+    def step(self, state: State, batch: Any, oracle: Callable, mixer: Any, lr: float) -> State:
+        """One iteration with step size ``lr``."""
+        raise NotImplementedError
+
+    def hparams(self) -> dict[str, Any]:
+        """Hyper-parameters as a plain dict."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def _check(self, cond: bool, message: str) -> None:
+        if not cond:
+            raise AlgorithmError(f"{self.name}: {message}")
+
+
+_REGISTRY: dict[str, type[Algorithm]] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register(name: str, *alias: str) -> Callable[[type[Algorithm]], type[Algorithm]]:
+    """Class decorator adding an algorithm (and its aliases) to the registry."""
+
+    def deco(cls: type[Algorithm]) -> type[Algorithm]:
+        cls.name = name
+        _REGISTRY[name] = cls
+        for a in alias:
+            _ALIASES[a] = name
+        return cls
+
+    return deco
+
+
+def available() -> list[str]:
+    """Canonical names of all registered algorithms (aliases are in :func:`aliases`)."""
+    return sorted(_REGISTRY)
+
+
+def aliases() -> dict[str, str]:
+    """Alias -> canonical name (e.g. ``dsgd`` -> ``diffusion``)."""
+    return dict(_ALIASES)
+
+
+def get(name: str) -> type[Algorithm]:
+    """The class registered under ``name`` or an alias of it."""
+    key = _ALIASES.get(name, name)
+    if key not in _REGISTRY:
+        names = available() + sorted(_ALIASES)
+        raise AlgorithmError(f"unknown algorithm {name!r}; available: {', '.join(names)}")
+    return _REGISTRY[key]
+
+
+def make(name: str, **hparams: Any) -> Algorithm:
+    """Build an algorithm by name: ``make("centralized", momentum=0.9)``.
+
+    Raises:
+        AlgorithmError: Unknown name, unknown hyper-parameter, or a value out of range.
+    """
+    cls = get(name)
+    accepted = [f.name for f in fields(cls)]
+    unknown = sorted(set(hparams) - set(accepted))
+    if unknown:
+        acc = ", ".join(accepted) if accepted else "none"
+        raise AlgorithmError(f"{cls.name}: unknown hyper-parameter {', '.join(unknown)}; "
+                             f"accepted: {acc}")
+    return cls(**hparams)
+
+
+def state_dict(state: State) -> dict[str, Any]:
+    """The state as a plain dict (tensors cloned to the CPU), with its class name."""
+    out: dict[str, Any] = {"__class__": type(state).__name__}
+    for f in fields(state):
+        v = getattr(state, f.name)
+        out[f.name] = v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v
+    return out
+
+
+def load_state(d: dict[str, Any], like: S, device: torch.device | str | None = None) -> S:
+    """Rebuild a state saved by :func:`state_dict`, of the same class as ``like``."""
+    if d.get("__class__") != type(like).__name__:
+        raise AlgorithmError(f"checkpoint holds a {d.get('__class__')} state, the algorithm "
+                             f"uses {type(like).__name__}")
+    dev = like.x.device if device is None else device
+    kw = {}
+    for f in fields(like):
+        v = d[f.name]
+        kw[f.name] = v.to(dev) if isinstance(v, torch.Tensor) else v
+    return type(like)(**kw)

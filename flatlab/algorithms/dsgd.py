@@ -1,0 +1,93 @@
+"""Decentralized SGD in its three orders: consensus (DGD / D-PSGD), diffusion ATC and CTA.
+
+The three orders are different algorithms with different fixed points and messages
+(reference/algorithms.md §1.5, §2, §3; pitfall 1). In the row convention ``X ← W X``:
+
+==================  =====================================  ==========================
+name                update                                 gradient at
+==================  =====================================  ==========================
+``consensus``       ``X⁺ = W_t X − η G(X)``                the pre-mix iterate
+``diffusion``       ``X⁺ = W_t (X − η G(X))``              the own iterate (ATC)
+``diffusion-cta``   ``Φ = W_t X``, ``X⁺ = Φ − η G(Φ)``     the combined point
+==================  =====================================  ==========================
+
+``dsgd`` is an alias of ``diffusion``, the form Koloskova et al. (2020) and most deep-learning
+papers call DSGD.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from flatlab.algorithms.base import Algorithm, State, register
+
+__all__ = ["Consensus", "Diffusion", "DiffusionCTA"]
+
+
+class _Gossip(Algorithm):
+    def init(self, X0: torch.Tensor, oracle: Any, mixer: Any) -> State:  # noqa: N803
+        """The state is the iterate only."""
+        return State(x=X0.clone())
+
+
+@register("consensus", "dgd", "d-psgd")
+@dataclass(frozen=True)
+class Consensus(_Gossip):
+    """Consensus / DGD / D-PSGD (Lian et al., NeurIPS 2017; Nedić & Ozdaglar; Sayed).
+
+    ``x_i⁺ = Σ_j w_ij x_j − η ∇F_i(x_i; ξ_i)``, in matrix form ``X⁺ = W_t X − η G(X)``.
+
+    The gradient is taken at the pre-mix iterate, so it can overlap the exchange. Messages: one
+    vector (``x_j``) per neighbour. State: ``x``. Fixed point (constant ``η``, exact gradients):
+    ``X = W X − η ∇F(X)``, biased by ``O(η ζ*/(1 − ρ))``, larger than diffusion's
+    (reference/algorithms.md §16 item 4).
+    """
+
+    def step(self, state: State, batch: Any, oracle: Any, mixer: Any, lr: float) -> State:
+        """``X⁺ = W_t X − η G(X)``."""
+        loss, G = oracle(state.x, batch)
+        x = mixer.mix(state.x, state.t) - lr * G
+        return State(x=x, t=state.t + 1, loss=loss)
+
+
+@register("diffusion", "dsgd", "diffusion-atc", "atc")
+@dataclass(frozen=True)
+class Diffusion(_Gossip):
+    """Adapt-then-combine diffusion, DSGD (Koloskova et al., ICML 2020; Sayed's ATC).
+
+    ``ψ_i = x_i − η ∇F_i(x_i; ξ_i)``, ``x_i⁺ = Σ_j w_ij ψ_j``; matrix form
+    ``X⁺ = W_t (X − η G(X))``.
+
+    Messages: one vector (``ψ_j``) per neighbour. State: ``x``. Fixed point:
+    ``X = W (X − η ∇F(X))``, biased by ``O(η ζ* ρ/(1 − ρ))``. With ``W = J`` and equal starts it is
+    centralized SGD exactly (reference/algorithms.md §16 item 9).
+    """
+
+    def step(self, state: State, batch: Any, oracle: Any, mixer: Any, lr: float) -> State:
+        """``X⁺ = W_t (X − η G(X))``."""
+        loss, G = oracle(state.x, batch)
+        x = mixer.mix(state.x - lr * G, state.t)
+        return State(x=x, t=state.t + 1, loss=loss)
+
+
+@register("diffusion-cta", "cta")
+@dataclass(frozen=True)
+class DiffusionCTA(_Gossip):
+    """Combine-then-adapt diffusion (Sayed; Chen & Sayed 2012).
+
+    ``φ_i = Σ_j w_ij x_j``, ``x_i⁺ = φ_i − η ∇F_i(φ_i; ξ_i)``; matrix form ``Φ = W_t X``,
+    ``X⁺ = Φ − η G(Φ)``.
+
+    The gradient is taken at the combined point, so communication and computation are
+    sequential. Messages: one vector (``x_j``) per neighbour. State: ``x``. Fixed point:
+    ``X = W X − η ∇F(W X)``, biased.
+    """
+
+    def step(self, state: State, batch: Any, oracle: Any, mixer: Any, lr: float) -> State:
+        """``Φ = W_t X``, ``X⁺ = Φ − η G(Φ)``."""
+        phi = mixer.mix(state.x, state.t)
+        loss, G = oracle(phi, batch)
+        return State(x=phi - lr * G, t=state.t + 1, loss=loss)

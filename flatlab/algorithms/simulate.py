@@ -1,0 +1,104 @@
+"""Run any registered algorithm on a written-down objective, with no neural model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from flatlab.algorithms.base import Algorithm, State, make
+from flatlab.comm.simulated import SimulatedMixer
+from flatlab.engine.oracle import FunctionOracle
+from flatlab.errors import FlatlabError
+from flatlab.topology import Topology
+from flatlab.topology import from_matrix as _from_matrix
+from flatlab.topology import make as _make_topology
+
+__all__ = ["simulate", "as_topology"]
+
+
+def as_topology(topology: Topology | str | tuple[str, int] | np.ndarray, n: int) -> Topology:
+    """A :class:`Topology` from an instance, a name (size ``n``), ``(name, size)`` or a matrix."""
+    if isinstance(topology, Topology):
+        top = topology
+    elif isinstance(topology, str):
+        top = _make_topology(topology, n)
+    elif isinstance(topology, tuple) and len(topology) == 2:
+        top = _make_topology(topology[0], int(topology[1]))
+    elif isinstance(topology, (np.ndarray, torch.Tensor)):
+        top = _from_matrix(np.asarray(topology, dtype=np.float64))
+    else:
+        raise FlatlabError(f"topology must be a Topology, a name, (name, n) or a matrix; got "
+                           f"{type(topology).__name__}")
+    if top.n != n:
+        raise FlatlabError(f"topology {top.label} has {top.n} nodes but X0 has {n} rows")
+    return top
+
+
+def simulate(
+    algorithm: str | Algorithm,
+    topology: Topology | str | tuple[str, int] | np.ndarray,
+    grad_fn: Callable[[torch.Tensor, int], torch.Tensor],
+    X0: torch.Tensor,  # noqa: N803
+    steps: int,
+    lr: float | Callable[[int], float],
+    *,
+    stride: int = 1,
+    mix_method: str = "auto",
+    return_state: bool = False,
+    **hparams: Any,
+) -> torch.Tensor | tuple[torch.Tensor, State]:
+    """Iterate a registered algorithm on per-node gradient maps, for theory checks.
+
+    The same algorithm code and mixer as training: ``grad_fn(X, t)`` plays the oracle (``t`` is
+    the step, passed as the batch, so noise can be drawn deterministically per step).
+
+    Args:
+        algorithm: A registered name (``flatlab.algorithms.available()``) or an instance.
+        topology: A :class:`Topology`, a generator name (size taken from ``X0``), ``(name, n)``
+            or a doubly stochastic matrix.
+        grad_fn: ``grad_fn(X, t) -> G``, ``[n, d] -> [n, d]`` (exact or noisy gradients).
+        X0: ``[n, d]`` starting iterates; its dtype and device are used throughout.
+        steps: Number of iterations.
+        lr: Constant step size, or a function of the step ``t``.
+        stride: Keep the iterates every ``stride`` steps.
+        mix_method: Mixer method (``auto``, ``dense``, ``sparse``, ``shift``).
+        return_state: Also return the final algorithm state.
+        **hparams: Hyper-parameters, when ``algorithm`` is a name.
+
+    Returns:
+        ``[steps // stride + 1, n, d]``: the iterates at ``t = 0, stride, 2 stride, ...``; with
+        ``return_state``, the pair ``(iterates, state)``.
+
+    Example:
+        >>> import torch, flatlab
+        >>> q = flatlab.data.heterogeneous_quadratics(8, 3, seed=0)
+        >>> xs = flatlab.simulate("diffusion", "ring", q.grad_fn(), torch.zeros(8, 3,
+        ...                       dtype=torch.float64), steps=500, lr=0.05)
+        >>> xs.shape
+        torch.Size([501, 8, 3])
+    """
+    if X0.dim() != 2:
+        raise FlatlabError(f"X0 must be [n, d], got shape {tuple(X0.shape)}")
+    if steps < 0 or stride < 1:
+        raise FlatlabError(f"need steps >= 0 and stride >= 1, got {steps} and {stride}")
+    algo = make(algorithm, **hparams) if isinstance(algorithm, str) else algorithm
+    if not isinstance(algo, Algorithm):
+        raise FlatlabError(f"algorithm must be a name or an Algorithm, got "
+                           f"{type(algorithm).__name__}")
+    if hparams and not isinstance(algorithm, str):
+        raise FlatlabError("hyper-parameters go to flatlab.algorithms.make, not to an instance")
+    topo = as_topology(topology, X0.shape[0])
+    mixer = SimulatedMixer(topo, device=X0.device, dtype=X0.dtype, method=mix_method)
+    oracle = FunctionOracle(grad_fn)
+    lr_at = lr if callable(lr) else (lambda _t, _lr=float(lr): _lr)
+    state = algo.init(X0.clone(), oracle, mixer)
+    out = [state.x.clone()]
+    for t in range(steps):
+        state = algo.step(state, t, oracle, mixer, lr_at(t))
+        if (t + 1) % stride == 0:
+            out.append(state.x.clone())
+    xs = torch.stack(out)
+    return (xs, state) if return_state else xs

@@ -1,0 +1,151 @@
+"""The simulated mixer: all n nodes in one process, gossip as one matrix product."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from flatlab.comm.base import CommStats
+from flatlab.engine.stack import resolve_device, resolve_dtype
+from flatlab.errors import FlatlabError
+from flatlab.topology import Topology
+
+__all__ = ["SimulatedMixer", "MIX_METHODS"]
+
+MIX_METHODS = ("auto", "dense", "sparse", "shift")
+DENSE_LIMIT = 512
+
+
+class SimulatedMixer:
+    """Gossip for all n nodes held in one process.
+
+    ``mix(X, t) = W_{t mod period} X``, computed one of three ways:
+
+    - ``"dense"``: ``W_t`` as a dense ``[n, n]`` tensor on the device and one matmul;
+    - ``"sparse"``: ``W_t`` as a sparse (COO) tensor (large, sparse graphs);
+    - ``"shift"``: for circulant topologies (ring, torus, exponential graphs, one-peer
+      exponential), ``W_t X = Σ_o K_t[o] · roll(X, -o)`` over the few non-zero offsets ``o`` of
+      the kernel: banded, ``O(deg · n · P)`` and no matrix at all.
+
+    ``"auto"`` takes dense up to n = 512, then shift when the topology is circulant, else sparse.
+
+    Args:
+        topology: The (possibly time-varying) topology; round ``t`` uses ``W_{t mod period}``.
+        device: Where the mixing matrices live (``"auto"``: CUDA when present).
+        dtype: dtype of the mixing matrices (``X`` must have it).
+        method: One of :data:`MIX_METHODS`.
+    """
+
+    def __init__(self, topology: Topology, *, device: str | torch.device | None = "auto",
+                 dtype: str | torch.dtype | None = torch.float32, method: str = "auto") -> None:
+        if not isinstance(topology, Topology):
+            raise FlatlabError(f"SimulatedMixer needs a Topology, got {type(topology).__name__}")
+        if method not in MIX_METHODS:
+            raise FlatlabError(f"mix method {method!r} is unknown; accepted: "
+                               f"{', '.join(MIX_METHODS)}")
+        if method == "shift" and topology.group is None:
+            raise FlatlabError(f"mix method 'shift' needs a circulant topology; "
+                               f"{topology.name} is not one (use dense or sparse)")
+        self.topology = topology
+        self.n = topology.n
+        self.period = topology.period
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
+        if method == "auto":
+            if self.n <= DENSE_LIMIT:
+                method = "dense"
+            else:
+                method = "shift" if topology.group is not None else "sparse"
+        self.method = method
+        self._W: list[torch.Tensor] = []
+        self._shifts: list[list[tuple[tuple[int, ...], float]]] = []
+        self._out_degree: list[torch.Tensor] = []
+        self._edges: list[tuple[torch.Tensor, torch.Tensor]] = []
+        kernels = topology.kernels() if method == "shift" else None
+        for t in range(self.period):
+            w = topology.matrix(t, sparse=True).tocsr()
+            if method == "dense":
+                self._W.append(torch.as_tensor(w.toarray(), dtype=self.dtype, device=self.device))
+            elif method == "sparse":
+                coo = w.tocoo()
+                idx = torch.as_tensor(np.vstack([coo.row, coo.col]), dtype=torch.int64)
+                sp = torch.sparse_coo_tensor(idx, torch.as_tensor(coo.data, dtype=self.dtype),
+                                             (self.n, self.n), check_invariants=True)
+                self._W.append(sp.coalesce().to(self.device))
+            else:
+                k = kernels[t]
+                offs = np.argwhere(k != 0)
+                self._shifts.append([(tuple(int(v) for v in o), float(k[tuple(o)]))
+                                     for o in offs])
+            coo = w.tocoo()
+            off = coo.row != coo.col
+            dst = torch.as_tensor(coo.row[off], dtype=torch.int64)
+            src = torch.as_tensor(coo.col[off], dtype=torch.int64)
+            order = torch.argsort(src * self.n + dst)
+            self._edges.append((src[order], dst[order]))
+            self._out_degree.append(torch.bincount(src, minlength=self.n))
+        self.stats = CommStats.zeros(self.n)
+
+    # ------------------------------------------------------------------ communication
+    def mix(self, X: torch.Tensor, t: int = 0) -> torch.Tensor:  # noqa: N803
+        """``W_t X`` for ``X`` ``[n, ...]`` (every row is one node's message)."""
+        self._check(X)
+        r = t % self.period
+        row_bytes = X[0].numel() * X.element_size()
+        deg = self._out_degree[r]
+        self.stats.messages += deg
+        self.stats.bytes += deg * row_bytes
+        if self.method == "shift":
+            return self._shift_mix(X, r)
+        flat = X.reshape(self.n, -1)
+        return (self._W[r] @ flat).reshape(X.shape)
+
+    def _shift_mix(self, X: torch.Tensor, r: int) -> torch.Tensor:  # noqa: N803
+        group = self.topology.group
+        G = X.reshape(*group, -1)
+        dims = tuple(range(len(group)))
+        out = None
+        for off, c in self._shifts[r]:
+            term = G if not any(off) else torch.roll(G, shifts=tuple(-o for o in off), dims=dims)
+            out = c * term if out is None else out.add_(term, alpha=c)
+        return out.reshape(X.shape)
+
+    def edges(self, t: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Directed edges ``(src, dst)`` of round ``t`` (``w_{dst,src} ≠ 0``, ``src ≠ dst``).
+
+        Sorted by sender then receiver; the row order of :meth:`exchange`'s messages.
+        """
+        return self._edges[t % self.period]
+
+    def exchange(self, M: torch.Tensor, t: int = 0) -> torch.Tensor:  # noqa: N803
+        """Deliver per-edge messages: ``M[e]`` goes from ``src[e]`` to ``dst[e]`` only.
+
+        ``M`` is ``[E_t, ...]`` in the order of :meth:`edges`; the return value is what each
+        receiver gets, in the same order (in one process, ``M`` itself).
+        """
+        src, _ = self.edges(t)
+        if M.shape[0] != src.numel():
+            raise FlatlabError(f"exchange needs one message per edge of round {t}: "
+                               f"{src.numel()} rows, got {M.shape[0]}")
+        per_edge = (M[0].numel() if M.shape[0] else 0) * M.element_size()
+        cnt = torch.bincount(src, minlength=self.n)
+        self.stats.messages += cnt
+        self.stats.bytes += cnt * per_edge
+        return M
+
+    def mean(self, X: torch.Tensor) -> torch.Tensor:  # noqa: N803
+        """The exact network average ``(1/n) Σ_i X[i]`` (an all-reduce), shaped ``X[0]``."""
+        self._check(X)
+        if self.n > 1:
+            elems = X[0].numel()
+            self.stats.messages += 2 * (self.n - 1)
+            self.stats.bytes += (2 * (self.n - 1) * elems * X.element_size()) // self.n
+        return X.mean(0)
+
+    def _check(self, X: torch.Tensor) -> None:  # noqa: N803
+        if X.shape[0] != self.n:
+            raise FlatlabError(f"mixer holds {self.n} nodes but got {X.shape[0]} rows")
+
+    def __repr__(self) -> str:
+        return (f"SimulatedMixer({self.topology.label}, method={self.method}, "
+                f"device={self.device})")

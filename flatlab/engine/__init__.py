@@ -1,0 +1,31 @@
+"""The engine: n node models as one matrix, their gradient oracle and their evaluation.
+
+>>> import torch
+>>> from flatlab.engine import NodeStack, GradientOracle
+>>> stack = NodeStack(torch.nn.Linear(3, 2), n=4, device="cpu")
+>>> X = stack.initial_params()
+>>> X.shape
+torch.Size([4, 8])
+>>> losses, G = GradientOracle(stack)(X, (torch.randn(4, 5, 3), torch.randint(0, 2, (4, 5))))
+>>> losses.shape, G.shape
+(torch.Size([4]), torch.Size([4, 8]))
+"""
+
+from flatlab.engine.evaluate import Evaluation, evaluate, full_gradient
+from flatlab.engine.layout import ParamLayout
+from flatlab.engine.oracle import FunctionOracle, GradientOracle, Oracle
+from flatlab.engine.stack import LOSSES, NodeStack, resolve_device, resolve_dtype
+
+__all__ = [
+    "ParamLayout",
+    "NodeStack",
+    "GradientOracle",
+    "FunctionOracle",
+    "Oracle",
+    "Evaluation",
+    "evaluate",
+    "full_gradient",
+    "resolve_device",
+    "resolve_dtype",
+    "LOSSES",
+]

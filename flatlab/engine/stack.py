@@ -1,0 +1,189 @@
+"""The node stack: n models as one matrix ``X`` ``[n, P]`` plus stacked per-node buffers.
+
+All node models share one template ``nn.Module``; its own parameters are never trained. A forward
+pass of node ``i`` is ``functional_call(module, (layout.unflatten(X[i]), buffers_i), inputs)``, and
+all nodes run at once under ``torch.vmap``. Buffers (BatchNorm statistics) are stacked ``[n, ...]``
+per node and are never gossiped; dropout draws a different mask per node
+(``vmap(randomness="different")``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+from torch.func import functional_call
+
+from flatlab.engine.layout import ParamLayout
+from flatlab.errors import FlatlabError
+
+__all__ = ["NodeStack", "resolve_device", "resolve_dtype", "LOSSES"]
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:k"``."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise FlatlabError(f"device {device!r} is not a device; accepted: auto, cpu, cuda, "
+                           "cuda:K") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FlatlabError(f"device {device!r} requested but CUDA is not available here; "
+                           "use device=auto or cpu")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """``float32`` (default) or ``float64``, as a name or a torch dtype."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype in _DTYPES.values():
+            return dtype
+    elif dtype in _DTYPES:
+        return _DTYPES[dtype]
+    raise FlatlabError(f"dtype {dtype!r} is not supported; accepted: float32, float64")
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the batch (classification)."""
+    return F.cross_entropy(logits, target)
+
+
+def half_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``mean_b 0.5 ||pred_b - target_b||^2`` (regression).
+
+    For a linear model its Hessian is the input second-moment matrix.
+    """
+    return 0.5 * (pred - target.reshape(pred.shape)).pow(2).sum(-1).mean()
+
+
+LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "cross_entropy": cross_entropy,
+    "mse": half_mse,
+}
+
+
+class NodeStack:
+    """n copies of one model architecture, held as a flat parameter matrix and stacked buffers.
+
+    Args:
+        module: The template model. Its parameters give the initial point of every node (when
+            ``init="same"``) and the layout; it is moved to ``device``/``dtype``.
+        n: Number of nodes.
+        device: ``"auto"`` takes CUDA when present.
+        dtype: ``float32`` (default) or ``float64``.
+        loss: ``"cross_entropy"`` or ``"mse"`` (``0.5 ||f(a) - y||^2``, mean over the batch).
+        init: ``"same"`` (every node starts at the template's parameters, as the literature does)
+            or ``"different"`` (node i re-initialised with ``seed + i``; needs ``reinit``).
+        reinit: ``reinit(seed) -> nn.Module`` building a fresh model, for ``init="different"``.
+        seed: Base seed of ``init="different"``.
+
+    Attributes:
+        layout: The :class:`ParamLayout`; ``P = layout.P``.
+        buffers: ``{name: [n, ...]}``, each node's own buffers.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        n: int,
+        *,
+        device: str | torch.device | None = "auto",
+        dtype: str | torch.dtype | None = torch.float32,
+        loss: str = "cross_entropy",
+        init: str = "same",
+        reinit: Callable[[int], nn.Module] | None = None,
+        seed: int = 0,
+    ) -> None:
+        if int(n) < 1:
+            raise FlatlabError(f"number of nodes must be >= 1, got {n}")
+        if loss not in LOSSES:
+            raise FlatlabError(f"loss {loss!r} is unknown; accepted: {', '.join(LOSSES)}")
+        if init not in ("same", "different"):
+            raise FlatlabError(f"init {init!r} is unknown; accepted: same, different")
+        self.n = int(n)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
+        self.loss_name = loss
+        self.loss_fn = LOSSES[loss]
+        self.module = module.to(device=self.device, dtype=self.dtype)
+        self.layout = ParamLayout.from_module(self.module)
+        x0 = self.layout.flatten_module(self.module)
+        if init == "same":
+            self._x0 = x0.expand(self.n, -1).clone()
+        else:
+            if reinit is None:
+                raise FlatlabError("init=different needs reinit(seed) -> module")
+            rows = [self.layout.flatten_module(reinit(seed + i).to(self.device, self.dtype))
+                    for i in range(self.n)]
+            self._x0 = torch.stack(rows)
+        self.buffers: dict[str, torch.Tensor] = {
+            name: b.detach().to(self.device).expand(self.n, *b.shape).clone()
+            for name, b in self.module.named_buffers()
+        }
+        self.randomness = "different"
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def P(self) -> int:  # noqa: N802 - the paper's symbol
+        """Number of parameters per node."""
+        return self.layout.P
+
+    def initial_params(self) -> torch.Tensor:
+        """``X0`` ``[n, P]``: the initial parameters of every node (a fresh copy)."""
+        return self._x0.clone()
+
+    def buffers_state(self) -> dict[str, torch.Tensor]:
+        """A copy of the stacked buffers (for checkpoints)."""
+        return {k: v.clone() for k, v in self.buffers.items()}
+
+    def load_buffers(self, buffers: dict[str, Any]) -> None:
+        """Restore stacked buffers saved by :meth:`buffers_state`."""
+        for k in self.buffers:
+            self.buffers[k].copy_(buffers[k])
+
+    def average_buffers(self) -> dict[str, torch.Tensor]:
+        """Buffers of the averaged model: float buffers averaged over nodes, others of node 0."""
+        return {k: (v.mean(0) if v.is_floating_point() else v[0].clone())
+                for k, v in self.buffers.items()}
+
+    @contextmanager
+    def mode(self, train: bool):
+        """Temporarily put the template module in train or eval mode."""
+        was = self.module.training
+        self.module.train(train)
+        try:
+            yield
+        finally:
+            self.module.train(was)
+
+    # ------------------------------------------------------------------ forward
+    def apply(self, x: torch.Tensor, buffers: dict[str, torch.Tensor],
+              inputs: torch.Tensor) -> torch.Tensor:
+        """Output of one model with flat parameters ``x`` ``[P]`` on ``inputs`` ``[B, ...]``."""
+        return functional_call(self.module, (self.layout.unflatten(x), buffers), (inputs,))
+
+    def node_loss(self, x: torch.Tensor, buffers: dict[str, torch.Tensor],
+                  inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Loss of one model on one batch (the function the oracle differentiates)."""
+        return self.loss_fn(self.apply(x, buffers, inputs), targets)
+
+    def forward(self, X: torch.Tensor, inputs: torch.Tensor, *,  # noqa: N803
+                shared_inputs: bool = False) -> torch.Tensor:
+        """Outputs of all nodes: ``[n, B, out]`` from ``inputs`` ``[n, B, ...]``.
+
+        With ``shared_inputs=True`` every node sees the same ``inputs`` ``[B, ...]``. Runs in the
+        template's current mode; in train mode BatchNorm statistics of every node are updated.
+        """
+        in_dims = (0, 0, None if shared_inputs else 0)
+        return torch.vmap(self.apply, in_dims=in_dims, randomness=self.randomness)(
+            X, self.buffers, inputs)

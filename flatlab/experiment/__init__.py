@@ -1,0 +1,31 @@
+"""Experiments: typed configs, the runner, checkpoints, the results store and sweeps."""
+
+from flatlab.experiment.config import (
+    BASIC_METRICS,
+    RunConfig,
+    apply_overrides,
+    from_dict,
+    load_config,
+    parse_overrides,
+    to_dict,
+    validate,
+)
+from flatlab.experiment.runner import Run, RunResult, build, read_status, run
+from flatlab.experiment.schedules import lr_at
+
+__all__ = [
+    "RunConfig",
+    "load_config",
+    "from_dict",
+    "to_dict",
+    "parse_overrides",
+    "apply_overrides",
+    "validate",
+    "BASIC_METRICS",
+    "Run",
+    "RunResult",
+    "build",
+    "run",
+    "read_status",
+    "lr_at",
+]

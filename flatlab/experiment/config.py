@@ -1,0 +1,413 @@
+"""Typed run configuration: YAML plus ``key=value`` overrides, validated field by field.
+
+A run is described by a :class:`RunConfig` (DESIGN.md §7). Every error names the field
+(``optim.schedule``), what was given and what is accepted, on one line.
+
+Example YAML (every field has a default; see ``configs/`` for complete files)::
+
+    name: ring16-diffusion
+    seed: 0
+    data: {name: mnist1d, partition: dirichlet, alpha: 0.1, batch_size: 32}
+    model: {name: cnn1d}
+    topology: {name: ring, nodes: 16}
+    algorithm: {name: diffusion}
+    optim: {lr: 0.05, schedule: cosine, warmup: 100, weight_decay: 1.0e-4}
+    train: {epochs: 20}
+    measure: {every: 100, metrics: [loss, accuracy, consensus_distance, grad_norm]}
+
+Seeds: ``data.seed`` fixes the data set (synthetic tasks) and the partition, so runs that differ
+only in ``seed`` see the same split; ``seed`` fixes the model initialisation, the minibatch order
+and dropout.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from flatlab.errors import ConfigError, FlatlabError
+
+__all__ = [
+    "RunConfig",
+    "DataConfig",
+    "ModelConfig",
+    "TopologyConfig",
+    "AlgorithmConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "MeasureConfig",
+    "load_config",
+    "from_dict",
+    "to_dict",
+    "apply_overrides",
+    "parse_overrides",
+    "validate",
+    "BASIC_METRICS",
+    "PARTITIONS",
+    "SCHEDULES",
+]
+
+BASIC_METRICS = ("loss", "accuracy", "consensus_distance", "grad_norm")
+PARTITIONS = ("iid", "dirichlet", "classes", "shards", "natural")
+SCHEDULES = ("constant", "step", "cosine")
+
+
+@dataclass
+class DataConfig:
+    """Data set, its split over the nodes and the per-node batch size."""
+
+    name: str = "mnist1d"
+    root: str | None = None
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+    partition: str = "iid"
+    alpha: float = 1.0
+    classes_per_node: int = 2
+    shards_per_node: int = 2
+    batch_size: int = 32
+
+
+@dataclass
+class ModelConfig:
+    """Model name (``flatlab models``) and its options."""
+
+    name: str = "cnn1d"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TopologyConfig:
+    """Graph generator (``flatlab topologies``), size, weight rule and generator parameters."""
+
+    name: str = "ring"
+    nodes: int = 16
+    weights: str | None = None
+    lazy: bool = False
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AlgorithmConfig:
+    """Algorithm name (``flatlab algorithms``) and its hyper-parameters."""
+
+    name: str = "diffusion"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    """Step size, its schedule and weight decay (the runner's, added inside the gradient).
+
+    ``schedule``: ``constant``; ``step`` (multiply by ``gamma`` at each fraction of training in
+    ``milestones``); ``cosine`` (from ``lr`` down to ``min_lr`` at the end). ``warmup``: steps of
+    linear warm-up from ``lr / warmup`` to ``lr`` before the schedule.
+    """
+
+    lr: float = 0.05
+    schedule: str = "constant"
+    warmup: int = 0
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
+    gamma: float = 0.1
+    min_lr: float = 0.0
+    weight_decay: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """Length of training: ``steps`` or (per-node) ``epochs``, not both.
+
+    When neither is given, 10 epochs.
+    """
+
+    steps: int | None = None
+    epochs: float | None = None
+
+
+@dataclass
+class MeasureConfig:
+    """What to measure and when.
+
+    ``metrics`` are measured at step 0, every ``every`` steps and at the end; ``train_subset``
+    samples of the nodes' training data (fixed for the run, seeded by ``data.seed``; ``null``
+    for all) and ``test_subset`` of the test set are used. ``per_node`` also records each
+    node's loss and accuracy.
+    """
+
+    every: int = 100
+    metrics: list[str] = field(default_factory=lambda: list(BASIC_METRICS))
+    train_subset: int | None = 2048
+    test_subset: int | None = None
+    eval_batch: int = 2048
+    per_node: bool = True
+
+
+@dataclass
+class RunConfig:
+    """One run: everything the runner needs to build and train, and nothing else."""
+
+    name: str = "run"
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "float32"
+    init: str = "same"
+    mix_method: str = "auto"
+    checkpoint_every: int = 500
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    topology: TopologyConfig = field(default_factory=TopologyConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+
+
+# ---------------------------------------------------------------------- dict <-> dataclass
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " or null"
+    if origin is list:
+        return "a list"
+    if origin is dict:
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(path: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(path, value, a)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config field {path}: {value!r} is not {_type_name(tp)}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config field {path}: {value!r} is not a list")
+        (item,) = typing.get_args(tp)
+        return [_coerce(f"{path}[{i}]", v, item) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config field {path}: {value!r} is not a mapping")
+        return dict(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config field {path}: {value!r} is not a number")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"config field {path}: {value!r} is not an integer")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config field {path}: {value!r} is not true or false")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config field {path}: {value!r} is not a string")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _from_dict(tp, value, path)
+    return value
+
+
+def _from_dict(cls: type, d: Any, prefix: str = "") -> Any:
+    where = prefix or "config"
+    if d is None:
+        d = {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"config field {where}: expected a mapping, got {d!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    unknown = [k for k in d if k not in names]
+    if unknown:
+        full = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"config field {full} is unknown; accepted fields of {where}: "
+                          f"{', '.join(names)}")
+    kw = {}
+    for k, v in d.items():
+        path = f"{prefix}.{k}" if prefix else k
+        kw[k] = _coerce(path, v, hints[k])
+    return cls(**kw)
+
+
+def from_dict(d: dict[str, Any]) -> RunConfig:
+    """A :class:`RunConfig` from a nested mapping (types checked, unknown fields refused)."""
+    cfg = _from_dict(RunConfig, d)
+    if cfg.train.steps is None and cfg.train.epochs is None:
+        cfg.train.epochs = 10.0
+    return cfg
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The config as a nested plain dict (what ``config.yaml`` holds)."""
+    return dataclasses.asdict(cfg)
+
+
+# ---------------------------------------------------------------------- overrides
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["optim.lr=0.1", "algorithm.name=consensus"]`` -> ``{"optim.lr": 0.1, ...}``.
+
+    Values are parsed as YAML (numbers, booleans, ``null``, lists ``[a, b]``).
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value (for example optim.lr=0.1)")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override {item!r} has an empty key")
+        try:
+            out[key] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            out[key] = raw
+    return out
+
+
+def apply_overrides(d: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the nested mapping ``d`` with dotted-key ``overrides`` set."""
+    d = copy.deepcopy(d)
+    for key, value in overrides.items():
+        parts = key.split(".")
+        node = d
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {key}: {p} is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return d
+
+
+def load_config(source: str | Path | dict[str, Any] | RunConfig | None = None,
+                overrides: list[str] | dict[str, Any] | None = None) -> RunConfig:
+    """Read a YAML file (or take a mapping), apply overrides, build and :func:`validate`.
+
+    Raises:
+        ConfigError: A missing file, bad YAML, an unknown field or a value out of range.
+    """
+    if isinstance(source, RunConfig):
+        d = to_dict(source)
+    elif source is None:
+        d = {}
+    elif isinstance(source, dict):
+        d = copy.deepcopy(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            d = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            line = str(e).splitlines()[0] if str(e) else "parse error"
+            raise ConfigError(f"config file {path} is not valid YAML: {line}") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of fields")
+    if overrides:
+        ov = parse_overrides(list(overrides)) if not isinstance(overrides, dict) else overrides
+        d = apply_overrides(d, ov)
+    cfg = from_dict(d)
+    validate(cfg)
+    return cfg
+
+
+# ---------------------------------------------------------------------- validation
+def _need(cond: bool, path: str, value: Any, accepted: str) -> None:
+    if not cond:
+        raise ConfigError(f"config field {path}: {value!r} is not accepted; accepted: {accepted}")
+
+
+def _one_of(path: str, value: Any, choices: list[str] | tuple[str, ...]) -> None:
+    _need(value in choices, path, value, ", ".join(choices))
+
+
+def validate(cfg: RunConfig) -> None:
+    """Check every field's value, registries included.
+
+    Raises:
+        ConfigError: On the first bad field, naming it and the accepted values.
+    """
+    from flatlab import algorithms, data, models
+    from flatlab.topology import make as make_topology
+
+    _need(cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
+    _one_of("dtype", cfg.dtype, ("float32", "float64"))
+    _need(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
+          "device", cfg.device, "auto, cpu, cuda, cuda:K")
+    _one_of("init", cfg.init, ("same", "different"))
+    from flatlab.comm import MIX_METHODS
+    _one_of("mix_method", cfg.mix_method, MIX_METHODS)
+    _need(cfg.checkpoint_every >= 1, "checkpoint_every", cfg.checkpoint_every, "an integer >= 1")
+    _need(bool(cfg.name) and "/" not in cfg.name, "name", cfg.name, "a non-empty name without /")
+
+    d = cfg.data
+    _one_of("data.name", d.name, data.available())
+    _one_of("data.partition", d.partition, PARTITIONS)
+    _need(d.alpha > 0, "data.alpha", d.alpha, "a number > 0")
+    _need(d.classes_per_node >= 1, "data.classes_per_node", d.classes_per_node, "an integer >= 1")
+    _need(d.shards_per_node >= 1, "data.shards_per_node", d.shards_per_node, "an integer >= 1")
+    _need(d.batch_size >= 1, "data.batch_size", d.batch_size, "an integer >= 1")
+    _need(d.seed >= 0, "data.seed", d.seed, "an integer >= 0")
+
+    _one_of("model.name", cfg.model.name, models.available())
+
+    t = cfg.topology
+    _need(t.nodes >= 1, "topology.nodes", t.nodes, "an integer >= 1")
+    try:
+        make_topology(t.name, t.nodes, weights=t.weights, lazy=t.lazy, **t.params)
+    except FlatlabError as e:
+        raise ConfigError(f"config field topology: {e}") from None
+    except TypeError as e:
+        raise ConfigError(f"config field topology.params: {e}") from None
+
+    try:
+        algorithms.make(cfg.algorithm.name, **cfg.algorithm.params)
+    except FlatlabError as e:
+        raise ConfigError(f"config field algorithm: {e}") from None
+
+    o = cfg.optim
+    _need(o.lr > 0, "optim.lr", o.lr, "a number > 0")
+    _one_of("optim.schedule", o.schedule, SCHEDULES)
+    _need(o.warmup >= 0, "optim.warmup", o.warmup, "an integer >= 0 (steps)")
+    _need(all(0 < m < 1 for m in o.milestones) and o.milestones == sorted(o.milestones),
+          "optim.milestones", o.milestones, "increasing fractions of training in (0, 1)")
+    _need(0 < o.gamma <= 1, "optim.gamma", o.gamma, "a number in (0, 1]")
+    _need(0 <= o.min_lr <= o.lr, "optim.min_lr", o.min_lr, "a number in [0, optim.lr]")
+    _need(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a number >= 0")
+
+    tr = cfg.train
+    _need((tr.steps is None) != (tr.epochs is None), "train", to_dict(cfg)["train"],
+          "exactly one of train.steps or train.epochs")
+    if tr.steps is not None:
+        _need(tr.steps >= 1, "train.steps", tr.steps, "an integer >= 1")
+    if tr.epochs is not None:
+        _need(tr.epochs > 0, "train.epochs", tr.epochs, "a number > 0")
+
+    m = cfg.measure
+    _need(m.every >= 1, "measure.every", m.every, "an integer >= 1")
+    for i, name in enumerate(m.metrics):
+        _one_of(f"measure.metrics[{i}]", name, BASIC_METRICS)
+    for f in ("train_subset", "test_subset"):
+        v = getattr(m, f)
+        _need(v is None or v >= 1, f"measure.{f}", v, "an integer >= 1 or null (all)")
+    _need(m.eval_batch >= 1, "measure.eval_batch", m.eval_batch, "an integer >= 1")

@@ -1,0 +1,98 @@
+"""The results store: one tidy DataFrame over a run directory or a whole sweep.
+
+>>> df = flatlab.results.load("runs/my-sweep")            # doctest: +SKIP
+>>> df[df.metric == "test_accuracy"].groupby("algorithm.name").value.last()  # doctest: +SKIP
+
+Columns: ``step, epoch, metric, scope, value`` (DESIGN.md §7), then ``run`` (the directory,
+relative to the path loaded), ``status``, and one column per config field, dotted
+(``algorithm.name``, ``optim.lr``, ``topology.nodes``, ...), ready for seaborn's ``hue=``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from flatlab.errors import FlatlabError
+
+__all__ = ["load", "find_runs", "flatten", "summary"]
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> ``{"a.b": value}``; lists become JSON text (hashable columns)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        elif isinstance(v, dict):
+            continue
+        elif isinstance(v, list):
+            out[key] = json.dumps(v)
+        else:
+            out[key] = v
+    return out
+
+
+def find_runs(path: str | Path) -> list[Path]:
+    """Run directories (with ``config.yaml`` and ``status.json``) at or under ``path``."""
+    path = Path(path)
+    if (path / "config.yaml").is_file() and (path / "status.json").is_file():
+        return [path]
+    return sorted(p.parent for p in path.rglob("status.json") if (p.parent / "config.yaml")
+                  .is_file())
+
+
+def _run_frame(run: Path, root: Path) -> pd.DataFrame:
+    cfg = flatten(yaml.safe_load((run / "config.yaml").read_text()) or {})
+    status = json.loads((run / "status.json").read_text())
+    mpath = run / "metrics.parquet"
+    df = pd.read_parquet(mpath) if mpath.is_file() else pd.DataFrame(
+        columns=["step", "epoch", "metric", "scope", "value"])
+    rel = run.relative_to(root).as_posix() if run != root else run.name
+    df["run"] = rel
+    df["status"] = status.get("status")
+    for k, v in cfg.items():
+        df[k] = v
+    return df
+
+
+def load(path: str | Path) -> pd.DataFrame:
+    """All metrics of the run, or of every run under a sweep directory, as one long DataFrame.
+
+    Raises:
+        FlatlabError: ``path`` does not exist or holds no run.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FlatlabError(f"results path {path} does not exist")
+    runs = find_runs(path)
+    if not runs:
+        raise FlatlabError(f"no run directory (config.yaml + status.json) under {path}")
+    frames = [_run_frame(r, path) for r in runs]
+    frames = [f for f in frames if len(f)] or frames[:1]
+    return pd.concat(frames, ignore_index=True)
+
+
+def summary(path: str | Path) -> pd.DataFrame:
+    """One row per run: its status, step and the last value of each ``avg``/``network`` metric."""
+    path = Path(path)
+    rows = []
+    for r in find_runs(path):
+        st = json.loads((r / "status.json").read_text())
+        row = {"run": r.relative_to(path).as_posix() if r != path else r.name,
+               "status": st.get("status"), "step": st.get("step"),
+               "elapsed_s": st.get("elapsed_s")}
+        mpath = r / "metrics.parquet"
+        if mpath.is_file():
+            m = pd.read_parquet(mpath)
+            m = m[m.scope.isin(["avg", "network", "mean"])]
+            last = m.sort_values("step").groupby(["metric", "scope"]).value.last()
+            for (metric, scope), v in last.items():
+                row[metric if scope != "mean" else f"{metric}[mean]"] = v
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,92 @@
+"""The simulated mixer against W @ X from the topology, exact invariants and traffic counts."""
+
+import numpy as np
+import pytest
+import torch
+
+import flatlab
+from flatlab.comm import SimulatedMixer
+from flatlab.errors import FlatlabError
+
+TOPOLOGIES = [("ring", 16), ("torus", 16), ("exponential", 16), ("one-peer-exponential", 16),
+              ("erdos-renyi", 20), ("star", 9), ("complete", 5)]
+
+
+@pytest.mark.parametrize("name,n", TOPOLOGIES)
+def test_mix_equals_matrix_product_every_method(name, n):
+    topo = flatlab.topology.make(name, n)
+    methods = ["dense", "sparse"] + (["shift"] if topo.group is not None else [])
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(n, 7, generator=gen, dtype=torch.float64)
+    for method in methods:
+        mixer = SimulatedMixer(topo, device="cpu", dtype=torch.float64, method=method)
+        for t in range(2 * topo.period + 1):
+            ref = topo.matrix(t) @ X.numpy()
+            np.testing.assert_allclose(mixer.mix(X, t).numpy(), ref, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("name,n", TOPOLOGIES)
+def test_gossip_preserves_mean_and_contracts_by_rho(name, n):
+    """reference/algorithms.md §16 items 1-2: 1ᵀ W X = 1ᵀ X, ‖WX − JX‖ ≤ ρ ‖X − JX‖."""
+    topo = flatlab.topology.make(name, n)
+    mixer = SimulatedMixer(topo, device="cpu", dtype=torch.float64)
+    gen = torch.Generator().manual_seed(1)
+    X = torch.randn(n, 5, generator=gen, dtype=torch.float64)
+    Y = mixer.mix(X, 0)
+    torch.testing.assert_close(Y.mean(0), X.mean(0), rtol=0, atol=1e-15)
+    if not topo.time_varying:
+        rho = flatlab.spectral(topo).rho
+        dev = lambda Z: float((Z - Z.mean(0)).norm())  # noqa: E731
+        assert dev(Y) <= rho * dev(X) + 1e-12
+
+
+def test_time_varying_product_over_a_period_is_exact_average():
+    topo = flatlab.topology.make("one-peer-exponential", 16)
+    mixer = SimulatedMixer(topo, device="cpu", dtype=torch.float64)
+    X = torch.randn(16, 3, dtype=torch.float64)
+    Y = X
+    for t in range(topo.period):
+        Y = mixer.mix(Y, t)
+    torch.testing.assert_close(Y, X.mean(0).expand_as(X), rtol=0, atol=1e-15)
+
+
+def test_traffic_counts():
+    topo = flatlab.topology.make("exponential", 8)  # directed: out-degree 3 per node
+    mixer = SimulatedMixer(topo, device="cpu", dtype=torch.float32)
+    X = torch.zeros(8, 10)
+    mixer.mix(X, 0)
+    outdeg = np.array([len(topo.out_neighbors(i)) for i in range(8)])
+    np.testing.assert_array_equal(mixer.stats.messages.numpy(), outdeg)
+    np.testing.assert_array_equal(mixer.stats.bytes.numpy(), outdeg * 10 * 4)
+    src, dst = mixer.edges(0)
+    W = topo.matrix(0)
+    assert len(src) == int((W > 0).sum() - (np.diag(W) > 0).sum())
+    assert all(W[int(d), int(s)] > 0 for s, d in zip(src, dst, strict=True))
+    M = torch.ones(len(src), 3, dtype=torch.float64)
+    assert mixer.exchange(M, 0) is M
+    np.testing.assert_array_equal(mixer.stats.messages.numpy(), 2 * outdeg)
+    np.testing.assert_array_equal(mixer.stats.bytes.numpy(), outdeg * 40 + outdeg * 24)
+    with pytest.raises(FlatlabError, match="one message per edge"):
+        mixer.exchange(M[:-1], 0)
+    before = mixer.stats.total_bytes()
+    torch.testing.assert_close(mixer.mean(torch.arange(16.0).reshape(8, 2)),
+                               torch.tensor([7.0, 8.0]))
+    assert mixer.stats.total_bytes() - before == 8 * ((2 * 7 * 2 * 4) // 8)
+    st = mixer.stats.state_dict()
+    mixer.stats.bytes.zero_()
+    mixer.stats.load_state_dict(st)
+    assert mixer.stats.total_bytes() == int(st["bytes"].sum())
+
+
+def test_errors_and_auto_method():
+    ring = flatlab.topology.make("ring", 600)
+    assert SimulatedMixer(ring, device="cpu").method == "shift"
+    er = flatlab.topology.make("erdos-renyi", 600, edge_prob=0.02)
+    assert SimulatedMixer(er, device="cpu").method == "sparse"
+    assert SimulatedMixer(flatlab.topology.make("ring", 8), device="cpu").method == "dense"
+    with pytest.raises(FlatlabError, match="circulant"):
+        SimulatedMixer(flatlab.topology.make("star", 5), device="cpu", method="shift")
+    with pytest.raises(FlatlabError, match="accepted"):
+        SimulatedMixer(flatlab.topology.make("ring", 5), device="cpu", method="fast")
+    with pytest.raises(FlatlabError, match="holds 5 nodes"):
+        SimulatedMixer(flatlab.topology.make("ring", 5), device="cpu").mix(torch.zeros(4, 2))
