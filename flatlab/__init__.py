@@ -10,13 +10,40 @@ The theory layer, usable without training anything:
 >>> b.dominant
 'consensus'
 
+Training, with the same algorithms on a written-down objective first:
+
+>>> import torch
+>>> q = flatlab.data.heterogeneous_quadratics(8, 3, seed=0)
+>>> xs = flatlab.simulate("diffusion", "ring", q.grad_fn(), torch.zeros(8, 3,
+...                       dtype=torch.float64), steps=3000, lr=0.05)
+>>> xs.shape                          # every iterate: [steps + 1, n, d]
+torch.Size([3001, 8, 3])
+>>> bool((xs[-1] - q.x_star).abs().max() > 1e-3)   # diffusion's fixed point is biased
+True
+
 Modules: :mod:`flatlab.topology` (graphs, weight rules, schedules), :mod:`flatlab.theory`
 (spectral quantities, effective neighbours, bounds, predicted consensus distance),
-:mod:`flatlab.plots` (figures over result tables).
+:mod:`flatlab.data` (datasets, partitions, samplers, test problems), :mod:`flatlab.models`,
+:mod:`flatlab.engine` (the node stack and its gradient oracle), :mod:`flatlab.comm` (mixers),
+:mod:`flatlab.algorithms` (init/step pairs and :func:`flatlab.simulate`),
+:mod:`flatlab.experiment` (configs, runner, sweeps), :mod:`flatlab.results`,
+:mod:`flatlab.plots` (figures over result tables). The torch-based modules load on first use,
+so the theory layer stays quick to import.
 """
 
+import importlib
+from typing import Any
+
 from flatlab import theory, topology
-from flatlab.errors import FlatlabError, TheoryError, TopologyError
+from flatlab.errors import (
+    AlgorithmError,
+    ConfigError,
+    DataError,
+    FlatlabError,
+    ModelError,
+    TheoryError,
+    TopologyError,
+)
 from flatlab.theory import (
     Bound,
     ConsensusPrediction,
@@ -31,9 +58,32 @@ from flatlab.topology import Topology
 
 __version__ = "0.1.0"
 
+_LAZY = ("data", "models", "engine", "comm", "algorithms", "experiment", "results", "plots")
+
+
+def __getattr__(name: str) -> Any:
+    """Load the torch-based submodules (and :func:`simulate`) on first access."""
+    if name in _LAZY:
+        return importlib.import_module(f"flatlab.{name}")
+    if name == "simulate":
+        from flatlab.algorithms import simulate
+
+        return simulate
+    raise AttributeError(f"module 'flatlab' has no attribute {name!r}")
+
+
 __all__ = [
     "topology",
     "theory",
+    "data",
+    "models",
+    "engine",
+    "comm",
+    "algorithms",
+    "experiment",
+    "results",
+    "plots",
+    "simulate",
     "Topology",
     "spectral",
     "SpectralSummary",
@@ -46,5 +96,9 @@ __all__ = [
     "FlatlabError",
     "TopologyError",
     "TheoryError",
+    "DataError",
+    "ModelError",
+    "AlgorithmError",
+    "ConfigError",
     "__version__",
 ]

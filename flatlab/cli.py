@@ -2,8 +2,12 @@
 
     flatlab spectral --topology ring --nodes 16 [--weights metropolis] [--lazy] [--json]
     flatlab bounds --algorithm dsgd --topology ring --nodes 16 [--L 1 --sigma2 1 --zeta2 1] [--json]
-    flatlab topologies
-    flatlab demo [--out DIR]
+    flatlab topologies | algorithms | datasets | models | measures
+    flatlab run CONFIG [key=value ...] [--out DIR] [--no-progress] [--restart]
+    flatlab sweep SPEC [key=value ...] [--no-progress]
+    flatlab results PATH [--csv FILE]
+    flatlab plot PATH [--metric test_accuracy] [--out FIG.png]
+    flatlab demo [--out DIR] [--small]
 
 Bad input of any kind ends with one line on stderr naming what is wrong and what is accepted,
 and exit status 2.
@@ -159,16 +163,123 @@ def _cmd_topologies(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_rows(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _cmd_algorithms(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from flatlab import algorithms
+
+    inv: dict[str, list[str]] = {}
+    for alias, name in algorithms.aliases().items():
+        inv.setdefault(name, []).append(alias)
+    rows = [("name", "aliases", "hyper-parameters (defaults)", "exact", "summary")]
+    for name in algorithms.available():
+        cls = algorithms.get(name)
+        hp = ", ".join(f"{f.name}={f.default}" for f in fields(cls)) or "-"
+        doc = (cls.__doc__ or "").strip().splitlines()[0].rstrip(".")
+        rows.append((name, ", ".join(sorted(inv.get(name, []))) or "-", hp,
+                     "yes" if cls.exact else "no", doc))
+    _print_rows(rows)
+    return 0
+
+
+def _cmd_datasets(args: argparse.Namespace) -> int:
+    from flatlab import data
+
+    for name, info in data.catalog().items():
+        extra = "; needs local files" if info.get("local_files") else ""
+        print(f"{name}: {info['description']} [{info['shapes']}]{extra}")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from flatlab import models
+
+    for name, info in models.catalog().items():
+        print(f"{name}: {info.description}")
+    return 0
+
+
+def _cmd_measures(args: argparse.Namespace) -> int:
+    from flatlab.experiment.config import BASIC_METRICS
+
+    text = {
+        "loss": "train_loss, test_loss: of the averaged model (avg), the node mean and each node",
+        "accuracy": "train_accuracy, test_accuracy: same scopes (classification)",
+        "consensus_distance": "consensus_distance ||X - 1 x̄ᵀ||_F² / n, and "
+                              "consensus_distance_rel (divided by ||x̄||²)",
+        "grad_norm": "grad_norm ||∇f(x̄)|| on the training evaluation subset",
+    }
+    for name in BASIC_METRICS:
+        print(f"{name}: {text[name]}")
+    print("always recorded: lr, comm_bytes (all nodes, so far), batch_loss (node mean of the "
+          "minibatch losses since the last measurement)")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from flatlab.experiment import load_config, run
+
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else Path("runs") / cfg.name
+    res = run(cfg, out, progress=not args.no_progress, resume=not args.restart)
+    print(f"{res.status} at step {res.step}: {res.path}" + (f" ({res.message})"
+                                                             if res.message else ""))
+    return 0 if res.status in ("done", "diverged") else 1
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from flatlab.experiment.sweep import load_sweep, run_sweep
+
+    spec = load_sweep(args.spec, args.overrides)
+    df = run_sweep(spec, progress=not args.no_progress)
+    counts = df.status.value_counts().to_dict()
+    print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + f": {spec.out}")
+    return 0 if counts.get("failed", 0) == 0 else 1
+
+
+def _cmd_results(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from flatlab.results import summary
+
+    df = summary(args.path)
+    if args.csv:
+        df.to_csv(args.csv, index=False)
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print(df.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from flatlab.plots import training_curves
+    from flatlab.results import load
+
+    fig = training_curves(load(args.path), metrics=args.metric or None, hue=args.hue)
+    out = Path(args.out) if args.out else Path(args.path) / "curves.png"
+    fig.savefig(out, dpi=150)
+    print(f"wrote {out}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from flatlab.demo import run_demo
 
-    run_demo(Path(args.out), small=args.small)
+    run_demo(Path(args.out), small=args.small, progress=not args.no_progress)
     return 0
 
 
 def _parser() -> _Parser:
     parser = _Parser(prog="flatlab", description="Flatness versus optimization in "
-                     "decentralized learning: topologies, spectral gaps and bounds.")
+                     "decentralized learning: training, topologies, spectral gaps and bounds.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("spectral", help="spectral summary of a topology")
@@ -202,9 +313,45 @@ def _parser() -> _Parser:
     p = sub.add_parser("topologies", help="list topology generators")
     p.set_defaults(func=_cmd_topologies)
 
-    p = sub.add_parser("demo", help="the main job on the embedded default")
-    p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    p.add_argument("--small", action="store_true", help="small sizes (quick check)")
+    for name, func, helptext in (("algorithms", _cmd_algorithms, "list algorithms"),
+                                 ("datasets", _cmd_datasets, "list datasets"),
+                                 ("models", _cmd_models, "list models"),
+                                 ("measures", _cmd_measures, "list run measurements")):
+        sub.add_parser(name, help=helptext).set_defaults(func=func)
+
+    p = sub.add_parser("run", help="train one run from a YAML config")
+    p.add_argument("config", help="YAML config file (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="field overrides, e.g. optim.lr=0.1 algorithm.name=consensus")
+    p.add_argument("--out", help="run directory (default runs/<name>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--restart", action="store_true",
+                   help="start over instead of resuming from the checkpoint")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("sweep", help="a resumable grid of runs from a sweep spec")
+    p.add_argument("spec", help="sweep YAML (base, grid, overrides, out)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every run")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("results", help="one line per run: status and last metrics")
+    p.add_argument("path", help="a run or sweep directory")
+    p.add_argument("--csv", help="also write the table here")
+    p.set_defaults(func=_cmd_results)
+
+    p = sub.add_parser("plot", help="training curves from a run or sweep directory")
+    p.add_argument("path", help="a run or sweep directory")
+    p.add_argument("--metric", action="append", help="metric to plot (repeatable)")
+    p.add_argument("--hue", default="algorithm.name", help="config column for colours")
+    p.add_argument("--out", help="figure file (default PATH/curves.png)")
+    p.set_defaults(func=_cmd_plot)
+
+    p = sub.add_parser("demo", help="the main job: centralized vs consensus vs diffusion on "
+                       "mnist1d")
+    p.add_argument("--out", default="results/demo", help="output folder (default results/demo)")
+    p.add_argument("--small", action="store_true", help="a quick, tiny version")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
     return parser
 

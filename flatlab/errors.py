@@ -30,7 +30,7 @@ class TheoryError(FlatlabError):
 
 
 class DataError(FlatlabError):
-    """A dataset, a partition or a sampler request that flatlab refuses (or files that are missing)."""
+    """A dataset, partition or sampler request flatlab refuses, or data files that are missing."""
 
 
 class ModelError(FlatlabError):

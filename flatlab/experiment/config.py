@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -57,6 +59,7 @@ __all__ = [
 BASIC_METRICS = ("loss", "accuracy", "consensus_distance", "grad_norm")
 PARTITIONS = ("iid", "dirichlet", "classes", "shards", "natural")
 SCHEDULES = ("constant", "step", "cosine")
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
 @dataclass
@@ -206,8 +209,12 @@ def _coerce(path: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"config field {path}: {value!r} is not a mapping")
         return dict(value)
     if tp is float:
+        if isinstance(value, str) and _NUMBER.match(value):  # YAML 1.1 reads 1e-3 as a string
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config field {path}: {value!r} is not a number")
+        if not math.isfinite(value):
+            raise ConfigError(f"config field {path}: {value!r} is not a finite number")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -276,9 +283,12 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
         if not key:
             raise ConfigError(f"override {item!r} has an empty key")
         try:
-            out[key] = yaml.safe_load(raw) if raw.strip() else ""
+            value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
-            out[key] = raw
+            value = raw
+        if isinstance(value, str) and _NUMBER.match(value):  # YAML 1.1 reads 1e-3 as a string
+            value = float(value)
+        out[key] = value
     return out
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import re
 import traceback
 from dataclasses import dataclass, field
@@ -88,7 +89,7 @@ def load_sweep(source: str | Path | dict[str, Any], overrides: list[str] | None 
 
 
 def _slug(key: str, value: Any) -> str:
-    v = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
+    v = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
     s = f"{key}={v}".replace("/", "_")
     return re.sub(r"[^A-Za-z0-9_.=+\-\[\],]", "_", s)
 
@@ -152,8 +153,6 @@ def run_sweep(spec: SweepSpec, *, progress: bool = True, verbose: bool = True) -
 
 def _mark_failed(path: Path, cfg: RunConfig, message: str) -> None:
     """Record a run that failed before its directory existed (e.g. missing data files)."""
-    import json
-
     from flatlab.experiment.config import to_dict
 
     path.mkdir(parents=True, exist_ok=True)

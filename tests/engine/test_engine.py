@@ -125,7 +125,8 @@ def test_evaluate_matches_loop():
         m.eval()
         with torch.no_grad():
             out = m(inputs)
-        assert abs(float(ev.loss_nodes[i]) - float(nn.functional.cross_entropy(out, targets))) < 1e-12
+        ref = float(nn.functional.cross_entropy(out, targets))
+        assert abs(float(ev.loss_nodes[i]) - ref) < 1e-12
         assert float(ev.accuracy_nodes[i]) == pytest.approx(float((out.argmax(1) == targets)
                                                                   .double().mean()), abs=1e-15)
     avg = copy.deepcopy(template)
