@@ -12,6 +12,7 @@ Targets (issue 3), at n = 32 on 2 CPU cores: flatlab >= 2.5x faster than the loo
 
     python benchmarks/step_time.py                 # MLP and 1-D CNN, n = 8, 32, 64
     python benchmarks/step_time.py --quick         # n = 8, 32, fewer repetitions
+    python benchmarks/step_time.py --compile       # also the torch.compile'd oracle (MLP)
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def median_ms(fn, dev, reps: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
-def bench(model_name: str, n: int, dev: torch.device, reps: int) -> dict[str, float]:
+def bench(model_name: str, n: int, dev: torch.device, reps: int,
+          compiled: bool = False) -> dict[str, float]:
     template = make_model(model_name, input_shape=(40,), num_classes=10, seed=0).to(dev)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(n, B, 40, generator=gen).to(dev)
@@ -103,8 +105,17 @@ def bench(model_name: str, n: int, dev: torch.device, reps: int) -> dict[str, fl
             for p in single.parameters():
                 p.sub_(lr * p.grad)
 
-    return {"loop": median_ms(loop_step, dev, reps), "flatlab": median_ms(flatlab_step, dev, reps),
-            "limit": median_ms(limit_step, dev, reps)}
+    out = {"loop": median_ms(loop_step, dev, reps), "flatlab": median_ms(flatlab_step, dev, reps),
+           "limit": median_ms(limit_step, dev, reps)}
+    if compiled:  # the opt-in compiled oracle (vmap method); warm-up includes the compilation
+        coracle = GradientOracle(stack, method="vmap", compile=True)
+        cstate = [algo.init(stack.initial_params(), coracle, mixer)]
+
+        def compiled_step() -> None:
+            cstate[0] = algo.step(cstate[0], (x, y), coracle, mixer, lr)
+
+        out["compiled"] = median_ms(compiled_step, dev, reps)
+    return out
 
 
 def main() -> None:
@@ -113,6 +124,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--models", default="mlp,cnn1d")
     ap.add_argument("--sizes", default=None, help="comma-separated n (default 8,32,64)")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time the torch.compile'd oracle (tens of seconds to compile)")
     args = ap.parse_args()
     dev = flatlab.engine.resolve_device(args.device)
     sizes = [int(s) for s in (args.sizes or ("8,32" if args.quick else "8,32,64")).split(",")]
@@ -124,14 +137,19 @@ def main() -> None:
         name = f"CPU {cpu}, {torch.get_num_threads()} threads, {os.cpu_count()} cores"
     print(f"device: {name}; torch {torch.__version__}; batch {B} per node; ms per step "
           f"(median of {reps})")
-    print(f"{'model':<7}{'n':>4}{'loop':>10}{'flatlab':>10}{'limit':>10}"
-          f"{'loop/flatlab':>14}{'flatlab/limit':>15}")
+    head = (f"{'model':<7}{'n':>4}{'loop':>10}{'flatlab':>10}{'limit':>10}"
+            f"{'loop/flatlab':>14}{'flatlab/limit':>15}")
+    if args.compile:
+        head += f"{'compiled':>10}{'compiled/limit':>16}"
+    print(head)
     for model in args.models.split(","):
         for n in sizes:
-            r = bench(model, n, dev, reps)
-            print(f"{model:<7}{n:>4}{r['loop']:>10.2f}{r['flatlab']:>10.2f}{r['limit']:>10.2f}"
-                  f"{r['loop'] / r['flatlab']:>14.2f}{r['flatlab'] / r['limit']:>15.2f}",
-                  flush=True)
+            r = bench(model, n, dev, reps, compiled=args.compile and model == "mlp")
+            line = (f"{model:<7}{n:>4}{r['loop']:>10.2f}{r['flatlab']:>10.2f}{r['limit']:>10.2f}"
+                    f"{r['loop'] / r['flatlab']:>14.2f}{r['flatlab'] / r['limit']:>15.2f}")
+            if "compiled" in r:
+                line += f"{r['compiled']:>10.2f}{r['compiled'] / r['limit']:>16.2f}"
+            print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -32,10 +32,19 @@ def test_plot_refuses_a_table_without_the_columns():
         spectral_gap(pd.DataFrame({"n": [1]}))
 
 
-def test_demo_writes_its_figure_and_table(tmp_path, capsys):
-    png = run_demo(tmp_path, small=True)
+def test_demo_trains_and_writes_its_figure_and_table(tmp_path, capsys):
+    png = run_demo(tmp_path, small=True, progress=False)
     assert png.exists() and png.stat().st_size > 10_000
-    assert (tmp_path / "spectral_gap.pdf").exists()
-    table = pd.read_csv(tmp_path / "study.csv")
-    assert table.n.max() == 64
-    assert "transient iterations" in capsys.readouterr().out
+    assert (tmp_path / "curves.pdf").exists()
+    table = pd.read_csv(tmp_path / "summary.csv")
+    assert list(table.algorithm) == ["centralized", "consensus", "diffusion"]
+    assert (table.status == "done").all()
+    assert table["test acc (avg)"].between(0, 1).all()
+    # centralized keeps every node identical; the decentralized runs do not
+    cons = dict(zip(table.algorithm, table["consensus dist"], strict=True))
+    assert cons["centralized"] < 1e-12 * cons["consensus"]
+    out = capsys.readouterr().out
+    assert "results:" in out and "summary.csv" in out and "spectral gap" in out
+    # a second call resumes the sweep: nothing is trained again
+    run_demo(tmp_path, small=True, progress=False)
+    assert "[1/3]" not in capsys.readouterr().out

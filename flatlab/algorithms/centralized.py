@@ -67,8 +67,9 @@ class Centralized(Algorithm):
         loss, G = oracle(state.x, batch)
         g = mixer.mean(G).expand_as(state.x)
         if self.momentum:
-            m = self.momentum * state.m + g
-            d = g + self.momentum * m if self.nesterov else m
+            m = torch.add(g, state.m, alpha=self.momentum)
+            d = torch.add(g, m, alpha=self.momentum) if self.nesterov else m
         else:
             m, d = None, g
-        return CentralizedState(x=state.x - lr * d, m=m, t=state.t + 1, loss=loss)
+        return CentralizedState(x=torch.add(state.x, d, alpha=-lr), m=m, t=state.t + 1,
+                                loss=loss)

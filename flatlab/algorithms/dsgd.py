@@ -49,7 +49,7 @@ class Consensus(_Gossip):
     def step(self, state: State, batch: Any, oracle: Any, mixer: Any, lr: float) -> State:
         """``X⁺ = W_t X − η G(X)``."""
         loss, G = oracle(state.x, batch)
-        x = mixer.mix(state.x, state.t) - lr * G
+        x = mixer.mix(state.x, state.t).add_(G, alpha=-lr)  # the mix output is ours
         return State(x=x, t=state.t + 1, loss=loss)
 
 
@@ -69,7 +69,7 @@ class Diffusion(_Gossip):
     def step(self, state: State, batch: Any, oracle: Any, mixer: Any, lr: float) -> State:
         """``X⁺ = W_t (X − η G(X))``."""
         loss, G = oracle(state.x, batch)
-        x = mixer.mix(state.x - lr * G, state.t)
+        x = mixer.mix(torch.add(state.x, G, alpha=-lr), state.t)
         return State(x=x, t=state.t + 1, loss=loss)
 
 
@@ -90,4 +90,4 @@ class DiffusionCTA(_Gossip):
         """``Φ = W_t X``, ``X⁺ = Φ − η G(Φ)``."""
         phi = mixer.mix(state.x, state.t)
         loss, G = oracle(phi, batch)
-        return State(x=phi - lr * G, t=state.t + 1, loss=loss)
+        return State(x=torch.add(phi, G, alpha=-lr), t=state.t + 1, loss=loss)

@@ -174,8 +174,18 @@ class NodeStack:
 
     def node_loss(self, x: torch.Tensor, buffers: dict[str, torch.Tensor],
                   inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Loss of one model on one batch (the function the oracle differentiates)."""
+        """Loss of one model with flat parameters ``x`` ``[P]`` on one batch."""
         return self.loss_fn(self.apply(x, buffers, inputs), targets)
+
+    def params_loss(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
+                    inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Loss of one model given its parameters as a dict.
+
+        This is the function the oracle differentiates: gradients come per parameter tensor and
+        are concatenated once into ``[P]``.
+        """
+        out = functional_call(self.module, (params, buffers), (inputs,))
+        return self.loss_fn(out, targets)
 
     def forward(self, X: torch.Tensor, inputs: torch.Tensor, *,  # noqa: N803
                 shared_inputs: bool = False) -> torch.Tensor:

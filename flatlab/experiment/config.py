@@ -293,8 +293,15 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
 
 
 def apply_overrides(d: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """A copy of the nested mapping ``d`` with dotted-key ``overrides`` set."""
+    """A copy of the nested mapping ``d`` with dotted-key ``overrides`` set.
+
+    The length of training is one choice: overriding ``train.steps`` drops ``train.epochs``
+    from ``d`` and the other way round (unless both are overridden).
+    """
     d = copy.deepcopy(d)
+    for a, b in (("train.steps", "train.epochs"), ("train.epochs", "train.steps")):
+        if a in overrides and b not in overrides and isinstance(d.get("train"), dict):
+            d["train"].pop(b.split(".")[1], None)
     for key, value in overrides.items():
         parts = key.split(".")
         node = d

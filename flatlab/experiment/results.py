@@ -81,8 +81,13 @@ def load(path: str | Path) -> pd.DataFrame:
 def summary(path: str | Path) -> pd.DataFrame:
     """One row per run: its status, step and the last value of each ``avg``/``network`` metric."""
     path = Path(path)
+    if not path.exists():
+        raise FlatlabError(f"results path {path} does not exist")
+    runs = find_runs(path)
+    if not runs:
+        raise FlatlabError(f"no run directory (config.yaml + status.json) under {path}")
     rows = []
-    for r in find_runs(path):
+    for r in runs:
         st = json.loads((r / "status.json").read_text())
         row = {"run": r.relative_to(path).as_posix() if r != path else r.name,
                "status": st.get("status"), "step": st.get("step"),

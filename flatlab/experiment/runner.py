@@ -153,8 +153,9 @@ def measure(run: Run, X: torch.Tensor, step: int) -> list[tuple[str, str, float]
                     rows += [(f"{split}_accuracy", str(i), float(v))
                              for i, v in enumerate(ev.accuracy_nodes)]
     if "consensus_distance" in wanted:
-        xbar = X.mean(0)
-        xi2 = float((X - xbar).pow(2).sum() / X.shape[0])
+        X64 = X.double()  # noqa: N806 - accumulate in float64
+        xbar = X64.mean(0)
+        xi2 = float((X64 - xbar).pow(2).sum() / X.shape[0])
         rows += [("consensus_distance", "network", xi2),
                  ("consensus_distance_rel", "network", xi2 / max(float(xbar.pow(2).sum()), 1e-300))]
     if "grad_norm" in wanted:

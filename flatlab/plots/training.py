@@ -8,6 +8,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
+from flatlab.errors import FlatlabError
+
 __all__ = ["training_curves", "DEFAULT_CURVES"]
 
 DEFAULT_CURVES = (("test_accuracy", "avg"), ("train_loss", "avg"), ("consensus_distance",
@@ -42,7 +44,7 @@ def training_curves(df: pd.DataFrame, metrics: Sequence[str] | None = None,
         for m in metrics:
             scopes = set(df.loc[df.metric == m, "scope"])
             if not scopes:
-                raise ValueError(f"no metric {m!r} in the results; present: "
+                raise FlatlabError(f"no metric {m!r} in the results; present: "
                                  f"{', '.join(sorted(set(df.metric)))}")
             wanted.append((m, "avg" if "avg" in scopes else "network" if "network" in scopes
                            else "mean"))

@@ -1,0 +1,116 @@
+"""One suite over the whole registry (every name in ``available()``), as optax does.
+
+Later algorithms get these checks by registering: construction and errors, state shapes and
+dtypes across steps, checkpoint round trips that continue bit for bit, device-free plain state,
+and convergence on a well-conditioned quadratic to a point where the local gradients sum to zero
+(exact methods: to x* itself).
+"""
+
+import dataclasses
+
+import pytest
+import torch
+
+import flatlab
+from flatlab.algorithms import (
+    Algorithm,
+    State,
+    aliases,
+    available,
+    get,
+    load_state,
+    make,
+    simulate,
+    state_dict,
+)
+from flatlab.comm import SimulatedMixer
+from flatlab.data import heterogeneous_quadratics
+from flatlab.engine import FunctionOracle
+from flatlab.errors import AlgorithmError
+
+NAMES = available()
+
+
+def test_registry_lists_and_aliases():
+    assert {"centralized", "consensus", "diffusion", "diffusion-cta"} <= set(NAMES)
+    assert aliases()["dsgd"] == "diffusion"
+    assert get("dsgd") is get("diffusion")
+    assert type(make("d-psgd")).name == "consensus"
+    with pytest.raises(AlgorithmError, match="unknown algorithm 'sgd'; available: centralized"):
+        make("sgd")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_construction(name):
+    algo = make(name)
+    assert isinstance(algo, Algorithm) and type(algo).name == name
+    assert make(name, **algo.hparams()) == algo
+    doc = type(algo).__doc__ or ""
+    assert "⁺" in doc and "Messages" in doc  # the update rule and its messages are documented
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        algo.some_field = 1  # hyper-parameters are frozen
+    with pytest.raises(AlgorithmError, match="unknown hyper-parameter nope; accepted"):
+        make(name, nope=1)
+
+
+def problem(dtype):
+    q = heterogeneous_quadratics(8, 4, seed=11, condition=3.0, dtype=dtype)
+    return q, q.grad_fn(noise=0.01, seed=2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", NAMES)
+def test_state_shapes_dtypes_and_checkpoint_roundtrip(name, dtype):
+    q, gf = problem(dtype)
+    topo = flatlab.topology.make("one-peer-exponential", 8)
+    algo = make(name)
+    oracle, mixer = FunctionOracle(gf), SimulatedMixer(topo, device="cpu", dtype=dtype)
+    state = algo.init(torch.zeros(8, 4, dtype=dtype), oracle, mixer)
+    assert isinstance(state, State) and state.t == 0
+
+    def tensors(s):
+        return {f.name: getattr(s, f.name) for f in dataclasses.fields(s)
+                if isinstance(getattr(s, f.name), torch.Tensor)}
+
+    shapes = {k: (v.shape, v.dtype) for k, v in tensors(state).items()}
+    for t in range(7):
+        state = algo.step(state, t, oracle, mixer, 0.05)
+        assert {k: (v.shape, v.dtype) for k, v in tensors(state).items()
+                if k != "loss"} == {k: v for k, v in shapes.items() if k != "loss"}
+    assert state.t == 7 and state.x.dtype == dtype
+    saved = state_dict(state)
+    restored = load_state(saved, state)
+    a, b = state, restored
+    for t in range(7, 12):
+        a = algo.step(a, t, oracle, mixer, 0.05)
+        b = algo.step(b, t, oracle, mixer, 0.05)
+    for k, v in tensors(a).items():
+        assert torch.equal(v, tensors(b)[k]), k
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_converges_on_a_well_conditioned_quadratic(name):
+    q = heterogeneous_quadratics(8, 3, seed=12, condition=2.0)
+    X0 = torch.randn(8, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    xs = simulate(name, "ring", q.grad_fn(), X0, steps=4000, lr=0.1, stride=1000)
+    X = xs[-1]
+    step_change = float((xs[-1] - xs[-2]).abs().max())
+    assert step_change < 1e-12  # a fixed point
+    if get(name).exact:
+        assert float((X - q.x_star).abs().max()) < 1e-9
+    else:
+        # where the gradient is taken (the mixed point for CTA), the local gradients cancel
+        W = torch.as_tensor(flatlab.topology.make("ring", 8).matrix(0))
+        at = W @ X if name == "diffusion-cta" else X
+        assert float(q.grad(at).sum(0).abs().max()) < 1e-10
+        assert float((X - q.x_star).abs().max()) > 1e-4  # and it is biased
+
+
+def test_load_state_refuses_another_class():
+    q, gf = problem(torch.float64)
+    mixer = SimulatedMixer(flatlab.topology.make("ring", 8), device="cpu", dtype=torch.float64)
+    a = make("centralized", momentum=0.9).init(torch.zeros(8, 4, dtype=torch.float64),
+                                               FunctionOracle(gf), mixer)
+    b = make("diffusion").init(torch.zeros(8, 4, dtype=torch.float64), FunctionOracle(gf), mixer)
+    with pytest.raises(AlgorithmError, match="checkpoint holds a CentralizedState"):
+        load_state(state_dict(a), b)

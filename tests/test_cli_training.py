@@ -1,0 +1,89 @@
+"""The training commands: run, sweep, results, plot, listings, and their one-line errors."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+import flatlab  # noqa: E402
+from flatlab.cli import main  # noqa: E402
+from flatlab.experiment import load_config  # noqa: E402
+from flatlab.experiment.sweep import expand, load_sweep  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["data.name=digits", "model.name=logistic", "topology.nodes=4", "train.steps=6",
+        "measure.every=3", "measure.train_subset=100", "device=cpu"]
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_shipped_configs_are_valid():
+    cfg = load_config(REPO / "configs" / "ring16.yaml")
+    assert cfg.algorithm.name == "diffusion" and cfg.topology.nodes == 16
+    points = expand(load_sweep(REPO / "configs" / "sweep_algorithms.yaml"))
+    assert len(points) == 9
+    assert {c.algorithm.name for _, c in points} == {"centralized", "consensus", "diffusion"}
+
+
+def test_run_results_plot(capsys, tmp_path):
+    cfg = REPO / "configs" / "ring16.yaml"
+    code, out, err = run(capsys, "run", cfg, *TINY, "--out", tmp_path / "r", "--no-progress")
+    assert code == 0, err
+    assert out.startswith("done at step 6")
+    code, out, _ = run(capsys, "results", tmp_path / "r", "--csv", tmp_path / "s.csv")
+    assert code == 0 and "test_accuracy" in out and (tmp_path / "s.csv").exists()
+    code, out, _ = run(capsys, "plot", tmp_path / "r", "--metric", "test_accuracy", "--metric",
+                       "consensus_distance")
+    assert code == 0 and (tmp_path / "r" / "curves.png").stat().st_size > 5000
+    code, _, err = run(capsys, "plot", tmp_path / "r", "--metric", "hessian")
+    assert code == 2 and "no metric 'hessian'" in err and err.count("\n") == 1
+
+
+def test_sweep_command(capsys, tmp_path):
+    spec = {"base": str(REPO / "configs" / "ring16.yaml"), "out": str(tmp_path / "sw"),
+            "grid": {"algorithm.name": ["centralized", "diffusion-cta"]}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    code, out, err = run(capsys, "sweep", tmp_path / "s.yaml", *TINY, "--no-progress")
+    assert code == 0, err
+    assert "2 done" in out
+    df = flatlab.results.load(tmp_path / "sw")
+    assert set(df["algorithm.name"]) == {"centralized", "diffusion-cta"}
+
+
+def test_listings(capsys):
+    code, out, _ = run(capsys, "algorithms")
+    assert code == 0
+    for name in flatlab.algorithms.available():
+        assert name in out
+    assert "dsgd" in out
+    for cmd, names in (("datasets", flatlab.data.available()),
+                       ("models", flatlab.models.available())):
+        code, out, _ = run(capsys, cmd)
+        assert code == 0 and all(n in out for n in names)
+    code, out, _ = run(capsys, "measures")
+    assert code == 0 and "consensus_distance" in out
+
+
+@pytest.mark.parametrize("argv,pattern", [
+    (["run", "missing.yaml"], "config file missing.yaml does not exist"),
+    (["run", REPO / "configs" / "ring16.yaml", "optim.lr=-1"], "config field optim.lr"),
+    (["run", REPO / "configs" / "ring16.yaml", "optim.lrr=1"], "optim.lrr is unknown"),
+    (["run", REPO / "configs" / "ring16.yaml", "lr"], "not key=value"),
+    (["run", REPO / "configs" / "ring16.yaml", "data.name=cifar10", "data.root=/nonexistent"],
+     "cifar10"),
+    (["sweep", "missing.yaml"], "sweep spec missing.yaml does not exist"),
+    (["results", "/nonexistent/runs"], "does not exist"),
+])
+def test_bad_training_input_is_one_line_and_exit_2(capsys, tmp_path, argv, pattern):
+    code, out, err = run(capsys, *argv, *(["--out", tmp_path / "x"] if argv[0] == "run" else []))
+    assert code == 2
+    assert err.count("\n") == 1 and pattern in err, err
+    assert not (tmp_path / "x" / "status.json").exists()  # nothing half-written
