@@ -35,6 +35,7 @@ figs: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/spectral.py
+	$(BIN)/python benchmarks/step_time.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache paper_figs/out demo_out
+	rm -rf $(VENV) .pytest_cache paper_figs/out results/demo

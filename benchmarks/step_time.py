@@ -37,6 +37,17 @@ from flatlab.models import make as make_model  # noqa: E402
 B = 32
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -133,8 +144,7 @@ def main() -> None:
     if dev.type == "cuda":
         name = torch.cuda.get_device_name(dev)
     else:
-        cpu = platform.processor() or platform.machine()
-        name = f"CPU {cpu}, {torch.get_num_threads()} threads, {os.cpu_count()} cores"
+        name = f"CPU {cpu_name()}, {torch.get_num_threads()} threads, {os.cpu_count()} cores"
     print(f"device: {name}; torch {torch.__version__}; batch {B} per node; ms per step "
           f"(median of {reps})")
     head = (f"{'model':<7}{'n':>4}{'loop':>10}{'flatlab':>10}{'limit':>10}"
