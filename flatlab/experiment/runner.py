@@ -106,7 +106,11 @@ def build(cfg: RunConfig) -> Run:
     topo = make_topology(cfg.topology.name, n, weights=cfg.topology.weights,
                          lazy=cfg.topology.lazy, **cfg.topology.params)
     mixer = SimulatedMixer(topo, device=stack.device, dtype=dtype, method=cfg.mix_method)
-    oracle = GradientOracle(stack, weight_decay=cfg.optim.weight_decay)
+    method = cfg.oracle
+    if cfg.compile and method == "auto":
+        method = "vmap"
+    oracle = GradientOracle(stack, weight_decay=cfg.optim.weight_decay, method=method,
+                            compile=cfg.compile)
     algo = _algorithms.make(cfg.algorithm.name, **cfg.algorithm.params)
     # fixed evaluation subsets: the nodes' training data (the global objective) and the test set
     rng = np.random.default_rng(cfg.data.seed + 7919)

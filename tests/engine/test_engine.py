@@ -188,3 +188,19 @@ def test_function_oracle_checks_shape():
         o(torch.zeros(3, 2), 0)
     loss, G = FunctionOracle(lambda X, t: X * t, weight_decay=0.5)(torch.ones(2, 2), 3)
     assert loss is None and torch.equal(G, torch.full((2, 2), 3.5))
+
+
+@pytest.mark.slow
+def test_compiled_oracle_equals_eager():
+    """torch.compile of the vmapped gradient (opt-in; tens of seconds to compile)."""
+    torch.manual_seed(6)
+    stack = NodeStack(mlp(), 4, device="cpu")
+    gen = torch.Generator().manual_seed(3)
+    X = stack.initial_params()
+    b = batch(4, 8, gen)
+    l1, g1 = GradientOracle(stack, method="vmap")(X, b)
+    l2, g2 = GradientOracle(stack, method="vmap", compile=True)(X, b)
+    torch.testing.assert_close(g2, g1, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(l2, l1, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="compile=True needs method='vmap'"):
+        GradientOracle(stack, method="autograd", compile=True)

@@ -46,6 +46,8 @@ BAD = [
     ({"init": "random"}, "accepted: same, different"),
     ({"mix_method": "fft"}, "accepted: auto, dense, sparse, shift"),
     ({"checkpoint_every": 0}, "checkpoint_every"),
+    ({"oracle": "jax"}, "accepted: auto, vmap, autograd"),
+    ({"oracle": "autograd", "compile": True}, "field compile"),
     ({"name": "a/b"}, "field name"),
     ({"data": {"name": "imagenet"}}, "data.name: 'imagenet' is not accepted; accepted:"),
     ({"data": {"partition": "random"}}, "accepted: iid, dirichlet, classes, shards, natural"),
