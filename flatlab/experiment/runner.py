@@ -283,13 +283,24 @@ def run(config: RunConfig | dict | str | Path, out: str | Path, *, progress: boo
         _write_metrics(out / "metrics.parquet", rows)
 
     def record(step: int) -> bool:
-        """Measure at ``step``; False when a measured value is not finite."""
+        """Measure at ``step``; False when a measured value or a parameter is not finite."""
+        if not bool(torch.isfinite(state.x).all()):
+            return False
         new = measure(built, state.x, step)
         if step > 0 and loss_acc[1]:
             new.append(("batch_loss", "mean", loss_acc[0] / loss_acc[1]))
             loss_acc[0], loss_acc[1] = 0.0, 0
         rows.extend((step, step / spe, m, s, float(v)) for m, s, v in new)
         return all(math.isfinite(v) for _, _, v in new)
+
+    def diverged(step: int, msg: str) -> RunResult:
+        """Record divergence: a ``diverged`` row, the checkpoint, the status."""
+        nonlocal elapsed
+        rows.append((step, step / spe, "diverged", "network", 1.0))
+        elapsed += time.perf_counter() - t0
+        checkpoint(step)
+        write_status("diverged", step, msg)
+        return RunResult(out, "diverged", step, msg)
 
     write_status("running", start)
     from tqdm.auto import tqdm
@@ -298,37 +309,25 @@ def run(config: RunConfig | dict | str | Path, out: str | Path, *, progress: boo
                dynamic_ncols=True, leave=False)
     step, t0 = start, time.perf_counter()
     try:
-        if start == 0 and not rows:
-            if not record(0):
-                elapsed += time.perf_counter() - t0
-                checkpoint(0)
-                write_status("diverged", 0, "non-finite metrics at the initial point")
-                return RunResult(out, "diverged", 0, "non-finite metrics at the initial point")
+        if start == 0 and not rows and not record(0):
+            return diverged(0, "non-finite parameters or metrics at the initial point")
         while step < total:
             state = built.algorithm.step(state, built.sampler.batch(step), built.oracle,
                                          built.mixer, built.lr(step))
             step += 1
-            finite = bool(torch.isfinite(state.x).all())
-            if state.loss is not None:
+            if state.loss is not None:  # one scalar per step; x itself is checked when measured
                 bl = float(state.loss.mean())
-                finite = finite and math.isfinite(bl)
+                finite = math.isfinite(bl)
                 loss_acc[0] += bl
                 loss_acc[1] += 1
+            else:
+                finite = bool(torch.isfinite(state.x).all())
             bar.update(1)
             if not finite:
-                msg = f"non-finite parameters or loss at step {step}"
-                rows.append((step, step / spe, "diverged", "network", 1.0))
-                elapsed += time.perf_counter() - t0
-                checkpoint(step)
-                write_status("diverged", step, msg)
-                return RunResult(out, "diverged", step, msg)
+                return diverged(step, f"non-finite loss at step {step}")
             if step % every == 0 or step == total:
                 if not record(step):
-                    msg = f"non-finite metrics at step {step}"
-                    elapsed += time.perf_counter() - t0
-                    checkpoint(step)
-                    write_status("diverged", step, msg)
-                    return RunResult(out, "diverged", step, msg)
+                    return diverged(step, f"non-finite parameters or metrics at step {step}")
                 if state.loss is not None:
                     bar.set_postfix(loss=f"{rows[-1][4]:.4g}", refresh=False)
             if stop_after is not None and step >= stop_after and step < total:
