@@ -47,6 +47,7 @@ def simulate(
     *,
     stride: int = 1,
     mix_method: str = "auto",
+    mixer: Any = None,
     return_state: bool = False,
     **hparams: Any,
 ) -> torch.Tensor | tuple[torch.Tensor, State]:
@@ -65,6 +66,9 @@ def simulate(
         lr: Constant step size, or a function of the step ``t``.
         stride: Keep the iterates every ``stride`` steps.
         mix_method: Mixer method (``auto``, ``dense``, ``sparse``, ``shift``).
+        mixer: A mixer to use instead of a new :class:`SimulatedMixer`; with a
+            :class:`~flatlab.comm.DistributedMixer`, ``X0`` and ``grad_fn`` see this rank's rows
+            only and ``topology`` is ignored.
         return_state: Also return the final algorithm state.
         **hparams: Hyper-parameters, when ``algorithm`` is a name.
 
@@ -90,8 +94,9 @@ def simulate(
                            f"{type(algorithm).__name__}")
     if hparams and not isinstance(algorithm, str):
         raise FlatlabError("hyper-parameters go to flatlab.algorithms.make, not to an instance")
-    topo = as_topology(topology, X0.shape[0])
-    mixer = SimulatedMixer(topo, device=X0.device, dtype=X0.dtype, method=mix_method)
+    if mixer is None:
+        topo = as_topology(topology, X0.shape[0])
+        mixer = SimulatedMixer(topo, device=X0.device, dtype=X0.dtype, method=mix_method)
     oracle = FunctionOracle(grad_fn)
     lr_at = lr if callable(lr) else (lambda _t, _lr=float(lr): _lr)
     state = algo.init(X0.clone(), oracle, mixer)

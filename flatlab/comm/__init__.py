@@ -9,6 +9,7 @@ tensor([1., 1., 1., 1.])
 """
 
 from flatlab.comm.base import CommStats
+from flatlab.comm.distributed import DistributedMixer
 from flatlab.comm.simulated import MIX_METHODS, SimulatedMixer
 
-__all__ = ["CommStats", "SimulatedMixer", "MIX_METHODS"]
+__all__ = ["CommStats", "SimulatedMixer", "DistributedMixer", "MIX_METHODS"]

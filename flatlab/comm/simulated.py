@@ -117,11 +117,33 @@ class SimulatedMixer:
         """
         return self._edges[t % self.period]
 
+    def in_edges(self, t: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Edges whose receiver this process holds, in the order :meth:`exchange` returns them.
+
+        In one process these are all edges, in the order of :meth:`edges`.
+        """
+        return self.edges(t)
+
+    @property
+    def local_rows(self) -> slice:
+        """The rows of the node stack this process holds (all of them)."""
+        return slice(0, self.n)
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes results (always, in one process)."""
+        return True
+
+    def gather(self, X: torch.Tensor) -> torch.Tensor:  # noqa: N803
+        """All rows of ``X`` (for measurements and checkpoints; not counted as traffic)."""
+        return X
+
     def exchange(self, M: torch.Tensor, t: int = 0) -> torch.Tensor:  # noqa: N803
         """Deliver per-edge messages: ``M[e]`` goes from ``src[e]`` to ``dst[e]`` only.
 
-        ``M`` is ``[E_t, ...]`` in the order of :meth:`edges`; the return value is what each
-        receiver gets, in the same order (in one process, ``M`` itself).
+        ``M`` is ``[E_t, ...]`` in the order of :meth:`edges` (the edges whose sender this process
+        holds); the return value is what the receivers get, in the order of :meth:`in_edges` (in
+        one process, ``M`` itself).
         """
         src, _ = self.edges(t)
         if M.shape[0] != src.numel():

@@ -1,0 +1,219 @@
+"""The distributed mixer: nodes spread over torch.distributed ranks, real point-to-point gossip.
+
+Rank ``r`` of ``K`` holds the contiguous block of ``k = n / K`` nodes ``r k, ..., (r + 1) k − 1``
+(rows of the node stack). For every round ``t`` of the topology the mixer precomputes:
+
+- for each other rank ``q``, which of its own rows some node of ``q`` mixes in (``w_ij ≠ 0``, ``i``
+  on ``q``, ``j`` here): exactly those rows are sent, in one ``batch_isend_irecv`` with all peers;
+- the local rows of ``W_t`` restricted to the columns it holds or receives, so ``mix`` is one
+  small matrix product after the exchange.
+
+Message and byte counts follow the simulated mixer's per-node convention (a node sends its row to
+each out-neighbour, wherever that neighbour lives), so the two agree exactly; the bytes that
+actually cross process boundaries are counted separately in ``wire_bytes``. ``mean`` is an
+all-reduce. Use gloo on CPU and NCCL on GPU, launched with ``torchrun`` (or any launcher that
+initialises the default process group); pass an explicit, short ``timeout`` to
+``init_process_group`` so a lost rank is detected (reference/environment.md §7).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from flatlab.comm.base import CommStats
+from flatlab.errors import FlatlabError
+from flatlab.topology import Topology
+
+__all__ = ["DistributedMixer"]
+
+
+class _Round:
+    """Precomputed communication plan of one round for one rank."""
+
+    def __init__(self, w, rank: int, k: int, world: int, dtype, device) -> None:
+        n = w.shape[0]
+        lo, hi = rank * k, (rank + 1) * k
+        owner = np.arange(n) // k
+        wl = w[lo:hi].tocoo()  # local rows of W_t
+        need = np.unique(wl.col[wl.data != 0])
+        self.recv = {}  # peer -> global ids received from it (sorted)
+        for q in range(world):
+            if q != rank:
+                ids = need[owner[need] == q]
+                if ids.size:
+                    self.recv[q] = ids
+        self.send = {}  # peer -> local row indices sent to it (sorted)
+        wt = w[:, lo:hi].tocsc()  # columns = my nodes
+        for q in range(world):
+            if q == rank:
+                continue
+            block = wt[q * k:(q + 1) * k].tocoo()
+            cols = np.unique(block.col[block.data != 0])
+            if cols.size:
+                self.send[q] = cols
+        ext = np.concatenate([np.arange(lo, hi)] + [self.recv[q] for q in sorted(self.recv)])
+        pos = {g: i for i, g in enumerate(ext)}
+        dense = np.zeros((k, ext.size))
+        for i, j, v in zip(wl.row, wl.col, wl.data, strict=True):
+            dense[i, pos[j]] += v
+        self.W = torch.as_tensor(dense, dtype=dtype, device=device)
+        self.send_idx = {q: torch.as_tensor(v, dtype=torch.int64, device=device)
+                         for q, v in self.send.items()}
+        coo = w.tocoo()
+        off = coo.row != coo.col
+        src, dst = coo.col[off], coo.row[off]
+        order = np.lexsort((dst, src))
+        src, dst = src[order], dst[order]
+        mine_out = (src >= lo) & (src < hi)
+        mine_in = (dst >= lo) & (dst < hi)
+        self.out_edges = (torch.as_tensor(src[mine_out]), torch.as_tensor(dst[mine_out]))
+        self.in_edges = (torch.as_tensor(src[mine_in]), torch.as_tensor(dst[mine_in]))
+        # exchange plan: positions in my out-edge list going to each peer, and in my in-edge
+        # list coming from each peer (both in global (src, dst) order, so sender and receiver
+        # agree on the order without talking)
+        so, do = src[mine_out], dst[mine_out]
+        si = src[mine_in]
+        self.ex_send = {q: np.flatnonzero(owner[do] == q) for q in range(world) if q != rank}
+        self.ex_recv = {q: np.flatnonzero(owner[si] == q) for q in range(world) if q != rank}
+        self.ex_local_out = np.flatnonzero(owner[do] == rank)
+        self.ex_local_in = np.flatnonzero(owner[si] == rank)
+        self.out_degree = torch.as_tensor(np.bincount(so - lo, minlength=k), dtype=torch.int64)
+
+
+class DistributedMixer:
+    """Gossip between nodes held by different processes (a drop-in for the simulated mixer).
+
+    Args:
+        topology: The (possibly time-varying) topology of all ``n`` nodes.
+        group: Process group (default: the default group, which must be initialised).
+        device: Device of the node stack (``cuda`` for NCCL, ``cpu`` for gloo).
+        dtype: dtype of the node stack.
+
+    Attributes:
+        rank, world_size: This process and the number of processes ``K`` (``K`` divides ``n``).
+        local_rows: The slice of node indices this rank holds.
+        stats: Logical messages and bytes of the local nodes (the simulated mixer's convention);
+            :meth:`gathered_stats` collects all nodes'.
+        wire_bytes: Bytes this rank actually sent to other ranks.
+    """
+
+    def __init__(self, topology: Topology, *, group=None,
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        if not dist.is_available() or not dist.is_initialized():
+            raise FlatlabError("DistributedMixer needs an initialised torch.distributed process "
+                               "group (launch with torchrun, or call init_process_group)")
+        self.topology = topology
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world_size = dist.get_world_size(group)
+        self.n = topology.n
+        if self.n % self.world_size:
+            raise FlatlabError(f"{self.world_size} processes cannot hold {self.n} nodes evenly; "
+                               "the number of processes must divide the number of nodes")
+        self.k = self.n // self.world_size
+        self.local_rows = slice(self.rank * self.k, (self.rank + 1) * self.k)
+        self.period = topology.period
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self._rounds = [_Round(topology.matrix(t, sparse=True).tocsr(), self.rank, self.k,
+                               self.world_size, dtype, self.device) for t in range(self.period)]
+        self.stats = CommStats.zeros(self.k)
+        self.wire_bytes = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes results."""
+        return self.rank == 0
+
+    def _peer(self, q: int) -> int:
+        return q if self.group is None else dist.get_global_rank(self.group, q)
+
+    def _p2p(self, sends: dict[int, torch.Tensor], recvs: dict[int, torch.Tensor]) -> None:
+        ops = [dist.P2POp(dist.isend, t, self._peer(q), self.group) for q, t in sends.items()]
+        ops += [dist.P2POp(dist.irecv, t, self._peer(q), self.group) for q, t in recvs.items()]
+        if ops:
+            for req in dist.batch_isend_irecv(ops):
+                req.wait()
+        self.wire_bytes += sum(t.numel() * t.element_size() for t in sends.values())
+
+    def _check(self, X: torch.Tensor) -> None:  # noqa: N803
+        if X.shape[0] != self.k:
+            raise FlatlabError(f"rank {self.rank} holds {self.k} nodes but got {X.shape[0]} rows")
+
+    def mix(self, X: torch.Tensor, t: int = 0) -> torch.Tensor:  # noqa: N803
+        """``(W_t X)[local rows]``: send each peer the rows it needs, receive, one product."""
+        self._check(X)
+        r = self._rounds[t % self.period]
+        flat = X.reshape(self.k, -1)
+        sends = {q: flat[idx].contiguous() for q, idx in r.send_idx.items()}
+        recvs = {q: torch.empty(len(ids), flat.shape[1], dtype=X.dtype, device=X.device)
+                 for q, ids in r.recv.items()}
+        self._p2p(sends, recvs)
+        ext = torch.cat([flat] + [recvs[q] for q in sorted(recvs)]) if recvs else flat
+        row_bytes = flat.shape[1] * X.element_size()
+        self.stats.messages += r.out_degree
+        self.stats.bytes += r.out_degree * row_bytes
+        return (r.W @ ext).reshape(X.shape)
+
+    def edges(self, t: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Directed edges ``(src, dst)`` of round ``t`` whose sender this rank holds."""
+        return self._rounds[t % self.period].out_edges
+
+    def in_edges(self, t: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Directed edges of round ``t`` whose receiver this rank holds (exchange's output)."""
+        return self._rounds[t % self.period].in_edges
+
+    def exchange(self, M: torch.Tensor, t: int = 0) -> torch.Tensor:  # noqa: N803
+        """Deliver per-edge messages to the ranks that hold their receivers.
+
+        Rows of ``M`` follow :meth:`edges`; the rows returned follow :meth:`in_edges`.
+        """
+        r = self._rounds[t % self.period]
+        src, _ = r.out_edges
+        if M.shape[0] != src.numel():
+            raise FlatlabError(f"exchange needs one message per edge of round {t} sent from "
+                               f"rank {self.rank}: {src.numel()} rows, got {M.shape[0]}")
+        tail = M.shape[1:]
+        out = torch.empty(r.in_edges[0].numel(), *tail, dtype=M.dtype, device=M.device)
+        out[torch.as_tensor(r.ex_local_in)] = M[torch.as_tensor(r.ex_local_out)]
+        sends = {q: M[torch.as_tensor(v)].contiguous() for q, v in r.ex_send.items() if v.size}
+        recvs = {q: torch.empty(v.size, *tail, dtype=M.dtype, device=M.device)
+                 for q, v in r.ex_recv.items() if v.size}
+        self._p2p(sends, recvs)
+        for q, buf in recvs.items():
+            out[torch.as_tensor(r.ex_recv[q])] = buf
+        per_edge = (M[0].numel() if M.shape[0] else 0) * M.element_size()
+        cnt = torch.bincount(src - self.local_rows.start, minlength=self.k)
+        self.stats.messages += cnt
+        self.stats.bytes += cnt * per_edge
+        return out
+
+    def mean(self, X: torch.Tensor) -> torch.Tensor:  # noqa: N803
+        """The exact network average by all-reduce, shaped ``X[0]``, on every rank."""
+        self._check(X)
+        s = X.sum(0)
+        dist.all_reduce(s, group=self.group)
+        if self.n > 1:
+            elems = X[0].numel()
+            self.stats.messages += 2 * (self.n - 1)
+            self.stats.bytes += (2 * (self.n - 1) * elems * X.element_size()) // self.n
+        return s / self.n
+
+    def gather(self, X: torch.Tensor) -> torch.Tensor:  # noqa: N803
+        """All ``n`` rows on every rank (measurements, checkpoints; not counted as traffic)."""
+        self._check(X)
+        parts = [torch.empty_like(X) for _ in range(self.world_size)]
+        dist.all_gather(parts, X.contiguous(), group=self.group)
+        return torch.cat(parts)
+
+    def gathered_stats(self) -> CommStats:
+        """Messages and bytes of all ``n`` nodes (an all-gather of the local counts)."""
+        m = self.gather(self.stats.messages.to(self.device)).cpu()
+        b = self.gather(self.stats.bytes.to(self.device)).cpu()
+        return CommStats(m, b)
+
+    def __repr__(self) -> str:
+        return (f"DistributedMixer({self.topology.label}, rank {self.rank}/{self.world_size}, "
+                f"nodes {self.local_rows.start}..{self.local_rows.stop - 1})")
