@@ -53,13 +53,14 @@ class _Round:
             cols = np.unique(block.col[block.data != 0])
             if cols.size:
                 self.send[q] = cols
-        ext = np.concatenate([np.arange(lo, hi)] + [self.recv[q] for q in sorted(self.recv)])
-        pos = {g: i for i, g in enumerate(ext)}
-        dense = np.zeros((k, ext.size))
-        for i, j, v in zip(wl.row, wl.col, wl.data, strict=True):
-            dense[i, pos[j]] += v
-        self.W = torch.as_tensor(dense, dtype=dtype, device=device)
-        self.send_idx = {q: torch.as_tensor(v, dtype=torch.int64, device=device)
+        dense = wl.toarray() if hasattr(wl, "toarray") else np.asarray(wl.todense())
+        # W_t's local rows split by the owner of the column: the own block and one block per peer
+        self.W_self = torch.as_tensor(dense[:, lo:hi], dtype=dtype, device=device)
+        self.W_peer = {q: torch.as_tensor(dense[:, ids], dtype=dtype, device=device)
+                       for q, ids in self.recv.items()}
+        # rows to send: a slice (a view, no copy) when they are consecutive, else an index
+        self.send_idx = {q: (slice(int(v[0]), int(v[-1]) + 1) if v[-1] - v[0] + 1 == v.size
+                             else torch.as_tensor(v, dtype=torch.int64, device=device))
                          for q, v in self.send.items()}
         coo = w.tocoo()
         off = coo.row != coo.col
@@ -121,6 +122,7 @@ class DistributedMixer:
                                self.world_size, dtype, self.device) for t in range(self.period)]
         self.stats = CommStats.zeros(self.k)
         self.wire_bytes = 0
+        self._buffers: dict[tuple, torch.Tensor] = {}
 
     @property
     def is_main(self) -> bool:
@@ -147,15 +149,27 @@ class DistributedMixer:
         self._check(X)
         r = self._rounds[t % self.period]
         flat = X.reshape(self.k, -1)
-        sends = {q: flat[idx].contiguous() for q, idx in r.send_idx.items()}
-        recvs = {q: torch.empty(len(ids), flat.shape[1], dtype=X.dtype, device=X.device)
+        if not flat.is_contiguous():
+            flat = flat.contiguous()
+        sends = {q: flat[idx] for q, idx in r.send_idx.items()}  # slices are views
+        recvs = {q: self._buffer(("mix", t % self.period, q), (len(ids), flat.shape[1]), X)
                  for q, ids in r.recv.items()}
         self._p2p(sends, recvs)
-        ext = torch.cat([flat] + [recvs[q] for q in sorted(recvs)]) if recvs else flat
+        out = r.W_self @ flat
+        for q, buf in recvs.items():
+            out.addmm_(r.W_peer[q], buf)
         row_bytes = flat.shape[1] * X.element_size()
         self.stats.messages += r.out_degree
         self.stats.bytes += r.out_degree * row_bytes
-        return (r.W @ ext).reshape(X.shape)
+        return out.reshape(X.shape)
+
+    def _buffer(self, key: tuple, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """A receive buffer reused across calls (its contents are consumed before returning)."""
+        buf = self._buffers.get(key)
+        if buf is None or buf.shape != shape or buf.dtype != like.dtype or \
+                buf.device != like.device:
+            buf = self._buffers[key] = torch.empty(shape, dtype=like.dtype, device=like.device)
+        return buf
 
     def edges(self, t: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Directed edges ``(src, dst)`` of round ``t`` whose sender this rank holds."""
