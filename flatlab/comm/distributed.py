@@ -143,6 +143,9 @@ class DistributedMixer:
     def _check(self, X: torch.Tensor) -> None:  # noqa: N803
         if X.shape[0] != self.k:
             raise FlatlabError(f"rank {self.rank} holds {self.k} nodes but got {X.shape[0]} rows")
+        if X.dtype != self.dtype:
+            raise FlatlabError(f"the mixer works in {self.dtype} but X is {X.dtype}; build it "
+                               "with dtype=X.dtype")
 
     def mix(self, X: torch.Tensor, t: int = 0) -> torch.Tensor:  # noqa: N803
         """``(W_t X)[local rows]``: send each peer the rows it needs, receive, one product."""
@@ -217,7 +220,8 @@ class DistributedMixer:
 
     def gather(self, X: torch.Tensor) -> torch.Tensor:  # noqa: N803
         """All ``n`` rows on every rank (measurements, checkpoints; not counted as traffic)."""
-        self._check(X)
+        if X.shape[0] != self.k:
+            raise FlatlabError(f"rank {self.rank} holds {self.k} nodes but got {X.shape[0]} rows")
         parts = [torch.empty_like(X) for _ in range(self.world_size)]
         dist.all_gather(parts, X.contiguous(), group=self.group)
         return torch.cat(parts)

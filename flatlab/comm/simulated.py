@@ -167,6 +167,9 @@ class SimulatedMixer:
     def _check(self, X: torch.Tensor) -> None:  # noqa: N803
         if X.shape[0] != self.n:
             raise FlatlabError(f"mixer holds {self.n} nodes but got {X.shape[0]} rows")
+        if X.dtype != self.dtype:
+            raise FlatlabError(f"the mixer works in {self.dtype} but X is {X.dtype}; build it "
+                               "with dtype=X.dtype")
 
     def __repr__(self) -> str:
         return (f"SimulatedMixer({self.topology.label}, method={self.method}, "

@@ -90,3 +90,9 @@ def test_errors_and_auto_method():
         SimulatedMixer(flatlab.topology.make("ring", 5), device="cpu", method="fast")
     with pytest.raises(FlatlabError, match="holds 5 nodes"):
         SimulatedMixer(flatlab.topology.make("ring", 5), device="cpu").mix(torch.zeros(4, 2))
+
+
+def test_dtype_mismatch_is_one_clear_error():
+    mixer = SimulatedMixer(flatlab.topology.make("ring", 4), device="cpu", dtype=torch.float32)
+    with pytest.raises(FlatlabError, match="works in torch.float32 but X is torch.float64"):
+        mixer.mix(torch.zeros(4, 2, dtype=torch.float64))
