@@ -3,7 +3,8 @@
 Later algorithms get these checks by registering: construction and errors, state shapes and
 dtypes across steps, checkpoint round trips that continue bit for bit, device-free plain state,
 and convergence on a well-conditioned quadratic to a point where the local gradients sum to zero
-(exact methods: to x* itself).
+(exact methods: to x* itself). The multi-process counterpart, every registered algorithm on the
+distributed mixer against the simulated one, is ``tests/comm/test_distributed.py``.
 """
 
 import dataclasses
