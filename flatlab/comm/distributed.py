@@ -140,9 +140,12 @@ class DistributedMixer:
                 req.wait()
         self.wire_bytes += sum(t.numel() * t.element_size() for t in sends.values())
 
-    def _check(self, X: torch.Tensor) -> None:  # noqa: N803
+    def _check_rows(self, X: torch.Tensor) -> None:  # noqa: N803
         if X.shape[0] != self.k:
             raise FlatlabError(f"rank {self.rank} holds {self.k} nodes but got {X.shape[0]} rows")
+
+    def _check(self, X: torch.Tensor) -> None:  # noqa: N803
+        self._check_rows(X)
         if X.dtype != self.dtype:
             raise FlatlabError(f"the mixer works in {self.dtype} but X is {X.dtype}; build it "
                                "with dtype=X.dtype")
@@ -220,8 +223,7 @@ class DistributedMixer:
 
     def gather(self, X: torch.Tensor) -> torch.Tensor:  # noqa: N803
         """All ``n`` rows on every rank (measurements, checkpoints; not counted as traffic)."""
-        if X.shape[0] != self.k:
-            raise FlatlabError(f"rank {self.rank} holds {self.k} nodes but got {X.shape[0]} rows")
+        self._check_rows(X)
         parts = [torch.empty_like(X) for _ in range(self.world_size)]
         dist.all_gather(parts, X.contiguous(), group=self.group)
         return torch.cat(parts)

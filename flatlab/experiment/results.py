@@ -47,14 +47,28 @@ def find_runs(path: str | Path) -> list[Path]:
                   .is_file())
 
 
+def _runs_or_fail(path: Path) -> list[Path]:
+    """The runs under ``path``; a one-line error when there is nothing to load."""
+    if not path.exists():
+        raise FlatlabError(f"results path {path} does not exist")
+    runs = find_runs(path)
+    if not runs:
+        raise FlatlabError(f"no run directory (config.yaml + status.json) under {path}")
+    return runs
+
+
+def _run_name(run: Path, root: Path) -> str:
+    """A run's name relative to the loaded path (its own name when the path is the run)."""
+    return run.relative_to(root).as_posix() if run != root else run.name
+
+
 def _run_frame(run: Path, root: Path) -> pd.DataFrame:
     cfg = flatten(yaml.safe_load((run / "config.yaml").read_text()) or {})
     status = json.loads((run / "status.json").read_text())
     mpath = run / "metrics.parquet"
     df = pd.read_parquet(mpath) if mpath.is_file() else pd.DataFrame(
         columns=["step", "epoch", "metric", "scope", "value"])
-    rel = run.relative_to(root).as_posix() if run != root else run.name
-    df["run"] = rel
+    df["run"] = _run_name(run, root)
     df["status"] = status.get("status")
     for k, v in cfg.items():
         df[k] = v
@@ -68,11 +82,7 @@ def load(path: str | Path) -> pd.DataFrame:
         FlatlabError: ``path`` does not exist or holds no run.
     """
     path = Path(path)
-    if not path.exists():
-        raise FlatlabError(f"results path {path} does not exist")
-    runs = find_runs(path)
-    if not runs:
-        raise FlatlabError(f"no run directory (config.yaml + status.json) under {path}")
+    runs = _runs_or_fail(path)
     frames = [_run_frame(r, path) for r in runs]
     frames = [f for f in frames if len(f)] or frames[:1]
     return pd.concat(frames, ignore_index=True)
@@ -81,15 +91,11 @@ def load(path: str | Path) -> pd.DataFrame:
 def summary(path: str | Path) -> pd.DataFrame:
     """One row per run: its status, step and the last value of each ``avg``/``network`` metric."""
     path = Path(path)
-    if not path.exists():
-        raise FlatlabError(f"results path {path} does not exist")
-    runs = find_runs(path)
-    if not runs:
-        raise FlatlabError(f"no run directory (config.yaml + status.json) under {path}")
+    runs = _runs_or_fail(path)
     rows = []
     for r in runs:
         st = json.loads((r / "status.json").read_text())
-        row = {"run": r.relative_to(path).as_posix() if r != path else r.name,
+        row = {"run": _run_name(r, path),
                "status": st.get("status"), "step": st.get("step"),
                "elapsed_s": st.get("elapsed_s")}
         mpath = r / "metrics.parquet"
