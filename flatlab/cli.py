@@ -4,13 +4,15 @@
     flatlab bounds --algorithm dsgd --topology ring --nodes 16 [--L 1 --sigma2 1 --zeta2 1] [--json]
     flatlab topologies | algorithms | datasets | models | measures
     flatlab run CONFIG [key=value ...] [--out DIR] [--no-progress] [--restart]
+    torchrun --nproc_per_node=K -m flatlab run CONFIG backend=distributed [...]
     flatlab sweep SPEC [key=value ...] [--no-progress]
     flatlab results PATH [--csv FILE]
     flatlab plot PATH [--metric test_accuracy] [--out FIG.png]
     flatlab demo [--out DIR] [--small]
 
 Bad input of any kind ends with one line on stderr naming what is wrong and what is accepted,
-and exit status 2.
+and exit status 2. A distributed run that loses a process ends with one line naming the lost
+rank and exit status 1 (the run is marked failed).
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from flatlab.errors import FlatlabError
+from flatlab.errors import FlatlabError, RankLostError
 
 __all__ = ["main"]
 
@@ -228,8 +231,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
     res = run(cfg, out, progress=not args.no_progress, resume=not args.restart)
-    print(f"{res.status} at step {res.step}: {res.path}" + (f" ({res.message})"
-                                                             if res.message else ""))
+    if res.main:  # in a distributed run, rank 0 speaks for all
+        print(f"{res.status} at step {res.step}: {res.path}"
+              + (f" ({res.message})" if res.message else ""))
     return 0 if res.status in ("done", "diverged") else 1
 
 
@@ -365,6 +369,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FlatlabError as err:
         print(f"flatlab {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except RankLostError as err:  # a distributed run lost a process: the run failed, not the input
+        print(f"flatlab {args.command}: {err}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # leave at once: tearing down a process group whose peers are gone can block for seconds
+        os._exit(1)
 
 
 if __name__ == "__main__":

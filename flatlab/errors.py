@@ -14,6 +14,7 @@ __all__ = [
     "ModelError",
     "AlgorithmError",
     "ConfigError",
+    "RankLostError",
 ]
 
 
@@ -43,3 +44,10 @@ class AlgorithmError(FlatlabError):
 
 class ConfigError(FlatlabError):
     """A run or sweep configuration with a field that is missing, unknown or out of range."""
+
+
+class RankLostError(RuntimeError):
+    """A distributed run lost one of its processes; the message names it (exit status 1).
+
+    Not a :class:`FlatlabError`: the input was fine, the run failed.
+    """

@@ -39,6 +39,10 @@ __all__ = [
 class State:
     """What every algorithm carries between steps.
 
+    Every tensor field is stacked by node (its leading dimension indexes the nodes this process
+    holds), so a distributed run can split a state into ranks' blocks and gather it back for a
+    checkpoint; subclasses keep to this rule.
+
     Attributes:
         x: ``[n, P]`` node parameters.
         t: Number of steps taken (the round index of the next gossip).

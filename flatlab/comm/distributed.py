@@ -122,6 +122,8 @@ class DistributedMixer:
                                self.world_size, dtype, self.device) for t in range(self.period)]
         self.stats = CommStats.zeros(self.k)
         self.wire_bytes = 0
+        self.calls = 0  # communication calls entered (the watchdog's progress count)
+        self.completed = 0  # ... and completed; they differ while a call waits for its peers
         self._buffers: dict[tuple, torch.Tensor] = {}
 
     @property
@@ -132,12 +134,19 @@ class DistributedMixer:
     def _peer(self, q: int) -> int:
         return q if self.group is None else dist.get_global_rank(self.group, q)
 
+    @property
+    def waiting(self) -> bool:
+        """Whether a communication call was entered and has not completed (it failed)."""
+        return self.calls != self.completed
+
     def _p2p(self, sends: dict[int, torch.Tensor], recvs: dict[int, torch.Tensor]) -> None:
         ops = [dist.P2POp(dist.isend, t, self._peer(q), self.group) for q, t in sends.items()]
         ops += [dist.P2POp(dist.irecv, t, self._peer(q), self.group) for q, t in recvs.items()]
+        self.calls += 1
         if ops:
             for req in dist.batch_isend_irecv(ops):
                 req.wait()
+        self.completed += 1
         self.wire_bytes += sum(t.numel() * t.element_size() for t in sends.values())
 
     def _check_rows(self, X: torch.Tensor) -> None:  # noqa: N803
@@ -213,8 +222,7 @@ class DistributedMixer:
     def mean(self, X: torch.Tensor) -> torch.Tensor:  # noqa: N803
         """The exact network average by all-reduce, shaped ``X[0]``, on every rank."""
         self._check(X)
-        s = X.sum(0)
-        dist.all_reduce(s, group=self.group)
+        s = self.all_reduce(X.sum(0))
         if self.n > 1:
             elems = X[0].numel()
             self.stats.messages += 2 * (self.n - 1)
@@ -225,8 +233,21 @@ class DistributedMixer:
         """All ``n`` rows on every rank (measurements, checkpoints; not counted as traffic)."""
         self._check_rows(X)
         parts = [torch.empty_like(X) for _ in range(self.world_size)]
+        self.calls += 1
         dist.all_gather(parts, X.contiguous(), group=self.group)
+        self.completed += 1
         return torch.cat(parts)
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """The sum of ``x`` over the processes, in place and returned (not counted as traffic).
+
+        For the runner's bookkeeping (the step's mean loss, measurements); algorithms use
+        :meth:`mean`, which is counted.
+        """
+        self.calls += 1
+        dist.all_reduce(x, group=self.group)
+        self.completed += 1
+        return x
 
     def gathered_stats(self) -> CommStats:
         """Messages and bytes of all ``n`` nodes (an all-gather of the local counts)."""

@@ -85,6 +85,8 @@ class SimulatedMixer:
             self._edges.append((src[order], dst[order]))
             self._out_degree.append(torch.bincount(src, minlength=self.n))
         self.stats = CommStats.zeros(self.n)
+        self.rank, self.world_size = 0, 1  # one process holds every node
+        self.waiting = False  # never waits for a peer
 
     # ------------------------------------------------------------------ communication
     def mix(self, X: torch.Tensor, t: int = 0) -> torch.Tensor:  # noqa: N803
@@ -137,6 +139,14 @@ class SimulatedMixer:
     def gather(self, X: torch.Tensor) -> torch.Tensor:  # noqa: N803
         """All rows of ``X`` (for measurements and checkpoints; not counted as traffic)."""
         return X
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """The sum of ``x`` over the processes: ``x`` itself, there is one."""
+        return x
+
+    def gathered_stats(self) -> CommStats:
+        """Messages and bytes of all nodes (this process holds them all)."""
+        return self.stats
 
     def exchange(self, M: torch.Tensor, t: int = 0) -> torch.Tensor:  # noqa: N803
         """Deliver per-edge messages: ``M[e]`` goes from ``src[e]`` to ``dst[e]`` only.

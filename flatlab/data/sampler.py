@@ -30,11 +30,14 @@ class NodeSampler:
         seed: Seed of the per-epoch shuffles.
         device: Where the data and the batches live.
         dtype: Floating dtype for the inputs (and for floating targets), if given.
+        rows: Keep only these nodes (a slice of ``0..n-1``; a distributed rank's block). Their
+            batches are exactly rows ``rows`` of the full sampler's (the shuffles are drawn for
+            all nodes, then sliced).
 
     Attributes:
         x: Inputs on the device, ``[n, m, ...]``.
         y: Labels on the device, ``[n, m]`` or ``[n, m, k]``.
-        n: Number of nodes.
+        n: Number of nodes held (``len(rows)``; all ``partition.n`` by default).
         m: Samples per node.
         batch_size: Samples per node per step.
         steps_per_epoch: ``m // batch_size``.
@@ -48,7 +51,7 @@ class NodeSampler:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, partition: Partition, batch_size: int,
                  *, seed: int = 0, device: str | torch.device = "cpu",
-                 dtype: torch.dtype | None = None) -> None:
+                 dtype: torch.dtype | None = None, rows: slice | None = None) -> None:
         if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
             raise DataError(f"NodeSampler needs torch tensors x and y (got "
                             f"{type(x).__name__} and {type(y).__name__})")
@@ -63,7 +66,14 @@ class NodeSampler:
         if idx.size and (idx.min() < 0 or idx.max() >= x.shape[0]):
             raise DataError(f"NodeSampler: partition indices reach {int(idx.max())} but the data "
                             f"have {x.shape[0]} samples")
-        self.n, self.m = partition.n, partition.size
+        self.n_total, self.m = partition.n, partition.size
+        self.rows = slice(0, self.n_total) if rows is None else rows
+        held = range(self.n_total)[self.rows]
+        if rows is not None and (rows.step not in (None, 1) or len(held) == 0):
+            raise DataError(f"NodeSampler rows must be a non-empty contiguous slice of "
+                            f"0..{self.n_total - 1} (got {rows})")
+        self.n = len(held)
+        idx = idx[self.rows]
         self.batch_size = check_int(batch_size, f"batch_size (m = {self.m} samples per node)",
                                     minimum=1, maximum=self.m)
         self.steps_per_epoch = self.m // self.batch_size
@@ -104,8 +114,8 @@ class NodeSampler:
         epoch = check_int(epoch, "epoch", minimum=0)
         if self._epoch != epoch:
             gen = torch.Generator(device="cpu").manual_seed(derive_seed(self.seed, epoch))
-            keys = torch.rand(self.n, self.m, generator=gen, dtype=torch.float64)
-            self._perm = keys.argsort(dim=1).to(self.device)
+            keys = torch.rand(self.n_total, self.m, generator=gen, dtype=torch.float64)
+            self._perm = keys[self.rows].argsort(dim=1).to(self.device)
             self._epoch = epoch
         return self._perm
 

@@ -44,7 +44,8 @@ def _chunks(n_samples: int, size: int):
 @torch.no_grad()
 def evaluate(stack: NodeStack, X: torch.Tensor, inputs: torch.Tensor,  # noqa: N803
              targets: torch.Tensor, *, average: bool = True, nodes: bool = True,
-             batch_size: int = 2048) -> Evaluation:
+             batch_size: int = 2048, xbar: torch.Tensor | None = None,
+             buffers_avg: dict[str, torch.Tensor] | None = None) -> Evaluation:
     """Loss and accuracy of ``x̄`` and of each row of ``X`` on ``(inputs, targets)``.
 
     Args:
@@ -56,6 +57,9 @@ def evaluate(stack: NodeStack, X: torch.Tensor, inputs: torch.Tensor,  # noqa: N
         nodes: Evaluate every node's model (one vmapped pass per chunk).
         batch_size: Samples per chunk for the averaged model; node passes use
             ``max(64, batch_size // n)`` samples per chunk.
+        xbar: The averaged model to evaluate instead of ``X.mean(0)`` (a distributed rank holds
+            only some rows of ``X``; it passes the all-reduced average).
+        buffers_avg: Its buffers, instead of ``stack.average_buffers()``.
     """
     N = inputs.shape[0]
     classify = stack.loss_name == "cross_entropy"
@@ -63,7 +67,8 @@ def evaluate(stack: NodeStack, X: torch.Tensor, inputs: torch.Tensor,  # noqa: N
     loss_avg, acc_avg, loss_nodes, acc_nodes = float("nan"), None, None, None
     with stack.mode(train=False):
         if average:
-            xbar, bbar = X.mean(0), stack.average_buffers()
+            xbar = X.mean(0) if xbar is None else xbar
+            bbar = stack.average_buffers() if buffers_avg is None else buffers_avg
             tot_loss, tot_correct = 0.0, 0
             for s in _chunks(N, batch_size):
                 a = inputs[s].to(dev, dt)

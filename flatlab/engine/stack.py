@@ -151,10 +151,17 @@ class NodeStack:
         for k in self.buffers:
             self.buffers[k].copy_(buffers[k])
 
-    def average_buffers(self) -> dict[str, torch.Tensor]:
-        """Buffers of the averaged model: float buffers averaged over nodes, others of node 0."""
+    def average_buffers(self, buffers: dict[str, torch.Tensor] | None = None
+                        ) -> dict[str, torch.Tensor]:
+        """Buffers of the averaged model: float buffers averaged over nodes, others of node 0.
+
+        Args:
+            buffers: Stacked buffers ``{name: [n, ...]}`` to average instead of the stack's own
+                (a distributed run passes every node's, gathered).
+        """
+        src = self.buffers if buffers is None else buffers
         return {k: (v.mean(0) if v.is_floating_point() else v[0].clone())
-                for k, v in self.buffers.items()}
+                for k, v in src.items()}
 
     @contextmanager
     def mode(self, train: bool):

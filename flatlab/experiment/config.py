@@ -57,6 +57,9 @@ __all__ = [
 ]
 
 BASIC_METRICS = ("loss", "accuracy", "consensus_distance", "grad_norm")
+BACKENDS = ("simulated", "distributed")
+#: Fields that say how a run executes, not what it computes (ignored when resuming a directory).
+EXECUTION_FIELDS = ("backend", "timeout")
 PARTITIONS = ("iid", "dirichlet", "classes", "shards", "natural")
 SCHEDULES = ("constant", "step", "cosine")
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -158,6 +161,12 @@ class RunConfig:
     Engine options: ``mix_method`` (auto, dense, sparse, shift), ``oracle`` (auto, vmap,
     autograd; see :class:`flatlab.engine.GradientOracle`) and ``compile`` (``torch.compile`` the
     vmapped gradient: faster steps for MLPs after tens of seconds of compilation).
+
+    Execution: ``backend`` is ``simulated`` (one process holds every node) or ``distributed``
+    (run under ``torchrun --nproc_per_node=K``, each of ``K`` processes holds ``n / K`` nodes and
+    gossip is real point-to-point communication); ``timeout`` is how many seconds a process waits
+    for a lost peer before the run fails. Neither changes the numbers, so a run directory may be
+    resumed under the other backend.
     """
 
     name: str = "run"
@@ -169,6 +178,8 @@ class RunConfig:
     oracle: str = "auto"
     compile: bool = False
     checkpoint_every: int = 500
+    backend: str = "simulated"
+    timeout: float = 60.0
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     topology: TopologyConfig = field(default_factory=TopologyConfig)
@@ -385,6 +396,9 @@ def validate(cfg: RunConfig) -> None:
     _need(not cfg.compile or cfg.oracle in ("auto", "vmap"), "compile", cfg.compile,
           "true only with oracle auto (on a model without convolutions) or vmap")
     _need(cfg.checkpoint_every >= 1, "checkpoint_every", cfg.checkpoint_every, "an integer >= 1")
+    _one_of("backend", cfg.backend, BACKENDS)
+    _need(math.isfinite(cfg.timeout) and cfg.timeout > 0, "timeout", cfg.timeout,
+          "a number of seconds > 0")
     _need(bool(cfg.name) and "/" not in cfg.name, "name", cfg.name, "a non-empty name without /")
 
     d = cfg.data

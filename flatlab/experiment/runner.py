@@ -14,6 +14,18 @@ pure function of the step, the learning rate too, and the torch RNG state is sav
 
 Metric scopes: ``avg`` (the averaged model ``x̄``), ``mean`` (mean over the node models),
 ``network`` (a quantity of the whole network) and ``"0" … "n-1"`` (one node).
+
+Backends. With ``backend: simulated`` one process holds all ``n`` nodes and a
+:class:`~flatlab.comm.SimulatedMixer` gossips. With ``backend: distributed`` the run is started by
+``torchrun --nproc_per_node=K``; rank ``r`` holds the nodes ``r n/K … (r+1) n/K − 1`` (its rows
+of the node stack, its minibatches, its initial models) and a
+:class:`~flatlab.comm.DistributedMixer` gossips by point-to-point messages. The loop is the same
+code: the per-step loss is all-reduced, the averaged model ``x̄`` is all-reduced and evaluated once
+(on rank 0), each rank evaluates its own nodes and the per-node metrics are gathered, and
+checkpoints hold the gathered state of all ``n`` nodes, so a run directory looks the same either
+way and can be resumed under either backend. Rank 0 writes the directory. A rank that dies or
+hangs makes the others fail within ``timeout`` seconds with one line naming it
+(:class:`~flatlab.comm.process.Watchdog`); the run is then marked ``failed``.
 """
 
 from __future__ import annotations
@@ -22,8 +34,10 @@ import json
 import math
 import os
 import platform
+import signal
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +49,11 @@ import yaml
 from flatlab import algorithms as _algorithms
 from flatlab import data as _data
 from flatlab import models as _models
-from flatlab.comm import SimulatedMixer
+from flatlab.comm import DistributedMixer, SimulatedMixer
+from flatlab.comm.process import Processes, Watchdog, join, leave
 from flatlab.engine import GradientOracle, NodeStack, evaluate, full_gradient
-from flatlab.errors import ConfigError
-from flatlab.experiment.config import RunConfig, load_config, to_dict
+from flatlab.errors import ConfigError, RankLostError
+from flatlab.experiment.config import EXECUTION_FIELDS, RunConfig, load_config, to_dict
 from flatlab.experiment.schedules import lr_at
 from flatlab.topology import make as make_topology
 
@@ -50,7 +65,11 @@ METRIC_COLUMNS = ("step", "epoch", "metric", "scope", "value")
 
 @dataclass
 class Run:
-    """Everything a run is built from (what :func:`build` returns)."""
+    """Everything a run is built from (what :func:`build` returns).
+
+    In a distributed run ``stack``, ``sampler`` and ``mixer`` hold this rank's nodes
+    (``rows``); ``n`` is always the number of nodes of the whole network.
+    """
 
     cfg: RunConfig
     dataset: Any
@@ -58,12 +77,14 @@ class Run:
     sampler: Any
     stack: NodeStack
     oracle: GradientOracle
-    mixer: SimulatedMixer
+    mixer: SimulatedMixer | DistributedMixer
     algorithm: _algorithms.Algorithm
     steps_per_epoch: int
     total_steps: int
     train_eval: tuple[torch.Tensor, torch.Tensor]
     test_eval: tuple[torch.Tensor, torch.Tensor]
+    n: int = 0
+    rows: slice = field(default_factory=lambda: slice(0, 0))
 
     def lr(self, step: int) -> float:
         """The scheduled step size at ``step``."""
@@ -72,24 +93,44 @@ class Run:
 
 @dataclass(frozen=True)
 class RunResult:
-    """Outcome of :func:`run`: the directory, the final status, the step reached."""
+    """Outcome of :func:`run`: the directory, the final status, the step reached.
+
+    ``main`` is whether this process wrote the directory (rank 0 of a distributed run).
+    """
 
     path: Path
     status: str
     step: int
     message: str = ""
+    main: bool = True
 
 
-def build(cfg: RunConfig) -> Run:
-    """Build data, partition, sampler, model stack, oracle, mixer and algorithm from ``cfg``."""
-    dataset = _data.load(cfg.data.name, root=cfg.data.root, seed=cfg.data.seed,
-                         nodes=cfg.topology.nodes, **cfg.data.options)
+def build(cfg: RunConfig, procs: Processes | None = None) -> Run:
+    """Build data, partition, sampler, model stack, oracle, mixer and algorithm from ``cfg``.
+
+    Args:
+        cfg: The run's config.
+        procs: This process's place in a distributed run (from
+            :func:`flatlab.comm.process.join`); ``None`` builds the simulated run of all nodes.
+
+    Raises:
+        ConfigError: The number of processes does not divide the number of nodes.
+    """
     n = cfg.topology.nodes
+    world = 1 if procs is None else procs.world_size
+    if n % world:
+        raise ConfigError(f"topology.nodes = {n} cannot be split over {world} processes; "
+                          f"accepted: a number of processes that divides {n}")
+    k = n // world
+    rows = slice(0, n) if procs is None else slice(procs.rank * k, (procs.rank + 1) * k)
+    dataset = _data.load(cfg.data.name, root=cfg.data.root, seed=cfg.data.seed,
+                         nodes=n, **cfg.data.options)
     part = _data.partition(dataset, n, cfg.data.partition, alpha=cfg.data.alpha,
                            classes_per_node=cfg.data.classes_per_node,
                            shards_per_node=cfg.data.shards_per_node, seed=cfg.data.seed)
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
-    stack_kw: dict[str, Any] = dict(device=cfg.device, dtype=dtype,
+    device = cfg.device if procs is None else procs.device
+    stack_kw: dict[str, Any] = dict(device=device, dtype=dtype,
                                     loss="cross_entropy" if dataset.task == "classification"
                                     else "mse")
 
@@ -97,15 +138,22 @@ def build(cfg: RunConfig) -> Run:
         return _models.make(cfg.model.name, input_shape=tuple(dataset.input_shape),
                             num_classes=dataset.num_classes, seed=seed, **cfg.model.options)
 
-    stack = NodeStack(model(cfg.seed), n, init=cfg.init, reinit=model, seed=cfg.seed, **stack_kw)
+    # node i starts from model(seed + i) with init=different, wherever it lives
+    stack = NodeStack(model(cfg.seed), k, init=cfg.init, reinit=model, seed=cfg.seed + rows.start,
+                      **stack_kw)
     sampler = _data.NodeSampler(dataset.x_train, dataset.y_train, part, cfg.data.batch_size,
-                                seed=cfg.seed, device=stack.device, dtype=dtype)
+                                seed=cfg.seed, device=stack.device, dtype=dtype,
+                                rows=None if procs is None else rows)
     spe = sampler.steps_per_epoch
     total = cfg.train.steps if cfg.train.steps is not None else max(1, math.ceil(
         cfg.train.epochs * spe))
     topo = make_topology(cfg.topology.name, n, weights=cfg.topology.weights,
                          lazy=cfg.topology.lazy, **cfg.topology.params)
-    mixer = SimulatedMixer(topo, device=stack.device, dtype=dtype, method=cfg.mix_method)
+    if procs is None:
+        mixer: SimulatedMixer | DistributedMixer = SimulatedMixer(
+            topo, device=stack.device, dtype=dtype, method=cfg.mix_method)
+    else:
+        mixer = DistributedMixer(topo, device=stack.device, dtype=dtype)
     method = cfg.oracle
     if cfg.compile and method == "auto":
         method = "vmap"
@@ -130,43 +178,71 @@ def build(cfg: RunConfig) -> Run:
         train_eval = (train_eval[0], train_eval[1].to(dtype))
         test_eval = (test_eval[0], test_eval[1].to(dtype))
     return Run(cfg, dataset, part, sampler, stack, oracle, mixer, algo, spe, total, train_eval,
-               test_eval)
+               test_eval, n, rows)
 
 
 # ---------------------------------------------------------------------- measurement
 def measure(run: Run, X: torch.Tensor, step: int) -> list[tuple[str, str, float]]:  # noqa: N803
-    """The scheduled basic measures at iterate ``X``: ``(metric, scope, value)`` rows."""
-    cfg = run.cfg
+    """The scheduled basic measures at iterate ``X``: ``(metric, scope, value)`` rows.
+
+    ``X`` holds this process's nodes. In a distributed run every rank must call this (it
+    communicates); the rows are complete on rank 0 only.
+    """
+    cfg, mixer, stack = run.cfg, run.mixer, run.stack
+    one, main = mixer.world_size == 1, mixer.rank == 0
     wanted = set(cfg.measure.metrics)
     rows: list[tuple[str, str, float]] = [("lr", "network", run.lr(step)),
                                           ("comm_bytes", "network",
-                                           float(run.mixer.stats.total_bytes()))]
+                                           float(mixer.gathered_stats().total_bytes()))]
+    if wanted & {"loss", "accuracy", "grad_norm"}:
+        # the averaged model x̄ and its buffers, computed once
+        xbar = X.mean(0) if one else mixer.all_reduce(X.sum(0)) / run.n
+        bufs = None if one else {k: mixer.gather(v) for k, v in stack.buffers.items()}
+        bbar = stack.average_buffers(bufs)
     if wanted & {"loss", "accuracy"}:
         for split, (x, y) in (("train", run.train_eval), ("test", run.test_eval)):
-            ev = evaluate(run.stack, X, x, y, batch_size=cfg.measure.eval_batch)
+            ev = evaluate(stack, X, x, y, average=main, batch_size=cfg.measure.eval_batch,
+                          xbar=xbar, buffers_avg=bbar)
+            loss_nodes = _gather_values(mixer, ev.loss_nodes, stack.device)
+            acc_nodes = None if ev.accuracy_nodes is None else \
+                _gather_values(mixer, ev.accuracy_nodes, stack.device)
             if "loss" in wanted:
                 rows += [(f"{split}_loss", "avg", ev.loss_avg),
-                         (f"{split}_loss", "mean", float(ev.loss_nodes.mean()))]
+                         (f"{split}_loss", "mean", float(loss_nodes.mean()))]
                 if cfg.measure.per_node:
                     rows += [(f"{split}_loss", str(i), float(v))
-                             for i, v in enumerate(ev.loss_nodes)]
-            if "accuracy" in wanted and ev.accuracy_avg is not None:
+                             for i, v in enumerate(loss_nodes)]
+            if "accuracy" in wanted and acc_nodes is not None:
                 rows += [(f"{split}_accuracy", "avg", ev.accuracy_avg),
-                         (f"{split}_accuracy", "mean", float(ev.accuracy_nodes.mean()))]
+                         (f"{split}_accuracy", "mean", float(acc_nodes.mean()))]
                 if cfg.measure.per_node:
                     rows += [(f"{split}_accuracy", str(i), float(v))
-                             for i, v in enumerate(ev.accuracy_nodes)]
+                             for i, v in enumerate(acc_nodes)]
     if "consensus_distance" in wanted:
         X64 = X.double()  # noqa: N806 - accumulate in float64
-        xbar = X64.mean(0)
-        xi2 = float((X64 - xbar).pow(2).sum() / X.shape[0])
+        xbar64 = mixer.all_reduce(X64.sum(0)) / run.n
+        xi2 = float(mixer.all_reduce((X64 - xbar64).pow(2).sum().reshape(1))) / run.n
         rows += [("consensus_distance", "network", xi2),
-                 ("consensus_distance_rel", "network", xi2 / max(float(xbar.pow(2).sum()), 1e-300))]
-    if "grad_norm" in wanted:
-        g = full_gradient(run.stack, X.mean(0), *run.train_eval,
-                          batch_size=cfg.measure.eval_batch)
+                 ("consensus_distance_rel", "network",
+                  xi2 / max(float(xbar64.pow(2).sum()), 1e-300))]
+    if "grad_norm" in wanted and main:
+        g = full_gradient(stack, xbar, *run.train_eval, batch_size=cfg.measure.eval_batch,
+                          buffers=bbar)
         rows.append(("grad_norm", "avg", float(g.norm())))
-    return rows
+    return rows if main else []
+
+
+def _gather_values(mixer, v: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Per-node values ``[k]`` of this process -> ``[n]`` of all nodes (on the CPU)."""
+    return v if mixer.world_size == 1 else mixer.gather(v.to(device)).cpu()
+
+
+def _agree(mixer, ok: bool) -> bool:
+    """``ok`` on every process (one all-reduce in a distributed run)."""
+    if mixer.world_size == 1:
+        return ok
+    dev = mixer.device
+    return float(mixer.all_reduce(torch.tensor([0.0 if ok else 1.0], device=dev))) == 0.0
 
 
 # ---------------------------------------------------------------------- files
@@ -208,15 +284,58 @@ def read_status(path: str | Path) -> dict[str, Any] | None:
     return json.loads(p.read_text())
 
 
+def _identity(d: dict[str, Any]) -> dict[str, Any]:
+    """A config without its execution fields (what must match to resume a directory)."""
+    return {k: v for k, v in d.items() if k not in EXECUTION_FIELDS}
+
+
+def _open(out: Path, cfg_dict: dict[str, Any], resume: bool) -> tuple[str, Any]:
+    """What to do with ``out``, decided by the process that writes results.
+
+    Returns ``("finished", RunResult)``, ``("error", message)`` or ``("start", checkpoint)``
+    (``None`` for a fresh start).
+    """
+    status = read_status(out)
+    if status is None or not resume:
+        return "start", None
+    cfg_file = out / "config.yaml"
+    old = yaml.safe_load(cfg_file.read_text()) if cfg_file.is_file() else None
+    if old is not None and _identity(old) != _identity(cfg_dict):
+        return "error", (f"run directory {out} holds a run with a different config; "
+                         "choose another output directory or delete it")
+    if status["status"] in ("done", "diverged"):
+        return "finished", RunResult(out, status["status"], status["step"],
+                                     status.get("message", ""))
+    ckpt = out / "checkpoint.pt"
+    if not ckpt.is_file():
+        return "start", None
+    return "start", torch.load(ckpt, map_location="cpu", weights_only=False)
+
+
+class _Terminated(BaseException):
+    """SIGTERM (torchrun stops the other workers when one fails)."""
+
+
+def _rows_of(v: Any, rows: slice, n: int) -> Any:
+    """This process's rows of a checkpointed per-node tensor of all ``n`` nodes."""
+    if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == n:
+        return v[rows]
+    return v
+
+
 # ---------------------------------------------------------------------- the loop
 def run(config: RunConfig | dict | str | Path, out: str | Path, *, progress: bool = True,
         resume: bool = True, stop_after: int | None = None) -> RunResult:
     """Train one run into the directory ``out``, resuming from its checkpoint when there is one.
 
+    With ``backend: distributed`` call this in every process of a ``torchrun`` launch (the
+    process group is started from its environment unless it already is); every rank returns
+    the same :class:`RunResult`.
+
     Args:
         config: A :class:`RunConfig`, a mapping or a YAML path (validated).
         out: The run directory (created).
-        progress: Show a tqdm progress bar.
+        progress: Show a tqdm progress bar (rank 0 only).
         resume: Continue from ``out/checkpoint.pt`` when the run there is unfinished; a finished
             run (done or diverged) is returned as it is. With ``False`` the run starts over.
         stop_after: Stop (as if killed, without a final checkpoint) once this many steps are done;
@@ -227,42 +346,72 @@ def run(config: RunConfig | dict | str | Path, out: str | Path, *, progress: boo
 
     Raises:
         ConfigError: The directory holds a run with a different config.
+        RankLostError: A distributed run lost a process (the message names it; the run is
+            marked ``failed``).
     """
     cfg = config if isinstance(config, RunConfig) else load_config(config)
     out = Path(out)
     cfg_dict = to_dict(cfg)
-    status = read_status(out)
-    ckpt_path = out / "checkpoint.pt"
-    if status is not None and resume:
-        old = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").is_file() \
-            else None
-        if old is not None and old != cfg_dict:
-            raise ConfigError(f"run directory {out} holds a run with a different config; "
-                              "choose another output directory or delete it")
-        if status["status"] in ("done", "diverged"):
-            return RunResult(out, status["status"], status["step"], status.get("message", ""))
-    built = build(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_text(out / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
-    torch.manual_seed(cfg.seed)
-    state = built.algorithm.init(built.stack.initial_params(), built.oracle, built.mixer)
+    procs = join(cfg.device, cfg.timeout) if cfg.backend == "distributed" else None
+    failed = False
+    try:
+        return _run(cfg, cfg_dict, out, procs, progress=progress, resume=resume,
+                    stop_after=stop_after)
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        if procs is not None:
+            leave(procs, failed=failed)
+
+
+def _run(cfg: RunConfig, cfg_dict: dict[str, Any], out: Path, procs: Processes | None, *,
+         progress: bool, resume: bool, stop_after: int | None) -> RunResult:
+    main = procs is None or procs.rank == 0
+    decision = _open(out, cfg_dict, resume) if main else None
+    if procs is not None:
+        import torch.distributed as dist
+
+        box = [decision]
+        dist.broadcast_object_list(box, src=0)
+        decision = box[0]
+    kind, payload = decision
+    if kind == "error":
+        raise ConfigError(payload)
+    if kind == "finished":
+        return RunResult(payload.path, payload.status, payload.step, payload.message, main)
+    ck = payload
+    built = build(cfg, procs)
+    mixer, stack = built.mixer, built.stack
+    world, rank = mixer.world_size, mixer.rank
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_text(out / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
+    torch.manual_seed(cfg.seed + rank)
+    state = built.algorithm.init(stack.initial_params(), built.oracle, mixer)
     rows: list[tuple] = []
     start, elapsed, loss_acc = 0, 0.0, [0.0, 0]
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
-    if resume and status is not None and ckpt_path.is_file():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        state = _algorithms.load_state(ck["state"], state, device=built.stack.device)
-        built.stack.load_buffers(ck["buffers"])
-        built.mixer.stats.load_state_dict(ck["mixer"])
-        torch.set_rng_state(ck["rng"])
-        if ck.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ck["cuda_rng"])
+    if ck is not None:
+        n, own = built.n, built.rows
+        saved = {k: _rows_of(v, own, n) for k, v in ck["state"].items()}
+        state = _algorithms.load_state(saved, state, device=stack.device)
+        stack.load_buffers({k: _rows_of(v, own, n) for k, v in ck["buffers"].items()})
+        mixer.stats.load_state_dict({k: _rows_of(v, own, n) for k, v in ck["mixer"].items()})
+        rng = ck["rng"] if isinstance(ck["rng"], list) else [(ck["rng"], ck.get("cuda_rng"))]
+        if len(rng) == world:  # the same processes: each continues its own random stream
+            torch.set_rng_state(rng[rank][0])
+            if rng[rank][1] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng[rank][1])
         rows, start, elapsed = list(ck["metrics"]), int(ck["step"]), float(ck["elapsed"])
         loss_acc, started = list(ck["loss_acc"]), ck.get("started", started)
     total, spe, every = built.total_steps, built.steps_per_epoch, cfg.measure.every
+    device = _device_name(stack.device) + (f", {world} processes ({procs.backend})"
+                                           if procs is not None else "")
     base_status = {"name": cfg.name, "total_steps": total, "steps_per_epoch": spe,
-                   "started": started, "device": _device_name(built.stack.device),
-                   "versions": _versions(), "nodes": built.stack.n, "parameters": built.stack.P,
+                   "started": started, "device": device, "backend": cfg.backend,
+                   "processes": world, "versions": _versions(), "nodes": built.n,
+                   "parameters": stack.P,
                    "train_eval_size": int(built.train_eval[0].shape[0]),
                    "test_eval_size": int(built.test_eval[0].shape[0])}
 
@@ -272,78 +421,149 @@ def run(config: RunConfig | dict | str | Path, out: str | Path, *, progress: boo
                  message=message)
         _write_text(out / "status.json", json.dumps(d, indent=1) + "\n")
 
+    def gathered(v: Any) -> Any:
+        if not isinstance(v, torch.Tensor):
+            return v
+        return mixer.gather(v.to(stack.device)).cpu() if world > 1 else v.detach().cpu().clone()
+
     def checkpoint(step: int) -> None:
-        ck = {"step": step, "state": _algorithms.state_dict(state),
-              "buffers": {k: v.cpu() for k, v in built.stack.buffers_state().items()},
-              "mixer": built.mixer.stats.state_dict(), "rng": torch.get_rng_state(),
-              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-              "metrics": rows, "elapsed": elapsed, "loss_acc": loss_acc, "started": started,
-              "config": cfg_dict}
-        _atomic_write(ckpt_path, lambda p: torch.save(ck, p))
-        _write_metrics(out / "metrics.parquet", rows)
+        """Save everything needed to resume (every process takes part; rank 0 writes)."""
+        rng = (torch.get_rng_state(),
+               torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+        if world > 1:
+            import torch.distributed as dist
+
+            rngs: list[Any] = [None] * world
+            dist.all_gather_object(rngs, rng)
+        else:
+            rngs = [rng]
+        ck = {"step": step,
+              "state": {k: gathered(v) for k, v in _algorithms.state_dict(state).items()},
+              "buffers": {k: gathered(v) for k, v in stack.buffers.items()},
+              "mixer": mixer.gathered_stats().state_dict(), "rng": rngs,
+              "processes": world, "metrics": rows, "elapsed": elapsed, "loss_acc": loss_acc,
+              "started": started, "config": cfg_dict}
+        if main:
+            _atomic_write(out / "checkpoint.pt", lambda p: torch.save(ck, p))
+            _write_metrics(out / "metrics.parquet", rows)
 
     def record(step: int) -> bool:
-        """Measure at ``step``; False when a measured value or a parameter is not finite."""
-        if not bool(torch.isfinite(state.x).all()):
+        """Measure at ``step``; False (on every process) when anything is not finite."""
+        if not _agree(mixer, bool(torch.isfinite(state.x).all())):
             return False
         new = measure(built, state.x, step)
         if step > 0 and loss_acc[1]:
             new.append(("batch_loss", "mean", loss_acc[0] / loss_acc[1]))
             loss_acc[0], loss_acc[1] = 0.0, 0
-        rows.extend((step, step / spe, m, s, float(v)) for m, s, v in new)
-        return all(math.isfinite(v) for _, _, v in new)
+        if main:
+            rows.extend((step, step / spe, m, s, float(v)) for m, s, v in new)
+        return _agree(mixer, all(math.isfinite(v) for _, _, v in new))
 
     def diverged(step: int, msg: str) -> RunResult:
         """Record divergence: a ``diverged`` row, the checkpoint, the status."""
         nonlocal elapsed
-        rows.append((step, step / spe, "diverged", "network", 1.0))
+        if main:
+            rows.append((step, step / spe, "diverged", "network", 1.0))
         elapsed += time.perf_counter() - t0
         checkpoint(step)
-        write_status("diverged", step, msg)
-        return RunResult(out, "diverged", step, msg)
+        if main:
+            write_status("diverged", step, msg)
+        return RunResult(out, "diverged", step, msg, main)
 
-    write_status("running", start)
+    watchdog = None
+    if procs is not None:
+        watchdog = Watchdog(rank, world, lambda: mixer.calls, timeout=cfg.timeout,
+                            run_id=_run_id(rank))
+    if main:
+        write_status("running", start)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, initial=start, desc=cfg.name, disable=not progress,
+    bar = tqdm(total=total, initial=start, desc=cfg.name, disable=not (progress and main),
                dynamic_ncols=True, leave=False)
     step, t0 = start, time.perf_counter()
+    term = threading.Event()
+    old_term = _catch_sigterm(term) if procs is not None else None
     try:
         if start == 0 and not rows and not record(0):
             return diverged(0, "non-finite parameters or metrics at the initial point")
         while step < total:
+            if term.is_set():
+                raise _Terminated("terminated (SIGTERM)")
             state = built.algorithm.step(state, built.sampler.batch(step), built.oracle,
-                                         built.mixer, built.lr(step))
+                                         mixer, built.lr(step))
             step += 1
             if state.loss is not None:  # one scalar per step; x itself is checked when measured
-                bl = float(state.loss.mean())
+                if world == 1:
+                    bl = float(state.loss.mean())
+                else:
+                    bl = float(mixer.all_reduce(state.loss.sum().reshape(1))) / built.n
                 finite = math.isfinite(bl)
                 loss_acc[0] += bl
                 loss_acc[1] += 1
             else:
-                finite = bool(torch.isfinite(state.x).all())
+                finite = _agree(mixer, bool(torch.isfinite(state.x).all()))
             bar.update(1)
             if not finite:
                 return diverged(step, f"non-finite loss at step {step}")
             if step % every == 0 or step == total:
                 if not record(step):
                     return diverged(step, f"non-finite parameters or metrics at step {step}")
-                if state.loss is not None:
+                if state.loss is not None and main:
                     bar.set_postfix(loss=f"{rows[-1][4]:.4g}", refresh=False)
             if stop_after is not None and step >= stop_after and step < total:
-                return RunResult(out, "running", step, "stopped (stop_after)")
+                return RunResult(out, "running", step, "stopped (stop_after)", main)
             if step % cfg.checkpoint_every == 0 or step == total:
                 now = time.perf_counter()
                 elapsed, t0 = elapsed + now - t0, now
                 checkpoint(step)
-                if step < total:
+                if step < total and main:
                     write_status("running", step)
-        write_status("done", step)
-        return RunResult(out, "done", step)
+        if main:
+            write_status("done", step)
+        return RunResult(out, "done", step, main=main)
     except BaseException as e:
         msg = "interrupted" if isinstance(e, KeyboardInterrupt) else \
             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        write_status("failed", step, msg)
+        lost = None
+        if watchdog is not None:
+            if mixer.waiting or isinstance(e, _Terminated):
+                msg = lost = watchdog.verdict(e, terminated=isinstance(e, _Terminated))
+            elif not isinstance(e, KeyboardInterrupt):
+                watchdog.blame_self(msg)
+        if main or (out / "status.json").is_file():  # rank 0 may be the one that was lost
+            write_status("failed", step, msg)
+        if watchdog is not None:
+            watchdog.close()
+            watchdog.mark_exited()
+        if lost is not None:
+            raise RankLostError(f"{lost}; the run in {out} is marked failed") from None
         raise
     finally:
         bar.close()
+        if watchdog is not None:
+            watchdog.close()
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+
+
+def _run_id(rank: int) -> int:
+    """How many runs this process has started in its group.
+
+    The same on every rank (all ranks run the same sequence), so one run's store keys never
+    meet another's.
+    """
+    import torch.distributed as dist
+
+    store = dist.distributed_c10d._get_default_store()
+    return int(store.add(f"flatlab/runs/{rank}", 1))
+
+
+def _catch_sigterm(flag: threading.Event):
+    """Let SIGTERM set ``flag`` (checked at every step) instead of killing the process.
+
+    torchrun stops the other workers with SIGTERM when one fails; they must still record the
+    verdict and mark the run failed. Returns the previous handler (``None`` off the main thread).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, lambda signum, frame: flag.set())

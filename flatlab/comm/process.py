@@ -1,0 +1,268 @@
+"""Processes of a distributed run: joining the process group, and naming a rank that was lost.
+
+:func:`join` starts (or adopts) the default process group from the environment ``torchrun`` sets
+(``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``): gloo on the CPU, NCCL
+on a GPU (``cuda:LOCAL_RANK``), with an explicit ``timeout`` so that a collective waiting for a lost
+rank fails after ``timeout`` seconds instead of the default 10-30 minutes.
+
+:class:`Watchdog` makes that failure say *which* rank was lost. Each rank publishes a heartbeat in
+the rendezvous store (a background thread, every ``interval`` seconds) together with the number
+of communication calls it has entered. When a call fails (gloo reports a closed connection at
+once, and a hung peer after ``timeout``), :meth:`Watchdog.verdict` looks at the store:
+
+1. a verdict already recorded by another rank (first writer wins, via ``compare_set``) is reused,
+   so every survivor prints the same line;
+2. otherwise a rank whose heartbeat stops (killed, stopped, machine gone) is the lost one;
+3. otherwise every rank is alive and the one with the fewest communication calls entered is stuck
+   before a call its peers wait in (hung in its own code).
+
+A rank that fails in its own code (an exception outside communication) records its own verdict
+before it exits, and a rank that leaves after a verdict marks itself as exited, so the cascade of
+closed connections that follows one loss is never blamed on the messengers.
+
+Limits: the store lives in the launcher (``torchrun``) or, when processes are started by hand,
+in rank 0; if that host is gone the verdict says so. On NCCL a hung collective is ended by
+PyTorch's own watchdog (which aborts the process after ``timeout``), not by this one.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from flatlab.errors import FlatlabError
+
+__all__ = ["Processes", "join", "leave", "Watchdog", "LAUNCH_HINT"]
+
+LAUNCH_HINT = ("launch with `torchrun --nproc_per_node=K -m flatlab run CONFIG "
+               "backend=distributed` (K processes dividing the number of nodes)")
+_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+_PREFIX = "flatlab/"
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place in the group.
+
+    Attributes:
+        rank, world_size: This process and the number of processes ``K``.
+        local_rank: Index on this machine (selects the GPU).
+        device: The device this rank computes on.
+        backend: ``"gloo"`` or ``"nccl"``.
+        created: Whether :func:`join` started the group (and :func:`leave` should end it).
+        timeout: Seconds a collective waits for a peer.
+    """
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+    created: bool
+    timeout: float
+
+
+def join(device: str = "auto", timeout: float = 60.0) -> Processes:
+    """Join the default process group (started from torchrun's environment if not yet started).
+
+    Args:
+        device: ``auto`` (the GPU ``cuda:LOCAL_RANK`` when there is one, else the CPU), ``cpu``,
+            ``cuda`` or ``cuda:K``.
+        timeout: Seconds any collective waits for a peer before failing.
+
+    Raises:
+        FlatlabError: Not launched by torchrun (the environment is missing), a GPU asked for but
+            absent, or the other processes never arrived within ``timeout``.
+    """
+    if not dist.is_available():
+        raise FlatlabError("this torch has no torch.distributed; backend=distributed needs it")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if dist.is_initialized():
+        backend = dist.get_backend()
+        dev = _device(device, local_rank, want_cuda=backend == "nccl")
+        return Processes(dist.get_rank(), dist.get_world_size(), local_rank, dev, backend,
+                         False, timeout)
+    missing = [k for k in _ENV if k not in os.environ]
+    if missing:
+        raise FlatlabError(f"backend=distributed found no process group ({', '.join(missing)} "
+                           f"not set); {LAUNCH_HINT}")
+    dev = _device(device, local_rank)
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    try:
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
+    except (RuntimeError, ValueError) as e:  # DistStoreError, rendezvous timeouts
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FlatlabError(f"could not join the process group at {os.environ['MASTER_ADDR']}:"
+                           f"{os.environ['MASTER_PORT']} within {timeout:g} s ({first}); "
+                           f"{LAUNCH_HINT}") from None
+    return Processes(dist.get_rank(), dist.get_world_size(), local_rank, dev, backend, True,
+                     timeout)
+
+
+def _device(device: str, local_rank: int, want_cuda: bool | None = None) -> torch.device:
+    cuda = torch.cuda.is_available()
+    if device == "auto":
+        use = cuda if want_cuda is None else want_cuda
+        return torch.device(f"cuda:{local_rank}") if use else torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not cuda:
+            raise FlatlabError(f"device {device!r} asked for but this machine has no CUDA GPU; "
+                               "accepted here: auto, cpu")
+        return torch.device(f"cuda:{local_rank}") if dev.index is None else dev
+    return dev
+
+
+def leave(proc: Processes, *, failed: bool = False) -> None:
+    """End the group if :func:`join` started it (skipped after a failure: peers may be gone)."""
+    if proc.created and not failed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class Watchdog:
+    """Heartbeats in the rendezvous store, and the one line that names a lost rank.
+
+    Args:
+        rank, world_size: This process and the number of processes.
+        progress: Returns how many communication calls this rank has entered so far.
+        timeout: The process group's timeout (seconds); sets the heartbeat interval
+            (``min(1, timeout / 5)`` unless ``interval`` is given).
+        store: The store (default: the default group's rendezvous store).
+        interval: Seconds between heartbeats.
+        run_id: Separates the keys of successive runs in one process group.
+    """
+
+    def __init__(self, rank: int, world_size: int, progress: Callable[[], int], *,
+                 timeout: float, store: dist.Store | None = None,
+                 interval: float | None = None, run_id: int = 0) -> None:
+        self.rank, self.world_size = rank, world_size
+        self.prefix = f"{_PREFIX}{run_id}/"
+        self.progress = progress
+        self.timeout = float(timeout)
+        self.interval = float(interval) if interval is not None else min(1.0, self.timeout / 5)
+        self.store = store if store is not None else dist.distributed_c10d._get_default_store()
+        self._stop = threading.Event()
+        self._beats = 0
+        self._beat()
+        self._thread = threading.Thread(target=self._run, name="flatlab-heartbeat", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ heartbeat
+    def _beat(self) -> None:
+        self.store.set(f"{self.prefix}hb/{self.rank}", f"{self._beats} {self.progress()}")
+        self._beats += 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self._beat()
+            except Exception:  # the store is gone: the failure is handled by the main thread
+                return
+
+    def close(self) -> None:
+        """Stop the heartbeat (the store may still be read by others)."""
+        self._stop.set()
+        self._thread.join(timeout=2 * self.interval + 1)
+
+    # ------------------------------------------------------------------ verdicts
+    def _read(self) -> dict[int, tuple[int, int]]:
+        out = {}
+        for q in range(self.world_size):
+            key = f"{self.prefix}hb/{q}"
+            if self.store.check([key]):
+                beats, prog = self.store.get(key).decode().split()
+                out[q] = (int(beats), int(prog))
+        return out
+
+    def _record(self, verdict: str) -> str:
+        got = self.store.compare_set(f"{self.prefix}verdict", "", verdict)
+        return got.decode() if isinstance(got, bytes) else str(got)
+
+    def recorded(self) -> str | None:
+        """The verdict some rank recorded, if any."""
+        key = f"{self.prefix}verdict"
+        return self.store.get(key).decode() if self.store.check([key]) else None
+
+    def blame_self(self, message: str) -> str:
+        """Record that this rank failed in its own code (unless a verdict exists); returns it."""
+        try:
+            return self._record(f"rank {self.rank} failed: {message}")
+        except Exception:
+            return f"rank {self.rank} failed: {message}"
+
+    def mark_exited(self) -> None:
+        """Tell the others this rank leaves on purpose (so it is not blamed); its last store call.
+
+        The process that hosts the store (rank 0 when processes are started by hand) then waits
+        for the others to leave too, at most ``2.5 * interval + 2`` seconds, so that none of them
+        loses the store while it is still naming the lost rank.
+        """
+        try:
+            self.store.set(f"{self.prefix}exit/{self.rank}", "1")
+            left = self.store.add(f"{self.prefix}exited", 1)
+            if self.rank == 0:
+                deadline = time.monotonic() + 2.5 * self.interval + 2.0
+                while left < self.world_size - 1 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    left = self.store.add(f"{self.prefix}exited", 0)
+        except Exception:
+            pass
+
+    def verdict(self, error: BaseException | None = None, *, terminated: bool = False) -> str:
+        """Name the lost rank after a failed communication call: one line, the same on all ranks.
+
+        Takes up to ``2.5 * interval`` seconds (to see which heartbeats have stopped).
+
+        Args:
+            error: The exception of the failed call (quoted when no rank can be named).
+            terminated: This rank was told to stop (SIGTERM) rather than failing a call: only a
+                stopped heartbeat names a rank, otherwise the run was simply terminated.
+        """
+        where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+        try:
+            self.store.set_timeout(timedelta(seconds=max(2.0, 2 * self.interval)))
+            found = self.recorded()
+            if found is not None:
+                return found
+            first = self._read()
+            time.sleep(2.5 * self.interval)
+            found = self.recorded()
+            if found is not None:
+                return found
+            second = self._read()
+            exited = {q for q in range(self.world_size)
+                      if self.store.check([f"{self.prefix}exit/{q}"])}
+            others = [q for q in range(self.world_size) if q != self.rank and q not in exited]
+            stopped = [q for q in others if q not in second or q not in first
+                       or second[q][0] == first[q][0]]
+            if stopped:
+                lost = min(stopped, key=lambda q: (second.get(q, (0, -1))[1], q))
+                text = (f"rank {lost} was lost (its heartbeat stopped: the process died, was "
+                        f"stopped or its machine is unreachable)")
+            elif terminated:
+                text = "terminated by SIGTERM (the launcher or a scheduler stopped the run)"
+            else:
+                prog = {q: second[q][1] for q in others}
+                prog[self.rank] = self.progress()
+                low = min(prog.values()) if prog else 0
+                stuck = [q for q in others if prog[q] == low and low < max(prog.values())]
+                if stuck:
+                    text = (f"rank {stuck[0]} was lost (alive but hung before communication call "
+                            f"{low + 1} that its peers wait in, for over {self.timeout:g} s)")
+                else:
+                    detail = str(error).strip().splitlines()[0] if error and str(error) else ""
+                    text = (f"communication failed with every rank alive and level at call "
+                            f"{low} ({detail})")
+            return self._record(text)
+        except Exception:
+            return (f"lost the rendezvous store at {where}: its host is gone (rank 0 when "
+                    "processes are started by hand, else the torchrun launcher)")
