@@ -46,6 +46,21 @@ def med_ms(fn, reps: int, barrier: bool = True) -> float:
     return statistics.median(times)
 
 
+def paired_ms(fn_a, fn_b, reps: int) -> tuple[float, float]:
+    """Medians of ``fn_a`` and ``fn_b`` timed alternately, each after a barrier."""
+    for _ in range(5):
+        fn_a()
+        fn_b()
+    ta, tb = [], []
+    for _ in range(reps):
+        for fn, times in ((fn_a, ta), (fn_b, tb)):
+            dist.barrier()
+            t = time.perf_counter()
+            fn()
+            times.append(1e3 * (time.perf_counter() - t))
+    return statistics.median(ta), statistics.median(tb)
+
+
 def train_step_fn(n_local: int, mixer, seed_rows: slice | None = None):
     stack = NodeStack(make_model("mlp", input_shape=(40,), num_classes=10, seed=0), n_local,
                       device="cpu")
@@ -69,7 +84,6 @@ def worker(rank: int, world: int, port: int, n: int, P: int, reps: int, q) -> No
     topo = flatlab.topology.make("ring", n)
     mixer = DistributedMixer(topo)
     X = torch.randn(mixer.k, P)
-    mix_ms = med_ms(lambda: mixer.mix(X, 0), reps)
     plan = mixer._rounds[0]  # the same peers and sizes, raw
     sends = {p: torch.randn(len(idx), P) for p, idx in plan.send.items()}
     recvs = {p: torch.empty(len(ids), P) for p, ids in plan.recv.items()}
@@ -80,7 +94,8 @@ def worker(rank: int, world: int, port: int, n: int, P: int, reps: int, q) -> No
         for r in dist.batch_isend_irecv(ops):
             r.wait()
 
-    raw_ms = med_ms(raw, reps)
+    # interleaved, so both see the same machine (loopback timings drift by 2x over seconds)
+    mix_ms, raw_ms = paired_ms(lambda: mixer.mix(X, 0), raw, reps)
     step = train_step_fn(mixer.k, DistributedMixer(topo))
     step_ms = med_ms(step, max(10, reps // 5))
     res = torch.tensor([mix_ms, raw_ms, step_ms])
@@ -95,7 +110,7 @@ def main() -> None:
     ap.add_argument("--procs", type=int, default=4)
     ap.add_argument("--nodes", type=int, default=16)
     ap.add_argument("--P", type=int, default=100_000)
-    ap.add_argument("--reps", type=int, default=100)
+    ap.add_argument("--reps", type=int, default=200)
     args = ap.parse_args()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -29,6 +29,13 @@ from flatlab.topology import Topology
 __all__ = ["DistributedMixer"]
 
 
+def _rows(v: np.ndarray, device) -> slice | torch.Tensor:
+    """Sorted row indices as a slice (a view, no copy) when consecutive, else an index tensor."""
+    if v.size and v[-1] - v[0] + 1 == v.size:
+        return slice(int(v[0]), int(v[-1]) + 1)
+    return torch.as_tensor(v, dtype=torch.int64, device=device)
+
+
 class _Round:
     """Precomputed communication plan of one round for one rank."""
 
@@ -56,12 +63,21 @@ class _Round:
         dense = wl.toarray() if hasattr(wl, "toarray") else np.asarray(wl.todense())
         # W_t's local rows split by the owner of the column: the own block and one block per peer
         self.W_self = torch.as_tensor(dense[:, lo:hi], dtype=dtype, device=device)
-        self.W_peer = {q: torch.as_tensor(dense[:, ids], dtype=dtype, device=device)
-                       for q, ids in self.recv.items()}
+        # a peer's rows feed only the local rows with a nonzero weight on them (one row each on a
+        # ring): keep just those rows, as a slice when consecutive, so the update touches no more
+        # ring and other sparse graphs: a few weights, applied one row at a time (axpy) without
+        # temporaries; denser blocks: one product
+        self.W_peer, self.peer_rows, self.peer_axpy = {}, {}, {}
+        for q, ids in self.recv.items():
+            block = dense[:, ids]
+            rows = np.flatnonzero(np.any(block != 0, axis=1))
+            self.W_peer[q] = torch.as_tensor(block[rows], dtype=dtype, device=device)
+            self.peer_rows[q] = _rows(rows, device)
+            nz = np.argwhere(block != 0)
+            if len(nz) <= 2 * len(rows):
+                self.peer_axpy[q] = [(int(i), int(j), float(block[i, j])) for i, j in nz]
         # rows to send: a slice (a view, no copy) when they are consecutive, else an index
-        self.send_idx = {q: (slice(int(v[0]), int(v[-1]) + 1) if v[-1] - v[0] + 1 == v.size
-                             else torch.as_tensor(v, dtype=torch.int64, device=device))
-                         for q, v in self.send.items()}
+        self.send_idx = {q: _rows(v, device) for q, v in self.send.items()}
         coo = w.tocoo()
         off = coo.row != coo.col
         src, dst = coo.col[off], coo.row[off]
@@ -139,15 +155,20 @@ class DistributedMixer:
         """Whether a communication call was entered and has not completed (it failed)."""
         return self.calls != self.completed
 
-    def _p2p(self, sends: dict[int, torch.Tensor], recvs: dict[int, torch.Tensor]) -> None:
+    def _p2p(self, sends: dict[int, torch.Tensor], recvs: dict[int, torch.Tensor]):
+        """Start one batched exchange; call the returned function to wait for it."""
         ops = [dist.P2POp(dist.isend, t, self._peer(q), self.group) for q, t in sends.items()]
         ops += [dist.P2POp(dist.irecv, t, self._peer(q), self.group) for q, t in recvs.items()]
         self.calls += 1
-        if ops:
-            for req in dist.batch_isend_irecv(ops):
-                req.wait()
-        self.completed += 1
+        reqs = dist.batch_isend_irecv(ops) if ops else []
         self.wire_bytes += sum(t.numel() * t.element_size() for t in sends.values())
+
+        def wait() -> None:
+            for req in reqs:
+                req.wait()
+            self.completed += 1
+
+        return wait
 
     def _check_rows(self, X: torch.Tensor) -> None:  # noqa: N803
         if X.shape[0] != self.k:
@@ -166,20 +187,31 @@ class DistributedMixer:
         flat = X.reshape(self.k, -1)
         if not flat.is_contiguous():
             flat = flat.contiguous()
-        sends = {q: flat[idx] for q, idx in r.send_idx.items()}  # slices are views
+        sends = {q: flat[idx] if isinstance(idx, slice)  # consecutive rows: a view
+                 else torch.index_select(flat, 0, idx, out=self._buffer(
+                     ("send", t % self.period, q), (idx.numel(), flat.shape[1]), X))
+                 for q, idx in r.send_idx.items()}
         recvs = {q: self._buffer(("mix", t % self.period, q), (len(ids), flat.shape[1]), X)
                  for q, ids in r.recv.items()}
-        self._p2p(sends, recvs)
-        out = r.W_self @ flat
+        wait = self._p2p(sends, recvs)
+        out = r.W_self @ flat  # the own block needs nothing received: overlap it with the exchange
+        wait()
         for q, buf in recvs.items():
-            out.addmm_(r.W_peer[q], buf)
+            rows = r.peer_rows[q]
+            if q in r.peer_axpy:
+                for i, j, w in r.peer_axpy[q]:
+                    out[i].add_(buf[j], alpha=w)
+            elif isinstance(rows, slice):
+                out[rows].addmm_(r.W_peer[q], buf)
+            else:
+                out.index_add_(0, rows, r.W_peer[q] @ buf)
         row_bytes = flat.shape[1] * X.element_size()
         self.stats.messages += r.out_degree
         self.stats.bytes += r.out_degree * row_bytes
         return out.reshape(X.shape)
 
     def _buffer(self, key: tuple, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        """A receive buffer reused across calls (its contents are consumed before returning)."""
+        """A send or receive buffer reused across calls (consumed before the call returns)."""
         buf = self._buffers.get(key)
         if buf is None or buf.shape != shape or buf.dtype != like.dtype or \
                 buf.device != like.device:
@@ -210,7 +242,7 @@ class DistributedMixer:
         sends = {q: M[torch.as_tensor(v)].contiguous() for q, v in r.ex_send.items() if v.size}
         recvs = {q: torch.empty(v.size, *tail, dtype=M.dtype, device=M.device)
                  for q, v in r.ex_recv.items() if v.size}
-        self._p2p(sends, recvs)
+        self._p2p(sends, recvs)()
         for q, buf in recvs.items():
             out[torch.as_tensor(r.ex_recv[q])] = buf
         per_edge = (M[0].numel() if M.shape[0] else 0) * M.element_size()
@@ -237,6 +269,14 @@ class DistributedMixer:
         dist.all_gather(parts, X.contiguous(), group=self.group)
         self.completed += 1
         return torch.cat(parts)
+
+    def gather_object(self, obj: object) -> list:
+        """Every process's ``obj`` (picklable), in rank order (checkpoints; not traffic)."""
+        out: list = [None] * self.world_size
+        self.calls += 1
+        dist.all_gather_object(out, obj, group=self.group)
+        self.completed += 1
+        return out
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         """The sum of ``x`` over the processes, in place and returned (not counted as traffic).

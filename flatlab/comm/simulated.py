@@ -144,6 +144,10 @@ class SimulatedMixer:
         """The sum of ``x`` over the processes: ``x`` itself, there is one."""
         return x
 
+    def gather_object(self, obj: object) -> list:
+        """Every process's ``obj``: ``[obj]``, there is one."""
+        return [obj]
+
     def gathered_stats(self) -> CommStats:
         """Messages and bytes of all nodes (this process holds them all)."""
         return self.stats

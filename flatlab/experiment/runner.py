@@ -430,13 +430,7 @@ def _run(cfg: RunConfig, cfg_dict: dict[str, Any], out: Path, procs: Processes |
         """Save everything needed to resume (every process takes part; rank 0 writes)."""
         rng = (torch.get_rng_state(),
                torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-        if world > 1:
-            import torch.distributed as dist
-
-            rngs: list[Any] = [None] * world
-            dist.all_gather_object(rngs, rng)
-        else:
-            rngs = [rng]
+        rngs = mixer.gather_object(rng)
         ck = {"step": step,
               "state": {k: gathered(v) for k, v in _algorithms.state_dict(state).items()},
               "buffers": {k: gathered(v) for k, v in stack.buffers.items()},
