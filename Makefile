@@ -36,6 +36,7 @@ figs: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/spectral.py
 	$(BIN)/python benchmarks/step_time.py
+	$(BIN)/python benchmarks/comm.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache paper_figs/out results/demo

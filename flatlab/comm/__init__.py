@@ -1,5 +1,10 @@
 """Mixers: how nodes communicate (gossip ``W_t X``, per-edge exchange, all-reduce mean).
 
+:class:`SimulatedMixer` holds every node in one process; :class:`DistributedMixer` spreads them
+over torch.distributed ranks (gloo or NCCL) with real point-to-point messages, and
+:mod:`flatlab.comm.process` joins the process group from ``torchrun``'s environment and names a
+lost rank when communication fails.
+
 >>> import torch, flatlab
 >>> mixer = flatlab.comm.SimulatedMixer(flatlab.topology.make("ring", 4), device="cpu")
 >>> mixer.mix(torch.eye(4)).sum(0)
