@@ -79,10 +79,17 @@ def test_listings(capsys):
     (["run", REPO / "configs" / "ring16.yaml", "lr"], "not key=value"),
     (["run", REPO / "configs" / "ring16.yaml", "data.name=cifar10", "data.root=/nonexistent"],
      "cifar10"),
+    (["run", REPO / "configs" / "ring16.yaml", "backend=mpi"], "config field backend"),
+    (["run", REPO / "configs" / "ring16.yaml", "timeout=0"], "config field timeout"),
+    # backend=distributed outside torchrun: no process group to join
+    (["run", REPO / "configs" / "ring16.yaml", "backend=distributed"], "launch with `torchrun"),
     (["sweep", "missing.yaml"], "sweep spec missing.yaml does not exist"),
     (["results", "/nonexistent/runs"], "does not exist"),
 ])
-def test_bad_training_input_is_one_line_and_exit_2(capsys, tmp_path, argv, pattern):
+def test_bad_training_input_is_one_line_and_exit_2(capsys, tmp_path, argv, pattern,
+                                                    monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
     code, out, err = run(capsys, *argv, *(["--out", tmp_path / "x"] if argv[0] == "run" else []))
     assert code == 2
     assert err.count("\n") == 1 and pattern in err, err

@@ -28,6 +28,19 @@ def test_shapes_and_length():
     assert s.epoch(0) == 0.0 and s.epoch(9) == pytest.approx(1.5)
 
 
+def test_rows_are_the_full_samplers_rows():
+    """A distributed rank's sampler (rows 2..3) gives exactly those rows of every batch."""
+    full = NodeSampler(X, LABELS, PART, batch_size=10, seed=3)
+    part = NodeSampler(X, LABELS, PART, batch_size=10, seed=3, rows=slice(2, 4))
+    assert part.n == 2 and part.n_total == 6 and part.steps_per_epoch == full.steps_per_epoch
+    for step in (0, 5, 6, 13):  # within and across epochs
+        xb, yb = full.batch(step)
+        pb, qb = part.batch(step)
+        assert torch.equal(pb, xb[2:4]) and torch.equal(qb, yb[2:4])
+    with pytest.raises(Exception, match="contiguous slice"):
+        NodeSampler(X, LABELS, PART, batch_size=10, rows=slice(0, 6, 2))
+
+
 def test_labels_follow_inputs():
     s = NodeSampler(X, LABELS, PART, batch_size=8, seed=3)
     for step in (0, 5, 17):
