@@ -368,7 +368,15 @@ def run(config: RunConfig | dict | str | Path, out: str | Path, *, progress: boo
 def _run(cfg: RunConfig, cfg_dict: dict[str, Any], out: Path, procs: Processes | None, *,
          progress: bool, resume: bool, stop_after: int | None) -> RunResult:
     main = procs is None or procs.rank == 0
-    decision = _open(out, cfg_dict, resume) if main else None
+    if procs is None:
+        decision = _open(out, cfg_dict, resume)
+    elif main:  # every rank must hear the decision, even when reading the directory fails
+        try:
+            decision = _open(out, cfg_dict, resume)
+        except Exception as e:  # noqa: BLE001 - reported on every rank below
+            decision = "error", f"cannot resume from {out}: {type(e).__name__}: {e}"
+    else:
+        decision = None
     if procs is not None:
         import torch.distributed as dist
 
