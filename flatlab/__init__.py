@@ -41,6 +41,7 @@ from flatlab.errors import (
     DataError,
     FlatlabError,
     ModelError,
+    RankLostError,
     TheoryError,
     TopologyError,
 )
@@ -100,5 +101,6 @@ __all__ = [
     "ModelError",
     "AlgorithmError",
     "ConfigError",
+    "RankLostError",
     "__version__",
 ]
