@@ -1,0 +1,41 @@
+"""Curvature as operators: Hessian-vector products, extreme eigenvalues, traces, densities.
+
+Free functions over operators (curvlinops' style), each also accepting a dense symmetric matrix or
+any callable ``v -> Hv``, and batched over node models (reference/measures.md §2, §5-§7)::
+
+    op = flatlab.curvature.hessian_operator(loss_fn, x)           # x [P], loss_fn(x) -> scalar
+    flatlab.curvature.lanczos(op, k=3).eigenvalues                 # top 3, with residuals
+    flatlab.curvature.trace(op, num_matvecs=99).estimate           # Hutch++, with a stderr
+    flatlab.curvature.spectral_density(op).density                 # SLQ, on a grid
+    ops = flatlab.curvature.model_hessian(stack, X, x_eval, y_eval)   # all n nodes at once
+    flatlab.curvature.lanczos(ops).eigenvalues                     # [n, 1], one batched pass
+"""
+
+from flatlab.curvature.lanczos import EigenResult, lanczos, power_iteration, random_probes
+from flatlab.curvature.model import model_hessian, stack_loss
+from flatlab.curvature.operators import (
+    HVP_METHODS,
+    CallableOperator,
+    CurvatureError,
+    DenseOperator,
+    HessianOperator,
+    Operator,
+    as_operator,
+    hessian_operator,
+    hvp,
+)
+from flatlab.curvature.trace import (
+    TRACE_METHODS,
+    SpectralDensity,
+    TraceResult,
+    spectral_density,
+    trace,
+)
+
+__all__ = [
+    "Operator", "HessianOperator", "DenseOperator", "CallableOperator", "CurvatureError",
+    "hvp", "hessian_operator", "as_operator", "HVP_METHODS",
+    "lanczos", "power_iteration", "EigenResult", "random_probes",
+    "trace", "TraceResult", "TRACE_METHODS", "spectral_density", "SpectralDensity",
+    "stack_loss", "model_hessian",
+]
