@@ -26,7 +26,8 @@ import torch
 from flatlab.curvature.lanczos import _batched, random_probes, tridiagonalize
 from flatlab.curvature.operators import CurvatureError, as_operator
 
-__all__ = ["TraceResult", "trace", "SpectralDensity", "spectral_density", "TRACE_METHODS"]
+__all__ = ["TraceResult", "trace", "SpectralDensity", "spectral_density", "smooth_density",
+           "TRACE_METHODS"]
 
 TRACE_METHODS = ("hutch++", "hutchinson")
 
@@ -123,6 +124,24 @@ class SpectralDensity:
     num_matvecs: int
 
 
+def smooth_density(nodes: torch.Tensor, weights: torch.Tensor, *, sigma: float | None,
+                   steps: int, num_grid_points: int = 1000, grid_padding: float = 0.1
+                   ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``φ(t) = mean_runs Σ_k τ_k N(t; θ_k, σ²)`` on a grid, for nodes/weights ``[..., runs, m]``.
+
+    Returns ``(grid [G], density [..., G], sigma)``; ``sigma`` defaults to the range of the nodes
+    over ``steps``, the grid spans the nodes plus ``grid_padding`` of their range and ``3σ``.
+    """
+    lo, hi = float(nodes.min()), float(nodes.max())
+    width = max(hi - lo, 1e-12 * max(abs(lo), abs(hi), 1.0))
+    sig = float(sigma) if sigma is not None else width / steps
+    pad = grid_padding * width + 3 * sig
+    grid = torch.linspace(lo - pad, hi + pad, int(num_grid_points), dtype=torch.float64)
+    z = (grid - nodes.double()[..., None]) / sig
+    kernel = torch.exp(-0.5 * z ** 2) / (sig * math.sqrt(2 * math.pi))
+    return grid, (weights.double()[..., None] * kernel).sum(-2).mean(-2), sig
+
+
 def spectral_density(op, *, num_runs: int = 10, lanczos_steps: int = 80,
                      num_grid_points: int = 1000, sigma: float | None = None,
                      grid_padding: float = 0.1, seed: int = 0) -> SpectralDensity:
@@ -156,14 +175,8 @@ def spectral_density(op, *, num_runs: int = 10, lanczos_steps: int = 80,
         weights.append(S[:, 0, :] ** 2)
     th = torch.stack(nodes, 1)  # [B, runs, m]
     tau = torch.stack(weights, 1)
-    lo, hi = float(th.min()), float(th.max())
-    width = max(hi - lo, 1e-12 * max(abs(lo), abs(hi), 1.0))
-    sig = float(sigma) if sigma is not None else width / int(lanczos_steps)
-    pad = grid_padding * width + 3 * sig
-    grid = torch.linspace(lo - pad, hi + pad, int(num_grid_points), dtype=torch.float64)
-    z = (grid[None, None, None, :] - th[..., None]) / sig
-    kernel = torch.exp(-0.5 * z ** 2) / (sig * math.sqrt(2 * math.pi))
-    dens = (tau[..., None] * kernel).sum(2).mean(1)
+    grid, dens, sig = smooth_density(th, tau, sigma=sigma, steps=int(lanczos_steps),
+                                     num_grid_points=num_grid_points, grid_padding=grid_padding)
     tr = op.size * (tau * th).sum(2).mean(1)
     if op.batch is None:
         return SpectralDensity(grid, dens[0], th[0], tau[0], sig, float(tr[0]),

@@ -184,3 +184,39 @@ def test_bad_input_is_one_line(H, call, pattern):
     with pytest.raises(C.CurvatureError, match=pattern) as e:
         call(H)
     assert "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------------- PyHessian
+def test_agrees_with_pyhessian_and_leaves_the_model_alone(model_problem):
+    pytest.importorskip("pyhessian")
+    from flatlab.curvature.pyhessian import (
+        pyhessian_density,
+        pyhessian_eigenvalues,
+        pyhessian_trace,
+    )
+
+    stack, x, y = model_problem
+    x0 = stack.initial_params().mean(0)
+    before = [p.detach().clone() for p in stack.module.parameters()]
+    mode, rng, dtype = stack.module.training, torch.get_rng_state(), torch.get_default_dtype()
+    eig = getattr(torch, "eig", None)
+    ours = C.lanczos(C.model_hessian(stack, x0, x, y), k=2, tol=1e-10)
+    theirs = pyhessian_eigenvalues(stack, x0, x, y, k=2, tol=1e-9, max_iter=2000)
+    exact = np.linalg.eigvalsh(exact_hessian(C.stack_loss(stack, x, y), x0))
+    # top two by magnitude are the top two by value here (checked on the exact spectrum)
+    assert np.abs(exact).argsort()[::-1][:2].tolist() == [len(exact) - 1, len(exact) - 2]
+    # power iteration's relative-change rule stops short of the true value (ratio λ2/λ1 = 0.86)
+    np.testing.assert_allclose(theirs.eigenvalues.numpy(), ours.eigenvalues.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(ours.eigenvalues.numpy(), exact[::-1][:2], rtol=1e-9)
+    assert (theirs.residuals < 1e-3 * theirs.eigenvalues.abs()).all()
+    tr = pyhessian_trace(stack, x0, x, y, max_iter=300, tol=1e-12)
+    assert abs(tr.estimate - np.trace(exact_hessian(C.stack_loss(stack, x, y), x0))) \
+        < 4 * tr.stderr
+    d = pyhessian_density(stack, x0, x, y, iter=stack.P, n_v=1)  # needs the torch.eig shim
+    # (its Lanczos reorthogonalises in one Gram-Schmidt pass: about 1e-5 relative here)
+    assert float(d.nodes.max()) == pytest.approx(exact[-1], rel=1e-4)
+    assert float(torch.trapezoid(d.density, d.grid)) == pytest.approx(1.0, abs=1e-6)
+    # the stack's module, the global RNG, the default dtype and torch itself are as they were
+    assert all(torch.equal(a, b) for a, b in zip(before, stack.module.parameters(), strict=True))
+    assert stack.module.training == mode and torch.equal(torch.get_rng_state(), rng)
+    assert torch.get_default_dtype() == dtype and getattr(torch, "eig", None) is eig
