@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/spectral.py
 	$(BIN)/python benchmarks/step_time.py
 	$(BIN)/python benchmarks/comm.py
+	$(BIN)/python benchmarks/curvature.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache paper_figs/out results/demo

@@ -59,7 +59,8 @@ from flatlab.topology import Topology
 
 __version__ = "0.1.0"
 
-_LAZY = ("data", "models", "engine", "comm", "algorithms", "experiment", "results", "plots")
+_LAZY = ("data", "models", "engine", "comm", "algorithms", "experiment", "results", "plots",
+         "curvature", "measures")
 
 
 def __getattr__(name: str) -> Any:
@@ -84,6 +85,8 @@ __all__ = [
     "experiment",
     "results",
     "plots",
+    "curvature",
+    "measures",
     "simulate",
     "Topology",
     "spectral",
