@@ -28,8 +28,9 @@ def stack_loss(stack: NodeStack, inputs: torch.Tensor, targets: torch.Tensor, *,
         inputs: ``[N, ...]`` evaluation inputs.
         targets: ``[N]`` labels or ``[N, k]`` regression targets.
         nodes: ``False``: a function of one model ``x [P] -> scalar`` (with the averaged buffers
-            unless ``buffers`` is given). ``True``: a function of all node models
-            ``X [n, P] -> [n]`` (each node with its own buffers), whose Hessian is block diagonal.
+            unless ``buffers`` is given): :func:`flatlab.measures.model_loss`. ``True``: a
+            function of all node models ``X [n, P] -> [n]`` (each node with its own buffers),
+            whose Hessian is block diagonal.
         buffers: Buffers of the one model (``nodes=False``).
         batch_size: Samples per chunk.
 
@@ -38,18 +39,14 @@ def stack_loss(stack: NodeStack, inputs: torch.Tensor, targets: torch.Tensor, *,
     if inputs.shape[0] != targets.shape[0] or inputs.shape[0] == 0:
         raise CurvatureError(f"evaluation inputs ({inputs.shape[0]}) and targets "
                              f"({targets.shape[0]}) must be the same, non-zero number of samples")
+    if not nodes:  # one model: the same loss the sharpness measures use, defined once
+        from flatlab.measures import model_loss
+
+        return model_loss(stack, inputs, targets, buffers=buffers, batch_size=batch_size)
     N = inputs.shape[0]  # noqa: N806
     dev, dt = stack.device, stack.dtype
     chunks = [(inputs[s:s + batch_size].to(dev, dt), targets[s:s + batch_size].to(dev))
               for s in range(0, N, batch_size)]
-    if not nodes:
-        bufs = stack.average_buffers() if buffers is None else buffers
-
-        def one(x: torch.Tensor) -> torch.Tensor:
-            with stack.mode(train=False):
-                return sum(stack.node_loss(x, bufs, a, y) * (a.shape[0] / N) for a, y in chunks)
-
-        return one
     per_node = torch.vmap(stack.loss_fn, in_dims=(0, None))
 
     def every(X: torch.Tensor) -> torch.Tensor:  # noqa: N803
