@@ -23,10 +23,20 @@ import torch
 import torch.distributed as dist
 
 from flatlab.comm.base import CommStats
+from flatlab.comm.process import WAIT_CODES
 from flatlab.errors import FlatlabError
 from flatlab.topology import Topology
 
 __all__ = ["DistributedMixer"]
+
+
+def _block(reqs: list) -> None:
+    """Wait for posted point-to-point requests (the watchdog sees a thread in here as waiting)."""
+    for req in reqs:
+        req.wait()
+
+
+WAIT_CODES.add(_block.__code__)
 
 
 def _rows(v: np.ndarray, device) -> slice | torch.Tensor:
@@ -164,8 +174,7 @@ class DistributedMixer:
         self.wire_bytes += sum(t.numel() * t.element_size() for t in sends.values())
 
         def wait() -> None:
-            for req in reqs:
-                req.wait()
+            _block(reqs)
             self.completed += 1
 
         return wait

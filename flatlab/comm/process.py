@@ -16,6 +16,12 @@ once, and a hung peer after ``timeout``), :meth:`Watchdog.verdict` looks at the 
 3. otherwise every rank is alive and the one with the fewest communication calls entered is stuck
    before a call its peers wait in (hung in its own code).
 
+Stretches where ranks work unevenly (rank 0 measuring the averaged model or writing files
+alone, a slow setup) are not process-group calls: :meth:`Watchdog.alone` and
+:meth:`Watchdog.barrier` wait for them in the store, watching heartbeats, so a long measurement
+is not mistaken for a hang. There a rank that does not arrive is lost when its heartbeat stops,
+or hung when it has not arrived within ``solo_timeout`` seconds.
+
 A rank that fails in its own code (an exception outside communication) records its own verdict
 before it exits, and a rank that leaves after a verdict marks itself as exited, so the cascade of
 closed connections that follows one loss is never blamed on the messengers.
@@ -28,23 +34,28 @@ PyTorch's own watchdog (which aborts the process after ``timeout``), not by this
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from flatlab.errors import FlatlabError
 
-__all__ = ["Processes", "join", "leave", "Watchdog", "LAUNCH_HINT"]
+__all__ = ["Processes", "join", "leave", "Watchdog", "PeerLost", "LAUNCH_HINT"]
 
 LAUNCH_HINT = ("launch with `torchrun --nproc_per_node=K -m flatlab run CONFIG "
                "backend=distributed` (K processes dividing the number of nodes)")
 _ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 _PREFIX = "flatlab/"
+_TORCH_DIST = os.path.dirname(dist.__file__)
+#: Code objects in which a thread waits for communication (the mixer registers its wait).
+WAIT_CODES: set = set()
 
 
 @dataclass(frozen=True)
@@ -128,6 +139,18 @@ def leave(proc: Processes, *, failed: bool = False) -> None:
         dist.destroy_process_group()
 
 
+class PeerLost(Exception):  # noqa: N818 - the event, not a bug in this process
+    """Raised on the ranks that wait in :meth:`Watchdog.barrier` when another rank was lost.
+
+    Attributes:
+        verdict: The one line (the same on every rank) that names the lost rank.
+    """
+
+    def __init__(self, verdict: str) -> None:
+        super().__init__(verdict)
+        self.verdict = verdict
+
+
 class Watchdog:
     """Heartbeats in the rendezvous store, and the one line that names a lost rank.
 
@@ -139,17 +162,23 @@ class Watchdog:
         store: The store (default: the default group's rendezvous store).
         interval: Seconds between heartbeats.
         run_id: Separates the keys of successive runs in one process group.
+        solo_timeout: Seconds the others wait in :meth:`barrier` for a rank that is alive but
+            has not arrived (measuring alone, say) before they call it hung.
     """
 
     def __init__(self, rank: int, world_size: int, progress: Callable[[], int], *,
                  timeout: float, store: dist.Store | None = None,
-                 interval: float | None = None, run_id: int = 0) -> None:
+                 interval: float | None = None, run_id: int = 0,
+                 solo_timeout: float = 3600.0) -> None:
         self.rank, self.world_size = rank, world_size
         self.prefix = f"{_PREFIX}{run_id}/"
         self.progress = progress
         self.timeout = float(timeout)
         self.interval = float(interval) if interval is not None else min(1.0, self.timeout / 5)
+        self.solo_timeout = float(solo_timeout)
         self.store = store if store is not None else dist.distributed_c10d._get_default_store()
+        self._barriers = 0
+        self._watched = threading.get_ident()  # the thread that runs the training loop
         self._stop = threading.Event()
         self._beats = 0
         self._beat()
@@ -158,8 +187,21 @@ class Watchdog:
 
     # ------------------------------------------------------------------ heartbeat
     def _beat(self) -> None:
-        self.store.set(f"{self.prefix}hb/{self.rank}", f"{self._beats} {self.progress()}")
+        self.store.set(f"{self.prefix}hb/{self.rank}",
+                       f"{self._beats} {self.progress()} {int(self._communicating())}")
         self._beats += 1
+
+    def _communicating(self) -> bool:
+        """Whether the watched thread is blocked in a communication call right now.
+
+        Read from its innermost Python frame: a call into ``torch.distributed`` or the
+        mixer's wait (:data:`WAIT_CODES`). A rank hung in its own code (even in the middle of
+        a call made of several collectives) is somewhere else.
+        """
+        frame = sys._current_frames().get(self._watched)
+        if frame is None:
+            return False
+        return frame.f_code in WAIT_CODES or frame.f_code.co_filename.startswith(_TORCH_DIST)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -173,14 +215,77 @@ class Watchdog:
         self._stop.set()
         self._thread.join(timeout=2 * self.interval + 1)
 
+    # ------------------------------------------------------------------ uneven work
+    def barrier(self, label: str, *, stop: Callable[[], bool] | None = None) -> None:
+        """Wait until every rank has arrived here, in the store (no process-group call).
+
+        All ranks call it at the same point of the same program. While waiting, a rank that
+        has not arrived is lost when its heartbeat stops for ``2.5 * interval`` seconds (or
+        never starts within ``timeout``), and hung when it is alive but has not arrived within
+        ``solo_timeout`` seconds; a verdict recorded by another rank ends the wait too.
+
+        Args:
+            label: What the ranks that arrive late are doing (quoted in the verdict).
+            stop: Polled while waiting; when it returns True the run was terminated (SIGTERM).
+
+        Raises:
+            PeerLost: Another rank was lost; its verdict is recorded and carried.
+        """
+        self._barriers += 1
+        key = f"{self.prefix}bar/{self._barriers}"
+        self.store.set(f"{key}/{self.rank}", "1")
+        arrived = self.store.add(key, 1)
+        t0 = last_check = time.monotonic()
+        seen: dict[int, tuple[int | None, float]] = {}
+        while arrived < self.world_size:
+            time.sleep(min(0.02, self.interval))
+            arrived = self.store.add(key, 0)
+            now = time.monotonic()
+            if arrived >= self.world_size or now - last_check < self.interval:
+                continue
+            last_check = now
+            found = self.recorded()
+            if found is not None:
+                raise PeerLost(found)
+            if stop is not None and stop():
+                raise PeerLost(self.verdict(terminated=True))
+            beats = self._read()
+            late = [q for q in range(self.world_size)
+                    if not self.store.check([f"{key}/{q}"])]
+            for q in late:
+                b = beats[q][0] if q in beats else None
+                if q not in seen or seen[q][0] != b:
+                    seen[q] = (b, now)
+                grace = 2.5 * self.interval if b is not None else self.timeout
+                if now - seen[q][1] > grace:
+                    raise PeerLost(self._record(
+                        f"rank {q} was lost (its heartbeat stopped while its peers waited for "
+                        f"it in {label}: the process died, was stopped or its machine is "
+                        "unreachable)"))
+            if late and now - t0 > self.solo_timeout:
+                raise PeerLost(self._record(
+                    f"rank {late[0]} was lost (alive but hung in {label} for over "
+                    f"{self.solo_timeout:g} s)"))
+
+    def alone(self, label: str, fn: Callable[[], Any], *, src: int = 0,
+              stop: Callable[[], bool] | None = None) -> Any:
+        """Run ``fn`` on rank ``src`` only while the others wait for it in :meth:`barrier`.
+
+        Returns ``fn()`` on ``src`` and ``None`` elsewhere (nothing is communicated).
+        """
+        out = fn() if self.rank == src else None
+        self.barrier(label, stop=stop)
+        return out
+
     # ------------------------------------------------------------------ verdicts
-    def _read(self) -> dict[int, tuple[int, int]]:
+    def _read(self) -> dict[int, tuple[int, int, int]]:
+        """``{rank: (heartbeats, calls entered, blocked in communication)}`` from the store."""
         out = {}
         for q in range(self.world_size):
             key = f"{self.prefix}hb/{q}"
             if self.store.check([key]):
-                beats, prog = self.store.get(key).decode().split()
-                out[q] = (int(beats), int(prog))
+                beats, prog, comm = self.store.get(key).decode().split()
+                out[q] = (int(beats), int(prog), int(comm))
         return out
 
     def _record(self, verdict: str) -> str:
@@ -255,9 +360,16 @@ class Watchdog:
                 prog[self.rank] = self.progress()
                 low = min(prog.values()) if prog else 0
                 stuck = [q for q in others if prog[q] == low and low < max(prog.values())]
+                # level, but not blocked in communication (in both looks): hung in its own code
+                # inside a call made of several collectives, or between posting and waiting
+                inside = [q for q in others if not first[q][2] and not second[q][2]]
                 if stuck:
                     text = (f"rank {stuck[0]} was lost (alive but hung before communication call "
                             f"{low + 1} that its peers wait in, for over {self.timeout:g} s)")
+                elif inside:
+                    text = (f"rank {inside[0]} was lost (alive but hung in its own code during "
+                            f"communication call {low} that its peers wait in, for over "
+                            f"{self.timeout:g} s)")
                 else:
                     detail = str(error).strip().splitlines()[0] if error and str(error) else ""
                     text = (f"communication failed with every rank alive and level at call "
