@@ -210,18 +210,20 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def _cmd_measures(args: argparse.Namespace) -> int:
     from flatlab.experiment.config import BASIC_METRICS
+    from flatlab.measures import named
 
-    text = {
-        "loss": "train_loss, test_loss: of the averaged model (avg), the node mean and each node",
-        "accuracy": "train_accuracy, test_accuracy: same scopes (classification)",
-        "consensus_distance": "consensus_distance ||X - 1 x̄ᵀ||_F² / n, and "
-                              "consensus_distance_rel (divided by ||x̄||²)",
-        "grad_norm": "grad_norm ||∇f(x̄)|| on the training evaluation subset",
-    }
-    for name in BASIC_METRICS:
-        print(f"{name}: {text[name]}")
+    items = named.describe()
+    if getattr(args, "json", False):
+        print(json.dumps(items, indent=1))
+        return 0
+    for m in items:
+        default = " (default)" if m["name"] in BASIC_METRICS else ""
+        print(f"{m['name']}{default}: {m['summary']} [on {m['on']}]")
+        print(f"    metrics: {', '.join(m['metrics'])}")
+        settings = ", ".join(f"{k}={v}" for k, v in m["settings"].items())
+        print(f"    settings: {settings}")
     print("always recorded: lr, comm_bytes (all nodes, so far), batch_loss (node mean of the "
-          "minibatch losses since the last measurement)")
+          "minibatch losses since the last measurement). Settings: measure.options.NAME.KEY=V")
     return 0
 
 
@@ -319,9 +321,11 @@ def _parser() -> _Parser:
 
     for name, func, helptext in (("algorithms", _cmd_algorithms, "list algorithms"),
                                  ("datasets", _cmd_datasets, "list datasets"),
-                                 ("models", _cmd_models, "list models"),
-                                 ("measures", _cmd_measures, "list run measurements")):
+                                 ("models", _cmd_models, "list models")):
         sub.add_parser(name, help=helptext).set_defaults(func=func)
+    p = sub.add_parser("measures", help="list the named measures a run can schedule")
+    p.add_argument("--json", action="store_true", help="names, metrics and settings as JSON")
+    p.set_defaults(func=_cmd_measures)
 
     p = sub.add_parser("run", help="train one run from a YAML config")
     p.add_argument("config", help="YAML config file (see configs/)")

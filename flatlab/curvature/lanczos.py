@@ -177,7 +177,7 @@ def _check_which(which: str, k: int, size: int) -> None:
 
 def lanczos(op, k: int = 1, *, which: str = "largest", tol: float = 1e-6,
             max_iter: int | None = None, seed: int = 0,
-            return_vectors: bool = False) -> EigenResult:
+            return_vectors: bool = False, v0: torch.Tensor | None = None) -> EigenResult:
     """The ``k`` largest (or smallest) algebraic eigenvalues by Lanczos.
 
     Args:
@@ -190,6 +190,8 @@ def lanczos(op, k: int = 1, *, which: str = "largest", tol: float = 1e-6,
         max_iter: At most this many products (default ``max(30, 6k)``, at most ``P``).
         seed: Seed of the Rademacher start vector.
         return_vectors: Also return the Ritz vectors.
+        v0: Start vectors instead (``[P]``, or ``[n, P]`` for a batched operator), e.g. each
+            node's own seeded vector so that results do not depend on how nodes are batched.
 
     Returns:
         An :class:`EigenResult`; for a batched operator every field has a leading ``n``.
@@ -202,7 +204,13 @@ def lanczos(op, k: int = 1, *, which: str = "largest", tol: float = 1e-6,
     steps = min(op.size, max_iter if max_iter is not None else max(30, 6 * k))
     if steps < k:
         raise CurvatureError(f"max_iter = {max_iter} is below k = {k}")
-    q0 = random_probes((B, op.size), seed=seed, dtype=op.dtype, device=op.device)
+    if v0 is None:
+        q0 = random_probes((B, op.size), seed=seed, dtype=op.dtype, device=op.device)
+    else:
+        q0 = torch.as_tensor(v0).to(op.device, op.dtype).reshape(-1, op.size)
+        if q0.shape[0] != B or not bool((q0.norm(dim=1) > 0).all()):
+            raise CurvatureError(f"v0 must be {B} non-zero start vector(s) of size {op.size}, "
+                                 f"got shape {tuple(torch.as_tensor(v0).shape)}")
     start = op.num_matvecs
 
     def residuals(T: torch.Tensor, beta: torch.Tensor):  # noqa: N803

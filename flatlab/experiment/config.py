@@ -59,7 +59,7 @@ __all__ = [
 BASIC_METRICS = ("loss", "accuracy", "consensus_distance", "grad_norm")
 BACKENDS = ("simulated", "distributed")
 #: Fields that say how a run executes, not what it computes (ignored when resuming a directory).
-EXECUTION_FIELDS = ("backend", "timeout")
+EXECUTION_FIELDS = ("backend", "timeout", "measure_timeout")
 PARTITIONS = ("iid", "dirichlet", "classes", "shards", "natural")
 SCHEDULES = ("constant", "step", "cosine")
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -140,10 +140,14 @@ class TrainConfig:
 class MeasureConfig:
     """What to measure and when.
 
-    ``metrics`` are measured at step 0, every ``every`` steps and at the end; ``train_subset``
-    samples of the nodes' training data (fixed for the run, seeded by ``data.seed``; ``null``
-    for all) and ``test_subset`` of the test set are used. ``per_node`` also records each
-    node's loss and accuracy.
+    ``metrics`` are named measures (``flatlab measures`` lists them:
+    :mod:`flatlab.measures.named`), measured at step 0, every ``every`` steps and at the end;
+    ``train_subset`` samples of the nodes' training data (fixed for the run, seeded by
+    ``data.seed``; ``null`` for all) and ``test_subset`` of the test set are used. ``per_node``
+    also records each node's values. ``options`` holds each measure's settings
+    (``{hessian_top: {k: 3}}``; ``every``, a multiple of ``every``, thins one measure).
+    Curvature, sharpness and landscapes use the first ``curvature_subset`` samples of a fixed
+    shuffle of the training evaluation set, in ``curvature_dtype``.
     """
 
     every: int = 100
@@ -152,6 +156,9 @@ class MeasureConfig:
     test_subset: int | None = None
     eval_batch: int = 2048
     per_node: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
+    curvature_subset: int = 512
+    curvature_dtype: str = "float32"
 
 
 @dataclass
@@ -165,8 +172,10 @@ class RunConfig:
     Execution: ``backend`` is ``simulated`` (one process holds every node) or ``distributed``
     (run under ``torchrun --nproc_per_node=K``, each of ``K`` processes holds ``n / K`` nodes and
     gossip is real point-to-point communication); ``timeout`` is how many seconds a process waits
-    for a lost peer before the run fails. Neither changes the numbers, so a run directory may be
-    resumed under the other backend.
+    for a lost peer before the run fails; ``measure_timeout`` how long the other processes wait
+    for rank 0 measuring the averaged model (or writing files) alone before they call it hung.
+    None of these changes the numbers, so a run directory may be resumed under the other
+    backend.
     """
 
     name: str = "run"
@@ -180,6 +189,7 @@ class RunConfig:
     checkpoint_every: int = 500
     backend: str = "simulated"
     timeout: float = 60.0
+    measure_timeout: float = 3600.0
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     topology: TopologyConfig = field(default_factory=TopologyConfig)
@@ -399,6 +409,8 @@ def validate(cfg: RunConfig) -> None:
     _one_of("backend", cfg.backend, BACKENDS)
     _need(math.isfinite(cfg.timeout) and cfg.timeout > 0, "timeout", cfg.timeout,
           "a number of seconds > 0")
+    _need(math.isfinite(cfg.measure_timeout) and cfg.measure_timeout > 0, "measure_timeout",
+          cfg.measure_timeout, "a number of seconds > 0")
     _need(bool(cfg.name) and "/" not in cfg.name, "name", cfg.name, "a non-empty name without /")
 
     d = cfg.data
@@ -446,8 +458,25 @@ def validate(cfg: RunConfig) -> None:
 
     m = cfg.measure
     _need(m.every >= 1, "measure.every", m.every, "an integer >= 1")
+    from flatlab.measures import MeasureError, named
+
     for i, name in enumerate(m.metrics):
-        _one_of(f"measure.metrics[{i}]", name, BASIC_METRICS)
+        _one_of(f"measure.metrics[{i}]", name, tuple(named.available()))
+    _need(len(set(m.metrics)) == len(m.metrics), "measure.metrics", m.metrics,
+          "a list without repeats")
+    for name, given in m.options.items():
+        _one_of("measure.options", name, tuple(named.available()))
+        _need(isinstance(given, dict), f"measure.options.{name}", given,
+              "a mapping of settings (flatlab measures lists them)")
+        try:
+            every = named.resolve(name, given)["every"]
+        except MeasureError as e:
+            raise ConfigError(f"measure.options.{name}: {e}") from None
+        _need(every is None or every % m.every == 0, f"measure.options.{name}.every", every,
+              f"a multiple of measure.every = {m.every}")
+    _need(m.curvature_subset >= 1, "measure.curvature_subset", m.curvature_subset,
+          "an integer >= 1")
+    _one_of("measure.curvature_dtype", m.curvature_dtype, ("float32", "float64"))
     for f in ("train_subset", "test_subset"):
         v = getattr(m, f)
         _need(v is None or v >= 1, f"measure.{f}", v, "an integer >= 1 or null (all)")

@@ -30,6 +30,7 @@ hangs makes the others fail within ``timeout`` seconds with one line naming it
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -37,6 +38,7 @@ import platform
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,11 +52,12 @@ from flatlab import algorithms as _algorithms
 from flatlab import data as _data
 from flatlab import models as _models
 from flatlab.comm import DistributedMixer, SimulatedMixer
-from flatlab.comm.process import Processes, Watchdog, join, leave
-from flatlab.engine import GradientOracle, NodeStack, evaluate, full_gradient
+from flatlab.comm.process import PeerLost, Processes, Watchdog, join, leave
+from flatlab.engine import GradientOracle, NodeStack
 from flatlab.errors import ConfigError, RankLostError
 from flatlab.experiment.config import EXECUTION_FIELDS, RunConfig, load_config, to_dict
 from flatlab.experiment.schedules import lr_at
+from flatlab.measures import named
 from flatlab.topology import make as make_topology
 
 __all__ = ["Run", "RunResult", "build", "run", "STATUSES", "METRIC_COLUMNS"]
@@ -85,6 +88,7 @@ class Run:
     test_eval: tuple[torch.Tensor, torch.Tensor]
     n: int = 0
     rows: slice = field(default_factory=lambda: slice(0, 0))
+    curvature_eval: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def lr(self, step: int) -> float:
         """The scheduled step size at ``step``."""
@@ -177,64 +181,75 @@ def build(cfg: RunConfig, procs: Processes | None = None) -> Run:
     if dataset.task != "classification":
         train_eval = (train_eval[0], train_eval[1].to(dtype))
         test_eval = (test_eval[0], test_eval[1].to(dtype))
+    # curvature subset: a fixed shuffle of the training evaluation set, the first m samples
+    perm = torch.randperm(train_eval[0].shape[0],
+                          generator=torch.Generator().manual_seed(cfg.data.seed + 104729))
+    pick = perm[:cfg.measure.curvature_subset].to(stack.device)
+    curvature_eval = (train_eval[0][pick], train_eval[1][pick])
+    if "loss_gap" in cfg.measure.metrics and (
+            dataset.optimum is None or "optimum_loss" not in (dataset.info or {})):
+        raise ConfigError(f"measure loss_gap needs a task with a known optimum (data.name "
+                          f"least-squares or logistic); {cfg.data.name!r} has none")
     return Run(cfg, dataset, part, sampler, stack, oracle, mixer, algo, spe, total, train_eval,
-               test_eval, n, rows)
+               test_eval, n, rows, curvature_eval)
 
 
 # ---------------------------------------------------------------------- measurement
-def measure(run: Run, X: torch.Tensor, step: int) -> list[tuple[str, str, float]]:  # noqa: N803
-    """The scheduled basic measures at iterate ``X``: ``(metric, scope, value)`` rows.
+def scheduled(cfg: RunConfig) -> dict[str, dict[str, Any]]:
+    """The run's named measures with their resolved settings (what ``measures.json`` holds)."""
+    return {name: named.resolve(name, cfg.measure.options.get(name))
+            for name in ["comm_bytes", *(m for m in cfg.measure.metrics if m != "comm_bytes")]}
 
-    ``X`` holds this process's nodes. In a distributed run every rank must call this (it
-    communicates); the rows are complete on rank 0 only.
+
+def measure(run: Run, X: torch.Tensor, step: int, *,  # noqa: N803
+            alone: Callable[[str, Callable[[], Any]], Any] | None = None,
+            tables: dict[str, list[dict[str, Any]]] | None = None
+            ) -> list[tuple[str, str, float]]:
+    """The scheduled named measures at iterate ``X``: ``(metric, scope, value)`` rows.
+
+    ``X`` holds this process's nodes. Every process computes the node parts of the measures
+    (communicating); rank 0 then computes the parts on the averaged model ``x̄`` through
+    ``alone`` (the others wait watchfully, not in a collective). The rows are complete on rank 0
+    only. Extra tables (spectral densities, landscapes) are appended to ``tables`` with the step.
     """
     cfg, mixer, stack = run.cfg, run.mixer, run.stack
     one, main = mixer.world_size == 1, mixer.rank == 0
-    wanted = set(cfg.measure.metrics)
-    rows: list[tuple[str, str, float]] = [("lr", "network", run.lr(step)),
-                                          ("comm_bytes", "network",
-                                           float(mixer.gathered_stats().total_bytes()))]
-    if wanted & {"loss", "accuracy", "grad_norm"}:
-        # the averaged model x̄ and its buffers, computed once
-        xbar = X.mean(0) if one else mixer.all_reduce(X.sum(0)) / run.n
-        bufs = None if one else {k: mixer.gather(v) for k, v in stack.buffers.items()}
-        bbar = stack.average_buffers(bufs)
-    if wanted & {"loss", "accuracy"}:
-        for split, (x, y) in (("train", run.train_eval), ("test", run.test_eval)):
-            ev = evaluate(stack, X, x, y, average=main, batch_size=cfg.measure.eval_batch,
-                          xbar=xbar, buffers_avg=bbar)
-            loss_nodes = _gather_values(mixer, ev.loss_nodes, stack.device)
-            acc_nodes = None if ev.accuracy_nodes is None else \
-                _gather_values(mixer, ev.accuracy_nodes, stack.device)
-            if "loss" in wanted:
-                rows += [(f"{split}_loss", "avg", ev.loss_avg),
-                         (f"{split}_loss", "mean", float(loss_nodes.mean()))]
-                if cfg.measure.per_node:
-                    rows += [(f"{split}_loss", str(i), float(v))
-                             for i, v in enumerate(loss_nodes)]
-            if "accuracy" in wanted and acc_nodes is not None:
-                rows += [(f"{split}_accuracy", "avg", ev.accuracy_avg),
-                         (f"{split}_accuracy", "mean", float(acc_nodes.mean()))]
-                if cfg.measure.per_node:
-                    rows += [(f"{split}_accuracy", str(i), float(v))
-                             for i, v in enumerate(acc_nodes)]
-    if "consensus_distance" in wanted:
-        X64 = X.double()  # noqa: N806 - accumulate in float64
-        xbar64 = mixer.all_reduce(X64.sum(0)) / run.n
-        xi2 = float(mixer.all_reduce((X64 - xbar64).pow(2).sum().reshape(1))) / run.n
-        rows += [("consensus_distance", "network", xi2),
-                 ("consensus_distance_rel", "network",
-                  xi2 / max(float(xbar64.pow(2).sum()), 1e-300))]
-    if "grad_norm" in wanted and main:
-        g = full_gradient(stack, xbar, *run.train_eval, batch_size=cfg.measure.eval_batch,
-                          buffers=bbar)
-        rows.append(("grad_norm", "avg", float(g.norm())))
+    due = {name: s for name, s in scheduled(cfg).items()
+           if step == 0 or step == run.total_steps or step % (s["every"] or 1) == 0}
+    xbar = X.mean(0) if one else mixer.all_reduce(X.sum(0)) / run.n
+    bufs = None if one else {k: mixer.gather(v) for k, v in stack.buffers.items()}
+    ctx = named.MeasureContext(
+        stack=stack, X=X, xbar=xbar, buffers_avg=stack.average_buffers(bufs),
+        train=run.train_eval, test=run.test_eval,
+        curvature=run.curvature_eval or run.train_eval, dataset=run.dataset, n=run.n,
+        rows=run.rows if not one else slice(0, run.n), step=step,
+        eval_batch=cfg.measure.eval_batch, per_node=cfg.measure.per_node,
+        curvature_dtype=getattr(torch, cfg.measure.curvature_dtype),
+        gather=(lambda v: v) if one else mixer.gather,
+        gather_rows=(lambda v: v) if one else mixer.gather,
+        reduce=(lambda v: v) if one else mixer.all_reduce,
+        comm_bytes=float(mixer.gathered_stats().total_bytes()))
+    rows: list[tuple[str, str, float]] = [("lr", "network", run.lr(step))]
+    for name, s in due.items():
+        part = named.get(name).nodes
+        if part is not None:
+            rows += part(ctx, s)
+
+    def on_average() -> list[tuple[str, str, float]]:
+        out: list[tuple[str, str, float]] = []
+        for name, s in due.items():
+            part = named.get(name).average
+            if part is not None:
+                out += part(ctx, s)
+        return out
+
+    if any(named.get(name).average is not None for name in due):
+        rows += (alone or (lambda label, fn: fn()))(
+            f"measuring the averaged model at step {step}", on_average) or []
+    if main and tables is not None:
+        for t, new in ctx.tables.items():
+            tables.setdefault(t, []).extend({"step": step, **r} for r in new)
     return rows if main else []
-
-
-def _gather_values(mixer, v: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Per-node values ``[k]`` of this process -> ``[n]`` of all nodes (on the CPU)."""
-    return v if mixer.world_size == 1 else mixer.gather(v.to(device)).cpu()
 
 
 def _agree(mixer, ok: bool) -> bool:
@@ -389,15 +404,34 @@ def _run(cfg: RunConfig, cfg_dict: dict[str, Any], out: Path, procs: Processes |
     if kind == "finished":
         return RunResult(payload.path, payload.status, payload.step, payload.message, main)
     ck = payload
-    built = build(cfg, procs)
+    watchdog, box = None, []
+    if procs is not None:  # heartbeats from here on, so that a slow setup is not a hang
+        watchdog = Watchdog(procs.rank, procs.world_size,
+                            lambda: box[0].calls if box else 0, timeout=cfg.timeout,
+                            run_id=_run_id(procs.rank), solo_timeout=cfg.measure_timeout)
+    try:
+        built = build(cfg, procs)
+    except BaseException:
+        if watchdog is not None:
+            watchdog.close()
+        raise
     mixer, stack = built.mixer, built.stack
+    box.append(mixer)
+    term = threading.Event()  # set by SIGTERM in a distributed run
     world, rank = mixer.world_size, mixer.rank
     if main:
         out.mkdir(parents=True, exist_ok=True)
         _write_text(out / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
+        _write_text(out / "measures.json", json.dumps({
+            "measures": scheduled(cfg), "every": cfg.measure.every,
+            "train_eval_size": int(built.train_eval[0].shape[0]),
+            "test_eval_size": int(built.test_eval[0].shape[0]),
+            "curvature_eval_size": int(built.curvature_eval[0].shape[0]),
+            "curvature_dtype": cfg.measure.curvature_dtype, "eval_mode": True}, indent=1) + "\n")
     torch.manual_seed(cfg.seed + rank)
     state = built.algorithm.init(stack.initial_params(), built.oracle, mixer)
     rows: list[tuple] = []
+    tables: dict[str, list[dict[str, Any]]] = {}
     start, elapsed, loss_acc = 0, 0.0, [0.0, 0]
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     if ck is not None:
@@ -412,6 +446,7 @@ def _run(cfg: RunConfig, cfg_dict: dict[str, Any], out: Path, procs: Processes |
             if rng[rank][1] is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng[rank][1])
         rows, start, elapsed = list(ck["metrics"]), int(ck["step"]), float(ck["elapsed"])
+        tables = {k: list(v) for k, v in ck.get("tables", {}).items()}
         loss_acc, started = list(ck["loss_acc"]), ck.get("started", started)
     total, spe, every = built.total_steps, built.steps_per_epoch, cfg.measure.every
     device = _device_name(stack.device) + (f", {world} processes ({procs.backend})"
@@ -421,7 +456,8 @@ def _run(cfg: RunConfig, cfg_dict: dict[str, Any], out: Path, procs: Processes |
                    "processes": world, "versions": _versions(), "nodes": built.n,
                    "parameters": stack.P,
                    "train_eval_size": int(built.train_eval[0].shape[0]),
-                   "test_eval_size": int(built.test_eval[0].shape[0])}
+                   "test_eval_size": int(built.test_eval[0].shape[0]),
+                   "curvature_eval_size": int(built.curvature_eval[0].shape[0])}
 
     def write_status(st: str, step: int, message: str = "") -> None:
         d = dict(base_status, status=st, step=step, epoch=step / spe,
@@ -443,17 +479,23 @@ def _run(cfg: RunConfig, cfg_dict: dict[str, Any], out: Path, procs: Processes |
               "state": {k: gathered(v) for k, v in _algorithms.state_dict(state).items()},
               "buffers": {k: gathered(v) for k, v in stack.buffers.items()},
               "mixer": mixer.gathered_stats().state_dict(), "rng": rngs,
-              "processes": world, "metrics": rows, "elapsed": elapsed, "loss_acc": loss_acc,
+              "processes": world, "metrics": rows, "tables": tables, "elapsed": elapsed,
+              "loss_acc": loss_acc,
               "started": started, "config": cfg_dict}
-        if main:
+        def write() -> None:
             _atomic_write(out / "checkpoint.pt", lambda p: torch.save(ck, p))
             _write_metrics(out / "metrics.parquet", rows)
+            for t, trows in tables.items():
+                _atomic_write(out / f"{t}.parquet",
+                              lambda p, r=trows: pd.DataFrame(r).to_parquet(p, index=False))
+
+        alone(f"writing the checkpoint of step {step}", write)
 
     def record(step: int) -> bool:
         """Measure at ``step``; False (on every process) when anything is not finite."""
         if not _agree(mixer, bool(torch.isfinite(state.x).all())):
             return False
-        new = measure(built, state.x, step)
+        new = measure(built, state.x, step, alone=alone, tables=tables)
         if step > 0 and loss_acc[1]:
             new.append(("batch_loss", "mean", loss_acc[0] / loss_acc[1]))
             loss_acc[0], loss_acc[1] = 0.0, 0
@@ -472,10 +514,12 @@ def _run(cfg: RunConfig, cfg_dict: dict[str, Any], out: Path, procs: Processes |
             write_status("diverged", step, msg)
         return RunResult(out, "diverged", step, msg, main)
 
-    watchdog = None
-    if procs is not None:
-        watchdog = Watchdog(rank, world, lambda: mixer.calls, timeout=cfg.timeout,
-                            run_id=_run_id(rank))
+    def alone(label: str, fn: Callable[[], Any]) -> Any:
+        """``fn()`` on rank 0 while the other processes wait watchfully (not in a collective)."""
+        if watchdog is None:
+            return fn()
+        return watchdog.alone(label, fn, stop=term.is_set)
+
     if main:
         write_status("running", start)
     from tqdm.auto import tqdm
@@ -483,9 +527,14 @@ def _run(cfg: RunConfig, cfg_dict: dict[str, Any], out: Path, procs: Processes |
     bar = tqdm(total=total, initial=start, desc=cfg.name, disable=not (progress and main),
                dynamic_ncols=True, leave=False)
     step, t0 = start, time.perf_counter()
-    term = threading.Event()
     old_term = _catch_sigterm(term) if procs is not None else None
     try:
+        if watchdog is not None:
+            # torch.func imports torch._dynamo on first use (1-3 s): pay it here, before the
+            # ranks line up, not inside the first step while the peers wait in a collective
+            importlib.import_module("torch._dynamo")
+
+            watchdog.barrier("setting up", stop=term.is_set)
         if start == 0 and not rows and not record(0):
             return diverged(0, "non-finite parameters or metrics at the initial point")
         while step < total:
@@ -527,7 +576,9 @@ def _run(cfg: RunConfig, cfg_dict: dict[str, Any], out: Path, procs: Processes |
         msg = "interrupted" if isinstance(e, KeyboardInterrupt) else \
             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         lost = None
-        if watchdog is not None:
+        if isinstance(e, PeerLost):
+            msg = lost = e.verdict
+        elif watchdog is not None:
             if mixer.waiting or isinstance(e, _Terminated):
                 msg = lost = watchdog.verdict(e, terminated=isinstance(e, _Terminated))
             elif not isinstance(e, KeyboardInterrupt):

@@ -13,6 +13,9 @@ fields. :func:`model_loss` builds such a ``loss_fn`` for one model of a
 >>> round(r.value, 6)                # (rho^2 / 2) * lambda_max
 0.015
 
+The named measures a run schedules (``measure.metrics`` of a run config; ``flatlab measures``)
+are in :mod:`flatlab.measures.named`.
+
 Sources and the choices each number depends on: reference/measures.md,
 sections 8, 9, 13 and 15.
 """

@@ -1,0 +1,587 @@
+"""Named measures: what a run schedules, by name, with settings (DESIGN.md section 5).
+
+Each :class:`NamedMeasure` turns the estimators of :mod:`flatlab.curvature` and
+:mod:`flatlab.measures` into rows ``(metric, scope, value)`` of the results store (scope
+``avg`` for the averaged model ``x̄``, ``mean``/``max`` over nodes, a node id, or ``network``)
+and, for measures that are not scalars (spectral densities, landscape slices), rows of an extra
+table written next to ``metrics.parquet`` (``density.parquet``, ``landscape.parquet``).
+
+A measure has up to two parts, so that a distributed run computes each quantity once:
+
+- ``nodes``: runs on every process on its own node models (may communicate through
+  ``ctx.gather``); per-node curvature is batched over the process's nodes;
+- ``average``: runs once, on rank 0, on ``x̄`` (no communication).
+
+Settings are validated against each measure's defaults (``measure.options`` in a run config,
+e.g. ``measure.options.hessian_top.k=3`` on the command line); ``every`` (a multiple of
+``measure.every``) thins an expensive measure. The resolved settings are written to
+``measures.json`` in the run directory. ``flatlab measures`` lists them all.
+
+Curvature, sharpness and landscapes are measured on a fixed subset of the training evaluation set
+(``measure.curvature_subset`` samples, the same at every step, for ``x̄`` and every node;
+reference/measures.md section 5.3), in eval mode, in ``measure.curvature_dtype``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from flatlab.measures import MeasureError
+
+__all__ = ["NamedMeasure", "MeasureContext", "available", "get", "resolve", "describe",
+           "TABLES", "Row"]
+
+Row = tuple[str, str, float]
+#: Extra tables (not scalar series) and their columns besides ``step``.
+TABLES = {"density": ("run", "index", "eigenvalue", "weight"),
+          "landscape": ("kind", "scope", "alpha", "beta", "loss")}
+
+
+@dataclass
+class MeasureContext:
+    """What a named measure sees at one measurement step (built by the runner).
+
+    Attributes:
+        stack: The node stack (this process's nodes).
+        X: ``[k, P]`` this process's node parameters; ``rows`` are their global ids.
+        xbar: ``[P]`` the averaged model ``x̄`` (every process).
+        buffers_avg: Its buffers.
+        train, test: The evaluation sets ``(inputs, targets)``.
+        curvature: The curvature subset of ``train``.
+        dataset: The run's dataset (``optimum``, ``info["optimum_loss"]`` on synthetic tasks).
+        n: Number of nodes of the network.
+        step: The training step.
+        eval_batch: Samples per evaluation chunk.
+        per_node: Record per-node rows.
+        curvature_dtype: dtype of curvature, sharpness and landscape computations.
+        gather: ``[k] -> [n]`` per-node values of every process (a collective; identity in
+            one process).
+        gather_rows: ``[k, P] -> [n, P]`` node parameters of every process.
+        reduce: Sum of a tensor over processes (an all-reduce; identity in one process).
+        comm_bytes: Bytes sent by the network so far.
+        cache: Shared between measures at one step (node and average evaluations).
+        tables: Rows of extra tables written by non-scalar measures, ``{table: [dict]}``.
+    """
+
+    stack: Any
+    X: torch.Tensor
+    xbar: torch.Tensor
+    buffers_avg: dict[str, torch.Tensor]
+    train: tuple[torch.Tensor, torch.Tensor]
+    test: tuple[torch.Tensor, torch.Tensor]
+    curvature: tuple[torch.Tensor, torch.Tensor]
+    dataset: Any
+    n: int
+    rows: slice
+    step: int
+    eval_batch: int = 2048
+    per_node: bool = True
+    curvature_dtype: torch.dtype = torch.float32
+    gather: Callable[[torch.Tensor], torch.Tensor] = lambda v: v
+    gather_rows: Callable[[torch.Tensor], torch.Tensor] = lambda X: X
+    reduce: Callable[[torch.Tensor], torch.Tensor] = lambda v: v
+    comm_bytes: float = 0.0
+    cache: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ shared evaluations
+    def node_eval(self, split: str):
+        """Loss and accuracy of every node on ``split`` (``[n]``, gathered), computed once."""
+        key = f"node_eval/{split}"
+        if key not in self.cache:
+            from flatlab.engine import evaluate
+
+            x, y = self.train if split == "train" else self.test
+            ev = evaluate(self.stack, self.X, x, y, average=False, batch_size=self.eval_batch)
+            acc = None if ev.accuracy_nodes is None else self._gathered(ev.accuracy_nodes)
+            self.cache[key] = (self._gathered(ev.loss_nodes), acc)
+        return self.cache[key]
+
+    def _gathered(self, v: torch.Tensor) -> torch.Tensor:
+        return self.gather(v.to(self.stack.device)).cpu()
+
+    def avg_eval(self, split: str):
+        """Loss and accuracy of ``x̄`` on ``split``, computed once (rank 0)."""
+        key = f"avg_eval/{split}"
+        if key not in self.cache:
+            from flatlab.engine import evaluate
+
+            x, y = self.train if split == "train" else self.test
+            ev = evaluate(self.stack, self.X[:1], x, y, nodes=False, batch_size=self.eval_batch,
+                          xbar=self.xbar, buffers_avg=self.buffers_avg)
+            self.cache[key] = (ev.loss_avg, ev.accuracy_avg)
+        return self.cache[key]
+
+    # ------------------------------------------------------------------ curvature helpers
+    def curvature_stack(self):
+        """The stack in ``curvature_dtype`` (a copy when it differs from the training dtype)."""
+        key = "curvature_stack"
+        if key not in self.cache:
+            s = self.stack
+            if s.dtype != self.curvature_dtype:
+                s = copy.copy(s)
+                s.module = copy.deepcopy(self.stack.module).to(dtype=self.curvature_dtype)
+                s.dtype = self.curvature_dtype
+                s.buffers = {k: (v.to(self.curvature_dtype) if v.is_floating_point() else v)
+                             for k, v in self.stack.buffers.items()}
+            self.cache[key] = s
+        return self.cache[key]
+
+    def _cast(self, t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to(self.stack.device, self.curvature_dtype)
+
+    def avg_buffers(self) -> dict[str, torch.Tensor]:
+        """``x̄``'s buffers in ``curvature_dtype``."""
+        return {k: (self._cast(v) if v.is_floating_point() else v)
+                for k, v in self.buffers_avg.items()}
+
+    def avg_loss_fn(self):
+        """``x ↦ f(x)`` on the curvature subset with ``x̄``'s buffers, and ``x̄`` cast."""
+        from flatlab.measures import model_loss
+
+        return model_loss(self.curvature_stack(), *self.curvature, buffers=self.avg_buffers(),
+                          batch_size=self.eval_batch), self._cast(self.xbar)
+
+    def avg_hessian(self):
+        """The Hessian operator of ``f`` at ``x̄`` on the curvature subset."""
+        from flatlab.curvature import hessian_operator
+
+        fn, x = self.avg_loss_fn()
+        return hessian_operator(fn, x)
+
+    def nodes_hessian(self):
+        """The batched Hessian operator of this process's node models (each its own buffers)."""
+        from flatlab.curvature.model import model_hessian
+
+        return model_hessian(self.curvature_stack(), self._cast(self.X), *self.curvature,
+                             batch_size=self.eval_batch)
+
+
+@dataclass(frozen=True)
+class NamedMeasure:
+    """A measure a run can schedule.
+
+    Attributes:
+        name: Its name in ``measure.metrics``.
+        summary: One line: what it records.
+        metrics: The metric names it writes (``metric`` column).
+        defaults: Its settings and their defaults (``every`` is added to all).
+        nodes: ``(ctx, settings) -> rows``, on every process (may communicate).
+        average: ``(ctx, settings) -> rows``, once on rank 0, on ``x̄``.
+        source: Where the definition comes from.
+    """
+
+    name: str
+    summary: str
+    metrics: tuple[str, ...]
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    nodes: Callable[[MeasureContext, dict], list[Row]] | None = None
+    average: Callable[[MeasureContext, dict], list[Row]] | None = None
+    source: str = ""
+
+
+_REGISTRY: dict[str, NamedMeasure] = {}
+
+
+def _register(m: NamedMeasure) -> None:
+    _REGISTRY[m.name] = m
+
+
+def available() -> list[str]:
+    """Names of every named measure, in the order ``flatlab measures`` lists them."""
+    return list(_REGISTRY)
+
+
+def get(name: str) -> NamedMeasure:
+    """The measure called ``name``."""
+    if name not in _REGISTRY:
+        raise MeasureError(f"measure {name!r} is unknown; accepted: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def resolve(name: str, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The settings of ``name``: its defaults updated by ``given`` (checked by name and type).
+
+    Raises:
+        MeasureError: An unknown setting, or a value of the wrong type.
+    """
+    m = get(name)
+    defaults = {"every": None, **m.defaults}
+    out = dict(defaults)
+    for k, v in (given or {}).items():
+        if k not in defaults:
+            raise MeasureError(f"measure {name} has no setting {k!r}; accepted: "
+                               f"{', '.join(defaults)}")
+        d = defaults[k]
+        if isinstance(d, bool):
+            ok = isinstance(v, bool)
+        elif isinstance(d, int) and d is not None:
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        elif isinstance(d, float):
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            v = float(v) if ok else v
+        elif isinstance(d, str):
+            ok = isinstance(v, str)
+        else:  # every: None or an int
+            ok = v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+        if not ok:
+            want = {bool: "true or false", int: "an integer", float: "a number",
+                    str: "a string"}.get(type(d), "null or an integer >= 1")
+            raise MeasureError(f"measure {name} setting {k} = {v!r} is invalid; accepted: {want}")
+        out[k] = v
+    for k, choices in _CHOICES.get(name, {}).items():
+        if out[k] not in choices:
+            raise MeasureError(f"measure {name} setting {k} = {out[k]!r} is unknown; accepted: "
+                               f"{', '.join(map(str, choices))}")
+    return out
+
+
+def describe() -> list[dict[str, Any]]:
+    """Every measure as a dict: name, summary, metrics, where it runs, settings, source."""
+    out = []
+    for m in _REGISTRY.values():
+        on = "+".join(p for p, f in (("nodes", m.nodes), ("average", m.average)) if f)
+        out.append({"name": m.name, "summary": m.summary, "metrics": list(m.metrics),
+                    "on": on, "settings": {"every": None, **m.defaults}, "source": m.source})
+    return out
+
+
+_CHOICES: dict[str, dict[str, tuple]] = {}
+
+
+# ====================================================================== the measures
+def _loss_nodes(metric: str) -> Callable[[MeasureContext, dict], list[Row]]:
+    def nodes(ctx: MeasureContext, s: dict) -> list[Row]:
+        rows: list[Row] = []
+        for split in ("train", "test"):
+            loss, acc = ctx.node_eval(split)
+            v = loss if metric == "loss" else acc
+            if v is None:
+                continue
+            rows.append((f"{split}_{metric}", "mean", float(v.mean())))
+            if ctx.per_node:
+                rows += [(f"{split}_{metric}", str(i), float(u)) for i, u in enumerate(v)]
+        return rows
+    return nodes
+
+
+def _loss_average(metric: str) -> Callable[[MeasureContext, dict], list[Row]]:
+    def average(ctx: MeasureContext, s: dict) -> list[Row]:
+        rows: list[Row] = []
+        for split in ("train", "test"):
+            loss, acc = ctx.avg_eval(split)
+            v = loss if metric == "loss" else acc
+            if v is not None:
+                rows.append((f"{split}_{metric}", "avg", float(v)))
+        return rows
+    return average
+
+
+_register(NamedMeasure(
+    "loss", "training and test loss of x̄ (avg), mean over nodes, each node",
+    ("train_loss", "test_loss"), nodes=_loss_nodes("loss"), average=_loss_average("loss"),
+    source="reference/measures.md §11"))
+_register(NamedMeasure(
+    "accuracy", "training and test accuracy of x̄ (avg), mean over nodes, each node",
+    ("train_accuracy", "test_accuracy"), nodes=_loss_nodes("accuracy"),
+    average=_loss_average("accuracy"), source="reference/measures.md §11"))
+
+
+def _consensus_distance(ctx: MeasureContext, s: dict) -> list[Row]:
+    X64 = ctx.X.double()  # noqa: N806 - accumulate in float64
+    xbar = ctx.reduce(X64.sum(0)) / ctx.n
+    xi2 = float(ctx.gather((X64 - xbar).pow(2).sum(1)).sum()) / ctx.n
+    return [("consensus_distance", "network", xi2),
+            ("consensus_distance_rel", "network", xi2 / max(float(xbar.pow(2).sum()), 1e-300))]
+
+
+_register(NamedMeasure(
+    "consensus_distance", "Ξ² = (1/n) Σ ‖x_i − x̄‖² and Ξ² / ‖x̄‖²",
+    ("consensus_distance", "consensus_distance_rel"), nodes=_consensus_distance,
+    source="reference/measures.md §10"))
+
+
+def _grad_norm(ctx: MeasureContext, s: dict) -> list[Row]:
+    from flatlab.engine import full_gradient
+
+    g = full_gradient(ctx.stack, ctx.xbar, *ctx.train, batch_size=ctx.eval_batch,
+                      buffers=ctx.buffers_avg)
+    return [("grad_norm", "avg", float(g.norm()))]
+
+
+_register(NamedMeasure(
+    "grad_norm", "‖∇f(x̄)‖ of the full training evaluation set (optimization error)",
+    ("grad_norm",), average=_grad_norm, source="reference/measures.md §11"))
+
+_register(NamedMeasure(
+    "comm_bytes", "bytes sent by all nodes so far (always recorded)", ("comm_bytes",),
+    nodes=lambda ctx, s: [("comm_bytes", "network", float(ctx.comm_bytes))],
+    source="the mixer's counts"))
+
+
+def _consensus_gap_nodes(ctx: MeasureContext, s: dict) -> list[Row]:
+    ctx.node_eval("train")
+    return []
+
+
+def _consensus_gap(ctx: MeasureContext, s: dict) -> list[Row]:
+    loss, _ = ctx.node_eval("train")
+    avg, _ = ctx.avg_eval("train")
+    return [("consensus_gap", "network", float(loss.double().mean()) - float(avg))]
+
+
+_register(NamedMeasure(
+    "consensus_gap", "(1/n) Σ f(x_i) − f(x̄) on the training evaluation set (≈ ½ tr(H C))",
+    ("consensus_gap",), nodes=_consensus_gap_nodes, average=_consensus_gap,
+    source="reference/measures.md §10"))
+
+
+def _loss_gap(ctx: MeasureContext, s: dict) -> list[Row]:
+    from flatlab.measures import model_loss
+
+    info = getattr(ctx.dataset, "info", {}) or {}
+    fstar = info.get("optimum_loss")
+    if getattr(ctx.dataset, "optimum", None) is None or fstar is None:
+        raise MeasureError(f"loss_gap needs a task with a known optimum (least-squares or "
+                           f"logistic); {ctx.dataset.name!r} has none")
+    x, y = ctx.dataset.x_train, ctx.dataset.y_train
+    stack = ctx.curvature_stack()
+    fn = model_loss(stack, x, y.to(stack.dtype) if y.is_floating_point() else y,
+                    buffers=None, batch_size=ctx.eval_batch)
+    xb = ctx._cast(ctx.xbar).double() if stack.dtype == torch.float64 else ctx._cast(ctx.xbar)
+    f = float(fn(xb)) + 0.5 * float(info.get("l2", 0.0)) * float(xb.double().pow(2).sum())
+    return [("loss_gap", "avg", f - float(fstar))]
+
+
+_register(NamedMeasure(
+    "loss_gap", "f(x̄) − f* on the whole training set, on tasks with a known optimum",
+    ("loss_gap",), average=_loss_gap, source="reference/theory.md (optimization error)"))
+
+
+# ---------------------------------------------------------------------- curvature
+def _eig_rows(name: str, res, scope: str, smallest: bool = False) -> list[Row]:
+    ev = res.eigenvalues
+    rows = [(name, scope, float(ev[0]))]
+    rows += [(f"{name}_{j + 1}", scope, float(ev[j])) for j in range(1, ev.numel())]
+    rows += [(f"{name}_residual", scope, float(res.residuals.max())),
+             (f"{name}_converged", scope, float(bool(res.converged.all()))),
+             (f"{name}_matvecs", scope, float(res.num_matvecs))]
+    return rows
+
+
+def _hessian_top(ctx: MeasureContext, s: dict) -> list[Row]:
+    from flatlab.curvature import lanczos, power_iteration
+
+    if s["backend"] == "pyhessian":
+        from flatlab.curvature.pyhessian import pyhessian_eigenvalues
+
+        res = pyhessian_eigenvalues(ctx.curvature_stack(), ctx._cast(ctx.xbar), *ctx.curvature,
+                                    k=s["k"], tol=s["tol"], max_iter=s["max_iter"],
+                                    buffers=ctx.avg_buffers(), seed=s["seed"])
+        return _eig_rows("hessian_top", res, "avg")
+    op = ctx.avg_hessian()
+    if s["method"] == "power":
+        res = power_iteration(op, s["k"], max_iter=s["max_iter"], tol=s["tol"], seed=s["seed"])
+    else:
+        res = lanczos(op, s["k"], tol=s["tol"], max_iter=s["max_iter"], seed=s["seed"])
+    rows = _eig_rows("hessian_top", res, "avg")
+    if s["smallest"]:
+        low = lanczos(op, 1, which="smallest", tol=s["tol"], max_iter=s["max_iter"],
+                      seed=s["seed"])
+        rows += [("hessian_min", "avg", float(low.eigenvalues[0])),
+                 ("hessian_min_converged", "avg", float(bool(low.converged.all())))]
+    return rows
+
+
+_register(NamedMeasure(
+    "hessian_top", "top-k Hessian eigenvalues of x̄ (Lanczos, residual and converged flag); "
+    "the smallest on request", ("hessian_top", "hessian_top_residual", "hessian_top_converged",
+                                "hessian_top_matvecs", "hessian_min"),
+    defaults={"k": 1, "tol": 1e-3, "max_iter": 100, "method": "lanczos", "smallest": False,
+              "backend": "flatlab", "seed": 0},
+    average=_hessian_top, source="reference/measures.md §6-7"))
+_CHOICES["hessian_top"] = {"method": ("lanczos", "power"), "backend": ("flatlab", "pyhessian")}
+
+
+def _hessian_top_nodes(ctx: MeasureContext, s: dict) -> list[Row]:
+    from flatlab.curvature import lanczos, random_probes
+
+    op = ctx.nodes_hessian()
+    v0 = torch.cat([random_probes((1, op.size), seed=s["seed"] + 7919 * (i + 1),
+                                  dtype=op.dtype, device=op.device)
+                    for i in range(ctx.rows.start, ctx.rows.stop)])
+    res = lanczos(op, s["k"], tol=s["tol"], max_iter=s["max_iter"], v0=v0)
+    top = ctx.gather(res.eigenvalues[:, 0].to(ctx.stack.device, torch.float64)).cpu()
+    ok = ctx.gather(res.converged.all(1).to(ctx.stack.device, torch.float64)).cpu()
+    rows = [("hessian_top", "mean", float(top.mean())), ("hessian_top", "max", float(top.max())),
+            ("hessian_top", "min", float(top.min())),
+            ("hessian_top_converged", "nodes", float(ok.min()))]
+    if ctx.per_node:
+        rows += [("hessian_top", str(i), float(v)) for i, v in enumerate(top)]
+    return rows
+
+
+_register(NamedMeasure(
+    "hessian_top_nodes", "top Hessian eigenvalue of every node model, batched over nodes "
+    "(each with its own buffers and start vector)", ("hessian_top", "hessian_top_converged"),
+    defaults={"k": 1, "tol": 1e-3, "max_iter": 100, "seed": 0},
+    nodes=_hessian_top_nodes, source="reference/measures.md §6-7"))
+
+
+def _hessian_trace(ctx: MeasureContext, s: dict) -> list[Row]:
+    if s["backend"] == "pyhessian":
+        from flatlab.curvature.pyhessian import pyhessian_trace
+
+        res = pyhessian_trace(ctx.curvature_stack(), ctx._cast(ctx.xbar), *ctx.curvature,
+                              max_iter=s["num_matvecs"], buffers=ctx.avg_buffers(),
+                              seed=s["seed"])
+    else:
+        from flatlab.curvature import trace
+
+        res = trace(ctx.avg_hessian(), s["num_matvecs"], method=s["method"], seed=s["seed"])
+    return [("hessian_trace", "avg", float(res.estimate)),
+            ("hessian_trace_stderr", "avg", float(res.stderr))]
+
+
+_register(NamedMeasure(
+    "hessian_trace", "tr(H) at x̄ by Hutch++ (or Hutchinson) with its standard error",
+    ("hessian_trace", "hessian_trace_stderr"),
+    defaults={"num_matvecs": 60, "method": "hutch++", "backend": "flatlab", "seed": 0},
+    average=_hessian_trace, source="reference/measures.md §8"))
+_CHOICES["hessian_trace"] = {"method": ("hutch++", "hutchinson"),
+                             "backend": ("flatlab", "pyhessian")}
+
+
+def _spectral_density(ctx: MeasureContext, s: dict) -> list[Row]:
+    from flatlab.curvature import spectral_density
+
+    d = spectral_density(ctx.avg_hessian(), num_runs=s["num_runs"],
+                         lanczos_steps=s["lanczos_steps"], num_grid_points=64, seed=s["seed"])
+    nodes, weights = d.nodes.double().cpu(), d.weights.double().cpu()
+    table = ctx.tables.setdefault("density", [])
+    for r in range(nodes.shape[0]):
+        table += [{"run": r, "index": j, "eigenvalue": float(nodes[r, j]),
+                   "weight": float(weights[r, j])} for j in range(nodes.shape[1])]
+    negative = float((weights * (nodes < 0)).sum(1).mean())
+    return [("hessian_negative_mass", "avg", negative),
+            ("hessian_trace_slq", "avg", float(d.trace))]
+
+
+_register(NamedMeasure(
+    "spectral_density", "Hessian spectral density at x̄ by SLQ (Ritz values and weights to "
+    "density.parquet; weight on negative eigenvalues)", ("hessian_negative_mass",
+                                                          "hessian_trace_slq"),
+    defaults={"num_runs": 4, "lanczos_steps": 40, "seed": 0},
+    average=_spectral_density, source="reference/measures.md §9"))
+
+
+# ---------------------------------------------------------------------- sharpness
+def _sharpness(kind: str) -> Callable[[MeasureContext, dict], list[Row]]:
+    def average(ctx: MeasureContext, s: dict) -> list[Row]:
+        from flatlab import measures as ms
+
+        fn, x = ctx.avg_loss_fn()
+        if kind == "worst":
+            r = ms.sharpness_worst(fn, x, rho=s["rho"], norm=s["norm"], adaptive=s["adaptive"],
+                                   eta=s["eta"], steps=s["steps"], seed=s["seed"])
+            return [("sharpness_worst", "avg", float(r.value))]
+        if kind == "average":
+            r = ms.sharpness_average(fn, x, sigma=s["sigma"], adaptive=s["adaptive"],
+                                     eta=s["eta"], samples=s["samples"], seed=s["seed"])
+            return [("sharpness_average", "avg", float(r.value)),
+                    ("sharpness_average_stderr", "avg", float(r.stderr))]
+        if kind == "sam":
+            r = ms.sharpness_sam(fn, x, rho=s["rho"], adaptive=s["adaptive"], eta=s["eta"])
+            return [("sharpness_sam", "avg", float(r.value))]
+        r = ms.sharpness_keskar(fn, x, eps=s["eps"], steps=s["steps"], seed=s["seed"])
+        return [("sharpness_keskar", "avg", float(r.value))]
+    return average
+
+
+_register(NamedMeasure(
+    "sharpness_worst", "max of f(x̄ + δ) − f(x̄) over an l2 or l∞ ball (adaptive: scaled by "
+    "|x̄| + η), by projected ascent", ("sharpness_worst",),
+    defaults={"rho": 0.05, "norm": "l2", "adaptive": False, "eta": 0.0, "steps": 20, "seed": 0},
+    average=_sharpness("worst"), source="reference/measures.md §13"))
+_CHOICES["sharpness_worst"] = {"norm": ("l2", "linf")}
+_register(NamedMeasure(
+    "sharpness_average", "E f(x̄ + δ) − f(x̄), δ Gaussian (adaptive: scaled by |x̄| + η), "
+    "with its standard error", ("sharpness_average", "sharpness_average_stderr"),
+    defaults={"sigma": 0.01, "adaptive": False, "eta": 0.0, "samples": 50, "seed": 0},
+    average=_sharpness("average"), source="reference/measures.md §13"))
+_register(NamedMeasure(
+    "sharpness_sam", "f(x̄ + ρ ĝ) − f(x̄): SAM's one-step ascent", ("sharpness_sam",),
+    defaults={"rho": 0.05, "adaptive": False, "eta": 0.0},
+    average=_sharpness("sam"), source="reference/measures.md §13"))
+_register(NamedMeasure(
+    "sharpness_keskar", "Keskar et al.'s ε-sharpness in percent", ("sharpness_keskar",),
+    defaults={"eps": 1e-3, "steps": 20, "seed": 0},
+    average=_sharpness("keskar"), source="reference/measures.md §13"))
+
+
+# ---------------------------------------------------------------------- landscape
+def _barrier_nodes(ctx: MeasureContext, s: dict) -> list[Row]:
+    ctx.cache["all_nodes"] = ctx.gather_rows(ctx.X)
+    return []
+
+
+def _barrier(ctx: MeasureContext, s: dict) -> list[Row]:
+    from flatlab.measures import node_to_average
+
+    fn, xbar = ctx.avg_loss_fn()
+    X = ctx._cast(ctx.cache["all_nodes"])  # noqa: N806
+    res = node_to_average(fn, X, xbar=xbar, points=s["points"])
+    b = torch.as_tensor(res.barriers, dtype=torch.float64)
+    rows = [("barrier_to_average", "max", float(b.max())),
+            ("barrier_to_average", "mean", float(b.mean()))]
+    if ctx.per_node:
+        rows += [("barrier_to_average", str(i), float(v)) for i, v in enumerate(b)]
+    return rows
+
+
+_register(NamedMeasure(
+    "barrier_to_average", "loss barrier on the segment from each node model to x̄ (averaged "
+    "buffers), max and mean over nodes", ("barrier_to_average",),
+    defaults={"points": 11}, nodes=_barrier_nodes, average=_barrier,
+    source="reference/measures.md §15"))
+
+
+def _landscape(dims: int) -> Callable[[MeasureContext, dict], list[Row]]:
+    def average(ctx: MeasureContext, s: dict) -> list[Row]:
+        from flatlab import measures as ms
+
+        fn, x = ctx.avg_loss_fn()
+        layout = ctx.stack.layout
+        alphas = torch.linspace(-s["span"], s["span"], s["points"], dtype=torch.float64)
+        d1 = ms.filter_normalized_direction(layout, x, seed=s["seed"])
+        table = ctx.tables.setdefault("landscape", [])
+        if dims == 1:
+            sl = ms.slice_1d(fn, x, d1, alphas)
+            table += [{"kind": "slice_1d", "scope": "avg", "alpha": float(a), "beta": 0.0,
+                       "loss": float(v)} for a, v in zip(sl.alphas, sl.losses, strict=True)]
+            return [("landscape_1d_max", "avg", float(sl.losses.max()) - sl.loss)]
+        d2 = ms.filter_normalized_direction(layout, x, seed=s["seed"] + 1)
+        sl = ms.slice_2d(fn, x, d1, d2, alphas, alphas)
+        for i, a in enumerate(sl.alphas):
+            table += [{"kind": "slice_2d", "scope": "avg", "alpha": float(a), "beta": float(b),
+                       "loss": float(sl.losses[i, j])} for j, b in enumerate(sl.betas)]
+        return [("landscape_2d_max", "avg", float(sl.losses.max()) - sl.loss)]
+    return average
+
+
+_register(NamedMeasure(
+    "landscape_1d", "loss along a filter-normalized direction through x̄ (to "
+    "landscape.parquet; the largest rise)", ("landscape_1d_max",),
+    defaults={"points": 21, "span": 1.0, "seed": 0}, average=_landscape(1),
+    source="reference/measures.md §14"))
+_register(NamedMeasure(
+    "landscape_2d", "loss on a plane of two filter-normalized directions through x̄ (to "
+    "landscape.parquet; the largest rise)", ("landscape_2d_max",),
+    defaults={"points": 11, "span": 1.0, "seed": 0}, average=_landscape(2),
+    source="reference/measures.md §14"))

@@ -1,0 +1,183 @@
+"""Named measures scheduled by a run, against independent references.
+
+- every named measure runs through the runner and writes finite rows, its settings
+  (``measures.json``) and its tables; ``every`` thins a measure;
+- ``hessian_top`` (and the smallest eigenvalue) at the run's final x̄ equal ``eigvalsh`` of the
+  dense float64 Hessian of the same loss on the same curvature subset; ``hessian_top_nodes``
+  equals node-by-node eigenvalues; ``hessian_trace`` is within 4 standard errors of the trace;
+- on least squares (a quadratic): ``consensus_gap = ½ tr(H C)`` exactly, and ``loss_gap`` is 0
+  at the known optimum and ``f(x̄) − f*`` elsewhere;
+- bad settings are refused with one line naming the accepted ones.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from flatlab.errors import ConfigError
+from flatlab.experiment import load_config, run
+from flatlab.experiment.runner import build, measure
+from flatlab.measures import named
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cfg(**kw):
+    base = {
+        "name": "m", "seed": 0, "dtype": "float64", "init": "different",
+        "data": {"name": "digits", "partition": "iid", "batch_size": 8},
+        "model": {"name": "mlp", "options": {"hidden": [4]}},
+        "topology": {"name": "ring", "nodes": 4},
+        "algorithm": {"name": "dsgd"},
+        "optim": {"lr": 0.05},
+        "train": {"steps": 4},
+        "measure": {"every": 2, "train_subset": 300, "test_subset": 100,
+                    "curvature_subset": 128, "curvature_dtype": "float64",
+                    "metrics": list(named.available())},
+        "device": "cpu",
+    }
+    for k, v in kw.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            base[k] = {**base[k], **v}
+        else:
+            base[k] = v
+    return base
+
+
+def _dense_hessian(built, x, buffers):
+    from flatlab.measures import model_loss
+
+    fn = model_loss(built.stack, *built.curvature_eval, buffers=buffers)
+    return torch.autograd.functional.hessian(lambda v: fn(v), x.double())
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("named") / "run"
+    mopts = {"hessian_top": {"k": 2, "tol": 1e-9, "max_iter": 200, "smallest": True},
+             "hessian_top_nodes": {"tol": 1e-9, "max_iter": 200},
+             "hessian_trace": {"num_matvecs": 90, "every": 4},
+             "spectral_density": {"lanczos_steps": 20, "num_runs": 2},
+             "sharpness_average": {"samples": 10}, "landscape_1d": {"points": 5},
+             "landscape_2d": {"points": 3}}
+    metrics = [m for m in named.available() if m != "loss_gap"]
+    cfg = load_config(_cfg(measure={"metrics": metrics, "options": mopts}))
+    res = run(cfg, out, progress=False)
+    assert res.status == "done"
+    return cfg, out
+
+
+def test_every_measure_writes_finite_rows_settings_and_tables(full_run):
+    cfg, out = full_run
+    df = pd.read_parquet(out / "metrics.parquet")
+    assert np.isfinite(df.value).all()
+    got = set(df.metric)
+    for name in cfg.measure.metrics:
+        assert set(named.get(name).metrics) - {"hessian_min"} <= got | {"hessian_min"}, name
+    assert {"hessian_min", "hessian_top_2", "sharpness_worst", "consensus_gap",
+            "barrier_to_average", "landscape_2d_max"} <= got
+    # every: the trace at steps 0 and 4 only (every 4); the loss at 0, 2, 4
+    assert sorted(df[df.metric == "hessian_trace"].step) == [0, 4]
+    assert sorted(df[(df.metric == "train_loss") & (df.scope == "avg")].step) == [0, 2, 4]
+    info = json.loads((out / "measures.json").read_text())
+    assert info["measures"]["hessian_top"]["k"] == 2
+    assert info["measures"]["sharpness_worst"]["rho"] == 0.05
+    assert info["curvature_eval_size"] == 128 and info["curvature_dtype"] == "float64"
+    dens = pd.read_parquet(out / "density.parquet")
+    assert set(dens.step) == {0, 2, 4} and len(dens) == 3 * 2 * 20
+    np.testing.assert_allclose(dens.groupby(["step", "run"]).weight.sum(), 1.0, atol=1e-10)
+    land = pd.read_parquet(out / "landscape.parquet")
+    assert set(land.kind) == {"slice_1d", "slice_2d"} and len(land) == 3 * (5 + 9)
+
+
+def test_curvature_measures_equal_the_dense_hessian(full_run):
+    cfg, out = full_run
+    built = build(cfg)
+    ck = torch.load(out / "checkpoint.pt", weights_only=False)
+    X = ck["state"]["x"]  # noqa: N806
+    built.stack.load_buffers(ck["buffers"])
+    H = _dense_hessian(built, X.mean(0), built.stack.average_buffers())  # noqa: N806
+    ev = np.linalg.eigvalsh(H.numpy())
+    df = pd.read_parquet(out / "metrics.parquet")
+    last = df[df.step == 4].set_index(["metric", "scope"]).value
+    assert last["hessian_top", "avg"] == pytest.approx(ev[-1], rel=1e-6)
+    assert last["hessian_top_2", "avg"] == pytest.approx(ev[-2], rel=1e-6)
+    assert last["hessian_min", "avg"] == pytest.approx(ev[0], rel=1e-6, abs=1e-9)
+    assert last["hessian_top_converged", "avg"] == 1.0
+    tr, se = last["hessian_trace", "avg"], last["hessian_trace_stderr", "avg"]
+    assert abs(tr - ev.sum()) <= 4 * se + 1e-9 * abs(ev.sum())
+    # every node's own Hessian (its own buffers), one at a time
+    for i in range(4):
+        Hi = _dense_hessian(built, X[i], {k: v[i] for k, v in built.stack.buffers.items()})  # noqa: N806
+        top = np.linalg.eigvalsh(Hi.numpy())[-1]
+        assert last["hessian_top", str(i)] == pytest.approx(top, rel=1e-6)
+
+
+def _least_squares(**kw):
+    return load_config(_cfg(
+        data={"name": "least-squares", "partition": "natural", "batch_size": 8,
+              "options": {"dim": 5, "samples_per_node": 20}},
+        model={"name": "logistic", "options": {}},
+        measure={"every": 2, "train_subset": None, "curvature_subset": 10**6,
+                 "metrics": ["consensus_gap", "loss_gap", "loss"]}, **kw))
+
+
+def test_consensus_gap_is_half_trace_hc_and_loss_gap_vanishes_at_the_optimum():
+    cfg = _least_squares()
+    built = build(cfg)
+    torch.manual_seed(1)
+    X = built.stack.initial_params() + 0.3 * torch.randn(4, built.stack.P, dtype=torch.float64)  # noqa: N806
+    rows = {(m, s): v for m, s, v in measure(built, X, 0)}
+    # a quadratic: f(x_i) - f(x̄) averages to ½ (x_i - x̄)ᵀ H (x_i - x̄) exactly (Σ (x_i - x̄) = 0)
+    from flatlab.measures import model_loss
+
+    fn = model_loss(built.stack, *built.train_eval)
+    H = torch.autograd.functional.hessian(fn, X.mean(0))  # noqa: N806
+    D = X - X.mean(0)  # noqa: N806
+    C = D.T @ D / 4  # noqa: N806
+    assert rows["consensus_gap", "network"] == pytest.approx(0.5 * float(torch.trace(H @ C)),
+                                                             rel=1e-9)
+    # loss_gap: f(x̄) − f* on the whole training set, 0 at the optimum
+    ds = built.dataset
+    fstar = ds.info["optimum_loss"]
+    full = model_loss(built.stack, ds.x_train.double(), ds.y_train.double())
+    assert rows["loss_gap", "avg"] == pytest.approx(float(full(X.mean(0))) - fstar, rel=1e-9)
+    opt = built.stack.layout.flatten({k: v.double() for k, v in ds.optimum.items()})
+    at_opt = {(m, s): v for m, s, v in measure(built, opt.expand(4, -1).clone(), 0)}
+    assert abs(at_opt["loss_gap", "avg"]) < 1e-10
+    assert at_opt["consensus_gap", "network"] == 0.0
+
+
+@pytest.mark.parametrize("measure_cfg, needle", [
+    ({"metrics": ["hessian_tops"]}, "measure.metrics[0]"),
+    ({"options": {"hessian_top": {"kk": 2}}}, "accepted: every, k, tol"),
+    ({"options": {"hessian_top": {"method": "arnoldi"}}}, "accepted: lanczos, power"),
+    ({"options": {"hessian_top": {"k": 1.5}}}, "an integer"),
+    ({"options": {"hessian_trace": {"every": 3}}}, "a multiple of measure.every = 2"),
+    ({"curvature_dtype": "float16"}, "float32, float64"),
+])
+def test_bad_measure_settings_are_refused_naming_what_is_accepted(measure_cfg, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(_cfg(measure={"every": 2, **measure_cfg}))
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_loss_gap_without_a_known_optimum_and_the_listing_on_the_command_line(tmp_path):
+    with pytest.raises(ConfigError, match="loss_gap needs a task with a known optimum"):
+        build(load_config(_cfg(measure={"metrics": ["loss_gap"]})))
+    env = {"PYTHONPATH": str(REPO)}
+    bad = subprocess.run([sys.executable, "-m", "flatlab", "run", str(REPO / "configs" /
+                          "ring16.yaml"), "measure.metrics=[loss,hessian_tops]", "--out",
+                          str(tmp_path / "x")], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert "hessian_top_nodes" in bad.stderr and not (tmp_path / "x" / "status.json").exists()
+    listing = subprocess.run([sys.executable, "-m", "flatlab", "measures", "--json"],
+                             capture_output=True, text=True, env=env, check=True)
+    names = [m["name"] for m in json.loads(listing.stdout)]
+    assert names == named.available() and "sharpness_worst" in names
