@@ -181,3 +181,16 @@ def test_loss_gap_without_a_known_optimum_and_the_listing_on_the_command_line(tm
                              capture_output=True, text=True, env=env, check=True)
     names = [m["name"] for m in json.loads(listing.stdout)]
     assert names == named.available() and "sharpness_worst" in names
+
+
+def test_tables_survive_resumption(tmp_path):
+    cfg = load_config(_cfg(checkpoint_every=2, measure={
+        "metrics": ["loss", "spectral_density", "landscape_1d"],
+        "options": {"spectral_density": {"lanczos_steps": 8, "num_runs": 2},
+                    "landscape_1d": {"points": 3}}}))
+    assert run(cfg, tmp_path / "whole", progress=False).status == "done"
+    assert run(cfg, tmp_path / "part", progress=False, stop_after=3).status == "running"
+    assert run(cfg, tmp_path / "part", progress=False).status == "done"
+    for table in ("density", "landscape", "metrics"):
+        a, b = (pd.read_parquet(tmp_path / d / f"{table}.parquet") for d in ("whole", "part"))
+        pd.testing.assert_frame_equal(a, b)
