@@ -179,6 +179,7 @@ class Watchdog:
         self.store = store if store is not None else dist.distributed_c10d._get_default_store()
         self._barriers = 0
         self._watched = threading.get_ident()  # the thread that runs the training loop
+        self._judging = False
         self._stop = threading.Event()
         self._beats = 0
         self._beat()
@@ -198,6 +199,8 @@ class Watchdog:
         mixer's wait (:data:`WAIT_CODES`). A rank hung in its own code (even in the middle of
         a call made of several collectives) is somewhere else.
         """
+        if self._judging:  # waiting in a barrier or naming a lost rank: a victim, not a culprit
+            return True
         frame = sys._current_frames().get(self._watched)
         if frame is None:
             return False
@@ -231,8 +234,23 @@ class Watchdog:
         Raises:
             PeerLost: Another rank was lost; its verdict is recorded and carried.
         """
+        self._judging = True
+        try:
+            self._barrier(label, stop)
+        finally:
+            self._judging = False
+
+    def _barrier(self, label: str, stop: Callable[[], bool] | None) -> None:
         self._barriers += 1
         key = f"{self.prefix}bar/{self._barriers}"
+        if self._barriers > 2:  # every rank finished barrier i-2 before any arrives at i
+            old = f"{self.prefix}bar/{self._barriers - 2}"
+            try:
+                self.store.delete_key(f"{old}/{self.rank}")
+                if self.rank == 0:
+                    self.store.delete_key(old)
+            except Exception:  # noqa: BLE001 - a store without deletion keeps the keys
+                pass
         self.store.set(f"{key}/{self.rank}", "1")
         arrived = self.store.add(key, 1)
         t0 = last_check = time.monotonic()
@@ -332,6 +350,13 @@ class Watchdog:
             terminated: This rank was told to stop (SIGTERM) rather than failing a call: only a
                 stopped heartbeat names a rank, otherwise the run was simply terminated.
         """
+        self._judging = True
+        try:
+            return self._verdict(error, terminated)
+        finally:
+            self._judging = False
+
+    def _verdict(self, error: BaseException | None, terminated: bool) -> str:
         where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
         try:
             self.store.set_timeout(timedelta(seconds=max(2.0, 2 * self.interval)))

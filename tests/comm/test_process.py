@@ -52,3 +52,43 @@ def test_terminated_with_everyone_alive_is_not_blamed_on_anyone():
     finally:
         for x in w.values():
             x.close()
+
+
+def test_level_ranks_name_the_one_not_blocked_in_communication():
+    """All entered the same call; the rank in its own code is hung, not those naming it."""
+    w = watchdogs({0: 5, 1: 5, 2: 5}, run_id=5)
+    w[0]._communicating = lambda: False  # noqa: SLF001 - rank 0's thread is in its own code
+    try:
+        w[1]._judging = True  # noqa: SLF001 - rank 1 failed its call too and is judging
+        w[2]._judging = True  # noqa: SLF001
+        v = w[2]._verdict(RuntimeError("Timed out"), False)  # noqa: SLF001
+        assert v.startswith("rank 0 was lost (alive but hung in its own code during "
+                            "communication call 5"), v
+    finally:
+        for x in w.values():
+            x.close()
+
+
+def test_barrier_names_a_rank_that_is_hung_or_dead_and_passes_when_all_arrive():
+    import threading
+
+    import pytest
+
+    from flatlab.comm.process import PeerLost
+
+    store = dist.HashStore()
+    w = {r: Watchdog(r, 2, lambda: 0, timeout=1.0, store=store, interval=0.05, run_id=6,
+                     solo_timeout=0.5) for r in range(2)}
+    try:
+        t = threading.Thread(target=w[1].barrier, args=("setting up",))
+        t.start()
+        w[0].barrier("setting up")  # both arrive
+        t.join(5)
+        with pytest.raises(PeerLost, match=r"rank 1 was lost \(alive but hung in measuring"):
+            w[0].barrier("measuring")  # rank 1 alive, never arrives
+        w[1].close()
+        with pytest.raises(PeerLost, match="rank 1 was lost"):  # the first verdict stands
+            w[0].barrier("writing")
+    finally:
+        for x in w.values():
+            x.close()
