@@ -217,17 +217,14 @@ def measure(run: Run, X: torch.Tensor, step: int, *,  # noqa: N803
     due = {name: s for name, s in scheduled(cfg).items()
            if step == 0 or step == run.total_steps or step % (s["every"] or 1) == 0}
     xbar = X.mean(0) if one else mixer.all_reduce(X.sum(0)) / run.n
-    bufs = None if one else {k: mixer.gather(v) for k, v in stack.buffers.items()}
+    bufs = {k: mixer.gather(v) for k, v in stack.buffers.items()}
     ctx = named.MeasureContext(
         stack=stack, X=X, xbar=xbar, buffers_avg=stack.average_buffers(bufs),
         train=run.train_eval, test=run.test_eval,
         curvature=run.curvature_eval or run.train_eval, dataset=run.dataset, n=run.n,
-        rows=run.rows if not one else slice(0, run.n), step=step,
+        rows=run.rows, step=step, mixer=mixer,
         eval_batch=cfg.measure.eval_batch, per_node=cfg.measure.per_node,
         curvature_dtype=getattr(torch, cfg.measure.curvature_dtype),
-        gather=(lambda v: v) if one else mixer.gather,
-        gather_rows=(lambda v: v) if one else mixer.gather,
-        reduce=(lambda v: v) if one else mixer.all_reduce,
         comm_bytes=float(mixer.gathered_stats().total_bytes()))
     rows: list[tuple[str, str, float]] = [("lr", "network", run.lr(step))]
     for name, s in due.items():

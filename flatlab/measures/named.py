@@ -9,7 +9,7 @@ table written next to ``metrics.parquet`` (``density.parquet``, ``landscape.parq
 A measure has up to two parts, so that a distributed run computes each quantity once:
 
 - ``nodes``: runs on every process on its own node models (may communicate through
-  ``ctx.gather``); per-node curvature is batched over the process's nodes;
+  ``ctx.mixer``); per-node curvature is batched over the process's nodes;
 - ``average``: runs once, on rank 0, on ``x̄`` (no communication).
 
 Settings are validated against each measure's defaults (``measure.options`` in a run config,
@@ -60,10 +60,8 @@ class MeasureContext:
         eval_batch: Samples per evaluation chunk.
         per_node: Record per-node rows.
         curvature_dtype: dtype of curvature, sharpness and landscape computations.
-        gather: ``[k] -> [n]`` per-node values of every process (a collective; identity in
-            one process).
-        gather_rows: ``[k, P] -> [n, P]`` node parameters of every process.
-        reduce: Sum of a tensor over processes (an all-reduce; identity in one process).
+        mixer: The run's mixer: ``gather`` (``[k, ...] -> [n, ...]`` rows of every process)
+            and ``all_reduce`` (sum over processes); identities in a simulated run.
         comm_bytes: Bytes sent by the network so far.
         cache: Shared between measures at one step (node and average evaluations).
         tables: Rows of extra tables written by non-scalar measures, ``{table: [dict]}``.
@@ -80,12 +78,10 @@ class MeasureContext:
     n: int
     rows: slice
     step: int
+    mixer: Any
     eval_batch: int = 2048
     per_node: bool = True
     curvature_dtype: torch.dtype = torch.float32
-    gather: Callable[[torch.Tensor], torch.Tensor] = lambda v: v
-    gather_rows: Callable[[torch.Tensor], torch.Tensor] = lambda X: X
-    reduce: Callable[[torch.Tensor], torch.Tensor] = lambda v: v
     comm_bytes: float = 0.0
     cache: dict[str, Any] = field(default_factory=dict)
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -99,12 +95,13 @@ class MeasureContext:
 
             x, y = self.train if split == "train" else self.test
             ev = evaluate(self.stack, self.X, x, y, average=False, batch_size=self.eval_batch)
-            acc = None if ev.accuracy_nodes is None else self._gathered(ev.accuracy_nodes)
-            self.cache[key] = (self._gathered(ev.loss_nodes), acc)
+            acc = None if ev.accuracy_nodes is None else self.gathered(ev.accuracy_nodes)
+            self.cache[key] = (self.gathered(ev.loss_nodes), acc)
         return self.cache[key]
 
-    def _gathered(self, v: torch.Tensor) -> torch.Tensor:
-        return self.gather(v.to(self.stack.device)).cpu()
+    def gathered(self, v: torch.Tensor) -> torch.Tensor:
+        """Per-node values ``[k]`` of this process -> ``[n]`` of every node, on the CPU."""
+        return self.mixer.gather(v.to(self.stack.device)).cpu()
 
     def avg_eval(self, split: str):
         """Loss and accuracy of ``x̄`` on ``split``, computed once (rank 0)."""
@@ -221,7 +218,7 @@ def resolve(name: str, given: Mapping[str, Any] | None = None) -> dict[str, Any]
         d = defaults[k]
         if isinstance(d, bool):
             ok = isinstance(v, bool)
-        elif isinstance(d, int) and d is not None:
+        elif isinstance(d, int):
             ok = isinstance(v, int) and not isinstance(v, bool)
         elif isinstance(d, float):
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -295,8 +292,8 @@ _register(NamedMeasure(
 
 def _consensus_distance(ctx: MeasureContext, s: dict) -> list[Row]:
     X64 = ctx.X.double()  # noqa: N806 - accumulate in float64
-    xbar = ctx.reduce(X64.sum(0)) / ctx.n
-    xi2 = float(ctx.gather((X64 - xbar).pow(2).sum(1)).sum()) / ctx.n
+    xbar = ctx.mixer.all_reduce(X64.sum(0)) / ctx.n
+    xi2 = float(ctx.mixer.gather((X64 - xbar).pow(2).sum(1)).sum()) / ctx.n
     return [("consensus_distance", "network", xi2),
             ("consensus_distance_rel", "network", xi2 / max(float(xbar.pow(2).sum()), 1e-300))]
 
@@ -354,7 +351,7 @@ def _loss_gap(ctx: MeasureContext, s: dict) -> list[Row]:
     stack = ctx.curvature_stack()
     fn = model_loss(stack, x, y.to(stack.dtype) if y.is_floating_point() else y,
                     buffers=None, batch_size=ctx.eval_batch)
-    xb = ctx._cast(ctx.xbar).double() if stack.dtype == torch.float64 else ctx._cast(ctx.xbar)
+    xb = ctx._cast(ctx.xbar)  # in the curvature dtype, as the loss
     f = float(fn(xb)) + 0.5 * float(info.get("l2", 0.0)) * float(xb.double().pow(2).sum())
     return [("loss_gap", "avg", f - float(fstar))]
 
@@ -417,8 +414,8 @@ def _hessian_top_nodes(ctx: MeasureContext, s: dict) -> list[Row]:
                                   dtype=op.dtype, device=op.device)
                     for i in range(ctx.rows.start, ctx.rows.stop)])
     res = lanczos(op, s["k"], tol=s["tol"], max_iter=s["max_iter"], v0=v0)
-    top = ctx.gather(res.eigenvalues[:, 0].to(ctx.stack.device, torch.float64)).cpu()
-    ok = ctx.gather(res.converged.all(1).to(ctx.stack.device, torch.float64)).cpu()
+    top = ctx.gathered(res.eigenvalues[:, 0].double())
+    ok = ctx.gathered(res.converged.all(1).double())
     rows = [("hessian_top", "mean", float(top.mean())), ("hessian_top", "max", float(top.max())),
             ("hessian_top", "min", float(top.min())),
             ("hessian_top_converged", "nodes", float(ok.min()))]
@@ -527,7 +524,7 @@ _register(NamedMeasure(
 
 # ---------------------------------------------------------------------- landscape
 def _barrier_nodes(ctx: MeasureContext, s: dict) -> list[Row]:
-    ctx.cache["all_nodes"] = ctx.gather_rows(ctx.X)
+    ctx.cache["all_nodes"] = ctx.mixer.gather(ctx.X)
     return []
 
 
