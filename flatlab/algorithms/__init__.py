@@ -1,8 +1,9 @@
 """Decentralized algorithms as init/step pairs over plain state, and a registry.
 
 >>> import flatlab
->>> flatlab.algorithms.available()
-['centralized', 'consensus', 'diffusion', 'diffusion-cta']
+>>> flatlab.algorithms.available()  # doctest: +NORMALIZE_WHITESPACE
+['centralized', 'consensus', 'd2', 'decentlam', 'diffusion', 'diffusion-cta', 'dsgdm',
+ 'exact-diffusion', 'gradient-tracking', 'momentum-tracking', 'qg-dsgdm']
 >>> flatlab.algorithms.make("dsgd")
 Diffusion()
 >>> flatlab.algorithms.make("centralized", momentum=0.9)
@@ -23,9 +24,17 @@ from flatlab.algorithms.base import (
     register,
     state_dict,
 )
+from flatlab.algorithms.bias_corrected import D2, BiasCorrectedState, ExactDiffusion
 from flatlab.algorithms.centralized import Centralized, CentralizedState
 from flatlab.algorithms.dsgd import Consensus, Diffusion, DiffusionCTA
+from flatlab.algorithms.momentum import DecentLaM, DSGDm, MomentumState, QGDSGDm
 from flatlab.algorithms.simulate import as_topology, simulate
+from flatlab.algorithms.tracking import (
+    GradientTracking,
+    MomentumTracking,
+    MomentumTrackingState,
+    TrackingState,
+)
 
 __all__ = [
     "Algorithm",
@@ -42,6 +51,17 @@ __all__ = [
     "Consensus",
     "Diffusion",
     "DiffusionCTA",
+    "DSGDm",
+    "QGDSGDm",
+    "DecentLaM",
+    "MomentumState",
+    "GradientTracking",
+    "TrackingState",
+    "MomentumTracking",
+    "MomentumTrackingState",
+    "ExactDiffusion",
+    "D2",
+    "BiasCorrectedState",
     "simulate",
     "as_topology",
 ]

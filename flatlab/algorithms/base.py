@@ -71,11 +71,14 @@ class Algorithm:
         exact: True when the method reaches the exact minimizer with a constant step and exact
             gradients (no heterogeneity bias).
         vectors_per_neighbor: Vectors each node sends to each neighbour per step.
+        hparam_aliases: Other names :func:`make` accepts for a hyper-parameter (the reference's
+            ``beta`` for ``momentum``).
     """
 
     name: ClassVar[str] = ""
     exact: ClassVar[bool] = False
     vectors_per_neighbor: ClassVar[int] = 1
+    hparam_aliases: ClassVar[dict[str, str]] = {}
 
     def init(self, X0: torch.Tensor, oracle: Callable, mixer: Any) -> State:  # noqa: N803
         """Initial state from the ``[n, P]`` starting point."""
@@ -84,6 +87,13 @@ class Algorithm:
     def step(self, state: State, batch: Any, oracle: Callable, mixer: Any, lr: float) -> State:
         """One iteration with step size ``lr``."""
         raise NotImplementedError
+
+    def check_topology(self, topology: Any) -> None:
+        """Raise :class:`AlgorithmError` if unstable on ``topology`` (by default never).
+
+        Called by ``init`` (through the mixer's topology) and by config validation, so a run that
+        cannot work is refused before it starts.
+        """
 
     def hparams(self) -> dict[str, Any]:
         """Hyper-parameters as a plain dict."""
@@ -137,6 +147,11 @@ def make(name: str, **hparams: Any) -> Algorithm:
         AlgorithmError: Unknown name, unknown hyper-parameter, or a value out of range.
     """
     cls = get(name)
+    for alias, field_name in cls.hparam_aliases.items():
+        if alias in hparams:
+            if field_name in hparams:
+                raise AlgorithmError(f"{cls.name}: give {field_name} or {alias}, not both")
+            hparams[field_name] = hparams.pop(alias)
     accepted = [f.name for f in fields(cls)]
     unknown = sorted(set(hparams) - set(accepted))
     if unknown:

@@ -6,7 +6,7 @@ Source: reference/algorithms.md §10 (C-PSGD; epfml/quasi-global-momentum ``cent
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -39,7 +39,8 @@ class Centralized(Algorithm):
 
     With ``β = 0`` this is ``x⁺ = x − η ḡ``. ``init`` starts every node at the network average of
     ``X0`` (one all-reduce). Messages: one all-reduce of a gradient per step (a ring all-reduce
-    sends ``2(n − 1)/n · P`` numbers per node). Fixed point: exact (``ḡ = 0``).
+    sends ``2(n − 1)/n · P`` numbers per node). State: ``x`` (rows equal) and the global
+    momentum ``m``. Fixed point: exact (``ḡ = 0``).
 
     Args:
         momentum: ``β ∈ [0, 1)``.
@@ -49,6 +50,7 @@ class Centralized(Algorithm):
     momentum: float = 0.0
     nesterov: bool = False
     exact = True
+    hparam_aliases: ClassVar[dict[str, str]] = {"beta": "momentum"}
 
     def __post_init__(self) -> None:
         self._check(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum}")

@@ -427,14 +427,14 @@ def validate(cfg: RunConfig) -> None:
     t = cfg.topology
     _need(t.nodes >= 1, "topology.nodes", t.nodes, "an integer >= 1")
     try:
-        make_topology(t.name, t.nodes, weights=t.weights, lazy=t.lazy, **t.params)
+        topology = make_topology(t.name, t.nodes, weights=t.weights, lazy=t.lazy, **t.params)
     except FlatlabError as e:
         raise ConfigError(f"config field topology: {e}") from None
     except TypeError as e:
         raise ConfigError(f"config field topology.params: {e}") from None
 
     try:
-        algorithms.make(cfg.algorithm.name, **cfg.algorithm.params)
+        algorithms.make(cfg.algorithm.name, **cfg.algorithm.params).check_topology(topology)
     except FlatlabError as e:
         raise ConfigError(f"config field algorithm: {e}") from None
 

@@ -2,6 +2,7 @@
 
 * :func:`spectral`: ``rho = ||W - J||_2``, ``lambda_2``, ``lambda_min``, the gap ``1 - rho``,
   Koloskova's ``p = 1 - rho^2``, mixing time; over one period for time-varying schedules.
+* :func:`d2_radius`: whether D² is stable on a topology (``lambda_min > -1/3`` when symmetric).
 * :func:`effective_neighbors`: Vogels et al.'s ``n_eff(gamma)``.
 * :func:`bound`: each term of a convergence rate, total, dominant term, iterations to ``eps``
   and transient iterations, for centralized SGD, DSGD, gradient tracking, Momentum Tracking,
@@ -16,6 +17,7 @@ from flatlab.theory.neighbors import effective_neighbors, stationary_variances
 from flatlab.theory.spectral import (
     SpectralSummary,
     circulant_eigenvalues,
+    d2_radius,
     eigenvalues,
     mixing_time,
     spectral,
@@ -27,6 +29,7 @@ __all__ = [
     "spectral",
     "eigenvalues",
     "circulant_eigenvalues",
+    "d2_radius",
     "mixing_time",
     "effective_neighbors",
     "stationary_variances",

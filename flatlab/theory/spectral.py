@@ -321,3 +321,45 @@ def spectral(
         mixing_time=mixing_time(rho, eps, topo.period),
         method=method,
     )
+
+
+def d2_radius(topology: Topology | np.ndarray | sp.sparray) -> float:
+    """Per-round contraction of D²'s disagreement recursion; D² is stable for small steps iff < 1.
+
+    Without gradients D² (Tang et al. 2018; reference/algorithms.md §4.2) iterates
+    ``X^{t+1} = W_t (2 X^t − X^{t−1})``. On the disagreement ``(I − J) X`` this is the linear map
+    ``[X^{t+1}; X^t] = [[2 W̃_t, −W̃_t], [I − J, 0]] [X^t; X^{t−1}]`` with ``W̃_t = W_t − J``; the
+    returned value is the spectral radius of its product over one period, to the power
+    ``1/period``. For a static ``W`` each eigenvalue ``λ ≠ 1`` gives the mode
+    ``z² − 2λ z + λ = 0``; for a symmetric ``W`` the radius is below 1 exactly when
+    ``λ_min(W) > −1/3`` (ring of even ``n`` with weights 1/3: ``λ_min = −1/3``, radius 1).
+    Exact Diffusion uses ``(I + W)/2``, whose eigenvalues are in ``[0, 1]``, and is always stable.
+
+    Circulant topologies are computed per Fourier mode (the rounds commute); others densely.
+    """
+    topo = as_topology(topology)
+
+    def companion(lam: complex) -> np.ndarray:
+        return np.array([[2 * lam, -lam], [1.0, 0.0]], dtype=complex)
+
+    if topo.group is not None:
+        per_round = [circulant_eigenvalues(k)[1:] for k in topo.kernels()]  # drop the mean mode
+        radius = 0.0
+        for f in range(topo.n - 1):
+            prod = np.eye(2, dtype=complex)
+            for lam in per_round:
+                prod = companion(lam[f]) @ prod
+            radius = max(radius, float(np.abs(np.linalg.eigvals(prod)).max()))
+        return radius ** (1.0 / topo.period)
+    _dense_guard(topo)
+    n = topo.n
+    centre = np.eye(n) - 1.0 / n
+    if topo.period == 1 and _is_symmetric(topo.rounds[0]):
+        lam = np.sort(np.linalg.eigvalsh(topo.rounds[0].toarray()))[:-1]  # drop one λ = 1
+        roots = [np.roots([1.0, -2 * v, v]) for v in lam]
+        return float(max((np.abs(r).max() for r in roots), default=0.0))
+    prod = np.eye(2 * n)
+    for w in topo.rounds:
+        wt = w.toarray() - 1.0 / n
+        prod = np.block([[2 * wt, -wt], [centre, np.zeros((n, n))]]) @ prod
+    return float(np.abs(np.linalg.eigvals(prod)).max()) ** (1.0 / topo.period)

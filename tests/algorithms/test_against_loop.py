@@ -13,7 +13,7 @@ from flatlab.comm import SimulatedMixer
 from flatlab.data import NodeSampler, load, partition
 from flatlab.engine import GradientOracle, NodeStack
 from flatlab.models import make as make_model
-from tests.reference.algorithms import LoopNodes, buffers, run_loop
+from tests.reference.algorithms import LOOPS, LoopNodes, buffers, run_loop
 
 DIGITS = load("digits", seed=0)
 
@@ -31,6 +31,26 @@ CASES = [
     ("centralized", "ring", "iid", "logistic", torch.float64, {"momentum": 0.9,
                                                                "nesterov": True}),
     ("centralized", "ring", "classes", "mlp", torch.float64, {}),
+    ("dsgdm", "ring", "dirichlet", "mlp", torch.float64, {}),
+    ("dsgdm", "one-peer-exponential", "classes", "mlp", torch.float32, {"nesterov": True}),
+    ("qg-dsgdm", "ring", "dirichlet", "mlp", torch.float64, {}),
+    ("qg-dsgdm", "exponential", "classes", "logistic", torch.float32,
+     {"nesterov": True, "c": 0.2}),
+    ("decentlam", "ring", "dirichlet", "mlp", torch.float64, {}),
+    ("decentlam", "one-peer-exponential", "iid", "logistic", torch.float32, {"momentum": 0.5}),
+    ("gradient-tracking", "ring", "dirichlet", "mlp", torch.float64, {}),
+    ("gradient-tracking", "one-peer-exponential", "classes", "mlp", torch.float64, {}),
+    ("gradient-tracking", "ring", "dirichlet", "mlp", torch.float64, {"form": "atc"}),
+    ("gradient-tracking", "one-peer-exponential", "iid", "logistic", torch.float32,
+     {"form": "atc"}),
+    ("momentum-tracking", "ring", "dirichlet", "mlp", torch.float64, {}),
+    ("momentum-tracking", "one-peer-exponential", "classes", "mlp", torch.float64,
+     {"y0": "local"}),
+    ("momentum-tracking", "torus", "iid", "logistic", torch.float32, {"momentum": 0.5}),
+    ("exact-diffusion", "ring", "dirichlet", "mlp", torch.float64, {}),
+    ("exact-diffusion", "one-peer-exponential", "classes", "logistic", torch.float32, {}),
+    ("d2", "exponential-undirected", "dirichlet", "mlp", torch.float64, {}),
+    ("d2", "ring", "classes", "mlp", torch.float64, {"allow_unstable": True}),
 ]
 
 
@@ -52,7 +72,8 @@ def engine_and_loop(name, topo_name, split, model, dtype, hp, steps=25, n=8, nor
         state = algo.step(state, sampler.batch(t), oracle, mixer, lr(t))
         traj.append(state.x)
     loop = LoopNodes(template, n, weight_decay=1e-3)
-    ref = run_loop(name, loop, lambda t: topo.matrix(t), sampler.batch, lr, steps, **hp)
+    ref = run_loop(name, loop, lambda t: topo.matrix(t), sampler.batch, lr, steps,
+                   **algo.hparams())
     return torch.stack(traj), ref, stack, loop
 
 
@@ -78,6 +99,6 @@ def test_engine_equals_loop_with_batchnorm_buffers():
 
 def test_every_registered_algorithm_has_a_loop_reference():
     for name in flatlab.algorithms.available():
-        if name in ("centralized", "consensus", "diffusion", "diffusion-cta"):
+        if name in ("centralized", "consensus", "diffusion", "diffusion-cta") or name in LOOPS:
             continue
         pytest.fail(f"{name} has no per-node loop reference in tests/reference/algorithms.py")

@@ -73,11 +73,16 @@ def gossip(W: np.ndarray, xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
 
 def run_loop(name: str, nodes: LoopNodes, W_at: Callable[[int], np.ndarray],
              batches: Callable[[int], tuple[torch.Tensor, torch.Tensor]], lr: float | Callable,
-             steps: int, *, momentum: float = 0.0, nesterov: bool = False) -> torch.Tensor:
+             steps: int, *, momentum: float = 0.0, nesterov: bool = False,
+             **hp) -> torch.Tensor:
     """Trajectory ``[steps + 1, n, P]`` of one algorithm, node by node.
 
-    ``batches(t)`` gives ``[n, b, ...]`` inputs and targets; node i uses row i.
+    ``batches(t)`` gives ``[n, b, ...]`` inputs and targets; node i uses row i. Pass every
+    hyper-parameter (``algo.hparams()``): the loops have no defaults of their own.
     """
+    if name in LOOPS:
+        return LOOPS[name](nodes, W_at, batches, lr, steps, momentum=momentum,
+                           nesterov=nesterov, **hp)
     n = nodes.n
     xs = nodes.params()
     if name == "centralized":
@@ -113,6 +118,165 @@ def run_loop(name: str, nodes: LoopNodes, W_at: Callable[[int], np.ndarray],
             raise KeyError(f"no loop reference for {name}")
         traj.append(torch.stack(xs))
     return torch.stack(traj)
+
+
+def _grads(nodes: LoopNodes, xs: Sequence[torch.Tensor], batches: Callable, t: int
+            ) -> list[torch.Tensor]:
+    inputs, targets = batches(t)
+    return [nodes.grad(i, xs[i], inputs[i], targets[i])[1] for i in range(nodes.n)]
+
+
+def _eta(lr: float | Callable, t: int) -> float:
+    return lr(t) if callable(lr) else lr
+
+
+def loop_dsgdm(nodes, W_at, batches, lr, steps, *, momentum, nesterov):
+    """DSGDm, node by node: m_i = β m_i + g_i; x_i <- Σ_j w_ij (x_j − η d_j)."""
+    xs = nodes.params()
+    ms = [torch.zeros_like(x) for x in xs]
+    traj = [torch.stack(xs)]
+    for t in range(steps):
+        eta, gs = _eta(lr, t), _grads(nodes, xs, batches, t)
+        half = []
+        for i in range(nodes.n):
+            ms[i] = momentum * ms[i] + gs[i]
+            d = gs[i] + momentum * ms[i] if nesterov else ms[i]
+            half.append(xs[i] - eta * d)
+        xs = gossip(W_at(t), half)
+        traj.append(torch.stack(xs))
+    return torch.stack(traj)
+
+
+def loop_qg_dsgdm(nodes, W_at, batches, lr, steps, *, momentum, nesterov, c):
+    """QG-DSGDm, node by node, in the order of decentralized_qg_sgd.py."""
+    xs = nodes.params()
+    mh = [torch.zeros_like(x) for x in xs]
+    traj = [torch.stack(xs)]
+    for t in range(steps):
+        eta, gs = _eta(lr, t), _grads(nodes, xs, batches, t)
+        half = []
+        for i in range(nodes.n):
+            v = momentum * mh[i] + gs[i]
+            d = gs[i] + momentum * v if nesterov else v
+            half.append(xs[i] - eta * d)
+        new = gossip(W_at(t), half)
+        for i in range(nodes.n):
+            delta = (xs[i] - new[i]) / eta
+            mh[i] = (1 - c) * mh[i] + c * delta
+        xs = new
+        traj.append(torch.stack(xs))
+    return torch.stack(traj)
+
+
+def loop_decentlam(nodes, W_at, batches, lr, steps, *, momentum, nesterov):
+    """DecentLaM, node by node: send x − ηg, corrected gradient, momentum step."""
+    xs = nodes.params()
+    ms = [torch.zeros_like(x) for x in xs]
+    traj = [torch.stack(xs)]
+    for t in range(steps):
+        eta, gs = _eta(lr, t), _grads(nodes, xs, batches, t)
+        received = gossip(W_at(t), [xs[i] - eta * gs[i] for i in range(nodes.n)])
+        new = []
+        for i in range(nodes.n):
+            g_tilde = (xs[i] - received[i]) / eta
+            ms[i] = momentum * ms[i] + g_tilde
+            new.append(xs[i] - eta * ms[i])
+        xs = new
+        traj.append(torch.stack(xs))
+    return torch.stack(traj)
+
+
+def loop_gradient_tracking(nodes, W_at, batches, lr, steps, *, momentum, nesterov, form):
+    """GT as the equations read: DIGing X⁺ = W X − ηY, Y⁺ = W Y + G⁺ − G (Y⁰ = G⁰), or ATC."""
+    xs = nodes.params()
+    traj = [torch.stack(xs)]
+    if form == "diging":
+        gs = _grads(nodes, xs, batches, 0)
+        ys = list(gs)
+        for t in range(steps):
+            W = W_at(t)
+            mixed = gossip(W, xs)
+            xs = [mixed[i] - _eta(lr, t) * ys[i] for i in range(nodes.n)]
+            traj.append(torch.stack(xs))
+            if t + 1 < steps:
+                new_gs = _grads(nodes, xs, batches, t + 1)
+                wy = gossip(W, ys)
+                ys = [wy[i] + new_gs[i] - gs[i] for i in range(nodes.n)]
+                gs = new_gs
+        return torch.stack(traj)
+    ys, gs = None, None
+    for t in range(steps):
+        W, new_gs = W_at(t), _grads(nodes, xs, batches, t)
+        if t == 0:
+            ys = list(new_gs)
+        else:
+            ys = gossip(W, [ys[i] + new_gs[i] - gs[i] for i in range(nodes.n)])
+        gs = new_gs
+        xs = gossip(W, [xs[i] - _eta(lr, t) * ys[i] for i in range(nodes.n)])
+        traj.append(torch.stack(xs))
+    return torch.stack(traj)
+
+
+def loop_momentum_tracking(nodes, W_at, batches, lr, steps, *, momentum, nesterov, y0):
+    """Momentum Tracking at node i in the official order (momentum_tracking_optimizer.py)."""
+    n, beta = nodes.n, momentum
+    xs = nodes.params()
+    us = [torch.zeros_like(x) for x in xs]
+    cs = [torch.zeros_like(x) for x in xs]
+    traj = [torch.stack(xs)]
+    for t in range(steps):
+        W, eta, gs = W_at(t), _eta(lr, t), _grads(nodes, xs, batches, t)
+        if t == 0 and y0 == "average":
+            gbar = sum(gs) / n
+            us = [(gs[i] - gbar) / (1 - beta) for i in range(n)]
+            cs = [u.clone() for u in us]
+        us = [beta * us[i] + gs[i] for i in range(n)]
+        x_tilde = gossip(W, xs)                               # exchange #1: pre-update x
+        diff = gossip(W, [cs[i] - us[i] for i in range(n)])   # exchange #2: c − u
+        xs = [x_tilde[i] - eta * (us[i] - cs[i]) for i in range(n)]
+        cs = [us[i] + diff[i] for i in range(n)]
+        traj.append(torch.stack(xs))
+    return torch.stack(traj)
+
+
+def _loop_second_order(combine, nodes, W_at, batches, lr, steps):
+    """X^{t+1} = W̄ (2X^t − X^{t−1} − η_t G^t + η_{t−1} G^{t−1}), X^1 = W̄ (X^0 − η_0 G^0)."""
+    xs = nodes.params()
+    traj = [torch.stack(xs)]
+    x_prev, eg_prev = None, None
+    for t in range(steps):
+        eta, gs = _eta(lr, t), _grads(nodes, xs, batches, t)
+        eg = [eta * g for g in gs]
+        if t == 0:
+            phi = [xs[i] - eg[i] for i in range(nodes.n)]
+        else:
+            phi = [2 * xs[i] - x_prev[i] - eg[i] + eg_prev[i] for i in range(nodes.n)]
+        x_prev, eg_prev = xs, eg
+        xs = combine(W_at(t), phi)
+        traj.append(torch.stack(xs))
+    return torch.stack(traj)
+
+
+def loop_exact_diffusion(nodes, W_at, batches, lr, steps, *, momentum, nesterov):
+    """Exact Diffusion in its eliminated form, combining with (I + W)/2."""
+    lazy = lambda W, v: gossip((np.eye(len(v)) + W) / 2, v)  # noqa: E731
+    return _loop_second_order(lazy, nodes, W_at, batches, lr, steps)
+
+
+def loop_d2(nodes, W_at, batches, lr, steps, *, momentum, nesterov, allow_unstable):
+    """D² in its eliminated form, combining with W."""
+    return _loop_second_order(gossip, nodes, W_at, batches, lr, steps)
+
+
+LOOPS = {
+    "dsgdm": loop_dsgdm,
+    "qg-dsgdm": loop_qg_dsgdm,
+    "decentlam": loop_decentlam,
+    "gradient-tracking": loop_gradient_tracking,
+    "momentum-tracking": loop_momentum_tracking,
+    "exact-diffusion": loop_exact_diffusion,
+    "d2": loop_d2,
+}
 
 
 def buffers(nodes: LoopNodes) -> dict[str, torch.Tensor]:
