@@ -29,6 +29,10 @@ downloads.
 - ``mnist``, ``fashion-mnist`` (IDX files) and ``cifar10`` (python batches) from a local folder
   ``root`` or ``$FLATLAB_DATA``, normalized with the usual constants.
 
+Tuning split (:func:`holdout`): a stratified, seeded share of the training set becomes the
+evaluation split (``data.holdout`` in a run config), so learning rates are tuned without the
+test set.
+
 Partitions (:func:`partition` -> :class:`Partition`, an ``[n, m]`` index array with per-node label
 histograms and a :meth:`Partition.summary` table): ``iid``, ``dirichlet`` (alpha), ``classes``
 (k classes per node), ``shards``, ``natural`` (the dataset's ``node_ids``). Every node gets the
@@ -45,7 +49,7 @@ seeded noisy gradient oracle ``grad_fn(noise, seed)``.
 
 from __future__ import annotations
 
-from flatlab.data.dataset import Dataset
+from flatlab.data.dataset import Dataset, holdout
 from flatlab.data.partition import Partition, partition
 from flatlab.data.quadratics import QuadraticProblem, heterogeneous_quadratics
 from flatlab.data.registry import available, catalog, load
@@ -53,6 +57,7 @@ from flatlab.data.sampler import NodeSampler
 
 __all__ = [
     "Dataset",
+    "holdout",
     "load",
     "available",
     "catalog",

@@ -8,6 +8,7 @@ sample when the task has one, and the exact optimum of the training objective wh
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -208,3 +209,47 @@ def check_options(name: str, options: Mapping[str, Any],
             accepted = ", ".join(defaults) if defaults else "none"
             raise DataError(f"dataset {name!r} takes no option {key!r}; accepted: {accepted}")
     return {**defaults, **options}
+
+
+def holdout(dataset: Dataset, fraction: float, seed: int = 0) -> Dataset:
+    """Hold out part of the training set as the evaluation split (for tuning, never the test set).
+
+    A stratified, seeded split: within each stratum (a sample's natural node when the dataset
+    has ``node_ids``, else its class for classification, else all samples) a fraction
+    ``fraction`` (rounded) moves to the evaluation split, so natural nodes keep equal sizes and
+    classes keep their proportions. The returned dataset trains on the rest and its
+    ``x_test``/``y_test`` are the held-out samples; the real test set is not touched.
+    ``optimum`` is dropped (it minimizes the full training objective) and
+    ``info["holdout"]`` records the fraction.
+
+    Args:
+        dataset: The dataset to split.
+        fraction: Share of each stratum held out, in ``(0, 1)``.
+        seed: Seed of the split.
+
+    Returns:
+        A new :class:`Dataset`.
+    """
+    fraction = check_float(fraction, "holdout", positive=True, below=1.0)
+    if dataset.node_ids is not None:
+        strata = np.asarray(dataset.node_ids)
+    elif dataset.task == "classification":
+        strata = dataset.y_train.numpy()
+    else:
+        strata = np.zeros(dataset.num_train, dtype=np.int64)
+    rng = np.random.default_rng(derive_seed(check_seed(seed), 31337))
+    held = []
+    for s in np.unique(strata):
+        idx = np.flatnonzero(strata == s)
+        held.append(rng.choice(idx, int(round(fraction * idx.size)), replace=False))
+    mask = np.zeros(dataset.num_train, dtype=bool)
+    mask[np.concatenate(held)] = True
+    if mask.all() or not mask.any():
+        raise DataError(f"holdout {fraction} of {dataset.num_train} samples leaves an empty split")
+    keep = torch.as_tensor(np.flatnonzero(~mask))
+    out = torch.as_tensor(np.flatnonzero(mask))
+    return dataclasses.replace(
+        dataset, x_train=dataset.x_train[keep], y_train=dataset.y_train[keep],
+        x_test=dataset.x_train[out], y_test=dataset.y_train[out],
+        node_ids=None if dataset.node_ids is None else np.asarray(dataset.node_ids)[~mask],
+        optimum=None, info={**dataset.info, "holdout": fraction})

@@ -67,12 +67,17 @@ _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 @dataclass
 class DataConfig:
-    """Data set, its split over the nodes and the per-node batch size."""
+    """Data set, its split over the nodes and the per-node batch size.
+
+    ``holdout`` > 0 trains on the rest of the training set and evaluates ("test" metrics) on
+    that held-out share of it (:func:`flatlab.data.holdout`), for tuning without the test set.
+    """
 
     name: str = "mnist1d"
     root: str | None = None
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+    holdout: float = 0.0
     partition: str = "iid"
     alpha: float = 1.0
     classes_per_node: int = 2
@@ -417,6 +422,7 @@ def validate(cfg: RunConfig) -> None:
     _one_of("data.name", d.name, data.available())
     _one_of("data.partition", d.partition, PARTITIONS)
     _need(d.alpha > 0, "data.alpha", d.alpha, "a number > 0")
+    _need(0 <= d.holdout < 1, "data.holdout", d.holdout, "a fraction in [0, 1)")
     _need(d.classes_per_node >= 1, "data.classes_per_node", d.classes_per_node, "an integer >= 1")
     _need(d.shards_per_node >= 1, "data.shards_per_node", d.shards_per_node, "an integer >= 1")
     _need(d.batch_size >= 1, "data.batch_size", d.batch_size, "an integer >= 1")

@@ -129,6 +129,8 @@ def build(cfg: RunConfig, procs: Processes | None = None) -> Run:
     rows = slice(0, n) if procs is None else slice(procs.rank * k, (procs.rank + 1) * k)
     dataset = _data.load(cfg.data.name, root=cfg.data.root, seed=cfg.data.seed,
                          nodes=n, **cfg.data.options)
+    if cfg.data.holdout:
+        dataset = _data.holdout(dataset, cfg.data.holdout, seed=cfg.data.seed)
     part = _data.partition(dataset, n, cfg.data.partition, alpha=cfg.data.alpha,
                            classes_per_node=cfg.data.classes_per_node,
                            shards_per_node=cfg.data.shards_per_node, seed=cfg.data.seed)

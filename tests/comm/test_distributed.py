@@ -1,9 +1,10 @@
 """The distributed mixer against the simulated one: real gloo processes on the loopback interface.
 
-For every algorithm in the registry, on static (undirected and directed) and time-varying
-topologies, 4 nodes on 4 processes and on 2 processes of 2 nodes give the same trajectories as the
-simulated mixer on the same seeds (1e-6 in float32), with equal message and byte counts; per-edge
-exchange delivers each message to its receiver only.
+For every algorithm in the registry (on the topologies it accepts), on static (undirected and
+directed) and time-varying topologies, 4 nodes on 4 processes and on 2 processes of 2 nodes give
+the same trajectories as the simulated mixer on the same seeds (1e-6 in float32, relative to the
+trajectory's size), with equal message and byte counts; per-edge exchange delivers each message
+to its receiver only.
 """
 
 import os
@@ -104,7 +105,9 @@ def test_every_algorithm_matches_the_simulated_mixer(distributed_results, topo_n
         mixer = SimulatedMixer(topo, device="cpu", dtype=torch.float32)
         ref = simulate(name, topo, gf, X0, STEPS, 0.05, mixer=mixer)
         got = torch.cat([r[topo_name, name][0] for r in per_rank], dim=1)
-        err = float((got - ref).abs().max())
+        # float32 rounding differs between a dense matmul and per-neighbour sums: relative to
+        # the trajectory's size (DIGing at this step grows on the ring of 4, whose W has -1/3)
+        err = float((got - ref).abs().max()) / max(1.0, float(ref.abs().max()))
         assert err < 1e-6, f"{name} on {topo_name}, {world} processes: {err:.3g}"
         assert float((ref[-1] - ref[0]).abs().max()) > 0.1
         msgs = per_rank[0][topo_name, name][1]

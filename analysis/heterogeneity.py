@@ -1,0 +1,281 @@
+"""Data-heterogeneity study: is Momentum Tracking more robust to heterogeneity than the others?
+
+The question is its paper's claim against DSGDm, QG-DSGDm and DecentLaM (Takezawa et al., TMLR;
+reference/algorithms.md §6.2, §13.2).
+
+mnist1d with the 1-D CNN (GroupNorm) on a ring; heterogeneity by a Dirichlet label split
+(alpha) and by k classes per node; methods dsgd, dsgdm, qg-dsgdm, decentlam, gradient-tracking
+and momentum-tracking (momentum 0.9 heavy ball where a method has one, weight decay 1e-4 inside
+the gradient, cosine schedule, batch 32 per node).
+
+Two phases, both resumable (finished runs are skipped, interrupted ones resume from their
+checkpoints, a diverging run is recorded as diverged and the study goes on):
+
+1. **tune**: every method, setting and learning rate of the grid on seed 0, trained on 90% of
+   the training set and evaluated on the held-out 10% (``data.holdout``); the learning rate with
+   the best held-out accuracy of the averaged model is kept, per method and setting;
+2. **final**: the kept learning rate on the full training set with every seed (``seed`` and
+   ``data.seed``: model initialization, minibatches and the partition all change); test
+   accuracy of the averaged model ``x̄`` and the mean over the node models.
+
+Usage::
+
+    python analysis/heterogeneity.py --scale small   # ring of 8, 2 x 2 settings, 3 seeds, CPU
+    python analysis/heterogeneity.py --scale full    # rings of 8 and 16, 3 x 3 settings, GPU
+    python analysis/heterogeneity.py --scale small --report   # tables and figure from disk
+
+Writes the runs under ``--out`` (default ``results/heterogeneity-<scale>/runs``), the tables
+``runs.csv`` (one row per final run), ``lr.csv`` (the tuning), ``summary.csv`` and ``summary.md``
+(mean and standard error over seeds) next to them, and the figure
+``paper_figs/out/heterogeneity.{pdf,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ("dsgd", "dsgdm", "qg-dsgdm", "decentlam", "gradient-tracking", "momentum-tracking")
+MOMENTUM = {"dsgdm", "qg-dsgdm", "decentlam", "momentum-tracking"}
+
+# scale -> grid. settings: (partition, level), ordered from homogeneous to heterogeneous.
+SCALES: dict[str, dict[str, Any]] = {
+    "small": dict(nodes=(8,), settings=(("dirichlet", 10.0), ("dirichlet", 0.1),
+                                        ("classes", 10), ("classes", 2)),
+                  seeds=(0, 1, 2), steps=600,
+                  lrs={"momentum": (0.01, 0.03, 0.1), "plain": (0.03, 0.1, 0.3)}),
+    "full": dict(nodes=(8, 16), settings=(("dirichlet", 10.0), ("dirichlet", 1.0),
+                                          ("dirichlet", 0.1), ("classes", 10), ("classes", 4),
+                                          ("classes", 2)),
+                 seeds=(0, 1, 2), steps=4000,
+                 lrs={"momentum": (0.003, 0.01, 0.03, 0.1, 0.3),
+                      "plain": (0.01, 0.03, 0.1, 0.3, 1.0)}),
+    # the test suite's: one seed, a few steps, so the script cannot rot
+    "tiny": dict(nodes=(4,), settings=(("classes", 4),), seeds=(0,), steps=6,
+                 lrs={"momentum": (0.01, 0.03), "plain": (0.03, 0.1)}),
+}
+
+
+def _config(method: str, nodes: int, setting: tuple[str, float], lr: float, seed: int,
+            steps: int, holdout: float) -> dict[str, Any]:
+    partition, level = setting
+    data: dict[str, Any] = {"name": "mnist1d", "partition": partition, "seed": seed,
+                            "batch_size": 32, "holdout": holdout}
+    if partition == "dirichlet":
+        data["alpha"] = float(level)
+    else:
+        data["classes_per_node"] = int(level)
+    params = {"momentum": 0.9} if method in MOMENTUM else {}
+    return {"name": "heterogeneity", "seed": seed, "device": "auto", "data": data,
+            "model": {"name": "cnn1d"}, "topology": {"name": "ring", "nodes": nodes},
+            "algorithm": {"name": method, "params": params},
+            "optim": {"lr": lr, "schedule": "cosine", "weight_decay": 1e-4},
+            "train": {"steps": steps},
+            "measure": {"every": steps, "metrics": ["loss", "accuracy", "consensus_distance"],
+                        "per_node": False},
+            "checkpoint_every": max(steps // 2, 1)}
+
+
+def _setting_label(setting: tuple[str, float]) -> str:
+    partition, level = setting
+    return f"alpha={level:g}" if partition == "dirichlet" else f"k={int(level)}"
+
+
+def _run_name(method: str, nodes: int, setting: tuple[str, float], lr: float, seed: int) -> str:
+    return f"n={nodes},{_setting_label(setting)},{method},lr={lr:g},seed={seed}"
+
+
+def _job(args: tuple[str, dict[str, Any]]) -> tuple[str, str]:
+    """Run one config into its directory (skipping finished runs); return (path, status)."""
+    path, cfg = args
+    import torch
+
+    from flatlab.experiment import run
+    from flatlab.experiment.runner import read_status
+
+    st = read_status(path)
+    if st is not None and st["status"] in ("done", "diverged"):
+        return path, st["status"]
+    torch.set_num_threads(1)
+    try:
+        return path, run(cfg, path, progress=False).status
+    except Exception as e:  # noqa: BLE001 - a failed run is recorded, the study goes on
+        print(f"{path}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        return path, "failed"
+
+
+def _run_all(jobs: list[tuple[str, dict[str, Any]]], workers: int) -> None:
+    """Run the jobs, ``workers`` at a time (0: run nothing, only read what is on disk)."""
+    t0 = time.time()
+    if workers == 0:
+        return
+    if workers == 1:
+        for i, job in enumerate(jobs):
+            _, status = _job(job)
+            print(f"[{i + 1}/{len(jobs)}] {Path(job[0]).name}: {status}", flush=True)
+        return
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        for i, (path, status) in enumerate(pool.map(_job, jobs)):
+            print(f"[{i + 1}/{len(jobs)}] {Path(path).name}: {status} "
+                  f"({time.time() - t0:.0f} s)", flush=True)
+
+
+def _final_accuracy(path: Path) -> dict[str, Any]:
+    """Status and final accuracies of a run (NaN where it failed before writing any)."""
+    import flatlab
+    from flatlab.experiment.runner import read_status
+
+    st = read_status(path)
+    if st is None or not (path / "metrics.parquet").is_file():
+        return {"status": "failed" if st is None else st["status"], "test_accuracy": math.nan,
+                "test_accuracy_nodes": math.nan, "consensus_distance": math.nan}
+    s = flatlab.results.summary(path).iloc[0]
+    return {"status": s["status"], "test_accuracy": s.get("test_accuracy", math.nan),
+            "test_accuracy_nodes": s.get("test_accuracy[mean]", math.nan),
+            "consensus_distance": s.get("consensus_distance", math.nan)}
+
+
+def tune(grid: dict[str, Any], runs: Path, workers: int) -> pd.DataFrame:
+    """Phase 1: every learning rate of the grid on seed 0 with a 10% held-out split."""
+    points = [(m, n, s, lr) for n in grid["nodes"] for s in grid["settings"] for m in METHODS
+              for lr in grid["lrs"]["momentum" if m in MOMENTUM else "plain"]]
+    jobs = [(str(runs / "tune" / _run_name(m, n, s, lr, 0)),
+             _config(m, n, s, lr, 0, grid["steps"], holdout=0.1)) for m, n, s, lr in points]
+    _run_all(jobs, workers)
+    rows = []
+    for (m, n, s, lr), (path, _) in zip(points, jobs, strict=True):
+        acc = _final_accuracy(Path(path))
+        ok = acc["status"] == "done" and math.isfinite(acc["test_accuracy"])
+        rows.append({"nodes": n, "partition": s[0], "level": s[1], "method": m, "lr": lr,
+                     "status": acc["status"],
+                     "holdout_accuracy": acc["test_accuracy"] if ok else math.nan})
+    table = pd.DataFrame(rows)
+    best = (table.dropna(subset=["holdout_accuracy"])
+            .sort_values(["holdout_accuracy", "lr"], ascending=[False, True])
+            .drop_duplicates(["nodes", "partition", "level", "method"]))
+    table["chosen"] = table.index.isin(best.index)
+    return table
+
+
+def final(grid: dict[str, Any], runs: Path, lr_table: pd.DataFrame, workers: int
+          ) -> pd.DataFrame:
+    """Phase 2: the chosen learning rate with every seed on the full training set."""
+    chosen = lr_table[lr_table["chosen"]]
+    points = []
+    for n in grid["nodes"]:
+        for s in grid["settings"]:
+            for m in METHODS:
+                pick = chosen[(chosen["nodes"] == n) & (chosen["partition"] == s[0])
+                              & (chosen["level"] == s[1]) & (chosen["method"] == m)]
+                if pick.empty:  # every learning rate diverged: nothing to run
+                    print(f"no learning rate of {m} at n={n}, {_setting_label(s)} trained",
+                          flush=True)
+                    continue
+                lr = float(pick["lr"].iloc[0])
+                points += [(m, n, s, lr, seed) for seed in grid["seeds"]]
+    jobs = [(str(runs / "final" / _run_name(m, n, s, lr, seed)),
+             _config(m, n, s, lr, seed, grid["steps"], holdout=0.0))
+            for m, n, s, lr, seed in points]
+    _run_all(jobs, workers)
+    rows = []
+    for (m, n, s, lr, seed), (path, _) in zip(points, jobs, strict=True):
+        rows.append({"nodes": n, "partition": s[0], "level": s[1],
+                     "heterogeneity": _setting_label(s), "method": m, "lr": lr, "seed": seed,
+                     **_final_accuracy(Path(path))})
+    return pd.DataFrame(rows)
+
+
+def summarize(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean and standard error over seeds of the final accuracies, per method and setting."""
+    keys = ["nodes", "partition", "level", "heterogeneity", "method", "lr"]
+    done = table.assign(ok=table["status"] == "done")
+
+    def agg(g: pd.DataFrame) -> dict[str, Any]:
+        ok = g[g["ok"]]
+        out: dict[str, Any] = {"seeds": len(ok), "diverged": int((g["status"] == "diverged").sum())}
+        for col in ("test_accuracy", "test_accuracy_nodes"):
+            v = ok[col].astype(float)
+            out[f"{col}_mean"] = v.mean()
+            out[f"{col}_se"] = v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else math.nan
+        return out
+
+    rows = [dict(zip(keys, k, strict=True)) | agg(g) for k, g in done.groupby(keys, sort=False)]
+    return pd.DataFrame(rows)
+
+
+def markdown(summary: pd.DataFrame) -> str:
+    """The summary as a Markdown table: accuracy (%) of x̄ and of the node mean, ± s.e."""
+    def cell(m: float, se: float) -> str:
+        if not math.isfinite(m):
+            return "–"
+        return f"{100 * m:.1f} ± {100 * se:.1f}" if math.isfinite(se) else f"{100 * m:.1f}"
+
+    lines = ["| n | heterogeneity | method | lr | test acc. of x̄ (%) | mean test acc. of nodes "
+             "(%) | seeds |", "|---|---|---|---|---|---|---|"]
+    for r in summary.itertuples():
+        lines.append(f"| {r.nodes} | {r.heterogeneity} | {r.method} | {r.lr:g} | "
+                     f"{cell(r.test_accuracy_mean, r.test_accuracy_se)} | "
+                     f"{cell(r.test_accuracy_nodes_mean, r.test_accuracy_nodes_se)} | "
+                     f"{r.seeds}{f' ({r.diverged} diverged)' if r.diverged else ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point; returns the exit status."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scale", choices=sorted(SCALES), default="small")
+    p.add_argument("--out", type=Path, default=None,
+                   help="study directory (default results/heterogeneity-<scale>)")
+    p.add_argument("--fig", type=Path, default=None,
+                   help="figure path without suffix (default paper_figs/out/heterogeneity; "
+                        "tiny: <out>/heterogeneity)")
+    p.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
+    p.add_argument("--report", action="store_true",
+                   help="only rebuild tables and figure from the runs on disk")
+    a = p.parse_args(argv)
+    grid = SCALES[a.scale]
+    out = a.out or ROOT / "results" / f"heterogeneity-{a.scale}"
+    fig_path = a.fig or (out / "heterogeneity" if a.scale == "tiny"
+                         else ROOT / "paper_figs" / "out" / "heterogeneity")
+    runs = out / "runs"
+    if a.report and not runs.is_dir():
+        print(f"error: no runs under {runs}; run without --report first", file=sys.stderr)
+        return 2
+    t0 = time.time()
+    if a.jobs < 1:
+        print(f"error: --jobs must be >= 1 (got {a.jobs})", file=sys.stderr)
+        return 2
+    workers = 0 if a.report else a.jobs
+    lr_table = tune(grid, runs, workers)
+    table = final(grid, runs, lr_table, workers)
+    summary = summarize(table)
+    out.mkdir(parents=True, exist_ok=True)
+    lr_table.to_csv(out / "lr.csv", index=False)
+    table.to_csv(out / "runs.csv", index=False)
+    summary.to_csv(out / "summary.csv", index=False)
+    (out / "summary.md").write_text(markdown(summary))
+
+    from flatlab.plots import heterogeneity
+
+    fig = heterogeneity(table)
+    fig_path.parent.mkdir(parents=True, exist_ok=True)
+    for ext in ("pdf", "png"):
+        fig.savefig(fig_path.with_suffix(f".{ext}"), dpi=200)
+    print(markdown(summary))
+    print(f"{len(table)} final runs ({time.time() - t0:.0f} s); tables in {out}, figure "
+          f"{fig_path}.{{pdf,png}}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
