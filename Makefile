@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.flatlab-installed
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: demo test test-slow lint figs bench clean
+.PHONY: demo test test-slow lint figs bench clean heterogeneity
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -32,6 +32,11 @@ test-slow: $(STAMP)
 
 figs: $(STAMP)
 	$(BIN)/python paper_figs/spectral_gap.py
+	$(BIN)/python paper_figs/heterogeneity.py
+
+# the data-heterogeneity study at its CPU scale (about 25 min on 2 cores; --scale full on a GPU)
+heterogeneity: $(STAMP)
+	$(BIN)/python analysis/heterogeneity.py --scale small
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/spectral.py

@@ -81,6 +81,11 @@ def test_listings(capsys):
      "cifar10"),
     (["run", REPO / "configs" / "ring16.yaml", "backend=mpi"], "config field backend"),
     (["run", REPO / "configs" / "ring16.yaml", "timeout=0"], "config field timeout"),
+    (["run", REPO / "configs" / "ring16.yaml", "algorithm.name=d2"],
+     "d2: is unstable on ring (n=16"),
+    (["run", REPO / "configs" / "ring16.yaml", "algorithm.name=gradient-tracking",
+      "algorithm.params.form=next"], "form must be one of diging, atc"),
+    (["run", REPO / "configs" / "ring16.yaml", "data.holdout=1"], "config field data.holdout"),
     # backend=distributed outside torchrun: no process group to join
     (["run", REPO / "configs" / "ring16.yaml", "backend=distributed"], "launch with `torchrun"),
     (["sweep", "missing.yaml"], "sweep spec missing.yaml does not exist"),

@@ -1,0 +1,37 @@
+"""Publication figure: test accuracy against data heterogeneity, one line per method.
+
+Redraws ``paper_figs/out/heterogeneity.{pdf,png}`` (``make figs``) from the committed table of
+the heterogeneity study, ``results/heterogeneity-<scale>/runs.csv`` (the full scale when it has
+been run, else the small one). The study itself is ``analysis/heterogeneity.py``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from flatlab.plots import heterogeneity
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "paper_figs" / "out"
+
+
+def main() -> int:
+    tables = [ROOT / "results" / f"heterogeneity-{s}" / "runs.csv" for s in ("full", "small")]
+    table = next((t for t in tables if t.is_file()), None)
+    if table is None:
+        print("error: no heterogeneity results; run python analysis/heterogeneity.py first",
+              file=sys.stderr)
+        return 2
+    OUT.mkdir(parents=True, exist_ok=True)
+    fig = heterogeneity(pd.read_csv(table))
+    for ext in ("pdf", "png"):
+        fig.savefig(OUT / f"heterogeneity.{ext}", dpi=200)
+    print(f"wrote {OUT / 'heterogeneity.pdf'} and .png from {table.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
