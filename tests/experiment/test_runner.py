@@ -74,9 +74,12 @@ def test_whole_runs_are_deterministic(tmp_path):
     assert not metrics(tmp_path / "a").value.equals(metrics(tmp_path / "c").value)
 
 
-@pytest.mark.parametrize("stop", [1, 7, 13, 30, 39])
-def test_resume_ends_with_exactly_the_uninterrupted_metrics(tmp_path, stop):
-    cfg = load_config(TINY)
+@pytest.mark.parametrize("stop,algo", [(1, "diffusion"), (7, "diffusion"), (13, "diffusion"),
+                                       (30, "diffusion"), (39, "diffusion"),
+                                       (1, "momentum-tracking"), (13, "qg-dsgdm"),
+                                       (7, "gradient-tracking"), (13, "exact-diffusion")])
+def test_resume_ends_with_exactly_the_uninterrupted_metrics(tmp_path, stop, algo):
+    cfg = load_config(TINY, [f"algorithm.name={algo}"])
     run(cfg, tmp_path / "full", progress=False)
     part = run(cfg, tmp_path / "cut", progress=False, stop_after=stop)
     assert part.status == "running"
