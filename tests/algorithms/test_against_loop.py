@@ -51,6 +51,10 @@ CASES = [
     ("exact-diffusion", "one-peer-exponential", "classes", "logistic", torch.float32, {}),
     ("d2", "exponential-undirected", "dirichlet", "mlp", torch.float64, {}),
     ("d2", "ring", "classes", "mlp", torch.float64, {"allow_unstable": True}),
+    ("ecl", "ring", "dirichlet", "mlp", torch.float64, {}),
+    ("ecl", "torus", "classes", "mlp", torch.float64, {"theta": 0.5, "period": 3}),
+    ("ecl", "exponential-undirected", "iid", "logistic", torch.float32,
+     {"theta": 0.5, "period": 4, "tie": 1.0}),
 ]
 
 

@@ -32,14 +32,18 @@ from flatlab.errors import AlgorithmError
 NAMES = available()
 
 
+REFUSALS = {"d2": "lambda_min(W) > -1/3", "ecl": "needs a"}
+
+
 def topology_for(name, topology):
-    """``topology``, or for an algorithm that refuses it (d2 where ``lambda_min(W) <= -1/3``) the
-    undirected exponential graph of the same size, after checking that the refusal names why."""
+    """``topology``, or for an algorithm that refuses it (d2 where ``lambda_min(W) <= -1/3``, the
+    primal-dual methods on directed or time-varying graphs) the undirected exponential graph of
+    the same size, after checking that the refusal names why."""
     try:
         make(name).check_topology(topology)
         return topology
     except AlgorithmError as e:
-        assert name == "d2" and "lambda_min(W) > -1/3" in str(e), str(e)
+        assert name in REFUSALS and REFUSALS[name] in str(e), str(e)
     return flatlab.topology.make("exponential-undirected", topology.n)
 
 

@@ -268,7 +268,37 @@ def loop_d2(nodes, W_at, batches, lr, steps, *, momentum, nesterov, allow_unstab
     return _loop_second_order(gossip, nodes, W_at, batches, lr, steps)
 
 
+def loop_ecl(nodes, W_at, batches, lr, steps, *, momentum, nesterov, alpha, theta, period,
+             tie):
+    """ECL node by node: a dict of duals z[(i, j)] per directed edge, messages sent one by one."""
+    n = nodes.n
+    W = W_at(0)
+    nbrs = {i: [j for j in range(n) if j != i and W[i, j] != 0] for i in range(n)}
+    A = {(i, j): (1.0 if i < j else -1.0) for i in range(n) for j in nbrs[i]}
+    xs = nodes.params()
+    z = {e: torch.zeros_like(xs[0]) for e in A}
+    traj = [torch.stack(xs)]
+    for t in range(steps):
+        eta, gs = _eta(lr, t), _grads(nodes, xs, batches, t)
+        mu = 1.0 / eta
+        new = []
+        for i in range(n):
+            d = len(nbrs[i])
+            a = alpha if tie is None else tie / (eta * (period * d + period - tie * d))
+            # argmin <g, x> + mu/2 |x - x_i|^2 + sum_j a/2 |A_ij x - z_ij|^2, solved directly
+            rhs = mu * xs[i] - gs[i] + a * sum(A[i, j] * z[i, j] for j in nbrs[i])
+            new.append(rhs / (mu + a * d))
+        xs = new
+        if (t + 1) % period == 0:
+            msgs = {(i, j): z[i, j] - 2 * A[i, j] * xs[i] for (i, j) in A}
+            for (i, j), y in msgs.items():   # node j receives y_{i|j} into z_{j|i}
+                z[j, i] = (1 - theta) * z[j, i] + theta * y
+        traj.append(torch.stack(xs))
+    return torch.stack(traj)
+
+
 LOOPS = {
+    "ecl": loop_ecl,
     "dsgdm": loop_dsgdm,
     "qg-dsgdm": loop_qg_dsgdm,
     "decentlam": loop_decentlam,
