@@ -9,8 +9,20 @@ any callable ``v -> Hv``, and batched over node models (reference/measures.md §
     flatlab.curvature.spectral_density(op).density                 # SLQ, on a grid
     ops = flatlab.curvature.model_hessian(stack, X, x_eval, y_eval)   # all n nodes at once
     flatlab.curvature.lanczos(ops).eigenvalues                     # [n, 1], one batched pass
+    f = flatlab.curvature.kfac_factors(stack, X, xb, yb)          # {layer: (A [n,a,a], G [n,g,g])}
+    flatlab.curvature.kfac_solve(V, A, G, damping)                 # (G ⊗ A + λI)⁻¹ vec V, exact
 """
 
+from flatlab.curvature.kfac import (
+    FISHER_TYPES,
+    Eigenbasis,
+    KFACLayer,
+    eigenbasis,
+    kfac_factors,
+    kfac_layers,
+    kfac_solve,
+    kron_matvec,
+)
 from flatlab.curvature.lanczos import EigenResult, lanczos, power_iteration, random_probes
 from flatlab.curvature.model import model_hessian, stack_loss
 from flatlab.curvature.operators import (
@@ -33,6 +45,14 @@ from flatlab.curvature.trace import (
 )
 
 __all__ = [
+    "FISHER_TYPES",
+    "Eigenbasis",
+    "KFACLayer",
+    "eigenbasis",
+    "kfac_factors",
+    "kfac_layers",
+    "kfac_solve",
+    "kron_matvec",
     "Operator", "HessianOperator", "DenseOperator", "CallableOperator", "CurvatureError",
     "hvp", "hessian_operator", "as_operator", "HVP_METHODS",
     "lanczos", "power_iteration", "EigenResult", "random_probes",

@@ -1,0 +1,164 @@
+"""K-FAC against independent references (algorithms.md §8, §16 item 13): dense Kronecker algebra
+in float64, factors computed node by node with hooks on separate modules and explicit patch
+loops, and the exact Fisher of a linear Gaussian model."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import flatlab
+from flatlab.curvature.kfac import (
+    eigenbasis,
+    kfac_factors,
+    kfac_layers,
+    kfac_solve,
+    kron_matvec,
+)
+from flatlab.engine import NodeStack
+from tests.reference.algorithms import set_flat
+
+F64 = torch.float64
+
+
+def spd(k, gen, cond=10.0):
+    q, _ = torch.linalg.qr(torch.randn(k, k, dtype=F64, generator=gen))
+    return q @ torch.diag(torch.linspace(1.0, cond, k, dtype=F64)) @ q.T
+
+
+def test_kronecker_inverse_is_vec_of_two_sided_solve_row_major():
+    gen = torch.Generator().manual_seed(0)
+    A, G = spd(4, gen), spd(3, gen)
+    V = torch.randn(3, 4, dtype=F64, generator=gen)
+    dense = torch.linalg.solve(torch.kron(G, A), V.reshape(-1))   # row-major vec: G ⊗ A
+    two_sided = torch.linalg.solve(G, V) @ torch.linalg.inv(A)
+    torch.testing.assert_close(dense, two_sided.reshape(-1), rtol=0, atol=1e-12)
+    torch.testing.assert_close(kron_matvec(A, G, V).reshape(-1), torch.kron(G, A) @ V.reshape(-1),
+                               rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("scale,lam", [(1.0, 0.1), (50.0, 3.0), (1.0, 1e-6)])
+def test_eigenbasis_inverse_equals_the_dense_damped_inverse(scale, lam):
+    gen = torch.Generator().manual_seed(1)
+    A, G = spd(5, gen, 100.0), spd(4, gen, 100.0)
+    V = torch.randn(2, 4, 5, dtype=F64, generator=gen)   # batched over a leading (node) dim
+    dense = torch.linalg.solve(scale * torch.kron(G, A) + lam * torch.eye(20, dtype=F64),
+                               V.reshape(2, 20, 1)).reshape(2, 4, 5)
+    got = kfac_solve(V, A.expand(2, 5, 5), G.expand(2, 4, 4), lam, scale=scale)
+    torch.testing.assert_close(got, dense, rtol=1e-10, atol=1e-12)
+    got = kfac_solve(V, A, G, lam, scale=scale, basis=eigenbasis(A, G))
+    torch.testing.assert_close(got, dense, rtol=1e-10, atol=1e-12)
+    # per-node damping, as NGPD's alpha |N_i| gives
+    lams = torch.tensor([lam, 2 * lam], dtype=F64)
+    got = kfac_solve(V, A, G, lams, scale=scale)
+    second = torch.linalg.solve(scale * torch.kron(G, A) + 2 * lam * torch.eye(20, dtype=F64),
+                                V[1].reshape(-1))
+    torch.testing.assert_close(got[1].reshape(-1), second, rtol=1e-10, atol=1e-12)
+
+
+def test_factored_tikhonov_is_close_but_not_exact():
+    gen = torch.Generator().manual_seed(2)
+    A, G = spd(4, gen, 5.0), spd(3, gen, 5.0)
+    V = torch.randn(3, 4, dtype=F64, generator=gen)
+    exact = kfac_solve(V, A, G, 1.0)
+    approx = kfac_solve(V, A, G, 1.0, tikhonov=True)
+    rel = float((approx - exact).norm() / exact.norm())
+    assert 1e-3 < rel < 0.6, rel
+
+
+def _loop_factors(template, X, inputs, targets, loss):
+    """Node by node: a separate module per node, hooks for inputs, retain_grad for outputs,
+    convolution patches cut out by explicit slicing."""
+    out = {}
+    for i in range(X.shape[0]):
+        m = copy.deepcopy(template)
+        set_flat(m, X[i])
+        rec = {}
+        handles = []
+        for name, mod in m.named_modules():
+            if isinstance(mod, (nn.Linear, nn.Conv1d)):
+                def hook(mod, args, o, name=name, rec=rec):
+                    o.retain_grad()
+                    rec[name] = (args[0].detach(), o)
+                handles.append(mod.register_forward_hook(hook))
+        y = m(inputs[i])
+        B = inputs.shape[1]
+        if loss == "mse":
+            total = 0.5 * (y - targets[i]).pow(2).sum()
+        else:
+            total = nn.functional.cross_entropy(y, targets[i], reduction="sum")
+        total.backward()
+        for h in handles:
+            h.remove()
+        for name, mod in m.named_modules():
+            if name not in rec:
+                continue
+            a, o = rec[name]
+            g = o.grad
+            if isinstance(mod, nn.Conv1d):
+                k, s, p = mod.kernel_size[0], mod.stride[0], mod.padding[0]
+                a = nn.functional.pad(a, (p, p))
+                T = g.shape[-1]
+                rows = [a[:, :, t * s:t * s + k].reshape(B, -1) for t in range(T)]
+                a = torch.stack(rows, 1)                  # [B, T, C k]
+                g = g.transpose(1, 2)                     # [B, T, out]
+            else:
+                a, g = a.unsqueeze(1), g.unsqueeze(1)
+            a = torch.cat([a, torch.ones(*a.shape[:-1], 1, dtype=a.dtype)], -1)
+            T = a.shape[1]
+            A = sum(a[b, t].outer(a[b, t]) for b in range(B) for t in range(T)) / (B * T)
+            G = sum(g[b, t].outer(g[b, t]) for b in range(B) for t in range(T)) / B
+            out.setdefault(name, []).append((A, G))
+    return {k: (torch.stack([a for a, _ in v]), torch.stack([g for _, g in v]))
+            for k, v in out.items()}
+
+
+@pytest.mark.parametrize("model,shape,opts", [("mlp", (12,), {"hidden": (7,)}),
+                                              ("cnn1d", (20,), {"channels": (4, 6),
+                                                                "strides": (1, 2),
+                                                                "norm": "none"})])
+def test_vectorized_factors_equal_node_by_node_hooks(model, shape, opts):
+    n, B = 3, 4
+    template = flatlab.models.make(model, input_shape=shape, num_classes=5, seed=0,
+                                   **opts).double()
+    stack = NodeStack(template, n, device="cpu", dtype=F64)
+    gen = torch.Generator().manual_seed(3)
+    X = stack.initial_params() + 0.1 * torch.randn(n, stack.P, dtype=F64, generator=gen)
+    inputs = torch.randn(n, B, *shape, dtype=F64, generator=gen)
+    targets = torch.randint(0, 5, (n, B), generator=gen)
+    got = kfac_factors(stack, X, inputs, targets)
+    ref = _loop_factors(template, X, inputs, targets, "cross_entropy")
+    assert set(got) == set(ref) and len(got) == len(kfac_layers(template))
+    for name, (A, G) in ref.items():
+        torch.testing.assert_close(got[name][0], A, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(got[name][1], G, rtol=1e-10, atol=1e-12)
+
+
+def test_true_fisher_of_a_linear_gaussian_model_is_exactly_kfac():
+    """One linear layer, half-MSE (unit Gaussian) and labels sampled from the model: the exact
+    Fisher is I ⊗ A (row-major) and K-FAC's sampled G estimates I."""
+    d, k, B = 4, 3, 20000
+    template = flatlab.models.make("logistic", input_shape=(d,), num_classes=k, seed=0).double()
+    stack = NodeStack(template, 1, device="cpu", dtype=F64, loss="mse")
+    gen = torch.Generator().manual_seed(4)
+    inputs = torch.randn(1, B, d, dtype=F64, generator=gen) + 0.5
+    X = stack.initial_params()
+    (A, G), = kfac_factors(stack, X, inputs, torch.zeros(1, B, k, dtype=F64), fisher="true",
+                           generator=torch.Generator().manual_seed(5)).values()
+    abar = torch.cat([inputs[0], torch.ones(B, 1, dtype=F64)], 1)
+    torch.testing.assert_close(A[0], abar.T @ abar / B, rtol=1e-12, atol=1e-12)
+    # exact Fisher E_y[∇ℓ ∇ℓᵀ] = E_b[J_bᵀ J_b] for the Gaussian likelihood, J_b = ∂f_b/∂[W|b]
+    J = torch.einsum("ij,bk->bijk", torch.eye(k, dtype=F64), abar).reshape(B, k, -1)
+    exact = torch.einsum("bop,boq->pq", J, J) / B
+    torch.testing.assert_close(exact, torch.kron(torch.eye(k, dtype=F64), A[0]), rtol=1e-10,
+                               atol=1e-12)
+    assert float((G[0] - torch.eye(k, dtype=F64)).abs().max()) < 5 / B ** 0.5
+
+
+def test_unknown_fisher_type_is_refused():
+    stack = NodeStack(flatlab.models.make("logistic", input_shape=(3,), num_classes=2), 1,
+                      device="cpu")
+    with pytest.raises(flatlab.curvature.CurvatureError, match="accepted: empirical, true"):
+        kfac_factors(stack, stack.initial_params(), torch.zeros(1, 2, 3),
+                     torch.zeros(1, 2, dtype=torch.int64), fisher="gauss-newton")
