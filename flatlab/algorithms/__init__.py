@@ -3,7 +3,7 @@
 >>> import flatlab
 >>> flatlab.algorithms.available()  # doctest: +NORMALIZE_WHITESPACE
 ['centralized', 'consensus', 'd2', 'decentlam', 'diffusion', 'diffusion-cta', 'dsgdm',
- 'ecl', 'exact-diffusion', 'gradient-tracking', 'momentum-tracking', 'qg-dsgdm']
+ 'ecl', 'exact-diffusion', 'gradient-tracking', 'momentum-tracking', 'ngpd', 'qg-dsgdm']
 >>> flatlab.algorithms.make("dsgd")
 Diffusion()
 >>> flatlab.algorithms.make("centralized", momentum=0.9)
@@ -28,7 +28,7 @@ from flatlab.algorithms.bias_corrected import D2, BiasCorrectedState, ExactDiffu
 from flatlab.algorithms.centralized import Centralized, CentralizedState
 from flatlab.algorithms.dsgd import Consensus, Diffusion, DiffusionCTA
 from flatlab.algorithms.momentum import DecentLaM, DSGDm, MomentumState, QGDSGDm
-from flatlab.algorithms.primal_dual import ECL, ECLState
+from flatlab.algorithms.primal_dual import ECL, NGPD, ECLState, NGPDState
 from flatlab.algorithms.simulate import as_topology, simulate
 from flatlab.algorithms.tracking import (
     GradientTracking,
@@ -65,6 +65,8 @@ __all__ = [
     "BiasCorrectedState",
     "ECL",
     "ECLState",
+    "NGPD",
+    "NGPDState",
     "simulate",
     "as_topology",
 ]

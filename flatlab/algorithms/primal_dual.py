@@ -1,4 +1,4 @@
-"""Primal-dual decentralized learning: Edge-Consensus Learning (ECL, PDMM/ADMM).
+"""Primal-dual decentralized learning: Edge-Consensus Learning (ECL, PDMM/ADMM) and NGPD.
 
 Source: Niwa, Harada, Zhang, Kleijn, "Edge-consensus learning", KDD 2020; the exchange period
 and the tied penalty of nttcslab/ecl-isvr (ICML 2021); reference/algorithms.md §7.1, §16 items 6
@@ -13,6 +13,7 @@ them with the nodes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,8 +21,16 @@ import numpy as np
 import torch
 
 from flatlab.algorithms.base import Algorithm, State, register
+from flatlab.curvature.kfac import (
+    FISHER_TYPES,
+    Eigenbasis,
+    eigenbasis,
+    kfac_factors,
+    kfac_layers,
+    kfac_solve,
+)
 
-__all__ = ["ECL", "ECLState", "EdgeSlots", "edge_slots"]
+__all__ = ["ECL", "ECLState", "NGPD", "NGPDState", "EdgeSlots", "edge_slots"]
 
 
 @dataclass(kw_only=True)
@@ -198,3 +207,222 @@ class ECL(Algorithm):
         if (state.t + 1) % self.period == 0:
             z = self._exchange(z, x, slots, mixer, state.t)
         return ECLState(x=x, z=z, t=state.t + 1, loss=loss)
+
+
+# ---------------------------------------------------------------------------------- NGPD
+@dataclass(kw_only=True)
+class NGPDState(ECLState):
+    """ECL's state plus the local curvature, node-stacked and never communicated.
+
+    Attributes:
+        factors: ``[n, F]`` running averages of the metric's factors, packed (every covered
+            layer's ``A`` then ``G``, flattened; or the dense ``[d, d]`` metric of an oracle).
+        basis: ``[n, E]`` their eigendecompositions, packed (``Q_A, d_A, Q_G, d_G`` per layer),
+            refreshed every ``inverse_every`` steps.
+    """
+
+    factors: torch.Tensor
+    basis: torch.Tensor
+
+
+class _Blocks:
+    """Packing of a metric made of Kronecker blocks ``G ⊗ A`` over slices of ``[W | b]``."""
+
+    def __init__(self, layers: list[Any], P: int, dense: bool = False) -> None:  # noqa: N803
+        self.layers, self.P, self.dense = layers, P, dense
+        self.sizes = [(ly.a_dim, ly.g_dim) for ly in layers]
+        self.F = sum(a * a + g * g for a, g in self.sizes)
+        self.E = sum(a * a + a + g * g + g for a, g in self.sizes)
+        covered = torch.zeros(P, dtype=torch.bool)
+        for ly in layers:
+            covered[ly.weight[0]] = True
+            if ly.bias is not None:
+                covered[ly.bias[0]] = True
+        self.uncovered = ~covered
+
+    def pack(self, factors: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        return torch.cat([t.flatten(1) for pair in factors for t in pair], dim=1)
+
+    def unpack(self, packed: torch.Tensor, with_eigs: bool = False) -> list[tuple]:
+        out, pos, n = [], 0, packed.shape[0]
+
+        def take(*shape: int) -> torch.Tensor:
+            nonlocal pos
+            size = math.prod(shape)
+            v = packed[:, pos:pos + size].reshape(n, *shape)
+            pos += size
+            return v
+
+        for a, g in self.sizes:
+            if with_eigs:
+                out.append((take(a, a), take(a), take(g, g), take(g)))
+            else:
+                out.append((take(a, a), take(g, g)))
+        return out
+
+    def basis(self, factors: torch.Tensor) -> torch.Tensor:
+        parts = []
+        for A, G in self.unpack(factors):  # noqa: N806
+            b = eigenbasis(A, G)
+            parts += [b.q_a.flatten(1), b.d_a, b.q_g.flatten(1), b.d_g]
+        return torch.cat(parts, dim=1)
+
+    def solve(self, R: torch.Tensor, basis: torch.Tensor, mu: float, shift: torch.Tensor,  # noqa: N803
+              tikhonov: bool, factors: torch.Tensor) -> torch.Tensor:
+        """``(μ F + shift_i I)⁻¹ r_i`` per node, blockwise; ``shift`` is ``[n]``."""
+        out = R / shift.unsqueeze(1)  # parameters no block covers: the damping alone
+        eigs = self.unpack(basis, with_eigs=True)
+        facs = self.unpack(factors)
+        for ly, (q_a, d_a, q_g, d_g), (A, G) in zip(self.layers, eigs, facs, strict=True):  # noqa: N806
+            V = ly.matrix(R)  # noqa: N806
+            if self.dense:
+                V = V.unsqueeze(-1)  # noqa: N806
+            sol = kfac_solve(V, A, G, shift, scale=mu, basis=Eigenbasis(q_a, d_a, q_g, d_g),
+                             tikhonov=tikhonov)
+            if self.dense:
+                sol = sol.squeeze(-1)
+            ly.scatter(sol, out)
+        return out
+
+
+@dataclass(frozen=True)
+class _DenseLayer:
+    """The whole vector as one 'layer' ``[d, 1]`` with ``A = [1]`` and ``G`` the dense metric."""
+
+    d: int
+
+    @property
+    def weight(self) -> tuple[slice, torch.Size]:
+        return slice(0, self.d), torch.Size([self.d])
+
+    bias = None
+
+    @property
+    def a_dim(self) -> int:
+        return 1
+
+    @property
+    def g_dim(self) -> int:
+        return self.d
+
+    def matrix(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def scatter(self, m: torch.Tensor, out: torch.Tensor) -> None:
+        out[..., :self.d] = m
+
+
+_METRICS: dict[int, tuple[Any, _Blocks]] = {}
+
+
+def _blocks(oracle: Any, P: int) -> _Blocks:  # noqa: N803
+    hit = _METRICS.get(id(oracle))
+    if hit is None or hit[0] is not oracle:
+        if hasattr(oracle, "stack"):
+            blocks = _Blocks(kfac_layers(oracle.stack.module), P)
+        else:
+            blocks = _Blocks([_DenseLayer(P)], P, dense=True)
+        hit = (oracle, blocks)
+        _METRICS[id(oracle)] = hit
+    return hit[1]
+
+
+@register("ngpd", "natural-gradient-primal-dual")
+@dataclass(frozen=True)
+class NGPD(ECL):
+    """Natural Gradient Primal-Dual: ECL's primal step in a damped K-FAC Fisher metric.
+
+    A **reconstruction** from the abstract of Niwa, Ishii, Sawada, Fujino, Harada, Yokota,
+    IEEE TSIPN 10:417–433, 2024 (no full text or code is available; reference/algorithms.md
+    §7.2), to be checked against the paper when it is. ECL's Euclidean proximal term becomes the
+    Fisher metric ``F̃_i = F_i + λ I`` (``F_i`` node ``i``'s K-FAC Fisher, block-diagonal
+    ``G_ℓ ⊗ A_ℓ`` per layer; ``λ = damping``)::
+
+        x_i⁺ = argmin_x ⟨g_i, x⟩ + (μ/2)(x − x_i)ᵀ F̃_i (x − x_i) + Σ_j (α/2)‖A_{i|j} x − z_{i|j}‖²
+             = x_i − (μ F̃_i + α|N_i| I)⁻¹ [ g_i + α Σ_j (x_i − A_{i|j} z_{i|j}) ]
+
+    with ``μ = 1/lr``; the per-layer inverse of ``μ (G ⊗ A) + (μλ + α|N_i|) I`` is exact in the
+    Kronecker eigenbasis (or factored Tikhonov, ``tikhonov=True``). Parameters no K-FAC block
+    covers (normalization scales) get the damping alone. Duals, messages and their period are
+    ECL's; the curvature stays local.
+
+    Factors are recomputed every ``factor_every`` steps from that step's minibatch (empirical or
+    true Fisher; an extra forward and backward pass) and kept as a running average
+    ``F ← ξ F + (1 − ξ) F_batch`` (``ξ = ema``, the weight on the old value, kfac-pytorch's
+    convention); eigendecompositions are refreshed every ``inverse_every`` steps. On a
+    written-down objective the oracle's ``metric_fn`` (``simulate(..., metric_fn=...)``) replaces
+    K-FAC as ``F_i``; with the exact Hessians of quadratics the method reaches ``x*``.
+
+    Messages: one vector per edge per exchange (as ECL). State: ``x``, the duals ``z``, the
+    packed running factors and their eigenbases. Fixed point: exact (consensus at ``x*``).
+
+    Args:
+        alpha, theta, period, tie: ECL's (see :class:`ECL`).
+        damping: ``λ > 0`` added to the Fisher.
+        fisher: ``"empirical"`` or ``"true"`` (labels sampled from the model, seeded per step).
+        factor_every: Steps between factor updates ``T_f``.
+        inverse_every: Steps between eigendecompositions ``T_inv`` (a multiple of
+            ``factor_every`` is natural, not required).
+        ema: Weight ``ξ ∈ [0, 1)`` of the old factors in the running average.
+        tikhonov: Factored Tikhonov damping instead of the exact eigenbasis inverse.
+        seed: Seed of the true Fisher's sampled labels.
+    """
+
+    damping: float = 1e-3
+    fisher: str = "empirical"
+    factor_every: int = 10
+    inverse_every: int = 10
+    ema: float = 0.95
+    tikhonov: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check(self.damping > 0, f"damping must be > 0, got {self.damping}")
+        self._check(self.fisher in FISHER_TYPES, f"fisher must be one of "
+                                                 f"{', '.join(FISHER_TYPES)}, got {self.fisher!r}")
+        for name in ("factor_every", "inverse_every"):
+            v = getattr(self, name)
+            self._check(isinstance(v, int) and v >= 1, f"{name} must be an integer >= 1, got {v}")
+        self._check(0 <= self.ema < 1, f"ema must be in [0, 1), got {self.ema}")
+
+    def init(self, X0: torch.Tensor, oracle: Any, mixer: Any) -> NGPDState:  # noqa: N803
+        """ECL's start; factors and bases are filled at the first step."""
+        ecl = super().init(X0, oracle, mixer)
+        blocks = _blocks(oracle, X0.shape[1])
+        return NGPDState(x=ecl.x, z=ecl.z, factors=X0.new_zeros(X0.shape[0], blocks.F),
+                         basis=X0.new_zeros(X0.shape[0], blocks.E))
+
+    def _batch_factors(self, oracle: Any, blocks: _Blocks, X: torch.Tensor, batch: Any,  # noqa: N803
+                       t: int) -> torch.Tensor:
+        if blocks.dense:
+            M = oracle.metric(X, batch)  # noqa: N806
+            return blocks.pack([(M.new_ones(M.shape[0], 1, 1), M)])
+        inputs, targets = batch
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + t)
+        f = kfac_factors(oracle.stack, X, inputs, targets, fisher=self.fisher, generator=gen,
+                         layers=blocks.layers)
+        return blocks.pack([f[ly.module] for ly in blocks.layers])
+
+    def step(self, state: NGPDState, batch: Any, oracle: Any, mixer: Any, lr: float) -> NGPDState:
+        """Curvature update (on its schedule), metric primal step, ECL duals."""
+        self._check(lr > 0, f"the proximal weight is 1/lr, so lr must be > 0 (got {lr})")
+        loss, G = oracle(state.x, batch)
+        blocks = _blocks(oracle, state.x.shape[1])
+        factors, basis = state.factors, state.basis
+        if state.t % self.factor_every == 0:
+            new = self._batch_factors(oracle, blocks, state.x, batch, state.t)
+            factors = new if state.t == 0 else torch.lerp(new, factors, self.ema)
+        if state.t % self.inverse_every == 0 or state.t == 0:
+            basis = blocks.basis(factors)
+        mu = 1.0 / lr
+
+        def direction(resid: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+            return blocks.solve(resid, basis, mu, mu * self.damping + c, self.tikhonov, factors)
+
+        slots = _slots(mixer.topology, state.x.device)
+        x = self._primal(state, G, slots, mixer.local_rows, lr, direction)
+        z = state.z
+        if (state.t + 1) % self.period == 0:
+            z = self._exchange(z, x, slots, mixer, state.t)
+        return NGPDState(x=x, z=z, factors=factors, basis=basis, t=state.t + 1, loss=loss)

@@ -49,6 +49,7 @@ def simulate(
     mix_method: str = "auto",
     mixer: Any = None,
     return_state: bool = False,
+    metric_fn: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
     **hparams: Any,
 ) -> torch.Tensor | tuple[torch.Tensor, State]:
     """Iterate a registered algorithm on per-node gradient maps, for theory checks.
@@ -70,6 +71,8 @@ def simulate(
             :class:`~flatlab.comm.DistributedMixer`, ``X0`` and ``grad_fn`` see this rank's rows
             only and ``topology`` is ignored.
         return_state: Also return the final algorithm state.
+        metric_fn: ``metric_fn(X, t) -> [n, d, d]`` per-node curvature (e.g. the exact Hessians)
+            for ``ngpd`` with ``metric="oracle"``.
         **hparams: Hyper-parameters, when ``algorithm`` is a name.
 
     Returns:
@@ -97,7 +100,7 @@ def simulate(
     if mixer is None:
         topo = as_topology(topology, X0.shape[0])
         mixer = SimulatedMixer(topo, device=X0.device, dtype=X0.dtype, method=mix_method)
-    oracle = FunctionOracle(grad_fn)
+    oracle = FunctionOracle(grad_fn, metric_fn=metric_fn)
     lr_at = lr if callable(lr) else (lambda _t, _lr=float(lr): _lr)
     state = algo.init(X0.clone(), oracle, mixer)
     out = [state.x.clone()]

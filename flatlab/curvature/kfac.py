@@ -176,8 +176,8 @@ def kfac_factors(stack: Any, X: torch.Tensor, inputs: torch.Tensor,  # noqa: N80
     """K-FAC factors ``(A [n, a, a], G [n, g, g])`` of every covered layer, for every node.
 
     Args:
-        stack: A :class:`~flatlab.engine.NodeStack` (its module, buffers and loss are used; the
-            buffers are not updated).
+        stack: A :class:`~flatlab.engine.NodeStack` (its module, buffers and loss are used, in
+            train mode as for gradients; the buffers are not updated).
         X: ``[n, P]`` node parameters.
         inputs: ``[n, B, ...]`` each node's batch.
         targets: ``[n, B]`` labels or ``[n, B, k]`` targets (ignored by the true Fisher, which
@@ -232,7 +232,7 @@ def kfac_factors(stack: Any, X: torch.Tensor, inputs: torch.Tensor,  # noqa: N80
         return loss_fn(out, yb) * B, captured  # summed: probe gradients are per example
 
     probes = {ly.module: X.new_zeros(X.shape[0], B, *out_shapes[ly.module]) for ly in layers}
-    with _hooked(module, layers):
+    with _hooked(module, layers), stack.mode(train=True):
         gs, acts = torch.vmap(grad(node, has_aux=True), randomness="different")(
             probes, X, buffers, inputs, targets)
     result = {}

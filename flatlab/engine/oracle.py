@@ -107,14 +107,28 @@ class FunctionOracle:
     """An oracle from a hand-written gradient map ``grad_fn(X, t) -> G`` (no model, no loss).
 
     The algorithms pass the step counter ``t`` as the batch, so ``grad_fn`` can draw noise that is
-    deterministic per step. Losses are ``None``.
+    deterministic per step. Losses are ``None``. ``metric_fn(X, t) -> [n, d, d]`` optionally
+    gives per-node curvature for the natural-gradient methods.
     """
 
     def __init__(self, grad_fn: Callable[[torch.Tensor, int], torch.Tensor],
-                 *, weight_decay: float = 0.0) -> None:
+                 *, weight_decay: float = 0.0,
+                 metric_fn: Callable[[torch.Tensor, Any], torch.Tensor] | None = None) -> None:
         self.grad_fn = grad_fn
         self.weight_decay = float(weight_decay)
+        self.metric_fn = metric_fn
         self.calls = 0
+
+    def metric(self, X: torch.Tensor, batch: Any) -> torch.Tensor:  # noqa: N803
+        """``[n, d, d]`` per-node curvature from ``metric_fn`` (exact Hessians, say), for NGPD."""
+        if self.metric_fn is None:
+            raise ValueError("this FunctionOracle has no metric_fn; pass metric_fn(X, t) -> "
+                             "[n, d, d] (simulate(..., metric_fn=...))")
+        M = self.metric_fn(X, batch)
+        if not isinstance(M, torch.Tensor) or M.shape != (*X.shape, X.shape[-1]):
+            raise ValueError(f"metric_fn must return [n, d, d] = {(*X.shape, X.shape[-1])}, got "
+                             f"{getattr(M, 'shape', type(M).__name__)}")
+        return M
 
     def __call__(self, X: torch.Tensor, batch: Any) -> tuple[None, torch.Tensor]:  # noqa: N803
         """``(None, grad_fn(X, batch) + weight_decay * X)``."""

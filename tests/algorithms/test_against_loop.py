@@ -57,6 +57,15 @@ CASES = [
      {"theta": 0.5, "period": 4, "tie": 1.0}),
 ]
 
+# NGPD's loop reference solves a dense P x P system per node per step: fewer nodes and steps
+NGPD_CASES = [
+    ("ngpd", "ring", "dirichlet", "logistic", torch.float64, {"factor_every": 3,
+                                                              "inverse_every": 6}),
+    ("ngpd", "exponential-undirected", "iid", "mlp-small", torch.float64,
+     {"theta": 0.5, "period": 2, "damping": 0.1, "ema": 0.5, "factor_every": 2,
+      "inverse_every": 4}),
+]
+
 
 def engine_and_loop(name, topo_name, split, model, dtype, hp, steps=25, n=8, norm="none"):
     topo = flatlab.topology.make(topo_name, n)
@@ -64,6 +73,8 @@ def engine_and_loop(name, topo_name, split, model, dtype, hp, steps=25, n=8, nor
     sampler = NodeSampler(DIGITS.x_train, DIGITS.y_train, part, batch_size=8, seed=2,
                           dtype=dtype)
     opts = {"hidden": (32,), "norm": norm} if model == "mlp" else {}
+    if model == "mlp-small":  # small enough for the dense metric of the NGPD loop reference
+        model, opts = "mlp", {"hidden": (6,), "norm": norm}
     template = make_model(model, input_shape=(64,), num_classes=10, seed=3, **opts).to(dtype)
     stack = NodeStack(template, n, device="cpu", dtype=dtype)
     oracle = GradientOracle(stack, weight_decay=1e-3)
@@ -91,6 +102,15 @@ def test_engine_equals_per_node_loop(case):
     err = float((traj - ref).abs().max())
     assert err < tol, f"max deviation {err:.3g} over {traj.shape[0] - 1} steps"
     assert float((traj[-1] - traj[0]).abs().max()) > 1e-2  # it actually moved
+
+
+@pytest.mark.parametrize("case", NGPD_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[3]}")
+def test_ngpd_equals_its_dense_per_node_loop(case):
+    name, topo, split, model, dtype, hp = case
+    traj, ref, _, _ = engine_and_loop(name, topo, split, model, dtype, hp, steps=9, n=4)
+    err = float((traj - ref).abs().max())
+    assert err < 1e-10, f"max deviation {err:.3g}"
+    assert float((traj[-1] - traj[0]).abs().max()) > 1e-2
 
 
 def test_engine_equals_loop_with_batchnorm_buffers():

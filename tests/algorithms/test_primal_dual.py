@@ -99,3 +99,72 @@ def test_ecl_tied_penalty_follows_the_learning_rate():
                                                                                       0.01)[0]))
     with pytest.raises(AlgorithmError, match="negative penalty"):
         make("ecl", tie=2.0, period=1).penalty(deg, 0.1)
+
+
+@pytest.mark.parametrize("topo,n,theta,lr", [("ring", 8, 1.0, 1.0), ("torus", 9, 1.0, 0.5),
+                                             ("torus", 9, 0.5, 0.5),
+                                             ("hypercube", 8, 0.5, 0.5)])
+def test_ngpd_with_the_exact_hessian_reaches_the_exact_minimizer(topo, n, theta, lr):
+    """The reconstruction with F̃_i = H_i (§16 item 6), ill-conditioned quadratics."""
+    q = heterogeneous_quadratics(n, 3, seed=1, condition=20.0)
+    X0 = torch.zeros(n, 3, dtype=F64)
+    xs = simulate("ngpd", topo, q.grad_fn(), X0, steps=2500, lr=lr, stride=100,
+                  metric_fn=lambda X, t: q.H, damping=1e-10, theta=theta,
+                  period=1 if theta == 1 else 3)
+    err = (xs - q.x_star).abs().amax(dim=(1, 2))
+    assert float(err[-1]) < 1e-9, float(err[-1])
+
+
+def test_ngpd_with_a_zero_metric_and_unit_damping_is_ecl():
+    """μ (0 + 1·I) + α|N_i| I is ECL's μ + α|N_i|: the two must agree to rounding."""
+    q = heterogeneous_quadratics(8, 3, seed=4)
+    X0 = torch.randn(8, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
+    zero = torch.zeros(8, 3, 3, dtype=F64)
+    for hp in ({"theta": 1.0}, {"theta": 0.5, "period": 3, "tie": 1.0}):
+        ngpd = simulate("ngpd", "ring", q.grad_fn(noise=0.1, seed=2), X0, 60, 0.05,
+                        metric_fn=lambda X, t: zero, damping=1.0, **hp)
+        ecl = simulate("ecl", "ring", q.grad_fn(noise=0.1, seed=2), X0, 60, 0.05, **hp)
+        assert float((ngpd - ecl).abs().max()) < 1e-12
+
+
+def test_ngpd_curvature_schedule_and_running_average():
+    """Factors are refreshed every factor_every steps as ξ F + (1 − ξ) F_batch and the basis
+    every inverse_every steps; between refreshes the step uses the frozen eigenbasis."""
+    n, d = 4, 2
+    q = heterogeneous_quadratics(n, d, seed=0)
+    seen = []
+
+    def metric(X, t):
+        seen.append(t)
+        return q.H * (1 + t)
+
+    _, state = simulate("ngpd", "ring", q.grad_fn(), torch.zeros(n, d, dtype=F64), steps=7,
+                        lr=0.1, metric_fn=metric, factor_every=3, inverse_every=6, ema=0.5,
+                        return_state=True)
+    assert seen == [0, 3, 6]
+    expected = q.H * (0.25 * 1 + 0.25 * 4 + 0.5 * 7)  # F0, then two halvings
+    torch.testing.assert_close(state.factors[:, 1:].reshape(n, d, d), expected, rtol=1e-12,
+                               atol=1e-12)
+    d_g = state.basis[:, -d:]
+    torch.testing.assert_close(d_g, torch.linalg.eigvalsh(expected), rtol=1e-10, atol=1e-12)
+
+
+def test_ngpd_trains_a_model_through_the_runner(tmp_path):
+    cfg = flatlab.experiment.load_config({
+        "data": {"name": "digits", "partition": "dirichlet", "alpha": 0.5},
+        "model": {"name": "mlp", "options": {"hidden": [16]}},
+        "topology": {"name": "ring", "nodes": 4},
+        "algorithm": {"name": "ngpd", "params": {"fisher": "true", "factor_every": 5}},
+        "optim": {"lr": 0.05}, "train": {"steps": 40}, "checkpoint_every": 15,
+        "measure": {"every": 40, "metrics": ["loss", "accuracy"]}})
+    res = flatlab.experiment.run(cfg, tmp_path / "a", progress=False)
+    assert res.status == "done"
+    s = flatlab.results.summary(tmp_path / "a").iloc[0]
+    assert s["test_accuracy"] > 0.5
+    cut = flatlab.experiment.run(cfg, tmp_path / "b", progress=False, stop_after=22)
+    assert cut.status == "running"
+    flatlab.experiment.run(cfg, tmp_path / "b", progress=False)
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["state"]
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["state"]
+    for k in ("x", "z", "factors", "basis"):
+        assert torch.equal(a[k], b[k]), k

@@ -2,11 +2,8 @@
 in float64, factors computed node by node with hooks on separate modules and explicit patch
 loops, and the exact Fisher of a linear Gaussian model."""
 
-import copy
-
 import pytest
 import torch
-from torch import nn
 
 import flatlab
 from flatlab.curvature.kfac import (
@@ -17,7 +14,7 @@ from flatlab.curvature.kfac import (
     kron_matvec,
 )
 from flatlab.engine import NodeStack
-from tests.reference.algorithms import set_flat
+from tests.reference.algorithms import node_kfac_factors
 
 F64 = torch.float64
 
@@ -68,50 +65,11 @@ def test_factored_tikhonov_is_close_but_not_exact():
 
 
 def _loop_factors(template, X, inputs, targets, loss):
-    """Node by node: a separate module per node, hooks for inputs, retain_grad for outputs,
-    convolution patches cut out by explicit slicing."""
-    out = {}
-    for i in range(X.shape[0]):
-        m = copy.deepcopy(template)
-        set_flat(m, X[i])
-        rec = {}
-        handles = []
-        for name, mod in m.named_modules():
-            if isinstance(mod, (nn.Linear, nn.Conv1d)):
-                def hook(mod, args, o, name=name, rec=rec):
-                    o.retain_grad()
-                    rec[name] = (args[0].detach(), o)
-                handles.append(mod.register_forward_hook(hook))
-        y = m(inputs[i])
-        B = inputs.shape[1]
-        if loss == "mse":
-            total = 0.5 * (y - targets[i]).pow(2).sum()
-        else:
-            total = nn.functional.cross_entropy(y, targets[i], reduction="sum")
-        total.backward()
-        for h in handles:
-            h.remove()
-        for name, mod in m.named_modules():
-            if name not in rec:
-                continue
-            a, o = rec[name]
-            g = o.grad
-            if isinstance(mod, nn.Conv1d):
-                k, s, p = mod.kernel_size[0], mod.stride[0], mod.padding[0]
-                a = nn.functional.pad(a, (p, p))
-                T = g.shape[-1]
-                rows = [a[:, :, t * s:t * s + k].reshape(B, -1) for t in range(T)]
-                a = torch.stack(rows, 1)                  # [B, T, C k]
-                g = g.transpose(1, 2)                     # [B, T, out]
-            else:
-                a, g = a.unsqueeze(1), g.unsqueeze(1)
-            a = torch.cat([a, torch.ones(*a.shape[:-1], 1, dtype=a.dtype)], -1)
-            T = a.shape[1]
-            A = sum(a[b, t].outer(a[b, t]) for b in range(B) for t in range(T)) / (B * T)
-            G = sum(g[b, t].outer(g[b, t]) for b in range(B) for t in range(T)) / B
-            out.setdefault(name, []).append((A, G))
-    return {k: (torch.stack([a for a, _ in v]), torch.stack([g for _, g in v]))
-            for k, v in out.items()}
+    """Node by node, with :func:`tests.reference.algorithms.node_kfac_factors`."""
+    per = [node_kfac_factors(template, X[i], inputs[i], targets[i], loss)
+           for i in range(X.shape[0])]
+    return {k: (torch.stack([p[k][0] for p in per]), torch.stack([p[k][1] for p in per]))
+            for k in per[0]}
 
 
 @pytest.mark.parametrize("model,shape,opts", [("mlp", (12,), {"hidden": (7,)}),
