@@ -5,8 +5,9 @@ reference/algorithms.md §6.2, §13.2).
 
 mnist1d with the 1-D CNN (GroupNorm) on a ring; heterogeneity by a Dirichlet label split
 (alpha) and by k classes per node; methods dsgd, dsgdm, qg-dsgdm, decentlam, gradient-tracking
-and momentum-tracking (momentum 0.9 heavy ball where a method has one, weight decay 1e-4 inside
-the gradient, cosine schedule, batch 32 per node).
+(in its default DIGing form and, as ``gradient-tracking-atc``, its adapt-then-combine form) and
+momentum-tracking (momentum 0.9 heavy ball where a method has one, weight decay 1e-4 inside the
+gradient, cosine schedule, batch 32 per node).
 
 Two phases, both resumable (finished runs are skipped, interrupted ones resume from their
 checkpoints, a diverging run is recorded as diverged and the study goes on):
@@ -36,15 +37,19 @@ import argparse
 import math
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from flatlab.experiment.study import choose_best, final_values, mean_and_se, run_jobs
+
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("dsgd", "dsgdm", "qg-dsgdm", "decentlam", "gradient-tracking", "momentum-tracking")
+METHODS = ("dsgd", "dsgdm", "qg-dsgdm", "decentlam", "gradient-tracking", "gradient-tracking-atc",
+           "momentum-tracking")
+# study label -> (registered algorithm, hyper-parameters); gradient tracking in both forms, since
+# the DIGing form (the default, the official code's) steps with the un-mixed tracker
+ALGORITHMS = {"gradient-tracking-atc": ("gradient-tracking", {"form": "atc"})}
 MOMENTUM = {"dsgdm", "qg-dsgdm", "decentlam", "momentum-tracking"}
 
 # scale -> grid. settings: (partition, level), ordered from homogeneous to heterogeneous.
@@ -74,10 +79,11 @@ def _config(method: str, nodes: int, setting: tuple[str, float], lr: float, seed
         data["alpha"] = float(level)
     else:
         data["classes_per_node"] = int(level)
-    params = {"momentum": 0.9} if method in MOMENTUM else {}
+    name, params = ALGORITHMS.get(method, (method, {}))
+    params = {**params, **({"momentum": 0.9} if method in MOMENTUM else {})}
     return {"name": "heterogeneity", "seed": seed, "device": "auto", "data": data,
             "model": {"name": "cnn1d"}, "topology": {"name": "ring", "nodes": nodes},
-            "algorithm": {"name": method, "params": params},
+            "algorithm": {"name": name, "params": params},
             "optim": {"lr": lr, "schedule": "cosine", "weight_decay": 1e-4},
             "train": {"steps": steps},
             "measure": {"every": steps, "metrics": ["loss", "accuracy", "consensus_distance"],
@@ -94,54 +100,8 @@ def _run_name(method: str, nodes: int, setting: tuple[str, float], lr: float, se
     return f"n={nodes},{_setting_label(setting)},{method},lr={lr:g},seed={seed}"
 
 
-def _job(args: tuple[str, dict[str, Any]]) -> tuple[str, str]:
-    """Run one config into its directory (skipping finished runs); return (path, status)."""
-    path, cfg = args
-    import torch
-
-    from flatlab.experiment import run
-    from flatlab.experiment.runner import read_status
-
-    st = read_status(path)
-    if st is not None and st["status"] in ("done", "diverged"):
-        return path, st["status"]
-    torch.set_num_threads(1)
-    try:
-        return path, run(cfg, path, progress=False).status
-    except Exception as e:  # noqa: BLE001 - a failed run is recorded, the study goes on
-        print(f"{path}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        return path, "failed"
-
-
-def _run_all(jobs: list[tuple[str, dict[str, Any]]], workers: int) -> None:
-    """Run the jobs, ``workers`` at a time (0: run nothing, only read what is on disk)."""
-    t0 = time.time()
-    if workers == 0:
-        return
-    if workers == 1:
-        for i, job in enumerate(jobs):
-            _, status = _job(job)
-            print(f"[{i + 1}/{len(jobs)}] {Path(job[0]).name}: {status}", flush=True)
-        return
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        for i, (path, status) in enumerate(pool.map(_job, jobs)):
-            print(f"[{i + 1}/{len(jobs)}] {Path(path).name}: {status} "
-                  f"({time.time() - t0:.0f} s)", flush=True)
-
-
-def _final_accuracy(path: Path) -> dict[str, Any]:
-    """Status and final accuracies of a run (NaN where it failed before writing any)."""
-    import flatlab
-    from flatlab.experiment.runner import read_status
-
-    st = read_status(path)
-    if st is None or not (path / "metrics.parquet").is_file():
-        return {"status": "failed" if st is None else st["status"], "test_accuracy": math.nan,
-                "test_accuracy_nodes": math.nan, "consensus_distance": math.nan}
-    s = flatlab.results.summary(path).iloc[0]
-    return {"status": s["status"], "test_accuracy": s.get("test_accuracy", math.nan),
-            "test_accuracy_nodes": s.get("test_accuracy[mean]", math.nan),
-            "consensus_distance": s.get("consensus_distance", math.nan)}
+ACCURACY = {"test_accuracy": "test_accuracy", "test_accuracy_nodes": "test_accuracy[mean]",
+            "consensus_distance": "consensus_distance"}
 
 
 def tune(grid: dict[str, Any], runs: Path, workers: int) -> pd.DataFrame:
@@ -150,19 +110,17 @@ def tune(grid: dict[str, Any], runs: Path, workers: int) -> pd.DataFrame:
               for lr in grid["lrs"]["momentum" if m in MOMENTUM else "plain"]]
     jobs = [(str(runs / "tune" / _run_name(m, n, s, lr, 0)),
              _config(m, n, s, lr, 0, grid["steps"], holdout=0.1)) for m, n, s, lr in points]
-    _run_all(jobs, workers)
+    run_jobs(jobs, workers)
     rows = []
     for (m, n, s, lr), (path, _) in zip(points, jobs, strict=True):
-        acc = _final_accuracy(Path(path))
+        acc = final_values(path, ACCURACY)
         ok = acc["status"] == "done" and math.isfinite(acc["test_accuracy"])
         rows.append({"nodes": n, "partition": s[0], "level": s[1], "method": m, "lr": lr,
                      "status": acc["status"],
                      "holdout_accuracy": acc["test_accuracy"] if ok else math.nan})
     table = pd.DataFrame(rows)
-    best = (table.dropna(subset=["holdout_accuracy"])
-            .sort_values(["holdout_accuracy", "lr"], ascending=[False, True])
-            .drop_duplicates(["nodes", "partition", "level", "method"]))
-    table["chosen"] = table.index.isin(best.index)
+    table["chosen"] = choose_best(table, ["nodes", "partition", "level", "method"],
+                                  "holdout_accuracy", "lr")
     return table
 
 
@@ -185,31 +143,19 @@ def final(grid: dict[str, Any], runs: Path, lr_table: pd.DataFrame, workers: int
     jobs = [(str(runs / "final" / _run_name(m, n, s, lr, seed)),
              _config(m, n, s, lr, seed, grid["steps"], holdout=0.0))
             for m, n, s, lr, seed in points]
-    _run_all(jobs, workers)
+    run_jobs(jobs, workers)
     rows = []
     for (m, n, s, lr, seed), (path, _) in zip(points, jobs, strict=True):
         rows.append({"nodes": n, "partition": s[0], "level": s[1],
                      "heterogeneity": _setting_label(s), "method": m, "lr": lr, "seed": seed,
-                     **_final_accuracy(Path(path))})
+                     **final_values(path, ACCURACY)})
     return pd.DataFrame(rows)
 
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
     """Mean and standard error over seeds of the final accuracies, per method and setting."""
-    keys = ["nodes", "partition", "level", "heterogeneity", "method", "lr"]
-    done = table.assign(ok=table["status"] == "done")
-
-    def agg(g: pd.DataFrame) -> dict[str, Any]:
-        ok = g[g["ok"]]
-        out: dict[str, Any] = {"seeds": len(ok), "diverged": int((g["status"] == "diverged").sum())}
-        for col in ("test_accuracy", "test_accuracy_nodes"):
-            v = ok[col].astype(float)
-            out[f"{col}_mean"] = v.mean()
-            out[f"{col}_se"] = v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else math.nan
-        return out
-
-    rows = [dict(zip(keys, k, strict=True)) | agg(g) for k, g in done.groupby(keys, sort=False)]
-    return pd.DataFrame(rows)
+    return mean_and_se(table, ["nodes", "partition", "level", "heterogeneity", "method", "lr"],
+                       ["test_accuracy", "test_accuracy_nodes"])
 
 
 def markdown(summary: pd.DataFrame) -> str:

@@ -1,0 +1,113 @@
+"""Pieces shared by the study scripts in ``analysis/``: run many configs, tune, summarize.
+
+A study is a list of ``(run directory, config)`` jobs run by :func:`run_jobs` (in parallel
+processes of one thread each, resumable: finished runs are skipped, interrupted ones resume from
+their checkpoints, a failure is recorded and the rest goes on), read back with
+:func:`final_values`, tuned with :func:`choose_best` and summarized over seeds with
+:func:`mean_and_se`.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["run_jobs", "final_values", "choose_best", "mean_and_se"]
+
+
+def _job(args: tuple[str, dict[str, Any]]) -> tuple[str, str]:
+    """Run one config into its directory (skipping finished runs); return (path, status)."""
+    path, cfg = args
+    import torch
+
+    from flatlab.experiment.runner import read_status, run
+
+    st = read_status(path)
+    if st is not None and st["status"] in ("done", "diverged"):
+        return path, st["status"]
+    torch.set_num_threads(1)
+    try:
+        return path, run(cfg, path, progress=False).status
+    except Exception as e:  # noqa: BLE001 - a failed run is recorded, the study goes on
+        print(f"{path}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        return path, "failed"
+
+
+def run_jobs(jobs: Sequence[tuple[str | Path, dict[str, Any]]], workers: int) -> None:
+    """Run ``(directory, config)`` jobs, ``workers`` at a time; 0 runs nothing (read only).
+
+    With ``workers > 1`` each job runs in a spawned process with one thread. Progress goes to
+    stdout, one line per job.
+    """
+    jobs = [(str(p), c) for p, c in jobs]
+    if workers == 0:
+        return
+    t0 = time.time()
+    if workers == 1:
+        results = map(_job, jobs)
+        for i, (path, status) in enumerate(results):
+            print(f"[{i + 1}/{len(jobs)}] {Path(path).name}: {status}", flush=True)
+        return
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        for i, (path, status) in enumerate(pool.map(_job, jobs)):
+            print(f"[{i + 1}/{len(jobs)}] {Path(path).name}: {status} "
+                  f"({time.time() - t0:.0f} s)", flush=True)
+
+
+def final_values(path: str | Path, columns: dict[str, str]) -> dict[str, Any]:
+    """A run's status and the last value of some metrics, NaN where it failed before any.
+
+    Args:
+        path: The run directory.
+        columns: ``{output name: metric column of flatlab.results.summary}`` (for example
+            ``{"test_accuracy_nodes": "test_accuracy[mean]"}``).
+    """
+    from flatlab.experiment.results import summary
+    from flatlab.experiment.runner import read_status
+
+    path = Path(path)
+    st = read_status(path)
+    out: dict[str, Any] = {"status": "failed" if st is None else st["status"]}
+    if st is None or not (path / "metrics.parquet").is_file():
+        return out | {k: math.nan for k in columns}
+    s = summary(path).iloc[0]
+    return out | {k: s.get(c, math.nan) for k, c in columns.items()}
+
+
+def choose_best(table: pd.DataFrame, keys: list[str], score: str, tie: str) -> pd.Series:
+    """Mask of the best row per group of ``keys``: the highest finite ``score``.
+
+    Ties go to the smaller ``tie`` (e.g. the learning rate); a group whose scores are all NaN
+    chooses nothing.
+    """
+    ranked = (table.dropna(subset=[score])
+              .sort_values([score, tie], ascending=[False, True])
+              .drop_duplicates(keys))
+    return pd.Series(table.index.isin(ranked.index), index=table.index)
+
+
+def mean_and_se(table: pd.DataFrame, keys: list[str], columns: list[str]) -> pd.DataFrame:
+    """Mean and standard error over the ``done`` runs of each group, with run counts.
+
+    Columns ``seeds`` (runs that finished), ``diverged``, and ``<col>_mean``, ``<col>_se`` (NaN
+    with fewer than two runs) for each of ``columns``.
+    """
+    rows = []
+    for k, g in table.groupby(keys, sort=False):
+        ok = g[g["status"] == "done"]
+        row: dict[str, Any] = dict(zip(keys, k if isinstance(k, tuple) else (k,), strict=True))
+        row |= {"seeds": len(ok), "diverged": int((g["status"] == "diverged").sum())}
+        for col in columns:
+            v = ok[col].astype(float).dropna()
+            row[f"{col}_mean"] = v.mean() if len(v) else math.nan
+            row[f"{col}_se"] = v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
