@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.flatlab-installed
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: demo test test-slow lint figs bench clean heterogeneity
+.PHONY: demo test test-slow lint figs bench clean heterogeneity primal-dual
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -33,16 +33,22 @@ test-slow: $(STAMP)
 figs: $(STAMP)
 	$(BIN)/python paper_figs/spectral_gap.py
 	$(BIN)/python paper_figs/heterogeneity.py
+	$(BIN)/python paper_figs/primal_dual.py
 
 # the data-heterogeneity study at its CPU scale (about 25 min on 2 cores; --scale full on a GPU)
 heterogeneity: $(STAMP)
 	$(BIN)/python analysis/heterogeneity.py --scale small
+
+# the primal-dual study (NGPD, ECL against DSGD, GT, MT) at its CPU scale; --scale full on a GPU
+primal-dual: $(STAMP)
+	$(BIN)/python analysis/primal_dual.py --scale small
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/spectral.py
 	$(BIN)/python benchmarks/step_time.py
 	$(BIN)/python benchmarks/comm.py
 	$(BIN)/python benchmarks/curvature.py
+	$(BIN)/python benchmarks/ngpd.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache paper_figs/out results/demo

@@ -28,7 +28,7 @@ def test_available_and_catalog():
 def test_public_api():
     assert set(data.__all__) == {"Dataset", "load", "available", "catalog", "Partition",
                                  "partition", "NodeSampler", "QuadraticProblem",
-                                 "heterogeneous_quadratics"}
+                                 "heterogeneous_quadratics", "holdout"}
 
 
 def test_aliases_and_case():

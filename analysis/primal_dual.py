@@ -1,0 +1,292 @@
+"""Primal-dual study: rounds and wall time to a target accuracy, NGPD against the first-order field.
+
+Does the natural-gradient primal-dual method (``ngpd``, the reconstruction of
+reference/algorithms.md §7.2) reach a target test accuracy in fewer communication rounds than
+``ecl``, ``dsgd``, ``gradient-tracking`` and ``momentum-tracking``, and at what cost per step?
+mnist1d with a Dirichlet label split on a ring, in two variants: the 1-D CNN (``cnn``) and an
+ill-conditioned deep MLP without normalization (``deep-mlp``, six hidden layers of 32), where a
+natural gradient should pay off.
+
+Phases, resumable as in ``analysis/heterogeneity.py`` (shared machinery:
+:mod:`flatlab.experiment.study`):
+
+1. **tune**: each method's learning-rate grid on seed 0 with 10% of the training set held out;
+   the rate with the best held-out accuracy of x̄ at the end is kept;
+2. **final**: the kept rate with every seed on the full training set, test accuracy of x̄
+   measured every ``every`` steps; the first measured step at which it reaches the variant's
+   target gives the rounds (one gossip or dual exchange per step for every method here) and the
+   bytes sent;
+3. **timing**: milliseconds per training step of each method on the variant's model and ring,
+   measured in this process (one thread, mean over whole factor-update periods), which turns
+   steps into wall time (the runs' own clocks include evaluation and run in parallel).
+
+Usage::
+
+    python analysis/primal_dual.py --scale small    # ring of 8, 2 variants, 3 seeds, CPU
+    python analysis/primal_dual.py --scale full     # rings of 8 and 16, alpha 0.1 and 1, GPU
+    python analysis/primal_dual.py --scale small --report
+
+Writes ``results/primal_dual-<scale>/{lr,runs,timing,summary,curves}.csv`` and ``summary.md``,
+and ``paper_figs/out/primal_dual.{pdf,png}`` (``paper_figs/primal_dual.py`` redraws it from the
+committed tables).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from flatlab.experiment.study import choose_best, final_values, mean_and_se, run_jobs
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ("ngpd", "ecl", "dsgd", "gradient-tracking", "momentum-tracking")
+PARAMS: dict[str, dict[str, Any]] = {
+    "ngpd": {"damping": 0.1, "factor_every": 10, "inverse_every": 10},
+    "ecl": {},
+    "momentum-tracking": {"momentum": 0.9},
+}
+VARIANTS: dict[str, dict[str, Any]] = {
+    "cnn": {"name": "cnn1d"},
+    "deep-mlp": {"name": "mlp", "options": {"hidden": [32] * 6, "norm": "none"}},
+}
+LRS = {"momentum-tracking": (0.01, 0.03, 0.1)}
+PLAIN = (0.03, 0.1, 0.3)
+
+SCALES: dict[str, dict[str, Any]] = {
+    "small": dict(nodes=(8,), alphas=(0.1,), variants=("cnn", "deep-mlp"), seeds=(0, 1, 2),
+                  steps=600, every=25, targets={"cnn": 0.8, "deep-mlp": 0.6}),
+    "full": dict(nodes=(8, 16), alphas=(1.0, 0.1), variants=("cnn", "deep-mlp"),
+                 seeds=(0, 1, 2), steps=3000, every=50, targets={"cnn": 0.9, "deep-mlp": 0.7}),
+    "tiny": dict(nodes=(4,), alphas=(0.1,), variants=("deep-mlp",), seeds=(0,), steps=6,
+                 every=3, targets={"deep-mlp": 0.0}),
+}
+
+
+def _config(method: str, variant: str, nodes: int, alpha: float, lr: float, seed: int,
+            grid: dict[str, Any], holdout: float) -> dict[str, Any]:
+    return {"name": "primal-dual", "seed": seed, "device": "auto",
+            "data": {"name": "mnist1d", "partition": "dirichlet", "alpha": alpha, "seed": seed,
+                     "batch_size": 32, "holdout": holdout},
+            "model": VARIANTS[variant], "topology": {"name": "ring", "nodes": nodes},
+            "algorithm": {"name": method, "params": PARAMS.get(method, {})},
+            "optim": {"lr": lr, "schedule": "cosine", "weight_decay": 1e-4},
+            "train": {"steps": grid["steps"]},
+            "measure": {"every": grid["every"] if not holdout else grid["steps"],
+                        "metrics": ["loss", "accuracy", "comm_bytes"], "per_node": False},
+            "checkpoint_every": max(grid["steps"] // 2, 1)}
+
+
+def _name(method: str, variant: str, nodes: int, alpha: float, lr: float, seed: int) -> str:
+    return f"{variant},n={nodes},alpha={alpha:g},{method},lr={lr:g},seed={seed}"
+
+
+def _settings(grid: dict[str, Any]) -> list[tuple[str, int, float]]:
+    return [(v, n, a) for v in grid["variants"] for n in grid["nodes"] for a in grid["alphas"]]
+
+
+def tune(grid: dict[str, Any], runs: Path, workers: int) -> pd.DataFrame:
+    """Every method's learning-rate grid on seed 0, held-out accuracy of x̄ at the end."""
+    points = [(m, v, n, a, lr) for v, n, a in _settings(grid) for m in METHODS
+              for lr in LRS.get(m, PLAIN)]
+    jobs = [(runs / "tune" / _name(m, v, n, a, lr, 0), _config(m, v, n, a, lr, 0, grid, 0.1))
+            for m, v, n, a, lr in points]
+    run_jobs(jobs, workers)
+    rows = []
+    for (m, v, n, a, lr), (path, _) in zip(points, jobs, strict=True):
+        r = final_values(path, {"holdout_accuracy": "test_accuracy"})
+        if r["status"] != "done":
+            r["holdout_accuracy"] = math.nan
+        rows.append({"variant": v, "nodes": n, "alpha": a, "method": m, "lr": lr, **r})
+    table = pd.DataFrame(rows)
+    table["chosen"] = choose_best(table, ["variant", "nodes", "alpha", "method"],
+                                  "holdout_accuracy", "lr")
+    return table
+
+
+def _to_target(path: Path, target: float) -> dict[str, float]:
+    """First measured step with test accuracy of x̄ >= target, and the bytes sent by then."""
+    import flatlab
+
+    if not (path / "metrics.parquet").is_file():
+        return {"steps_to_target": math.nan, "bytes_to_target": math.nan}
+    df = flatlab.results.load(path)
+    acc = df[(df["metric"] == "test_accuracy") & (df["scope"] == "avg")].sort_values("step")
+    hit = acc[acc["value"] >= target]
+    if hit.empty:
+        return {"steps_to_target": math.nan, "bytes_to_target": math.nan}
+    step = int(hit["step"].iloc[0])
+    sent = df[(df["metric"] == "comm_bytes") & (df["step"] == step)]["value"]
+    return {"steps_to_target": step,
+            "bytes_to_target": float(sent.iloc[0]) if len(sent) else math.nan}
+
+
+def final(grid: dict[str, Any], runs: Path, lr_table: pd.DataFrame, workers: int
+          ) -> pd.DataFrame:
+    """The chosen rate with every seed; accuracy curve, steps and bytes to the target."""
+    chosen = lr_table[lr_table["chosen"]]
+    points = []
+    for v, n, a in _settings(grid):
+        for m in METHODS:
+            pick = chosen[(chosen["variant"] == v) & (chosen["nodes"] == n)
+                          & (chosen["alpha"] == a) & (chosen["method"] == m)]
+            if pick.empty:
+                print(f"no learning rate of {m} trained in {v}, n={n}, alpha={a:g}", flush=True)
+                continue
+            points += [(m, v, n, a, float(pick["lr"].iloc[0]), s) for s in grid["seeds"]]
+    jobs = [(runs / "final" / _name(m, v, n, a, lr, s), _config(m, v, n, a, lr, s, grid, 0.0))
+            for m, v, n, a, lr, s in points]
+    run_jobs(jobs, workers)
+    rows = []
+    for (m, v, n, a, lr, s), (path, _) in zip(points, jobs, strict=True):
+        r = final_values(path, {"test_accuracy": "test_accuracy"})
+        rows.append({"variant": v, "nodes": n, "alpha": a, "method": m, "lr": lr, "seed": s,
+                     "target": grid["targets"][v], **r,
+                     **_to_target(Path(path), grid["targets"][v])})
+    return pd.DataFrame(rows)
+
+
+def timing(grid: dict[str, Any], steps: int = 30) -> pd.DataFrame:
+    """Milliseconds per training step of each method on each variant's model and ring."""
+    import torch
+
+    import flatlab
+    from flatlab.comm import SimulatedMixer
+    from flatlab.engine import GradientOracle, NodeStack
+
+    torch.set_num_threads(1)
+    rows = []
+    for v in grid["variants"]:
+        for n in grid["nodes"]:
+            cfg = flatlab.experiment.load_config(_config("dsgd", v, n, 0.1, 0.1, 0, grid, 0.0))
+            run = flatlab.experiment.runner.build(cfg)
+            for m in METHODS:
+                stack = NodeStack(run.stack.module, n, device=run.stack.device)
+                oracle = GradientOracle(stack, weight_decay=1e-4)
+                mixer = SimulatedMixer(flatlab.topology.make("ring", n), device=stack.device)
+                algo = flatlab.algorithms.make(m, **PARAMS.get(m, {}))
+                state = algo.init(stack.initial_params(), oracle, mixer)
+                for t in range(10):
+                    state = algo.step(state, run.sampler.batch(t), oracle, mixer, 0.05)
+                t0 = time.perf_counter()
+                for t in range(10, 10 + steps):
+                    state = algo.step(state, run.sampler.batch(t), oracle, mixer, 0.05)
+                ms = 1000 * (time.perf_counter() - t0) / steps
+                rows.append({"variant": v, "nodes": n, "method": m, "ms_per_step": ms})
+    out = pd.DataFrame(rows)
+    base = out[out["method"] == "dsgd"].set_index(["variant", "nodes"])["ms_per_step"]
+    out["vs_dsgd"] = [r.ms_per_step / base[r.variant, r.nodes] for r in out.itertuples()]
+    return out
+
+
+def summarize(table: pd.DataFrame, times: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± s.e. over seeds of final accuracy, steps and bytes to target; wall time."""
+    keys = ["variant", "nodes", "alpha", "method", "lr", "target"]
+    s = mean_and_se(table, keys, ["test_accuracy", "steps_to_target", "bytes_to_target"])
+    reached = table.groupby(keys, sort=False)["steps_to_target"].apply(
+        lambda v: int(v.notna().sum())).reset_index(name="reached")
+    s = s.merge(reached, on=keys).merge(times, on=["variant", "nodes", "method"], how="left")
+    s["seconds_to_target"] = s["steps_to_target_mean"] * s["ms_per_step"] / 1000
+    return s
+
+
+def markdown(summary: pd.DataFrame) -> str:
+    """The summary as a Markdown table."""
+    def pm(m: float, se: float, scale: float = 1.0, fmt: str = ".1f") -> str:
+        if not math.isfinite(m):
+            return "–"
+        return f"{scale * m:{fmt}}" + (f" ± {scale * se:{fmt}}" if math.isfinite(se) else "")
+
+    lines = ["| variant | n | alpha | method | lr | final acc. of x̄ (%) | target | rounds to "
+             "target | MB sent to target | ms/step (× dsgd) | s to target | reached |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in summary.itertuples():
+        lines.append(
+            f"| {r.variant} | {r.nodes} | {r.alpha:g} | {r.method} | {r.lr:g} | "
+            f"{pm(r.test_accuracy_mean, r.test_accuracy_se, 100)} | {100 * r.target:.0f}% | "
+            f"{pm(r.steps_to_target_mean, r.steps_to_target_se, 1, '.0f')} | "
+            f"{pm(r.bytes_to_target_mean, r.bytes_to_target_se, 1e-6, '.1f')} | "
+            f"{r.ms_per_step:.1f} ({r.vs_dsgd:.2f}) | "
+            f"{'–' if not math.isfinite(r.seconds_to_target) else f'{r.seconds_to_target:.1f}'}"
+            f" | {r.reached}/{r.seeds + r.diverged} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point; returns the exit status."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scale", choices=sorted(SCALES), default="small")
+    p.add_argument("--out", type=Path, default=None,
+                   help="study directory (default results/primal_dual-<scale>)")
+    p.add_argument("--fig", type=Path, default=None,
+                   help="figure path without suffix (default paper_figs/out/primal_dual; tiny: "
+                        "<out>/primal_dual)")
+    p.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
+    p.add_argument("--report", action="store_true",
+                   help="only rebuild tables and figure from the runs on disk (timing reused)")
+    a = p.parse_args(argv)
+    if a.jobs < 1:
+        print(f"error: --jobs must be >= 1 (got {a.jobs})", file=sys.stderr)
+        return 2
+    grid = SCALES[a.scale]
+    out = a.out or ROOT / "results" / f"primal_dual-{a.scale}"
+    fig_path = a.fig or (out / "primal_dual" if a.scale == "tiny"
+                         else ROOT / "paper_figs" / "out" / "primal_dual")
+    runs = out / "runs"
+    if a.report and not (runs.is_dir() and (out / "timing.csv").is_file()):
+        print(f"error: no runs or timing under {out}; run without --report first",
+              file=sys.stderr)
+        return 2
+    t0 = time.time()
+    workers = 0 if a.report else a.jobs
+    lr_table = tune(grid, runs, workers)
+    table = final(grid, runs, lr_table, workers)
+    times = pd.read_csv(out / "timing.csv") if a.report else timing(grid)
+    summary = summarize(table, times)
+    out.mkdir(parents=True, exist_ok=True)
+    lr_table.to_csv(out / "lr.csv", index=False)
+    table.to_csv(out / "runs.csv", index=False)
+    times.to_csv(out / "timing.csv", index=False)
+    summary.to_csv(out / "summary.csv", index=False)
+    (out / "summary.md").write_text(markdown(summary))
+
+    from flatlab.plots import primal_dual
+
+    curves = _curves(table, runs)
+    curves.to_csv(out / "curves.csv", index=False)
+    fig = primal_dual(curves, summary)
+    fig_path.parent.mkdir(parents=True, exist_ok=True)
+    for ext in ("pdf", "png"):
+        fig.savefig(fig_path.with_suffix(f".{ext}"), dpi=200)
+    print(markdown(summary))
+    print(f"{len(table)} final runs ({time.time() - t0:.0f} s); tables in {out}, figure "
+          f"{fig_path}.{{pdf,png}}")
+    return 0
+
+
+def _curves(table: pd.DataFrame, runs: Path) -> pd.DataFrame:
+    """Test accuracy of x̄ against step for every final run (for the figure)."""
+    import flatlab
+
+    frames = []
+    for r in table.itertuples():
+        path = runs / "final" / _name(r.method, r.variant, r.nodes, r.alpha, r.lr, r.seed)
+        if not (path / "metrics.parquet").is_file():
+            continue
+        df = flatlab.results.load(path)
+        acc = df[(df["metric"] == "test_accuracy") & (df["scope"] == "avg")]
+        frames.append(pd.DataFrame({"variant": r.variant, "nodes": r.nodes, "alpha": r.alpha,
+                                    "method": r.method, "seed": r.seed, "step": acc["step"],
+                                    "test_accuracy": acc["value"]}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["variant", "nodes", "alpha", "method", "seed", "step", "test_accuracy"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

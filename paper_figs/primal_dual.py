@@ -1,0 +1,37 @@
+"""Publication figure: accuracy against communication rounds and cost per step, NGPD and others.
+
+Redraws ``paper_figs/out/primal_dual.{pdf,png}`` (``make figs``) from the committed tables of
+``analysis/primal_dual.py`` (``results/primal_dual-<scale>/{curves,summary}.csv``, the full
+scale when it has been run, else the small one).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from flatlab.plots import primal_dual
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "paper_figs" / "out"
+
+
+def main() -> int:
+    dirs = [ROOT / "results" / f"primal_dual-{s}" for s in ("full", "small")]
+    src = next((d for d in dirs if (d / "curves.csv").is_file()), None)
+    if src is None:
+        print("error: no primal-dual results; run python analysis/primal_dual.py first",
+              file=sys.stderr)
+        return 2
+    OUT.mkdir(parents=True, exist_ok=True)
+    fig = primal_dual(pd.read_csv(src / "curves.csv"), pd.read_csv(src / "summary.csv"))
+    for ext in ("pdf", "png"):
+        fig.savefig(OUT / f"primal_dual.{ext}", dpi=200)
+    print(f"wrote {OUT / 'primal_dual.pdf'} and .png from {src.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
