@@ -21,6 +21,7 @@ import time
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import torch  # noqa: E402
+from step_time import cpu_name  # noqa: E402 - benchmarks/ is on the path when run as a script
 
 import flatlab  # noqa: E402
 from flatlab.comm import SimulatedMixer  # noqa: E402
@@ -28,17 +29,6 @@ from flatlab.engine import GradientOracle, NodeStack  # noqa: E402
 
 B = 32
 MODELS = {"mlp": ((40,), {"hidden": (64, 64)}), "cnn1d": ((40,), {})}
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def ms_per_step(name: str, hp: dict, stack: NodeStack, mixer: SimulatedMixer, batches: list,

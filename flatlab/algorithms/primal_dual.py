@@ -153,7 +153,7 @@ class ECL(Algorithm):
     def init(self, X0: torch.Tensor, oracle: Any, mixer: Any) -> ECLState:  # noqa: N803
         """Duals start at zero."""
         self.check_topology(mixer.topology)
-        width = edge_slots(mixer.topology).neighbors.shape[1]
+        width = _slots(mixer.topology, X0.device).neighbors.shape[1]
         return ECLState(x=X0.clone(), z=X0.new_zeros(X0.shape[0], width, *X0.shape[1:]))
 
     def penalty(self, degree: torch.Tensor, lr: float) -> torch.Tensor:
