@@ -20,12 +20,13 @@ def primal_dual(curves: pd.DataFrame, summary: pd.DataFrame, *,
     """One column per setting (variant, ring size, alpha), two rows.
 
     Top: test accuracy of x̄ (%) against communication rounds, mean over seeds with a band of
-    ± one standard error, one line per method, the target dashed. Bottom: milliseconds per
+    ± one standard error, one line per method, the targets dashed. Bottom: milliseconds per
     training step of each method (bars, labelled with the ratio to DSGD).
 
     Args:
         curves: ``variant, nodes, alpha, method, seed, step, test_accuracy`` rows.
-        summary: ``variant, nodes, alpha, method, target, ms_per_step, vs_dsgd`` rows
+        summary: ``variant, nodes, alpha, method, ms_per_step, vs_dsgd`` rows and one
+            ``target_<name>`` column per target
             (``analysis/primal_dual.py``'s ``summary.csv``).
         panel_size: Size of one panel in inches.
 
@@ -33,7 +34,7 @@ def primal_dual(curves: pd.DataFrame, summary: pd.DataFrame, *,
         The matplotlib figure.
     """
     need_c = {"variant", "nodes", "alpha", "method", "seed", "step", "test_accuracy"}
-    need_s = {"variant", "nodes", "alpha", "method", "target", "ms_per_step", "vs_dsgd"}
+    need_s = {"variant", "nodes", "alpha", "method", "ms_per_step", "vs_dsgd"}
     for name, df, need in (("curves", curves, need_c), ("summary", summary, need_s)):
         if need - set(df.columns):
             raise ValueError(f"primal_dual {name} table lacks columns {sorted(need - set(df))}")
@@ -57,8 +58,9 @@ def primal_dual(curves: pd.DataFrame, summary: pd.DataFrame, *,
                             color=palette[m], alpha=0.2, lw=0)
         row = summary[(summary["variant"] == variant) & (summary["nodes"] == nodes)
                       & (summary["alpha"] == alpha)]
-        ax.axhline(100 * float(row["target"].iloc[0]), color="0.3", ls="--", lw=1,
-                   label="target")
+        for k, col in enumerate(n for n in row.columns if n.startswith("target_")):
+            ax.axhline(100 * float(row[col].iloc[0]), color="0.3", ls="--", lw=1,
+                       label="targets" if k == 0 else None)
         ax.set(xlabel="communication rounds (steps)", title=f"{variant}, ring n={nodes}, "
                f"alpha={alpha:g}")
         if c == 0:
