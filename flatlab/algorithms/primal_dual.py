@@ -92,6 +92,30 @@ def _slots(topology: Any, device: torch.device) -> EdgeSlots:
     return hit[1]
 
 
+_EDGE_INDEX: dict[tuple[int, int, str], tuple[Any, tuple[torch.Tensor, ...]]] = {}
+
+
+def _edge_index(slots: EdgeSlots, mixer: Any, t: int, device: torch.device
+                ) -> tuple[torch.Tensor, ...]:
+    """Local rows and slots of round ``t``'s outgoing and incoming edges, computed once.
+
+    Returns ``(src, s_out, sign_out, dst, s_in)``: the message of edge ``e`` is formed from
+    ``z[src[e], s_out[e]]`` and ``x[src[e]]`` (rows local to this process) with sign
+    ``A_{src|dst}``; the ``e``-th received message goes to ``z[dst[e], s_in[e]]``.
+    """
+    key = (id(mixer), t % mixer.topology.period, str(device))
+    hit = _EDGE_INDEX.get(key)
+    if hit is None or hit[0] is not mixer:
+        start = mixer.local_rows.start
+        src, dst = (e.to(device) for e in mixer.edges(t))
+        s_out = slots.slot(src, dst)
+        isrc, idst = (e.to(device) for e in mixer.in_edges(t))
+        hit = (mixer, (src - start, s_out, slots.sign[src, s_out], idst - start,
+                       slots.slot(idst, isrc)))
+        _EDGE_INDEX[key] = hit
+    return hit[1]
+
+
 def _undirected_static(algo: Algorithm, topology: Any) -> None:
     algo._check(topology.period == 1, f"needs a static topology (duals live on fixed edges); "
                                       f"{topology.label} changes every round")
@@ -184,18 +208,11 @@ class ECL(Algorithm):
     def _exchange(self, z: torch.Tensor, x_new: torch.Tensor, slots: EdgeSlots, mixer: Any,
                   t: int) -> torch.Tensor:
         """Send ``y_{i|j} = z_{i|j} − 2 A_{i|j} x_i⁺`` along every edge; mix it into ``z``."""
-        start = mixer.local_rows.start
-        src, dst = (e.to(x_new.device) for e in mixer.edges(t))
-        s_out = slots.slot(src, dst)
-        sign_out = slots.sign[src, s_out].to(x_new.dtype)
+        src, s_out, sign_out, dst, s_in = _edge_index(slots, mixer, t, x_new.device)
         shape = (-1,) + (1,) * (x_new.dim() - 1)
-        msg = z[src - start, s_out] - 2 * sign_out.view(shape) * x_new[src - start]
+        msg = z[src, s_out] - 2 * sign_out.to(x_new.dtype).view(shape) * x_new[src]
         got = mixer.exchange(msg, t)
-        isrc, idst = (e.to(x_new.device) for e in mixer.in_edges(t))
-        s_in = slots.slot(idst, isrc)
-        z = z.clone()
-        z[idst - start, s_in] = torch.lerp(z[idst - start, s_in], got, self.theta)
-        return z
+        return z.index_put((dst, s_in), torch.lerp(z[dst, s_in], got, self.theta))
 
     def step(self, state: ECLState, batch: Any, oracle: Any, mixer: Any, lr: float) -> ECLState:
         """Primal step; duals exchanged every ``period`` steps."""

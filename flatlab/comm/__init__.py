@@ -3,7 +3,9 @@
 :class:`SimulatedMixer` holds every node in one process; :class:`DistributedMixer` spreads them
 over torch.distributed ranks (gloo or NCCL) with real point-to-point messages, and
 :mod:`flatlab.comm.process` joins the process group from ``torchrun``'s environment and names a
-lost rank when communication fails.
+lost rank when communication fails. :mod:`flatlab.comm.compress` holds the compression operators
+of compressed gossip (top-k, random-k, scaled sign, QSGD), vectorized over nodes, with their
+quality ``ω`` and the bytes they send.
 
 >>> import torch, flatlab
 >>> mixer = flatlab.comm.SimulatedMixer(flatlab.topology.make("ring", 4), device="cpu")
@@ -13,8 +15,9 @@ tensor([1., 1., 1., 1.])
 8
 """
 
+from flatlab.comm import compress
 from flatlab.comm.base import CommStats
 from flatlab.comm.distributed import DistributedMixer
 from flatlab.comm.simulated import MIX_METHODS, SimulatedMixer
 
-__all__ = ["CommStats", "SimulatedMixer", "DistributedMixer", "MIX_METHODS"]
+__all__ = ["CommStats", "SimulatedMixer", "DistributedMixer", "MIX_METHODS", "compress"]
