@@ -2,8 +2,9 @@
 
 >>> import flatlab
 >>> flatlab.algorithms.available()  # doctest: +NORMALIZE_WHITESPACE
-['centralized', 'consensus', 'd2', 'decentlam', 'diffusion', 'diffusion-cta', 'dsgdm',
- 'ecl', 'exact-diffusion', 'gradient-tracking', 'momentum-tracking', 'ngpd', 'qg-dsgdm']
+['adagossip', 'centralized', 'choco', 'consensus', 'd2', 'decentlam', 'diffusion',
+ 'diffusion-cta', 'dsgdm', 'ecl', 'exact-diffusion', 'gradient-tracking', 'momentum-tracking',
+ 'ngpd', 'qg-dsgdm']
 >>> flatlab.algorithms.make("dsgd")
 Diffusion()
 >>> flatlab.algorithms.make("centralized", momentum=0.9)
@@ -26,6 +27,7 @@ from flatlab.algorithms.base import (
 )
 from flatlab.algorithms.bias_corrected import D2, BiasCorrectedState, ExactDiffusion
 from flatlab.algorithms.centralized import Centralized, CentralizedState
+from flatlab.algorithms.compressed import CHOCO, AdaGossip, AdaGossipState, ChocoState
 from flatlab.algorithms.dsgd import Consensus, Diffusion, DiffusionCTA
 from flatlab.algorithms.momentum import DecentLaM, DSGDm, MomentumState, QGDSGDm
 from flatlab.algorithms.primal_dual import ECL, NGPD, ECLState, NGPDState
@@ -67,6 +69,10 @@ __all__ = [
     "ECLState",
     "NGPD",
     "NGPDState",
+    "CHOCO",
+    "ChocoState",
+    "AdaGossip",
+    "AdaGossipState",
     "simulate",
     "as_topology",
 ]

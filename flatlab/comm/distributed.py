@@ -189,8 +189,13 @@ class DistributedMixer:
             raise FlatlabError(f"the mixer works in {self.dtype} but X is {X.dtype}; build it "
                                "with dtype=X.dtype")
 
-    def mix(self, X: torch.Tensor, t: int = 0) -> torch.Tensor:  # noqa: N803
-        """``(W_t X)[local rows]``: send each peer the rows it needs, receive, one product."""
+    def mix(self, X: torch.Tensor, t: int = 0, *, row_bytes: int | None = None  # noqa: N803
+            ) -> torch.Tensor:
+        """``(W_t X)[local rows]``: send each peer the rows it needs, receive, one product.
+
+        ``row_bytes`` overrides the counted size of one row (a compressed message's encoding;
+        the rows travel dense, so the wire carries more than is counted).
+        """
         self._check(X)
         r = self._rounds[t % self.period]
         flat = X.reshape(self.k, -1)
@@ -214,7 +219,8 @@ class DistributedMixer:
                 out[rows].addmm_(r.W_peer[q], buf)
             else:
                 out.index_add_(0, rows, r.W_peer[q] @ buf)
-        row_bytes = flat.shape[1] * X.element_size()
+        if row_bytes is None:
+            row_bytes = flat.shape[1] * X.element_size()
         self.stats.messages += r.out_degree
         self.stats.bytes += r.out_degree * row_bytes
         return out.reshape(X.shape)

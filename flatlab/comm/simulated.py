@@ -89,11 +89,17 @@ class SimulatedMixer:
         self.waiting = False  # never waits for a peer
 
     # ------------------------------------------------------------------ communication
-    def mix(self, X: torch.Tensor, t: int = 0) -> torch.Tensor:  # noqa: N803
-        """``W_t X`` for ``X`` ``[n, ...]`` (every row is one node's message)."""
+    def mix(self, X: torch.Tensor, t: int = 0, *, row_bytes: int | None = None  # noqa: N803
+            ) -> torch.Tensor:
+        """``W_t X`` for ``X`` ``[n, ...]`` (every row is one node's message).
+
+        ``row_bytes`` overrides the counted size of one row (a compressed message's encoding,
+        :func:`flatlab.comm.compress.payload_bytes`); by default ``numel × itemsize``.
+        """
         self._check(X)
         r = t % self.period
-        row_bytes = X[0].numel() * X.element_size()
+        if row_bytes is None:
+            row_bytes = X[0].numel() * X.element_size()
         deg = self._out_degree[r]
         self.stats.messages += deg
         self.stats.bytes += deg * row_bytes

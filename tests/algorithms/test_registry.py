@@ -32,7 +32,8 @@ from flatlab.errors import AlgorithmError
 NAMES = available()
 
 
-REFUSALS = {"d2": "lambda_min(W) > -1/3", "ecl": "needs a", "ngpd": "needs a"}
+REFUSALS = {"d2": "lambda_min(W) > -1/3", "ecl": "needs a", "ngpd": "needs a",
+            "choco": "needs a static", "adagossip": "needs a static"}
 
 
 def topology_for(name, topology):
@@ -111,17 +112,27 @@ def test_state_shapes_dtypes_and_checkpoint_roundtrip(name, dtype):
         assert torch.equal(v, tensors(b)[k]), k
 
 
+# AdaGossip's second moment forgets at rate beta: with the default 0.999 it still moves after
+# 4000 steps, so the fixed-point test uses 0.9.
+CONVERGENCE_HPARAMS = {"adagossip": {"beta": 0.9}}
+# per-node, per-coordinate consensus steps: the network mean is not preserved (pitfall 11)
+MEAN_CHANGING = {"adagossip"}
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_converges_on_a_well_conditioned_quadratic(name):
     q = heterogeneous_quadratics(8, 3, seed=12, condition=2.0)
     X0 = torch.randn(8, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     topo = topology_for(name, flatlab.topology.make("ring", 8))
-    xs = simulate(name, topo, q.grad_fn(), X0, steps=4000, lr=0.1, stride=1000,
-                  metric_fn=hessians(q))
+    xs = simulate(make(name, **CONVERGENCE_HPARAMS.get(name, {})), topo, q.grad_fn(), X0,
+                  steps=4000, lr=0.1, stride=1000, metric_fn=hessians(q))
     X = xs[-1]
     step_change = float((xs[-1] - xs[-2]).abs().max())
     assert step_change < 1e-12  # a fixed point
-    if get(name).exact:
+    if name in MEAN_CHANGING:
+        # the per-coordinate steps move the mean, so the local gradients do not cancel there
+        assert float(q.grad(X).sum(0).abs().max()) > 1e-3
+    elif get(name).exact:
         assert float((X - q.x_star).abs().max()) < 1e-9
     else:
         # where the gradient is taken (the mixed point for CTA), the local gradients cancel

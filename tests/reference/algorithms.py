@@ -9,6 +9,7 @@ so agreement between the two is evidence that the vectorized engine does what th
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -407,7 +408,113 @@ def loop_ecl(nodes, W_at, batches, lr, steps, *, momentum, nesterov, alpha, thet
     return torch.stack(traj)
 
 
+def _loop_compress(v: torch.Tensor, i: int, u: torch.Tensor | None, compressor: str,
+                   fraction: float, levels: int, scaled: bool, biased: bool) -> torch.Tensor:
+    """Node i's compressed block, written out coordinate-wise from the definitions (§9.1).
+
+    ``u`` is the block's ``[n, d]`` uniform draws (row i is node i's), drawn in the engine's
+    order from the same seeded generator, so the random operators can be compared exactly.
+    """
+    d = v.numel()
+    if compressor == "identity":
+        return v.clone()
+    if compressor == "top-k":
+        k = max(1, min(d, round(fraction * d)))
+        out = torch.zeros_like(v)
+        for j in sorted(range(d), key=lambda j: -abs(float(v[j])))[:k]:
+            out[j] = v[j]
+        return out
+    if compressor == "random-k":
+        k = max(1, min(d, round(fraction * d)))
+        out = torch.zeros_like(v)
+        for j in sorted(range(d), key=lambda j: -float(u[i, j]))[:k]:
+            out[j] = v[j] * (d / k if scaled else 1.0)
+        return out
+    if compressor == "sign":
+        return float(v.abs().sum()) / d * torch.sign(v)
+    if compressor == "qsgd":
+        norm = float(torch.linalg.vector_norm(v))
+        out = torch.zeros_like(v)
+        if norm > 0:
+            for j in range(d):
+                r = levels * abs(float(v[j])) / norm
+                lev = math.floor(r) + (1.0 if float(u[i, j]) < r - math.floor(r) else 0.0)
+                out[j] = norm * math.copysign(1.0, float(v[j])) * lev / levels if v[j] else 0.0
+        tau = min(d / levels**2, math.sqrt(d) / levels)
+        return out / (1 + tau) if biased else out
+    raise KeyError(compressor)
+
+
+def _loop_compressed(nodes, W_at, batches, lr, steps, *, momentum, nesterov, gamma, compressor,
+                     fraction, levels, scaled, biased, per_layer, seed, beta=None, eps=None):
+    """CHOCO-SGD (``beta is None``) or AdaGossip, node by node, as §9.2-9.3 read.
+
+    Every node keeps explicit copies ``hat[i][j]`` of its neighbours' public models (and its own,
+    ``hat[i][i]``), all starting at 0, and updates them from the messages ``q_j`` it receives.
+    """
+    n = nodes.n
+    W = W_at(0)
+    sizes = [p.numel() for p in nodes.models[0].parameters()] if per_layer else None
+    xs = nodes.params()
+    P = xs[0].numel()
+    sizes = sizes or [P]
+    nbrs = {i: [j for j in range(n) if W[i, j] != 0] for i in range(n)}  # includes i
+    hat = {i: {j: torch.zeros_like(xs[0]) for j in nbrs[i]} for i in range(n)}
+    ms = [torch.zeros_like(x) for x in xs]
+    us = [torch.zeros_like(x) for x in xs]
+    random = compressor in ("random-k", "qsgd")
+    traj = [torch.stack(xs)]
+    for t in range(steps):
+        eta, gs = _eta(lr, t), _grads(nodes, xs, batches, t)
+        W = W_at(t)
+        half = []
+        for i in range(n):
+            if momentum:
+                ms[i] = momentum * ms[i] + gs[i]
+                d = gs[i] + momentum * ms[i] if nesterov else ms[i]
+            else:
+                d = gs[i]
+            half.append(xs[i] - eta * d)
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + t)
+        qs = [torch.zeros_like(x) for x in xs]
+        pos = 0
+        for size in sizes:
+            u = torch.rand(n, size, generator=gen, dtype=xs[0].dtype) if random else None
+            for i in range(n):
+                diff = half[i][pos:pos + size] - hat[i][i][pos:pos + size]
+                qs[i][pos:pos + size] = _loop_compress(diff, i, u, compressor, fraction, levels,
+                                                       scaled, biased)
+            pos += size
+        for i in range(n):  # every node adds what it received to its copies
+            for j in nbrs[i]:
+                hat[i][j] = hat[i][j] + qs[j]
+        new = []
+        for i in range(n):
+            e = sum(float(W[i, j]) * (hat[i][j] - hat[i][i]) for j in nbrs[i])
+            if beta is None:
+                new.append(half[i] + gamma * e)
+            else:
+                us[i] = beta * us[i] + (1 - beta) * e * e
+                g_i = torch.clamp(gamma / ((us[i] / (1 - beta ** (t + 1))).sqrt() + eps), max=1.0)
+                new.append(half[i] + g_i * e)
+        xs = new
+        traj.append(torch.stack(xs))
+    return torch.stack(traj)
+
+
+def loop_choco(nodes, W_at, batches, lr, steps, **hp):
+    """CHOCO-SGD node by node (explicit neighbour copies, not the running sum)."""
+    return _loop_compressed(nodes, W_at, batches, lr, steps, **hp)
+
+
+def loop_adagossip(nodes, W_at, batches, lr, steps, **hp):
+    """AdaGossip node by node: CHOCO plus the per-coordinate step from the gossip error."""
+    return _loop_compressed(nodes, W_at, batches, lr, steps, **hp)
+
+
 LOOPS = {
+    "choco": loop_choco,
+    "adagossip": loop_adagossip,
     "ecl": loop_ecl,
     "ngpd": loop_ngpd,
     "dsgdm": loop_dsgdm,
