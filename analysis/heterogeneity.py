@@ -33,7 +33,6 @@ Writes the runs under ``--out`` (default ``results/heterogeneity-<scale>/runs``)
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -42,7 +41,14 @@ from typing import Any
 
 import pandas as pd
 
-from flatlab.experiment.study import choose_best, final_values, mean_and_se, run_jobs
+from flatlab.experiment.study import (
+    choose_best,
+    final_values,
+    mean_and_se,
+    run_jobs,
+    save_figure,
+    study_args,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("dsgd", "dsgdm", "qg-dsgdm", "decentlam", "gradient-tracking", "gradient-tracking-atc",
@@ -177,49 +183,26 @@ def markdown(summary: pd.DataFrame) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit status."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scale", choices=sorted(SCALES), default="small")
-    p.add_argument("--out", type=Path, default=None,
-                   help="study directory (default results/heterogeneity-<scale>)")
-    p.add_argument("--fig", type=Path, default=None,
-                   help="figure path without suffix (default paper_figs/out/heterogeneity; "
-                        "tiny: <out>/heterogeneity)")
-    p.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
-    p.add_argument("--report", action="store_true",
-                   help="only rebuild tables and figure from the runs on disk")
-    a = p.parse_args(argv)
-    grid = SCALES[a.scale]
-    out = a.out or ROOT / "results" / f"heterogeneity-{a.scale}"
-    fig_path = a.fig or (out / "heterogeneity" if a.scale == "tiny"
-                         else ROOT / "paper_figs" / "out" / "heterogeneity")
-    runs = out / "runs"
-    if a.report and not runs.is_dir():
-        print(f"error: no runs under {runs}; run without --report first", file=sys.stderr)
-        return 2
+    a = study_args(argv, __doc__, SCALES, "heterogeneity", ROOT)
+    if isinstance(a, int):
+        return a
     t0 = time.time()
-    if a.jobs < 1:
-        print(f"error: --jobs must be >= 1 (got {a.jobs})", file=sys.stderr)
-        return 2
-    workers = 0 if a.report else a.jobs
-    lr_table = tune(grid, runs, workers)
-    table = final(grid, runs, lr_table, workers)
+    grid = SCALES[a.scale]
+    lr_table = tune(grid, a.runs, a.workers)
+    table = final(grid, a.runs, lr_table, a.workers)
     summary = summarize(table)
-    out.mkdir(parents=True, exist_ok=True)
-    lr_table.to_csv(out / "lr.csv", index=False)
-    table.to_csv(out / "runs.csv", index=False)
-    summary.to_csv(out / "summary.csv", index=False)
-    (out / "summary.md").write_text(markdown(summary))
+    a.out.mkdir(parents=True, exist_ok=True)
+    lr_table.to_csv(a.out / "lr.csv", index=False)
+    table.to_csv(a.out / "runs.csv", index=False)
+    summary.to_csv(a.out / "summary.csv", index=False)
+    (a.out / "summary.md").write_text(markdown(summary))
 
     from flatlab.plots import heterogeneity
 
-    fig = heterogeneity(table)
-    fig_path.parent.mkdir(parents=True, exist_ok=True)
-    for ext in ("pdf", "png"):
-        fig.savefig(fig_path.with_suffix(f".{ext}"), dpi=200)
+    save_figure(heterogeneity(table), a.fig)
     print(markdown(summary))
-    print(f"{len(table)} final runs ({time.time() - t0:.0f} s); tables in {out}, figure "
-          f"{fig_path}.{{pdf,png}}")
+    print(f"{len(table)} final runs ({time.time() - t0:.0f} s); tables in {a.out}, figure "
+          f"{a.fig}.{{pdf,png}}")
     return 0
 
 

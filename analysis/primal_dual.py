@@ -34,7 +34,6 @@ committed tables).
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -43,7 +42,14 @@ from typing import Any
 
 import pandas as pd
 
-from flatlab.experiment.study import choose_best, final_values, mean_and_se, run_jobs
+from flatlab.experiment.study import (
+    choose_best,
+    final_values,
+    mean_and_se,
+    run_jobs,
+    save_figure,
+    study_args,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("ngpd", "ecl", "dsgd", "gradient-tracking", "momentum-tracking")
@@ -239,54 +245,33 @@ def markdown(summary: pd.DataFrame) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit status."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scale", choices=sorted(SCALES), default="small")
-    p.add_argument("--out", type=Path, default=None,
-                   help="study directory (default results/primal_dual-<scale>)")
-    p.add_argument("--fig", type=Path, default=None,
-                   help="figure path without suffix (default paper_figs/out/primal_dual; tiny: "
-                        "<out>/primal_dual)")
-    p.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
-    p.add_argument("--report", action="store_true",
-                   help="only rebuild tables and figure from the runs on disk (timing reused)")
-    a = p.parse_args(argv)
-    if a.jobs < 1:
-        print(f"error: --jobs must be >= 1 (got {a.jobs})", file=sys.stderr)
-        return 2
-    grid = SCALES[a.scale]
-    out = a.out or ROOT / "results" / f"primal_dual-{a.scale}"
-    fig_path = a.fig or (out / "primal_dual" if a.scale == "tiny"
-                         else ROOT / "paper_figs" / "out" / "primal_dual")
-    runs = out / "runs"
-    if a.report and not (runs.is_dir() and (out / "timing.csv").is_file()):
-        print(f"error: no runs or timing under {out}; run without --report first",
-              file=sys.stderr)
+    a = study_args(argv, __doc__, SCALES, "primal_dual", ROOT)
+    if isinstance(a, int):
+        return a
+    if a.report and not (a.out / "timing.csv").is_file():
+        print(f"error: no timing.csv under {a.out}; run without --report first", file=sys.stderr)
         return 2
     t0 = time.time()
-    workers = 0 if a.report else a.jobs
-    lr_table = tune(grid, runs, workers)
-    table = final(grid, runs, lr_table, workers)
-    times = pd.read_csv(out / "timing.csv") if a.report else timing(grid)
+    grid = SCALES[a.scale]
+    lr_table = tune(grid, a.runs, a.workers)
+    table = final(grid, a.runs, lr_table, a.workers)
+    times = pd.read_csv(a.out / "timing.csv") if a.report else timing(grid)
     summary = summarize(table, times)
-    out.mkdir(parents=True, exist_ok=True)
-    lr_table.to_csv(out / "lr.csv", index=False)
-    table.to_csv(out / "runs.csv", index=False)
-    times.to_csv(out / "timing.csv", index=False)
-    summary.to_csv(out / "summary.csv", index=False)
-    (out / "summary.md").write_text(markdown(summary))
+    a.out.mkdir(parents=True, exist_ok=True)
+    lr_table.to_csv(a.out / "lr.csv", index=False)
+    table.to_csv(a.out / "runs.csv", index=False)
+    times.to_csv(a.out / "timing.csv", index=False)
+    summary.to_csv(a.out / "summary.csv", index=False)
+    (a.out / "summary.md").write_text(markdown(summary))
 
     from flatlab.plots import primal_dual
 
-    curves = _curves(table, runs)
-    curves.to_csv(out / "curves.csv", index=False)
-    fig = primal_dual(curves, summary)
-    fig_path.parent.mkdir(parents=True, exist_ok=True)
-    for ext in ("pdf", "png"):
-        fig.savefig(fig_path.with_suffix(f".{ext}"), dpi=200)
+    curves = _curves(table, a.runs)
+    curves.to_csv(a.out / "curves.csv", index=False)
+    save_figure(primal_dual(curves, summary), a.fig)
     print(markdown(summary))
-    print(f"{len(table)} final runs ({time.time() - t0:.0f} s); tables in {out}, figure "
-          f"{fig_path}.{{pdf,png}}")
+    print(f"{len(table)} final runs ({time.time() - t0:.0f} s); tables in {a.out}, figure "
+          f"{a.fig}.{{pdf,png}}")
     return 0
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from flatlab.experiment.study import committed_results, save_figure
 from flatlab.plots import heterogeneity
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,17 +20,13 @@ OUT = ROOT / "paper_figs" / "out"
 
 
 def main() -> int:
-    tables = [ROOT / "results" / f"heterogeneity-{s}" / "runs.csv" for s in ("full", "small")]
-    table = next((t for t in tables if t.is_file()), None)
-    if table is None:
+    src = committed_results(ROOT, "heterogeneity", "runs.csv")
+    if src is None:
         print("error: no heterogeneity results; run python analysis/heterogeneity.py first",
               file=sys.stderr)
         return 2
-    OUT.mkdir(parents=True, exist_ok=True)
-    fig = heterogeneity(pd.read_csv(table))
-    for ext in ("pdf", "png"):
-        fig.savefig(OUT / f"heterogeneity.{ext}", dpi=200)
-    print(f"wrote {OUT / 'heterogeneity.pdf'} and .png from {table.relative_to(ROOT)}")
+    save_figure(heterogeneity(pd.read_csv(src / "runs.csv")), OUT / "heterogeneity")
+    print(f"wrote {OUT / 'heterogeneity.pdf'} and .png from {src.relative_to(ROOT)}")
     return 0
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from flatlab.experiment.study import committed_results, save_figure
 from flatlab.plots import primal_dual
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,16 +20,13 @@ OUT = ROOT / "paper_figs" / "out"
 
 
 def main() -> int:
-    dirs = [ROOT / "results" / f"primal_dual-{s}" for s in ("full", "small")]
-    src = next((d for d in dirs if (d / "curves.csv").is_file()), None)
+    src = committed_results(ROOT, "primal_dual", "curves.csv")
     if src is None:
         print("error: no primal-dual results; run python analysis/primal_dual.py first",
               file=sys.stderr)
         return 2
-    OUT.mkdir(parents=True, exist_ok=True)
     fig = primal_dual(pd.read_csv(src / "curves.csv"), pd.read_csv(src / "summary.csv"))
-    for ext in ("pdf", "png"):
-        fig.savefig(OUT / f"primal_dual.{ext}", dpi=200)
+    save_figure(fig, OUT / "primal_dual")
     print(f"wrote {OUT / 'primal_dual.pdf'} and .png from {src.relative_to(ROOT)}")
     return 0
 

@@ -9,18 +9,21 @@ their checkpoints, a failure is recorded and the rest goes on), read back with
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-__all__ = ["run_jobs", "final_values", "choose_best", "mean_and_se"]
+__all__ = ["run_jobs", "final_values", "choose_best", "mean_and_se", "StudyArgs", "study_args",
+           "save_figure", "committed_results"]
 
 
 def _job(args: tuple[str, dict[str, Any]]) -> tuple[str, str]:
@@ -111,3 +114,75 @@ def mean_and_se(table: pd.DataFrame, keys: list[str], columns: list[str]) -> pd.
             row[f"{col}_se"] = v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else math.nan
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class StudyArgs:
+    """A study script's parsed command line.
+
+    Attributes:
+        scale: The chosen scale (a key of the script's ``SCALES``).
+        out: Study directory (runs under ``out/runs``, tables next to them).
+        fig: Figure path without suffix.
+        workers: Runs in parallel; 0 with ``--report`` (read what is on disk, run nothing).
+        report: Only rebuild tables and figures.
+    """
+
+    scale: str
+    out: Path
+    fig: Path
+    workers: int
+    report: bool
+
+    @property
+    def runs(self) -> Path:
+        """Where the runs live."""
+        return self.out / "runs"
+
+
+def study_args(argv: list[str] | None, doc: str, scales: Sequence[str], name: str,
+               root: Path) -> StudyArgs | int:
+    """The command line every study script shares, or an exit status (2) after one line.
+
+    ``--scale`` (default ``small``), ``--out`` (default ``results/<name>-<scale>``), ``--fig``
+    (default ``paper_figs/out/<name>``; at ``tiny`` scale ``<out>/<name>``), ``--jobs`` and
+    ``--report`` (which needs runs on disk).
+    """
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scale", choices=sorted(scales), default="small")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"study directory (default results/{name}-<scale>)")
+    p.add_argument("--fig", type=Path, default=None,
+                   help=f"figure path without suffix (default paper_figs/out/{name}; tiny: "
+                        f"<out>/{name})")
+    p.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
+    p.add_argument("--report", action="store_true",
+                   help="only rebuild tables and figure from the runs on disk")
+    a = p.parse_args(argv)
+    if a.jobs < 1:
+        print(f"error: --jobs must be >= 1 (got {a.jobs})", file=sys.stderr)
+        return 2
+    out = a.out or root / "results" / f"{name}-{a.scale}"
+    fig = a.fig or (out / name if a.scale == "tiny" else root / "paper_figs" / "out" / name)
+    args = StudyArgs(a.scale, out, fig, 0 if a.report else a.jobs, a.report)
+    if a.report and not args.runs.is_dir():
+        print(f"error: no runs under {args.runs}; run without --report first", file=sys.stderr)
+        return 2
+    return args
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Write ``fig`` as ``path.pdf`` and ``path.png`` (200 dpi), creating the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for ext in ("pdf", "png"):
+        fig.savefig(path.with_suffix(f".{ext}"), dpi=200)
+
+
+def committed_results(root: Path, name: str, needs: str) -> Path | None:
+    """``results/<name>-full`` if it holds ``needs``, else ``results/<name>-small``, else None."""
+    for scale in ("full", "small"):
+        d = root / "results" / f"{name}-{scale}"
+        if (d / needs).is_file():
+            return d
+    return None
