@@ -1,0 +1,272 @@
+"""Compression study: does AdaGossip beat CHOCO-SGD at equal compression?
+
+The AdaGossip paper (Aketi, Hashemi, Roy 2024; reference/algorithms.md §9.3) reports 0-2 points
+of test accuracy over CHOCO-SGD at equal compression. Here: mnist1d with the 1-D CNN
+(GroupNorm), 16 nodes on a ring and on a 4 x 4 torus, Dirichlet label splits with alpha 1 and
+0.1, and three compressions of the model differences, per parameter tensor as in the AdaGossip
+code:
+
+- ``top-k 90%`` and ``top-k 99%``: top-k keeping 10% and 1% of each tensor (values and 32-bit
+  indices are counted, so the bytes sent are 20% and 2% of the dense ones);
+- ``qsgd 90%``: QSGD with 3 levels scaled by ``1/(1 + τ)`` (a sign bit and 2 level bits per
+  coordinate: 9.4% of the dense bytes). A fixed-width QSGD cannot reach 99% (it needs at least
+  2 bits per coordinate), so there is no ``qsgd 99%``.
+
+Every method takes the same local step (SGD with Nesterov momentum 0.9, lr 0.1 cosine, weight
+decay 1e-4, batch 32 per node, the AdaGossip code's choice); uncompressed DSGDm with the same
+step is the reference. The consensus step ``γ`` is tuned per method and compression on the
+held-out 10% of the training set (``data.holdout``); at ``--scale small`` on the ring with
+alpha 0.1 only, and the chosen ``γ`` is used in every setting; at ``--scale full`` per setting.
+
+Phases (resumable, as the other studies; shared machinery :mod:`flatlab.experiment.study`):
+
+1. **tune**: each ``γ`` of the grid on seed 0;
+2. **final**: the chosen ``γ`` with every seed on the full training set, test accuracy of ``x̄``
+   and bytes sent measured every ``every`` steps.
+
+The summary pairs AdaGossip with CHOCO seed by seed (same initialization, partition and
+minibatches), so the difference's standard error excludes the between-seed variation.
+
+Usage::
+
+    python analysis/compression.py --scale small    # CPU, 2 cores
+    python analysis/compression.py --scale full     # GPU
+    python analysis/compression.py --scale small --report
+
+Writes ``results/compression-<scale>/{gamma,runs,summary,paired,curves}.csv`` and
+``summary.md``, and ``paper_figs/out/compression.{pdf,png}`` (accuracy against bytes sent).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from flatlab.experiment.study import (
+    choose_best,
+    final_values,
+    mean_and_se,
+    run_jobs,
+    save_figure,
+    study_args,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ("choco", "adagossip")
+REFERENCE = "dsgdm"  # uncompressed, the same local step
+COMPRESSIONS: dict[str, dict[str, Any]] = {
+    "top-k 90%": {"compressor": "top-k", "fraction": 0.1},
+    "top-k 99%": {"compressor": "top-k", "fraction": 0.01},
+    "qsgd 90%": {"compressor": "qsgd", "levels": 3, "biased": True},
+}
+LOCAL = {"momentum": 0.9, "nesterov": True}
+LR = 0.1
+
+SCALES: dict[str, dict[str, Any]] = {
+    "small": dict(nodes=16, topologies=("ring", "torus"), alphas=(1.0, 0.1),
+                  compressions=tuple(COMPRESSIONS), seeds=(0, 1, 2), steps=600, every=50,
+                  gammas={"choco": (0.1, 0.3, 0.6), "adagossip": (0.01, 0.1, 1.0)},
+                  tune_on=("ring", 0.1)),
+    "full": dict(nodes=16, topologies=("ring", "torus"), alphas=(1.0, 0.1),
+                 compressions=tuple(COMPRESSIONS), seeds=(0, 1, 2), steps=3000, every=100,
+                 gammas={"choco": (0.03, 0.1, 0.3, 0.6, 1.0),
+                         "adagossip": (0.003, 0.01, 0.1, 0.3, 1.0)},
+                 tune_on=None),
+    # the test suite's: so the script cannot rot
+    "tiny": dict(nodes=4, topologies=("ring",), alphas=(0.1,), compressions=("top-k 90%",),
+                 seeds=(0,), steps=6, every=3, gammas={"choco": (0.3,), "adagossip": (0.1, 1.0)},
+                 tune_on=("ring", 0.1)),
+}
+
+
+def _config(method: str, compression: str | None, topology: str, alpha: float, gamma: float,
+            seed: int, grid: dict[str, Any], holdout: float) -> dict[str, Any]:
+    params: dict[str, Any] = dict(LOCAL)
+    if method != REFERENCE:
+        params |= {**COMPRESSIONS[str(compression)], "gamma": gamma, "seed": seed}
+    steps = grid["steps"]
+    return {"name": "compression", "seed": seed, "device": "auto",
+            "data": {"name": "mnist1d", "partition": "dirichlet", "alpha": alpha, "seed": seed,
+                     "batch_size": 32, "holdout": holdout},
+            "model": {"name": "cnn1d"},
+            "topology": {"name": topology, "nodes": grid["nodes"]},
+            "algorithm": {"name": method, "params": params},
+            "optim": {"lr": LR, "schedule": "cosine", "weight_decay": 1e-4},
+            "train": {"steps": steps},
+            "measure": {"every": steps if holdout else grid["every"],
+                        "metrics": ["loss", "accuracy", "comm_bytes", "consensus_distance"],
+                        "per_node": False},
+            "checkpoint_every": max(steps // 2, 1)}
+
+
+def _name(method: str, compression: str | None, topology: str, alpha: float, gamma: float,
+          seed: int) -> str:
+    comp = "none" if compression is None else compression.replace(" ", "").replace("%", "pct")
+    return f"{topology},alpha={alpha:g},{comp},{method},gamma={gamma:g},seed={seed}"
+
+
+def _tune_settings(grid: dict[str, Any]) -> list[tuple[str, float]]:
+    if grid["tune_on"] is not None:
+        return [tuple(grid["tune_on"])]
+    return [(t, a) for t in grid["topologies"] for a in grid["alphas"]]
+
+
+def tune(grid: dict[str, Any], runs: Path, workers: int) -> pd.DataFrame:
+    """Each method's ``γ`` grid per compression (and setting, at full scale) on seed 0."""
+    points = [(m, c, t, a, g) for t, a in _tune_settings(grid) for c in grid["compressions"]
+              for m in METHODS for g in grid["gammas"][m]]
+    jobs = [(runs / "tune" / _name(m, c, t, a, g, 0), _config(m, c, t, a, g, 0, grid, 0.1))
+            for m, c, t, a, g in points]
+    run_jobs(jobs, workers)
+    rows = []
+    for (m, c, t, a, g), (path, _) in zip(points, jobs, strict=True):
+        r = final_values(path, {"holdout_accuracy": "test_accuracy"})
+        if r["status"] != "done":
+            r["holdout_accuracy"] = math.nan
+        rows.append({"topology": t, "alpha": a, "compression": c, "method": m, "gamma": g, **r})
+    table = pd.DataFrame(rows)
+    table["chosen"] = choose_best(table, ["topology", "alpha", "compression", "method"],
+                                  "holdout_accuracy", "gamma")
+    return table
+
+
+def _chosen_gamma(table: pd.DataFrame, grid: dict[str, Any], method: str, compression: str,
+                  topology: str, alpha: float) -> float | None:
+    t, a = grid["tune_on"] if grid["tune_on"] is not None else (topology, alpha)
+    pick = table[table["chosen"] & (table["topology"] == t) & (table["alpha"] == a)
+                 & (table["compression"] == compression) & (table["method"] == method)]
+    return None if pick.empty else float(pick["gamma"].iloc[0])
+
+
+def final(grid: dict[str, Any], runs: Path, gammas: pd.DataFrame, workers: int
+          ) -> pd.DataFrame:
+    """Chosen ``γ`` with every seed in every setting, and the uncompressed reference."""
+    points: list[tuple[str, str | None, str, float, float, int]] = []
+    for t in grid["topologies"]:
+        for a in grid["alphas"]:
+            points += [(REFERENCE, None, t, a, 0.0, s) for s in grid["seeds"]]
+            for c in grid["compressions"]:
+                for m in METHODS:
+                    g = _chosen_gamma(gammas, grid, m, c, t, a)
+                    if g is None:
+                        print(f"no gamma of {m} trained with {c}", flush=True)
+                        continue
+                    points += [(m, c, t, a, g, s) for s in grid["seeds"]]
+    jobs = [(runs / "final" / _name(*p), _config(*p, grid, 0.0)) for p in points]
+    run_jobs(jobs, workers)
+    rows = []
+    for (m, c, t, a, g, s), (path, _) in zip(points, jobs, strict=True):
+        r = final_values(path, {"test_accuracy": "test_accuracy", "bytes": "comm_bytes",
+                                "consensus_distance": "consensus_distance"})
+        rows.append({"topology": t, "alpha": a, "compression": c or "none", "method": m,
+                     "gamma": g, "seed": s, **r, "mb_per_node": r["bytes"] / grid["nodes"] / 1e6})
+    return pd.DataFrame(rows)
+
+
+KEYS = ["topology", "alpha", "compression", "method", "gamma"]
+
+
+def summarize(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Mean ± s.e. per method and setting; and AdaGossip − CHOCO paired by seed."""
+    summary = mean_and_se(table, KEYS, ["test_accuracy", "mb_per_node", "consensus_distance"])
+    done = table[(table["status"] == "done") & (table["compression"] != "none")]
+    wide = done.pivot_table(index=["topology", "alpha", "compression", "seed"],
+                            columns="method", values="test_accuracy")
+    rows = []
+    if set(METHODS) <= set(wide.columns):
+        for key, g in wide.groupby(level=["topology", "alpha", "compression"], sort=False):
+            d = (g["adagossip"] - g["choco"]).dropna()
+            rows.append({"topology": key[0], "alpha": key[1], "compression": key[2],
+                         "pairs": len(d), "diff_mean": d.mean() if len(d) else math.nan,
+                         "diff_se": d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1
+                         else math.nan})
+    paired = pd.DataFrame(rows, columns=["topology", "alpha", "compression", "pairs",
+                                         "diff_mean", "diff_se"])
+    return summary, paired
+
+
+def markdown(summary: pd.DataFrame, paired: pd.DataFrame) -> str:
+    """The summary and the paired differences as Markdown tables."""
+    def pm(m: float, se: float, scale: float = 100.0, fmt: str = ".1f") -> str:
+        if not math.isfinite(m):
+            return "–"
+        return f"{scale * m:{fmt}}" + (f" ± {scale * se:{fmt}}" if math.isfinite(se) else "")
+
+    lines = ["| topology | alpha | compression | method | gamma | test acc. of x̄ (%) | MB sent "
+             "per node | consensus distance | runs |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in summary.itertuples():
+        lines.append(f"| {r.topology} | {r.alpha:g} | {r.compression} | {r.method} | "
+                     f"{'–' if r.method == REFERENCE else f'{r.gamma:g}'} | "
+                     f"{pm(r.test_accuracy_mean, r.test_accuracy_se)} | "
+                     f"{pm(r.mb_per_node_mean, math.nan, 1.0, '.2f')} | "
+                     f"{pm(r.consensus_distance_mean, r.consensus_distance_se, 1.0, '.3g')} | "
+                     f"{r.seeds}/{r.seeds + r.diverged} |")
+    lines += ["", "AdaGossip − CHOCO, test accuracy of x̄ (points), paired by seed:", "",
+              "| topology | alpha | compression | difference | pairs |", "|---|---|---|---|---|"]
+    for r in paired.itertuples():
+        lines.append(f"| {r.topology} | {r.alpha:g} | {r.compression} | "
+                     f"{pm(r.diff_mean, r.diff_se, 100.0, '+.1f')} | {r.pairs} |")
+    return "\n".join(lines) + "\n"
+
+
+def _curves(table: pd.DataFrame, runs: Path, n: int) -> pd.DataFrame:
+    """Test accuracy of x̄ against bytes sent per node, for every final run (the figure)."""
+    import flatlab
+
+    cols = ["topology", "alpha", "compression", "method", "seed", "step", "mb_per_node",
+            "test_accuracy"]
+    frames = []
+    for r in table.itertuples():
+        comp = None if r.compression == "none" else r.compression
+        path = runs / "final" / _name(r.method, comp, r.topology, r.alpha, r.gamma, r.seed)
+        if not (path / "metrics.parquet").is_file():
+            continue
+        df = flatlab.results.load(path)
+        df = df[df["scope"].isin(["avg", "network"])].pivot_table(index="step", columns="metric",
+                                                                 values="value")
+        if not {"test_accuracy", "comm_bytes"} <= set(df.columns):
+            continue
+        df = df.dropna(subset=["test_accuracy", "comm_bytes"]).reset_index()
+        frames.append(pd.DataFrame({"topology": r.topology, "alpha": r.alpha,
+                                    "compression": r.compression, "method": r.method,
+                                    "seed": r.seed, "step": df["step"],
+                                    "mb_per_node": df["comm_bytes"] / n / 1e6,
+                                    "test_accuracy": df["test_accuracy"]}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point; returns the exit status."""
+    a = study_args(argv, __doc__, SCALES, "compression", ROOT)
+    if isinstance(a, int):
+        return a
+    t0 = time.time()
+    grid = SCALES[a.scale]
+    gammas = tune(grid, a.runs, a.workers)
+    table = final(grid, a.runs, gammas, a.workers)
+    summary, paired = summarize(table)
+    a.out.mkdir(parents=True, exist_ok=True)
+    gammas.to_csv(a.out / "gamma.csv", index=False)
+    table.to_csv(a.out / "runs.csv", index=False)
+    summary.to_csv(a.out / "summary.csv", index=False)
+    paired.to_csv(a.out / "paired.csv", index=False)
+    (a.out / "summary.md").write_text(markdown(summary, paired))
+
+    from flatlab.plots import compression
+
+    curves = _curves(table, a.runs, grid["nodes"])
+    curves.to_csv(a.out / "curves.csv", index=False)
+    save_figure(compression(curves), a.fig)
+    print(markdown(summary, paired))
+    print(f"{len(table)} final runs ({time.time() - t0:.0f} s); tables in {a.out}, figure "
+          f"{a.fig}.{{pdf,png}}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
