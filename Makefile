@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.flatlab-installed
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: demo test test-slow lint figs bench clean heterogeneity primal-dual
+.PHONY: demo test test-slow lint figs bench clean heterogeneity primal-dual compression
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -34,6 +34,7 @@ figs: $(STAMP)
 	$(BIN)/python paper_figs/spectral_gap.py
 	$(BIN)/python paper_figs/heterogeneity.py
 	$(BIN)/python paper_figs/primal_dual.py
+	$(BIN)/python paper_figs/compression.py
 
 # the data-heterogeneity study at its CPU scale (about 25 min on 2 cores; --scale full on a GPU)
 heterogeneity: $(STAMP)
@@ -43,12 +44,17 @@ heterogeneity: $(STAMP)
 primal-dual: $(STAMP)
 	$(BIN)/python analysis/primal_dual.py --scale small
 
+# the compression study (CHOCO-SGD against AdaGossip) at its CPU scale; --scale full on a GPU
+compression: $(STAMP)
+	$(BIN)/python analysis/compression.py --scale small
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/spectral.py
 	$(BIN)/python benchmarks/step_time.py
 	$(BIN)/python benchmarks/comm.py
 	$(BIN)/python benchmarks/curvature.py
 	$(BIN)/python benchmarks/ngpd.py
+	$(BIN)/python benchmarks/compress.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache paper_figs/out results/demo
