@@ -52,17 +52,26 @@ from flatlab.experiment.study import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("ngpd", "ecl", "dsgd", "gradient-tracking", "momentum-tracking")
-PARAMS: dict[str, dict[str, Any]] = {
-    "ngpd": {"damping": 1.0, "factor_every": 10, "inverse_every": 10},
-    "ecl": {},
-    "momentum-tracking": {"momentum": 0.9},
+METHODS = ("ngpd", "ngpd-damping0.01", "ecl", "dsgd", "gradient-tracking", "momentum-tracking")
+# study label -> (registered algorithm, hyper-parameters). The primal-dual methods start their
+# duals at the consensus duals of x⁰ (dual_init="x0"): from zero duals the penalty first pulls
+# every model towards 0, which left the unnormalized deep MLP at chance in a pilot. NGPD at two
+# dampings: 1 is stable on the CNN at the largest rates, 0.01 lets the metric amplify the flat
+# directions of the deep MLP.
+ALGORITHMS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ngpd": ("ngpd", {"damping": 1.0, "factor_every": 10, "inverse_every": 10,
+                      "dual_init": "x0"}),
+    "ngpd-damping0.01": ("ngpd", {"damping": 0.01, "factor_every": 10, "inverse_every": 10,
+                                  "dual_init": "x0"}),
+    "ecl": ("ecl", {"dual_init": "x0"}),
+    "momentum-tracking": ("momentum-tracking", {"momentum": 0.9}),
 }
 VARIANTS: dict[str, dict[str, Any]] = {
     "cnn": {"name": "cnn1d"},
     "deep-mlp": {"name": "mlp", "options": {"hidden": [32] * 6, "norm": "none"}},
 }
-LRS = {"momentum-tracking": (0.01, 0.03, 0.1), "ecl": (0.1, 0.3, 1.0), "ngpd": (0.1, 0.3, 1.0)}
+LRS = {"momentum-tracking": (0.01, 0.03, 0.1), "ecl": (0.1, 0.3, 1.0), "ngpd": (0.1, 0.3, 1.0),
+       "ngpd-damping0.01": (0.1, 0.3, 1.0)}
 PLAIN = (0.03, 0.1, 0.3)
 TARGETS = ("low", "high")
 
@@ -83,7 +92,8 @@ def _config(method: str, variant: str, nodes: int, alpha: float, lr: float, seed
             "data": {"name": "mnist1d", "partition": "dirichlet", "alpha": alpha, "seed": seed,
                      "batch_size": 32, "holdout": holdout},
             "model": VARIANTS[variant], "topology": {"name": "ring", "nodes": nodes},
-            "algorithm": {"name": method, "params": PARAMS.get(method, {})},
+            "algorithm": {"name": ALGORITHMS.get(method, (method, {}))[0],
+                          "params": ALGORITHMS.get(method, (method, {}))[1]},
             "optim": {"lr": lr, "schedule": "cosine", "weight_decay": 1e-4},
             "train": {"steps": grid["steps"]},
             "measure": {"every": grid["every"] if not holdout else grid["steps"],
@@ -183,7 +193,8 @@ def timing(grid: dict[str, Any], steps: int = 30) -> pd.DataFrame:
                 stack = NodeStack(run.stack.module, n, device=run.stack.device)
                 oracle = GradientOracle(stack, weight_decay=1e-4)
                 mixer = SimulatedMixer(flatlab.topology.make("ring", n), device=stack.device)
-                algo = flatlab.algorithms.make(m, **PARAMS.get(m, {}))
+                name, params = ALGORITHMS.get(m, (m, {}))
+                algo = flatlab.algorithms.make(name, **params)
                 state = algo.init(stack.initial_params(), oracle, mixer)
                 for t in range(10):
                     state = algo.step(state, run.sampler.batch(t), oracle, mixer, 0.05)

@@ -155,12 +155,17 @@ class ECL(Algorithm):
         theta: Dual averaging, in ``(0, 1]``: 1 is PDMM, ½ is ADMM.
         period: Steps between dual exchanges ``K ≥ 1``.
         tie: ``piw`` of the tied penalty (``None``: use ``alpha``); ecl-isvr uses 0.5, 1 or 2.
+        dual_init: ``"zero"`` (the paper's and the reference's) or ``"x0"``:
+            ``z_{i|j} = A_{i|j} x_i⁰``, the duals of consensus at the start, so the penalty
+            pulls towards ``x_i⁰`` instead of 0 (then ``2x_j``, …) in the first rounds. Local
+            to each node; the fixed point is the same.
     """
 
     alpha: float = 1.0
     theta: float = 1.0
     period: int = 1
     tie: float | None = None
+    dual_init: str = "zero"
     exact = True
 
     def __post_init__(self) -> None:
@@ -169,16 +174,22 @@ class ECL(Algorithm):
         self._check(isinstance(self.period, int) and self.period >= 1,
                     f"period must be an integer >= 1, got {self.period}")
         self._check(self.tie is None or self.tie > 0, f"tie must be > 0, got {self.tie}")
+        self._check(self.dual_init in ("zero", "x0"),
+                    f"dual_init must be 'zero' or 'x0', got {self.dual_init!r}")
 
     def check_topology(self, topology: Any) -> None:
         """Refuse time-varying and directed topologies."""
         _undirected_static(self, topology)
 
     def init(self, X0: torch.Tensor, oracle: Any, mixer: Any) -> ECLState:  # noqa: N803
-        """Duals start at zero."""
+        """Duals start at zero, or at ``z_{i|j} = A_{i|j} x_i⁰`` (``dual_init="x0"``)."""
         self.check_topology(mixer.topology)
-        width = _slots(mixer.topology, X0.device).neighbors.shape[1]
-        return ECLState(x=X0.clone(), z=X0.new_zeros(X0.shape[0], width, *X0.shape[1:]))
+        slots = _slots(mixer.topology, X0.device)
+        z = X0.new_zeros(X0.shape[0], slots.neighbors.shape[1], *X0.shape[1:])
+        if self.dual_init == "x0":
+            sign = slots.sign[mixer.local_rows].to(X0.dtype)
+            z = sign.view(*sign.shape, *(1,) * (X0.dim() - 1)) * X0.unsqueeze(1)
+        return ECLState(x=X0.clone(), z=z)
 
     def penalty(self, degree: torch.Tensor, lr: float) -> torch.Tensor:
         """``α_i`` per node: ``alpha``, or the tied ``tie / (η (K|N_i| + K − tie|N_i|))``."""
@@ -374,7 +385,7 @@ class NGPD(ECL):
     packed running factors and their eigenbases. Fixed point: exact (consensus at ``x*``).
 
     Args:
-        alpha, theta, period, tie: ECL's (see :class:`ECL`).
+        alpha, theta, period, tie, dual_init: ECL's (see :class:`ECL`).
         damping: ``λ > 0`` added to the Fisher.
         fisher: ``"empirical"`` or ``"true"`` (labels sampled from the model, seeded per step).
         factor_every: Steps between factor updates ``T_f``.

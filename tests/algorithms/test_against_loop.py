@@ -69,7 +69,8 @@ CASES = [
       "momentum": 0.9}),
     ("adagossip", "torus", "classes", "mlp", torch.float64, {"compressor": "sign"}),
     ("ecl", "ring", "dirichlet", "mlp", torch.float64, {}),
-    ("ecl", "torus", "classes", "mlp", torch.float64, {"theta": 0.5, "period": 3}),
+    ("ecl", "torus", "classes", "mlp", torch.float64, {"theta": 0.5, "period": 3,
+                                                        "dual_init": "x0"}),
     ("ecl", "exponential-undirected", "iid", "logistic", torch.float32,
      {"theta": 0.5, "period": 4, "tie": 1.0}),
 ]
@@ -80,7 +81,7 @@ NGPD_CASES = [
                                                               "inverse_every": 6}),
     ("ngpd", "exponential-undirected", "iid", "mlp-small", torch.float64,
      {"theta": 0.5, "period": 2, "damping": 0.1, "ema": 0.5, "factor_every": 2,
-      "inverse_every": 4}),
+      "inverse_every": 4, "dual_init": "x0"}),
 ]
 
 

@@ -17,8 +17,9 @@ F64 = torch.float64
 
 
 @pytest.mark.parametrize("hp", [{"theta": 1.0}, {"theta": 0.5}, {"theta": 1.0, "period": 5},
-                                {"theta": 0.5, "period": 8, "tie": 1.0}],
-                         ids=["pdmm", "admm", "pdmm-K5", "admm-K8-tied"])
+                                {"theta": 0.5, "period": 8, "tie": 1.0},
+                                {"theta": 1.0, "dual_init": "x0"}],
+                         ids=["pdmm", "admm", "pdmm-K5", "admm-K8-tied", "pdmm-x0"])
 @pytest.mark.parametrize("topo,n", [("ring", 8), ("torus", 16), ("hypercube", 8)])
 def test_ecl_reaches_the_exact_minimizer(hp, topo, n):
     q = heterogeneous_quadratics(n, 3, seed=2, condition=5.0)
@@ -27,6 +28,22 @@ def test_ecl_reaches_the_exact_minimizer(hp, topo, n):
     err = (xs - q.x_star).abs().amax(dim=(1, 2))
     assert float(err[-1]) < 1e-9, float(err[-1])
     assert float(err[5]) < 1e-2 * float(err[0])  # and fast: linear
+
+
+def test_ecl_dual_init_x0_starts_at_the_consensus_duals():
+    """With z_{i|j} = A_{i|j} x⁰ and a common start the penalty pulls nowhere: the first step
+    is x⁰ − g/(μ + α|N_i|); with zero duals it is pulled towards 0 as well."""
+    n, d, lr, alpha = 8, 3, 0.1, 0.7
+    q = heterogeneous_quadratics(n, d, seed=3)
+    x0 = torch.randn(d, dtype=F64, generator=torch.Generator().manual_seed(2))
+    X0 = x0.expand(n, d).clone()  # noqa: N806
+    topo = flatlab.topology.make("ring", n)
+    g = q.grad(X0)
+    for init, want in (("x0", X0 - g / (1 / lr + 2 * alpha)),
+                       ("zero", X0 - (g + 2 * alpha * X0) / (1 / lr + 2 * alpha))):
+        xs = simulate(make("ecl", alpha=alpha, dual_init=init), topo, q.grad_fn(), X0,
+                      steps=1, lr=lr)
+        torch.testing.assert_close(xs[1], want, rtol=0, atol=1e-14)
 
 
 def test_ecl_primal_step_is_the_exact_minimizer_of_its_local_objective():

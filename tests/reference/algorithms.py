@@ -319,7 +319,8 @@ def node_kfac_factors(template: nn.Module, x: torch.Tensor, inputs: torch.Tensor
 
 
 def loop_ngpd(nodes, W_at, batches, lr, steps, *, momentum, nesterov, alpha, theta, period,
-              tie, damping, fisher, factor_every, inverse_every, ema, tikhonov, seed):
+              tie, dual_init, damping, fisher, factor_every, inverse_every, ema, tikhonov,
+              seed):
     """NGPD node by node: ECL with the primal step solved densely in the metric
     mu (F + damping I) + a |N_i| I, F block-diagonal with dense kron(G, A) per layer (empirical
     Fisher, exact inverse), the parameters no layer covers with the damping alone."""
@@ -329,7 +330,8 @@ def loop_ngpd(nodes, W_at, batches, lr, steps, *, momentum, nesterov, alpha, the
     nbrs = {i: [j for j in range(n) if j != i and W[i, j] != 0] for i in range(n)}
     A_sign = {(i, j): (1.0 if i < j else -1.0) for i in range(n) for j in nbrs[i]}
     xs = nodes.params()
-    z = {e: torch.zeros_like(xs[0]) for e in A_sign}
+    z = {(i, j): a * xs[i] if dual_init == "x0" else torch.zeros_like(xs[0])
+         for (i, j), a in A_sign.items()}
     template = nodes.models[0]
     offsets, pos = {}, 0
     for name, prm in template.named_parameters():
@@ -380,14 +382,16 @@ def loop_ngpd(nodes, W_at, batches, lr, steps, *, momentum, nesterov, alpha, the
 
 
 def loop_ecl(nodes, W_at, batches, lr, steps, *, momentum, nesterov, alpha, theta, period,
-             tie):
+             tie, dual_init):
     """ECL node by node: a dict of duals z[(i, j)] per directed edge, messages sent one by one."""
     n = nodes.n
     W = W_at(0)
     nbrs = {i: [j for j in range(n) if j != i and W[i, j] != 0] for i in range(n)}
     A = {(i, j): (1.0 if i < j else -1.0) for i in range(n) for j in nbrs[i]}
     xs = nodes.params()
-    z = {e: torch.zeros_like(xs[0]) for e in A}
+    # duals at 0, or at the consensus duals of the start, A_{i|j} x_i^0
+    z = {(i, j): a * xs[i] if dual_init == "x0" else torch.zeros_like(xs[0])
+         for (i, j), a in A.items()}
     traj = [torch.stack(xs)]
     for t in range(steps):
         eta, gs = _eta(lr, t), _grads(nodes, xs, batches, t)
