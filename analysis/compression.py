@@ -48,12 +48,12 @@ from typing import Any
 import pandas as pd
 
 from flatlab.experiment.study import (
-    choose_best,
     final_values,
     mean_and_se,
     run_jobs,
     save_figure,
     study_args,
+    tune_on_holdout,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,21 +118,16 @@ def _tune_settings(grid: dict[str, Any]) -> list[tuple[str, float]]:
 
 def tune(grid: dict[str, Any], runs: Path, workers: int) -> pd.DataFrame:
     """Each method's ``γ`` grid per compression (and setting, at full scale) on seed 0."""
-    points = [(m, c, t, a, g) for t, a in _tune_settings(grid) for c in grid["compressions"]
+    points = [{"topology": t, "alpha": a, "compression": c, "method": m, "gamma": g}
+              for t, a in _tune_settings(grid) for c in grid["compressions"]
               for m in METHODS for g in grid["gammas"][m]]
-    jobs = [(runs / "tune" / _name(m, c, t, a, g, 0), _config(m, c, t, a, g, 0, grid, 0.1))
-            for m, c, t, a, g in points]
-    run_jobs(jobs, workers)
-    rows = []
-    for (m, c, t, a, g), (path, _) in zip(points, jobs, strict=True):
-        r = final_values(path, {"holdout_accuracy": "test_accuracy"})
-        if r["status"] != "done":
-            r["holdout_accuracy"] = math.nan
-        rows.append({"topology": t, "alpha": a, "compression": c, "method": m, "gamma": g, **r})
-    table = pd.DataFrame(rows)
-    table["chosen"] = choose_best(table, ["topology", "alpha", "compression", "method"],
-                                  "holdout_accuracy", "gamma")
-    return table
+
+    def job(p: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+        args = (p["method"], p["compression"], p["topology"], p["alpha"], p["gamma"], 0)
+        return runs / "tune" / _name(*args), _config(*args, grid, 0.1)
+
+    return tune_on_holdout(points, job, workers, ["topology", "alpha", "compression", "method"],
+                           "gamma")
 
 
 def _chosen_gamma(table: pd.DataFrame, grid: dict[str, Any], method: str, compression: str,

@@ -10,24 +10,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pandas as pd
-
-from flatlab.experiment.study import committed_results, save_figure
+from flatlab.experiment.study import redraw
 from flatlab.plots import compression
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "paper_figs" / "out"
 
 
 def main() -> int:
-    src = committed_results(ROOT, "compression", "curves.csv")
-    if src is None:
-        print("error: no compression results; run python analysis/compression.py first",
-              file=sys.stderr)
-        return 2
-    save_figure(compression(pd.read_csv(src / "curves.csv")), OUT / "compression")
-    print(f"wrote {OUT / 'compression.pdf'} and .png from {src.relative_to(ROOT)}")
-    return 0
+    return redraw(ROOT, "compression", ["curves.csv"], compression)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import argparse
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 __all__ = ["run_jobs", "final_values", "choose_best", "mean_and_se", "StudyArgs", "study_args",
-           "save_figure", "committed_results"]
+           "save_figure", "committed_results", "redraw", "tune_on_holdout"]
 
 
 def _job(args: tuple[str, dict[str, Any]]) -> tuple[str, str]:
@@ -83,6 +83,36 @@ def final_values(path: str | Path, columns: dict[str, str]) -> dict[str, Any]:
         return out | {k: math.nan for k in columns}
     s = summary(path).iloc[0]
     return out | {k: s.get(c, math.nan) for k, c in columns.items()}
+
+
+def tune_on_holdout(points: Sequence[dict[str, Any]],
+                    job: Callable[[dict[str, Any]], tuple[str | Path, dict[str, Any]]],
+                    workers: int, group: list[str], hparam: str) -> pd.DataFrame:
+    """Run one held-out job per grid point and mark the best value of ``hparam`` per group.
+
+    Args:
+        points: Grid points, each a dict of the setting's keys and the tuned ``hparam``.
+        job: ``point -> (run directory, config)``; the config evaluates on a held-out split, so
+            the run's final ``test_accuracy`` is the held-out accuracy.
+        workers: As :func:`run_jobs` (0 reads what is on disk).
+        group: Keys of a point that define one choice (setting and method).
+        hparam: The tuned key (ties go to its smaller value).
+
+    Returns:
+        One row per point: its keys, ``status``, ``holdout_accuracy`` (NaN unless done) and
+        ``chosen``.
+    """
+    jobs = [job(p) for p in points]
+    run_jobs(jobs, workers)
+    rows = []
+    for p, (path, _) in zip(points, jobs, strict=True):
+        r = final_values(path, {"holdout_accuracy": "test_accuracy"})
+        if r["status"] != "done":
+            r["holdout_accuracy"] = math.nan
+        rows.append({**p, **r})
+    table = pd.DataFrame(rows)
+    table["chosen"] = choose_best(table, group, "holdout_accuracy", hparam)
+    return table
 
 
 def choose_best(table: pd.DataFrame, keys: list[str], score: str, tie: str) -> pd.Series:
@@ -186,3 +216,20 @@ def committed_results(root: Path, name: str, needs: str) -> Path | None:
         if (d / needs).is_file():
             return d
     return None
+
+
+def redraw(root: Path, name: str, tables: Sequence[str],
+           draw: Callable[..., Any]) -> int:
+    """Redraw ``paper_figs/out/<name>.{pdf,png}`` from a study's committed tables.
+
+    ``draw`` gets the tables (read with pandas, in the order of ``tables``) of
+    :func:`committed_results`; returns 0, or 2 after one line when the study has not been run.
+    """
+    src = committed_results(root, name, tables[0])
+    if src is None:
+        print(f"error: no {name} results; run python analysis/{name}.py first", file=sys.stderr)
+        return 2
+    out = root / "paper_figs" / "out" / name
+    save_figure(draw(*(pd.read_csv(src / t) for t in tables)), out)
+    print(f"wrote {out}.pdf and .png from {src.relative_to(root)}")
+    return 0
