@@ -70,8 +70,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "cnn": {"name": "cnn1d"},
     "deep-mlp": {"name": "mlp", "options": {"hidden": [32] * 6, "norm": "none"}},
 }
+# NGPD with the small damping takes steps up to lr/0.01 in flat directions: its grid goes lower
 LRS = {"momentum-tracking": (0.01, 0.03, 0.1), "ecl": (0.1, 0.3, 1.0), "ngpd": (0.1, 0.3, 1.0),
-       "ngpd-damping0.01": (0.1, 0.3, 1.0)}
+       "ngpd-damping0.01": (0.01, 0.03, 0.1, 0.3, 1.0)}
 PLAIN = (0.03, 0.1, 0.3)
 TARGETS = ("low", "high")
 

@@ -340,6 +340,28 @@ class _DenseLayer:
         out[..., :self.d] = m
 
 
+def _basis_or_flag(blocks: _Blocks, factors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenbases of the packed factors, and which nodes' factors could be decomposed.
+
+    Rows with non-finite factors, or whose eigendecomposition fails even in float64, get the
+    basis of zero factors (the damping alone) and ``False``.
+    """
+    ok = torch.isfinite(factors).all(dim=1)
+    clean = torch.where(ok.unsqueeze(1), factors, torch.zeros_like(factors))
+    try:
+        return blocks.basis(clean), ok
+    except torch.linalg.LinAlgError:
+        pass
+    rows = []
+    for i in range(clean.shape[0]):
+        try:
+            rows.append(blocks.basis(clean[i:i + 1].double()).to(clean.dtype))
+        except torch.linalg.LinAlgError:
+            ok[i] = False
+            rows.append(blocks.basis(torch.zeros_like(clean[i:i + 1])))
+    return torch.cat(rows), ok
+
+
 _METRICS: dict[int, tuple[Any, _Blocks]] = {}
 
 
@@ -442,7 +464,13 @@ class NGPD(ECL):
             new = self._batch_factors(oracle, blocks, state.x, batch, state.t)
             factors = new if state.t == 0 else torch.lerp(new, factors, self.ema)
         if state.t % self.inverse_every == 0 or state.t == 0:
-            basis = blocks.basis(factors)
+            basis, ok = _basis_or_flag(blocks, factors)
+            if not bool(ok.all()):
+                # a node's curvature blew up (its run is diverging): its loss reads NaN, so the
+                # runner records the divergence on every process after this step's exchange
+                # (an oracle without losses gets one: 0, NaN where the curvature failed)
+                base = loss if loss is not None else state.x.new_zeros(ok.shape)
+                loss = torch.where(ok.to(base.device), base, torch.full_like(base, math.nan))
         mu = 1.0 / lr
 
         def direction(resid: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

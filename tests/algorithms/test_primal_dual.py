@@ -1,6 +1,8 @@
 """ECL (PDMM/ADMM) on heterogeneous quadratics: exact minimizer, exact primal step, per-edge
 messages (algorithms.md §7.1, §16 items 6 and 12)."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -185,3 +187,29 @@ def test_ngpd_trains_a_model_through_the_runner(tmp_path):
     b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["state"]
     for k in ("x", "z", "factors", "basis"):
         assert torch.equal(a[k], b[k]), k
+
+
+def test_ngpd_marks_a_node_whose_curvature_blew_up_as_diverging():
+    """Non-finite factors (a diverging run) must not crash the eigendecomposition: that node's
+    loss reads NaN, so the runner records the run as diverged, and the others step on."""
+    n, d = 4, 2
+    q = heterogeneous_quadratics(n, d, seed=0)
+    bad = {"t": None}
+
+    def metric(X, t):  # node 1's metric overflows at step 3
+        M = q.H.clone()  # noqa: N806
+        if t == 3:
+            M[1] = math.inf
+            bad["t"] = t
+        return M
+
+    algo = make("ngpd", factor_every=3, inverse_every=3, ema=0.5)
+    mixer = SimulatedMixer(flatlab.topology.make("ring", n), device="cpu", dtype=F64)
+    oracle = FunctionOracle(q.grad_fn(), metric_fn=metric)
+    state = algo.init(torch.zeros(n, d, dtype=F64), oracle, mixer)
+    for t in range(4):
+        state = algo.step(state, t, oracle, mixer, 0.1)
+    assert bad["t"] == 3
+    assert torch.isnan(state.loss[1]) and torch.isfinite(state.loss[[0, 2, 3]]).all()
+    assert torch.isfinite(state.x).all()
+
