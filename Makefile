@@ -40,7 +40,8 @@ figs: $(STAMP)
 heterogeneity: $(STAMP)
 	$(BIN)/python analysis/heterogeneity.py --scale small
 
-# the primal-dual study (NGPD, ECL against DSGD, GT, MT) at its CPU scale; --scale full on a GPU
+# the primal-dual study (NGPD, ECL against DSGD, GT, MT) at its CPU scale (about 40 min on 2
+# cores); --scale full on a GPU
 primal-dual: $(STAMP)
 	$(BIN)/python analysis/primal_dual.py --scale small
 
