@@ -70,7 +70,7 @@ LR = 0.1
 SCALES: dict[str, dict[str, Any]] = {
     "small": dict(nodes=16, topologies=("ring", "torus"), alphas=(1.0, 0.1),
                   compressions=tuple(COMPRESSIONS), seeds=(0, 1, 2), steps=600, every=50,
-                  gammas={"choco": (0.1, 0.3, 0.6), "adagossip": (0.01, 0.1, 1.0)},
+                  gammas={"choco": (0.1, 0.3, 0.6, 1.0), "adagossip": (0.001, 0.01, 0.1, 1.0)},
                   tune_on=("ring", 0.1)),
     "full": dict(nodes=16, topologies=("ring", "torus"), alphas=(1.0, 0.1),
                  compressions=tuple(COMPRESSIONS), seeds=(0, 1, 2), steps=3000, every=100,
