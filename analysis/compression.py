@@ -72,8 +72,8 @@ LR = 0.1
 SCALES: dict[str, dict[str, Any]] = {
     "small": dict(nodes=16, topologies=("ring", "torus"), alphas=(1.0, 0.1),
                   compressions=tuple(COMPRESSIONS), seeds=(0, 1, 2), steps=500, every=100,
-                  batch=16, gammas={"choco": (0.1, 0.3, 0.6),
-                                    "adagossip": (0.001, 0.01, 0.1, 1.0)},
+                  batch=16, gammas={"choco": (0.03, 0.1, 0.3, 0.6),
+                                    "adagossip": (0.001, 0.003, 0.01, 0.03, 0.1, 1.0)},
                   tune_on=("ring", 0.1)),
     "full": dict(nodes=16, topologies=("ring", "torus"), alphas=(1.0, 0.1),
                  compressions=tuple(COMPRESSIONS), seeds=(0, 1, 2), steps=3000, every=100,
@@ -209,8 +209,9 @@ def markdown(summary: pd.DataFrame, paired: pd.DataFrame) -> str:
     lines += ["", "AdaGossip − CHOCO, test accuracy of x̄ (points), paired by seed:", "",
               "| topology | alpha | compression | difference | pairs |", "|---|---|---|---|---|"]
     for r in paired.itertuples():
-        lines.append(f"| {r.topology} | {r.alpha:g} | {r.compression} | "
-                     f"{pm(r.diff_mean, r.diff_se, 100.0, '+.1f')} | {r.pairs} |")
+        diff = "–" if not math.isfinite(r.diff_mean) else f"{100 * r.diff_mean:+.1f}" + (
+            f" ± {100 * r.diff_se:.1f}" if math.isfinite(r.diff_se) else "")
+        lines.append(f"| {r.topology} | {r.alpha:g} | {r.compression} | {diff} | {r.pairs} |")
     return "\n".join(lines) + "\n"
 
 
