@@ -53,7 +53,8 @@ def test_registry_lists_and_aliases():
     assert aliases()["dsgd"] == "diffusion"
     assert get("dsgd") is get("diffusion")
     assert type(make("d-psgd")).name == "consensus"
-    with pytest.raises(AlgorithmError, match="unknown algorithm 'sgd'; available: adagossip, centralized"):
+    with pytest.raises(AlgorithmError,
+                       match="unknown algorithm 'sgd'; available: adagossip, centralized"):
         make("sgd")
 
 
