@@ -117,7 +117,7 @@ class CHOCO(Algorithm):
         except FlatlabError as e:
             raise AlgorithmError(f"{self.name}: {e}") from None
 
-    def blocks(self, oracle: Any, P: int) -> list[slice] | None:  # noqa: N803
+    def blocks(self, oracle: Any) -> list[slice] | None:
         """The parameter tensors' slices (``per_layer``) or ``None`` (the whole vector)."""
         stack = getattr(oracle, "stack", None)
         if not self.per_layer or stack is None:
@@ -141,23 +141,23 @@ class CHOCO(Algorithm):
         return torch.add(state.x, d, alpha=-lr), m
 
     def _gossip(self, state: ChocoState, x_half: torch.Tensor, oracle: Any, mixer: Any
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Compress, send, update the copies: ``(q, x̂⁺, s⁺)``."""
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Compress, send, update the copies: ``(x̂⁺, s⁺)``."""
         P = x_half.shape[1]  # noqa: N806
-        blocks = self.blocks(oracle, P)
+        blocks = self.blocks(oracle)
         n = mixer.topology.n
         q = C.compress(x_half - state.x_hat, self.q, blocks=blocks,
                        seed=self.seed * 1_000_003 + state.t, rows=mixer.local_rows, n=n)
         x_hat = state.x_hat + q
         s = state.s + mixer.mix(q, state.t, row_bytes=C.payload_bytes(self.q, P, blocks))
-        return q, x_hat, s
+        return x_hat, s
 
     def step(self, state: ChocoState, batch: Any, oracle: Any, mixer: Any,
              lr: float) -> ChocoState:
         """Local step, compressed gossip of the change, consensus step ``γ``."""
         loss, G = oracle(state.x, batch)
         x_half, m = self._half_step(state, G, lr)
-        _, x_hat, s = self._gossip(state, x_half, oracle, mixer)
+        x_hat, s = self._gossip(state, x_half, oracle, mixer)
         x = torch.add(x_half, s - x_hat, alpha=self.gamma)
         return ChocoState(x=x, x_hat=x_hat, s=s, m=m, t=state.t + 1, loss=loss)
 
@@ -209,7 +209,7 @@ class AdaGossip(CHOCO):
         """Local step, compressed gossip, per-coordinate consensus step ``γ_i``."""
         loss, G = oracle(state.x, batch)
         x_half, m = self._half_step(state, G, lr)
-        _, x_hat, s = self._gossip(state, x_half, oracle, mixer)
+        x_hat, s = self._gossip(state, x_half, oracle, mixer)
         e = s - x_hat
         u = torch.lerp(e * e, state.u, self.beta)
         u_hat = u / (1.0 - self.beta ** (state.t + 1))

@@ -117,7 +117,7 @@ def test_bytes_are_the_compressed_size(hp):
     state = algo.init(stack.initial_params(), oracle, mixer)
     for _ in range(3):
         state = algo.step(state, batch, oracle, mixer, 0.1)
-    blocks = algo.blocks(oracle, stack.P)
+    blocks = algo.blocks(oracle)
     per_msg = C.payload_bytes(algo.q, stack.P, blocks)
     assert torch.equal(mixer.stats.bytes, torch.full((8,), 3 * 2 * per_msg))
     assert per_msg < 0.25 * 4 * stack.P
@@ -140,4 +140,4 @@ def test_refusals_are_one_line():
 
 def test_function_oracle_compresses_the_whole_vector():
     q, X0 = _setup()  # noqa: N806
-    assert make("choco").blocks(FunctionOracle(q.grad_fn()), D) is None
+    assert make("choco").blocks(FunctionOracle(q.grad_fn())) is None
