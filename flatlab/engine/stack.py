@@ -138,6 +138,22 @@ class NodeStack:
         """Number of parameters per node."""
         return self.layout.P
 
+    def start_from(self, x: torch.Tensor, buffers: dict[str, torch.Tensor] | None = None
+                   ) -> None:
+        """Start every node at the one model ``x`` ``[P]`` (and its ``buffers``), e.g. a minimum.
+
+        Raises:
+            FlatlabError: ``x`` or a buffer does not fit this model.
+        """
+        if x.dim() != 1 or x.shape[0] != self.P:
+            raise FlatlabError(f"a start point needs {self.P} parameters (this model); got "
+                               f"shape {tuple(x.shape)}")
+        self._x0 = x.to(self.device, self.dtype).expand(self.n, -1).clone()
+        for k, v in (buffers or {}).items():
+            if k not in self.buffers or self.buffers[k].shape[1:] != v.shape:
+                raise FlatlabError(f"buffer {k!r} of the start point does not fit this model")
+            self.buffers[k].copy_(v.to(self.device).expand_as(self.buffers[k]))
+
     def initial_params(self) -> torch.Tensor:
         """``X0`` ``[n, P]``: the initial parameters of every node (a fresh copy)."""
         return self._x0.clone()

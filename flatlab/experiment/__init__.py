@@ -10,7 +10,7 @@ from flatlab.experiment.config import (
     to_dict,
     validate,
 )
-from flatlab.experiment.runner import Run, RunResult, build, read_status, run
+from flatlab.experiment.runner import Run, RunResult, average_model, build, read_status, run
 from flatlab.experiment.schedules import lr_at
 
 __all__ = [
@@ -27,5 +27,6 @@ __all__ = [
     "build",
     "run",
     "read_status",
+    "average_model",
     "lr_at",
 ]

@@ -17,7 +17,8 @@ Example YAML (every field has a default; see ``configs/`` for complete files)::
 
 Seeds: ``data.seed`` fixes the data set (synthetic tasks) and the partition, so runs that differ
 only in ``seed`` see the same split; ``seed`` fixes the model initialisation, the minibatch order
-and dropout.
+and dropout. ``init_from`` (a finished run directory) starts every node at that run's averaged
+model ``x̄`` instead (the escape experiment of ``analysis/tradeoff.py``).
 """
 
 from __future__ import annotations
@@ -181,6 +182,11 @@ class RunConfig:
     for rank 0 measuring the averaged model (or writing files) alone before they call it hung.
     None of these changes the numbers, so a run directory may be resumed under the other
     backend.
+
+    Initialisation: ``init`` is ``same`` (every node starts from ``model(seed)``) or
+    ``different`` (node ``i`` from ``model(seed + i)``); ``init_from`` names a run directory
+    whose checkpoint (with the same model and data set) gives the start instead: every node
+    starts at its averaged model ``x̄``, with averaged buffers.
     """
 
     name: str = "run"
@@ -188,6 +194,7 @@ class RunConfig:
     device: str = "auto"
     dtype: str = "float32"
     init: str = "same"
+    init_from: str | None = None
     mix_method: str = "auto"
     oracle: str = "auto"
     compile: bool = False

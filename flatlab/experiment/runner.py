@@ -54,13 +54,13 @@ from flatlab import models as _models
 from flatlab.comm import DistributedMixer, SimulatedMixer
 from flatlab.comm.process import PeerLost, Processes, Watchdog, join, leave
 from flatlab.engine import GradientOracle, NodeStack
-from flatlab.errors import ConfigError, RankLostError
+from flatlab.errors import ConfigError, FlatlabError, RankLostError
 from flatlab.experiment.config import EXECUTION_FIELDS, RunConfig, load_config, to_dict
 from flatlab.experiment.schedules import lr_at
 from flatlab.measures import named
 from flatlab.topology import make as make_topology
 
-__all__ = ["Run", "RunResult", "build", "run", "STATUSES", "METRIC_COLUMNS"]
+__all__ = ["Run", "RunResult", "build", "run", "average_model", "STATUSES", "METRIC_COLUMNS"]
 
 STATUSES = ("running", "done", "diverged", "failed")
 METRIC_COLUMNS = ("step", "epoch", "metric", "scope", "value")
@@ -147,6 +147,13 @@ def build(cfg: RunConfig, procs: Processes | None = None) -> Run:
     # node i starts from model(seed + i) with init=different, wherever it lives
     stack = NodeStack(model(cfg.seed), k, init=cfg.init, reinit=model, seed=cfg.seed + rows.start,
                       **stack_kw)
+    if cfg.init_from is not None:
+        xbar, buffers = average_model(cfg.init_from)
+        try:
+            stack.start_from(xbar, buffers)
+        except FlatlabError as e:
+            raise ConfigError(f"init_from {cfg.init_from}: {e}; accepted: a run of the same "
+                              f"model ({cfg.model.name}) on the same data set") from None
     sampler = _data.NodeSampler(dataset.x_train, dataset.y_train, part, cfg.data.batch_size,
                                 seed=cfg.seed, device=stack.device, dtype=dtype,
                                 rows=None if procs is None else rows)
@@ -194,6 +201,24 @@ def build(cfg: RunConfig, procs: Processes | None = None) -> Run:
                           f"least-squares or logistic); {cfg.data.name!r} has none")
     return Run(cfg, dataset, part, sampler, stack, oracle, mixer, algo, spe, total, train_eval,
                test_eval, n, rows, curvature_eval)
+
+
+def average_model(path: str | Path) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The averaged model ``x̄`` ``[P]`` and averaged buffers of a run directory's checkpoint.
+
+    The checkpoint is the last one written (the final state of a finished run).
+
+    Raises:
+        ConfigError: ``path`` holds no checkpoint.
+    """
+    ckpt = Path(path) / "checkpoint.pt"
+    if not ckpt.is_file():
+        raise ConfigError(f"init_from {path}: no checkpoint.pt there; accepted: a run directory "
+                          "(train it first)")
+    ck = torch.load(ckpt, map_location="cpu", weights_only=False)
+    x = ck["state"]["x"]
+    buffers = {k: (v.mean(0) if v.is_floating_point() else v[0]) for k, v in ck["buffers"].items()}
+    return x.mean(0), buffers
 
 
 # ---------------------------------------------------------------------- measurement

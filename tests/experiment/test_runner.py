@@ -178,3 +178,40 @@ def test_sweep_spec_errors(tmp_path):
         run_sweep(load_sweep({"base": TINY, "grid": {"optim.lr": [-1]},
                               "out": str(tmp_path / "x")}), progress=False)
     assert not (tmp_path / "x" / "optim.lr=-1").exists()  # nothing runs before all validate
+
+
+def test_init_from_starts_every_node_at_the_source_average(tmp_path):
+    """The escape experiment's start: every node at the source run's final x̄ (checkpoint)."""
+    from flatlab.experiment import average_model, build
+
+    run(load_config(TINY), tmp_path / "src", progress=False)
+    ck = torch.load(tmp_path / "src" / "checkpoint.pt", weights_only=False)
+    xbar = ck["state"]["x"].double().mean(0)
+    x, _ = average_model(tmp_path / "src")
+    torch.testing.assert_close(x.double(), xbar, rtol=0, atol=1e-7)
+    cfg = load_config({**TINY, "init_from": str(tmp_path / "src"), "seed": 5})
+    x0 = build(cfg).stack.initial_params()
+    assert x0.shape[0] == 6
+    torch.testing.assert_close(x0.double(), xbar.expand(6, -1), rtol=0, atol=1e-7)
+    # its first measurement is the source's last one (same evaluation sets: same data.seed)
+    res = run(cfg, tmp_path / "esc", progress=False)
+    assert res.status == "done"
+    a, b = metrics(tmp_path / "src"), metrics(tmp_path / "esc")
+
+    def at(m, step):
+        return m[(m.metric == "train_loss") & (m.scope == "avg") & (m.step == step)].value.item()
+
+    assert at(b, 0) == pytest.approx(at(a, 40), rel=1e-5)
+
+
+def test_init_from_errors_are_one_line(tmp_path):
+    from flatlab.experiment import build
+
+    with pytest.raises(ConfigError, match="no checkpoint.pt"):
+        build(load_config({**TINY, "init_from": str(tmp_path / "none")}))
+    run(load_config(TINY), tmp_path / "src", progress=False)
+    other = {**TINY, "model": {"name": "mlp", "options": {"hidden": [8]}},
+             "init_from": str(tmp_path / "src")}
+    with pytest.raises(ConfigError, match="same model") as e:
+        build(load_config(other))
+    assert "\n" not in str(e.value)
