@@ -55,6 +55,8 @@ __all__ = [
     "interpolate",
     "node_to_node",
     "node_to_average",
+    "GradientNoise",
+    "gradient_noise",
 ]
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]
@@ -167,6 +169,7 @@ from flatlab.measures.landscape import (  # noqa: E402
     slice_1d,
     slice_2d,
 )
+from flatlab.measures.noise import GradientNoise, gradient_noise  # noqa: E402
 from flatlab.measures.sharpness import (  # noqa: E402
     AverageSharpness,
     KeskarSharpness,
