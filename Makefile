@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.flatlab-installed
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: demo test test-slow lint figs bench clean heterogeneity primal-dual compression
+.PHONY: demo test test-slow lint figs bench clean heterogeneity primal-dual compression tradeoff
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -35,6 +35,12 @@ figs: $(STAMP)
 	$(BIN)/python paper_figs/heterogeneity.py
 	$(BIN)/python paper_figs/primal_dual.py
 	$(BIN)/python paper_figs/compression.py
+	$(BIN)/python paper_figs/tradeoff.py
+
+# the flatness-versus-optimization study (centralized, consensus, diffusion; 4 topologies, 2 batch
+# regimes, 3 seeds, escape experiment, theory overlay) at its CPU scale; --scale full on a GPU
+tradeoff: $(STAMP)
+	$(BIN)/python analysis/tradeoff.py --scale small
 
 # the data-heterogeneity study at its CPU scale (about 25 min on 2 cores; --scale full on a GPU)
 heterogeneity: $(STAMP)

@@ -1,99 +1,162 @@
-"""``flatlab demo``: the main job on the embedded default data set (mnist1d, generated offline).
+"""``flatlab demo``: the main job, flatness against optimization on the embedded data set.
 
-Centralized SGD, consensus (DGD / D-PSGD) and diffusion (ATC, DSGD) train the same 1-D CNN from the
-same initialisation on a 16-node ring, each node holding a Dirichlet(0.5) label-skewed share of
-mnist1d. The three runs form a resumable sweep under ``OUT/runs``; the demo then writes a table
-``OUT/summary.csv`` (final test accuracy of the averaged model and the node mean, training loss
-and gradient norm at the average, consensus distance, bytes sent) and the figure
-``OUT/curves.{png,pdf}`` (test accuracy, training loss, consensus distance and gradient norm over
-epochs), and prints the table next to the ring's spectral gap. A few minutes on 2 CPU cores;
-``--small`` is a seconds-long check of the same pipeline.
+Centralized SGD, consensus (DGD / D-PSGD), diffusion (ATC, DSGD), Momentum Tracking and NGPD
+train the same 1-D CNN from the same initialisation on a 16-node ring, each node holding a
+Dirichlet(1) label-skewed share of mnist1d (generated offline), at a small and a large per-node
+batch (8 and 32; total 128 and 512). At the end of each run the demo measures, at the averaged
+model ``x̄``: test accuracy, training loss and ``‖∇f(x̄)‖`` (optimization error), the top Hessian
+eigenvalue (Lanczos) and trace (Hutch++), worst-case adaptive sharpness, and the consensus
+distance ``Ξ²`` of the nodes (reference/measures.md §§ 6-12).
+
+The ten runs live under ``OUT/runs`` (one directory per run, resumable: a second call trains
+nothing that finished); the demo writes the table ``OUT/table.csv``, the trade-off figure
+``OUT/tradeoff.{png,pdf}`` (flatness against optimization error, colour by test accuracy) and
+``OUT/curves.{png,pdf}`` (metrics over training), and prints the table next to the ring's
+spectral gap. About 3-4 minutes on 2 CPU cores; ``--small`` is a seconds-long check of the same
+pipeline. The study behind it, with seeds, topologies and the theory overlay, is
+``analysis/tradeoff.py``.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-__all__ = ["run_demo", "demo_spec"]
+__all__ = ["run_demo", "demo_runs", "ALGORITHMS", "BATCHES"]
 
-ALGORITHMS = ("centralized", "consensus", "diffusion")
-
-
-def demo_spec(out: Path, small: bool = False) -> dict[str, Any]:
-    """The demo's sweep spec (also a template for your own studies)."""
-    base = {
-        "name": "demo",
-        "seed": 0,
-        "data": {"name": "mnist1d", "partition": "dirichlet", "alpha": 0.5, "batch_size": 16},
-        "model": {"name": "cnn1d"},
-        "topology": {"name": "ring", "nodes": 16},
-        "optim": {"lr": 0.1, "schedule": "cosine", "warmup": 50, "min_lr": 0.005},
-        "train": {"epochs": 40},
-        "measure": {"every": 60, "train_subset": 2000, "per_node": True},
-        "checkpoint_every": 200,
-    }
-    if small:
-        base["topology"]["nodes"] = 8
-        base["train"] = {"steps": 30}
-        base["optim"]["warmup"] = 5
-        base["measure"] = {"every": 10, "train_subset": 256, "test_subset": 256}
-        base["data"]["options"] = {"num_samples": 1000}
-    return {"name": "demo", "base": base, "out": str(out / "runs"),
-            "grid": {"algorithm.name": list(ALGORITHMS)}}
+#: method -> (step size, hyper-parameters). The same step for the plain methods (the flatness
+#: paper compares at equal μ); Momentum Tracking at μ / (1 - β) equal to theirs; NGPD at the
+#: rate its tuning in analysis/primal_dual.py picked for this model.
+ALGORITHMS: dict[str, tuple[float, dict[str, Any]]] = {
+    "centralized": (0.1, {}),
+    "consensus": (0.1, {}),
+    "diffusion": (0.1, {}),
+    "momentum-tracking": (0.01, {"momentum": 0.9}),
+    "ngpd": (0.3, {"damping": 1.0, "factor_every": 10, "inverse_every": 10, "dual_init": "x0"}),
+}
+BATCHES = {"small-batch": 8, "large-batch": 32}
+COLUMNS = {"test_accuracy": "test_accuracy", "train_loss": "train_loss", "grad_norm": "grad_norm",
+           "hessian_top": "hessian_top", "hessian_trace": "hessian_trace",
+           "sharpness": "sharpness_worst", "consensus_distance": "consensus_distance",
+           "comm_bytes": "comm_bytes"}
 
 
-def run_demo(out: Path, small: bool = False, progress: bool = True) -> Path:
-    """Run the demo sweep, write ``summary.csv`` and ``curves.{png,pdf}`` to ``out``.
+def demo_runs(out: Path, small: bool = False) -> list[tuple[Path, dict[str, Any]]]:
+    """The demo's runs as ``(directory, config)`` (also a template for your own studies)."""
+    nodes, steps, every = (8, 20, 10) if small else (16, 300, 50)
+    jobs = []
+    for regime, batch in BATCHES.items():
+        for method, (lr, params) in ALGORITHMS.items():
+            cfg = {"name": f"demo-{regime}-{method}", "seed": 0, "device": "auto",
+                   "data": {"name": "mnist1d", "partition": "dirichlet", "alpha": 1.0,
+                            "batch_size": batch // 2 if small else batch},
+                   "model": {"name": "cnn1d"},
+                   "topology": {"name": "ring", "nodes": nodes},
+                   "algorithm": {"name": method, "params": params},
+                   "optim": {"lr": lr, "schedule": "constant"},
+                   "train": {"steps": steps},
+                   "measure": {"every": every, "per_node": False,
+                               "train_subset": 256 if small else 2048,
+                               "test_subset": 256 if small else None,
+                               "curvature_subset": 128 if small else 512,
+                               "metrics": ["loss", "accuracy", "consensus_distance",
+                                           "grad_norm", "hessian_top", "hessian_trace",
+                                           "sharpness_worst"],
+                               "options": {"hessian_top": {"every": steps},
+                                           "hessian_trace": {"every": steps,
+                                                             "num_matvecs": 30},
+                                           "sharpness_worst": {"every": steps,
+                                                               "adaptive": True}}},
+                   "checkpoint_every": steps}
+            if small:
+                cfg["data"]["options"] = {"num_samples": 1000}
+            jobs.append((Path(out) / "runs" / f"{regime},{method}", cfg))
+    return jobs
+
+
+def run_demo(out: Path, small: bool = False, progress: bool = True, workers: int = 2) -> Path:
+    """Run the demo, write ``table.csv``, ``tradeoff.{png,pdf}`` and ``curves.{png,pdf}``.
 
     Args:
         out: Output folder (created); runs go to ``out/runs`` and are resumed when present.
-        small: A tiny version (8 nodes, 30 steps) that checks the pipeline in seconds.
-        progress: Show progress bars.
+        small: A tiny version (8 nodes, 20 steps) that checks the pipeline in seconds.
+        progress: Print one line per finished run.
+        workers: Runs in parallel (one thread each); 1 runs them in this process.
 
     Returns:
-        Path of the PNG figure.
+        Path of the trade-off figure (PNG).
     """
     import matplotlib
 
     matplotlib.use("Agg")
-    from flatlab.experiment.sweep import load_sweep, run_sweep
-    from flatlab.plots import training_curves
-    from flatlab.results import load, summary
+    from flatlab.experiment.study import final_values, run_jobs
+    from flatlab.plots import tradeoff_scatter, training_curves
+    from flatlab.results import load
     from flatlab.theory import spectral
     from flatlab.topology import make
 
     out = Path(out)
-    spec = load_sweep(demo_spec(out, small))
-    nodes = spec.base["topology"]["nodes"]
-    print(f"flatlab demo: {', '.join(ALGORITHMS)} on mnist1d, {nodes}-node ring, "
-          f"Dirichlet(0.5) split, 1-D CNN -> {out}", flush=True)
-    status = run_sweep(spec, progress=progress)
-    df = load(spec.out)
-    table = summary(spec.out)
-    table["algorithm"] = table.run.str.replace("algorithm.name=", "", regex=False)
-    cols = {"algorithm": "algorithm", "status": "status", "test_accuracy": "test acc (avg)",
-            "test_accuracy[mean]": "test acc (node mean)", "train_loss": "train loss (avg)",
-            "grad_norm": "||grad f(avg)||", "consensus_distance": "consensus dist",
-            "comm_bytes": "MB sent", "elapsed_s": "seconds"}
-    table = table[[c for c in cols if c in table.columns]].rename(columns=cols)
-    if "MB sent" in table:
-        table["MB sent"] = table["MB sent"] / 1e6
+    jobs = demo_runs(out, small)
+    nodes = jobs[0][1]["topology"]["nodes"]
+    t0 = time.time()
+    print(f"flatlab demo: {', '.join(ALGORITHMS)} on mnist1d, {nodes}-node ring, Dirichlet(1) "
+          f"split, 1-D CNN, per-node batch {' and '.join(map(str, BATCHES.values()))} "
+          f"-> {out}", flush=True)
+    todo = [(p, c) for p, c in jobs if not _finished(p)]
+    if progress or todo:
+        run_jobs(todo, workers) if progress else _quiet(run_jobs, todo, workers)
+    rows = []
+    for path, cfg in jobs:
+        regime, method = path.name.split(",")
+        r = final_values(path, COLUMNS)
+        rows.append({"regime": regime, "batch": cfg["data"]["batch_size"], "method": method,
+                     "topology": "ring", "seed": 0, **r})
+    table = pd.DataFrame(rows)
+    if "comm_bytes" in table:
+        table["MB_sent"] = table.pop("comm_bytes") / 1e6
     out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "summary.csv", index=False)
+    table.to_csv(out / "table.csv", index=False)
     s = spectral(make("ring", nodes))
-    print(f"\nring of {nodes}: rho = {s.rho:.4f}, spectral gap = {s.spectral_gap:.4f}")
-    with pd.option_context("display.width", 160):
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    fig = training_curves(df)
-    png = out / "curves.png"
-    fig.savefig(png, dpi=150)
-    fig.savefig(out / "curves.pdf")
-    failed = status[status.status == "failed"]
-    for _, r in failed.iterrows():
-        print(f"failed: {r.run}: {r.message}")
-    print(f"\nresults: {spec.out} (flatlab.results.load), table: {out / 'summary.csv'}, "
-          f"figure: {png} and {out / 'curves.pdf'}")
+    print(f"\nring of {nodes}: rho = {s.rho:.4f}, spectral gap = {s.spectral_gap:.4f}; "
+          f"measured at the averaged model x̄ after {jobs[0][1]['train']['steps']} steps")
+    show = table.rename(columns={"test_accuracy": "test acc", "train_loss": "train loss",
+                                 "grad_norm": "|grad f|", "hessian_top": "lambda_max",
+                                 "hessian_trace": "tr(H)", "sharpness": "sharpness",
+                                 "consensus_distance": "consensus dist"})
+    show = show.drop(columns=["topology", "seed", "MB_sent"], errors="ignore")
+    with pd.option_context("display.width", 180, "display.max_columns", 20):
+        print(show.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    for r in table[table["status"] != "done"].itertuples():
+        print(f"{r.regime} {r.method}: {r.status}")
+    fig = tradeoff_scatter(table)
+    png = out / "tradeoff.png"
+    for p in (png, out / "tradeoff.pdf"):
+        fig.savefig(p, dpi=150)
+    curves = pd.concat([load(p).assign(run=p.name) for p, _ in jobs
+                        if (p / "metrics.parquet").is_file()], ignore_index=True)
+    fig = training_curves(curves, hue="run")
+    for ext in ("png", "pdf"):
+        fig.savefig(out / f"curves.{ext}", dpi=150)
+    print(f"\nruns: {out / 'runs'} (flatlab results {out / 'runs'}), table: {out / 'table.csv'}, "
+          f"figures: {png}, {out / 'tradeoff.pdf'}, {out / 'curves.png'} "
+          f"({time.time() - t0:.0f} s)")
     return png
+
+
+def _finished(path: Path) -> bool:
+    from flatlab.experiment.runner import read_status
+
+    st = read_status(path)
+    return st is not None and st["status"] in ("done", "diverged")
+
+
+def _quiet(fn, *args) -> None:
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        fn(*args)
+

@@ -5,7 +5,8 @@ matplotlib.use("Agg")
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from flatlab.demo import run_demo  # noqa: E402
+import flatlab.results  # noqa: E402
+from flatlab.demo import ALGORITHMS, run_demo  # noqa: E402
 from flatlab.plots import spectral_gap  # noqa: E402
 from flatlab.theory import spectral_gap_study  # noqa: E402
 
@@ -32,19 +33,29 @@ def test_plot_refuses_a_table_without_the_columns():
         spectral_gap(pd.DataFrame({"n": [1]}))
 
 
-def test_demo_trains_and_writes_its_figure_and_table(tmp_path, capsys):
-    png = run_demo(tmp_path, small=True, progress=False)
-    assert png.exists() and png.stat().st_size > 10_000
-    assert (tmp_path / "curves.pdf").exists()
-    table = pd.read_csv(tmp_path / "summary.csv")
-    assert list(table.algorithm) == ["centralized", "consensus", "diffusion"]
+def test_demo_trains_measures_and_writes_its_table_and_figures(tmp_path, capsys):
+    png = run_demo(tmp_path, small=True, progress=False, workers=1)
+    assert png == tmp_path / "tradeoff.png" and png.stat().st_size > 10_000
+    for name in ("tradeoff.pdf", "curves.png", "curves.pdf"):
+        assert (tmp_path / name).stat().st_size > 5_000
+    table = pd.read_csv(tmp_path / "table.csv")
+    assert list(table.method) == list(ALGORITHMS) * 2
+    assert list(table.regime) == ["small-batch"] * 5 + ["large-batch"] * 5
     assert (table.status == "done").all()
-    assert table["test acc (avg)"].between(0, 1).all()
+    for col in ("test_accuracy", "train_loss", "grad_norm", "hessian_top", "hessian_trace",
+                "sharpness", "consensus_distance"):
+        assert table[col].notna().all(), col
+    assert table["test_accuracy"].between(0, 1).all()
+    assert (table["hessian_top"] > 0).all() and (table["sharpness"] >= 0).all()
     # centralized keeps every node identical; the decentralized runs do not
-    cons = dict(zip(table.algorithm, table["consensus dist"], strict=True))
-    assert cons["centralized"] < 1e-12 * cons["consensus"]
+    cons = table.set_index(["regime", "method"])["consensus_distance"]
+    for regime in ("small-batch", "large-batch"):
+        assert cons[regime, "centralized"] < 1e-12 * cons[regime, "consensus"]
+    # the runs are a sweep folder the results store reads
+    runs = flatlab.results.summary(tmp_path / "runs")
+    assert len(runs) == 10 and (runs.status == "done").all()
     out = capsys.readouterr().out
-    assert "results:" in out and "summary.csv" in out and "spectral gap" in out
-    # a second call resumes the sweep: nothing is trained again
-    run_demo(tmp_path, small=True, progress=False)
-    assert "[1/3]" not in capsys.readouterr().out
+    assert "table:" in out and "table.csv" in out and "spectral gap" in out
+    # a second call resumes: nothing is trained again
+    run_demo(tmp_path, small=True, progress=True, workers=1)
+    assert "[1/" not in capsys.readouterr().out

@@ -4,6 +4,16 @@ from flatlab.plots.compression import compression
 from flatlab.plots.heterogeneity import heterogeneity
 from flatlab.plots.primal_dual import primal_dual
 from flatlab.plots.spectral import spectral_gap
+from flatlab.plots.tradeoff import (
+    accuracy_vs_flatness,
+    bound_overlay,
+    consensus_over_training,
+    escape,
+    tradeoff_figures,
+    tradeoff_scatter,
+)
 from flatlab.plots.training import training_curves
 
-__all__ = ["spectral_gap", "training_curves", "heterogeneity", "primal_dual", "compression"]
+__all__ = ["spectral_gap", "training_curves", "heterogeneity", "primal_dual", "compression",
+           "tradeoff_scatter", "accuracy_vs_flatness", "consensus_over_training", "escape",
+           "bound_overlay", "tradeoff_figures"]

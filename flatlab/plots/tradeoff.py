@@ -1,0 +1,338 @@
+"""Flatness-versus-optimization figures (``analysis/tradeoff.py``, ``flatlab demo``).
+
+Every function reads a results table and draws; none computes a measurement. Tables:
+
+- runs: one row per final run with ``regime, topology, method, seed, status`` and the final
+  ``test_accuracy``, ``train_loss``, ``grad_norm``, ``hessian_top``, ``hessian_trace``,
+  ``sharpness``, ``consensus_distance`` (the study's ``runs.csv``, the demo's ``table.csv``);
+- curves: long form ``regime, topology, method, lr, seed, step, metric, value``;
+- steady: measured against predicted steady-state consensus distance per run;
+- escape: long form ``method, topology, seed, step, metric, value``;
+- bound: measured running mean of ``‖∇f(x̄_t)‖²`` and the bound's terms per run and ``T``.
+
+Methods keep one colour (seaborn's colour-blind palette) and one marker across figures; runs
+whose status is not ``done`` are left out (diverged ones are counted in the tables instead).
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+__all__ = ["tradeoff_scatter", "accuracy_vs_flatness", "consensus_over_training", "escape",
+           "bound_overlay", "tradeoff_figures", "LABELS"]
+
+#: Axis labels with units (losses in nats, curvature in loss per squared parameter unit).
+LABELS = {
+    "hessian_top": r"top Hessian eigenvalue $\lambda_{\max}$ at $\bar{x}$",
+    "hessian_trace": r"Hessian trace tr$(H)$ at $\bar{x}$",
+    "sharpness": r"worst-case adaptive sharpness at $\bar{x}$ (nats)",
+    "train_loss": r"training loss $f(\bar{x})$ (nats)",
+    "grad_norm": r"$\|\nabla f(\bar{x})\|$",
+    "test_accuracy": r"test accuracy of $\bar{x}$ (%)",
+    "consensus_distance": r"consensus distance $\Xi^2$",
+}
+_ORDER = ("centralized", "consensus", "diffusion", "momentum-tracking", "ngpd", "dsgdm")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def _need(table: pd.DataFrame, cols: set[str], what: str) -> None:
+    missing = cols - set(table.columns)
+    if missing:
+        raise ValueError(f"{what} table lacks columns {sorted(missing)}")
+
+
+def _methods(methods) -> list[str]:
+    present = list(dict.fromkeys(methods))
+    return [m for m in _ORDER if m in present] + [m for m in present if m not in _ORDER]
+
+
+def _style(methods: list[str]) -> tuple[dict[str, tuple], dict[str, str]]:
+    colours = sns.color_palette("colorblind", max(len(methods), 3))
+    return (dict(zip(methods, colours, strict=False)),
+            dict(zip(methods, _MARKERS, strict=False)))
+
+
+def _points(runs: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    """Mean and standard error over seeds per (regime, topology, method) of done runs."""
+    done = runs[runs["status"] == "done"]
+    keys = [k for k in ("regime", "topology", "method") if k in done.columns]
+    g = done.groupby(keys, sort=False)[cols]
+    out = g.mean().add_suffix("_mean").join(
+        (g.std(ddof=1) / np.sqrt(g.count())).fillna(0.0).add_suffix("_se"))
+    return out.reset_index()
+
+
+def _regimes(runs: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(runs["regime"])) if "regime" in runs else [None]
+
+
+def tradeoff_scatter(runs: pd.DataFrame, *, flatness: str = "hessian_top",
+                     error: str = "train_loss", panel_size: tuple[float, float] = (4.2, 3.6)
+                     ) -> Figure:
+    """Flatness against optimization error: one marker per algorithm, colour by test accuracy.
+
+    One panel per batch regime; each point is one (method, topology) pair, its position the
+    mean over seeds with standard-error bars, its colour the mean test accuracy of ``x̄``
+    (one colour bar for all panels), its label the topology. Lower-left is flat and well
+    optimized.
+
+    Args:
+        runs: The runs table (see the module docstring).
+        flatness: Column on the y axis (``hessian_top``, ``hessian_trace``, ``sharpness``).
+        error: Column on the x axis (``train_loss`` or ``grad_norm``).
+        panel_size: Size of one panel in inches.
+    """
+    _need(runs, {"method", "topology", "status", "test_accuracy", flatness, error}, "runs")
+    pts = _points(runs, [flatness, error, "test_accuracy"])
+    regimes = _regimes(runs)
+    methods = _methods(runs["method"])
+    _, markers = _style(methods)
+    acc = pts["test_accuracy_mean"] * 100
+    norm = plt.Normalize(acc.min(), acc.max() if acc.max() > acc.min() else acc.min() + 1)
+    cmap = plt.get_cmap("cividis")
+    fig, axes = plt.subplots(1, len(regimes), squeeze=False, layout="constrained",
+                             figsize=(panel_size[0] * len(regimes) + 1.2, panel_size[1] + 0.6))
+    for ax, regime in zip(axes[0], regimes, strict=True):
+        sub = pts if regime is None else pts[pts["regime"] == regime]
+        for r in sub.itertuples():
+            colour = cmap(norm(r.test_accuracy_mean * 100))
+            ax.errorbar(getattr(r, f"{error}_mean"), getattr(r, f"{flatness}_mean"),
+                        xerr=getattr(r, f"{error}_se"), yerr=getattr(r, f"{flatness}_se"),
+                        fmt=markers[r.method], color=colour, mec="black", mew=0.6, ms=8,
+                        ecolor="0.5", elinewidth=0.8, capsize=2)
+            if r.topology not in ("all-reduce",):
+                ax.annotate(r.topology, (getattr(r, f"{error}_mean"),
+                                         getattr(r, f"{flatness}_mean")),
+                            xytext=(5, 4), textcoords="offset points", fontsize=7, color="0.3")
+        ax.set(xlabel=LABELS.get(error, error), ylabel=LABELS.get(flatness, flatness),
+               title=regime or "")
+        ax.grid(True, alpha=0.3)
+    handles = [plt.Line2D([], [], ls="", marker=markers[m], color="0.6", mec="black", ms=8,
+                          label=m) for m in methods]
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False,
+               fontsize=8, title="algorithm (labels: topology)", title_fontsize=8)
+    cb = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes[0, :],
+                      location="right", pad=0.02)
+    cb.set_label(LABELS["test_accuracy"])
+    return fig
+
+
+def accuracy_vs_flatness(runs: pd.DataFrame, *, flatness: str = "hessian_top",
+                         error: str = "train_loss",
+                         panel_size: tuple[float, float] = (3.8, 3.2)) -> Figure:
+    """Test accuracy against flatness (top row) and against optimization error (bottom row).
+
+    One column per batch regime, one point per (method, topology) with standard-error bars
+    over seeds, colour and marker by method.
+    """
+    _need(runs, {"method", "topology", "status", "test_accuracy", flatness, error}, "runs")
+    pts = _points(runs, [flatness, error, "test_accuracy"])
+    regimes = _regimes(runs)
+    methods = _methods(runs["method"])
+    colours, markers = _style(methods)
+    fig, axes = plt.subplots(2, len(regimes), squeeze=False, constrained_layout=True,
+                             figsize=(panel_size[0] * len(regimes) + 1.8, panel_size[1] * 2))
+    for c, regime in enumerate(regimes):
+        sub = pts if regime is None else pts[pts["regime"] == regime]
+        for row, x in enumerate((flatness, error)):
+            ax = axes[row, c]
+            for r in sub.itertuples():
+                ax.errorbar(getattr(r, f"{x}_mean"), r.test_accuracy_mean * 100,
+                            xerr=getattr(r, f"{x}_se"), yerr=r.test_accuracy_se * 100,
+                            fmt=markers[r.method], color=colours[r.method], ms=6, capsize=2,
+                            elinewidth=0.8)
+            ax.set(xlabel=LABELS.get(x, x))
+            if c == 0:
+                ax.set_ylabel(LABELS["test_accuracy"])
+            if row == 0 and regime is not None:
+                ax.set_title(regime)
+            ax.grid(True, alpha=0.3)
+    handles = [plt.Line2D([], [], ls="", marker=markers[m], color=colours[m], ms=7, label=m)
+               for m in methods]
+    axes[0, -1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                       frameon=False, fontsize=8, title="algorithm")
+    return fig
+
+
+def consensus_over_training(curves: pd.DataFrame, steady: pd.DataFrame | None = None, *,
+                            lr: float | None = None,
+                            panel_size: tuple[float, float] = (3.4, 2.8)) -> Figure:
+    """Consensus distance ``Ξ²`` over training, with the predicted steady state as a band.
+
+    Rows: batch regimes; columns: topologies. Lines: mean over seeds per decentralized method
+    (shaded: min to max over seeds); bands (hatched, same colour): the steady state that
+    :func:`flatlab.theory.predicted_consensus_distance` predicts from each seed's measured
+    ``σ²``, ``ζ²``, from the smallest to the largest prediction over seeds.
+
+    Args:
+        curves: Long-form curves (see the module docstring).
+        steady: Per-run ``measured`` and ``predicted`` (optional).
+        lr: Step size to draw (default: the most common one).
+        panel_size: Size of one panel in inches.
+    """
+    _need(curves, {"topology", "method", "seed", "step", "metric", "value"}, "curves")
+    cd = curves[(curves["metric"] == "consensus_distance")
+                & (curves["topology"] != "all-reduce")]
+    if "status" in cd:
+        cd = cd[cd["status"] == "done"]
+    if "lr" in cd and len(cd):
+        lr = cd["lr"].mode().iloc[0] if lr is None else lr
+        cd = cd[cd["lr"] == lr]
+    cd = cd[cd["step"] > 0]
+    regimes = list(dict.fromkeys(cd["regime"])) if "regime" in cd else [None]
+    tops = list(dict.fromkeys(cd["topology"]))
+    methods = _methods(cd["method"])
+    colours, _ = _style(_methods(curves["method"]))
+    fig, axes = plt.subplots(len(regimes), max(len(tops), 1), squeeze=False, sharex=True,
+                             sharey=True, constrained_layout=True,
+                             figsize=(panel_size[0] * max(len(tops), 1) + 1.8,
+                                      panel_size[1] * len(regimes)))
+    for i, regime in enumerate(regimes):
+        for j, top in enumerate(tops):
+            ax = axes[i, j]
+            sub = cd[cd["topology"] == top]
+            if regime is not None:
+                sub = sub[sub["regime"] == regime]
+            for m in methods:
+                g = sub[sub["method"] == m].groupby("step")["value"]
+                if not len(g):
+                    continue
+                mean = g.mean()
+                ax.plot(mean.index, mean.to_numpy(), color=colours[m], lw=1.5, label=m)
+                ax.fill_between(mean.index, g.min().to_numpy(), g.max().to_numpy(),
+                                color=colours[m], alpha=0.2, lw=0)
+                if steady is not None and len(steady):
+                    p = steady[(steady["topology"] == top) & (steady["method"] == m)
+                               & (steady["lr"] == lr)]
+                    if regime is not None:
+                        p = p[p["regime"] == regime]
+                    if len(p):
+                        ax.axhspan(p["predicted"].min(), p["predicted"].max(),
+                                   facecolor=colours[m], alpha=0.15, hatch="//",
+                                   edgecolor=colours[m], lw=0.8)
+                        ax.axhline(p["predicted"].mean(), color=colours[m], ls="--", lw=1.0)
+            ax.set_yscale("log")
+            ax.grid(True, alpha=0.3)
+            if i == 0:
+                ax.set_title(top)
+            if i == len(regimes) - 1:
+                ax.set_xlabel("step")
+            if j == 0:
+                ax.set_ylabel(LABELS["consensus_distance"] + (f"\n{regime}" if regime else ""))
+    handles = [plt.Line2D([], [], color=colours[m], lw=1.5, label=f"{m}, measured")
+               for m in methods]
+    handles += [matplotlib.patches.Patch(facecolor=colours[m], alpha=0.3, hatch="//",
+                                         edgecolor=colours[m], ls="--",
+                                         label=f"{m}, predicted (mean, range over seeds)")
+                for m in methods if steady is not None and len(steady)]
+    axes[0, -1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                       frameon=False, fontsize=8, title=f"step size {lr:g}" if lr else None)
+    return fig
+
+
+def escape(table: pd.DataFrame, *, metrics: tuple[str, ...] = ("hessian_top", "hessian_trace",
+                                                                 "train_loss", "test_accuracy"),
+           panel_size: tuple[float, float] = (3.4, 2.8)) -> Figure:
+    """Leaving a sharp minimum: flatness and loss over steps after starting every method there.
+
+    One panel per metric; one line per (method, topology), the mean over seeds with a band from
+    min to max; colour by method, line style by topology.
+    """
+    _need(table, {"method", "topology", "seed", "step", "metric", "value"}, "escape")
+    t = table[table["status"] == "done"] if "status" in table else table
+    metrics = tuple(m for m in metrics if (t["metric"] == m).any()) or metrics[:1]
+    methods = _methods(t["method"])
+    colours, _ = _style(methods)
+    tops = [x for x in dict.fromkeys(t["topology"]) if x != "all-reduce"]
+    styles = dict(zip(tops, ("-", "--", ":", "-."), strict=False)) | {"all-reduce": "-"}
+    fig, axes = plt.subplots(1, len(metrics), squeeze=False, constrained_layout=True,
+                             figsize=(panel_size[0] * len(metrics) + 2.2, panel_size[1]))
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        sub = t[t["metric"] == metric]
+        scale = 100 if metric == "test_accuracy" else 1
+        for (m, top), g in sub.groupby(["method", "topology"], sort=False):
+            s = g.groupby("step")["value"]
+            mean = s.mean() * scale
+            ax.plot(mean.index, mean.to_numpy(), color=colours[m], ls=styles.get(top, "-"),
+                    lw=1.5, label=f"{m} ({top})")
+            ax.fill_between(mean.index, s.min().to_numpy() * scale, s.max().to_numpy() * scale,
+                            color=colours[m], alpha=0.12, lw=0)
+        ax.set(xlabel="steps after the start at the sharp minimum",
+               ylabel=LABELS.get(metric, metric))
+        ax.grid(True, alpha=0.3)
+    axes[0, -1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=8,
+                       title="method (topology)")
+    return fig
+
+
+def bound_overlay(table: pd.DataFrame, *, panel_size: tuple[float, float] = (3.4, 2.8)
+                  ) -> Figure:
+    """Measured ``(1/T) Σ_t ‖∇f(x̄_t)‖²`` against the terms of DSGD's bound, per topology.
+
+    Rows: batch regimes; columns: topologies. Solid: measured (mean over seeds), per method;
+    dashed: the bound's total; dotted: its terms (noise, consensus, deterministic), all
+    evaluated with the run's measured ``L``, ``F0``, ``σ²``, ``ζ²`` (constants unspecified:
+    compare orders of magnitude and slopes).
+    """
+    _need(table, {"topology", "method", "seed", "T", "measured", "bound_total"}, "bound")
+    regimes = list(dict.fromkeys(table["regime"])) if "regime" in table else [None]
+    tops = list(dict.fromkeys(table["topology"]))
+    methods = _methods(table["method"])
+    colours, _ = _style(_methods(["centralized", *methods]))
+    terms = [c for c in table.columns if c.startswith("bound_") and c != "bound_total"]
+    fig, axes = plt.subplots(len(regimes), max(len(tops), 1), squeeze=False, sharex=True,
+                             sharey=True, constrained_layout=True,
+                             figsize=(panel_size[0] * max(len(tops), 1) + 2.0,
+                                      panel_size[1] * len(regimes)))
+    for i, regime in enumerate(regimes):
+        for j, top in enumerate(tops):
+            ax = axes[i, j]
+            sub = table[table["topology"] == top]
+            if regime is not None:
+                sub = sub[sub["regime"] == regime]
+            for m in methods:
+                g = sub[sub["method"] == m].groupby("T")
+                if not len(g):
+                    continue
+                ax.plot(g["measured"].mean(), color=colours[m], lw=1.6, label=f"{m}, measured")
+                ax.plot(g["bound_total"].mean(), color=colours[m], ls="--", lw=1.0,
+                        label=f"{m}, bound (total)")
+            if len(sub):
+                g = sub.groupby("T")
+                for k, term in enumerate(terms):
+                    ax.plot(g[term].mean(), color="0.45", ls=":", lw=0.9 + 0.4 * k,
+                            label=f"bound term: {term.removeprefix('bound_')}")
+            ax.set(xscale="log", yscale="log")
+            ax.grid(True, alpha=0.3, which="both")
+            if i == 0:
+                ax.set_title(top)
+            if i == len(regimes) - 1:
+                ax.set_xlabel("iterations T")
+            if j == 0:
+                ax.set_ylabel(r"$\frac{1}{T}\sum_t \|\nabla f(\bar{x}_t)\|^2$"
+                              + (f"\n{regime}" if regime else ""))
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    axes[0, -1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                       frameon=False, fontsize=7)
+    return fig
+
+
+def tradeoff_figures(tables: dict[str, pd.DataFrame]) -> dict[str, Figure]:
+    """Every figure of ``analysis/tradeoff.py`` from its tables, by name.
+
+    Tables ``runs``, ``curves``, ``steady``, ``escape``, ``bound``; figures ``scatter``,
+    ``accuracy``, ``consensus``, ``escape``, ``bound``.
+    """
+    return {"scatter": tradeoff_scatter(tables["runs"]),
+            "accuracy": accuracy_vs_flatness(tables["runs"]),
+            "consensus": consensus_over_training(tables["curves"], tables["steady"]),
+            "escape": escape(tables["escape"]),
+            "bound": bound_overlay(tables["bound"])}

@@ -1,0 +1,61 @@
+"""The flatness-versus-optimization study end to end at its tiny scale (so it cannot rot)."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from flatlab.theory import predicted_consensus_distance
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("tradeoff", ROOT / "analysis" / "tradeoff.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_tiny_scale_trains_escapes_overlays_and_draws(tmp_path):
+    mod = _module()
+    assert mod.main(["--scale", "tiny", "--out", str(tmp_path), "--jobs", "1"]) == 0
+    grid = mod.SCALES["tiny"]
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert (runs["status"] == "done").all()
+    # centralized once per regime and seed; the others per topology, plus the extra step size
+    per_regime = 1 + 2 * len(grid["topologies"])
+    assert len(runs) == 2 * per_regime + 2 * len(grid["extra_topologies"])
+    for col in ("hessian_top", "hessian_trace", "sharpness", "train_loss", "grad_norm",
+                "test_accuracy", "hessian_top_start"):
+        assert runs[col].notna().all(), col
+    dec = runs[runs["method"] != "centralized"]
+    assert dec[["sigma2", "zeta2", "rho"]].notna().all().all()
+    # the same initialisation for every method of a seed: equal flatness at step 0
+    assert runs["hessian_top_start"].nunique() == 1
+    # diffusion on the complete graph is centralized SGD: no disagreement at all
+    comp = runs[(runs["topology"] == "complete") & (runs["method"] == "diffusion")]
+    assert (comp["consensus_distance"] < 1e-12).all()
+    # the overlay is the library's prediction from the measured inputs
+    steady = pd.read_csv(tmp_path / "steady.csv")
+    r = steady.iloc[0]
+    p = predicted_consensus_distance(r["lr"], rho=r["rho"], sigma2=r["sigma2"],
+                                     zeta2=r["zeta2"], form=r["method"])
+    assert r["predicted"] == pytest.approx(p.total, rel=1e-12)
+    assert set(steady["method"]) == {"consensus", "diffusion"}
+    bound = pd.read_csv(tmp_path / "bound.csv")
+    assert (bound["bound_total"] > 0).all() and set(bound["T"]) == {2, 4, 6}
+    # the escape starts every method at large-batch centralized's final x̄ (the same loss)
+    esc = pd.read_csv(tmp_path / "escape.csv")
+    start = esc[(esc["step"] == 0) & (esc["metric"] == "train_loss")]["value"]
+    lb = runs[(runs["regime"] == "large-batch") & (runs["method"] == "centralized")]
+    assert start.nunique() == 1
+    assert math.isclose(start.iloc[0], lb["train_loss"].iloc[0], rel_tol=1e-5)
+    assert set(esc["method"]) == set(grid["methods"])
+    for name in ("scatter", "accuracy", "consensus", "escape", "bound"):
+        assert (tmp_path / f"tradeoff_{name}.png").stat().st_size > 10_000
+    # --report rebuilds everything from disk without training
+    assert mod.main(["--scale", "tiny", "--out", str(tmp_path), "--report"]) == 0
+    assert pd.read_csv(tmp_path / "runs.csv")["sigma2"].notna().sum() == len(dec)
