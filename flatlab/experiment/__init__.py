@@ -10,7 +10,15 @@ from flatlab.experiment.config import (
     to_dict,
     validate,
 )
-from flatlab.experiment.runner import Run, RunResult, average_model, build, read_status, run
+from flatlab.experiment.runner import (
+    Run,
+    RunResult,
+    average_model,
+    build,
+    final_models,
+    read_status,
+    run,
+)
 from flatlab.experiment.schedules import lr_at
 
 __all__ = [
@@ -28,5 +36,6 @@ __all__ = [
     "run",
     "read_status",
     "average_model",
+    "final_models",
     "lr_at",
 ]

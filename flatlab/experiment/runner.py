@@ -203,10 +203,11 @@ def build(cfg: RunConfig, procs: Processes | None = None) -> Run:
                test_eval, n, rows, curvature_eval)
 
 
-def average_model(path: str | Path) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The averaged model ``x̄`` ``[P]`` and averaged buffers of a run directory's checkpoint.
+def final_models(path: str | Path) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The node models ``X`` ``[n, P]`` and stacked buffers ``{name: [n, ...]}`` of a run.
 
-    The checkpoint is the last one written (the final state of a finished run).
+    Read from the run directory's checkpoint, the last one written (the final state of a
+    finished run); rebuild the run with :func:`build` on its ``config.yaml`` to evaluate them.
 
     Raises:
         ConfigError: ``path`` holds no checkpoint.
@@ -216,9 +217,14 @@ def average_model(path: str | Path) -> tuple[torch.Tensor, dict[str, torch.Tenso
         raise ConfigError(f"init_from {path}: no checkpoint.pt there; accepted: a run directory "
                           "(train it first)")
     ck = torch.load(ckpt, map_location="cpu", weights_only=False)
-    x = ck["state"]["x"]
-    buffers = {k: (v.mean(0) if v.is_floating_point() else v[0]) for k, v in ck["buffers"].items()}
-    return x.mean(0), buffers
+    return ck["state"]["x"], dict(ck["buffers"])
+
+
+def average_model(path: str | Path) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The averaged model ``x̄`` ``[P]`` and averaged buffers of a run (:func:`final_models`)."""
+    x, buffers = final_models(path)
+    return x.mean(0), {k: (v.mean(0) if v.is_floating_point() else v[0])
+                       for k, v in buffers.items()}
 
 
 # ---------------------------------------------------------------------- measurement

@@ -402,7 +402,7 @@ _register(NamedMeasure(
                                 "hessian_top_matvecs", "hessian_min"),
     defaults={"k": 1, "tol": 1e-3, "max_iter": 100, "method": "lanczos", "smallest": False,
               "backend": "flatlab", "seed": 0},
-    average=_hessian_top, source="reference/measures.md §6-7"))
+    average=_hessian_top, source="reference/measures.md §5"))
 _CHOICES["hessian_top"] = {"method": ("lanczos", "power"), "backend": ("flatlab", "pyhessian")}
 
 
@@ -428,7 +428,7 @@ _register(NamedMeasure(
     "hessian_top_nodes", "top Hessian eigenvalue of every node model, batched over nodes "
     "(each with its own buffers and start vector)", ("hessian_top", "hessian_top_converged"),
     defaults={"k": 1, "tol": 1e-3, "max_iter": 100, "seed": 0},
-    nodes=_hessian_top_nodes, source="reference/measures.md §6-7"))
+    nodes=_hessian_top_nodes, source="reference/measures.md §5"))
 
 
 def _hessian_trace(ctx: MeasureContext, s: dict) -> list[Row]:
@@ -450,7 +450,7 @@ _register(NamedMeasure(
     "hessian_trace", "tr(H) at x̄ by Hutch++ (or Hutchinson) with its standard error",
     ("hessian_trace", "hessian_trace_stderr"),
     defaults={"num_matvecs": 60, "method": "hutch++", "backend": "flatlab", "seed": 0},
-    average=_hessian_trace, source="reference/measures.md §8"))
+    average=_hessian_trace, source="reference/measures.md §6"))
 _CHOICES["hessian_trace"] = {"method": ("hutch++", "hutchinson"),
                              "backend": ("flatlab", "pyhessian")}
 
@@ -475,7 +475,7 @@ _register(NamedMeasure(
     "density.parquet; weight on negative eigenvalues)", ("hessian_negative_mass",
                                                           "hessian_trace_slq"),
     defaults={"num_runs": 4, "lanczos_steps": 40, "seed": 0},
-    average=_spectral_density, source="reference/measures.md §9"))
+    average=_spectral_density, source="reference/measures.md §7"))
 
 
 # ---------------------------------------------------------------------- sharpness
@@ -505,21 +505,21 @@ _register(NamedMeasure(
     "sharpness_worst", "max of f(x̄ + δ) − f(x̄) over an l2 or l∞ ball (adaptive: scaled by "
     "|x̄| + η), by projected ascent", ("sharpness_worst",),
     defaults={"rho": 0.05, "norm": "l2", "adaptive": False, "eta": 0.0, "steps": 20, "seed": 0},
-    average=_sharpness("worst"), source="reference/measures.md §13"))
+    average=_sharpness("worst"), source="reference/measures.md §8"))
 _CHOICES["sharpness_worst"] = {"norm": ("l2", "linf")}
 _register(NamedMeasure(
     "sharpness_average", "E f(x̄ + δ) − f(x̄), δ Gaussian (adaptive: scaled by |x̄| + η), "
     "with its standard error", ("sharpness_average", "sharpness_average_stderr"),
     defaults={"sigma": 0.01, "adaptive": False, "eta": 0.0, "samples": 50, "seed": 0},
-    average=_sharpness("average"), source="reference/measures.md §13"))
+    average=_sharpness("average"), source="reference/measures.md §8"))
 _register(NamedMeasure(
     "sharpness_sam", "f(x̄ + ρ ĝ) − f(x̄): SAM's one-step ascent", ("sharpness_sam",),
     defaults={"rho": 0.05, "adaptive": False, "eta": 0.0},
-    average=_sharpness("sam"), source="reference/measures.md §13"))
+    average=_sharpness("sam"), source="reference/measures.md §8"))
 _register(NamedMeasure(
     "sharpness_keskar", "Keskar et al.'s ε-sharpness in percent", ("sharpness_keskar",),
     defaults={"eps": 1e-3, "steps": 20, "seed": 0},
-    average=_sharpness("keskar"), source="reference/measures.md §13"))
+    average=_sharpness("keskar"), source="reference/measures.md §8"))
 
 
 # ---------------------------------------------------------------------- landscape
@@ -546,7 +546,7 @@ _register(NamedMeasure(
     "barrier_to_average", "loss barrier on the segment from each node model to x̄ (averaged "
     "buffers), max and mean over nodes", ("barrier_to_average",),
     defaults={"points": 11}, nodes=_barrier_nodes, average=_barrier,
-    source="reference/measures.md §15"))
+    source="reference/measures.md §13.3"))
 
 
 def _landscape(dims: int) -> Callable[[MeasureContext, dict], list[Row]]:
@@ -576,9 +576,9 @@ _register(NamedMeasure(
     "landscape_1d", "loss along a filter-normalized direction through x̄ (to "
     "landscape.parquet; the largest rise)", ("landscape_1d_max",),
     defaults={"points": 21, "span": 1.0, "seed": 0}, average=_landscape(1),
-    source="reference/measures.md §14"))
+    source="reference/measures.md §13"))
 _register(NamedMeasure(
     "landscape_2d", "loss on a plane of two filter-normalized directions through x̄ (to "
     "landscape.parquet; the largest rise)", ("landscape_2d_max",),
     defaults={"points": 11, "span": 1.0, "seed": 0}, average=_landscape(2),
-    source="reference/measures.md §14"))
+    source="reference/measures.md §13"))
