@@ -135,3 +135,14 @@ def test_escape_and_bound_overlay():
 def test_a_table_without_the_columns_is_refused(fn):
     with pytest.raises(ValueError, match="lacks columns"):
         fn(pd.DataFrame({"method": ["x"]}))
+
+
+def test_scatter_draws_one_step_size(runs):
+    """Runs at another step size (the theory overlay's) are not averaged into the points."""
+    other = runs.assign(lr=0.1)
+    extra = runs[runs["method"] == "diffusion"].assign(lr=0.03, hessian_top=1e3)
+    fig = plots.tradeoff_scatter(pd.concat([other, other, extra]))
+    ys = [c.lines[0].get_ydata()[0] for ax in fig.axes for c in ax.containers]
+    assert len(ys) == 10 and max(ys) < 100
+    fig = plots.tradeoff_scatter(pd.concat([other, extra]), lr=0.03)
+    assert all(c.lines[0].get_ydata()[0] == 1e3 for ax in fig.axes for c in ax.containers)

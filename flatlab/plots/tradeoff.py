@@ -17,6 +17,8 @@ whose status is not ``done`` are left out (diverged ones are counted in the tabl
 from __future__ import annotations
 
 import matplotlib
+import matplotlib.patches
+import matplotlib.ticker
 
 matplotlib.use("Agg", force=False)
 
@@ -70,13 +72,20 @@ def _points(runs: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
     return out.reset_index()
 
 
+def _at_lr(table: pd.DataFrame, lr: float | None) -> pd.DataFrame:
+    """The rows at step size ``lr`` (default: the most common one) when there is an lr column."""
+    if "lr" not in table or not len(table):
+        return table
+    return table[table["lr"] == (table["lr"].mode().iloc[0] if lr is None else lr)]
+
+
 def _regimes(runs: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(runs["regime"])) if "regime" in runs else [None]
 
 
 def tradeoff_scatter(runs: pd.DataFrame, *, flatness: str = "hessian_top",
-                     error: str = "train_loss", panel_size: tuple[float, float] = (4.2, 3.6)
-                     ) -> Figure:
+                     error: str = "train_loss", lr: float | None = None,
+                     panel_size: tuple[float, float] = (4.2, 3.6)) -> Figure:
     """Flatness against optimization error: one marker per algorithm, colour by test accuracy.
 
     One panel per batch regime; each point is one (method, topology) pair, its position the
@@ -88,9 +97,12 @@ def tradeoff_scatter(runs: pd.DataFrame, *, flatness: str = "hessian_top",
         runs: The runs table (see the module docstring).
         flatness: Column on the y axis (``hessian_top``, ``hessian_trace``, ``sharpness``).
         error: Column on the x axis (``train_loss`` or ``grad_norm``).
+        lr: Step size of the runs drawn, when the table has an ``lr`` column (default: the
+            most common one).
         panel_size: Size of one panel in inches.
     """
     _need(runs, {"method", "topology", "status", "test_accuracy", flatness, error}, "runs")
+    runs = _at_lr(runs, lr)
     pts = _points(runs, [flatness, error, "test_accuracy"])
     regimes = _regimes(runs)
     methods = _methods(runs["method"])
@@ -126,14 +138,15 @@ def tradeoff_scatter(runs: pd.DataFrame, *, flatness: str = "hessian_top",
 
 
 def accuracy_vs_flatness(runs: pd.DataFrame, *, flatness: str = "hessian_top",
-                         error: str = "train_loss",
+                         error: str = "train_loss", lr: float | None = None,
                          panel_size: tuple[float, float] = (3.8, 3.2)) -> Figure:
     """Test accuracy against flatness (top row) and against optimization error (bottom row).
 
     One column per batch regime, one point per (method, topology) with standard-error bars
-    over seeds, colour and marker by method.
+    over seeds, colour and marker by method; ``lr`` as in :func:`tradeoff_scatter`.
     """
     _need(runs, {"method", "topology", "status", "test_accuracy", flatness, error}, "runs")
+    runs = _at_lr(runs, lr)
     pts = _points(runs, [flatness, error, "test_accuracy"])
     regimes = _regimes(runs)
     methods = _methods(runs["method"])
@@ -185,7 +198,7 @@ def consensus_over_training(curves: pd.DataFrame, steady: pd.DataFrame | None = 
         cd = cd[cd["status"] == "done"]
     if "lr" in cd and len(cd):
         lr = cd["lr"].mode().iloc[0] if lr is None else lr
-        cd = cd[cd["lr"] == lr]
+        cd = _at_lr(cd, lr)
     cd = cd[cd["step"] > 0]
     regimes = list(dict.fromkeys(cd["regime"])) if "regime" in cd else [None]
     tops = list(dict.fromkeys(cd["topology"]))
@@ -278,9 +291,9 @@ def bound_overlay(table: pd.DataFrame, *, panel_size: tuple[float, float] = (3.4
     """Measured ``(1/T) Σ_t ‖∇f(x̄_t)‖²`` against the terms of DSGD's bound, per topology.
 
     Rows: batch regimes; columns: topologies. Solid: measured (mean over seeds), per method;
-    dashed: the bound's total; dotted: its terms (noise, consensus, deterministic), all
-    evaluated with the run's measured ``L``, ``F0``, ``σ²``, ``ζ²`` (constants unspecified:
-    compare orders of magnitude and slopes).
+    dashed: the bound's total; dotted: its terms (noise, consensus, deterministic) for the last
+    method, all evaluated with the run's measured ``L``, ``F0``, ``σ²``, ``ζ²`` (constants
+    unspecified: compare orders of magnitude and slopes).
     """
     _need(table, {"topology", "method", "seed", "T", "measured", "bound_total"}, "bound")
     regimes = list(dict.fromkeys(table["regime"])) if "regime" in table else [None]
@@ -305,12 +318,14 @@ def bound_overlay(table: pd.DataFrame, *, panel_size: tuple[float, float] = (3.4
                 ax.plot(g["measured"].mean(), color=colours[m], lw=1.6, label=f"{m}, measured")
                 ax.plot(g["bound_total"].mean(), color=colours[m], ls="--", lw=1.0,
                         label=f"{m}, bound (total)")
-            if len(sub):
-                g = sub.groupby("T")
+            last = sub[sub["method"] == methods[-1]] if methods else sub
+            if len(last):  # the terms with the last method's inputs (one set, to stay legible)
+                g = last.groupby("T")
                 for k, term in enumerate(terms):
                     ax.plot(g[term].mean(), color="0.45", ls=":", lw=0.9 + 0.4 * k,
-                            label=f"bound term: {term.removeprefix('bound_')}")
+                            label=f"{methods[-1]}'s bound term: {term.removeprefix('bound_')}")
             ax.set(xscale="log", yscale="log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.grid(True, alpha=0.3, which="both")
             if i == 0:
                 ax.set_title(top)
