@@ -29,7 +29,7 @@ study goes on):
 
 Usage::
 
-    python analysis/tradeoff.py --scale small    # 16 nodes, 4 topologies, 3 seeds, CPU (~45 min)
+    python analysis/tradeoff.py --scale small    # 16 nodes, 4 topologies, 3 seeds, CPU (~55 min)
     python analysis/tradeoff.py --scale full     # 32 nodes, + momentum tracking, longer, GPU
     python analysis/tradeoff.py --scale small --report   # tables and figures from disk
 
