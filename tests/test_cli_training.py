@@ -99,3 +99,10 @@ def test_bad_training_input_is_one_line_and_exit_2(capsys, tmp_path, argv, patte
     assert code == 2
     assert err.count("\n") == 1 and pattern in err, err
     assert not (tmp_path / "x" / "status.json").exists()  # nothing half-written
+
+
+def test_demo_refuses_a_bad_number_of_jobs_in_one_line(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--jobs", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --jobs must be >= 1 (got 0)"
+    assert not any(tmp_path.iterdir())
