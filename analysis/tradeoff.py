@@ -19,8 +19,10 @@ study goes on):
    topologies for the theory overlay. After each decentralized run, the gradient noise ``σ²``
    and heterogeneity ``ζ²`` at its final ``x̄`` (:func:`flatlab.measures.gradient_noise`);
 2. **escape**: every method restarted (``init_from``) at the sharp minimum that large-batch
-   centralized training found (the final run of phase 1, per seed), at the same large batch:
-   how fast does each leave it (top eigenvalue and trace over steps) and where does it go;
+   centralized training found (the final run of phase 1, per seed), at the same large batch and
+   step: how fast does each leave it (top eigenvalue and trace over steps) and where does it
+   go; at the main step and at a smaller one (``escape_lrs``), whose start centralized SGD can
+   stay at;
 3. **theory overlay**: the measured steady-state ``Ξ²`` (mean over the second half of training)
    against :func:`flatlab.theory.predicted_consensus_distance` with the measured ``σ²``, ``ζ²``
    and each topology's ``ρ`` and step size; and the measured ``(1/T) Σ_t ‖∇f(x̄_t)‖²`` against
@@ -73,6 +75,7 @@ SCALES: dict[str, dict[str, Any]] = {
                   batches={"small-batch": 8, "large-batch": 32}, lr=0.1, steps=400, every=40,
                   seeds=(0, 1, 2), extra_lrs=(0.03,), extra_topologies=("ring",),
                   escape_topologies=("ring", "exponential"), escape_steps=200, escape_every=25,
+                  escape_lrs=(0.1, 0.03),
                   noise_draws=8, trace_matvecs=30),
     "full": dict(nodes=32, topologies=("ring", "torus", "exponential", "complete"),
                  methods=("centralized", "consensus", "diffusion", "momentum-tracking"),
@@ -80,6 +83,7 @@ SCALES: dict[str, dict[str, Any]] = {
                  seeds=(0, 1, 2), extra_lrs=(0.03, 0.3), extra_topologies=("ring", "exponential",
                                                                              "torus"),
                  escape_topologies=("ring", "exponential", "complete"), escape_steps=1000,
+                 escape_lrs=(0.1, 0.03),
                  escape_every=50, noise_draws=16, trace_matvecs=60),
     # the test suite's: one seed, a few steps, so that the script cannot rot
     "tiny": dict(nodes=4, topologies=("ring", "complete"),
@@ -87,6 +91,7 @@ SCALES: dict[str, dict[str, Any]] = {
                  batches={"small-batch": 4, "large-batch": 16}, lr=0.1, steps=6, every=2,
                  seeds=(0,), extra_lrs=(0.03,), extra_topologies=("ring",),
                  escape_topologies=("ring",), escape_steps=4, escape_every=2, noise_draws=2,
+                 escape_lrs=(0.1,),
                  trace_matvecs=6, train_subset=256, curvature_subset=64),
 }
 
@@ -142,6 +147,11 @@ def _points(grid: dict[str, Any]) -> list[dict[str, Any]]:
                     if method in FORMS and regime == "small-batch":
                         pts += [dict(regime=regime, batch=batch, method=method, lr=lr, seed=seed,
                                      topology=top, graph=top) for top in grid["extra_topologies"]]
+                # the escape's other starting points: large-batch centralized at its step sizes
+                if method == "centralized" and regime == "large-batch":
+                    pts += [dict(regime=regime, batch=batch, method=method, lr=lr, seed=seed,
+                                 topology="all-reduce", graph=grid["topologies"][0])
+                            for lr in grid["escape_lrs"] if lr != grid["lr"]]
     return pts
 
 
@@ -230,33 +240,40 @@ def curves(table: pd.DataFrame, grid: dict[str, Any], runs: Path) -> pd.DataFram
 
 
 def escape(grid: dict[str, Any], runs: Path, workers: int) -> pd.DataFrame:
-    """Phase 2: every method restarted at large-batch centralized's minimum (per seed)."""
+    """Phase 2: every method restarted at large-batch centralized's minimum (per seed).
+
+    For each step size of ``escape_lrs``: the start is the final x̄ of large-batch centralized
+    SGD trained at that step, and every method continues from it at the same batch and step.
+    At the main step the start sits at the edge of stability (its top eigenvalue near or above
+    2/μ); a smaller step finds a sharper point that centralized SGD itself can stay at.
+    """
     regime = "large-batch"
-    batch, lr = grid["batches"][regime], grid["lr"]
+    batch = grid["batches"][regime]
     pts, jobs = [], []
     for seed in grid["seeds"]:
-        src = runs / "final" / _name(regime, grid["topologies"][0], "centralized", lr, seed)
-        if not (src / "checkpoint.pt").is_file():
-            print(f"escape: no sharp minimum for seed {seed} ({src.name} did not finish)")
-            continue
-        for method in grid["methods"]:
-            tops = (grid["escape_topologies"][:1] if method == "centralized"
-                    else grid["escape_topologies"])
-            for top in tops:
-                label = "all-reduce" if method == "centralized" else top
-                pts.append((method, label, seed))
-                jobs.append((str(runs / "escape" / _name(regime, top, method, lr, seed)),
-                             _config(grid, method, top, batch, lr, seed,
-                                     escape_from=str(src))))
+        for lr in grid["escape_lrs"]:
+            src = runs / "final" / _name(regime, grid["topologies"][0], "centralized", lr, seed)
+            if not (src / "checkpoint.pt").is_file():
+                print(f"escape: no sharp minimum for seed {seed} ({src.name} did not finish)")
+                continue
+            for method in grid["methods"]:
+                tops = (grid["escape_topologies"][:1] if method == "centralized"
+                        else grid["escape_topologies"])
+                for top in tops:
+                    label = "all-reduce" if method == "centralized" else top
+                    pts.append((method, label, lr, seed))
+                    jobs.append((str(runs / "escape" / _name(regime, top, method, lr, seed)),
+                                 _config(grid, method, top, batch, lr, seed,
+                                         escape_from=str(src))))
     run_jobs(jobs, workers)
     parts = []
-    for (method, top, seed), (path, _) in zip(pts, jobs, strict=True):
+    for (method, top, lr, seed), (path, _) in zip(pts, jobs, strict=True):
         s = _series(Path(path), ESCAPE_METRICS)
         st = final_values(path, {})["status"]
-        parts.append(s.assign(method=method, topology=top, seed=seed, status=st))
+        parts.append(s.assign(method=method, topology=top, lr=lr, seed=seed, status=st))
     if not parts:
-        return pd.DataFrame(columns=["step", "metric", "value", "method", "topology", "seed",
-                                     "status"])
+        return pd.DataFrame(columns=["step", "metric", "value", "method", "topology", "lr",
+                                     "seed", "status"])
     return pd.concat(parts, ignore_index=True)
 
 
@@ -387,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     (a.out / "summary.md").write_text(markdown(summary, grid["lr"]))
     paths = figures(a.fig, tables)
     print(markdown(summary, grid["lr"]))
-    print(f"{len(table)} final runs, {esc.groupby(['method', 'topology', 'seed']).ngroups} "
+    print(f"{len(table)} final runs, "
+          f"{esc.groupby(['method', 'topology', 'lr', 'seed']).ngroups} "
           f"escape runs ({time.time() - t0:.0f} s); tables in {a.out}, figures "
           f"{', '.join(p.name for p in paths)} in {a.fig.parent} (.pdf, .png)")
     return 0

@@ -146,3 +146,16 @@ def test_scatter_draws_one_step_size(runs):
     assert len(ys) == 10 and max(ys) < 100
     fig = plots.tradeoff_scatter(pd.concat([other, extra]), lr=0.03)
     assert all(c.lines[0].get_ydata()[0] == 1e3 for ax in fig.axes for c in ax.containers)
+
+
+def test_escape_draws_one_row_per_step_size():
+    esc = pd.DataFrame([dict(method=m, topology=t, lr=lr, seed=0, step=k, metric=metric,
+                             value=lr * (1 + k), status="done")
+                        for m, t in (("centralized", "all-reduce"), ("diffusion", "ring"))
+                        for lr in (0.1, 0.03) for k in range(3)
+                        for metric in ("hessian_top", "train_loss")])
+    fig = plots.escape(esc)
+    assert len(fig.axes) == 4
+    assert fig.axes[0].get_ylabel().startswith("step size μ = 0.1")
+    assert fig.axes[2].get_ylabel().startswith("step size μ = 0.03")
+    np.testing.assert_allclose(fig.axes[2].get_lines()[0].get_ydata(), [0.03, 0.06, 0.09])

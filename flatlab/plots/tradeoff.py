@@ -256,31 +256,40 @@ def escape(table: pd.DataFrame, *, metrics: tuple[str, ...] = ("hessian_top", "h
            panel_size: tuple[float, float] = (3.4, 2.8)) -> Figure:
     """Leaving a sharp minimum: flatness and loss over steps after starting every method there.
 
-    One panel per metric; one line per (method, topology), the mean over seeds with a band from
-    min to max; colour by method, line style by topology.
+    One panel per metric (columns) and step size (rows, when the table has an ``lr`` column);
+    one line per (method, topology), the mean over seeds with a band from min to max; colour
+    by method, line style by topology.
     """
     _need(table, {"method", "topology", "seed", "step", "metric", "value"}, "escape")
     t = table[table["status"] == "done"] if "status" in table else table
     metrics = tuple(m for m in metrics if (t["metric"] == m).any()) or metrics[:1]
+    lrs = sorted(set(t["lr"]), reverse=True) if "lr" in t and len(t) else [None]
     methods = _methods(t["method"])
     colours, _ = _style(methods)
     tops = [x for x in dict.fromkeys(t["topology"]) if x != "all-reduce"]
     styles = dict(zip(tops, ("-", "--", ":", "-."), strict=False)) | {"all-reduce": "-"}
-    fig, axes = plt.subplots(1, len(metrics), squeeze=False, constrained_layout=True,
-                             figsize=(panel_size[0] * len(metrics) + 2.2, panel_size[1]))
-    for ax, metric in zip(axes[0], metrics, strict=True):
-        sub = t[t["metric"] == metric]
-        scale = 100 if metric == "test_accuracy" else 1
-        for (m, top), g in sub.groupby(["method", "topology"], sort=False):
-            s = g.groupby("step")["value"]
-            mean = s.mean() * scale
-            ax.plot(mean.index, mean.to_numpy(), color=colours[m], ls=styles.get(top, "-"),
-                    lw=1.5, label=f"{m} ({top})")
-            ax.fill_between(mean.index, s.min().to_numpy() * scale, s.max().to_numpy() * scale,
-                            color=colours[m], alpha=0.12, lw=0)
-        ax.set(xlabel="steps after the start at the sharp minimum",
-               ylabel=LABELS.get(metric, metric))
-        ax.grid(True, alpha=0.3)
+    fig, axes = plt.subplots(len(lrs), len(metrics), squeeze=False, constrained_layout=True,
+                             figsize=(panel_size[0] * len(metrics) + 2.2,
+                                      panel_size[1] * len(lrs)))
+    for row, lr in enumerate(lrs):
+        at = t if lr is None else t[t["lr"] == lr]
+        for ax, metric in zip(axes[row], metrics, strict=True):
+            sub = at[at["metric"] == metric]
+            scale = 100 if metric == "test_accuracy" else 1
+            for (m, top), g in sub.groupby(["method", "topology"], sort=False):
+                v = g.groupby("step")["value"]
+                mean = v.mean() * scale
+                ax.plot(mean.index, mean.to_numpy(), color=colours[m], ls=styles.get(top, "-"),
+                        lw=1.5, label=f"{m} ({top})")
+                ax.fill_between(mean.index, v.min().to_numpy() * scale,
+                                v.max().to_numpy() * scale, color=colours[m], alpha=0.12, lw=0)
+            ylabel = LABELS.get(metric, metric)
+            if lr is not None and metric == metrics[0]:
+                ylabel = f"step size μ = {lr:g}\n{ylabel}"
+            ax.set(ylabel=ylabel)
+            if row == len(lrs) - 1:
+                ax.set_xlabel("steps after the start at the sharp minimum")
+            ax.grid(True, alpha=0.3)
     axes[0, -1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=8,
                        title="method (topology)")
     return fig
