@@ -12,8 +12,8 @@ The ten runs live under ``OUT/runs`` (one directory per run, resumable: a second
 nothing that finished); the demo writes the table ``OUT/table.csv``, the trade-off figure
 ``OUT/tradeoff.{png,pdf}`` (flatness against optimization error, colour by test accuracy) and
 ``OUT/curves.{png,pdf}`` (metrics over training), and prints the table next to the ring's
-spectral gap. About 3-4 minutes on 2 CPU cores; ``--small`` is a seconds-long check of the same
-pipeline. The study behind it, with seeds, topologies and the theory overlay, is
+spectral gap. About 4 minutes on 2 idle CPU cores; ``--small`` is a seconds-long check of the
+same pipeline. The study behind it, with seeds, topologies and the theory overlay, is
 ``analysis/tradeoff.py``.
 """
 
@@ -106,8 +106,8 @@ def run_demo(out: Path, small: bool = False, progress: bool = True, workers: int
           f"split, 1-D CNN, per-node batch {' and '.join(map(str, BATCHES.values()))} "
           f"-> {out}", flush=True)
     todo = [(p, c) for p, c in jobs if not _finished(p)]
-    if progress or todo:
-        run_jobs(todo, workers) if progress else _quiet(run_jobs, todo, workers)
+    if todo:
+        (run_jobs if progress else _quiet)(todo, workers)
     rows = []
     for path, cfg in jobs:
         regime, method = path.name.split(",")
@@ -153,10 +153,13 @@ def _finished(path: Path) -> bool:
     return st is not None and st["status"] in ("done", "diverged")
 
 
-def _quiet(fn, *args) -> None:
+def _quiet(jobs: list[tuple[Path, dict[str, Any]]], workers: int) -> None:
+    """Run the jobs without their one-line-per-run progress."""
     import contextlib
     import io
 
+    from flatlab.experiment.study import run_jobs
+
     with contextlib.redirect_stdout(io.StringIO()):
-        fn(*args)
+        run_jobs(jobs, workers)
 

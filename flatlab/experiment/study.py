@@ -54,10 +54,15 @@ def run_jobs(jobs: Sequence[tuple[str | Path, dict[str, Any]]], workers: int) ->
     if workers == 0:
         return
     t0 = time.time()
-    if workers == 1:
-        results = map(_job, jobs)
-        for i, (path, status) in enumerate(results):
-            print(f"[{i + 1}/{len(jobs)}] {Path(path).name}: {status}", flush=True)
+    if workers == 1:  # in this process; its thread count is restored afterwards
+        import torch
+
+        threads = torch.get_num_threads()
+        try:
+            for i, (path, status) in enumerate(map(_job, jobs)):
+                print(f"[{i + 1}/{len(jobs)}] {Path(path).name}: {status}", flush=True)
+        finally:
+            torch.set_num_threads(threads)
         return
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         for i, (path, status) in enumerate(pool.map(_job, jobs)):
