@@ -79,6 +79,37 @@ def _at_lr(table: pd.DataFrame, lr: float | None) -> pd.DataFrame:
     return table[table["lr"] == (table["lr"].mode().iloc[0] if lr is None else lr)]
 
 
+def _regime_by_topology(table: pd.DataFrame, panel_size: tuple[float, float], legend_width: float
+                        ) -> tuple[Figure, np.ndarray, list]:
+    """A figure with one row per batch regime and one column per topology, shared axes.
+
+    Returns the figure, its axes and ``[(i, j, regime, topology, rows of that panel)]``.
+    """
+    regimes = list(dict.fromkeys(table["regime"])) if "regime" in table else [None]
+    tops = list(dict.fromkeys(table["topology"]))
+    fig, axes = plt.subplots(len(regimes), max(len(tops), 1), squeeze=False, sharex=True,
+                             sharey=True, constrained_layout=True,
+                             figsize=(panel_size[0] * max(len(tops), 1) + legend_width,
+                                      panel_size[1] * len(regimes)))
+    panels = []
+    for i, regime in enumerate(regimes):
+        for j, top in enumerate(tops):
+            sub = table[table["topology"] == top]
+            panels.append((i, j, regime, top, sub if regime is None
+                           else sub[sub["regime"] == regime]))
+    return fig, axes, panels
+
+
+def _label_panel(ax, i: int, j: int, n_rows: int, top: str, xlabel: str, ylabel: str,
+                 regime: str | None) -> None:
+    if i == 0:
+        ax.set_title(top)
+    if i == n_rows - 1:
+        ax.set_xlabel(xlabel)
+    if j == 0:
+        ax.set_ylabel(ylabel + (f"\n{regime}" if regime else ""))
+
+
 def _regimes(runs: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(runs["regime"])) if "regime" in runs else [None]
 
@@ -200,46 +231,32 @@ def consensus_over_training(curves: pd.DataFrame, steady: pd.DataFrame | None = 
         lr = cd["lr"].mode().iloc[0] if lr is None else lr
         cd = _at_lr(cd, lr)
     cd = cd[cd["step"] > 0]
-    regimes = list(dict.fromkeys(cd["regime"])) if "regime" in cd else [None]
-    tops = list(dict.fromkeys(cd["topology"]))
     methods = _methods(cd["method"])
     colours, _ = _style(_methods(curves["method"]))
-    fig, axes = plt.subplots(len(regimes), max(len(tops), 1), squeeze=False, sharex=True,
-                             sharey=True, constrained_layout=True,
-                             figsize=(panel_size[0] * max(len(tops), 1) + 1.8,
-                                      panel_size[1] * len(regimes)))
-    for i, regime in enumerate(regimes):
-        for j, top in enumerate(tops):
-            ax = axes[i, j]
-            sub = cd[cd["topology"] == top]
-            if regime is not None:
-                sub = sub[sub["regime"] == regime]
-            for m in methods:
-                g = sub[sub["method"] == m].groupby("step")["value"]
-                if not len(g):
-                    continue
-                mean = g.mean()
-                ax.plot(mean.index, mean.to_numpy(), color=colours[m], lw=1.5, label=m)
-                ax.fill_between(mean.index, g.min().to_numpy(), g.max().to_numpy(),
-                                color=colours[m], alpha=0.2, lw=0)
-                if steady is not None and len(steady):
-                    p = steady[(steady["topology"] == top) & (steady["method"] == m)
-                               & (steady["lr"] == lr)]
-                    if regime is not None:
-                        p = p[p["regime"] == regime]
-                    if len(p):
-                        ax.axhspan(p["predicted"].min(), p["predicted"].max(),
-                                   facecolor=colours[m], alpha=0.15, hatch="//",
-                                   edgecolor=colours[m], lw=0.8)
-                        ax.axhline(p["predicted"].mean(), color=colours[m], ls="--", lw=1.0)
-            ax.set_yscale("log")
-            ax.grid(True, alpha=0.3)
-            if i == 0:
-                ax.set_title(top)
-            if i == len(regimes) - 1:
-                ax.set_xlabel("step")
-            if j == 0:
-                ax.set_ylabel(LABELS["consensus_distance"] + (f"\n{regime}" if regime else ""))
+    fig, axes, panels = _regime_by_topology(cd, panel_size, 1.8)
+    for i, j, regime, top, sub in panels:
+        ax = axes[i, j]
+        for m in methods:
+            g = sub[sub["method"] == m].groupby("step")["value"]
+            if not len(g):
+                continue
+            mean = g.mean()
+            ax.plot(mean.index, mean.to_numpy(), color=colours[m], lw=1.5, label=m)
+            ax.fill_between(mean.index, g.min().to_numpy(), g.max().to_numpy(),
+                            color=colours[m], alpha=0.2, lw=0)
+            if steady is not None and len(steady):
+                p = steady[(steady["topology"] == top) & (steady["method"] == m)
+                           & (steady["lr"] == lr)]
+                if regime is not None:
+                    p = p[p["regime"] == regime]
+                if len(p):
+                    ax.axhspan(p["predicted"].min(), p["predicted"].max(),
+                               facecolor=colours[m], alpha=0.15, hatch="//",
+                               edgecolor=colours[m], lw=0.8)
+                    ax.axhline(p["predicted"].mean(), color=colours[m], ls="--", lw=1.0)
+        ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+        _label_panel(ax, i, j, axes.shape[0], top, "step", LABELS["consensus_distance"], regime)
     handles = [plt.Line2D([], [], color=colours[m], lw=1.5, label=f"{m}, measured")
                for m in methods]
     handles += [matplotlib.patches.Patch(facecolor=colours[m], alpha=0.3, hatch="//",
@@ -305,44 +322,30 @@ def bound_overlay(table: pd.DataFrame, *, panel_size: tuple[float, float] = (3.4
     unspecified: compare orders of magnitude and slopes).
     """
     _need(table, {"topology", "method", "seed", "T", "measured", "bound_total"}, "bound")
-    regimes = list(dict.fromkeys(table["regime"])) if "regime" in table else [None]
-    tops = list(dict.fromkeys(table["topology"]))
     methods = _methods(table["method"])
     colours, _ = _style(_methods(["centralized", *methods]))
     terms = [c for c in table.columns if c.startswith("bound_") and c != "bound_total"]
-    fig, axes = plt.subplots(len(regimes), max(len(tops), 1), squeeze=False, sharex=True,
-                             sharey=True, constrained_layout=True,
-                             figsize=(panel_size[0] * max(len(tops), 1) + 2.0,
-                                      panel_size[1] * len(regimes)))
-    for i, regime in enumerate(regimes):
-        for j, top in enumerate(tops):
-            ax = axes[i, j]
-            sub = table[table["topology"] == top]
-            if regime is not None:
-                sub = sub[sub["regime"] == regime]
-            for m in methods:
-                g = sub[sub["method"] == m].groupby("T")
-                if not len(g):
-                    continue
-                ax.plot(g["measured"].mean(), color=colours[m], lw=1.6, label=f"{m}, measured")
-                ax.plot(g["bound_total"].mean(), color=colours[m], ls="--", lw=1.0,
-                        label=f"{m}, bound (total)")
-            last = sub[sub["method"] == methods[-1]] if methods else sub
-            if len(last):  # the terms with the last method's inputs (one set, to stay legible)
-                g = last.groupby("T")
-                for k, term in enumerate(terms):
-                    ax.plot(g[term].mean(), color="0.45", ls=":", lw=0.9 + 0.4 * k,
-                            label=f"{methods[-1]}'s bound term: {term.removeprefix('bound_')}")
-            ax.set(xscale="log", yscale="log")
-            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-            ax.grid(True, alpha=0.3, which="both")
-            if i == 0:
-                ax.set_title(top)
-            if i == len(regimes) - 1:
-                ax.set_xlabel("iterations T")
-            if j == 0:
-                ax.set_ylabel(r"$\frac{1}{T}\sum_t \|\nabla f(\bar{x}_t)\|^2$"
-                              + (f"\n{regime}" if regime else ""))
+    fig, axes, panels = _regime_by_topology(table, panel_size, 2.0)
+    for i, j, regime, top, sub in panels:
+        ax = axes[i, j]
+        for m in methods:
+            g = sub[sub["method"] == m].groupby("T")
+            if not len(g):
+                continue
+            ax.plot(g["measured"].mean(), color=colours[m], lw=1.6, label=f"{m}, measured")
+            ax.plot(g["bound_total"].mean(), color=colours[m], ls="--", lw=1.0,
+                    label=f"{m}, bound (total)")
+        last = sub[sub["method"] == methods[-1]] if methods else sub
+        if len(last):  # the terms with the last method's inputs (one set, to stay legible)
+            g = last.groupby("T")
+            for k, term in enumerate(terms):
+                ax.plot(g[term].mean(), color="0.45", ls=":", lw=0.9 + 0.4 * k,
+                        label=f"{methods[-1]}'s bound term: {term.removeprefix('bound_')}")
+        ax.set(xscale="log", yscale="log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.grid(True, alpha=0.3, which="both")
+        _label_panel(ax, i, j, axes.shape[0], top, "iterations T",
+                     r"$\frac{1}{T}\sum_t \|\nabla f(\bar{x}_t)\|^2$", regime)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     axes[0, -1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0),
                        frameon=False, fontsize=7)
