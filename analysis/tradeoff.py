@@ -160,8 +160,6 @@ def _noise(path: Path, cfg: dict[str, Any], draws: int) -> dict[str, float]:
     cache = path / "noise.json"
     if cache.is_file():
         return json.loads(cache.read_text())
-    import torch
-
     from flatlab.experiment import average_model, build, load_config
     from flatlab.measures import gradient_noise
 
@@ -172,8 +170,6 @@ def _noise(path: Path, cfg: dict[str, Any], draws: int) -> dict[str, float]:
                        draws=draws)
     out = {"sigma2": r.sigma2, "zeta2": r.zeta2}
     cache.write_text(json.dumps(out) + "\n")
-    del run
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return out
 
 

@@ -60,7 +60,8 @@ from flatlab.experiment.schedules import lr_at
 from flatlab.measures import named
 from flatlab.topology import make as make_topology
 
-__all__ = ["Run", "RunResult", "build", "run", "average_model", "STATUSES", "METRIC_COLUMNS"]
+__all__ = ["Run", "RunResult", "build", "run", "average_model", "final_models", "STATUSES",
+           "METRIC_COLUMNS"]
 
 STATUSES = ("running", "done", "diverged", "failed")
 METRIC_COLUMNS = ("step", "epoch", "metric", "scope", "value")
@@ -148,9 +149,10 @@ def build(cfg: RunConfig, procs: Processes | None = None) -> Run:
     stack = NodeStack(model(cfg.seed), k, init=cfg.init, reinit=model, seed=cfg.seed + rows.start,
                       **stack_kw)
     if cfg.init_from is not None:
-        xbar, buffers = average_model(cfg.init_from)
         try:
-            stack.start_from(xbar, buffers)
+            stack.start_from(*average_model(cfg.init_from))
+        except ConfigError as e:
+            raise ConfigError(f"init_from: {e}") from None
         except FlatlabError as e:
             raise ConfigError(f"init_from {cfg.init_from}: {e}; accepted: a run of the same "
                               f"model ({cfg.model.name}) on the same data set") from None
@@ -214,8 +216,8 @@ def final_models(path: str | Path) -> tuple[torch.Tensor, dict[str, torch.Tensor
     """
     ckpt = Path(path) / "checkpoint.pt"
     if not ckpt.is_file():
-        raise ConfigError(f"init_from {path}: no checkpoint.pt there; accepted: a run directory "
-                          "(train it first)")
+        raise ConfigError(f"{path} holds no checkpoint.pt; accepted: a run directory (train it "
+                          "first)")
     ck = torch.load(ckpt, map_location="cpu", weights_only=False)
     return ck["state"]["x"], dict(ck["buffers"])
 

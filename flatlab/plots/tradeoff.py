@@ -79,13 +79,26 @@ def _at_lr(table: pd.DataFrame, lr: float | None) -> pd.DataFrame:
     return table[table["lr"] == (table["lr"].mode().iloc[0] if lr is None else lr)]
 
 
+def _regimes(runs: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(runs["regime"])) if "regime" in runs else [None]
+
+
+def _final_points(runs: pd.DataFrame, flatness: str, error: str, lr: float | None
+                  ) -> tuple[pd.DataFrame, list, list[str]]:
+    """Checked runs at one step size: per-(method, topology) points, regimes, methods."""
+    _need(runs, {"method", "topology", "status", "test_accuracy", flatness, error}, "runs")
+    runs = _at_lr(runs, lr)
+    return (_points(runs, [flatness, error, "test_accuracy"]), _regimes(runs),
+            _methods(runs["method"]))
+
+
 def _regime_by_topology(table: pd.DataFrame, panel_size: tuple[float, float], legend_width: float
                         ) -> tuple[Figure, np.ndarray, list]:
     """A figure with one row per batch regime and one column per topology, shared axes.
 
     Returns the figure, its axes and ``[(i, j, regime, topology, rows of that panel)]``.
     """
-    regimes = list(dict.fromkeys(table["regime"])) if "regime" in table else [None]
+    regimes = _regimes(table)
     tops = list(dict.fromkeys(table["topology"]))
     fig, axes = plt.subplots(len(regimes), max(len(tops), 1), squeeze=False, sharex=True,
                              sharey=True, constrained_layout=True,
@@ -110,10 +123,6 @@ def _label_panel(ax, i: int, j: int, n_rows: int, top: str, xlabel: str, ylabel:
         ax.set_ylabel(ylabel + (f"\n{regime}" if regime else ""))
 
 
-def _regimes(runs: pd.DataFrame) -> list[str]:
-    return list(dict.fromkeys(runs["regime"])) if "regime" in runs else [None]
-
-
 def tradeoff_scatter(runs: pd.DataFrame, *, flatness: str = "hessian_top",
                      error: str = "train_loss", lr: float | None = None,
                      panel_size: tuple[float, float] = (4.2, 3.6)) -> Figure:
@@ -132,11 +141,7 @@ def tradeoff_scatter(runs: pd.DataFrame, *, flatness: str = "hessian_top",
             most common one).
         panel_size: Size of one panel in inches.
     """
-    _need(runs, {"method", "topology", "status", "test_accuracy", flatness, error}, "runs")
-    runs = _at_lr(runs, lr)
-    pts = _points(runs, [flatness, error, "test_accuracy"])
-    regimes = _regimes(runs)
-    methods = _methods(runs["method"])
+    pts, regimes, methods = _final_points(runs, flatness, error, lr)
     _, markers = _style(methods)
     acc = pts["test_accuracy_mean"] * 100
     norm = plt.Normalize(acc.min(), acc.max() if acc.max() > acc.min() else acc.min() + 1)
@@ -176,11 +181,7 @@ def accuracy_vs_flatness(runs: pd.DataFrame, *, flatness: str = "hessian_top",
     One column per batch regime, one point per (method, topology) with standard-error bars
     over seeds, colour and marker by method; ``lr`` as in :func:`tradeoff_scatter`.
     """
-    _need(runs, {"method", "topology", "status", "test_accuracy", flatness, error}, "runs")
-    runs = _at_lr(runs, lr)
-    pts = _points(runs, [flatness, error, "test_accuracy"])
-    regimes = _regimes(runs)
-    methods = _methods(runs["method"])
+    pts, regimes, methods = _final_points(runs, flatness, error, lr)
     colours, markers = _style(methods)
     fig, axes = plt.subplots(2, len(regimes), squeeze=False, constrained_layout=True,
                              figsize=(panel_size[0] * len(regimes) + 1.8, panel_size[1] * 2))
