@@ -36,6 +36,7 @@ from typing import Any, Union
 import yaml
 
 from flatlab.errors import ConfigError, FlatlabError
+from flatlab.experiment.io import read_yaml, yaml_error_line, yaml_loads
 
 __all__ = [
     "RunConfig",
@@ -249,8 +250,8 @@ def _coerce(path: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"config field {path}: {value!r} is not a mapping")
         return dict(value)
     if tp is float:
-        if isinstance(value, str) and _NUMBER.match(value):  # YAML 1.1 reads 1e-3 as a string
-            return float(value)
+        if isinstance(value, str) and _NUMBER.match(value):  # "1e-3" given as a string
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config field {path}: {value!r} is not a number")
         if not math.isfinite(value):
@@ -312,7 +313,11 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
 def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """``["optim.lr=0.1", "algorithm.name=consensus"]`` -> ``{"optim.lr": 0.1, ...}``.
 
-    Values are parsed as YAML (numbers, booleans, ``null``, lists ``[a, b]``).
+    Values are parsed as YAML (numbers, ``1e-3`` included, booleans, ``null``, lists
+    ``[a, b]``), by the strict safe loader of :mod:`flatlab.experiment.io`.
+
+    Raises:
+        ConfigError: An item that is not ``key=value``, or a key given twice.
     """
     out: dict[str, Any] = {}
     for item in items:
@@ -320,14 +325,17 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
             raise ConfigError(f"override {item!r} is not key=value (for example optim.lr=0.1)")
         key, raw = item.split("=", 1)
         key = key.strip()
-        if not key:
-            raise ConfigError(f"override {item!r} has an empty key")
+        if not key or any(not p for p in key.split(".")):
+            raise ConfigError(f"override {item!r} has an empty key or key part; accepted: "
+                              "dotted field names such as optim.lr")
+        if key in out:
+            raise ConfigError(f"override {key} is given twice; give each field once")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+            value = yaml_loads(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            if "tag" in yaml_error_line(e):
+                raise ConfigError(f"override {key}: {yaml_error_line(e)}") from None
             value = raw
-        if isinstance(value, str) and _NUMBER.match(value):  # YAML 1.1 reads 1e-3 as a string
-            value = float(value)
         out[key] = value
     return out
 
@@ -370,16 +378,7 @@ def load_config(source: str | Path | dict[str, Any] | RunConfig | None = None,
     elif isinstance(source, dict):
         d = copy.deepcopy(source)
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            d = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            line = str(e).splitlines()[0] if str(e) else "parse error"
-            raise ConfigError(f"config file {path} is not valid YAML: {line}") from None
-        if not isinstance(d, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of fields")
+        d = read_yaml(source, "config file", error=ConfigError)
     if overrides:
         ov = parse_overrides(list(overrides)) if not isinstance(overrides, dict) else overrides
         d = apply_overrides(d, ov)
@@ -396,6 +395,12 @@ def _need(cond: bool, path: str, value: Any, accepted: str) -> None:
 
 def _one_of(path: str, value: Any, choices: list[str] | tuple[str, ...]) -> None:
     _need(value in choices, path, value, ", ".join(choices))
+
+
+def is_plain_name(name: str) -> bool:
+    """A run name that stays inside the runs folder: one path component, not ``.`` or ``..``."""
+    return (bool(name.strip()) and name not in (".", "..") and not any(c in name for c in "/\\")
+            and all(c.isprintable() for c in name) and name == name.strip())
 
 
 def validate(cfg: RunConfig) -> None:
@@ -423,7 +428,8 @@ def validate(cfg: RunConfig) -> None:
           "a number of seconds > 0")
     _need(math.isfinite(cfg.measure_timeout) and cfg.measure_timeout > 0, "measure_timeout",
           cfg.measure_timeout, "a number of seconds > 0")
-    _need(bool(cfg.name) and "/" not in cfg.name, "name", cfg.name, "a non-empty name without /")
+    _need(is_plain_name(cfg.name), "name", cfg.name,
+          "a name that is one folder name (not . or .., no / or \\, no control characters)")
 
     d = cfg.data
     _one_of("data.name", d.name, data.available())
@@ -482,9 +488,10 @@ def validate(cfg: RunConfig) -> None:
         _need(isinstance(given, dict), f"measure.options.{name}", given,
               "a mapping of settings (flatlab measures lists them)")
         try:
-            every = named.resolve(name, given)["every"]
+            every = named.resolve(name, given, field=f"config field measure.options.{name}")[
+                "every"]
         except MeasureError as e:
-            raise ConfigError(f"measure.options.{name}: {e}") from None
+            raise ConfigError(str(e)) from None
         _need(every is None or every % m.every == 0, f"measure.options.{name}.every", every,
               f"a multiple of measure.every = {m.every}")
     _need(m.curvature_subset >= 1, "measure.curvature_subset", m.curvature_subset,

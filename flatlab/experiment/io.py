@@ -1,0 +1,158 @@
+"""Reading and writing the files of configs and run directories, safely.
+
+Nothing read from disk runs code (DESIGN.md §7). YAML is read by :class:`StrictLoader`, a
+``yaml.SafeLoader`` that
+
+- refuses a key given twice in one mapping (PyYAML keeps the last one silently);
+- refuses every tag it does not know (``!!python/object`` and friends), as ``SafeLoader`` does;
+- reads numbers in exponent form without a dot (``1e-3``, ``2E5``) as floats, as YAML 1.2 does
+  (YAML 1.1, PyYAML's default, reads them as strings).
+
+Every problem with a file is one :class:`~flatlab.errors.FlatlabError` line naming the file,
+what is wrong and, where there is one, the line of the file. Files are written atomically
+(a temporary file in the same folder, then ``os.replace``), so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flatlab.errors import FlatlabError
+
+__all__ = ["StrictLoader", "yaml_loads", "read_yaml", "read_json", "atomic_write", "write_text",
+           "yaml_error_line"]
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` without silent duplicates, with YAML 1.2 exponent floats."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """A mapping; a key that appears twice is an error naming it and its line."""
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`, overridden below
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: SafeLoader reports it below
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (first on line {first}); give it "
+                    "once", key_node.start_mark)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1 needs a dot in a float; YAML 1.2 (and every user) reads 1e-3 as a number.
+StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def yaml_error_line(err: yaml.YAMLError) -> str:
+    """One line for a YAML error: the problem and where it is."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0] or "parse error"
+    if "could not determine a constructor for the tag" in problem:
+        tag = problem.split("'")[1].replace("tag:yaml.org,2002:", "!!")
+        problem = (f"tag {tag} is not allowed (flatlab reads plain YAML: mappings, lists, "
+                   "strings, numbers, booleans, null)")
+    mark = getattr(err, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else problem
+
+
+def yaml_loads(text: str) -> Any:
+    """Parse YAML text with :class:`StrictLoader` (raises ``yaml.YAMLError``)."""
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - StrictLoader is a SafeLoader
+
+
+def _read_text(path: Path, what: str) -> str:
+    if not path.exists():
+        raise FlatlabError(f"{what} {path} does not exist")
+    if not path.is_file():
+        raise FlatlabError(f"{what} {path} is not a file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise FlatlabError(f"{what} {path} is not text (not UTF-8)") from None
+    except OSError as e:
+        raise FlatlabError(f"{what} {path} cannot be read: {e.strerror or e}") from None
+
+
+def read_yaml(path: str | Path, what: str = "YAML file", *, mapping: bool = True,
+              error: type[FlatlabError] = FlatlabError) -> Any:
+    """The contents of a YAML file, read safely (:class:`StrictLoader`).
+
+    Args:
+        path: The file.
+        what: What the file is, for messages (``"config file"``).
+        mapping: Require a mapping at the top (an empty file reads as ``{}``).
+        error: The :class:`FlatlabError` subclass raised.
+
+    Raises:
+        FlatlabError: (``error``) The file is missing, unreadable, not valid YAML, uses a tag or a
+            duplicate key, or (with ``mapping``) does not hold a mapping.
+    """
+    path = Path(path)
+    try:
+        text = _read_text(path, what)
+    except FlatlabError as e:
+        raise error(str(e)) from None
+    try:
+        data = yaml_loads(text)
+    except yaml.YAMLError as e:
+        raise error(f"{what} {path} is not valid YAML: {yaml_error_line(e)}") from None
+    if mapping:
+        data = {} if data is None else data
+        if not isinstance(data, dict):
+            raise error(f"{what} {path} must hold a mapping of fields (got a "
+                        f"{type(data).__name__})")
+    return data
+
+
+def read_json(path: str | Path, what: str = "JSON file", *,
+              error: type[FlatlabError] = FlatlabError) -> dict[str, Any]:
+    """A JSON object from a file (one-line errors for a missing, damaged or non-object file)."""
+    path = Path(path)
+    try:
+        text = _read_text(path, what)
+    except FlatlabError as e:
+        raise error(str(e)) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{what} {path} is not valid JSON: {e.msg} (line {e.lineno})") from None
+    if not isinstance(data, dict):
+        raise error(f"{what} {path} must hold a JSON object (got a {type(data).__name__})")
+    return data
+
+
+def atomic_write(path: Path, writer: Callable[[Path], Any]) -> None:
+    """``writer(tmp)`` then ``os.replace(tmp, path)``: readers see the old or the new file.
+
+    The temporary name is unique per process and thread, so two writers never share it.
+    """
+    import threading
+
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{threading.get_ident()}")
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
