@@ -105,9 +105,7 @@ def run_demo(out: Path, small: bool = False, progress: bool = True, workers: int
     print(f"flatlab demo: {', '.join(ALGORITHMS)} on mnist1d, {nodes}-node ring, Dirichlet(1) "
           f"split, 1-D CNN, per-node batch {' and '.join(map(str, BATCHES.values()))} "
           f"-> {out}", flush=True)
-    todo = [(p, c) for p, c in jobs if not _finished(p)]
-    if todo:
-        (run_jobs if progress else _quiet)(todo, workers)
+    (run_jobs if progress else _quiet)(jobs, workers)  # finished runs are skipped
     rows = []
     for path, cfg in jobs:
         regime, method = path.name.split(",")
@@ -144,13 +142,6 @@ def run_demo(out: Path, small: bool = False, progress: bool = True, workers: int
           f"figures: {png}, {out / 'tradeoff.pdf'}, {out / 'curves.png'} "
           f"({time.time() - t0:.0f} s)")
     return png
-
-
-def _finished(path: Path) -> bool:
-    from flatlab.experiment.runner import read_status
-
-    st = read_status(path)
-    return st is not None and st["status"] in ("done", "diverged")
 
 
 def _quiet(jobs: list[tuple[Path, dict[str, Any]]], workers: int) -> None:

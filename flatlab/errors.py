@@ -14,6 +14,7 @@ __all__ = [
     "ModelError",
     "AlgorithmError",
     "ConfigError",
+    "RunDirError",
     "RankLostError",
 ]
 
@@ -44,6 +45,13 @@ class AlgorithmError(FlatlabError):
 
 class ConfigError(FlatlabError):
     """A run or sweep configuration with a field that is missing, unknown or out of range."""
+
+
+class RunDirError(FlatlabError):
+    """A run directory whose files flatlab cannot use (damaged, foreign, or in use elsewhere).
+
+    The message names the file and what to do (``--restart``, another directory).
+    """
 
 
 class RankLostError(RuntimeError):

@@ -10,15 +10,8 @@ from flatlab.experiment.config import (
     to_dict,
     validate,
 )
-from flatlab.experiment.runner import (
-    Run,
-    RunResult,
-    average_model,
-    build,
-    final_models,
-    read_status,
-    run,
-)
+from flatlab.experiment.rundir import average_model, final_models, read_status, shown_status
+from flatlab.experiment.runner import Run, RunResult, build, run
 from flatlab.experiment.schedules import lr_at
 
 __all__ = [
@@ -35,6 +28,7 @@ __all__ = [
     "build",
     "run",
     "read_status",
+    "shown_status",
     "average_model",
     "final_models",
     "lr_at",

@@ -4,8 +4,9 @@
 >>> df[df.metric == "test_accuracy"].groupby("algorithm.name").value.last()  # doctest: +SKIP
 
 Columns: ``step, epoch, metric, scope, value`` (DESIGN.md §7), then ``run`` (the directory,
-relative to the path loaded), ``status``, and one column per config field, dotted
-(``algorithm.name``, ``optim.lr``, ``topology.nodes``, ...), ready for seaborn's ``hue=``.
+relative to the path loaded), ``status`` (``interrupted`` for a run whose status says running
+but whose process is gone, see :mod:`flatlab.experiment.rundir`), and one column per config field,
+dotted (``algorithm.name``, ``optim.lr``, ``topology.nodes``, ...), ready for seaborn's ``hue=``.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
-from flatlab.errors import FlatlabError
+from flatlab.errors import FlatlabError, RunDirError
+from flatlab.experiment import rundir
+from flatlab.experiment.rundir import METRIC_COLUMNS
 
-__all__ = ["load", "find_runs", "flatten", "summary"]
+__all__ = ["load", "find_runs", "flatten", "summary", "read_metrics"]
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -62,14 +64,35 @@ def _run_name(run: Path, root: Path) -> str:
     return run.relative_to(root).as_posix() if run != root else run.name
 
 
+def read_metrics(run: str | Path) -> pd.DataFrame:
+    """A run's ``metrics.parquet`` (empty, with its columns, before the first checkpoint).
+
+    Raises:
+        RunDirError: The file is damaged or does not hold the metric columns.
+    """
+    mpath = Path(run) / "metrics.parquet"
+    if not mpath.is_file():
+        return pd.DataFrame(columns=list(METRIC_COLUMNS))
+    try:
+        df = pd.read_parquet(mpath)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds for a damaged file
+        first = (str(e).splitlines() or [""])[0][:120] or type(e).__name__
+        raise RunDirError(f"metrics file {mpath} cannot be read ({first}); it is damaged: "
+                          "resume the run to rewrite it at its next checkpoint, or delete the "
+                          "run") from None
+    missing = [c for c in METRIC_COLUMNS if c not in df.columns]
+    if missing:
+        raise RunDirError(f"metrics file {mpath} has no column {missing[0]!r}; it is not a "
+                          f"flatlab metrics table (columns {', '.join(METRIC_COLUMNS)})")
+    return df
+
+
 def _run_frame(run: Path, root: Path) -> pd.DataFrame:
-    cfg = flatten(yaml.safe_load((run / "config.yaml").read_text()) or {})
-    status = json.loads((run / "status.json").read_text())
-    mpath = run / "metrics.parquet"
-    df = pd.read_parquet(mpath) if mpath.is_file() else pd.DataFrame(
-        columns=["step", "epoch", "metric", "scope", "value"])
+    cfg = flatten(rundir.read_config(run) or {})
+    status = rundir.shown_status(rundir.read_status(run))
+    df = read_metrics(run)
     df["run"] = _run_name(run, root)
-    df["status"] = status.get("status")
+    df["status"] = status
     for k, v in cfg.items():
         df[k] = v
     return df
@@ -94,13 +117,12 @@ def summary(path: str | Path) -> pd.DataFrame:
     runs = _runs_or_fail(path)
     rows = []
     for r in runs:
-        st = json.loads((r / "status.json").read_text())
+        st = rundir.read_status(r)
         row = {"run": _run_name(r, path),
-               "status": st.get("status"), "step": st.get("step"),
+               "status": rundir.shown_status(st), "step": st.get("step"),
                "elapsed_s": st.get("elapsed_s")}
-        mpath = r / "metrics.parquet"
-        if mpath.is_file():
-            m = pd.read_parquet(mpath)
+        m = read_metrics(r)
+        if len(m):
             m = m[m.scope.isin(["avg", "network", "mean"])]
             last = m.sort_values("step").groupby(["metric", "scope"]).value.last()
             for (metric, scope), v in last.items():

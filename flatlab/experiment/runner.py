@@ -33,7 +33,6 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import os
 import platform
 import signal
 import threading
@@ -54,8 +53,11 @@ from flatlab import models as _models
 from flatlab.comm import DistributedMixer, SimulatedMixer
 from flatlab.comm.process import PeerLost, Processes, Watchdog, join, leave
 from flatlab.engine import GradientOracle, NodeStack
-from flatlab.errors import ConfigError, FlatlabError, RankLostError
-from flatlab.experiment.config import EXECUTION_FIELDS, RunConfig, load_config, to_dict
+from flatlab.errors import ConfigError, FlatlabError, RankLostError, RunDirError
+from flatlab.experiment import rundir
+from flatlab.experiment.config import RunConfig, load_config, to_dict
+from flatlab.experiment.io import atomic_write, write_text
+from flatlab.experiment.rundir import METRIC_COLUMNS, STATUSES, average_model, final_models
 from flatlab.experiment.schedules import lr_at
 from flatlab.measures import named
 from flatlab.topology import make as make_topology
@@ -63,8 +65,6 @@ from flatlab.topology import make as make_topology
 __all__ = ["Run", "RunResult", "build", "run", "average_model", "final_models", "STATUSES",
            "METRIC_COLUMNS"]
 
-STATUSES = ("running", "done", "diverged", "failed")
-METRIC_COLUMNS = ("step", "epoch", "metric", "scope", "value")
 
 
 @dataclass
@@ -151,7 +151,7 @@ def build(cfg: RunConfig, procs: Processes | None = None) -> Run:
     if cfg.init_from is not None:
         try:
             stack.start_from(*average_model(cfg.init_from))
-        except ConfigError as e:
+        except (ConfigError, RunDirError) as e:
             raise ConfigError(f"init_from: {e}") from None
         except FlatlabError as e:
             raise ConfigError(f"init_from {cfg.init_from}: {e}; accepted: a run of the same "
@@ -203,30 +203,6 @@ def build(cfg: RunConfig, procs: Processes | None = None) -> Run:
                           f"least-squares or logistic); {cfg.data.name!r} has none")
     return Run(cfg, dataset, part, sampler, stack, oracle, mixer, algo, spe, total, train_eval,
                test_eval, n, rows, curvature_eval)
-
-
-def final_models(path: str | Path) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The node models ``X`` ``[n, P]`` and stacked buffers ``{name: [n, ...]}`` of a run.
-
-    Read from the run directory's checkpoint, the last one written (the final state of a
-    finished run); rebuild the run with :func:`build` on its ``config.yaml`` to evaluate them.
-
-    Raises:
-        ConfigError: ``path`` holds no checkpoint.
-    """
-    ckpt = Path(path) / "checkpoint.pt"
-    if not ckpt.is_file():
-        raise ConfigError(f"{path} holds no checkpoint.pt; accepted: a run directory (train it "
-                          "first)")
-    ck = torch.load(ckpt, map_location="cpu", weights_only=False)
-    return ck["state"]["x"], dict(ck["buffers"])
-
-
-def average_model(path: str | Path) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The averaged model ``x̄`` ``[P]`` and averaged buffers of a run (:func:`final_models`)."""
-    x, buffers = final_models(path)
-    return x.mean(0), {k: (v.mean(0) if v.is_floating_point() else v[0])
-                       for k, v in buffers.items()}
 
 
 # ---------------------------------------------------------------------- measurement
@@ -293,21 +269,11 @@ def _agree(mixer, ok: bool) -> bool:
 
 
 # ---------------------------------------------------------------------- files
-def _atomic_write(path: Path, writer) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    writer(tmp)
-    os.replace(tmp, path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda p: p.write_text(text))
-
-
 def _write_metrics(path: Path, rows: list[tuple]) -> None:
     df = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
     df = df.astype({"step": "int64", "epoch": "float64", "metric": "string", "scope": "string",
                     "value": "float64"})
-    _atomic_write(path, lambda p: df.to_parquet(p, index=False))
+    atomic_write(path, lambda p: df.to_parquet(p, index=False))
 
 
 def _versions() -> dict[str, str]:
@@ -323,42 +289,6 @@ def _device_name(dev: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def read_status(path: str | Path) -> dict[str, Any] | None:
-    """The ``status.json`` of a run directory, or ``None`` when there is none."""
-    p = Path(path) / "status.json"
-    if not p.is_file():
-        return None
-    return json.loads(p.read_text())
-
-
-def _identity(d: dict[str, Any]) -> dict[str, Any]:
-    """A config without its execution fields (what must match to resume a directory)."""
-    return {k: v for k, v in d.items() if k not in EXECUTION_FIELDS}
-
-
-def _open(out: Path, cfg_dict: dict[str, Any], resume: bool) -> tuple[str, Any]:
-    """What to do with ``out``, decided by the process that writes results.
-
-    Returns ``("finished", RunResult)``, ``("error", message)`` or ``("start", checkpoint)``
-    (``None`` for a fresh start).
-    """
-    status = read_status(out)
-    if status is None or not resume:
-        return "start", None
-    cfg_file = out / "config.yaml"
-    old = yaml.safe_load(cfg_file.read_text()) if cfg_file.is_file() else None
-    if old is not None and _identity(old) != _identity(cfg_dict):
-        return "error", (f"run directory {out} holds a run with a different config; "
-                         "choose another output directory or delete it")
-    if status["status"] in ("done", "diverged"):
-        return "finished", RunResult(out, status["status"], status["step"],
-                                     status.get("message", ""))
-    ckpt = out / "checkpoint.pt"
-    if not ckpt.is_file():
-        return "start", None
-    return "start", torch.load(ckpt, map_location="cpu", weights_only=False)
-
-
 class _Terminated(BaseException):
     """SIGTERM (torchrun stops the other workers when one fails)."""
 
@@ -368,6 +298,34 @@ def _rows_of(v: Any, rows: slice, n: int) -> Any:
     if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == n:
         return v[rows]
     return v
+
+
+def _restore(ck: dict[str, Any], out: Path, built: Run, state: Any) -> Any:
+    """The state, buffers, communication counts and random stream of a checkpoint.
+
+    The checkpoint is first checked against the run (:func:`rundir.check_fits`): a checkpoint of
+    another algorithm, size or model is refused in one line, before anything is written.
+    """
+    n, own, stack, mixer = built.n, built.rows, built.stack, built.mixer
+    path = out / "checkpoint.pt"
+    rundir.check_fits(ck, path, state=_algorithms.state_dict(state), buffers=stack.buffers, n=n)
+    try:
+        saved = {k: _rows_of(v, own, n) for k, v in ck["state"].items()}
+        state = _algorithms.load_state(saved, state, device=stack.device)
+        stack.load_buffers({k: _rows_of(v, own, n) for k, v in ck["buffers"].items()})
+        mixer.stats.load_state_dict({k: _rows_of(v, own, n) for k, v in ck["mixer"].items()})
+        rng = ck.get("rng")
+        rng = rng if isinstance(rng, list) else [(rng, ck.get("cuda_rng"))]
+        if len(rng) == mixer.world_size:  # the same processes: each continues its own stream
+            mine = rng[mixer.rank]
+            torch.set_rng_state(mine[0])
+            if mine[1] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(mine[1])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, FlatlabError) as e:
+        first = (str(e).splitlines() or [""])[0][:160] or type(e).__name__
+        raise RunDirError(f"checkpoint {path} cannot be restored ({first}); "
+                          f"{rundir.RESTART_HINT}") from None
+    return state
 
 
 # ---------------------------------------------------------------------- the loop
@@ -392,7 +350,9 @@ def run(config: RunConfig | dict | str | Path, out: str | Path, *, progress: boo
         The :class:`RunResult`. A diverging run ends with status ``diverged`` (not an error).
 
     Raises:
-        ConfigError: The directory holds a run with a different config.
+        RunDirError: The directory holds a run with a different config, a damaged or foreign
+            status, config or checkpoint (read safely: ``weights_only=True``), or a run that is
+            alive in another process; nothing is written then.
         RankLostError: A distributed run lost a process (the message names it; the run is
             marked ``failed``).
     """
@@ -416,10 +376,12 @@ def _run(cfg: RunConfig, cfg_dict: dict[str, Any], out: Path, procs: Processes |
          progress: bool, resume: bool, stop_after: int | None) -> RunResult:
     main = procs is None or procs.rank == 0
     if procs is None:
-        decision = _open(out, cfg_dict, resume)
+        decision = rundir.decide(out, cfg_dict, resume)
     elif main:  # every rank must hear the decision, even when reading the directory fails
         try:
-            decision = _open(out, cfg_dict, resume)
+            decision = rundir.decide(out, cfg_dict, resume)
+        except FlatlabError as e:  # reported on every rank below
+            decision = "error", str(e)
         except Exception as e:  # noqa: BLE001 - reported on every rank below
             decision = "error", f"cannot resume from {out}: {type(e).__name__}: {e}"
     else:
@@ -432,9 +394,10 @@ def _run(cfg: RunConfig, cfg_dict: dict[str, Any], out: Path, procs: Processes |
         decision = box[0]
     kind, payload = decision
     if kind == "error":
-        raise ConfigError(payload)
+        raise RunDirError(payload)
     if kind == "finished":
-        return RunResult(payload.path, payload.status, payload.step, payload.message, main)
+        return RunResult(out, payload["status"], payload["step"], payload.get("message", ""),
+                         main)
     ck = payload
     watchdog, box = None, []
     if procs is not None:  # heartbeats from here on, so that a slow setup is not a hang
@@ -443,40 +406,34 @@ def _run(cfg: RunConfig, cfg_dict: dict[str, Any], out: Path, procs: Processes |
                             run_id=_run_id(procs.rank), solo_timeout=cfg.measure_timeout)
     try:
         built = build(cfg, procs)
+        mixer, stack = built.mixer, built.stack
+        box.append(mixer)
+        world, rank = mixer.world_size, mixer.rank
+        torch.manual_seed(cfg.seed + rank)
+        state = built.algorithm.init(stack.initial_params(), built.oracle, mixer)
+        if ck is not None:  # everything in the checkpoint is checked before anything is written
+            state = _restore(ck, out, built, state)
     except BaseException:
         if watchdog is not None:
             watchdog.close()
         raise
-    mixer, stack = built.mixer, built.stack
-    box.append(mixer)
     term = threading.Event()  # set by SIGTERM in a distributed run
-    world, rank = mixer.world_size, mixer.rank
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        _write_text(out / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
-        _write_text(out / "measures.json", json.dumps({
+        if ck is None:
+            rundir.clear_results(out)
+        write_text(out / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
+        write_text(out / "measures.json", json.dumps({
             "measures": scheduled(cfg), "every": cfg.measure.every,
             "train_eval_size": int(built.train_eval[0].shape[0]),
             "test_eval_size": int(built.test_eval[0].shape[0]),
             "curvature_eval_size": int(built.curvature_eval[0].shape[0]),
             "curvature_dtype": cfg.measure.curvature_dtype, "eval_mode": True}, indent=1) + "\n")
-    torch.manual_seed(cfg.seed + rank)
-    state = built.algorithm.init(stack.initial_params(), built.oracle, mixer)
     rows: list[tuple] = []
     tables: dict[str, list[dict[str, Any]]] = {}
     start, elapsed, loss_acc = 0, 0.0, [0.0, 0]
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     if ck is not None:
-        n, own = built.n, built.rows
-        saved = {k: _rows_of(v, own, n) for k, v in ck["state"].items()}
-        state = _algorithms.load_state(saved, state, device=stack.device)
-        stack.load_buffers({k: _rows_of(v, own, n) for k, v in ck["buffers"].items()})
-        mixer.stats.load_state_dict({k: _rows_of(v, own, n) for k, v in ck["mixer"].items()})
-        rng = ck["rng"] if isinstance(ck["rng"], list) else [(ck["rng"], ck.get("cuda_rng"))]
-        if len(rng) == world:  # the same processes: each continues its own random stream
-            torch.set_rng_state(rng[rank][0])
-            if rng[rank][1] is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng[rank][1])
         rows, start, elapsed = list(ck["metrics"]), int(ck["step"]), float(ck["elapsed"])
         tables = {k: list(v) for k, v in ck.get("tables", {}).items()}
         loss_acc, started = list(ck["loss_acc"]), ck.get("started", started)
@@ -491,11 +448,10 @@ def _run(cfg: RunConfig, cfg_dict: dict[str, Any], out: Path, procs: Processes |
                    "test_eval_size": int(built.test_eval[0].shape[0]),
                    "curvature_eval_size": int(built.curvature_eval[0].shape[0])}
 
+    status = rundir.StatusWriter(out, base_status, spe)
+
     def write_status(st: str, step: int, message: str = "") -> None:
-        d = dict(base_status, status=st, step=step, epoch=step / spe,
-                 updated=time.strftime("%Y-%m-%dT%H:%M:%S"), elapsed_s=round(elapsed, 3),
-                 message=message)
-        _write_text(out / "status.json", json.dumps(d, indent=1) + "\n")
+        status.write(st, step, elapsed, message)
 
     def gathered(v: Any) -> Any:
         if not isinstance(v, torch.Tensor):
@@ -515,10 +471,10 @@ def _run(cfg: RunConfig, cfg_dict: dict[str, Any], out: Path, procs: Processes |
               "loss_acc": loss_acc,
               "started": started, "config": cfg_dict}
         def write() -> None:
-            _atomic_write(out / "checkpoint.pt", lambda p: torch.save(ck, p))
+            rundir.save_checkpoint(out, ck)
             _write_metrics(out / "metrics.parquet", rows)
             for t, trows in tables.items():
-                _atomic_write(out / f"{t}.parquet",
+                atomic_write(out / f"{t}.parquet",
                               lambda p, r=trows: pd.DataFrame(r).to_parquet(p, index=False))
 
         alone(f"writing the checkpoint of step {step}", write)
@@ -625,6 +581,7 @@ def _run(cfg: RunConfig, cfg_dict: dict[str, Any], out: Path, procs: Processes |
         raise
     finally:
         bar.close()
+        status.stop()
         if watchdog is not None:
             watchdog.close()
         if old_term is not None:

@@ -27,15 +27,12 @@ __all__ = ["run_jobs", "final_values", "choose_best", "mean_and_se", "StudyArgs"
 
 
 def _job(args: tuple[str, dict[str, Any]]) -> tuple[str, str]:
-    """Run one config into its directory (skipping finished runs); return (path, status)."""
+    """Run one config into its directory (a finished run is returned as it is); (path, status)."""
     path, cfg = args
     import torch
 
-    from flatlab.experiment.runner import read_status, run
+    from flatlab.experiment.runner import run
 
-    st = read_status(path)
-    if st is not None and st["status"] in ("done", "diverged"):
-        return path, st["status"]
     torch.set_num_threads(1)
     try:
         return path, run(cfg, path, progress=False).status
@@ -48,10 +45,28 @@ def run_jobs(jobs: Sequence[tuple[str | Path, dict[str, Any]]], workers: int) ->
     """Run ``(directory, config)`` jobs, ``workers`` at a time; 0 runs nothing (read only).
 
     With ``workers > 1`` each job runs in a spawned process with one thread. Progress goes to
-    stdout, one line per job.
+    stdout, one line per job. Before anything runs, every config is validated and every job's
+    directory checked: finished runs of the same config are skipped, and a directory that holds a
+    run of another config (the study's settings changed since it ran) is refused.
+
+    Raises:
+        ConfigError: A job's config is invalid, or its directory holds a run of another config.
     """
-    jobs = [(str(p), c) for p, c in jobs]
+    from flatlab.errors import ConfigError
+    from flatlab.experiment import load_config, rundir, to_dict
+
     if workers == 0:
+        return
+    todo = []
+    for p, c in jobs:
+        problem = rundir.conflict(Path(p), to_dict(load_config(c)))
+        if problem:
+            raise ConfigError(f"{problem} (the settings changed since it ran)")
+        st = rundir.read_status(p)
+        if st is None or st["status"] not in ("done", "diverged"):
+            todo.append((str(p), c))
+    jobs = todo
+    if not jobs:
         return
     t0 = time.time()
     if workers == 1:  # in this process; its thread count is restored afterwards
@@ -79,7 +94,7 @@ def final_values(path: str | Path, columns: dict[str, str]) -> dict[str, Any]:
             ``{"test_accuracy_nodes": "test_accuracy[mean]"}``).
     """
     from flatlab.experiment.results import summary
-    from flatlab.experiment.runner import read_status
+    from flatlab.experiment.rundir import read_status
 
     path = Path(path)
     st = read_status(path)

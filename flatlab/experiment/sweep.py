@@ -11,8 +11,11 @@ A sweep spec (YAML)::
       seed: [0, 1, 2]
 
 Each grid point is a run directory ``out/<key=value,...>``. Running the sweep again skips finished
-runs (``done`` and ``diverged``), resumes unfinished ones from their checkpoints and retries
-failed ones; a run that diverges or fails is recorded and the sweep goes on.
+runs (``done`` and ``diverged``) whose config is the point's, resumes unfinished ones from their
+checkpoints and retries failed ones; a run that diverges or fails is recorded and the sweep goes
+on. A folder that holds a run of another config (the same sweep with a changed override, say) is
+refused before anything runs, and ``sweep.yaml`` is written only then, so it never claims settings
+the runs did not use.
 """
 
 from __future__ import annotations
@@ -30,8 +33,17 @@ import pandas as pd
 import yaml
 
 from flatlab.errors import ConfigError, FlatlabError
-from flatlab.experiment.config import RunConfig, apply_overrides, load_config, parse_overrides
-from flatlab.experiment.runner import read_status, run
+from flatlab.experiment import rundir
+from flatlab.experiment.config import (
+    RunConfig,
+    apply_overrides,
+    is_plain_name,
+    load_config,
+    parse_overrides,
+    to_dict,
+)
+from flatlab.experiment.io import read_yaml, write_text
+from flatlab.experiment.runner import run
 
 __all__ = ["SweepSpec", "load_sweep", "expand", "run_sweep"]
 
@@ -49,20 +61,19 @@ class SweepSpec:
 
 def load_sweep(source: str | Path | dict[str, Any], overrides: list[str] | None = None
                ) -> SweepSpec:
-    """Read a sweep spec (file or mapping); ``overrides`` (``key=value``) apply to every run."""
+    """Read a sweep spec (file or mapping); ``overrides`` (``key=value``) apply to every run.
+
+    Raises:
+        ConfigError: A missing or malformed spec or base config (the file and line named), an
+            unknown field, a grid that is not field -> non-empty list, an override given twice,
+            or a name that would leave the runs folder.
+    """
     here = Path(".")
     if isinstance(source, dict):
         d = copy.deepcopy(source)
     else:
-        p = Path(source)
-        if not p.is_file():
-            raise ConfigError(f"sweep spec {p} does not exist")
-        try:
-            d = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"sweep spec {p} is not valid YAML: "
-                              f"{str(e).splitlines()[0]}") from None
-        here = p.parent
+        d = read_yaml(source, "sweep spec", error=ConfigError)
+        here = Path(source).parent
     if not isinstance(d, dict):
         raise ConfigError("sweep spec must be a mapping with base, grid, overrides, out, name")
     unknown = sorted(set(d) - {"name", "base", "grid", "overrides", "out"})
@@ -72,19 +83,28 @@ def load_sweep(source: str | Path | dict[str, Any], overrides: list[str] | None 
     base = d.get("base", {})
     if isinstance(base, str):
         bp = (here / base) if not Path(base).is_absolute() else Path(base)
-        if not bp.is_file():
-            raise ConfigError(f"sweep field base: config file {bp} does not exist")
-        base = yaml.safe_load(bp.read_text()) or {}
+        base = read_yaml(bp, "sweep field base: config file", error=ConfigError)
     if not isinstance(base, dict):
         raise ConfigError("sweep field base: expected a config file path or a mapping")
     grid = d.get("grid") or {}
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
         raise ConfigError("sweep field grid: expected a mapping of field -> non-empty list")
-    ov = dict(d.get("overrides") or {})
+    for key, values in grid.items():
+        slugs = [_slug(str(key), v) for v in values]
+        if len(set(slugs)) != len(slugs):
+            raise ConfigError(f"sweep field grid.{key}: {values!r} repeats a value (or two values "
+                              "share a run directory name); give each value once")
+    ov = d.get("overrides") or {}
+    if not isinstance(ov, dict):
+        raise ConfigError("sweep field overrides: expected a mapping of field -> value")
+    ov = dict(ov)
     if overrides:
         ov.update(parse_overrides(overrides))
     name = str(d.get("name") or (Path(source).stem if not isinstance(source, dict) else "sweep"))
-    out = Path(d["out"]) if d.get("out") else Path("runs") / name
+    if not is_plain_name(name):
+        raise ConfigError(f"sweep field name: {name!r} is not accepted; accepted: one folder name "
+                          "(not . or .., no / or \\)")
+    out = Path(str(d["out"])) if d.get("out") else Path("runs") / name
     return SweepSpec(name=name, base=base, grid=grid, overrides=ov, out=out)
 
 
@@ -114,22 +134,38 @@ def expand(spec: SweepSpec) -> list[tuple[str, RunConfig]]:
 def run_sweep(spec: SweepSpec, *, progress: bool = True, verbose: bool = True) -> pd.DataFrame:
     """Run every grid point into ``spec.out/<name>``; returns one row per run (name, status).
 
-    Configs are all validated before anything runs. A run that raises is marked ``failed``
-    (with the error in its status) and the sweep continues; bad input (a
-    :class:`~flatlab.errors.FlatlabError`) is recorded the same way.
+    Before anything runs or is written, every config is validated and every existing run
+    directory is checked: a finished run is skipped only when its config equals the point's
+    (otherwise the sweep is refused, as ``run`` refuses, naming the directory), and a run alive
+    in another process is left to it. A run that raises is marked ``failed`` (with the error in
+    its status) and the sweep continues; bad input (a :class:`~flatlab.errors.FlatlabError`) is
+    recorded the same way.
+
+    Raises:
+        ConfigError: A point's config is invalid, or ``spec.out`` holds a run of another config.
+        RunDirError: A run directory's status or config cannot be read.
     """
     points = expand(spec)
+    if spec.out.exists() and not spec.out.is_dir():
+        raise ConfigError(f"sweep output {spec.out} is a file; accepted: a directory")
+    plan = []
+    for name, cfg in points:
+        path = spec.out / name
+        conflict = rundir.conflict(path, to_dict(cfg))
+        if conflict:
+            raise ConfigError(f"sweep point {name}: {conflict}")
+        plan.append((name, cfg, path, rundir.read_status(path)))
     spec.out.mkdir(parents=True, exist_ok=True)
-    (spec.out / "sweep.yaml").write_text(yaml.safe_dump(
+    write_text(spec.out / "sweep.yaml", yaml.safe_dump(
         {"name": spec.name, "base": spec.base, "grid": spec.grid, "overrides": spec.overrides},
         sort_keys=False))
     rows = []
-    for i, (name, cfg) in enumerate(points):
-        path = spec.out / name
-        st = read_status(path)
-        if st is not None and st["status"] in ("done", "diverged"):
+    for i, (name, cfg, path, st) in enumerate(plan):
+        if st is not None and (st["status"] in ("done", "diverged") or rundir.owned_elsewhere(st)):
+            message = st.get("message", "") if st["status"] != "running" else (
+                f"running in process {st.get('pid')} on {st.get('host')}")
             rows.append({"run": name, "status": st["status"], "step": st["step"],
-                         "message": st.get("message", ""), "skipped": True})
+                         "message": message, "skipped": True})
             continue
         if verbose:
             print(f"[{i + 1}/{len(points)}] {name}", flush=True)
@@ -143,20 +179,12 @@ def run_sweep(spec: SweepSpec, *, progress: bool = True, verbose: bool = True) -
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             if verbose and not isinstance(e, FlatlabError):
                 traceback.print_exc()
-            st = read_status(path) or {}
+            try:
+                st = rundir.read_status(path) or {}
+            except FlatlabError:
+                st = {}
             rows.append({"run": name, "status": "failed", "step": st.get("step", 0),
                          "message": f"{type(e).__name__}: {msg}", "skipped": False})
             if st.get("status") != "failed":
-                _mark_failed(path, cfg, f"{type(e).__name__}: {msg}")
+                rundir.mark_failed(path, to_dict(cfg), f"{type(e).__name__}: {msg}")
     return pd.DataFrame(rows)
-
-
-def _mark_failed(path: Path, cfg: RunConfig, message: str) -> None:
-    """Record a run that failed before its directory existed (e.g. missing data files)."""
-    from flatlab.experiment.config import to_dict
-
-    path.mkdir(parents=True, exist_ok=True)
-    if not (path / "config.yaml").is_file():
-        (path / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    (path / "status.json").write_text(json.dumps(
-        {"name": cfg.name, "status": "failed", "step": 0, "message": message}, indent=1) + "\n")

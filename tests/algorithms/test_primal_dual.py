@@ -183,8 +183,8 @@ def test_ngpd_trains_a_model_through_the_runner(tmp_path):
     cut = flatlab.experiment.run(cfg, tmp_path / "b", progress=False, stop_after=22)
     assert cut.status == "running"
     flatlab.experiment.run(cfg, tmp_path / "b", progress=False)
-    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["state"]
-    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["state"]
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["state"]
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["state"]
     for k in ("x", "z", "factors", "basis"):
         assert torch.equal(a[k], b[k]), k
 

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 import flatlab.results
-from flatlab.errors import ConfigError
+from flatlab.errors import ConfigError, RunDirError
 from flatlab.experiment import load_config, run
 from flatlab.experiment.sweep import load_sweep, run_sweep
 
@@ -62,7 +62,7 @@ def test_run_directory_contents_and_tidy_results(tmp_path):
     assert (df["algorithm.name"] == "diffusion").all() and (df.status == "done").all()
     # a finished run is not run again
     assert run(load_config(TINY), tmp_path / "a", progress=False).status == "done"
-    with pytest.raises(ConfigError, match="different config"):
+    with pytest.raises(RunDirError, match="different config"):
         run(load_config(TINY, ["optim.lr=0.2"]), tmp_path / "a", progress=False)
 
 
@@ -88,8 +88,8 @@ def test_resume_ends_with_exactly_the_uninterrupted_metrics(tmp_path, stop, algo
     torch.manual_seed(12345)
     assert run(cfg, tmp_path / "cut", progress=False).status == "done"
     pd.testing.assert_frame_equal(metrics(tmp_path / "full"), metrics(tmp_path / "cut"))
-    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)
-    b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
     assert torch.equal(a["state"]["x"], b["state"]["x"])
 
 
@@ -185,7 +185,7 @@ def test_init_from_starts_every_node_at_the_source_average(tmp_path):
     from flatlab.experiment import average_model, build
 
     run(load_config(TINY), tmp_path / "src", progress=False)
-    ck = torch.load(tmp_path / "src" / "checkpoint.pt", weights_only=False)
+    ck = torch.load(tmp_path / "src" / "checkpoint.pt", weights_only=True)
     xbar = ck["state"]["x"].double().mean(0)
     x, _ = average_model(tmp_path / "src")
     torch.testing.assert_close(x.double(), xbar, rtol=0, atol=1e-7)

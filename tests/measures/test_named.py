@@ -99,7 +99,7 @@ def test_every_measure_writes_finite_rows_settings_and_tables(full_run):
 def test_curvature_measures_equal_the_dense_hessian(full_run):
     cfg, out = full_run
     built = build(cfg)
-    ck = torch.load(out / "checkpoint.pt", weights_only=False)
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
     X = ck["state"]["x"]  # noqa: N806
     built.stack.load_buffers(ck["buffers"])
     H = _dense_hessian(built, X.mean(0), built.stack.average_buffers())  # noqa: N806

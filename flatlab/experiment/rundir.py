@@ -1,0 +1,434 @@
+"""The run directory: its on-disk contract has one owner (DESIGN.md §7).
+
+::
+
+    config.yaml      the resolved config
+    status.json      running | done | diverged | failed, with step, timings, versions, device,
+                     and the process that writes it (pid, host, heartbeat)
+    metrics.parquet  long form: step, epoch, metric, scope, value
+    checkpoint.pt    everything needed to resume (and the final state, for later measurement)
+
+This module is the only writer of ``status.json`` (:class:`StatusWriter`, :func:`mark_failed`)
+and the only reader of run files. Everything it reads is checked before it is used, and every
+problem is one :class:`~flatlab.errors.RunDirError` line naming the file and what to do:
+
+- ``checkpoint.pt`` is read with ``torch.load(weights_only=True)`` (tensors and plain data only:
+  a crafted pickle is refused, never run), then checked field by field
+  (:func:`load_checkpoint`) and against the run it is to resume (:func:`check_fits`);
+- ``status.json`` must be a JSON object with a known status (:func:`read_status`);
+- ``config.yaml`` is read by the strict safe loader of :mod:`flatlab.experiment.io`.
+
+**Interrupted runs.** A running process records its ``pid``, ``host`` and the start time of the
+process, and refreshes ``heartbeat`` (Unix seconds) every :data:`HEARTBEAT_S` seconds from a
+background thread. A ``running`` status whose process is gone (on this host: no process with that
+pid and start time; on another host: no heartbeat for :data:`STALE_S` seconds) is shown as
+``interrupted`` (:func:`shown_status`); ``flatlab run`` resumes it from its checkpoint. A run
+directory whose process is still alive is never written by a second process.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flatlab.errors import RunDirError
+from flatlab.experiment.config import EXECUTION_FIELDS
+from flatlab.experiment.io import atomic_write, read_json, read_yaml, write_text
+
+__all__ = ["STATUSES", "METRIC_COLUMNS", "SHOWN_STATUSES", "HEARTBEAT_S", "STALE_S", "read_status",
+           "shown_status", "process_gone", "read_config", "identity", "load_checkpoint",
+           "check_fits", "save_checkpoint", "final_models", "average_model", "StatusWriter",
+           "mark_failed", "clear_results", "conflict", "owned_elsewhere", "decide",
+           "RESTART_HINT"]
+
+STATUSES = ("running", "done", "diverged", "failed")
+#: Columns of ``metrics.parquet`` (long form).
+METRIC_COLUMNS = ("step", "epoch", "metric", "scope", "value")
+#: What :func:`shown_status` reports: a ``running`` run whose process is gone is ``interrupted``.
+SHOWN_STATUSES = (*STATUSES, "interrupted")
+#: Seconds between two heartbeats of a running process.
+HEARTBEAT_S = 30.0
+#: A run on another host with no heartbeat for this long is ``interrupted``.
+STALE_S = 10 * HEARTBEAT_S
+#: What to do with a run directory that cannot be resumed.
+RESTART_HINT = "start over with --restart (run(..., resume=False)) or delete the directory"
+
+
+# ---------------------------------------------------------------------- status
+def read_status(path: str | Path) -> dict[str, Any] | None:
+    """The ``status.json`` of a run directory, or ``None`` when there is none.
+
+    Raises:
+        RunDirError: The file is not a JSON object with a known ``status`` and a ``step``.
+    """
+    p = Path(path) / "status.json"
+    if not p.exists():
+        return None
+    try:
+        st = read_json(p, "status file", error=RunDirError)
+    except RunDirError as e:
+        raise RunDirError(f"{e}; {RESTART_HINT}") from None
+    if st.get("status") not in STATUSES:
+        raise RunDirError(f"status file {p}: status {st.get('status')!r} is unknown (accepted: "
+                          f"{', '.join(STATUSES)}); {RESTART_HINT}")
+    step = st.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise RunDirError(f"status file {p}: step {step!r} is not an integer >= 0; {RESTART_HINT}")
+    return st
+
+
+def _process_start(pid: int) -> int | None:
+    """The start time of process ``pid`` in clock ticks since boot (Linux), else ``None``."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    try:  # the command name may hold spaces: the fields after it start after the last ")"
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def process_gone(st: dict[str, Any], now: float | None = None) -> bool:
+    """Whether the process that wrote a ``running`` status is certainly gone.
+
+    On this host: no process with the recorded pid, or one started at another time (the pid was
+    reused). On another host: no heartbeat for :data:`STALE_S` seconds. A status without these
+    fields (written by an older flatlab) is never called gone.
+    """
+    pid, host = st.get("pid"), st.get("host")
+    if isinstance(pid, int) and host == socket.gethostname():
+        if not _pid_alive(pid):
+            return True
+        start = _process_start(pid)
+        return start is not None and st.get("pid_start") not in (None, start)
+    beat = st.get("heartbeat")
+    if isinstance(beat, (int, float)) and not isinstance(beat, bool):
+        return (time.time() if now is None else now) - beat > STALE_S
+    return False
+
+
+def shown_status(st: dict[str, Any] | None) -> str | None:
+    """The status to show: ``interrupted`` for a ``running`` run whose process is gone."""
+    if st is None:
+        return None
+    if st["status"] == "running" and process_gone(st):
+        return "interrupted"
+    return st["status"]
+
+
+def owned_elsewhere(st: dict[str, Any] | None) -> bool:
+    """A ``running`` status written by another process that is still alive (or may be)."""
+    if st is None or st["status"] != "running" or process_gone(st):
+        return False
+    same = st.get("pid") == os.getpid() and st.get("host") == socket.gethostname()
+    return not same and ("pid" in st or "heartbeat" in st)
+
+
+class StatusWriter:
+    """Writes a run's ``status.json`` (atomically) and keeps its heartbeat.
+
+    ``base`` holds the fields that do not change during a run (name, sizes, device, versions);
+    :meth:`write` adds the status, the step and the time. While the status is ``running``, a
+    daemon thread rewrites it with a fresh ``heartbeat`` every :data:`HEARTBEAT_S` seconds.
+    """
+
+    def __init__(self, out: Path, base: dict[str, Any], steps_per_epoch: int,
+                 heartbeat_s: float = HEARTBEAT_S) -> None:
+        self.path = Path(out) / "status.json"
+        self.base = dict(base, pid=os.getpid(), host=socket.gethostname(),
+                         pid_start=_process_start(os.getpid()))
+        self.spe = steps_per_epoch
+        self._lock = threading.Lock()
+        self._last: dict[str, Any] | None = None
+        self._stop = threading.Event()
+        self._interval = heartbeat_s
+        self._thread: threading.Thread | None = None
+
+    def write(self, status: str, step: int, elapsed: float, message: str = "") -> None:
+        """Record ``status`` at ``step``; a final status stops the heartbeat."""
+        if status not in STATUSES:
+            raise ValueError(f"status {status!r} is not one of {STATUSES}")
+        d = dict(self.base, status=status, step=step, epoch=step / self.spe,
+                 updated=time.strftime("%Y-%m-%dT%H:%M:%S"), elapsed_s=round(elapsed, 3),
+                 message=message)
+        if status != "running":
+            self.stop()
+        with self._lock:
+            self._last = d
+            self._write(d)
+        if status == "running" and self._thread is None and self._interval > 0:
+            self._thread = threading.Thread(target=self._beat, name="flatlab-heartbeat",
+                                            daemon=True)
+            self._thread.start()
+
+    def _write(self, d: dict[str, Any]) -> None:
+        import json
+
+        write_text(self.path, json.dumps(dict(d, heartbeat=round(time.time(), 3)), indent=1)
+                   + "\n")
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._interval):
+            with self._lock:
+                if self._last is None or self._last["status"] != "running":
+                    return
+                try:
+                    self._write(self._last)
+                except OSError:  # the folder went away; the main thread will say so
+                    return
+
+    def stop(self) -> None:
+        """Stop the heartbeat (idempotent)."""
+        self._stop.set()
+        t, self._thread = self._thread, None
+        if t is not None and t is not threading.current_thread():
+            t.join()
+
+
+def mark_failed(out: Path, cfg_dict: dict[str, Any], message: str) -> None:
+    """Record a run that failed before its runner could (e.g. missing data files).
+
+    Writes ``config.yaml`` when the directory has none, and a ``failed`` status; never touches a
+    directory whose run is alive in another process.
+    """
+    import yaml
+
+    out = Path(out)
+    try:
+        st = read_status(out)
+    except RunDirError:
+        st = None
+    if owned_elsewhere(st):
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "config.yaml").is_file():
+        write_text(out / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
+    StatusWriter(out, {"name": cfg_dict.get("name")}, 1, heartbeat_s=0).write(
+        "failed", 0 if st is None else st["step"], 0.0, message)
+
+
+# ---------------------------------------------------------------------- config
+def read_config(path: str | Path) -> dict[str, Any] | None:
+    """The ``config.yaml`` of a run directory (a mapping), or ``None`` when there is none."""
+    p = Path(path) / "config.yaml"
+    if not p.exists():
+        return None
+    return read_yaml(p, "run config", error=RunDirError)
+
+
+def identity(d: dict[str, Any]) -> dict[str, Any]:
+    """A config without its execution fields (what must match to resume a directory)."""
+    return {k: v for k, v in d.items() if k not in EXECUTION_FIELDS}
+
+
+# ---------------------------------------------------------------------- checkpoint
+_TOP = {"step": int, "state": dict, "buffers": dict, "mixer": dict, "metrics": list,
+        "elapsed": (int, float), "loss_acc": list}
+_PLAIN = (int, float, bool, str, type(None))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint read safely and checked field by field.
+
+    ``torch.load(weights_only=True)`` accepts tensors and plain containers only, so a pickle that
+    would run code is refused before anything in it runs.
+
+    Raises:
+        RunDirError: The file cannot be read, is not a checkpoint of flatlab, or is damaged.
+    """
+    p = Path(path)
+    bad = f"checkpoint {p}"
+    try:
+        ck = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        why = ("it holds objects other than tensors and plain data (refused: loading them could "
+               "run code)" if "weights only" in str(e).lower() or "weights_only" in str(e)
+               else f"it is not a readable checkpoint ({str(e).splitlines()[0][:120]})")
+        raise RunDirError(f"{bad}: {why}; {RESTART_HINT}") from None
+    except (EOFError, RuntimeError, OSError, ValueError, TypeError, AttributeError,
+            IndexError, KeyError, ImportError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0][:120] or type(e).__name__
+        raise RunDirError(f"{bad} is truncated or not a checkpoint ({first}); {RESTART_HINT}") \
+            from None
+    if not isinstance(ck, dict):
+        raise RunDirError(f"{bad} holds a {type(ck).__name__}, not a flatlab checkpoint; "
+                          f"{RESTART_HINT}")
+    for key, kind in _TOP.items():
+        v = ck.get(key)
+        if not isinstance(v, kind) or isinstance(v, bool):
+            raise RunDirError(f"{bad}: field {key!r} is missing or not a "
+                              f"{getattr(kind, '__name__', 'number')}; it is not a flatlab "
+                              f"checkpoint or it is damaged; {RESTART_HINT}")
+    state = ck["state"]
+    x = state.get("x")
+    if not isinstance(x, torch.Tensor) or x.dim() != 2 or not x.is_floating_point():
+        raise RunDirError(f"{bad}: the state holds no [n, P] parameter matrix x; {RESTART_HINT}")
+    if not isinstance(state.get("__class__"), str):
+        raise RunDirError(f"{bad}: the state does not name its algorithm's state class; "
+                          f"{RESTART_HINT}")
+    for k, v in list(state.items()) + list(ck["buffers"].items()):
+        if not isinstance(v, (torch.Tensor, *_PLAIN)):
+            raise RunDirError(f"{bad}: state field {k!r} is a {type(v).__name__}; {RESTART_HINT}")
+    if ck["step"] < 0 or any(not isinstance(r, (list, tuple)) or len(r) != 5
+                             for r in ck["metrics"]):
+        raise RunDirError(f"{bad}: its step or metric rows are damaged; {RESTART_HINT}")
+    return ck
+
+
+def check_fits(ck: dict[str, Any], path: Path, *, state: dict[str, Any],
+               buffers: dict[str, torch.Tensor], n: int) -> None:
+    """Check that a checkpoint belongs to the run about to resume from it.
+
+    Args:
+        ck: From :func:`load_checkpoint`.
+        path: The checkpoint file (for messages).
+        state: ``state_dict`` of the run's freshly initialised algorithm state (this process's
+            rows).
+        buffers: The run's stacked buffers (this process's rows).
+        n: Number of nodes of the whole network.
+
+    Raises:
+        RunDirError: Another algorithm, another number of nodes or parameters, other buffers.
+    """
+    bad = f"checkpoint {path} belongs to another run"
+    saved = ck["state"]
+    if saved["__class__"] != state["__class__"]:
+        raise RunDirError(f"{bad}: it holds a {saved['__class__']} state, this run's algorithm "
+                          f"uses a {state['__class__']}; {RESTART_HINT}")
+    for what, mine, theirs in (("state", state, saved), ("buffer", buffers, ck["buffers"])):
+        if set(mine) - {"__class__"} != set(theirs) - {"__class__"}:
+            raise RunDirError(f"{bad}: its {what} fields {sorted(set(theirs) - {'__class__'})} "
+                              f"differ from this run's {sorted(set(mine) - {'__class__'})}; "
+                              f"{RESTART_HINT}")
+        for k, v in mine.items():
+            if not isinstance(v, torch.Tensor):
+                continue
+            w = theirs[k]
+            want = (n, *v.shape[1:]) if v.dim() else tuple(v.shape)
+            if not isinstance(w, torch.Tensor) or tuple(w.shape) != want:
+                got = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
+                raise RunDirError(f"{bad}: {what} {k!r} has shape {got}, this run needs {want} "
+                                  f"({n} nodes); {RESTART_HINT}")
+
+
+def save_checkpoint(out: Path, ck: dict[str, Any]) -> None:
+    """Write ``out/checkpoint.pt`` atomically."""
+    atomic_write(Path(out) / "checkpoint.pt", lambda p: torch.save(ck, p))
+
+
+def final_models(path: str | Path) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The node models ``X`` ``[n, P]`` and stacked buffers ``{name: [n, ...]}`` of a run.
+
+    Read from the run directory's checkpoint, the last one written (the final state of a
+    finished run); rebuild the run with :func:`~flatlab.experiment.build` on its ``config.yaml``
+    to evaluate them.
+
+    Raises:
+        RunDirError: ``path`` holds no checkpoint, or one that cannot be used.
+    """
+    ckpt = Path(path) / "checkpoint.pt"
+    if not ckpt.is_file():
+        raise RunDirError(f"{path} holds no checkpoint.pt; accepted: a run directory (train it "
+                          "first)")
+    ck = load_checkpoint(ckpt)
+    return ck["state"]["x"], dict(ck["buffers"])
+
+
+def average_model(path: str | Path) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The averaged model ``x̄`` ``[P]`` and averaged buffers of a run (:func:`final_models`)."""
+    x, buffers = final_models(path)
+    return x.mean(0), {k: (v.mean(0) if v.is_floating_point() else v[0])
+                       for k, v in buffers.items()}
+
+
+def clear_results(out: Path) -> None:
+    """Remove the results of an earlier run from ``out`` before a fresh start.
+
+    A fresh start must not leave an older checkpoint behind: a kill before the new run's first
+    checkpoint would otherwise resume someone else's state.
+    """
+    from flatlab.measures.named import TABLES
+
+    for name in ("checkpoint.pt", "metrics.parquet", *(f"{t}.parquet" for t in TABLES)):
+        (Path(out) / name).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------- resume decision
+def conflict(out: Path, cfg_dict: dict[str, Any]) -> str | None:
+    """Why ``out`` cannot take a run of ``cfg_dict`` (``None`` when it can).
+
+    ``out`` is a file, or it holds a run (finished or not) of a config that differs in more
+    than its execution fields.
+
+    Raises:
+        RunDirError: Its ``config.yaml`` cannot be read.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        return f"run directory {out} is a file; accepted: a directory (or a new path)"
+    old = read_config(out) if (out / "status.json").exists() else None
+    if old is not None and identity(old) != identity(cfg_dict):
+        return (f"run directory {out} holds a run with a different config; choose another "
+                "output directory or delete it")
+    return None
+
+
+def decide(out: Path, cfg_dict: dict[str, Any], resume: bool) -> tuple[str, Any]:
+    """What to do with the run directory ``out`` for a run of ``cfg_dict``.
+
+    Returns ``("finished", status)`` for a finished run (done or diverged) of the same config,
+    ``("start", checkpoint)`` to resume (``None``: start afresh), or ``("error", message)``.
+    Everything is read and checked here, before anything is written.
+
+    Raises:
+        RunDirError: (when resuming) a damaged status, config or checkpoint.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        return "error", f"run directory {out} is a file; accepted: a directory (or a new path)"
+    try:
+        st = read_status(out)
+    except RunDirError:
+        if resume:
+            raise
+        st = None  # --restart overwrites a damaged status
+    if owned_elsewhere(st):
+        return "error", (f"run directory {out} is being run by process {st.get('pid')} on "
+                         f"{st.get('host')} (its status is running and the process is alive); "
+                         "wait for it to end or stop it, or choose another directory")
+    if st is None or not resume:
+        return "start", None
+    problem = conflict(out, cfg_dict)
+    if problem:
+        return "error", problem
+    if st["status"] in ("done", "diverged"):
+        return "finished", st
+    ckpt = out / "checkpoint.pt"
+    if not ckpt.is_file():
+        return "start", None
+    ck = load_checkpoint(ckpt)
+    saved = ck.get("config")
+    if isinstance(saved, dict) and identity(saved) != identity(cfg_dict):
+        return "error", (f"checkpoint {ckpt} was written by a run with a different config; "
+                         f"{RESTART_HINT}")
+    return "start", ck
