@@ -2,10 +2,15 @@
 
 flatlab never downloads. The folder is ``root`` or, when it is ``None``, ``$FLATLAB_DATA``.
 
+- CIFAR-10, "binary version": ``cifar-10-batches-bin/data_batch_1.bin`` ... ``data_batch_5.bin``
+  and ``test_batch.bin`` (records of one label byte and 3072 image bytes in channel-major order),
+  looked up in ``root/cifar-10-batches-bin`` or ``root``; read first when present.
 - CIFAR-10, "python version": ``cifar-10-batches-py/data_batch_1`` ... ``data_batch_5`` and
   ``test_batch`` (pickled dicts with ``b"data"``, ``uint8`` ``[10000, 3072]`` in channel-major
-  order, and ``b"labels"``), looked up in ``root/cifar-10-batches-py`` or ``root`` itself. The
-  batches are Python pickles: only point ``root`` at files you trust.
+  order, and ``b"labels"``), looked up in ``root/cifar-10-batches-py`` or ``root`` itself. They
+  are read by an unpickler restricted to plain containers, bytes, numbers and numpy arrays
+  (:class:`RestrictedUnpickler`): a batch that names any other class or function (and so could
+  run code) is refused before anything in it runs.
 - MNIST and Fashion-MNIST, IDX files ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
   ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte`` (each optionally ``.gz``), looked up in
   ``root``, ``root/<name>`` and torchvision's ``root/MNIST/raw`` / ``root/FashionMNIST/raw``.
@@ -30,12 +35,14 @@ import torch
 from flatlab.data.dataset import Dataset, check_options
 from flatlab.errors import DataError
 
-__all__ = ["IDX_FILES", "CIFAR10_FILES", "NORMALIZATION", "read_idx", "load_idx_dataset",
-           "load_cifar10", "data_root"]
+__all__ = ["IDX_FILES", "CIFAR10_FILES", "CIFAR10_BIN_FILES", "NORMALIZATION", "read_idx",
+           "load_idx_dataset", "load_cifar10", "data_root", "RestrictedUnpickler"]
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
              "t10k-labels-idx1-ubyte")
 CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+CIFAR10_BIN_FILES = tuple(f"{name}.bin" for name in CIFAR10_FILES)
+_CIFAR_RECORD = 1 + 3072  # one label byte, then the 32 x 32 x 3 image, channel-major
 
 #: Per-channel (mean, std) applied after dividing by 255.
 NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -185,17 +192,30 @@ def load_idx_dataset(name: str, root: str | Path | None = None, **options: Any) 
     )
 
 
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        with open(path, "rb") as handle:
-            batch = pickle.load(handle, encoding="bytes")
-    except Exception as exc:  # any failure to unpickle means "not a readable batch"
-        raise DataError(f"cannot read CIFAR-10 batch {path}: {exc}") from None
-    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
-        raise DataError(f"{path} is not a CIFAR-10 python batch (a dict with b'data' and "
-                        f"b'labels')")
-    data = np.asarray(batch[b"data"])
-    labels = np.asarray(batch[b"labels"], dtype=np.int64)
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler of plain data: containers, bytes, strings, numbers and numpy arrays.
+
+    ``find_class`` is the only way a pickle reaches code; it allows exactly what numpy needs to
+    rebuild an array (``_reconstruct``, ``ndarray``, ``dtype``; ``_frombuffer`` at protocol 5)
+    and ``_codecs.encode`` (how Python 3 pickles bytes at protocols 0-2). Anything else raises
+    ``pickle.UnpicklingError`` before it is called.
+    """
+
+    ALLOWED = frozenset({
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    })
+
+    def find_class(self, module: str, name: str) -> Any:  # noqa: D102
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR-10 batch "
+                                         "never holds (refused: loading it could run code)")
+        return super().find_class(module, name)
+
+
+def _check_cifar_arrays(path: Path, data: np.ndarray, labels: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise DataError(f"{path}: b'data' must be uint8 [N, 3072] (got {data.dtype} "
                         f"{data.shape})")
@@ -205,12 +225,47 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), labels
 
 
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One batch of the python distribution, through :class:`RestrictedUnpickler`."""
+    try:
+        with open(path, "rb") as handle:
+            batch = RestrictedUnpickler(handle, encoding="bytes").load()
+    except Exception as exc:  # any failure to unpickle means "not a readable batch"
+        why = (str(exc).splitlines() or [""])[0][:160] or type(exc).__name__
+        raise DataError(f"cannot read CIFAR-10 batch {path}: {why}") from None
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise DataError(f"{path} is not a CIFAR-10 python batch (a dict with b'data' and "
+                        f"b'labels')")
+    try:
+        data = np.asarray(batch[b"data"])
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{path}: b'data' and b'labels' must be arrays ({exc})") from None
+    return _check_cifar_arrays(path, data, labels)
+
+
+def _read_cifar_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One batch of the binary distribution: records of a label byte and 3072 image bytes."""
+    try:
+        raw = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise DataError(f"cannot read CIFAR-10 batch {path}: {exc.strerror or exc}") from None
+    if raw.size == 0 or raw.size % _CIFAR_RECORD:
+        raise DataError(f"{path} is not a CIFAR-10 binary batch: {raw.size} bytes is not a "
+                        f"whole number of {_CIFAR_RECORD}-byte records")
+    records = raw.reshape(-1, _CIFAR_RECORD)
+    return _check_cifar_arrays(path, np.ascontiguousarray(records[:, 1:]),
+                               records[:, 0].astype(np.int64))
+
+
 def load_cifar10(root: str | Path | None = None, **options: Any) -> Dataset:
-    """CIFAR-10 from the local "python version" batches.
+    """CIFAR-10 from the local batches: the binary version, else the python version.
+
+    The python version's pickles are read by :class:`RestrictedUnpickler` (plain data only).
 
     Args:
-        root: Folder holding ``cifar-10-batches-py`` (or the batches themselves);
-            ``$FLATLAB_DATA`` if None.
+        root: Folder holding ``cifar-10-batches-bin`` or ``cifar-10-batches-py`` (or the batches
+            themselves); ``$FLATLAB_DATA`` if None.
         **options: ``normalize`` (bool, default True).
 
     Returns:
@@ -221,14 +276,21 @@ def load_cifar10(root: str | Path | None = None, **options: Any) -> Dataset:
     """
     opts = check_options("cifar10", options, FILE_DEFAULTS)
     base = data_root("cifar10", root)
-    folders = [base / "cifar-10-batches-py", base]
-    folder = next((f for f in folders if all((f / n).is_file() for n in CIFAR10_FILES)), None)
-    if folder is None:
-        where = ", ".join(str(f) for f in folders)
-        raise DataError(f"dataset 'cifar10': CIFAR-10 python batches not found; expected "
-                        f"{', '.join(CIFAR10_FILES)} in one of {where} ({_NO_DOWNLOAD})")
-    train = [_read_cifar_batch(folder / n) for n in CIFAR10_FILES[:-1]]
-    x_test_raw, y_test = _read_cifar_batch(folder / CIFAR10_FILES[-1])
+    layouts = ((base / "cifar-10-batches-bin", CIFAR10_BIN_FILES, _read_cifar_bin),
+               (base, CIFAR10_BIN_FILES, _read_cifar_bin),
+               (base / "cifar-10-batches-py", CIFAR10_FILES, _read_cifar_batch),
+               (base, CIFAR10_FILES, _read_cifar_batch))
+    found = next(((f, names, read) for f, names, read in layouts
+                  if all((f / n).is_file() for n in names)), None)
+    if found is None:
+        raise DataError(f"dataset 'cifar10': CIFAR-10 batches not found; expected "
+                        f"{', '.join(CIFAR10_BIN_FILES)} (binary version) in "
+                        f"{base / 'cifar-10-batches-bin'} or {base}, or "
+                        f"{', '.join(CIFAR10_FILES)} (python version) in "
+                        f"{base / 'cifar-10-batches-py'} or {base} ({_NO_DOWNLOAD})")
+    folder, names, read = found
+    train = [read(folder / n) for n in names[:-1]]
+    x_test_raw, y_test = read(folder / names[-1])
     x_train, how = _normalize("cifar10", np.concatenate([b[0] for b in train]),
                               opts["normalize"])
     x_test, _ = _normalize("cifar10", x_test_raw, opts["normalize"])
