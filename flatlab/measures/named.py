@@ -202,19 +202,30 @@ def get(name: str) -> NamedMeasure:
     return _REGISTRY[name]
 
 
-def resolve(name: str, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The settings of ``name``: its defaults updated by ``given`` (checked by name and type).
+def resolve(name: str, given: Mapping[str, Any] | None = None, *,
+            field: str | None = None) -> dict[str, Any]:
+    """The settings of ``name``: its defaults updated by ``given``, checked.
+
+    Each setting is checked by name, type, choices and range (what the estimator accepts), and
+    across settings (``max_iter >= k``), so that a run is refused before it starts.
+
+    Args:
+        name: The measure.
+        given: Settings to change.
+        field: How messages name the settings (``"measure.options.hessian_top"`` in a config);
+            default ``"measure NAME setting"``.
 
     Raises:
-        MeasureError: An unknown setting, or a value of the wrong type.
+        MeasureError: An unknown setting, or a value of the wrong type or out of range.
     """
     m = get(name)
+    where = (lambda k: f"{field}.{k}") if field else (lambda k: f"measure {name} setting {k}")
     defaults = {"every": None, **m.defaults}
     out = dict(defaults)
     for k, v in (given or {}).items():
         if k not in defaults:
-            raise MeasureError(f"measure {name} has no setting {k!r}; accepted: "
-                               f"{', '.join(defaults)}")
+            raise MeasureError(f"{where(k)} is unknown: measure {name} has no setting {k!r}; "
+                               f"accepted: {', '.join(defaults)}")
         d = defaults[k]
         if isinstance(d, bool):
             ok = isinstance(v, bool)
@@ -230,12 +241,23 @@ def resolve(name: str, given: Mapping[str, Any] | None = None) -> dict[str, Any]
         if not ok:
             want = {bool: "true or false", int: "an integer", float: "a number",
                     str: "a string"}.get(type(d), "null or an integer >= 1")
-            raise MeasureError(f"measure {name} setting {k} = {v!r} is invalid; accepted: {want}")
+            raise MeasureError(f"{where(k)} = {v!r} is invalid; accepted: {want}")
         out[k] = v
     for k, choices in _CHOICES.get(name, {}).items():
         if out[k] not in choices:
-            raise MeasureError(f"measure {name} setting {k} = {out[k]!r} is unknown; accepted: "
+            raise MeasureError(f"{where(k)} = {out[k]!r} is unknown; accepted: "
                                f"{', '.join(map(str, choices))}")
+    for k, v in out.items():
+        low, strict = _LIMITS.get((name, k), _LIMITS.get(k, (None, False)))
+        if low is not None and v is not None and not (v > low if strict else v >= low):
+            want = f"{'a number >' if strict else 'a number >='} {low:g}"
+            if isinstance(defaults[k], int) and not isinstance(defaults[k], bool):
+                want = f"an integer >= {low + 1 if strict else low}"
+            raise MeasureError(f"{where(k)} = {v!r} is out of range; accepted: {want}")
+    for check in _CROSS.get(name, ()):
+        problem = check(out)
+        if problem:
+            raise MeasureError(f"{field or f'measure {name}'}: {problem}")
     return out
 
 
@@ -250,6 +272,26 @@ def describe() -> list[dict[str, Any]]:
 
 
 _CHOICES: dict[str, dict[str, tuple]] = {}
+#: Lower limits of settings, ``name -> (limit, strict)``, by setting name (the same meaning in
+#: every measure) or ``(measure, name)`` where a measure needs more; what each estimator accepts.
+_LIMITS: dict[Any, tuple[float | None, bool]] = {
+    "k": (1, False), "tol": (0.0, True), "max_iter": (1, False), "seed": (0, False),
+    "num_matvecs": (2, False), "num_runs": (1, False), "lanczos_steps": (1, False),
+    "rho": (0.0, True), "sigma": (0.0, True), "eps": (0.0, True), "eta": (0.0, False),
+    "steps": (0, False), "samples": (2, False), "points": (2, False), "span": (0.0, True),
+}
+#: Checks across settings: ``settings -> problem or None``.
+_CROSS: dict[str, tuple[Callable[[dict], str | None], ...]] = {
+    "hessian_top": (lambda s: None if s["max_iter"] >= s["k"] else
+                    f"max_iter = {s['max_iter']} is below k = {s['k']}; accepted: max_iter >= k",),
+    "hessian_top_nodes": (lambda s: None if s["max_iter"] >= s["k"] else
+                          f"max_iter = {s['max_iter']} is below k = {s['k']}; accepted: "
+                          "max_iter >= k",),
+    "hessian_trace": (lambda s: None if s["num_matvecs"] >= (3 if s["method"] == "hutch++"
+                                                              else 2)
+                      else f"method {s['method']} needs num_matvecs >= "
+                      f"{3 if s['method'] == 'hutch++' else 2} (got {s['num_matvecs']})",),
+}
 
 
 # ====================================================================== the measures
