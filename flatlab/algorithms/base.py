@@ -14,6 +14,9 @@ data: a dataclass of tensors shaped like ``X`` plus the step counter ``t``, so i
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, TypeVar
@@ -158,7 +161,36 @@ def make(name: str, **hparams: Any) -> Algorithm:
         acc = ", ".join(accepted) if accepted else "none"
         raise AlgorithmError(f"{cls.name}: unknown hyper-parameter {', '.join(unknown)}; "
                              f"accepted: {acc}")
+    hints = typing.get_type_hints(cls)
+    for key, value in hparams.items():
+        hparams[key] = _typed(cls.name, key, value, hints[key])
     return cls(**hparams)
+
+
+def _typed(algo: str, key: str, value: Any, tp: Any) -> Any:
+    """``value`` checked against the annotation ``tp`` of a hyper-parameter (ints pass as floats).
+
+    Raises:
+        AlgorithmError: A value of another type, or a number that is not finite.
+    """
+    args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) \
+        else (tp,)
+    if value is None and type(None) in args:
+        return None
+    if float in args and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if math.isfinite(value):
+            return float(value)
+        want = "a finite number"
+    elif int in args and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif (bool in args and isinstance(value, bool)) or (str in args and isinstance(value, str)):
+        return value
+    else:
+        want = " or ".join({float: "a number", int: "an integer", bool: "true or false",
+                            str: "a string", type(None): "null"}.get(a, a.__name__)
+                           for a in args)
+    raise AlgorithmError(f"{algo}: hyper-parameter {key} = {value!r} is not accepted; "
+                         f"accepted: {want}")
 
 
 def state_dict(state: State) -> dict[str, Any]:
