@@ -9,6 +9,7 @@ per node and are never gossiped; dropout draws a different mask per node
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Any
@@ -21,7 +22,8 @@ from torch.func import functional_call
 from flatlab.engine.layout import ParamLayout
 from flatlab.errors import FlatlabError
 
-__all__ = ["NodeStack", "resolve_device", "resolve_dtype", "LOSSES"]
+__all__ = ["NodeStack", "resolve_device", "resolve_dtype", "LOSSES", "check_fits_in_memory",
+           "available_memory", "STACK_COPIES"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -51,6 +53,46 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     elif dtype in _DTYPES:
         return _DTYPES[dtype]
     raise FlatlabError(f"dtype {dtype!r} is not supported; accepted: float32, float64")
+
+
+#: Copies of the ``[n, P]`` node stack a run may hold at once (iterates, gradients, momentum,
+#: tracking and dual variables, temporaries of the update and the mix).
+STACK_COPIES = 8
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors on ``device`` (``None`` when it cannot be told)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits_in_memory(n: int, P: int, dtype: torch.dtype, device: torch.device) -> None:  # noqa: N803
+    """Refuse a node stack whose :data:`STACK_COPIES` copies would not fit in free memory.
+
+    Raises:
+        FlatlabError: Before anything of size ``n x P`` is allocated, naming the sizes and the
+            limit.
+    """
+    free = available_memory(device)
+    row = P * torch.finfo(dtype).bits // 8
+    if free is not None and n * row * STACK_COPIES > free:
+        gb = 1024**3
+        raise FlatlabError(
+            f"{n} nodes x {P} parameters take {n * row / gb:.3g} GB per copy of the node stack and "
+            f"a run holds up to {STACK_COPIES} copies, more than the {free / gb:.3g} GB free on "
+            f"{device}; the limit here is {free // (STACK_COPIES * row)} nodes of this model: use "
+            "fewer nodes or a smaller model")
 
 
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -117,6 +159,7 @@ class NodeStack:
         self.loss_fn = LOSSES[loss]
         self.module = module.to(device=self.device, dtype=self.dtype)
         self.layout = ParamLayout.from_module(self.module)
+        check_fits_in_memory(self.n, self.layout.P, self.dtype, self.device)
         x0 = self.layout.flatten_module(self.module)
         if init == "same":
             self._x0 = x0.expand(self.n, -1).clone()

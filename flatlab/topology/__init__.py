@@ -189,6 +189,9 @@ def make(
     if unknown:
         accepted = ", ".join(p for p in info.params if p != "seed") or "none"
         raise TopologyError(f"{key} takes no parameter {unknown[0]!r} (accepted: {accepted})")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                             or seed < 0):
+        raise TopologyError(f"seed {seed!r} is not accepted; accepted: an integer >= 0")
     if info.random and seed is not None:
         params["seed"] = int(seed)
     if info.fixed_n is not None:
@@ -236,17 +239,35 @@ def from_matrix(matrices, name: str = "custom", lazy: bool = False,
 
 
 def _read_array(path: Path) -> np.ndarray | sp.csr_array:
+    """A matrix or edge list from ``.npy``, ``.npz`` (scipy sparse) or text; never unpickles."""
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
-            return np.load(path, allow_pickle=False)
-        if suffix == ".npz":
-            return sp.csr_array(sp.load_npz(path))
-        with path.open() as fh:
-            first = next((ln for ln in fh if ln.strip() and not ln.lstrip().startswith("#")), "")
-        return np.loadtxt(path, delimiter="," if "," in first else None, comments="#", ndmin=2)
+            data = np.load(path, allow_pickle=False)
+        elif suffix == ".npz":
+            data = sp.csr_array(sp.load_npz(path))
+        else:
+            with path.open() as fh:
+                first = next((ln for ln in fh if ln.strip() and not ln.lstrip().startswith("#")),
+                             "")
+            if not first:
+                data = np.empty((0, 0))
+            else:
+                data = np.loadtxt(path, delimiter="," if "," in first else None, comments="#",
+                                  ndmin=2)
+    except UnicodeDecodeError:
+        raise TopologyError(f"cannot read {path}: it is not text; accepted: .npy, .npz or a text "
+                            "file of numbers") from None
     except (OSError, ValueError) as err:
-        raise TopologyError(f"cannot read {path}: {err}".splitlines()[0]) from None
+        why = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "pickle" in why.lower():
+            why = ("it is not a numeric .npy array (reading it would need unpickling, which can "
+                   "run code: refused)")
+        raise TopologyError(f"cannot read {path}: {why}") from None
+    if data.shape[0] == 0 or (data.ndim == 2 and data.shape[1] == 0):
+        raise TopologyError(f"{path} holds no numbers; accepted: rows of numbers (whitespace or "
+                            "comma separated, # comments), .npy or .npz")
+    return data
 
 
 def load(path: str | Path, kind: str = "matrix", n: int | None = None,

@@ -75,11 +75,21 @@ def _require(cond: bool, message: str) -> None:
         raise TopologyError(message)
 
 
-def _check_n(name: str, n: int, minimum: int = 2) -> int:
+#: Most nodes a generator builds (a sparse graph of this size takes about a second).
+MAX_NODES = 1_000_000
+#: Most nodes of a generator whose cost grows as ``n^2`` (complete, erdos-renyi): ``n^2`` stored
+#: entries or coin flips, about 400 MB and a second at this size.
+MAX_DENSE_NODES = 2048
+
+
+def _check_n(name: str, n: int, minimum: int = 2, maximum: int = MAX_NODES) -> int:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
         raise TopologyError(f"{name}: the number of nodes must be an integer (got {n!r})")
     n = int(n)
     _require(n >= minimum, f"{name} needs at least {minimum} nodes (got n = {n})")
+    _require(n <= maximum, f"{name}: n = {n} is above the limit of {maximum} nodes"
+             + (" (its cost grows as n^2)" if maximum < MAX_NODES else "")
+             + f"; accepted: {minimum} <= n <= {maximum}")
     return n
 
 
@@ -180,7 +190,7 @@ def hypercube(n: int) -> Graph:
 
 def complete(n: int) -> Graph:
     """Complete graph ``K_n``."""
-    n = _check_n("complete", n)
+    n = _check_n("complete", n, maximum=MAX_DENSE_NODES)
     return _static(n, _translations((n,), [(k,) for k in range(1, n)]), group=(n,))
 
 
@@ -271,7 +281,7 @@ def erdos_renyi(n: int, edge_prob: float | None = None, seed: int | None = 0) ->
             connectivity threshold.
         seed: Seed of the draw; the same seed gives the same graph.
     """
-    n = _check_n("erdos-renyi", n)
+    n = _check_n("erdos-renyi", n, maximum=MAX_DENSE_NODES)
     q = min(1.0, 2.0 * math.log(n) / n) if edge_prob is None else float(edge_prob)
     _require(0.0 < q <= 1.0, f"erdos-renyi: edge_prob must be in (0, 1] (got {edge_prob})")
     threshold = math.log(n) / n
