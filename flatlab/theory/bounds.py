@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from flatlab.errors import TheoryError
+from flatlab.theory.checks import finite, positive, unit_interval
 from flatlab.theory.spectral import SpectralSummary, spectral
 from flatlab.topology import Topology
 
@@ -151,26 +152,6 @@ class _Inputs:
         return self.rho
 
 
-def _positive(name: str, value, allow_zero: bool = False) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TheoryError(f"{name} must be a number (got {value!r})") from None
-    ok = v >= 0 if allow_zero else v > 0
-    if not (ok and math.isfinite(v)):
-        kind = ">= 0" if allow_zero else "> 0"
-        raise TheoryError(f"{name} must be finite and {kind} (got {value!r})")
-    return v
-
-
-def _unit_interval(name: str, value, closed_right: bool = False) -> float:
-    v = _positive(name, value, allow_zero=not closed_right)
-    if (v > 1) if closed_right else (v >= 1):
-        interval = "(0, 1]" if closed_right else "[0, 1)"
-        raise TheoryError(f"{name} must be in {interval} (got {value!r})")
-    return v
-
-
 # ----------------------------------------------------------------------------------------------
 # The rates
 
@@ -211,7 +192,7 @@ def _dsgd(x: _Inputs) -> list[RateTerm]:
 
 def _gt_c(x: _Inputs) -> float:
     if x.c is not None:
-        return _unit_interval("c", x.c, closed_right=True)
+        return unit_interval("c", x.c, closed_right=True)
     if x.symmetric and x.lambda_min is not None:
         return 1.0 - min(x.lambda_min, 0.0) ** 2
     x.notes.append("c unknown (no symmetric topology given): took its lower bound c = p")
@@ -242,7 +223,8 @@ def _momentum_tracking(x: _Inputs) -> list[RateTerm]:
     if len(x.exponents) != 4:
         raise TheoryError(f"momentum-tracking needs 4 exponents (a1, b1, a2, b2); got "
                           f"{len(x.exponents)}")
-    a1, b1, a2, b2 = (float(e) for e in x.exponents)
+    a1, b1, a2, b2 = (finite(f"exponent {k}", e)
+                      for k, e in zip(("a1", "b1", "a2", "b2"), x.exponents, strict=True))
     if x.beta is None:
         raise TheoryError("momentum-tracking needs the momentum beta in [0, 1)")
     p, one_b = x.p, 1.0 - x.beta
@@ -263,7 +245,7 @@ def _choco(x: _Inputs) -> list[RateTerm]:
                           "(E||Q(x) - x||^2 <= (1 - delta) ||x||^2; 1 = no compression)")
     if x.G2 is None:
         raise TheoryError("choco needs G2, the bound E||grad F_i(x, xi)||^2 <= G2")
-    omega = _unit_interval("delta", x.delta, closed_right=True)
+    omega = unit_interval("delta", x.delta, closed_right=True)
     gap = 1.0 - x.need_rho()  # CHOCO's eigengap 1 - |lambda_2| (second largest modulus)
     c = gap**2 * omega / 82.0
     return [
@@ -408,15 +390,15 @@ def bound(
     if isinstance(n, bool) or int(n) != n or int(n) < 1:
         raise TheoryError(f"n must be a positive integer (got {n!r})")
     if rho is not None:
-        rho = _unit_interval("rho", rho)
+        rho = unit_interval("rho", rho)
     if tau is not None and (int(tau) != tau or int(tau) < 1):
         raise TheoryError(f"tau must be a positive integer (got {tau!r})")
     x = _Inputs(
-        n=int(n), L=_positive("L", L), sigma2=_positive("sigma2", sigma2, allow_zero=True),
-        zeta2=_positive("zeta2", zeta2, allow_zero=True), F0=_positive("F0", F0),
+        n=int(n), L=positive("L", L), sigma2=positive("sigma2", sigma2, allow_zero=True),
+        zeta2=positive("zeta2", zeta2, allow_zero=True), F0=positive("F0", F0),
         rho=rho, tau=int(tau or 1), lambda_min=lambda_min, symmetric=symmetric,
-        beta=None if beta is None else _unit_interval("beta", beta),
-        delta=delta, G2=None if G2 is None else _positive("G2", G2, allow_zero=True), c=c,
+        beta=None if beta is None else unit_interval("beta", beta),
+        delta=delta, G2=None if G2 is None else positive("G2", G2, allow_zero=True), c=c,
         exponents=None if exponents is None else tuple(exponents),
     )
     build, constants, _ = _RATES[name]
@@ -427,18 +409,18 @@ def bound(
         raise TheoryError(f"{name} has no term {unknown[0]!r}; its terms: "
                           f"{', '.join(r.name for r in rate)}")
     rate = [
-        RateTerm(r.name, r.coefficient * _positive(f"constant {r.name}", consts.get(r.name, 1.0)),
+        RateTerm(r.name, r.coefficient * positive(f"constant {r.name}", consts.get(r.name, 1.0)),
                  r.exponent, r.formula, r.source)
         for r in rate
     ]
     if T is not None:
-        T = _positive("T", T)
+        T = positive("T", T)
         mode, terms = "error", {r.name: r.error(T) for r in rate}
     else:
         mode, terms = "iterations", {}
     iterations = None
     if eps is not None:
-        eps = _positive("eps", eps)
+        eps = positive("eps", eps)
         iterations = _solve_iterations(rate, eps)
         if mode == "iterations":
             terms = {r.name: r.iterations(eps) for r in rate}

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from flatlab.errors import TheoryError
+from flatlab.theory.checks import positive, unit_interval
 from flatlab.theory.spectral import spectral
 from flatlab.topology import Topology
 
@@ -82,20 +83,19 @@ def predicted_consensus_distance(
             raise TheoryError("the steady-state formula is for a static W; pass rho explicitly "
                               "to use it as an approximation for a time-varying schedule")
         rho = spectral(topology).rho
-    values = {"lr": lr, "sigma2": sigma2, "zeta2": zeta2, "rho": rho}
-    for key, v in values.items():
-        if not isinstance(v, (int, float)) or v < 0:
-            raise TheoryError(f"{key} must be a number >= 0 (got {v!r})")
-    if rho >= 1:
-        raise TheoryError(f"rho must be in [0, 1) (got {rho})")
+    lr, sigma2, zeta2 = (positive(k, v, allow_zero=True)
+                         for k, v in (("lr", lr), ("sigma2", sigma2), ("zeta2", zeta2)))
+    rho = unit_interval("rho", rho)
     consts = dict(consts or {})
     unknown = sorted(set(consts) - {"noise", "heterogeneity"})
     if unknown:
         raise TheoryError(f"no term {unknown[0]!r}; terms: noise, heterogeneity")
+    c_noise, c_het = (positive(f"constant {k}", consts.get(k, 1.0), allow_zero=True)
+                      for k in ("noise", "heterogeneity"))
     filt = rho**2 if form == "diffusion" else 1.0
     terms = {
-        "noise": consts.get("noise", 1.0) * lr**2 * filt * sigma2 / (1 - rho),
-        "heterogeneity": consts.get("heterogeneity", 1.0) * lr**2 * filt * zeta2 / (1 - rho) ** 2,
+        "noise": c_noise * lr**2 * filt * sigma2 / (1 - rho),
+        "heterogeneity": c_het * lr**2 * filt * zeta2 / (1 - rho) ** 2,
     }
     return ConsensusPrediction(form=form, terms=terms, total=sum(terms.values()),
                                inputs={"lr": lr, "rho": rho, "sigma2": sigma2, "zeta2": zeta2})

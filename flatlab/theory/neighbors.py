@@ -23,6 +23,7 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 
 from flatlab.errors import TheoryError
+from flatlab.theory.checks import unit_interval
 from flatlab.theory.spectral import DENSE_SPECTRAL_LIMIT, circulant_eigenvalues
 from flatlab.topology import Topology
 
@@ -30,10 +31,7 @@ __all__ = ["effective_neighbors", "stationary_variances"]
 
 
 def _check_gamma(gamma: float) -> float:
-    g = float(gamma)
-    if not 0.0 <= g < 1.0:
-        raise TheoryError(f"gamma must be in [0, 1) (got {gamma})")
-    return g
+    return unit_interval("gamma", gamma)
 
 
 def _dense_rounds(topology) -> list[np.ndarray]:

@@ -36,6 +36,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from flatlab.errors import TheoryError
+from flatlab.theory.checks import finite
 from flatlab.topology import Topology, from_matrix
 
 __all__ = [
@@ -103,6 +104,11 @@ def as_topology(topology: Topology | np.ndarray | sp.sparray) -> Topology:
     """Accept a :class:`Topology` or a mixing matrix (validated as a doubly stochastic ``W``)."""
     if isinstance(topology, Topology):
         return topology
+    if not (sp.issparse(topology) or isinstance(topology, (np.ndarray, list, tuple))):
+        hint = (f"; build it first: topology.make({topology!r}, n)"
+                if isinstance(topology, str) else "")
+        raise TheoryError(f"expected a Topology (flatlab.topology.make(...)) or a mixing matrix, "
+                          f"got {type(topology).__name__} {topology!r}"[:200] + hint)
     return from_matrix(topology, name="matrix")
 
 
@@ -119,6 +125,7 @@ def mixing_time(rho: float, eps: float, period: int = 1) -> int | None:
     """
     if not 0 < eps < 1:
         raise TheoryError(f"eps must be in (0, 1) (got {eps})")
+    rho = finite("rho", rho)
     if rho >= 1:
         return None
     if rho <= 0:
