@@ -227,11 +227,36 @@ def _cmd_measures(args: argparse.Namespace) -> int:
     return 0
 
 
+def _output_file(path: str, flag: str, kinds: Sequence[str] = ()) -> Path:
+    """A file to write: its folder must exist, it must not be a folder, its suffix known."""
+    p = Path(path)
+    if p.is_dir():
+        raise FlatlabError(f"{flag} {p} is a folder; accepted: a file name")
+    if not p.absolute().parent.is_dir():
+        raise FlatlabError(f"{flag} {p}: folder {p.parent} does not exist; create it first")
+    if kinds and p.suffix.lstrip(".").lower() not in kinds:
+        raise FlatlabError(f"{flag} {p}: unknown file type {p.suffix or '(none)'}; accepted: "
+                           f"{', '.join('.' + k for k in kinds)}")
+    return p
+
+
+def _output_dir(path: str | Path, flag: str) -> Path:
+    """A folder to write into (created if missing): neither it nor a parent may be a file."""
+    p = Path(path)
+    for q in (p, *p.absolute().parents):
+        if q.exists():
+            if not q.is_dir():
+                raise FlatlabError(f"{flag} {p}: {q} is a file; accepted: a folder (created if "
+                                   "missing)")
+            break
+    return p
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from flatlab.experiment import load_config, run
 
     cfg = load_config(args.config, args.overrides)
-    out = Path(args.out) if args.out else Path("runs") / cfg.name
+    out = _output_dir(args.out if args.out else Path("runs") / cfg.name, "--out")
     res = run(cfg, out, progress=not args.no_progress, resume=not args.restart)
     if res.main:  # in a distributed run, rank 0 speaks for all
         print(f"{res.status} at step {res.step}: {res.path}"
@@ -254,9 +279,10 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
     from flatlab.results import summary
 
+    csv = _output_file(args.csv, "--csv") if args.csv else None
     df = summary(args.path)
-    if args.csv:
-        df.to_csv(args.csv, index=False)
+    if csv is not None:
+        df.to_csv(csv, index=False)
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(df.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     return 0
@@ -264,13 +290,16 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
 def _cmd_plot(args: argparse.Namespace) -> int:
     import matplotlib
+    import matplotlib.figure
 
     matplotlib.use("Agg")
     from flatlab.plots import training_curves
     from flatlab.results import load
 
+    kinds = sorted(matplotlib.figure.Figure().canvas.get_supported_filetypes())
+    out = _output_file(args.out if args.out else str(Path(args.path) / "curves.png"), "--out",
+                       kinds)
     fig = training_curves(load(args.path), metrics=args.metric or None, hue=args.hue)
-    out = Path(args.out) if args.out else Path(args.path) / "curves.png"
     fig.savefig(out, dpi=150)
     print(f"wrote {out}")
     return 0
@@ -282,7 +311,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         print(f"error: --jobs must be >= 1 (got {args.jobs})", file=sys.stderr)
         return 2
-    run_demo(Path(args.out), small=args.small, progress=not args.no_progress, workers=args.jobs)
+    run_demo(_output_dir(args.out, "--out"), small=args.small, progress=not args.no_progress,
+             workers=args.jobs)
     return 0
 
 
@@ -368,14 +398,28 @@ def _parser() -> _Parser:
     return parser
 
 
+def _speaks() -> bool:
+    """Whether this process prints errors: always, except ranks > 0 under torchrun."""
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status.
+
+    Bad input (a :class:`~flatlab.errors.FlatlabError`): one line on stderr, status 2 (under
+    ``torchrun`` printed by rank 0 only, status 2 on every rank). A lost rank: one line, status 1.
+    Another failure to read or write a file: one line, status 1. Output into a closed pipe
+    (``flatlab bounds ... | head``): silent, status 141 (128 + SIGPIPE, as other tools end).
+    """
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # inside the try: a closed pipe is found here, not at exit
+        return code
     except FlatlabError as err:
-        print(f"flatlab {args.command}: error: {err}", file=sys.stderr)
+        if _speaks():
+            print(f"flatlab {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except RankLostError as err:  # a distributed run lost a process: the run failed, not the input
         print(f"flatlab {args.command}: {err}", file=sys.stderr)
@@ -383,6 +427,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.flush()
         # leave at once: tearing down a process group whose peers are gone can block for seconds
         os._exit(1)
+    except BrokenPipeError:
+        # the reader went away: send what is left to /dev/null so that exit does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
+    except OSError as err:
+        if _speaks():
+            where = f" {err.filename}" if getattr(err, "filename", None) else ""
+            print(f"flatlab {args.command}: error:{where} {err.strerror or err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

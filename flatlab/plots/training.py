@@ -33,10 +33,13 @@ def training_curves(df: pd.DataFrame, metrics: Sequence[str] | None = None,
 
     Returns:
         The figure.
+
+    Raises:
+        FlatlabError: A metric, ``hue`` or ``x`` that the table does not have.
     """
     missing = {"metric", "scope", "value", x} - set(df.columns)
     if missing:
-        raise ValueError(f"results table lacks columns {sorted(missing)}")
+        raise FlatlabError(f"results table lacks columns {sorted(missing)}")
     if metrics is None:
         wanted = [(m, s) for m, s in DEFAULT_CURVES if (df.metric == m).any()]
     else:
@@ -49,8 +52,12 @@ def training_curves(df: pd.DataFrame, metrics: Sequence[str] | None = None,
             wanted.append((m, "avg" if "avg" in scopes else "network" if "network" in scopes
                            else "mean"))
     if not wanted:
-        raise ValueError("none of the default metrics is in the results")
-    hue = hue if hue in df.columns else None
+        raise FlatlabError("none of the default metrics is in the results; name one with "
+                           f"metrics=[...] (present: {', '.join(sorted(set(df.metric)))})")
+    if hue is not None and hue not in df.columns:
+        cols = [c for c in df.columns if c not in ("step", "epoch", "metric", "scope", "value")]
+        shown = ", ".join(cols[:20]) + (", ..." if len(cols) > 20 else "")
+        raise FlatlabError(f"hue {hue!r} is not a column of the results; accepted: {shown}")
     fig, axes = plt.subplots(1, len(wanted), figsize=(4.2 * len(wanted), 3.4), squeeze=False)
     for ax, (m, scope) in zip(axes[0], wanted, strict=True):
         d = df[(df.metric == m) & (df.scope == scope)]
