@@ -309,8 +309,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from flatlab.demo import run_demo
 
     if args.jobs < 1:
-        print(f"error: --jobs must be >= 1 (got {args.jobs})", file=sys.stderr)
-        return 2
+        raise FlatlabError(f"--jobs must be >= 1 (got {args.jobs})")
     run_demo(_output_dir(args.out, "--out"), small=args.small, progress=not args.no_progress,
              workers=args.jobs)
     return 0

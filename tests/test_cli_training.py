@@ -104,5 +104,5 @@ def test_bad_training_input_is_one_line_and_exit_2(capsys, tmp_path, argv, patte
 def test_demo_refuses_a_bad_number_of_jobs_in_one_line(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--jobs", "0"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "error: --jobs must be >= 1 (got 0)"
+    assert err == "flatlab demo: error: --jobs must be >= 1 (got 0)"
     assert not any(tmp_path.iterdir())

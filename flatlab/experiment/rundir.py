@@ -259,6 +259,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     bad = f"checkpoint {p}"
     try:
+        with open(p, "rb") as fh:
+            head = fh.read(4)
+    except OSError as e:
+        raise RunDirError(f"{bad} cannot be read: {e.strerror or e}") from None
+    if not head:
+        raise RunDirError(f"{bad} is empty (the run was stopped while writing it?); "
+                          f"{RESTART_HINT}")
+    if head != b"PK\x03\x04" and head[:1] != b"\x80":  # torch's zip format, or its legacy pickle
+        raise RunDirError(f"{bad} is not a checkpoint file (not written by torch.save); "
+                          f"{RESTART_HINT}")
+    try:
         ck = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         why = ("it holds objects other than tensors and plain data (refused: loading them could "
