@@ -26,8 +26,9 @@ downloads.
   training objective (parameter names of the ``logistic`` model: ``linear.weight``,
   ``linear.bias``), ``info["optimum_loss"]`` its value.
 - ``gaussian-mixture``: Gaussian blobs, ``info["bayes_accuracy"]`` the best accuracy possible.
-- ``mnist``, ``fashion-mnist`` (IDX files) and ``cifar10`` (python batches) from a local folder
-  ``root`` or ``$FLATLAB_DATA``, normalized with the usual constants.
+- ``mnist``, ``fashion-mnist`` (IDX files) and ``cifar10`` (binary or python batches, the latter
+  unpickled as plain data only) from a local folder ``root`` or ``$FLATLAB_DATA``, normalized
+  with the usual constants.
 
 Tuning split (:func:`holdout`): a stratified, seeded share of the training set becomes the
 evaluation split (``data.holdout`` in a run config), so learning rates are tuned without the

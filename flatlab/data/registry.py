@@ -67,8 +67,8 @@ _REGISTRY: dict[str, _Entry] = {
         files.FILE_DEFAULTS, needs_root=True),
     "cifar10": _Entry(
         lambda seed, nodes, root, **o: files.load_cifar10(root, **o),
-        "CIFAR-10 colour images from the local python-version batches",
-        "root or $FLATLAB_DATA: cifar-10-batches-py",
+        "CIFAR-10 colour images from the local binary or python-version batches",
+        "root or $FLATLAB_DATA: cifar-10-batches-bin or cifar-10-batches-py",
         "x [50000, 3, 32, 32] / [10000, 3, 32, 32], 10 classes", "classification",
         files.FILE_DEFAULTS, needs_root=True),
 }

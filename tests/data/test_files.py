@@ -38,18 +38,27 @@ def _write_idx_set(folder, n_train=12, n_test=5, gz=False):
     return arrays
 
 
-def _write_cifar(folder, per_batch=4, n_test=3):
+def _write_cifar(folder, per_batch=4, n_test=3, protocol=pickle.DEFAULT_PROTOCOL):
     folder.mkdir(parents=True, exist_ok=True)
     batches = {}
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         count = n_test if name == "test_batch" else per_batch
         batch = {b"data": RNG.integers(0, 256, size=(count, 3072)).astype(np.uint8),
                  b"labels": RNG.integers(0, 10, size=count).tolist(),
-                 b"batch_label": name.encode()}
+                 b"batch_label": name.encode(),
+                 b"filenames": [f"img_{i}.png".encode() for i in range(count)]}
         with open(folder / name, "wb") as handle:
-            pickle.dump(batch, handle)
+            pickle.dump(batch, handle, protocol=protocol)
         batches[name] = batch
     return batches
+
+
+def _write_cifar_bin(folder, batches):
+    """The same batches in the binary distribution: per record a label byte, 3072 pixels."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, batch in batches.items():
+        labels = np.asarray(batch[b"labels"], dtype=np.uint8)[:, None]
+        (folder / f"{name}.bin").write_bytes(np.hstack([labels, batch[b"data"]]).tobytes())
 
 
 @pytest.mark.parametrize("name, sub, gz, mean, std", [
@@ -96,6 +105,31 @@ def test_cifar10(tmp_path):
     test_raw = batches["test_batch"][b"data"].reshape(3, 3, 32, 32) / 255.0
     plain = data.load("cifar-10", root=tmp_path / "cifar-10-batches-py", normalize=False)
     np.testing.assert_allclose(plain.x_test.numpy(), test_raw, rtol=1e-6)
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4, 5])
+def test_cifar10_binary_and_python_versions_agree(tmp_path, protocol):
+    """The restricted unpickler reads the arrays of every pickle protocol (2 is the original
+    distribution's); the binary version gives the same data set."""
+    batches = _write_cifar(tmp_path / "py" / "cifar-10-batches-py", protocol=protocol)
+    _write_cifar_bin(tmp_path / "bin" / "cifar-10-batches-bin", batches)
+    a = data.load("cifar10", root=tmp_path / "py")
+    b = data.load("cifar10", root=tmp_path / "bin")
+    assert a.info["source"].endswith("cifar-10-batches-py")
+    assert b.info["source"].endswith("cifar-10-batches-bin")
+    for f in ("x_train", "y_train", "x_test", "y_test"):
+        assert torch.equal(getattr(a, f), getattr(b, f)), f
+
+
+def test_cifar10_binary_batches_of_the_wrong_size_are_refused(tmp_path):
+    batches = _write_cifar(tmp_path / "x")
+    folder = tmp_path / "cifar-10-batches-bin"
+    _write_cifar_bin(folder, batches)
+    (folder / "test_batch.bin").write_bytes(bytes(3073 * 2 + 5))
+    assert "not a whole number of 3073-byte records" in one_line_error(
+        data.load, "cifar10", root=tmp_path)
+    (folder / "test_batch.bin").write_bytes(bytes([12]) + bytes(3072))
+    assert "labels in 0..9" in one_line_error(data.load, "cifar10", root=tmp_path)
 
 
 def test_missing_files_name_what_is_expected(tmp_path):
