@@ -73,7 +73,11 @@ def yaml_error_line(err: yaml.YAMLError) -> str:
 
 def yaml_loads(text: str) -> Any:
     """Parse YAML text with :class:`StrictLoader` (raises ``yaml.YAMLError``)."""
-    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - StrictLoader is a SafeLoader
+    loader = StrictLoader(text)  # a SafeLoader: builds plain data only
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def _read_text(path: Path, what: str) -> str:
