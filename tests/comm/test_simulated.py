@@ -7,6 +7,7 @@ import torch
 import flatlab
 from flatlab.comm import SimulatedMixer
 from flatlab.errors import FlatlabError
+from tests import precision
 
 TOPOLOGIES = [("ring", 16), ("torus", 16), ("exponential", 16), ("one-peer-exponential", 16),
               ("erdos-renyi", 20), ("star", 9), ("complete", 5)]
@@ -18,11 +19,13 @@ def test_mix_equals_matrix_product_every_method(name, n):
     methods = ["dense", "sparse"] + (["shift"] if topo.group is not None else [])
     gen = torch.Generator().manual_seed(0)
     X = torch.randn(n, 7, generator=gen, dtype=torch.float64)
+    scale = precision.magnitude(X)  # the rows of W are convex weights: |W X| <= max |X|
     for method in methods:
         mixer = SimulatedMixer(topo, device="cpu", dtype=torch.float64, method=method)
         for t in range(2 * topo.period + 1):
             ref = topo.matrix(t) @ X.numpy()
-            np.testing.assert_allclose(mixer.mix(X, t).numpy(), ref, rtol=0, atol=1e-14)
+            precision.assert_close(mixer.mix(X, t), torch.from_numpy(ref), scale=scale,
+                                   what=f"{method} mix, round {t}")
 
 
 @pytest.mark.parametrize("name,n", TOPOLOGIES)
@@ -33,7 +36,7 @@ def test_gossip_preserves_mean_and_contracts_by_rho(name, n):
     gen = torch.Generator().manual_seed(1)
     X = torch.randn(n, 5, generator=gen, dtype=torch.float64)
     Y = mixer.mix(X, 0)
-    torch.testing.assert_close(Y.mean(0), X.mean(0), rtol=0, atol=1e-15)
+    precision.assert_close(Y.mean(0), X.mean(0), scale=precision.magnitude(X), what="mean")
     if not topo.time_varying:
         rho = flatlab.spectral(topo).rho
         dev = lambda Z: float((Z - Z.mean(0)).norm())  # noqa: E731
@@ -47,7 +50,8 @@ def test_time_varying_product_over_a_period_is_exact_average():
     Y = X
     for t in range(topo.period):
         Y = mixer.mix(Y, t)
-    torch.testing.assert_close(Y, X.mean(0).expand_as(X), rtol=0, atol=1e-15)
+    precision.assert_close(Y, X.mean(0).expand_as(X), scale=precision.magnitude(X) * topo.period,
+                           what="product over a period")
 
 
 def test_traffic_counts():
