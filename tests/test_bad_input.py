@@ -492,8 +492,11 @@ def test_a_run_whose_process_is_gone_shows_as_interrupted_and_resumes(lab):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     st = json.loads((lab / "part" / "status.json").read_text())
-    assert st["status"] == "running" and st["pid"] == os.getpid()
+    # stopped by stop_after: released by its process, as if killed
+    assert st["status"] == "running" and st["pid"] is None
     assert st["host"] == socket.gethostname() and isinstance(st["heartbeat"], float)
+    assert rundir.shown_status(st) == "interrupted"
+    st["pid"], st["pid_start"] = os.getpid(), rundir._process_start(os.getpid())
     assert rundir.shown_status(st) == "running"  # this process is alive
     st["pid"] = dead.pid
     _status(lab, json.dumps(st))

@@ -112,10 +112,13 @@ def process_gone(st: dict[str, Any], now: float | None = None) -> bool:
     """Whether the process that wrote a ``running`` status is certainly gone.
 
     On this host: no process with the recorded pid, or one started at another time (the pid was
-    reused). On another host: no heartbeat for :data:`STALE_S` seconds. A status without these
-    fields (written by an older flatlab) is never called gone.
+    reused). On another host: no heartbeat for :data:`STALE_S` seconds. A status whose ``pid`` is
+    ``null`` was released by its process. A status without these fields (written by an older
+    flatlab) is never called gone.
     """
     pid, host = st.get("pid"), st.get("host")
+    if "pid" in st and pid is None:  # released by its process (StatusWriter.release)
+        return True
     if isinstance(pid, int) and host == socket.gethostname():
         if not _pid_alive(pid):
             return True
@@ -196,6 +199,18 @@ class StatusWriter:
                     self._write(self._last)
                 except OSError:  # the folder went away; the main thread will say so
                     return
+
+    def release(self) -> None:
+        """Leave a ``running`` run as a killed process would, but say so.
+
+        ``pid`` becomes ``null``, so the run shows as ``interrupted`` and any process may resume
+        it (what ``run(..., stop_after=k)`` does).
+        """
+        self.stop()
+        with self._lock:
+            if self._last is not None:
+                self._last = dict(self._last, pid=None, pid_start=None)
+                self._write(self._last)
 
     def stop(self) -> None:
         """Stop the heartbeat (idempotent)."""

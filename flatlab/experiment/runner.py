@@ -550,6 +550,8 @@ def _run(cfg: RunConfig, cfg_dict: dict[str, Any], out: Path, procs: Processes |
                 if state.loss is not None and main:
                     bar.set_postfix(loss=f"{rows[-1][4]:.4g}", refresh=False)
             if stop_after is not None and step >= stop_after and step < total:
+                if main:  # as after a kill: no process is on this directory any more
+                    status.release()
                 return RunResult(out, "running", step, "stopped (stop_after)", main)
             if step % cfg.checkpoint_every == 0 or step == total:
                 now = time.perf_counter()
