@@ -13,8 +13,17 @@ once, and a hung peer after ``timeout``), :meth:`Watchdog.verdict` looks at the 
 1. a verdict already recorded by another rank (first writer wins, via ``compare_set``) is reused,
    so every survivor prints the same line;
 2. otherwise a rank whose heartbeat stops (killed, stopped, machine gone) is the lost one;
-3. otherwise every rank is alive and the one with the fewest communication calls entered is stuck
-   before a call its peers wait in (hung in its own code).
+3. otherwise every rank is alive, and a rank is hung only on evidence that holds for the whole
+   timeout: outside any communication call in both looks, its call count unchanged for the
+   timeout (each heartbeat says how long it has been unchanged), and not ahead of the judging
+   rank. A rank that is merely slow keeps entering calls and is never named; nor is one that
+   waits in a call (a victim), unless it alone lags behind calls every other rank has passed;
+4. when no rank fits, the line says that every rank is alive and none is clearly hung, with the
+   call counts, rather than guess (:func:`judge` holds these rules, apart from the store).
+
+Ranks legitimately stand one call apart (point-to-point exchanges do not line up all ranks, and
+a rank that posts only some of an exchange's messages before it hangs lets some peers through):
+counting calls alone, a rank waiting behind a faster peer looks as stuck as the hung one.
 
 Stretches where ranks work unevenly (rank 0 measuring the averaged model or writing files
 alone, a slow setup) are not process-group calls: :meth:`Watchdog.alone` and
@@ -47,7 +56,7 @@ import torch.distributed as dist
 
 from flatlab.errors import FlatlabError
 
-__all__ = ["Processes", "join", "leave", "Watchdog", "PeerLost", "LAUNCH_HINT"]
+__all__ = ["Processes", "join", "leave", "Watchdog", "PeerLost", "Beat", "judge", "LAUNCH_HINT"]
 
 LAUNCH_HINT = ("launch with `torchrun --nproc_per_node=K -m flatlab run CONFIG "
                "backend=distributed` (K processes dividing the number of nodes)")
@@ -182,14 +191,20 @@ class Watchdog:
         self._judging = False
         self._stop = threading.Event()
         self._beats = 0
+        self._calls = self.progress()
+        self._moved = time.monotonic()  # when the heartbeat last saw the call count change
         self._beat()
         self._thread = threading.Thread(target=self._run, name="flatlab-heartbeat", daemon=True)
         self._thread.start()
 
     # ------------------------------------------------------------------ heartbeat
     def _beat(self) -> None:
+        calls, now = self.progress(), time.monotonic()
+        if calls != self._calls:
+            self._calls, self._moved = calls, now
+        waiting = int(self._communicating())
         self.store.set(f"{self.prefix}hb/{self.rank}",
-                       f"{self._beats} {self.progress()} {int(self._communicating())}")
+                       f"{self._beats} {calls} {waiting} {now - self._moved:.3f}")
         self._beats += 1
 
     def _communicating(self) -> bool:
@@ -271,7 +286,7 @@ class Watchdog:
             late = [q for q in range(self.world_size)
                     if not self.store.check([f"{key}/{q}"])]
             for q in late:
-                b = beats[q][0] if q in beats else None
+                b = beats[q].count if q in beats else None
                 if q not in seen or seen[q][0] != b:
                     seen[q] = (b, now)
                 grace = 2.5 * self.interval if b is not None else self.timeout
@@ -282,7 +297,7 @@ class Watchdog:
                         "unreachable)"))
             if late and now - t0 > self.solo_timeout:
                 raise PeerLost(self._record(
-                    f"rank {late[0]} was lost (alive but hung in {label} for over "
+                    f"{_ranks(late)} lost (alive but hung in {label} for over "
                     f"{self.solo_timeout:g} s)"))
 
     def alone(self, label: str, fn: Callable[[], Any], *, src: int = 0,
@@ -296,14 +311,13 @@ class Watchdog:
         return out
 
     # ------------------------------------------------------------------ verdicts
-    def _read(self) -> dict[int, tuple[int, int, int]]:
-        """``{rank: (heartbeats, calls entered, blocked in communication)}`` from the store."""
+    def _read(self) -> dict[int, Beat]:
+        """Every rank's last heartbeat in the store (ranks that never beat are missing)."""
         out = {}
         for q in range(self.world_size):
             key = f"{self.prefix}hb/{q}"
             if self.store.check([key]):
-                beats, prog, comm = self.store.get(key).decode().split()
-                out[q] = (int(beats), int(prog), int(comm))
+                out[q] = Beat.parse(self.store.get(key).decode())
         return out
 
     def _record(self, verdict: str) -> str:
@@ -371,35 +385,113 @@ class Watchdog:
             second = self._read()
             exited = {q for q in range(self.world_size)
                       if self.store.check([f"{self.prefix}exit/{q}"])}
-            others = [q for q in range(self.world_size) if q != self.rank and q not in exited]
-            stopped = [q for q in others if q not in second or q not in first
-                       or second[q][0] == first[q][0]]
-            if stopped:
-                lost = min(stopped, key=lambda q: (second.get(q, (0, -1))[1], q))
-                text = (f"rank {lost} was lost (its heartbeat stopped: the process died, was "
-                        f"stopped or its machine is unreachable)")
-            elif terminated:
-                text = "terminated by SIGTERM (the launcher or a scheduler stopped the run)"
-            else:
-                prog = {q: second[q][1] for q in others}
-                prog[self.rank] = self.progress()
-                low = min(prog.values()) if prog else 0
-                stuck = [q for q in others if prog[q] == low and low < max(prog.values())]
-                # level, but not blocked in communication (in both looks): hung in its own code
-                # inside a call made of several collectives, or between posting and waiting
-                inside = [q for q in others if not first[q][2] and not second[q][2]]
-                if stuck:
-                    text = (f"rank {stuck[0]} was lost (alive but hung before communication call "
-                            f"{low + 1} that its peers wait in, for over {self.timeout:g} s)")
-                elif inside:
-                    text = (f"rank {inside[0]} was lost (alive but hung in its own code during "
-                            f"communication call {low} that its peers wait in, for over "
-                            f"{self.timeout:g} s)")
-                else:
-                    detail = str(error).strip().splitlines()[0] if error and str(error) else ""
-                    text = (f"communication failed with every rank alive and level at call "
-                            f"{low} ({detail})")
+            text = judge(self.rank, self.world_size, self.progress(), first, second,
+                         timeout=self.timeout, interval=self.interval, exited=exited,
+                         terminated=terminated, error=error)
             return self._record(text)
         except Exception:
             return (f"lost the rendezvous store at {where}: its host is gone (rank 0 when "
                     "processes are started by hand, else the torchrun launcher)")
+
+
+@dataclass(frozen=True)
+class Beat:
+    """One rank's heartbeat, as published in the store.
+
+    Attributes:
+        count: Heartbeats sent so far (it advances while the process is alive).
+        calls: Communication calls entered so far.
+        waiting: Blocked in a communication call (or waiting in :meth:`Watchdog.barrier`, or
+            judging a failure) when it beat.
+        still: Seconds its call count had been unchanged when it beat (seen at heartbeats: up
+            to one interval short).
+    """
+
+    count: int
+    calls: int
+    waiting: bool
+    still: float
+
+    @classmethod
+    def parse(cls, text: str) -> Beat:
+        """The heartbeat written as ``"count calls waiting still"``."""
+        count, calls, waiting, still = text.split()
+        return cls(int(count), int(calls), waiting == "1", float(still))
+
+
+def judge(rank: int, world_size: int, calls: int, first: dict[int, Beat],
+          second: dict[int, Beat], *, timeout: float, interval: float,
+          exited: set[int] | frozenset[int] = frozenset(), terminated: bool = False,
+          error: BaseException | None = None) -> str:
+    """The verdict of rank ``rank`` after its communication call failed: one line.
+
+    Args:
+        rank: The judging rank.
+        world_size: The number of ranks.
+        calls: The communication calls the judging rank has entered (the failed one included).
+        first: Every rank's heartbeat read when the call failed (a rank missing never beat).
+        second: The same, ``2.5 * interval`` seconds later.
+        timeout: Seconds the failed call waited (the process group's timeout).
+        interval: Seconds between heartbeats.
+        exited: Ranks that left on purpose after a verdict (never blamed).
+        terminated: The judging rank was told to stop (SIGTERM) rather than failing a call.
+        error: The failed call's exception, quoted when no rank is named.
+
+    Returns:
+        ``rank Q was lost (...)`` when the heartbeats name a rank: its heartbeat stopped, or it is
+        hung on evidence that holds for the whole timeout (see the module's docstring); else a
+        line that names none.
+    """
+    others = [q for q in range(world_size) if q != rank and q not in exited]
+    stopped = [q for q in others if q not in first or q not in second
+               or second[q].count == first[q].count]
+    if stopped:
+        lost = min(stopped, key=lambda q: (second[q].calls if q in second else -1, q))
+        return (f"rank {lost} was lost (its heartbeat stopped: the process died, was stopped or "
+                "its machine is unreachable)")
+    if terminated:
+        return "terminated by SIGTERM (the launcher or a scheduler stopped the run)"
+    count = {q: second[q].calls for q in others}
+    count[rank] = calls
+
+    def still(q: int) -> bool:  # its count has not moved for the whole timeout (one beat short)
+        return first[q].calls == second[q].calls and second[q].still >= timeout - interval
+
+    # not in communication (so not waiting for anyone), not moving, not ahead of this rank
+    idle = [q for q in others if still(q) and not first[q].waiting and not second[q].waiting
+            and count[q] <= calls]
+    if len(idle) == 1:
+        q = idle[0]
+        if count[q] < calls:  # this rank waits in a later call
+            return (f"rank {q} was lost (alive but hung in its own code after entering "
+                    f"{count[q]} communication calls, behind peers that wait for it, for over "
+                    f"{timeout:g} s)")
+        return (f"rank {q} was lost (alive but hung in its own code during communication call "
+                f"{count[q]} that its peers wait in, for over {timeout:g} s)")
+    if idle:
+        return (f"{_ranks(idle)} lost (alive but hung in their own code, outside communication "
+                f"at calls {', '.join(str(count[q]) for q in idle)}, for over {timeout:g} s)")
+    # all wait (in a call, or in a barrier after one): only one that alone lags behind calls
+    # every other rank has passed is hung (inside the call, or in the barrier it alone is in)
+    for q in others:
+        if still(q) and all(count[q] < count[r] for r in count if r != q):
+            return (f"rank {q} was lost (alive but hung after entering {count[q]} communication "
+                    f"calls, which every other rank has passed, for over {timeout:g} s)")
+    detail = str(error).strip().splitlines()[0] if error is not None and str(error).strip() \
+        else ""
+    detail = f" ({detail})" if detail else ""
+    if len(set(count.values())) == 1:
+        return f"communication failed with every rank alive and level at call {calls}{detail}"
+    seen = ", ".join(f"rank {q}: {count[q]}" + (" (this one)" if q == rank else
+                                                 " waiting" if second[q].waiting else
+                                                 " working" if not still(q) else "")
+                     for q in sorted(count))
+    return (f"communication failed with every rank alive and none clearly hung (calls entered: "
+            f"{seen}){detail}")
+
+
+def _ranks(ranks: list[int]) -> str:
+    """``rank 2 was`` or ``ranks 1 and 2 were``."""
+    if len(ranks) == 1:
+        return f"rank {ranks[0]} was"
+    return f"ranks {', '.join(map(str, ranks[:-1]))} and {ranks[-1]} were"
