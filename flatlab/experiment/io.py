@@ -80,17 +80,17 @@ def yaml_loads(text: str) -> Any:
         loader.dispose()
 
 
-def _read_text(path: Path, what: str) -> str:
+def _read_text(path: Path, what: str, error: type[FlatlabError]) -> str:
     if not path.exists():
-        raise FlatlabError(f"{what} {path} does not exist")
+        raise error(f"{what} {path} does not exist")
     if not path.is_file():
-        raise FlatlabError(f"{what} {path} is not a file")
+        raise error(f"{what} {path} is not a file")
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise FlatlabError(f"{what} {path} is not text (not UTF-8)") from None
+        raise error(f"{what} {path} is not text (not UTF-8)") from None
     except OSError as e:
-        raise FlatlabError(f"{what} {path} cannot be read: {e.strerror or e}") from None
+        raise error(f"{what} {path} cannot be read: {e.strerror or e}") from None
 
 
 def read_yaml(path: str | Path, what: str = "YAML file", *, mapping: bool = True,
@@ -108,10 +108,7 @@ def read_yaml(path: str | Path, what: str = "YAML file", *, mapping: bool = True
             duplicate key, or (with ``mapping``) does not hold a mapping.
     """
     path = Path(path)
-    try:
-        text = _read_text(path, what)
-    except FlatlabError as e:
-        raise error(str(e)) from None
+    text = _read_text(path, what, error)
     try:
         data = yaml_loads(text)
     except yaml.YAMLError as e:
@@ -128,10 +125,7 @@ def read_json(path: str | Path, what: str = "JSON file", *,
               error: type[FlatlabError] = FlatlabError) -> dict[str, Any]:
     """A JSON object from a file (one-line errors for a missing, damaged or non-object file)."""
     path = Path(path)
-    try:
-        text = _read_text(path, what)
-    except FlatlabError as e:
-        raise error(str(e)) from None
+    text = _read_text(path, what, error)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
