@@ -109,19 +109,31 @@ def watchdogs(progress: dict[int, int], run_id: int, world: int = 3,
               timeout: float = 1.0) -> dict[int, Watchdog]:
     store = dist.HashStore()
     return {r: Watchdog(r, world, (lambda r=r: progress[r]), timeout=timeout, store=store,
-                        interval=0.05, run_id=run_id) for r in range(world)}
+                        interval=0.1, run_id=run_id) for r in range(world)}
+
+
+def _beat_when(w: Watchdog, ok, limit: float = 10.0) -> Beat:
+    """The first heartbeat of ``w`` that satisfies ``ok`` (polled: heartbeats may come late)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        b = w._read()[w.rank]  # noqa: SLF001
+        if ok(b):
+            return b
+        time.sleep(0.01)
+    raise AssertionError(f"no such heartbeat within {limit} s; last {b}")
 
 
 def test_heartbeats_say_how_long_the_call_count_stood_still():
     progress = {0: 3}
+    t0 = time.monotonic()
     w = watchdogs(progress, run_id=7, world=1)[0]
     try:
-        time.sleep(0.3)
-        assert w._read()[0].still >= 0.2  # noqa: SLF001
+        b = _beat_when(w, lambda b: b.still >= 0.2)
+        assert b.calls == 3 and b.still <= time.monotonic() - t0  # measured from the start
         progress[0] = 4
-        time.sleep(0.15)
-        b = w._read()[0]  # noqa: SLF001
-        assert b.calls == 4 and b.still < 0.15
+        t1 = time.monotonic()
+        b = _beat_when(w, lambda b: b.calls == 4)
+        assert b.still <= time.monotonic() - t1  # measured from the change, not the start
     finally:
         w.close()
 
@@ -190,7 +202,7 @@ def test_level_ranks_name_the_one_not_blocked_in_communication():
 
 def test_barrier_names_a_rank_that_is_hung_or_dead_and_passes_when_all_arrive():
     store = dist.HashStore()
-    w = {r: Watchdog(r, 2, lambda: 0, timeout=1.0, store=store, interval=0.05, run_id=6,
+    w = {r: Watchdog(r, 2, lambda: 0, timeout=1.0, store=store, interval=0.1, run_id=6,
                      solo_timeout=0.5) for r in range(2)}
     try:
         t = threading.Thread(target=w[1].barrier, args=("setting up",))
