@@ -29,7 +29,9 @@ Stretches where ranks work unevenly (rank 0 measuring the averaged model or writ
 alone, a slow setup) are not process-group calls: :meth:`Watchdog.alone` and
 :meth:`Watchdog.barrier` wait for them in the store, watching heartbeats, so a long measurement
 is not mistaken for a hang. There a rank that does not arrive is lost when its heartbeat stops,
-or hung when it has not arrived within ``solo_timeout`` seconds.
+or hung when it has not arrived within ``solo_timeout`` seconds (the rank working alone, or
+every rank during setup) or ``timeout`` seconds (the others, which come straight from the same
+communication calls: a rank that hangs between its last call and the barrier).
 
 A rank that fails in its own code (an exception outside communication) records its own verdict
 before it exits, and a rank that leaves after a verdict marks itself as exited, so the cascade of
@@ -46,7 +48,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -234,28 +236,38 @@ class Watchdog:
         self._thread.join(timeout=2 * self.interval + 1)
 
     # ------------------------------------------------------------------ uneven work
-    def barrier(self, label: str, *, stop: Callable[[], bool] | None = None) -> None:
+    def barrier(self, label: str, *, stop: Callable[[], bool] | None = None,
+                busy: Collection[int] | None = None) -> None:
         """Wait until every rank has arrived here, in the store (no process-group call).
 
         All ranks call it at the same point of the same program. While waiting, a rank that
         has not arrived is lost when its heartbeat stops for ``2.5 * interval`` seconds (or
         never starts within ``timeout``), and hung when it is alive but has not arrived within
-        ``solo_timeout`` seconds; a verdict recorded by another rank ends the wait too.
+        ``solo_timeout`` seconds (``busy`` ranks, which have work of their own before the
+        barrier), or within ``timeout`` seconds (the other ranks, which come straight from the
+        same communication calls, as to a collective; and any rank whose heartbeat says it no
+        longer works: inside this barrier's own code, or blocked in a communication call that
+        cannot complete while its peers wait here); a verdict recorded by another rank ends
+        the wait too.
 
         Args:
             label: What the ranks that arrive late are doing (quoted in the verdict).
             stop: Polled while waiting; when it returns True the run was terminated (SIGTERM).
+            busy: The ranks with work of their own before the barrier (default: every rank).
 
         Raises:
             PeerLost: Another rank was lost; its verdict is recorded and carried.
         """
         self._judging = True
         try:
-            self._barrier(label, stop)
+            self._barrier(label, stop, busy)
         finally:
             self._judging = False
 
-    def _barrier(self, label: str, stop: Callable[[], bool] | None) -> None:
+    def _barrier(self, label: str, stop: Callable[[], bool] | None,
+                 busy: Collection[int] | None) -> None:
+        patience = [self.solo_timeout if busy is None or q in busy else self.timeout
+                    for q in range(self.world_size)]
         self._barriers += 1
         key = f"{self.prefix}bar/{self._barriers}"
         if self._barriers > 2:  # every rank finished barrier i-2 before any arrives at i
@@ -270,6 +282,7 @@ class Watchdog:
         arrived = self.store.add(key, 1)
         t0 = last_check = time.monotonic()
         seen: dict[int, tuple[int | None, float]] = {}
+        stuck: dict[int, float] = {}  # late ranks that are not working: since when
         while arrived < self.world_size:
             time.sleep(min(0.02, self.interval))
             arrived = self.store.add(key, 0)
@@ -295,19 +308,33 @@ class Watchdog:
                         f"rank {q} was lost (its heartbeat stopped while its peers waited for "
                         f"it in {label}: the process died, was stopped or its machine is "
                         "unreachable)"))
-            if late and now - t0 > self.solo_timeout:
+                if q in beats and beats[q].waiting:
+                    stuck.setdefault(q, now)
+                else:
+                    stuck.pop(q, None)
+            overdue = [q for q in late if now - t0 > patience[q]]
+            solo = [q for q in overdue if busy is None or q in busy]
+            if solo:
                 raise PeerLost(self._record(
-                    f"{_ranks(late)} lost (alive but hung in {label} for over "
+                    f"{_ranks(solo)} lost (alive but hung in {label} for over "
                     f"{self.solo_timeout:g} s)"))
+            hung = [q for q in late
+                    if q in overdue or (q in stuck and now - stuck[q] > self.timeout)]
+            if hung:
+                raise PeerLost(self._record(
+                    f"{_ranks(hung)} lost (alive but hung on the way into {label}, for over "
+                    f"{self.timeout:g} s)"))
 
     def alone(self, label: str, fn: Callable[[], Any], *, src: int = 0,
               stop: Callable[[], bool] | None = None) -> Any:
         """Run ``fn`` on rank ``src`` only while the others wait for it in :meth:`barrier`.
 
-        Returns ``fn()`` on ``src`` and ``None`` elsewhere (nothing is communicated).
+        Returns ``fn()`` on ``src`` and ``None`` elsewhere (nothing is communicated). The others
+        come straight from the calls before it: one that does not arrive within ``timeout`` is
+        hung (only ``src`` has ``solo_timeout``).
         """
         out = fn() if self.rank == src else None
-        self.barrier(label, stop=stop)
+        self.barrier(label, stop=stop, busy=(src,))
         return out
 
     # ------------------------------------------------------------------ verdicts

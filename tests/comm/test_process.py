@@ -217,3 +217,43 @@ def test_barrier_names_a_rank_that_is_hung_or_dead_and_passes_when_all_arrive():
     finally:
         for x in w.values():
             x.close()
+
+
+def test_barrier_names_a_rank_hung_on_its_way_in_within_the_timeout():
+    """A rank that hangs inside the barrier before arriving (or in a call its peers are not in)
+    says it is not working: the others wait the process group's timeout, not solo_timeout."""
+    store = dist.HashStore()
+    w = {r: Watchdog(r, 2, lambda: 0, timeout=0.5, store=store, interval=0.1, run_id=8,
+                     solo_timeout=3600) for r in range(2)}
+    w[1]._communicating = lambda: True  # noqa: SLF001
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(PeerLost, match=r"rank 1 was lost \(alive but hung on the way into "
+                                           r"setting up, for over 0.5 s\)"):
+            w[0].barrier("setting up")  # every rank busy: solo_timeout, but rank 1 is not working
+        assert time.monotonic() - t0 < 30
+    finally:
+        for x in w.values():
+            x.close()
+
+
+def test_alone_waits_for_the_busy_rank_but_not_for_one_hung_on_its_way():
+    store = dist.HashStore()
+    w = {r: Watchdog(r, 2, lambda: 0, timeout=0.5, store=store, interval=0.1, run_id=9,
+                     solo_timeout=3600) for r in range(2)}
+    try:
+        # rank 0 works alone for longer than the timeout: rank 1 waits for it, no verdict
+        t = threading.Thread(target=w[0].alone, args=("measuring", lambda: time.sleep(1.5)))
+        t.start()
+        assert w[1].alone("measuring", lambda: 1 / 0) is None  # fn runs on rank 0 only
+        t.join(10)
+        assert w[0].recorded() is None
+        # rank 1 never arrives (hung after its last call): named after the timeout
+        t0 = time.monotonic()
+        with pytest.raises(PeerLost, match=r"rank 1 was lost \(alive but hung on the way into "
+                                           r"writing, for over 0.5 s\)"):
+            w[0].alone("writing", lambda: None)
+        assert time.monotonic() - t0 < 30
+    finally:
+        for x in w.values():
+            x.close()
