@@ -57,7 +57,7 @@ def test_judge_names_a_stuck_rank_beside_a_slow_but_progressing_one():
 
 @pytest.mark.parametrize("slow", [
     ((49, False, 0.4), (50, False, 0.2)),  # its count moves between the looks
-    ((50, False, 1.0), (50, False, 2.5)),  # a long step: still for less than the timeout
+    ((50, False, 1.0), (50, False, 3.5)),  # a long step: still for less than the timeout
 ])
 def test_judge_blames_no_rank_that_is_only_slow(slow):
     first = beats((51, True, 5.0), slow[0], (51, True, 5.0))
