@@ -116,7 +116,7 @@ def _simulated(out: Path, algorithm: str, topology: str, **kw) -> Path:
 
 
 def _final_x(path: Path) -> torch.Tensor:
-    return torch.load(path / "checkpoint.pt", weights_only=False)["state"]["x"]
+    return torch.load(path / "checkpoint.pt", weights_only=True)["state"]["x"]
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +186,7 @@ def test_distributed_runs_equal_simulated_runs(world, simulated, tmp_path):
     # resumed runs end exactly as uninterrupted ones
     _compare(tmp_path / "resumed", simulated / "diffusion-ring")
     _compare(tmp_path / "crossed", _simulated(tmp_path / "whole", "consensus", "ring"))
-    ck = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
+    ck = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
     assert ck["processes"] == world and len(ck["rng"]) == world
     assert ck["state"]["x"].shape[0] == 4 and ck["mixer"]["bytes"].shape == (4,)
 

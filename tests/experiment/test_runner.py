@@ -17,6 +17,7 @@ import flatlab.results
 from flatlab.errors import ConfigError, RunDirError
 from flatlab.experiment import load_config, run
 from flatlab.experiment.sweep import load_sweep, run_sweep
+from tests.precision import assert_close
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = {
@@ -188,11 +189,11 @@ def test_init_from_starts_every_node_at_the_source_average(tmp_path):
     ck = torch.load(tmp_path / "src" / "checkpoint.pt", weights_only=True)
     xbar = ck["state"]["x"].double().mean(0)
     x, _ = average_model(tmp_path / "src")
-    torch.testing.assert_close(x.double(), xbar, rtol=0, atol=1e-7)
+    assert_close(x, xbar.float(), what="x̄ read back (float32 mean against the float64 one)")
     cfg = load_config({**TINY, "init_from": str(tmp_path / "src"), "seed": 5})
     x0 = build(cfg).stack.initial_params()
     assert x0.shape[0] == 6
-    torch.testing.assert_close(x0.double(), xbar.expand(6, -1), rtol=0, atol=1e-7)
+    assert_close(x0, xbar.float().expand(6, -1), what="every node starts at x̄")
     # its first measurement is the source's last one (same evaluation sets: same data.seed)
     res = run(cfg, tmp_path / "esc", progress=False)
     assert res.status == "done"
