@@ -68,6 +68,16 @@ def loop_gradients(net, x, y):
     return loss.detach(), dict(zip(names, torch.autograd.grad(loss, tensors), strict=True))
 
 
+def assert_node_gradients(grads, i, ref, net, x, y, dtype):
+    """Node ``i``'s vmapped gradients equal the loop's ``ref``, to rounding of their scale."""
+    # one scale for the whole gradient: a bias in front of a norm layer has a zero gradient
+    # in exact arithmetic, and rounding-sized entries relative to the others
+    scale = precision.magnitude(ref)
+    cond = gradient_conditioning(net, x, y, scale) if dtype == torch.float32 else 1.0
+    for pname, g in ref.items():
+        assert_equal_values(grads[pname][i], g, scale=scale, cond=cond, what=pname)
+
+
 def well_posed(nets, x) -> bool:
     """Whether float32 gradients are well-posed at these inputs: no ReLU input and no pooling
     tie within :data:`KINK_MARGIN` float32 rounding units of its kink (decided in float64, so the
@@ -116,14 +126,8 @@ def test_vmapped_grads_equal_loop(case, dtype):
         assert_equal_values(losses[i], loss, what="loss")  # continuous even at a kink
         for pname, g in ref.items():
             assert grads[pname].shape == (N_NODES, *g.shape)
-        if not compare:
-            continue  # float32 rounding may cross a kink: the float64 case compares them
-        # one scale for the whole gradient: a bias in front of a norm layer has a zero gradient
-        # in exact arithmetic, and rounding-sized entries relative to the others
-        scale = precision.magnitude(ref)
-        cond = gradient_conditioning(net, x[i], y[i], scale) if dtype == torch.float32 else 1.0
-        for pname, g in ref.items():
-            assert_equal_values(grads[pname][i], g, scale=scale, cond=cond, what=pname)
+        if compare:  # else float32 rounding may cross a kink: the float64 case compares them
+            assert_node_gradients(grads, i, ref, net, x[i], y[i], dtype)
 
 
 @DTYPES
@@ -210,12 +214,8 @@ def test_batchnorm_stacked_buffers_update_per_node(case, dtype):
                 assert buffers[bname][i].item() == buf.item() == 1
             else:
                 assert_equal_values(buffers[bname][i], buf, what=bname)
-        if not compare:
-            continue  # float32 rounding may cross a kink: the float64 case compares them
-        scale = precision.magnitude(ref)
-        cond = gradient_conditioning(net, x[i], y[i], scale) if dtype == torch.float32 else 1.0
-        for pname, g in ref.items():
-            assert_equal_values(grads[pname][i], g, scale=scale, cond=cond, what=pname)
+        if compare:  # else float32 rounding may cross a kink: the float64 case compares them
+            assert_node_gradients(grads, i, ref, net, x[i], y[i], dtype)
     for bname in buffers:
         if bname.endswith("running_mean"):
             assert not torch.equal(buffers[bname], before[bname])
