@@ -332,9 +332,9 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
             raise ConfigError(f"override {key} is given twice; give each field once")
         try:
             value = yaml_loads(raw) if raw.strip() else ""
-        except yaml.YAMLError as e:
-            if "tag" in yaml_error_line(e):
-                raise ConfigError(f"override {key}: {yaml_error_line(e)}") from None
+        except yaml.constructor.ConstructorError as e:  # a tag, or a key given twice
+            raise ConfigError(f"override {key}: {yaml_error_line(e)}") from None
+        except yaml.YAMLError:  # not YAML: the text itself
             value = raw
         out[key] = value
     return out
