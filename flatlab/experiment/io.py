@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -140,8 +141,6 @@ def atomic_write(path: Path, writer: Callable[[Path], Any]) -> None:
 
     The temporary name is unique per process and thread, so two writers never share it.
     """
-    import threading
-
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{threading.get_ident()}")
     try:
         writer(tmp)

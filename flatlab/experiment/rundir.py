@@ -28,6 +28,7 @@ directory whose process is still alive is never written by a second process.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import socket
@@ -185,8 +186,6 @@ class StatusWriter:
             self._thread.start()
 
     def _write(self, d: dict[str, Any]) -> None:
-        import json
-
         write_text(self.path, json.dumps(dict(d, heartbeat=round(time.time(), 3)), indent=1)
                    + "\n")
 

@@ -248,8 +248,10 @@ def resolve(name: str, given: Mapping[str, Any] | None = None, *,
             raise MeasureError(f"{where(k)} = {out[k]!r} is unknown; accepted: "
                                f"{', '.join(map(str, choices))}")
     for k, v in out.items():
-        low, strict = _LIMITS.get((name, k), _LIMITS.get(k, (None, False)))
-        if low is not None and v is not None and not (v > low if strict else v >= low):
+        if k not in _LIMITS or v is None:
+            continue
+        low, strict = _LIMITS[k]
+        if not (v > low if strict else v >= low):
             want = f"{'a number >' if strict else 'a number >='} {low:g}"
             if isinstance(defaults[k], int) and not isinstance(defaults[k], bool):
                 want = f"an integer >= {low + 1 if strict else low}"
@@ -273,24 +275,34 @@ def describe() -> list[dict[str, Any]]:
 
 _CHOICES: dict[str, dict[str, tuple]] = {}
 #: Lower limits of settings, ``name -> (limit, strict)``, by setting name (the same meaning in
-#: every measure) or ``(measure, name)`` where a measure needs more; what each estimator accepts.
-_LIMITS: dict[Any, tuple[float | None, bool]] = {
+#: every measure): what each estimator accepts.
+_LIMITS: dict[str, tuple[float, bool]] = {
     "k": (1, False), "tol": (0.0, True), "max_iter": (1, False), "seed": (0, False),
     "num_matvecs": (2, False), "num_runs": (1, False), "lanczos_steps": (1, False),
     "rho": (0.0, True), "sigma": (0.0, True), "eps": (0.0, True), "eta": (0.0, False),
     "steps": (0, False), "samples": (2, False), "points": (2, False), "span": (0.0, True),
 }
+
+
+def _krylov_steps(s: dict) -> str | None:
+    """Lanczos needs at least ``k`` steps for ``k`` eigenvalues."""
+    if s["max_iter"] >= s["k"]:
+        return None
+    return f"max_iter = {s['max_iter']} is below k = {s['k']}; accepted: max_iter >= k"
+
+
+def _trace_matvecs(s: dict) -> str | None:
+    """Hutch++ needs at least 3 products, Hutchinson 2."""
+    low = 3 if s["method"] == "hutch++" else 2
+    if s["num_matvecs"] >= low:
+        return None
+    return f"method {s['method']} needs num_matvecs >= {low} (got {s['num_matvecs']})"
+
+
 #: Checks across settings: ``settings -> problem or None``.
 _CROSS: dict[str, tuple[Callable[[dict], str | None], ...]] = {
-    "hessian_top": (lambda s: None if s["max_iter"] >= s["k"] else
-                    f"max_iter = {s['max_iter']} is below k = {s['k']}; accepted: max_iter >= k",),
-    "hessian_top_nodes": (lambda s: None if s["max_iter"] >= s["k"] else
-                          f"max_iter = {s['max_iter']} is below k = {s['k']}; accepted: "
-                          "max_iter >= k",),
-    "hessian_trace": (lambda s: None if s["num_matvecs"] >= (3 if s["method"] == "hutch++"
-                                                              else 2)
-                      else f"method {s['method']} needs num_matvecs >= "
-                      f"{3 if s['method'] == 'hutch++' else 2} (got {s['num_matvecs']})",),
+    "hessian_top": (_krylov_steps,), "hessian_top_nodes": (_krylov_steps,),
+    "hessian_trace": (_trace_matvecs,),
 }
 
 
