@@ -1,4 +1,9 @@
-"""Experiments: typed configs, the runner, checkpoints, the results store and sweeps."""
+"""Experiments: configs, the runner, the training loop, checkpoints, results and sweeps.
+
+Who owns what: ``config`` (typed configs), ``build`` (a config becomes objects), ``train`` (the
+loop, with hooks), ``hooks`` (the runner's hooks), ``rundir`` (the run directory on disk),
+``runner`` (the wiring of one run), ``sweep``/``study`` (many runs), ``results`` (tables).
+"""
 
 from flatlab.experiment.config import (
     BASIC_METRICS,
@@ -13,6 +18,7 @@ from flatlab.experiment.config import (
 from flatlab.experiment.rundir import average_model, final_models, read_status, shown_status
 from flatlab.experiment.runner import Run, RunResult, build, run
 from flatlab.experiment.schedules import lr_at
+from flatlab.experiment.train import Hook, Loop, Outcome, train
 
 __all__ = [
     "RunConfig",
@@ -32,4 +38,8 @@ __all__ = [
     "average_model",
     "final_models",
     "lr_at",
+    "train",
+    "Hook",
+    "Loop",
+    "Outcome",
 ]

@@ -34,20 +34,23 @@ import pickle
 import socket
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
+import pandas as pd
 import torch
+import yaml
 
 from flatlab.errors import RunDirError
 from flatlab.experiment.config import EXECUTION_FIELDS
 from flatlab.experiment.io import atomic_write, read_json, read_yaml, write_text
 
-__all__ = ["STATUSES", "METRIC_COLUMNS", "SHOWN_STATUSES", "HEARTBEAT_S", "STALE_S", "read_status",
-           "shown_status", "process_gone", "read_config", "identity", "load_checkpoint",
-           "check_fits", "save_checkpoint", "final_models", "average_model", "StatusWriter",
-           "mark_failed", "clear_results", "conflict", "owned_elsewhere", "decide",
-           "RESTART_HINT"]
+__all__ = ["STATUSES", "METRIC_COLUMNS", "SHOWN_STATUSES", "HEARTBEAT_S", "STALE_S", "Status",
+           "Checkpoint", "read_status", "shown_status", "process_gone", "read_config", "identity",
+           "load_checkpoint", "check_fits", "save_checkpoint", "final_models", "average_model",
+           "StatusWriter", "mark_failed", "clear_results", "conflict", "owned_elsewhere",
+           "decide", "start_files", "write_results", "RESTART_HINT"]
 
 STATUSES = ("running", "done", "diverged", "failed")
 #: Columns of ``metrics.parquet`` (long form).
@@ -63,7 +66,41 @@ RESTART_HINT = "start over with --restart (run(..., resume=False)) or delete the
 
 
 # ---------------------------------------------------------------------- status
-def read_status(path: str | Path) -> dict[str, Any] | None:
+class Status(TypedDict, total=False):
+    """``status.json``: a JSON object (the fields :class:`StatusWriter` writes).
+
+    ``status`` and ``step`` are always present (:func:`read_status` checks them); a status of an
+    older flatlab, or of a run that failed before its runner started (:func:`mark_failed`), may
+    lack the others. It stays a mapping because it is a JSON record that results tables, the
+    command line and sweeps read by key.
+    """
+
+    status: str              # one of STATUSES
+    step: int                # steps done
+    epoch: float
+    message: str             # why it failed or diverged; empty otherwise
+    name: str
+    total_steps: int
+    steps_per_epoch: int
+    started: str             # ISO time of the first start
+    updated: str             # ISO time of this write
+    elapsed_s: float         # training time over all starts (seconds)
+    device: str
+    backend: str
+    processes: int
+    versions: dict[str, str]
+    nodes: int
+    parameters: int
+    train_eval_size: int
+    test_eval_size: int
+    curvature_eval_size: int
+    pid: int | None          # the writing process (None: released, see StatusWriter.release)
+    host: str
+    pid_start: int | None
+    heartbeat: float         # Unix seconds, refreshed every HEARTBEAT_S while running
+
+
+def read_status(path: str | Path) -> Status | None:
     """The ``status.json`` of a run directory, or ``None`` when there is none.
 
     Raises:
@@ -109,7 +146,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def process_gone(st: dict[str, Any], now: float | None = None) -> bool:
+def process_gone(st: Status, now: float | None = None) -> bool:
     """Whether the process that wrote a ``running`` status is certainly gone.
 
     On this host: no process with the recorded pid, or one started at another time (the pid was
@@ -131,7 +168,7 @@ def process_gone(st: dict[str, Any], now: float | None = None) -> bool:
     return False
 
 
-def shown_status(st: dict[str, Any] | None) -> str | None:
+def shown_status(st: Status | None) -> str | None:
     """The status to show: ``interrupted`` for a ``running`` run whose process is gone."""
     if st is None:
         return None
@@ -140,7 +177,7 @@ def shown_status(st: dict[str, Any] | None) -> str | None:
     return st["status"]
 
 
-def owned_elsewhere(st: dict[str, Any] | None) -> bool:
+def owned_elsewhere(st: Status | None) -> bool:
     """A ``running`` status written by another process that is still alive (or may be)."""
     if st is None or st["status"] != "running" or process_gone(st):
         return False
@@ -225,8 +262,6 @@ def mark_failed(out: Path, cfg_dict: dict[str, Any], message: str) -> None:
     Writes ``config.yaml`` when the directory has none, and a ``failed`` status; never touches a
     directory whose run is alive in another process.
     """
-    import yaml
-
     out = Path(out)
     try:
         st = read_status(out)
@@ -256,12 +291,53 @@ def identity(d: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- checkpoint
+@dataclass
+class Checkpoint:
+    """``checkpoint.pt``: everything needed to resume a run, and its final state.
+
+    Saved as a plain mapping of these fields (tensors and plain data only, so that it loads with
+    ``weights_only=True``). Per-node tensors hold all ``n`` nodes, whatever the number of
+    processes that wrote it.
+
+    Attributes:
+        step: Steps done.
+        state: ``algorithms.state_dict`` of the algorithm state (``x`` is ``[n, P]``).
+        buffers: Stacked model buffers ``{name: [n, ...]}``.
+        mixer: The mixer's communication counts (``MixStats.state_dict``).
+        metrics: Metric rows so far, ``(step, epoch, metric, scope, value)``.
+        elapsed: Training seconds so far.
+        loss_acc: ``[sum, count]`` of batch losses since the last measurement.
+        rng: Per process ``(torch RNG state, CUDA RNG states or None)``.
+        processes: Number of processes that wrote it.
+        tables: Rows of extra tables so far (``density``, ``landscape``).
+        started: ISO time of the run's first start.
+        config: The run's config (what a resumed run must match).
+    """
+
+    step: int
+    state: dict[str, Any]
+    buffers: dict[str, Any]
+    mixer: dict[str, Any]
+    metrics: list[Any]
+    elapsed: float
+    loss_acc: list[float]
+    rng: list[Any] = field(default_factory=list)
+    processes: int = 1
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    started: str | None = None
+    config: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The mapping saved to disk."""
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+
 _TOP = {"step": int, "state": dict, "buffers": dict, "mixer": dict, "metrics": list,
         "elapsed": (int, float), "loss_acc": list}
 _PLAIN = (int, float, bool, str, type(None))
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path) -> Checkpoint:
     """A checkpoint read safely and checked field by field.
 
     ``torch.load(weights_only=True)`` accepts tensors and plain containers only, so a pickle that
@@ -295,6 +371,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         first = (str(e).splitlines() or [type(e).__name__])[0][:120] or type(e).__name__
         raise RunDirError(f"{bad} is truncated or not a checkpoint ({first}); {RESTART_HINT}") \
             from None
+    return _checked(ck, bad)
+
+
+def _checked(ck: Any, bad: str) -> Checkpoint:
+    """The :class:`Checkpoint` of a loaded mapping, checked field by field.
+
+    ``bad`` names the file in messages.
+    """
     if not isinstance(ck, dict):
         raise RunDirError(f"{bad} holds a {type(ck).__name__}, not a flatlab checkpoint; "
                           f"{RESTART_HINT}")
@@ -317,10 +401,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if ck["step"] < 0 or any(not isinstance(r, (list, tuple)) or len(r) != 5
                              for r in ck["metrics"]):
         raise RunDirError(f"{bad}: its step or metric rows are damaged; {RESTART_HINT}")
-    return ck
+    rng = ck.get("rng")  # older checkpoints hold one process's state, not a list
+    rng = rng if isinstance(rng, list) else [(rng, ck.get("cuda_rng"))]
+    tables, config = ck.get("tables"), ck.get("config")
+    return Checkpoint(step=ck["step"], state=state, buffers=ck["buffers"], mixer=ck["mixer"],
+                      metrics=ck["metrics"], elapsed=float(ck["elapsed"]),
+                      loss_acc=ck["loss_acc"], rng=rng, processes=ck.get("processes", 1),
+                      tables=tables if isinstance(tables, dict) else {},
+                      started=ck.get("started"),
+                      config=config if isinstance(config, dict) else None)
 
 
-def check_fits(ck: dict[str, Any], path: Path, *, state: dict[str, Any],
+def check_fits(ck: Checkpoint, path: Path, *, state: dict[str, Any],
                buffers: dict[str, torch.Tensor], n: int) -> None:
     """Check that a checkpoint belongs to the run about to resume from it.
 
@@ -336,11 +428,11 @@ def check_fits(ck: dict[str, Any], path: Path, *, state: dict[str, Any],
         RunDirError: Another algorithm, another number of nodes or parameters, other buffers.
     """
     bad = f"checkpoint {path} belongs to another run"
-    saved = ck["state"]
+    saved = ck.state
     if saved["__class__"] != state["__class__"]:
         raise RunDirError(f"{bad}: it holds a {saved['__class__']} state, this run's algorithm "
                           f"uses a {state['__class__']}; {RESTART_HINT}")
-    for what, mine, theirs in (("state", state, saved), ("buffer", buffers, ck["buffers"])):
+    for what, mine, theirs in (("state", state, saved), ("buffer", buffers, ck.buffers)):
         if set(mine) - {"__class__"} != set(theirs) - {"__class__"}:
             raise RunDirError(f"{bad}: its {what} fields {sorted(set(theirs) - {'__class__'})} "
                               f"differ from this run's {sorted(set(mine) - {'__class__'})}; "
@@ -356,9 +448,9 @@ def check_fits(ck: dict[str, Any], path: Path, *, state: dict[str, Any],
                                   f"({n} nodes); {RESTART_HINT}")
 
 
-def save_checkpoint(out: Path, ck: dict[str, Any]) -> None:
+def save_checkpoint(out: Path, ck: Checkpoint) -> None:
     """Write ``out/checkpoint.pt`` atomically."""
-    atomic_write(Path(out) / "checkpoint.pt", lambda p: torch.save(ck, p))
+    atomic_write(Path(out) / "checkpoint.pt", lambda p: torch.save(ck.to_dict(), p))
 
 
 def final_models(path: str | Path) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -376,7 +468,7 @@ def final_models(path: str | Path) -> tuple[torch.Tensor, dict[str, torch.Tensor
         raise RunDirError(f"{path} holds no checkpoint.pt; accepted: a run directory (train it "
                           "first)")
     ck = load_checkpoint(ckpt)
-    return ck["state"]["x"], dict(ck["buffers"])
+    return ck.state["x"], dict(ck.buffers)
 
 
 def average_model(path: str | Path) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -396,6 +488,34 @@ def clear_results(out: Path) -> None:
 
     for name in ("checkpoint.pt", "metrics.parquet", *(f"{t}.parquet" for t in TABLES)):
         (Path(out) / name).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------- results
+def start_files(out: Path, cfg_dict: dict[str, Any], measures: dict[str, Any], *,
+                fresh: bool) -> None:
+    """Create ``out`` and write ``config.yaml`` and ``measures.json`` for a run (re)starting.
+
+    ``fresh``: the run starts from step 0, so an older run's results are removed first
+    (:func:`clear_results`).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if fresh:
+        clear_results(out)
+    write_text(out / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
+    write_text(out / "measures.json", json.dumps(measures, indent=1) + "\n")
+
+
+def write_results(out: Path, metrics: list[tuple], tables: dict[str, list[dict[str, Any]]]
+                  ) -> None:
+    """Write ``metrics.parquet`` (long form, :data:`METRIC_COLUMNS`) and the extra tables."""
+    df = pd.DataFrame(metrics, columns=list(METRIC_COLUMNS))
+    df = df.astype({"step": "int64", "epoch": "float64", "metric": "string", "scope": "string",
+                    "value": "float64"})
+    atomic_write(Path(out) / "metrics.parquet", lambda p: df.to_parquet(p, index=False))
+    for t, rows in tables.items():
+        atomic_write(Path(out) / f"{t}.parquet",
+                     lambda p, r=rows: pd.DataFrame(r).to_parquet(p, index=False))
 
 
 # ---------------------------------------------------------------------- resume decision
@@ -418,7 +538,8 @@ def conflict(out: Path, cfg_dict: dict[str, Any]) -> str | None:
     return None
 
 
-def decide(out: Path, cfg_dict: dict[str, Any], resume: bool) -> tuple[str, Any]:
+def decide(out: Path, cfg_dict: dict[str, Any], resume: bool
+           ) -> tuple[str, Status | Checkpoint | str | None]:
     """What to do with the run directory ``out`` for a run of ``cfg_dict``.
 
     Returns ``("finished", status)`` for a finished run (done or diverged) of the same config,
@@ -452,8 +573,7 @@ def decide(out: Path, cfg_dict: dict[str, Any], resume: bool) -> tuple[str, Any]
     if not ckpt.is_file():
         return "start", None
     ck = load_checkpoint(ckpt)
-    saved = ck.get("config")
-    if isinstance(saved, dict) and identity(saved) != identity(cfg_dict):
+    if ck.config is not None and identity(ck.config) != identity(cfg_dict):
         return "error", (f"checkpoint {ckpt} was written by a run with a different config; "
                          f"{RESTART_HINT}")
     return "start", ck

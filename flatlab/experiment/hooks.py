@@ -1,0 +1,362 @@
+"""The runner's hooks on the training loop (:mod:`flatlab.experiment.train`).
+
+Each owns one concern of a run; :func:`flatlab.experiment.runner.run` wires them, in this order::
+
+    Terminate     SIGTERM ends the run (torchrun stops the other workers that way)
+    BatchLoss     accumulates the network's batch loss between measurements
+    Divergence    a non-finite loss (or iterate) ends the run as diverged
+    Measuring     the scheduled measures (flatlab.measures.schedule) at step 0, every
+                  measure.every steps and the last; non-finite metrics end the run as diverged
+    Progress      the progress bar (rank 0)
+    StopAfter     stops after k steps as a kill would (tests of resumption)
+    Checkpointing checkpoint.pt, metrics.parquet and the extra tables, every checkpoint_every
+                  steps, at the end and on divergence
+    StatusFile    status.json: running, then done / diverged; released when stopped
+
+They share a :class:`Record` (the metric rows, tables and timings a checkpoint holds). A new hook
+(a logger, timings) subclasses :class:`~flatlab.experiment.train.Hook` and is added to the list
+in ``runner.run``; it reads ``Record.rows`` for what was measured.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flatlab import algorithms as _algorithms
+from flatlab.experiment import rundir
+from flatlab.experiment.build import Run
+from flatlab.experiment.train import Hook, Loop, Outcome
+from flatlab.measures import named
+from flatlab.measures import schedule as _schedule
+
+__all__ = ["Record", "Terminate", "Terminated", "BatchLoss", "Divergence", "Measuring",
+           "Progress", "StopAfter", "Checkpointing", "StatusFile", "measure", "agree"]
+
+Alone = Callable[[str, Callable[[], Any]], Any]
+
+
+def _here(label: str, fn: Callable[[], Any]) -> Any:
+    return fn()
+
+
+@dataclass
+class Record:
+    """What a run has recorded so far (and what its checkpoint holds besides the state).
+
+    Attributes:
+        rows: Metric rows ``(step, epoch, metric, scope, value)`` (rank 0's are complete).
+        tables: Rows of extra tables (``density``, ``landscape``), each with its ``step``.
+        loss_acc: ``[sum, count]`` of batch losses since the last measurement.
+        elapsed: Training seconds up to the last :meth:`tick`.
+        started: ISO time of the run's first start.
+    """
+
+    steps_per_epoch: int
+    rows: list[tuple] = field(default_factory=list)
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    loss_acc: list[float] = field(default_factory=lambda: [0.0, 0])
+    elapsed: float = 0.0
+    started: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
+    _t0: float = field(default_factory=time.perf_counter, repr=False)
+
+    @classmethod
+    def resumed(cls, ck: rundir.Checkpoint, steps_per_epoch: int) -> Record:
+        """The record of a checkpoint."""
+        started = ck.started or time.strftime("%Y-%m-%dT%H:%M:%S")
+        return cls(steps_per_epoch, list(ck.metrics),
+                   {k: list(v) for k, v in ck.tables.items()}, list(ck.loss_acc),
+                   float(ck.elapsed), started)
+
+    def tick(self) -> float:
+        """Add the time since the last tick to ``elapsed``; returns it."""
+        now = time.perf_counter()
+        self.elapsed, self._t0 = self.elapsed + now - self._t0, now
+        return self.elapsed
+
+    def add(self, step: int, rows: list[named.Row]) -> None:
+        """Append ``(metric, scope, value)`` rows measured at ``step``."""
+        self.rows.extend((step, step / self.steps_per_epoch, m, s, float(v)) for m, s, v in rows)
+
+
+def agree(group: Any, ok: bool) -> bool:
+    """``ok`` on every process (one all-reduce in a distributed run)."""
+    if group.world_size == 1:
+        return ok
+    flag = torch.tensor([0.0 if ok else 1.0], device=group.device)
+    return float(group.all_reduce(flag)) == 0.0
+
+
+def measure(run: Run, X: torch.Tensor, step: int, *,  # noqa: N803
+            alone: Alone | None = None,
+            tables: dict[str, list[dict[str, Any]]] | None = None) -> list[named.Row]:
+    """The measures due at ``step`` at iterate ``X`` (this process's nodes): rows.
+
+    Builds the :class:`~flatlab.measures.named.MeasureContext` of the run and calls
+    :func:`flatlab.measures.schedule.measure`; the step size is recorded first (``lr``). The rows
+    are complete on rank 0 only (empty elsewhere); extra tables are appended to ``tables`` with
+    the step.
+    """
+    cfg, mixer, stack = run.cfg, run.mixer, run.stack
+    xbar = X.mean(0) if mixer.world_size == 1 else mixer.all_reduce(X.sum(0)) / run.n
+    bufs = {k: mixer.gather(v) for k, v in stack.buffers.items()}
+    ctx = named.MeasureContext(
+        stack=stack, X=X, xbar=xbar, buffers_avg=stack.average_buffers(bufs),
+        train=run.train_eval, test=run.test_eval,
+        curvature=run.curvature_eval or run.train_eval, dataset=run.dataset, n=run.n,
+        rows=run.rows, step=step, mixer=mixer,
+        eval_batch=cfg.measure.eval_batch, per_node=cfg.measure.per_node,
+        curvature_dtype=getattr(torch, cfg.measure.curvature_dtype),
+        comm_bytes=float(mixer.gathered_stats().total_bytes()))
+    rows: list[named.Row] = [("lr", "network", run.lr(step))]
+    rows += _schedule.measure(ctx, run.schedule.due(step), alone=alone)
+    main = mixer.rank == 0
+    if main and tables is not None:
+        for t, new in ctx.tables.items():
+            tables.setdefault(t, []).extend({"step": step, **r} for r in new)
+    return rows if main else []
+
+
+class Terminated(BaseException):
+    """SIGTERM (torchrun stops the other workers when one fails)."""
+
+
+@dataclass
+class Terminate(Hook):
+    """Ends the loop with :class:`Terminated` once ``flag`` is set (by a SIGTERM handler)."""
+
+    flag: threading.Event
+
+    def _check(self) -> None:
+        if self.flag.is_set():
+            raise Terminated("terminated (SIGTERM)")
+
+    def on_start(self, loop: Loop) -> None:
+        """Refuse to start once terminated."""
+        self._check()
+
+    def on_step(self, loop: Loop) -> None:
+        """Raise :class:`Terminated` once the flag is set."""
+        self._check()
+
+
+@dataclass
+class BatchLoss(Hook):
+    """Accumulates the network's mean batch loss; :class:`Measuring` records its average."""
+
+    record: Record
+
+    def on_step(self, loop: Loop) -> None:
+        """Add this step's network mean loss."""
+        if loop.loss is not None:
+            self.record.loss_acc[0] += loop.loss
+            self.record.loss_acc[1] += 1
+
+
+@dataclass
+class Divergence(Hook):
+    """Ends the run as ``diverged`` at a non-finite batch loss.
+
+    For an algorithm that reports no loss, at a non-finite iterate (agreed over processes).
+    """
+
+    group: Any
+
+    def on_step(self, loop: Loop) -> Outcome | None:
+        """``diverged`` at a non-finite loss or iterate."""
+        if loop.state.loss is not None:
+            ok = math.isfinite(loop.loss)
+        else:
+            ok = agree(self.group, bool(torch.isfinite(loop.state.x).all()))
+        return None if ok else Outcome("diverged", loop.step, f"non-finite loss at step "
+                                                              f"{loop.step}")
+
+
+@dataclass
+class Measuring(Hook):
+    """Records the scheduled measures (:class:`~flatlab.measures.schedule.Schedule`).
+
+    At step 0 (a fresh run), every ``measure.every`` steps and at the last step; a non-finite
+    iterate or metric ends the run as ``diverged``, and a diverged run gets a ``diverged`` row.
+    """
+
+    run: Run
+    record: Record
+    alone: Alone = _here
+
+    def _measure(self, loop: Loop) -> bool:
+        """Measure at ``loop.step``; False (on every process) when anything is not finite."""
+        group, rec = self.run.mixer, self.record
+        if not agree(group, bool(torch.isfinite(loop.state.x).all())):
+            return False
+        new = measure(self.run, loop.state.x, loop.step, alone=self.alone, tables=rec.tables)
+        if loop.step > 0 and rec.loss_acc[1]:
+            new.append(("batch_loss", "mean", rec.loss_acc[0] / rec.loss_acc[1]))
+            rec.loss_acc[0], rec.loss_acc[1] = 0.0, 0
+        if group.rank == 0:
+            rec.add(loop.step, new)
+        return agree(group, all(math.isfinite(v) for _, _, v in new))
+
+    def on_start(self, loop: Loop) -> Outcome | None:
+        """Measure the initial point of a fresh run."""
+        if loop.step == 0 and not self.record.rows and not self._measure(loop):
+            return Outcome("diverged", 0, "non-finite parameters or metrics at the initial point")
+        return None
+
+    def on_step(self, loop: Loop) -> Outcome | None:
+        """Measure when the schedule says so."""
+        if self.run.schedule.is_step(loop.step) and not self._measure(loop):
+            return Outcome("diverged", loop.step,
+                           f"non-finite parameters or metrics at step {loop.step}")
+        return None
+
+    def on_end(self, loop: Loop, outcome: Outcome) -> None:
+        """Add the ``diverged`` row."""
+        if outcome.status == "diverged" and self.run.mixer.rank == 0:
+            self.record.add(outcome.step, [("diverged", "network", 1.0)])
+
+
+class Progress(Hook):
+    """A tqdm progress bar with the last measured batch loss (shown by rank 0 only)."""
+
+    def __init__(self, name: str, total: int, start: int, record: Record, show: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.record = record
+        self.bar = tqdm(total=total, initial=start, desc=name, disable=not show,
+                        dynamic_ncols=True, leave=False)
+
+    def on_step(self, loop: Loop) -> None:
+        """Advance the bar; show the loss just measured."""
+        self.bar.update(1)
+        last = self.record.rows[-1] if self.record.rows else None
+        if last is not None and last[0] == loop.step and last[2] == "batch_loss":
+            self.bar.set_postfix(loss=f"{last[4]:.4g}", refresh=False)
+
+    def on_close(self) -> None:
+        """Close the bar."""
+        self.bar.close()
+
+
+@dataclass
+class StopAfter(Hook):
+    """Stops the loop once ``steps`` steps are done (before the run ends).
+
+    As a kill would: without a final checkpoint (for tests of resumption).
+    """
+
+    steps: int
+
+    def on_step(self, loop: Loop) -> Outcome | None:
+        """``stopped`` once ``steps`` are done."""
+        if loop.step >= self.steps and loop.step < loop.total:
+            return Outcome("stopped", loop.step, "stopped (stop_after)")
+        return None
+
+
+@dataclass
+class Checkpointing(Hook):
+    """Saves everything needed to resume, with the metrics and extra tables.
+
+    Every ``every`` steps, at the last step and on divergence; every process takes part (its
+    rows of the state are gathered), rank 0 writes.
+    """
+
+    run: Run
+    record: Record
+    out: Path
+    every: int
+    config: dict[str, Any]
+    alone: Alone = _here
+
+    def _gathered(self, v: Any) -> Any:
+        if not isinstance(v, torch.Tensor):
+            return v
+        mixer = self.run.mixer
+        if mixer.world_size > 1:
+            return mixer.gather(v.to(self.run.stack.device)).cpu()
+        return v.detach().cpu().clone()
+
+    def save(self, step: int, state: Any) -> None:
+        """Write the checkpoint of ``state`` at ``step``."""
+        mixer, rec = self.run.mixer, self.record
+        rng = (torch.get_rng_state(),
+               torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+        ck = rundir.Checkpoint(
+            step=step,
+            state={k: self._gathered(v) for k, v in _algorithms.state_dict(state).items()},
+            buffers={k: self._gathered(v) for k, v in self.run.stack.buffers.items()},
+            mixer=mixer.gathered_stats().state_dict(), metrics=rec.rows,
+            elapsed=rec.elapsed, loss_acc=rec.loss_acc, rng=mixer.gather_object(rng),
+            processes=mixer.world_size, tables=rec.tables, started=rec.started,
+            config=self.config)
+
+        def write() -> None:
+            rundir.save_checkpoint(self.out, ck)
+            rundir.write_results(self.out, rec.rows, rec.tables)
+
+        self.alone(f"writing the checkpoint of step {step}", write)
+
+    def on_step(self, loop: Loop) -> None:
+        """Save at every ``every`` steps and at the last step."""
+        if loop.step % self.every == 0 or loop.step == loop.total:
+            self.record.tick()
+            self.save(loop.step, loop.state)
+
+    def on_end(self, loop: Loop, outcome: Outcome) -> None:
+        """Save the diverged state."""
+        if outcome.status == "diverged":
+            self.record.tick()
+            self.save(outcome.step, loop.state)
+
+
+@dataclass
+class StatusFile(Hook):
+    """Keeps ``status.json`` through a :class:`~flatlab.experiment.rundir.StatusWriter`.
+
+    Written by the ``main`` process: ``running`` at the start and after each checkpoint, then
+    ``done`` or ``diverged``; a stopped run is released (shown as interrupted). ``step`` is the
+    last step seen, for a failure.
+    """
+
+    writer: rundir.StatusWriter
+    record: Record
+    checkpoint_every: int
+    main: bool = True
+    step: int = 0
+
+    def write(self, status: str, step: int, message: str = "") -> None:
+        """Write ``status`` (on the main process)."""
+        if self.main:
+            self.writer.write(status, step, self.record.elapsed, message)
+
+    def on_start(self, loop: Loop) -> None:
+        """``running``."""
+        self.step = loop.step
+        self.write("running", loop.step)
+
+    def on_step(self, loop: Loop) -> None:
+        """``running`` after each checkpoint."""
+        self.step = loop.step
+        if loop.step % self.checkpoint_every == 0 and loop.step < loop.total:
+            self.write("running", loop.step)
+
+    def on_end(self, loop: Loop, outcome: Outcome) -> None:
+        """The final status, or released when stopped."""
+        self.step = outcome.step
+        if outcome.status == "stopped":
+            if self.main:  # as after a kill: no process is on this directory any more
+                self.writer.release()
+        else:
+            self.write(outcome.status, outcome.step, outcome.message)
+
+    def on_close(self) -> None:
+        """Stop the heartbeat."""
+        self.writer.stop()

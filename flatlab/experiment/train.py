@@ -1,0 +1,150 @@
+"""The training loop: it steps an algorithm and calls hooks, and touches no files or processes.
+
+::
+
+    for t = start, ..., total - 1:
+        state = algorithm.step(state, sampler.batch(t), oracle, mixer, lr(t))
+        loss  = (1/n) sum_i loss_i          the network's mean batch loss of step t
+        for hook in hooks: hook.on_step(loop)     any hook may end the run with an Outcome
+
+Everything else a run does is a :class:`Hook`: measuring, divergence checks, checkpoints, the
+status file, the progress bar, logging (:mod:`flatlab.experiment.hooks` holds the runner's).
+Hooks are called in the order given; the loop itself only communicates to average the batch
+loss over processes (through the collective group, the mixer in a run).
+
+A notebook can drive the same loop on a built run::
+
+    run = flatlab.experiment.build(cfg)
+    state = run.algorithm.init(run.stack.initial_params(), run.oracle, run.mixer)
+    state, outcome = train(run.algorithm, state, run.sampler, run.oracle, run.mixer, run.lr,
+                           total=run.total_steps, hooks=[MyLogger()])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["Loop", "Outcome", "Hook", "train", "network_mean"]
+
+#: How a loop ended: all steps done, a hook saw divergence, or a hook stopped it early.
+OUTCOMES = ("done", "diverged", "stopped")
+
+
+@dataclass
+class Loop:
+    """What hooks see: where the loop is and the current iterate.
+
+    Attributes:
+        step: Steps done (``state`` is the iterate after ``step`` steps).
+        total: The last step.
+        state: The algorithm state (``state.x`` is this process's ``[k, P]`` node models).
+        loss: The network's mean batch loss of the last step; ``None`` before the first step
+            and for algorithms that report no loss.
+        start: The step the loop started from (0, or the step of a resumed checkpoint).
+    """
+
+    step: int
+    total: int
+    state: Any
+    loss: float | None = None
+    start: int = 0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a loop ended: ``status`` (one of :data:`OUTCOMES`), the step, and why."""
+
+    status: str
+    step: int
+    message: str = ""
+
+
+class Hook:
+    """A loop callback; every method is optional (the defaults do nothing).
+
+    ``on_start`` and ``on_step`` may return an :class:`Outcome` to end the loop; ``on_end`` then
+    runs on every hook with it. ``on_close`` runs on every hook however the loop ends (also on
+    an exception), to release what the hook holds.
+    """
+
+    def on_start(self, loop: Loop) -> Outcome | None:
+        """Before the first step (``loop.step == loop.start``)."""
+        return None
+
+    def on_step(self, loop: Loop) -> Outcome | None:
+        """After every step."""
+        return None
+
+    def on_end(self, loop: Loop, outcome: Outcome) -> None:
+        """After the loop ended with ``outcome``."""
+
+    def on_close(self) -> None:
+        """Last, always."""
+
+
+def network_mean(values: torch.Tensor, group: Any) -> float:
+    """``(1/n) sum_i values_i`` over the nodes of every process (one all-reduce when several).
+
+    ``values`` holds this process's ``k`` nodes; ``group`` has ``world_size`` and ``all_reduce``
+    (a mixer), and every process holds the same number of nodes.
+    """
+    if group is None or group.world_size == 1:
+        return float(values.mean())
+    n = values.shape[0] * group.world_size
+    return float(group.all_reduce(values.sum().reshape(1))) / n
+
+
+def train(algorithm: Any, state: Any, sampler: Any, oracle: Any, mixer: Any,
+          lr: Callable[[int], float], hooks: Sequence[Hook] = (), *, total: int,
+          start: int = 0, group: Any = None) -> tuple[Any, Outcome]:
+    """Run ``algorithm`` from ``state`` at step ``start`` to ``total``, calling ``hooks``.
+
+    Args:
+        algorithm: An algorithm of :mod:`flatlab.algorithms` (``step``).
+        state: Its state after ``start`` steps.
+        sampler: ``batch(t)`` gives step ``t``'s per-node minibatches.
+        oracle: The gradient oracle.
+        mixer: The gossip mixer.
+        lr: The step size at step ``t``.
+        hooks: Called in this order.
+        total: The last step.
+        start: Steps already done.
+        group: The collective group over processes (default: ``mixer``).
+
+    Returns:
+        The final state and the :class:`Outcome`. A non-finite loss ends the loop only through a
+        hook (:class:`~flatlab.experiment.hooks.Divergence`); without one the loop runs on.
+    """
+    group = mixer if group is None else group
+    loop = Loop(step=start, total=total, state=state, start=start)
+    try:
+        outcome = _first(hooks, lambda h: h.on_start(loop))
+        while outcome is None and loop.step < total:
+            t = loop.step
+            loop.state = algorithm.step(loop.state, sampler.batch(t), oracle, mixer, lr(t))
+            loop.step = t + 1
+            loss = loop.state.loss
+            loop.loss = None if loss is None else network_mean(loss, group)
+            outcome = _first(hooks, lambda h: h.on_step(loop))
+        outcome = outcome or Outcome("done", loop.step)
+        for h in hooks:
+            h.on_end(loop, outcome)
+        return loop.state, outcome
+    finally:
+        for h in hooks:
+            h.on_close()
+
+
+def _first(hooks: Sequence[Hook], call: Callable[[Hook], Outcome | None]) -> Outcome | None:
+    """The first hook's outcome (the hooks after it are not called)."""
+    for h in hooks:
+        out = call(h)
+        if out is not None:
+            if out.status not in OUTCOMES:
+                raise ValueError(f"outcome {out.status!r} is not one of {OUTCOMES}")
+            return out
+    return None

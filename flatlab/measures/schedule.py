@@ -1,0 +1,88 @@
+"""When a run measures and what: the measurement schedule (DESIGN.md section 5).
+
+A run measures at step 0, every ``measure.every`` steps and at its last step. Each named measure
+may thin itself with its own ``every`` (a multiple of the run's): it is *due* at step 0, at the
+last step and at multiples of its own period. :func:`measure` computes the due measures at one
+iterate, in two parts so that a distributed run computes each quantity once:
+
+- the ``nodes`` parts on every process, on its own node models (they may communicate);
+- the ``average`` parts on ``x̄``, once, on rank 0, through ``alone`` (which lets the other
+  processes wait watchfully instead of inside a collective).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from flatlab.measures import named
+
+__all__ = ["Schedule", "scheduled", "measure"]
+
+#: Runs ``fn()`` on rank 0 (``label`` says what for); the identity in a one-process run.
+Alone = Callable[[str, Callable[[], Any]], Any]
+
+
+def scheduled(metrics: Sequence[str],
+              options: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """The named measures of a run with their resolved settings (what ``measures.json`` holds).
+
+    ``comm_bytes`` is always measured, first; the others follow in the order given.
+    """
+    options = options or {}
+    return {name: named.resolve(name, options.get(name))
+            for name in ["comm_bytes", *(m for m in metrics if m != "comm_bytes")]}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A run's measurement schedule.
+
+    Attributes:
+        measures: ``{name: resolved settings}`` (:func:`scheduled`).
+        every: The run's measurement period in steps.
+        total: The run's last step.
+    """
+
+    measures: dict[str, dict[str, Any]]
+    every: int
+    total: int
+
+    def is_step(self, step: int) -> bool:
+        """Whether the run measures at ``step`` (0, multiples of ``every``, the last step)."""
+        return step % self.every == 0 or step == self.total
+
+    def due(self, step: int) -> dict[str, dict[str, Any]]:
+        """The measures due at a measurement ``step``, with their settings."""
+        return {name: s for name, s in self.measures.items()
+                if step == 0 or step == self.total or step % (s["every"] or 1) == 0}
+
+
+def measure(ctx: named.MeasureContext, due: Mapping[str, Mapping[str, Any]], *,
+            alone: Alone | None = None) -> list[named.Row]:
+    """The ``due`` measures at ``ctx``'s iterate: ``(metric, scope, value)`` rows.
+
+    Every process computes the node parts (communicating as they need); rank 0 then computes the
+    parts on the averaged model through ``alone``. The rows are complete on rank 0 only (the
+    node parts' rows are gathered there by the measures themselves). Extra tables (spectral
+    densities, landscapes) are left in ``ctx.tables``.
+    """
+    rows: list[named.Row] = []
+    for name, s in due.items():
+        part = named.get(name).nodes
+        if part is not None:
+            rows += part(ctx, s)
+
+    def on_average() -> list[named.Row]:
+        out: list[named.Row] = []
+        for name, s in due.items():
+            part = named.get(name).average
+            if part is not None:
+                out += part(ctx, s)
+        return out
+
+    if any(named.get(name).average is not None for name in due):
+        rows += (alone or (lambda label, fn: fn()))(
+            f"measuring the averaged model at step {ctx.step}", on_average) or []
+    return rows
