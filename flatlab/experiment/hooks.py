@@ -21,6 +21,7 @@ in ``runner.run``; it reads ``Record.rows`` for what was measured.
 from __future__ import annotations
 
 import math
+import platform
 import threading
 import time
 from collections.abc import Callable
@@ -28,9 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from flatlab import algorithms as _algorithms
+from flatlab.errors import FlatlabError, RunDirError
 from flatlab.experiment import rundir
 from flatlab.experiment.build import Run
 from flatlab.experiment.train import Hook, Loop, Outcome
@@ -38,7 +41,8 @@ from flatlab.measures import named
 from flatlab.measures import schedule as _schedule
 
 __all__ = ["Record", "Terminate", "Terminated", "BatchLoss", "Divergence", "Measuring",
-           "Progress", "StopAfter", "Checkpointing", "StatusFile", "measure", "agree"]
+           "Progress", "StopAfter", "Checkpointing", "StatusFile", "measure", "agree", "restore",
+           "status_fields", "eval_sizes"]
 
 Alone = Callable[[str, Callable[[], Any]], Any]
 
@@ -360,3 +364,63 @@ class StatusFile(Hook):
     def on_close(self) -> None:
         """Stop the heartbeat."""
         self.writer.stop()
+
+
+# ---------------------------------------------------------------------- resume and status
+def _rows_of(v: Any, rows: slice, n: int) -> Any:
+    """This process's rows of a checkpointed per-node tensor of all ``n`` nodes."""
+    if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == n:
+        return v[rows]
+    return v
+
+
+def restore(ck: rundir.Checkpoint, out: Path, built: Run, state: Any) -> Any:
+    """The state, buffers, communication counts and random stream of a checkpoint.
+
+    The checkpoint is first checked against the run (:func:`rundir.check_fits`): a checkpoint of
+    another algorithm, size or model is refused in one line, before anything is written.
+    """
+    n, own, stack, mixer = built.n, built.rows, built.stack, built.mixer
+    path = out / "checkpoint.pt"
+    rundir.check_fits(ck, path, state=_algorithms.state_dict(state), buffers=stack.buffers, n=n)
+    try:
+        saved = {k: _rows_of(v, own, n) for k, v in ck.state.items()}
+        state = _algorithms.load_state(saved, state, device=stack.device)
+        stack.load_buffers({k: _rows_of(v, own, n) for k, v in ck.buffers.items()})
+        mixer.stats.load_state_dict({k: _rows_of(v, own, n) for k, v in ck.mixer.items()})
+        if len(ck.rng) == mixer.world_size:  # the same processes: each continues its own stream
+            mine = ck.rng[mixer.rank]
+            torch.set_rng_state(mine[0])
+            if mine[1] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(mine[1])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, FlatlabError) as e:
+        first = (str(e).splitlines() or [""])[0][:160] or type(e).__name__
+        raise RunDirError(f"checkpoint {path} cannot be restored ({first}); "
+                          f"{rundir.RESTART_HINT}") from None
+    return state
+
+
+def status_fields(built: Run, record: Record, procs: Any = None) -> dict[str, Any]:
+    """The fields of ``status.json`` that stay fixed during a run."""
+    import flatlab
+
+    dev = built.stack.device
+    device = (f"cuda ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else
+              f"cpu ({platform.processor() or platform.machine()}, "
+              f"{torch.get_num_threads()} threads)")
+    if procs is not None:
+        device += f", {procs.world_size} processes ({procs.backend})"
+    return {"name": built.cfg.name, "total_steps": built.total_steps,
+            "steps_per_epoch": built.steps_per_epoch, "started": record.started,
+            "device": device, "backend": built.cfg.backend,
+            "processes": built.mixer.world_size,
+            "versions": {"flatlab": flatlab.__version__, "torch": torch.__version__,
+                         "numpy": np.__version__, "python": platform.python_version()},
+            "nodes": built.n, "parameters": built.stack.P, **eval_sizes(built)}
+
+
+def eval_sizes(built: Run) -> dict[str, int]:
+    """The sizes of the fixed evaluation sets."""
+    return {f"{k}_eval_size": int(v[0].shape[0]) for k, v in
+            (("train", built.train_eval), ("test", built.test_eval),
+             ("curvature", built.curvature_eval))}
