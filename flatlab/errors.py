@@ -14,6 +14,8 @@ __all__ = [
     "ModelError",
     "AlgorithmError",
     "ConfigError",
+    "MeasureError",
+    "CurvatureError",
     "RunDirError",
     "RankLostError",
 ]
@@ -45,6 +47,14 @@ class AlgorithmError(FlatlabError):
 
 class ConfigError(FlatlabError):
     """A run or sweep configuration with a field that is missing, unknown or out of range."""
+
+
+class MeasureError(FlatlabError):
+    """Inputs a measurement refuses (a radius that is not positive, shapes that do not match)."""
+
+
+class CurvatureError(FlatlabError):
+    """A curvature request flatlab refuses (bad shapes, methods or settings)."""
 
 
 class RunDirError(FlatlabError):

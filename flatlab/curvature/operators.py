@@ -31,16 +31,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from flatlab.errors import FlatlabError
+from flatlab.errors import CurvatureError
 
 __all__ = ["CurvatureError", "Operator", "HessianOperator", "DenseOperator", "CallableOperator",
            "hvp", "hessian_operator", "as_operator", "HVP_METHODS"]
 
 HVP_METHODS = ("double_backward", "forward_over_reverse")
-
-
-class CurvatureError(FlatlabError):
-    """A curvature request flatlab refuses (bad shapes, methods or settings)."""
 
 
 class Operator:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from flatlab.errors import FlatlabError
+from flatlab.errors import MeasureError
 
 if TYPE_CHECKING:
     from flatlab.engine.stack import NodeStack
@@ -61,10 +61,6 @@ __all__ = [
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]
 """A map from a flat parameter vector ``x`` ``[P]`` to a scalar loss (deterministic)."""
-
-
-class MeasureError(FlatlabError):
-    """Inputs a measurement refuses (a radius that is not positive, shapes that do not match)."""
 
 
 class ModelLoss:
@@ -156,7 +152,7 @@ def model_loss(stack: NodeStack, inputs: torch.Tensor, targets: torch.Tensor, *,
     return ModelLoss(stack, inputs, targets, buffers=buffers, batch_size=batch_size)
 
 
-# The measures import MeasureError from this module, so they come after it.
+# The measures import LossFn from this module, so they come after it.
 from flatlab.measures.landscape import (  # noqa: E402
     Interpolation,
     Interpolations,
