@@ -16,6 +16,7 @@ __all__ = [
     "ConfigError",
     "MeasureError",
     "CurvatureError",
+    "ObjectiveError",
     "RunDirError",
     "RankLostError",
 ]
@@ -55,6 +56,14 @@ class MeasureError(FlatlabError):
 
 class CurvatureError(FlatlabError):
     """A curvature request flatlab refuses (bad shapes, methods or settings)."""
+
+
+class ObjectiveError(MeasureError, CurvatureError):
+    """An evaluation objective (:class:`flatlab.engine.Objective`) refuses its data or a point.
+
+    Measures and curvature both take objectives, so this is a :class:`MeasureError` and a
+    :class:`CurvatureError`: callers of either catch it as they did before the objective was shared.
+    """
 
 
 class RunDirError(FlatlabError):

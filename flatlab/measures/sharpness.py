@@ -352,8 +352,8 @@ def sharpness_worst(loss_fn: LossFn, x: torch.Tensor, *, rho: float, norm: str =
     its minimum it reaches ``(ρ²/2) λ_max(H)`` (l2; a shifted power iteration).
 
     Args:
-        loss_fn: ``x`` ``[P]`` ↦ scalar loss, differentiable in ``x`` (a :class:`ModelLoss` is
-            differentiated chunk by chunk).
+        loss_fn: ``x`` ``[P]`` ↦ scalar loss, differentiable in ``x`` (an objective of
+            :func:`~flatlab.measures.model_loss` is differentiated chunk by chunk).
         x: The point ``[P]``, or node models ``[n, P]`` (measured one after another).
         rho: Radius ``ρ > 0`` (in units of ``c``).
         norm: ``"l2"`` or ``"linf"``.
