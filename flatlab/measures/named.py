@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from flatlab.measures import MeasureError
+from flatlab.errors import MeasureError
 
 __all__ = ["NamedMeasure", "MeasureContext", "available", "get", "resolve", "describe",
            "TABLES", "Row"]
