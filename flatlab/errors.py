@@ -14,6 +14,9 @@ __all__ = [
     "ModelError",
     "AlgorithmError",
     "ConfigError",
+    "MeasureError",
+    "CurvatureError",
+    "ObjectiveError",
     "RunDirError",
     "RankLostError",
 ]
@@ -45,6 +48,22 @@ class AlgorithmError(FlatlabError):
 
 class ConfigError(FlatlabError):
     """A run or sweep configuration with a field that is missing, unknown or out of range."""
+
+
+class MeasureError(FlatlabError):
+    """Inputs a measurement refuses (a radius that is not positive, shapes that do not match)."""
+
+
+class CurvatureError(FlatlabError):
+    """A curvature request flatlab refuses (bad shapes, methods or settings)."""
+
+
+class ObjectiveError(MeasureError, CurvatureError):
+    """An evaluation objective (:class:`flatlab.engine.Objective`) refuses its data or a point.
+
+    Measures and curvature both take objectives, so this is a :class:`MeasureError` and a
+    :class:`CurvatureError`: callers of either catch it as they did before the objective was shared.
+    """
 
 
 class RunDirError(FlatlabError):

@@ -13,6 +13,7 @@ any callable ``v -> Hv``, and batched over node models (reference/measures.md §
     flatlab.curvature.kfac_solve(V, A, G, damping)                 # (G ⊗ A + λI)⁻¹ vec V, exact
 """
 
+from flatlab.curvature.density import SpectralDensity, spectral_density
 from flatlab.curvature.kfac import (
     FISHER_TYPES,
     Eigenbasis,
@@ -36,13 +37,7 @@ from flatlab.curvature.operators import (
     hessian_operator,
     hvp,
 )
-from flatlab.curvature.trace import (
-    TRACE_METHODS,
-    SpectralDensity,
-    TraceResult,
-    spectral_density,
-    trace,
-)
+from flatlab.curvature.trace import TRACE_METHODS, TraceResult, trace
 
 __all__ = [
     "FISHER_TYPES",

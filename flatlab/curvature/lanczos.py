@@ -30,7 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
-from flatlab.curvature.operators import CurvatureError, Operator, as_operator
+from flatlab.curvature.operators import Operator, as_operator, batched_matvec
+from flatlab.errors import CurvatureError
 
 __all__ = ["EigenResult", "lanczos", "power_iteration", "tridiagonalize", "random_probes"]
 
@@ -83,13 +84,6 @@ def random_probes(shape: tuple[int, ...], *, seed: int, distribution: str = "rad
     return v.to(device=device, dtype=dtype)
 
 
-def _batched(op: Operator):
-    """Multiply ``[B, P]`` stacks whatever the operator's batch (``B = 1`` for one matrix)."""
-    if op.batch is None:
-        return lambda V: op.matvec(V[0])[None]  # noqa: N803
-    return op.matvec
-
-
 def _orthogonalize(w: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:  # noqa: N803
     """``w − Q (Qᵀ w)`` twice, per batch (``Q`` ``[B, j, P]``, ``w`` ``[B, P]``)."""
     for _ in range(2):
@@ -111,7 +105,7 @@ def tridiagonalize(op: Operator, q0: torch.Tensor, steps: int, *, seed: int = 0,
     Returns:
         ``(T [B, m, m] float64, Q [B, m, P], beta_m [B] float64, m)``.
     """
-    mv = _batched(op)
+    mv = batched_matvec(op)
     B, P = q0.shape  # noqa: N806
     steps = min(int(steps), P)
     q = q0 / q0.norm(dim=1, keepdim=True)
@@ -252,7 +246,7 @@ def power_iteration(op, k: int = 1, *, max_iter: int = 100, tol: float = 1e-3,
     """
     op = as_operator(op)
     _check_which("largest", k, op.size)
-    mv = _batched(op)
+    mv = batched_matvec(op)
     B = op.batch or 1  # noqa: N806
     start = op.num_matvecs
     vals, ress, oks, vecs = [], [], [], []

@@ -31,16 +31,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from flatlab.errors import FlatlabError
+from flatlab.errors import CurvatureError
 
 __all__ = ["CurvatureError", "Operator", "HessianOperator", "DenseOperator", "CallableOperator",
-           "hvp", "hessian_operator", "as_operator", "HVP_METHODS"]
+           "hvp", "hessian_operator", "as_operator", "batched_matvec", "HVP_METHODS"]
 
 HVP_METHODS = ("double_backward", "forward_over_reverse")
-
-
-class CurvatureError(FlatlabError):
-    """A curvature request flatlab refuses (bad shapes, methods or settings)."""
 
 
 class Operator:
@@ -197,3 +193,14 @@ def as_operator(A: Any, *, size: int | None = None, batch: int | None = None,  #
         return CallableOperator(A, size, batch=batch, dtype=dtype)
     raise CurvatureError(f"cannot use a {type(A).__name__} as an operator; accepted: a flatlab "
                          "operator, a dense symmetric matrix, or a callable v -> Hv with size=P")
+
+
+def batched_matvec(op: Operator) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``V ↦ H V`` on ``[B, P]`` stacks whatever the operator's batch (``B = 1`` for one matrix).
+
+    What the batched estimators (Lanczos, power iteration, traces) multiply with: a batched
+    operator's own product, or one matrix's product on the single row of a ``[1, P]`` stack.
+    """
+    if op.batch is None:
+        return lambda V: op.matvec(V[0])[None]  # noqa: N803
+    return op.matvec

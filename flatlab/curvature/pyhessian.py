@@ -27,11 +27,12 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from flatlab.curvature.density import SpectralDensity, smooth_density
 from flatlab.curvature.lanczos import EigenResult
 from flatlab.curvature.model import model_hessian
-from flatlab.curvature.operators import CurvatureError
-from flatlab.curvature.trace import SpectralDensity, TraceResult, smooth_density
+from flatlab.curvature.trace import TraceResult
 from flatlab.engine.stack import NodeStack
+from flatlab.errors import CurvatureError
 
 __all__ = ["pyhessian_eigenvalues", "pyhessian_trace", "pyhessian_density"]
 

@@ -1,4 +1,4 @@
-"""The engine: n node models as one matrix, their gradient oracle and their evaluation.
+"""The engine: n node models as one matrix, their gradient oracle, their evaluation objective.
 
 >>> import torch
 >>> from flatlab.engine import NodeStack, GradientOracle
@@ -13,6 +13,7 @@ torch.Size([4, 8])
 
 from flatlab.engine.evaluate import Evaluation, evaluate, full_gradient
 from flatlab.engine.layout import ParamLayout
+from flatlab.engine.objective import Objective
 from flatlab.engine.oracle import FunctionOracle, GradientOracle, Oracle
 from flatlab.engine.stack import LOSSES, NodeStack, resolve_device, resolve_dtype
 
@@ -22,6 +23,7 @@ __all__ = [
     "GradientOracle",
     "FunctionOracle",
     "Oracle",
+    "Objective",
     "Evaluation",
     "evaluate",
     "full_gradient",

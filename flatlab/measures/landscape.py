@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from flatlab.engine.layout import ParamLayout
-from flatlab.measures import LossFn, MeasureError
-from flatlab.measures.sharpness import _check_x, _count, _loss
+from flatlab.errors import MeasureError
+from flatlab.measures.base import LossFn, check_count, check_x, loss_value
 
 __all__ = [
     "Slice1D",
@@ -117,7 +117,7 @@ class Interpolations:
 
 # ---------------------------------------------------------------------------------- helpers
 def _point(x: torch.Tensor, name: str = "x") -> torch.Tensor:
-    x = _check_x(x, name)
+    x = check_x(x, name)
     if x.dim() != 1:
         raise MeasureError(f"{name} must be one model's flat parameters [P], got shape "
                            f"{tuple(x.shape)}")
@@ -125,7 +125,7 @@ def _point(x: torch.Tensor, name: str = "x") -> torch.Tensor:
 
 
 def _like(d: torch.Tensor, x: torch.Tensor, name: str) -> torch.Tensor:
-    d = _check_x(d, name)
+    d = check_x(d, name)
     if tuple(d.shape) != tuple(x.shape):
         raise MeasureError(f"{name} must have the shape of x {tuple(x.shape)}, got "
                            f"{tuple(d.shape)}")
@@ -202,8 +202,8 @@ def slice_1d(loss_fn: LossFn, x: torch.Tensor, d: torch.Tensor,
     x = _point(x)
     d = _like(d, x, "d")
     a = _grid(alphas, "alphas")
-    losses = torch.tensor([_loss(loss_fn, x + float(al) * d) for al in a], dtype=torch.float64)
-    return Slice1D(a, losses, _loss(loss_fn, x))
+    losses = torch.tensor([loss_value(loss_fn, x + float(al) * d) for al in a], dtype=torch.float64)
+    return Slice1D(a, losses, loss_value(loss_fn, x))
 
 
 def slice_2d(loss_fn: LossFn, x: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor,
@@ -225,22 +225,22 @@ def slice_2d(loss_fn: LossFn, x: torch.Tensor, d1: torch.Tensor, d2: torch.Tenso
     x = _point(x)
     d1, d2 = _like(d1, x, "d1"), _like(d2, x, "d2")
     a, b = _grid(alphas, "alphas"), _grid(betas, "betas")
-    losses = torch.tensor([[_loss(loss_fn, x + float(al) * d1 + float(be) * d2) for be in b]
+    losses = torch.tensor([[loss_value(loss_fn, x + float(al) * d1 + float(be) * d2) for be in b]
                            for al in a], dtype=torch.float64)
-    return Slice2D(a, b, losses, _loss(loss_fn, x))
+    return Slice2D(a, b, losses, loss_value(loss_fn, x))
 
 
 # ---------------------------------------------------------------------------------- paths
 def _ts(points: int, ts: Sequence[float] | torch.Tensor | None) -> torch.Tensor:
     if ts is not None:
         return _grid(ts, "ts")
-    return torch.linspace(0.0, 1.0, _count("points", points, 2), dtype=torch.float64)
+    return torch.linspace(0.0, 1.0, check_count("points", points, 2), dtype=torch.float64)
 
 
 def _segment(loss_fn: LossFn, x_a: torch.Tensor, x_b: torch.Tensor, t: torch.Tensor,
              f_a: float, f_b: float) -> Interpolation:
-    losses = torch.tensor([_loss(loss_fn, (1 - float(ti)) * x_a + float(ti) * x_b) for ti in t],
-                          dtype=torch.float64)
+    losses = torch.tensor([loss_value(loss_fn, (1 - float(ti)) * x_a + float(ti) * x_b)
+                           for ti in t], dtype=torch.float64)
     gaps = losses - ((1 - t) * f_a + t * f_b)
     inside = (t >= 0) & (t <= 1)
     if bool(inside.any()):
@@ -275,7 +275,7 @@ def interpolate(loss_fn: LossFn, x_a: torch.Tensor, x_b: torch.Tensor, *, points
     x_a = _point(x_a, "x_a")
     x_b = _like(x_b, x_a, "x_b")
     t = _ts(points, ts)
-    return _segment(loss_fn, x_a, x_b, t, _loss(loss_fn, x_a), _loss(loss_fn, x_b))
+    return _segment(loss_fn, x_a, x_b, t, loss_value(loss_fn, x_a), loss_value(loss_fn, x_b))
 
 
 def _collect(pairs: list[tuple[int | None, int]], segs: list[Interpolation],
@@ -293,7 +293,7 @@ def _collect(pairs: list[tuple[int | None, int]], segs: list[Interpolation],
 
 
 def _stack(X: torch.Tensor) -> torch.Tensor:  # noqa: N803
-    X = _check_x(X, "X")  # noqa: N806
+    X = check_x(X, "X")  # noqa: N806
     if X.dim() != 2:
         raise MeasureError(f"X must be a node stack [n, P], got shape {tuple(X.shape)}")
     return X
@@ -331,7 +331,7 @@ def node_to_node(loss_fn: LossFn, X: torch.Tensor, *,  # noqa: N803
             raise MeasureError(f"pair {p!r} needs two different node indices in [0, {n})")
         checked.append((i, j))
     t = _ts(points, ts)
-    f = {k: _loss(loss_fn, X[k]) for k in sorted({v for p in checked for v in p})}
+    f = {k: loss_value(loss_fn, X[k]) for k in sorted({v for p in checked for v in p})}
     segs = [_segment(loss_fn, X[i], X[j], t, f[i], f[j]) for i, j in checked]
     return _collect(checked, segs, t)
 
@@ -359,8 +359,8 @@ def node_to_average(loss_fn: LossFn, X: torch.Tensor, *,  # noqa: N803
     X = _stack(X)  # noqa: N806
     xbar = X.mean(0) if xbar is None else _like(xbar, X[0], "xbar")
     t = _ts(points, ts)
-    f_bar = _loss(loss_fn, xbar)
+    f_bar = loss_value(loss_fn, xbar)
     pairs: list[tuple[int | None, int]] = [(None, i) for i in range(X.shape[0])]
-    segs = [_segment(loss_fn, xbar, X[i], t, f_bar, _loss(loss_fn, X[i]))
+    segs = [_segment(loss_fn, xbar, X[i], t, f_bar, loss_value(loss_fn, X[i]))
             for i in range(X.shape[0])]
     return _collect(pairs, segs, t)

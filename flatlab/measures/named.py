@@ -12,9 +12,12 @@ A measure has up to two parts, so that a distributed run computes each quantity 
   ``ctx.mixer``); per-node curvature is batched over the process's nodes;
 - ``average``: runs once, on rank 0, on ``x̄`` (no communication).
 
-Settings are validated against each measure's defaults (``measure.options`` in a run config,
-e.g. ``measure.options.hessian_top.k=3`` on the command line); ``every`` (a multiple of
-``measure.every``) thins an expensive measure. The resolved settings are written to
+Each measure's settings are a frozen dataclass (``HessianTopSettings``, ...; derived from
+:class:`~flatlab.measures.settings.Settings`) that declares every setting's type and default and,
+next to it, the choices or the lower limit its estimator accepts. :func:`resolve` checks given
+settings (``measure.options`` in a run config, e.g. ``measure.options.hessian_top.k=3`` on the
+command line) with the one validator, :func:`~flatlab.measures.settings.validate`; ``every`` (a
+multiple of ``measure.every``) thins an expensive measure. The resolved settings are written to
 ``measures.json`` in the run directory. ``flatlab measures`` lists them all.
 
 Curvature, sharpness and landscapes are measured on a fixed subset of the training evaluation set
@@ -25,14 +28,15 @@ reference/measures.md section 5.3), in eval mode, in ``measure.curvature_dtype``
 from __future__ import annotations
 
 import copy
-import math
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from flatlab.measures import MeasureError
+from flatlab.errors import MeasureError
+from flatlab.measures.settings import Settings, setting, validate
 
 __all__ = ["NamedMeasure", "MeasureContext", "available", "get", "resolve", "describe",
            "TABLES", "Row"]
@@ -130,12 +134,13 @@ class MeasureContext:
             self.cache[key] = s
         return self.cache[key]
 
-    def _cast(self, t: torch.Tensor) -> torch.Tensor:
+    def to_curvature(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` detached, on the stack's device, in ``curvature_dtype``."""
         return t.detach().to(self.stack.device, self.curvature_dtype)
 
     def avg_buffers(self) -> dict[str, torch.Tensor]:
         """``x̄``'s buffers in ``curvature_dtype``."""
-        return {k: (self._cast(v) if v.is_floating_point() else v)
+        return {k: (self.to_curvature(v) if v.is_floating_point() else v)
                 for k, v in self.buffers_avg.items()}
 
     def avg_loss_fn(self):
@@ -143,7 +148,7 @@ class MeasureContext:
         from flatlab.measures import model_loss
 
         return model_loss(self.curvature_stack(), *self.curvature, buffers=self.avg_buffers(),
-                          batch_size=self.eval_batch), self._cast(self.xbar)
+                          batch_size=self.eval_batch), self.to_curvature(self.xbar)
 
     def avg_hessian(self):
         """The Hessian operator of ``f`` at ``x̄`` on the curvature subset."""
@@ -156,7 +161,7 @@ class MeasureContext:
         """The batched Hessian operator of this process's node models (each its own buffers)."""
         from flatlab.curvature.model import model_hessian
 
-        return model_hessian(self.curvature_stack(), self._cast(self.X), *self.curvature,
+        return model_hessian(self.curvature_stack(), self.to_curvature(self.X), *self.curvature,
                              batch_size=self.eval_batch)
 
 
@@ -168,8 +173,10 @@ class NamedMeasure:
         name: Its name in ``measure.metrics``.
         summary: One line: what it records.
         metrics: The metric names it writes (``metric`` column).
-        defaults: Its settings and their defaults (``every`` is added to all).
-        nodes: ``(ctx, settings) -> rows``, on every process (may communicate).
+        settings: Its settings class (a frozen dataclass deriving from :class:`Settings`: every
+            setting's type, default, and choices or limits).
+        nodes: ``(ctx, settings) -> rows``, on every process (may communicate); ``settings`` is
+            the dict :func:`resolve` returns.
         average: ``(ctx, settings) -> rows``, once on rank 0, on ``x̄``.
         source: Where the definition comes from.
     """
@@ -177,10 +184,16 @@ class NamedMeasure:
     name: str
     summary: str
     metrics: tuple[str, ...]
-    defaults: Mapping[str, Any] = field(default_factory=dict)
+    settings: type[Settings] = Settings
     nodes: Callable[[MeasureContext, dict], list[Row]] | None = None
     average: Callable[[MeasureContext, dict], list[Row]] | None = None
     source: str = ""
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """Its own settings and their defaults (without ``every``, which every measure has)."""
+        return {f.name: f.default for f in dataclasses.fields(self.settings)
+                if f.name != "every"}
 
 
 _REGISTRY: dict[str, NamedMeasure] = {}
@@ -206,8 +219,9 @@ def resolve(name: str, given: Mapping[str, Any] | None = None, *,
             field: str | None = None) -> dict[str, Any]:
     """The settings of ``name``: its defaults updated by ``given``, checked.
 
-    Each setting is checked by name, type, choices and range (what the estimator accepts), and
-    across settings (``max_iter >= k``), so that a run is refused before it starts.
+    Each setting is checked by name, type, choices and range (what the estimator accepts,
+    declared next to the setting in the measure's :class:`Settings` class), and across settings
+    (``max_iter >= k``), so that a run is refused before it starts.
 
     Args:
         name: The measure.
@@ -218,49 +232,8 @@ def resolve(name: str, given: Mapping[str, Any] | None = None, *,
     Raises:
         MeasureError: An unknown setting, or a value of the wrong type or out of range.
     """
-    m = get(name)
-    where = (lambda k: f"{field}.{k}") if field else (lambda k: f"measure {name} setting {k}")
-    defaults = {"every": None, **m.defaults}
-    out = dict(defaults)
-    for k, v in (given or {}).items():
-        if k not in defaults:
-            raise MeasureError(f"{where(k)} is unknown: measure {name} has no setting {k!r}; "
-                               f"accepted: {', '.join(defaults)}")
-        d = defaults[k]
-        if isinstance(d, bool):
-            ok = isinstance(v, bool)
-        elif isinstance(d, int):
-            ok = isinstance(v, int) and not isinstance(v, bool)
-        elif isinstance(d, float):
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            v = float(v) if ok else v
-        elif isinstance(d, str):
-            ok = isinstance(v, str)
-        else:  # every: None or an int
-            ok = v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)
-        if not ok:
-            want = {bool: "true or false", int: "an integer", float: "a number",
-                    str: "a string"}.get(type(d), "null or an integer >= 1")
-            raise MeasureError(f"{where(k)} = {v!r} is invalid; accepted: {want}")
-        out[k] = v
-    for k, choices in _CHOICES.get(name, {}).items():
-        if out[k] not in choices:
-            raise MeasureError(f"{where(k)} = {out[k]!r} is unknown; accepted: "
-                               f"{', '.join(map(str, choices))}")
-    for k, v in out.items():
-        if k not in _LIMITS or v is None:
-            continue
-        low, strict = _LIMITS[k]
-        if not (v > low if strict else v >= low):
-            want = f"{'a number >' if strict else 'a number >='} {low:g}"
-            if isinstance(defaults[k], int) and not isinstance(defaults[k], bool):
-                want = f"an integer >= {low + 1 if strict else low}"
-            raise MeasureError(f"{where(k)} = {v!r} is out of range; accepted: {want}")
-    for check in _CROSS.get(name, ()):
-        problem = check(out)
-        if problem:
-            raise MeasureError(f"{field or f'measure {name}'}: {problem}")
-    return out
+    s = validate(get(name).settings, given, name=name, field=field)
+    return dataclasses.asdict(s)
 
 
 def describe() -> list[dict[str, Any]]:
@@ -268,42 +241,10 @@ def describe() -> list[dict[str, Any]]:
     out = []
     for m in _REGISTRY.values():
         on = "+".join(p for p, f in (("nodes", m.nodes), ("average", m.average)) if f)
+        settings = {f.name: f.default for f in dataclasses.fields(m.settings)}
         out.append({"name": m.name, "summary": m.summary, "metrics": list(m.metrics),
-                    "on": on, "settings": {"every": None, **m.defaults}, "source": m.source})
+                    "on": on, "settings": settings, "source": m.source})
     return out
-
-
-_CHOICES: dict[str, dict[str, tuple]] = {}
-#: Lower limits of settings, ``name -> (limit, strict)``, by setting name (the same meaning in
-#: every measure): what each estimator accepts.
-_LIMITS: dict[str, tuple[float, bool]] = {
-    "k": (1, False), "tol": (0.0, True), "max_iter": (1, False), "seed": (0, False),
-    "num_matvecs": (2, False), "num_runs": (1, False), "lanczos_steps": (1, False),
-    "rho": (0.0, True), "sigma": (0.0, True), "eps": (0.0, True), "eta": (0.0, False),
-    "steps": (0, False), "samples": (2, False), "points": (2, False), "span": (0.0, True),
-}
-
-
-def _krylov_steps(s: dict) -> str | None:
-    """Lanczos needs at least ``k`` steps for ``k`` eigenvalues."""
-    if s["max_iter"] >= s["k"]:
-        return None
-    return f"max_iter = {s['max_iter']} is below k = {s['k']}; accepted: max_iter >= k"
-
-
-def _trace_matvecs(s: dict) -> str | None:
-    """Hutch++ needs at least 3 products, Hutchinson 2."""
-    low = 3 if s["method"] == "hutch++" else 2
-    if s["num_matvecs"] >= low:
-        return None
-    return f"method {s['method']} needs num_matvecs >= {low} (got {s['num_matvecs']})"
-
-
-#: Checks across settings: ``settings -> problem or None``.
-_CROSS: dict[str, tuple[Callable[[dict], str | None], ...]] = {
-    "hessian_top": (_krylov_steps,), "hessian_top_nodes": (_krylov_steps,),
-    "hessian_trace": (_trace_matvecs,),
-}
 
 
 # ====================================================================== the measures
@@ -405,7 +346,7 @@ def _loss_gap(ctx: MeasureContext, s: dict) -> list[Row]:
     stack = ctx.curvature_stack()
     fn = model_loss(stack, x, y.to(stack.dtype) if y.is_floating_point() else y,
                     buffers=None, batch_size=ctx.eval_batch)
-    xb = ctx._cast(ctx.xbar)  # in the curvature dtype, as the loss
+    xb = ctx.to_curvature(ctx.xbar)  # in the curvature dtype, as the loss
     f = float(fn(xb)) + 0.5 * float(info.get("l2", 0.0)) * float(xb.double().pow(2).sum())
     return [("loss_gap", "avg", f - float(fstar))]
 
@@ -416,6 +357,70 @@ _register(NamedMeasure(
 
 
 # ---------------------------------------------------------------------- curvature
+def _krylov_steps(k: int, max_iter: int) -> str | None:
+    """Lanczos needs at least ``k`` steps for ``k`` eigenvalues."""
+    if max_iter >= k:
+        return None
+    return f"max_iter = {max_iter} is below k = {k}; accepted: max_iter >= k"
+
+
+@dataclass(frozen=True)
+class HessianTopSettings(Settings):
+    """Settings of ``hessian_top`` (Lanczos, power iteration or PyHessian at ``x̄``)."""
+
+    k: int = setting(1, low=1)
+    tol: float = setting(1e-3, low=0.0, strict=True)
+    max_iter: int = setting(100, low=1)
+    method: str = setting("lanczos", choices=("lanczos", "power"))
+    smallest: bool = setting(False)
+    backend: str = setting("flatlab", choices=("flatlab", "pyhessian"))
+    seed: int = setting(0, low=0)
+
+    def problem(self) -> str | None:
+        """Lanczos needs ``max_iter >= k``."""
+        return _krylov_steps(self.k, self.max_iter)
+
+
+@dataclass(frozen=True)
+class HessianTopNodesSettings(Settings):
+    """Settings of ``hessian_top_nodes`` (batched Lanczos over the node models)."""
+
+    k: int = setting(1, low=1)
+    tol: float = setting(1e-3, low=0.0, strict=True)
+    max_iter: int = setting(100, low=1)
+    seed: int = setting(0, low=0)
+
+    def problem(self) -> str | None:
+        """Lanczos needs ``max_iter >= k``."""
+        return _krylov_steps(self.k, self.max_iter)
+
+
+@dataclass(frozen=True)
+class HessianTraceSettings(Settings):
+    """Settings of ``hessian_trace`` (:func:`~flatlab.curvature.trace` or PyHessian at ``x̄``)."""
+
+    num_matvecs: int = setting(60, low=2)
+    method: str = setting("hutch++", choices=("hutch++", "hutchinson"))
+    backend: str = setting("flatlab", choices=("flatlab", "pyhessian"))
+    seed: int = setting(0, low=0)
+
+    def problem(self) -> str | None:
+        """Hutch++ needs at least 3 products, Hutchinson 2."""
+        low = 3 if self.method == "hutch++" else 2
+        if self.num_matvecs >= low:
+            return None
+        return f"method {self.method} needs num_matvecs >= {low} (got {self.num_matvecs})"
+
+
+@dataclass(frozen=True)
+class SpectralDensitySettings(Settings):
+    """Settings of ``spectral_density`` (:func:`~flatlab.curvature.spectral_density` at ``x̄``)."""
+
+    num_runs: int = setting(4, low=1)
+    lanczos_steps: int = setting(40, low=1)
+    seed: int = setting(0, low=0)
+
+
 def _eig_rows(name: str, res, scope: str, smallest: bool = False) -> list[Row]:
     ev = res.eigenvalues
     rows = [(name, scope, float(ev[0]))]
@@ -432,8 +437,8 @@ def _hessian_top(ctx: MeasureContext, s: dict) -> list[Row]:
     if s["backend"] == "pyhessian":
         from flatlab.curvature.pyhessian import pyhessian_eigenvalues
 
-        res = pyhessian_eigenvalues(ctx.curvature_stack(), ctx._cast(ctx.xbar), *ctx.curvature,
-                                    k=s["k"], tol=s["tol"], max_iter=s["max_iter"],
+        res = pyhessian_eigenvalues(ctx.curvature_stack(), ctx.to_curvature(ctx.xbar),
+                                    *ctx.curvature, k=s["k"], tol=s["tol"], max_iter=s["max_iter"],
                                     buffers=ctx.avg_buffers(), seed=s["seed"])
         return _eig_rows("hessian_top", res, "avg")
     op = ctx.avg_hessian()
@@ -454,10 +459,7 @@ _register(NamedMeasure(
     "hessian_top", "top-k Hessian eigenvalues of x̄ (Lanczos, residual and converged flag); "
     "the smallest on request", ("hessian_top", "hessian_top_residual", "hessian_top_converged",
                                 "hessian_top_matvecs", "hessian_min"),
-    defaults={"k": 1, "tol": 1e-3, "max_iter": 100, "method": "lanczos", "smallest": False,
-              "backend": "flatlab", "seed": 0},
-    average=_hessian_top, source="reference/measures.md §5"))
-_CHOICES["hessian_top"] = {"method": ("lanczos", "power"), "backend": ("flatlab", "pyhessian")}
+    settings=HessianTopSettings, average=_hessian_top, source="reference/measures.md §5"))
 
 
 def _hessian_top_nodes(ctx: MeasureContext, s: dict) -> list[Row]:
@@ -481,15 +483,14 @@ def _hessian_top_nodes(ctx: MeasureContext, s: dict) -> list[Row]:
 _register(NamedMeasure(
     "hessian_top_nodes", "top Hessian eigenvalue of every node model, batched over nodes "
     "(each with its own buffers and start vector)", ("hessian_top", "hessian_top_converged"),
-    defaults={"k": 1, "tol": 1e-3, "max_iter": 100, "seed": 0},
-    nodes=_hessian_top_nodes, source="reference/measures.md §5"))
+    settings=HessianTopNodesSettings, nodes=_hessian_top_nodes, source="reference/measures.md §5"))
 
 
 def _hessian_trace(ctx: MeasureContext, s: dict) -> list[Row]:
     if s["backend"] == "pyhessian":
         from flatlab.curvature.pyhessian import pyhessian_trace
 
-        res = pyhessian_trace(ctx.curvature_stack(), ctx._cast(ctx.xbar), *ctx.curvature,
+        res = pyhessian_trace(ctx.curvature_stack(), ctx.to_curvature(ctx.xbar), *ctx.curvature,
                               max_iter=s["num_matvecs"], buffers=ctx.avg_buffers(),
                               seed=s["seed"])
     else:
@@ -503,10 +504,7 @@ def _hessian_trace(ctx: MeasureContext, s: dict) -> list[Row]:
 _register(NamedMeasure(
     "hessian_trace", "tr(H) at x̄ by Hutch++ (or Hutchinson) with its standard error",
     ("hessian_trace", "hessian_trace_stderr"),
-    defaults={"num_matvecs": 60, "method": "hutch++", "backend": "flatlab", "seed": 0},
-    average=_hessian_trace, source="reference/measures.md §6"))
-_CHOICES["hessian_trace"] = {"method": ("hutch++", "hutchinson"),
-                             "backend": ("flatlab", "pyhessian")}
+    settings=HessianTraceSettings, average=_hessian_trace, source="reference/measures.md §6"))
 
 
 def _spectral_density(ctx: MeasureContext, s: dict) -> list[Row]:
@@ -528,11 +526,51 @@ _register(NamedMeasure(
     "spectral_density", "Hessian spectral density at x̄ by SLQ (Ritz values and weights to "
     "density.parquet; weight on negative eigenvalues)", ("hessian_negative_mass",
                                                           "hessian_trace_slq"),
-    defaults={"num_runs": 4, "lanczos_steps": 40, "seed": 0},
-    average=_spectral_density, source="reference/measures.md §7"))
+    settings=SpectralDensitySettings, average=_spectral_density, source="reference/measures.md §7"))
 
 
 # ---------------------------------------------------------------------- sharpness
+@dataclass(frozen=True)
+class WorstSharpnessSettings(Settings):
+    """Settings of ``sharpness_worst`` (:func:`~flatlab.measures.sharpness_worst` at ``x̄``)."""
+
+    rho: float = setting(0.05, low=0.0, strict=True)
+    norm: str = setting("l2", choices=("l2", "linf"))
+    adaptive: bool = setting(False)
+    eta: float = setting(0.0, low=0.0)
+    steps: int = setting(20, low=0)
+    seed: int = setting(0, low=0)
+
+
+@dataclass(frozen=True)
+class AverageSharpnessSettings(Settings):
+    """Settings of ``sharpness_average`` (:func:`~flatlab.measures.sharpness_average`)."""
+
+    sigma: float = setting(0.01, low=0.0, strict=True)
+    adaptive: bool = setting(False)
+    eta: float = setting(0.0, low=0.0)
+    samples: int = setting(50, low=2)
+    seed: int = setting(0, low=0)
+
+
+@dataclass(frozen=True)
+class SamSharpnessSettings(Settings):
+    """Settings of ``sharpness_sam`` (:func:`~flatlab.measures.sharpness_sam` at ``x̄``)."""
+
+    rho: float = setting(0.05, low=0.0, strict=True)
+    adaptive: bool = setting(False)
+    eta: float = setting(0.0, low=0.0)
+
+
+@dataclass(frozen=True)
+class KeskarSharpnessSettings(Settings):
+    """Settings of ``sharpness_keskar`` (:func:`~flatlab.measures.sharpness_keskar` at ``x̄``)."""
+
+    eps: float = setting(1e-3, low=0.0, strict=True)
+    steps: int = setting(20, low=0)
+    seed: int = setting(0, low=0)
+
+
 def _sharpness(kind: str) -> Callable[[MeasureContext, dict], list[Row]]:
     def average(ctx: MeasureContext, s: dict) -> list[Row]:
         from flatlab import measures as ms
@@ -558,25 +596,48 @@ def _sharpness(kind: str) -> Callable[[MeasureContext, dict], list[Row]]:
 _register(NamedMeasure(
     "sharpness_worst", "max of f(x̄ + δ) − f(x̄) over an l2 or l∞ ball (adaptive: scaled by "
     "|x̄| + η), by projected ascent", ("sharpness_worst",),
-    defaults={"rho": 0.05, "norm": "l2", "adaptive": False, "eta": 0.0, "steps": 20, "seed": 0},
-    average=_sharpness("worst"), source="reference/measures.md §8"))
-_CHOICES["sharpness_worst"] = {"norm": ("l2", "linf")}
+    settings=WorstSharpnessSettings, average=_sharpness("worst"),
+    source="reference/measures.md §8"))
 _register(NamedMeasure(
     "sharpness_average", "E f(x̄ + δ) − f(x̄), δ Gaussian (adaptive: scaled by |x̄| + η), "
     "with its standard error", ("sharpness_average", "sharpness_average_stderr"),
-    defaults={"sigma": 0.01, "adaptive": False, "eta": 0.0, "samples": 50, "seed": 0},
-    average=_sharpness("average"), source="reference/measures.md §8"))
+    settings=AverageSharpnessSettings, average=_sharpness("average"),
+    source="reference/measures.md §8"))
 _register(NamedMeasure(
     "sharpness_sam", "f(x̄ + ρ ĝ) − f(x̄): SAM's one-step ascent", ("sharpness_sam",),
-    defaults={"rho": 0.05, "adaptive": False, "eta": 0.0},
-    average=_sharpness("sam"), source="reference/measures.md §8"))
+    settings=SamSharpnessSettings, average=_sharpness("sam"), source="reference/measures.md §8"))
 _register(NamedMeasure(
     "sharpness_keskar", "Keskar et al.'s ε-sharpness in percent", ("sharpness_keskar",),
-    defaults={"eps": 1e-3, "steps": 20, "seed": 0},
-    average=_sharpness("keskar"), source="reference/measures.md §8"))
+    settings=KeskarSharpnessSettings, average=_sharpness("keskar"),
+    source="reference/measures.md §8"))
 
 
 # ---------------------------------------------------------------------- landscape
+@dataclass(frozen=True)
+class BarrierSettings(Settings):
+    """Settings of ``barrier_to_average`` (:func:`~flatlab.measures.node_to_average`)."""
+
+    points: int = setting(11, low=2)
+
+
+@dataclass(frozen=True)
+class Landscape1DSettings(Settings):
+    """Settings of ``landscape_1d`` (:func:`~flatlab.measures.slice_1d` through ``x̄``)."""
+
+    points: int = setting(21, low=2)
+    span: float = setting(1.0, low=0.0, strict=True)
+    seed: int = setting(0, low=0)
+
+
+@dataclass(frozen=True)
+class Landscape2DSettings(Settings):
+    """Settings of ``landscape_2d`` (:func:`~flatlab.measures.slice_2d` through ``x̄``)."""
+
+    points: int = setting(11, low=2)
+    span: float = setting(1.0, low=0.0, strict=True)
+    seed: int = setting(0, low=0)
+
+
 def _barrier_nodes(ctx: MeasureContext, s: dict) -> list[Row]:
     ctx.cache["all_nodes"] = ctx.mixer.gather(ctx.X)
     return []
@@ -586,7 +647,7 @@ def _barrier(ctx: MeasureContext, s: dict) -> list[Row]:
     from flatlab.measures import node_to_average
 
     fn, xbar = ctx.avg_loss_fn()
-    X = ctx._cast(ctx.cache["all_nodes"])  # noqa: N806
+    X = ctx.to_curvature(ctx.cache["all_nodes"])  # noqa: N806
     res = node_to_average(fn, X, xbar=xbar, points=s["points"])
     b = torch.as_tensor(res.barriers, dtype=torch.float64)
     rows = [("barrier_to_average", "max", float(b.max())),
@@ -599,7 +660,7 @@ def _barrier(ctx: MeasureContext, s: dict) -> list[Row]:
 _register(NamedMeasure(
     "barrier_to_average", "loss barrier on the segment from each node model to x̄ (averaged "
     "buffers), max and mean over nodes", ("barrier_to_average",),
-    defaults={"points": 11}, nodes=_barrier_nodes, average=_barrier,
+    settings=BarrierSettings, nodes=_barrier_nodes, average=_barrier,
     source="reference/measures.md §13.3"))
 
 
@@ -629,10 +690,10 @@ def _landscape(dims: int) -> Callable[[MeasureContext, dict], list[Row]]:
 _register(NamedMeasure(
     "landscape_1d", "loss along a filter-normalized direction through x̄ (to "
     "landscape.parquet; the largest rise)", ("landscape_1d_max",),
-    defaults={"points": 21, "span": 1.0, "seed": 0}, average=_landscape(1),
+    settings=Landscape1DSettings, average=_landscape(1),
     source="reference/measures.md §13"))
 _register(NamedMeasure(
     "landscape_2d", "loss on a plane of two filter-normalized directions through x̄ (to "
     "landscape.parquet; the largest rise)", ("landscape_2d_max",),
-    defaults={"points": 11, "span": 1.0, "seed": 0}, average=_landscape(2),
+    settings=Landscape2DSettings, average=_landscape(2),
     source="reference/measures.md §13"))

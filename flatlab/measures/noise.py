@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from flatlab.measures import MeasureError
+from flatlab.errors import MeasureError
 
 __all__ = ["GradientNoise", "gradient_noise"]
 

@@ -28,7 +28,14 @@ from typing import Any, ClassVar
 
 import torch
 
-from flatlab.measures import LossFn, MeasureError
+from flatlab.errors import MeasureError
+from flatlab.measures.base import (
+    LossFn,
+    check_count,
+    check_x,
+    loss_value,
+    loss_value_and_grad,
+)
 
 __all__ = [
     "WorstCaseSharpness",
@@ -172,16 +179,6 @@ class KeskarSharpness:
 
 
 # ---------------------------------------------------------------------------------- helpers
-def _check_x(x: Any, name: str = "x") -> torch.Tensor:
-    """``x`` must be a floating tensor ``[P]`` or ``[n, P]`` with ``P ≥ 1``."""
-    if not isinstance(x, torch.Tensor):
-        raise MeasureError(f"{name} must be a tensor [P] or [n, P], got {type(x).__name__}")
-    if not x.is_floating_point() or x.dim() not in (1, 2) or x.shape[-1] == 0 or x.numel() == 0:
-        raise MeasureError(f"{name} must be a non-empty floating tensor [P] or [n, P], got "
-                           f"dtype {x.dtype} and shape {tuple(x.shape)}")
-    return x.detach()
-
-
 def _positive(name: str, value: Any) -> float:
     try:
         v = float(value)
@@ -200,41 +197,6 @@ def _nonnegative(name: str, value: Any) -> float:
     if not math.isfinite(v) or v < 0:
         raise MeasureError(f"{name} must be a finite number >= 0, got {value!r}")
     return v
-
-
-def _count(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise MeasureError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _scalar(out: Any) -> torch.Tensor:
-    if not isinstance(out, torch.Tensor) or out.numel() != 1:
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise MeasureError(f"loss_fn must return a scalar tensor, got {got}")
-    return out.reshape(())
-
-
-def _loss(loss_fn: LossFn, x: torch.Tensor) -> float:
-    """``f(x)`` as a Python float, without a graph."""
-    with torch.no_grad():
-        return float(_scalar(loss_fn(x)))
-
-
-def _value_and_grad(loss_fn: LossFn, x: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """``(f(x), ∇f(x))``; uses ``loss_fn.value_and_grad`` when it has one (chunked)."""
-    vg = getattr(loss_fn, "value_and_grad", None)
-    if callable(vg):
-        v, g = vg(x.detach())
-        return float(v), g.detach()
-    xr = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        out = _scalar(loss_fn(xr))
-        if not out.requires_grad:
-            raise MeasureError("loss_fn(x) is not differentiable in x (its output has no "
-                               "gradient); the ascent-based measures need one")
-        (g,) = torch.autograd.grad(out, xr)
-    return float(out.detach()), g.detach()
 
 
 def _scale(x: torch.Tensor, adaptive: bool, eta: float,
@@ -310,9 +272,9 @@ def _ascend(loss_fn: LossFn, x: torch.Tensor, c: torch.Tensor, *, rho: float, no
             steps: int, step_size: float, seed: int,
             random_start: bool) -> tuple[float, float, torch.Tensor]:
     """Maximize ``f(x + c ⊙ u)`` over ``‖u‖_p ≤ ρ``; returns ``(f(x), f(x + c ⊙ u*), u*)``."""
-    f0 = _loss(loss_fn, x)
+    f0 = loss_value(loss_fn, x)
     u = _random_start(x, rho, norm, seed) if random_start else torch.zeros_like(x)
-    fu, g = _value_and_grad(loss_fn, x + c * u)
+    fu, g = loss_value_and_grad(loss_fn, x + c * u)
     gu = c * g
     eta = step_size
     for _ in range(steps):
@@ -320,7 +282,7 @@ def _ascend(loss_fn: LossFn, x: torch.Tensor, c: torch.Tensor, *, rho: float, no
         if d is None:
             break
         u_new = _project(u + eta * d, rho, norm)
-        f_new, g_new = _value_and_grad(loss_fn, x + c * u_new)
+        f_new, g_new = loss_value_and_grad(loss_fn, x + c * u_new)
         if f_new > fu:
             u, fu, gu = u_new, f_new, c * g_new
         else:
@@ -352,8 +314,8 @@ def sharpness_worst(loss_fn: LossFn, x: torch.Tensor, *, rho: float, norm: str =
     its minimum it reaches ``(ρ²/2) λ_max(H)`` (l2; a shifted power iteration).
 
     Args:
-        loss_fn: ``x`` ``[P]`` ↦ scalar loss, differentiable in ``x`` (a :class:`ModelLoss` is
-            differentiated chunk by chunk).
+        loss_fn: ``x`` ``[P]`` ↦ scalar loss, differentiable in ``x`` (an objective of
+            :func:`~flatlab.measures.model_loss` is differentiated chunk by chunk).
         x: The point ``[P]``, or node models ``[n, P]`` (measured one after another).
         rho: Radius ``ρ > 0`` (in units of ``c``).
         norm: ``"l2"`` or ``"linf"``.
@@ -370,12 +332,12 @@ def sharpness_worst(loss_fn: LossFn, x: torch.Tensor, *, rho: float, norm: str =
     Returns:
         A :class:`WorstCaseSharpness`.
     """
-    x = _check_x(x)
+    x = check_x(x)
     rho = _positive("rho", rho)
     if norm not in _NORMS:
         raise MeasureError(f"norm {norm!r} is unknown; accepted: {', '.join(_NORMS)}")
     eta = _nonnegative("eta", eta)
-    steps = _count("steps", steps, 0)
+    steps = check_count("steps", steps, 0)
     alpha = 2 * rho if step_size is None else _positive("step_size", step_size)
 
     def one(xi: torch.Tensor, scale: Any) -> WorstCaseSharpness:
@@ -410,17 +372,17 @@ def sharpness_sam(loss_fn: LossFn, x: torch.Tensor, *, rho: float, adaptive: boo
     Returns:
         A :class:`SamSharpness`.
     """
-    x = _check_x(x)
+    x = check_x(x)
     rho = _positive("rho", rho)
     eta = _nonnegative("eta", eta)
 
     def one(xi: torch.Tensor, scale: Any) -> SamSharpness:
         c = _scale(xi, adaptive, eta, scale)
-        f0, g = _value_and_grad(loss_fn, xi)
+        f0, g = loss_value_and_grad(loss_fn, xi)
         cg = c * g
         n = float(cg.norm())
         delta = cg * c * (rho / n) if n > 0 and math.isfinite(n) else torch.zeros_like(xi)
-        fp = _loss(loss_fn, xi + delta) if n > 0 else f0
+        fp = loss_value(loss_fn, xi + delta) if n > 0 else f0
         return SamSharpness(fp - f0, f0, fp, float(g.norm()), delta, rho, bool(adaptive), eta)
 
     return _batched(one, SamSharpness, x)
@@ -455,22 +417,22 @@ def sharpness_average(loss_fn: LossFn, x: torch.Tensor, *, sigma: float,
     Returns:
         An :class:`AverageSharpness`.
     """
-    x = _check_x(x)
+    x = check_x(x)
     sigma = _positive("sigma", sigma)
     eta = _nonnegative("eta", eta)
-    samples = _count("samples", samples, 2)
+    samples = check_count("samples", samples, 2)
 
     def one(xi: torch.Tensor, scale: Any) -> AverageSharpness:
         c = _scale(xi, adaptive, eta, scale)
-        f0 = _loss(loss_fn, xi)
+        f0 = loss_value(loss_fn, xi)
         gen = torch.Generator(device=xi.device).manual_seed(int(seed))
         diffs = []
         for _ in range(samples):
             d = sigma * c * torch.randn(xi.shape, generator=gen, device=xi.device,
                                         dtype=xi.dtype)
-            f = _loss(loss_fn, xi + d)
+            f = loss_value(loss_fn, xi + d)
             if antithetic:
-                f = 0.5 * (f + _loss(loss_fn, xi - d))
+                f = 0.5 * (f + loss_value(loss_fn, xi - d))
             diffs.append(f - f0)
         t = torch.tensor(diffs, dtype=torch.float64)
         return AverageSharpness(float(t.mean()), float(t.std() / math.sqrt(samples)), f0, sigma,
@@ -501,9 +463,9 @@ def sharpness_keskar(loss_fn: LossFn, x: torch.Tensor, *, eps: float = 1e-3, ste
     Returns:
         A :class:`KeskarSharpness`.
     """
-    x = _check_x(x)
+    x = check_x(x)
     eps = _positive("eps", eps)
-    steps = _count("steps", steps, 0)
+    steps = check_count("steps", steps, 0)
     alpha = 2 * eps if step_size is None else _positive("step_size", step_size)
 
     def one(xi: torch.Tensor, scale: Any) -> KeskarSharpness:

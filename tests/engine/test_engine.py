@@ -10,13 +10,14 @@ from flatlab.engine import (
     FunctionOracle,
     GradientOracle,
     NodeStack,
+    Objective,
     ParamLayout,
     evaluate,
     full_gradient,
     resolve_device,
     resolve_dtype,
 )
-from flatlab.errors import FlatlabError
+from flatlab.errors import CurvatureError, FlatlabError, MeasureError
 from tests.reference.algorithms import LoopNodes, buffers, flat, set_flat
 
 
@@ -145,6 +146,51 @@ def test_evaluate_matches_loop():
     nn.functional.cross_entropy(avg(inputs), targets).backward()
     torch.testing.assert_close(g, torch.cat([p.grad.reshape(-1) for p in avg.parameters()]),
                                rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("make", [conv, lambda: mlp(bn=True)], ids=["conv", "bn"])
+def test_objective_of_the_nodes_is_the_one_model_objective_row_by_row(make):
+    torch.manual_seed(2)
+    stack = NodeStack(make().double(), 3, device="cpu", dtype=torch.float64)
+    gen = torch.Generator().manual_seed(4)
+    X = stack.initial_params() + 0.2 * torch.randn(3, stack.P, generator=gen, dtype=torch.float64)
+    GradientOracle(stack)(X, batch(3, 9, gen, torch.float64))  # each node its own BN stats
+    inputs, targets = torch.randn(50, 6, generator=gen), torch.randint(0, 4, (50,), generator=gen)
+    every = Objective(stack, inputs, targets, nodes=True, batch_size=16)
+    values = every(X)
+    loss, acc = every.evaluate(X)
+    for method in ("autograd", "func"):
+        val, G = every.value_and_grad(X, method=method)
+        for i in range(3):
+            one = Objective(stack, inputs, targets, buffers={k: v[i] for k, v in
+                                                             stack.buffers.items()},
+                            batch_size=16)
+            v1, g1 = one.value_and_grad(X[i], method=method)
+            assert float(one(X[i])) == pytest.approx(float(values[i]), rel=1e-13)
+            assert float(v1) == pytest.approx(float(val[i]), rel=1e-13)
+            torch.testing.assert_close(g1, G[i], rtol=1e-12, atol=1e-14)
+            l1, a1 = one.evaluate(X[i])
+            assert float(l1) == pytest.approx(float(loss[i]), rel=1e-13)
+            assert float(a1) == float(acc[i])
+    assert stack.module.training  # the mode is restored
+
+
+def test_objective_refusals_are_measure_and_curvature_errors():
+    stack = NodeStack(mlp(), 2, device="cpu")
+    inputs, targets = torch.randn(10, 6), torch.randint(0, 4, (10,))
+    f = Objective(stack, inputs, targets)
+    calls = [lambda: Objective(stack, inputs, targets[:-1]),
+             lambda: Objective(stack, inputs[:0], targets[:0]),
+             lambda: Objective(stack, inputs, targets, batch_size=0),
+             lambda: Objective(stack, inputs, targets, nodes=True, buffers={}),
+             lambda: f(torch.zeros(stack.P + 1)),
+             lambda: f(torch.zeros(stack.P, dtype=torch.float64)),
+             lambda: Objective(stack, inputs, targets, nodes=True)(torch.zeros(stack.P)),
+             lambda: f.value_and_grad(torch.zeros(stack.P), method="fd")]
+    for call in calls:
+        with pytest.raises(MeasureError) as e:
+            call()
+        assert isinstance(e.value, CurvatureError) and "\n" not in str(e.value)
 
 
 def test_regression_loss_and_float32_default():

@@ -168,6 +168,24 @@ def test_bad_measure_settings_are_refused_naming_what_is_accepted(measure_cfg, n
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
+def test_every_measure_declares_typed_settings_whose_defaults_pass_their_own_checks():
+    import dataclasses
+
+    from flatlab.measures.settings import Settings
+
+    for name in named.available():
+        cls = named.get(name).settings
+        assert issubclass(cls, Settings) and cls.__dataclass_params__.frozen, name
+        fields = dataclasses.fields(cls)
+        assert fields[0].name == "every"
+        defaults = {f.name: f.default for f in fields}
+        assert named.resolve(name) == defaults == dataclasses.asdict(cls())
+        assert named.get(name).defaults == {k: v for k, v in defaults.items() if k != "every"}
+        for f in fields:  # a limit or choices sit next to the field they constrain
+            if "choices" in f.metadata:
+                assert f.default in f.metadata["choices"], (name, f.name)
+
+
 def test_loss_gap_without_a_known_optimum_and_the_listing_on_the_command_line(tmp_path):
     with pytest.raises(ConfigError, match="loss_gap needs a task with a known optimum"):
         build(load_config(_cfg(measure={"metrics": ["loss_gap"]})))
