@@ -397,8 +397,8 @@ class NGPD(ECL):
         Raises:
             AlgorithmError: The oracle gives no curvature metric (:class:`MetricOracle`).
         """
+        ecl = super().init(X0, oracle, mixer)  # the topology is checked first, as ECL's
         blocks = _metric_of(self, oracle, X0.shape[1])
-        ecl = super().init(X0, oracle, mixer)
         return NGPDState(x=ecl.x, z=ecl.z, links=ecl.links, metric=blocks,
                          factors=X0.new_zeros(X0.shape[0], blocks.F),
                          basis=X0.new_zeros(X0.shape[0], blocks.E))

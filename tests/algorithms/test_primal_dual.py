@@ -247,3 +247,6 @@ def test_ngpd_refuses_an_oracle_without_a_metric_in_one_line():
         make("ngpd").init(X0, lambda X, batch: (None, q.grad(X)), mixer)
     with pytest.raises(AlgorithmError, match="ngpd: needs an oracle with a curvature metric"):
         simulate("ngpd", "ring", q.grad_fn(), X0, steps=1, lr=0.1)
+    # a topology ngpd cannot run on is named first, whatever the oracle
+    with pytest.raises(AlgorithmError, match="^ngpd: needs a static topology"):
+        simulate("ngpd", "one-peer-exponential", q.grad_fn(), X0, steps=1, lr=0.1)
