@@ -6,9 +6,13 @@ Every algorithm is a small frozen dataclass of hyper-parameters with two methods
     state = algo.step(state, batch, oracle, mixer, lr)
 
 ``X0`` is the ``[n, P]`` node stack, ``oracle(X, batch) -> (losses [n], G [n, P])`` the gradient
-oracle, ``mixer`` the only way to communicate (``mix``, ``exchange``, ``mean``). The state is plain
-data: a dataclass of tensors shaped like ``X`` plus the step counter ``t``, so it checkpoints
-(:func:`state_dict` / :func:`load_state`), moves between devices and compares in tests.
+oracle (:class:`~flatlab.engine.Oracle`), ``mixer`` the only way to communicate
+(:class:`~flatlab.comm.Mixer`: ``mix``, ``exchange``, ``mean``, edge slots, ``require``); an
+algorithm never sees a process group or a graph object. The state is plain data: a dataclass of
+tensors shaped like ``X`` plus the step counter ``t``, so it checkpoints (:func:`state_dict` /
+:func:`load_state`), moves between devices and compares in tests. Fields marked :func:`derived`
+hold what ``init`` works out from the mixer and the oracle (edge slots, a metric's block
+structure): they are never saved, and :func:`load_state` keeps them from its template.
 """
 
 from __future__ import annotations
@@ -18,16 +22,21 @@ import math
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
 import torch
 
+from flatlab.comm.protocols import Mixer
+from flatlab.engine.oracle import Oracle
 from flatlab.errors import AlgorithmError
+from flatlab.topology import Topology
 
 __all__ = [
     "Algorithm",
     "State",
+    "derived",
+    "is_derived",
     "register",
     "make",
     "available",
@@ -38,13 +47,29 @@ __all__ = [
 ]
 
 
+def derived(default: Any = None) -> Any:
+    """A state field that ``init`` derives from the mixer or the oracle, never checkpointed.
+
+    For per-process data that follows from the run's setup (a node's edge slots, a metric's
+    block structure): :func:`state_dict` leaves it out, so checkpoints hold the same keys with
+    or without it, and :func:`load_state` takes it from the freshly initialised template.
+    """
+    return field(default=default, repr=False, compare=False, metadata={"derived": True})
+
+
+def is_derived(f: dataclasses.Field) -> bool:
+    """Whether the dataclass field ``f`` was declared with :func:`derived`."""
+    return bool(f.metadata.get("derived", False))
+
+
 @dataclass(kw_only=True)
 class State:
     """What every algorithm carries between steps.
 
-    Every tensor field is stacked by node (its leading dimension indexes the nodes this process
-    holds), so a distributed run can split a state into ranks' blocks and gather it back for a
-    checkpoint; subclasses keep to this rule.
+    Every saved tensor field is stacked by node (its leading dimension indexes the nodes this
+    process holds), so a distributed run can split a state into ranks' blocks and gather it back
+    for a checkpoint; subclasses keep to this rule. Fields declared with :func:`derived` are this
+    process's setup (indices, structure), rebuilt by ``init`` and never saved.
 
     Attributes:
         x: ``[n, P]`` node parameters.
@@ -83,19 +108,21 @@ class Algorithm:
     vectors_per_neighbor: ClassVar[int] = 1
     hparam_aliases: ClassVar[dict[str, str]] = {}
 
-    def init(self, X0: torch.Tensor, oracle: Callable, mixer: Any) -> State:  # noqa: N803
+    def init(self, X0: torch.Tensor, oracle: Oracle, mixer: Mixer) -> State:  # noqa: N803
         """Initial state from the ``[n, P]`` starting point."""
         raise NotImplementedError
 
-    def step(self, state: State, batch: Any, oracle: Callable, mixer: Any, lr: float) -> State:
+    def step(self, state: State, batch: Any, oracle: Oracle, mixer: Mixer, lr: float) -> State:
         """One iteration with step size ``lr``."""
         raise NotImplementedError
 
-    def check_topology(self, topology: Any) -> None:
+    def check_topology(self, topology: Topology) -> None:
         """Raise :class:`AlgorithmError` if unstable on ``topology`` (by default never).
 
-        Called by ``init`` (through the mixer's topology) and by config validation, so a run that
-        cannot work is refused before it starts.
+        The one place an algorithm states conditions on the graph. Config validation calls it
+        with the configured topology, and an ``init`` that needs it passes it to
+        ``mixer.require`` (which applies it to the mixer's schedule), so a run or a
+        :func:`~flatlab.simulate` call that cannot work is refused before it starts.
         """
 
     def hparams(self) -> dict[str, Any]:
@@ -194,22 +221,34 @@ def _typed(algo: str, key: str, value: Any, tp: Any) -> Any:
 
 
 def state_dict(state: State) -> dict[str, Any]:
-    """The state as a plain dict (tensors cloned to the CPU), with its class name."""
+    """The state as a plain dict (tensors cloned to the CPU), with its class name.
+
+    :func:`derived` fields are left out: they are rebuilt by ``init``.
+    """
     out: dict[str, Any] = {"__class__": type(state).__name__}
     for f in fields(state):
+        if is_derived(f):
+            continue
         v = getattr(state, f.name)
         out[f.name] = v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v
     return out
 
 
 def load_state(d: dict[str, Any], like: S, device: torch.device | str | None = None) -> S:
-    """Rebuild a state saved by :func:`state_dict`, of the same class as ``like``."""
+    """Rebuild a state saved by :func:`state_dict`, of the same class as ``like``.
+
+    ``like`` is a freshly initialised state of the same run; its :func:`derived` fields are
+    kept as they are (they belong to this process and its device).
+    """
     if d.get("__class__") != type(like).__name__:
         raise AlgorithmError(f"checkpoint holds a {d.get('__class__')} state, the algorithm "
                              f"uses {type(like).__name__}")
     dev = like.x.device if device is None else device
     kw = {}
     for f in fields(like):
+        if is_derived(f):
+            kw[f.name] = getattr(like, f.name)
+            continue
         v = d[f.name]
         kw[f.name] = v.to(dev) if isinstance(v, torch.Tensor) else v
     return type(like)(**kw)

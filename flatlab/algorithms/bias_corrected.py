@@ -18,6 +18,9 @@ from typing import Any
 import torch
 
 from flatlab.algorithms.base import Algorithm, State, register
+from flatlab.comm.protocols import Mixer
+from flatlab.engine.oracle import Oracle
+from flatlab.topology import Topology
 
 __all__ = ["ExactDiffusion", "D2", "BiasCorrectedState"]
 
@@ -32,17 +35,16 @@ class BiasCorrectedState(State):
 class _AdaptCorrectCombine(Algorithm):
     exact = True
 
-    def init(self, X0: torch.Tensor, oracle: Any, mixer: Any) -> BiasCorrectedState:  # noqa: N803
-        """``ψ^0 = x^0``, so the first step has no correction."""
-        topology = getattr(mixer, "topology", None)
-        if topology is not None:
-            self.check_topology(topology)
+    def init(self, X0: torch.Tensor, oracle: Oracle,  # noqa: N803
+             mixer: Mixer) -> BiasCorrectedState:
+        """``ψ^0 = x^0``, so the first step has no correction (D² checks its topology first)."""
+        mixer.require(self.check_topology)
         return BiasCorrectedState(x=X0.clone(), psi=X0.clone())
 
-    def _combine(self, phi: torch.Tensor, mixer: Any, t: int) -> torch.Tensor:
+    def _combine(self, phi: torch.Tensor, mixer: Mixer, t: int) -> torch.Tensor:
         raise NotImplementedError
 
-    def step(self, state: BiasCorrectedState, batch: Any, oracle: Any, mixer: Any,
+    def step(self, state: BiasCorrectedState, batch: Any, oracle: Oracle, mixer: Mixer,
              lr: float) -> BiasCorrectedState:
         """Adapt, correct, combine."""
         loss, G = oracle(state.x, batch)
@@ -69,7 +71,7 @@ class ExactDiffusion(_AdaptCorrectCombine):
     heterogeneity term (§4.3).
     """
 
-    def _combine(self, phi: torch.Tensor, mixer: Any, t: int) -> torch.Tensor:
+    def _combine(self, phi: torch.Tensor, mixer: Mixer, t: int) -> torch.Tensor:
         return mixer.mix(phi, t).add_(phi).mul_(0.5)
 
 
@@ -96,7 +98,7 @@ class D2(_AdaptCorrectCombine):
 
     allow_unstable: bool = False
 
-    def check_topology(self, topology: Any) -> None:
+    def check_topology(self, topology: Topology) -> None:
         """Refuse (or warn about) a topology on which D²'s recursion does not contract."""
         from flatlab.theory import d2_radius
 
@@ -112,5 +114,5 @@ class D2(_AdaptCorrectCombine):
         else:
             self._check(False, message)
 
-    def _combine(self, phi: torch.Tensor, mixer: Any, t: int) -> torch.Tensor:
+    def _combine(self, phi: torch.Tensor, mixer: Mixer, t: int) -> torch.Tensor:
         return mixer.mix(phi, t)

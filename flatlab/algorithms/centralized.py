@@ -11,6 +11,8 @@ from typing import Any, ClassVar
 import torch
 
 from flatlab.algorithms.base import Algorithm, State, register
+from flatlab.comm.protocols import Mixer
+from flatlab.engine.oracle import Oracle
 
 __all__ = ["Centralized", "CentralizedState"]
 
@@ -56,14 +58,14 @@ class Centralized(Algorithm):
         self._check(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum}")
         self._check(not self.nesterov or self.momentum > 0, "nesterov needs momentum > 0")
 
-    def init(self, X0: torch.Tensor, oracle: Any, mixer: Any) -> CentralizedState:  # noqa: N803
+    def init(self, X0: torch.Tensor, oracle: Oracle, mixer: Mixer) -> CentralizedState:  # noqa: N803
         """All nodes at the average of ``X0``; momentum zero."""
         xbar = mixer.mean(X0)
         x = xbar.expand_as(X0).clone()
         m = torch.zeros_like(x) if self.momentum else None
         return CentralizedState(x=x, m=m)
 
-    def step(self, state: CentralizedState, batch: Any, oracle: Any, mixer: Any,
+    def step(self, state: CentralizedState, batch: Any, oracle: Oracle, mixer: Mixer,
              lr: float) -> CentralizedState:
         """One all-reduce SGD step."""
         loss, G = oracle(state.x, batch)

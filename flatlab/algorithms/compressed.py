@@ -20,7 +20,10 @@ import torch
 
 from flatlab.algorithms.base import Algorithm, State, register
 from flatlab.comm import compress as C
+from flatlab.comm.protocols import Mixer
+from flatlab.engine.oracle import LayeredOracle, Oracle
 from flatlab.errors import AlgorithmError, FlatlabError
+from flatlab.topology import Topology
 
 __all__ = ["AdaGossip", "CHOCO", "ChocoState", "AdaGossipState"]
 
@@ -98,7 +101,7 @@ class CHOCO(Algorithm):
         self._check(not self.nesterov or self.momentum > 0, "nesterov needs momentum > 0")
         self.q  # noqa: B018 - an unknown compressor or a bad parameter fails at construction
 
-    def check_topology(self, topology: Any) -> None:
+    def check_topology(self, topology: Topology) -> None:
         """Refuse time-varying topologies: ``s = Σ_τ W q^τ`` is ``W x̂`` only for a fixed ``W``."""
         self._check(topology.period == 1,
                     f"needs a static topology (the public copies' running sum s = W x_hat holds "
@@ -117,16 +120,19 @@ class CHOCO(Algorithm):
         except FlatlabError as e:
             raise AlgorithmError(f"{self.name}: {e}") from None
 
-    def blocks(self, oracle: Any) -> list[slice] | None:
-        """The parameter tensors' slices (``per_layer``) or ``None`` (the whole vector)."""
-        stack = getattr(oracle, "stack", None)
-        if not self.per_layer or stack is None:
-            return None
-        return [sl for _, sl, _ in stack.layout]
+    def blocks(self, oracle: Oracle) -> list[slice] | None:
+        """The parameter tensors' slices (``per_layer``) or ``None`` (the whole vector).
 
-    def init(self, X0: torch.Tensor, oracle: Any, mixer: Any) -> ChocoState:  # noqa: N803
+        Per-layer compression needs an oracle that names its tensors
+        (:class:`~flatlab.engine.oracle.LayeredOracle`); a written-down objective has none.
+        """
+        if not self.per_layer or not isinstance(oracle, LayeredOracle):
+            return None
+        return oracle.parameter_slices()
+
+    def init(self, X0: torch.Tensor, oracle: Oracle, mixer: Mixer) -> ChocoState:  # noqa: N803
         """Public copies and their weighted sums start at 0 on every node (pitfall 10)."""
-        self.check_topology(mixer.topology)
+        mixer.require(self.check_topology)
         zeros = torch.zeros_like(X0)
         m = torch.zeros_like(X0) if self.momentum > 0 else X0.new_zeros(X0.shape[0], 0)
         return ChocoState(x=X0.clone(), x_hat=zeros, s=zeros.clone(), m=m)
@@ -140,19 +146,18 @@ class CHOCO(Algorithm):
         d = torch.add(G, m, alpha=self.momentum) if self.nesterov else m
         return torch.add(state.x, d, alpha=-lr), m
 
-    def _gossip(self, state: ChocoState, x_half: torch.Tensor, oracle: Any, mixer: Any
+    def _gossip(self, state: ChocoState, x_half: torch.Tensor, oracle: Oracle, mixer: Mixer
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Compress, send, update the copies: ``(x̂⁺, s⁺)``."""
         P = x_half.shape[1]  # noqa: N806
         blocks = self.blocks(oracle)
-        n = mixer.topology.n
         q = C.compress(x_half - state.x_hat, self.q, blocks=blocks,
-                       seed=self.seed * 1_000_003 + state.t, rows=mixer.local_rows, n=n)
+                       seed=self.seed * 1_000_003 + state.t, rows=mixer.local_rows, n=mixer.n)
         x_hat = state.x_hat + q
         s = state.s + mixer.mix(q, state.t, row_bytes=C.payload_bytes(self.q, P, blocks))
         return x_hat, s
 
-    def step(self, state: ChocoState, batch: Any, oracle: Any, mixer: Any,
+    def step(self, state: ChocoState, batch: Any, oracle: Oracle, mixer: Mixer,
              lr: float) -> ChocoState:
         """Local step, compressed gossip of the change, consensus step ``γ``."""
         loss, G = oracle(state.x, batch)
@@ -199,12 +204,12 @@ class AdaGossip(CHOCO):
         self._check(0.0 <= self.beta < 1.0, f"beta must be in [0, 1), got {self.beta}")
         self._check(self.eps > 0, f"eps must be > 0, got {self.eps}")
 
-    def init(self, X0: torch.Tensor, oracle: Any, mixer: Any) -> AdaGossipState:  # noqa: N803
+    def init(self, X0: torch.Tensor, oracle: Oracle, mixer: Mixer) -> AdaGossipState:  # noqa: N803
         """CHOCO's start with ``u = 0``."""
         c = super().init(X0, oracle, mixer)
         return AdaGossipState(x=c.x, x_hat=c.x_hat, s=c.s, m=c.m, u=torch.zeros_like(X0))
 
-    def step(self, state: AdaGossipState, batch: Any, oracle: Any, mixer: Any,
+    def step(self, state: AdaGossipState, batch: Any, oracle: Oracle, mixer: Mixer,
              lr: float) -> AdaGossipState:
         """Local step, compressed gossip, per-coordinate consensus step ``γ_i``."""
         loss, G = oracle(state.x, batch)

@@ -23,12 +23,14 @@ from typing import Any
 import torch
 
 from flatlab.algorithms.base import Algorithm, State, register
+from flatlab.comm.protocols import Mixer
+from flatlab.engine.oracle import Oracle
 
 __all__ = ["Consensus", "Diffusion", "DiffusionCTA"]
 
 
 class _Gossip(Algorithm):
-    def init(self, X0: torch.Tensor, oracle: Any, mixer: Any) -> State:  # noqa: N803
+    def init(self, X0: torch.Tensor, oracle: Oracle, mixer: Mixer) -> State:  # noqa: N803
         """The state is the iterate only."""
         return State(x=X0.clone())
 
@@ -46,7 +48,7 @@ class Consensus(_Gossip):
     (reference/algorithms.md §16 item 4).
     """
 
-    def step(self, state: State, batch: Any, oracle: Any, mixer: Any, lr: float) -> State:
+    def step(self, state: State, batch: Any, oracle: Oracle, mixer: Mixer, lr: float) -> State:
         """``X⁺ = W_t X − η G(X)``."""
         loss, G = oracle(state.x, batch)
         x = mixer.mix(state.x, state.t).add_(G, alpha=-lr)  # the mix output is ours
@@ -66,7 +68,7 @@ class Diffusion(_Gossip):
     centralized SGD exactly (reference/algorithms.md §16 item 9).
     """
 
-    def step(self, state: State, batch: Any, oracle: Any, mixer: Any, lr: float) -> State:
+    def step(self, state: State, batch: Any, oracle: Oracle, mixer: Mixer, lr: float) -> State:
         """``X⁺ = W_t (X − η G(X))``."""
         loss, G = oracle(state.x, batch)
         x = mixer.mix(torch.add(state.x, G, alpha=-lr), state.t)
@@ -86,7 +88,7 @@ class DiffusionCTA(_Gossip):
     ``X = W X − η ∇F(W X)``, biased.
     """
 
-    def step(self, state: State, batch: Any, oracle: Any, mixer: Any, lr: float) -> State:
+    def step(self, state: State, batch: Any, oracle: Oracle, mixer: Mixer, lr: float) -> State:
         """``Φ = W_t X``, ``X⁺ = Φ − η G(Φ)``."""
         phi = mixer.mix(state.x, state.t)
         loss, G = oracle(phi, batch)

@@ -24,6 +24,8 @@ from typing import Any, ClassVar
 import torch
 
 from flatlab.algorithms.base import Algorithm, State, register
+from flatlab.comm.protocols import Mixer
+from flatlab.engine.oracle import Oracle
 
 __all__ = ["DSGDm", "QGDSGDm", "DecentLaM", "MomentumState"]
 
@@ -44,7 +46,7 @@ class _Momentum(Algorithm):
         self._check(not getattr(self, "nesterov", False) or self.momentum > 0,
                     "nesterov needs momentum > 0")
 
-    def init(self, X0: torch.Tensor, oracle: Any, mixer: Any) -> MomentumState:  # noqa: N803
+    def init(self, X0: torch.Tensor, oracle: Oracle, mixer: Mixer) -> MomentumState:  # noqa: N803
         """Momentum buffers start at zero."""
         return MomentumState(x=X0.clone(), m=torch.zeros_like(X0))
 
@@ -79,7 +81,7 @@ class DSGDm(_Momentum):
     momentum: float = 0.9
     nesterov: bool = False
 
-    def step(self, state: MomentumState, batch: Any, oracle: Any, mixer: Any,
+    def step(self, state: MomentumState, batch: Any, oracle: Oracle, mixer: Mixer,
              lr: float) -> MomentumState:
         """``M⁺ = β M + G``, ``X⁺ = W_t (X − η D)``."""
         loss, G = oracle(state.x, batch)
@@ -125,7 +127,7 @@ class QGDSGDm(_Momentum):
         super().__post_init__()
         self._check(0.0 < self.c <= 1.0, f"c must be in (0, 1], got {self.c}")
 
-    def step(self, state: MomentumState, batch: Any, oracle: Any, mixer: Any,
+    def step(self, state: MomentumState, batch: Any, oracle: Oracle, mixer: Mixer,
              lr: float) -> MomentumState:
         """Local momentum step, gossip, then ``m̂`` from the displacement."""
         self._positive_lr(lr)
@@ -162,7 +164,7 @@ class DecentLaM(_Momentum):
 
     momentum: float = 0.9
 
-    def step(self, state: MomentumState, batch: Any, oracle: Any, mixer: Any,
+    def step(self, state: MomentumState, batch: Any, oracle: Oracle, mixer: Mixer,
              lr: float) -> MomentumState:
         """Gossip ``X − η G``, corrected gradient, momentum step."""
         self._positive_lr(lr)

@@ -8,115 +8,83 @@ The problem ``min Σ_i f_i(x_i)`` subject to ``A_{i|j} x_i + A_{j|i} x_j = 0`` o
 ``A_{i|j} = +I`` if ``i < j`` and ``−I`` otherwise. Each node keeps one dual ``z_{i|j}`` per
 neighbour; the duals are stored node-stacked as ``z[i, s]`` for the ``s``-th neighbour of ``i``
 in increasing order (padded with zeros up to the largest degree), so a distributed run splits
-them with the nodes.
+them with the nodes. The slots come from the mixer (``mixer.edge_slots``, no graph object): ``init``
+turns them into :class:`EdgeLinks` and keeps them in the state as derived data, never saved.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from flatlab.algorithms.base import Algorithm, State, register
-from flatlab.curvature.kfac import (
-    FISHER_TYPES,
-    Eigenbasis,
-    eigenbasis,
-    kfac_factors,
-    kfac_layers,
-    kfac_solve,
-)
+from flatlab.algorithms.base import Algorithm, State, derived, register
+from flatlab.comm.protocols import Mixer
+from flatlab.curvature.kfac import FISHER_TYPES, Eigenbasis, eigenbasis, kfac_solve
+from flatlab.engine.oracle import MetricBlock, MetricOracle, Oracle
+from flatlab.topology import Topology
 
-__all__ = ["ECL", "ECLState", "NGPD", "NGPDState", "EdgeSlots", "edge_slots"]
+__all__ = ["ECL", "ECLState", "NGPD", "NGPDState", "EdgeLinks"]
+
+
+@dataclass(frozen=True)
+class EdgeLinks:
+    """ECL's view of the held nodes' edges, from the mixer's edge slots (derived by ``init``).
+
+    Row ``r`` is the ``r``-th node this process holds; slot ``s`` its ``s``-th neighbour
+    (:class:`~flatlab.comm.EdgeSlots`). All on the state's device.
+
+    Attributes:
+        sign: ``[k, D]`` float64 ``A_{i|j}``: ``+1`` if ``i < j``, ``−1`` if ``i > j``, 0 on
+            padding.
+        degree: ``[k]`` int64 number of neighbours ``|N_i|``.
+        src: ``[E_out]`` local row of the sender of each exchanged message (``mixer.edges``).
+        s_out: ``[E_out]`` the receiver's slot in the sender's row: the message is formed from
+            ``z[src, s_out] = z_{i|j}``.
+        sign_out: ``[E_out]`` ``A_{i|j}`` of each sent message.
+        dst: ``[E_in]`` local row of the receiver of each received message (``mixer.in_edges``).
+        s_in: ``[E_in]`` the sender's slot in the receiver's row: the message updates
+            ``z[dst, s_in] = z_{j|i}``.
+    """
+
+    sign: torch.Tensor
+    degree: torch.Tensor
+    src: torch.Tensor
+    s_out: torch.Tensor
+    sign_out: torch.Tensor
+    dst: torch.Tensor
+    s_in: torch.Tensor
+
+    @classmethod
+    def of(cls, mixer: Mixer, device: torch.device) -> EdgeLinks:
+        """The links of round 0's edges (the primal-dual methods need a static topology)."""
+        slots = mixer.edge_slots(0).to(device)
+        rows = mixer.local_rows
+        node = torch.arange(rows.start, rows.start + slots.degree.numel(), device=device)
+        one = torch.ones(slots.neighbors.shape, dtype=torch.float64, device=device)
+        sign = torch.where(slots.neighbors < mixer.n,
+                           torch.where(node.unsqueeze(1) < slots.neighbors, one, -one),
+                           torch.zeros_like(one))
+        return cls(sign, slots.degree, slots.out_rows, slots.out_slots,
+                   sign[slots.out_rows, slots.out_slots], slots.in_rows, slots.in_slots)
 
 
 @dataclass(kw_only=True)
 class ECLState(State):
-    """``x`` and the per-edge duals ``z`` (``[n, D, P]``, ``D`` the largest degree)."""
+    """``x`` and the per-edge duals ``z`` (``[n, D, P]``, ``D`` the largest degree).
+
+    ``links`` (derived, not saved) locates every edge's dual and message.
+    """
 
     z: torch.Tensor
+    links: EdgeLinks | None = derived()
 
 
-@dataclass(frozen=True)
-class EdgeSlots:
-    """Where each edge's dual lives: ``neighbors[i, s]`` is the ``s``-th neighbour of ``i``.
-
-    Attributes:
-        neighbors: ``[n, D]`` int64, increasing along a row, ``n`` where a row is padded.
-        degree: ``[n]`` int64 number of neighbours ``|N_i|``.
-        sign: ``[n, D]`` float64: ``A_{i|j} = +1`` if ``i < j``, ``−1`` if ``i > j``, 0 on padding.
-    """
-
-    neighbors: torch.Tensor
-    degree: torch.Tensor
-    sign: torch.Tensor
-
-    def slot(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-        """Slot of neighbour ``j`` in node ``i``'s row, for edges given as index vectors."""
-        rows = self.neighbors[i]
-        return torch.searchsorted(rows, j.unsqueeze(1)).squeeze(1)
-
-
-def edge_slots(topology: Any) -> EdgeSlots:
-    """Neighbour slots of a static undirected topology (see :class:`EdgeSlots`)."""
-    w = topology.matrix(0, sparse=True).tocsr()
-    n = w.shape[0]
-    lists = []
-    for i in range(n):
-        cols = w.indices[w.indptr[i]:w.indptr[i + 1]]
-        lists.append(np.sort(cols[(cols != i) & (w.data[w.indptr[i]:w.indptr[i + 1]] != 0)]))
-    width = max(1, max(len(c) for c in lists))
-    nbrs = np.full((n, width), n, dtype=np.int64)
-    for i, c in enumerate(lists):
-        nbrs[i, :len(c)] = c
-    valid = nbrs < n
-    sign = np.where(valid, np.where(np.arange(n)[:, None] < nbrs, 1.0, -1.0), 0.0)
-    return EdgeSlots(torch.as_tensor(nbrs), torch.as_tensor(valid.sum(1)), torch.as_tensor(sign))
-
-
-_SLOTS: dict[tuple[int, str], tuple[Any, EdgeSlots]] = {}
-
-
-def _slots(topology: Any, device: torch.device) -> EdgeSlots:
-    """:func:`edge_slots` on ``device``, computed once per topology object."""
-    key = (id(topology), str(device))
-    hit = _SLOTS.get(key)
-    if hit is None or hit[0] is not topology:
-        s = edge_slots(topology)
-        hit = (topology, EdgeSlots(s.neighbors.to(device), s.degree.to(device),
-                                   s.sign.to(device)))
-        _SLOTS[key] = hit
-    return hit[1]
-
-
-_EDGE_INDEX: dict[tuple[int, int, str], tuple[Any, tuple[torch.Tensor, ...]]] = {}
-
-
-def _edge_index(slots: EdgeSlots, mixer: Any, t: int, device: torch.device
-                ) -> tuple[torch.Tensor, ...]:
-    """Local rows and slots of round ``t``'s outgoing and incoming edges, computed once.
-
-    Returns ``(src, s_out, sign_out, dst, s_in)``: the message of edge ``e`` is formed from
-    ``z[src[e], s_out[e]]`` and ``x[src[e]]`` (rows local to this process) with sign
-    ``A_{src|dst}``; the ``e``-th received message goes to ``z[dst[e], s_in[e]]``.
-    """
-    key = (id(mixer), t % mixer.topology.period, str(device))
-    hit = _EDGE_INDEX.get(key)
-    if hit is None or hit[0] is not mixer:
-        start = mixer.local_rows.start
-        src, dst = (e.to(device) for e in mixer.edges(t))
-        s_out = slots.slot(src, dst)
-        isrc, idst = (e.to(device) for e in mixer.in_edges(t))
-        hit = (mixer, (src - start, s_out, slots.sign[src, s_out], idst - start,
-                       slots.slot(idst, isrc)))
-        _EDGE_INDEX[key] = hit
-    return hit[1]
-
-
-def _undirected_static(algo: Algorithm, topology: Any) -> None:
+def _undirected_static(algo: Algorithm, topology: Topology) -> None:
     algo._check(topology.period == 1, f"needs a static topology (duals live on fixed edges); "
                                       f"{topology.label} changes every round")
     w = topology.matrix(0, sparse=True)
@@ -177,19 +145,24 @@ class ECL(Algorithm):
         self._check(self.dual_init in ("zero", "x0"),
                     f"dual_init must be 'zero' or 'x0', got {self.dual_init!r}")
 
-    def check_topology(self, topology: Any) -> None:
+    def check_topology(self, topology: Topology) -> None:
         """Refuse time-varying and directed topologies."""
         _undirected_static(self, topology)
 
-    def init(self, X0: torch.Tensor, oracle: Any, mixer: Any) -> ECLState:  # noqa: N803
+    def init(self, X0: torch.Tensor, oracle: Oracle, mixer: Mixer) -> ECLState:  # noqa: N803
         """Duals start at zero, or at ``z_{i|j} = A_{i|j} x_i⁰`` (``dual_init="x0"``)."""
-        self.check_topology(mixer.topology)
-        slots = _slots(mixer.topology, X0.device)
-        z = X0.new_zeros(X0.shape[0], slots.neighbors.shape[1], *X0.shape[1:])
+        mixer.require(self.check_topology)
+        links = EdgeLinks.of(mixer, X0.device)
+        z = X0.new_zeros(X0.shape[0], links.sign.shape[1], *X0.shape[1:])
         if self.dual_init == "x0":
-            sign = slots.sign[mixer.local_rows].to(X0.dtype)
+            sign = links.sign.to(X0.dtype)
             z = sign.view(*sign.shape, *(1,) * (X0.dim() - 1)) * X0.unsqueeze(1)
-        return ECLState(x=X0.clone(), z=z)
+        return ECLState(x=X0.clone(), z=z, links=links)
+
+    @staticmethod
+    def _links(state: ECLState, mixer: Mixer) -> EdgeLinks:
+        """The state's links (a state built by hand gets them from the mixer)."""
+        return state.links if state.links is not None else EdgeLinks.of(mixer, state.x.device)
 
     def penalty(self, degree: torch.Tensor, lr: float) -> torch.Tensor:
         """``α_i`` per node: ``alpha``, or the tied ``tie / (η (K|N_i| + K − tie|N_i|))``."""
@@ -202,12 +175,13 @@ class ECL(Algorithm):
                                              "penalty; use a smaller tie or a longer period")
         return piw / denom
 
-    def _primal(self, state: ECLState, G: torch.Tensor, slots: EdgeSlots, rows: slice,
-                lr: float, direction: Any = None) -> torch.Tensor:
+    def _primal(self, state: ECLState, G: torch.Tensor, links: EdgeLinks, lr: float,
+                direction: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+                ) -> torch.Tensor:
         """ECL's closed-form primal step (``direction`` solves in another metric: NGPD)."""
         x, z = state.x, state.z
-        sign = slots.sign[rows].to(x.dtype)
-        deg = slots.degree[rows]
+        sign = links.sign.to(x.dtype)
+        deg = links.degree
         alpha = self.penalty(deg, lr).to(x.dtype)
         az = torch.einsum("ks,ks...->k...", sign, z)        # Σ_j A_{i|j} z_{i|j}
         shape = (-1,) + (1,) * (x.dim() - 1)
@@ -216,25 +190,27 @@ class ECL(Algorithm):
             return x - resid / (1.0 / lr + alpha * deg.to(x.dtype)).view(shape)
         return x - direction(resid, alpha * deg.to(x.dtype))
 
-    def _exchange(self, z: torch.Tensor, x_new: torch.Tensor, slots: EdgeSlots, mixer: Any,
+    def _exchange(self, z: torch.Tensor, x_new: torch.Tensor, links: EdgeLinks, mixer: Mixer,
                   t: int) -> torch.Tensor:
         """Send ``y_{i|j} = z_{i|j} − 2 A_{i|j} x_i⁺`` along every edge; mix it into ``z``."""
-        src, s_out, sign_out, dst, s_in = _edge_index(slots, mixer, t, x_new.device)
+        src, s_out, sign_out = links.src, links.s_out, links.sign_out
+        dst, s_in = links.dst, links.s_in
         shape = (-1,) + (1,) * (x_new.dim() - 1)
         msg = z[src, s_out] - 2 * sign_out.to(x_new.dtype).view(shape) * x_new[src]
         got = mixer.exchange(msg, t)
         return z.index_put((dst, s_in), torch.lerp(z[dst, s_in], got, self.theta))
 
-    def step(self, state: ECLState, batch: Any, oracle: Any, mixer: Any, lr: float) -> ECLState:
+    def step(self, state: ECLState, batch: Any, oracle: Oracle, mixer: Mixer,
+             lr: float) -> ECLState:
         """Primal step; duals exchanged every ``period`` steps."""
         self._check(lr > 0, f"the proximal weight is 1/lr, so lr must be > 0 (got {lr})")
         loss, G = oracle(state.x, batch)
-        slots = _slots(mixer.topology, state.x.device)
-        x = self._primal(state, G, slots, mixer.local_rows, lr)
+        links = self._links(state, mixer)
+        x = self._primal(state, G, links, lr)
         z = state.z
         if (state.t + 1) % self.period == 0:
-            z = self._exchange(z, x, slots, mixer, state.t)
-        return ECLState(x=x, z=z, t=state.t + 1, loss=loss)
+            z = self._exchange(z, x, links, mixer, state.t)
+        return ECLState(x=x, z=z, t=state.t + 1, loss=loss, links=links)
 
 
 # ---------------------------------------------------------------------------------- NGPD
@@ -247,17 +223,23 @@ class NGPDState(ECLState):
             layer's ``A`` then ``G``, flattened; or the dense ``[d, d]`` metric of an oracle).
         basis: ``[n, E]`` their eigendecompositions, packed (``Q_A, d_A, Q_G, d_G`` per layer),
             refreshed every ``inverse_every`` steps.
+        metric: The metric's block structure, from the oracle (derived, not saved).
     """
 
     factors: torch.Tensor
     basis: torch.Tensor
+    metric: _Blocks | None = derived()
 
 
 class _Blocks:
-    """Packing of a metric made of Kronecker blocks ``G ⊗ A`` over slices of ``[W | b]``."""
+    """Packing of a metric made of Kronecker blocks ``G ⊗ A`` over slices of ``[W | b]``.
 
-    def __init__(self, layers: list[Any], P: int, dense: bool = False) -> None:  # noqa: N803
-        self.layers, self.P, self.dense = layers, P, dense
+    The blocks come from the oracle (:meth:`~flatlab.engine.oracle.MetricOracle.metric_blocks`):
+    a model's K-FAC layers, or one dense block for a written-down objective.
+    """
+
+    def __init__(self, layers: list[MetricBlock], P: int) -> None:  # noqa: N803
+        self.layers, self.P = layers, P
         self.sizes = [(ly.a_dim, ly.g_dim) for ly in layers]
         self.F = sum(a * a + g * g for a, g in self.sizes)
         self.E = sum(a * a + a + g * g + g for a, g in self.sizes)
@@ -303,41 +285,10 @@ class _Blocks:
         facs = self.unpack(factors)
         for ly, (q_a, d_a, q_g, d_g), (A, G) in zip(self.layers, eigs, facs, strict=True):  # noqa: N806
             V = ly.matrix(R)  # noqa: N806
-            if self.dense:
-                V = V.unsqueeze(-1)  # noqa: N806
             sol = kfac_solve(V, A, G, shift, scale=mu, basis=Eigenbasis(q_a, d_a, q_g, d_g),
                              tikhonov=tikhonov)
-            if self.dense:
-                sol = sol.squeeze(-1)
             ly.scatter(sol, out)
         return out
-
-
-@dataclass(frozen=True)
-class _DenseLayer:
-    """The whole vector as one 'layer' ``[d, 1]`` with ``A = [1]`` and ``G`` the dense metric."""
-
-    d: int
-
-    @property
-    def weight(self) -> tuple[slice, torch.Size]:
-        return slice(0, self.d), torch.Size([self.d])
-
-    bias = None
-
-    @property
-    def a_dim(self) -> int:
-        return 1
-
-    @property
-    def g_dim(self) -> int:
-        return self.d
-
-    def matrix(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-    def scatter(self, m: torch.Tensor, out: torch.Tensor) -> None:
-        out[..., :self.d] = m
 
 
 def _basis_or_flag(blocks: _Blocks, factors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -362,19 +313,21 @@ def _basis_or_flag(blocks: _Blocks, factors: torch.Tensor) -> tuple[torch.Tensor
     return torch.cat(rows), ok
 
 
-_METRICS: dict[int, tuple[Any, _Blocks]] = {}
+def _metric_oracle(algo: Algorithm, oracle: Oracle) -> MetricOracle:
+    """``oracle`` as a :class:`MetricOracle`, or a one-line refusal."""
+    algo._check(isinstance(oracle, MetricOracle),
+                f"needs an oracle with a curvature metric (a GradientOracle's K-FAC, or "
+                f"simulate(..., metric_fn=...)); a {type(oracle).__name__} has none")
+    return oracle
 
 
-def _blocks(oracle: Any, P: int) -> _Blocks:  # noqa: N803
-    hit = _METRICS.get(id(oracle))
-    if hit is None or hit[0] is not oracle:
-        if hasattr(oracle, "stack"):
-            blocks = _Blocks(kfac_layers(oracle.stack.module), P)
-        else:
-            blocks = _Blocks([_DenseLayer(P)], P, dense=True)
-        hit = (oracle, blocks)
-        _METRICS[id(oracle)] = hit
-    return hit[1]
+def _metric_of(algo: Algorithm, oracle: Oracle, P: int) -> _Blocks:  # noqa: N803
+    """The block structure of ``oracle``'s metric over ``P`` parameters, or a refusal."""
+    layers = _metric_oracle(algo, oracle).metric_blocks(P)
+    algo._check(layers is not None,
+                f"needs an oracle with a curvature metric (a GradientOracle's K-FAC, or "
+                f"simulate(..., metric_fn=...)); this {type(oracle).__name__} has no metric_fn")
+    return _Blocks(layers, P)
 
 
 @register("ngpd", "natural-gradient-primal-dual")
@@ -401,7 +354,9 @@ class NGPD(ECL):
     ``F ← ξ F + (1 − ξ) F_batch`` (``ξ = ema``, the weight on the old value, kfac-pytorch's
     convention); eigendecompositions are refreshed every ``inverse_every`` steps. On a
     written-down objective the oracle's ``metric_fn`` (``simulate(..., metric_fn=...)``) replaces
-    K-FAC as ``F_i``; with the exact Hessians of quadratics the method reaches ``x*``.
+    K-FAC as ``F_i``; with the exact Hessians of quadratics the method reaches ``x*``. The metric
+    is a capability of the oracle (:class:`~flatlab.engine.oracle.MetricOracle`); an oracle
+    without one is refused by ``init``.
 
     Messages: one vector per edge per exchange (as ECL). State: ``x``, the duals ``z``, the
     packed running factors and their eigenbases. Fixed point: exact (consensus at ``x*``).
@@ -436,29 +391,32 @@ class NGPD(ECL):
             self._check(isinstance(v, int) and v >= 1, f"{name} must be an integer >= 1, got {v}")
         self._check(0 <= self.ema < 1, f"ema must be in [0, 1), got {self.ema}")
 
-    def init(self, X0: torch.Tensor, oracle: Any, mixer: Any) -> NGPDState:  # noqa: N803
-        """ECL's start; factors and bases are filled at the first step."""
-        ecl = super().init(X0, oracle, mixer)
-        blocks = _blocks(oracle, X0.shape[1])
-        return NGPDState(x=ecl.x, z=ecl.z, factors=X0.new_zeros(X0.shape[0], blocks.F),
+    def init(self, X0: torch.Tensor, oracle: Oracle, mixer: Mixer) -> NGPDState:  # noqa: N803
+        """ECL's start; factors and bases are filled at the first step.
+
+        Raises:
+            AlgorithmError: The oracle gives no curvature metric (:class:`MetricOracle`).
+        """
+        ecl = super().init(X0, oracle, mixer)  # the topology is checked first, as ECL's
+        blocks = _metric_of(self, oracle, X0.shape[1])
+        return NGPDState(x=ecl.x, z=ecl.z, links=ecl.links, metric=blocks,
+                         factors=X0.new_zeros(X0.shape[0], blocks.F),
                          basis=X0.new_zeros(X0.shape[0], blocks.E))
 
-    def _batch_factors(self, oracle: Any, blocks: _Blocks, X: torch.Tensor, batch: Any,  # noqa: N803
+    def _batch_factors(self, oracle: Oracle, blocks: _Blocks, X: torch.Tensor, batch: Any,  # noqa: N803
                        t: int) -> torch.Tensor:
-        if blocks.dense:
-            M = oracle.metric(X, batch)  # noqa: N806
-            return blocks.pack([(M.new_ones(M.shape[0], 1, 1), M)])
-        inputs, targets = batch
+        """This step's factors from the oracle's metric, packed (true Fisher seeded by ``t``)."""
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + t)
-        f = kfac_factors(oracle.stack, X, inputs, targets, fisher=self.fisher, generator=gen,
-                         layers=blocks.layers)
-        return blocks.pack([f[ly.module] for ly in blocks.layers])
+        return blocks.pack(_metric_oracle(self, oracle).metric_factors(
+            X, batch, blocks.layers, fisher=self.fisher, generator=gen))
 
-    def step(self, state: NGPDState, batch: Any, oracle: Any, mixer: Any, lr: float) -> NGPDState:
+    def step(self, state: NGPDState, batch: Any, oracle: Oracle, mixer: Mixer,
+             lr: float) -> NGPDState:
         """Curvature update (on its schedule), metric primal step, ECL duals."""
         self._check(lr > 0, f"the proximal weight is 1/lr, so lr must be > 0 (got {lr})")
         loss, G = oracle(state.x, batch)
-        blocks = _blocks(oracle, state.x.shape[1])
+        blocks = state.metric if state.metric is not None else \
+            _metric_of(self, oracle, state.x.shape[1])
         factors, basis = state.factors, state.basis
         if state.t % self.factor_every == 0:
             new = self._batch_factors(oracle, blocks, state.x, batch, state.t)
@@ -476,9 +434,10 @@ class NGPD(ECL):
         def direction(resid: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
             return blocks.solve(resid, basis, mu, mu * self.damping + c, self.tikhonov, factors)
 
-        slots = _slots(mixer.topology, state.x.device)
-        x = self._primal(state, G, slots, mixer.local_rows, lr, direction)
+        links = self._links(state, mixer)
+        x = self._primal(state, G, links, lr, direction)
         z = state.z
         if (state.t + 1) % self.period == 0:
-            z = self._exchange(z, x, slots, mixer, state.t)
-        return NGPDState(x=x, z=z, factors=factors, basis=basis, t=state.t + 1, loss=loss)
+            z = self._exchange(z, x, links, mixer, state.t)
+        return NGPDState(x=x, z=z, factors=factors, basis=basis, t=state.t + 1, loss=loss,
+                         links=links, metric=blocks)

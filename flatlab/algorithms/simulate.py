@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from flatlab.algorithms.base import Algorithm, State, make
+from flatlab.comm.protocols import Mixer
 from flatlab.comm.simulated import SimulatedMixer
 from flatlab.engine.oracle import FunctionOracle
 from flatlab.errors import FlatlabError
@@ -47,7 +48,7 @@ def simulate(
     *,
     stride: int = 1,
     mix_method: str = "auto",
-    mixer: Any = None,
+    mixer: Mixer | None = None,
     return_state: bool = False,
     metric_fn: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
     **hparams: Any,
@@ -71,8 +72,8 @@ def simulate(
             :class:`~flatlab.comm.DistributedMixer`, ``X0`` and ``grad_fn`` see this rank's rows
             only and ``topology`` is ignored.
         return_state: Also return the final algorithm state.
-        metric_fn: ``metric_fn(X, t) -> [n, d, d]`` per-node curvature (e.g. the exact Hessians)
-            for ``ngpd`` with ``metric="oracle"``.
+        metric_fn: ``metric_fn(X, t) -> [n, d, d]`` per-node curvature (e.g. the exact Hessians):
+            the oracle's metric, which ``ngpd`` needs.
         **hparams: Hyper-parameters, when ``algorithm`` is a name.
 
     Returns:

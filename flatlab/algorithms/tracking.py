@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 import torch
 
 from flatlab.algorithms.base import Algorithm, State, register
+from flatlab.comm.protocols import Mixer
+from flatlab.engine.oracle import Oracle
 
 __all__ = ["GradientTracking", "TrackingState", "MomentumTracking", "MomentumTrackingState"]
 
@@ -75,11 +77,11 @@ class GradientTracking(Algorithm):
         self._check(self.form in GT_FORMS, f"form must be one of {', '.join(GT_FORMS)}, "
                                            f"got {self.form!r}")
 
-    def init(self, X0: torch.Tensor, oracle: Any, mixer: Any) -> TrackingState:  # noqa: N803
+    def init(self, X0: torch.Tensor, oracle: Oracle, mixer: Mixer) -> TrackingState:  # noqa: N803
         """``y = g = 0``, so that the first tracker is ``Y^0 = G^0``."""
         return TrackingState(x=X0.clone(), y=torch.zeros_like(X0), g=torch.zeros_like(X0))
 
-    def step(self, state: TrackingState, batch: Any, oracle: Any, mixer: Any,
+    def step(self, state: TrackingState, batch: Any, oracle: Oracle, mixer: Mixer,
              lr: float) -> TrackingState:
         """One tracking step in the chosen form."""
         loss, G = oracle(state.x, batch)
@@ -158,13 +160,13 @@ class MomentumTracking(Algorithm):
         self._check(self.y0 in MT_STARTS, f"y0 must be one of {', '.join(MT_STARTS)}, "
                                           f"got {self.y0!r}")
 
-    def init(self, X0: torch.Tensor, oracle: Any,  # noqa: N803
-             mixer: Any) -> MomentumTrackingState:
+    def init(self, X0: torch.Tensor, oracle: Oracle,  # noqa: N803
+             mixer: Mixer) -> MomentumTrackingState:
         """``u = c = 0``; the ``"average"`` start sets them at the first step, from ``g^0``."""
         return MomentumTrackingState(x=X0.clone(), u=torch.zeros_like(X0),
                                      c=torch.zeros_like(X0))
 
-    def step(self, state: MomentumTrackingState, batch: Any, oracle: Any, mixer: Any,
+    def step(self, state: MomentumTrackingState, batch: Any, oracle: Oracle, mixer: Mixer,
              lr: float) -> MomentumTrackingState:
         """One step in the official order."""
         loss, G = oracle(state.x, batch)

@@ -1,5 +1,8 @@
 """Mixers: how nodes communicate (gossip ``W_t X``, per-edge exchange, all-reduce mean).
 
+Two protocols declare what a mixer offers (:mod:`flatlab.comm.protocols`): :class:`Mixer`, all an
+algorithm may use, and :class:`CollectiveGroup`, what the runner and the measures use besides.
+
 :class:`SimulatedMixer` holds every node in one process; :class:`DistributedMixer` spreads them
 over torch.distributed ranks (gloo or NCCL) with real point-to-point messages, and
 :mod:`flatlab.comm.process` joins the process group from ``torchrun``'s environment and names a
@@ -16,8 +19,10 @@ tensor([1., 1., 1., 1.])
 """
 
 from flatlab.comm import compress
-from flatlab.comm.base import CommStats
+from flatlab.comm.base import CommStats, EdgeSlots
 from flatlab.comm.distributed import DistributedMixer
+from flatlab.comm.protocols import CollectiveGroup, Mixer
 from flatlab.comm.simulated import MIX_METHODS, SimulatedMixer
 
-__all__ = ["CommStats", "SimulatedMixer", "DistributedMixer", "MIX_METHODS", "compress"]
+__all__ = ["Mixer", "CollectiveGroup", "CommStats", "EdgeSlots", "SimulatedMixer",
+           "DistributedMixer", "MIX_METHODS", "compress"]

@@ -1,9 +1,11 @@
-"""The mixer interface: the only way data moves between nodes.
+"""What every mixer shares: traffic counts, edge slots and the counting convention.
 
 A mixer offers four things (DESIGN.md §3): ``mix(X, t)`` (``W_t X`` for the rows this process
 holds), ``exchange(M, t)`` (per-edge messages), ``mean(X)`` (the exact network average) and
-``stats`` (messages and bytes sent so far, per node). Algorithms see nothing else, so the
-simulated mixer and a distributed one are interchangeable.
+``stats`` (messages and bytes sent so far, per node), declared with the rest of what algorithms
+may use in :class:`flatlab.comm.Mixer`; what the runner and the measures use besides is
+:class:`flatlab.comm.CollectiveGroup`. Algorithms see nothing else, so the simulated mixer and a
+distributed one are interchangeable.
 
 Counting convention (the same for every mixer):
 
@@ -15,11 +17,13 @@ Counting convention (the same for every mixer):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 
-__all__ = ["CommStats"]
+__all__ = ["CommStats", "EdgeSlots", "edge_slots"]
 
 
 @dataclass
@@ -46,3 +50,70 @@ class CommStats:
         """Restore counts saved by :meth:`state_dict`."""
         self.messages.copy_(d["messages"])
         self.bytes.copy_(d["bytes"])
+
+
+@dataclass(frozen=True)
+class EdgeSlots:
+    """Where each edge of one round sits in its endpoints' neighbour lists, for this process.
+
+    Node ``i``'s neighbours are the ``j ≠ i`` with ``w_ij ≠ 0`` or ``w_ji ≠ 0`` in round ``t``,
+    in increasing order; the ``s``-th of them is node ``i``'s *slot* ``s``. Per-edge state (the
+    duals of primal-dual methods, ``z[i, s]`` for ``z_{i|j}``) lives node-stacked in these
+    slots, so it splits over processes with the nodes. Rows are local: row ``r`` is node
+    ``local_rows.start + r``.
+
+    Attributes:
+        neighbors: ``[k, D]`` int64 global ids of each held node's neighbours, increasing along a
+            row and padded with ``n``; ``D`` is the largest degree of the whole network (at least
+            1), the same on every process.
+        degree: ``[k]`` int64 number of neighbours ``|N_i|``.
+        out_rows: ``[E_out]`` local row of the sender of each edge ``(src → dst)`` of
+            ``mixer.edges(t)`` (the row order of ``exchange``'s messages).
+        out_slots: ``[E_out]`` slot of ``dst`` in the sender's row.
+        in_rows: ``[E_in]`` local row of the receiver of each edge of ``mixer.in_edges(t)`` (the
+            row order of what ``exchange`` returns).
+        in_slots: ``[E_in]`` slot of ``src`` in the receiver's row.
+    """
+
+    neighbors: torch.Tensor
+    degree: torch.Tensor
+    out_rows: torch.Tensor
+    out_slots: torch.Tensor
+    in_rows: torch.Tensor
+    in_slots: torch.Tensor
+
+    def to(self, device: torch.device | str) -> EdgeSlots:
+        """The same slots with every tensor on ``device``."""
+        return EdgeSlots(*(getattr(self, f.name).to(device) for f in fields(self)))
+
+
+def edge_slots(w: sp.sparray, rows: slice, out_edges: tuple[torch.Tensor, torch.Tensor],
+               in_edges: tuple[torch.Tensor, torch.Tensor]) -> EdgeSlots:
+    """The :class:`EdgeSlots` of the mixing matrix ``w`` for the nodes ``rows``.
+
+    Args:
+        w: ``W_t`` of all ``n`` nodes (any scipy sparse format).
+        rows: The nodes this process holds.
+        out_edges: ``(src, dst)`` global ids of the edges whose sender this process holds.
+        in_edges: ``(src, dst)`` global ids of the edges whose receiver this process holds.
+    """
+    coo = sp.coo_array(w)
+    n = coo.shape[0]
+    off = (coo.row != coo.col) & (coo.data != 0)
+    a = np.concatenate([coo.row[off], coo.col[off]]).astype(np.int64)
+    b = np.concatenate([coo.col[off], coo.row[off]]).astype(np.int64)
+    pairs = np.unique(a * n + b)  # (node, neighbour) both ways, sorted by node then neighbour
+    node, nbr = pairs // n, pairs % n
+    degree = np.bincount(node, minlength=n)
+    first = np.concatenate([[0], np.cumsum(degree)[:-1]])
+    slot = np.arange(pairs.size) - first[node]
+    neighbors = np.full((n, max(1, int(degree.max(initial=0)))), n, dtype=np.int64)
+    neighbors[node, slot] = nbr
+
+    def slots_of(i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(slot[np.searchsorted(pairs, i.numpy() * n + j.numpy())])
+
+    (src, dst), (isrc, idst) = out_edges, in_edges
+    return EdgeSlots(torch.as_tensor(neighbors[rows]), torch.as_tensor(degree[rows]),
+                     src - rows.start, slots_of(src, dst), idst - rows.start,
+                     slots_of(idst, isrc))

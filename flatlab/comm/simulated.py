@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
-from flatlab.comm.base import CommStats
+from flatlab.comm.base import CommStats, EdgeSlots, edge_slots
 from flatlab.engine.stack import resolve_device, resolve_dtype
 from flatlab.errors import FlatlabError
 from flatlab.topology import Topology
@@ -18,6 +20,8 @@ DENSE_LIMIT = 512
 
 class SimulatedMixer:
     """Gossip for all n nodes held in one process.
+
+    A :class:`~flatlab.comm.Mixer` and a :class:`~flatlab.comm.CollectiveGroup` of one process.
 
     ``mix(X, t) = W_{t mod period} X``, computed one of three ways:
 
@@ -87,6 +91,7 @@ class SimulatedMixer:
         self.stats = CommStats.zeros(self.n)
         self.rank, self.world_size = 0, 1  # one process holds every node
         self.waiting = False  # never waits for a peer
+        self.calls = 0  # no call can block, so the watchdog's progress count stays 0
 
     # ------------------------------------------------------------------ communication
     def mix(self, X: torch.Tensor, t: int = 0, *, row_bytes: int | None = None  # noqa: N803
@@ -131,6 +136,16 @@ class SimulatedMixer:
         In one process these are all edges, in the order of :meth:`edges`.
         """
         return self.edges(t)
+
+    def edge_slots(self, t: int = 0) -> EdgeSlots:
+        """Neighbour lists and the slots of round ``t``'s edges (:class:`EdgeSlots`), all nodes."""
+        r = t % self.period
+        return edge_slots(self.topology.matrix(r, sparse=True), self.local_rows,
+                          self.edges(r), self.in_edges(r))
+
+    def require(self, condition: Callable[[Topology], None]) -> None:
+        """Apply an algorithm's ``check_topology`` to this mixer's schedule (it raises)."""
+        condition(self.topology)
 
     @property
     def local_rows(self) -> slice:

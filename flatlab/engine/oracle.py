@@ -8,21 +8,33 @@ for objectives with no model (:func:`flatlab.simulate`).
 
 Weight decay belongs to the oracle: ``G = grad + weight_decay * X``, the place the seed codes put
 it (inside the gradient, before any momentum or tracking).
+
+Beyond gradients an oracle may offer declared capabilities, which algorithms test with
+``isinstance`` and never by looking inside: :class:`MetricOracle`, a per-node curvature metric in
+Kronecker-factored blocks (NGPD's; K-FAC for :class:`GradientOracle`, the user's ``metric_fn``
+for :class:`FunctionOracle`), and :class:`LayeredOracle`, the parameter tensors' slices of the
+flat vector (per-layer compression).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from torch.func import grad_and_value
 
 from flatlab.engine.stack import NodeStack
 
-__all__ = ["Oracle", "GradientOracle", "FunctionOracle"]
+if TYPE_CHECKING:
+    from flatlab.curvature.kfac import KFACLayer
+
+__all__ = ["Oracle", "MetricOracle", "MetricBlock", "LayeredOracle", "DenseMetricBlock",
+           "GradientOracle", "FunctionOracle"]
 
 
+@runtime_checkable
 class Oracle(Protocol):
     """What an algorithm sees of the objective."""
 
@@ -31,8 +43,106 @@ class Oracle(Protocol):
         ...
 
 
+@runtime_checkable
+class MetricBlock(Protocol):
+    """One block ``G ⊗ A`` of a block-diagonal metric, over a slice of the ``P`` parameters.
+
+    The block acts on the parameters as a ``[g_dim, a_dim]`` matrix ``V`` (a layer's
+    ``[W | b]``), so that ``(G ⊗ A) vec V = vec(G V A)`` (row-major ``vec``).
+
+    Attributes:
+        weight: ``(slice, shape)`` of the block's main parameters in the flat vector.
+        bias: ``(slice, shape)`` of its bias (the last column of ``V``), or ``None``.
+        a_dim: Size of ``A`` (columns of ``V``).
+        g_dim: Size of ``G`` (rows of ``V``).
+    """
+
+    weight: tuple[slice, torch.Size]
+    bias: tuple[slice, torch.Size] | None
+    a_dim: int
+    g_dim: int
+
+    def matrix(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., P] -> [..., g_dim, a_dim]``: the block's parameters as the matrix ``V``."""
+        ...
+
+    def scatter(self, m: torch.Tensor, out: torch.Tensor) -> None:
+        """Write ``[..., g_dim, a_dim]`` back into the block's slices of ``out`` ``[..., P]``."""
+        ...
+
+
+@runtime_checkable
+class MetricOracle(Oracle, Protocol):
+    """An oracle that also gives each node's curvature metric ``F_i ≈ ⊕_ℓ G_ℓ ⊗ A_ℓ``.
+
+    Natural-gradient methods (NGPD) solve in this metric; parameters no block covers get the
+    damping alone.
+    """
+
+    def metric_blocks(self, P: int) -> list[MetricBlock] | None:  # noqa: N803
+        """The blocks of the metric over the ``P`` parameters, or ``None`` when it has none."""
+        ...
+
+    def metric_factors(self, X: torch.Tensor, batch: Any, blocks: list[MetricBlock], *,  # noqa: N803
+                       fisher: str = "empirical", generator: torch.Generator | None = None
+                       ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per block of ``blocks``, node-stacked factors ``(A [n, a, a], G [n, g, g])`` at ``X``.
+
+        Args:
+            X: ``[n, P]`` node parameters.
+            batch: What the oracle's ``__call__`` takes.
+            blocks: What :meth:`metric_blocks` returned.
+            fisher: ``"empirical"`` or ``"true"`` (a Fisher metric's labels).
+            generator: Seeded generator of the true Fisher's sampled labels.
+        """
+        ...
+
+
+@runtime_checkable
+class LayeredOracle(Oracle, Protocol):
+    """An oracle whose parameter vector is made of tensors (a model's), which it can name."""
+
+    def parameter_slices(self) -> list[slice]:
+        """The slice of the flat ``[P]`` vector holding each parameter tensor, in order."""
+        ...
+
+
+@dataclass(frozen=True)
+class DenseMetricBlock:
+    """The whole vector ``[d]`` as one block ``G ⊗ A``: ``A = [1]``, ``G`` a dense metric."""
+
+    d: int
+    bias = None
+
+    @property
+    def weight(self) -> tuple[slice, torch.Size]:
+        """All ``d`` entries."""
+        return slice(0, self.d), torch.Size([self.d])
+
+    @property
+    def a_dim(self) -> int:
+        """1: the vector is one column."""
+        return 1
+
+    @property
+    def g_dim(self) -> int:
+        """``d``."""
+        return self.d
+
+    def matrix(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., d] -> [..., d, 1]``."""
+        return x[..., :self.d].unsqueeze(-1)
+
+    def scatter(self, m: torch.Tensor, out: torch.Tensor) -> None:
+        """Write ``[..., d, 1]`` into ``out`` ``[..., d]``."""
+        out[..., :self.d] = m.squeeze(-1)
+
+
 class GradientOracle:
     """Per-node stochastic gradients of a node stack on per-node minibatches.
+
+    A :class:`MetricOracle` (the K-FAC Fisher of the model's Linear and Conv layers) and a
+    :class:`LayeredOracle` (the model's parameter tensors).
 
     ``G[i] = grad_x loss(model(x_i; inputs[i]), targets[i]) + weight_decay * x_i``, for all ``i``
     in one vectorized call, in train mode (BatchNorm statistics of each node are updated from its
@@ -102,13 +212,42 @@ class GradientOracle:
             G.add_(X, alpha=self.weight_decay)
         return losses.detach(), G.detach()
 
+    def parameter_slices(self) -> list[slice]:
+        """The slice of each parameter tensor in the flat vector (the layout's order)."""
+        return [sl for _, sl, _ in self.stack.layout]
+
+    # curvature lives above the engine (flatlab.curvature imports flatlab.engine): imported late
+    def metric_blocks(self, P: int) -> list[KFACLayer]:  # noqa: N803
+        """K-FAC's blocks: the model's Linear, Conv1d and Conv2d layers (:func:`kfac_layers`)."""
+        from flatlab.curvature.kfac import kfac_layers
+
+        return kfac_layers(self.stack.module)
+
+    def metric_factors(self, X: torch.Tensor, batch: tuple[torch.Tensor, torch.Tensor],  # noqa: N803
+                       blocks: list[KFACLayer], *, fisher: str = "empirical",
+                       generator: torch.Generator | None = None
+                       ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """K-FAC factors ``(A, G)`` of each layer in ``blocks`` on ``batch`` (:func:`kfac_factors`).
+
+        One extra vectorized forward and backward pass; ``fisher="true"`` samples the labels
+        from the model with ``generator``.
+        """
+        from flatlab.curvature.kfac import kfac_factors
+
+        inputs, targets = batch
+        f = kfac_factors(self.stack, X, inputs, targets, fisher=fisher, generator=generator,
+                         layers=blocks)
+        return [f[ly.module] for ly in blocks]
+
 
 class FunctionOracle:
     """An oracle from a hand-written gradient map ``grad_fn(X, t) -> G`` (no model, no loss).
 
     The algorithms pass the step counter ``t`` as the batch, so ``grad_fn`` can draw noise that is
     deterministic per step. Losses are ``None``. ``metric_fn(X, t) -> [n, d, d]`` optionally
-    gives per-node curvature for the natural-gradient methods.
+    gives per-node curvature for the natural-gradient methods: the oracle is a
+    :class:`MetricOracle` whose one dense block is that matrix (``metric_blocks`` gives ``None``
+    without ``metric_fn``).
     """
 
     def __init__(self, grad_fn: Callable[[torch.Tensor, int], torch.Tensor],
@@ -129,6 +268,17 @@ class FunctionOracle:
             raise ValueError(f"metric_fn must return [n, d, d] = {(*X.shape, X.shape[-1])}, got "
                              f"{getattr(M, 'shape', type(M).__name__)}")
         return M
+
+    def metric_blocks(self, P: int) -> list[MetricBlock] | None:  # noqa: N803
+        """One dense block over all ``P = d`` coordinates, or ``None`` without ``metric_fn``."""
+        return None if self.metric_fn is None else [DenseMetricBlock(P)]
+
+    def metric_factors(self, X: torch.Tensor, batch: Any, blocks: list[MetricBlock], *,  # noqa: N803
+                       fisher: str = "empirical", generator: torch.Generator | None = None
+                       ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``[(1, M)]`` with ``M = metric_fn(X, batch)`` (``fisher`` and ``generator`` unused)."""
+        M = self.metric(X, batch)  # noqa: N806
+        return [(M.new_ones(M.shape[0], 1, 1), M)]
 
     def __call__(self, X: torch.Tensor, batch: Any) -> tuple[None, torch.Tensor]:  # noqa: N803
         """``(None, grad_fn(X, batch) + weight_decay * X)``."""

@@ -9,7 +9,7 @@ import torch
 
 import flatlab
 from flatlab.algorithms import ECLState, make, simulate
-from flatlab.algorithms.primal_dual import edge_slots
+from flatlab.algorithms.primal_dual import EdgeLinks
 from flatlab.comm import SimulatedMixer
 from flatlab.data import heterogeneous_quadratics
 from flatlab.engine import FunctionOracle
@@ -59,9 +59,9 @@ def test_ecl_primal_step_is_the_exact_minimizer_of_its_local_objective():
     mixer = SimulatedMixer(topo, device="cpu", dtype=F64)
     oracle = FunctionOracle(lambda x, t: G)
     state = algo.init(X, oracle, mixer)
-    slots = edge_slots(topo)
-    z = torch.randn(state.z.shape, dtype=F64, generator=gen) * (slots.sign != 0)[..., None]
-    new = algo.step(ECLState(x=X, z=z), 0, oracle, mixer, lr).x
+    slots = mixer.edge_slots(0)
+    z = torch.randn(state.z.shape, dtype=F64, generator=gen) * (state.links.sign != 0)[..., None]
+    new = algo.step(ECLState(x=X, z=z), 0, oracle, mixer, lr).x  # links from the mixer
     W = topo.matrix(0)
     for i in range(n):
         x = new[i].clone().requires_grad_(True)
@@ -93,11 +93,12 @@ def test_ecl_duals_stop_moving_at_the_fixed_point():
     q = heterogeneous_quadratics(n, 3, seed=5)
     _, state = simulate("ecl", "ring", q.grad_fn(), torch.zeros(n, 3, dtype=F64), steps=3000,
                         lr=0.05, return_state=True)
-    slots = edge_slots(flatlab.topology.make("ring", n))
+    mixer = SimulatedMixer(flatlab.topology.make("ring", n), device="cpu", dtype=F64)
+    slots, links = mixer.edge_slots(0), EdgeLinks.of(mixer, torch.device("cpu"))
     for i in range(n):
         for s, j in enumerate(slots.neighbors[i].tolist()):
             t = slots.neighbors[j].tolist().index(i)
-            a = float(slots.sign[i, s])
+            a = float(links.sign[i, s])
             y = state.z[i, s] - 2 * a * state.x[i]
             torch.testing.assert_close(y, state.z[j, t], rtol=0, atol=1e-10)
 
@@ -213,3 +214,39 @@ def test_ngpd_marks_a_node_whose_curvature_blew_up_as_diverging():
     assert torch.isnan(state.loss[1]) and torch.isfinite(state.loss[[0, 2, 3]]).all()
     assert torch.isfinite(state.x).all()
 
+
+
+@pytest.mark.parametrize("name,keys", [("ecl", {"z"}), ("ngpd", {"z", "factors", "basis"})])
+def test_derived_links_and_metric_are_not_checkpointed(name, keys):
+    """Edge links and the metric's blocks are rebuilt by init: checkpoints keep their old keys,
+    and load_state takes them from the template."""
+    q = heterogeneous_quadratics(8, 3, seed=0)
+    mixer = SimulatedMixer(flatlab.topology.make("ring", 8), device="cpu", dtype=F64)
+    oracle = FunctionOracle(q.grad_fn(), metric_fn=lambda X, t: q.H)
+    algo = make(name)
+    state = algo.step(algo.init(torch.zeros(8, 3, dtype=F64), oracle, mixer), 0, oracle, mixer,
+                      0.1)
+    saved = flatlab.algorithms.state_dict(state)
+    assert set(saved) == {"__class__", "x", "t", "loss"} | keys
+    restored = flatlab.algorithms.load_state(saved, state)
+    assert restored.links is state.links
+    assert getattr(restored, "metric", None) is getattr(state, "metric", None)
+    a, b = algo.step(state, 1, oracle, mixer, 0.1), algo.step(restored, 1, oracle, mixer, 0.1)
+    assert torch.equal(a.x, b.x) and torch.equal(a.z, b.z)
+
+
+def test_ngpd_refuses_an_oracle_without_a_metric_in_one_line():
+    q = heterogeneous_quadratics(4, 2, seed=0)
+    mixer = SimulatedMixer(flatlab.topology.make("ring", 4), device="cpu", dtype=F64)
+    X0 = torch.zeros(4, 2, dtype=F64)
+    with pytest.raises(AlgorithmError, match=r"^ngpd: needs an oracle with a curvature metric "
+                       r".*; this FunctionOracle has no metric_fn$"):
+        make("ngpd").init(X0, FunctionOracle(q.grad_fn()), mixer)
+    with pytest.raises(AlgorithmError, match=r"^ngpd: needs an oracle with a curvature metric "
+                       r".*; a function has none$"):
+        make("ngpd").init(X0, lambda X, batch: (None, q.grad(X)), mixer)
+    with pytest.raises(AlgorithmError, match="ngpd: needs an oracle with a curvature metric"):
+        simulate("ngpd", "ring", q.grad_fn(), X0, steps=1, lr=0.1)
+    # a topology ngpd cannot run on is named first, whatever the oracle
+    with pytest.raises(AlgorithmError, match="^ngpd: needs a static topology"):
+        simulate("ngpd", "one-peer-exponential", q.grad_fn(), X0, steps=1, lr=0.1)
