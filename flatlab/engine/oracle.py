@@ -20,15 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch.func import grad_and_value
 
+from flatlab.engine.kfac import KFACLayer, kfac_factors, kfac_layers
 from flatlab.engine.stack import NodeStack
-
-if TYPE_CHECKING:
-    from flatlab.curvature.kfac import KFACLayer
 
 __all__ = ["Oracle", "MetricOracle", "MetricBlock", "LayeredOracle", "DenseMetricBlock",
            "GradientOracle", "FunctionOracle"]
@@ -216,11 +214,8 @@ class GradientOracle:
         """The slice of each parameter tensor in the flat vector (the layout's order)."""
         return [sl for _, sl, _ in self.stack.layout]
 
-    # curvature lives above the engine (flatlab.curvature imports flatlab.engine): imported late
     def metric_blocks(self, P: int) -> list[KFACLayer]:  # noqa: N803
         """K-FAC's blocks: the model's Linear, Conv1d and Conv2d layers (:func:`kfac_layers`)."""
-        from flatlab.curvature.kfac import kfac_layers
-
         return kfac_layers(self.stack.module)
 
     def metric_factors(self, X: torch.Tensor, batch: tuple[torch.Tensor, torch.Tensor],  # noqa: N803
@@ -232,8 +227,6 @@ class GradientOracle:
         One extra vectorized forward and backward pass; ``fisher="true"`` samples the labels
         from the model with ``generator``.
         """
-        from flatlab.curvature.kfac import kfac_factors
-
         inputs, targets = batch
         f = kfac_factors(self.stack, X, inputs, targets, fisher=fisher, generator=generator,
                          layers=blocks)

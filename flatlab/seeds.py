@@ -1,0 +1,64 @@
+"""Every random stream of a run, derived from one seed (``numpy.random.SeedSequence``).
+
+A stream is named, and keyed by what it depends on (a node's global id, a step, an epoch)::
+
+    seed_for(seed, "init", i)            node i's initial model (init: different)
+    seed_for(seed, "sampler", epoch)     the minibatch order of an epoch
+    seed_for(seed, "eval_subset")        the fixed evaluation subsets (data.seed)
+    seed_for(seed, "curvature_subset")   the curvature subset's shuffle (data.seed)
+    seed_for(seed, "compressor", t)      a random compressor's draw at step t
+    seed_for(seed, "kfac", t)            NGPD's sampled-Fisher labels at step t
+    seed_for(seed, "probes", r)          the r-th probe (or start vector) of an estimator
+    seed_for(seed, "process", rank)      a process's torch generator (dropout)
+    seed_for(seed, "noise", t)           gradient noise of a written-down objective at step t
+
+``SeedSequence([seed, stream, *keys])`` hashes the whole key, so different streams, steps, nodes
+and run seeds never share a random state. Adding numbers did: with ``seed + i`` node ``i + 1``
+of run seed ``s`` started from the model of node ``i`` of seed ``s + 1``. A node's stream
+depends on its global id only, so it is the same however the nodes are split over processes
+(the ``process`` stream, which drives dropout, is per process by nature).
+
+This module needs no torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["STREAMS", "seed_for"]
+
+#: The named streams and their keys in the seed sequence (never renumber: it changes results).
+STREAMS = {"init": 1, "sampler": 2, "eval_subset": 3, "curvature_subset": 4, "compressor": 5,
+           "kfac": 6, "probes": 7, "process": 8, "noise": 9}
+
+
+def seed_for(seed: int, stream: str, *keys: int) -> int:
+    """The seed of ``stream`` under the run seed ``seed``, keyed by ``keys``.
+
+    Args:
+        seed: The run's (or data set's, or estimator's) seed, an integer >= 0.
+        stream: A name of :data:`STREAMS`.
+        *keys: Integers >= 0 the stream depends on (a node id, a step).
+
+    Returns:
+        An integer in ``[0, 2**63)``, for ``torch.Generator.manual_seed`` or
+        ``numpy.random.default_rng``.
+
+    Raises:
+        ValueError: An unknown stream, or a negative or non-integer key.
+
+    Examples:
+        >>> seed_for(0, "init", 1) == seed_for(0, "init", 1)
+        True
+        >>> seed_for(0, "init", 1) != seed_for(1, "init", 0)
+        True
+    """
+    if stream not in STREAMS:
+        raise ValueError(f"random stream {stream!r} is unknown; accepted: "
+                         f"{', '.join(STREAMS)}")
+    words = [seed, STREAMS[stream], *keys]
+    for w in words:
+        if isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 0:
+            raise ValueError(f"seed keys must be integers >= 0, got {w!r}")
+    state = np.random.SeedSequence([int(w) for w in words]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
