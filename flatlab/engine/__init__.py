@@ -14,7 +14,15 @@ torch.Size([4, 8])
 from flatlab.engine.evaluate import Evaluation, evaluate, full_gradient
 from flatlab.engine.layout import ParamLayout
 from flatlab.engine.objective import Objective
-from flatlab.engine.oracle import FunctionOracle, GradientOracle, Oracle
+from flatlab.engine.oracle import (
+    DenseMetricBlock,
+    FunctionOracle,
+    GradientOracle,
+    LayeredOracle,
+    MetricBlock,
+    MetricOracle,
+    Oracle,
+)
 from flatlab.engine.stack import LOSSES, NodeStack, resolve_device, resolve_dtype
 
 __all__ = [
@@ -30,4 +38,8 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "LOSSES",
+    "MetricOracle",
+    "LayeredOracle",
+    "MetricBlock",
+    "DenseMetricBlock",
 ]

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from flatlab.comm.protocols import CollectiveGroup
 from flatlab.errors import MeasureError
 from flatlab.measures.settings import Settings, setting, validate
 
@@ -82,7 +83,7 @@ class MeasureContext:
     n: int
     rows: slice
     step: int
-    mixer: Any
+    mixer: CollectiveGroup
     eval_batch: int = 2048
     per_node: bool = True
     curvature_dtype: torch.dtype = torch.float32
