@@ -92,7 +92,8 @@ def run_demo(out: Path, small: bool = False, progress: bool = True, workers: int
     import matplotlib
 
     matplotlib.use("Agg")
-    from flatlab.experiment.study import final_values, run_jobs
+    from flatlab.experiment import run_many
+    from flatlab.experiment.study import final_values
     from flatlab.plots import tradeoff_scatter, training_curves
     from flatlab.results import load
     from flatlab.theory import spectral
@@ -105,7 +106,7 @@ def run_demo(out: Path, small: bool = False, progress: bool = True, workers: int
     print(f"flatlab demo: {', '.join(ALGORITHMS)} on mnist1d, {nodes}-node ring, Dirichlet(1) "
           f"split, 1-D CNN, per-node batch {' and '.join(map(str, BATCHES.values()))} "
           f"-> {out}", flush=True)
-    (run_jobs if progress else _quiet)(jobs, workers)  # finished runs are skipped
+    run_many(jobs, workers, verbose=progress)  # finished runs are skipped
     rows = []
     for path, cfg in jobs:
         regime, method = path.name.split(",")
@@ -142,15 +143,4 @@ def run_demo(out: Path, small: bool = False, progress: bool = True, workers: int
           f"figures: {png}, {out / 'tradeoff.pdf'}, {out / 'curves.png'} "
           f"({time.time() - t0:.0f} s)")
     return png
-
-
-def _quiet(jobs: list[tuple[Path, dict[str, Any]]], workers: int) -> None:
-    """Run the jobs without their one-line-per-run progress."""
-    import contextlib
-    import io
-
-    from flatlab.experiment.study import run_jobs
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        run_jobs(jobs, workers)
 

@@ -1,4 +1,4 @@
-"""Experiments: typed configs, the runner, checkpoints, the results store and sweeps."""
+"""Experiments: typed configs, the runner, checkpoints, the results store, many runs, sweeps."""
 
 from flatlab.experiment.config import (
     BASIC_METRICS,
@@ -10,6 +10,7 @@ from flatlab.experiment.config import (
     to_dict,
     validate,
 )
+from flatlab.experiment.many import run_many
 from flatlab.experiment.rundir import average_model, final_models, read_status, shown_status
 from flatlab.experiment.runner import Run, RunResult, build, run
 from flatlab.experiment.schedules import lr_at
@@ -32,4 +33,5 @@ __all__ = [
     "average_model",
     "final_models",
     "lr_at",
+    "run_many",
 ]

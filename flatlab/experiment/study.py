@@ -1,8 +1,9 @@
 """Pieces shared by the study scripts in ``analysis/``: run many configs, tune, summarize.
 
-A study is a list of ``(run directory, config)`` jobs run by :func:`run_jobs` (in parallel
-processes of one thread each, resumable: finished runs are skipped, interrupted ones resume from
-their checkpoints, a failure is recorded and the rest goes on), read back with
+A study is a list of ``(run directory, config)`` jobs run by
+:func:`~flatlab.experiment.many.run_many` (in parallel processes of one thread each,
+resumable: finished runs are skipped, interrupted ones resume from their checkpoints, a failure
+is recorded and the rest goes on), read back with
 :func:`final_values`, tuned with :func:`choose_best` and summarized over seeds with
 :func:`mean_and_se`.
 """
@@ -12,11 +13,8 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -26,63 +24,11 @@ __all__ = ["run_jobs", "final_values", "choose_best", "mean_and_se", "StudyArgs"
            "save_figure", "committed_results", "redraw", "tune_on_holdout"]
 
 
-def _job(args: tuple[str, dict[str, Any]]) -> tuple[str, str]:
-    """Run one config into its directory (a finished run is returned as it is); (path, status)."""
-    path, cfg = args
-    import torch
+def run_jobs(jobs: Sequence[tuple[str | Path, dict[str, Any]]], workers: int) -> pd.DataFrame:
+    """Run ``(directory, config)`` jobs with :func:`~flatlab.experiment.many.run_many`."""
+    from flatlab.experiment.many import run_many
 
-    from flatlab.experiment.runner import run
-
-    torch.set_num_threads(1)
-    try:
-        return path, run(cfg, path, progress=False).status
-    except Exception as e:  # noqa: BLE001 - a failed run is recorded, the study goes on
-        print(f"{path}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        return path, "failed"
-
-
-def run_jobs(jobs: Sequence[tuple[str | Path, dict[str, Any]]], workers: int) -> None:
-    """Run ``(directory, config)`` jobs, ``workers`` at a time; 0 runs nothing (read only).
-
-    With ``workers > 1`` each job runs in a spawned process with one thread. Progress goes to
-    stdout, one line per job. Before anything runs, every config is validated and every job's
-    directory checked: finished runs of the same config are skipped, and a directory that holds a
-    run of another config (the study's settings changed since it ran) is refused.
-
-    Raises:
-        ConfigError: A job's config is invalid, or its directory holds a run of another config.
-    """
-    from flatlab.errors import ConfigError
-    from flatlab.experiment import load_config, rundir, to_dict
-
-    if workers == 0:
-        return
-    todo = []
-    for p, c in jobs:
-        problem = rundir.conflict(Path(p), to_dict(load_config(c)))
-        if problem:
-            raise ConfigError(f"{problem} (the settings changed since it ran)")
-        st = rundir.read_status(p)
-        if st is None or st["status"] not in ("done", "diverged"):
-            todo.append((str(p), c))
-    jobs = todo
-    if not jobs:
-        return
-    t0 = time.time()
-    if workers == 1:  # in this process; its thread count is restored afterwards
-        import torch
-
-        threads = torch.get_num_threads()
-        try:
-            for i, (path, status) in enumerate(map(_job, jobs)):
-                print(f"[{i + 1}/{len(jobs)}] {Path(path).name}: {status}", flush=True)
-        finally:
-            torch.set_num_threads(threads)
-        return
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        for i, (path, status) in enumerate(pool.map(_job, jobs)):
-            print(f"[{i + 1}/{len(jobs)}] {Path(path).name}: {status} "
-                  f"({time.time() - t0:.0f} s)", flush=True)
+    return run_many(jobs, workers)
 
 
 def final_values(path: str | Path, columns: dict[str, str]) -> dict[str, Any]:
