@@ -6,19 +6,14 @@ import math
 import os
 import socket
 
-import matplotlib
+import pandas as pd
+import pytest
+import torch
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-import flatlab.experiment.many as many_mod  # noqa: E402
-from flatlab.errors import ConfigError  # noqa: E402
-from flatlab.experiment import load_config, run_many, study, to_dict  # noqa: E402
-from flatlab.experiment.rundir import _process_start  # noqa: E402
+import flatlab.experiment.many as many_mod
+from flatlab.errors import ConfigError
+from flatlab.experiment import load_config, run_many, study, to_dict
+from flatlab.experiment.rundir import _process_start
 
 TINY = {"name": "tiny", "device": "cpu",
         "data": {"name": "digits", "partition": "iid", "batch_size": 8},
@@ -122,36 +117,3 @@ def test_mean_and_se_counts_done_runs_only():
     assert s.loc["a", "acc_mean"] == pytest.approx(0.3)
     assert s.loc["a", "acc_se"] == pytest.approx(pd.Series([0.1, 0.2, 0.6]).std() / math.sqrt(3))
     assert s.loc["b", "acc_mean"] == 0.5 and math.isnan(s.loc["b", "acc_se"])
-
-
-def test_study_args_defaults_and_one_line_refusals(tmp_path, capsys):
-    a = study.study_args([], "doc", ["small", "tiny"], "demo", tmp_path)
-    assert a.out == tmp_path / "results" / "demo-small" and a.workers == 2
-    assert a.fig == tmp_path / "paper_figs" / "out" / "demo" and a.runs == a.out / "runs"
-    tiny = study.study_args(["--scale", "tiny", "--out", str(tmp_path / "o")], "doc",
-                            ["small", "tiny"], "demo", tmp_path)
-    assert tiny.fig == tmp_path / "o" / "demo"
-    assert study.study_args(["--jobs", "0"], "doc", ["small"], "demo", tmp_path) == 2
-    assert study.study_args(["--report"], "doc", ["small"], "demo", tmp_path) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: --jobs must be >= 1 (got 0)",
-                   f"error: no runs under {tmp_path / 'results' / 'demo-small' / 'runs'}; run "
-                   "without --report first"]
-
-
-def test_redraw_prefers_the_full_scale_and_refuses_without_results(tmp_path, capsys):
-    def draw(table):
-        fig, ax = plt.subplots()
-        ax.plot(table["x"], table["y"])
-        return fig
-
-    assert study.redraw(tmp_path, "demo", ["t.csv"], draw) == 2
-    assert "no demo results" in capsys.readouterr().err
-    for scale in ("small", "full"):
-        d = tmp_path / "results" / f"demo-{scale}"
-        d.mkdir(parents=True)
-        pd.DataFrame({"x": [0, 1], "y": [1, 0]}).to_csv(d / "t.csv", index=False)
-    assert study.committed_results(tmp_path, "demo", "t.csv").name == "demo-full"
-    assert study.redraw(tmp_path, "demo", ["t.csv"], draw) == 0
-    out = tmp_path / "paper_figs" / "out"
-    assert (out / "demo.pdf").is_file() and (out / "demo.png").stat().st_size > 1000
