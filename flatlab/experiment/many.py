@@ -61,7 +61,8 @@ def run_many(jobs: Sequence[tuple[str | Path, RunConfig | dict[str, Any]]], work
     """Run ``(directory, config)`` jobs, ``workers`` at a time, resumably.
 
     Args:
-        jobs: Run directories and their configs (:class:`RunConfig` or mappings).
+        jobs: Run directories and their configs (mappings, validated here, or a validated
+            :class:`RunConfig`).
         workers: Jobs run at once: 1 runs them in this process, more in spawned processes of
             one thread each, 0 runs (and reads) nothing.
         progress: Show each run's progress bar.
@@ -108,8 +109,8 @@ def _plan(jobs: Sequence[tuple[str | Path, RunConfig | dict[str, Any]]], label: 
     planned = []
     for path, config in jobs:
         path = Path(path)
-        try:
-            cfg = load_config(config)
+        try:  # a RunConfig is taken as validated, as the runner takes it
+            cfg = config if isinstance(config, RunConfig) else load_config(config)
         except ConfigError as e:
             raise ConfigError(f"{label} {path.name}: {e}") from None
         problem = rundir.conflict(path, to_dict(cfg))
