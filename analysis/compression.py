@@ -20,7 +20,8 @@ reference. The consensus step ``γ`` is tuned per method and compression on the
 held-out 10% of the training set (``data.holdout``); at ``--scale small`` on the ring with
 alpha 0.1 only, and the chosen ``γ`` is used in every setting; at ``--scale full`` per setting.
 
-Phases (resumable, as the other studies; shared machinery :mod:`flatlab.experiment.study`):
+Phases (resumable, as the other studies; shared machinery :func:`flatlab.experiment.run_many`,
+:mod:`flatlab.experiment.study` and ``analysis/common.py``):
 
 1. **tune**: each ``γ`` of the grid on seed 0;
 2. **final**: the chosen ``γ`` with every seed on the full training set, test accuracy of ``x̄``
@@ -48,15 +49,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from common import save_figure, study_args
 
-from flatlab.experiment.study import (
-    final_values,
-    mean_and_se,
-    run_jobs,
-    save_figure,
-    study_args,
-    tune_on_holdout,
-)
+from flatlab.experiment import run_many
+from flatlab.experiment.study import final_values, mean_and_se, tune_on_holdout
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("choco", "adagossip")
@@ -158,7 +154,7 @@ def final(grid: dict[str, Any], runs: Path, gammas: pd.DataFrame, workers: int
                         continue
                     points += [(m, c, t, a, g, s) for s in grid["seeds"]]
     jobs = [(runs / "final" / _name(*p), _config(*p, grid, 0.0)) for p in points]
-    run_jobs(jobs, workers)
+    run_many(jobs, workers)
     rows = []
     for (m, c, t, a, g, s), (path, _) in zip(points, jobs, strict=True):
         r = final_values(path, {"test_accuracy": "test_accuracy", "bytes": "comm_bytes",

@@ -40,15 +40,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from common import save_figure, study_args
 
-from flatlab.experiment.study import (
-    choose_best,
-    final_values,
-    mean_and_se,
-    run_jobs,
-    save_figure,
-    study_args,
-)
+from flatlab.experiment import run_many
+from flatlab.experiment.study import choose_best, final_values, mean_and_se
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("dsgd", "dsgdm", "qg-dsgdm", "decentlam", "gradient-tracking", "gradient-tracking-atc",
@@ -116,7 +111,7 @@ def tune(grid: dict[str, Any], runs: Path, workers: int) -> pd.DataFrame:
               for lr in grid["lrs"]["momentum" if m in MOMENTUM else "plain"]]
     jobs = [(str(runs / "tune" / _run_name(m, n, s, lr, 0)),
              _config(m, n, s, lr, 0, grid["steps"], holdout=0.1)) for m, n, s, lr in points]
-    run_jobs(jobs, workers)
+    run_many(jobs, workers)
     rows = []
     for (m, n, s, lr), (path, _) in zip(points, jobs, strict=True):
         acc = final_values(path, ACCURACY)
@@ -149,7 +144,7 @@ def final(grid: dict[str, Any], runs: Path, lr_table: pd.DataFrame, workers: int
     jobs = [(str(runs / "final" / _run_name(m, n, s, lr, seed)),
              _config(m, n, s, lr, seed, grid["steps"], holdout=0.0))
             for m, n, s, lr, seed in points]
-    run_jobs(jobs, workers)
+    run_many(jobs, workers)
     rows = []
     for (m, n, s, lr, seed), (path, _) in zip(points, jobs, strict=True):
         rows.append({"nodes": n, "partition": s[0], "level": s[1],

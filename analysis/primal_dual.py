@@ -8,7 +8,7 @@ ill-conditioned deep MLP without normalization (``deep-mlp``, six hidden layers 
 natural gradient should pay off.
 
 Phases, resumable as in ``analysis/heterogeneity.py`` (shared machinery:
-:mod:`flatlab.experiment.study`):
+:func:`flatlab.experiment.run_many`, :mod:`flatlab.experiment.study`, ``analysis/common.py``):
 
 1. **tune**: each method's learning-rate grid on seed 0 with 10% of the training set held out;
    the rate with the best held-out accuracy of x̄ at the end is kept;
@@ -42,15 +42,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from common import save_figure, study_args
 
-from flatlab.experiment.study import (
-    choose_best,
-    final_values,
-    mean_and_se,
-    run_jobs,
-    save_figure,
-    study_args,
-)
+from flatlab.experiment import run_many
+from flatlab.experiment.study import choose_best, final_values, mean_and_se
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("ngpd", "ngpd-damping0.01", "ecl", "dsgd", "gradient-tracking", "momentum-tracking")
@@ -117,7 +112,7 @@ def tune(grid: dict[str, Any], runs: Path, workers: int) -> pd.DataFrame:
               for lr in LRS.get(m, PLAIN)]
     jobs = [(runs / "tune" / _name(m, v, n, a, lr, 0), _config(m, v, n, a, lr, 0, grid, 0.1))
             for m, v, n, a, lr in points]
-    run_jobs(jobs, workers)
+    run_many(jobs, workers)
     rows = []
     for (m, v, n, a, lr), (path, _) in zip(points, jobs, strict=True):
         r = final_values(path, {"holdout_accuracy": "test_accuracy"})
@@ -168,7 +163,7 @@ def final(grid: dict[str, Any], runs: Path, lr_table: pd.DataFrame, workers: int
             points += [(m, v, n, a, float(pick["lr"].iloc[0]), s) for s in grid["seeds"]]
     jobs = [(runs / "final" / _name(m, v, n, a, lr, s), _config(m, v, n, a, lr, s, grid, 0.0))
             for m, v, n, a, lr, s in points]
-    run_jobs(jobs, workers)
+    run_many(jobs, workers)
     rows = []
     for (m, v, n, a, lr, s), (path, _) in zip(points, jobs, strict=True):
         r = final_values(path, {"test_accuracy": "test_accuracy"})

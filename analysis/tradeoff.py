@@ -53,8 +53,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from common import save_figure, study_args
 
-from flatlab.experiment.study import final_values, mean_and_se, run_jobs, save_figure, study_args
+from flatlab.experiment import run_many
+from flatlab.experiment.study import final_values, mean_and_se
 
 ROOT = Path(__file__).resolve().parents[1]
 DECENTRALIZED = {"consensus", "diffusion", "momentum-tracking", "dsgdm", "ngpd"}
@@ -195,7 +197,7 @@ def final(grid: dict[str, Any], runs: Path, workers: int) -> pd.DataFrame:
                                         p["seed"])),
              _config(grid, p["method"], p["graph"], p["batch"], p["lr"], p["seed"]))
             for p in pts]
-    run_jobs(jobs, workers)
+    run_many(jobs, workers)
     gaps = {t: spectral(make(t, grid["nodes"])) for t in grid["topologies"]}
     rows = []
     for p, (path, cfg) in zip(pts, jobs, strict=True):
@@ -261,7 +263,7 @@ def escape(grid: dict[str, Any], runs: Path, workers: int) -> pd.DataFrame:
                     jobs.append((str(runs / "escape" / _name(regime, top, method, lr, seed)),
                                  _config(grid, method, top, batch, lr, seed,
                                          escape_from=str(src))))
-    run_jobs(jobs, workers)
+    run_many(jobs, workers)
     parts = []
     for (method, top, lr, seed), (path, _) in zip(pts, jobs, strict=True):
         s = _series(Path(path), ESCAPE_METRICS)

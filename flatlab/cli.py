@@ -1,7 +1,7 @@
 """The ``flatlab`` command.
 
     flatlab spectral --topology ring --nodes 16 [--weights metropolis] [--lazy] [--json]
-    flatlab bounds --algorithm dsgd --topology ring --nodes 16 [--L 1 --sigma2 1 --zeta2 1] [--json]
+    flatlab bounds --algorithm diffusion --topology ring --nodes 16 [--L 1 --sigma2 1] [--json]
     flatlab topologies | algorithms | datasets | models | measures
     flatlab run CONFIG [key=value ...] [--out DIR] [--no-progress] [--restart]
     torchrun --nproc_per_node=K -m flatlab run CONFIG backend=distributed [...]
@@ -117,6 +117,7 @@ def _parse_exponents(text: str | None) -> tuple[float, ...] | None:
 
 def _cmd_bounds(args: argparse.Namespace) -> int:
     from flatlab.theory import bound
+    from flatlab.theory.bounds import ALGORITHMS
 
     topo = _topology_from(args) if args.topology else None
     T, eps = args.T, args.eps
@@ -133,6 +134,9 @@ def _cmd_bounds(args: argparse.Namespace) -> int:
         return 0
     unit = f"error after T = {_fmt(T)}" if b.mode == "error" else f"iterations to eps = {eps:g}"
     print(f"{b.algorithm}: {b.criterion}")
+    shared = [a for a, rate in ALGORITHMS.items() if rate == b.family]
+    if len(shared) > 1:
+        print(f"rate: {b.family} (one bound for {', '.join(shared)})")
     print(f"terms ({unit}; constants: {b.constants})")
     width = max(len(r.name) for r in b.rate)
     for r in b.rate:
@@ -328,8 +332,9 @@ def _parser() -> _Parser:
     p.set_defaults(func=_cmd_spectral)
 
     p = sub.add_parser("bounds", help="terms of a convergence bound")
-    p.add_argument("--algorithm", required=True, help="centralized, dsgd, gradient-tracking, "
-                   "momentum-tracking, choco, lower-bound")
+    p.add_argument("--algorithm", required=True, help="a registry name: centralized; consensus, "
+                   "diffusion, diffusion-cta (one DSGD bound); gradient-tracking, "
+                   "momentum-tracking, choco; or lower-bound (aliases such as dsgd too)")
     _add_topology_args(p, required=False)
     p.add_argument("--rho", type=float, help="||W - J||_2 instead of a topology")
     for name, default, helptext in (("--L", 1.0, "smoothness"), ("--sigma2", 1.0, "noise"),

@@ -92,11 +92,7 @@ def run_demo(out: Path, small: bool = False, progress: bool = True, workers: int
     import matplotlib
 
     matplotlib.use("Agg")
-    from flatlab.experiment.study import final_values, run_jobs
-    from flatlab.plots import tradeoff_scatter, training_curves
-    from flatlab.results import load
-    from flatlab.theory import spectral
-    from flatlab.topology import make
+    from flatlab.experiment import run_many
 
     out = Path(out)
     jobs = demo_runs(out, small)
@@ -105,7 +101,22 @@ def run_demo(out: Path, small: bool = False, progress: bool = True, workers: int
     print(f"flatlab demo: {', '.join(ALGORITHMS)} on mnist1d, {nodes}-node ring, Dirichlet(1) "
           f"split, 1-D CNN, per-node batch {' and '.join(map(str, BATCHES.values()))} "
           f"-> {out}", flush=True)
-    (run_jobs if progress else _quiet)(jobs, workers)  # finished runs are skipped
+    run_many(jobs, workers, verbose=progress)  # finished runs are skipped
+    table = _table(jobs)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "table.csv", index=False)
+    _show(table, nodes, jobs[0][1]["train"]["steps"])
+    png = _figures(table, jobs, out)
+    print(f"\nruns: {out / 'runs'} (flatlab results {out / 'runs'}), table: {out / 'table.csv'}, "
+          f"figures: {png}, {out / 'tradeoff.pdf'}, {out / 'curves.png'} "
+          f"({time.time() - t0:.0f} s)")
+    return png
+
+
+def _table(jobs: list[tuple[Path, dict[str, Any]]]) -> pd.DataFrame:
+    """One row per run: its regime, batch and method, status and final measurements."""
+    from flatlab.experiment.study import final_values
+
     rows = []
     for path, cfg in jobs:
         regime, method = path.name.split(",")
@@ -115,11 +126,17 @@ def run_demo(out: Path, small: bool = False, progress: bool = True, workers: int
     table = pd.DataFrame(rows)
     if "comm_bytes" in table:
         table["MB_sent"] = table.pop("comm_bytes") / 1e6
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "table.csv", index=False)
+    return table
+
+
+def _show(table: pd.DataFrame, nodes: int, steps: int) -> None:
+    """Print the ring's spectral gap, the table, and the runs that did not finish."""
+    from flatlab.theory import spectral
+    from flatlab.topology import make
+
     s = spectral(make("ring", nodes))
     print(f"\nring of {nodes}: rho = {s.rho:.4f}, spectral gap = {s.spectral_gap:.4f}; "
-          f"measured at the averaged model x̄ after {jobs[0][1]['train']['steps']} steps")
+          f"measured at the averaged model x̄ after {steps} steps")
     show = table.rename(columns={"test_accuracy": "test acc", "train_loss": "train loss",
                                  "grad_norm": "|grad f|", "hessian_top": "lambda_max",
                                  "hessian_trace": "tr(H)", "sharpness": "sharpness",
@@ -129,6 +146,13 @@ def run_demo(out: Path, small: bool = False, progress: bool = True, workers: int
         print(show.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     for r in table[table["status"] != "done"].itertuples():
         print(f"{r.regime} {r.method}: {r.status}")
+
+
+def _figures(table: pd.DataFrame, jobs: list[tuple[Path, dict[str, Any]]], out: Path) -> Path:
+    """Write the trade-off figure and the training curves; the trade-off PNG's path."""
+    from flatlab.plots import tradeoff_scatter, training_curves
+    from flatlab.results import load
+
     fig = tradeoff_scatter(table)
     png = out / "tradeoff.png"
     for p in (png, out / "tradeoff.pdf"):
@@ -138,19 +162,4 @@ def run_demo(out: Path, small: bool = False, progress: bool = True, workers: int
     fig = training_curves(curves, hue="run")
     for ext in ("png", "pdf"):
         fig.savefig(out / f"curves.{ext}", dpi=150)
-    print(f"\nruns: {out / 'runs'} (flatlab results {out / 'runs'}), table: {out / 'table.csv'}, "
-          f"figures: {png}, {out / 'tradeoff.pdf'}, {out / 'curves.png'} "
-          f"({time.time() - t0:.0f} s)")
     return png
-
-
-def _quiet(jobs: list[tuple[Path, dict[str, Any]]], workers: int) -> None:
-    """Run the jobs without their one-line-per-run progress."""
-    import contextlib
-    import io
-
-    from flatlab.experiment.study import run_jobs
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        run_jobs(jobs, workers)
-

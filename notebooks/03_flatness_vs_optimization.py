@@ -29,6 +29,7 @@
 # %%
 import importlib.util
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -38,11 +39,13 @@ import pandas as pd
 
 import flatlab
 from flatlab import plots
-from flatlab.experiment.study import committed_results
 from flatlab.theory import spectral_gap_study
 
 SMALL = bool(os.environ.get("FLATLAB_NOTEBOOK_SMALL"))
 ROOT = Path(flatlab.__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "analysis"))  # for common, the study scripts' module
+from common import committed_results  # noqa: E402
+
 src = committed_results(ROOT, "tradeoff", "runs.csv")
 if src is None:  # no committed study: its tiny scale, a few minutes on 2 cores
     spec = importlib.util.spec_from_file_location("tradeoff", ROOT / "analysis" / "tradeoff.py")

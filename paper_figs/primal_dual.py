@@ -10,10 +10,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from flatlab.experiment.study import redraw
 from flatlab.plots import primal_dual
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "analysis"))  # common: the study scripts' shared module
+from common import redraw  # noqa: E402
 
 
 def main() -> int:

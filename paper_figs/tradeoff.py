@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from flatlab.experiment.study import committed_results, save_figure
 from flatlab.plots import tradeoff_figures
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "analysis"))  # common: the study scripts' shared module
+from common import committed_results, save_figure  # noqa: E402
+
 TABLES = ("runs", "curves", "escape", "steady", "bound")
 
 

@@ -51,6 +51,20 @@ def test_bounds_json_keys(capsys):
     assert {"terms", "total", "dominant", "transient_iterations"} <= set(d)
     assert set(d["terms"]) == {"noise", "consensus", "deterministic"}
     assert d["inputs"]["T"] == 10_000 and d["inputs"]["L"] == 2.0
+    assert d["algorithm"] == "diffusion" and d["family"] == "dsgd"
+
+
+def test_bounds_show_the_registrys_name_and_the_shared_rate(capsys):
+    """``dsgd`` is the registry's alias of diffusion: shown as diffusion, in text and JSON."""
+    args = ["bounds", "--algorithm", "dsgd", "--topology", "ring", "--nodes", "8"]
+    code, out, _ = run(capsys, *args)
+    assert code == 0 and out.splitlines()[:2] == [
+        "diffusion: (1/T) sum_t E||grad f(xbar_t)||^2 (non-convex, L-smooth)",
+        "rate: dsgd (one bound for consensus, diffusion, diffusion-cta)"]
+    code, out, _ = run(capsys, *args, "--json")
+    assert (json.loads(out)["algorithm"], json.loads(out)["family"]) == ("diffusion", "dsgd")
+    code, out, _ = run(capsys, "bounds", "--algorithm", "gt", "--rho", "0.5", "-n", "8")
+    assert out.startswith("gradient-tracking: ") and "rate: " not in out
 
 
 def test_bounds_table_rho_eps_consts(capsys):

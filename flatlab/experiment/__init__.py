@@ -2,7 +2,9 @@
 
 Who owns what: ``config`` (typed configs), ``build`` (a config becomes objects), ``train`` (the
 loop, with hooks), ``hooks`` (the runner's hooks), ``rundir`` (the run directory on disk),
-``runner`` (the wiring of one run), ``sweep``/``study`` (many runs), ``results`` (tables).
+``runner`` (the wiring of one run), ``ranks`` (what the processes of a distributed run agree
+on), ``many`` (many runs: sweeps, studies, the demo), ``sweep`` (grids), ``study`` (tuning and
+summaries over seeds), ``results`` (tables).
 """
 
 from flatlab.experiment.config import (
@@ -15,6 +17,7 @@ from flatlab.experiment.config import (
     to_dict,
     validate,
 )
+from flatlab.experiment.many import run_many
 from flatlab.experiment.rundir import average_model, final_models, read_status, shown_status
 from flatlab.experiment.runner import Run, RunResult, build, run
 from flatlab.experiment.schedules import lr_at
@@ -42,4 +45,5 @@ __all__ = [
     "Hook",
     "Loop",
     "Outcome",
+    "run_many",
 ]

@@ -404,20 +404,32 @@ def is_plain_name(name: str) -> bool:
 
 
 def validate(cfg: RunConfig) -> None:
-    """Check every field's value, registries included.
+    """Check every field's value, registries included, section by section.
 
     Raises:
         ConfigError: On the first bad field, naming it and the accepted values.
     """
-    from flatlab import algorithms, data, models
-    from flatlab.topology import make as make_topology
+    from flatlab import models
+
+    _validate_run(cfg)
+    _validate_data(cfg.data)
+    _one_of("model.name", cfg.model.name, models.available())
+    topology = _validate_topology(cfg.topology)
+    _validate_algorithm(cfg.algorithm, topology)
+    _validate_optim(cfg.optim)
+    _validate_train(cfg)
+    _validate_measure(cfg.measure)
+
+
+def _validate_run(cfg: RunConfig) -> None:
+    """The top-level fields: seed, precision, device, execution, checkpoints and the name."""
+    from flatlab.comm import MIX_METHODS
 
     _need(cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
     _one_of("dtype", cfg.dtype, ("float32", "float64"))
     _need(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
           "device", cfg.device, "auto, cpu, cuda, cuda:K")
     _one_of("init", cfg.init, ("same", "different"))
-    from flatlab.comm import MIX_METHODS
     _one_of("mix_method", cfg.mix_method, MIX_METHODS)
     _one_of("oracle", cfg.oracle, ("auto", "vmap", "autograd"))
     _need(not cfg.compile or cfg.oracle in ("auto", "vmap"), "compile", cfg.compile,
@@ -431,7 +443,11 @@ def validate(cfg: RunConfig) -> None:
     _need(is_plain_name(cfg.name), "name", cfg.name,
           "a name that is one folder name (not . or .., no / or \\, no control characters)")
 
-    d = cfg.data
+
+def _validate_data(d: DataConfig) -> None:
+    """``data``: a registered data set, its partition and batch size."""
+    from flatlab import data
+
     _one_of("data.name", d.name, data.available())
     _one_of("data.partition", d.partition, PARTITIONS)
     _need(d.alpha > 0, "data.alpha", d.alpha, "a number > 0")
@@ -441,23 +457,32 @@ def validate(cfg: RunConfig) -> None:
     _need(d.batch_size >= 1, "data.batch_size", d.batch_size, "an integer >= 1")
     _need(d.seed >= 0, "data.seed", d.seed, "an integer >= 0")
 
-    _one_of("model.name", cfg.model.name, models.available())
 
-    t = cfg.topology
+def _validate_topology(t: TopologyConfig) -> Any:
+    """``topology``: builds it (its generator checks its parameters); returns the topology."""
+    from flatlab.topology import make as make_topology
+
     _need(t.nodes >= 1, "topology.nodes", t.nodes, "an integer >= 1")
     try:
-        topology = make_topology(t.name, t.nodes, weights=t.weights, lazy=t.lazy, **t.params)
+        return make_topology(t.name, t.nodes, weights=t.weights, lazy=t.lazy, **t.params)
     except FlatlabError as e:
         raise ConfigError(f"config field topology: {e}") from None
     except TypeError as e:
         raise ConfigError(f"config field topology.params: {e}") from None
 
+
+def _validate_algorithm(a: AlgorithmConfig, topology: Any) -> None:
+    """``algorithm``: a registered name, its hyper-parameters, and the topology it accepts."""
+    from flatlab import algorithms
+
     try:
-        algorithms.make(cfg.algorithm.name, **cfg.algorithm.params).check_topology(topology)
+        algorithms.make(a.name, **a.params).check_topology(topology)
     except FlatlabError as e:
         raise ConfigError(f"config field algorithm: {e}") from None
 
-    o = cfg.optim
+
+def _validate_optim(o: OptimConfig) -> None:
+    """``optim``: step size, schedule and weight decay."""
     _need(o.lr > 0, "optim.lr", o.lr, "a number > 0")
     _one_of("optim.schedule", o.schedule, SCHEDULES)
     _need(o.warmup >= 0, "optim.warmup", o.warmup, "an integer >= 0 (steps)")
@@ -467,6 +492,9 @@ def validate(cfg: RunConfig) -> None:
     _need(0 <= o.min_lr <= o.lr, "optim.min_lr", o.min_lr, "a number in [0, optim.lr]")
     _need(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a number >= 0")
 
+
+def _validate_train(cfg: RunConfig) -> None:
+    """``train``: exactly one of steps or epochs."""
     tr = cfg.train
     _need((tr.steps is None) != (tr.epochs is None), "train", to_dict(cfg)["train"],
           "exactly one of train.steps or train.epochs")
@@ -475,25 +503,18 @@ def validate(cfg: RunConfig) -> None:
     if tr.epochs is not None:
         _need(tr.epochs > 0, "train.epochs", tr.epochs, "a number > 0")
 
-    m = cfg.measure
-    _need(m.every >= 1, "measure.every", m.every, "an integer >= 1")
-    from flatlab.measures import MeasureError, named
 
+def _validate_measure(m: MeasureConfig) -> None:
+    """``measure``: the schedule, the named metrics and their options, the evaluation sets."""
+    from flatlab.measures import named
+
+    _need(m.every >= 1, "measure.every", m.every, "an integer >= 1")
     for i, name in enumerate(m.metrics):
         _one_of(f"measure.metrics[{i}]", name, tuple(named.available()))
     _need(len(set(m.metrics)) == len(m.metrics), "measure.metrics", m.metrics,
           "a list without repeats")
     for name, given in m.options.items():
-        _one_of("measure.options", name, tuple(named.available()))
-        _need(isinstance(given, dict), f"measure.options.{name}", given,
-              "a mapping of settings (flatlab measures lists them)")
-        try:
-            every = named.resolve(name, given, field=f"config field measure.options.{name}")[
-                "every"]
-        except MeasureError as e:
-            raise ConfigError(str(e)) from None
-        _need(every is None or every % m.every == 0, f"measure.options.{name}.every", every,
-              f"a multiple of measure.every = {m.every}")
+        _validate_measure_options(name, given, m.every)
     _need(m.curvature_subset >= 1, "measure.curvature_subset", m.curvature_subset,
           "an integer >= 1")
     _one_of("measure.curvature_dtype", m.curvature_dtype, ("float32", "float64"))
@@ -501,3 +522,18 @@ def validate(cfg: RunConfig) -> None:
         v = getattr(m, f)
         _need(v is None or v >= 1, f"measure.{f}", v, "an integer >= 1 or null (all)")
     _need(m.eval_batch >= 1, "measure.eval_batch", m.eval_batch, "an integer >= 1")
+
+
+def _validate_measure_options(name: str, given: Any, every: int) -> None:
+    """``measure.options.<name>``: a known measure's settings, on the measurement schedule."""
+    from flatlab.measures import MeasureError, named
+
+    _one_of("measure.options", name, tuple(named.available()))
+    _need(isinstance(given, dict), f"measure.options.{name}", given,
+          "a mapping of settings (flatlab measures lists them)")
+    try:
+        own = named.resolve(name, given, field=f"config field measure.options.{name}")["every"]
+    except MeasureError as e:
+        raise ConfigError(str(e)) from None
+    _need(own is None or own % every == 0, f"measure.options.{name}.every", own,
+          f"a multiple of measure.every = {every}")

@@ -1,88 +1,25 @@
-"""Pieces shared by the study scripts in ``analysis/``: run many configs, tune, summarize.
+"""What the study scripts in ``analysis/`` share as a library: read back, tune, summarize.
 
-A study is a list of ``(run directory, config)`` jobs run by :func:`run_jobs` (in parallel
-processes of one thread each, resumable: finished runs are skipped, interrupted ones resume from
-their checkpoints, a failure is recorded and the rest goes on), read back with
-:func:`final_values`, tuned with :func:`choose_best` and summarized over seeds with
-:func:`mean_and_se`.
+A study runs its ``(run directory, config)`` jobs with :func:`~flatlab.experiment.many.run_many`
+(resumable: finished runs are skipped, interrupted ones resume from their checkpoints, a failure
+is recorded and the rest goes on), reads them back with :func:`final_values`, tunes with
+:func:`tune_on_holdout` and :func:`choose_best` and summarizes over seeds with
+:func:`mean_and_se`. The scripts' command line and figure files are theirs
+(``analysis/common.py``).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
-import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-__all__ = ["run_jobs", "final_values", "choose_best", "mean_and_se", "StudyArgs", "study_args",
-           "save_figure", "committed_results", "redraw", "tune_on_holdout"]
+from flatlab.experiment.many import run_many
 
-
-def _job(args: tuple[str, dict[str, Any]]) -> tuple[str, str]:
-    """Run one config into its directory (a finished run is returned as it is); (path, status)."""
-    path, cfg = args
-    import torch
-
-    from flatlab.experiment.runner import run
-
-    torch.set_num_threads(1)
-    try:
-        return path, run(cfg, path, progress=False).status
-    except Exception as e:  # noqa: BLE001 - a failed run is recorded, the study goes on
-        print(f"{path}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        return path, "failed"
-
-
-def run_jobs(jobs: Sequence[tuple[str | Path, dict[str, Any]]], workers: int) -> None:
-    """Run ``(directory, config)`` jobs, ``workers`` at a time; 0 runs nothing (read only).
-
-    With ``workers > 1`` each job runs in a spawned process with one thread. Progress goes to
-    stdout, one line per job. Before anything runs, every config is validated and every job's
-    directory checked: finished runs of the same config are skipped, and a directory that holds a
-    run of another config (the study's settings changed since it ran) is refused.
-
-    Raises:
-        ConfigError: A job's config is invalid, or its directory holds a run of another config.
-    """
-    from flatlab.errors import ConfigError
-    from flatlab.experiment import load_config, rundir, to_dict
-
-    if workers == 0:
-        return
-    todo = []
-    for p, c in jobs:
-        problem = rundir.conflict(Path(p), to_dict(load_config(c)))
-        if problem:
-            raise ConfigError(f"{problem} (the settings changed since it ran)")
-        st = rundir.read_status(p)
-        if st is None or st["status"] not in ("done", "diverged"):
-            todo.append((str(p), c))
-    jobs = todo
-    if not jobs:
-        return
-    t0 = time.time()
-    if workers == 1:  # in this process; its thread count is restored afterwards
-        import torch
-
-        threads = torch.get_num_threads()
-        try:
-            for i, (path, status) in enumerate(map(_job, jobs)):
-                print(f"[{i + 1}/{len(jobs)}] {Path(path).name}: {status}", flush=True)
-        finally:
-            torch.set_num_threads(threads)
-        return
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        for i, (path, status) in enumerate(pool.map(_job, jobs)):
-            print(f"[{i + 1}/{len(jobs)}] {Path(path).name}: {status} "
-                  f"({time.time() - t0:.0f} s)", flush=True)
+__all__ = ["final_values", "choose_best", "mean_and_se", "tune_on_holdout"]
 
 
 def final_values(path: str | Path, columns: dict[str, str]) -> dict[str, Any]:
@@ -114,7 +51,7 @@ def tune_on_holdout(points: Sequence[dict[str, Any]],
         points: Grid points, each a dict of the setting's keys and the tuned ``hparam``.
         job: ``point -> (run directory, config)``; the config evaluates on a held-out split, so
             the run's final ``test_accuracy`` is the held-out accuracy.
-        workers: As :func:`run_jobs` (0 reads what is on disk).
+        workers: As :func:`~flatlab.experiment.many.run_many` (0 reads what is on disk).
         group: Keys of a point that define one choice (setting and method).
         hparam: The tuned key (ties go to its smaller value).
 
@@ -123,7 +60,7 @@ def tune_on_holdout(points: Sequence[dict[str, Any]],
         ``chosen``.
     """
     jobs = [job(p) for p in points]
-    run_jobs(jobs, workers)
+    run_many(jobs, workers)
     rows = []
     for p, (path, _) in zip(points, jobs, strict=True):
         r = final_values(path, {"holdout_accuracy": "test_accuracy"})
@@ -164,92 +101,3 @@ def mean_and_se(table: pd.DataFrame, keys: list[str], columns: list[str]) -> pd.
             row[f"{col}_se"] = v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else math.nan
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-@dataclass(frozen=True)
-class StudyArgs:
-    """A study script's parsed command line.
-
-    Attributes:
-        scale: The chosen scale (a key of the script's ``SCALES``).
-        out: Study directory (runs under ``out/runs``, tables next to them).
-        fig: Figure path without suffix.
-        workers: Runs in parallel; 0 with ``--report`` (read what is on disk, run nothing).
-        report: Only rebuild tables and figures.
-    """
-
-    scale: str
-    out: Path
-    fig: Path
-    workers: int
-    report: bool
-
-    @property
-    def runs(self) -> Path:
-        """Where the runs live."""
-        return self.out / "runs"
-
-
-def study_args(argv: list[str] | None, doc: str, scales: Sequence[str], name: str,
-               root: Path) -> StudyArgs | int:
-    """The command line every study script shares, or an exit status (2) after one line.
-
-    ``--scale`` (default ``small``), ``--out`` (default ``results/<name>-<scale>``), ``--fig``
-    (default ``paper_figs/out/<name>``; at ``tiny`` scale ``<out>/<name>``), ``--jobs`` and
-    ``--report`` (which needs runs on disk).
-    """
-    p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scale", choices=sorted(scales), default="small")
-    p.add_argument("--out", type=Path, default=None,
-                   help=f"study directory (default results/{name}-<scale>)")
-    p.add_argument("--fig", type=Path, default=None,
-                   help=f"figure path without suffix (default paper_figs/out/{name}; tiny: "
-                        f"<out>/{name})")
-    p.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
-    p.add_argument("--report", action="store_true",
-                   help="only rebuild tables and figure from the runs on disk")
-    a = p.parse_args(argv)
-    if a.jobs < 1:
-        print(f"error: --jobs must be >= 1 (got {a.jobs})", file=sys.stderr)
-        return 2
-    out = a.out or root / "results" / f"{name}-{a.scale}"
-    fig = a.fig or (out / name if a.scale == "tiny" else root / "paper_figs" / "out" / name)
-    args = StudyArgs(a.scale, out, fig, 0 if a.report else a.jobs, a.report)
-    if a.report and not args.runs.is_dir():
-        print(f"error: no runs under {args.runs}; run without --report first", file=sys.stderr)
-        return 2
-    return args
-
-
-def save_figure(fig: Any, path: Path) -> None:
-    """Write ``fig`` as ``path.pdf`` and ``path.png`` (200 dpi), creating the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for ext in ("pdf", "png"):
-        fig.savefig(path.with_suffix(f".{ext}"), dpi=200)
-
-
-def committed_results(root: Path, name: str, needs: str) -> Path | None:
-    """``results/<name>-full`` if it holds ``needs``, else ``results/<name>-small``, else None."""
-    for scale in ("full", "small"):
-        d = root / "results" / f"{name}-{scale}"
-        if (d / needs).is_file():
-            return d
-    return None
-
-
-def redraw(root: Path, name: str, tables: Sequence[str],
-           draw: Callable[..., Any]) -> int:
-    """Redraw ``paper_figs/out/<name>.{pdf,png}`` from a study's committed tables.
-
-    ``draw`` gets the tables (read with pandas, in the order of ``tables``) of
-    :func:`committed_results`; returns 0, or 2 after one line when the study has not been run.
-    """
-    src = committed_results(root, name, tables[0])
-    if src is None:
-        print(f"error: no {name} results; run python analysis/{name}.py first", file=sys.stderr)
-        return 2
-    out = root / "paper_figs" / "out" / name
-    save_figure(draw(*(pd.read_csv(src / t) for t in tables)), out)
-    print(f"wrote {out}.pdf and .png from {src.relative_to(root)}")
-    return 0

@@ -1,4 +1,4 @@
-"""Sweeps: a grid over config fields, run one after another, resumable.
+"""Sweeps: a grid over config fields, run one after another (by run_many), resumable.
 
 A sweep spec (YAML)::
 
@@ -24,7 +24,6 @@ import copy
 import itertools
 import json
 import re
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,18 +31,16 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from flatlab.errors import ConfigError, FlatlabError
-from flatlab.experiment import rundir
+from flatlab.errors import ConfigError
 from flatlab.experiment.config import (
     RunConfig,
     apply_overrides,
     is_plain_name,
     load_config,
     parse_overrides,
-    to_dict,
 )
 from flatlab.experiment.io import read_yaml, write_text
-from flatlab.experiment.runner import run
+from flatlab.experiment.many import run_many
 
 __all__ = ["SweepSpec", "load_sweep", "expand", "run_sweep"]
 
@@ -132,14 +129,17 @@ def expand(spec: SweepSpec) -> list[tuple[str, RunConfig]]:
 
 
 def run_sweep(spec: SweepSpec, *, progress: bool = True, verbose: bool = True) -> pd.DataFrame:
-    """Run every grid point into ``spec.out/<name>``; returns one row per run (name, status).
+    """Run every grid point into ``spec.out/<name>``, one after another, with :func:`run_many`.
 
     Before anything runs or is written, every config is validated and every existing run
     directory is checked: a finished run is skipped only when its config equals the point's
     (otherwise the sweep is refused, as ``run`` refuses, naming the directory), and a run alive
-    in another process is left to it. A run that raises is marked ``failed`` (with the error in
-    its status) and the sweep continues; bad input (a :class:`~flatlab.errors.FlatlabError`) is
-    recorded the same way.
+    in another process is left to it. Then ``sweep.yaml`` is written. A run that raises is
+    marked ``failed`` (with the error in its status) and the sweep continues; bad input (a
+    :class:`~flatlab.errors.FlatlabError`) is recorded the same way.
+
+    Returns:
+        One row per run: ``run`` (its name), ``status``, ``step``, ``message``, ``skipped``.
 
     Raises:
         ConfigError: A point's config is invalid, or ``spec.out`` holds a run of another config.
@@ -148,43 +148,14 @@ def run_sweep(spec: SweepSpec, *, progress: bool = True, verbose: bool = True) -
     points = expand(spec)
     if spec.out.exists() and not spec.out.is_dir():
         raise ConfigError(f"sweep output {spec.out} is a file; accepted: a directory")
-    plan = []
-    for name, cfg in points:
-        path = spec.out / name
-        conflict = rundir.conflict(path, to_dict(cfg))
-        if conflict:
-            raise ConfigError(f"sweep point {name}: {conflict}")
-        plan.append((name, cfg, path, rundir.read_status(path)))
+    return run_many([(spec.out / name, cfg) for name, cfg in points], 1, progress=progress,
+                    verbose=verbose, headings=True, threads=None, label="sweep point",
+                    before=lambda: _write_spec(spec))
+
+
+def _write_spec(spec: SweepSpec) -> None:
+    """Write ``spec.out/sweep.yaml`` (the settings the runs use), creating the folder."""
     spec.out.mkdir(parents=True, exist_ok=True)
     write_text(spec.out / "sweep.yaml", yaml.safe_dump(
         {"name": spec.name, "base": spec.base, "grid": spec.grid, "overrides": spec.overrides},
         sort_keys=False))
-    rows = []
-    for i, (name, cfg, path, st) in enumerate(plan):
-        if st is not None and (st["status"] in ("done", "diverged") or rundir.owned_elsewhere(st)):
-            message = st.get("message", "") if st["status"] != "running" else (
-                f"running in process {st.get('pid')} on {st.get('host')}")
-            rows.append({"run": name, "status": st["status"], "step": st["step"],
-                         "message": message, "skipped": True})
-            continue
-        if verbose:
-            print(f"[{i + 1}/{len(points)}] {name}", flush=True)
-        try:
-            res = run(cfg, path, progress=progress)
-            rows.append({"run": name, "status": res.status, "step": res.step,
-                         "message": res.message, "skipped": False})
-        except KeyboardInterrupt:
-            raise
-        except Exception as e:  # noqa: BLE001 - a failed run is recorded, the sweep goes on
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            if verbose and not isinstance(e, FlatlabError):
-                traceback.print_exc()
-            try:
-                st = rundir.read_status(path) or {}
-            except FlatlabError:
-                st = {}
-            rows.append({"run": name, "status": "failed", "step": st.get("step", 0),
-                         "message": f"{type(e).__name__}: {msg}", "skipped": False})
-            if st.get("status") != "failed":
-                rundir.mark_failed(path, to_dict(cfg), f"{type(e).__name__}: {msg}")
-    return pd.DataFrame(rows)

@@ -5,8 +5,9 @@
 * :func:`d2_radius`: whether D² is stable on a topology (``lambda_min > -1/3`` when symmetric).
 * :func:`effective_neighbors`: Vogels et al.'s ``n_eff(gamma)``.
 * :func:`bound`: each term of a convergence rate, total, dominant term, iterations to ``eps``
-  and transient iterations, for centralized SGD, DSGD, gradient tracking, Momentum Tracking,
-  CHOCO-SGD and the lower bound.
+  and transient iterations, for centralized SGD, the DSGD family (diffusion, consensus,
+  diffusion-cta: one bound), gradient tracking, Momentum Tracking, CHOCO-SGD and the lower bound,
+  named as the algorithm registry names them (:func:`bound_algorithms`).
 * :func:`predicted_consensus_distance`: steady-state ``Xi^2`` of constant-step DSGD.
 * :func:`spectral_gap_study`: the gap and transients against ``n``, as a tidy table.
 """

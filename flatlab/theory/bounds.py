@@ -32,7 +32,7 @@ from flatlab.theory.checks import finite, positive, unit_interval
 from flatlab.theory.spectral import SpectralSummary, spectral
 from flatlab.topology import Topology
 
-__all__ = ["RateTerm", "Bound", "bound", "bound_algorithms"]
+__all__ = ["RateTerm", "Bound", "bound", "bound_algorithms", "ALGORITHMS", "ALIASES"]
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,10 @@ class Bound:
     """A rate evaluated at ``T`` and/or inverted at ``eps``.
 
     Attributes:
-        algorithm: Canonical algorithm name.
+        algorithm: The algorithm registry's name (:func:`flatlab.algorithms.available`) of the
+            algorithm asked for, or ``lower-bound``.
+        family: The rate's name: ``dsgd`` for ``diffusion``, ``consensus`` and
+            ``diffusion-cta`` (one bound for the three), else the algorithm's.
         mode: ``"error"`` (``terms`` are error contributions after ``T`` iterations) or
             ``"iterations"`` (``terms`` are iterations each term needs to reach ``eps``).
         terms: Term name to value, in the mode's unit.
@@ -77,6 +80,7 @@ class Bound:
     """
 
     algorithm: str
+    family: str
     mode: str
     terms: dict[str, float]
     total: float
@@ -264,6 +268,7 @@ def _lower_bound(x: _Inputs) -> list[RateTerm]:
     ]
 
 
+#: Rate name -> (rate, constants, what it depends on). The DSGD family's rate is stated once.
 _RATES: dict[str, tuple[Callable[[_Inputs], list[RateTerm]], str, str]] = {
     "centralized": (_centralized, "order of magnitude", "no topology"),
     "dsgd": (_dsgd, "order of magnitude", "depends on zeta"),
@@ -272,32 +277,60 @@ _RATES: dict[str, tuple[Callable[[_Inputs], list[RateTerm]], str, str]] = {
     "choco": (_choco, "paper", "bounded gradients G2 instead of zeta"),
     "lower-bound": (_lower_bound, "order of magnitude", "best achievable rate"),
 }
-_ALIASES = {
-    "diffusion": "dsgd",
+
+#: The algorithms of the registry (:func:`flatlab.algorithms.available`, canonical names) that
+#: have a bound, and the rate each takes; plus ``lower-bound``, which is no algorithm. A table
+#: here because theory does not import torch; ``tests/theory/test_bounds.py`` checks it
+#: against the registry.
+ALGORITHMS: dict[str, str] = {
+    "centralized": "centralized",
     "consensus": "dsgd",
+    "diffusion": "dsgd",
     "diffusion-cta": "dsgd",
-    "d-psgd": "dsgd",
+    "gradient-tracking": "gradient-tracking",
+    "momentum-tracking": "momentum-tracking",
+    "choco": "choco",
+    "lower-bound": "lower-bound",
+}
+#: Other spellings: the registry's aliases of the algorithms above
+#: (:func:`flatlab.algorithms.aliases`) and ``lower``.
+ALIASES: dict[str, str] = {
+    "c-psgd": "centralized",
+    "allreduce": "centralized",
+    "dgd": "consensus",
+    "d-psgd": "consensus",
+    "dsgd": "diffusion",
+    "diffusion-atc": "diffusion",
+    "atc": "diffusion",
+    "cta": "diffusion-cta",
     "gt": "gradient-tracking",
+    "diging": "gradient-tracking",
+    "mt": "momentum-tracking",
     "choco-sgd": "choco",
     "lower": "lower-bound",
 }
+#: Registry algorithms refused with a reason (aliases in :data:`_NO_BOUND_ALIASES`).
 _NO_BOUND = {
     "ngpd": "NGPD (Niwa et al., IEEE TSIPN 2024) states a rate for the averaged parameter but "
             "gives no formula we can evaluate (reference/theory.md §7.3 row 8)",
 }
 
 
+_NO_BOUND_ALIASES = {"natural-gradient-primal-dual": "ngpd"}
+
+
 def bound_algorithms() -> list[str]:
-    """Algorithm names :func:`bound` accepts (aliases included)."""
-    return list(_RATES) + list(_ALIASES)
+    """Algorithm names :func:`bound` accepts: the registry's names, then their aliases."""
+    return list(ALGORITHMS) + list(ALIASES)
 
 
 def _canonical(algorithm: str) -> str:
+    """The registry's name for ``algorithm`` (or ``lower-bound``), refusing one with no bound."""
     key = str(algorithm).strip().lower().replace("_", "-")
+    key = ALIASES.get(key, _NO_BOUND_ALIASES.get(key, key))
     if key in _NO_BOUND:
         raise TheoryError(f"no bound for {key}: {_NO_BOUND[key]}")
-    key = _ALIASES.get(key, key)
-    if key not in _RATES:
+    if key not in ALGORITHMS:
         raise TheoryError(f"no bound for algorithm {algorithm!r}; accepted: "
                           f"{', '.join(bound_algorithms())}")
     return key
@@ -320,32 +353,21 @@ def _solve_iterations(rate: list[RateTerm], eps: float) -> float:
     return math.exp(hi_log)
 
 
-def bound(
-    algorithm: str,
-    *,
-    n: int | None = None,
-    rho: float | None = None,
-    topology: Topology | SpectralSummary | None = None,
-    L: float = 1.0,
-    sigma2: float = 1.0,
-    zeta2: float = 1.0,
-    F0: float = 1.0,
-    T: float | None = None,
-    eps: float | None = None,
-    delta: float | None = None,
-    beta: float | None = None,
-    G2: float | None = None,
-    c: float | None = None,
-    tau: int | None = None,
-    exponents: tuple[float, float, float, float] | None = None,
-    consts: Mapping[str, float] | None = None,
-) -> Bound:
+def bound(algorithm: str, *, n: int | None = None, rho: float | None = None,
+          topology: Topology | SpectralSummary | None = None, L: float = 1.0,
+          sigma2: float = 1.0, zeta2: float = 1.0, F0: float = 1.0, T: float | None = None,
+          eps: float | None = None, delta: float | None = None, beta: float | None = None,
+          G2: float | None = None, c: float | None = None, tau: int | None = None,
+          exponents: tuple[float, float, float, float] | None = None,
+          consts: Mapping[str, float] | None = None) -> Bound:
     """Evaluate a convergence bound: its terms, total, dominant term and transient iterations.
 
     Args:
-        algorithm: ``centralized``, ``dsgd`` (aliases ``diffusion``, ``consensus``,
-            ``d-psgd``), ``gradient-tracking``, ``momentum-tracking``, ``choco`` or
-            ``lower-bound``.
+        algorithm: A name of the algorithm registry (:func:`flatlab.algorithms.available`, or
+            one of its aliases): ``centralized``; ``diffusion``, ``consensus`` and
+            ``diffusion-cta``, which share the DSGD bound (aliases ``dsgd``, ``d-psgd``, ...);
+            ``gradient-tracking``, ``momentum-tracking``, ``choco``; or ``lower-bound``.
+            :func:`bound_algorithms` lists them all.
         n: Number of nodes (default: the topology's).
         rho: ``||W - J||_2``; give it or ``topology``.
         topology: A :class:`~flatlab.topology.Topology`, or its already computed
@@ -374,6 +396,54 @@ def bound(
     name = _canonical(algorithm)
     if T is None and eps is None:
         raise TheoryError("give T (iterations) or eps (target accuracy), or both")
+    x, s = _inputs(n=n, rho=rho, topology=topology, tau=tau, L=L, sigma2=sigma2, zeta2=zeta2,
+                   F0=F0, beta=beta, delta=delta, G2=G2, c=c, exponents=exponents)
+    build, constants, _ = _RATES[ALGORITHMS[name]]
+    rate = _scaled(name, build(x), consts)
+    return _result(name, constants, rate, x, s, None if T is None else positive("T", T),
+                   None if eps is None else positive("eps", eps))
+
+
+def _result(name: str, constants: str, rate: list[RateTerm], x: _Inputs,
+            s: SpectralSummary | None, T: float | None, eps: float | None) -> Bound:
+    """The :class:`Bound` of ``rate`` at ``T`` (error mode) or ``eps`` (iterations mode)."""
+    family = ALGORITHMS[name]
+    mode, terms = ("error", {r.name: r.error(T) for r in rate}) if T is not None else (
+        "iterations", {r.name: r.iterations(eps) for r in rate})
+    iterations = None if eps is None else _solve_iterations(rate, eps)
+    transient = _transient(rate, x)
+    extras = _extras(family, x, s, T)
+    if name == "consensus":
+        x.notes.append("the rate is Koloskova et al.'s for the ATC form; the DGD/consensus form "
+                       "has the same order (Lian et al. 2017)")
+    if constants != "paper":
+        x.notes.append("constants unspecified in the theorem: values are orders of magnitude "
+                       "(multiply terms with consts)")
+    return Bound(
+        algorithm=name,
+        family=family,
+        mode=mode,
+        terms=terms,
+        total=sum(terms.values()),
+        dominant=max(terms, key=terms.get),
+        iterations=iterations,
+        transient_iterations=transient,
+        constants=constants,
+        criterion="(1/T) sum_t E||grad f(xbar_t)||^2 (non-convex, L-smooth)",
+        rate=tuple(rate),
+        inputs={"n": x.n, "rho": x.rho, "p": None if x.rho is None else x.p, "tau": x.tau,
+                "L": x.L, "sigma2": x.sigma2, "zeta2": x.zeta2, "F0": x.F0, "T": T, "eps": eps,
+                "delta": x.delta, "beta": x.beta, "G2": x.G2},
+        extras=extras,
+        notes=tuple(dict.fromkeys(x.notes)),
+    )
+
+
+def _inputs(*, n: int | None, rho: float | None, topology: Topology | SpectralSummary | None,
+            tau: int | None, L: float, sigma2: float, zeta2: float, F0: float,
+            beta: float | None, delta: float | None, G2: float | None, c: float | None,
+            exponents: tuple[float, ...] | None) -> tuple[_Inputs, SpectralSummary | None]:
+    """Check the inputs (``n``, ``rho`` and ``tau`` from the topology); with its spectrum."""
     if topology is not None and rho is not None:
         raise TheoryError("give topology or rho, not both")
     lambda_min = symmetric = None
@@ -401,69 +471,48 @@ def bound(
         delta=delta, G2=None if G2 is None else positive("G2", G2, allow_zero=True), c=c,
         exponents=None if exponents is None else tuple(exponents),
     )
-    build, constants, _ = _RATES[name]
-    rate = build(x)
+    return x, s
+
+
+def _scaled(name: str, rate: list[RateTerm], consts: Mapping[str, float] | None
+            ) -> list[RateTerm]:
+    """The terms multiplied by their ``consts`` (each 1 unless given)."""
     consts = dict(consts or {})
     unknown = sorted(set(consts) - {r.name for r in rate})
     if unknown:
         raise TheoryError(f"{name} has no term {unknown[0]!r}; its terms: "
                           f"{', '.join(r.name for r in rate)}")
-    rate = [
+    return [
         RateTerm(r.name, r.coefficient * positive(f"constant {r.name}", consts.get(r.name, 1.0)),
                  r.exponent, r.formula, r.source)
         for r in rate
     ]
-    if T is not None:
-        T = positive("T", T)
-        mode, terms = "error", {r.name: r.error(T) for r in rate}
-    else:
-        mode, terms = "iterations", {}
-    iterations = None
-    if eps is not None:
-        eps = positive("eps", eps)
-        iterations = _solve_iterations(rate, eps)
-        if mode == "iterations":
-            terms = {r.name: r.iterations(eps) for r in rate}
+
+
+def _transient(rate: list[RateTerm], x: _Inputs) -> float | None:
+    """``T`` after which the first (linear-speedup) term dominates; ``None`` when it is 0."""
     lead = rate[0]
     if lead.coefficient > 0:
-        transient = max(
+        return max(
             ((r.coefficient / lead.coefficient) ** (1.0 / (r.exponent - 0.5)) for r in rate[1:]),
             default=0.0,
         )
-    else:
-        transient = None
-        x.notes.append("the linear-speedup term vanishes (sigma2 = 0): no transient phase")
+    x.notes.append("the linear-speedup term vanishes (sigma2 = 0): no transient phase")
+    return None
+
+
+def _extras(family: str, x: _Inputs, s: SpectralSummary | None, T: float | None
+            ) -> dict[str, float]:
+    """Derived quantities of a rate: gradient tracking's ``c``, CHOCO's step and ``c``."""
     extras: dict[str, float] = {}
-    if name == "gradient-tracking":
+    if family == "gradient-tracking":
         extras["c"] = _gt_c(x)
-    if name == "choco":
+    if family == "choco":
         extras.update(_choco_extras(x, static_symmetric=bool(s and s.symmetric
                                                              and s.period == 1)))
         if T is not None and T < 64 * x.n * x.L**2:
             x.notes.append(f"Thm 4.1 assumes T >= 64 n L^2 = {64 * x.n * x.L**2:g}")
-    if name == "dsgd" and algorithm.strip().lower() in ("consensus", "d-psgd"):
-        x.notes.append("the rate is Koloskova et al.'s for the ATC form; the DGD/consensus form "
-                       "has the same order (Lian et al. 2017)")
-    if constants != "paper":
-        x.notes.append("constants unspecified in the theorem: values are orders of magnitude "
-                       "(multiply terms with consts)")
-    return Bound(
-        algorithm=name,
-        mode=mode,
-        terms=terms,
-        total=sum(terms.values()),
-        dominant=max(terms, key=terms.get),
-        iterations=iterations,
-        transient_iterations=transient,
-        constants=constants,
-        criterion="(1/T) sum_t E||grad f(xbar_t)||^2 (non-convex, L-smooth)",
-        rate=tuple(rate),
-        inputs={"n": x.n, "rho": x.rho, "p": None if x.rho is None else x.p, "tau": x.tau,
-                "L": x.L, "sigma2": x.sigma2, "zeta2": x.zeta2, "F0": x.F0, "T": T, "eps": eps,
-                "delta": x.delta, "beta": x.beta, "G2": x.G2},
-        extras=extras,
-        notes=tuple(dict.fromkeys(x.notes)),
-    )
+    return extras
 
 
 def _choco_extras(x: _Inputs, static_symmetric: bool) -> dict[str, float]:

@@ -147,7 +147,7 @@ def test_sweep_runs_grid_records_failures_and_resumes(tmp_path, monkeypatch):
     assert set(res.run) == set(df.run)
     assert set(res["algorithm.name"]) == {"centralized", "consensus"}
     # a run that crashes is marked failed and the sweep goes on; a rerun skips finished runs
-    import flatlab.experiment.sweep as sweep_mod
+    import flatlab.experiment.many as many_mod
 
     calls = []
 
@@ -156,7 +156,7 @@ def test_sweep_runs_grid_records_failures_and_resumes(tmp_path, monkeypatch):
         raise RuntimeError("boom")
 
     spec["grid"]["optim.lr"].append(0.02)
-    monkeypatch.setattr(sweep_mod, "run", flaky)
+    monkeypatch.setattr(many_mod, "run", flaky)
     df2 = run_sweep(load_sweep(spec), progress=False, verbose=False)
     assert len(calls) == 2 and all("optim.lr=0.02" in c for c in calls)
     new = df2.run.str.contains("optim.lr=0.02")

@@ -1,16 +1,103 @@
-"""The study helpers shared by analysis/ and paper_figs/ (flatlab.experiment.study)."""
+"""What studies, sweeps and the demo share: running many configs (flatlab.experiment.many) and
+tuning and summarizing them (flatlab.experiment.study)."""
 
+import json
 import math
+import os
+import socket
 
-import matplotlib
+import pandas as pd
+import pytest
+import torch
 
-matplotlib.use("Agg")
+import flatlab.experiment.many as many_mod
+from flatlab.errors import ConfigError
+from flatlab.experiment import load_config, run_many, study, to_dict
+from flatlab.experiment.rundir import _process_start
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
+TINY = {"name": "tiny", "device": "cpu",
+        "data": {"name": "digits", "partition": "iid", "batch_size": 8},
+        "model": {"name": "mlp", "options": {"hidden": [8]}},
+        "topology": {"name": "ring", "nodes": 4}, "algorithm": {"name": "diffusion"},
+        "optim": {"lr": 0.1}, "train": {"steps": 4},
+        "measure": {"every": 2, "train_subset": 100, "test_subset": 100}}
 
-from flatlab.experiment import study  # noqa: E402
+
+def _status(path):
+    return json.loads((path / "status.json").read_text())
+
+
+def test_run_many_refuses_every_job_before_anything_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(many_mod, "run", lambda *a, **k: pytest.fail("nothing may run"))
+    bad = dict(TINY, optim={"lr": -1})
+    with pytest.raises(ConfigError, match=r"^run b: config field optim.lr: -1"):
+        run_many([(tmp_path / "a", TINY), (tmp_path / "b", bad)], 1)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "status.json").write_text(json.dumps({"status": "done", "step": 4}))
+    (other / "config.yaml").write_text(json.dumps(to_dict(load_config(bad | {"optim": {}}))))
+    with pytest.raises(ConfigError, match=r"^sweep point other: run directory .* different"):
+        run_many([(tmp_path / "a", TINY), (other, TINY)], 2, label="sweep point")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other"]  # nothing written
+    with pytest.raises(ConfigError, match="workers must be >= 0"):
+        run_many([(tmp_path / "a", TINY)], -1)
+    assert run_many([(tmp_path / "a", bad)], 0).empty  # 0 workers: nothing is read or run
+
+
+def test_run_many_in_process_marks_failures_skips_finished_and_restores_threads(
+        tmp_path, monkeypatch, capsys):
+    real, seen = many_mod.run, []
+
+    def flaky(cfg, path, progress=True):
+        seen.append((path.name, torch.get_num_threads()))
+        if path.name == "b":
+            raise RuntimeError("boom\nsecond line")
+        return real(cfg, path, progress=progress)
+
+    monkeypatch.setattr(many_mod, "run", flaky)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        rows = run_many([(tmp_path / "a", TINY), (tmp_path / "b", TINY)], 1)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [("a", 1), ("b", 1)]  # one thread each, restored afterwards
+    assert list(rows.columns) == ["run", "status", "step", "message", "skipped"]
+    assert rows.to_dict("records")[1] == {"run": "b", "status": "failed", "step": 0,
+                                          "message": "RuntimeError: boom", "skipped": False}
+    assert rows.status[0] == "done" and not rows.skipped.any()
+    assert _status(tmp_path / "b")["status"] == "failed"
+    out = capsys.readouterr()
+    assert out.out.splitlines() == ["[1/2] a: done", "[2/2] b: failed"]
+    assert "boom" in out.err  # the traceback of an unexpected error
+    again = run_many([(tmp_path / "a", TINY), (tmp_path / "b", TINY)], 1, verbose=False)
+    assert again.skipped.tolist() == [True, False] and seen[-1] == ("b", 1)  # failed: retried
+    assert capsys.readouterr().out == ""
+
+
+def test_run_many_leaves_a_run_alive_in_another_process_to_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(many_mod, "run", lambda *a, **k: pytest.fail("nothing may run"))
+    path = tmp_path / "a"
+    path.mkdir()
+    pid = os.getppid()  # alive, and not this process
+    (path / "status.json").write_text(json.dumps(
+        {"status": "running", "step": 2, "pid": pid, "host": socket.gethostname(),
+         "pid_start": _process_start(pid)}))
+    rows = run_many([(path, TINY)], 1)
+    assert rows.to_dict("records") == [{
+        "run": "a", "status": "running", "step": 2, "skipped": True,
+        "message": f"running in process {pid} on {socket.gethostname()}"}]
+
+
+def test_run_many_in_worker_processes(tmp_path, capsys):
+    missing = dict(TINY, init_from=str(tmp_path / "none"))  # valid, fails when it starts
+    rows = run_many([(tmp_path / "a", TINY), (tmp_path / "b", missing)], 2)
+    assert rows.status.tolist() == ["done", "failed"]
+    assert rows.message[1].startswith("ConfigError: init_from")
+    assert _status(tmp_path / "b")["status"] == "failed"
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(" (")[0] for line in out] == ["[1/2] a: done", "[2/2] b: failed"]
 
 
 def test_choose_best_takes_the_highest_score_ties_to_the_smaller_value_and_skips_nan_groups():
@@ -30,36 +117,3 @@ def test_mean_and_se_counts_done_runs_only():
     assert s.loc["a", "acc_mean"] == pytest.approx(0.3)
     assert s.loc["a", "acc_se"] == pytest.approx(pd.Series([0.1, 0.2, 0.6]).std() / math.sqrt(3))
     assert s.loc["b", "acc_mean"] == 0.5 and math.isnan(s.loc["b", "acc_se"])
-
-
-def test_study_args_defaults_and_one_line_refusals(tmp_path, capsys):
-    a = study.study_args([], "doc", ["small", "tiny"], "demo", tmp_path)
-    assert a.out == tmp_path / "results" / "demo-small" and a.workers == 2
-    assert a.fig == tmp_path / "paper_figs" / "out" / "demo" and a.runs == a.out / "runs"
-    tiny = study.study_args(["--scale", "tiny", "--out", str(tmp_path / "o")], "doc",
-                            ["small", "tiny"], "demo", tmp_path)
-    assert tiny.fig == tmp_path / "o" / "demo"
-    assert study.study_args(["--jobs", "0"], "doc", ["small"], "demo", tmp_path) == 2
-    assert study.study_args(["--report"], "doc", ["small"], "demo", tmp_path) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: --jobs must be >= 1 (got 0)",
-                   f"error: no runs under {tmp_path / 'results' / 'demo-small' / 'runs'}; run "
-                   "without --report first"]
-
-
-def test_redraw_prefers_the_full_scale_and_refuses_without_results(tmp_path, capsys):
-    def draw(table):
-        fig, ax = plt.subplots()
-        ax.plot(table["x"], table["y"])
-        return fig
-
-    assert study.redraw(tmp_path, "demo", ["t.csv"], draw) == 2
-    assert "no demo results" in capsys.readouterr().err
-    for scale in ("small", "full"):
-        d = tmp_path / "results" / f"demo-{scale}"
-        d.mkdir(parents=True)
-        pd.DataFrame({"x": [0, 1], "y": [1, 0]}).to_csv(d / "t.csv", index=False)
-    assert study.committed_results(tmp_path, "demo", "t.csv").name == "demo-full"
-    assert study.redraw(tmp_path, "demo", ["t.csv"], draw) == 0
-    out = tmp_path / "paper_figs" / "out"
-    assert (out / "demo.pdf").is_file() and (out / "demo.png").stat().st_size > 1000

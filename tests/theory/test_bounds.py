@@ -176,13 +176,46 @@ def test_topology_and_rho_conflict():
 
 def test_aliases_and_listing():
     names = bound_algorithms()
-    for name in ("centralized", "dsgd", "diffusion", "consensus", "gradient-tracking",
-                 "momentum-tracking", "choco", "lower-bound"):
+    for name in ("centralized", "dsgd", "diffusion", "consensus", "diffusion-cta",
+                 "gradient-tracking", "momentum-tracking", "choco", "lower-bound"):
         assert name in names
+    # the DSGD family shares one bound, shown under the registry's names
     a = bound("diffusion", n=8, rho=0.5, T=100)
     b = bound("consensus", n=8, rho=0.5, T=100)
-    assert a.algorithm == b.algorithm == "dsgd" and a.terms == b.terms
+    c = bound("diffusion-cta", n=8, rho=0.5, T=100)
+    assert (a.algorithm, b.algorithm, c.algorithm) == ("diffusion", "consensus", "diffusion-cta")
+    assert a.family == b.family == c.family == "dsgd" and a.terms == b.terms == c.terms
     assert any("ATC form" in note for note in b.notes)
+    # old spellings are still accepted, as the registry's aliases
+    for old, new in (("dsgd", "diffusion"), ("d-psgd", "consensus"), ("gt", "gradient-tracking"),
+                     ("choco-sgd", "choco"), ("lower", "lower-bound"), ("D_PSGD", "consensus")):
+        assert bound(old, n=8, rho=0.5, T=100, delta=0.5, G2=1.0, beta=0.5,
+                     exponents=(1, 1, 1, 1)).algorithm == new
+    with pytest.raises(TheoryError, match="no bound for ngpd"):
+        bound("natural-gradient-primal-dual", n=4, rho=0.5, T=1)
+
+
+def test_bound_names_are_the_registrys():
+    """theory keeps its own name table (it imports no torch); it must agree with the registry."""
+    import flatlab.algorithms
+    from flatlab.theory.bounds import _NO_BOUND, _NO_BOUND_ALIASES, ALGORITHMS, ALIASES
+
+    registry, registry_aliases = flatlab.algorithms.available(), flatlab.algorithms.aliases()
+    assert set(ALGORITHMS) - {"lower-bound"} <= set(registry)
+    assert set(_NO_BOUND) <= set(registry) and not set(_NO_BOUND) & set(ALGORITHMS)
+    for alias, name in (ALIASES | _NO_BOUND_ALIASES).items():
+        assert registry_aliases.get(alias, name) == name, alias
+    # every alias the registry has for an algorithm with a bound (or a refused one) is accepted
+    known, accepted = set(ALGORITHMS) | set(_NO_BOUND), set(ALIASES) | set(_NO_BOUND_ALIASES)
+    assert {a for a, n in registry_aliases.items() if n in known} <= accepted
+
+
+def test_theory_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, flatlab.theory; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 def test_as_dict_is_json_ready():

@@ -1,0 +1,205 @@
+"""Run many configs: the one place that sweeps, studies and the demo run their jobs through.
+
+A job is ``(run directory, config)``. :func:`run_many` keeps the rules every caller shares:
+
+* nothing runs or is written before every config is validated and every directory checked
+  (:func:`flatlab.experiment.rundir.conflict`); one bad job refuses them all, in one line;
+* a finished run (``done`` or ``diverged``) of the same config is skipped, an unfinished one
+  resumes from its checkpoint, a failed one is retried;
+* a run alive in another process (:func:`flatlab.experiment.rundir.owned_elsewhere`) is left to
+  it and reported as skipped;
+* a run that raises is marked ``failed`` (:func:`flatlab.experiment.rundir.mark_failed`) and the
+  others go on; ``KeyboardInterrupt`` stops everything;
+* one worker runs the jobs in this process; more run them in spawned processes of one thread
+  each.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from flatlab.errors import ConfigError, FlatlabError
+from flatlab.experiment import rundir
+from flatlab.experiment.config import RunConfig, load_config, to_dict
+from flatlab.experiment.runner import run
+
+__all__ = ["run_many", "COLUMNS"]
+
+#: The columns of :func:`run_many`'s table, one row per job.
+COLUMNS = ("run", "status", "step", "message", "skipped")
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One validated job and how to run it (picklable, for a spawned worker)."""
+
+    path: Path
+    config: RunConfig
+    progress: bool
+    verbose: bool
+
+    @property
+    def name(self) -> str:
+        """The run's name in rows and progress lines: its directory's name."""
+        return self.path.name
+
+
+def run_many(jobs: Sequence[tuple[str | Path, RunConfig | dict[str, Any]]], workers: int, *,
+             progress: bool = False, verbose: bool = True, headings: bool = False,
+             threads: int | None = 1, label: str = "run",
+             before: Callable[[], None] | None = None) -> pd.DataFrame:
+    """Run ``(directory, config)`` jobs, ``workers`` at a time, resumably.
+
+    Args:
+        jobs: Run directories and their configs (mappings, validated here, or a validated
+            :class:`RunConfig`).
+        workers: Jobs run at once: 1 runs them in this process, more in spawned processes of
+            one thread each, 0 runs (and reads) nothing.
+        progress: Show each run's progress bar.
+        verbose: Print one line per job that runs (see ``headings``) and, to stderr, the error
+            of a job that fails (its traceback unless it is a :class:`FlatlabError`).
+        headings: With one worker, print ``[i/N] name`` before each run (``i`` over all jobs,
+            a heading for its progress bar) instead of ``[k/M] name: status`` after it (``k``
+            over the jobs that run; with more workers the seconds since the first started).
+        threads: Torch threads of runs in this process (``None``: as they are); the count is
+            restored afterwards.
+        label: What a job is called in a refusal (``"sweep point"``: "sweep point NAME: ...").
+        before: Called once everything is checked, before the first run (e.g. to write a
+            sweep's spec).
+
+    Returns:
+        One row per job, in order: ``run`` (directory name), ``status``, ``step``, ``message``
+        and ``skipped`` (finished, or alive in another process).
+
+    Raises:
+        ConfigError: A config is invalid, or a directory holds a run of another config.
+        RunDirError: A run directory's status or config cannot be read.
+    """
+    if workers < 0:
+        raise ConfigError(f"workers must be >= 0 (got {workers})")
+    if workers == 0:
+        return pd.DataFrame(columns=list(COLUMNS))
+    planned = _plan(jobs, label, progress=progress, verbose=verbose)
+    if before is not None:
+        before()
+    rows: list[dict[str, Any] | None] = [_skipped(job, st) for job, st in planned]
+    todo = [(i, job) for i, (job, _) in enumerate(planned) if rows[i] is None]
+    if workers == 1:
+        done = _run_here(todo, len(planned), headings=headings and verbose, threads=threads)
+    else:
+        done = _run_pool(todo, workers)
+    for i, row in done:
+        rows[i] = row
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def _plan(jobs: Sequence[tuple[str | Path, RunConfig | dict[str, Any]]], label: str, *,
+          progress: bool, verbose: bool) -> list[tuple[_Job, dict[str, Any] | None]]:
+    """Validate every job and check its directory; each job with its current status."""
+    planned = []
+    for path, config in jobs:
+        path = Path(path)
+        try:  # a RunConfig is taken as validated, as the runner takes it
+            cfg = config if isinstance(config, RunConfig) else load_config(config)
+        except ConfigError as e:
+            raise ConfigError(f"{label} {path.name}: {e}") from None
+        problem = rundir.conflict(path, to_dict(cfg))
+        if problem:
+            raise ConfigError(f"{label} {path.name}: {problem}")
+        planned.append((_Job(path, cfg, progress, verbose), rundir.read_status(path)))
+    return planned
+
+
+def _skipped(job: _Job, st: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The row of a job that does not run (finished, or alive elsewhere), else ``None``."""
+    if st is None:
+        return None
+    if st["status"] in ("done", "diverged"):
+        message = st.get("message", "")
+    elif rundir.owned_elsewhere(st):
+        message = f"running in process {st.get('pid')} on {st.get('host')}"
+    else:
+        return None
+    return {"run": job.name, "status": st["status"], "step": st["step"], "message": message,
+            "skipped": True}
+
+
+def _run_one(job: _Job) -> dict[str, Any]:
+    """Run one job; a run that raises is marked ``failed`` and its row says why."""
+    try:
+        res = run(job.config, job.path, progress=job.progress)
+        return {"run": job.name, "status": res.status, "step": res.step,
+                "message": res.message, "skipped": False}
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # noqa: BLE001 - a failed run is recorded, the others go on
+        text = str(e).splitlines()[0] if str(e) else type(e).__name__
+        message = f"{type(e).__name__}: {text}"
+        if job.verbose and isinstance(e, FlatlabError):
+            print(f"{job.path}: {message}", file=sys.stderr, flush=True)
+        elif job.verbose:
+            traceback.print_exc()
+        try:
+            st = rundir.read_status(job.path) or {}
+        except FlatlabError:
+            st = {}
+        if st.get("status") != "failed":
+            rundir.mark_failed(job.path, to_dict(job.config), message)
+        return {"run": job.name, "status": "failed", "step": st.get("step", 0),
+                "message": message, "skipped": False}
+
+
+def _run_here(todo: list[tuple[int, _Job]], total: int, *, headings: bool,
+              threads: int | None) -> list[tuple[int, dict[str, Any]]]:
+    """Run the jobs one after another in this process (torch's thread count restored)."""
+    import torch
+
+    saved = torch.get_num_threads()
+    out = []
+    try:
+        for k, (i, job) in enumerate(todo):
+            if threads is not None:
+                torch.set_num_threads(threads)
+            if headings:
+                print(f"[{i + 1}/{total}] {job.name}", flush=True)
+            row = _run_one(job)
+            if job.verbose and not headings:
+                print(f"[{k + 1}/{len(todo)}] {job.name}: {row['status']}", flush=True)
+            out.append((i, row))
+    finally:
+        torch.set_num_threads(saved)
+    return out
+
+
+def _in_worker(job: _Job) -> dict[str, Any]:
+    """:func:`_run_one` in a spawned worker process, on one thread."""
+    import torch
+
+    torch.set_num_threads(1)
+    return _run_one(job)
+
+
+def _run_pool(todo: list[tuple[int, _Job]], workers: int) -> list[tuple[int, dict[str, Any]]]:
+    """Run the jobs in ``workers`` spawned processes; rows in the jobs' order."""
+    if not todo:
+        return []
+    out = []
+    t0 = time.time()
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        rows = pool.map(_in_worker, [job for _, job in todo])
+        for k, ((i, job), row) in enumerate(zip(todo, rows, strict=True)):
+            if job.verbose:
+                print(f"[{k + 1}/{len(todo)}] {job.name}: {row['status']} "
+                      f"({time.time() - t0:.0f} s)", flush=True)
+            out.append((i, row))
+    return out
