@@ -11,6 +11,7 @@ A stream is named, and keyed by what it depends on (a node's global id, a step, 
     seed_for(seed, "probes", r)          the r-th probe (or start vector) of an estimator
     seed_for(seed, "process", rank)      a process's torch generator (dropout)
     seed_for(seed, "noise", t)           gradient noise of a written-down objective at step t
+    seed_for(seed, "restart", j)         Lanczos's j-th restart vector after a breakdown
 
 ``SeedSequence([seed, stream, *keys])`` hashes the whole key, so different streams, steps, nodes
 and run seeds never share a random state. Adding numbers did: with ``seed + i`` node ``i + 1``
@@ -25,11 +26,11 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["STREAMS", "seed_for"]
+__all__ = ["STREAMS", "seed_for", "derive"]
 
 #: The named streams and their keys in the seed sequence (never renumber: it changes results).
 STREAMS = {"init": 1, "sampler": 2, "eval_subset": 3, "curvature_subset": 4, "compressor": 5,
-           "kfac": 6, "probes": 7, "process": 8, "noise": 9}
+           "kfac": 6, "probes": 7, "process": 8, "noise": 9, "restart": 10}
 
 
 def seed_for(seed: int, stream: str, *keys: int) -> int:
@@ -53,12 +54,23 @@ def seed_for(seed: int, stream: str, *keys: int) -> int:
         >>> seed_for(0, "init", 1) != seed_for(1, "init", 0)
         True
     """
-    if stream not in STREAMS:
+    if stream not in STREAMS:  # a typo must not silently alias another stream
         raise ValueError(f"random stream {stream!r} is unknown; accepted: "
                          f"{', '.join(STREAMS)}")
-    words = [seed, STREAMS[stream], *keys]
-    for w in words:
-        if isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 0:
-            raise ValueError(f"seed keys must be integers >= 0, got {w!r}")
-    state = np.random.SeedSequence([int(w) for w in words]).generate_state(2, dtype=np.uint32)
+    return derive(seed, STREAMS[stream], *keys)
+
+
+def derive(*keys: int) -> int:
+    """A 63-bit seed that depends on every key: ``SeedSequence(keys)``, two words combined.
+
+    The primitive under :func:`seed_for`; the data generators use it directly with their own
+    fixed keys (``derive(seed, 31337)``), which keeps the generated data sets as they were.
+
+    Raises:
+        ValueError: A negative or non-integer key.
+    """
+    for k in keys:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+            raise ValueError(f"seed keys must be integers >= 0, got {k!r}")
+    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint32)
     return (int(state[0]) << 31) ^ int(state[1])

@@ -23,6 +23,7 @@ from flatlab.comm import compress as C
 from flatlab.comm.protocols import Mixer
 from flatlab.engine.oracle import LayeredOracle, Oracle
 from flatlab.errors import AlgorithmError, FlatlabError
+from flatlab.seeds import seed_for
 from flatlab.topology import Topology
 
 __all__ = ["AdaGossip", "CHOCO", "ChocoState", "AdaGossipState"]
@@ -152,7 +153,8 @@ class CHOCO(Algorithm):
         P = x_half.shape[1]  # noqa: N806
         blocks = self.blocks(oracle)
         q = C.compress(x_half - state.x_hat, self.q, blocks=blocks,
-                       seed=self.seed * 1_000_003 + state.t, rows=mixer.local_rows, n=mixer.n)
+                       seed=seed_for(self.seed, "compressor", state.t), rows=mixer.local_rows,
+                       n=mixer.n)
         x_hat = state.x_hat + q
         s = state.s + mixer.mix(q, state.t, row_bytes=C.payload_bytes(self.q, P, blocks))
         return x_hat, s

@@ -26,6 +26,7 @@ from flatlab.algorithms.base import Algorithm, State, derived, register
 from flatlab.comm.protocols import Mixer
 from flatlab.curvature.kfac import FISHER_TYPES, Eigenbasis, eigenbasis, kfac_solve
 from flatlab.engine.oracle import MetricBlock, MetricOracle, Oracle
+from flatlab.seeds import seed_for
 from flatlab.topology import Topology
 
 __all__ = ["ECL", "ECLState", "NGPD", "NGPDState", "EdgeLinks"]
@@ -406,7 +407,7 @@ class NGPD(ECL):
     def _batch_factors(self, oracle: Oracle, blocks: _Blocks, X: torch.Tensor, batch: Any,  # noqa: N803
                        t: int) -> torch.Tensor:
         """This step's factors from the oracle's metric, packed (true Fisher seeded by ``t``)."""
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + t)
+        gen = torch.Generator().manual_seed(seed_for(self.seed, "kfac", t))
         return blocks.pack(_metric_oracle(self, oracle).metric_factors(
             X, batch, blocks.layers, fisher=self.fisher, generator=gen))
 

@@ -17,6 +17,7 @@ import torch
 from flatlab.curvature.lanczos import random_probes, tridiagonalize
 from flatlab.curvature.operators import as_operator
 from flatlab.errors import CurvatureError
+from flatlab.seeds import seed_for
 
 __all__ = ["SpectralDensity", "spectral_density", "smooth_density"]
 
@@ -88,8 +89,9 @@ def spectral_density(op, *, num_runs: int = 10, lanczos_steps: int = 80,
     start = op.num_matvecs
     nodes, weights = [], []
     for r in range(int(num_runs)):
-        q0 = random_probes((B, op.size), seed=seed + 7919 * r, dtype=op.dtype, device=op.device)
-        T = tridiagonalize(op, q0, lanczos_steps, seed=seed + 7919 * r)[0]  # noqa: N806
+        run_seed = seed_for(seed, "probes", r)
+        q0 = random_probes((B, op.size), seed=run_seed, dtype=op.dtype, device=op.device)
+        T = tridiagonalize(op, q0, lanczos_steps, seed=run_seed)[0]  # noqa: N806
         theta, S = torch.linalg.eigh(T)  # noqa: N806
         nodes.append(theta)
         weights.append(S[:, 0, :] ** 2)

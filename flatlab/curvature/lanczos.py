@@ -32,6 +32,7 @@ import torch
 
 from flatlab.curvature.operators import Operator, as_operator, batched_matvec
 from flatlab.errors import CurvatureError
+from flatlab.seeds import seed_for
 
 __all__ = ["EigenResult", "lanczos", "power_iteration", "tridiagonalize", "random_probes"]
 
@@ -113,7 +114,7 @@ def tridiagonalize(op: Operator, q0: torch.Tensor, steps: int, *, seed: int = 0,
     alphas, betas = [], []
     beta_prev = torch.zeros(B, dtype=q.dtype, device=q.device)
     q_prev = torch.zeros_like(q)
-    gen_seed = int(seed) + 1
+    restarts = 0
     scale = torch.zeros(B, dtype=torch.float64)
     for j in range(steps):
         w = mv(q) - beta_prev[:, None] * q_prev
@@ -131,9 +132,10 @@ def tridiagonalize(op: Operator, q0: torch.Tensor, steps: int, *, seed: int = 0,
         if check is not None and not bool(broken.any()) and check(T, b.double().cpu()):
             return T, Q, b.double().cpu(), j + 1
         if bool(broken.any()):  # an invariant subspace: continue from a fresh orthogonal vector
-            r = _orthogonalize(random_probes((B, P), seed=gen_seed, distribution="gaussian",
-                                             dtype=q.dtype, device=q.device), Q)
-            gen_seed += 1
+            r = _orthogonalize(random_probes((B, P), seed=seed_for(seed, "restart", restarts),
+                                             distribution="gaussian", dtype=q.dtype,
+                                             device=q.device), Q)
+            restarts += 1
             w = torch.where(broken[:, None], r, w)
             b = torch.where(broken, torch.zeros_like(b), b)
             norm = w.norm(dim=1)
@@ -251,7 +253,8 @@ def power_iteration(op, k: int = 1, *, max_iter: int = 100, tol: float = 1e-3,
     start = op.num_matvecs
     vals, ress, oks, vecs = [], [], [], []
     for i in range(k):
-        v = random_probes((B, op.size), seed=seed + i, distribution="gaussian", dtype=op.dtype,
+        v = random_probes((B, op.size), seed=seed_for(seed, "probes", i),
+                          distribution="gaussian", dtype=op.dtype,
                           device=op.device)
         lam = torch.full((B,), float("nan"), dtype=op.dtype, device=op.device)
         done = torch.zeros(B, dtype=torch.bool)

@@ -21,6 +21,7 @@ import torch
 from flatlab.curvature.lanczos import random_probes
 from flatlab.curvature.operators import as_operator, batched_matvec
 from flatlab.errors import CurvatureError
+from flatlab.seeds import seed_for
 
 __all__ = ["TraceResult", "trace", "TRACE_METHODS"]
 
@@ -79,7 +80,8 @@ def trace(op, num_matvecs: int = 100, *, method: str = "hutch++",
         Q = torch.linalg.qr(HS.double())[0].to(op.dtype)  # [B, P, s]  # noqa: N806
         HQ = torch.stack([mv(Q[:, :, j].contiguous()) for j in range(s)], dim=2)  # noqa: N806
         exact = torch.einsum("bps,bps->b", Q.double(), HQ.double()).cpu()
-        probes = random_probes((m - 2 * s, B, P), seed=seed + 1, distribution=distribution,
+        probes = random_probes((m - 2 * s, B, P), seed=seed_for(seed, "probes", 1),
+                               distribution=distribution,
                                dtype=op.dtype, device=op.device)
         probes = probes - torch.einsum("bps,jbs->jbp", Q,
                                        torch.einsum("bps,jbp->jbs", Q, probes))

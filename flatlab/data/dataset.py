@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from flatlab.errors import DataError
+from flatlab.seeds import derive as derive_seed
 
 __all__ = [
     "Dataset",
@@ -106,19 +107,6 @@ class Dataset:
         return (f"Dataset({self.name!r}, {self.task}, train={self.num_train}, "
                 f"test={self.num_test}, input_shape={self.input_shape}, "
                 f"num_classes={self.num_classes}{nodes})")
-
-
-def derive_seed(*keys: int) -> int:
-    """A 63-bit seed that depends on every key (``numpy.random.SeedSequence``), for generators.
-
-    Args:
-        *keys: Non-negative integers, e.g. ``(seed, epoch)``.
-
-    Returns:
-        A non-negative integer below ``2**63``, suitable for ``torch.Generator.manual_seed``.
-    """
-    words = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint32)
-    return (int(words[0]) << 31) ^ int(words[1])
 
 
 def check_int(value: Any, name: str, minimum: int | None = None,

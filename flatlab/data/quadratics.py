@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from flatlab.data.dataset import check_float, check_int, check_seed, derive_seed
+from flatlab.data.dataset import check_float, check_int, check_seed
 from flatlab.errors import DataError
+from flatlab.seeds import seed_for
 
 __all__ = ["QuadraticProblem", "heterogeneous_quadratics"]
 
@@ -109,7 +110,7 @@ class QuadraticProblem:
             if noise == 0.0:
                 return g
             gen = torch.Generator(device="cpu").manual_seed(
-                derive_seed(seed, check_int(t, "step t", minimum=0)))
+                seed_for(seed, "noise", check_int(t, "step t", minimum=0)))
             eps = torch.randn(self.n, self.d, generator=gen, dtype=torch.float64)
             return g + noise * eps.to(g)
 

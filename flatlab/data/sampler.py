@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from flatlab.data.dataset import check_int, check_seed, derive_seed
+from flatlab.data.dataset import check_int, check_seed
 from flatlab.data.partition import Partition
 from flatlab.errors import DataError
+from flatlab.seeds import seed_for
 
 __all__ = ["NodeSampler"]
 
@@ -113,7 +114,7 @@ class NodeSampler:
         """
         epoch = check_int(epoch, "epoch", minimum=0)
         if self._epoch != epoch:
-            gen = torch.Generator(device="cpu").manual_seed(derive_seed(self.seed, epoch))
+            gen = torch.Generator(device="cpu").manual_seed(seed_for(self.seed, "sampler", epoch))
             keys = torch.rand(self.n_total, self.m, generator=gen, dtype=torch.float64)
             self._perm = keys[self.rows].argsort(dim=1).to(self.device)
             self._epoch = epoch

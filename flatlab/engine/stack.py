@@ -21,6 +21,7 @@ from torch.func import functional_call
 
 from flatlab.engine.layout import ParamLayout
 from flatlab.errors import FlatlabError
+from flatlab.seeds import seed_for
 
 __all__ = ["NodeStack", "resolve_device", "resolve_dtype", "LOSSES", "check_fits_in_memory",
            "available_memory", "STACK_COPIES"]
@@ -125,9 +126,13 @@ class NodeStack:
         dtype: ``float32`` (default) or ``float64``.
         loss: ``"cross_entropy"`` or ``"mse"`` (``0.5 ||f(a) - y||^2``, mean over the batch).
         init: ``"same"`` (every node starts at the template's parameters, as the literature does)
-            or ``"different"`` (node i re-initialised with ``seed + i``; needs ``reinit``).
+            or ``"different"`` (node ``i`` re-initialised from its own stream,
+            ``reinit(seed_for(seed, "init", first_node + i))`` of :mod:`flatlab.seeds`; needs
+            ``reinit``).
         reinit: ``reinit(seed) -> nn.Module`` building a fresh model, for ``init="different"``.
-        seed: Base seed of ``init="different"``.
+        seed: The run seed of ``init="different"``.
+        first_node: Global id of the first node held (a process's rows of a distributed
+            network), so that a node starts from the same model however nodes are split.
 
     Attributes:
         layout: The :class:`ParamLayout`; ``P = layout.P``.
@@ -145,6 +150,7 @@ class NodeStack:
         init: str = "same",
         reinit: Callable[[int], nn.Module] | None = None,
         seed: int = 0,
+        first_node: int = 0,
     ) -> None:
         if int(n) < 1:
             raise FlatlabError(f"number of nodes must be >= 1, got {n}")
@@ -166,8 +172,9 @@ class NodeStack:
         else:
             if reinit is None:
                 raise FlatlabError("init=different needs reinit(seed) -> module")
-            rows = [self.layout.flatten_module(reinit(seed + i).to(self.device, self.dtype))
-                    for i in range(self.n)]
+            rows = [self.layout.flatten_module(
+                reinit(seed_for(seed, "init", first_node + i)).to(self.device, self.dtype))
+                for i in range(self.n)]
             self._x0 = torch.stack(rows)
         self.buffers: dict[str, torch.Tensor] = {
             name: b.detach().to(self.device).expand(self.n, *b.shape).clone()

@@ -25,6 +25,7 @@ from flatlab.experiment.config import RunConfig
 from flatlab.experiment.rundir import average_model
 from flatlab.experiment.schedules import lr_at
 from flatlab.measures.schedule import Schedule, scheduled
+from flatlab.seeds import seed_for
 from flatlab.topology import make as make_topology
 
 __all__ = ["Run", "build"]
@@ -108,9 +109,9 @@ def _stack(cfg: RunConfig, dataset: Any, rows: slice, device: Any) -> NodeStack:
         return _models.make(cfg.model.name, input_shape=tuple(dataset.input_shape),
                             num_classes=dataset.num_classes, seed=seed, **cfg.model.options)
 
-    # node i starts from model(seed + i) with init=different, wherever it lives
+    # with init=different, node i starts from its own stream, wherever it lives
     stack = NodeStack(model(cfg.seed), rows.stop - rows.start, init=cfg.init, reinit=model,
-                      seed=cfg.seed + rows.start, device=device, dtype=dtype,
+                      seed=cfg.seed, first_node=rows.start, device=device, dtype=dtype,
                       loss="cross_entropy" if dataset.task == "classification" else "mse")
     if cfg.init_from is not None:
         try:
@@ -126,7 +127,7 @@ def _stack(cfg: RunConfig, dataset: Any, rows: slice, device: Any) -> NodeStack:
 def _eval_sets(cfg: RunConfig, dataset: Any, part: Any, stack: NodeStack
                ) -> tuple[Pair, Pair, Pair]:
     """The fixed evaluation subsets: training data of the nodes, test data, curvature subset."""
-    rng = np.random.default_rng(cfg.data.seed + 7919)
+    rng = np.random.default_rng(seed_for(cfg.data.seed, "eval_subset"))
     train_idx = np.asarray(part.indices).reshape(-1)
     if cfg.measure.train_subset is not None and cfg.measure.train_subset < train_idx.size:
         train_idx = np.sort(rng.choice(train_idx, cfg.measure.train_subset, replace=False))
@@ -145,7 +146,8 @@ def _eval_sets(cfg: RunConfig, dataset: Any, part: Any, stack: NodeStack
         test = (test[0], test[1].to(dtype))
     # curvature subset: a fixed shuffle of the training evaluation set, the first m samples
     perm = torch.randperm(train[0].shape[0],
-                          generator=torch.Generator().manual_seed(cfg.data.seed + 104729))
+                          generator=torch.Generator().manual_seed(
+                              seed_for(cfg.data.seed, "curvature_subset")))
     pick = perm[:cfg.measure.curvature_subset].to(stack.device)
     return train, test, (train[0][pick], train[1][pick])
 

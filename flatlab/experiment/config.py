@@ -185,9 +185,10 @@ class RunConfig:
     backend.
 
     Initialisation: ``init`` is ``same`` (every node starts from ``model(seed)``) or
-    ``different`` (node ``i`` from ``model(seed + i)``); ``init_from`` names a run directory
-    whose checkpoint (with the same model and data set) gives the start instead: every node
-    starts at its averaged model ``x̄``, with averaged buffers.
+    ``different`` (node ``i`` from ``model(seed_for(seed, "init", i))``, :mod:`flatlab.seeds`);
+    ``init_from`` names a run directory whose checkpoint (with the same model and data set)
+    gives the start instead: every node starts at its averaged model ``x̄``, with averaged
+    buffers.
     """
 
     name: str = "run"

@@ -55,6 +55,7 @@ from flatlab.experiment.config import RunConfig, load_config, to_dict
 from flatlab.experiment.hooks import measure
 from flatlab.experiment.rundir import METRIC_COLUMNS, STATUSES, average_model, final_models
 from flatlab.experiment.train import Hook, train
+from flatlab.seeds import seed_for
 
 __all__ = ["Run", "RunResult", "build", "run", "measure", "average_model", "final_models",
            "STATUSES", "METRIC_COLUMNS"]
@@ -125,7 +126,7 @@ def _setup(cfg: RunConfig, out: Path, ck: rundir.Checkpoint | None, procs: Proce
     try:
         built = build(cfg, procs)
         box.append(built.mixer)
-        torch.manual_seed(cfg.seed + built.mixer.rank)
+        torch.manual_seed(seed_for(cfg.seed, "process", built.mixer.rank))
         state = built.algorithm.init(built.stack.initial_params(), built.oracle, built.mixer)
         if ck is not None:  # everything in the checkpoint is checked before anything is written
             state = _hooks.restore(ck, out, built, state)

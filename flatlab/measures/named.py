@@ -38,6 +38,7 @@ import torch
 from flatlab.comm.protocols import CollectiveGroup
 from flatlab.errors import MeasureError
 from flatlab.measures.settings import Settings, setting, validate
+from flatlab.seeds import seed_for
 
 __all__ = ["NamedMeasure", "MeasureContext", "available", "get", "resolve", "describe",
            "TABLES", "Row"]
@@ -467,7 +468,7 @@ def _hessian_top_nodes(ctx: MeasureContext, s: dict) -> list[Row]:
     from flatlab.curvature import lanczos, random_probes
 
     op = ctx.nodes_hessian()
-    v0 = torch.cat([random_probes((1, op.size), seed=s["seed"] + 7919 * (i + 1),
+    v0 = torch.cat([random_probes((1, op.size), seed=seed_for(s["seed"], "probes", i),
                                   dtype=op.dtype, device=op.device)
                     for i in range(ctx.rows.start, ctx.rows.stop)])
     res = lanczos(op, s["k"], tol=s["tol"], max_iter=s["max_iter"], v0=v0)

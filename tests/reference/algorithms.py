@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from flatlab.seeds import seed_for
+
 
 def flat(module: nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in module.parameters()])
@@ -479,7 +481,7 @@ def _loop_compressed(nodes, W_at, batches, lr, steps, *, momentum, nesterov, gam
             else:
                 d = gs[i]
             half.append(xs[i] - eta * d)
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + t)
+        gen = torch.Generator().manual_seed(seed_for(seed, "compressor", t))
         qs = [torch.zeros_like(x) for x in xs]
         pos = 0
         for size in sizes:
