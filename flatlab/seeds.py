@@ -19,12 +19,14 @@ of run seed ``s`` started from the model of node ``i`` of seed ``s + 1``. A node
 depends on its global id only, so it is the same however the nodes are split over processes
 (the ``process`` stream, which drives dropout, is per process by nature).
 
-This module needs no torch.
+This module needs no torch (only :mod:`flatlab.errors`).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from flatlab.errors import FlatlabError
 
 __all__ = ["STREAMS", "seed_for", "derive"]
 
@@ -46,7 +48,7 @@ def seed_for(seed: int, stream: str, *keys: int) -> int:
         ``numpy.random.default_rng``.
 
     Raises:
-        ValueError: An unknown stream, or a negative or non-integer key.
+        FlatlabError: An unknown stream, or a negative or non-integer seed or key.
 
     Examples:
         >>> seed_for(0, "init", 1) == seed_for(0, "init", 1)
@@ -55,7 +57,7 @@ def seed_for(seed: int, stream: str, *keys: int) -> int:
         True
     """
     if stream not in STREAMS:  # a typo must not silently alias another stream
-        raise ValueError(f"random stream {stream!r} is unknown; accepted: "
+        raise FlatlabError(f"random stream {stream!r} is unknown; accepted: "
                          f"{', '.join(STREAMS)}")
     return derive(seed, STREAMS[stream], *keys)
 
@@ -67,10 +69,10 @@ def derive(*keys: int) -> int:
     fixed keys (``derive(seed, 31337)``), which keeps the generated data sets as they were.
 
     Raises:
-        ValueError: A negative or non-integer key.
+        FlatlabError: A negative or non-integer key.
     """
     for k in keys:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
-            raise ValueError(f"seed keys must be integers >= 0, got {k!r}")
+            raise FlatlabError(f"a seed and its keys must be integers >= 0, got {k!r}")
     state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint32)
     return (int(state[0]) << 31) ^ int(state[1])

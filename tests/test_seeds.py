@@ -14,6 +14,7 @@ import torch
 
 from flatlab import models
 from flatlab.engine import NodeStack
+from flatlab.errors import FlatlabError
 from flatlab.seeds import STREAMS, derive, seed_for
 
 
@@ -55,5 +56,5 @@ def test_a_node_starts_from_its_own_model_however_nodes_are_split():
     (lambda: seed_for(0, "init", True), "integers >= 0"),
 ])
 def test_bad_streams_and_keys_are_refused(call, needle):
-    with pytest.raises(ValueError, match=needle):
+    with pytest.raises(FlatlabError, match=needle):
         call()

@@ -27,6 +27,7 @@ from torch.func import grad_and_value
 
 from flatlab.engine.kfac import KFACLayer, kfac_factors, kfac_layers
 from flatlab.engine.stack import NodeStack
+from flatlab.errors import AlgorithmError
 
 __all__ = ["Oracle", "MetricOracle", "MetricBlock", "LayeredOracle", "DenseMetricBlock",
            "GradientOracle", "FunctionOracle"]
@@ -258,8 +259,9 @@ class FunctionOracle:
                              "[n, d, d] (simulate(..., metric_fn=...))")
         M = self.metric_fn(X, batch)
         if not isinstance(M, torch.Tensor) or M.shape != (*X.shape, X.shape[-1]):
-            raise ValueError(f"metric_fn must return [n, d, d] = {(*X.shape, X.shape[-1])}, got "
-                             f"{getattr(M, 'shape', type(M).__name__)}")
+            want = (*X.shape, X.shape[-1])
+            raise AlgorithmError(f"metric_fn must return [n, d, d] = {want}, got "
+                                 f"{getattr(M, 'shape', type(M).__name__)}")
         return M
 
     def metric_blocks(self, P: int) -> list[MetricBlock] | None:  # noqa: N803

@@ -17,11 +17,11 @@ from flatlab.experiment.config import (
     to_dict,
     validate,
 )
+from flatlab.experiment.loop import Hook, Loop, Outcome, train
 from flatlab.experiment.many import run_many
 from flatlab.experiment.rundir import average_model, final_models, read_status, shown_status
 from flatlab.experiment.runner import Run, RunResult, build, run
 from flatlab.experiment.schedules import lr_at
-from flatlab.experiment.train import Hook, Loop, Outcome, train
 
 __all__ = [
     "RunConfig",

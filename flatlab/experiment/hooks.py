@@ -1,4 +1,4 @@
-"""The runner's hooks on the training loop (:mod:`flatlab.experiment.train`).
+"""The runner's hooks on the training loop (:mod:`flatlab.experiment.loop`).
 
 Each owns one concern of a run; :func:`flatlab.experiment.runner.run` wires them, in this order::
 
@@ -14,8 +14,12 @@ Each owns one concern of a run; :func:`flatlab.experiment.runner.run` wires them
     StatusFile    status.json: running, then done / diverged; released when stopped
 
 They share a :class:`Record` (the metric rows, tables and timings a checkpoint holds). A new hook
-(a logger, timings) subclasses :class:`~flatlab.experiment.train.Hook` and is added to the list
-in ``runner.run``; it reads ``Record.rows`` for what was measured.
+(a logger, timings) subclasses :class:`~flatlab.experiment.Hook` and is given to
+``flatlab.experiment.run(..., hooks=[...])``, which places it after ``StopAfter``, before
+``Checkpointing``; if it defines ``bind(run, record)``, that is called once before training
+with the built :class:`~flatlab.experiment.assemble.Run` and the :class:`Record` (``rows``: what
+was measured so far). A hook that ends the run early with ``Outcome("done", ...)`` gets the run
+measured, checkpointed and marked done at that step.
 """
 
 from __future__ import annotations
@@ -35,8 +39,8 @@ import torch
 from flatlab import algorithms as _algorithms
 from flatlab.errors import FlatlabError, RunDirError
 from flatlab.experiment import rundir
-from flatlab.experiment.build import Run
-from flatlab.experiment.train import Hook, Loop, Outcome
+from flatlab.experiment.assemble import Run
+from flatlab.experiment.loop import Hook, Loop, Outcome
 from flatlab.measures import named
 from flatlab.measures import schedule as _schedule
 
@@ -222,9 +226,11 @@ class Measuring(Hook):
         return None
 
     def on_end(self, loop: Loop, outcome: Outcome) -> None:
-        """Add the ``diverged`` row."""
+        """Add the ``diverged`` row; measure a run that a hook ended early as done."""
         if outcome.status == "diverged" and self.run.mixer.rank == 0:
             self.record.add(outcome.step, [("diverged", "network", 1.0)])
+        if outcome.status == "done" and not self.run.schedule.is_step(outcome.step):
+            self._measure(loop)
 
 
 class Progress(Hook):
@@ -308,15 +314,19 @@ class Checkpointing(Hook):
 
         self.alone(f"writing the checkpoint of step {step}", write)
 
+    def _due(self, step: int, total: int) -> bool:
+        return step % self.every == 0 or step == total
+
     def on_step(self, loop: Loop) -> None:
         """Save at every ``every`` steps and at the last step."""
-        if loop.step % self.every == 0 or loop.step == loop.total:
+        if self._due(loop.step, loop.total):
             self.record.tick()
             self.save(loop.step, loop.state)
 
     def on_end(self, loop: Loop, outcome: Outcome) -> None:
-        """Save the diverged state."""
-        if outcome.status == "diverged":
+        """Save the diverged state, and a run that a hook ended early as done."""
+        early = outcome.status == "done" and not self._due(outcome.step, loop.total)
+        if outcome.status == "diverged" or early:
             self.record.tick()
             self.save(outcome.step, loop.state)
 

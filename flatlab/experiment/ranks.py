@@ -5,6 +5,18 @@ the run directory and the others hear its decision (:func:`decide`), a failure i
 the watchdog's verdict on which rank was lost (:func:`record_failure`), and SIGTERM (how
 torchrun stops the other workers) ends the loop at the next step instead of killing the process
 (:func:`catch_sigterm`). In a one-process run these are the plain operations.
+
+Backends. With ``backend: simulated`` one process holds all ``n`` nodes and a
+:class:`~flatlab.comm.SimulatedMixer` gossips. With ``backend: distributed`` the run is started by
+``torchrun --nproc_per_node=K``; rank ``r`` holds the nodes ``r n/K … (r+1) n/K − 1`` (its rows
+of the node stack, its minibatches, its initial models) and a
+:class:`~flatlab.comm.DistributedMixer` gossips by point-to-point messages. The loop is the same
+code: the per-step loss is all-reduced, the averaged model ``x̄`` is all-reduced and evaluated once
+(on rank 0), each rank evaluates its own nodes and the per-node metrics are gathered, and
+checkpoints hold the gathered state of all ``n`` nodes, so a run directory looks the same either
+way and can be resumed under either backend. Rank 0 writes the directory. A rank that dies or
+hangs makes the others fail within ``timeout`` seconds with one line naming it
+(:class:`~flatlab.comm.process.Watchdog`); the run is then marked ``failed``.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@
     metrics.parquet  long form: step, epoch, metric, scope, value
     checkpoint.pt    everything needed to resume (and the final state, for later measurement)
 
+Metric scopes: ``avg`` (the averaged model ``x̄``), ``mean`` (mean over the node models),
+``network`` (a quantity of the whole network) and ``"0" … "n-1"`` (one node).
+
 This module is the only writer of ``status.json`` (:class:`StatusWriter`, :func:`mark_failed`)
 and the only reader of run files. Everything it reads is checked before it is used, and every
 problem is one :class:`~flatlab.errors.RunDirError` line naming the file and what to do:
@@ -531,11 +534,30 @@ def conflict(out: Path, cfg_dict: dict[str, Any]) -> str | None:
     out = Path(out)
     if out.exists() and not out.is_dir():
         return f"run directory {out} is a file; accepted: a directory (or a new path)"
+    if (out / "sweep.yaml").is_file():
+        return (f"{out} is a sweep folder (it holds sweep.yaml); accepted: a run directory of "
+                f"its own (e.g. {out / 'NAME'}) or a new path")
     old = read_config(out) if (out / "status.json").exists() else None
     if old is not None and identity(old) != identity(cfg_dict):
-        return (f"run directory {out} holds a run with a different config; choose another "
-                "output directory or delete it")
+        fields = differences(identity(old), identity(cfg_dict))
+        shown = ", ".join(fields[:4]) + (f" and {len(fields) - 4} more" if len(fields) > 4
+                                         else "")
+        return (f"run directory {out} holds a run with a different config (it differs in "
+                f"{shown}); choose another output directory or delete it")
     return None
+
+
+def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted config fields whose values differ between two config mappings."""
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key), new.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, name + ".")
+        elif a != b:
+            out.append(name)
+    return out
 
 
 def decide(out: Path, cfg_dict: dict[str, Any], resume: bool
@@ -558,6 +580,8 @@ def decide(out: Path, cfg_dict: dict[str, Any], resume: bool
         if resume:
             raise
         st = None  # --restart overwrites a damaged status
+    if (out / "sweep.yaml").is_file():
+        return "error", conflict(out, cfg_dict)
     if owned_elsewhere(st):
         return "error", (f"run directory {out} is being run by process {st.get('pid')} on "
                          f"{st.get('host')} (its status is running and the process is alive); "
@@ -566,7 +590,8 @@ def decide(out: Path, cfg_dict: dict[str, Any], resume: bool
         return "start", None
     problem = conflict(out, cfg_dict)
     if problem:
-        return "error", problem
+        return "error", problem.replace("choose another output directory or delete it",
+                                        f"choose another output directory or {RESTART_HINT}")
     if st["status"] in ("done", "diverged"):
         return "finished", st
     ckpt = out / "checkpoint.pt"

@@ -2,8 +2,8 @@
 
 :func:`run` decides what to do with the run directory (:func:`flatlab.experiment.rundir.decide`:
 resume, start afresh, or return a finished run), builds the run
-(:func:`flatlab.experiment.build.build`), restores a checkpoint, writes the run's files and
-trains with :func:`flatlab.experiment.train.train` and the hooks of
+(:func:`flatlab.experiment.assemble.build`), restores a checkpoint, writes the run's files and
+trains with :func:`flatlab.experiment.loop.train` and the hooks of
 :mod:`flatlab.experiment.hooks` (measuring, divergence, checkpoints, status, progress). The
 processes of a distributed run agree through :mod:`flatlab.experiment.ranks`.
 
@@ -19,20 +19,8 @@ holds the metric rows measured so far, so a run killed at any moment resumes fro
 checkpoint and ends with exactly the metrics of an uninterrupted run (on the CPU; the sampler is a
 pure function of the step, the learning rate too, and the torch RNG state is saved).
 
-Metric scopes: ``avg`` (the averaged model ``x̄``), ``mean`` (mean over the node models),
-``network`` (a quantity of the whole network) and ``"0" … "n-1"`` (one node).
-
-Backends. With ``backend: simulated`` one process holds all ``n`` nodes and a
-:class:`~flatlab.comm.SimulatedMixer` gossips. With ``backend: distributed`` the run is started by
-``torchrun --nproc_per_node=K``; rank ``r`` holds the nodes ``r n/K … (r+1) n/K − 1`` (its rows
-of the node stack, its minibatches, its initial models) and a
-:class:`~flatlab.comm.DistributedMixer` gossips by point-to-point messages. The loop is the same
-code: the per-step loss is all-reduced, the averaged model ``x̄`` is all-reduced and evaluated once
-(on rank 0), each rank evaluates its own nodes and the per-node metrics are gathered, and
-checkpoints hold the gathered state of all ``n`` nodes, so a run directory looks the same either
-way and can be resumed under either backend. Rank 0 writes the directory. A rank that dies or
-hangs makes the others fail within ``timeout`` seconds with one line naming it
-(:class:`~flatlab.comm.process.Watchdog`); the run is then marked ``failed``.
+Backends (one process holding all nodes, or ``torchrun`` processes holding their rows):
+:mod:`flatlab.experiment.ranks`.
 """
 
 from __future__ import annotations
@@ -40,7 +28,7 @@ from __future__ import annotations
 import importlib
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,13 +36,14 @@ from typing import Any
 import torch
 
 from flatlab.comm.process import Processes, Watchdog, join, leave
+from flatlab.errors import ConfigError
 from flatlab.experiment import hooks as _hooks
 from flatlab.experiment import ranks, rundir
-from flatlab.experiment.build import Run, build
+from flatlab.experiment.assemble import Run, build
 from flatlab.experiment.config import RunConfig, load_config, to_dict
 from flatlab.experiment.hooks import measure
+from flatlab.experiment.loop import Hook, train
 from flatlab.experiment.rundir import METRIC_COLUMNS, STATUSES, average_model, final_models
-from flatlab.experiment.train import Hook, train
 from flatlab.seeds import seed_for
 
 __all__ = ["Run", "RunResult", "build", "run", "measure", "average_model", "final_models",
@@ -76,7 +65,8 @@ class RunResult:
 
 
 def run(config: RunConfig | dict | str | Path, out: str | Path, *, progress: bool = True,
-        resume: bool = True, stop_after: int | None = None) -> RunResult:
+        resume: bool = True, stop_after: int | None = None,
+        hooks: Sequence[Hook] = ()) -> RunResult:
     """Train one run into the directory ``out``, resuming from its checkpoint when there is one.
 
     With ``backend: distributed`` call this in every process of a ``torchrun`` launch (the
@@ -91,6 +81,10 @@ def run(config: RunConfig | dict | str | Path, out: str | Path, *, progress: boo
             run (done or diverged) is returned as it is. With ``False`` the run starts over.
         stop_after: Stop (as if killed, without a final checkpoint) once this many steps are done;
             for tests of resumption.
+        hooks: Extra :class:`~flatlab.experiment.Hook` s (a logger, say), called after the
+            runner's measuring and before its checkpoint at every step; one with
+            ``bind(run, record)`` gets the built run and its :class:`~flatlab.experiment.hooks.
+            Record` first. ``Outcome("done")`` from one ends the run early with its results.
 
     Returns:
         The :class:`RunResult`. A diverging run ends with status ``diverged`` (not an error).
@@ -104,6 +98,9 @@ def run(config: RunConfig | dict | str | Path, out: str | Path, *, progress: boo
     """
     cfg = config if isinstance(config, RunConfig) else load_config(config)
     out = Path(out)
+    for h in hooks:
+        if not isinstance(h, Hook):
+            raise ConfigError(f"hooks: a {type(h).__name__} is not a flatlab.experiment.Hook")
     procs = join(cfg.device, cfg.timeout) if cfg.backend == "distributed" else None
     failed = False
     try:
@@ -111,7 +108,8 @@ def run(config: RunConfig | dict | str | Path, out: str | Path, *, progress: boo
         if kind == "finished":
             return RunResult(out, payload["status"], payload["step"],
                              payload.get("message", ""), procs is None or procs.rank == 0)
-        return _train(cfg, out, payload, procs, progress=progress, stop_after=stop_after)
+        return _train(cfg, out, payload, procs, progress=progress, stop_after=stop_after,
+                      extra=hooks)
     except BaseException:
         failed = True
         raise
@@ -139,20 +137,23 @@ def _setup(cfg: RunConfig, out: Path, ck: rundir.Checkpoint | None, procs: Proce
 
 def _hooks_of(built: Run, record: _hooks.Record, status: _hooks.StatusFile, out: Path,
               alone: Callable[[str, Callable[[], Any]], Any], term: threading.Event, *,
-              progress: bool, stop_after: int | None) -> list[Hook]:
-    """The runner's hooks, in their order (flatlab.experiment.hooks says why this one)."""
+              progress: bool, stop_after: int | None, extra: Sequence[Hook]) -> list[Hook]:
+    """The runner's hooks and the caller's, in their order (flatlab.experiment.hooks says why)."""
     cfg = built.cfg
+    for h in extra:
+        if hasattr(h, "bind"):
+            h.bind(built, record)
     return [_hooks.Terminate(term), _hooks.BatchLoss(record), _hooks.Divergence(built.mixer),
             _hooks.Measuring(built, record, alone),
             _hooks.Progress(cfg.name, built.total_steps, status.step, record,
                             progress and status.main),
-            *([_hooks.StopAfter(stop_after)] if stop_after is not None else []),
+            *([_hooks.StopAfter(stop_after)] if stop_after is not None else []), *extra,
             _hooks.Checkpointing(built, record, out, cfg.checkpoint_every, to_dict(cfg), alone),
             status]
 
 
 def _train(cfg: RunConfig, out: Path, ck: rundir.Checkpoint | None, procs: Processes | None,
-           *, progress: bool, stop_after: int | None) -> RunResult:
+           *, progress: bool, stop_after: int | None, extra: Sequence[Hook] = ()) -> RunResult:
     """Build, restore, write the run's files and train with the runner's hooks."""
     main = procs is None or procs.rank == 0
     watchdog, box = None, []
@@ -178,7 +179,7 @@ def _train(cfg: RunConfig, out: Path, ck: rundir.Checkpoint | None, procs: Proce
     status = _hooks.StatusFile(writer, record, cfg.checkpoint_every, main,
                                step=ck.step if ck else 0)
     hooks = _hooks_of(built, record, status, out, alone, term, progress=progress,
-                      stop_after=stop_after)
+                      stop_after=stop_after, extra=extra)
     old_term = ranks.catch_sigterm(term) if procs is not None else None
     try:
         if watchdog is not None:

@@ -63,8 +63,16 @@ def test_run_directory_contents_and_tidy_results(tmp_path):
     assert (df["algorithm.name"] == "diffusion").all() and (df.status == "done").all()
     # a finished run is not run again
     assert run(load_config(TINY), tmp_path / "a", progress=False).status == "done"
-    with pytest.raises(RunDirError, match="different config"):
+    with pytest.raises(RunDirError, match=r"different config \(it differs in optim.lr\); choose "
+                                          r"another output directory or start over with "
+                                          r"--restart"):
         run(load_config(TINY, ["optim.lr=0.2"]), tmp_path / "a", progress=False)
+    # a sweep folder is not a run directory
+    (tmp_path / "sw").mkdir()
+    (tmp_path / "sw" / "sweep.yaml").write_text("name: s\n")
+    with pytest.raises(RunDirError, match="is a sweep folder .* accepted: a run directory"):
+        run(load_config(TINY), tmp_path / "sw", progress=False)
+    assert sorted(p.name for p in (tmp_path / "sw").iterdir()) == ["sweep.yaml"]
 
 
 def test_whole_runs_are_deterministic(tmp_path):

@@ -1,4 +1,4 @@
-"""The training loop (flatlab.experiment.train) against a plain loop, and its hook contract.
+"""The training loop (flatlab.experiment.loop.train) against a plain loop, and its hook contract.
 
 - With no hooks, ``train`` is exactly ``state = algo.step(state, batch(t), oracle, mixer, lr(t))``
   for t = start..total-1 (float64, bit for bit), and ``Loop.loss`` is the mean batch loss.
@@ -10,8 +10,9 @@
 import pytest
 import torch
 
+from flatlab.errors import FlatlabError
 from flatlab.experiment import Hook, Outcome, build, load_config, train
-from flatlab.experiment.train import network_mean
+from flatlab.experiment.loop import network_mean
 
 CFG = {"name": "t", "dtype": "float64", "seed": 1,
        "data": {"name": "digits", "partition": "iid", "batch_size": 8},
@@ -89,18 +90,62 @@ def test_hooks_are_closed_on_an_exception():
     assert log[-1] == ("a", "close") and not any(e[1] == "end" for e in log)
 
 
-def test_an_unknown_outcome_is_refused():
+def test_an_unknown_outcome_or_a_wrong_return_is_refused():
     run, state = _start()
+    with pytest.raises(FlatlabError, match="outcome 'finished' is unknown; accepted: done"):
+        Outcome("finished", 0)
 
     class Odd(Hook):
         def on_start(self, loop):
-            return Outcome("finished", 0)
+            return "stop"
 
-    with pytest.raises(ValueError, match="not one of"):
+    with pytest.raises(FlatlabError, match="hook Odd returned a str; accepted: None or an"):
         train(run.algorithm, state, run.sampler, run.oracle, run.mixer, run.lr, [Odd()],
               total=run.total_steps)
+
+
+def test_a_constant_step_size_is_accepted():
+    run, state = _start()
+    got, _ = train(run.algorithm, state, run.sampler, run.oracle, run.mixer, 0.05, total=3)
+    run2, want = _start()
+    for t in range(3):
+        want = run2.algorithm.step(want, run2.sampler.batch(t), run2.oracle, run2.mixer, 0.05)
+    assert torch.equal(got.x, want.x)
 
 
 def test_network_mean_of_one_process_is_the_mean():
     v = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)
     assert network_mean(v, None) == pytest.approx(7 / 3, rel=0, abs=1e-15)
+
+
+def test_a_hook_given_to_a_run_is_bound_and_may_end_it_early_with_its_results(tmp_path):
+    from flatlab.experiment import read_status, run
+    from flatlab.experiment.rundir import load_checkpoint
+
+    class EndAt(Hook):
+        def bind(self, built, record):
+            self.record = record
+
+        def on_step(self, loop):
+            if loop.step == 5:
+                return Outcome("done", 5, "enough")
+            return None
+
+    hook = EndAt()
+    cfg = dict(CFG, checkpoint_every=100)
+    res = run(cfg, tmp_path / "r", progress=False, hooks=[hook])
+    assert (res.status, res.step, res.message) == ("done", 5, "enough")
+    st = read_status(tmp_path / "r")
+    assert (st["status"], st["step"]) == ("done", 5)
+    ck = load_checkpoint(tmp_path / "r" / "checkpoint.pt")
+    assert ck.step == 5 and {r[0] for r in ck.metrics} == {0, 5}
+    assert hook.record.rows == ck.metrics  # the hook saw what was recorded
+
+
+def test_a_run_refuses_what_is_not_a_hook_before_writing(tmp_path):
+    from flatlab.experiment import run
+
+    with pytest.raises(FlatlabError, match="hooks: a builtin_function_or_method is not a "
+                                           "flatlab.experiment.Hook"):
+        run(CFG, tmp_path / "r", progress=False, hooks=[print])
+    assert not (tmp_path / "r").exists()

@@ -14,10 +14,15 @@ loss over processes (through the collective group, the mixer in a run).
 
 A notebook can drive the same loop on a built run::
 
+    cfg = flatlab.experiment.load_config("configs/ring16.yaml", ["train.steps=60"])
     run = flatlab.experiment.build(cfg)
     state = run.algorithm.init(run.stack.initial_params(), run.oracle, run.mixer)
     state, outcome = train(run.algorithm, state, run.sampler, run.oracle, run.mixer, run.lr,
-                           total=run.total_steps, hooks=[MyLogger()])
+                           [MyLogger()], total=run.total_steps)
+
+Outcomes a hook may return: ``"done"`` ends the run early with its results (in a run: measured,
+checkpointed and marked done at that step), ``"diverged"`` ends it as diverged, ``"stopped"``
+leaves it as a kill would (resumable from its last checkpoint; nothing after it is kept).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from flatlab.errors import FlatlabError
 
 __all__ = ["Loop", "Outcome", "Hook", "train", "network_mean"]
 
@@ -56,11 +63,20 @@ class Loop:
 
 @dataclass(frozen=True)
 class Outcome:
-    """How a loop ended: ``status`` (one of :data:`OUTCOMES`), the step, and why."""
+    """How a loop ended: ``status`` (one of :data:`OUTCOMES`), the step, and why.
+
+    Raises:
+        FlatlabError: An unknown status.
+    """
 
     status: str
     step: int
     message: str = ""
+
+    def __post_init__(self) -> None:
+        if self.status not in OUTCOMES:
+            raise FlatlabError(f"outcome {self.status!r} is unknown; accepted: "
+                               f"{', '.join(OUTCOMES)}")
 
 
 class Hook:
@@ -99,7 +115,7 @@ def network_mean(values: torch.Tensor, group: Any) -> float:
 
 
 def train(algorithm: Any, state: Any, sampler: Any, oracle: Any, mixer: Any,
-          lr: Callable[[int], float], hooks: Sequence[Hook] = (), *, total: int,
+          lr: Callable[[int], float] | float, hooks: Sequence[Hook] = (), *, total: int,
           start: int = 0, group: Any = None) -> tuple[Any, Outcome]:
     """Run ``algorithm`` from ``state`` at step ``start`` to ``total``, calling ``hooks``.
 
@@ -109,7 +125,7 @@ def train(algorithm: Any, state: Any, sampler: Any, oracle: Any, mixer: Any,
         sampler: ``batch(t)`` gives step ``t``'s per-node minibatches.
         oracle: The gradient oracle.
         mixer: The gossip mixer.
-        lr: The step size at step ``t``.
+        lr: The step size at step ``t`` (a built run's ``run.lr``), or a constant.
         hooks: Called in this order.
         total: The last step.
         start: Steps already done.
@@ -120,6 +136,11 @@ def train(algorithm: Any, state: Any, sampler: Any, oracle: Any, mixer: Any,
         hook (:class:`~flatlab.experiment.hooks.Divergence`); without one the loop runs on.
     """
     group = mixer if group is None else group
+    if not callable(lr):
+        rate = float(lr)
+
+        def lr(t: int) -> float:
+            return rate
     loop = Loop(step=start, total=total, state=state, start=start)
     try:
         outcome = _first(hooks, lambda h: h.on_start(loop))
@@ -144,7 +165,8 @@ def _first(hooks: Sequence[Hook], call: Callable[[Hook], Outcome | None]) -> Out
     for h in hooks:
         out = call(h)
         if out is not None:
-            if out.status not in OUTCOMES:
-                raise ValueError(f"outcome {out.status!r} is not one of {OUTCOMES}")
+            if not isinstance(out, Outcome):
+                raise FlatlabError(f"hook {type(h).__name__} returned a "
+                                   f"{type(out).__name__}; accepted: None or an Outcome")
             return out
     return None
