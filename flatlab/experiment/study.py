@@ -5,7 +5,9 @@ A study runs its ``(run directory, config)`` jobs with :func:`~flatlab.experimen
 is recorded and the rest goes on), reads them back with :func:`final_values`, tunes with
 :func:`tune_on_holdout` and :func:`choose_best` and summarizes over seeds with
 :func:`mean_and_se`. The scripts' command line and figure files are theirs
-(``analysis/common.py``).
+(``analysis/common.py``). The rules that decide whether a conclusion is earned (converged runs,
+grids that bracket their optimum, seed-paired intervals and verdicts) are
+:mod:`flatlab.experiment.evidence`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,265 @@
+"""What makes a study's conclusion earned: convergence, bracketed tuning, paired intervals.
+
+Free functions over plain arrays and tables, so that every study applies the same rules:
+
+- :func:`convergence`: a run has converged when its held-out metric changed by less than a
+  threshold (default one accuracy point, 0.01) over the last 20% of its steps; a run still
+  improving is reported ``not converged``, never silently compared.
+- :func:`grid_check` and :func:`bracket`: a tuned value must be interior to its grid. When the
+  best value sits at an edge, the grid is extended by its own ratio until the best is interior
+  or the next value diverges (a diverged neighbour bounds the best as well as a worse one does);
+  the extension is recorded.
+- :func:`sensitivity`: the held-out metric against the tuned value per method, with the
+  divergence boundary (the smallest value that diverged).
+- :func:`paired_difference` and :func:`verdict`: a comparison is the seed-paired difference with
+  a 95% Student-t interval; the verdict says ``supported``, ``contradicted`` or
+  ``not separable`` (an interval that straddles zero, or fewer than two seeds: one seed decides
+  nothing).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from flatlab.errors import FlatlabError
+
+__all__ = ["Convergence", "convergence", "GridCheck", "grid_check", "bracket", "sensitivity",
+           "Paired", "paired_difference", "verdict", "VERDICTS"]
+
+#: The three verdicts on a claim.
+VERDICTS = ("supported", "contradicted", "not separable")
+
+
+@dataclass(frozen=True)
+class Convergence:
+    """Whether a curve has settled.
+
+    Attributes:
+        converged: ``|change| < threshold`` over the window (False with fewer than two points).
+        change: Last value minus the value at the window's first step (positive: still rising).
+        start: The window's first step.
+        end: The last step.
+        threshold: The threshold used.
+    """
+
+    converged: bool
+    change: float
+    start: int
+    end: int
+    threshold: float
+
+    @property
+    def label(self) -> str:
+        """``converged`` or ``not converged`` (as tables and figures show it)."""
+        return "converged" if self.converged else "not converged"
+
+
+def convergence(steps: Sequence[int], values: Sequence[float], *, last: float = 0.2,
+                threshold: float = 0.01) -> Convergence:
+    """Whether a metric changed by less than ``threshold`` over the last ``last`` of the steps.
+
+    Args:
+        steps: Measurement steps, increasing (the run starts at ``steps[0]``).
+        values: The held-out metric at those steps (accuracy as a fraction: 0.01 is one point).
+        last: The window, a fraction of the run's steps.
+        threshold: The largest change accepted.
+
+    Raises:
+        FlatlabError: Mismatched lengths, decreasing steps, or ``last`` outside (0, 1].
+    """
+    s, v = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+    if s.shape != v.shape or s.ndim != 1 or not s.size:
+        raise FlatlabError(f"convergence needs equally long, non-empty steps and values; got "
+                           f"{s.shape} and {v.shape}")
+    if np.any(np.diff(s) <= 0):
+        raise FlatlabError("convergence needs increasing steps")
+    if not 0 < last <= 1:
+        raise FlatlabError(f"last must be in (0, 1], got {last}")
+    begin = s[-1] - last * (s[-1] - s[0])
+    window = np.flatnonzero(s >= begin - 1e-9)
+    first, end = int(window[0]), len(s) - 1
+    change = float(v[end] - v[first]) if len(window) > 1 else math.nan
+    ok = len(window) > 1 and math.isfinite(change) and abs(change) < threshold
+    return Convergence(ok, change, int(s[first]), int(s[end]), threshold)
+
+
+@dataclass(frozen=True)
+class GridCheck:
+    """Where the best value of a tuned grid sits.
+
+    Attributes:
+        best: The best value (``nan`` when every point diverged or failed).
+        interior: The best has a neighbour on both sides (worse, or diverged).
+        edge: ``"low"`` or ``"high"`` when the best is at that edge without a neighbour beyond.
+        next_value: The value to try next (the edge times or divided by the grid's ratio), or
+            ``None`` when the best is interior.
+        ratio: The grid's own ratio (its two values nearest the open edge).
+    """
+
+    best: float
+    interior: bool
+    edge: str | None
+    next_value: float | None
+    ratio: float
+
+
+def grid_check(values: Sequence[float], scores: Sequence[float],
+               diverged: Sequence[bool] | None = None, *, higher_is_better: bool = True
+               ) -> GridCheck:
+    """Check that the best of a geometric grid is interior; say which value to add if not.
+
+    Args:
+        values: The tuned values (positive; any order).
+        scores: Their held-out scores (NaN for a run that diverged or failed).
+        diverged: Whether each value diverged (a diverged value bounds the grid on its side).
+        higher_is_better: Accuracy (True) or a loss (False).
+
+    Raises:
+        FlatlabError: Fewer than two values, non-positive values, or mismatched lengths.
+    """
+    x = np.asarray(values, dtype=float)
+    y = np.asarray(scores, dtype=float)
+    bad = np.zeros(x.shape, bool) if diverged is None else np.asarray(diverged, dtype=bool)
+    if x.ndim != 1 or x.size < 2 or y.shape != x.shape or bad.shape != x.shape:
+        raise FlatlabError(f"grid_check needs two or more values with one score each; got "
+                           f"{x.shape}, {y.shape}, {bad.shape}")
+    if np.any(x <= 0):
+        raise FlatlabError("grid_check needs positive values (a geometric grid)")
+    order = np.argsort(x)
+    x, y, bad = x[order], y[order], bad[order]
+    ok = np.isfinite(y) & ~bad
+    if not ok.any():
+        return GridCheck(math.nan, False, None, None, float(x[1] / x[0]))
+    i = int(np.flatnonzero(ok)[np.argmax(y[ok] if higher_is_better else -y[ok])])
+    if 0 < i < len(x) - 1:
+        return GridCheck(float(x[i]), True, None, None, float(x[i + 1] / x[i]))
+    if i == 0:
+        ratio = float(x[1] / x[0])
+        return GridCheck(float(x[0]), False, "low", float(x[0] / ratio), ratio)
+    ratio = float(x[-1] / x[-2])
+    return GridCheck(float(x[-1]), False, "high", float(x[-1] * ratio), ratio)
+
+
+def bracket(values: Sequence[float], evaluate: Callable[[float], tuple[float, bool]], *,
+            higher_is_better: bool = True, max_extensions: int = 4) -> pd.DataFrame:
+    """Evaluate a grid and extend it by its own ratio until its best value is interior.
+
+    Args:
+        values: The initial grid (positive, geometric).
+        evaluate: ``value -> (score, diverged)``; a study runs the held-out job of that value.
+        higher_is_better: As :func:`grid_check`.
+        max_extensions: Values added at most (the table says when the limit stopped it).
+
+    Returns:
+        One row per value in increasing order: ``value``, ``score``, ``diverged``, ``extended``
+        (added beyond the initial grid), ``best``; ``DataFrame.attrs["interior"]`` and
+        ``attrs["extensions"]`` record the outcome.
+    """
+    points = {float(v): evaluate(float(v)) for v in values}
+    added: list[float] = []
+    while True:
+        xs = sorted(points)
+        check = grid_check(xs, [points[v][0] for v in xs], [points[v][1] for v in xs],
+                           higher_is_better=higher_is_better)
+        if check.next_value is None or len(added) >= max_extensions:
+            break
+        added.append(check.next_value)
+        points[check.next_value] = evaluate(check.next_value)
+    xs = sorted(points)
+    table = pd.DataFrame({"value": xs, "score": [points[v][0] for v in xs],
+                          "diverged": [bool(points[v][1]) for v in xs],
+                          "extended": [v in added for v in xs],
+                          "best": [v == check.best for v in xs]})
+    table.attrs.update(interior=check.interior, extensions=added)
+    return table
+
+
+def sensitivity(table: pd.DataFrame, keys: list[str], hparam: str, score: str) -> pd.DataFrame:
+    """The held-out metric against a tuned value, per group of ``keys`` (a method, a setting).
+
+    Args:
+        table: One row per run: ``keys``, ``hparam``, ``score`` and ``status`` (``diverged``
+            marks the divergence boundary).
+        keys: Columns that define one curve.
+        hparam: The tuned column.
+        score: The held-out metric's column.
+
+    Returns:
+        Per group and value: ``score_mean``, ``score_se`` (over seeds), ``runs``, ``diverged``
+        (runs that diverged) and ``boundary`` (the group's smallest value at which a run
+        diverged; NaN when none did).
+    """
+    rows = []
+    for k, g in table.groupby(keys, sort=False):
+        key = dict(zip(keys, k if isinstance(k, tuple) else (k,), strict=True))
+        div = g.loc[g["status"] == "diverged", hparam]
+        boundary = float(div.min()) if len(div) else math.nan
+        for v, h in g.groupby(hparam, sort=True):
+            s = h.loc[h["status"] == "done", score].astype(float).dropna()
+            rows.append({**key, hparam: v, "score_mean": s.mean() if len(s) else math.nan,
+                         "score_se": s.std(ddof=1) / math.sqrt(len(s)) if len(s) > 1
+                         else math.nan, "runs": len(h),
+                         "diverged": int((h["status"] == "diverged").sum()),
+                         "boundary": boundary})
+    return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class Paired:
+    """A seed-paired difference ``a - b``: its mean, 95% interval, standard error and seeds."""
+
+    mean: float
+    low: float
+    high: float
+    se: float
+    n: int
+
+
+def paired_difference(a: pd.Series, b: pd.Series, *, level: float = 0.95) -> Paired:
+    """The mean of ``a - b`` over the seeds both have, with a Student-t interval.
+
+    Args:
+        a: A metric per seed (indexed by seed; seeds missing or NaN in either are dropped).
+        b: The same metric of the method compared against, per seed.
+        level: The interval's coverage.
+    """
+    from scipy import stats
+
+    d = (a.astype(float) - b.astype(float)).dropna()
+    n = len(d)
+    if n == 0:
+        return Paired(math.nan, math.nan, math.nan, math.nan, 0)
+    mean = float(d.mean())
+    if n == 1:
+        return Paired(mean, -math.inf, math.inf, math.nan, 1)
+    se = float(d.std(ddof=1)) / math.sqrt(n)
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * se
+    return Paired(mean, mean - half, mean + half, se, n)
+
+
+def verdict(p: Paired, claim: str = "greater", *, margin: float = 0.0) -> str:
+    """The verdict on a claim about a paired difference ``a - b``.
+
+    ``claim="greater"``: ``a`` beats ``b`` by more than ``margin``. Supported when the whole
+    interval lies above ``margin``, contradicted when it lies below it (the advantage is
+    surely smaller than claimed; with ``margin = 0``: ``b`` is surely better), not separable
+    otherwise. ``"less"`` mirrors it (``a`` below ``b`` by more than ``margin``).
+
+    Raises:
+        FlatlabError: An unknown claim.
+    """
+    if claim not in ("greater", "less"):
+        raise FlatlabError(f"claim {claim!r} is unknown; accepted: greater, less")
+    low, high = (p.low, p.high) if claim == "greater" else (-p.high, -p.low)
+    if p.n < 2 or not (math.isfinite(low) and math.isfinite(high)):
+        return "not separable"
+    if low > margin:
+        return "supported"
+    if high < margin:
+        return "contradicted"
+    return "not separable"
