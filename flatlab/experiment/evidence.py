@@ -22,14 +22,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from flatlab.errors import FlatlabError
 
-__all__ = ["Convergence", "convergence", "GridCheck", "grid_check", "bracket", "sensitivity",
-           "Paired", "paired_difference", "verdict", "VERDICTS"]
+__all__ = ["Convergence", "convergence", "run_convergence", "GridCheck", "grid_check", "bracket",
+           "sensitivity", "Paired", "paired_difference", "verdict", "VERDICTS"]
 
 #: The three verdicts on a claim.
 VERDICTS = ("supported", "contradicted", "not separable")
@@ -86,6 +87,24 @@ def convergence(steps: Sequence[int], values: Sequence[float], *, last: float = 
     change = float(v[end] - v[first]) if len(window) > 1 else math.nan
     ok = len(window) > 1 and math.isfinite(change) and abs(change) < threshold
     return Convergence(ok, change, int(s[first]), int(s[end]), threshold)
+
+
+def run_convergence(path: str | Path, metric: str = "test_accuracy", scope: str = "avg", *,
+                    last: float = 0.2, threshold: float = 0.01) -> Convergence:
+    """:func:`convergence` of one metric of a run directory (its ``metrics.parquet``).
+
+    Raises:
+        FlatlabError: The run has no such metric, or too few measurements of it.
+        RunDirError: Its metrics file is damaged.
+    """
+    from flatlab.experiment.results import read_metrics
+
+    m = read_metrics(path)
+    curve = m[(m.metric == metric) & (m.scope == scope)].sort_values("step")
+    if curve.empty:
+        raise FlatlabError(f"run {path} has no metric {metric!r} at scope {scope!r}")
+    return convergence(curve.step.to_numpy(), curve.value.to_numpy(), last=last,
+                       threshold=threshold)
 
 
 @dataclass(frozen=True)

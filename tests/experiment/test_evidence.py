@@ -126,3 +126,22 @@ def test_sensitivity_marks_the_divergence_boundary():
     assert s.lr.tolist() == [0.1, 0.3, 0.9] and (s.boundary == 0.9).all()
     assert s.score_mean.tolist() == pytest.approx([0.71, 0.81, 0.5])
     assert s.diverged.tolist() == [0, 0, 1] and math.isnan(s.score_se.iloc[2])
+
+
+def test_a_run_directory_curve_is_checked(tmp_path):
+    from flatlab.experiment import run
+    from flatlab.experiment.evidence import run_convergence
+
+    cfg = {"name": "c", "dtype": "float64", "data": {"name": "digits", "batch_size": 8},
+           "model": {"name": "mlp", "options": {"hidden": [8]}},
+           "topology": {"name": "ring", "nodes": 4}, "algorithm": {"name": "diffusion"},
+           "optim": {"lr": 0.2, "schedule": "constant", "warmup": 0}, "train": {"steps": 40},
+           "measure": {"every": 4, "train_subset": 100, "test_subset": 100}}
+    assert run(cfg, tmp_path / "r", progress=False).status == "done"
+    m = pd.read_parquet(tmp_path / "r" / "metrics.parquet")
+    curve = m[(m.metric == "test_accuracy") & (m.scope == "avg")].sort_values("step")
+    want = convergence(curve.step.to_numpy(), curve.value.to_numpy())
+    got = run_convergence(tmp_path / "r")
+    assert got == want and (got.start, got.end) == (32, 40)
+    with pytest.raises(FlatlabError, match="no metric 'hessian_top'"):
+        run_convergence(tmp_path / "r", "hessian_top")
