@@ -17,13 +17,15 @@ Counting convention (the same for every mixer):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["CommStats", "EdgeSlots", "edge_slots"]
+__all__ = ["CommStats", "EdgeSlots", "edge_slots", "EdgeSchedule"]
 
 
 @dataclass
@@ -117,3 +119,23 @@ def edge_slots(w: sp.sparray, rows: slice, out_edges: tuple[torch.Tensor, torch.
     return EdgeSlots(torch.as_tensor(neighbors[rows]), torch.as_tensor(degree[rows]),
                      src - rows.start, slots_of(src, dst), idst - rows.start,
                      slots_of(idst, isrc))
+
+
+class EdgeSchedule:
+    """What both mixers derive from their topology schedule for algorithms (a mixin).
+
+    Needs ``topology``, ``period``, ``local_rows``, ``edges(t)`` and ``in_edges(t)``.
+    """
+
+    topology: Any
+    period: int
+
+    def edge_slots(self, t: int = 0) -> EdgeSlots:
+        """Neighbour lists of the held nodes and the slots of round ``t``'s edges."""
+        r = t % self.period
+        return edge_slots(self.topology.matrix(r, sparse=True), self.local_rows,
+                          self.edges(r), self.in_edges(r))
+
+    def require(self, condition: Callable[[Any], None]) -> None:
+        """Apply an algorithm's ``check_topology`` to this mixer's schedule (it raises)."""
+        condition(self.topology)

@@ -18,13 +18,11 @@ initialises the default process group); pass an explicit, short ``timeout`` to
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from flatlab.comm.base import CommStats, EdgeSlots, edge_slots
+from flatlab.comm.base import CommStats, EdgeSchedule
 from flatlab.comm.process import WAIT_CODES
 from flatlab.errors import FlatlabError
 from flatlab.topology import Topology
@@ -111,7 +109,7 @@ class _Round:
         self.out_degree = torch.as_tensor(np.bincount(so - lo, minlength=k), dtype=torch.int64)
 
 
-class DistributedMixer:
+class DistributedMixer(EdgeSchedule):
     """Gossip between nodes held by different processes (a drop-in for the simulated mixer).
 
     A :class:`~flatlab.comm.Mixer` and a :class:`~flatlab.comm.CollectiveGroup`.
@@ -244,16 +242,6 @@ class DistributedMixer:
     def in_edges(self, t: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Directed edges of round ``t`` whose receiver this rank holds (exchange's output)."""
         return self._rounds[t % self.period].in_edges
-
-    def edge_slots(self, t: int = 0) -> EdgeSlots:
-        """Neighbour lists of this rank's nodes and the slots of its edges in round ``t``."""
-        r = t % self.period
-        return edge_slots(self.topology.matrix(r, sparse=True), self.local_rows,
-                          self.edges(r), self.in_edges(r))
-
-    def require(self, condition: Callable[[Topology], None]) -> None:
-        """Apply an algorithm's ``check_topology`` to this mixer's schedule (it raises)."""
-        condition(self.topology)
 
     def exchange(self, M: torch.Tensor, t: int = 0) -> torch.Tensor:  # noqa: N803
         """Deliver per-edge messages to the ranks that hold their receivers.

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 
-from flatlab.comm.base import CommStats, EdgeSlots, edge_slots
+from flatlab.comm.base import CommStats, EdgeSchedule
 from flatlab.engine.stack import resolve_device, resolve_dtype
 from flatlab.errors import FlatlabError
 from flatlab.topology import Topology
@@ -18,7 +16,7 @@ MIX_METHODS = ("auto", "dense", "sparse", "shift")
 DENSE_LIMIT = 512
 
 
-class SimulatedMixer:
+class SimulatedMixer(EdgeSchedule):
     """Gossip for all n nodes held in one process.
 
     A :class:`~flatlab.comm.Mixer` and a :class:`~flatlab.comm.CollectiveGroup` of one process.
@@ -136,16 +134,6 @@ class SimulatedMixer:
         In one process these are all edges, in the order of :meth:`edges`.
         """
         return self.edges(t)
-
-    def edge_slots(self, t: int = 0) -> EdgeSlots:
-        """Neighbour lists and the slots of round ``t``'s edges (:class:`EdgeSlots`), all nodes."""
-        r = t % self.period
-        return edge_slots(self.topology.matrix(r, sparse=True), self.local_rows,
-                          self.edges(r), self.in_edges(r))
-
-    def require(self, condition: Callable[[Topology], None]) -> None:
-        """Apply an algorithm's ``check_topology`` to this mixer's schedule (it raises)."""
-        condition(self.topology)
 
     @property
     def local_rows(self) -> slice:
