@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -68,9 +69,9 @@ class Run:
         """The scheduled step size at ``step``."""
         return lr_at(step, self.total_steps, self.cfg.optim)
 
-    @property
+    @cached_property
     def schedule(self) -> Schedule:
-        """The run's measurement schedule."""
+        """The run's measurement schedule (resolved once; asked at every step)."""
         m = self.cfg.measure
         return Schedule(scheduled(m.metrics, m.options), m.every, self.total_steps)
 

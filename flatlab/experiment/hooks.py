@@ -285,6 +285,7 @@ class Checkpointing(Hook):
     every: int
     config: dict[str, Any]
     alone: Alone = _here
+    saved: int | None = None  # the step of the last checkpoint written
 
     def _gathered(self, v: Any) -> Any:
         if not isinstance(v, torch.Tensor):
@@ -313,20 +314,17 @@ class Checkpointing(Hook):
             rundir.write_results(self.out, rec.rows, rec.tables)
 
         self.alone(f"writing the checkpoint of step {step}", write)
-
-    def _due(self, step: int, total: int) -> bool:
-        return step % self.every == 0 or step == total
+        self.saved = step
 
     def on_step(self, loop: Loop) -> None:
         """Save at every ``every`` steps and at the last step."""
-        if self._due(loop.step, loop.total):
+        if loop.step % self.every == 0 or loop.step == loop.total:
             self.record.tick()
             self.save(loop.step, loop.state)
 
     def on_end(self, loop: Loop, outcome: Outcome) -> None:
-        """Save the diverged state, and a run that a hook ended early as done."""
-        early = outcome.status == "done" and not self._due(outcome.step, loop.total)
-        if outcome.status == "diverged" or early:
+        """Save a diverged run, and one ended as done before this step's checkpoint."""
+        if outcome.status in ("done", "diverged") and self.saved != outcome.step:
             self.record.tick()
             self.save(outcome.step, loop.state)
 

@@ -149,3 +149,18 @@ def test_a_run_refuses_what_is_not_a_hook_before_writing(tmp_path):
                                            "flatlab.experiment.Hook"):
         run(CFG, tmp_path / "r", progress=False, hooks=[print])
     assert not (tmp_path / "r").exists()
+
+
+def test_a_hook_ending_a_run_at_a_checkpoint_step_keeps_that_checkpoint(tmp_path):
+    from flatlab.experiment import read_status, run
+    from flatlab.experiment.rundir import load_checkpoint
+
+    class EndAt(Hook):
+        def on_step(self, loop):
+            return Outcome("done", 4) if loop.step == 4 else None
+
+    res = run(dict(CFG, checkpoint_every=2), tmp_path / "r", progress=False, hooks=[EndAt()])
+    assert (res.status, res.step) == ("done", 4)
+    assert read_status(tmp_path / "r")["step"] == 4
+    ck = load_checkpoint(tmp_path / "r" / "checkpoint.pt")
+    assert ck.step == 4 and max(r[0] for r in ck.metrics) == 4
