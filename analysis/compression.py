@@ -52,7 +52,8 @@ import pandas as pd
 from common import save_figure, study_args
 
 from flatlab.experiment import run_many
-from flatlab.experiment.study import final_values, mean_and_se, tune_on_holdout
+from flatlab.experiment.evidence import Claim, judge, verdict_markdown
+from flatlab.experiment.study import final_convergence, final_values, mean_and_se, tune_bracketed
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("choco", "adagossip")
@@ -65,22 +66,21 @@ COMPRESSIONS: dict[str, dict[str, Any]] = {
 LOCAL = {"momentum": 0.9, "nesterov": True}
 LR = 0.1
 
+GAMMAS = (0.01, 0.03, 0.1, 0.3, 1.0)  # one grid for both, so their sensitivity compares
+
 SCALES: dict[str, dict[str, Any]] = {
-    "small": dict(nodes=16, topologies=("ring", "torus"), alphas=(1.0, 0.1),
-                  compressions=tuple(COMPRESSIONS), seeds=(0, 1, 2), steps=500, every=100,
-                  batch=16, gammas={"choco": (0.03, 0.1, 0.3, 0.6),
-                                    "adagossip": (0.001, 0.003, 0.01, 0.03, 0.1, 1.0)},
-                  tune_on=("ring", 0.1)),
+    # the strongest skew on the ring, one compression of each kind, 2000 steps, 5 seeds
+    "small": dict(nodes=16, topologies=("ring",), alphas=(0.1,),
+                  compressions=("top-k 99%", "qsgd 90%"), seeds=(0, 1, 2, 3, 4), steps=2000,
+                  every=200, batch=16, gammas={"choco": GAMMAS, "adagossip": GAMMAS},
+                  tune_on=None),
     "full": dict(nodes=16, topologies=("ring", "torus"), alphas=(1.0, 0.1),
-                 compressions=tuple(COMPRESSIONS), seeds=(0, 1, 2), steps=3000, every=100,
-                 batch=32,
-                 gammas={"choco": (0.03, 0.1, 0.3, 0.6, 1.0),
-                         "adagossip": (0.003, 0.01, 0.1, 0.3, 1.0)},
-                 tune_on=None),
+                 compressions=tuple(COMPRESSIONS), seeds=(0, 1, 2, 3, 4), steps=4000, every=200,
+                 batch=32, gammas={"choco": GAMMAS, "adagossip": GAMMAS}, tune_on=None),
     # the test suite's: so the script cannot rot
     "tiny": dict(nodes=4, topologies=("ring",), alphas=(0.1,), compressions=("top-k 90%",),
-                 seeds=(0,), steps=6, every=3, batch=16,
-                 gammas={"choco": (0.3,), "adagossip": (0.1, 1.0)},
+                 seeds=(0, 1), steps=10, every=2, batch=16,
+                 gammas={"choco": (0.3, 0.9), "adagossip": (0.1, 1.0)},
                  tune_on=("ring", 0.1)),
 }
 
@@ -118,7 +118,11 @@ def _tune_settings(grid: dict[str, Any]) -> list[tuple[str, float]]:
 
 
 def tune(grid: dict[str, Any], runs: Path, workers: int) -> pd.DataFrame:
-    """Each method's ``γ`` grid per compression (and setting, at full scale) on seed 0."""
+    """Each method's ``γ`` grid per compression and setting on seed 0, bracketed.
+
+    A best ``γ`` at an edge of the grid extends it by its own ratio until the best is interior
+    or the next value diverges (:func:`~flatlab.experiment.study.tune_bracketed`).
+    """
     points = [{"topology": t, "alpha": a, "compression": c, "method": m, "gamma": g}
               for t, a in _tune_settings(grid) for c in grid["compressions"]
               for m in METHODS for g in grid["gammas"][m]]
@@ -127,8 +131,13 @@ def tune(grid: dict[str, Any], runs: Path, workers: int) -> pd.DataFrame:
         args = (p["method"], p["compression"], p["topology"], p["alpha"], p["gamma"], 0)
         return runs / "tune" / _name(*args), _config(*args, grid, 0.1)
 
-    return tune_on_holdout(points, job, workers, ["topology", "alpha", "compression", "method"],
-                           "gamma")
+    return tune_bracketed(points, job, workers, ["topology", "alpha", "compression", "method"],
+                          "gamma", limits=_gamma_limits)
+
+
+def _gamma_limits(key: dict[str, Any]) -> tuple[float, float]:
+    """The values ``γ`` may take: (0, 1] for both methods (as their papers and flatlab check)."""
+    return (0.0, 1.0)
 
 
 def _chosen_gamma(table: pd.DataFrame, grid: dict[str, Any], method: str, compression: str,
@@ -160,54 +169,105 @@ def final(grid: dict[str, Any], runs: Path, gammas: pd.DataFrame, workers: int
         r = final_values(path, {"test_accuracy": "test_accuracy", "bytes": "comm_bytes",
                                 "consensus_distance": "consensus_distance"})
         rows.append({"topology": t, "alpha": a, "compression": c or "none", "method": m,
-                     "gamma": g, "seed": s, **r, "mb_per_node": r["bytes"] / grid["nodes"] / 1e6})
+                     "gamma": g, "seed": s, **r, "mb_per_node": r["bytes"] / grid["nodes"] / 1e6,
+                     **final_convergence(path)})
     return pd.DataFrame(rows)
 
 
 KEYS = ["topology", "alpha", "compression", "method", "gamma"]
 
 
-def summarize(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Mean ± s.e. per method and setting; and AdaGossip − CHOCO paired by seed."""
-    summary = mean_and_se(table, KEYS, ["test_accuracy", "mb_per_node", "consensus_distance"])
-    done = table[(table["status"] == "done") & (table["compression"] != "none")]
-    wide = done.pivot_table(index=["topology", "alpha", "compression", "seed"],
-                            columns="method", values="test_accuracy")
+def summarize(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± s.e. per method and setting, with converged run counts."""
+    s = mean_and_se(table, KEYS, ["test_accuracy", "mb_per_node", "consensus_distance"])
+    conv = table.groupby(KEYS, sort=False).agg(converged=("converged", "sum"))
+    return s.join(conv, on=KEYS)
+
+
+def claims(grid: dict[str, Any], table: pd.DataFrame) -> pd.DataFrame:
+    """The AdaGossip paper's claim per setting and compression: it beats CHOCO-SGD.
+
+    Paired by seed (same initialization, partition, minibatches and compression draws).
+    """
+    cs = [Claim(f"adagossip beats choco, {c}", "adagossip", "choco",
+                where={"topology": t, "alpha": a, "compression": c})
+          for t in grid["topologies"] for a in grid["alphas"] for c in grid["compressions"]]
+    v = judge(table, cs)
+    if len(v):
+        v.insert(1, "setting", [f"{t}, alpha={a:g}" for t, a in zip(v.topology, v.alpha,
+                                                                       strict=True)])
+    return v
+
+
+def plateau(gammas: pd.DataFrame, points: float = 0.02) -> pd.DataFrame:
+    """How forgiving each method is of its ``γ`` (seed 0's tuning runs).
+
+    Per setting, compression and method: the values of ``γ`` whose held-out accuracy is within
+    ``points`` of the best, and the width of that range in decades (0 when one value).
+    """
     rows = []
-    if set(METHODS) <= set(wide.columns):
-        for key, g in wide.groupby(level=["topology", "alpha", "compression"], sort=False):
-            d = (g["adagossip"] - g["choco"]).dropna()
-            rows.append({"topology": key[0], "alpha": key[1], "compression": key[2],
-                         "pairs": len(d), "diff_mean": d.mean() if len(d) else math.nan,
-                         "diff_se": d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1
-                         else math.nan})
-    paired = pd.DataFrame(rows, columns=["topology", "alpha", "compression", "pairs",
-                                         "diff_mean", "diff_se"])
-    return summary, paired
+    for key, g in gammas.groupby(["topology", "alpha", "compression", "method"], sort=False):
+        ok = g[g["status"] == "done"].dropna(subset=["holdout_accuracy"])
+        if ok.empty:
+            continue
+        near = ok[ok["holdout_accuracy"] >= ok["holdout_accuracy"].max() - points]["gamma"]
+        rows.append(dict(zip(["topology", "alpha", "compression", "method"], key, strict=True))
+                    | {"near_best": ", ".join(f"{v:g}" for v in sorted(near)),
+                       "decades": math.log10(near.max() / near.min()),
+                       "best": float(ok["holdout_accuracy"].max()),
+                       "worst": float(ok["holdout_accuracy"].min()),
+                       "diverged": int((g["status"] == "diverged").sum())})
+    return pd.DataFrame(rows)
 
 
-def markdown(summary: pd.DataFrame, paired: pd.DataFrame) -> str:
-    """The summary and the paired differences as Markdown tables."""
+def _bracket_word(g: pd.DataFrame) -> str:
+    if g["interior"].iloc[0]:
+        return "yes"
+    return "at its limit" if g["at_limit"].iloc[0] else "no"
+
+
+def markdown(summary: pd.DataFrame, gammas: pd.DataFrame, verdicts: pd.DataFrame,
+             grid: dict[str, Any]) -> str:
+    """Accuracy with convergence, the tuning with its grid checks and plateaus, the verdicts."""
     def pm(m: float, se: float, scale: float = 100.0, fmt: str = ".1f") -> str:
         if not math.isfinite(m):
             return "–"
         return f"{scale * m:{fmt}}" + (f" ± {scale * se:{fmt}}" if math.isfinite(se) else "")
 
-    lines = ["| topology | alpha | compression | method | gamma | test acc. of x̄ (%) | MB sent "
-             "per node | consensus distance | runs |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"Final runs: {grid['steps']} steps, cosine schedule; converged = the test accuracy "
+             "of x̄ changed by less than 1 point over the last 20% of steps.", "",
+             "| topology | alpha | compression | method | gamma | test acc. of x̄ (%) | MB sent "
+             "per node | consensus distance | converged | runs |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary.itertuples():
+        runs = r.seeds + r.diverged
         lines.append(f"| {r.topology} | {r.alpha:g} | {r.compression} | {r.method} | "
                      f"{'–' if r.method == REFERENCE else f'{r.gamma:g}'} | "
                      f"{pm(r.test_accuracy_mean, r.test_accuracy_se)} | "
                      f"{pm(r.mb_per_node_mean, math.nan, 1.0, '.2f')} | "
                      f"{pm(r.consensus_distance_mean, r.consensus_distance_se, 1.0, '.3g')} | "
-                     f"{r.seeds}/{r.seeds + r.diverged} |")
-    lines += ["", "AdaGossip − CHOCO, test accuracy of x̄ (points), paired by seed:", "",
-              "| topology | alpha | compression | difference | pairs |", "|---|---|---|---|---|"]
-    for r in paired.itertuples():
-        diff = "–" if not math.isfinite(r.diff_mean) else f"{100 * r.diff_mean:+.1f}" + (
-            f" ± {100 * r.diff_se:.1f}" if math.isfinite(r.diff_se) else "")
-        lines.append(f"| {r.topology} | {r.alpha:g} | {r.compression} | {diff} | {r.pairs} |")
+                     f"{int(r.converged)}/{runs}"
+                     f"{'' if r.converged == runs else ' (not converged)'} | {r.seeds}/{runs} |")
+    lines += ["", "Tuning of γ (seed 0, held-out 10%); * added because the best sat at an edge, "
+              "† diverged; 'within 2 points' is the range of γ whose held-out accuracy is within "
+              "2 points of the best.", "",
+              "| topology | alpha | compression | method | grid | chosen γ | held-out acc. (%) | "
+              "interior | within 2 points (decades) | worst (%) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    flat = plateau(gammas).set_index(["topology", "alpha", "compression", "method"])
+    for key, g in gammas.groupby(["topology", "alpha", "compression", "method"], sort=False):
+        pick = g[g["chosen"]]
+        vals = ", ".join(f"{v:g}{'*' if e else ''}{'†' if st == 'diverged' else ''}"
+                         for v, e, st in zip(g["gamma"], g["extended"], g["status"], strict=True))
+        p = flat.loc[key] if key in flat.index else None
+        lines.append(f"| {key[0]} | {key[1]:g} | {key[2]} | {key[3]} | {vals} | "
+                     f"{'–' if pick.empty else f'{pick.gamma.iloc[0]:g}'} | "
+                     f"{'–' if pick.empty else pm(pick.holdout_accuracy.iloc[0], math.nan)} | "
+                     f"{_bracket_word(g)} | "
+                     f"{'–' if p is None else f'{p.near_best} ({p.decades:.1f})'} | "
+                     f"{'–' if p is None else pm(p.worst, math.nan)} |")
+    lines += ["", "AdaGossip − CHOCO, test accuracy of x̄ (points), paired by seed, 95% t "
+              "interval:", "", verdict_markdown(verdicts)]
     return "\n".join(lines) + "\n"
 
 
@@ -246,22 +306,26 @@ def main(argv: list[str] | None = None) -> int:
     grid = SCALES[a.scale]
     gammas = tune(grid, a.runs, a.workers)
     table = final(grid, a.runs, gammas, a.workers)
-    summary, paired = summarize(table)
+    summary = summarize(table)
+    verdicts = claims(grid, table)
     a.out.mkdir(parents=True, exist_ok=True)
     gammas.to_csv(a.out / "gamma.csv", index=False)
     table.to_csv(a.out / "runs.csv", index=False)
     summary.to_csv(a.out / "summary.csv", index=False)
-    paired.to_csv(a.out / "paired.csv", index=False)
-    (a.out / "summary.md").write_text(markdown(summary, paired))
+    verdicts.to_csv(a.out / "verdicts.csv", index=False)
+    plateau(gammas).to_csv(a.out / "plateau.csv", index=False)
+    (a.out / "summary.md").write_text(markdown(summary, gammas, verdicts, grid))
 
-    from flatlab.plots import compression
+    from flatlab.plots import compression, sensitivity
 
     curves = _curves(table, a.runs, grid["nodes"])
     curves.to_csv(a.out / "curves.csv", index=False)
     save_figure(compression(curves), a.fig)
-    print(markdown(summary, paired))
-    print(f"{len(table)} final runs ({time.time() - t0:.0f} s); tables in {a.out}, figure "
-          f"{a.fig}.{{pdf,png}}")
+    save_figure(sensitivity(gammas, "gamma", panels=["topology", "alpha", "compression"]),
+                a.fig.with_name(a.fig.name + "_sensitivity"))
+    print(markdown(summary, gammas, verdicts, grid))
+    print(f"{len(table)} final runs ({time.time() - t0:.0f} s); tables in {a.out}, figures "
+          f"{a.fig}{{,_sensitivity}}.{{pdf,png}}")
     return 0
 
 

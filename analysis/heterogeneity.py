@@ -43,36 +43,40 @@ import pandas as pd
 from common import save_figure, study_args
 
 from flatlab.experiment import run_many
-from flatlab.experiment.study import choose_best, final_values, mean_and_se
+from flatlab.experiment.evidence import Claim, change_between, judge, verdict_markdown
+from flatlab.experiment.results import read_metrics
+from flatlab.experiment.study import final_convergence, final_values, mean_and_se, tune_bracketed
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("dsgd", "dsgdm", "qg-dsgdm", "decentlam", "gradient-tracking", "gradient-tracking-atc",
-           "momentum-tracking")
 # study label -> (registered algorithm, hyper-parameters); gradient tracking in both forms, since
 # the DIGing form (the default, the official code's) steps with the un-mixed tracker
 ALGORITHMS = {"gradient-tracking-atc": ("gradient-tracking", {"form": "atc"})}
 MOMENTUM = {"dsgdm", "qg-dsgdm", "decentlam", "momentum-tracking"}
+SIX = ("dsgdm", "qg-dsgdm", "decentlam", "gradient-tracking", "gradient-tracking-atc",
+       "momentum-tracking")
 
-# scale -> grid. settings: (partition, level), ordered from homogeneous to heterogeneous.
+# scale -> grid. settings: (partition, level), ordered from homogeneous to heterogeneous; lrs:
+# the initial grids, extended by their own ratio until the best is interior (tune_bracketed).
 SCALES: dict[str, dict[str, Any]] = {
-    "small": dict(nodes=(8,), settings=(("dirichlet", 10.0), ("dirichlet", 0.1),
-                                        ("classes", 10), ("classes", 2)),
-                  seeds=(0, 1, 2), steps=600,
-                  lrs={"momentum": (0.01, 0.03, 0.1), "plain": (0.03, 0.1, 0.3)}),
+    # the mildest and the strongest skew of the official demo (k classes per node), 3000 steps
+    "small": dict(nodes=(8,), settings=(("classes", 10), ("classes", 2)), methods=SIX,
+                  seeds=(0, 1, 2, 3, 4), steps=3000, every=300,
+                  lrs={"momentum": (0.003, 0.01, 0.03, 0.1), "plain": (0.01, 0.03, 0.1, 0.3)}),
     "full": dict(nodes=(8, 16), settings=(("dirichlet", 10.0), ("dirichlet", 1.0),
                                           ("dirichlet", 0.1), ("classes", 10), ("classes", 4),
-                                          ("classes", 2)),
-                 seeds=(0, 1, 2), steps=4000,
-                 lrs={"momentum": (0.003, 0.01, 0.03, 0.1, 0.3),
-                      "plain": (0.01, 0.03, 0.1, 0.3, 1.0)}),
-    # the test suite's: one seed, a few steps, so the script cannot rot
-    "tiny": dict(nodes=(4,), settings=(("classes", 4),), seeds=(0,), steps=6,
+                                          ("classes", 2)), methods=("dsgd", *SIX),
+                 seeds=(0, 1, 2, 3, 4), steps=6000, every=300,
+                 lrs={"momentum": (0.001, 0.003, 0.01, 0.03, 0.1),
+                      "plain": (0.003, 0.01, 0.03, 0.1, 0.3)}),
+    # the test suite's: a few steps, so the script cannot rot
+    "tiny": dict(nodes=(4,), settings=(("classes", 10), ("classes", 4)),
+                 methods=("dsgdm", "momentum-tracking"), seeds=(0, 1), steps=10, every=2,
                  lrs={"momentum": (0.01, 0.03), "plain": (0.03, 0.1)}),
 }
 
 
 def _config(method: str, nodes: int, setting: tuple[str, float], lr: float, seed: int,
-            steps: int, holdout: float) -> dict[str, Any]:
+            steps: int, holdout: float, every: int) -> dict[str, Any]:
     partition, level = setting
     data: dict[str, Any] = {"name": "mnist1d", "partition": partition, "seed": seed,
                             "batch_size": 32, "holdout": holdout}
@@ -87,7 +91,7 @@ def _config(method: str, nodes: int, setting: tuple[str, float], lr: float, seed
             "algorithm": {"name": name, "params": params},
             "optim": {"lr": lr, "schedule": "cosine", "weight_decay": 1e-4},
             "train": {"steps": steps},
-            "measure": {"every": steps, "metrics": ["loss", "accuracy", "consensus_distance"],
+            "measure": {"every": every, "metrics": ["loss", "accuracy", "consensus_distance"],
                         "per_node": False},
             "checkpoint_every": max(steps // 2, 1)}
 
@@ -103,36 +107,43 @@ def _run_name(method: str, nodes: int, setting: tuple[str, float], lr: float, se
 
 ACCURACY = {"test_accuracy": "test_accuracy", "test_accuracy_nodes": "test_accuracy[mean]",
             "consensus_distance": "consensus_distance"}
+GROUP = ["nodes", "partition", "level", "method"]
 
 
 def tune(grid: dict[str, Any], runs: Path, workers: int) -> pd.DataFrame:
-    """Phase 1: every learning rate of the grid on seed 0 with a 10% held-out split."""
-    points = [(m, n, s, lr) for n in grid["nodes"] for s in grid["settings"] for m in METHODS
+    """Phase 1: each learning rate on seed 0 with a 10% held-out split, the grid bracketed.
+
+    The grid is extended by its own ratio until the best learning rate of every method and
+    setting is interior (:func:`~flatlab.experiment.study.tune_bracketed`).
+    """
+    points = [{"nodes": n, "partition": s[0], "level": s[1], "method": m, "lr": lr}
+              for n in grid["nodes"] for s in grid["settings"] for m in grid["methods"]
               for lr in grid["lrs"]["momentum" if m in MOMENTUM else "plain"]]
-    jobs = [(str(runs / "tune" / _run_name(m, n, s, lr, 0)),
-             _config(m, n, s, lr, 0, grid["steps"], holdout=0.1)) for m, n, s, lr in points]
-    run_many(jobs, workers)
-    rows = []
-    for (m, n, s, lr), (path, _) in zip(points, jobs, strict=True):
-        acc = final_values(path, ACCURACY)
-        ok = acc["status"] == "done" and math.isfinite(acc["test_accuracy"])
-        rows.append({"nodes": n, "partition": s[0], "level": s[1], "method": m, "lr": lr,
-                     "status": acc["status"],
-                     "holdout_accuracy": acc["test_accuracy"] if ok else math.nan})
-    table = pd.DataFrame(rows)
-    table["chosen"] = choose_best(table, ["nodes", "partition", "level", "method"],
-                                  "holdout_accuracy", "lr")
-    return table
+
+    def job(p: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+        s = (p["partition"], p["level"])
+        return (runs / "tune" / _run_name(p["method"], p["nodes"], s, p["lr"], 0),
+                _config(p["method"], p["nodes"], s, p["lr"], 0, grid["steps"], holdout=0.1,
+                        every=grid["steps"]))
+
+    return tune_bracketed(points, job, workers, GROUP, "lr")
+
+
+def _path(runs: Path, r: Any) -> Path:
+    return runs / "final" / _run_name(r.method, r.nodes, (r.partition, r.level), r.lr, r.seed)
 
 
 def final(grid: dict[str, Any], runs: Path, lr_table: pd.DataFrame, workers: int
           ) -> pd.DataFrame:
-    """Phase 2: the chosen learning rate with every seed on the full training set."""
+    """Phase 2: the chosen learning rate with every seed on the full training set.
+
+    Test accuracy is measured every ``every`` steps, so that each run's convergence is checked.
+    """
     chosen = lr_table[lr_table["chosen"]]
     points = []
     for n in grid["nodes"]:
         for s in grid["settings"]:
-            for m in METHODS:
+            for m in grid["methods"]:
                 pick = chosen[(chosen["nodes"] == n) & (chosen["partition"] == s[0])
                               & (chosen["level"] == s[1]) & (chosen["method"] == m)]
                 if pick.empty:  # every learning rate diverged: nothing to run
@@ -142,37 +153,109 @@ def final(grid: dict[str, Any], runs: Path, lr_table: pd.DataFrame, workers: int
                 lr = float(pick["lr"].iloc[0])
                 points += [(m, n, s, lr, seed) for seed in grid["seeds"]]
     jobs = [(str(runs / "final" / _run_name(m, n, s, lr, seed)),
-             _config(m, n, s, lr, seed, grid["steps"], holdout=0.0))
+             _config(m, n, s, lr, seed, grid["steps"], holdout=0.0, every=grid["every"]))
             for m, n, s, lr, seed in points]
     run_many(jobs, workers)
     rows = []
     for (m, n, s, lr, seed), (path, _) in zip(points, jobs, strict=True):
         rows.append({"nodes": n, "partition": s[0], "level": s[1],
                      "heterogeneity": _setting_label(s), "method": m, "lr": lr, "seed": seed,
-                     **final_values(path, ACCURACY)})
+                     **final_values(path, ACCURACY), **final_convergence(path),
+                     "consensus_during": _mean_during(path, "consensus_distance")})
     return pd.DataFrame(rows)
 
 
+def _mean_during(path: str | Path, metric: str) -> float:
+    """The mean of a metric over a run's measurements after step 0 (NaN without any)."""
+    if not (Path(path) / "metrics.parquet").is_file():
+        return math.nan
+    m = read_metrics(path)
+    v = m[(m.metric == metric) & (m.step > 0)].value
+    return float(v.mean()) if len(v) else math.nan
+
+
+def claims(grid: dict[str, Any], table: pd.DataFrame) -> pd.DataFrame:
+    """The verdicts on the Momentum Tracking paper's claims and on gradient tracking's forms.
+
+    Per setting: Momentum Tracking against DSGDm, QG-DSGDm and DecentLaM (the official demo's
+    ordering MT > DecentLaM > QG-DSGDm > DSGDm, one pair at a time), and the DIGing form of
+    gradient tracking trailing its adapt-then-combine form. Across settings: Momentum Tracking
+    loses less accuracy than each momentum method from the mildest to the strongest skew (the
+    paper's robustness claim), paired by seed.
+    """
+    methods = set(grid["methods"])
+    pairs = [("momentum-tracking", b, "greater") for b in ("dsgdm", "qg-dsgdm", "decentlam")]
+    pairs += [("decentlam", "qg-dsgdm", "greater"), ("qg-dsgdm", "dsgdm", "greater"),
+              ("gradient-tracking", "gradient-tracking-atc", "less")]
+    pairs = [p for p in pairs if {p[0], p[1]} <= methods]
+    out = []
+    for n in grid["nodes"]:
+        for s in grid["settings"]:
+            where = {"nodes": n, "partition": s[0], "level": s[1]}
+            cs = [Claim(f"{a} {'beats' if c == 'greater' else 'trails'} {b}", a, b, c, where)
+                  for a, b, c in pairs]
+            got = judge(table, cs)
+            got.insert(1, "setting", f"n={n}, {_setting_label(s)}")
+            out.append(got.drop(columns=list(where)))
+        mild, strong = grid["settings"][0], grid["settings"][-1]
+        if mild[0] != strong[0] or "momentum-tracking" not in methods:
+            continue
+        sub = table[(table["nodes"] == n) & (table["partition"] == mild[0])]
+        change = change_between(sub, "level", mild[1], strong[1], keys=["method"])
+        cs = [Claim(f"momentum-tracking loses less than {b}", "momentum-tracking", b)
+              for b in ("dsgdm", "qg-dsgdm", "decentlam") if b in methods]
+        got = judge(change, cs)
+        got.insert(1, "setting", f"n={n}, {_setting_label(mild)} → {_setting_label(strong)}")
+        out.append(got)
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+
+
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean and standard error over seeds of the final accuracies, per method and setting."""
-    return mean_and_se(table, ["nodes", "partition", "level", "heterogeneity", "method", "lr"],
-                       ["test_accuracy", "test_accuracy_nodes"])
+    """Mean and standard error over seeds per method and setting, with converged run counts."""
+    s = mean_and_se(table, ["nodes", "partition", "level", "heterogeneity", "method", "lr"],
+                    ["test_accuracy", "test_accuracy_nodes", "consensus_during"])
+    conv = table.groupby(["nodes", "partition", "level", "method"], sort=False).agg(
+        converged=("converged", "sum"), worst_change=("change", lambda c: c.abs().max()))
+    return s.join(conv, on=["nodes", "partition", "level", "method"])
 
 
-def markdown(summary: pd.DataFrame) -> str:
-    """The summary as a Markdown table: accuracy (%) of x̄ and of the node mean, ± s.e."""
-    def cell(m: float, se: float) -> str:
-        if not math.isfinite(m):
-            return "–"
-        return f"{100 * m:.1f} ± {100 * se:.1f}" if math.isfinite(se) else f"{100 * m:.1f}"
+def _pct(m: float, se: float = math.nan) -> str:
+    if not math.isfinite(m):
+        return "–"
+    return f"{100 * m:.1f} ± {100 * se:.1f}" if math.isfinite(se) else f"{100 * m:.1f}"
 
-    lines = ["| n | heterogeneity | method | lr | test acc. of x̄ (%) | mean test acc. of nodes "
-             "(%) | seeds |", "|---|---|---|---|---|---|---|"]
+
+def markdown(summary: pd.DataFrame, lr_table: pd.DataFrame, verdicts: pd.DataFrame,
+             grid: dict[str, Any]) -> str:
+    """Accuracy with convergence, the tuning with its grid checks, and the verdicts."""
+    steps = grid["steps"]
+    lines = [f"Final runs: {steps} steps, cosine schedule; converged = the test accuracy of x̄ "
+             f"changed by less than 1 point over the last 20% of steps.", "",
+             "| n | heterogeneity | method | lr | test acc. of x̄ (%) | mean test acc. of nodes "
+             "(%) | consensus distance (mean over training) | converged | seeds |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in summary.itertuples():
         lines.append(f"| {r.nodes} | {r.heterogeneity} | {r.method} | {r.lr:g} | "
-                     f"{cell(r.test_accuracy_mean, r.test_accuracy_se)} | "
-                     f"{cell(r.test_accuracy_nodes_mean, r.test_accuracy_nodes_se)} | "
+                     f"{_pct(r.test_accuracy_mean, r.test_accuracy_se)} | "
+                     f"{_pct(r.test_accuracy_nodes_mean, r.test_accuracy_nodes_se)} | "
+                     f"{r.consensus_during_mean:.3g} | {int(r.converged)}/{r.seeds + r.diverged}"
+                     f"{'' if r.converged == r.seeds + r.diverged else ' (not converged)'} | "
                      f"{r.seeds}{f' ({r.diverged} diverged)' if r.diverged else ''} |")
+    lines += ["", "Tuning (seed 0, held-out 10%): the grid each learning rate was chosen from; "
+              "values marked * were added because the best sat at an edge.", "",
+              "| n | setting | method | grid | chosen lr | held-out acc. (%) | interior |",
+              "|---|---|---|---|---|---|---|"]
+    for key, g in lr_table.groupby(GROUP, sort=False):
+        n, part, level, m = key
+        pick = g[g["chosen"]]
+        vals = ", ".join(f"{v:g}{'*' if e else ''}{'†' if st == 'diverged' else ''}"
+                         for v, e, st in zip(g["lr"], g["extended"], g["status"], strict=True))
+        lines.append(f"| {n} | {_setting_label((part, level))} | {m} | {vals} | "
+                     f"{'–' if pick.empty else f'{pick.lr.iloc[0]:g}'} | "
+                     f"{'–' if pick.empty else _pct(pick.holdout_accuracy.iloc[0])} | "
+                     f"{'yes' if g['interior'].iloc[0] else 'no'} |")
+    lines += ["", "† diverged.", "", "Verdicts (test accuracy of x̄, a − b in points, paired by "
+              "seed, 95% t interval):", "", verdict_markdown(verdicts)]
     return "\n".join(lines) + "\n"
 
 
@@ -186,18 +269,22 @@ def main(argv: list[str] | None = None) -> int:
     lr_table = tune(grid, a.runs, a.workers)
     table = final(grid, a.runs, lr_table, a.workers)
     summary = summarize(table)
+    verdicts = claims(grid, table)
     a.out.mkdir(parents=True, exist_ok=True)
     lr_table.to_csv(a.out / "lr.csv", index=False)
     table.to_csv(a.out / "runs.csv", index=False)
     summary.to_csv(a.out / "summary.csv", index=False)
-    (a.out / "summary.md").write_text(markdown(summary))
+    verdicts.to_csv(a.out / "verdicts.csv", index=False)
+    (a.out / "summary.md").write_text(markdown(summary, lr_table, verdicts, grid))
 
-    from flatlab.plots import heterogeneity
+    from flatlab.plots import heterogeneity, sensitivity
 
     save_figure(heterogeneity(table), a.fig)
-    print(markdown(summary))
-    print(f"{len(table)} final runs ({time.time() - t0:.0f} s); tables in {a.out}, figure "
-          f"{a.fig}.{{pdf,png}}")
+    save_figure(sensitivity(lr_table, "lr", panels=["nodes", "partition", "level"]),
+                a.fig.with_name(a.fig.name + "_sensitivity"))
+    print(markdown(summary, lr_table, verdicts, grid))
+    print(f"{len(table)} final runs ({time.time() - t0:.0f} s); tables in {a.out}, figures "
+          f"{a.fig}{{,_sensitivity}}.{{pdf,png}}")
     return 0
 
 

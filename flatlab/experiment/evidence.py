@@ -20,8 +20,8 @@ Free functions over plain arrays and tables, so that every study applies the sam
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,8 @@ import pandas as pd
 from flatlab.errors import FlatlabError
 
 __all__ = ["Convergence", "convergence", "run_convergence", "GridCheck", "grid_check", "bracket",
-           "sensitivity", "Paired", "paired_difference", "verdict", "VERDICTS"]
+           "sensitivity", "Paired", "paired_difference", "verdict", "VERDICTS", "Claim", "judge",
+           "change_between", "verdict_markdown"]
 
 #: The three verdicts on a claim.
 VERDICTS = ("supported", "contradicted", "not separable")
@@ -282,3 +283,119 @@ def verdict(p: Paired, claim: str = "greater", *, margin: float = 0.0) -> str:
     if high < margin:
         return "contradicted"
     return "not separable"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim that method ``a`` beats (or trails) method ``b`` where ``where`` holds.
+
+    Attributes:
+        text: The claim in plain words, as the verdict table shows it.
+        a: The value of the label column (a method) on the left of ``a - b``.
+        b: The method compared against.
+        claim: ``"greater"`` (``a`` better) or ``"less"`` (``a`` worse), as :func:`verdict`.
+        where: Column values that select the rows (a setting); empty selects all.
+        margin: As :func:`verdict`.
+    """
+
+    text: str
+    a: str
+    b: str
+    claim: str = "greater"
+    where: Mapping[str, object] = field(default_factory=dict)
+    margin: float = 0.0
+
+
+def judge(table: pd.DataFrame, claims: Sequence[Claim], *, label: str = "method",
+          value: str = "test_accuracy", pair: str = "seed",
+          converged: str | None = "converged") -> pd.DataFrame:
+    """The verdict on each claim, with the seed-paired difference and its 95% interval.
+
+    Whether the runs behind each comparison converged is reported beside it. Only runs whose
+    ``status`` is ``done`` count (a diverged run has no accuracy to pair); a
+    comparison that rests on any run not converged keeps its verdict but says so in
+    ``converged`` (False) and ``note``: a verdict on runs still moving is provisional.
+
+    Args:
+        table: One row per run: ``label``, ``pair``, ``value``, ``status``, the ``where``
+            columns, and ``converged`` (unless ``converged`` is None).
+        claims: What to judge.
+        label: The column naming the method.
+        value: The compared metric.
+        pair: The column that pairs runs (the seed: same initialization, data and minibatches).
+        converged: The convergence column, or None when ``value`` is not a training curve's
+            end (a difference between settings, say, judged on runs checked elsewhere).
+
+    Returns:
+        One row per claim: ``claim`` (its text), the ``where`` values, ``a``, ``b``,
+        ``difference``, ``low``, ``high``, ``pairs``, ``verdict``, ``converged`` and ``note``.
+    """
+    rows = []
+    for c in claims:
+        sel = table
+        for k, v in c.where.items():
+            sel = sel[sel[k] == v]
+        side = {}
+        for name in (c.a, c.b):
+            g = sel[sel[label] == name]
+            side[name] = g
+        ok = {k: g[g["status"] == "done"].set_index(pair)[value] for k, g in side.items()}
+        p = paired_difference(ok[c.a], ok[c.b])
+        runs = pd.concat([side[c.a], side[c.b]])
+        settled = bool(converged is None or (len(runs) and runs[converged].astype(bool).all()))
+        unsettled = 0 if converged is None else int((~runs[converged].astype(bool)).sum())
+        note = "" if settled else f"{unsettled} of {len(runs)} runs not converged"
+        if p.n < 2:
+            note = "; ".join(x for x in (note, f"{p.n} paired seed(s)") if x)
+        rows.append({"claim": c.text, **dict(c.where), "a": c.a, "b": c.b,
+                     "difference": p.mean, "low": p.low, "high": p.high, "pairs": p.n,
+                     "verdict": verdict(p, c.claim, margin=c.margin), "converged": settled,
+                     "note": note})
+    return pd.DataFrame(rows)
+
+
+def change_between(table: pd.DataFrame, column: str, before: object, after: object, *,
+                   keys: Sequence[str], pair: str = "seed", value: str = "test_accuracy"
+                   ) -> pd.DataFrame:
+    """Per method and seed, ``value`` at ``column == after`` minus at ``column == before``.
+
+    The robustness claims of these papers are about such changes ("accuracy drops less under
+    heterogeneity"); the result is judged by :func:`judge` like any metric, with
+    ``converged=None`` (or its ``converged`` column, both ends converged). Rows whose run is not
+    ``done`` at either end are dropped.
+
+    Returns:
+        One row per ``keys`` and ``pair``: ``value`` (the change), ``status`` (``done``) and
+        ``converged``, when ``table`` has it.
+    """
+    done = table[table["status"] == "done"]
+    cols = [value] + (["converged"] if "converged" in table else [])
+    a = done[done[column] == before].set_index([*keys, pair])[cols]
+    b = done[done[column] == after].set_index([*keys, pair])[cols]
+    both = a.add_suffix("_before").join(b.add_suffix("_after"), how="inner")
+    out = pd.DataFrame({value: both[f"{value}_after"] - both[f"{value}_before"],
+                        "status": "done"}, index=both.index)
+    if "converged" in table:
+        out["converged"] = both["converged_before"].astype(bool) & both[
+            "converged_after"].astype(bool)
+    return out.reset_index()
+
+
+def verdict_markdown(verdicts: pd.DataFrame, *, scale: float = 100.0, unit: str = "points"
+                     ) -> str:
+    """:func:`judge`'s table as Markdown.
+
+    Columns: setting (when it has one), claim, ``a − b`` and its interval (times ``scale``, in
+    ``unit``), paired seeds, and the verdict with its note (runs not converged).
+    """
+    setting = "setting" in verdicts
+    lines = [("| setting " if setting else "") + f"| claim | a − b ({unit}) | 95% interval | "
+             "seeds | verdict |", ("|---" if setting else "") + "|---|---|---|---|---|"]
+    for r in verdicts.itertuples():
+        interval = (f"[{scale * r.low:+.1f}, {scale * r.high:+.1f}]"
+                    if math.isfinite(r.low) and math.isfinite(r.high) else "–")
+        diff = f"{scale * r.difference:+.1f}" if math.isfinite(r.difference) else "–"
+        word = r.verdict + (f" ({r.note})" if r.note else "")
+        lines.append((f"| {r.setting} " if setting else "")
+                     + f"| {r.claim} | {diff} | {interval} | {r.pairs} | {word} |")
+    return "\n".join(lines) + "\n"

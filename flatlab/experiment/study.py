@@ -3,7 +3,8 @@
 A study runs its ``(run directory, config)`` jobs with :func:`~flatlab.experiment.many.run_many`
 (resumable: finished runs are skipped, interrupted ones resume from their checkpoints, a failure
 is recorded and the rest goes on), reads them back with :func:`final_values`, tunes with
-:func:`tune_on_holdout` and :func:`choose_best` and summarizes over seeds with
+:func:`tune_bracketed` (or :func:`tune_on_holdout` and :func:`choose_best` on a fixed grid),
+checks the final runs with :func:`final_convergence` and summarizes over seeds with
 :func:`mean_and_se`. The scripts' command line and figure files are theirs
 (``analysis/common.py``). The rules that decide whether a conclusion is earned (converged runs,
 grids that bracket their optimum, seed-paired intervals and verdicts) are
@@ -21,7 +22,8 @@ import pandas as pd
 
 from flatlab.experiment.many import run_many
 
-__all__ = ["final_values", "choose_best", "mean_and_se", "tune_on_holdout"]
+__all__ = ["final_values", "choose_best", "mean_and_se", "tune_on_holdout", "tune_bracketed",
+           "final_convergence"]
 
 
 def final_values(path: str | Path, columns: dict[str, str]) -> dict[str, Any]:
@@ -72,6 +74,109 @@ def tune_on_holdout(points: Sequence[dict[str, Any]],
     table = pd.DataFrame(rows)
     table["chosen"] = choose_best(table, group, "holdout_accuracy", hparam)
     return table
+
+
+def _grid_value(v: float) -> float:
+    """An extended grid value, rounded to 3 significant digits (so it names a folder cleanly)."""
+    return float(f"{v:.3g}")
+
+
+def tune_bracketed(points: Sequence[dict[str, Any]],
+                   job: Callable[[dict[str, Any]], tuple[str | Path, dict[str, Any]]],
+                   workers: int, group: list[str], hparam: str, *, max_extensions: int = 4,
+                   limits: Callable[[dict[str, Any]], tuple[float, float]] | None = None
+                   ) -> pd.DataFrame:
+    """:func:`tune_on_holdout` on a grid that is extended until each group's best is interior.
+
+    The rule is :func:`flatlab.experiment.evidence.grid_check`: after each round of runs (run in
+    parallel by :func:`~flatlab.experiment.many.run_many`), a group whose best value sits at an
+    edge gets the next value beyond it, the edge times or divided by the grid's own ratio
+    (rounded to 3 significant digits), until the best has a worse or diverged neighbour on both
+    sides or ``max_extensions`` values were added to that group. Rounds are resumable like
+    everything else: finished runs are skipped, so a rerun replays the same decisions.
+
+    Args:
+        points: The initial grid: dicts of the setting's keys and the tuned ``hparam``.
+        job: ``point -> (run directory, config)``, evaluated on a held-out split.
+        workers: As :func:`~flatlab.experiment.many.run_many` (0 reads what is on disk and
+            extends nothing that has not been run).
+        group: Keys of a point that define one choice (setting and method).
+        hparam: The tuned key (positive; ties go to its smaller value).
+        max_extensions: Values added at most per group.
+        limits: ``group keys -> (low, high)``, the values the hyper-parameter may take there
+            (CHOCO-SGD's ``γ <= 1``, say). An extension beyond a limit tries the limit itself;
+            a best value at its limit is reported ``at_limit`` rather than extended.
+
+    Returns:
+        One row per point run: its keys, ``status``, ``holdout_accuracy`` (NaN unless done),
+        ``extended`` (added beyond the initial grid), ``chosen``, and per group ``interior``
+        (its best is bracketed), ``at_limit`` (its best sits at an edge that is the
+        hyper-parameter's own limit) and ``extensions`` (values added).
+    """
+    from flatlab.experiment.evidence import grid_check
+
+    todo = [dict(p) for p in points]
+    done: list[dict[str, Any]] = []
+    added: dict[tuple, int] = {}
+    while todo:
+        jobs = [job(p) for p in todo]
+        run_many(jobs, workers)
+        for p, (path, _) in zip(todo, jobs, strict=True):
+            r = final_values(path, {"holdout_accuracy": "test_accuracy"})
+            if r["status"] != "done":
+                r["holdout_accuracy"] = math.nan
+            done.append({"extended": False, **p, **r})
+        todo = []
+        table = pd.DataFrame(done)
+        for key, g in table.groupby(group, sort=False):
+            key = key if isinstance(key, tuple) else (key,)
+            if g["status"].isin(["running", "interrupted", "failed"]).any() or len(g) < 2:
+                continue  # not all of this group's runs finished: decide nothing yet
+            check = grid_check(g[hparam].tolist(), g["holdout_accuracy"].tolist(),
+                               (g["status"] == "diverged").tolist())
+            if check.next_value is None or added.get(key, 0) >= max_extensions:
+                continue
+            value = _grid_value(check.next_value)
+            if limits is not None:
+                low, high = limits(dict(zip(group, key, strict=True)))
+                value = min(max(value, low), high)
+            if value in set(g[hparam]):
+                continue  # the edge is the hyper-parameter's own limit
+            added[key] = added.get(key, 0) + 1
+            todo.append({**dict(zip(group, key, strict=True)), hparam: value, "extended": True})
+    table = pd.DataFrame(done)
+    table["chosen"] = choose_best(table, group, "holdout_accuracy", hparam)
+    table["interior"], table["at_limit"], table["extensions"] = False, False, 0
+    for key, g in table.groupby(group, sort=False):
+        check = grid_check(g[hparam].tolist(), g["holdout_accuracy"].tolist(),
+                           (g["status"] == "diverged").tolist()) if len(g) > 1 else None
+        at_limit = False
+        if check is not None and check.edge is not None and limits is not None:
+            low, high = limits(dict(zip(group, key if isinstance(key, tuple) else (key,),
+                                        strict=True)))
+            at_limit = check.best == (low if check.edge == "low" else high)
+        table.loc[g.index, "interior"] = bool(check and check.interior)
+        table.loc[g.index, "at_limit"] = at_limit
+        table.loc[g.index, "extensions"] = int(g["extended"].sum())
+    return table.sort_values([*group, hparam], kind="stable").reset_index(drop=True)
+
+
+def final_convergence(path: str | Path, metric: str = "test_accuracy", *, last: float = 0.2,
+                      threshold: float = 0.01) -> dict[str, Any]:
+    """The convergence check of a final run, as table columns (``converged``, ``change``).
+
+    :func:`flatlab.experiment.evidence.run_convergence` on the run's held-out curve; a run
+    without such a curve (failed, diverged early, measured once) is ``converged = False`` with
+    ``change`` NaN: it is never counted as settled.
+    """
+    from flatlab.errors import FlatlabError
+    from flatlab.experiment.evidence import run_convergence
+
+    try:
+        c = run_convergence(path, metric, last=last, threshold=threshold)
+    except (FlatlabError, OSError):
+        return {"converged": False, "change": math.nan}
+    return {"converged": c.converged, "change": c.change}
 
 
 def choose_best(table: pd.DataFrame, keys: list[str], score: str, tie: str) -> pd.Series:

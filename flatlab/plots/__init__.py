@@ -3,6 +3,7 @@
 from flatlab.plots.compression import compression
 from flatlab.plots.heterogeneity import heterogeneity
 from flatlab.plots.primal_dual import primal_dual
+from flatlab.plots.sensitivity import sensitivity
 from flatlab.plots.spectral import spectral_gap
 from flatlab.plots.tradeoff import (
     accuracy_vs_flatness,
@@ -15,5 +16,5 @@ from flatlab.plots.tradeoff import (
 from flatlab.plots.training import training_curves
 
 __all__ = ["spectral_gap", "training_curves", "heterogeneity", "primal_dual", "compression",
-           "tradeoff_scatter", "accuracy_vs_flatness", "consensus_over_training", "escape",
+           "sensitivity", "tradeoff_scatter", "accuracy_vs_flatness", "consensus_over_training", "escape",
            "bound_overlay", "tradeoff_figures"]

@@ -20,31 +20,52 @@ def study():
     return mod
 
 
-def test_tiny_scale_tunes_trains_and_writes_tables_and_figure(tmp_path, capsys):
+def test_tiny_scale_tunes_trains_checks_and_judges(tmp_path, capsys):
     h = study()
+    grid = h.SCALES["tiny"]
     assert h.main(["--scale", "tiny", "--out", str(tmp_path), "--jobs", "1"]) == 0
     lr = pd.read_csv(tmp_path / "lr.csv")
     runs = pd.read_csv(tmp_path / "runs.csv")
     summary = pd.read_csv(tmp_path / "summary.csv")
-    # tuning: every method x learning rate on a held-out split, one chosen per method
-    assert len(lr) == 2 * len(h.METHODS) and lr["chosen"].sum() == len(h.METHODS)
-    for m, g in lr.groupby("method"):
-        best = g.loc[g["holdout_accuracy"].idxmax()]
-        assert bool(best["chosen"]), m
-        assert set(g["lr"]) == set(h.SCALES["tiny"]["lrs"]["momentum" if m in h.MOMENTUM
-                                                          else "plain"])
+    verdicts = pd.read_csv(tmp_path / "verdicts.csv")
+    groups = len(grid["methods"]) * len(grid["settings"])
+    # tuning: one choice per method and setting, the best held-out accuracy, bracketed: the
+    # initial grid is there, anything added is marked, and every chosen value is interior
+    # (or its group ran out of extensions)
+    assert lr["chosen"].sum() == groups
+    for key, g in lr.groupby(["level", "method"]):
+        assert bool(g.loc[g["holdout_accuracy"].idxmax(), "chosen"]), key
+        first = set(grid["lrs"]["momentum" if key[1] in h.MOMENTUM else "plain"])
+        assert set(g.loc[~g["extended"], "lr"]) == first
+        assert g["interior"].all() or (g["extensions"] == 4).all()
     tune_cfg = flatlab.experiment.load_config(
         str(next((tmp_path / "runs" / "tune").iterdir()) / "config.yaml"))
     assert tune_cfg.data.holdout == 0.1
-    # final: the chosen learning rate, on the full training set, the real test set
-    chosen = lr[lr["chosen"]].set_index("method")["lr"]
-    assert dict(zip(runs["method"], runs["lr"], strict=True)) == chosen.to_dict()
+    # final: the chosen learning rate, on the full training set, every seed, measured often
+    # enough for the convergence check
+    chosen = lr[lr["chosen"]].set_index(["level", "method"])["lr"]
+    for r in runs.itertuples():
+        assert r.lr == chosen[(r.level, r.method)]
+    assert len(runs) == groups * len(grid["seeds"])
     final_dir = next((tmp_path / "runs" / "final").iterdir())
-    assert flatlab.experiment.load_config(str(final_dir / "config.yaml")).data.holdout == 0.0
+    cfg = flatlab.experiment.load_config(str(final_dir / "config.yaml"))
+    assert cfg.data.holdout == 0.0 and cfg.measure.every == grid["every"]
     assert set(runs["status"]) == {"done"} and runs["test_accuracy"].between(0, 1).all()
-    assert list(summary["method"]) == list(h.METHODS) and (summary["seeds"] == 1).all()
+    for r in runs.itertuples():  # the convergence columns are the evidence rule's
+        c = flatlab.experiment.evidence.run_convergence(
+            tmp_path / "runs" / "final" / h._run_name(r.method, r.nodes, (r.partition, r.level),
+                                                      r.lr, r.seed))
+        assert (c.converged, c.change) == (r.converged, pytest.approx(r.change))
+    assert (summary["seeds"] == len(grid["seeds"])).all()
+    # verdicts: MT against DSGDm per setting, and the drop from k=10 to k=4
+    assert list(verdicts["claim"]) == ["momentum-tracking beats dsgdm"] * 2 + [
+        "momentum-tracking loses less than dsgdm"]
+    assert set(verdicts["verdict"]) <= set(flatlab.experiment.evidence.VERDICTS)
+    assert (verdicts["pairs"] == 2).all()
+    text = (tmp_path / "summary.md").read_text()
+    assert "| momentum-tracking |" in text and "Verdicts" in text
     assert (tmp_path / "heterogeneity.png").stat().st_size > 10_000
-    assert "| momentum-tracking |" in (tmp_path / "summary.md").read_text()
+    assert (tmp_path / "heterogeneity_sensitivity.png").stat().st_size > 10_000
     # --report rebuilds from disk without training
     assert h.main(["--scale", "tiny", "--out", str(tmp_path), "--report"]) == 0
     assert pd.read_csv(tmp_path / "runs.csv").equals(runs)
@@ -63,13 +84,22 @@ def test_summary_means_and_standard_errors_leave_out_diverged_runs():
         "nodes": 8, "partition": "classes", "level": 2, "heterogeneity": "k=2",
         "method": ["dsgd"] * 4, "lr": 0.1, "seed": [0, 1, 2, 3],
         "status": ["done", "done", "done", "diverged"],
-        "test_accuracy": [0.5, 0.6, 0.7, math.nan], "test_accuracy_nodes": [0.4, 0.4, 0.7, 0.1]})
+        "test_accuracy": [0.5, 0.6, 0.7, math.nan], "test_accuracy_nodes": [0.4, 0.4, 0.7, 0.1],
+        "consensus_during": 0.1, "converged": [True, True, False, False],
+        "change": [0.0, 0.001, 0.02, math.nan]})
     s = h.summarize(table).iloc[0]
     assert s["seeds"] == 3 and s["diverged"] == 1
     assert s["test_accuracy_mean"] == pytest.approx(0.6)
     assert s["test_accuracy_se"] == pytest.approx(0.1 / math.sqrt(3))
     assert s["test_accuracy_nodes_mean"] == pytest.approx(0.5)
-    assert "60.0 ± 5.8" in h.markdown(h.summarize(table))
+    assert s["converged"] == 2 and s["worst_change"] == pytest.approx(0.02)
+    lr = pd.DataFrame({"nodes": 8, "partition": "classes", "level": 2, "method": "dsgd",
+                       "lr": [0.03, 0.1, 0.3], "extended": [False, False, True],
+                       "status": ["done", "done", "diverged"], "chosen": [False, True, False],
+                       "holdout_accuracy": [0.5, 0.6, math.nan], "interior": True})
+    text = h.markdown(h.summarize(table), lr, pd.DataFrame(), h.SCALES["tiny"])
+    assert "| 60.0 ± 5.8 |" in text and "| 2/4 (not converged) |" in text
+    assert "| 0.03, 0.1, 0.3*† | 0.1 | 60.0 | yes |" in text
 
 
 def test_heterogeneity_figure_on_a_synthetic_table():

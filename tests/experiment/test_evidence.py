@@ -145,3 +145,37 @@ def test_a_run_directory_curve_is_checked(tmp_path):
     assert got == want and (got.start, got.end) == (32, 40)
     with pytest.raises(FlatlabError, match="no metric 'hessian_top'"):
         run_convergence(tmp_path / "r", "hessian_top")
+
+
+def test_judge_pairs_by_seed_and_flags_unconverged_runs():
+    from flatlab.experiment.evidence import Claim, change_between, judge
+
+    rng = np.random.default_rng(1)
+    rows, bases = [], 0.8 + 0.03 * rng.standard_normal(5)  # one per seed, shared by all
+    for setting, gap in (("easy", 0.0), ("hard", 0.05)):
+        for seed in range(5):
+            base = bases[seed]
+            rows += [{"setting": setting, "method": "a", "seed": seed, "status": "done",
+                      "test_accuracy": base + gap + 0.002 * seed, "converged": True},
+                     {"setting": setting, "method": "b", "seed": seed, "status": "done",
+                      "test_accuracy": base - 0.001 * seed, "converged": seed != 3}]
+    t = pd.DataFrame(rows)
+    t.loc[(t.method == "b") & (t.seed == 4) & (t.setting == "hard"), "status"] = "diverged"
+    got = judge(t, [Claim("a beats b when hard", "a", "b", where={"setting": "hard"}),
+                    Claim("b trails a when easy", "b", "a", "less", where={"setting": "easy"})])
+    hard = got.iloc[0]
+    a = t[(t.setting == "hard") & (t.method == "a")].set_index("seed").test_accuracy
+    b = t[(t.setting == "hard") & (t.method == "b") & (t.status == "done")].set_index(
+        "seed").test_accuracy
+    ci = stats.ttest_rel(a.loc[b.index], b).confidence_interval(0.95)
+    assert hard.pairs == 4 and hard.verdict == "supported"  # the diverged seed is not paired
+    assert (hard.low, hard.high) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    assert not hard.converged and hard.note == "1 of 10 runs not converged"
+    assert got.iloc[1].verdict == "supported" and got.iloc[1].setting == "easy"
+    # the change from easy to hard, paired by seed: a gains 5 points, b nothing
+    ch = change_between(t, "setting", "easy", "hard", keys=["method"])
+    assert ch[ch.method == "a"].test_accuracy.to_numpy() == pytest.approx([0.05] * 5)
+    assert len(ch[ch.method == "b"]) == 4 and not ch[(ch.method == "b")
+                                                      & (ch.seed == 3)].converged.item()
+    drop = judge(ch, [Claim("a gains more", "a", "b")])
+    assert drop.verdict.item() == "supported" and drop.pairs.item() == 4

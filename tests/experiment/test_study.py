@@ -117,3 +117,82 @@ def test_mean_and_se_counts_done_runs_only():
     assert s.loc["a", "acc_mean"] == pytest.approx(0.3)
     assert s.loc["a", "acc_se"] == pytest.approx(pd.Series([0.1, 0.2, 0.6]).std() / math.sqrt(3))
     assert s.loc["b", "acc_mean"] == 0.5 and math.isnan(s.loc["b", "acc_se"])
+
+
+def _fake_tuning(monkeypatch, score):
+    """Replace running and reading back by ``score(method, lr) -> (accuracy, status)``."""
+    calls = []
+    monkeypatch.setattr(study, "run_many", lambda jobs, workers: calls.append(len(jobs)))
+
+    def read(path, columns):
+        method, lr = path.split("|")
+        acc, status = score(method, float(lr))
+        return {"status": status, "holdout_accuracy": acc}
+
+    monkeypatch.setattr(study, "final_values", read)
+    return calls
+
+
+def _job(p):
+    return f"{p['method']}|{p['lr']}", {}
+
+
+def test_tune_bracketed_extends_an_edge_best_until_it_is_interior(monkeypatch):
+    # a: peak at 0.0009 (below the grid: two extensions down); b: interior at 0.03;
+    # c: best at the high edge, and the next value diverges
+    peaks = {"a": 0.0009, "b": 0.03}
+
+    def score(m, lr):
+        if m == "c":
+            return (math.nan, "diverged") if lr > 0.1 else (lr, "done")
+        return 1 - abs(math.log(lr / peaks[m])), "done"
+
+    calls = _fake_tuning(monkeypatch, score)
+    pts = [{"method": m, "lr": lr} for m in "abc" for lr in (0.003, 0.01, 0.03, 0.1)]
+    t = study.tune_bracketed(pts, _job, 2, ["method"], "lr")
+    assert calls == [12, 2, 1]  # initial grid, then a and c, then a again
+    a = t[t.method == "a"]
+    assert a.lr.tolist() == [0.00027, 0.0009, 0.003, 0.01, 0.03, 0.1]  # ratio 10/3, 3 digits
+    assert a.extended.tolist() == [True, True, False, False, False, False]
+    assert a.loc[a.chosen, "lr"].item() == 0.0009 and a.interior.all()
+    assert (a.extensions == 2).all()
+    b = t[t.method == "b"]
+    assert len(b) == 4 and not b.extended.any() and b.loc[b.chosen, "lr"].item() == 0.03
+    c = t[t.method == "c"]
+    assert c.lr.max() == 0.333 and c.status.iloc[-1] == "diverged"
+    assert c.loc[c.chosen, "lr"].item() == 0.1 and c.interior.all()  # a diverged neighbour bounds
+
+
+def test_tune_bracketed_stops_at_the_extension_limit_and_says_so(monkeypatch):
+    _fake_tuning(monkeypatch, lambda m, lr: (lr, "done"))  # ever better upward
+    t = study.tune_bracketed([{"method": "a", "lr": v} for v in (1.0, 2.0)], _job, 1,
+                             ["method"], "lr", max_extensions=3)
+    assert t.lr.tolist() == [1.0, 2.0, 4.0, 8.0, 16.0]
+    assert not t.interior.any() and (t.extensions == 3).all()
+
+
+def test_final_convergence_reads_a_run_and_never_counts_a_missing_curve(tmp_path):
+    cfg = dict(TINY, train={"steps": 8})
+    run_many([(tmp_path / "r", cfg)], 1, verbose=False)
+    got = study.final_convergence(tmp_path / "r")
+    m = pd.read_parquet(tmp_path / "r" / "metrics.parquet")
+    acc = m[(m.metric == "test_accuracy") & (m.scope == "avg")].sort_values("step")
+    # the window is the last 20% of 8 steps: from step 6.4, so the measurements at 8 only ->
+    # fewer than two points: not converged
+    assert acc.step.tolist() == [0, 2, 4, 6, 8]
+    assert got["converged"] is False and math.isnan(got["change"])
+    loose = study.final_convergence(tmp_path / "r", last=0.25, threshold=2.0)
+    assert loose["converged"] is True
+    assert loose["change"] == pytest.approx(acc.value.iloc[-1] - acc.value.iloc[-2])
+    missing = study.final_convergence(tmp_path / "nothing")
+    assert missing["converged"] is False and math.isnan(missing["change"])
+
+
+def test_tune_bracketed_stops_at_the_hyperparameters_own_limit(monkeypatch):
+    # choco's gamma lives in (0, 1]: an edge best at 0.5 tries 1.0 (not 1.5), and a best at 1.0
+    # is reported at its limit, not extended
+    _fake_tuning(monkeypatch, lambda m, lr: (lr, "done"))
+    t = study.tune_bracketed([{"method": "a", "lr": v} for v in (0.167, 0.5)], _job, 1,
+                             ["method"], "lr", limits=lambda key: (0.0, 1.0))
+    assert t.lr.tolist() == [0.167, 0.5, 1.0] and t.extended.tolist() == [False, False, True]
+    assert t.at_limit.all() and not t.interior.any() and (t.extensions == 1).all()
