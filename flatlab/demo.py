@@ -8,11 +8,15 @@ model ``x̄``: test accuracy, training loss and ``‖∇f(x̄)‖`` (optimizatio
 eigenvalue (Lanczos) and trace (Hutch++), worst-case adaptive sharpness, and the consensus
 distance ``Ξ²`` of the nodes (reference/measures.md §§ 6-12).
 
-The ten runs live under ``OUT/runs`` (one directory per run, resumable: a second call trains
+The thirty runs live under ``OUT/runs`` (one directory per run, resumable: a second call trains
 nothing that finished); the demo writes the table ``OUT/table.csv``, the trade-off figure
 ``OUT/tradeoff.{png,pdf}`` (flatness against optimization error, colour by test accuracy) and
 ``OUT/curves.{png,pdf}`` (metrics over training), and prints the table next to the ring's
-spectral gap. About 4 minutes on 2 idle CPU cores; ``--small`` is a seconds-long check of the
+spectral gap. Every run is repeated with three seeds (initialization and minibatches; the
+partition is the data set's and stays): one seed decides nothing, since float32 rounding alone
+moves a single run's accuracy by points between CPUs. The printed table and ``OUT/summary.csv``
+give the mean and standard error over the seeds, ``OUT/table.csv`` every run, and the figures
+draw error bars. About 5 minutes on 2 idle CPU cores; ``--small`` is a seconds-long check of the
 same pipeline. The study behind it, with seeds, topologies and the theory overlay, is
 ``analysis/tradeoff.py``.
 """
@@ -25,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["run_demo", "demo_runs", "ALGORITHMS", "BATCHES"]
+__all__ = ["run_demo", "demo_runs", "ALGORITHMS", "BATCHES", "SEEDS"]
 
 #: method -> (step size, hyper-parameters). The same step for the plain methods (the flatness
 #: paper compares at equal μ); Momentum Tracking at μ / (1 - β) equal to theirs; NGPD at the
@@ -38,6 +42,8 @@ ALGORITHMS: dict[str, tuple[float, dict[str, Any]]] = {
     "ngpd": (0.3, {"damping": 1.0, "factor_every": 10, "inverse_every": 10, "dual_init": "x0"}),
 }
 BATCHES = {"small-batch": 8, "large-batch": 32}
+#: Seeds of every run (``--small``: the first two).
+SEEDS = (0, 1, 2)
 COLUMNS = {"test_accuracy": "test_accuracy", "train_loss": "train_loss", "grad_norm": "grad_norm",
            "hessian_top": "hessian_top", "hessian_trace": "hessian_trace",
            "sharpness": "sharpness_worst", "consensus_distance": "consensus_distance",
@@ -45,12 +51,23 @@ COLUMNS = {"test_accuracy": "test_accuracy", "train_loss": "train_loss", "grad_n
 
 
 def demo_runs(out: Path, small: bool = False) -> list[tuple[Path, dict[str, Any]]]:
-    """The demo's runs as ``(directory, config)`` (also a template for your own studies)."""
-    nodes, steps, every = (8, 20, 10) if small else (16, 300, 50)
+    """The demo's runs as ``(directory, config)`` (also a template for your own studies).
+
+    Seed-major order: with two workers the first seed's ten runs finish first.
+    """
+    nodes, steps, every = (8, 20, 10) if small else (16, 300, 60)
+    jobs = []
+    for seed in SEEDS[:2] if small else SEEDS:
+        jobs += _seed_runs(Path(out), seed, nodes, steps, every, small)
+    return jobs
+
+
+def _seed_runs(out: Path, seed: int, nodes: int, steps: int, every: int, small: bool
+               ) -> list[tuple[Path, dict[str, Any]]]:
     jobs = []
     for regime, batch in BATCHES.items():
         for method, (lr, params) in ALGORITHMS.items():
-            cfg = {"name": f"demo-{regime}-{method}", "seed": 0, "device": "auto",
+            cfg = {"name": f"demo-{regime}-{method}", "seed": seed, "device": "auto",
                    "data": {"name": "mnist1d", "partition": "dirichlet", "alpha": 1.0,
                             "batch_size": batch // 2 if small else batch},
                    "model": {"name": "cnn1d"},
@@ -59,9 +76,9 @@ def demo_runs(out: Path, small: bool = False) -> list[tuple[Path, dict[str, Any]
                    "optim": {"lr": lr, "schedule": "constant"},
                    "train": {"steps": steps},
                    "measure": {"every": every, "per_node": False,
-                               "train_subset": 256 if small else 2048,
+                               "train_subset": 256 if small else 1024,
                                "test_subset": 256 if small else None,
-                               "curvature_subset": 128 if small else 512,
+                               "curvature_subset": 128 if small else 256,
                                "metrics": ["loss", "accuracy", "consensus_distance",
                                            "grad_norm", "hessian_top", "hessian_trace",
                                            "sharpness_worst"],
@@ -73,7 +90,7 @@ def demo_runs(out: Path, small: bool = False) -> list[tuple[Path, dict[str, Any]
                    "checkpoint_every": steps}
             if small:
                 cfg["data"]["options"] = {"num_samples": 1000}
-            jobs.append((Path(out) / "runs" / f"{regime},{method}", cfg))
+            jobs.append((out / "runs" / f"{regime},{method},seed={seed}", cfg))
     return jobs
 
 
@@ -103,49 +120,86 @@ def run_demo(out: Path, small: bool = False, progress: bool = True, workers: int
           f"-> {out}", flush=True)
     run_many(jobs, workers, verbose=progress)  # finished runs are skipped
     table = _table(jobs)
+    summary = summarize(table)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "table.csv", index=False)
-    _show(table, nodes, jobs[0][1]["train"]["steps"])
+    summary.to_csv(out / "summary.csv", index=False)
+    _show(table, summary, nodes, jobs[0][1]["train"]["steps"])
     png = _figures(table, jobs, out)
-    print(f"\nruns: {out / 'runs'} (flatlab results {out / 'runs'}), table: {out / 'table.csv'}, "
-          f"figures: {png}, {out / 'tradeoff.pdf'}, {out / 'curves.png'} "
-          f"({time.time() - t0:.0f} s)")
+    print(f"\nruns: {out / 'runs'} (flatlab results {out / 'runs'}), tables: "
+          f"{out / 'summary.csv'} (mean ± s.e.) and {out / 'table.csv'} (every run), figures: "
+          f"{png}, {out / 'tradeoff.pdf'}, {out / 'curves.png'} ({time.time() - t0:.0f} s)")
     return png
 
 
 def _table(jobs: list[tuple[Path, dict[str, Any]]]) -> pd.DataFrame:
     """One row per run: its regime, batch and method, status and final measurements."""
-    from flatlab.experiment.study import final_values
+    from flatlab.experiment.study import final_convergence, final_values
 
     rows = []
     for path, cfg in jobs:
-        regime, method = path.name.split(",")
+        regime, method, _ = path.name.split(",")
         r = final_values(path, COLUMNS)
         rows.append({"regime": regime, "batch": cfg["data"]["batch_size"], "method": method,
-                     "topology": "ring", "seed": 0, **r})
+                     "topology": "ring", "seed": cfg["seed"], **r, **final_convergence(path)})
     table = pd.DataFrame(rows)
     if "comm_bytes" in table:
         table["MB_sent"] = table.pop("comm_bytes") / 1e6
     return table
 
 
-def _show(table: pd.DataFrame, nodes: int, steps: int) -> None:
-    """Print the ring's spectral gap, the table, and the runs that did not finish."""
+SHOWN = {"test_accuracy": "test acc", "train_loss": "train loss", "grad_norm": "|grad f|",
+         "hessian_top": "lambda_max", "hessian_trace": "tr(H)", "sharpness": "sharpness",
+         "consensus_distance": "consensus dist"}
+
+
+def summarize(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean and standard error over seeds per regime and method (done runs only).
+
+    Columns ``regime, batch, method, seeds, diverged, converged`` (runs whose test accuracy
+    changed by less than a point over the last 20% of steps) and ``<metric>_mean``,
+    ``<metric>_se`` for each measured column.
+    """
+    from flatlab.experiment.study import mean_and_se
+
+    cols = [c for c in SHOWN if c in table]
+    s = mean_and_se(table, ["regime", "batch", "method"], cols)
+    conv = table.groupby(["regime", "batch", "method"], sort=False)["converged"].sum()
+    return s.join(conv, on=["regime", "batch", "method"])
+
+
+def _show(table: pd.DataFrame, summary: pd.DataFrame, nodes: int, steps: int) -> None:
+    """Print the ring's spectral gap, mean ± s.e. over seeds, and the runs that did not finish."""
+    import math
+
     from flatlab.theory import spectral
     from flatlab.topology import make
 
+    def cell(m: float, se: float) -> str:
+        if not math.isfinite(m):
+            return "–"
+        return f"{m:.4g} ± {se:.2g}" if math.isfinite(se) else f"{m:.4g}"
+
     s = spectral(make("ring", nodes))
+    seeds = int(summary["seeds"].max()) if len(summary) else 0
     print(f"\nring of {nodes}: rho = {s.rho:.4f}, spectral gap = {s.spectral_gap:.4f}; "
-          f"measured at the averaged model x̄ after {steps} steps")
-    show = table.rename(columns={"test_accuracy": "test acc", "train_loss": "train loss",
-                                 "grad_norm": "|grad f|", "hessian_top": "lambda_max",
-                                 "hessian_trace": "tr(H)", "sharpness": "sharpness",
-                                 "consensus_distance": "consensus dist"})
-    show = show.drop(columns=["topology", "seed", "MB_sent"], errors="ignore")
-    with pd.option_context("display.width", 180, "display.max_columns", 20):
-        print(show.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+          f"measured at the averaged model x̄ after {steps} steps; mean ± standard error over "
+          f"{seeds} seeds")
+    show = summary[["regime", "batch", "method"]].copy()
+    for col, name in SHOWN.items():
+        if f"{col}_mean" in summary:
+            show[name] = [cell(m, e) for m, e in zip(summary[f"{col}_mean"],
+                                                     summary[f"{col}_se"], strict=True)]
+    show["seeds"] = summary["seeds"].astype(str) + "/" + (summary["seeds"]
+                                                          + summary["diverged"]).astype(str)
+    with pd.option_context("display.width", 220, "display.max_columns", 20):
+        print(show.to_string(index=False))
+    unsettled = int((~table["converged"].astype(bool) & (table["status"] == "done")).sum())
+    if unsettled:
+        print(f"{unsettled} of {len(table)} runs still moved by a point or more over their last "
+              f"20% of steps: the demo shows where {steps} steps lead, not converged minima")
     for r in table[table["status"] != "done"].itertuples():
-        print(f"{r.regime} {r.method}: {r.status}")
+        print(f"{r.regime} {r.method} seed {r.seed}: {r.status}")
 
 
 def _figures(table: pd.DataFrame, jobs: list[tuple[Path, dict[str, Any]]], out: Path) -> Path:
@@ -157,7 +211,7 @@ def _figures(table: pd.DataFrame, jobs: list[tuple[Path, dict[str, Any]]], out: 
     png = out / "tradeoff.png"
     for p in (png, out / "tradeoff.pdf"):
         fig.savefig(p, dpi=150)
-    curves = pd.concat([load(p).assign(run=p.name) for p, _ in jobs
+    curves = pd.concat([load(p).assign(run=p.name.rsplit(",", 1)[0]) for p, _ in jobs
                         if (p / "metrics.parquet").is_file()], ignore_index=True)
     fig = training_curves(curves, hue="run")
     for ext in ("png", "pdf"):

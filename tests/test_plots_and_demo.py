@@ -39,23 +39,35 @@ def test_demo_trains_measures_and_writes_its_table_and_figures(tmp_path, capsys)
     for name in ("tradeoff.pdf", "curves.png", "curves.pdf"):
         assert (tmp_path / name).stat().st_size > 5_000
     table = pd.read_csv(tmp_path / "table.csv")
-    assert list(table.method) == list(ALGORITHMS) * 2
-    assert list(table.regime) == ["small-batch"] * 5 + ["large-batch"] * 5
+    assert list(table.method) == list(ALGORITHMS) * 4  # two regimes, two seeds at --small
+    assert list(table.regime) == (["small-batch"] * 5 + ["large-batch"] * 5) * 2
+    assert list(table.seed) == [0] * 10 + [1] * 10
     assert (table.status == "done").all()
+    # the summary is the mean and standard error over the seeds, per regime and method
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert len(summary) == 10 and (summary.seeds == 2).all()
+    one = table[(table.regime == "large-batch") & (table.method == "diffusion")].test_accuracy
+    row = summary[(summary.regime == "large-batch") & (summary.method == "diffusion")].iloc[0]
+    assert row.test_accuracy_mean == pytest.approx(one.mean())
+    assert row.test_accuracy_se == pytest.approx(one.std(ddof=1) / 2 ** 0.5)
+    # seeds differ: another initialization, other minibatches
+    assert table[table.method == "diffusion"].test_accuracy.nunique() > 1 or \
+        table[table.method == "diffusion"].train_loss.nunique() > 1
     for col in ("test_accuracy", "train_loss", "grad_norm", "hessian_top", "hessian_trace",
                 "sharpness", "consensus_distance"):
         assert table[col].notna().all(), col
     assert table["test_accuracy"].between(0, 1).all()
     assert (table["hessian_top"] > 0).all() and (table["sharpness"] >= 0).all()
     # centralized keeps every node identical; the decentralized runs do not
-    cons = table.set_index(["regime", "method"])["consensus_distance"]
+    cons = table.set_index(["regime", "method", "seed"])["consensus_distance"]
     for regime in ("small-batch", "large-batch"):
-        assert cons[regime, "centralized"] < 1e-12 * cons[regime, "consensus"]
+        assert cons[regime, "centralized", 0] < 1e-12 * cons[regime, "consensus", 0]
     # the runs are a sweep folder the results store reads
     runs = flatlab.results.summary(tmp_path / "runs")
-    assert len(runs) == 10 and (runs.status == "done").all()
+    assert len(runs) == 20 and (runs.status == "done").all()
     out = capsys.readouterr().out
-    assert "table:" in out and "table.csv" in out and "spectral gap" in out
+    assert "tables:" in out and "summary.csv" in out and "spectral gap" in out
+    assert "mean ± standard error over 2 seeds" in out and " ± " in out
     # a second call resumes: nothing is trained again
     run_demo(tmp_path, small=True, progress=True, workers=1)
     assert "[1/" not in capsys.readouterr().out
