@@ -71,3 +71,23 @@ def test_demo_trains_measures_and_writes_its_table_and_figures(tmp_path, capsys)
     # a second call resumes: nothing is trained again
     run_demo(tmp_path, small=True, progress=True, workers=1)
     assert "[1/" not in capsys.readouterr().out
+
+
+def test_sensitivity_figure_marks_chosen_and_diverged_values():
+    from flatlab.plots import sensitivity
+
+    t = pd.DataFrame({"setting": ["a"] * 4 + ["b"] * 4, "method": ["m", "m", "m", "m"] * 2,
+                      "lr": [0.01, 0.03, 0.1, 0.3] * 2,
+                      "holdout_accuracy": [0.5, 0.8, 0.7, float("nan")] * 2,
+                      "status": ["done", "done", "done", "diverged"] * 2,
+                      "chosen": [False, True, False, False] * 2})
+    fig = sensitivity(t, "lr", panels=["setting"])
+    assert len(fig.axes) == 2 and fig.axes[0].get_xscale() == "log"
+    lines = fig.axes[0].get_lines()
+    curve, cross, ring = lines[0], lines[1], lines[2]
+    assert list(curve.get_xdata()) == [0.01, 0.03, 0.1]
+    assert list(curve.get_ydata()) == pytest.approx([50, 80, 70])
+    assert list(cross.get_xdata()) == [0.3] and cross.get_marker() == "x"
+    assert list(ring.get_xdata()) == [0.03] and list(ring.get_ydata()) == pytest.approx([80])
+    with pytest.raises(ValueError, match="lacks columns"):
+        sensitivity(t.drop(columns="status"), "lr")

@@ -29,9 +29,9 @@ import pandas as pd
 
 from flatlab.errors import FlatlabError
 
-__all__ = ["Convergence", "convergence", "run_convergence", "GridCheck", "grid_check", "bracket",
-           "sensitivity", "Paired", "paired_difference", "verdict", "VERDICTS", "Claim", "judge",
-           "change_between", "verdict_markdown"]
+__all__ = ["Convergence", "convergence", "run_convergence", "curves_convergence", "GridCheck",
+           "grid_check", "bracket", "sensitivity", "Paired", "paired_difference", "verdict",
+           "VERDICTS", "Claim", "judge", "change_between", "verdict_markdown"]
 
 #: The three verdicts on a claim.
 VERDICTS = ("supported", "contradicted", "not separable")
@@ -106,6 +106,32 @@ def run_convergence(path: str | Path, metric: str = "test_accuracy", scope: str 
         raise FlatlabError(f"run {path} has no metric {metric!r} at scope {scope!r}")
     return convergence(curve.step.to_numpy(), curve.value.to_numpy(), last=last,
                        threshold=threshold)
+
+
+def curves_convergence(curves: pd.DataFrame, keys: Sequence[str], *, value: str = "test_accuracy",
+                       step: str = "step", last: float = 0.2, threshold: float = 0.01
+                       ) -> pd.DataFrame:
+    """:func:`convergence` of every run of a long curves table (a study's ``curves.csv``).
+
+    Args:
+        curves: One row per run and measured step: ``keys``, ``step`` and ``value``.
+        keys: Columns that identify a run (setting, method, seed).
+        value: The held-out metric's column.
+        step: The step column.
+        last: As :func:`convergence`.
+        threshold: As :func:`convergence`.
+
+    Returns:
+        One row per run: ``keys``, ``converged``, ``change``, ``start`` and ``end`` (the window).
+    """
+    rows = []
+    for k, g in curves.dropna(subset=[value]).groupby(list(keys), sort=False):
+        g = g.sort_values(step).drop_duplicates(step, keep="last")
+        c = convergence(g[step].to_numpy(), g[value].to_numpy(), last=last, threshold=threshold)
+        rows.append(dict(zip(keys, k if isinstance(k, tuple) else (k,), strict=True))
+                    | {"converged": c.converged, "change": c.change, "start": c.start,
+                       "end": c.end})
+    return pd.DataFrame(rows, columns=[*keys, "converged", "change", "start", "end"])
 
 
 @dataclass(frozen=True)

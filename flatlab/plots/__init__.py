@@ -16,5 +16,5 @@ from flatlab.plots.tradeoff import (
 from flatlab.plots.training import training_curves
 
 __all__ = ["spectral_gap", "training_curves", "heterogeneity", "primal_dual", "compression",
-           "sensitivity", "tradeoff_scatter", "accuracy_vs_flatness", "consensus_over_training", "escape",
-           "bound_overlay", "tradeoff_figures"]
+           "sensitivity", "tradeoff_scatter", "accuracy_vs_flatness", "consensus_over_training",
+           "escape", "bound_overlay", "tradeoff_figures"]

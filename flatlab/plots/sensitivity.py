@@ -19,11 +19,10 @@ def sensitivity(table: pd.DataFrame, hparam: str, *, score: str = "holdout_accur
                 hue: str = "method", panels: list[str] | None = None,
                 methods: list[str] | None = None,
                 panel_size: tuple[float, float] = (3.8, 3.0)) -> Figure:
-    """Held-out accuracy against a tuned value (log x), one curve per method and one panel per
-    setting, with the divergence boundary and the chosen value marked.
+    """Held-out accuracy against a tuned value (log x), a curve per method, a panel per setting.
 
     A run that diverged is drawn as a cross at the bottom of its panel (the boundary: the
-    method cannot be run there); the chosen value as a filled circle; values added by the grid
+    method cannot be run there); the chosen value is ringed; values added by the grid
     extension are included like the others. Robustness to tuning is then the width of the
     plateau around each method's best.
 

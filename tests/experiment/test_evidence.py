@@ -179,3 +179,17 @@ def test_judge_pairs_by_seed_and_flags_unconverged_runs():
                                                       & (ch.seed == 3)].converged.item()
     drop = judge(ch, [Claim("a gains more", "a", "b")])
     assert drop.verdict.item() == "supported" and drop.pairs.item() == 4
+
+
+def test_curves_convergence_checks_every_run_of_a_long_table():
+    from flatlab.experiment.evidence import curves_convergence
+
+    steps = np.arange(0, 1001, 100)
+    rising = 0.5 + 0.0004 * steps  # +8 points over the last 200 steps
+    flat = np.minimum(0.9, 0.3 + 0.003 * steps)  # settled at 0.9 from step 200
+    t = pd.concat([pd.DataFrame({"method": m, "seed": s, "step": steps, "test_accuracy": v})
+                   for m, v in (("rising", rising), ("flat", flat)) for s in (0, 1)])
+    got = curves_convergence(t, ["method", "seed"])
+    assert got.converged.tolist() == [False, False, True, True]
+    assert got.change.tolist() == pytest.approx([0.08, 0.08, 0.0, 0.0])
+    assert (got.start == 800).all() and (got.end == 1000).all()
