@@ -120,6 +120,12 @@ class Identity(Compressor):
 class TopK(Compressor):
     """Keep the ``k = round(fraction · d)`` largest ``|x_j|`` (``ω = k/d``, deterministic, biased).
 
+    The AdaGossip code keeps ``max(1, int(d · (1 − k)))`` coordinates, ``k`` the share dropped.
+    In floating point ``1 − 0.9`` is ``0.09999999999999998``, so its truncation keeps one
+    coordinate fewer than ``round`` whenever ``d · (1 − k)`` is a whole number (a layer of 20
+    weights at 90%: 1 kept there, 2 here). flatlab rounds, so that ``k/d`` is the stated
+    fraction; the difference is at most one coordinate per tensor.
+
     Args:
         fraction: Share of coordinates kept, in ``(0, 1]`` (1% is ``0.01``; Aketi's ``--k`` is the
             share dropped).
