@@ -165,6 +165,9 @@ def grid_check(values: Sequence[float], scores: Sequence[float],
         diverged: Whether each value diverged (a diverged value bounds the grid on its side).
         higher_is_better: Accuracy (True) or a loss (False).
 
+    An edge value that ties an interior one counts as interior: the optimum is flat there, and
+    extending would only add more of the same (a grid of equal scores is not extended).
+
     Raises:
         FlatlabError: Fewer than two values, non-positive values, or mismatched lengths.
     """
@@ -181,7 +184,10 @@ def grid_check(values: Sequence[float], scores: Sequence[float],
     ok = np.isfinite(y) & ~bad
     if not ok.any():
         return GridCheck(math.nan, False, None, None, float(x[1] / x[0]))
-    i = int(np.flatnonzero(ok)[np.argmax(y[ok] if higher_is_better else -y[ok])])
+    score = np.where(ok, y if higher_is_better else -y, -np.inf)
+    ties = np.flatnonzero(ok & (score == score.max()))
+    inner = ties[(ties > 0) & (ties < len(x) - 1)]
+    i = int(inner[0] if len(inner) else ties[0])  # a tie with an interior value is bracketed
     if 0 < i < len(x) - 1:
         return GridCheck(float(x[i]), True, None, None, float(x[i + 1] / x[i]))
     if i == 0:

@@ -21,5 +21,12 @@ def test_tiny_scale_tunes_trains_times_and_writes_tables_and_figure(tmp_path):
     runs = pd.read_csv(tmp_path / "runs.csv")
     assert (runs["steps_to_low"] == 0).all()  # target 0: reached at the first measurement
     assert runs["steps_to_high"].isna().all()  # target 100%: not reached
+    assert {"converged", "change"} <= set(runs.columns) and (runs["seed"].nunique() == 2)
+    verdicts = pd.read_csv(tmp_path / "verdicts.csv")
+    assert set(verdicts["metric"]) == {"test_accuracy", "steps_to_low"}
+    assert len(verdicts) == 2 * 4 and (verdicts["a"] == "ngpd").all()
+    lr = pd.read_csv(tmp_path / "lr.csv")
+    assert lr.groupby("method")["chosen"].sum().eq(1).all() and "interior" in lr
     assert (tmp_path / "primal_dual.png").stat().st_size > 10_000
+    assert (tmp_path / "primal_dual_sensitivity.png").stat().st_size > 10_000
     assert mod.main(["--scale", "tiny", "--out", str(tmp_path), "--report"]) == 0

@@ -193,3 +193,12 @@ def test_curves_convergence_checks_every_run_of_a_long_table():
     assert got.converged.tolist() == [False, False, True, True]
     assert got.change.tolist() == pytest.approx([0.08, 0.08, 0.0, 0.0])
     assert (got.start == 800).all() and (got.end == 1000).all()
+
+
+def test_a_flat_grid_is_not_extended():
+    flat = grid_check([0.01, 0.03, 0.1], [0.1, 0.1, 0.1])
+    assert flat.interior and flat.next_value is None
+    edge_tie = grid_check([0.01, 0.03, 0.1], [0.5, 0.9, 0.9])  # ties the interior 0.03
+    assert edge_tie.interior and edge_tie.best == 0.03
+    alone = grid_check([0.01, 0.03], [0.9, 0.9])  # two values: no interior to tie with
+    assert not alone.interior and alone.edge == "low"
