@@ -56,6 +56,7 @@ import pandas as pd
 from common import save_figure, study_args
 
 from flatlab.experiment import run_many
+from flatlab.experiment.evidence import Claim, curves_convergence, judge, verdict_markdown
 from flatlab.experiment.study import final_values, mean_and_se
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -340,14 +341,69 @@ def bound_overlay(table: pd.DataFrame, curve: pd.DataFrame, grid: dict[str, Any]
     return pd.DataFrame(rows)
 
 
+RUN_KEYS = ["regime", "topology", "method", "lr", "seed"]
+
+
+def with_convergence(table: pd.DataFrame, curve: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with each final run's convergence check (``converged``, ``change``).
+
+    The rule of :func:`flatlab.experiment.evidence.convergence` on the test accuracy of x̄ over
+    the last 20% of steps, read from the study's curves (so it also runs on committed tables).
+    At a constant step the accuracy of x̄ keeps moving with the minibatch noise; a run whose
+    last stretch moved by a point or more is reported not converged, whatever the reason.
+    """
+    acc = curve[curve["metric"] == "test_accuracy"].rename(columns={"value": "test_accuracy"})
+    conv = curves_convergence(acc, RUN_KEYS)[[*RUN_KEYS, "converged", "change"]]
+    out = table.drop(columns=["converged", "change"], errors="ignore")
+    out = out.merge(conv, on=RUN_KEYS, how="left")
+    out["converged"] = out["converged"].fillna(False).astype(bool)
+    return out
+
+
+def claims(table: pd.DataFrame, lr: float) -> pd.DataFrame:
+    """The flatness paper's claims at the main step size, per regime and topology, by seed.
+
+    Decentralized ``x̄`` flatter than centralized SGD's (top Hessian eigenvalue, less);
+    consensus flatter than diffusion (less); diffusion more accurate than consensus (test
+    accuracy, greater). Centralized SGD has no topology: its runs are compared with every
+    topology's.
+    """
+    main = table[table["lr"] == lr]
+    central = main[main["method"] == "centralized"]
+    tops = [t for t in dict.fromkeys(main["topology"]) if t != "all-reduce"]
+    paired = pd.concat([main[main["method"] != "centralized"]]
+                       + [central.assign(topology=t) for t in tops], ignore_index=True)
+    spec = [("hessian_top", "diffusion", "centralized", "less",
+             "diffusion flatter than centralized"),
+            ("hessian_top", "consensus", "centralized", "less",
+             "consensus flatter than centralized"),
+            ("hessian_top", "consensus", "diffusion", "less", "consensus flatter than diffusion"),
+            ("test_accuracy", "diffusion", "consensus", "greater",
+             "diffusion more accurate than consensus")]
+    out = []
+    for regime in dict.fromkeys(main["regime"]):
+        for t in tops:
+            where = {"regime": regime, "topology": t}
+            for value, a, b, claim, text in spec:
+                got = judge(paired, [Claim(text, a, b, claim, where)], value=value)
+                got.insert(1, "setting", f"{regime}, {t}")
+                got.insert(2, "metric", value)
+                out.append(got.drop(columns=list(where)))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+
+
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
     """Mean and standard error over seeds, per regime, topology, method and step size."""
     cols = ["test_accuracy", "train_loss", "grad_norm", "consensus_distance", "hessian_top",
             "hessian_trace", "sharpness"]
-    return mean_and_se(table, ["regime", "batch", "topology", "method", "lr"], cols)
+    keys = ["regime", "batch", "topology", "method", "lr"]
+    s = mean_and_se(table, keys, cols)
+    if "converged" in table:
+        s = s.join(table.groupby(keys, sort=False)["converged"].sum(), on=keys)
+    return s
 
 
-def markdown(summary: pd.DataFrame, lr: float) -> str:
+def markdown(summary: pd.DataFrame, lr: float, verdicts: pd.DataFrame | None = None) -> str:
     """The main-step-size summary as a Markdown table (mean ± s.e. over seeds)."""
     def pm(r: Any, col: str, scale: float = 1.0, fmt: str = ".3g") -> str:
         m, se = getattr(r, f"{col}_mean") * scale, getattr(r, f"{col}_se") * scale
@@ -356,13 +412,20 @@ def markdown(summary: pd.DataFrame, lr: float) -> str:
         return f"{m:{fmt}} ± {se:{fmt}}" if math.isfinite(se) else f"{m:{fmt}}"
 
     lines = ["| regime | topology | method | test acc. (%) | train loss | ‖∇f(x̄)‖ | λ_max | "
-             "tr(H) | adaptive sharpness | Ξ² | seeds |", "|" + "---|" * 11]
+             "tr(H) | adaptive sharpness | Ξ² | converged | seeds |", "|" + "---|" * 12]
     for r in summary[summary["lr"] == lr].itertuples():
         lines.append(f"| {r.regime} (b={r.batch}) | {r.topology} | {r.method} | "
                      f"{pm(r, 'test_accuracy', 100, '.1f')} | {pm(r, 'train_loss')} | "
                      f"{pm(r, 'grad_norm')} | {pm(r, 'hessian_top')} | {pm(r, 'hessian_trace')} "
-                     f"| {pm(r, 'sharpness')} | {pm(r, 'consensus_distance')} | {r.seeds}"
+                     f"| {pm(r, 'sharpness')} | {pm(r, 'consensus_distance')} | "
+                     f"{int(getattr(r, 'converged', 0))}/{r.seeds + r.diverged} | {r.seeds}"
                      f"{f' ({r.diverged} diverged)' if r.diverged else ''} |")
+    if verdicts is not None and len(verdicts):
+        for metric, unit, scale in (("hessian_top", "λ_max", 1.0),
+                                    ("test_accuracy", "points", 100.0)):
+            v = verdicts[verdicts["metric"] == metric]
+            lines += ["", f"Verdicts on {metric} (a − b, paired by seed, 95% t interval):", "",
+                      verdict_markdown(v, scale=scale, unit=unit)]
     return "\n".join(lines) + "\n"
 
 
@@ -390,18 +453,21 @@ def main(argv: list[str] | None = None) -> int:
     grid = SCALES[a.scale]
     table = final(grid, a.runs, a.workers)
     curve = curves(table, grid, a.runs)
+    table = with_convergence(table, curve)
     esc = escape(grid, a.runs, a.workers)
     tables = {"runs": table, "curves": curve, "escape": esc,
               "steady": steady_state(table, curve, grid),
               "bound": bound_overlay(table, curve, grid)}
     summary = summarize(table)
+    verdicts = claims(table, grid["lr"])
     a.out.mkdir(parents=True, exist_ok=True)
     for name, t in tables.items():
         t.to_csv(a.out / f"{name}.csv", index=False)
     summary.to_csv(a.out / "summary.csv", index=False)
-    (a.out / "summary.md").write_text(markdown(summary, grid["lr"]))
+    verdicts.to_csv(a.out / "verdicts.csv", index=False)
+    (a.out / "summary.md").write_text(markdown(summary, grid["lr"], verdicts))
     paths = figures(a.fig, tables)
-    print(markdown(summary, grid["lr"]))
+    print(markdown(summary, grid["lr"], verdicts))
     print(f"{len(table)} final runs, "
           f"{esc.groupby(['method', 'topology', 'lr', 'seed']).ngroups} "
           f"escape runs ({time.time() - t0:.0f} s); tables in {a.out}, figures "

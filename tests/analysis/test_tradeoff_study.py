@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import flatlab.experiment.evidence
 from flatlab.theory import predicted_consensus_distance
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,6 +26,19 @@ def test_tiny_scale_trains_escapes_overlays_and_draws(tmp_path):
     grid = mod.SCALES["tiny"]
     runs = pd.read_csv(tmp_path / "runs.csv")
     assert (runs["status"] == "done").all()
+    # every final run carries the convergence check of its test-accuracy curve, and the paper's
+    # claims are judged seed by seed
+    curves_table = pd.read_csv(tmp_path / "curves.csv")
+    acc = curves_table[curves_table["metric"] == "test_accuracy"]
+    for r in runs.itertuples():
+        c = acc[(acc.regime == r.regime) & (acc.topology == r.topology) & (acc.method == r.method)
+                & (acc.lr == r.lr) & (acc.seed == r.seed)].sort_values("step")
+        want = flatlab.experiment.evidence.convergence(c.step, c.value)
+        assert (r.converged, r.change) == (want.converged, pytest.approx(want.change,
+                                                                          nan_ok=True))
+    verdicts = pd.read_csv(tmp_path / "verdicts.csv")
+    assert "diffusion flatter than centralized" in set(verdicts["claim"])
+    assert set(verdicts["verdict"]) <= set(flatlab.experiment.evidence.VERDICTS)
     # centralized once per regime and seed; the others per topology, plus the extra step size
     per_regime = 1 + 2 * len(grid["topologies"])
     assert len(runs) == 2 * per_regime + 2 * len(grid["extra_topologies"])
