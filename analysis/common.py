@@ -94,17 +94,18 @@ def committed_results(root: Path, name: str, needs: str) -> Path | None:
 
 
 def redraw(root: Path, name: str, tables: Sequence[str],
-           draw: Callable[..., Any]) -> int:
-    """Redraw ``paper_figs/out/<name>.{pdf,png}`` from a study's committed tables.
+           draw: Callable[..., Any], figure: str | None = None) -> int:
+    """Redraw ``paper_figs/out/<figure>.{pdf,png}`` from a study's committed tables.
 
     ``draw`` gets the tables (read with pandas, in the order of ``tables``) of
-    :func:`committed_results`; returns 0, or 2 after one line when the study has not been run.
+    :func:`committed_results`; ``figure`` defaults to the study's ``name``. Returns 0, or 2
+    after one line when the study has not been run.
     """
     src = committed_results(root, name, tables[0])
     if src is None:
         print(f"error: no {name} results; run python analysis/{name}.py first", file=sys.stderr)
         return 2
-    out = root / "paper_figs" / "out" / name
+    out = root / "paper_figs" / "out" / (figure or name)
     save_figure(draw(*(pd.read_csv(src / t) for t in tables)), out)
     print(f"wrote {out}.pdf and .png from {src.relative_to(root)}")
     return 0

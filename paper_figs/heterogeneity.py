@@ -2,7 +2,8 @@
 
 Redraws ``paper_figs/out/heterogeneity.{pdf,png}`` (``make figs``) from the committed table of
 the heterogeneity study, ``results/heterogeneity-<scale>/runs.csv`` (the full scale when it has
-been run, else the small one). The study itself is ``analysis/heterogeneity.py``.
+been run, else the small one), and ``heterogeneity_sensitivity`` (held-out accuracy against
+the learning rate) from its ``lr.csv``. The study itself is ``analysis/heterogeneity.py``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from flatlab.plots import heterogeneity
+from flatlab.plots import heterogeneity, sensitivity
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "analysis"))  # common: the study scripts' shared module
@@ -18,7 +19,12 @@ from common import redraw  # noqa: E402
 
 
 def main() -> int:
-    return redraw(ROOT, "heterogeneity", ["runs.csv"], heterogeneity)
+    status = redraw(ROOT, "heterogeneity", ["runs.csv"], heterogeneity)
+    if status:
+        return status
+    return redraw(ROOT, "heterogeneity", ["lr.csv"],
+                  lambda t: sensitivity(t, "lr", panels=["nodes", "partition", "level"]),
+                  figure="heterogeneity_sensitivity")
 
 
 if __name__ == "__main__":
