@@ -3,7 +3,7 @@
 A study runs its ``(run directory, config)`` jobs with :func:`~flatlab.experiment.many.run_many`
 (resumable: finished runs are skipped, interrupted ones resume from their checkpoints, a failure
 is recorded and the rest goes on), reads them back with :func:`final_values`, tunes with
-:func:`tune_bracketed` (or :func:`tune_on_holdout` and :func:`choose_best` on a fixed grid),
+:func:`tune_bracketed` (``max_extensions=0`` keeps a fixed grid),
 checks the final runs with :func:`final_convergence` and summarizes over seeds with
 :func:`mean_and_se`. The scripts' command line and figure files are theirs
 (``analysis/common.py``). The rules that decide whether a conclusion is earned (converged runs,
@@ -22,8 +22,7 @@ import pandas as pd
 
 from flatlab.experiment.many import run_many
 
-__all__ = ["final_values", "choose_best", "mean_and_se", "tune_on_holdout", "tune_bracketed",
-           "final_convergence"]
+__all__ = ["final_values", "choose_best", "mean_and_se", "tune_bracketed", "final_convergence"]
 
 
 def final_values(path: str | Path, columns: dict[str, str]) -> dict[str, Any]:
@@ -46,36 +45,6 @@ def final_values(path: str | Path, columns: dict[str, str]) -> dict[str, Any]:
     return out | {k: s.get(c, math.nan) for k, c in columns.items()}
 
 
-def tune_on_holdout(points: Sequence[dict[str, Any]],
-                    job: Callable[[dict[str, Any]], tuple[str | Path, dict[str, Any]]],
-                    workers: int, group: list[str], hparam: str) -> pd.DataFrame:
-    """Run one held-out job per grid point and mark the best value of ``hparam`` per group.
-
-    Args:
-        points: Grid points, each a dict of the setting's keys and the tuned ``hparam``.
-        job: ``point -> (run directory, config)``; the config evaluates on a held-out split, so
-            the run's final ``test_accuracy`` is the held-out accuracy.
-        workers: As :func:`~flatlab.experiment.many.run_many` (0 reads what is on disk).
-        group: Keys of a point that define one choice (setting and method).
-        hparam: The tuned key (ties go to its smaller value).
-
-    Returns:
-        One row per point: its keys, ``status``, ``holdout_accuracy`` (NaN unless done) and
-        ``chosen``.
-    """
-    jobs = [job(p) for p in points]
-    run_many(jobs, workers)
-    rows = []
-    for p, (path, _) in zip(points, jobs, strict=True):
-        r = final_values(path, {"holdout_accuracy": "test_accuracy"})
-        if r["status"] != "done":
-            r["holdout_accuracy"] = math.nan
-        rows.append({**p, **r})
-    table = pd.DataFrame(rows)
-    table["chosen"] = choose_best(table, group, "holdout_accuracy", hparam)
-    return table
-
-
 def _grid_value(v: float) -> float:
     """An extended grid value, rounded to 3 significant digits (so it names a folder cleanly)."""
     return float(f"{v:.3g}")
@@ -86,11 +55,13 @@ def tune_bracketed(points: Sequence[dict[str, Any]],
                    workers: int, group: list[str], hparam: str, *, max_extensions: int = 4,
                    limits: Callable[[dict[str, Any]], tuple[float, float]] | None = None
                    ) -> pd.DataFrame:
-    """:func:`tune_on_holdout` on a grid that is extended until each group's best is interior.
+    """Run one held-out job per grid point; extend the grid until each group's best is interior.
 
-    The rule is :func:`flatlab.experiment.evidence.grid_check`: after each round of runs (run in
-    parallel by :func:`~flatlab.experiment.many.run_many`), a group whose best value sits at an
-    edge gets the next value beyond it, the edge times or divided by the grid's own ratio
+    Each job evaluates on a held-out split, so its final ``test_accuracy`` is the held-out
+    accuracy; the best value of ``hparam`` per group is ``chosen``. The extension rule is
+    :func:`flatlab.experiment.evidence.grid_check`: after each round of runs (run in parallel by
+    :func:`~flatlab.experiment.many.run_many`), a group whose best value sits at an edge gets
+    the next value beyond it, the edge times or divided by the grid's own ratio
     (rounded to 3 significant digits), until the best has a worse or diverged neighbour on both
     sides or ``max_extensions`` values were added to that group. Rounds are resumable like
     everything else: finished runs are skipped, so a rerun replays the same decisions.
