@@ -42,16 +42,18 @@ figs: $(STAMP)
 tradeoff: $(STAMP)
 	$(BIN)/python analysis/tradeoff.py --scale small
 
-# the data-heterogeneity study at its CPU scale (about 25 min on 2 cores; --scale full on a GPU)
+# the data-heterogeneity study at its CPU scale: k=10 and k=2 classes per node, 3000 steps, 5 seeds,
+# bracketed learning rates (73 min of runs on 2 cores; resumable; --scale full on a GPU)
 heterogeneity: $(STAMP)
 	$(BIN)/python analysis/heterogeneity.py --scale small
 
-# the primal-dual study (NGPD, ECL against DSGD, GT, MT) at its CPU scale (about 40 min on 2
-# cores); --scale full on a GPU
+# the primal-dual study (NGPD, ECL against DSGD, GT, MT) at its CPU scale: 1500 steps, 5 seeds,
+# bracketed learning rates (estimated 80-90 min on 2 cores; resumable); --scale full on a GPU
 primal-dual: $(STAMP)
 	$(BIN)/python analysis/primal_dual.py --scale small
 
-# the compression study (CHOCO-SGD against AdaGossip) at its CPU scale; --scale full on a GPU
+# the compression study (CHOCO-SGD against AdaGossip) at its CPU scale: ring, alpha 0.1, top-k 1%
+# and QSGD, 2000 steps, 5 seeds, bracketed gamma (resumable); --scale full on a GPU
 compression: $(STAMP)
 	$(BIN)/python analysis/compression.py --scale small
 
