@@ -344,9 +344,10 @@ def judge(table: pd.DataFrame, claims: Sequence[Claim], *, label: str = "method"
     """The verdict on each claim, with the seed-paired difference and its 95% interval.
 
     Whether the runs behind each comparison converged is reported beside it. Only runs whose
-    ``status`` is ``done`` count (a diverged run has no accuracy to pair); a
-    comparison that rests on any run not converged keeps its verdict but says so in
-    ``converged`` (False) and ``note``: a verdict on runs still moving is provisional.
+    ``status`` is ``done`` are paired (a diverged run has no accuracy to pair); a comparison
+    that rests on a run not converged, or that lost runs to divergence, keeps its verdict but
+    says so in ``converged`` (False) and ``note``: a verdict on runs still moving is
+    provisional.
 
     Args:
         table: One row per run: ``label``, ``pair``, ``value``, ``status``, the ``where``
@@ -361,24 +362,31 @@ def judge(table: pd.DataFrame, claims: Sequence[Claim], *, label: str = "method"
     Returns:
         One row per claim: ``claim`` (its text), the ``where`` values, ``a``, ``b``,
         ``difference``, ``low``, ``high``, ``pairs``, ``verdict``, ``converged`` and ``note``.
+
+    Raises:
+        FlatlabError: A method with more than one run per seed where a claim selects.
     """
     rows = []
     for c in claims:
         sel = table
         for k, v in c.where.items():
             sel = sel[sel[k] == v]
-        side = {}
-        for name in (c.a, c.b):
-            g = sel[sel[label] == name]
-            side[name] = g
+        side = {name: sel[sel[label] == name] for name in (c.a, c.b)}
+        for name, g in side.items():
+            if g[pair].duplicated().any():
+                raise FlatlabError(f"claim {c.text!r}: {name} has more than one run per {pair}; "
+                                   f"select one with where={{...}}")
         ok = {k: g[g["status"] == "done"].set_index(pair)[value] for k, g in side.items()}
         p = paired_difference(ok[c.a], ok[c.b])
         runs = pd.concat([side[c.a], side[c.b]])
-        settled = bool(converged is None or (len(runs) and runs[converged].astype(bool).all()))
-        unsettled = 0 if converged is None else int((~runs[converged].astype(bool)).sum())
-        note = "" if settled else f"{unsettled} of {len(runs)} runs not converged"
-        if p.n < 2:
-            note = "; ".join(x for x in (note, f"{p.n} paired seed(s)") if x)
+        done = runs[runs["status"] == "done"]
+        unsettled = 0 if converged is None else int((~done[converged].astype(bool)).sum())
+        failed = int((runs["status"] != "done").sum())
+        settled = bool(len(runs)) and unsettled == 0 and failed == 0
+        notes = ([f"{unsettled} of {len(runs)} runs not converged"] if unsettled else []) + (
+            [f"{failed} of {len(runs)} runs diverged or failed"] if failed else []) + (
+            [f"{p.n} paired seed(s)"] if p.n < 2 else [])
+        note = "; ".join(notes)
         rows.append({"claim": c.text, **dict(c.where), "a": c.a, "b": c.b,
                      "difference": p.mean, "low": p.low, "high": p.high, "pairs": p.n,
                      "verdict": verdict(p, c.claim, margin=c.margin), "converged": settled,

@@ -170,7 +170,8 @@ def test_judge_pairs_by_seed_and_flags_unconverged_runs():
     ci = stats.ttest_rel(a.loc[b.index], b).confidence_interval(0.95)
     assert hard.pairs == 4 and hard.verdict == "supported"  # the diverged seed is not paired
     assert (hard.low, hard.high) == (pytest.approx(ci.low), pytest.approx(ci.high))
-    assert not hard.converged and hard.note == "1 of 10 runs not converged"
+    assert not hard.converged
+    assert hard.note == "1 of 10 runs not converged; 1 of 10 runs diverged or failed"
     assert got.iloc[1].verdict == "supported" and got.iloc[1].setting == "easy"
     # the change from easy to hard, paired by seed: a gains 5 points, b nothing
     ch = change_between(t, "setting", "easy", "hard", keys=["method"])
@@ -179,6 +180,8 @@ def test_judge_pairs_by_seed_and_flags_unconverged_runs():
                                                       & (ch.seed == 3)].converged.item()
     drop = judge(ch, [Claim("a gains more", "a", "b")])
     assert drop.verdict.item() == "supported" and drop.pairs.item() == 4
+    with pytest.raises(FlatlabError, match="more than one run per seed"):
+        judge(t, [Claim("unselected", "a", "b")])  # both settings: two runs per seed
 
 
 def test_curves_convergence_checks_every_run_of_a_long_table():
