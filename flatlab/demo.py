@@ -16,7 +16,7 @@ spectral gap. Every run is repeated with three seeds (initialization and minibat
 partition is the data set's and stays): one seed decides nothing, since float32 rounding alone
 moves a single run's accuracy by points between CPUs. The printed table and ``OUT/summary.csv``
 give the mean and standard error over the seeds, ``OUT/table.csv`` every run, and the figures
-draw error bars. About 5 minutes on 2 idle CPU cores; ``--small`` is a seconds-long check of the
+draw error bars. About 4 minutes on 2 idle CPU cores; ``--small`` is a seconds-long check of the
 same pipeline. The study behind it, with seeds, topologies and the theory overlay, is
 ``analysis/tradeoff.py``.
 """
@@ -55,7 +55,7 @@ def demo_runs(out: Path, small: bool = False) -> list[tuple[Path, dict[str, Any]
 
     Seed-major order: with two workers the first seed's ten runs finish first.
     """
-    nodes, steps, every = (8, 20, 10) if small else (16, 300, 60)
+    nodes, steps, every = (8, 20, 10) if small else (16, 250, 50)
     jobs = []
     for seed in SEEDS[:2] if small else SEEDS:
         jobs += _seed_runs(Path(out), seed, nodes, steps, every, small)
@@ -76,15 +76,15 @@ def _seed_runs(out: Path, seed: int, nodes: int, steps: int, every: int, small: 
                    "optim": {"lr": lr, "schedule": "constant"},
                    "train": {"steps": steps},
                    "measure": {"every": every, "per_node": False,
-                               "train_subset": 256 if small else 1024,
-                               "test_subset": 256 if small else None,
+                               "train_subset": 256 if small else 512,
+                               "test_subset": 256 if small else 500,
                                "curvature_subset": 128 if small else 256,
                                "metrics": ["loss", "accuracy", "consensus_distance",
                                            "grad_norm", "hessian_top", "hessian_trace",
                                            "sharpness_worst"],
                                "options": {"hessian_top": {"every": steps},
                                            "hessian_trace": {"every": steps,
-                                                             "num_matvecs": 30},
+                                                             "num_matvecs": 20},
                                            "sharpness_worst": {"every": steps,
                                                                "adaptive": True}}},
                    "checkpoint_every": steps}
