@@ -18,7 +18,8 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["StudyArgs", "study_args", "save_figure", "committed_results", "redraw"]
+__all__ = ["StudyArgs", "study_args", "save_figure", "committed_results", "redraw",
+           "redraw_sensitivity"]
 
 
 @dataclass(frozen=True)
@@ -109,3 +110,16 @@ def redraw(root: Path, name: str, tables: Sequence[str],
     save_figure(draw(*(pd.read_csv(src / t) for t in tables)), out)
     print(f"wrote {out}.pdf and .png from {src.relative_to(root)}")
     return 0
+
+
+def redraw_sensitivity(root: Path, name: str, table: str, hparam: str,
+                       panels: list[str]) -> int:
+    """Redraw ``paper_figs/out/<name>_sensitivity.{pdf,png}`` from a study's tuning table.
+
+    The held-out accuracy against ``hparam`` (:func:`flatlab.plots.sensitivity`), one panel per
+    value of ``panels``; returns as :func:`redraw`.
+    """
+    from flatlab.plots import sensitivity
+
+    return redraw(root, name, [table], lambda t: sensitivity(t, hparam, panels=panels),
+                  figure=f"{name}_sensitivity")

@@ -11,20 +11,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from flatlab.plots import compression, sensitivity
+from flatlab.plots import compression
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "analysis"))  # common: the study scripts' shared module
-from common import redraw  # noqa: E402
+from common import redraw, redraw_sensitivity  # noqa: E402
 
 
 def main() -> int:
-    status = redraw(ROOT, "compression", ["curves.csv"], compression)
-    if status:
-        return status
-    return redraw(ROOT, "compression", ["gamma.csv"],
-                  lambda t: sensitivity(t, "gamma", panels=["topology", "alpha", "compression"]),
-                  figure="compression_sensitivity")
+    return (redraw(ROOT, "compression", ["curves.csv"], compression)
+            or redraw_sensitivity(ROOT, "compression", "gamma.csv", "gamma",
+                                  ["topology", "alpha", "compression"]))
 
 
 if __name__ == "__main__":

@@ -11,20 +11,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from flatlab.plots import heterogeneity, sensitivity
+from flatlab.plots import heterogeneity
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "analysis"))  # common: the study scripts' shared module
-from common import redraw  # noqa: E402
+from common import redraw, redraw_sensitivity  # noqa: E402
 
 
 def main() -> int:
-    status = redraw(ROOT, "heterogeneity", ["runs.csv"], heterogeneity)
-    if status:
-        return status
-    return redraw(ROOT, "heterogeneity", ["lr.csv"],
-                  lambda t: sensitivity(t, "lr", panels=["nodes", "partition", "level"]),
-                  figure="heterogeneity_sensitivity")
+    return (redraw(ROOT, "heterogeneity", ["runs.csv"], heterogeneity)
+            or redraw_sensitivity(ROOT, "heterogeneity", "lr.csv", "lr",
+                                  ["nodes", "partition", "level"]))
 
 
 if __name__ == "__main__":
