@@ -3,32 +3,42 @@
 The question is its paper's claim against DSGDm, QG-DSGDm and DecentLaM (Takezawa et al., TMLR;
 reference/algorithms.md §6.2, §13.2).
 
-mnist1d with the 1-D CNN (GroupNorm) on a ring; heterogeneity by a Dirichlet label split
-(alpha) and by k classes per node; methods dsgd, dsgdm, qg-dsgdm, decentlam, gradient-tracking
-(in its default DIGing form and, as ``gradient-tracking-atc``, its adapt-then-combine form) and
-momentum-tracking (momentum 0.9 heavy ball where a method has one, weight decay 1e-4 inside the
-gradient, cosine schedule, batch 32 per node).
+mnist1d with the 1-D CNN (GroupNorm) on a ring; heterogeneity by k classes per node (and, at
+``--scale full``, a Dirichlet label split with ``alpha``); methods dsgdm, qg-dsgdm, decentlam,
+gradient-tracking (in its default DIGing form and, as ``gradient-tracking-atc``, its
+adapt-then-combine form) and momentum-tracking, plus dsgd at ``--scale full`` (momentum 0.9
+heavy ball where a method has one, weight decay 1e-4 inside the gradient, cosine schedule,
+batch 32 per node).
 
 Two phases, both resumable (finished runs are skipped, interrupted ones resume from their
 checkpoints, a diverging run is recorded as diverged and the study goes on):
 
-1. **tune**: every method, setting and learning rate of the grid on seed 0, trained on 90% of
-   the training set and evaluated on the held-out 10% (``data.holdout``); the learning rate with
-   the best held-out accuracy of the averaged model is kept, per method and setting;
+1. **tune**: every method, setting and learning rate of the grid on seed 0, at the final runs'
+   length, trained on 90% of the training set and evaluated on the held-out 10%
+   (``data.holdout``); the learning rate with the best held-out accuracy of the averaged model
+   is kept, per method and setting, and a grid whose best sits at an edge is extended by its
+   own ratio until the best is interior (:func:`flatlab.experiment.study.tune_bracketed`);
 2. **final**: the kept learning rate on the full training set with every seed (``seed`` and
    ``data.seed``: model initialization, minibatches and the partition all change); test
-   accuracy of the averaged model ``x̄`` and the mean over the node models.
+   accuracy of the averaged model ``x̄`` and the mean over the node models, measured every
+   ``every`` steps so that each run's convergence is checked, and the consensus distance over
+   training.
+
+The claims (Momentum Tracking against each momentum method per setting and in its drop from the
+mildest to the strongest skew; the DIGing form of gradient tracking against its ATC form) are
+judged seed by seed (:func:`flatlab.experiment.evidence.judge`).
 
 Usage::
 
-    python analysis/heterogeneity.py --scale small   # ring of 8, 2 x 2 settings, 3 seeds, CPU
-    python analysis/heterogeneity.py --scale full    # rings of 8 and 16, 3 x 3 settings, GPU
+    python analysis/heterogeneity.py --scale small   # ring of 8, k = 10 and 2, 5 seeds, CPU
+    python analysis/heterogeneity.py --scale full    # rings of 8 and 16, 6 settings, GPU
     python analysis/heterogeneity.py --scale small --report   # tables and figure from disk
 
 Writes the runs under ``--out`` (default ``results/heterogeneity-<scale>/runs``), the tables
-``runs.csv`` (one row per final run), ``lr.csv`` (the tuning), ``summary.csv`` and ``summary.md``
-(mean and standard error over seeds) next to them, and the figure
-``paper_figs/out/heterogeneity.{pdf,png}``.
+``runs.csv`` (one row per final run, with its convergence), ``lr.csv`` (the tuning, extensions
+marked), ``summary.csv`` and ``summary.md`` (mean and standard error over seeds, converged runs,
+verdicts) and ``verdicts.csv`` next to them, and the figures
+``paper_figs/out/heterogeneity{,_sensitivity}.{pdf,png}``.
 """
 
 from __future__ import annotations
@@ -127,10 +137,6 @@ def tune(grid: dict[str, Any], runs: Path, workers: int) -> pd.DataFrame:
                         every=grid["steps"]))
 
     return tune_bracketed(points, job, workers, GROUP, "lr")
-
-
-def _path(runs: Path, r: Any) -> Path:
-    return runs / "final" / _run_name(r.method, r.nodes, (r.partition, r.level), r.lr, r.seed)
 
 
 def final(grid: dict[str, Any], runs: Path, lr_table: pd.DataFrame, workers: int
