@@ -81,7 +81,7 @@ SCALES: dict[str, dict[str, Any]] = {
     # the test suite's: a few steps, so the script cannot rot
     "tiny": dict(nodes=(4,), settings=(("classes", 10), ("classes", 4)),
                  methods=("dsgdm", "momentum-tracking"), seeds=(0, 1), steps=10, every=2,
-                 lrs={"momentum": (0.01, 0.03), "plain": (0.03, 0.1)}),
+                 lrs={"momentum": (0.01, 0.03), "plain": (0.03, 0.1)}, extensions=1),
 }
 
 
@@ -136,7 +136,8 @@ def tune(grid: dict[str, Any], runs: Path, workers: int) -> pd.DataFrame:
                 _config(p["method"], p["nodes"], s, p["lr"], 0, grid["steps"], holdout=0.1,
                         every=grid["steps"]))
 
-    return tune_bracketed(points, job, workers, GROUP, "lr")
+    return tune_bracketed(points, job, workers, GROUP, "lr",
+                          max_extensions=grid.get("extensions", 4))
 
 
 def final(grid: dict[str, Any], runs: Path, lr_table: pd.DataFrame, workers: int
