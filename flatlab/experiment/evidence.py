@@ -30,8 +30,8 @@ import pandas as pd
 from flatlab.errors import FlatlabError
 
 __all__ = ["Convergence", "convergence", "run_convergence", "curves_convergence", "GridCheck",
-           "grid_check", "bracket", "sensitivity", "Paired", "paired_difference", "verdict",
-           "VERDICTS", "Claim", "judge", "change_between", "verdict_markdown"]
+           "grid_check", "extension", "bracket", "sensitivity", "Paired", "paired_difference",
+           "verdict", "VERDICTS", "Claim", "judge", "change_between", "verdict_markdown"]
 
 #: The three verdicts on a claim.
 VERDICTS = ("supported", "contradicted", "not separable")
@@ -197,9 +197,30 @@ def grid_check(values: Sequence[float], scores: Sequence[float],
     return GridCheck(float(x[-1]), False, "high", float(x[-1] * ratio), ratio)
 
 
+def extension(values: Sequence[float], scores: Sequence[float],
+              diverged: Sequence[bool] | None = None, *,
+              limits: tuple[float, float] = (0.0, math.inf),
+              higher_is_better: bool = True) -> float | None:
+    """The value a tuned grid needs next, or None when its best is bracketed.
+
+    :func:`grid_check`'s ``next_value`` rounded to 3 significant digits (so that it names a run
+    folder cleanly) and clipped to the hyper-parameter's ``limits`` (CHOCO-SGD's ``γ <= 1``,
+    say): an edge beyond a limit tries the limit itself, and a best value already at its limit
+    needs nothing more (None).
+    """
+    check = grid_check(values, scores, diverged, higher_is_better=higher_is_better)
+    if check.next_value is None:
+        return None
+    value = min(max(float(f"{check.next_value:.3g}"), limits[0]), limits[1])
+    return None if value in {float(v) for v in values} else value
+
+
 def bracket(values: Sequence[float], evaluate: Callable[[float], tuple[float, bool]], *,
             higher_is_better: bool = True, max_extensions: int = 4) -> pd.DataFrame:
     """Evaluate a grid and extend it by its own ratio until its best value is interior.
+
+    The sequential form of :func:`flatlab.experiment.study.tune_bracketed` (which runs the
+    values of many groups in parallel rounds); both add the values :func:`extension` names.
 
     Args:
         values: The initial grid (positive, geometric).
@@ -214,15 +235,17 @@ def bracket(values: Sequence[float], evaluate: Callable[[float], tuple[float, bo
     """
     points = {float(v): evaluate(float(v)) for v in values}
     added: list[float] = []
-    while True:
+    while len(added) < max_extensions:
         xs = sorted(points)
-        check = grid_check(xs, [points[v][0] for v in xs], [points[v][1] for v in xs],
-                           higher_is_better=higher_is_better)
-        if check.next_value is None or len(added) >= max_extensions:
+        value = extension(xs, [points[v][0] for v in xs], [points[v][1] for v in xs],
+                          higher_is_better=higher_is_better)
+        if value is None:
             break
-        added.append(check.next_value)
-        points[check.next_value] = evaluate(check.next_value)
+        added.append(value)
+        points[value] = evaluate(value)
     xs = sorted(points)
+    check = grid_check(xs, [points[v][0] for v in xs], [points[v][1] for v in xs],
+                       higher_is_better=higher_is_better)
     table = pd.DataFrame({"value": xs, "score": [points[v][0] for v in xs],
                           "diverged": [bool(points[v][1]) for v in xs],
                           "extended": [v in added for v in xs],

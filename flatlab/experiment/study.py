@@ -45,11 +45,6 @@ def final_values(path: str | Path, columns: dict[str, str]) -> dict[str, Any]:
     return out | {k: s.get(c, math.nan) for k, c in columns.items()}
 
 
-def _grid_value(v: float) -> float:
-    """An extended grid value, rounded to 3 significant digits (so it names a folder cleanly)."""
-    return float(f"{v:.3g}")
-
-
 def tune_bracketed(points: Sequence[dict[str, Any]],
                    job: Callable[[dict[str, Any]], tuple[str | Path, dict[str, Any]]],
                    workers: int, group: list[str], hparam: str, *, max_extensions: int = 4,
@@ -84,11 +79,21 @@ def tune_bracketed(points: Sequence[dict[str, Any]],
         (its best is bracketed), ``at_limit`` (its best sits at an edge that is the
         hyper-parameter's own limit) and ``extensions`` (values added).
     """
-    from flatlab.experiment.evidence import grid_check
+    from flatlab.experiment.evidence import extension, grid_check
+
+    def bounds(key: tuple) -> tuple[float, float]:
+        return limits(dict(zip(group, key, strict=True))) if limits else (0.0, math.inf)
+
+    def groups(table: pd.DataFrame):
+        for key, g in table.groupby(group, sort=False):
+            yield (key if isinstance(key, tuple) else (key,)), g
+
+    def scored(g: pd.DataFrame) -> tuple[list, list, list]:
+        return (g[hparam].tolist(), g["holdout_accuracy"].tolist(),
+                (g["status"] == "diverged").tolist())
 
     todo = [dict(p) for p in points]
     done: list[dict[str, Any]] = []
-    added: dict[tuple, int] = {}
     while todo:
         jobs = [job(p) for p in todo]
         run_many(jobs, workers)
@@ -98,36 +103,24 @@ def tune_bracketed(points: Sequence[dict[str, Any]],
                 r["holdout_accuracy"] = math.nan
             done.append({"extended": False, **p, **r})
         todo = []
-        table = pd.DataFrame(done)
-        for key, g in table.groupby(group, sort=False):
-            key = key if isinstance(key, tuple) else (key,)
-            if g["status"].isin(["running", "interrupted", "failed"]).any() or len(g) < 2:
-                continue  # not all of this group's runs finished: decide nothing yet
-            check = grid_check(g[hparam].tolist(), g["holdout_accuracy"].tolist(),
-                               (g["status"] == "diverged").tolist())
-            if check.next_value is None or added.get(key, 0) >= max_extensions:
-                continue
-            value = _grid_value(check.next_value)
-            if limits is not None:
-                low, high = limits(dict(zip(group, key, strict=True)))
-                value = min(max(value, low), high)
-            if value in set(g[hparam]):
-                continue  # the edge is the hyper-parameter's own limit
-            added[key] = added.get(key, 0) + 1
-            todo.append({**dict(zip(group, key, strict=True)), hparam: value, "extended": True})
+        for key, g in groups(pd.DataFrame(done)):
+            if (g["status"].isin(["running", "interrupted", "failed"]).any() or len(g) < 2
+                    or g["extended"].sum() >= max_extensions):
+                continue  # unfinished runs decide nothing yet; or the group's budget is spent
+            value = extension(*scored(g), limits=bounds(key))
+            if value is not None:
+                todo.append({**dict(zip(group, key, strict=True)), hparam: value,
+                             "extended": True})
     table = pd.DataFrame(done)
     table["chosen"] = choose_best(table, group, "holdout_accuracy", hparam)
     table["interior"], table["at_limit"], table["extensions"] = False, False, 0
-    for key, g in table.groupby(group, sort=False):
-        check = grid_check(g[hparam].tolist(), g["holdout_accuracy"].tolist(),
-                           (g["status"] == "diverged").tolist()) if len(g) > 1 else None
-        at_limit = False
-        if check is not None and check.edge is not None and limits is not None:
-            low, high = limits(dict(zip(group, key if isinstance(key, tuple) else (key,),
-                                        strict=True)))
-            at_limit = check.best == (low if check.edge == "low" else high)
-        table.loc[g.index, "interior"] = bool(check and check.interior)
-        table.loc[g.index, "at_limit"] = at_limit
+    for key, g in groups(table):
+        if len(g) < 2:
+            continue
+        check = grid_check(*scored(g))
+        table.loc[g.index, "interior"] = check.interior
+        table.loc[g.index, "at_limit"] = (check.edge is not None and extension(
+            *scored(g), limits=bounds(key)) is None)
         table.loc[g.index, "extensions"] = int(g["extended"].sum())
     return table.sort_values([*group, hparam], kind="stable").reset_index(drop=True)
 

@@ -205,3 +205,13 @@ def test_a_flat_grid_is_not_extended():
     assert edge_tie.interior and edge_tie.best == 0.03
     alone = grid_check([0.01, 0.03], [0.9, 0.9])  # two values: no interior to tie with
     assert not alone.interior and alone.edge == "low"
+
+
+def test_extension_rounds_clips_to_the_limit_and_stops_there():
+    from flatlab.experiment.evidence import extension
+
+    assert extension([0.01, 0.03], [0.9, 0.5]) == 0.00333  # 0.01 / 3, three digits
+    assert extension([0.1, 0.3], [0.5, 0.9], limits=(0.0, 1.0)) == 0.9
+    assert extension([0.3, 0.9], [0.5, 0.9], limits=(0.0, 1.0)) == 1.0  # 2.7 clipped
+    assert extension([0.3, 1.0], [0.5, 0.9], limits=(0.0, 1.0)) is None  # at its limit
+    assert extension([0.1, 0.3, 0.9], [0.5, 0.9, 0.6]) is None  # interior
