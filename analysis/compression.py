@@ -183,9 +183,7 @@ KEYS = ["topology", "alpha", "compression", "method", "gamma"]
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
     """Mean ± s.e. per method and setting, with converged run counts."""
-    s = mean_and_se(table, KEYS, ["test_accuracy", "mb_per_node", "consensus_distance"])
-    conv = table.groupby(KEYS, sort=False).agg(converged=("converged", "sum"))
-    return s.join(conv, on=KEYS)
+    return mean_and_se(table, KEYS, ["test_accuracy", "mb_per_node", "consensus_distance"])
 
 
 def claims(grid: dict[str, Any], table: pd.DataFrame) -> pd.DataFrame:

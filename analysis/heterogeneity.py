@@ -221,9 +221,8 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     """Mean and standard error over seeds per method and setting, with converged run counts."""
     s = mean_and_se(table, ["nodes", "partition", "level", "heterogeneity", "method", "lr"],
                     ["test_accuracy", "test_accuracy_nodes", "consensus_during"])
-    conv = table.groupby(["nodes", "partition", "level", "method"], sort=False).agg(
-        converged=("converged", "sum"), worst_change=("change", lambda c: c.abs().max()))
-    return s.join(conv, on=["nodes", "partition", "level", "method"])
+    worst = table.groupby(GROUP, sort=False)["change"].apply(lambda c: c.abs().max())
+    return s.join(worst.rename("worst_change"), on=GROUP)
 
 
 def _pct(m: float, se: float = math.nan) -> str:

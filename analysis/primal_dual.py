@@ -256,8 +256,6 @@ def summarize(table: pd.DataFrame, times: pd.DataFrame) -> pd.DataFrame:
             lambda v: int(v.notna().sum())).reset_index(name=f"reached_{t}")
         s = s.merge(reached, on=keys)
     s = s.merge(times, on=["variant", "nodes", "method"], how="left")
-    conv = table.groupby(keys, sort=False)["converged"].sum().reset_index()
-    s = s.merge(conv, on=keys)
     for t in TARGETS:
         s[f"seconds_to_{t}"] = s[f"steps_to_{t}_mean"] * s["ms_per_step"] / 1000
     return s

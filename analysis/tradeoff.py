@@ -402,10 +402,7 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     cols = ["test_accuracy", "train_loss", "grad_norm", "consensus_distance", "hessian_top",
             "hessian_trace", "sharpness"]
     keys = ["regime", "batch", "topology", "method", "lr"]
-    s = mean_and_se(table, keys, cols)
-    if "converged" in table:
-        s = s.join(table.groupby(keys, sort=False)["converged"].sum(), on=keys)
-    return s
+    return mean_and_se(table, keys, cols)
 
 
 def markdown(summary: pd.DataFrame, lr: float, verdicts: pd.DataFrame | None = None) -> str:

@@ -163,9 +163,7 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     from flatlab.experiment.study import mean_and_se
 
     cols = [c for c in SHOWN if c in table]
-    s = mean_and_se(table, ["regime", "batch", "method"], cols)
-    conv = table.groupby(["regime", "batch", "method"], sort=False)["converged"].sum()
-    return s.join(conv, on=["regime", "batch", "method"])
+    return mean_and_se(table, ["regime", "batch", "method"], cols)
 
 
 def _show(table: pd.DataFrame, summary: pd.DataFrame, nodes: int, steps: int) -> None:

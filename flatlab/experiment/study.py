@@ -158,14 +158,18 @@ def choose_best(table: pd.DataFrame, keys: list[str], score: str, tie: str) -> p
 def mean_and_se(table: pd.DataFrame, keys: list[str], columns: list[str]) -> pd.DataFrame:
     """Mean and standard error over the ``done`` runs of each group, with run counts.
 
-    Columns ``seeds`` (runs that finished), ``diverged``, and ``<col>_mean``, ``<col>_se`` (NaN
-    with fewer than two runs) for each of ``columns``.
+    Columns ``seeds`` (runs that finished), ``diverged``, ``converged`` (runs that passed the
+    convergence check, when the table has the ``converged`` column of
+    :func:`final_convergence`), and ``<col>_mean``, ``<col>_se`` (NaN with fewer than two runs)
+    for each of ``columns``.
     """
     rows = []
     for k, g in table.groupby(keys, sort=False):
         ok = g[g["status"] == "done"]
         row: dict[str, Any] = dict(zip(keys, k if isinstance(k, tuple) else (k,), strict=True))
         row |= {"seeds": len(ok), "diverged": int((g["status"] == "diverged").sum())}
+        if "converged" in g:
+            row["converged"] = int(g["converged"].astype(bool).sum())
         for col in columns:
             v = ok[col].astype(float).dropna()
             row[f"{col}_mean"] = v.mean() if len(v) else math.nan

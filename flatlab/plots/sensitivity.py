@@ -52,26 +52,30 @@ def sensitivity(table: pd.DataFrame, hparam: str, *, score: str = "holdout_accur
     fig, axes = plt.subplots(1, len(keys), squeeze=False, constrained_layout=True,
                              figsize=(panel_size[0] * len(keys) + 1.8, panel_size[1]),
                              sharey="row")
+    from flatlab.experiment.evidence import sensitivity as curves
+
     finite = table.loc[table["status"] == "done", score].astype(float)
     floor = 100 * (np.nanmin(finite) if finite.notna().any() else 0.0)
     for ax, key in zip(axes[0], keys, strict=True):
         sub = table
         for col, v in zip(panels, key, strict=True):
             sub = sub[sub[col] == v]
+        per_value = curves(sub, [hue], hparam, score)
         for m in methods:
-            g = sub[sub[hue] == m]
-            if g.empty:
+            c = per_value[per_value[hue] == m]
+            if c.empty:
                 continue
-            ok = g[g["status"] == "done"].groupby(hparam)[score].mean().sort_index()
-            ax.plot(ok.index, 100 * ok.to_numpy(), marker="o", ms=3, lw=1.4,
+            ok = c.dropna(subset=["score_mean"])
+            ax.plot(ok[hparam], 100 * ok["score_mean"], marker="o", ms=3, lw=1.4,
                     color=palette[m], label=m)
-            div = sorted(set(g.loc[g["status"] == "diverged", hparam]))
+            div = c.loc[c["diverged"] > 0, hparam].tolist()
             if div:
                 ax.plot(div, [floor] * len(div), marker="x", ms=7, ls="none",
                         color=palette[m])
+            g = sub[sub[hue] == m]
             if "chosen" in g:
-                c = g[g["chosen"].astype(bool)]
-                ax.plot(c[hparam], 100 * c[score].astype(float), marker="o", ms=8,
+                pick = g[g["chosen"].astype(bool)]
+                ax.plot(pick[hparam], 100 * pick[score].astype(float), marker="o", ms=8,
                         ls="none", mfc="none", mec=palette[m], mew=1.6)
         ax.set_xscale("log")
         ax.set_xlabel(hparam)

@@ -117,6 +117,10 @@ def test_mean_and_se_counts_done_runs_only():
     assert s.loc["a", "acc_mean"] == pytest.approx(0.3)
     assert s.loc["a", "acc_se"] == pytest.approx(pd.Series([0.1, 0.2, 0.6]).std() / math.sqrt(3))
     assert s.loc["b", "acc_mean"] == 0.5 and math.isnan(s.loc["b", "acc_se"])
+    assert "converged" not in s  # only counted when the runs were checked
+    t["converged"] = [True, False, True, False, True]
+    s = study.mean_and_se(t, ["m"], ["acc"]).set_index("m")
+    assert s["converged"].to_dict() == {"a": 2, "b": 1}
 
 
 def _fake_tuning(monkeypatch, score):
