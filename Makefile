@@ -37,8 +37,9 @@ figs: $(STAMP)
 	$(BIN)/python paper_figs/compression.py
 	$(BIN)/python paper_figs/tradeoff.py
 
-# the flatness-versus-optimization study (centralized, consensus, diffusion; 4 topologies, 2 batch
-# regimes, 3 seeds, escape experiment, theory overlay) at its CPU scale; --scale full on a GPU
+# the flatness-versus-optimization study (centralized, consensus, diffusion; 3 topologies, 2 batch
+# regimes, 3000 steps, 5 seeds, escape experiment, theory overlay) at its CPU scale (about 2.5 h on
+# 2 cores); --scale full on a GPU
 tradeoff: $(STAMP)
 	$(BIN)/python analysis/tradeoff.py --scale small
 
