@@ -1,6 +1,6 @@
 """Compression study: does AdaGossip beat CHOCO-SGD at equal compression?
 
-The AdaGossip paper (Aketi, Hashemi, Roy 2024; reference/algorithms.md §9.3) reports 0-2 points
+The AdaGossip paper (Aketi, Hashemi, Roy 2024; docs/reference/algorithms.md §9.3) reports 0-2 points
 of test accuracy over CHOCO-SGD at equal compression, and a step that needs less tuning. Here:
 mnist1d with the 1-D CNN (GroupNorm), 16 nodes; at ``--scale small`` a ring with a Dirichlet
 label split of alpha 0.1 and one compression of each kind (``top-k 99%`` and ``qsgd 90%``), at

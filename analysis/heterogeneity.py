@@ -1,7 +1,7 @@
 """Data-heterogeneity study: is Momentum Tracking more robust to heterogeneity than the others?
 
 The question is its paper's claim against DSGDm, QG-DSGDm and DecentLaM (Takezawa et al., TMLR;
-reference/algorithms.md §6.2, §13.2).
+docs/reference/algorithms.md §6.2, §13.2).
 
 mnist1d with the 1-D CNN (GroupNorm) on a ring; heterogeneity by k classes per node (and, at
 ``--scale full``, a Dirichlet label split with ``alpha``); methods dsgdm, qg-dsgdm, decentlam,

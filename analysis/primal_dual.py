@@ -1,7 +1,7 @@
 """Primal-dual study: rounds and wall time to a target accuracy, NGPD against the first-order field.
 
 Does the natural-gradient primal-dual method (``ngpd``, the reconstruction of
-reference/algorithms.md §7.2) reach a target test accuracy in fewer communication rounds than
+docs/reference/algorithms.md §7.2) reach a target test accuracy in fewer communication rounds than
 ``ecl``, ``dsgd``, ``gradient-tracking`` and ``momentum-tracking``, and at what cost per step?
 mnist1d with a Dirichlet label split on a ring, in two variants: the 1-D CNN (``cnn``) and an
 ill-conditioned deep MLP without normalization (``deep-mlp``, six hidden layers of 32), where a

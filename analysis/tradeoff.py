@@ -1,7 +1,7 @@
 """Flatness versus optimization: what centralized, consensus and diffusion training converge to.
 
 The question of Cao, Wu, Yuan and Sayed, "On the trade-off between flatness and optimization in
-distributed learning" (2024; reference/measures.md §12, reference/algorithms.md §13.4): do
+distributed learning" (2024; docs/reference/measures.md §12, docs/reference/algorithms.md §13.4): do
 decentralized methods find flatter minima than centralized SGD in the large-batch regime, is
 consensus the flattest and diffusion the best balance of flatness and optimization?
 

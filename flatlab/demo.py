@@ -6,7 +6,7 @@ Dirichlet(1) label-skewed share of mnist1d (generated offline), at a small and a
 batch (8 and 32; total 128 and 512). At the end of each run the demo measures, at the averaged
 model ``x̄``: test accuracy, training loss and ``‖∇f(x̄)‖`` (optimization error), the top Hessian
 eigenvalue (Lanczos) and trace (Hutch++), worst-case adaptive sharpness, and the consensus
-distance ``Ξ²`` of the nodes (reference/measures.md §§ 6-12).
+distance ``Ξ²`` of the nodes (docs/reference/measures.md §§ 6-12).
 
 The thirty runs live under ``OUT/runs`` (one directory per run, resumable: a second call trains
 nothing that finished); the demo writes the table ``OUT/table.csv``, the trade-off figure

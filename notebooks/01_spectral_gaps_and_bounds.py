@@ -17,7 +17,7 @@
 # What a topology predicts before anything is trained: the spectral quantities of its mixing
 # matrix, the effective number of neighbours, the terms of the convergence bounds of DSGD and
 # gradient tracking, their transient iterations, and the steady-state consensus distance that a
-# run's measurement will be compared with. Equations: `reference/theory.md`.
+# run's measurement will be compared with. Equations: `docs/reference/theory.md`.
 #
 # The test suite runs this notebook with `FLATLAB_NOTEBOOK_SMALL=1` (smaller sizes).
 

@@ -18,7 +18,7 @@
 # (at the averaged model `x̄` and at every node), the Hessian spectral density at `x̄` and at one
 # node, one- and two-dimensional filter-normalized loss slices, and linear interpolation from
 # node to average and from node to node with the loss barrier of each segment. Definitions and
-# the choices each number depends on: `reference/measures.md` (§5 top eigenvalues, §7 spectral
+# the choices each number depends on: `docs/reference/measures.md` (§5 top eigenvalues, §7 spectral
 # density, §8-§9 sharpness and its second-order values, §13 slices and interpolation).
 #
 # The test suite runs this notebook with `FLATLAB_NOTEBOOK_SMALL=1` (smaller sizes).
@@ -65,7 +65,7 @@ print("flatlab", flatlab.__version__, "| nodes =", NODES, "| steps =", STEPS,
 # them all):
 #
 # - `hessian_top` with `k=3`: the three largest Hessian eigenvalues at `x̄` by Lanczos with full
-#   reorthogonalization, with residual and converged flag (`reference/measures.md` §5.2);
+#   reorthogonalization, with residual and converged flag (`docs/reference/measures.md` §5.2);
 # - `hessian_top_nodes`: the largest eigenvalue of every node model, one batched Lanczos.
 #
 # Both use the same fixed subset of the training data (`measure.curvature_subset` samples) at
@@ -187,7 +187,7 @@ print(f"node {NODE}: λ1..3 =", np.round(eig_node.eigenvalues.numpy(), 3),
 # For each of a few random start vectors, `m` Lanczos steps give a tridiagonal `T_m`; its
 # eigenvalues `θ_k` (Ritz values) with weights `τ_k = (e₁ᵀ y_k)²` are a quadrature rule for the
 # spectrum, smoothed with a Gaussian kernel: `φ(t) = mean_runs Σ_k τ_k N(t; θ_k, σ²)`
-# (Ghorbani, Krishnan and Xiao 2019; `reference/measures.md` §7). Plotted on a log scale as in
+# (Ghorbani, Krishnan and Xiao 2019; `docs/reference/measures.md` §7). Plotted on a log scale as in
 # PyHessian's figures: a bulk near zero, a few outliers on the right. The kernel width is
 # `σ = λ1(x̄) / 100` for both models (the default, range / steps, blurs the bulk; PyHessian's
 # `σ² = 1e-5 · range` resolves single Ritz values and needs many more runs). The largest Ritz value
@@ -221,8 +221,8 @@ plt.show()
 # ## 5. Sharpness and its second-order values
 #
 # Worst-case sharpness in an `ℓ2` ball of radius `ρ` (projected gradient ascent) and Gaussian
-# average sharpness with standard deviation `σ` (`reference/measures.md` §8); near a minimum they
-# should be close to `(ρ²/2) λ_max` and `(σ²/2) tr(H)` (§9). The first-order term is not zero
+# average sharpness with standard deviation `σ` (`docs/reference/measures.md` §8); near a minimum
+# they should be close to `(ρ²/2) λ_max` and `(σ²/2) tr(H)` (§9). The first-order term is not zero
 # away from an exact minimum, so the worst case can exceed its second-order value.
 
 # %%
@@ -245,7 +245,7 @@ pd.DataFrame(rows).set_index("model")
 #
 # A Gaussian direction `d` with each filter (conv output channel, row of a linear weight)
 # rescaled to the norm of the same filter of the model, biases and normalization parameters
-# set to zero (Li et al. 2018; `reference/measures.md` §13.1); then `α ↦ f(x + α d)` for
+# set to zero (Li et al. 2018; `docs/reference/measures.md` §13.1); then `α ↦ f(x + α d)` for
 # `α ∈ [−1, 1]`. Filter normalization makes slices of different models comparable: here the
 # average and the sharpest node, each with a direction normalized to its own filters (same
 # seed).
@@ -268,7 +268,7 @@ plt.show()
 # ## 7. Two-dimensional filter-normalized slices
 #
 # `(α, β) ↦ f(x + α d₁ + β d₂)` with two independent filter-normalized directions (Li et al.
-# 2018, contour plots; `reference/measures.md` §13.1), through `x̄` and through the node, on the
+# 2018, contour plots; `docs/reference/measures.md` §13.1), through `x̄` and through the node, on the
 # same color scale (log of the loss).
 
 # %%
@@ -296,7 +296,7 @@ plt.show()
 #
 # Along the segment `x_t = (1 − t) x_a + t x_b` the barrier is
 # `B = max_{t ∈ [0, 1]} f(x_t) − [(1 − t) f(x_a) + t f(x_b)]` (linear mode connectivity: Frankle
-# et al. 2020; `reference/measures.md` §13.3); `B = 0` means the loss never rises above the
+# et al. 2020; `docs/reference/measures.md` §13.3); `B = 0` means the loss never rises above the
 # chord, i.e. the two models lie in one convex-looking valley. The path is extended to
 # `t ∈ [−0.5, 1.5]` as in Goodfellow et al. 2015 (the barrier uses `t ∈ [0, 1]` only).
 #
@@ -350,7 +350,7 @@ barriers.round(4)
 # A barrier of zero with a negative lowest gap says that the loss along the segment stays below
 # the chord: a mix of two models has a lower loss than the same mix of their losses. Over the
 # whole network this is why `x̄` does better than the mean node, the gap
-# `(1/n) Σ f(x_i) − f(x̄) ≈ ½ tr(H C)` of `reference/measures.md` §9-§10 (`C` the covariance of
+# `(1/n) Σ f(x_i) − f(x̄) ≈ ½ tr(H C)` of `docs/reference/measures.md` §9-§10 (`C` the covariance of
 # the node models around `x̄`). Linear mode connectivity studies barriers between models trained
 # independently (different seeds, no communication); here gossip keeps the nodes in one basin.
 

@@ -11,7 +11,7 @@ Diffusion()
 Centralized(momentum=0.9, nesterov=False)
 
 Each algorithm's docstring states its update rule in matrix form, its messages, its state, its
-fixed point and its source (reference/algorithms.md).
+fixed point and its source (docs/reference/algorithms.md).
 """
 
 from flatlab.algorithms.base import (

@@ -1,6 +1,6 @@
 """Bias-corrected diffusion: Exact Diffusion (combine with ``(I + W)/2``) and D² (with ``W``).
 
-One recursion, two combination matrices (reference/algorithms.md §4, §16 items 6, 8)::
+One recursion, two combination matrices (docs/reference/algorithms.md §4, §16 items 6, 8)::
 
     X^{t+1} = W̄ (2 X^t − X^{t−1} − η (G^t − G^{t−1})),      X^1 = W̄ (X^0 − η G^0)
 
@@ -59,7 +59,7 @@ class _AdaptCorrectCombine(Algorithm):
 class ExactDiffusion(_AdaptCorrectCombine):
     """Exact Diffusion, adapt-correct-combine (Yuan, Ying, Zhao, Sayed, IEEE TSP 2019).
 
-    With ``W̄_t = (I + W_t)/2`` (reference/algorithms.md §4.1)::
+    With ``W̄_t = (I + W_t)/2`` (docs/reference/algorithms.md §4.1)::
 
         adapt:    ψ^{t+1} = x^t − η G(x^t)
         correct:  φ^{t+1} = ψ^{t+1} + x^t − ψ^t          (ψ^0 = x^0: no correction at t = 0)
@@ -82,7 +82,7 @@ class D2(_AdaptCorrectCombine):
 
     ``X^{t+1} = W_t (2 X^t − X^{t−1} − η (G^t − G^{t−1}))``, ``X^1 = W_0 (X^0 − η G^0)``;
     implemented as adapt ``ψ⁺ = x − ηg``, correct ``φ = ψ⁺ + x − ψ``, combine ``X⁺ = W_t Φ``
-    (reference/algorithms.md §4.2; the form of epfml/quasi-global-momentum
+    (docs/reference/algorithms.md §4.2; the form of epfml/quasi-global-momentum
     ``decentralized_d2.py``, weight decay in the gradient, no momentum).
 
     Messages: one vector per neighbour. State: ``x``, ``ψ``. Fixed point: exact, but only where

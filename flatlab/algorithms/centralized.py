@@ -1,6 +1,6 @@
 """The centralized baseline: all-reduce mini-batch SGD with optional heavy-ball momentum.
 
-Source: reference/algorithms.md §10 (C-PSGD; epfml/quasi-global-momentum ``centralized_sgd``).
+Source: docs/reference/algorithms.md §10 (C-PSGD; epfml/quasi-global-momentum ``centralized_sgd``).
 """
 
 from __future__ import annotations

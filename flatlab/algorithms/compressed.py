@@ -2,7 +2,7 @@
 
 Sources: Koloskova, Stich, Jaggi, ICML 2019 and Koloskova, Lin, Stich, Jaggi, ICLR 2020
 (CHOCO-SGD); Aketi, Hashemi, Roy 2024, arXiv 2404.05919, official code aparna-aketi/AdaG_SGD
-``gossip_choco/distributed.py`` (AdaGossip); reference/algorithms.md §9, pitfalls 10 and 11,
+``gossip_choco/distributed.py`` (AdaGossip); docs/reference/algorithms.md §9, pitfalls 10 and 11,
 §16 items 10 and 11.
 
 Each node keeps a public copy ``x̂_i`` of its model that every neighbour also holds (all start at
@@ -54,7 +54,7 @@ class AdaGossipState(ChocoState):
 class CHOCO(Algorithm):
     """CHOCO-SGD: a local step, then gossip of compressed differences to public copies.
 
-    One iteration (reference/algorithms.md §9.2)::
+    One iteration (docs/reference/algorithms.md §9.2)::
 
         x_i^{t+½} = x_i^t − η d_i              (d: the gradient, or heavy-ball/Nesterov momentum)
         q_i       = Q(x_i^{t+½} − x̂_i)         (sent to every neighbour)
@@ -174,7 +174,7 @@ class CHOCO(Algorithm):
 class AdaGossip(CHOCO):
     """AdaGossip (AdaG-SGD): CHOCO with a per-coordinate consensus step from the gossip error.
 
-    After CHOCO's copy update (reference/algorithms.md §9.3, as the official code does it)::
+    After CHOCO's copy update (docs/reference/algorithms.md §9.3, as the official code does it)::
 
         e_i  = Σ_j w_ij (x̂_j − x̂_i) = s_i − x̂_i            (gossip error)
         u_i ← β u_i + (1 − β) e_i ⊙ e_i

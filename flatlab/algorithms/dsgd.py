@@ -1,7 +1,7 @@
 """Decentralized SGD in its three orders: consensus (DGD / D-PSGD), diffusion ATC and CTA.
 
 The three orders are different algorithms with different fixed points and messages
-(reference/algorithms.md §1.5, §2, §3; pitfall 1). In the row convention ``X ← W X``:
+(docs/reference/algorithms.md §1.5, §2, §3; pitfall 1). In the row convention ``X ← W X``:
 
 ==================  =====================================  ==========================
 name                update                                 gradient at
@@ -45,7 +45,7 @@ class Consensus(_Gossip):
     The gradient is taken at the pre-mix iterate, so it can overlap the exchange. Messages: one
     vector (``x_j``) per neighbour. State: ``x``. Fixed point (constant ``η``, exact gradients):
     ``X = W X − η ∇F(X)``, biased by ``O(η ζ*/(1 − ρ))``, larger than diffusion's
-    (reference/algorithms.md §16 item 4).
+    (docs/reference/algorithms.md §16 item 4).
     """
 
     def step(self, state: State, batch: Any, oracle: Oracle, mixer: Mixer, lr: float) -> State:
@@ -65,7 +65,7 @@ class Diffusion(_Gossip):
 
     Messages: one vector (``ψ_j``) per neighbour. State: ``x``. Fixed point:
     ``X = W (X − η ∇F(X))``, biased by ``O(η ζ* ρ/(1 − ρ))``. With ``W = J`` and equal starts it is
-    centralized SGD exactly (reference/algorithms.md §16 item 9).
+    centralized SGD exactly (docs/reference/algorithms.md §16 item 9).
     """
 
     def step(self, state: State, batch: Any, oracle: Oracle, mixer: Mixer, lr: float) -> State:

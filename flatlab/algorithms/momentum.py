@@ -1,7 +1,7 @@
 """Momentum variants of decentralized SGD: DSGDm, QG-DSGDm and DecentLaM.
 
 Each keeps a local momentum buffer that is never gossiped; they differ in what the buffer
-accumulates and so in their fixed points (reference/algorithms.md §5, §14, pitfall 4). With a
+accumulates and so in their fixed points (docs/reference/algorithms.md §5, §14, pitfall 4). With a
 constant step ``η`` and exact gradients:
 
 ==============  ===========================================  ==================================
@@ -59,7 +59,7 @@ class _Momentum(Algorithm):
 class DSGDm(_Momentum):
     """Decentralized SGD with local heavy-ball or Nesterov momentum, then gossip (ATC).
 
-    Order of operations (reference/algorithms.md §5.1; official code: yukiTakezawa/
+    Order of operations (docs/reference/algorithms.md §5.1; official code: yukiTakezawa/
     MomentumTracking ``GossipOptimizer``, epfml/quasi-global-momentum ``decentralized_sgd``)::
 
         g_i  = ∇F_i(x_i; ξ_i)  (+ weight decay, from the oracle)
@@ -97,7 +97,7 @@ class QGDSGDm(_Momentum):
     """Quasi-global momentum (Lin, Karimireddy, Stich, Jaggi, ICML 2021).
 
     Order of operations of the official code (epfml/quasi-global-momentum,
-    ``decentralized_qg_sgd.py``; reference/algorithms.md §5.2)::
+    ``decentralized_qg_sgd.py``; docs/reference/algorithms.md §5.2)::
 
         g_i   = ∇F_i(x_i^t; ξ_i)  (+ weight decay, from the oracle)
         v_i   = β m̂_i + g_i
@@ -146,7 +146,7 @@ class DecentLaM(_Momentum):
     """Decentralized large-batch momentum (Yuan et al., ICCV 2021).
 
     Order of operations of the official code (``decentlam_optimizer.py`` in
-    yukiTakezawa/MomentumTracking; reference/algorithms.md §5.3)::
+    yukiTakezawa/MomentumTracking; docs/reference/algorithms.md §5.3)::
 
         ω_i  = x_i − η g_i                    (the message; g includes weight decay)
         g̃_i  = (x_i − Σ_j w_ij ω_j) / η  =  Σ_j w_ij g_j + ((I − W_t) X)_i / η

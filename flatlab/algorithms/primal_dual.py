@@ -1,8 +1,8 @@
 """Primal-dual decentralized learning: Edge-Consensus Learning (ECL, PDMM/ADMM) and NGPD.
 
 Source: Niwa, Harada, Zhang, Kleijn, "Edge-consensus learning", KDD 2020; the exchange period
-and the tied penalty of nttcslab/ecl-isvr (ICML 2021); reference/algorithms.md §7.1, §16 items 6
-and 12, pitfall 8.
+and the tied penalty of nttcslab/ecl-isvr (ICML 2021); docs/reference/algorithms.md §7.1, §16
+items 6 and 12, pitfall 8.
 
 The problem ``min Σ_i f_i(x_i)`` subject to ``A_{i|j} x_i + A_{j|i} x_j = 0`` on every edge, with
 ``A_{i|j} = +I`` if ``i < j`` and ``−I`` otherwise. Each node keeps one dual ``z_{i|j}`` per
@@ -101,7 +101,7 @@ class ECL(Algorithm):
     """Edge-Consensus Learning: PDMM (``θ = 1``) or ADMM (``θ = ½``) with a linearized cost.
 
     One local iteration at node ``i`` with step ``η = 1/μ`` and edge penalty ``α``
-    (reference/algorithms.md §7.1)::
+    (docs/reference/algorithms.md §7.1)::
 
         x_i⁺ = argmin_x ⟨g_i, x⟩ + (μ/2)‖x − x_i‖² + Σ_{j∈N_i} (α/2)‖A_{i|j} x − z_{i|j}‖²
              = x_i − (μ + α|N_i|)⁻¹ [ g_i + α Σ_j (x_i − A_{i|j} z_{i|j}) ]
@@ -337,7 +337,7 @@ class NGPD(ECL):
     """Natural Gradient Primal-Dual: ECL's primal step in a damped K-FAC Fisher metric.
 
     A **reconstruction** from the abstract of Niwa, Ishii, Sawada, Fujino, Harada, Yokota,
-    IEEE TSIPN 10:417–433, 2024 (no full text or code is available; reference/algorithms.md
+    IEEE TSIPN 10:417–433, 2024 (no full text or code is available; docs/reference/algorithms.md
     §7.2), to be checked against the paper when it is. ECL's Euclidean proximal term becomes the
     Fisher metric ``F̃_i = F_i + λ I`` (``F_i`` node ``i``'s K-FAC Fisher, block-diagonal
     ``G_ℓ ⊗ A_ℓ`` per layer; ``λ = damping``)::

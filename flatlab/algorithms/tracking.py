@@ -3,7 +3,7 @@
 Both remove the heterogeneity bias: each node steps along a tracker ``y_i`` of the network-average
 (gradient or momentum) rather than its own gradient, kept consistent by the invariant
 ``Σ_i y_i^t = Σ_i g_i^t`` (resp. ``Σ_i u_i^t``). With a constant step and exact gradients they
-reach the exact minimizer (reference/algorithms.md §6, §16 items 6, 7, 9; pitfalls 5, 6).
+reach the exact minimizer (docs/reference/algorithms.md §6, §16 items 6, 7, 9; pitfalls 5, 6).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class GradientTracking(Algorithm):
     """Gradient tracking, in the DIGing form (default) or the adapt-then-combine form.
 
     DIGing (Nedić, Olshevsky, Shi 2017; the order of epfml/quasi-global-momentum
-    ``decentralized_sgd_with_gradient_tracking.py``; reference/algorithms.md §6.1)::
+    ``decentralized_sgd_with_gradient_tracking.py``; docs/reference/algorithms.md §6.1)::
 
         X^{t+1} = W_t X^t − η Y^t
         Y^{t+1} = W_t Y^t + G^{t+1} − G^t,        Y^0 = G^0
@@ -118,7 +118,7 @@ class MomentumTracking(Algorithm):
     """Momentum Tracking (Takezawa, Bao, Niwa, Sato, Yamada; TMLR; arXiv 2209.15505).
 
     Order of one step at node ``i`` in the official code (yukiTakezawa/MomentumTracking,
-    ``momentum_tracking_optimizer.py``; reference/algorithms.md §6.2)::
+    ``momentum_tracking_optimizer.py``; docs/reference/algorithms.md §6.2)::
 
         first step, y0 = "average":  ḡ = (1/n) Σ_j g_j^0 (one all-reduce),
                                      c_i = u_i = (g_i^0 − ḡ)/(1 − β)

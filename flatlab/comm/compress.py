@@ -1,6 +1,6 @@
 """Compression operators for compressed gossip (CHOCO-SGD, AdaGossip).
 
-Source: reference/algorithms.md §9.1; Koloskova, Stich, Jaggi, ICML 2019 (the quality parameter
+Source: docs/reference/algorithms.md §9.1; Koloskova, Stich, Jaggi, ICML 2019 (the quality parameter
 ``ω``); Alistarh et al., NeurIPS 2017 (QSGD); Aketi, Hashemi, Roy 2024 (layer-wise compression).
 
 A compressor ``Q`` maps each node's vector to what that node sends. Its quality ``ω ∈ (0, 1]`` is

@@ -13,7 +13,7 @@ each out-neighbour, wherever that neighbour lives), so the two agree exactly; th
 actually cross process boundaries are counted separately in ``wire_bytes``. ``mean`` is an
 all-reduce. Use gloo on CPU and NCCL on GPU, launched with ``torchrun`` (or any launcher that
 initialises the default process group); pass an explicit, short ``timeout`` to
-``init_process_group`` so a lost rank is detected (reference/environment.md §7).
+``init_process_group`` so a lost rank is detected (docs/reference/environment.md §7).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Curvature as operators: Hessian-vector products, extreme eigenvalues, traces, densities.
 
 Free functions over operators (curvlinops' style), each also accepting a dense symmetric matrix or
-any callable ``v -> Hv``, and batched over node models (reference/measures.md §2, §5-§7)::
+any callable ``v -> Hv``, and batched over node models (docs/reference/measures.md §2, §5-§7)::
 
     op = flatlab.curvature.hessian_operator(loss_fn, x)           # x [P], loss_fn(x) -> scalar
     flatlab.curvature.lanczos(op, k=3).eigenvalues                 # top 3, with residuals

@@ -1,6 +1,6 @@
 """The spectral density of a Hessian by stochastic Lanczos quadrature (SLQ).
 
-Following reference/measures.md §7 (Ghorbani, Krishnan, Xiao 2019; Ubaru, Chen, Saad 2017):
+Following docs/reference/measures.md §7 (Ghorbani, Krishnan, Xiao 2019; Ubaru, Chen, Saad 2017):
 for each of ``num_runs`` Rademacher unit start vectors run ``m`` Lanczos steps, take the
 eigenpairs ``(θ_k, s_k)`` of ``T_m`` and the weights ``τ_k = (e_1ᵀ s_k)²`` (they sum to 1), and
 smooth: ``φ(t) = (1/runs) Σ_runs Σ_k τ_k N(t; θ_k, σ²)``. The implied trace is

@@ -1,7 +1,7 @@
 """K-FAC's damped inverse: ``(G ⊗ A + λ I)⁻¹`` in the Kronecker eigenbasis, on the node stack.
 
 Sources: Martens & Grosse 2015 (K-FAC), Grosse & Martens 2016 (KFC for convolutions);
-reference/algorithms.md §8, §16 item 13.
+docs/reference/algorithms.md §8, §16 item 13.
 
 The factors ``A`` and ``G`` of each Linear, Conv1d and Conv2d layer are computed in the engine
 (:mod:`flatlab.engine.kfac`: :func:`kfac_layers`, :func:`kfac_factors`, re-exported here).

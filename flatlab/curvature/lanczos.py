@@ -1,6 +1,6 @@
 """Extreme eigenvalues: Lanczos with full reorthogonalisation, and power iteration for comparison.
 
-Lanczos (reference/measures.md §5.2). From a random unit ``q_1`` build the orthonormal Krylov
+Lanczos (docs/reference/measures.md §5.2). From a random unit ``q_1`` build the orthonormal Krylov
 basis ``Q_m`` and the tridiagonal ``T_m = Q_mᵀ H Q_m``::
 
     w = H q_j − β_{j−1} q_{j−1};  α_j = q_jᵀ w;  w ← w − α_j q_j;

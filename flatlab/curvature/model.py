@@ -1,7 +1,7 @@
 """Losses of a node stack as functions of flat parameters: what the curvature operators take.
 
-Curvature is measured on a fixed evaluation set (reference/measures.md §5.3: fix it, use the same
-one for every node, for ``x̄`` and across checkpoints), in eval mode (BatchNorm uses running
+Curvature is measured on a fixed evaluation set (docs/reference/measures.md §5.3: fix it, use the
+same one for every node, for ``x̄`` and across checkpoints), in eval mode (BatchNorm uses running
 statistics, dropout is off; §4), as the mean loss over the set: chunks are weighted by their size
 (the PyHessian/curvlinops convention, §3), so the result does not depend on the chunking. That
 loss is the engine's evaluation objective, :class:`flatlab.engine.Objective`, the same one the

@@ -1,7 +1,7 @@
 """Curvature as operators: ``v ↦ H v`` for a loss of a flat parameter vector, for n models at once.
 
-Every estimator in :mod:`flatlab.curvature` needs only the map ``v ↦ Hv`` (reference/measures.md
-§2). An *operator* here has
+Every estimator in :mod:`flatlab.curvature` needs only the map ``v ↦ Hv``
+(docs/reference/measures.md §2). An *operator* here has
 
 - ``size`` (``P``), ``batch`` (``None`` for one matrix, ``n`` for n matrices applied together),
   ``dtype``, ``device``;

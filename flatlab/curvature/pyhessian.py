@@ -1,8 +1,8 @@
 """PyHessian 0.1 as an optional backend, for numbers comparable with the literature.
 
-PyHessian (Yao et al. 2020; reference/measures.md §14.1) is the independent reference in the tests
-and the benchmark. Its 0.1 release has side effects and one break on current torch, which these
-wrappers contain:
+PyHessian (Yao et al. 2020; docs/reference/measures.md §14.1) is the independent reference in the
+tests and the benchmark. Its 0.1 release has side effects and one break on current torch, which
+these wrappers contain:
 
 - it puts the model in eval mode and leaves ``.grad`` fields behind: it gets a *copy* of the
   stack's template module with the parameters ``x`` (and the buffers) loaded, never the stack's;

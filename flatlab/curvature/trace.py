@@ -1,6 +1,6 @@
 """Trace estimates with a standard error (the spectral density is in :mod:`.density`).
 
-Trace (reference/measures.md §6), with a fixed number of products (no running-mean stopping
+Trace (docs/reference/measures.md §6), with a fixed number of products (no running-mean stopping
 rule, which misbehaves in PyHessian):
 
 - Hutchinson: ``tr(H) ≈ (1/m) Σ_j v_jᵀ H v_j`` with Rademacher (or Gaussian) probes; the standard

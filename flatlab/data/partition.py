@@ -5,9 +5,9 @@ Every scheme gives every node the same number ``m`` of distinct training indices
 All randomness comes from ``numpy.random.default_rng(seed)``.
 
 - ``iid``: a seeded permutation cut into ``n`` parts of ``floor(N / n)``.
-- ``dirichlet`` (epfml/quasi-global-momentum, reference/algorithms.md §11.1): workers in groups of
-  at most 10 share consecutive slices of the shuffled data; within a group, each class is split
-  by proportions ``p ~ Dir(alpha 1)``, with ``p_j = 0`` for workers that already hold their
+- ``dirichlet`` (epfml/quasi-global-momentum, docs/reference/algorithms.md §11.1): workers in
+  groups of at most 10 share consecutive slices of the shuffled data; within a group, each class
+  is split by proportions ``p ~ Dir(alpha 1)``, with ``p_j = 0`` for workers that already hold their
   share, renormalized; a group is redrawn until its smallest worker holds at least half its
   share. All workers' lists are then concatenated and cut into equal contiguous chunks of
   ``floor(N / n)`` (groups get data slices of ``int(n_g / n * N)``, the last one the rest, as

@@ -1,4 +1,4 @@
-"""Heterogeneous quadratics, the standard test problem of reference/algorithms.md §16.
+"""Heterogeneous quadratics, the standard test problem of docs/reference/algorithms.md §16.
 
 Node ``i`` holds ``f_i(x) = 1/2 (x - b_i)^T H_i (x - b_i)``; the global objective is
 ``f = (1/n) sum_i f_i`` with minimizer ``x* = (sum_i H_i)^{-1} sum_i H_i b_i`` and heterogeneity

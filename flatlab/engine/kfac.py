@@ -1,7 +1,7 @@
 """K-FAC: Kronecker-factored Fisher blocks of Linear, Conv1d and Conv2d layers, on the node stack.
 
 Sources: Martens & Grosse 2015 (K-FAC), Grosse & Martens 2016 (KFC for convolutions);
-reference/algorithms.md §8, §16 item 13.
+docs/reference/algorithms.md §8, §16 item 13.
 
 For a layer ``s = W ā`` with ``ā = [a; 1]`` (the bias as an extra input column) and per-example
 output gradient ``g = ∂ℓ_b/∂s``, the Fisher block of ``vec W`` (row-major, PyTorch's

@@ -10,8 +10,8 @@ For one model ``x`` ``[P]`` (``nodes=False``) the objective is
     f(x) = Σ_chunks (|chunk| / N) ℓ_chunk(x),
 
 each chunk's loss a mean over its samples, so the result is the exact mean over all ``N`` samples
-whatever the chunk sizes (the PyHessian/curvlinops weighting, reference/measures.md §3). For the
-node models ``X`` ``[n, P]`` (``nodes=True``) it is the ``[n]`` vector of the node losses
+whatever the chunk sizes (the PyHessian/curvlinops weighting, docs/reference/measures.md §3). For
+the node models ``X`` ``[n, P]`` (``nodes=True``) it is the ``[n]`` vector of the node losses
 ``f_i(x_i)``, each node with its own buffers, in one vmapped pass per chunk; node ``i``'s loss
 depends on row ``i`` only, so its Hessian is block diagonal. Everything runs in eval mode
 (BatchNorm uses fixed statistics, dropout is off; §4); the stack's mode is restored after each

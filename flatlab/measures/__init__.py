@@ -17,7 +17,7 @@ fields. :func:`model_loss` builds such a ``loss_fn`` for one model of a
 The named measures a run schedules (``measure.metrics`` of a run config; ``flatlab measures``)
 are in :mod:`flatlab.measures.named`.
 
-Sources and the choices each number depends on: reference/measures.md,
+Sources and the choices each number depends on: docs/reference/measures.md,
 sections 8, 9, 13 and 15.
 """
 

@@ -5,7 +5,7 @@ evaluate it point by point without gradients; losses come back as float64 CPU te
 ``loss_fn`` keeps its buffers fixed along a path: for BatchNorm networks the barrier between two
 models is inflated unless the statistics are re-estimated at each point (Jordan et al. 2023,
 REPAIR; reference section 13.3), which these functions do not do. Reference:
-reference/measures.md section 13.
+docs/reference/measures.md section 13.
 """
 
 from __future__ import annotations

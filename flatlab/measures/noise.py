@@ -1,6 +1,6 @@
 """Gradient noise ``σ²`` and heterogeneity ``ζ²`` at one model: the inputs of the theory.
 
-The bounds and the steady-state consensus distance of ``flatlab.theory`` (reference/theory.md
+The bounds and the steady-state consensus distance of ``flatlab.theory`` (docs/reference/theory.md
 §§ 4, 9) take the per-node gradient-noise variance and the heterogeneity of the local gradients.
 :func:`gradient_noise` measures both at one model ``x`` (every node at ``x``), with the run's own
 oracle (train mode, its weight decay) and minibatches::

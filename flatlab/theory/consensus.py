@@ -1,4 +1,4 @@
-"""Predicted steady-state consensus distance of constant-step DSGD (reference/theory.md §9).
+"""Predicted steady-state consensus distance of constant-step DSGD (docs/reference/theory.md §9).
 
 With step ``lr``, ``rho = ||W - J||_2``, noise ``sigma^2`` and heterogeneity ``zeta^2``
 (standard result; constants unspecified):
@@ -28,7 +28,7 @@ __all__ = ["ConsensusPrediction", "predicted_consensus_distance"]
 _FORMS = ("diffusion", "consensus")
 SOURCE = ("steady state of constant-step DSGD (e.g. Koloskova et al. 2020; Yuan et al. 2020); "
           "standard result, constants unspecified; ATC/DGD factor rho^2 derived in "
-          "reference/measures.md §10.3")
+          "docs/reference/measures.md §10.3")
 
 
 @dataclass(frozen=True)

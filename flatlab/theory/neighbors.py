@@ -8,7 +8,7 @@ node. Its stationary covariance ``S`` solves ``S = W (gamma S + I) W^T``, and
 the number of i.i.d. samples a node's average is worth. For symmetric ``W = U diag(lambda) U^T``,
 ``mean_i S_ii = (1/n) sum_k lambda_k^2 / (1 - gamma lambda_k^2)``; ``W = I`` gives ``n_eff = 1``
 and ``W = J`` gives ``n``. ``gamma ~ (1 - lr * h)^2`` ties it to the step size times the curvature.
-The worst-case variant uses ``max_i S_ii`` instead of the mean (reference/theory.md §5).
+The worst-case variant uses ``max_i S_ii`` instead of the mean (docs/reference/theory.md §5).
 
 Circulant schedules (ring, torus, exponential, one-peer exponential) are solved frequency by
 frequency with the FFT; other matrices densely: by the eigendecomposition when static and

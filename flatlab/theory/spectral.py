@@ -1,4 +1,4 @@
-"""Spectral summaries of mixing matrices (reference/theory.md §2-§4).
+"""Spectral summaries of mixing matrices (docs/reference/theory.md §2-§4).
 
 For a doubly stochastic ``W`` with ``J = 11^T / n``:
 
@@ -333,7 +333,7 @@ def spectral(
 def d2_radius(topology: Topology | np.ndarray | sp.sparray) -> float:
     """Per-round contraction of D²'s disagreement recursion; D² is stable for small steps iff < 1.
 
-    Without gradients D² (Tang et al. 2018; reference/algorithms.md §4.2) iterates
+    Without gradients D² (Tang et al. 2018; docs/reference/algorithms.md §4.2) iterates
     ``X^{t+1} = W_t (2 X^t − X^{t−1})``. On the disagreement ``(I − J) X`` this is the linear map
     ``[X^{t+1}; X^t] = [[2 W̃_t, −W̃_t], [I − J, 0]] [X^t; X^{t−1}]`` with ``W̃_t = W_t − J``; the
     returned value is the spectral radius of its product over one period, to the power

@@ -2,7 +2,7 @@
 
 One tidy table, one row per (topology, n, algorithm), for plotting with
 :func:`flatlab.plots.spectral_gap`: the spectral gap ``1 - rho`` of each topology and the
-transient iterations of DSGD and gradient tracking (reference/theory.md §8.1) at the given
+transient iterations of DSGD and gradient tracking (docs/reference/theory.md §8.1) at the given
 constants. Sizes a generator refuses (a torus of prime ``n``, a hypercube of odd ``n``) are left
 out.
 """

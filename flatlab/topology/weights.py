@@ -1,4 +1,4 @@
-"""Weight rules: from a graph to a doubly stochastic mixing matrix (reference/theory.md §1).
+"""Weight rules: from a graph to a doubly stochastic mixing matrix (docs/reference/theory.md §1).
 
 * ``metropolis`` (default): ``w_ij = 1 / (1 + max(d_i, d_j))`` per edge, ``w_ii = 1 - sum_j w_ij``;
 * ``max-degree``: ``w_ij = 1 / (d_max + 1)``, ``w_ii = 1 - d_i / (d_max + 1)``;

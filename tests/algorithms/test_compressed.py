@@ -1,4 +1,4 @@
-"""CHOCO-SGD and AdaGossip: exact properties (reference/algorithms.md §9.2-9.3, §16 item 10).
+"""CHOCO-SGD and AdaGossip: exact properties (docs/reference/algorithms.md §9.2-9.3, §16 item 10).
 
 On float64 quadratics: the identity compressor with gamma = 1 is diffusion step for step; any
 compressor with a common scalar gamma preserves the network mean exactly; CHOCO-gossip alone

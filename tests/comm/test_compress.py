@@ -1,4 +1,4 @@
-"""Compressor contracts (reference/algorithms.md §9.1, §16 item 11), against closed forms.
+"""Compressor contracts (docs/reference/algorithms.md §9.1, §16 item 11), against closed forms.
 
 Deterministic contractions are asserted on every sample; the ones that hold in expectation are
 asserted by Monte Carlo with a tolerance of five standard errors, and unbiasedness coordinate by

@@ -30,7 +30,7 @@ def test_mix_equals_matrix_product_every_method(name, n):
 
 @pytest.mark.parametrize("name,n", TOPOLOGIES)
 def test_gossip_preserves_mean_and_contracts_by_rho(name, n):
-    """reference/algorithms.md §16 items 1-2: 1ᵀ W X = 1ᵀ X, ‖WX − JX‖ ≤ ρ ‖X − JX‖."""
+    """docs/reference/algorithms.md §16 items 1-2: 1ᵀ W X = 1ᵀ X, ‖WX − JX‖ ≤ ρ ‖X − JX‖."""
     topo = flatlab.topology.make(name, n)
     mixer = SimulatedMixer(topo, device="cpu", dtype=torch.float64)
     gen = torch.Generator().manual_seed(1)

@@ -1,5 +1,5 @@
 """A literal port of epfml/quasi-global-momentum's ``build_non_iid_by_dirichlet`` plus the equal
-contiguous chunks of its ``DataPartitioner`` (reference/algorithms.md §11.1), kept list-based
+contiguous chunks of its ``DataPartitioner`` (docs/reference/algorithms.md §11.1), kept list-based
 and slow on purpose, with ``numpy.random.Generator`` in place of ``RandomState`` and
 ``min(10, n_workers)`` workers per group."""
 

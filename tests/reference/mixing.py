@@ -1,6 +1,6 @@
 """Slow, obvious reference implementations: weight rules by loops, closed-form spectra.
 
-Nothing here imports flatlab. Closed forms are those of reference/theory.md §4 (all exact for
+Nothing here imports flatlab. Closed forms are those of docs/reference/theory.md §4 (all exact for
 the stated weights).
 """
 
