@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import re
 import types
 import typing
@@ -61,7 +62,7 @@ __all__ = [
 BASIC_METRICS = ("loss", "accuracy", "consensus_distance", "grad_norm")
 BACKENDS = ("simulated", "distributed")
 #: Fields that say how a run executes, not what it computes (ignored when resuming a directory).
-EXECUTION_FIELDS = ("backend", "timeout", "measure_timeout")
+EXECUTION_FIELDS = ("backend", "timeout", "measure_timeout", "threads", "log")
 PARTITIONS = ("iid", "dirichlet", "classes", "shards", "natural")
 SCHEDULES = ("constant", "step", "cosine")
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -169,6 +170,18 @@ class MeasureConfig:
 
 
 @dataclass
+class LogConfig:
+    """Live logging besides the run directory's own files.
+
+    ``tensorboard``: write every metric, the timings and the Hessian spectra as TensorBoard
+    event files into the run directory (:mod:`flatlab.experiment.tensorboard`; needs the
+    optional ``tensorboard`` package).
+    """
+
+    tensorboard: bool = False
+
+
+@dataclass
 class RunConfig:
     """One run: everything the runner needs to build and train, and nothing else.
 
@@ -181,8 +194,12 @@ class RunConfig:
     gossip is real point-to-point communication); ``timeout`` is how many seconds a process waits
     for a lost peer before the run fails; ``measure_timeout`` how long the other processes wait
     for rank 0 measuring the averaged model (or writing files) alone before they call it hung.
-    None of these changes the numbers, so a run directory may be resumed under the other
-    backend.
+    ``threads`` is the number of CPU threads torch uses in this process during the run:
+    ``auto`` (the default, :func:`flatlab.experiment.runner.resolve_threads`: one thread, which
+    measured fastest for flatlab's small per-node models on 2 to 16 cores, see the README's
+    "Threads") or a whole number. None of these changes the numbers beyond float32 rounding
+    (and float64 results not at all on the CPU paths tested), so a run directory may be resumed
+    under another backend or thread count.
 
     Initialisation: ``init`` is ``same`` (every node starts from ``model(seed)``) or
     ``different`` (node ``i`` from ``model(seed_for(seed, "init", i))``, :mod:`flatlab.seeds`);
@@ -204,6 +221,8 @@ class RunConfig:
     backend: str = "simulated"
     timeout: float = 60.0
     measure_timeout: float = 3600.0
+    threads: int | str = "auto"
+    log: LogConfig = field(default_factory=LogConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     topology: TopologyConfig = field(default_factory=TopologyConfig)
@@ -383,9 +402,35 @@ def load_config(source: str | Path | dict[str, Any] | RunConfig | None = None,
     if overrides:
         ov = parse_overrides(list(overrides)) if not isinstance(overrides, dict) else overrides
         d = apply_overrides(d, ov)
-    cfg = from_dict(d)
+    cfg = from_dict(_shortened(d))
     validate(cfg)
     return cfg
+
+
+#: Environment variable that shortens every run loaded from a config (for trying examples).
+MAX_STEPS_ENV = "FLATLAB_MAX_STEPS"
+
+
+def _shortened(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` with at most ``$FLATLAB_MAX_STEPS`` training steps, when that is set.
+
+    ``FLATLAB_MAX_STEPS=N`` makes every run loaded from a config train ``N`` steps (its own
+    ``train.steps`` when fewer; ``train.epochs`` is replaced): a way to try the README's
+    examples, a sweep or a study's configs in seconds. The shortened length is the run's
+    config (``config.yaml`` says it), so a shortened run is never mistaken for a full one.
+    """
+    raw = os.environ.get(MAX_STEPS_ENV, "").strip()
+    if not raw:
+        return d
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"environment variable {MAX_STEPS_ENV}={raw!r} is not accepted; "
+                          "accepted: an integer >= 1 (or unset)")
+    cap = int(raw)
+    train = dict(d.get("train") or {})
+    steps = train.get("steps")
+    if not (isinstance(steps, int) and not isinstance(steps, bool) and steps <= cap):
+        train = {k: v for k, v in train.items() if k != "epochs"} | {"steps": cap}
+    return {**d, "train": train}
 
 
 # ---------------------------------------------------------------------- validation
@@ -441,6 +486,8 @@ def _validate_run(cfg: RunConfig) -> None:
           "a number of seconds > 0")
     _need(math.isfinite(cfg.measure_timeout) and cfg.measure_timeout > 0, "measure_timeout",
           cfg.measure_timeout, "a number of seconds > 0")
+    _need(cfg.threads == "auto" or (isinstance(cfg.threads, int) and cfg.threads >= 1),
+          "threads", cfg.threads, "auto or an integer >= 1")
     _need(is_plain_name(cfg.name), "name", cfg.name,
           "a name that is one folder name (not . or .., no / or \\, no control characters)")
 

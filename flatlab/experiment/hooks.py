@@ -63,8 +63,12 @@ class Record:
         rows: Metric rows ``(step, epoch, metric, scope, value)`` (rank 0's are complete).
         tables: Rows of extra tables (``density``, ``landscape``), each with its ``step``.
         loss_acc: ``[sum, count]`` of batch losses since the last measurement.
-        elapsed: Training seconds up to the last :meth:`tick`.
+        elapsed: Training seconds up to the last :meth:`tick` (measuring and checkpoints
+            included).
         started: ISO time of the run's first start.
+        measure_s: Seconds spent in each named measure so far.
+        checkpoint_s: Seconds spent writing checkpoints and metric files so far.
+        announce: Called with a measure's name as it starts (the progress bar sets it).
     """
 
     steps_per_epoch: int
@@ -73,6 +77,9 @@ class Record:
     loss_acc: list[float] = field(default_factory=lambda: [0.0, 0])
     elapsed: float = 0.0
     started: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
+    measure_s: dict[str, float] = field(default_factory=dict)
+    checkpoint_s: float = 0.0
+    announce: Callable[[str], None] | None = field(default=None, repr=False)
     _t0: float = field(default_factory=time.perf_counter, repr=False)
 
     @classmethod
@@ -81,7 +88,22 @@ class Record:
         started = ck.started or time.strftime("%Y-%m-%dT%H:%M:%S")
         return cls(steps_per_epoch, list(ck.metrics),
                    {k: list(v) for k, v in ck.tables.items()}, list(ck.loss_acc),
-                   float(ck.elapsed), started)
+                   float(ck.elapsed), started,
+                   {k: float(v) for k, v in ck.timings.get("measures", {}).items()},
+                   float(ck.timings.get("checkpoint", 0.0)))
+
+    def timings(self) -> dict[str, Any]:
+        """Where the time went, as ``status.json`` holds it (``timings_s``).
+
+        ``total``, ``train`` (the rest), ``measures`` (each one's seconds and their ``sum``)
+        and ``checkpoint`` seconds.
+        """
+        measured = sum(self.measure_s.values())
+        return {"total": round(self.elapsed, 3),
+                "train": round(max(self.elapsed - measured - self.checkpoint_s, 0.0), 3),
+                "measures": {"sum": round(measured, 3),
+                             **{k: round(v, 3) for k, v in self.measure_s.items()}},
+                "checkpoint": round(self.checkpoint_s, 3)}
 
     def tick(self) -> float:
         """Add the time since the last tick to ``elapsed``; returns it."""
@@ -104,13 +126,16 @@ def agree(group: Any, ok: bool) -> bool:
 
 def measure(run: Run, X: torch.Tensor, step: int, *,  # noqa: N803
             alone: Alone | None = None,
-            tables: dict[str, list[dict[str, Any]]] | None = None) -> list[named.Row]:
+            tables: dict[str, list[dict[str, Any]]] | None = None,
+            timings: dict[str, float] | None = None,
+            announce: Callable[[str], None] | None = None) -> list[named.Row]:
     """The measures due at ``step`` at iterate ``X`` (this process's nodes): rows.
 
     Builds the :class:`~flatlab.measures.named.MeasureContext` of the run and calls
     :func:`flatlab.measures.schedule.measure`; the step size is recorded first (``lr``). The rows
     are complete on rank 0 only (empty elsewhere); extra tables are appended to ``tables`` with
-    the step.
+    the step, and each measure's seconds are added to ``timings``; ``announce(name)`` is called
+    as each measure starts.
     """
     cfg, mixer, stack = run.cfg, run.mixer, run.stack
     xbar = X.mean(0) if mixer.world_size == 1 else mixer.all_reduce(X.sum(0)) / run.n
@@ -124,7 +149,8 @@ def measure(run: Run, X: torch.Tensor, step: int, *,  # noqa: N803
         curvature_dtype=getattr(torch, cfg.measure.curvature_dtype),
         comm_bytes=float(mixer.gathered_stats().total_bytes()))
     rows: list[named.Row] = [("lr", "network", run.lr(step))]
-    rows += _schedule.measure(ctx, run.schedule.due(step), alone=alone)
+    rows += _schedule.measure(ctx, run.schedule.due(step), alone=alone, timings=timings,
+                              announce=announce)
     main = mixer.rank == 0
     if main and tables is not None:
         for t, new in ctx.tables.items():
@@ -204,7 +230,8 @@ class Measuring(Hook):
         group, rec = self.run.mixer, self.record
         if not agree(group, bool(torch.isfinite(loop.state.x).all())):
             return False
-        new = measure(self.run, loop.state.x, loop.step, alone=self.alone, tables=rec.tables)
+        new = measure(self.run, loop.state.x, loop.step, alone=self.alone, tables=rec.tables,
+                      timings=rec.measure_s, announce=rec.announce)
         if loop.step > 0 and rec.loss_acc[1]:
             new.append(("batch_loss", "mean", rec.loss_acc[0] / rec.loss_acc[1]))
             rec.loss_acc[0], rec.loss_acc[1] = 0.0, 0
@@ -234,7 +261,12 @@ class Measuring(Hook):
 
 
 class Progress(Hook):
-    """A tqdm progress bar with the last measured batch loss (shown by rank 0 only)."""
+    """A tqdm progress bar (shown by rank 0 only).
+
+    It shows the steps, the time so far and left, the last measured batch loss and the step
+    size; while a measure runs, its name (``measuring hessian_top``), so that a long Lanczos
+    run is not mistaken for a hang.
+    """
 
     def __init__(self, name: str, total: int, start: int, record: Record, show: bool) -> None:
         from tqdm.auto import tqdm
@@ -242,13 +274,34 @@ class Progress(Hook):
         self.record = record
         self.bar = tqdm(total=total, initial=start, desc=name, disable=not show,
                         dynamic_ncols=True, leave=False)
+        self.info: dict[str, str] = {}
+        if show:
+            record.announce = self._announce
+
+    def _announce(self, name: str) -> None:
+        self.bar.set_postfix({**self.info, "measuring": name}, refresh=True)
+
+    def _show(self, step: int) -> None:
+        measured = {}
+        for r in reversed(self.record.rows):  # this step's rows are the last ones
+            if r[0] != step:
+                break
+            measured[r[2]] = r[4]
+        if "batch_loss" in measured:
+            self.info["loss"] = f"{measured['batch_loss']:.4g}"
+        if "lr" in measured:
+            self.info["lr"] = f"{measured['lr']:.3g}"
+        if measured:
+            self.bar.set_postfix(self.info, refresh=False)
+
+    def on_start(self, loop: Loop) -> None:
+        """Show the step size measured at the start (and clear ``measuring``)."""
+        self._show(loop.step)
 
     def on_step(self, loop: Loop) -> None:
-        """Advance the bar; show the loss just measured."""
+        """Advance the bar; show the loss just measured and the step size."""
         self.bar.update(1)
-        last = self.record.rows[-1] if self.record.rows else None
-        if last is not None and last[0] == loop.step and last[2] == "batch_loss":
-            self.bar.set_postfix(loss=f"{last[4]:.4g}", refresh=False)
+        self._show(loop.step)
 
     def on_close(self) -> None:
         """Close the bar."""
@@ -298,6 +351,7 @@ class Checkpointing(Hook):
     def save(self, step: int, state: Any) -> None:
         """Write the checkpoint of ``state`` at ``step``."""
         mixer, rec = self.run.mixer, self.record
+        t0 = time.perf_counter()
         rng = (torch.get_rng_state(),
                torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
         ck = rundir.Checkpoint(
@@ -307,7 +361,8 @@ class Checkpointing(Hook):
             mixer=mixer.gathered_stats().state_dict(), metrics=rec.rows,
             elapsed=rec.elapsed, loss_acc=rec.loss_acc, rng=mixer.gather_object(rng),
             processes=mixer.world_size, tables=rec.tables, started=rec.started,
-            config=self.config)
+            config=self.config,
+            timings={"measures": dict(rec.measure_s), "checkpoint": rec.checkpoint_s})
 
         def write() -> None:
             rundir.save_checkpoint(self.out, ck)
@@ -315,6 +370,10 @@ class Checkpointing(Hook):
 
         self.alone(f"writing the checkpoint of step {step}", write)
         self.saved = step
+        # counted from the next checkpoint on (this one's own time is known only now); the
+        # elapsed time is ticked again so that the total includes it
+        rec.checkpoint_s += time.perf_counter() - t0
+        rec.tick()
 
     def on_step(self, loop: Loop) -> None:
         """Save at every ``every`` steps and at the last step."""
@@ -347,7 +406,8 @@ class StatusFile(Hook):
     def write(self, status: str, step: int, message: str = "") -> None:
         """Write ``status`` (on the main process)."""
         if self.main:
-            self.writer.write(status, step, self.record.elapsed, message)
+            self.writer.write(status, step, self.record.elapsed, message,
+                              timings=self.record.timings())
 
     def on_start(self, loop: Loop) -> None:
         """``running``."""
@@ -421,7 +481,7 @@ def status_fields(built: Run, record: Record, procs: Any = None) -> dict[str, An
     return {"name": built.cfg.name, "total_steps": built.total_steps,
             "steps_per_epoch": built.steps_per_epoch, "started": record.started,
             "device": device, "backend": built.cfg.backend,
-            "processes": built.mixer.world_size,
+            "processes": built.mixer.world_size, "threads": torch.get_num_threads(),
             "versions": {"flatlab": flatlab.__version__, "torch": torch.__version__,
                          "numpy": np.__version__, "python": platform.python_version()},
             "nodes": built.n, "parameters": built.stack.P, **eval_sizes(built)}

@@ -21,7 +21,7 @@ from flatlab.errors import FlatlabError, RunDirError
 from flatlab.experiment import rundir
 from flatlab.experiment.rundir import METRIC_COLUMNS
 
-__all__ = ["load", "find_runs", "flatten", "summary", "read_metrics"]
+__all__ = ["load", "find_runs", "flatten", "summary", "read_metrics", "run_line"]
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -129,3 +129,40 @@ def summary(path: str | Path) -> pd.DataFrame:
                 row[metric if scope != "mean" else f"{metric}[mean]"] = v
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+#: The metrics :func:`run_line` shows when the run has them (the averaged model's).
+LINE_METRICS = (("train_loss", "loss"), ("test_accuracy", "test acc"),
+                ("hessian_top", "lambda_max"), ("consensus_distance", "consensus"))
+
+
+def _seconds(s: float) -> str:
+    return f"{s:.1f} s" if s < 100 else f"{int(s) // 60} min {int(s) % 60} s"
+
+
+def run_line(run: str | Path) -> str:
+    """One line on a finished run: its last loss, accuracy, λ_max, wall time and its split.
+
+    For example ``loss 0.412, test acc 0.871, lambda_max 23.4; 41.2 s: train 30.1 s,
+    measures 9.8 s (hessian_top 7.9 s, loss 1.2 s, ...), checkpoints 1.3 s``. The time split
+    is that of ``status.json``'s ``timings_s`` (absent for runs of older versions).
+    """
+    run = Path(run)
+    m = read_metrics(run)
+    parts = []
+    if len(m):
+        last = m[m.scope.isin(["avg", "network"])].sort_values("step").groupby(
+            "metric").value.last()
+        parts = [f"{label} {last[k]:.4g}" for k, label in LINE_METRICS if k in last]
+    st = rundir.read_status(run) or {}
+    t = st.get("timings_s")
+    if isinstance(t, dict) and isinstance(t.get("measures"), dict):
+        each = sorted(((k, v) for k, v in t["measures"].items() if k != "sum"),
+                      key=lambda kv: -kv[1])
+        inner = ", ".join(f"{k} {_seconds(v)}" for k, v in each)
+        timing = (f"{_seconds(t['total'])}: train {_seconds(t['train'])}, measures "
+                  f"{_seconds(t['measures'].get('sum', 0.0))}" + (f" ({inner})" if inner else "")
+                  + f", checkpoints {_seconds(t['checkpoint'])}")
+    else:
+        timing = _seconds(float(st.get("elapsed_s", 0.0)))
+    return (", ".join(parts) + "; " if parts else "") + timing

@@ -88,6 +88,8 @@ class Status(TypedDict, total=False):
     started: str             # ISO time of the first start
     updated: str             # ISO time of this write
     elapsed_s: float         # training time over all starts (seconds)
+    timings_s: dict          # where it went: total, train, measures (each and sum), checkpoint
+    threads: int             # torch's CPU threads in the writing process
     device: str
     backend: str
     processes: int
@@ -208,13 +210,18 @@ class StatusWriter:
         self._interval = heartbeat_s
         self._thread: threading.Thread | None = None
 
-    def write(self, status: str, step: int, elapsed: float, message: str = "") -> None:
-        """Record ``status`` at ``step``; a final status stops the heartbeat."""
+    def write(self, status: str, step: int, elapsed: float, message: str = "", *,
+              timings: dict[str, Any] | None = None) -> None:
+        """Record ``status`` at ``step``; a final status stops the heartbeat.
+
+        ``timings`` (``Record.timings``: total, train, measures, checkpoint seconds) is kept as
+        ``timings_s``.
+        """
         if status not in STATUSES:
             raise ValueError(f"status {status!r} is not one of {STATUSES}")
         d = dict(self.base, status=status, step=step, epoch=step / self.spe,
                  updated=time.strftime("%Y-%m-%dT%H:%M:%S"), elapsed_s=round(elapsed, 3),
-                 message=message)
+                 message=message, **({"timings_s": timings} if timings is not None else {}))
         if status != "running":
             self.stop()
         with self._lock:
@@ -315,6 +322,8 @@ class Checkpoint:
         tables: Rows of extra tables so far (``density``, ``landscape``).
         started: ISO time of the run's first start.
         config: The run's config (what a resumed run must match).
+        timings: Seconds so far per measure (``measures``) and writing checkpoints
+            (``checkpoint``).
     """
 
     step: int
@@ -329,6 +338,7 @@ class Checkpoint:
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     started: str | None = None
     config: dict[str, Any] | None = None
+    timings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The mapping saved to disk."""
@@ -406,13 +416,18 @@ def _checked(ck: Any, bad: str) -> Checkpoint:
         raise RunDirError(f"{bad}: its step or metric rows are damaged; {RESTART_HINT}")
     rng = ck.get("rng")  # older checkpoints hold one process's state, not a list
     rng = rng if isinstance(rng, list) else [(rng, ck.get("cuda_rng"))]
-    tables, config = ck.get("tables"), ck.get("config")
+    tables, config, timings = ck.get("tables"), ck.get("config"), ck.get("timings")
+    if not (isinstance(timings, dict)
+            and isinstance(timings.get("measures", {}), dict)
+            and all(isinstance(v, (int, float)) for v in timings.get("measures", {}).values())
+            and isinstance(timings.get("checkpoint", 0.0), (int, float))):
+        timings = {}  # older checkpoints have none; a damaged one only loses the split
     return Checkpoint(step=ck["step"], state=state, buffers=ck["buffers"], mixer=ck["mixer"],
                       metrics=ck["metrics"], elapsed=float(ck["elapsed"]),
                       loss_acc=ck["loss_acc"], rng=rng, processes=ck.get("processes", 1),
                       tables=tables if isinstance(tables, dict) else {},
                       started=ck.get("started"),
-                      config=config if isinstance(config, dict) else None)
+                      config=config if isinstance(config, dict) else None, timings=timings)
 
 
 def check_fits(ck: Checkpoint, path: Path, *, state: dict[str, Any],
@@ -560,6 +575,17 @@ def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> l
     return out
 
 
+#: What a run directory may hold besides its own files before it has a status: what a run,
+#: ``flatlab plot`` or a study writes there, and the temporary files of atomic writes.
+_RUN_FILES = ("config.yaml", "status.json", "metrics.parquet", "checkpoint.pt", "measures.json",
+              "density.parquet", "landscape.parquet", "noise.json", "curves.png", "curves.pdf")
+
+
+def _run_file(name: str) -> bool:
+    return (name in _RUN_FILES or name.startswith("events.out.tfevents.")
+            or name.startswith(".") or name.endswith(".tmp"))
+
+
 def decide(out: Path, cfg_dict: dict[str, Any], resume: bool
            ) -> tuple[str, Status | Checkpoint | str | None]:
     """What to do with the run directory ``out`` for a run of ``cfg_dict``.
@@ -586,6 +612,12 @@ def decide(out: Path, cfg_dict: dict[str, Any], resume: bool
         return "error", (f"run directory {out} is being run by process {st.get('pid')} on "
                          f"{st.get('host')} (its status is running and the process is alive); "
                          "wait for it to end or stop it, or choose another directory")
+    if st is None and out.is_dir():
+        foreign = sorted(f.name for f in out.iterdir() if not _run_file(f.name))
+        if foreign:
+            return "error", (f"run directory {out} holds no run but other files ({foreign[0]}"
+                             f"{', ...' if len(foreign) > 1 else ''}); accepted: a new or empty "
+                             "folder, or a run directory")
     if st is None or not resume:
         return "start", None
     problem = conflict(out, cfg_dict)

@@ -44,10 +44,11 @@ from flatlab.experiment.config import RunConfig, load_config, to_dict
 from flatlab.experiment.hooks import measure
 from flatlab.experiment.loop import Hook, train
 from flatlab.experiment.rundir import METRIC_COLUMNS, STATUSES, average_model, final_models
+from flatlab.experiment.tensorboard import TensorBoardLog, require_tensorboard
 from flatlab.seeds import seed_for
 
-__all__ = ["Run", "RunResult", "build", "run", "measure", "average_model", "final_models",
-           "STATUSES", "METRIC_COLUMNS"]
+__all__ = ["Run", "RunResult", "build", "run", "resolve_threads", "measure", "average_model",
+           "final_models", "STATUSES", "METRIC_COLUMNS"]
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,33 @@ def run(config: RunConfig | dict | str | Path, out: str | Path, *, progress: boo
     for h in hooks:
         if not isinstance(h, Hook):
             raise ConfigError(f"hooks: a {type(h).__name__} is not a flatlab.experiment.Hook")
+    if cfg.log.tensorboard:  # refused before anything is written when the package is missing
+        require_tensorboard()
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(resolve_threads(cfg.threads))
+    try:
+        return _run(cfg, out, progress=progress, resume=resume, stop_after=stop_after,
+                    hooks=hooks)
+    finally:
+        torch.set_num_threads(saved_threads)
+
+
+def resolve_threads(threads: int | str) -> int:
+    """The CPU threads a run uses: ``auto`` is one thread; a number is taken as it is.
+
+    One thread because flatlab's work is many small per-node products, for which torch's
+    intra-op threads cost more in hand-offs than they gain: measured on 2 cores
+    (``benchmarks/threads.py``, ``benchmarks/RESULTS.md``), one thread was the fastest or within
+    a few percent of it for training and for curvature measures, idle and beside a busy process,
+    where torch's default (a thread per core) was up to several times slower. A large model on
+    many cores may gain from more: set ``threads`` (``--threads``) then. Parallel runs
+    (``--jobs``) use the cores across processes instead.
+    """
+    return 1 if threads == "auto" else int(threads)
+
+
+def _run(cfg: RunConfig, out: Path, *, progress: bool, resume: bool, stop_after: int | None,
+         hooks: Sequence[Hook]) -> RunResult:
     procs = join(cfg.device, cfg.timeout) if cfg.backend == "distributed" else None
     failed = False
     try:
@@ -147,7 +175,9 @@ def _hooks_of(built: Run, record: _hooks.Record, status: _hooks.StatusFile, out:
             _hooks.Measuring(built, record, alone),
             _hooks.Progress(cfg.name, built.total_steps, status.step, record,
                             progress and status.main),
-            *([_hooks.StopAfter(stop_after)] if stop_after is not None else []), *extra,
+            *([_hooks.StopAfter(stop_after)] if stop_after is not None else []),
+            *([TensorBoardLog(out, record, status.step)] if cfg.log.tensorboard and status.main
+              else []), *extra,
             _hooks.Checkpointing(built, record, out, cfg.checkpoint_every, to_dict(cfg), alone),
             status]
 

@@ -12,6 +12,7 @@ iterate, in two parts so that a distributed run computes each quantity once:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -60,26 +61,40 @@ class Schedule:
 
 
 def measure(ctx: named.MeasureContext, due: Mapping[str, Mapping[str, Any]], *,
-            alone: Alone | None = None) -> list[named.Row]:
+            alone: Alone | None = None, timings: dict[str, float] | None = None,
+            announce: Callable[[str], None] | None = None) -> list[named.Row]:
     """The ``due`` measures at ``ctx``'s iterate: ``(metric, scope, value)`` rows.
 
     Every process computes the node parts (communicating as they need); rank 0 then computes the
     parts on the averaged model through ``alone``. The rows are complete on rank 0 only (the
     node parts' rows are gathered there by the measures themselves). Extra tables (spectral
-    densities, landscapes) are left in ``ctx.tables``.
+    densities, landscapes) are left in ``ctx.tables``. The seconds each measure took (both
+    parts) are added to ``timings[name]`` when it is given; ``announce(name)`` is called as
+    each starts (a progress bar shows it).
     """
     rows: list[named.Row] = []
+    clock = timings if timings is not None else {}
+
+    def timed(name: str, part: Any, s: Mapping[str, Any]) -> list[named.Row]:
+        if announce is not None:
+            announce(name)
+        t0 = time.perf_counter()
+        try:
+            return part(ctx, s)
+        finally:
+            clock[name] = clock.get(name, 0.0) + time.perf_counter() - t0
+
     for name, s in due.items():
         part = named.get(name).nodes
         if part is not None:
-            rows += part(ctx, s)
+            rows += timed(name, part, s)
 
     def on_average() -> list[named.Row]:
         out: list[named.Row] = []
         for name, s in due.items():
             part = named.get(name).average
             if part is not None:
-                out += part(ctx, s)
+                out += timed(name, part, s)
         return out
 
     if any(named.get(name).average is not None for name in due):

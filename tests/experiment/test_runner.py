@@ -75,6 +75,44 @@ def test_run_directory_contents_and_tidy_results(tmp_path):
     assert sorted(p.name for p in (tmp_path / "sw").iterdir()) == ["sweep.yaml"]
 
 
+def test_status_records_threads_and_where_the_time_went(tmp_path):
+    saved = torch.get_num_threads()
+    cfg = load_config(TINY, ["measure.metrics=[loss,accuracy,hessian_top]",
+                             "measure.options.hessian_top.every=20"])
+    run(cfg, tmp_path / "a", progress=False, stop_after=13)
+    first = json.loads((tmp_path / "a" / "status.json").read_text())["timings_s"]
+    assert torch.get_num_threads() == saved  # the run's thread count is restored after it
+    run(cfg, tmp_path / "a", progress=False)
+    st = json.loads((tmp_path / "a" / "status.json").read_text())
+    assert st["threads"] == 1  # threads: auto is one thread
+    t = st["timings_s"]
+    assert t["total"] == pytest.approx(st["elapsed_s"], abs=1e-3)
+    # the parts add up to the total: train is what measures and checkpoints leave
+    parts = t["train"] + t["measures"]["sum"] + t["checkpoint"]
+    assert parts == pytest.approx(t["total"], abs=5e-3)
+    assert t["measures"]["sum"] == pytest.approx(
+        sum(v for k, v in t["measures"].items() if k != "sum"), abs=5e-3)
+    assert {"loss", "accuracy", "hessian_top"} <= set(t["measures"])
+    # a resumed run carries the time of its first start: each measure's time only grows
+    assert all(t["measures"][k] >= v for k, v in first["measures"].items())
+    assert t["checkpoint"] >= first["checkpoint"] > 0
+    # threads is an execution setting: a run resumes (or is skipped) under another count
+    assert run(load_config(TINY | {"threads": 2}, ["measure.metrics=[loss,accuracy,hessian_top]",
+                                                   "measure.options.hessian_top.every=20"]),
+               tmp_path / "a", progress=False).status == "done"
+
+
+def test_a_folder_of_other_files_is_not_taken_for_a_run_directory(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(RunDirError, match=r"holds no run but other files \(notes.txt\); "
+                                          r"accepted: a new or empty folder"):
+        run(load_config(TINY), tmp_path, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # nothing written
+    (tmp_path / "empty").mkdir()  # an empty folder, or one a run started in, is accepted
+    assert run(load_config(TINY, ["train.steps=2"]), tmp_path / "empty",
+               progress=False).status == "done"
+
+
 def test_whole_runs_are_deterministic(tmp_path):
     run(load_config(TINY), tmp_path / "a", progress=False)
     run(load_config(TINY), tmp_path / "b", progress=False)
