@@ -2,17 +2,19 @@
 
     flatlab spectral --topology ring --nodes 16 [--weights metropolis] [--lazy] [--json]
     flatlab bounds --algorithm diffusion --topology ring --nodes 16 [--L 1 --sigma2 1] [--json]
-    flatlab topologies | algorithms | datasets | models | measures
-    flatlab run CONFIG [key=value ...] [--out DIR] [--no-progress] [--restart]
+    flatlab topologies | algorithms | datasets | models | measures [--json]
+    flatlab run CONFIG [key=value ...] [--out DIR] [--no-progress] [--restart] [--threads N]
+                [--tensorboard]
     torchrun --nproc_per_node=K -m flatlab run CONFIG backend=distributed [...]
-    flatlab sweep SPEC [key=value ...] [--no-progress]
+    flatlab sweep SPEC [key=value ...] [grid.KEY=[v1,v2]] [--out DIR] [--jobs K] [--no-progress]
     flatlab results PATH [--csv FILE]
     flatlab plot PATH [--metric test_accuracy] [--out FIG.png]
     flatlab demo [--out DIR] [--small] [--jobs K]
 
-Bad input of any kind ends with one line on stderr naming what is wrong and what is accepted,
-and exit status 2. A distributed run that loses a process ends with one line naming the lost
-rank and exit status 1 (the run is marked failed).
+Overrides (``key=value``) may stand anywhere after the command. Bad input of any kind ends
+with one line on stderr naming what is wrong and what is accepted, and exit status 2. A
+distributed run that loses a process ends with one line naming the lost rank and exit status 1
+(the run is marked failed).
 """
 
 from __future__ import annotations
@@ -115,10 +117,40 @@ def _parse_exponents(text: str | None) -> tuple[float, ...] | None:
         raise FlatlabError(f"--exponents takes four numbers a1,b1,a2,b2 (got {text!r})") from None
 
 
+#: Flags a bound cannot do without, by rate family: asked for together, as they are spelled.
+_BOUND_FLAGS = {
+    "choco": (("delta", "--delta D", "the compression quality in (0, 1]"),
+              ("G2", "--G2 G", "the bound E||grad F_i||^2 <= G2")),
+    "momentum-tracking": (("beta", "--beta B", "the momentum in [0, 1)"),
+                          ("exponents", "--exponents a1,b1,a2,b2",
+                           "the exponents of p and (1 - beta) in its two higher-order terms, "
+                           "which Takezawa et al. (TMLR 2023) do not give in closed form")),
+}
+
+
+def _check_bound_flags(args: argparse.Namespace) -> None:
+    """Every flag the asked-for bound needs, named at once, before anything is computed."""
+    from flatlab.theory.bounds import rate_family
+
+    family = rate_family(args.algorithm)
+    missing = [(flag, what) for attr, flag, what in _BOUND_FLAGS.get(family, ())
+               if getattr(args, attr) is None]
+    if missing:
+        raise FlatlabError(f"{args.algorithm} needs " + " and ".join(
+            f"{flag} ({what})" for flag, what in missing))
+    if family == "centralized" and args.topology is None and args.nodes is None:
+        raise FlatlabError("centralized needs --nodes N (or a --topology)")
+    if family != "centralized" and args.topology is None and (args.rho is None
+                                                              or args.nodes is None):
+        raise FlatlabError("give the network: --topology NAME --nodes N, or --rho R with "
+                           "--nodes N")
+
+
 def _cmd_bounds(args: argparse.Namespace) -> int:
     from flatlab.theory import bound
     from flatlab.theory.bounds import ALGORITHMS
 
+    _check_bound_flags(args)
     topo = _topology_from(args) if args.topology else None
     T, eps = args.T, args.eps
     if T is None and eps is None:
@@ -132,17 +164,25 @@ def _cmd_bounds(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(b.as_dict()))
         return 0
-    unit = f"error after T = {_fmt(T)}" if b.mode == "error" else f"iterations to eps = {eps:g}"
+    errors = b.mode == "error"
     print(f"{b.algorithm}: {b.criterion}")
     shared = [a for a, rate in ALGORITHMS.items() if rate == b.family]
     if len(shared) > 1:
         print(f"rate: {b.family} (one bound for {', '.join(shared)})")
-    print(f"terms ({unit}; constants: {b.constants})")
+    if errors:
+        print(f"terms (error after T = {_fmt(T)}; constants: {b.constants})")
+    else:
+        print(f"terms (iterations T for each term alone to reach eps = {eps:g}; constants: "
+              f"{b.constants})")
     width = max(len(r.name) for r in b.rate)
     for r in b.rate:
-        print(f"  {r.name:<{width}}  {_fmt(b.terms[r.name]):>12}   {r.formula}")
+        formula = r.formula if errors else f"T at which {r.formula} = eps"
+        print(f"  {r.name:<{width}}  {_fmt(b.terms[r.name]):>12}   {formula}")
+    total = (("total (error after T)", b.total) if errors else
+             ("total (sum of the terms' T: the papers' T(eps) form)", b.total))
     print(_table([
-        ("total", b.total), ("dominant", b.dominant), ("iterations to eps", b.iterations),
+        total, ("dominant", b.dominant),
+        ("iterations to eps (smallest T whose whole bound <= eps)", b.iterations),
         ("transient iterations", b.transient_iterations),
         *((k, v) for k, v in b.extras.items()),
     ]))
@@ -155,15 +195,20 @@ def _cmd_bounds(args: argparse.Namespace) -> int:
 def _cmd_topologies(args: argparse.Namespace) -> int:
     from flatlab.topology import catalog
 
+    gens = catalog()
+    if args.json:
+        print(json.dumps([{"name": g.name, "size": g.size, "params": list(g.params),
+                           "weights": list(g.weight_rules), "directed": g.directed,
+                           "time_varying": g.time_varying, "random": g.random}
+                          for g in gens], indent=1))
+        return 0
     rows = [("name", "size condition", "parameters", "weights", "kind")]
-    for g in catalog():
+    for g in gens:
         kind = ", ".join(k for k, on in (("directed", g.directed),
                                          ("time-varying", g.time_varying),
                                          ("random", g.random)) if on) or "-"
         rows.append((g.name, g.size, ", ".join(g.params) or "-", ", ".join(g.weight_rules), kind))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    _print_rows(rows)
     print("\nfiles: edges:PATH (two columns i j), adjacency:PATH (square symmetric), "
           "matrix:PATH (W as given); .npy, .npz or text.\nweights: metropolis (default), "
           "max-degree, uniform (regular graphs); --lazy for (I + W)/2.")
@@ -184,13 +229,20 @@ def _cmd_algorithms(args: argparse.Namespace) -> int:
     inv: dict[str, list[str]] = {}
     for alias, name in algorithms.aliases().items():
         inv.setdefault(name, []).append(alias)
-    rows = [("name", "aliases", "hyper-parameters (defaults)", "exact", "summary")]
+    items = []
     for name in algorithms.available():
         cls = algorithms.get(name)
-        hp = ", ".join(f"{f.name}={f.default}" for f in fields(cls)) or "-"
-        doc = (cls.__doc__ or "").strip().splitlines()[0].rstrip(".")
-        rows.append((name, ", ".join(sorted(inv.get(name, []))) or "-", hp,
-                     "yes" if cls.exact else "no", doc))
+        items.append({"name": name, "aliases": sorted(inv.get(name, [])),
+                      "params": {f.name: f.default for f in fields(cls)}, "exact": cls.exact,
+                      "summary": (cls.__doc__ or "").strip().splitlines()[0].rstrip(".")})
+    if args.json:
+        print(json.dumps(items, indent=1, default=str))
+        return 0
+    rows = [("name", "aliases", "hyper-parameters (defaults)", "exact", "summary")]
+    for a in items:
+        hp = ", ".join(f"{k}={v}" for k, v in a["params"].items()) or "-"
+        rows.append((a["name"], ", ".join(a["aliases"]) or "-", hp,
+                     "yes" if a["exact"] else "no", a["summary"]))
     _print_rows(rows)
     return 0
 
@@ -198,6 +250,10 @@ def _cmd_algorithms(args: argparse.Namespace) -> int:
 def _cmd_datasets(args: argparse.Namespace) -> int:
     from flatlab import data
 
+    if args.json:
+        print(json.dumps([{"name": k, **v} for k, v in data.catalog().items()], indent=1,
+                         default=str))
+        return 0
     for name, info in data.catalog().items():
         extra = "; needs local files" if info.get("local_files") else ""
         print(f"{name}: {info['description']} [{info['shapes']}]{extra}")
@@ -207,6 +263,10 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
 def _cmd_models(args: argparse.Namespace) -> int:
     from flatlab import models
 
+    if args.json:
+        print(json.dumps([{"name": k, "description": v.description}
+                          for k, v in models.catalog().items()], indent=1))
+        return 0
     for name, info in models.catalog().items():
         print(f"{name}: {info.description}")
     return 0
@@ -217,7 +277,7 @@ def _cmd_measures(args: argparse.Namespace) -> int:
     from flatlab.measures import named
 
     items = named.describe()
-    if getattr(args, "json", False):
+    if args.json:
         print(json.dumps(items, indent=1))
         return 0
     for m in items:
@@ -256,25 +316,59 @@ def _output_dir(path: str | Path, flag: str) -> Path:
     return p
 
 
+def _threads_arg(text: str) -> str:
+    """``--threads``: auto or a whole number >= 1 (checked here, applied as ``threads=``)."""
+    if text != "auto" and not (text.isdigit() and int(text) >= 1):
+        raise argparse.ArgumentTypeError(f"{text!r} is not auto or an integer >= 1")
+    return text
+
+
+def _with_flags(args: argparse.Namespace) -> list[str]:
+    """The overrides with the flags that set fields (a field given both ways is refused).
+
+    ``--threads N`` is ``threads=N``, ``--tensorboard`` is ``log.tensorboard=true``.
+    """
+    given = {o.split("=", 1)[0].strip() for o in args.overrides}
+    extra = []
+    for key, flag, value in (("threads", "--threads", args.threads),
+                             ("log.tensorboard", "--tensorboard",
+                              "true" if args.tensorboard else None)):
+        if value is None:
+            continue
+        if key in given:
+            raise FlatlabError(f"{key} is given both as {flag} and as {key}=; give it once")
+        extra.append(f"{key}={value}")
+    return [*args.overrides, *extra]
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from flatlab.experiment import load_config, run
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, _with_flags(args))
     out = _output_dir(args.out if args.out else Path("runs") / cfg.name, "--out")
     res = run(cfg, out, progress=not args.no_progress, resume=not args.restart)
     if res.main:  # in a distributed run, rank 0 speaks for all
+        from flatlab.experiment.results import run_line
+
         print(f"{res.status} at step {res.step}: {res.path}"
               + (f" ({res.message})" if res.message else ""))
+        print(run_line(res.path))
     return 0 if res.status in ("done", "diverged") else 1
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from flatlab.experiment.sweep import load_sweep, run_sweep
 
-    spec = load_sweep(args.spec, args.overrides)
-    df = run_sweep(spec, progress=not args.no_progress)
+    if args.jobs < 1:
+        raise FlatlabError(f"--jobs must be an integer >= 1 (got {args.jobs})")
+    spec = load_sweep(args.spec, _with_flags(args))
+    if args.out:
+        spec.out = _output_dir(args.out, "--out")
+    df = run_sweep(spec, progress=not args.no_progress, jobs=args.jobs)
     counts = df.status.value_counts().to_dict()
-    print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + f": {spec.out}")
+    skipped = int(df.skipped.sum())
+    print(", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+          + (f" ({skipped} finished before, skipped)" if skipped else "") + f": {spec.out}")
     return 0 if counts.get("failed", 0) == 0 else 1
 
 
@@ -353,16 +447,14 @@ def _parser() -> _Parser:
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.set_defaults(func=_cmd_bounds)
 
-    p = sub.add_parser("topologies", help="list topology generators")
-    p.set_defaults(func=_cmd_topologies)
-
-    for name, func, helptext in (("algorithms", _cmd_algorithms, "list algorithms"),
-                                 ("datasets", _cmd_datasets, "list datasets"),
-                                 ("models", _cmd_models, "list models")):
-        sub.add_parser(name, help=helptext).set_defaults(func=func)
-    p = sub.add_parser("measures", help="list the named measures a run can schedule")
-    p.add_argument("--json", action="store_true", help="names, metrics and settings as JSON")
-    p.set_defaults(func=_cmd_measures)
+    for name, func, helptext in (
+            ("topologies", _cmd_topologies, "list topology generators"),
+            ("algorithms", _cmd_algorithms, "list algorithms"),
+            ("datasets", _cmd_datasets, "list datasets"), ("models", _cmd_models, "list models"),
+            ("measures", _cmd_measures, "list the named measures a run can schedule")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--json", action="store_true", help="the list as JSON")
+        p.set_defaults(func=func)
 
     p = sub.add_parser("run", help="train one run from a YAML config")
     p.add_argument("config", help="YAML config file (see configs/)")
@@ -372,12 +464,24 @@ def _parser() -> _Parser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--restart", action="store_true",
                    help="start over instead of resuming from the checkpoint")
+    p.add_argument("--threads", type=_threads_arg,
+                   help="CPU threads (the same as threads=N; default auto: one)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also log to TensorBoard event files in the run directory")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("sweep", help="a resumable grid of runs from a sweep spec")
     p.add_argument("spec", help="sweep YAML (base, grid, overrides, out)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every run")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="overrides for every run; grid.KEY=[v1,v2] sets one axis of the grid")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--out", help="sweep folder (default: the spec's out, or runs/<name>)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs in parallel, in separate processes (default 1)")
+    p.add_argument("--threads", type=_threads_arg,
+                   help="CPU threads of each run (the same as threads=N; default auto: one)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="every run also logs to TensorBoard (tensorboard --logdir OUT)")
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("results", help="one line per run: status and last metrics")
@@ -416,7 +520,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     (``flatlab bounds ... | head``): silent, status 141 (128 + SIGPIPE, as other tools end).
     """
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides are taken in any position (after --out D, say), not only right
+    # after the config; anything else unknown is refused as argparse would
+    stray = [a for a in extra if a.startswith("-") or "=" not in a]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         code = args.func(args)
         sys.stdout.flush()  # inside the try: a closed pipe is found here, not at exit

@@ -71,7 +71,12 @@ def test_bounds_table_rho_eps_consts(capsys):
     code, out, _ = run(capsys, "bounds", "--algorithm", "gradient-tracking", "--rho", "0.9",
                        "-n", "8", "--eps", "0.01", "--c", "0.5", "--const", "tracking=2")
     assert code == 0
-    assert "iterations to eps = 0.01" in out and "transient iterations" in out
+    # in eps mode each term is the T it needs alone, said so, and the two totals are told apart
+    assert "iterations T for each term alone to reach eps = 0.01" in out
+    assert "T at which L F0 / (p c T) = eps" in out
+    assert "total (sum of the terms' T: the papers' T(eps) form)" in out
+    assert "iterations to eps (smallest T whose whole bound <= eps)" in out
+    assert "transient iterations" in out
     assert "c  " in out or "c " in out
     code, out, _ = run(capsys, "bounds", "--algorithm", "choco", "--topology", "ring", "-n", "8",
                        "--delta", "0.1", "--G2", "1", "--json")
@@ -105,6 +110,13 @@ def test_topologies_lists_every_generator(capsys):
     (["bounds", "--algorithm", "dsgd", "--rho", "0.5", "-n", "4", "--const", "x"], "TERM=NUMBER"),
     (["bounds", "--algorithm", "momentum-tracking", "--rho", "0.5", "-n", "4", "--beta", "0.5",
       "--exponents", "a,b"], "four numbers"),
+    # every missing flag at once, spelled as flags
+    (["bounds", "--algorithm", "choco", "--rho", "0.5", "-n", "4"],
+     "choco needs --delta D (the compression quality in (0, 1]) and --G2 G"),
+    (["bounds", "--algorithm", "mt", "--rho", "0.5", "-n", "4"],
+     "needs --beta B (the momentum in [0, 1)) and --exponents a1,b1,a2,b2"),
+    (["bounds", "--algorithm", "dsgd", "--rho", "0.5"], "--rho R with --nodes N"),
+    (["bounds", "--algorithm", "centralized"], "centralized needs --nodes N"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, pattern):
     code, out, err = run(capsys, *argv)

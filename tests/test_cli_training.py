@@ -35,9 +35,15 @@ def test_shipped_configs_are_valid():
 
 def test_run_results_plot(capsys, tmp_path):
     cfg = REPO / "configs" / "ring16.yaml"
-    code, out, err = run(capsys, "run", cfg, *TINY, "--out", tmp_path / "r", "--no-progress")
+    # overrides are taken in any position, here after the options
+    code, out, err = run(capsys, "run", cfg, "--out", tmp_path / "r", "--no-progress",
+                         "--threads", "1", *TINY)
     assert code == 0, err
     assert out.startswith("done at step 6")
+    # the closing line: last loss and accuracy, wall time and where it went
+    line = out.splitlines()[1]
+    assert line.startswith("loss ") and "test acc " in line and "train " in line
+    assert "measures " in line and "checkpoints " in line
     code, out, _ = run(capsys, "results", tmp_path / "r", "--csv", tmp_path / "s.csv")
     assert code == 0 and "test_accuracy" in out and (tmp_path / "s.csv").exists()
     code, out, _ = run(capsys, "plot", tmp_path / "r", "--metric", "test_accuracy", "--metric",
@@ -54,8 +60,36 @@ def test_sweep_command(capsys, tmp_path):
     code, out, err = run(capsys, "sweep", tmp_path / "s.yaml", *TINY, "--no-progress")
     assert code == 0, err
     assert "2 done" in out
+    assert "[2/2] algorithm.name=diffusion-cta (" in out and "left)" in out  # time so far, left
     df = flatlab.results.load(tmp_path / "sw")
     assert set(df["algorithm.name"]) == {"centralized", "diffusion-cta"}
+    # the rerun says what it skipped
+    code, out, err = run(capsys, "sweep", tmp_path / "s.yaml", *TINY, "--no-progress")
+    assert code == 0 and "2 done (2 finished before, skipped)" in out, out
+
+
+def test_sweep_grid_overrides_and_parallel_jobs(capsys, tmp_path):
+    spec = {"base": str(REPO / "configs" / "ring16.yaml"), "out": str(tmp_path / "sw"),
+            "grid": {"algorithm.name": ["centralized", "diffusion-cta"], "seed": [0]}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    # grid.KEY=[...] replaces one axis; the other stays
+    points = expand(load_sweep(tmp_path / "s.yaml", ["grid.seed=[3, 4]", "train.steps=2"]))
+    assert [(c.algorithm.name, c.seed) for _, c in points] == [
+        ("centralized", 3), ("centralized", 4), ("diffusion-cta", 3), ("diffusion-cta", 4)]
+    assert all(c.train.steps == 2 for _, c in points)
+    # an override of a grid axis would be replaced by the grid: refused, naming the way
+    code, _, err = run(capsys, "sweep", tmp_path / "s.yaml", "seed=5")
+    assert code == 2 and "seed is a grid axis" in err and "grid.seed=[...]" in err
+    assert err.count("\n") == 1 and not (tmp_path / "sw").exists()
+    code, out, err = run(capsys, "sweep", tmp_path / "s.yaml", "--jobs", "2", *TINY,
+                         "grid.algorithm.name=[centralized,consensus]", "--no-progress")
+    assert code == 0, err
+    assert "2 done" in out and "about" in out
+    df = flatlab.results.summary(tmp_path / "sw")
+    assert sorted(df.run) == ["algorithm.name=centralized,seed=0",
+                              "algorithm.name=consensus,seed=0"]
+    code, _, err = run(capsys, "sweep", tmp_path / "s.yaml", "--jobs", "0")
+    assert code == 2 and "--jobs must be an integer >= 1" in err
 
 
 def test_listings(capsys):
@@ -70,6 +104,22 @@ def test_listings(capsys):
         assert code == 0 and all(n in out for n in names)
     code, out, _ = run(capsys, "measures")
     assert code == 0 and "consensus_distance" in out
+
+
+@pytest.mark.parametrize("cmd,names", [
+    ("topologies", lambda: [g.name for g in flatlab.topology.catalog()]),
+    ("algorithms", flatlab.algorithms.available),
+    ("datasets", flatlab.data.available),
+    ("models", flatlab.models.available),
+    ("measures", lambda: flatlab.measures.named.available()),
+])
+def test_every_listing_has_json(capsys, cmd, names):
+    import json
+
+    code, out, _ = run(capsys, cmd, "--json")
+    assert code == 0
+    items = json.loads(out)
+    assert [i["name"] for i in items] == list(names())
 
 
 @pytest.mark.parametrize("argv,pattern", [
@@ -88,6 +138,9 @@ def test_listings(capsys):
     (["run", REPO / "configs" / "ring16.yaml", "data.holdout=1"], "config field data.holdout"),
     # backend=distributed outside torchrun: no process group to join
     (["run", REPO / "configs" / "ring16.yaml", "backend=distributed"], "launch with `torchrun"),
+    (["run", REPO / "configs" / "ring16.yaml", "threads=0"], "config field threads"),
+    (["run", REPO / "configs" / "ring16.yaml", "threads=2", "--threads", "1"],
+     "threads is given both as --threads and as threads="),
     (["sweep", "missing.yaml"], "sweep spec missing.yaml does not exist"),
     (["results", "/nonexistent/runs"], "does not exist"),
 ])
@@ -99,6 +152,18 @@ def test_bad_training_input_is_one_line_and_exit_2(capsys, tmp_path, argv, patte
     assert code == 2
     assert err.count("\n") == 1 and pattern in err, err
     assert not (tmp_path / "x" / "status.json").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("argv,pattern", [
+    (["--threads", "0"], "--threads: '0' is not auto or an integer >= 1"),
+    (["--resart"], "unrecognized arguments: --resart"),
+    (["--out", "x", "stray"], "unrecognized arguments: stray"),
+])
+def test_bad_run_options_are_one_line_and_exit_2(capsys, tmp_path, argv, pattern):
+    with pytest.raises(SystemExit) as info:
+        main(["run", str(REPO / "configs" / "ring16.yaml"), *argv])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and pattern in err, err
 
 
 def test_demo_refuses_a_bad_number_of_jobs_in_one_line(tmp_path, capsys):

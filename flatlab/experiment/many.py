@@ -166,12 +166,13 @@ def _run_here(todo: list[tuple[int, _Job]], total: int, *, headings: bool,
 
     saved = torch.get_num_threads()
     out = []
+    t0 = time.time()
     try:
         for k, (i, job) in enumerate(todo):
             if threads is not None:
                 torch.set_num_threads(threads)
             if headings:
-                print(f"[{i + 1}/{total}] {job.name}", flush=True)
+                print(f"[{i + 1}/{total}] {job.name}{_eta(k, len(todo), t0)}", flush=True)
             row = _run_one(job)
             if job.verbose and not headings:
                 print(f"[{k + 1}/{len(todo)}] {job.name}: {row['status']}", flush=True)
@@ -179,6 +180,25 @@ def _run_here(todo: list[tuple[int, _Job]], total: int, *, headings: bool,
     finally:
         torch.set_num_threads(saved)
     return out
+
+
+def _eta(done: int, total: int, t0: float) -> str:
+    """`` (T s so far, about R s left)`` after ``done`` of ``total`` runs (the mean so far)."""
+    if not done:
+        return ""
+    spent = time.time() - t0
+    left = spent / done * (total - done)
+    return f" ({_clock(spent)} so far" + (f", about {_clock(left)} left)" if left else ")")
+
+
+def _clock(seconds: float) -> str:
+    """``42 s``, ``3 min 5 s`` or ``1 h 02 min``."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
 def _in_worker(job: _Job) -> dict[str, Any]:
@@ -199,7 +219,7 @@ def _run_pool(todo: list[tuple[int, _Job]], workers: int) -> list[tuple[int, dic
         rows = pool.map(_in_worker, [job for _, job in todo])
         for k, ((i, job), row) in enumerate(zip(todo, rows, strict=True)):
             if job.verbose:
-                print(f"[{k + 1}/{len(todo)}] {job.name}: {row['status']} "
-                      f"({time.time() - t0:.0f} s)", flush=True)
+                print(f"[{k + 1}/{len(todo)}] {job.name}: {row['status']}"
+                      f"{_eta(k + 1, len(todo), t0)}", flush=True)
             out.append((i, row))
     return out

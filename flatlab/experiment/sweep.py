@@ -10,6 +10,11 @@ A sweep spec (YAML)::
       algorithm.name: [centralized, consensus, diffusion]
       seed: [0, 1, 2]
 
+On the command line, ``key=value`` overrides apply to every run, and ``grid.KEY=[v1,v2]``
+replaces (or adds) one axis of the grid: ``flatlab sweep SPEC 'grid.seed=[0,1,2]'
+train.steps=40 --jobs 2``. An override of a field that is a grid axis is refused (the grid
+would silently replace it).
+
 Each grid point is a run directory ``out/<key=value,...>``. Running the sweep again skips finished
 runs (``done`` and ``diverged``) whose config is the point's, resumes unfinished ones from their
 checkpoints and retries failed ones; a run that diverges or fails is recorded and the sweep goes
@@ -87,22 +92,41 @@ def load_sweep(source: str | Path | dict[str, Any], overrides: list[str] | None 
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
         raise ConfigError("sweep field grid: expected a mapping of field -> non-empty list")
     for key, values in grid.items():
-        slugs = [_slug(str(key), v) for v in values]
-        if len(set(slugs)) != len(slugs):
-            raise ConfigError(f"sweep field grid.{key}: {values!r} repeats a value (or two values "
-                              "share a run directory name); give each value once")
+        _check_axis(str(key), values)
     ov = d.get("overrides") or {}
     if not isinstance(ov, dict):
         raise ConfigError("sweep field overrides: expected a mapping of field -> value")
-    ov = dict(ov)
-    if overrides:
-        ov.update(parse_overrides(overrides))
+    ov, grid = dict(ov), dict(grid)
+    for key, value in parse_overrides(overrides or []).items():
+        if key.startswith("grid."):  # grid.seed=[0,1,2]: one axis of the grid, replaced or added
+            axis = key[len("grid."):]
+            values = value if isinstance(value, list) else [value]
+            if not axis or not values:
+                raise ConfigError(f"override {key}: expected grid.FIELD=[v1,v2,...] with at "
+                                  "least one value")
+            grid[axis] = values
+            _check_axis(axis, values)
+        else:
+            ov[key] = value
+    for key in ov:
+        if key in grid:
+            raise ConfigError(f"override {key} is a grid axis of this sweep (its values "
+                              f"{grid[key]!r} would replace it); set the axis with "
+                              f"grid.{key}=[...]")
     name = str(d.get("name") or (Path(source).stem if not isinstance(source, dict) else "sweep"))
     if not is_plain_name(name):
         raise ConfigError(f"sweep field name: {name!r} is not accepted; accepted: one folder name "
                           "(not . or .., no / or \\)")
     out = Path(str(d["out"])) if d.get("out") else Path("runs") / name
     return SweepSpec(name=name, base=base, grid=grid, overrides=ov, out=out)
+
+
+def _check_axis(key: str, values: list[Any]) -> None:
+    """A grid axis gives each value once (each value is a run directory name)."""
+    slugs = [_slug(key, v) for v in values]
+    if len(set(slugs)) != len(slugs):
+        raise ConfigError(f"sweep field grid.{key}: {values!r} repeats a value (or two values "
+                          "share a run directory name); give each value once")
 
 
 def _slug(key: str, value: Any) -> str:
@@ -128,8 +152,13 @@ def expand(spec: SweepSpec) -> list[tuple[str, RunConfig]]:
     return out
 
 
-def run_sweep(spec: SweepSpec, *, progress: bool = True, verbose: bool = True) -> pd.DataFrame:
-    """Run every grid point into ``spec.out/<name>``, one after another, with :func:`run_many`.
+def run_sweep(spec: SweepSpec, *, progress: bool = True, verbose: bool = True, jobs: int = 1
+              ) -> pd.DataFrame:
+    """Run every grid point into ``spec.out/<name>``, ``jobs`` at a time, with :func:`run_many`.
+
+    With ``jobs`` above one the points run in that many spawned processes (each run with its
+    config's ``threads``, one by default) and one line is printed as each ends, with the time
+    so far and an estimate of the time left.
 
     Before anything runs or is written, every config is validated and every existing run
     directory is checked: a finished run is skipped only when its config equals the point's
@@ -148,9 +177,9 @@ def run_sweep(spec: SweepSpec, *, progress: bool = True, verbose: bool = True) -
     points = expand(spec)
     if spec.out.exists() and not spec.out.is_dir():
         raise ConfigError(f"sweep output {spec.out} is a file; accepted: a directory")
-    return run_many([(spec.out / name, cfg) for name, cfg in points], 1, progress=progress,
-                    verbose=verbose, headings=True, threads=None, label="sweep point",
-                    before=lambda: _write_spec(spec))
+    return run_many([(spec.out / name, cfg) for name, cfg in points], jobs,
+                    progress=progress and jobs == 1, verbose=verbose, headings=True,
+                    threads=None, label="sweep point", before=lambda: _write_spec(spec))
 
 
 def _write_spec(spec: SweepSpec) -> None:

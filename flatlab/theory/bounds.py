@@ -1,4 +1,4 @@
-"""Convergence bounds in calculator form (reference/theory.md §7-§8).
+"""Convergence bounds in calculator form (docs/reference/theory.md §7-§8).
 
 Every rate is a sum of power laws in the iteration count ``T``,
 
@@ -16,8 +16,8 @@ bounding ``(1/T) sum_t E ||grad f(xbar_t)||^2`` (non-convex, smooth objective). 
 Most theorems state big-O rates with unspecified constants: their terms carry a multiplier
 ``c_i`` (``consts``, default 1) and the result says ``constants = "order of magnitude"``. CHOCO-SGD
 (Koloskova et al., ICLR 2020, Thm 4.1) states its constants and is marked ``"paper"``.
-Momentum Tracking's exponents are not available to us (reference/theory.md §7.3 row 7): the user
-supplies them. NGPD has no published formula: asking for it raises.
+Momentum Tracking's exponents are not available to us (docs/reference/theory.md §7.3 row 7): the
+user supplies them. NGPD has no published formula: asking for it raises.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from flatlab.theory.checks import finite, positive, unit_interval
 from flatlab.theory.spectral import SpectralSummary, spectral
 from flatlab.topology import Topology
 
-__all__ = ["RateTerm", "Bound", "bound", "bound_algorithms", "ALGORITHMS", "ALIASES"]
+__all__ = ["RateTerm", "Bound", "bound", "bound_algorithms", "rate_family", "ALGORITHMS", "ALIASES"]
 
 
 @dataclass(frozen=True)
@@ -221,8 +221,10 @@ def _momentum_tracking(x: _Inputs) -> list[RateTerm]:
     if x.exponents is None:
         raise TheoryError(
             "momentum-tracking: the exponents of p and (1 - beta) in its rate are not available "
-            "(reference/theory.md §7.3 row 7); supply exponents=(a1, b1, a2, b2) for the terms "
-            "(sigma L F0 / (p^a1 (1-beta)^b1 T))^(2/3) and L F0 / (p^a2 (1-beta)^b2 T)"
+            "(Takezawa et al., TMLR 2023, give them in no closed form; docs/reference/theory.md "
+            "§7.3 row 7); supply exponents=(a1, b1, a2, b2) (flatlab bounds: --exponents "
+            "a1,b1,a2,b2) for the terms (sigma L F0 / (p^a1 (1-beta)^b1 T))^(2/3) and "
+            "L F0 / (p^a2 (1-beta)^b2 T)"
         )
     if len(x.exponents) != 4:
         raise TheoryError(f"momentum-tracking needs 4 exponents (a1, b1, a2, b2); got "
@@ -312,7 +314,7 @@ ALIASES: dict[str, str] = {
 #: Registry algorithms refused with a reason (aliases in :data:`_NO_BOUND_ALIASES`).
 _NO_BOUND = {
     "ngpd": "NGPD (Niwa et al., IEEE TSIPN 2024) states a rate for the averaged parameter but "
-            "gives no formula we can evaluate (reference/theory.md §7.3 row 8)",
+            "gives no formula we can evaluate (docs/reference/theory.md §7.3 row 8)",
 }
 
 
@@ -322,6 +324,15 @@ _NO_BOUND_ALIASES = {"natural-gradient-primal-dual": "ngpd"}
 def bound_algorithms() -> list[str]:
     """Algorithm names :func:`bound` accepts: the registry's names, then their aliases."""
     return list(ALGORITHMS) + list(ALIASES)
+
+
+def rate_family(algorithm: str) -> str:
+    """The rate :func:`bound` uses for ``algorithm`` (``dsgd`` for consensus and diffusion).
+
+    Raises:
+        TheoryError: An algorithm with no bound.
+    """
+    return ALGORITHMS[_canonical(algorithm)]
 
 
 def _canonical(algorithm: str) -> str:
