@@ -22,7 +22,7 @@ multiple of ``measure.every``) thins an expensive measure. The resolved settings
 
 Curvature, sharpness and landscapes are measured on a fixed subset of the training evaluation set
 (``measure.curvature_subset`` samples, the same at every step, for ``x̄`` and every node;
-reference/measures.md section 5.3), in eval mode, in ``measure.curvature_dtype``.
+docs/reference/measures.md section 5.3), in eval mode, in ``measure.curvature_dtype``.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import torch
 
 from flatlab.comm.protocols import CollectiveGroup
 from flatlab.errors import MeasureError
+from flatlab.measures import sharpness as _sh
 from flatlab.measures.settings import Settings, setting, validate
 from flatlab.seeds import seed_for
 
@@ -280,11 +281,11 @@ def _loss_average(metric: str) -> Callable[[MeasureContext, dict], list[Row]]:
 _register(NamedMeasure(
     "loss", "training and test loss of x̄ (avg), mean over nodes, each node",
     ("train_loss", "test_loss"), nodes=_loss_nodes("loss"), average=_loss_average("loss"),
-    source="reference/measures.md §11"))
+    source="docs/reference/measures.md §11"))
 _register(NamedMeasure(
     "accuracy", "training and test accuracy of x̄ (avg), mean over nodes, each node",
     ("train_accuracy", "test_accuracy"), nodes=_loss_nodes("accuracy"),
-    average=_loss_average("accuracy"), source="reference/measures.md §11"))
+    average=_loss_average("accuracy"), source="docs/reference/measures.md §11"))
 
 
 def _consensus_distance(ctx: MeasureContext, s: dict) -> list[Row]:
@@ -298,7 +299,7 @@ def _consensus_distance(ctx: MeasureContext, s: dict) -> list[Row]:
 _register(NamedMeasure(
     "consensus_distance", "Ξ² = (1/n) Σ ‖x_i − x̄‖² and Ξ² / ‖x̄‖²",
     ("consensus_distance", "consensus_distance_rel"), nodes=_consensus_distance,
-    source="reference/measures.md §10"))
+    source="docs/reference/measures.md §10"))
 
 
 def _grad_norm(ctx: MeasureContext, s: dict) -> list[Row]:
@@ -311,7 +312,7 @@ def _grad_norm(ctx: MeasureContext, s: dict) -> list[Row]:
 
 _register(NamedMeasure(
     "grad_norm", "‖∇f(x̄)‖ of the full training evaluation set (optimization error)",
-    ("grad_norm",), average=_grad_norm, source="reference/measures.md §11"))
+    ("grad_norm",), average=_grad_norm, source="docs/reference/measures.md §11"))
 
 _register(NamedMeasure(
     "comm_bytes", "bytes sent by all nodes so far (always recorded)", ("comm_bytes",),
@@ -333,7 +334,7 @@ def _consensus_gap(ctx: MeasureContext, s: dict) -> list[Row]:
 _register(NamedMeasure(
     "consensus_gap", "(1/n) Σ f(x_i) − f(x̄) on the training evaluation set (≈ ½ tr(H C))",
     ("consensus_gap",), nodes=_consensus_gap_nodes, average=_consensus_gap,
-    source="reference/measures.md §10"))
+    source="docs/reference/measures.md §10"))
 
 
 def _loss_gap(ctx: MeasureContext, s: dict) -> list[Row]:
@@ -355,7 +356,7 @@ def _loss_gap(ctx: MeasureContext, s: dict) -> list[Row]:
 
 _register(NamedMeasure(
     "loss_gap", "f(x̄) − f* on the whole training set, on tasks with a known optimum",
-    ("loss_gap",), average=_loss_gap, source="reference/theory.md (optimization error)"))
+    ("loss_gap",), average=_loss_gap, source="docs/reference/theory.md (optimization error)"))
 
 
 # ---------------------------------------------------------------------- curvature
@@ -461,7 +462,7 @@ _register(NamedMeasure(
     "hessian_top", "top-k Hessian eigenvalues of x̄ (Lanczos, residual and converged flag); "
     "the smallest on request", ("hessian_top", "hessian_top_residual", "hessian_top_converged",
                                 "hessian_top_matvecs", "hessian_min"),
-    settings=HessianTopSettings, average=_hessian_top, source="reference/measures.md §5"))
+    settings=HessianTopSettings, average=_hessian_top, source="docs/reference/measures.md §5"))
 
 
 def _hessian_top_nodes(ctx: MeasureContext, s: dict) -> list[Row]:
@@ -485,7 +486,8 @@ def _hessian_top_nodes(ctx: MeasureContext, s: dict) -> list[Row]:
 _register(NamedMeasure(
     "hessian_top_nodes", "top Hessian eigenvalue of every node model, batched over nodes "
     "(each with its own buffers and start vector)", ("hessian_top", "hessian_top_converged"),
-    settings=HessianTopNodesSettings, nodes=_hessian_top_nodes, source="reference/measures.md §5"))
+    settings=HessianTopNodesSettings, nodes=_hessian_top_nodes,
+    source="docs/reference/measures.md §5"))
 
 
 def _hessian_trace(ctx: MeasureContext, s: dict) -> list[Row]:
@@ -506,7 +508,7 @@ def _hessian_trace(ctx: MeasureContext, s: dict) -> list[Row]:
 _register(NamedMeasure(
     "hessian_trace", "tr(H) at x̄ by Hutch++ (or Hutchinson) with its standard error",
     ("hessian_trace", "hessian_trace_stderr"),
-    settings=HessianTraceSettings, average=_hessian_trace, source="reference/measures.md §6"))
+    settings=HessianTraceSettings, average=_hessian_trace, source="docs/reference/measures.md §6"))
 
 
 def _spectral_density(ctx: MeasureContext, s: dict) -> list[Row]:
@@ -528,7 +530,8 @@ _register(NamedMeasure(
     "spectral_density", "Hessian spectral density at x̄ by SLQ (Ritz values and weights to "
     "density.parquet; weight on negative eigenvalues)", ("hessian_negative_mass",
                                                           "hessian_trace_slq"),
-    settings=SpectralDensitySettings, average=_spectral_density, source="reference/measures.md §7"))
+    settings=SpectralDensitySettings, average=_spectral_density,
+    source="docs/reference/measures.md §7"))
 
 
 # ---------------------------------------------------------------------- sharpness
@@ -536,11 +539,11 @@ _register(NamedMeasure(
 class WorstSharpnessSettings(Settings):
     """Settings of ``sharpness_worst`` (:func:`~flatlab.measures.sharpness_worst` at ``x̄``)."""
 
-    rho: float = setting(0.05, low=0.0, strict=True)
+    rho: float = setting(_sh.RHO, low=0.0, strict=True)
     norm: str = setting("l2", choices=("l2", "linf"))
     adaptive: bool = setting(False)
     eta: float = setting(0.0, low=0.0)
-    steps: int = setting(20, low=0)
+    steps: int = setting(_sh.STEPS, low=0)
     seed: int = setting(0, low=0)
 
 
@@ -548,10 +551,10 @@ class WorstSharpnessSettings(Settings):
 class AverageSharpnessSettings(Settings):
     """Settings of ``sharpness_average`` (:func:`~flatlab.measures.sharpness_average`)."""
 
-    sigma: float = setting(0.01, low=0.0, strict=True)
+    sigma: float = setting(_sh.SIGMA, low=0.0, strict=True)
     adaptive: bool = setting(False)
     eta: float = setting(0.0, low=0.0)
-    samples: int = setting(50, low=2)
+    samples: int = setting(_sh.SAMPLES, low=2)
     seed: int = setting(0, low=0)
 
 
@@ -559,7 +562,7 @@ class AverageSharpnessSettings(Settings):
 class SamSharpnessSettings(Settings):
     """Settings of ``sharpness_sam`` (:func:`~flatlab.measures.sharpness_sam` at ``x̄``)."""
 
-    rho: float = setting(0.05, low=0.0, strict=True)
+    rho: float = setting(_sh.RHO, low=0.0, strict=True)
     adaptive: bool = setting(False)
     eta: float = setting(0.0, low=0.0)
 
@@ -568,8 +571,8 @@ class SamSharpnessSettings(Settings):
 class KeskarSharpnessSettings(Settings):
     """Settings of ``sharpness_keskar`` (:func:`~flatlab.measures.sharpness_keskar` at ``x̄``)."""
 
-    eps: float = setting(1e-3, low=0.0, strict=True)
-    steps: int = setting(20, low=0)
+    eps: float = setting(_sh.KESKAR_EPS, low=0.0, strict=True)
+    steps: int = setting(_sh.STEPS, low=0)
     seed: int = setting(0, low=0)
 
 
@@ -599,19 +602,20 @@ _register(NamedMeasure(
     "sharpness_worst", "max of f(x̄ + δ) − f(x̄) over an l2 or l∞ ball (adaptive: scaled by "
     "|x̄| + η), by projected ascent", ("sharpness_worst",),
     settings=WorstSharpnessSettings, average=_sharpness("worst"),
-    source="reference/measures.md §8"))
+    source="docs/reference/measures.md §8"))
 _register(NamedMeasure(
     "sharpness_average", "E f(x̄ + δ) − f(x̄), δ Gaussian (adaptive: scaled by |x̄| + η), "
     "with its standard error", ("sharpness_average", "sharpness_average_stderr"),
     settings=AverageSharpnessSettings, average=_sharpness("average"),
-    source="reference/measures.md §8"))
+    source="docs/reference/measures.md §8"))
 _register(NamedMeasure(
     "sharpness_sam", "f(x̄ + ρ ĝ) − f(x̄): SAM's one-step ascent", ("sharpness_sam",),
-    settings=SamSharpnessSettings, average=_sharpness("sam"), source="reference/measures.md §8"))
+    settings=SamSharpnessSettings, average=_sharpness("sam"),
+    source="docs/reference/measures.md §8"))
 _register(NamedMeasure(
     "sharpness_keskar", "Keskar et al.'s ε-sharpness in percent", ("sharpness_keskar",),
     settings=KeskarSharpnessSettings, average=_sharpness("keskar"),
-    source="reference/measures.md §8"))
+    source="docs/reference/measures.md §8"))
 
 
 # ---------------------------------------------------------------------- landscape
@@ -663,7 +667,7 @@ _register(NamedMeasure(
     "barrier_to_average", "loss barrier on the segment from each node model to x̄ (averaged "
     "buffers), max and mean over nodes", ("barrier_to_average",),
     settings=BarrierSettings, nodes=_barrier_nodes, average=_barrier,
-    source="reference/measures.md §13.3"))
+    source="docs/reference/measures.md §13.3"))
 
 
 def _landscape(dims: int) -> Callable[[MeasureContext, dict], list[Row]]:
@@ -693,9 +697,9 @@ _register(NamedMeasure(
     "landscape_1d", "loss along a filter-normalized direction through x̄ (to "
     "landscape.parquet; the largest rise)", ("landscape_1d_max",),
     settings=Landscape1DSettings, average=_landscape(1),
-    source="reference/measures.md §13"))
+    source="docs/reference/measures.md §13"))
 _register(NamedMeasure(
     "landscape_2d", "loss on a plane of two filter-normalized directions through x̄ (to "
     "landscape.parquet; the largest rise)", ("landscape_2d_max",),
     settings=Landscape2DSettings, average=_landscape(2),
-    source="reference/measures.md §13"))
+    source="docs/reference/measures.md §13"))

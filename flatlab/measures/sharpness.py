@@ -15,7 +15,7 @@ projection, and nothing is divided by ``c`` (zero weights are simply not perturb
 
 Differences ``f(x + δ) − f(x)`` are taken in double precision from losses computed in the model's
 dtype; with float32 models, values much below ``1e-6 · f(x)`` are rounding noise. Reference:
-reference/measures.md sections 8, 9 and 15.
+docs/reference/measures.md sections 8, 9 and 15.
 """
 
 from __future__ import annotations
@@ -47,6 +47,15 @@ __all__ = [
     "sharpness_average",
     "sharpness_keskar",
 ]
+
+#: Defaults shared by these functions and the run measures of the same names
+#: (``flatlab.measures.named``), so that a number computed in a notebook and one scheduled in a
+#: run mean the same thing unless a setting says otherwise.
+RHO = 0.05
+SIGMA = 0.01
+SAMPLES = 50
+KESKAR_EPS = 1e-3
+STEPS = 20
 
 _NORMS = ("l2", "linf")
 
@@ -293,8 +302,8 @@ def _ascend(loss_fn: LossFn, x: torch.Tensor, c: torch.Tensor, *, rho: float, no
 
 
 # ---------------------------------------------------------------------------------- measures
-def sharpness_worst(loss_fn: LossFn, x: torch.Tensor, *, rho: float, norm: str = "l2",
-                    adaptive: bool = False, eta: float = 0.0, steps: int = 20,
+def sharpness_worst(loss_fn: LossFn, x: torch.Tensor, *, rho: float = RHO, norm: str = "l2",
+                    adaptive: bool = False, eta: float = 0.0, steps: int = STEPS,
                     step_size: float | None = None, seed: int = 0,
                     scale: float | torch.Tensor | None = None,
                     random_start: bool = True) -> WorstCaseSharpness:
@@ -317,7 +326,7 @@ def sharpness_worst(loss_fn: LossFn, x: torch.Tensor, *, rho: float, norm: str =
         loss_fn: ``x`` ``[P]`` ↦ scalar loss, differentiable in ``x`` (an objective of
             :func:`~flatlab.measures.model_loss` is differentiated chunk by chunk).
         x: The point ``[P]``, or node models ``[n, P]`` (measured one after another).
-        rho: Radius ``ρ > 0`` (in units of ``c``).
+        rho: Radius ``ρ > 0`` (in units of ``c``); default :data:`RHO`, as the run measure.
         norm: ``"l2"`` or ``"linf"``.
         adaptive: Use ``c = |x| + eta``.
         eta: The additive constant of the adaptive scale (Andriushchenko et al.: 0; ASAM: 0.01).
@@ -351,7 +360,7 @@ def sharpness_worst(loss_fn: LossFn, x: torch.Tensor, *, rho: float, norm: str =
     return _batched(one, WorstCaseSharpness, x, scale=scale)
 
 
-def sharpness_sam(loss_fn: LossFn, x: torch.Tensor, *, rho: float, adaptive: bool = False,
+def sharpness_sam(loss_fn: LossFn, x: torch.Tensor, *, rho: float = RHO, adaptive: bool = False,
                   eta: float = 0.0) -> SamSharpness:
     """One-step (first-order ascent) sharpness, as SAM and ASAM perturb.
 
@@ -365,7 +374,7 @@ def sharpness_sam(loss_fn: LossFn, x: torch.Tensor, *, rho: float, adaptive: boo
     Args:
         loss_fn: ``x`` ``[P]`` ↦ scalar loss, differentiable in ``x``.
         x: The point ``[P]``, or node models ``[n, P]`` (measured one after another).
-        rho: Radius ``ρ > 0``.
+        rho: Radius ``ρ > 0``; default :data:`RHO`, as the run measure.
         adaptive: Use ``c = |x| + eta``.
         eta: The additive constant of the adaptive scale (ASAM: 0.01).
 
@@ -388,8 +397,8 @@ def sharpness_sam(loss_fn: LossFn, x: torch.Tensor, *, rho: float, adaptive: boo
     return _batched(one, SamSharpness, x)
 
 
-def sharpness_average(loss_fn: LossFn, x: torch.Tensor, *, sigma: float,
-                      adaptive: bool = False, eta: float = 0.0, samples: int = 100,
+def sharpness_average(loss_fn: LossFn, x: torch.Tensor, *, sigma: float = SIGMA,
+                      adaptive: bool = False, eta: float = 0.0, samples: int = SAMPLES,
                       seed: int = 0, antithetic: bool = False,
                       scale: float | torch.Tensor | None = None) -> AverageSharpness:
     """Average-case (Gaussian) sharpness by Monte Carlo, with its standard error.
@@ -405,10 +414,12 @@ def sharpness_average(loss_fn: LossFn, x: torch.Tensor, *, sigma: float,
         loss_fn: ``x`` ``[P]`` ↦ scalar loss (no gradient needed).
         x: The point ``[P]``, or node models ``[n, P]`` (measured one after another, with the
             same draws: common random numbers).
-        sigma: Standard deviation ``σ > 0`` of the noise, in units of ``c``.
+        sigma: Standard deviation ``σ > 0`` of the noise, in units of ``c``; default
+            :data:`SIGMA`, as the run measure.
         adaptive: Use ``c = |x| + eta``.
         eta: The additive constant of the adaptive scale.
-        samples: Number of draws (``≥ 2``); ``2 · samples`` evaluations when ``antithetic``.
+        samples: Number of draws (``≥ 2``); ``2 · samples`` evaluations when ``antithetic``;
+            default :data:`SAMPLES`, as the run measure.
         seed: Seed of the draws (reproducible per device).
         antithetic: Evaluate each draw at ``±z``.
         scale: An explicit scale ``c`` (a number, ``[P]``, or ``[n, P]``) instead of
@@ -441,7 +452,8 @@ def sharpness_average(loss_fn: LossFn, x: torch.Tensor, *, sigma: float,
     return _batched(one, AverageSharpness, x, scale=scale)
 
 
-def sharpness_keskar(loss_fn: LossFn, x: torch.Tensor, *, eps: float = 1e-3, steps: int = 20,
+def sharpness_keskar(loss_fn: LossFn, x: torch.Tensor, *, eps: float = KESKAR_EPS,
+                     steps: int = STEPS,
                      step_size: float | None = None, seed: int = 0) -> KeskarSharpness:
     """Keskar et al.'s ε-sharpness in the full space (``A = I``), in percent.
 

@@ -246,3 +246,21 @@ def test_bad_input_gives_one_line_errors(call):
     with pytest.raises(MeasureError) as e:
         call(f, torch.tensor(c))
     one_line(e)
+
+
+def test_python_and_run_measure_defaults_agree():
+    """A sharpness computed in a notebook and one scheduled in a run use the same defaults."""
+    import dataclasses
+    import inspect
+
+    from flatlab.measures import named, sharpness
+
+    for fn, settings in ((sharpness.sharpness_worst, named.WorstSharpnessSettings),
+                         (sharpness.sharpness_average, named.AverageSharpnessSettings),
+                         (sharpness.sharpness_sam, named.SamSharpnessSettings),
+                         (sharpness.sharpness_keskar, named.KeskarSharpnessSettings)):
+        params = inspect.signature(fn).parameters
+        for f in dataclasses.fields(settings):
+            if f.name in ("every",):  # the schedule's, not the function's
+                continue
+            assert params[f.name].default == getattr(settings(), f.name), (fn.__name__, f.name)
