@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -18,7 +20,7 @@
 # and diffusion converge to on mnist1d over four topologies at a small and a large batch, next
 # to what the spectral gap predicts. The question is Cao, Wu, Yuan and Sayed's ("On the
 # trade-off between flatness and optimization in distributed learning", 2024;
-# `reference/measures.md` §12): do decentralized methods find flatter minima than centralized
+# `docs/reference/measures.md` §12): do decentralized methods find flatter minima than centralized
 # SGD in the large-batch regime, is consensus the flattest, and does diffusion strike the best
 # balance between flatness and optimization?
 #
@@ -36,6 +38,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from IPython.display import display
 
 import flatlab
 from flatlab import plots
@@ -82,7 +85,7 @@ table.round(4)
 # Each marker is one algorithm on one topology (mean over seeds, standard-error bars), its
 # colour the test accuracy. Lower-left is flat *and* well optimized. Change `FLATNESS` to
 # `hessian_trace` or `sharpness`, `ERROR` to `grad_norm`, to see whether the picture depends
-# on the measure (`reference/measures.md` §12.2: the paper's own flatness measure is not
+# on the measure (`docs/reference/measures.md` §12.2: the paper's own flatness measure is not
 # known).
 
 # %%
@@ -132,7 +135,7 @@ steady = tables["steady"]
 if len(steady):
     ratio = steady.groupby(["regime", "topology", "method", "lr"], sort=False)[
         ["rho", "measured", "predicted", "ratio"]].mean()
-    display(ratio.round(4))  # noqa: F821 - IPython's display
+    display(ratio.round(4))
 
 # %% [markdown]
 # ## Convergence against the bound's terms

@@ -1,6 +1,7 @@
 """The notebooks run end to end (small sizes) and their .py and .ipynb halves agree."""
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -38,3 +39,13 @@ def test_notebook_executes(path, monkeypatch, tmp_path):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if o.get("output_type") == "error"]
     assert not errors
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_as_a_plain_script(path, tmp_path):
+    """``python notebooks/NAME.py`` works too (no name that only a kernel defines)."""
+    env = {**os.environ, "FLATLAB_NOTEBOOK_SMALL": "1", "MPLBACKEND": "Agg",
+           "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, str(path)], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
