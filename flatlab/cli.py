@@ -36,7 +36,14 @@ EXIT_USAGE = 2
 
 
 class _Parser(argparse.ArgumentParser):
-    """ArgumentParser whose errors are one line on stderr and exit status 2."""
+    """ArgumentParser whose errors are one line on stderr and exit status 2.
+
+    Flags are taken only as spelled (no prefixes: ``--thread`` is not ``--threads``).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:  # noqa: D102
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
@@ -133,6 +140,11 @@ def _check_bound_flags(args: argparse.Namespace) -> None:
     from flatlab.theory.bounds import rate_family
 
     family = rate_family(args.algorithm)
+    for fam, flags in (*_BOUND_FLAGS.items(), ("gradient-tracking", (("c", "--c C", ""),))):
+        for attr, flag, _ in flags:
+            if fam != family and getattr(args, attr) is not None:
+                raise FlatlabError(f"{flag.split()[0]} is not used by {args.algorithm}'s bound "
+                                   f"(it is {fam}'s); accepted: drop it")
     missing = [(flag, what) for attr, flag, what in _BOUND_FLAGS.get(family, ())
                if getattr(args, attr) is None]
     if missing:
@@ -351,7 +363,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from flatlab.experiment.results import run_line
 
         print(f"{res.status} at step {res.step}: {res.path}"
-              + (f" ({res.message})" if res.message else ""))
+              + (f" ({res.message})" if res.message else "")
+              + ("" if res.ran else " (finished before: nothing ran; --restart to train again)"))
         print(run_line(res.path))
     return 0 if res.status in ("done", "diverged") else 1
 
@@ -394,6 +407,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     from flatlab.plots import training_curves
     from flatlab.results import load
 
+    if not Path(args.path).exists():
+        raise FlatlabError(f"{args.path} does not exist; accepted: a run or sweep directory")
     kinds = sorted(matplotlib.figure.Figure().canvas.get_supported_filetypes())
     out = _output_file(args.out if args.out else str(Path(args.path) / "curves.png"), "--out",
                        kinds)
@@ -413,7 +428,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parser() -> _Parser:
+def _parser() -> tuple[_Parser, dict[str, argparse.ArgumentParser]]:
     parser = _Parser(prog="flatlab", description="Flatness versus optimization in "
                      "decentralized learning: training, topologies, spectral gaps and bounds.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -456,10 +471,11 @@ def _parser() -> _Parser:
         p.add_argument("--json", action="store_true", help="the list as JSON")
         p.set_defaults(func=func)
 
-    p = sub.add_parser("run", help="train one run from a YAML config")
+    p = sub.add_parser("run", help="train one run from a YAML config",
+                       usage="flatlab run CONFIG [key=value ...] [options]",
+                       epilog="key=value overrides (e.g. optim.lr=0.1 algorithm.name=consensus) "
+                              "may stand anywhere after the command")
     p.add_argument("config", help="YAML config file (see configs/)")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="field overrides, e.g. optim.lr=0.1 algorithm.name=consensus")
     p.add_argument("--out", help="run directory (default runs/<name>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--restart", action="store_true",
@@ -470,10 +486,12 @@ def _parser() -> _Parser:
                    help="also log to TensorBoard event files in the run directory")
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("sweep", help="a resumable grid of runs from a sweep spec")
+    p = sub.add_parser("sweep", help="a resumable grid of runs from a sweep spec",
+                       usage="flatlab sweep SPEC [key=value ...] [grid.KEY=[v1,v2] ...] "
+                             "[options]",
+                       epilog="key=value overrides apply to every run; grid.KEY=[v1,v2] sets "
+                              "one axis of the grid; both may stand anywhere after the command")
     p.add_argument("spec", help="sweep YAML (base, grid, overrides, out)")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="overrides for every run; grid.KEY=[v1,v2] sets one axis of the grid")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--out", help="sweep folder (default: the spec's out, or runs/<name>)")
     p.add_argument("--jobs", type=int, default=1,
@@ -503,7 +521,39 @@ def _parser() -> _Parser:
     p.add_argument("--no-progress", action="store_true", help="no progress lines")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (default 2)")
     p.set_defaults(func=_cmd_demo)
-    return parser
+    return parser, dict(sub.choices)
+
+
+def _overrides(args: argparse.Namespace, extra: list[str], parser: argparse.ArgumentParser
+               ) -> list[str]:
+    """The ``key=value`` overrides, wherever they stood; anything else unknown is refused.
+
+    For ``run`` and ``sweep`` the config (spec) is the first word that is not ``key=value``
+    (or is an existing file), so ``flatlab run optim.lr=0.1 CONFIG`` works too.
+    """
+    field = {"run": "config", "sweep": "spec"}.get(args.command)
+    stray = [a for a in extra if a.startswith("-")]
+    if field is None:
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        return []
+    words = [getattr(args, field), *(a for a in extra if not a.startswith("-"))]
+
+    def is_override(w: str) -> bool:
+        return "=" in w and not Path(w).is_file()
+
+    configs = [w for w in words if not is_override(w)]
+    if stray or len(configs) > 1:
+        parser.error(f"unrecognized arguments: {' '.join(stray or configs[1:])}"
+                     + ("" if stray else f" (not key=value, e.g. optim.lr=0.1: one "
+                                          f"{field.upper()} and key=value overrides are "
+                                          "accepted)"))
+    if not configs:
+        parser.error(f"the {field.upper()} file is missing (the words given are all "
+                     "key=value overrides)")
+    at = words.index(configs[0])
+    setattr(args, field, configs[0])
+    return words[:at] + words[at + 1:]
 
 
 def _speaks() -> bool:
@@ -519,15 +569,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     Another failure to read or write a file: one line, status 1. Output into a closed pipe
     (``flatlab bounds ... | head``): silent, status 141 (128 + SIGPIPE, as other tools end).
     """
-    parser = _parser()
+    parser, subparsers = _parser()
     args, extra = parser.parse_known_args(argv)
-    # key=value overrides are taken in any position (after --out D, say), not only right
-    # after the config; anything else unknown is refused as argparse would
-    stray = [a for a in extra if a.startswith("-") or "=" not in a]
-    if stray or (extra and not hasattr(args, "overrides")):
-        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
-    if extra:
-        args.overrides = [*args.overrides, *extra]
+    args.overrides = _overrides(args, extra, subparsers.get(getattr(args, "command", ""), parser))
     try:
         code = args.func(args)
         sys.stdout.flush()  # inside the try: a closed pipe is found here, not at exit

@@ -117,6 +117,8 @@ def test_topologies_lists_every_generator(capsys):
      "needs --beta B (the momentum in [0, 1)) and --exponents a1,b1,a2,b2"),
     (["bounds", "--algorithm", "dsgd", "--rho", "0.5"], "--rho R with --nodes N"),
     (["bounds", "--algorithm", "centralized"], "centralized needs --nodes N"),
+    (["bounds", "--algorithm", "dsgd", "--rho", "0.5", "-n", "4", "--delta", "0.5"],
+     "--delta is not used by dsgd's bound (it is choco's)"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, pattern):
     code, out, err = run(capsys, *argv)

@@ -35,15 +35,17 @@ def test_shipped_configs_are_valid():
 
 def test_run_results_plot(capsys, tmp_path):
     cfg = REPO / "configs" / "ring16.yaml"
-    # overrides are taken in any position, here after the options
-    code, out, err = run(capsys, "run", cfg, "--out", tmp_path / "r", "--no-progress",
-                         "--threads", "1", *TINY)
+    # overrides are taken in any position, here after the options and before the config
+    code, out, err = run(capsys, "run", TINY[0], cfg, "--out", tmp_path / "r", "--no-progress",
+                         "--threads", "1", *TINY[1:])
     assert code == 0, err
     assert out.startswith("done at step 6")
     # the closing line: last loss and accuracy, wall time and where it went
     line = out.splitlines()[1]
     assert line.startswith("loss ") and "test acc " in line and "train " in line
     assert "measures " in line and "checkpoints " in line
+    code, out, err = run(capsys, "run", cfg, "--out", tmp_path / "r", "--no-progress", *TINY)
+    assert code == 0 and "(finished before: nothing ran; --restart to train again)" in out
     code, out, _ = run(capsys, "results", tmp_path / "r", "--csv", tmp_path / "s.csv")
     assert code == 0 and "test_accuracy" in out and (tmp_path / "s.csv").exists()
     code, out, _ = run(capsys, "plot", tmp_path / "r", "--metric", "test_accuracy", "--metric",
@@ -60,7 +62,8 @@ def test_sweep_command(capsys, tmp_path):
     code, out, err = run(capsys, "sweep", tmp_path / "s.yaml", *TINY, "--no-progress")
     assert code == 0, err
     assert "2 done" in out
-    assert "[2/2] algorithm.name=diffusion-cta (" in out and "left)" in out  # time so far, left
+    # after each point: its status, the time so far and what is left
+    assert "[1/2] algorithm.name=centralized: done (" in out and "left)" in out
     df = flatlab.results.load(tmp_path / "sw")
     assert set(df["algorithm.name"]) == {"centralized", "diffusion-cta"}
     # the rerun says what it skipped
@@ -90,6 +93,38 @@ def test_sweep_grid_overrides_and_parallel_jobs(capsys, tmp_path):
                               "algorithm.name=consensus,seed=0"]
     code, _, err = run(capsys, "sweep", tmp_path / "s.yaml", "--jobs", "0")
     assert code == 2 and "--jobs must be an integer >= 1" in err
+
+
+@pytest.mark.parametrize("setup,argv,pattern", [
+    # mistakes that would otherwise fail at every point, found before anything runs
+    (None, ["device=cuda:7"], "sweep point algorithm.name=centralized: device 'cuda:7'"),
+    (None, ["init_from=nosuch"], "init_from: nosuch holds no checkpoint.pt"),
+    ("notes", [], "holds other files (notes.txt)"),
+    ("point-notes", [], "holds no run but other files (notes.txt)"),
+    ("run", [], "is a run directory (it holds status.json)"),
+    (None, ["grid.seed=0"], "expected grid.FIELD=[v1,v2,...]"),
+])
+def test_sweep_mistakes_are_refused_before_anything_runs(capsys, tmp_path, setup, argv, pattern,
+                                                         monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    out = tmp_path / "sw"
+    spec = {"base": str(REPO / "configs" / "ring16.yaml"), "out": str(out),
+            "grid": {"algorithm.name": ["centralized", "diffusion"]}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    if setup == "notes":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    elif setup == "point-notes":
+        (out / "algorithm.name=diffusion").mkdir(parents=True)
+        (out / "algorithm.name=diffusion" / "notes.txt").write_text("mine")
+    elif setup == "run":
+        out.mkdir()
+        (out / "status.json").write_text("{}")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    tiny = [a for a in TINY if not a.startswith("device=")]
+    code, _, err = run(capsys, "sweep", tmp_path / "s.yaml", *argv, *tiny)
+    assert code == 2 and err.count("\n") == 1 and pattern in err, err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
 def test_listings(capsys):
@@ -126,7 +161,6 @@ def test_every_listing_has_json(capsys, cmd, names):
     (["run", "missing.yaml"], "config file missing.yaml does not exist"),
     (["run", REPO / "configs" / "ring16.yaml", "optim.lr=-1"], "config field optim.lr"),
     (["run", REPO / "configs" / "ring16.yaml", "optim.lrr=1"], "optim.lrr is unknown"),
-    (["run", REPO / "configs" / "ring16.yaml", "lr"], "not key=value"),
     (["run", REPO / "configs" / "ring16.yaml", "data.name=cifar10", "data.root=/nonexistent"],
      "cifar10"),
     (["run", REPO / "configs" / "ring16.yaml", "backend=mpi"], "config field backend"),
@@ -141,6 +175,11 @@ def test_every_listing_has_json(capsys, cmd, names):
     (["run", REPO / "configs" / "ring16.yaml", "threads=0"], "config field threads"),
     (["run", REPO / "configs" / "ring16.yaml", "threads=2", "--threads", "1"],
      "threads is given both as --threads and as threads="),
+    (["run", REPO / "configs" / "sweep_algorithms.yaml"], "looks like a sweep spec"),
+    (["run", REPO / "configs" / "ring16.yaml", "measure.options.hessian_top.k=3"],
+     "add hessian_top to measure.metrics"),
+    (["run", REPO / "configs" / "ring16.yaml", "threads=100000"], "more than 4 per CPU"),
+    (["plot", "/nonexistent/runs"], "/nonexistent/runs does not exist; accepted: a run or"),
     (["sweep", "missing.yaml"], "sweep spec missing.yaml does not exist"),
     (["results", "/nonexistent/runs"], "does not exist"),
 ])
@@ -157,7 +196,9 @@ def test_bad_training_input_is_one_line_and_exit_2(capsys, tmp_path, argv, patte
 @pytest.mark.parametrize("argv,pattern", [
     (["--threads", "0"], "--threads: '0' is not auto or an integer >= 1"),
     (["--resart"], "unrecognized arguments: --resart"),
-    (["--out", "x", "stray"], "unrecognized arguments: stray"),
+    (["--out", "x", "stray"], "unrecognized arguments: stray (not key=value, e.g. optim.lr"),
+    (["lr"], "unrecognized arguments: lr (not key=value"),
+    (["--thread", "2"], "unrecognized arguments: --thread"),  # no prefixes of flags
 ])
 def test_bad_run_options_are_one_line_and_exit_2(capsys, tmp_path, argv, pattern):
     with pytest.raises(SystemExit) as info:

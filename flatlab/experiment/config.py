@@ -307,8 +307,10 @@ def _from_dict(cls: type, d: Any, prefix: str = "") -> Any:
     unknown = [k for k in d if k not in names]
     if unknown:
         full = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        hint = ("; this looks like a sweep spec (base, grid): run it with flatlab sweep"
+                if not prefix and {"grid", "base"} & set(unknown) else "")
         raise ConfigError(f"config field {full} is unknown; accepted fields of {where}: "
-                          f"{', '.join(names)}")
+                          f"{', '.join(names)}{hint}")
     kw = {}
     for k, v in d.items():
         path = f"{prefix}.{k}" if prefix else k
@@ -563,6 +565,9 @@ def _validate_measure(m: MeasureConfig) -> None:
           "a list without repeats")
     for name, given in m.options.items():
         _validate_measure_options(name, given, m.every)
+        _need(name in m.metrics, f"measure.options.{name}", given,
+              f"settings of a scheduled measure: add {name} to measure.metrics (scheduled: "
+              f"{', '.join(m.metrics)})")
     _need(m.curvature_subset >= 1, "measure.curvature_subset", m.curvature_subset,
           "an integer >= 1")
     _one_of("measure.curvature_dtype", m.curvature_dtype, ("float32", "float64"))

@@ -263,15 +263,17 @@ class Measuring(Hook):
 class Progress(Hook):
     """A tqdm progress bar (shown by rank 0 only).
 
-    It shows the steps, the time so far and left, the last measured batch loss and the step
-    size; while a measure runs, its name (``measuring hessian_top``), so that a long Lanczos
-    run is not mistaken for a hang.
+    It shows the steps, the time so far and left, the network's batch loss and the step size of
+    the step just taken; while a measure runs, its name (``measuring hessian_top``), so that a
+    long Lanczos run is not mistaken for a hang.
     """
 
-    def __init__(self, name: str, total: int, start: int, record: Record, show: bool) -> None:
+    def __init__(self, name: str, total: int, start: int, record: Record, show: bool,
+                 lr: Callable[[int], float] | None = None) -> None:
         from tqdm.auto import tqdm
 
-        self.record = record
+        self.lr = lr
+        self.show = show
         self.bar = tqdm(total=total, initial=start, desc=name, disable=not show,
                         dynamic_ncols=True, leave=False)
         self.info: dict[str, str] = {}
@@ -281,27 +283,20 @@ class Progress(Hook):
     def _announce(self, name: str) -> None:
         self.bar.set_postfix({**self.info, "measuring": name}, refresh=True)
 
-    def _show(self, step: int) -> None:
-        measured = {}
-        for r in reversed(self.record.rows):  # this step's rows are the last ones
-            if r[0] != step:
-                break
-            measured[r[2]] = r[4]
-        if "batch_loss" in measured:
-            self.info["loss"] = f"{measured['batch_loss']:.4g}"
-        if "lr" in measured:
-            self.info["lr"] = f"{measured['lr']:.3g}"
-        if measured:
+    def on_start(self, loop: Loop) -> None:
+        """Clear ``measuring`` after the initial measurement."""
+        if self.show:
             self.bar.set_postfix(self.info, refresh=False)
 
-    def on_start(self, loop: Loop) -> None:
-        """Show the step size measured at the start (and clear ``measuring``)."""
-        self._show(loop.step)
-
     def on_step(self, loop: Loop) -> None:
-        """Advance the bar; show the loss just measured and the step size."""
+        """Advance the bar; show this step's loss and step size."""
+        if self.show:
+            if loop.loss is not None:
+                self.info["loss"] = f"{loop.loss:.4g}"
+            if self.lr is not None:
+                self.info["lr"] = f"{self.lr(loop.step - 1):.3g}"
+            self.bar.set_postfix(self.info, refresh=False)
         self.bar.update(1)
-        self._show(loop.step)
 
     def on_close(self) -> None:
         """Close the bar."""

@@ -31,7 +31,7 @@ import pandas as pd
 from flatlab.errors import ConfigError, FlatlabError
 from flatlab.experiment import rundir
 from flatlab.experiment.config import RunConfig, load_config, to_dict
-from flatlab.experiment.runner import run
+from flatlab.experiment.runner import preflight, run
 
 __all__ = ["run_many", "COLUMNS"]
 
@@ -69,8 +69,9 @@ def run_many(jobs: Sequence[tuple[str | Path, RunConfig | dict[str, Any]]], work
         verbose: Print one line per job that runs (see ``headings``) and, to stderr, the error
             of a job that fails (its traceback unless it is a :class:`FlatlabError`).
         headings: With one worker, print ``[i/N] name`` before each run (``i`` over all jobs,
-            a heading for its progress bar) instead of ``[k/M] name: status`` after it (``k``
-            over the jobs that run; with more workers the seconds since the first started).
+            a heading for its progress bar) as well as the line after it. That line is
+            ``[k/M] name: status (time so far, about the time left)`` (``k`` over the jobs that
+            run; ``[i/N]`` with headings).
         threads: Torch threads of runs in this process (``None``: as they are); the count is
             restored afterwards.
         label: What a job is called in a refusal (``"sweep point"``: "sweep point NAME: ...").
@@ -116,6 +117,10 @@ def _plan(jobs: Sequence[tuple[str | Path, RunConfig | dict[str, Any]]], label: 
         problem = rundir.conflict(path, to_dict(cfg))
         if problem:
             raise ConfigError(f"{label} {path.name}: {problem}")
+        try:
+            preflight(cfg)
+        except FlatlabError as e:
+            raise type(e)(f"{label} {path.name}: {e}") from None
         planned.append((_Job(path, cfg, progress, verbose), rundir.read_status(path)))
     return planned
 
@@ -172,10 +177,12 @@ def _run_here(todo: list[tuple[int, _Job]], total: int, *, headings: bool,
             if threads is not None:
                 torch.set_num_threads(threads)
             if headings:
-                print(f"[{i + 1}/{total}] {job.name}{_eta(k, len(todo), t0)}", flush=True)
+                print(f"[{i + 1}/{total}] {job.name}", flush=True)
             row = _run_one(job)
-            if job.verbose and not headings:
-                print(f"[{k + 1}/{len(todo)}] {job.name}: {row['status']}", flush=True)
+            if job.verbose:
+                where = f"[{i + 1}/{total}]" if headings else f"[{k + 1}/{len(todo)}]"
+                print(f"{where} {job.name}: {row['status']}{_eta(k + 1, len(todo), t0)}",
+                      flush=True)
             out.append((i, row))
     finally:
         torch.set_num_threads(saved)

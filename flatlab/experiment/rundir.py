@@ -540,8 +540,8 @@ def write_results(out: Path, metrics: list[tuple], tables: dict[str, list[dict[s
 def conflict(out: Path, cfg_dict: dict[str, Any]) -> str | None:
     """Why ``out`` cannot take a run of ``cfg_dict`` (``None`` when it can).
 
-    ``out`` is a file, or it holds a run (finished or not) of a config that differs in more
-    than its execution fields.
+    ``out`` is a file, a folder of other files (:func:`foreign_files`), or it holds a run
+    (finished or not) of a config that differs in more than its execution fields.
 
     Raises:
         RunDirError: Its ``config.yaml`` cannot be read.
@@ -552,7 +552,9 @@ def conflict(out: Path, cfg_dict: dict[str, Any]) -> str | None:
     if (out / "sweep.yaml").is_file():
         return (f"{out} is a sweep folder (it holds sweep.yaml); accepted: a run directory of "
                 f"its own (e.g. {out / 'NAME'}) or a new path")
-    old = read_config(out) if (out / "status.json").exists() else None
+    if not (out / "status.json").exists():
+        return foreign_files(out)
+    old = read_config(out)
     if old is not None and identity(old) != identity(cfg_dict):
         fields = differences(identity(old), identity(cfg_dict))
         shown = ", ".join(fields[:4]) + (f" and {len(fields) - 4} more" if len(fields) > 4
@@ -586,6 +588,28 @@ def _run_file(name: str) -> bool:
             or name.startswith(".") or name.endswith(".tmp"))
 
 
+def foreign_files(out: Path) -> str | None:
+    """Why the folder ``out``, which holds no run status, is not a run directory to write into.
+
+    A folder that holds other files than a run's (a user's notes, a data set), or a
+    ``config.yaml`` without the ``measures.json`` that a run writes beside it (a user's own
+    config), is refused rather than written over. ``None`` when ``out`` is new, empty or a run
+    that started.
+    """
+    out = Path(out)
+    if not out.is_dir():
+        return None
+    names = {f.name for f in out.iterdir()}
+    foreign = sorted(n for n in names if not _run_file(n))
+    if not foreign and "config.yaml" in names and "measures.json" not in names:
+        foreign = ["config.yaml, not a run's"]
+    if not foreign:
+        return None
+    return (f"run directory {out} holds no run but other files ({foreign[0]}"
+            f"{', ...' if len(foreign) > 1 else ''}); accepted: a new or empty folder, or a run "
+            "directory")
+
+
 def decide(out: Path, cfg_dict: dict[str, Any], resume: bool
            ) -> tuple[str, Status | Checkpoint | str | None]:
     """What to do with the run directory ``out`` for a run of ``cfg_dict``.
@@ -612,12 +636,10 @@ def decide(out: Path, cfg_dict: dict[str, Any], resume: bool
         return "error", (f"run directory {out} is being run by process {st.get('pid')} on "
                          f"{st.get('host')} (its status is running and the process is alive); "
                          "wait for it to end or stop it, or choose another directory")
-    if st is None and out.is_dir():
-        foreign = sorted(f.name for f in out.iterdir() if not _run_file(f.name))
-        if foreign:
-            return "error", (f"run directory {out} holds no run but other files ({foreign[0]}"
-                             f"{', ...' if len(foreign) > 1 else ''}); accepted: a new or empty "
-                             "folder, or a run directory")
+    if st is None:
+        problem = foreign_files(out)
+        if problem:
+            return "error", problem
     if st is None or not resume:
         return "start", None
     problem = conflict(out, cfg_dict)

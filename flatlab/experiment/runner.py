@@ -26,6 +26,7 @@ Backends (one process holding all nodes, or ``torchrun`` processes holding their
 from __future__ import annotations
 
 import importlib
+import os
 import signal
 import threading
 from collections.abc import Callable, Sequence
@@ -47,15 +48,16 @@ from flatlab.experiment.rundir import METRIC_COLUMNS, STATUSES, average_model, f
 from flatlab.experiment.tensorboard import TensorBoardLog, require_tensorboard
 from flatlab.seeds import seed_for
 
-__all__ = ["Run", "RunResult", "build", "run", "resolve_threads", "measure", "average_model",
-           "final_models", "STATUSES", "METRIC_COLUMNS"]
+__all__ = ["Run", "RunResult", "build", "run", "preflight", "resolve_threads", "measure",
+           "average_model", "final_models", "STATUSES", "METRIC_COLUMNS"]
 
 
 @dataclass(frozen=True)
 class RunResult:
     """Outcome of :func:`run`: the directory, the final status, the step reached.
 
-    ``main`` is whether this process wrote the directory (rank 0 of a distributed run).
+    ``main`` is whether this process wrote the directory (rank 0 of a distributed run); ``ran``
+    is False when the run had finished before and was returned as it was.
     """
 
     path: Path
@@ -63,6 +65,7 @@ class RunResult:
     step: int
     message: str = ""
     main: bool = True
+    ran: bool = True  # False: the run had finished before and nothing ran
 
 
 def run(config: RunConfig | dict | str | Path, out: str | Path, *, progress: bool = True,
@@ -102,8 +105,7 @@ def run(config: RunConfig | dict | str | Path, out: str | Path, *, progress: boo
     for h in hooks:
         if not isinstance(h, Hook):
             raise ConfigError(f"hooks: a {type(h).__name__} is not a flatlab.experiment.Hook")
-    if cfg.log.tensorboard:  # refused before anything is written when the package is missing
-        require_tensorboard()
+    preflight(cfg)
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(resolve_threads(cfg.threads))
     try:
@@ -111,6 +113,29 @@ def run(config: RunConfig | dict | str | Path, out: str | Path, *, progress: boo
                     hooks=hooks)
     finally:
         torch.set_num_threads(saved_threads)
+
+
+def preflight(cfg: RunConfig) -> None:
+    """What a valid config needs of this machine, checked before anything is written.
+
+    The device exists, ``threads`` fits the machine, ``init_from`` holds a checkpoint and the
+    ``tensorboard`` package is there when ``log.tensorboard`` asks for it. :func:`run` calls it,
+    and :func:`~flatlab.experiment.run_many` calls it for every job before the first runs, so
+    that a sweep with such a mistake is refused in one line instead of failing at every point.
+
+    Raises:
+        FlatlabError: One line naming what is missing.
+    """
+    from flatlab.engine.stack import resolve_device
+
+    if cfg.backend != "distributed":  # a distributed run's device is its rank's, resolved there
+        resolve_device(cfg.device)
+    resolve_threads(cfg.threads)
+    if cfg.init_from is not None and not (Path(cfg.init_from) / "checkpoint.pt").is_file():
+        raise ConfigError(f"init_from: {cfg.init_from} holds no checkpoint.pt; accepted: a run "
+                          "directory (train it first)")
+    if cfg.log.tensorboard:
+        require_tensorboard()
 
 
 def resolve_threads(threads: int | str) -> int:
@@ -124,7 +149,13 @@ def resolve_threads(threads: int | str) -> int:
     many cores may gain from more: set ``threads`` (``--threads``) then. Parallel runs
     (``--jobs``) use the cores across processes instead.
     """
-    return 1 if threads == "auto" else int(threads)
+    if threads == "auto":
+        return 1
+    cores = os.cpu_count() or 1
+    if int(threads) > 4 * cores:
+        raise ConfigError(f"threads={threads} is more than 4 per CPU of this machine ({cores}); "
+                          f"accepted: auto or 1 to {4 * cores}")
+    return int(threads)
 
 
 def _run(cfg: RunConfig, out: Path, *, progress: bool, resume: bool, stop_after: int | None,
@@ -135,7 +166,8 @@ def _run(cfg: RunConfig, out: Path, *, progress: bool, resume: bool, stop_after:
         kind, payload = ranks.decide(out, to_dict(cfg), resume, procs)
         if kind == "finished":
             return RunResult(out, payload["status"], payload["step"],
-                             payload.get("message", ""), procs is None or procs.rank == 0)
+                             payload.get("message", ""), procs is None or procs.rank == 0,
+                             ran=False)
         return _train(cfg, out, payload, procs, progress=progress, stop_after=stop_after,
                       extra=hooks)
     except BaseException:
@@ -174,7 +206,7 @@ def _hooks_of(built: Run, record: _hooks.Record, status: _hooks.StatusFile, out:
     return [_hooks.Terminate(term), _hooks.BatchLoss(record), _hooks.Divergence(built.mixer),
             _hooks.Measuring(built, record, alone),
             _hooks.Progress(cfg.name, built.total_steps, status.step, record,
-                            progress and status.main),
+                            progress and status.main, lr=built.lr),
             *([_hooks.StopAfter(stop_after)] if stop_after is not None else []),
             *([TensorBoardLog(out, record, status.step)] if cfg.log.tensorboard and status.main
               else []), *extra,

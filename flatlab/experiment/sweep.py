@@ -100,7 +100,7 @@ def load_sweep(source: str | Path | dict[str, Any], overrides: list[str] | None 
     for key, value in parse_overrides(overrides or []).items():
         if key.startswith("grid."):  # grid.seed=[0,1,2]: one axis of the grid, replaced or added
             axis = key[len("grid."):]
-            values = value if isinstance(value, list) else [value]
+            values = value if isinstance(value, list) else []
             if not axis or not values:
                 raise ConfigError(f"override {key}: expected grid.FIELD=[v1,v2,...] with at "
                                   "least one value")
@@ -177,6 +177,17 @@ def run_sweep(spec: SweepSpec, *, progress: bool = True, verbose: bool = True, j
     points = expand(spec)
     if spec.out.exists() and not spec.out.is_dir():
         raise ConfigError(f"sweep output {spec.out} is a file; accepted: a directory")
+    if (spec.out / "status.json").exists():
+        raise ConfigError(f"sweep output {spec.out} is a run directory (it holds status.json); "
+                          "accepted: a new folder or a sweep folder")
+    if spec.out.is_dir():
+        names = {p.name for p in spec.out.iterdir()}
+        known = {name for name, _ in points} | {"sweep.yaml", "curves.png", "curves.pdf"}
+        stray = sorted(n for n in names - known
+                       if not (spec.out / n).is_dir() and not n.startswith("."))
+        if stray:
+            raise ConfigError(f"sweep output {spec.out} holds other files ({stray[0]}); "
+                              "accepted: a new or empty folder, or a sweep folder")
     return run_many([(spec.out / name, cfg) for name, cfg in points], jobs,
                     progress=progress and jobs == 1, verbose=verbose, headings=True,
                     threads=None, label="sweep point", before=lambda: _write_spec(spec))

@@ -56,12 +56,14 @@ class TensorBoardLog(Hook):
         out: The run directory (the event files go there).
         record: The run's :class:`~flatlab.experiment.hooks.Record`; rows already in it (a
             resumed run's) were written by the earlier process.
-        start: The step the run starts from (events at or after it are purged when > 0).
+        start: The step the run starts from: a resumed run's checkpoint step. Its events up to
+            and including that step were written before the interruption and stay; those after
+            it are purged (the resumed run writes them again).
     """
 
     def __init__(self, out: Path, record: Any, start: int) -> None:
         writer = require_tensorboard()
-        self.writer = writer(str(out), purge_step=start if start > 0 else None)
+        self.writer = writer(str(out), purge_step=start + 1 if start > 0 else None)
         self.record = record
         self.sent = len(record.rows)
         self.sent_tables = {k: len(v) for k, v in record.tables.items()}

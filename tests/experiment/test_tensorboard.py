@@ -22,8 +22,10 @@ def events(path):
     return ea
 
 
-def test_event_files_hold_the_metrics_of_the_run(tmp_path):
+@pytest.mark.parametrize("checkpoint", [7, 10])  # between measured steps, and on one
+def test_event_files_hold_the_metrics_of_the_run(tmp_path, checkpoint):
     cfg = load_config(TINY, ["log.tensorboard=true", "train.steps=20",
+                             f"checkpoint_every={checkpoint}",
                              "measure.metrics=[loss,accuracy,hessian_top_nodes,spectral_density]",
                              "measure.options.spectral_density.num_runs=2",
                              "measure.options.spectral_density.lanczos_steps=8"])
