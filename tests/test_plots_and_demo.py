@@ -34,7 +34,7 @@ def test_plot_refuses_a_table_without_the_columns():
 
 
 def test_demo_trains_measures_and_writes_its_table_and_figures(tmp_path, capsys):
-    png = run_demo(tmp_path, small=True, progress=False, workers=1)
+    png = run_demo(tmp_path, small=True, progress=False, workers=2)  # both cores
     assert png == tmp_path / "tradeoff.png" and png.stat().st_size > 10_000
     for name in ("tradeoff.pdf", "curves.png", "curves.pdf"):
         assert (tmp_path / name).stat().st_size > 5_000

@@ -23,7 +23,7 @@ def study():
 def test_tiny_scale_tunes_trains_checks_and_judges(tmp_path, capsys):
     h = study()
     grid = h.SCALES["tiny"]
-    assert h.main(["--scale", "tiny", "--out", str(tmp_path), "--jobs", "1"]) == 0
+    assert h.main(["--scale", "tiny", "--out", str(tmp_path), "--jobs", "2"]) == 0
     lr = pd.read_csv(tmp_path / "lr.csv")
     runs = pd.read_csv(tmp_path / "runs.csv")
     summary = pd.read_csv(tmp_path / "summary.csv")

@@ -22,7 +22,7 @@ def _module():
 
 def test_tiny_scale_trains_escapes_overlays_and_draws(tmp_path):
     mod = _module()
-    assert mod.main(["--scale", "tiny", "--out", str(tmp_path), "--jobs", "1"]) == 0
+    assert mod.main(["--scale", "tiny", "--out", str(tmp_path), "--jobs", "2"]) == 0
     grid = mod.SCALES["tiny"]
     runs = pd.read_csv(tmp_path / "runs.csv")
     assert (runs["status"] == "done").all()
