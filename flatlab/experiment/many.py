@@ -2,8 +2,10 @@
 
 A job is ``(run directory, config)``. :func:`run_many` keeps the rules every caller shares:
 
-* nothing runs or is written before every config is validated and every directory checked
-  (:func:`flatlab.experiment.rundir.conflict`); one bad job refuses them all, in one line;
+* nothing runs or is written before every config is validated, every directory checked
+  (:func:`flatlab.experiment.rundir.conflict`) and every config's needs of this machine met
+  (:func:`flatlab.experiment.runner.preflight`: device, threads, ``init_from``, TensorBoard);
+  one bad job refuses them all, in one line;
 * a finished run (``done`` or ``diverged``) of the same config is skipped, an unfinished one
   resumes from its checkpoint, a failed one is retried;
 * a run alive in another process (:func:`flatlab.experiment.rundir.owned_elsewhere`) is left to
