@@ -195,11 +195,11 @@ class RunConfig:
     for a lost peer before the run fails; ``measure_timeout`` how long the other processes wait
     for rank 0 measuring the averaged model (or writing files) alone before they call it hung.
     ``threads`` is the number of CPU threads torch uses in this process during the run:
-    ``auto`` (the default, :func:`flatlab.experiment.runner.resolve_threads`: one thread, which
-    measured fastest for flatlab's small per-node models on 2 to 16 cores, see the README's
-    "Threads") or a whole number. None of these changes the numbers beyond float32 rounding
-    (and float64 results not at all on the CPU paths tested), so a run directory may be resumed
-    under another backend or thread count.
+    ``auto`` (the default, :func:`flatlab.experiment.runner.resolve_threads`: one thread, never
+    far from the best measured on 2 cores, idle or shared; see the README's "Threads") or a
+    whole number. None of these changes the numbers beyond float32 rounding, so a run directory
+    may be resumed under another backend or thread count. ``log`` (live logging) is an
+    execution setting too.
 
     Initialisation: ``init`` is ``same`` (every node starts from ``model(seed)``) or
     ``different`` (node ``i`` from ``model(seed_for(seed, "init", i))``, :mod:`flatlab.seeds`);

@@ -141,13 +141,13 @@ def preflight(cfg: RunConfig) -> None:
 def resolve_threads(threads: int | str) -> int:
     """The CPU threads a run uses: ``auto`` is one thread; a number is taken as it is.
 
-    One thread because flatlab's work is many small per-node products, for which torch's
-    intra-op threads cost more in hand-offs than they gain: measured on 2 cores
-    (``benchmarks/threads.py``, ``benchmarks/RESULTS.md``), one thread was the fastest or within
-    a few percent of it for training and for curvature measures, idle and beside a busy process,
-    where torch's default (a thread per core) was up to several times slower. A large model on
-    many cores may gain from more: set ``threads`` (``--threads``) then. Parallel runs
-    (``--jobs``) use the cores across processes instead.
+    One thread, measured on 2 cores (``benchmarks/threads.py``, ``benchmarks/RESULTS.md``): alone
+    on the machine two threads were 1.1-1.6x faster for training and curvature measures, but
+    beside one busy process 2.3-2.4x slower, so one thread is never far from the best while
+    torch's default (a thread per core) can be. A fixed count also keeps a run's float32
+    numbers independent of what else the machine runs. A large model alone on many cores may
+    gain from more: set ``threads`` (``--threads``) then. Parallel runs (``--jobs``) use the
+    cores across processes instead.
     """
     if threads == "auto":
         return 1
