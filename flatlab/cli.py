@@ -137,8 +137,13 @@ _BOUND_FLAGS = {
 
 def _check_bound_flags(args: argparse.Namespace) -> None:
     """Every flag the asked-for bound needs, named at once, before anything is computed."""
-    from flatlab.theory.bounds import rate_family
+    from flatlab.theory.bounds import bound_algorithms, rate_family
 
+    if args.algorithm is None:
+        network = "" if args.topology or (args.rho is not None and args.nodes) else (
+            " and the network (--topology NAME --nodes N, or --rho R --nodes N)")
+        raise FlatlabError(f"give --algorithm NAME{network}; accepted names: "
+                           f"{', '.join(bound_algorithms())}")
     family = rate_family(args.algorithm)
     for fam, flags in (*_BOUND_FLAGS.items(), ("gradient-tracking", (("c", "--c C", ""),))):
         for attr, flag, _ in flags:
@@ -194,7 +199,8 @@ def _cmd_bounds(args: argparse.Namespace) -> int:
              ("total (sum of the terms' T: the papers' T(eps) form)", b.total))
     print(_table([
         total, ("dominant", b.dominant),
-        ("iterations to eps (smallest T whose whole bound <= eps)", b.iterations),
+        ("iterations to eps (smallest T whose whole bound <= eps)",
+         None if b.iterations is None else math.ceil(b.iterations)),
         ("transient iterations", b.transient_iterations),
         *((k, v) for k, v in b.extras.items()),
     ]))
@@ -441,7 +447,7 @@ def _parser() -> tuple[_Parser, dict[str, argparse.ArgumentParser]]:
     p.set_defaults(func=_cmd_spectral)
 
     p = sub.add_parser("bounds", help="terms of a convergence bound")
-    p.add_argument("--algorithm", required=True, help="a registry name: centralized; consensus, "
+    p.add_argument("--algorithm", help="(required) a registry name: centralized; consensus, "
                    "diffusion, diffusion-cta (one DSGD bound); gradient-tracking, "
                    "momentum-tracking, choco; or lower-bound (aliases such as dsgd too)")
     _add_topology_args(p, required=False)

@@ -117,6 +117,7 @@ def test_topologies_lists_every_generator(capsys):
      "needs --beta B (the momentum in [0, 1)) and --exponents a1,b1,a2,b2"),
     (["bounds", "--algorithm", "dsgd", "--rho", "0.5"], "--rho R with --nodes N"),
     (["bounds", "--algorithm", "centralized"], "centralized needs --nodes N"),
+    (["bounds"], "give --algorithm NAME and the network (--topology NAME --nodes N, or --rho"),
     (["bounds", "--algorithm", "dsgd", "--rho", "0.5", "-n", "4", "--delta", "0.5"],
      "--delta is not used by dsgd's bound (it is choco's)"),
 ])
