@@ -13,6 +13,8 @@ Targets (issue 3), at n = 32 on 2 CPU cores: flatlab >= 2.5x faster than the loo
     python benchmarks/step_time.py                 # MLP and 1-D CNN, n = 8, 32, 64
     python benchmarks/step_time.py --quick         # n = 8, 32, fewer repetitions
     python benchmarks/step_time.py --compile       # also the torch.compile'd oracle (MLP)
+    python benchmarks/step_time.py --sizes 32,256  # issue 21's sizes
+    python benchmarks/step_time.py --system-malloc # glibc's default policy (engine/allocator.py)
 """
 
 from __future__ import annotations
@@ -137,7 +139,15 @@ def main() -> None:
     ap.add_argument("--sizes", default=None, help="comma-separated n (default 8,32,64)")
     ap.add_argument("--compile", action="store_true",
                     help="also time the torch.compile'd oracle (tens of seconds to compile)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's own, one per core)")
+    ap.add_argument("--system-malloc", action="store_true",
+                    help="keep the C library's allocation policy (FLATLAB_MALLOC=system)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.system_malloc:
+        os.environ[flatlab.engine.allocator.MALLOC_ENV] = "system"
     dev = flatlab.engine.resolve_device(args.device)
     sizes = [int(s) for s in (args.sizes or ("8,32" if args.quick else "8,32,64")).split(",")]
     reps = 10 if args.quick else 30
@@ -146,7 +156,10 @@ def main() -> None:
     else:
         name = f"CPU {cpu_name()}, {torch.get_num_threads()} threads, {os.cpu_count()} cores"
     print(f"device: {name}; torch {torch.__version__}; batch {B} per node; ms per step "
-          f"(median of {reps})")
+          f"(median of {reps}); allocator: "
+          f"{'system' if args.system_malloc else 'reuse freed memory'}; ring mixing: "
+          + ", ".join(f"n={n} {SimulatedMixer(flatlab.topology.make('ring', n), device=dev).method}"
+                      for n in sizes))
     head = (f"{'model':<7}{'n':>4}{'loop':>10}{'flatlab':>10}{'limit':>10}"
             f"{'loop/flatlab':>14}{'flatlab/limit':>15}")
     if args.compile:

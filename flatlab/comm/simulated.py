@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import warnings
+
 import numpy as np
 import torch
 
@@ -14,6 +17,17 @@ __all__ = ["SimulatedMixer", "MIX_METHODS"]
 
 MIX_METHODS = ("auto", "dense", "sparse", "shift")
 DENSE_LIMIT = 512
+"""Largest n for which ``"auto"`` takes the dense product on a GPU (one fast matmul)."""
+DENSE_LIMIT_CPU = 16
+"""Largest n for which ``"auto"`` takes the dense product on the CPU.
+
+Measured in ``benchmarks/mix.py`` (P = 78,858, one thread): the dense ``O(n^2 P)`` product
+ties the sparse forms up to n = 16 and is 2-6x slower from n = 32 on.
+"""
+SHIFT_MAX_OFFSETS = 5
+"""Most kernel non-zeros (self included) for which ``"auto"`` takes the shift form: the ring
+(3) and the torus (5); denser circulants (the exponential graph) go to the sparse product, which
+is as fast there and reads ``X`` once per row instead of once per offset."""
 
 
 class SimulatedMixer(EdgeSchedule):
@@ -24,12 +38,16 @@ class SimulatedMixer(EdgeSchedule):
     ``mix(X, t) = W_{t mod period} X``, computed one of three ways:
 
     - ``"dense"``: ``W_t`` as a dense ``[n, n]`` tensor on the device and one matmul;
-    - ``"sparse"``: ``W_t`` as a sparse (COO) tensor (large, sparse graphs);
+    - ``"sparse"``: ``W_t`` as a sparse (CSR) tensor, ``O(nnz · P)``;
     - ``"shift"``: for circulant topologies (ring, torus, exponential graphs, one-peer
       exponential), ``W_t X = Σ_o K_t[o] · roll(X, -o)`` over the few non-zero offsets ``o`` of
-      the kernel: banded, ``O(deg · n · P)`` and no matrix at all.
+      the kernel, each roll added in place as (at most ``2^dims``) slices: ``O(deg · n · P)``,
+      no matrix and no copy of ``X``.
 
-    ``"auto"`` takes dense up to n = 512, then shift when the topology is circulant, else sparse.
+    ``"auto"`` costs ``O(n · deg · P)`` beyond a few nodes: on the CPU it takes dense up to
+    n = 16 (:data:`DENSE_LIMIT_CPU`), then shift for circulants of at most 5 offsets (ring,
+    torus), else sparse; on a GPU, dense up to n = 512 (one matmul), then shift for circulants,
+    else sparse.
 
     Args:
         topology: The (possibly time-varying) topology; round ``t`` uses ``W_{t mod period}``.
@@ -54,10 +72,7 @@ class SimulatedMixer(EdgeSchedule):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
         if method == "auto":
-            if self.n <= DENSE_LIMIT:
-                method = "dense"
-            else:
-                method = "shift" if topology.group is not None else "sparse"
+            method = _auto_method(topology, self.device)
         self.method = method
         self._W: list[torch.Tensor] = []
         self._shifts: list[list[tuple[tuple[int, ...], float]]] = []
@@ -73,7 +88,9 @@ class SimulatedMixer(EdgeSchedule):
                 idx = torch.as_tensor(np.vstack([coo.row, coo.col]), dtype=torch.int64)
                 sp = torch.sparse_coo_tensor(idx, torch.as_tensor(coo.data, dtype=self.dtype),
                                              (self.n, self.n), check_invariants=True)
-                self._W.append(sp.coalesce().to(self.device))
+                with warnings.catch_warnings():  # "sparse CSR support is in beta"
+                    warnings.simplefilter("ignore", UserWarning)
+                    self._W.append(sp.coalesce().to_sparse_csr().to(self.device))
             else:
                 k = kernels[t]
                 offs = np.argwhere(k != 0)
@@ -112,13 +129,24 @@ class SimulatedMixer(EdgeSchedule):
         return (self._W[r] @ flat).reshape(X.shape)
 
     def _shift_mix(self, X: torch.Tensor, r: int) -> torch.Tensor:  # noqa: N803
+        """``Σ_o K[o] · roll(X, -o)``: ``out[i] += K[o] X[(i + o) mod group]``, slice by slice."""
         group = self.topology.group
         G = X.reshape(*group, -1)
-        dims = tuple(range(len(group)))
         out = None
         for off, c in self._shifts[r]:
-            term = G if not any(off) else torch.roll(G, shifts=tuple(-o for o in off), dims=dims)
-            out = c * term if out is None else out.add_(term, alpha=c)
+            if not any(off):  # the self term (the offsets are sorted: it comes first)
+                out = torch.mul(G, c)
+                continue
+            if out is None:
+                out = torch.zeros_like(G)
+            # along each axis, i + o wraps once: [0, g - o) reads [o, g), [g - o, g) reads [0, o)
+            pieces = [[(slice(None), slice(None))] if o == 0 else
+                      [(slice(0, g - o), slice(o, g)), (slice(g - o, g), slice(0, o))]
+                      for o, g in zip(off, group, strict=True)]
+            for parts in itertools.product(*pieces):
+                dst = tuple(d for d, _ in parts)
+                src = tuple(s for _, s in parts)
+                out[dst].add_(G[src], alpha=c)
         return out.reshape(X.shape)
 
     def edges(self, t: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,3 +225,18 @@ class SimulatedMixer(EdgeSchedule):
     def __repr__(self) -> str:
         return (f"SimulatedMixer({self.topology.label}, method={self.method}, "
                 f"device={self.device})")
+
+
+def _auto_method(topology: Topology, device: torch.device) -> str:
+    """The mixing form ``"auto"`` picks: ``O(n · deg · P)`` work beyond a few nodes."""
+    circulant = topology.group is not None
+    if device.type != "cpu":
+        if topology.n <= DENSE_LIMIT:
+            return "dense"
+        return "shift" if circulant else "sparse"
+    if topology.n <= DENSE_LIMIT_CPU:
+        return "dense"
+    if circulant and all(int(np.count_nonzero(k)) <= SHIFT_MAX_OFFSETS
+                         for k in topology.kernels()):
+        return "shift"
+    return "sparse"

@@ -11,6 +11,7 @@ torch.Size([4, 8])
 (torch.Size([4]), torch.Size([4, 8]))
 """
 
+from flatlab.engine.allocator import reuse_freed_memory
 from flatlab.engine.evaluate import Evaluation, evaluate, full_gradient
 from flatlab.engine.layout import ParamLayout
 from flatlab.engine.objective import Objective
@@ -42,4 +43,5 @@ __all__ = [
     "LayeredOracle",
     "MetricBlock",
     "DenseMetricBlock",
+    "reuse_freed_memory",
 ]

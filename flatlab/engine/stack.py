@@ -19,6 +19,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 from torch.func import functional_call
 
+from flatlab.engine.allocator import reuse_freed_memory
 from flatlab.engine.layout import ParamLayout
 from flatlab.errors import FlatlabError
 from flatlab.seeds import seed_for
@@ -137,6 +138,9 @@ class NodeStack:
     Attributes:
         layout: The :class:`ParamLayout`; ``P = layout.P``.
         buffers: ``{name: [n, ...]}``, each node's own buffers.
+
+    On the CPU, building a stack sets the process's allocator to keep freed memory
+    (:func:`flatlab.engine.allocator.reuse_freed_memory`; ``FLATLAB_MALLOC=system`` opts out).
     """
 
     def __init__(
@@ -160,6 +164,8 @@ class NodeStack:
             raise FlatlabError(f"init {init!r} is unknown; accepted: same, different")
         self.n = int(n)
         self.device = resolve_device(device)
+        if self.device.type == "cpu":
+            reuse_freed_memory()  # [n, P] temporaries without page faults (engine/allocator.py)
         self.dtype = resolve_dtype(dtype)
         self.loss_name = loss
         self.loss_fn = LOSSES[loss]

@@ -54,6 +54,19 @@ def test_time_varying_product_over_a_period_is_exact_average():
                            what="product over a period")
 
 
+def test_shift_without_self_weight_equals_matrix_product():
+    """The shift form's other start: a kernel with no self term (one-peer exponential, minus it)."""
+    topo = flatlab.topology.make("torus", 12)
+    mixer = SimulatedMixer(topo, device="cpu", dtype=torch.float64, method="shift")
+    self_weight = mixer._shifts[0][0]
+    assert not any(self_weight[0])
+    mixer._shifts[0] = mixer._shifts[0][1:]
+    X = torch.randn(12, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    W = topo.matrix(0) - self_weight[1] * np.eye(12)
+    precision.assert_close(mixer.mix(X, 0), torch.from_numpy(W @ X.numpy()),
+                           scale=precision.magnitude(X), what="shift mix without self term")
+
+
 def test_traffic_counts():
     topo = flatlab.topology.make("exponential", 8)  # directed: out-degree 3 per node
     mixer = SimulatedMixer(topo, device="cpu", dtype=torch.float32)
@@ -88,6 +101,12 @@ def test_errors_and_auto_method():
     er = flatlab.topology.make("erdos-renyi", 600, edge_prob=0.02)
     assert SimulatedMixer(er, device="cpu").method == "sparse"
     assert SimulatedMixer(flatlab.topology.make("ring", 8), device="cpu").method == "dense"
+    # on the CPU, O(n deg P) beyond 16 nodes (benchmarks/mix.py): shift for the ring and the
+    # torus, the sparse product for denser circulants and other graphs
+    assert SimulatedMixer(flatlab.topology.make("ring", 32), device="cpu").method == "shift"
+    assert SimulatedMixer(flatlab.topology.make("torus", 36), device="cpu").method == "shift"
+    assert SimulatedMixer(flatlab.topology.make("exponential", 32), device="cpu").method == "sparse"
+    assert SimulatedMixer(flatlab.topology.make("star", 32), device="cpu").method == "sparse"
     with pytest.raises(FlatlabError, match="circulant"):
         SimulatedMixer(flatlab.topology.make("star", 5), device="cpu", method="shift")
     with pytest.raises(FlatlabError, match="accepted"):
