@@ -9,6 +9,7 @@ any callable ``v -> Hv``, and batched over node models (docs/reference/measures.
     flatlab.curvature.spectral_density(op).density                 # SLQ, on a grid
     ops = flatlab.curvature.model_hessian(stack, X, x_eval, y_eval)   # all n nodes at once
     flatlab.curvature.lanczos(ops).eigenvalues                     # [n, 1], one batched pass
+    flatlab.curvature.node_top_eigenvalues(stack, X, x_eval, y_eval)   # [n, 1], by device
     f = flatlab.curvature.kfac_factors(stack, X, xb, yb)          # {layer: (A [n,a,a], G [n,g,g])}
     flatlab.curvature.kfac_solve(V, A, G, damping)                 # (G ⊗ A + λI)⁻¹ vec V, exact
 """
@@ -25,7 +26,12 @@ from flatlab.curvature.kfac import (
     kron_matvec,
 )
 from flatlab.curvature.lanczos import EigenResult, lanczos, power_iteration, random_probes
-from flatlab.curvature.model import model_hessian, stack_loss
+from flatlab.curvature.model import (
+    NODE_STRATEGIES,
+    model_hessian,
+    node_top_eigenvalues,
+    stack_loss,
+)
 from flatlab.curvature.operators import (
     HVP_METHODS,
     CallableOperator,
@@ -52,5 +58,5 @@ __all__ = [
     "hvp", "hessian_operator", "as_operator", "HVP_METHODS",
     "lanczos", "power_iteration", "EigenResult", "random_probes",
     "trace", "TraceResult", "TRACE_METHODS", "spectral_density", "SpectralDensity",
-    "stack_loss", "model_hessian",
+    "stack_loss", "model_hessian", "node_top_eigenvalues", "NODE_STRATEGIES",
 ]

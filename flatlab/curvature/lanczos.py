@@ -110,7 +110,11 @@ def tridiagonalize(op: Operator, q0: torch.Tensor, steps: int, *, seed: int = 0,
     B, P = q0.shape  # noqa: N806
     steps = min(int(steps), P)
     q = q0 / q0.norm(dim=1, keepdim=True)
-    Q = q[:, None, :]  # noqa: N806
+    # the Krylov basis lives in a buffer that doubles when full: appending by concatenation
+    # would copy the whole basis every step (O(m^2 B P) bytes moved)
+    buf = q.new_empty(B, min(steps, 8), P)
+    buf[:, 0] = q
+    Q = buf[:, :1]  # noqa: N806
     alphas, betas = [], []
     beta_prev = torch.zeros(B, dtype=q.dtype, device=q.device)
     q_prev = torch.zeros_like(q)
@@ -144,7 +148,12 @@ def tridiagonalize(op: Operator, q0: torch.Tensor, steps: int, *, seed: int = 0,
         betas.append(b)
         q_prev, beta_prev = q, b
         q = w / norm[:, None]
-        Q = torch.cat([Q, q[:, None, :]], dim=1)  # noqa: N806
+        if j + 1 == buf.shape[1]:
+            grown = q.new_empty(B, min(steps, 2 * buf.shape[1]), P)
+            grown[:, :j + 1] = buf
+            buf = grown
+        buf[:, j + 1] = q
+        Q = buf[:, :j + 2]  # noqa: N806
     raise AssertionError("unreachable")
 
 

@@ -160,13 +160,6 @@ class MeasureContext:
         fn, x = self.avg_loss_fn()
         return hessian_operator(fn, x)
 
-    def nodes_hessian(self):
-        """The batched Hessian operator of this process's node models (each its own buffers)."""
-        from flatlab.curvature.model import model_hessian
-
-        return model_hessian(self.curvature_stack(), self.to_curvature(self.X), *self.curvature,
-                             batch_size=self.eval_batch)
-
 
 @dataclass(frozen=True)
 class NamedMeasure:
@@ -386,12 +379,17 @@ class HessianTopSettings(Settings):
 
 @dataclass(frozen=True)
 class HessianTopNodesSettings(Settings):
-    """Settings of ``hessian_top_nodes`` (batched Lanczos over the node models)."""
+    """Settings of ``hessian_top_nodes`` (:func:`~flatlab.curvature.node_top_eigenvalues`).
+
+    ``strategy``: ``auto`` (one node at a time on the CPU, all at once on a GPU), ``batched`` or
+    ``sequential``.
+    """
 
     k: int = setting(1, low=1)
     tol: float = setting(1e-3, low=0.0, strict=True)
     max_iter: int = setting(100, low=1)
     seed: int = setting(0, low=0)
+    strategy: str = setting("auto", choices=("auto", "batched", "sequential"))
 
     def problem(self) -> str | None:
         """Lanczos needs ``max_iter >= k``."""
@@ -466,13 +464,15 @@ _register(NamedMeasure(
 
 
 def _hessian_top_nodes(ctx: MeasureContext, s: dict) -> list[Row]:
-    from flatlab.curvature import lanczos, random_probes
+    from flatlab.curvature import node_top_eigenvalues, random_probes
 
-    op = ctx.nodes_hessian()
-    v0 = torch.cat([random_probes((1, op.size), seed=seed_for(s["seed"], "probes", i),
-                                  dtype=op.dtype, device=op.device)
+    stack, X = ctx.curvature_stack(), ctx.to_curvature(ctx.X)  # noqa: N806
+    v0 = torch.cat([random_probes((1, stack.P), seed=seed_for(s["seed"], "probes", i),
+                                  dtype=X.dtype, device=X.device)
                     for i in range(ctx.rows.start, ctx.rows.stop)])
-    res = lanczos(op, s["k"], tol=s["tol"], max_iter=s["max_iter"], v0=v0)
+    res = node_top_eigenvalues(stack, X, *ctx.curvature, k=s["k"], tol=s["tol"],
+                               max_iter=s["max_iter"], v0=v0, strategy=s["strategy"],
+                               batch_size=ctx.eval_batch)
     top = ctx.gathered(res.eigenvalues[:, 0].double())
     ok = ctx.gathered(res.converged.all(1).double())
     rows = [("hessian_top", "mean", float(top.mean())), ("hessian_top", "max", float(top.max())),
@@ -484,8 +484,9 @@ def _hessian_top_nodes(ctx: MeasureContext, s: dict) -> list[Row]:
 
 
 _register(NamedMeasure(
-    "hessian_top_nodes", "top Hessian eigenvalue of every node model, batched over nodes "
-    "(each with its own buffers and start vector)", ("hessian_top", "hessian_top_converged"),
+    "hessian_top_nodes", "top Hessian eigenvalue of every node model (each with its own "
+    "buffers and start vector; one at a time on the CPU, batched on a GPU)",
+    ("hessian_top", "hessian_top_converged"),
     settings=HessianTopNodesSettings, nodes=_hessian_top_nodes,
     source="docs/reference/measures.md §5"))
 

@@ -169,6 +169,28 @@ def test_node_models_batched_equal_exact_per_node_hessians(model_problem):
         assert abs(float(t.estimate[i]) - np.trace(Hi)) < 4 * float(t.stderr[i]) + 1e-9
 
 
+@pytest.mark.parametrize("strategy", C.NODE_STRATEGIES)
+def test_node_top_eigenvalues_every_strategy_equals_exact_per_node_hessians(model_problem,
+                                                                           strategy):
+    stack, x, y = model_problem
+    X = stack.initial_params()
+    r = C.node_top_eigenvalues(stack, X, x, y, k=2, tol=1e-8, strategy=strategy)
+    assert r.eigenvalues.shape == (3, 2) and r.all_converged
+    for i in range(3):
+        bufs = {k: v[i] for k, v in stack.buffers.items()}
+        Hi = exact_hessian(C.stack_loss(stack, x, y, buffers=bufs), X[i])
+        np.testing.assert_allclose(r.eigenvalues[i].numpy(), np.linalg.eigvalsh(Hi)[::-1][:2],
+                                   rtol=1e-6)
+
+
+def test_node_top_eigenvalues_refuses_what_it_cannot_use(model_problem):
+    stack, x, y = model_problem
+    with pytest.raises(C.CurvatureError, match="accepted: auto, batched, sequential"):
+        C.node_top_eigenvalues(stack, stack.initial_params(), x, y, strategy="chunks")
+    with pytest.raises(C.CurvatureError, match="node models"):
+        C.node_top_eigenvalues(stack, stack.initial_params()[:2], x, y)
+
+
 # ---------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("call,pattern", [
     (lambda H: C.lanczos(H, k=0), "k must be between"),
