@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.flatlab-installed
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: demo test test-slow lint figs bench clean heterogeneity primal-dual compression tradeoff
+.PHONY: demo test test-slow lint figs bench bench-gpu clean heterogeneity primal-dual compression tradeoff
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -65,6 +65,14 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/curvature.py
 	$(BIN)/python benchmarks/ngpd.py
 	$(BIN)/python benchmarks/compress.py
+	$(BIN)/python benchmarks/mix.py
+	$(BIN)/python benchmarks/scale.py
+
+# every benchmark with --device cuda and the GPU-relevant tests, in under 10 minutes on one GPU;
+# tables under $$OUT or benchmarks/gpu-out (benchmarks/gpu.sh). It uses the machine's own python3
+# and CUDA torch (not the CPU venv), with this checkout on PYTHONPATH
+bench-gpu:
+	PYTHONPATH=$(CURDIR) bash benchmarks/gpu.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache paper_figs/out results/demo

@@ -127,6 +127,11 @@ def bench(model_name: str, n: int, dev: torch.device, reps: int,
         def compiled_step() -> None:
             cstate[0] = algo.step(cstate[0], (x, y), coracle, mixer, lr)
 
+        sync(dev)
+        t0 = time.perf_counter()
+        compiled_step()  # the first call compiles
+        sync(dev)
+        out["warmup_s"] = time.perf_counter() - t0
         out["compiled"] = median_ms(compiled_step, dev, reps)
     return out
 
@@ -163,7 +168,7 @@ def main() -> None:
     head = (f"{'model':<7}{'n':>4}{'loop':>10}{'flatlab':>10}{'limit':>10}"
             f"{'loop/flatlab':>14}{'flatlab/limit':>15}")
     if args.compile:
-        head += f"{'compiled':>10}{'compiled/limit':>16}"
+        head += f"{'compiled':>10}{'compiled/limit':>16}{'warm-up s':>11}"
     print(head)
     for model in args.models.split(","):
         for n in sizes:
@@ -171,7 +176,8 @@ def main() -> None:
             line = (f"{model:<7}{n:>4}{r['loop']:>10.2f}{r['flatlab']:>10.2f}{r['limit']:>10.2f}"
                     f"{r['loop'] / r['flatlab']:>14.2f}{r['flatlab'] / r['limit']:>15.2f}")
             if "compiled" in r:
-                line += f"{r['compiled']:>10.2f}{r['compiled'] / r['limit']:>16.2f}"
+                line += (f"{r['compiled']:>10.2f}{r['compiled'] / r['limit']:>16.2f}"
+                         f"{r['warmup_s']:>11.1f}")
             print(line, flush=True)
 
 
