@@ -25,7 +25,7 @@ import torch
 from flatlab.algorithms.base import Algorithm, State, derived, register
 from flatlab.comm.protocols import Mixer
 from flatlab.curvature.kfac import FISHER_TYPES, Eigenbasis, eigenbasis, kfac_solve
-from flatlab.engine.oracle import MetricBlock, MetricOracle, Oracle
+from flatlab.engine.oracle import FusedMetricOracle, MetricBlock, MetricOracle, Oracle
 from flatlab.seeds import seed_for
 from flatlab.topology import Topology
 
@@ -351,9 +351,12 @@ class NGPD(ECL):
     ECL's; the curvature stays local.
 
     Factors are recomputed every ``factor_every`` steps from that step's minibatch (empirical or
-    true Fisher; an extra forward and backward pass) and kept as a running average
+    true Fisher) and kept as a running average
     ``F ← ξ F + (1 − ξ) F_batch`` (``ξ = ema``, the weight on the old value, kfac-pytorch's
-    convention); eigendecompositions are refreshed every ``inverse_every`` steps. On a
+    convention); eigendecompositions are refreshed every ``inverse_every`` steps. The empirical
+    Fisher's factors come from the step's own gradient pass when the oracle can give both
+    (:class:`~flatlab.engine.oracle.FusedMetricOracle`, as :class:`~flatlab.engine.GradientOracle`
+    does); the true Fisher's sampled labels need a second forward and backward. On a
     written-down objective the oracle's ``metric_fn`` (``simulate(..., metric_fn=...)``) replaces
     K-FAC as ``F_i``; with the exact Hessians of quadratics the method reaches ``x*``. The metric
     is a capability of the oracle (:class:`~flatlab.engine.oracle.MetricOracle`); an oracle
@@ -415,13 +418,20 @@ class NGPD(ECL):
              lr: float) -> NGPDState:
         """Curvature update (on its schedule), metric primal step, ECL duals."""
         self._check(lr > 0, f"the proximal weight is 1/lr, so lr must be > 0 (got {lr})")
-        loss, G = oracle(state.x, batch)
         blocks = state.metric if state.metric is not None else \
             _metric_of(self, oracle, state.x.shape[1])
         factors, basis = state.factors, state.basis
         if state.t % self.factor_every == 0:
-            new = self._batch_factors(oracle, blocks, state.x, batch, state.t)
+            if self.fisher == "empirical" and isinstance(oracle, FusedMetricOracle):
+                # the gradient's own pass gives the factors (the same batch and point)
+                loss, G, f = oracle.grads_and_factors(state.x, batch, blocks.layers)  # noqa: N806
+                new = blocks.pack(f)
+            else:
+                loss, G = oracle(state.x, batch)  # noqa: N806
+                new = self._batch_factors(oracle, blocks, state.x, batch, state.t)
             factors = new if state.t == 0 else torch.lerp(new, factors, self.ema)
+        else:
+            loss, G = oracle(state.x, batch)  # noqa: N806
         if state.t % self.inverse_every == 0 or state.t == 0:
             basis, ok = _basis_or_flag(blocks, factors)
             if not bool(ok.all()):

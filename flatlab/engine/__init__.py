@@ -18,6 +18,7 @@ from flatlab.engine.objective import Objective
 from flatlab.engine.oracle import (
     DenseMetricBlock,
     FunctionOracle,
+    FusedMetricOracle,
     GradientOracle,
     LayeredOracle,
     MetricBlock,
@@ -40,6 +41,7 @@ __all__ = [
     "resolve_dtype",
     "LOSSES",
     "MetricOracle",
+    "FusedMetricOracle",
     "LayeredOracle",
     "MetricBlock",
     "DenseMetricBlock",

@@ -40,7 +40,7 @@ from torch.func import functional_call, grad
 
 from flatlab.errors import CurvatureError
 
-__all__ = ["KFACLayer", "kfac_layers", "kfac_factors", "FISHER_TYPES"]
+__all__ = ["KFACLayer", "kfac_layers", "kfac_factors", "kfac_grads_and_factors", "FISHER_TYPES"]
 
 FISHER_TYPES = ("empirical", "true")
 
@@ -192,24 +192,7 @@ def kfac_factors(stack: Any, X: torch.Tensor, inputs: torch.Tensor,  # noqa: N80
         targets = _sample_targets(out, stack.loss_name,
                                   generator or torch.Generator().manual_seed(0))
     B = inputs.shape[1]
-
-    def shapes() -> dict[str, torch.Size]:
-        sizes: dict[str, torch.Size] = {}
-        mods = dict(module.named_modules())
-        hs = [mods[ly.module].register_forward_hook(
-            lambda m, a, o, name=ly.module: sizes.__setitem__(name, o.shape[1:]))
-            for ly in layers]
-        try:
-            with torch.no_grad():
-                functional_call(module, (layout.unflatten(X[0]), {k: v[0] for k, v in
-                                                                  buffers.items()}),
-                                (inputs[0],))
-        finally:
-            for h in hs:
-                h.remove()
-        return sizes
-
-    out_shapes = shapes()
+    out_shapes = _output_shapes(stack, X, inputs, layers, buffers)
 
     def node(probes: dict[str, torch.Tensor], x: torch.Tensor, buf: dict[str, torch.Tensor],
              xb: torch.Tensor, yb: torch.Tensor):
@@ -225,6 +208,34 @@ def kfac_factors(stack: Any, X: torch.Tensor, inputs: torch.Tensor,  # noqa: N80
     with _hooked(module, layers), stack.mode(train=True):
         gs, acts = torch.vmap(grad(node, has_aux=True), randomness="different")(
             probes, X, buffers, inputs, targets)
+    return _factors(layers, acts, gs, B)
+
+
+def _output_shapes(stack: Any, X: torch.Tensor, inputs: torch.Tensor,  # noqa: N803
+                   layers: list[KFACLayer], buffers: dict[str, torch.Tensor]
+                   ) -> dict[str, torch.Size]:
+    """Each covered layer's output shape for one example (a forward of node 0, no gradients)."""
+    module, layout = stack.module, stack.layout
+    sizes: dict[str, torch.Size] = {}
+    mods = dict(module.named_modules())
+    hs = [mods[ly.module].register_forward_hook(
+        lambda m, a, o, name=ly.module: sizes.__setitem__(name, o.shape[1:]))
+        for ly in layers]
+    try:
+        with torch.no_grad():
+            functional_call(module, (layout.unflatten(X[0]), {k: v[0].clone() for k, v in
+                                                              buffers.items()}),
+                            (inputs[0],))
+    finally:
+        for h in hs:
+            h.remove()
+    return sizes
+
+
+def _factors(layers: list[KFACLayer], acts: dict[str, torch.Tensor],
+             gs: dict[str, torch.Tensor], B: int  # noqa: N803
+             ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``A`` and ``G`` of every layer from its inputs ``ā`` and per-example output gradients."""
     result = {}
     for ly in layers:
         a = acts[ly.module]                                     # [n, B, T, features]
@@ -237,5 +248,47 @@ def kfac_factors(stack: Any, X: torch.Tensor, inputs: torch.Tensor,  # noqa: N80
         G = torch.einsum("nbti,nbtj->nij", g, g) / B
         result[ly.module] = (A, G)
     return result
+
+
+def kfac_grads_and_factors(stack: Any, X: torch.Tensor, inputs: torch.Tensor,  # noqa: N803
+                           targets: torch.Tensor, *, layers: list[KFACLayer] | None = None
+                           ) -> tuple[torch.Tensor, dict[str, torch.Tensor],
+                                      dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """Losses, gradients and empirical K-FAC factors of every node in one vectorized pass.
+
+    What :class:`~flatlab.engine.GradientOracle` and :func:`kfac_factors` (``fisher=
+    "empirical"``) compute in two passes, from one: the probes that give the per-example output
+    gradients ``g`` ride on the gradient's own forward and backward (the empirical Fisher uses
+    the data labels, so the pass that differentiates the loss also gives ``g``). The probes add
+    zeros, so the gradients are the plain gradients of each node's mean loss; with the mean
+    loss the probe gradients are ``g / B``, rescaled here. Runs in train mode and, like the
+    oracle, updates each node's BatchNorm statistics once.
+
+    Returns:
+        ``(losses [n], {parameter name: [n, *shape]} gradients, {module name: (A, G)})``.
+    """
+    layers = kfac_layers(stack.module) if layers is None else layers
+    module, layout, loss_fn = stack.module, stack.layout, stack.loss_fn
+    B = inputs.shape[1]
+    out_shapes = _output_shapes(stack, X, inputs, layers, stack.buffers)
+
+    def node(params: dict[str, torch.Tensor], probes: dict[str, torch.Tensor],
+             buf: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor):
+        _STATE.update(inputs={}, probes=probes)
+        try:
+            out = functional_call(module, (params, buf), (xb,))
+            captured = dict(_STATE["inputs"])
+        finally:
+            _STATE.clear()
+        loss = loss_fn(out, yb)
+        return loss, (loss.detach(), captured)
+
+    probes = {ly.module: X.new_zeros(X.shape[0], B, *out_shapes[ly.module]) for ly in layers}
+    with _hooked(module, layers), stack.mode(train=True):
+        (gp, gprobe), (losses, acts) = torch.vmap(
+            grad(node, argnums=(0, 1), has_aux=True), randomness=stack.randomness)(
+            layout.unflatten(X), probes, stack.buffers, inputs, targets)
+    per_example = {k: v * B for k, v in gprobe.items()}  # ∂ℓ_b/∂s from the mean loss's g / B
+    return losses, gp, _factors(layers, acts, per_example, B)
 
 

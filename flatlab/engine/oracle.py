@@ -25,12 +25,12 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch.func import grad_and_value
 
-from flatlab.engine.kfac import KFACLayer, kfac_factors, kfac_layers
+from flatlab.engine.kfac import KFACLayer, kfac_factors, kfac_grads_and_factors, kfac_layers
 from flatlab.engine.stack import NodeStack
 from flatlab.errors import AlgorithmError
 
-__all__ = ["Oracle", "MetricOracle", "MetricBlock", "LayeredOracle", "DenseMetricBlock",
-           "GradientOracle", "FunctionOracle"]
+__all__ = ["Oracle", "MetricOracle", "FusedMetricOracle", "MetricBlock", "LayeredOracle",
+           "DenseMetricBlock", "GradientOracle", "FunctionOracle"]
 
 
 @runtime_checkable
@@ -98,6 +98,25 @@ class MetricOracle(Oracle, Protocol):
 
 
 @runtime_checkable
+class FusedMetricOracle(MetricOracle, Protocol):
+    """A metric oracle that can give the gradients and the empirical metric in one pass.
+
+    NGPD refreshes its metric on the same minibatch, at the same point, as that step's
+    gradient; with the empirical Fisher both come from one forward and backward.
+    """
+
+    def grads_and_factors(self, X: torch.Tensor, batch: Any, blocks: list[MetricBlock]  # noqa: N803
+                          ) -> tuple[torch.Tensor | None, torch.Tensor,
+                                     list[tuple[torch.Tensor, torch.Tensor]]]:
+        """``(losses, G, factors)`` from one pass.
+
+        The same as ``oracle(X, batch)`` followed by ``metric_factors(X, batch, blocks,
+        fisher="empirical")``.
+        """
+        ...
+
+
+@runtime_checkable
 class LayeredOracle(Oracle, Protocol):
     """An oracle whose parameter vector is made of tensors (a model's), which it can name."""
 
@@ -140,7 +159,8 @@ class DenseMetricBlock:
 class GradientOracle:
     """Per-node stochastic gradients of a node stack on per-node minibatches.
 
-    A :class:`MetricOracle` (the K-FAC Fisher of the model's Linear and Conv layers) and a
+    A :class:`MetricOracle` (the K-FAC Fisher of the model's Linear and Conv layers), a
+    :class:`FusedMetricOracle` (gradients and empirical factors from one pass) and a
     :class:`LayeredOracle` (the model's parameter tensors).
 
     ``G[i] = grad_x loss(model(x_i; inputs[i]), targets[i]) + weight_decay * x_i``, for all ``i``
@@ -210,6 +230,26 @@ class GradientOracle:
         if self.weight_decay:
             G.add_(X, alpha=self.weight_decay)
         return losses.detach(), G.detach()
+
+    def grads_and_factors(self, X: torch.Tensor, batch: tuple[torch.Tensor, torch.Tensor],  # noqa: N803
+                          blocks: list[KFACLayer]
+                          ) -> tuple[torch.Tensor, torch.Tensor,
+                                     list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Losses, gradients and empirical K-FAC factors in one vectorized pass.
+
+        :func:`~flatlab.engine.kfac.kfac_grads_and_factors`: the per-example output gradients
+        that K-FAC's ``G`` needs come from the gradient's own backward, instead of the second
+        forward and backward of :meth:`metric_factors`. Counts as one oracle call; weight decay
+        is added as in :meth:`__call__`.
+        """
+        inputs, targets = batch
+        self.calls += 1
+        losses, grads, f = kfac_grads_and_factors(self.stack, X.detach(), inputs, targets,
+                                                  layers=blocks)
+        G = self.stack.layout.flatten(grads)  # noqa: N806
+        if self.weight_decay:
+            G.add_(X, alpha=self.weight_decay)
+        return losses.detach(), G.detach(), [f[ly.module] for ly in blocks]
 
     def parameter_slices(self) -> list[slice]:
         """The slice of each parameter tensor in the flat vector (the layout's order)."""

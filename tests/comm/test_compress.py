@@ -57,6 +57,33 @@ def test_top_k_keeps_exactly_the_largest_magnitudes():
     assert (X.abs()[kept].view(len(X), k).min(1).values >= kth).all()
 
 
+def test_approximate_top_k_is_a_threshold_and_exact_with_the_whole_sample():
+    X = _vectors(n=8, d=4000)[1:]  # noqa: N806
+    assert torch.equal(C.ApproxTopK(0.05, sample=1.0)(X), C.TopK(0.05)(X))
+    small = _vectors()  # 200 coordinates: a sample of 60 holds 3 above the threshold, too few
+    assert torch.equal(C.ApproxTopK(0.05, sample=0.3)(small), C.TopK(0.05)(small))
+    Q = C.ApproxTopK(0.05, sample=0.3)(X)  # noqa: N806 - 60 of 1200 sampled above it
+    kept = Q != 0
+    assert torch.equal(Q[kept], X[kept])
+    for i in range(len(X)):  # a threshold: every kept magnitude above every dropped one
+        if kept[i].any() and (~kept[i]).any():
+            assert X[i].abs()[kept[i]].min() >= X[i].abs()[~kept[i]].max()
+
+
+def test_approximate_top_k_keeps_about_k_and_measures_its_omega():
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(32, 20_000, generator=g, dtype=torch.float64)  # noqa: N806
+    q = C.ApproxTopK(0.01)  # k = 200, threshold from s = 2000 coordinates (20 above it)
+    kept = (q(X) != 0).sum(1).double()
+    spread = 1 / math.sqrt(0.01 * 2000)  # relative spread of the kept count
+    assert ((kept / 200 - 1).abs() < 5 * spread).all()
+    assert abs(float(kept.mean()) / 200 - 1) < 5 * spread / math.sqrt(32)
+    realised = 1 - _sq(q(X) - X) / _sq(X)  # what the top ~1% of Gaussian mass carries
+    exact = 1 - _sq(C.TopK(0.01)(X) - X) / _sq(X)
+    assert ((realised / exact - 1).abs() < 0.5).all()
+    assert q.omega(20_000) == C.TopK(0.01).omega(20_000)
+
+
 def _monte_carlo(q, X, draws=4000):  # noqa: N803
     out = torch.stack([C.compress(X, q, seed=s) for s in range(draws)])
     return out
@@ -161,6 +188,8 @@ def test_bad_input_is_one_clear_error():
         C.make("topk")
     with pytest.raises(FlatlabError, match="fraction must be in"):
         C.make("top-k", fraction=0)
+    with pytest.raises(FlatlabError, match="sample must be in"):
+        C.make("top-k-approx", sample=0)
     with pytest.raises(FlatlabError, match="levels must be an integer"):
         C.make("qsgd", levels=0)
     with pytest.raises(FlatlabError, match="takes fraction"):

@@ -13,7 +13,7 @@ from flatlab.curvature.kfac import (
     kfac_solve,
     kron_matvec,
 )
-from flatlab.engine import NodeStack
+from flatlab.engine import FusedMetricOracle, GradientOracle, NodeStack
 from tests.reference.algorithms import node_kfac_factors
 
 F64 = torch.float64
@@ -91,6 +91,34 @@ def test_vectorized_factors_equal_node_by_node_hooks(model, shape, opts):
     for name, (A, G) in ref.items():
         torch.testing.assert_close(got[name][0], A, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(got[name][1], G, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("model,shape,opts", [("mlp", (12,), {"hidden": (7,)}),
+                                              ("cnn1d", (20,), {"channels": (4, 6),
+                                                                "strides": (1, 2),
+                                                                "norm": "none"})])
+def test_one_pass_gradients_and_factors_equal_the_two_passes(model, shape, opts):
+    """NGPD's fused refresh: the oracle's gradients and the node-by-node reference factors."""
+    n, B = 3, 4
+    template = flatlab.models.make(model, input_shape=shape, num_classes=5, seed=0,
+                                   **opts).double()
+    stack = NodeStack(template, n, device="cpu", dtype=F64)
+    gen = torch.Generator().manual_seed(6)
+    X = stack.initial_params() + 0.1 * torch.randn(n, stack.P, dtype=F64, generator=gen)
+    inputs = torch.randn(n, B, *shape, dtype=F64, generator=gen)
+    targets = torch.randint(0, 5, (n, B), generator=gen)
+    oracle = GradientOracle(stack, weight_decay=0.01)
+    blocks = oracle.metric_blocks(stack.P)
+    assert isinstance(oracle, FusedMetricOracle)
+    losses, G, factors = oracle.grads_and_factors(X, (inputs, targets), blocks)
+    want_losses, want_G = oracle(X, (inputs, targets))
+    torch.testing.assert_close(losses, want_losses, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(G, want_G, rtol=1e-10, atol=1e-12)
+    ref = _loop_factors(template, X, inputs, targets, "cross_entropy")
+    for ly, (A, Gf) in zip(blocks, factors, strict=True):
+        torch.testing.assert_close(A, ref[ly.module][0], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(Gf, ref[ly.module][1], rtol=1e-10, atol=1e-12)
+    assert oracle.calls == 2
 
 
 def test_true_fisher_of_a_linear_gaussian_model_is_exactly_kfac():
