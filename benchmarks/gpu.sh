@@ -15,6 +15,7 @@ set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:-${OUT:-$here/gpu-out}}"
 py="${PYTHON:-python3}"
+dev="${DEVICE:-cuda}"  # DEVICE=cpu tries the script on a machine without a GPU
 mkdir -p "$out"
 cd "$here"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1
@@ -25,13 +26,13 @@ run() {  # run NAME SECONDS ARGS...: one benchmark, its output kept whatever hap
   echo "== $name" | tee "$out/$name.txt"
   PYTHONUNBUFFERED=1 timeout "$limit" "$py" "$@" 2>&1 | tee -a "$out/$name.txt"
 }
-run step_time 120 step_time.py --device cuda --sizes 32,256,1024 --quick
-run mix 60 mix.py --device cuda --sizes 32,256,1024
-run curvature 120 curvature.py --device cuda --train-steps 100
-run ngpd 60 ngpd.py --device cuda --quick
-run compress 45 compress.py --device cuda --quick
-run scale 120 scale.py --device cuda --sizes 256,1024 --steps 20
-run resnet 90 scale.py --device cuda --sizes 1024 --steps 10 --model resnet20 --batch 16
+run step_time 120 step_time.py --device "$dev" --sizes 32,256,1024 --quick
+run mix 60 mix.py --device "$dev" --sizes 32,256,1024
+run curvature 120 curvature.py --device "$dev" --train-steps 100
+run ngpd 60 ngpd.py --device "$dev" --quick
+run compress 45 compress.py --device "$dev" --quick
+run scale 120 scale.py --device "$dev" --sizes 256,1024 --steps 20
+run resnet 90 scale.py --device "$dev" --sizes 1024 --steps 10 --model resnet20 --batch 16
 cd "$here/.."
 echo "== tests" | tee "$out/tests.txt"
 PYTHONUNBUFFERED=1 timeout 240 "$py" -m pytest -q -x -m "not slow" -p no:cacheprovider \
