@@ -1,8 +1,9 @@
 """The CPU allocator policy: freed [n, P] memory is reused, not page-faulted in again.
 
 Counted, not timed: the kernel's minor page-fault counter (``getrusage``) for filling a fresh
-64 MiB tensor after an equal one was freed. Under glibc's default policy each of its 16,384
-pages faults anew; with :func:`reuse_freed_memory` they come from the process's heap.
+64 MiB tensor after an equal one was freed, in a fresh process, first under glibc's default
+policy (each of the tensor's 16,384 pages faults anew: the control) and then after a CPU
+``NodeStack`` has set :func:`reuse_freed_memory` (the pages come from the process's heap).
 """
 
 import os
@@ -11,47 +12,37 @@ import sys
 
 import pytest
 
-glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or os.confstr(
-    "CS_GNU_LIBC_VERSION") is None, reason="the policy is glibc's mallopt")
-
 PROBE = """
-import resource, sys, torch
+import resource, torch
+def faults():
+    torch.ones(16 * 2**20)  # 64 MiB of float32, allocated, filled and freed
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.ones(16 * 2**20)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+system = faults()
 from flatlab.engine import NodeStack
-NodeStack(torch.nn.Linear(2, 2), n=2, device="cpu")
 from flatlab.engine.allocator import reuse_freed_memory
-on = reuse_freed_memory()
-numel = 16 * 2**20  # 64 MiB of float32
-torch.ones(numel)  # allocated, filled and freed
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-torch.ones(numel)
-print(on, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+NodeStack(torch.nn.Linear(2, 2), n=2, device="cpu")
+print(reuse_freed_memory(), system, faults())
 """
 
 
-def _probe(env_value: str | None) -> tuple[bool, int]:
-    env = {k: v for k, v in os.environ.items() if k != "FLATLAB_MALLOC"}
-    if env_value is not None:
-        env["FLATLAB_MALLOC"] = env_value
-    out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True,
-                         check=True).stdout.split()
-    return out[0] == "True", int(out[1])
-
-
-@glibc
+@pytest.mark.skipif(not sys.platform.startswith("linux")
+                    or os.confstr("CS_GNU_LIBC_VERSION") is None,
+                    reason="the policy is glibc's mallopt")
 def test_a_cpu_stack_makes_freed_memory_reused():
-    on, faults = _probe(None)
-    assert on
-    assert faults < 1000  # 16,384 pages of 4 KiB if each were faulted in again
+    env = {k: v for k, v in os.environ.items() if k != "FLATLAB_MALLOC"}
+    on, system, reused = subprocess.run([sys.executable, "-c", PROBE], env=env, text=True,
+                                        capture_output=True, check=True).stdout.split()
+    assert on == "True"
+    assert int(system) > 8000  # the control: the default policy maps the tensor anew
+    assert int(reused) < 1000  # 16,384 pages of 4 KiB if each were faulted in again
 
 
-@glibc
-def test_system_policy_on_request_faults_every_page():
-    on, faults = _probe("system")
-    assert not on
-    assert faults > 8000  # the control: the default policy maps and faults the tensor anew
+def test_system_policy_on_request_and_reuse_is_idempotent(monkeypatch):
+    from flatlab.engine import allocator
 
-
-def test_reuse_is_idempotent():
-    from flatlab.engine.allocator import reuse_freed_memory
-
-    assert reuse_freed_memory() == reuse_freed_memory()
+    monkeypatch.setattr(allocator, "_state", None)
+    monkeypatch.setenv(allocator.MALLOC_ENV, "system")
+    assert allocator.reuse_freed_memory() is False
+    assert allocator.reuse_freed_memory() is False  # decided once per process
