@@ -11,7 +11,7 @@ import torch
 from flatlab.algorithms.base import Algorithm, State, make
 from flatlab.comm.protocols import Mixer
 from flatlab.comm.simulated import SimulatedMixer
-from flatlab.engine.oracle import FunctionOracle
+from flatlab.engine.oracle import FunctionOracle, sam_oracle
 from flatlab.errors import FlatlabError
 from flatlab.topology import Topology
 from flatlab.topology import from_matrix as _from_matrix
@@ -51,6 +51,8 @@ def simulate(
     mixer: Mixer | None = None,
     return_state: bool = False,
     metric_fn: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+    sam_rho: float = 0.0,
+    sam_adaptive: bool = False,
     **hparams: Any,
 ) -> torch.Tensor | tuple[torch.Tensor, State]:
     """Iterate a registered algorithm on per-node gradient maps, for theory checks.
@@ -74,6 +76,9 @@ def simulate(
         return_state: Also return the final algorithm state.
         metric_fn: ``metric_fn(X, t) -> [n, d, d]`` per-node curvature (e.g. the exact Hessians):
             the oracle's metric, which ``ngpd`` needs.
+        sam_rho: SAM on every node: gradients at ``x_i + ρ g_i/‖g_i‖``
+            (:class:`~flatlab.engine.SAMOracle`); 0 (default) is the plain method.
+        sam_adaptive: ASAM's perturbation instead.
         **hparams: Hyper-parameters, when ``algorithm`` is a name.
 
     Returns:
@@ -101,7 +106,10 @@ def simulate(
     if mixer is None:
         topo = as_topology(topology, X0.shape[0])
         mixer = SimulatedMixer(topo, device=X0.device, dtype=X0.dtype, method=mix_method)
-    oracle = FunctionOracle(grad_fn, metric_fn=metric_fn)
+    if not sam_rho >= 0:
+        raise FlatlabError(f"sam_rho must be >= 0, got {sam_rho}")
+    oracle = sam_oracle(FunctionOracle(grad_fn, metric_fn=metric_fn), sam_rho,
+                        adaptive=sam_adaptive)
     lr_at = lr if callable(lr) else (lambda _t, _lr=float(lr): _lr)
     state = algo.init(X0.clone(), oracle, mixer)
     out = [state.x.clone()]

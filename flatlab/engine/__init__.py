@@ -24,6 +24,8 @@ from flatlab.engine.oracle import (
     MetricBlock,
     MetricOracle,
     Oracle,
+    SAMOracle,
+    sam_oracle,
 )
 from flatlab.engine.stack import LOSSES, NodeStack, resolve_device, resolve_dtype
 
@@ -46,4 +48,6 @@ __all__ = [
     "MetricBlock",
     "DenseMetricBlock",
     "reuse_freed_memory",
+    "SAMOracle",
+    "sam_oracle",
 ]

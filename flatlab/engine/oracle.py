@@ -30,7 +30,7 @@ from flatlab.engine.stack import NodeStack
 from flatlab.errors import AlgorithmError
 
 __all__ = ["Oracle", "MetricOracle", "FusedMetricOracle", "MetricBlock", "LayeredOracle",
-           "DenseMetricBlock", "GradientOracle", "FunctionOracle"]
+           "DenseMetricBlock", "GradientOracle", "FunctionOracle", "SAMOracle", "sam_oracle"]
 
 
 @runtime_checkable
@@ -326,3 +326,79 @@ class FunctionOracle:
         if self.weight_decay:
             G = torch.add(G, X, alpha=self.weight_decay)
         return None, G
+
+
+class SAMOracle:
+    """Sharpness-aware gradients on every node: ``G_i = ∇f_i(x_i + ε_i) + wd · x_i``.
+
+    Foret, Kleiner, Mobahi, Neyshabur, ICLR 2021 (SAM), with Kwon et al., ICML 2021 (adaptive
+    SAM, ASAM); docs/reference/measures.md §8.2-8.3 for the perturbation's forms::
+
+        SAM:   ε_i = ρ g_i / ‖g_i‖                      g_i = ∇f_i(x_i) on the node's batch
+        ASAM:  ε_i = ρ T_i² g_i / ‖T_i g_i‖,   T_i = diag(|x_i| + η)
+
+    Every node perturbs with its own minibatch gradient (SAM's m-sharpness with m the node's
+    batch, which is what data-parallel SAM computes per worker), all nodes at once: one extra
+    call of the wrapped oracle on the perturbed stack, no loop over nodes. The weight decay of
+    the wrapped oracle is kept out of the perturbation and taken at ``x_i``, as SAM's optimizer
+    adds it outside the gradient. ``ρ = 0`` returns the wrapped oracle's gradients unchanged.
+    The loss returned is the loss at ``x_i`` (what the runner records).
+
+    Curvature capabilities of the wrapped oracle (``metric_blocks``, ``metric_factors``,
+    ``parameter_slices``) pass through; its fused gradient-and-factors pass does not (it would
+    return unperturbed gradients).
+
+    Args:
+        base: The oracle whose gradients are perturbed (with a ``weight_decay`` attribute).
+        rho: Radius ``ρ >= 0``.
+        adaptive: ASAM's scale-invariant perturbation.
+        eta: ASAM's ``η`` (keeps zero weights perturbable).
+    """
+
+    _PASSED = ("metric_blocks", "metric_factors", "parameter_slices", "stack", "metric")
+
+    def __init__(self, base: Oracle, rho: float, *, adaptive: bool = False,
+                 eta: float = 0.01) -> None:
+        if not rho >= 0:
+            raise ValueError(f"SAM's rho must be >= 0, got {rho}")
+        if not eta >= 0:
+            raise ValueError(f"ASAM's eta must be >= 0, got {eta}")
+        self.base, self.rho, self.adaptive, self.eta = base, float(rho), bool(adaptive), eta
+        self.weight_decay = float(getattr(base, "weight_decay", 0.0))
+
+    def __getattr__(self, name: str) -> Any:
+        if name in SAMOracle._PASSED:
+            return getattr(self.base, name)
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    @property
+    def calls(self) -> int:
+        """Calls of the wrapped oracle (two per SAM gradient)."""
+        return self.base.calls
+
+    def perturbation(self, X: torch.Tensor, g: torch.Tensor) -> torch.Tensor:  # noqa: N803
+        """``ε`` ``[n, P]`` from the loss gradients ``g`` at ``X`` (zero where ``g_i = 0``)."""
+        if self.adaptive:
+            T = X.abs() + self.eta  # noqa: N806
+            scaled = T * g
+            norm = torch.linalg.vector_norm(scaled, dim=1, keepdim=True)
+            return self.rho * T * scaled / norm.clamp_min(torch.finfo(g.dtype).tiny)
+        norm = torch.linalg.vector_norm(g, dim=1, keepdim=True)
+        return self.rho * g / norm.clamp_min(torch.finfo(g.dtype).tiny)
+
+    def __call__(self, X: torch.Tensor, batch: Any) -> tuple[torch.Tensor | None, torch.Tensor]:  # noqa: N803
+        """Losses at ``X`` and the SAM gradients ``[n, P]``."""
+        loss, G = self.base(X, batch)  # noqa: N806
+        if self.rho == 0:
+            return loss, G
+        g = G - self.weight_decay * X if self.weight_decay else G
+        eps = self.perturbation(X, g)
+        _, G_eps = self.base(X + eps, batch)  # noqa: N806 - ∇f(x + ε) + wd (x + ε)
+        if self.weight_decay:
+            G_eps = G_eps.sub_(eps, alpha=self.weight_decay)  # noqa: N806 - decay at x
+        return loss, G_eps
+
+
+def sam_oracle(base: Oracle, rho: float, *, adaptive: bool = False, eta: float = 0.01) -> Oracle:
+    """``base`` itself when ``rho == 0``, else :class:`SAMOracle` around it."""
+    return base if rho == 0 else SAMOracle(base, rho, adaptive=adaptive, eta=eta)

@@ -21,6 +21,7 @@ from flatlab import models as _models
 from flatlab.comm import DistributedMixer, SimulatedMixer
 from flatlab.comm.process import Processes
 from flatlab.engine import GradientOracle, NodeStack
+from flatlab.engine.oracle import Oracle, sam_oracle
 from flatlab.errors import ConfigError, FlatlabError, RunDirError
 from flatlab.experiment.config import RunConfig
 from flatlab.experiment.rundir import average_model
@@ -54,7 +55,7 @@ class Run:
     partition: Any
     sampler: Any
     stack: NodeStack
-    oracle: GradientOracle
+    oracle: Oracle
     mixer: SimulatedMixer | DistributedMixer
     algorithm: _algorithms.Algorithm
     steps_per_epoch: int
@@ -183,8 +184,9 @@ def build(cfg: RunConfig, procs: Processes | None = None) -> Run:
     else:
         mixer = DistributedMixer(topo, device=stack.device, dtype=stack.dtype)
     method = "vmap" if cfg.compile and cfg.oracle == "auto" else cfg.oracle
-    oracle = GradientOracle(stack, weight_decay=cfg.optim.weight_decay, method=method,
-                            compile=cfg.compile)
+    oracle = sam_oracle(GradientOracle(stack, weight_decay=cfg.optim.weight_decay,
+                                       method=method, compile=cfg.compile),
+                        cfg.optim.sam_rho, adaptive=cfg.optim.sam_adaptive)
     algo = _algorithms.make(cfg.algorithm.name, **cfg.algorithm.params)
     train, test, curvature = _eval_sets(cfg, dataset, part, stack)
     return Run(cfg=cfg, dataset=dataset, partition=part, sampler=sampler, stack=stack,

@@ -122,6 +122,11 @@ class OptimConfig:
     ``schedule``: ``constant``; ``step`` (multiply by ``gamma`` at each fraction of training in
     ``milestones``); ``cosine`` (from ``lr`` down to ``min_lr`` at the end). ``warmup``: steps of
     linear warm-up from ``lr / warmup`` to ``lr`` before the schedule.
+
+    ``sam_rho`` > 0 makes every node's gradient sharpness-aware (SAM, Foret et al. 2021: taken
+    at ``x_i + ρ g_i/‖g_i‖``; ``sam_adaptive`` for ASAM's scale-invariant perturbation, whose
+    radii are about 10x SAM's), for any gradient-based algorithm
+    (:class:`flatlab.engine.SAMOracle`); one extra forward and backward per step.
     """
 
     lr: float = 0.05
@@ -131,6 +136,8 @@ class OptimConfig:
     gamma: float = 0.1
     min_lr: float = 0.0
     weight_decay: float = 0.0
+    sam_rho: float = 0.0
+    sam_adaptive: bool = False
 
 
 @dataclass
@@ -541,6 +548,7 @@ def _validate_optim(o: OptimConfig) -> None:
     _need(0 < o.gamma <= 1, "optim.gamma", o.gamma, "a number in (0, 1]")
     _need(0 <= o.min_lr <= o.lr, "optim.min_lr", o.min_lr, "a number in [0, optim.lr]")
     _need(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a number >= 0")
+    _need(o.sam_rho >= 0, "optim.sam_rho", o.sam_rho, "a number >= 0 (0: no SAM)")
 
 
 def _validate_train(cfg: RunConfig) -> None:

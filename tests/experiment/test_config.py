@@ -39,6 +39,8 @@ BAD = [
     ({"optim": {"min_lr": 1}}, "optim.min_lr"),
     ({"optim": {"weight_decay": -1}}, "optim.weight_decay"),
     ({"optim": {"warmup": -3}}, "optim.warmup"),
+    ({"optim": {"sam_rho": -0.1}}, "optim.sam_rho: -0.1 is not accepted; accepted: a number >= 0"),
+    ({"optim": {"sam_adaptive": "yes"}}, "optim.sam_adaptive"),
     ({"seed": -1}, "field seed"),
     ({"seed": 1.5}, "seed: 1.5 is not an integer"),
     ({"dtype": "float16"}, "accepted: float32, float64"),

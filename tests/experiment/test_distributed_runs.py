@@ -6,6 +6,7 @@
   metrics and the same final iterate as the simulated run of the same config, up to float32
   rounding (the order of floating sums differs; tests.precision), with equal byte counts (a
   time-varying topology on 4 processes, a static one on 2).
+- SAM on every node (``optim.sam_rho``) on 2 processes equals its simulated run.
 - Checkpoints hold all nodes: a distributed run stopped and resumed, and a simulated run resumed
   on 2 processes, end exactly as the uninterrupted run.
 - Failure: a rank killed (SIGKILL), stopped (SIGSTOP) or hung in its own code makes the others
@@ -105,8 +106,16 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         # ... and a simulated run continued on these processes
         cfg = load_config(config("consensus", "ring", name="crossed", backend="distributed"))
         assert run(cfg, Path(out) / "crossed", progress=False).status == "done"
+        if world == 2:  # SAM on every node: each process perturbs its own nodes
+            cfg = load_config(config("diffusion", "ring", name="sam", backend="distributed",
+                                     optim=SAM_OPTIM))
+            assert run(cfg, Path(out) / "sam", progress=False).status == "done"
     finally:
         dist.destroy_process_group()
+
+
+SAM_OPTIM = {"lr": 0.1, "schedule": "cosine", "warmup": 2, "weight_decay": 1e-4,
+             "sam_rho": 0.05}
 
 
 def _simulated(out: Path, algorithm: str, topology: str, **kw) -> Path:
@@ -186,6 +195,9 @@ def test_distributed_runs_equal_simulated_runs(world, simulated, tmp_path):
     # resumed runs end exactly as uninterrupted ones
     _compare(tmp_path / "resumed", simulated / "diffusion-ring")
     _compare(tmp_path / "crossed", _simulated(tmp_path / "whole", "consensus", "ring"))
+    if world == 2:
+        _compare(tmp_path / "sam", _simulated(tmp_path / "whole", "diffusion", "ring",
+                                              name="sam", optim=SAM_OPTIM))
     ck = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
     assert ck["processes"] == world and len(ck["rng"]) == world
     assert ck["state"]["x"].shape[0] == 4 and ck["mixer"]["bytes"].shape == (4,)

@@ -537,3 +537,26 @@ def buffers(nodes: LoopNodes) -> dict[str, torch.Tensor]:
     """Each node's buffers, stacked ``[n, ...]`` (to compare with the node stack's)."""
     names = [k for k, _ in nodes.models[0].named_buffers()]
     return {k: torch.stack([dict(m.named_buffers())[k] for m in nodes.models]) for k in names}
+
+
+def node_sam_grad(module: nn.Module, x: torch.Tensor, inputs: torch.Tensor,
+                  targets: torch.Tensor, *, rho: float, adaptive: bool = False,
+                  eta: float = 0.01, weight_decay: float = 0.0) -> torch.Tensor:
+    """One node's SAM (or ASAM) gradient with its own module, step by step (Foret et al. 2021).
+
+    ``g = ∇f(x)``; ``ε = ρ g/‖g‖`` (ASAM: ``ε = ρ T² g/‖T g‖``, ``T = |x| + η``); the gradient
+    is ``∇f(x + ε) + wd · x``. Two separate backward passes of a plain ``nn.Module``.
+    """
+    def loss_grad(at: torch.Tensor) -> torch.Tensor:
+        set_flat(module, at)
+        module.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(module(inputs), targets).backward()
+        return torch.cat([p.grad.reshape(-1) for p in module.parameters()])
+
+    g = loss_grad(x)
+    if adaptive:
+        t = x.abs() + eta
+        eps = rho * t * t * g / torch.linalg.vector_norm(t * g)
+    else:
+        eps = rho * g / torch.linalg.vector_norm(g)
+    return loss_grad(x + eps) + weight_decay * x
