@@ -103,6 +103,9 @@ class SimulatedMixer(EdgeSchedule):
             order = torch.argsort(src * self.n + dst)
             self._edges.append((src[order], dst[order]))
             self._out_degree.append(torch.bincount(src, minlength=self.n))
+        # rounds that are the identity (local steps, flatlab.topology.periodic): no product
+        self._identity = [bool(w.nnz == self.n and np.all(w.diagonal() == 1.0))
+                          for w in (topology.matrix(t, sparse=True) for t in range(self.period))]
         self.stats = CommStats.zeros(self.n)
         self.rank, self.world_size = 0, 1  # one process holds every node
         self.waiting = False  # never waits for a peer
@@ -123,6 +126,8 @@ class SimulatedMixer(EdgeSchedule):
         deg = self._out_degree[r]
         self.stats.messages += deg
         self.stats.bytes += deg * row_bytes
+        if self._identity[r]:  # a local step: nothing is sent, every node keeps its own
+            return X.clone()
         if self.method == "shift":
             return self._shift_mix(X, r)
         flat = X.reshape(self.n, -1)

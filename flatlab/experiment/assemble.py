@@ -177,7 +177,8 @@ def build(cfg: RunConfig, procs: Processes | None = None) -> Run:
     total = cfg.train.steps if cfg.train.steps is not None else max(1, math.ceil(
         cfg.train.epochs * spe))
     topo = make_topology(cfg.topology.name, n, weights=cfg.topology.weights,
-                         lazy=cfg.topology.lazy, **cfg.topology.params)
+                         lazy=cfg.topology.lazy, local_steps=cfg.topology.local_steps,
+                         **cfg.topology.params)
     if procs is None:
         mixer: SimulatedMixer | DistributedMixer = SimulatedMixer(
             topo, device=stack.device, dtype=stack.dtype, method=cfg.mix_method)

@@ -98,12 +98,17 @@ class ModelConfig:
 
 @dataclass
 class TopologyConfig:
-    """Graph generator (``flatlab topologies``), size, weight rule and generator parameters."""
+    """Graph generator (``flatlab topologies``), size, weight rule and generator parameters.
+
+    ``local_steps`` ``H > 1`` gossips every ``H`` steps and takes local steps between
+    (:func:`flatlab.topology.periodic`; with ``complete``, Local SGD).
+    """
 
     name: str = "ring"
     nodes: int = 16
     weights: str | None = None
     lazy: bool = False
+    local_steps: int = 1
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -520,8 +525,11 @@ def _validate_topology(t: TopologyConfig) -> Any:
     from flatlab.topology import make as make_topology
 
     _need(t.nodes >= 1, "topology.nodes", t.nodes, "an integer >= 1")
+    _need(t.local_steps >= 1, "topology.local_steps", t.local_steps,
+          "an integer >= 1 (steps between gossip rounds)")
     try:
-        return make_topology(t.name, t.nodes, weights=t.weights, lazy=t.lazy, **t.params)
+        return make_topology(t.name, t.nodes, weights=t.weights, lazy=t.lazy,
+                             local_steps=t.local_steps, **t.params)
     except FlatlabError as e:
         raise ConfigError(f"config field topology: {e}") from None
     except TypeError as e:

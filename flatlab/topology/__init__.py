@@ -44,6 +44,7 @@ __all__ = [
     "WEIGHT_RULES",
     "DENSE_LIMIT",
     "make",
+    "periodic",
     "available",
     "catalog",
     "from_graph",
@@ -156,6 +157,7 @@ def make(
     weights: str | None = None,
     lazy: bool = False,
     seed: int | None = None,
+    local_steps: int = 1,
     **params: Any,
 ) -> Topology:
     """Build a topology by name.
@@ -167,6 +169,7 @@ def make(
         weights: Weight rule; default ``metropolis`` (``uniform`` for directed graphs).
         lazy: Apply ``(I + W) / 2``.
         seed: Seed of the random generators (default 0); ignored by deterministic ones.
+        local_steps: Gossip every ``local_steps`` steps, identity between (:func:`periodic`).
         **params: Generator parameters: ``rows``, ``cols`` (torus), ``edge_prob``
             (erdos-renyi), ``degree`` (random-regular), ``allow_any_n`` (one-peer-exponential).
 
@@ -178,7 +181,7 @@ def make(
     if ":" in str(name):
         kind, _, path = str(name).partition(":")
         if kind in _FILE_KINDS:
-            return load(path, kind=kind, n=n, weights=weights, lazy=lazy)
+            return periodic(load(path, kind=kind, n=n, weights=weights, lazy=lazy), local_steps)
     if key not in _GENERATORS:
         raise TopologyError(
             f"unknown topology {name!r}; accepted: {', '.join(_GENERATORS)}, or edges:PATH, "
@@ -203,7 +206,39 @@ def make(
             raise TopologyError(f"{key} needs the number of nodes n ({info.size})")
         graph = info.build(n, **params)
     record = {k: v for k, v in params.items() if v is not None}
-    return from_graph(graph, key, weights, lazy, record)
+    return periodic(from_graph(graph, key, weights, lazy, record), local_steps)
+
+
+def periodic(topology: Topology, local_steps: int) -> Topology:
+    """Local steps: ``W_t`` of ``topology`` every ``local_steps`` steps, the identity between.
+
+    ``W'_t = W_{t / H}`` when ``t mod H == 0``, else ``I`` (``H = local_steps``): every node
+    takes ``H - 1`` steps on its own between gossip rounds, and with the complete graph this is
+    Local SGD (Stich, ICLR 2019; Lin, Stich, Patel, Jaggi, ICLR 2020). A static base gives a
+    period of ``H``, a time-varying one ``H`` times its period (its rounds in order, one per
+    communication). Rounds of ``I`` send nothing, so traffic is counted on mixing steps only, and
+    the spectral summary's period product is ``W``'s own (``I`` contracts nothing).
+    Algorithms whose correctness needs a fixed ``W`` refuse it as any time-varying topology.
+
+    Args:
+        topology: The base topology.
+        local_steps: ``H >= 1``; 1 returns ``topology`` itself.
+
+    Raises:
+        TopologyError: ``local_steps`` is not an integer >= 1.
+    """
+    if isinstance(local_steps, bool) or not isinstance(local_steps, (int, np.integer)) \
+            or local_steps < 1:
+        raise TopologyError(f"local_steps {local_steps!r} is not accepted; accepted: an integer "
+                            ">= 1 (steps between gossip rounds)")
+    H = int(local_steps)  # noqa: N806
+    if H == 1:
+        return topology
+    eye = sp.identity(topology.n, dtype=np.float64, format="csr")
+    rounds = tuple(w if h == 0 else eye for w in topology.rounds for h in range(H))
+    return Topology(name=topology.name, rounds=rounds, weights=topology.weights,
+                    lazy=topology.lazy, symmetric=topology.symmetric, group=topology.group,
+                    params={**topology.params, "local_steps": H}, tol=topology.tol)
 
 
 def from_adjacency(adjacency, weights: str | None = None, lazy: bool = False,

@@ -23,7 +23,13 @@ from flatlab.data import heterogeneous_quadratics
 from tests import precision
 
 N, D, STEPS = 4, 3, 30
-TOPOLOGIES = ("ring", "exponential", "one-peer-exponential")
+TOPOLOGIES = ("ring", "exponential", "one-peer-exponential", "ring/local-3")
+
+
+def topology(spec: str) -> flatlab.topology.Topology:
+    """A generator name, or ``NAME/local-H`` for local steps (gossip every H steps)."""
+    name, _, local = spec.partition("/local-")
+    return flatlab.topology.make(name, N, local_steps=int(local or 1))
 
 
 def free_port() -> int:
@@ -66,7 +72,7 @@ def worker(rank, world, port, out):
         q, gf, X0 = problem()
         res = {}
         for topo_name in TOPOLOGIES:
-            topo = flatlab.topology.make(topo_name, N)
+            topo = topology(topo_name)
             for name in filter(lambda a: runs_on(a, topo), available()):
                 mixer = DistributedMixer(topo, dtype=torch.float32)
                 rows = mixer.local_rows
@@ -102,7 +108,7 @@ def distributed_results(request, tmp_path_factory):
 def test_every_algorithm_matches_the_simulated_mixer(distributed_results, topo_name):
     world, per_rank = distributed_results
     q, gf, X0 = problem()
-    topo = flatlab.topology.make(topo_name, N)
+    topo = topology(topo_name)
     for name in filter(lambda a: runs_on(a, topo), available()):
         mixer = SimulatedMixer(topo, device="cpu", dtype=torch.float32)
         ref = simulate(name, topo, gf, X0, STEPS, 0.05, mixer=mixer,
@@ -123,7 +129,7 @@ def test_every_algorithm_matches_the_simulated_mixer(distributed_results, topo_n
 def test_exchange_delivers_each_edge_message_to_its_receiver(distributed_results):
     _, per_rank = distributed_results
     for topo_name in TOPOLOGIES:
-        period = flatlab.topology.make(topo_name, N).period
+        period = topology(topo_name).period
         for t in range(period):
             assert all(r[topo_name, "exchange", t] for r in per_rank)
             assert all(r[topo_name, "in_local", t] for r in per_rank)

@@ -1,0 +1,82 @@
+"""Local steps (flatlab.topology.periodic): gossip every H steps, the identity between.
+
+Against independent references: H = 1 is the base topology; the complete graph with period H is
+Local SGD, checked on heterogeneous quadratics against a per-node loop that averages every H
+steps; traffic is counted on mixing steps only; algorithms that need a fixed W refuse it.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+import flatlab
+from flatlab.comm import SimulatedMixer
+from flatlab.errors import AlgorithmError, ConfigError, TopologyError
+from flatlab.experiment import load_config
+
+
+def test_one_local_step_is_the_base_topology():
+    base = flatlab.topology.make("ring", 6)
+    assert flatlab.topology.periodic(base, 1) is base
+    assert flatlab.topology.make("ring", 6, local_steps=1).period == 1
+
+
+def test_rounds_are_w_then_identities_for_static_and_time_varying_bases():
+    ring = flatlab.topology.make("ring", 6)
+    local = flatlab.topology.periodic(ring, 3)
+    assert local.period == 3 and local.params["local_steps"] == 3
+    np.testing.assert_array_equal(local.matrix(0), ring.matrix(0))
+    np.testing.assert_array_equal(local.matrix(1), np.eye(6))
+    np.testing.assert_array_equal(local.matrix(5), np.eye(6))
+    ope = flatlab.topology.make("one-peer-exponential", 8)  # period 3
+    local = flatlab.topology.make("one-peer-exponential", 8, local_steps=2)
+    assert local.period == 6
+    for t in range(6):
+        want = ope.matrix(t // 2) if t % 2 == 0 else np.eye(8)
+        np.testing.assert_array_equal(local.matrix(t), want)
+    # the period product is the base's: the spectral summary contracts as W alone does
+    assert flatlab.spectral(local).rho == pytest.approx(flatlab.spectral(ope).rho, abs=1e-12)
+
+
+@pytest.mark.parametrize("H", [1, 3, 5])
+def test_complete_graph_with_period_h_is_local_sgd_on_quadratics(H):
+    """f_i(x) = ½ a_i ‖x − b_i‖²: H − 1 local gradient steps, then the exact average."""
+    n, d, lr, steps = 5, 3, 0.1, 23
+    gen = torch.Generator().manual_seed(0)
+    a = torch.rand(n, 1, generator=gen, dtype=torch.float64) + 0.5
+    b = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    X0 = torch.randn(n, d, generator=gen, dtype=torch.float64)  # noqa: N806
+    topo = flatlab.topology.make("complete", n, local_steps=H)
+    xs = flatlab.simulate("diffusion", topo, lambda X, t: a * (X - b), X0, steps=steps, lr=lr)
+    x = [X0[i].clone() for i in range(n)]  # the per-node loop of Local SGD
+    for t in range(steps):
+        x = [x[i] - lr * a[i] * (x[i] - b[i]) for i in range(n)]
+        if t % H == 0:
+            avg = sum(x) / n
+            x = [avg.clone() for _ in range(n)]
+        torch.testing.assert_close(xs[t + 1], torch.stack(x), rtol=1e-12, atol=1e-14)
+
+
+def test_traffic_is_counted_on_mixing_steps_only():
+    base = flatlab.topology.make("ring", 8)
+    mixer = SimulatedMixer(flatlab.topology.periodic(base, 4), device="cpu")
+    X = torch.randn(8, 10)  # noqa: N806
+    for t in range(10):  # mixing at t = 0, 4, 8
+        out = mixer.mix(X, t)
+        if t % 4:
+            assert torch.equal(out, X) and out is not X
+    np.testing.assert_array_equal(mixer.stats.messages.numpy(), np.full(8, 3 * 2))
+    np.testing.assert_array_equal(mixer.stats.bytes.numpy(), np.full(8, 3 * 2 * 40))
+
+
+def test_bad_local_steps_and_fixed_w_algorithms_are_refused_in_one_line():
+    with pytest.raises(TopologyError, match="local_steps 0 is not accepted") as e:
+        flatlab.topology.make("ring", 6, local_steps=0)
+    assert "\n" not in str(e.value)
+    with pytest.raises(AlgorithmError) as e:
+        flatlab.algorithms.make("choco").check_topology(
+            flatlab.topology.make("ring", 6, local_steps=2))
+    assert "\n" not in str(e.value)
+    cfg = {"topology": {"name": "ring", "nodes": 4, "local_steps": 0}}
+    with pytest.raises(ConfigError, match="topology.local_steps"):
+        load_config(cfg)
