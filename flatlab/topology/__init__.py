@@ -217,7 +217,9 @@ def periodic(topology: Topology, local_steps: int) -> Topology:
     Local SGD (Stich, ICLR 2019; Lin, Stich, Patel, Jaggi, ICLR 2020). A static base gives a
     period of ``H``, a time-varying one ``H`` times its period (its rounds in order, one per
     communication). Rounds of ``I`` send nothing, so traffic is counted on mixing steps only, and
-    the spectral summary's period product is ``W``'s own (``I`` contracts nothing).
+    the spectral summary's period product is ``W``'s own (``I`` contracts nothing), so
+    :func:`flatlab.theory.bound` gives DSGD's ``τ``-periodic form (Koloskova et al. 2020,
+    docs/reference/theory.md row 2') with ``τ = H``.
     Algorithms whose correctness needs a fixed ``W`` refuse it as any time-varying topology.
 
     Args:

@@ -80,3 +80,16 @@ def test_bad_local_steps_and_fixed_w_algorithms_are_refused_in_one_line():
     cfg = {"topology": {"name": "ring", "nodes": 4, "local_steps": 0}}
     with pytest.raises(ConfigError, match="topology.local_steps"):
         load_config(cfg)
+
+
+@pytest.mark.parametrize("H", [2, 8])
+def test_dsgd_bound_of_local_steps_is_koloskovas_tau_form(H):
+    """docs/reference/theory.md row 2': tau = H and p from W over one period (complete: p = 1)."""
+    L, F0, sigma2, zeta2, T = 2.0, 3.0, 0.5, 0.7, 10_000
+    b = flatlab.theory.bound("dsgd", topology=flatlab.topology.make("complete", 16,
+                                                                       local_steps=H),
+                             T=T, L=L, sigma2=sigma2, zeta2=zeta2, F0=F0)
+    assert b.inputs["tau"] == H and b.inputs["p"] == pytest.approx(1.0, abs=1e-12)
+    consensus = (L * F0 * (zeta2 ** 0.5 * H + sigma2 ** 0.5 * H ** 0.5)) ** (2 / 3) / T ** (2 / 3)
+    assert b.terms["consensus"] == pytest.approx(consensus, rel=1e-12)
+    assert b.terms["deterministic"] == pytest.approx(L * F0 * H / T, rel=1e-12)
