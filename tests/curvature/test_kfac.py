@@ -72,19 +72,26 @@ def _loop_factors(template, X, inputs, targets, loss):
             for k in per[0]}
 
 
-@pytest.mark.parametrize("model,shape,opts", [("mlp", (12,), {"hidden": (7,)}),
-                                              ("cnn1d", (20,), {"channels": (4, 6),
-                                                                "strides": (1, 2),
-                                                                "norm": "none"})])
-def test_vectorized_factors_equal_node_by_node_hooks(model, shape, opts):
-    n, B = 3, 4
+KFAC_MODELS = pytest.mark.parametrize("model,shape,opts", [
+    ("mlp", (12,), {"hidden": (7,)}),
+    ("cnn1d", (20,), {"channels": (4, 6), "strides": (1, 2), "norm": "none"})])
+
+
+def _kfac_problem(model, shape, opts, seed, n=3, B=4):  # noqa: N803
+    """A float64 stack of ``n`` perturbed copies and one batch per node."""
     template = flatlab.models.make(model, input_shape=shape, num_classes=5, seed=0,
                                    **opts).double()
     stack = NodeStack(template, n, device="cpu", dtype=F64)
-    gen = torch.Generator().manual_seed(3)
+    gen = torch.Generator().manual_seed(seed)
     X = stack.initial_params() + 0.1 * torch.randn(n, stack.P, dtype=F64, generator=gen)
     inputs = torch.randn(n, B, *shape, dtype=F64, generator=gen)
     targets = torch.randint(0, 5, (n, B), generator=gen)
+    return template, stack, X, inputs, targets
+
+
+@KFAC_MODELS
+def test_vectorized_factors_equal_node_by_node_hooks(model, shape, opts):
+    template, stack, X, inputs, targets = _kfac_problem(model, shape, opts, seed=3)
     got = kfac_factors(stack, X, inputs, targets)
     ref = _loop_factors(template, X, inputs, targets, "cross_entropy")
     assert set(got) == set(ref) and len(got) == len(kfac_layers(template))
@@ -93,20 +100,10 @@ def test_vectorized_factors_equal_node_by_node_hooks(model, shape, opts):
         torch.testing.assert_close(got[name][1], G, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("model,shape,opts", [("mlp", (12,), {"hidden": (7,)}),
-                                              ("cnn1d", (20,), {"channels": (4, 6),
-                                                                "strides": (1, 2),
-                                                                "norm": "none"})])
+@KFAC_MODELS
 def test_one_pass_gradients_and_factors_equal_the_two_passes(model, shape, opts):
     """NGPD's fused refresh: the oracle's gradients and the node-by-node reference factors."""
-    n, B = 3, 4
-    template = flatlab.models.make(model, input_shape=shape, num_classes=5, seed=0,
-                                   **opts).double()
-    stack = NodeStack(template, n, device="cpu", dtype=F64)
-    gen = torch.Generator().manual_seed(6)
-    X = stack.initial_params() + 0.1 * torch.randn(n, stack.P, dtype=F64, generator=gen)
-    inputs = torch.randn(n, B, *shape, dtype=F64, generator=gen)
-    targets = torch.randint(0, 5, (n, B), generator=gen)
+    template, stack, X, inputs, targets = _kfac_problem(model, shape, opts, seed=6)
     oracle = GradientOracle(stack, weight_decay=0.01)
     blocks = oracle.metric_blocks(stack.P)
     assert isinstance(oracle, FusedMetricOracle)
