@@ -67,6 +67,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/compress.py
 	$(BIN)/python benchmarks/mix.py
 	$(BIN)/python benchmarks/scale.py
+	$(BIN)/python benchmarks/measure_cost.py
 
 # every benchmark with --device cuda and the GPU-relevant tests, in under 10 minutes on one GPU;
 # tables under $$OUT or benchmarks/gpu-out (benchmarks/gpu.sh). It uses the machine's own python3
