@@ -106,8 +106,6 @@ def simulate(
     if mixer is None:
         topo = as_topology(topology, X0.shape[0])
         mixer = SimulatedMixer(topo, device=X0.device, dtype=X0.dtype, method=mix_method)
-    if not sam_rho >= 0:
-        raise FlatlabError(f"sam_rho must be >= 0, got {sam_rho}")
     oracle = sam_oracle(FunctionOracle(grad_fn, metric_fn=metric_fn), sam_rho,
                         adaptive=sam_adaptive)
     lr_at = lr if callable(lr) else (lambda _t, _lr=float(lr): _lr)

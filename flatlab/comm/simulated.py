@@ -78,9 +78,12 @@ class SimulatedMixer(EdgeSchedule):
         self._shifts: list[list[tuple[tuple[int, ...], float]]] = []
         self._out_degree: list[torch.Tensor] = []
         self._edges: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # rounds that are the identity (local steps, flatlab.topology.periodic): no product
+        self._identity: list[bool] = []
         kernels = topology.kernels() if method == "shift" else None
         for t in range(self.period):
             w = topology.matrix(t, sparse=True).tocsr()
+            self._identity.append(bool(w.nnz == self.n and np.all(w.diagonal() == 1.0)))
             if method == "dense":
                 self._W.append(torch.as_tensor(w.toarray(), dtype=self.dtype, device=self.device))
             elif method == "sparse":
@@ -103,9 +106,6 @@ class SimulatedMixer(EdgeSchedule):
             order = torch.argsort(src * self.n + dst)
             self._edges.append((src[order], dst[order]))
             self._out_degree.append(torch.bincount(src, minlength=self.n))
-        # rounds that are the identity (local steps, flatlab.topology.periodic): no product
-        self._identity = [bool(w.nnz == self.n and np.all(w.diagonal() == 1.0))
-                          for w in (topology.matrix(t, sparse=True) for t in range(self.period))]
         self.stats = CommStats.zeros(self.n)
         self.rank, self.world_size = 0, 1  # one process holds every node
         self.waiting = False  # never waits for a peer

@@ -17,6 +17,7 @@ from flatlab.curvature.operators import HessianOperator
 from flatlab.engine.objective import Objective
 from flatlab.engine.stack import NodeStack
 from flatlab.errors import CurvatureError
+from flatlab.seeds import seed_for
 
 __all__ = ["stack_loss", "model_hessian", "node_top_eigenvalues", "NODE_STRATEGIES"]
 
@@ -67,7 +68,7 @@ def model_hessian(stack: NodeStack, x: torch.Tensor, inputs: torch.Tensor,
 
 def node_top_eigenvalues(stack: NodeStack, X: torch.Tensor, inputs: torch.Tensor,  # noqa: N803
                          targets: torch.Tensor, *, k: int = 1, tol: float = 1e-3,
-                         max_iter: int | None = None, v0: torch.Tensor | None = None,
+                         max_iter: int | None = None, seed: int = 0, first_node: int = 0,
                          strategy: str = "auto", batch_size: int = 2048) -> EigenResult:
     """The top ``k`` Hessian eigenvalues of every node model, each with its own buffers.
 
@@ -79,14 +80,16 @@ def node_top_eigenvalues(stack: NodeStack, X: torch.Tensor, inputs: torch.Tensor
         k: How many eigenvalues per node.
         tol: Lanczos tolerance (:func:`~flatlab.curvature.lanczos`).
         max_iter: Most products per node.
-        v0: ``[n, P]`` start vectors, one per node (default: node ``i``'s seeded Rademacher
-            vector, ``seed_for(0, "probes", i)``), so that a node's result does not depend on
-            the strategy beyond Lanczos's stopping point.
+        seed: Node ``i`` starts Lanczos from its own Rademacher vector,
+            ``seed_for(seed, "probes", first_node + i)``, so that a node's result does not
+            depend on the strategy (beyond Lanczos's stopping point) or on how nodes are split
+            over processes.
+        first_node: Global id of ``X``'s first row (a process's rows of a distributed run).
         strategy: ``"batched"``: one operator over all ``n`` rows, every product an ``[n, P]``
             stack, until the slowest node has converged; ``"sequential"``: one node at a time,
             each stopping when it has converged; ``"auto"``: sequential on the CPU, batched on
             a GPU. Measured in ``benchmarks/curvature.py`` (16 MLP nodes, 2,000 samples, 2 AMD
-            EPYC cores): batched is 1.7x slower than sequential on the CPU, where one node's
+            EPYC cores): batched is 1.6x slower than sequential on the CPU, where one node's
             product already runs the cores at their arithmetic limit; its products cost 1.3x
             more per node (``[n, B, width]`` activations fall out of cache) and it runs the slowest
             node's number of steps for every node (26 against 19 on average).
@@ -102,11 +105,8 @@ def node_top_eigenvalues(stack: NodeStack, X: torch.Tensor, inputs: torch.Tensor
     if X.dim() != 2 or X.shape[0] != stack.n:
         raise CurvatureError(f"X must be the {stack.n} node models [n, P], got shape "
                              f"{tuple(X.shape)}")
-    if v0 is None:
-        from flatlab.seeds import seed_for
-
-        v0 = torch.cat([random_probes((1, X.shape[1]), seed=seed_for(0, "probes", i),
-                                      dtype=X.dtype, device=X.device) for i in range(stack.n)])
+    v0 = torch.cat([random_probes((1, X.shape[1]), seed=seed_for(seed, "probes", first_node + i),
+                                  dtype=X.dtype, device=X.device) for i in range(stack.n)])
     if strategy == "auto":
         strategy = "sequential" if X.device.type == "cpu" else "batched"
     if strategy == "batched":

@@ -196,12 +196,7 @@ def kfac_factors(stack: Any, X: torch.Tensor, inputs: torch.Tensor,  # noqa: N80
 
     def node(probes: dict[str, torch.Tensor], x: torch.Tensor, buf: dict[str, torch.Tensor],
              xb: torch.Tensor, yb: torch.Tensor):
-        _STATE.update(inputs={}, probes=probes)
-        try:
-            out = functional_call(module, (layout.unflatten(x), buf), (xb,))
-            captured = dict(_STATE["inputs"])
-        finally:
-            _STATE.clear()
+        out, captured = _probed_forward(module, layout.unflatten(x), buf, xb, probes)
         return loss_fn(out, yb) * B, captured  # summed: probe gradients are per example
 
     probes = {ly.module: X.new_zeros(X.shape[0], B, *out_shapes[ly.module]) for ly in layers}
@@ -209,6 +204,22 @@ def kfac_factors(stack: Any, X: torch.Tensor, inputs: torch.Tensor,  # noqa: N80
         gs, acts = torch.vmap(grad(node, has_aux=True), randomness="different")(
             probes, X, buffers, inputs, targets)
     return _factors(layers, acts, gs, B)
+
+
+def _probed_forward(module: nn.Module, params: dict[str, torch.Tensor],
+                    buffers: dict[str, torch.Tensor], inputs: torch.Tensor,
+                    probes: dict[str, torch.Tensor]
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One node's output with the probes added, and each covered layer's input patches.
+
+    The hooks of :func:`_hooked` act while ``_STATE`` is set, that is during this call only.
+    """
+    _STATE.update(inputs={}, probes=probes)
+    try:
+        out = functional_call(module, (params, buffers), (inputs,))
+        return out, dict(_STATE["inputs"])
+    finally:
+        _STATE.clear()
 
 
 def _output_shapes(stack: Any, X: torch.Tensor, inputs: torch.Tensor,  # noqa: N803
@@ -274,12 +285,7 @@ def kfac_grads_and_factors(stack: Any, X: torch.Tensor, inputs: torch.Tensor,  #
 
     def node(params: dict[str, torch.Tensor], probes: dict[str, torch.Tensor],
              buf: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor):
-        _STATE.update(inputs={}, probes=probes)
-        try:
-            out = functional_call(module, (params, buf), (xb,))
-            captured = dict(_STATE["inputs"])
-        finally:
-            _STATE.clear()
+        out, captured = _probed_forward(module, params, buf, xb, probes)
         loss = loss_fn(out, yb)
         return loss, (loss.detach(), captured)
 
@@ -290,5 +296,3 @@ def kfac_grads_and_factors(stack: Any, X: torch.Tensor, inputs: torch.Tensor,  #
             layout.unflatten(X), probes, stack.buffers, inputs, targets)
     per_example = {k: v * B for k, v in gprobe.items()}  # ∂ℓ_b/∂s from the mean loss's g / B
     return losses, gp, _factors(layers, acts, per_example, B)
-
-

@@ -360,9 +360,9 @@ class SAMOracle:
     def __init__(self, base: Oracle, rho: float, *, adaptive: bool = False,
                  eta: float = 0.01) -> None:
         if not rho >= 0:
-            raise ValueError(f"SAM's rho must be >= 0, got {rho}")
+            raise AlgorithmError(f"SAM's rho must be >= 0, got {rho}")
         if not eta >= 0:
-            raise ValueError(f"ASAM's eta must be >= 0, got {eta}")
+            raise AlgorithmError(f"ASAM's eta must be >= 0, got {eta}")
         self.base, self.rho, self.adaptive, self.eta = base, float(rho), bool(adaptive), eta
         self.weight_decay = float(getattr(base, "weight_decay", 0.0))
 

@@ -39,7 +39,6 @@ from flatlab.comm.protocols import CollectiveGroup
 from flatlab.errors import MeasureError
 from flatlab.measures import sharpness as _sh
 from flatlab.measures.settings import Settings, setting, validate
-from flatlab.seeds import seed_for
 
 __all__ = ["NamedMeasure", "MeasureContext", "available", "get", "resolve", "describe",
            "TABLES", "Row"]
@@ -470,14 +469,11 @@ _register(NamedMeasure(
 
 
 def _hessian_top_nodes(ctx: MeasureContext, s: dict) -> list[Row]:
-    from flatlab.curvature import node_top_eigenvalues, random_probes
+    from flatlab.curvature import node_top_eigenvalues
 
-    stack, X = ctx.curvature_stack(), ctx.to_curvature(ctx.X)  # noqa: N806
-    v0 = torch.cat([random_probes((1, stack.P), seed=seed_for(s["seed"], "probes", i),
-                                  dtype=X.dtype, device=X.device)
-                    for i in range(ctx.rows.start, ctx.rows.stop)])
-    res = node_top_eigenvalues(stack, X, *ctx.curvature, k=s["k"], tol=s["tol"],
-                               max_iter=s["max_iter"], v0=v0, strategy=s["strategy"],
+    res = node_top_eigenvalues(ctx.curvature_stack(), ctx.to_curvature(ctx.X), *ctx.curvature,
+                               k=s["k"], tol=s["tol"], max_iter=s["max_iter"], seed=s["seed"],
+                               first_node=ctx.rows.start, strategy=s["strategy"],
                                batch_size=ctx.eval_batch)
     top = ctx.gathered(res.eigenvalues[:, 0].double())
     ok = ctx.gathered(res.converged.all(1).double())
