@@ -38,7 +38,7 @@ figs: $(STAMP)
 	$(BIN)/python paper_figs/tradeoff.py
 
 # the flatness-versus-optimization study (centralized, consensus, diffusion; 3 topologies, 2 batch
-# regimes, 3000 steps, 5 seeds, escape experiment, theory overlay) at its CPU scale (about 2.5 h on
+# regimes, 3000 steps, 5 seeds, escape experiment, theory overlay) at its CPU scale (3 h 13 min on
 # 2 cores); --scale full on a GPU
 tradeoff: $(STAMP)
 	$(BIN)/python analysis/tradeoff.py --scale small

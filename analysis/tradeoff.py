@@ -31,7 +31,7 @@ study goes on):
 
 Usage::
 
-    python analysis/tradeoff.py --scale small    # 16 nodes, 3 topologies, 5 seeds, CPU (~2.5 h)
+    python analysis/tradeoff.py --scale small    # 16 nodes, 3 topologies, 5 seeds, CPU (3 h 13 min)
     python analysis/tradeoff.py --scale full     # 32 nodes, + momentum tracking, longer, GPU
     python analysis/tradeoff.py --scale small --report   # tables and figures from disk
 
@@ -75,7 +75,7 @@ ESCAPE_METRICS = ("train_loss", "test_accuracy", "hessian_top", "hessian_trace",
 SCALES: dict[str, dict[str, Any]] = {
     # 400 steps and 3 seeds (the first protocol) left 61 of 63 runs still moving; 3000 steps and
     # 5 seeds on three topologies (the torus sits between the ring and the exponential graph)
-    # keep the study within about 2.5 hours on 2 cores; the escape, illustrative, on 3 seeds
+    # 3 h 13 min on 2 cores (2 h 52 min of final runs); the escape, illustrative, on 3 seeds
     "small": dict(nodes=16, topologies=("ring", "exponential", "complete"),
                   methods=("centralized", "consensus", "diffusion"),
                   batches={"small-batch": 8, "large-batch": 32}, lr=0.1, steps=3000, every=100,
@@ -428,7 +428,7 @@ def markdown(summary: pd.DataFrame, lr: float, verdicts: pd.DataFrame | None = N
     if verdicts is not None and len(verdicts):
         for metric, unit, scale in (("hessian_top", "λ_max", 1.0),
                                     ("test_accuracy", "points", 100.0),
-                                    ("train_loss", "loss", 1.0)):
+                                    ("train_loss", "loss × 10⁻³", 1000.0)):
             v = verdicts[verdicts["metric"] == metric]
             lines += ["", f"Verdicts on {metric} (a − b, paired by seed, 95% t interval):", "",
                       verdict_markdown(v, scale=scale, unit=unit)]
