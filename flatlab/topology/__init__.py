@@ -12,8 +12,9 @@ Generators (``available()``; ``catalog()`` gives size conditions and parameters)
 ring, torus, hypercube, complete, star, path, exponential (directed, Ying et al. 2021),
 exponential-undirected, one-peer-exponential (time-varying), erdos-renyi and random-regular
 (seeded), social (the 32-node Davis Southern Women graph of the QG-DSGDm experiments).
-A user's own graph: :func:`from_adjacency`, :func:`from_edges`, :func:`from_matrix`, or
-:func:`load` / ``make("edges:PATH")``, ``make("adjacency:PATH")``, ``make("matrix:PATH")``.
+A user's own graph: :func:`from_adjacency`, :func:`from_edges` (``directed=True`` for arcs),
+:func:`from_matrix`, or :func:`load` / ``make("edges:PATH")``, ``make("arcs:PATH")``,
+``make("adjacency:PATH")``, ``make("matrix:PATH")``.
 
 Weight rules: ``metropolis`` (default), ``max-degree``, ``uniform`` (regular graphs only), and
 ``lazy=True`` for ``(I + W) / 2``: doubly stochastic. ``push-sum``: column-stochastic,
@@ -126,7 +127,7 @@ _GENERATORS: dict[str, GeneratorInfo] = {
                       fixed_n=32),
     ]
 }
-_FILE_KINDS = ("edges", "adjacency", "matrix")
+_FILE_KINDS = ("edges", "arcs", "adjacency", "matrix")
 
 
 def available() -> list[str]:
@@ -182,8 +183,9 @@ def make(
     """Build a topology by name.
 
     Args:
-        name: A name from :func:`available`, or ``"edges:PATH"``, ``"adjacency:PATH"``,
-            ``"matrix:PATH"`` for a user's graph or mixing matrix in a file (see :func:`load`).
+        name: A name from :func:`available`, or ``"edges:PATH"``, ``"arcs:PATH"`` (directed),
+            ``"adjacency:PATH"``, ``"matrix:PATH"`` for a user's graph or mixing matrix in a file
+            (see :func:`load`).
         n: Number of nodes (optional for ``social`` and for files, where it is checked).
         weights: Weight rule; default ``metropolis`` (``uniform`` for directed graphs);
             ``push-sum`` for column-stochastic weights (push-sum methods only).
@@ -205,7 +207,7 @@ def make(
     if key not in _GENERATORS:
         raise TopologyError(
             f"unknown topology {name!r}; accepted: {', '.join(_GENERATORS)}, or edges:PATH, "
-            "adjacency:PATH, matrix:PATH"
+            "arcs:PATH, adjacency:PATH, matrix:PATH"
         )
     info = _GENERATORS[key]
     unknown = sorted(set(params) - set(info.params))
@@ -349,11 +351,13 @@ def load(path: str | Path, kind: str = "matrix", n: int | None = None,
     Args:
         path: ``.npy``, ``.npz`` (scipy sparse) or a text file (whitespace or comma separated,
             ``#`` comments).
-        kind: ``"edges"`` (two integer columns ``i j``), ``"adjacency"`` (a square symmetric
-            matrix) or ``"matrix"`` (the mixing matrix ``W`` itself, used as given).
+        kind: ``"edges"`` (two integer columns ``i j``), ``"arcs"`` (the same, read as directed
+            arcs ``i -> j``; ``push-sum`` weights by default), ``"adjacency"`` (a square
+            symmetric matrix) or ``"matrix"`` (the mixing matrix ``W`` itself, used as given;
+            ``weights="push-sum"`` validates it as column-stochastic instead of doubly).
         n: Expected number of nodes; checked against the file (for edges it may add isolated
             nodes, which then fail the connectivity check).
-        weights: Weight rule for ``edges`` and ``adjacency``.
+        weights: Weight rule for ``edges``, ``arcs`` and ``adjacency``.
         lazy: Apply ``(I + W) / 2``.
     """
     if kind not in _FILE_KINDS:
@@ -363,15 +367,19 @@ def load(path: str | Path, kind: str = "matrix", n: int | None = None,
         raise TopologyError(f"{kind} file not found: {p}")
     data = _read_array(p)
     name = p.stem
-    if kind == "edges":
-        return from_edges(data, n=n, weights=weights, lazy=lazy, name=name)
+    if kind in ("edges", "arcs"):
+        return from_edges(data, n=n, weights=weights, lazy=lazy, name=name,
+                          directed=kind == "arcs")
     if kind == "adjacency":
         topo = from_adjacency(data, weights=weights, lazy=lazy, name=name)
     else:
-        if weights is not None:
+        column = weights is not None and canonical_rule(weights) == "push-sum"
+        if weights is not None and not column:
             raise TopologyError("a mixing matrix file is used as given; drop the weight rule "
-                                "(or give the graph as edges:PATH / adjacency:PATH)")
-        topo = from_matrix(data, name=name, lazy=lazy, tol=1e-8)
+                                "(push-sum to validate it as column-stochastic), or give the "
+                                "graph as edges:PATH / arcs:PATH / adjacency:PATH")
+        topo = from_matrix(data, name=name, lazy=lazy, tol=1e-8,
+                           stochastic="column" if column else "doubly")
     if n is not None and topo.n != int(n):
         raise TopologyError(f"{p} has {topo.n} nodes but n = {n} was asked for")
     return topo

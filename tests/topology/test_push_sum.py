@@ -113,3 +113,18 @@ def test_the_sparse_rule_matches_the_loop_on_a_large_random_digraph():
     t = topology.from_edges(arcs, directed=True)
     assert sp.issparse(t.matrix(sparse=True))
     np.testing.assert_allclose(t.matrix(), push_sum_loop(n, arcs), rtol=0, atol=1e-15)
+
+
+def test_directed_graphs_and_column_stochastic_matrices_from_files(tmp_path):
+    arcs = tmp_path / "arcs.txt"
+    np.savetxt(arcs, ARCS, fmt="%d")
+    t = topology.make(f"arcs:{arcs}")
+    assert t.stochastic == "column" and t.weights == "push-sum" and t.n == 5
+    np.testing.assert_array_equal(t.matrix(), push_sum_loop(5, ARCS))
+    m = tmp_path / "p.npy"
+    np.save(m, push_sum_loop(5, ARCS))
+    given = topology.make(f"matrix:{m}", weights="push-sum")
+    assert given.stochastic == "column" and given.weights == "given"
+    np.testing.assert_array_equal(given.matrix(), t.matrix())
+    assert "row 3 sums to" in _err(topology.make, f"matrix:{m}")
+    assert "drop the weight rule" in _err(topology.make, f"matrix:{m}", weights="metropolis")
