@@ -11,6 +11,7 @@ import yaml  # noqa: E402
 
 import flatlab  # noqa: E402
 from flatlab.cli import main  # noqa: E402
+from flatlab.errors import ConfigError  # noqa: E402
 from flatlab.experiment import load_config  # noqa: E402
 from flatlab.experiment.sweep import expand, load_sweep  # noqa: E402
 
@@ -31,6 +32,10 @@ def test_shipped_configs_are_valid():
     points = expand(load_sweep(REPO / "configs" / "sweep_algorithms.yaml"))
     assert len(points) == 9
     assert {c.algorithm.name for _, c in points} == {"centralized", "consensus", "diffusion"}
+    cfg = load_config(REPO / "configs" / "sgp16.yaml")
+    assert cfg.algorithm.name == "sgp" and cfg.topology.weights == "push-sum"
+    with pytest.raises(ConfigError, match="column-stochastic"):  # sgp's topology is its own
+        load_config(REPO / "configs" / "sgp16.yaml", ["algorithm.name=diffusion"])
 
 
 def test_run_results_plot(capsys, tmp_path):
