@@ -174,6 +174,10 @@ def test_every_listing_has_json(capsys, cmd, names):
      "d2: is unstable on ring (n=16"),
     (["run", REPO / "configs" / "ring16.yaml", "algorithm.name=gradient-tracking",
       "algorithm.params.form=next"], "form must be one of diging, atc"),
+    (["run", REPO / "configs" / "sgp16.yaml", "algorithm.name=dsgd"],
+     "is column-stochastic (push-sum weights), which only sgp runs"),
+    (["run", REPO / "configs" / "ring16.yaml", "topology.weights=push-sum"],
+     "diffusion: needs doubly stochastic mixing matrices"),
     (["run", REPO / "configs" / "ring16.yaml", "data.holdout=1"], "config field data.holdout"),
     # backend=distributed outside torchrun: no process group to join
     (["run", REPO / "configs" / "ring16.yaml", "backend=distributed"], "launch with `torchrun"),
