@@ -52,9 +52,10 @@ class _Parser(argparse.ArgumentParser):
 def _add_topology_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--topology", required=required,
                    help="generator name (see `flatlab topologies`) or edges:PATH, "
-                        "adjacency:PATH, matrix:PATH")
+                        "arcs:PATH, adjacency:PATH, matrix:PATH")
     p.add_argument("--nodes", "-n", type=int, help="number of nodes")
-    p.add_argument("--weights", help="metropolis (default), max-degree or uniform")
+    p.add_argument("--weights", help="metropolis (default), max-degree, uniform or push-sum "
+                   "(column-stochastic)")
     p.add_argument("--lazy", action="store_true", help="use (I + W) / 2")
     p.add_argument("--seed", type=int, help="seed of random generators (default 0)")
     p.add_argument("--rows", type=int, help="torus rows")
@@ -227,9 +228,10 @@ def _cmd_topologies(args: argparse.Namespace) -> int:
                                          ("random", g.random)) if on) or "-"
         rows.append((g.name, g.size, ", ".join(g.params) or "-", ", ".join(g.weight_rules), kind))
     _print_rows(rows)
-    print("\nfiles: edges:PATH (two columns i j), adjacency:PATH (square symmetric), "
-          "matrix:PATH (W as given); .npy, .npz or text.\nweights: metropolis (default), "
-          "max-degree, uniform (regular graphs); --lazy for (I + W)/2.")
+    print("\nfiles: edges:PATH (two columns i j), arcs:PATH (directed i -> j), adjacency:PATH "
+          "(square symmetric), matrix:PATH (W as given); .npy, .npz or text.\nweights: "
+          "metropolis (default), max-degree, uniform (regular graphs); --lazy for (I + W)/2; "
+          "push-sum: column-stochastic P[j, i] = 1/(outdeg_i + 1), for sgp only.")
     return 0
 
 

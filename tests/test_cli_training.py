@@ -11,6 +11,7 @@ import yaml  # noqa: E402
 
 import flatlab  # noqa: E402
 from flatlab.cli import main  # noqa: E402
+from flatlab.errors import ConfigError  # noqa: E402
 from flatlab.experiment import load_config  # noqa: E402
 from flatlab.experiment.sweep import expand, load_sweep  # noqa: E402
 
@@ -31,6 +32,10 @@ def test_shipped_configs_are_valid():
     points = expand(load_sweep(REPO / "configs" / "sweep_algorithms.yaml"))
     assert len(points) == 9
     assert {c.algorithm.name for _, c in points} == {"centralized", "consensus", "diffusion"}
+    cfg = load_config(REPO / "configs" / "sgp16.yaml")
+    assert cfg.algorithm.name == "sgp" and cfg.topology.weights == "push-sum"
+    with pytest.raises(ConfigError, match="column-stochastic"):  # sgp's topology is its own
+        load_config(REPO / "configs" / "sgp16.yaml", ["algorithm.name=diffusion"])
 
 
 def test_run_results_plot(capsys, tmp_path):
@@ -169,6 +174,10 @@ def test_every_listing_has_json(capsys, cmd, names):
      "d2: is unstable on ring (n=16"),
     (["run", REPO / "configs" / "ring16.yaml", "algorithm.name=gradient-tracking",
       "algorithm.params.form=next"], "form must be one of diging, atc"),
+    (["run", REPO / "configs" / "sgp16.yaml", "algorithm.name=dsgd"],
+     "is column-stochastic (push-sum weights), which only sgp runs"),
+    (["run", REPO / "configs" / "ring16.yaml", "topology.weights=push-sum"],
+     "diffusion: needs doubly stochastic mixing matrices"),
     (["run", REPO / "configs" / "ring16.yaml", "data.holdout=1"], "config field data.holdout"),
     # backend=distributed outside torchrun: no process group to join
     (["run", REPO / "configs" / "ring16.yaml", "backend=distributed"], "launch with `torchrun"),

@@ -4,7 +4,7 @@
 >>> flatlab.algorithms.available()  # doctest: +NORMALIZE_WHITESPACE
 ['adagossip', 'centralized', 'choco', 'consensus', 'd2', 'decentlam', 'diffusion',
  'diffusion-cta', 'dsgdm', 'ecl', 'exact-diffusion', 'gradient-tracking', 'momentum-tracking',
- 'ngpd', 'qg-dsgdm']
+ 'ngpd', 'qg-dsgdm', 'sgp']
 >>> flatlab.algorithms.make("dsgd")
 Diffusion()
 >>> flatlab.algorithms.make("centralized", momentum=0.9)
@@ -33,6 +33,7 @@ from flatlab.algorithms.compressed import CHOCO, AdaGossip, AdaGossipState, Choc
 from flatlab.algorithms.dsgd import Consensus, Diffusion, DiffusionCTA
 from flatlab.algorithms.momentum import DecentLaM, DSGDm, MomentumState, QGDSGDm
 from flatlab.algorithms.primal_dual import ECL, NGPD, ECLState, NGPDState
+from flatlab.algorithms.push_sum import SGP, PushSumState
 from flatlab.algorithms.simulate import as_topology, simulate
 from flatlab.algorithms.tracking import (
     GradientTracking,
@@ -77,6 +78,8 @@ __all__ = [
     "ChocoState",
     "AdaGossip",
     "AdaGossipState",
+    "SGP",
+    "PushSumState",
     "simulate",
     "as_topology",
 ]

@@ -101,12 +101,17 @@ class Algorithm:
         vectors_per_neighbor: Vectors each node sends to each neighbour per step.
         hparam_aliases: Other names :func:`make` accepts for a hyper-parameter (the reference's
             ``beta`` for ``momentum``).
+        mixing: Kinds of mixing matrices the update is correct for
+            (:attr:`flatlab.topology.Topology.stochastic`): ``("doubly",)`` for every method
+            whose average ``x̄`` is preserved by ``W`` because ``1ᵀ W = 1ᵀ`` and ``W 1 = 1``;
+            push-sum methods (``sgp``) add ``"column"``.
     """
 
     name: ClassVar[str] = ""
     exact: ClassVar[bool] = False
     vectors_per_neighbor: ClassVar[int] = 1
     hparam_aliases: ClassVar[dict[str, str]] = {}
+    mixing: ClassVar[tuple[str, ...]] = ("doubly",)
 
     def init(self, X0: torch.Tensor, oracle: Oracle, mixer: Mixer) -> State:  # noqa: N803
         """Initial state from the ``[n, P]`` starting point."""
@@ -117,13 +122,22 @@ class Algorithm:
         raise NotImplementedError
 
     def check_topology(self, topology: Topology) -> None:
-        """Raise :class:`AlgorithmError` if unstable on ``topology`` (by default never).
+        """Raise :class:`AlgorithmError` if the algorithm cannot run on ``topology``.
 
         The one place an algorithm states conditions on the graph. Config validation calls it
-        with the configured topology, and an ``init`` that needs it passes it to
-        ``mixer.require`` (which applies it to the mixer's schedule), so a run or a
-        :func:`~flatlab.simulate` call that cannot work is refused before it starts.
+        with the configured topology, and every ``init`` passes it to ``mixer.require`` (which
+        applies it to the mixer's schedule), so a run or a :func:`~flatlab.simulate` call that
+        cannot work is refused before it starts. Here: the kind of the matrices must be one of
+        :attr:`mixing` (a column-stochastic, push-sum topology runs ``sgp`` only); subclasses
+        that add conditions call this first.
         """
+        kind = getattr(topology, "stochastic", "doubly")
+        if kind not in self.mixing:
+            label = getattr(topology, "label", "this topology")
+            self._check(False, f"needs doubly stochastic mixing matrices, but {label} is "
+                               "column-stochastic (push-sum weights), which only sgp runs; use "
+                               "algorithm sgp or a doubly stochastic weight rule (metropolis, "
+                               "max-degree, uniform)")
 
     def hparams(self) -> dict[str, Any]:
         """Hyper-parameters as a plain dict."""

@@ -100,6 +100,7 @@ class D2(_AdaptCorrectCombine):
 
     def check_topology(self, topology: Topology) -> None:
         """Refuse (or warn about) a topology on which D²'s recursion does not contract."""
+        super().check_topology(topology)
         from flatlab.theory import d2_radius
 
         radius = d2_radius(topology)

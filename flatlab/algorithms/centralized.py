@@ -60,6 +60,7 @@ class Centralized(Algorithm):
 
     def init(self, X0: torch.Tensor, oracle: Oracle, mixer: Mixer) -> CentralizedState:  # noqa: N803
         """All nodes at the average of ``X0``; momentum zero."""
+        mixer.require(self.check_topology)
         xbar = mixer.mean(X0)
         x = xbar.expand_as(X0).clone()
         m = torch.zeros_like(x) if self.momentum else None

@@ -104,6 +104,7 @@ class CHOCO(Algorithm):
 
     def check_topology(self, topology: Topology) -> None:
         """Refuse time-varying topologies: ``s = Σ_τ W q^τ`` is ``W x̂`` only for a fixed ``W``."""
+        super().check_topology(topology)
         self._check(topology.period == 1,
                     f"needs a static topology (the public copies' running sum s = W x_hat holds "
                     f"only for a fixed W); {topology.label} changes every round")

@@ -32,6 +32,7 @@ __all__ = ["Consensus", "Diffusion", "DiffusionCTA"]
 class _Gossip(Algorithm):
     def init(self, X0: torch.Tensor, oracle: Oracle, mixer: Mixer) -> State:  # noqa: N803
         """The state is the iterate only."""
+        mixer.require(self.check_topology)
         return State(x=X0.clone())
 
 

@@ -48,6 +48,7 @@ class _Momentum(Algorithm):
 
     def init(self, X0: torch.Tensor, oracle: Oracle, mixer: Mixer) -> MomentumState:  # noqa: N803
         """Momentum buffers start at zero."""
+        mixer.require(self.check_topology)
         return MomentumState(x=X0.clone(), m=torch.zeros_like(X0))
 
     def _positive_lr(self, lr: float) -> None:

@@ -147,7 +147,8 @@ class ECL(Algorithm):
                     f"dual_init must be 'zero' or 'x0', got {self.dual_init!r}")
 
     def check_topology(self, topology: Topology) -> None:
-        """Refuse time-varying and directed topologies."""
+        """Refuse column-stochastic, time-varying and directed topologies."""
+        super().check_topology(topology)
         _undirected_static(self, topology)
 
     def init(self, X0: torch.Tensor, oracle: Oracle, mixer: Mixer) -> ECLState:  # noqa: N803

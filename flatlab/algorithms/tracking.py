@@ -79,6 +79,7 @@ class GradientTracking(Algorithm):
 
     def init(self, X0: torch.Tensor, oracle: Oracle, mixer: Mixer) -> TrackingState:  # noqa: N803
         """``y = g = 0``, so that the first tracker is ``Y^0 = G^0``."""
+        mixer.require(self.check_topology)
         return TrackingState(x=X0.clone(), y=torch.zeros_like(X0), g=torch.zeros_like(X0))
 
     def step(self, state: TrackingState, batch: Any, oracle: Oracle, mixer: Mixer,
@@ -163,6 +164,7 @@ class MomentumTracking(Algorithm):
     def init(self, X0: torch.Tensor, oracle: Oracle,  # noqa: N803
              mixer: Mixer) -> MomentumTrackingState:
         """``u = c = 0``; the ``"average"`` start sets them at the first step, from ``g^0``."""
+        mixer.require(self.check_topology)
         return MomentumTrackingState(x=X0.clone(), u=torch.zeros_like(X0),
                                      c=torch.zeros_like(X0))
 

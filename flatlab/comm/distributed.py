@@ -8,6 +8,14 @@ Rank ``r`` of ``K`` holds the contiguous block of ``k = n / K`` nodes ``r k, ...
 - the local rows of ``W_t`` restricted to the columns it holds or receives, so ``mix`` is one
   small matrix product after the exchange.
 
+Non-symmetric matrices (directed graphs, push-sum's column-stochastic ``P``) need nothing more:
+node ``j``'s row goes to exactly the ranks that hold an out-neighbour ``i`` (``w_ij ≠ 0``), once
+per rank, and the receiver applies ``w_ij``. That is push-sum's push, node ``j`` delivering the
+share ``P[i, j] x_j`` to each ``i`` it reaches, with the scaling done where the row arrives so a
+row goes out once per peer rank rather than once per share; the sum, ``(P X)[i]``, is the same.
+A push-sum weight travels as one more column of ``X`` (``sgp`` mixes ``[X | w]``), so it is
+mixed by the same ``P_t`` in the same exchange.
+
 Message and byte counts follow the simulated mixer's per-node convention (a node sends its row to
 each out-neighbour, wherever that neighbour lives), so the two agree exactly; the bytes that
 actually cross process boundaries are counted separately in ``wire_bytes``. ``mean`` is an

@@ -35,7 +35,8 @@ class SimulatedMixer(EdgeSchedule):
 
     A :class:`~flatlab.comm.Mixer` and a :class:`~flatlab.comm.CollectiveGroup` of one process.
 
-    ``mix(X, t) = W_{t mod period} X``, computed one of three ways:
+    ``mix(X, t) = W_{t mod period} X``, for doubly stochastic and column-stochastic (push-sum,
+    ``X ← P X``) matrices alike, computed one of three ways:
 
     - ``"dense"``: ``W_t`` as a dense ``[n, n]`` tensor on the device and one matmul;
     - ``"sparse"``: ``W_t`` as a sparse (CSR) tensor, ``O(nnz · P)``;

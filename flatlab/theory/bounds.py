@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from flatlab.errors import TheoryError
-from flatlab.theory.checks import finite, positive, unit_interval
+from flatlab.theory.checks import doubly_stochastic, finite, positive, unit_interval
 from flatlab.theory.spectral import SpectralSummary, spectral
 from flatlab.topology import Topology
 
@@ -458,6 +458,7 @@ def _inputs(*, n: int | None, rho: float | None, topology: Topology | SpectralSu
     if topology is not None and rho is not None:
         raise TheoryError("give topology or rho, not both")
     lambda_min = symmetric = None
+    doubly_stochastic("the rate bound", topology)
     s = topology if isinstance(topology, SpectralSummary) or topology is None else spectral(
         topology)
     if s is not None:

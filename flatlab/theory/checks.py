@@ -12,7 +12,20 @@ from typing import Any
 
 from flatlab.errors import TheoryError
 
-__all__ = ["finite", "positive", "unit_interval"]
+__all__ = ["finite", "positive", "unit_interval", "doubly_stochastic"]
+
+
+def doubly_stochastic(what: str, topology: Any) -> None:
+    """Refuse a column-stochastic schedule (push-sum weights) where a formula needs ``W 1 = 1``.
+
+    ``topology`` is a :class:`~flatlab.topology.Topology` or a spectral summary (anything with a
+    ``stochastic`` attribute); other inputs pass.
+    """
+    if getattr(topology, "stochastic", "doubly") == "column":
+        name = getattr(topology, "label", None) or getattr(topology, "topology", "this topology")
+        raise TheoryError(f"{what} is derived for doubly stochastic W and does not apply to the "
+                          f"column-stochastic (push-sum) {name}; flatlab.theory.spectral "
+                          "summarises it")
 
 
 def finite(name: str, value: Any) -> float:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from flatlab.errors import TheoryError
-from flatlab.theory.checks import positive, unit_interval
+from flatlab.theory.checks import doubly_stochastic, positive, unit_interval
 from flatlab.theory.spectral import spectral
 from flatlab.topology import Topology
 
@@ -79,6 +79,7 @@ def predicted_consensus_distance(
     if (rho is None) == (topology is None):
         raise TheoryError("give exactly one of rho and topology")
     if topology is not None:
+        doubly_stochastic("the steady-state consensus distance", topology)
         if topology.time_varying:
             raise TheoryError("the steady-state formula is for a static W; pass rho explicitly "
                               "to use it as an approximation for a time-varying schedule")

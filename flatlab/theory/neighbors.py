@@ -23,7 +23,7 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 
 from flatlab.errors import TheoryError
-from flatlab.theory.checks import unit_interval
+from flatlab.theory.checks import doubly_stochastic, unit_interval
 from flatlab.theory.spectral import DENSE_SPECTRAL_LIMIT, circulant_eigenvalues
 from flatlab.topology import Topology
 
@@ -63,6 +63,7 @@ def stationary_variances(topology, gamma: float) -> np.ndarray:
         Array ``[period, n]``: row ``t`` holds the variances right after round ``t``'s mixing.
     """
     gamma = _check_gamma(gamma)
+    doubly_stochastic("the effective number of neighbours", topology)
     if isinstance(topology, Topology) and topology.group is not None:
         # Normal commuting circulants: one scalar recursion c <- |lambda_t|^2 (gamma c + 1) per
         # frequency; every node has the same variance, the mean of c over frequencies.

@@ -12,6 +12,18 @@ For a time-varying schedule with period ``tau`` the same quantities are taken fo
 ``Pi = W_{tau-1} ... W_0`` of one period (``p_period = 1 - ||Pi - J||_2^2`` with window ``tau``,
 as in Koloskova et al. 2020), and the mixing time counts rounds (``tau`` per period).
 
+For a column-stochastic schedule (push-sum weights, ``Topology.stochastic == "column"``) ``J`` is
+not the limit: ``Pi^k -> pi 1^T`` with ``pi`` the Perron vector (``Pi pi = pi``, ``1^T pi = 1``),
+so the summary reports ``rho = ||Pi - pi 1^T||_2`` (which is ``||Pi - J||_2`` when ``pi = 1/n``,
+and may exceed 1 for a non-normal ``Pi`` although ``Pi^k`` converges), ``slem = |lambda_2(Pi)|``,
+the asymptotic rate per period at which push-sum's numerators approach ``pi 1^T x`` and its
+ratios ``z = x / w`` the average, and ``perron_min = n min_i pi_i``, the smallest weight ``w_i``
+that push-sum divides by in the limit (1 when doubly stochastic): the ratios' error is at most
+``||Pi^k - pi 1^T|| / perron_min`` times the spread, asymptotically. ``lambda2``, ``lambda_min``
+and Koloskova's ``p`` are doubly stochastic quantities and are ``None``; the bound calculators
+(:mod:`flatlab.theory.bounds`) refuse such schedules. Each summary's ``note`` says which
+definitions it used.
+
 Three ways to compute them, chosen automatically:
 
 * ``fft``: circulant matrices (ring, torus, hypercube, complete, the exponential graphs) are
@@ -36,7 +48,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from flatlab.errors import TheoryError
-from flatlab.theory.checks import finite
+from flatlab.theory.checks import doubly_stochastic, finite
 from flatlab.topology import Topology, from_matrix
 
 __all__ = [
@@ -75,8 +87,13 @@ class SpectralSummary:
         rho_per_round: ``rho ** (1 / period)``, the average contraction per round.
         eps: Accuracy of ``mixing_time``.
         mixing_time: Gossip rounds after which ``||W^t X - JX|| <= eps ||X - JX||`` is
-            guaranteed by ``rho`` (``None`` if ``rho >= 1``).
+            guaranteed by ``rho`` (``None`` if ``rho >= 1``); for a column-stochastic schedule
+            ``J`` is ``pi 1^T``.
         method: ``fft``, ``dense`` or ``sparse``.
+        stochastic: ``"doubly"`` or ``"column"`` (push-sum weights): which definitions apply.
+        perron_min: ``n min_i pi_i`` of the period product's Perron vector ``pi`` (1 when doubly
+            stochastic): push-sum's smallest limit weight ``w_i``.
+        note: One line saying what ``rho``, ``slem`` and ``p`` mean for this schedule.
     """
 
     topology: str
@@ -88,12 +105,15 @@ class SpectralSummary:
     lambda2: float | None
     lambda_min: float | None
     spectral_gap: float
-    p: float
+    p: float | None
     slem: float
     rho_per_round: float
     eps: float
     mixing_time: int | None
     method: str
+    stochastic: str = "doubly"
+    perron_min: float = 1.0
+    note: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dictionary (JSON-ready)."""
@@ -265,6 +285,66 @@ def _spectral_sparse(topo: Topology, seed: int = 0):
     return rho, None, None, slem, False
 
 
+_NOTE_DOUBLY = ("doubly stochastic: rho = ||W - J||_2 (||Pi - J||_2 of the period product Pi), "
+                "J = 11^T/n; spectral_gap = 1 - rho, p = 1 - rho^2")
+_NOTE_COLUMN = ("column-stochastic (push-sum): rho = ||Pi - pi 1^T||_2 with pi the Perron vector "
+                "of the period product Pi (Pi^k -> pi 1^T); slem = |lambda_2(Pi)| is the "
+                "asymptotic rate per period of push-sum's ratios x/w to the average, scaled by "
+                "1/perron_min; lambda2, lambda_min and p (doubly stochastic quantities) do not "
+                "apply")
+
+
+def _perron(apply, n: int, v0: np.ndarray, dense: np.ndarray | None = None) -> np.ndarray:
+    """The Perron vector ``pi`` of a column-stochastic ``Pi`` (``Pi pi = pi``, ``1^T pi = 1``)."""
+    if dense is not None:
+        vals, vecs = np.linalg.eig(dense)
+        v = vecs[:, int(np.argmin(np.abs(vals - 1.0)))].real
+    else:
+        op = spla.LinearOperator((n, n), matvec=apply, dtype=np.float64)
+        _, vecs = spla.eigs(op, k=1, which="LM", tol=0, v0=v0)
+        v = vecs[:, 0].real
+    return v / v.sum()
+
+
+def _spectral_column(topo: Topology, method: str, seed: int = 0) -> tuple[float, float, float]:
+    """``(rho, slem, perron_min)`` of a column-stochastic schedule (see the module docstring)."""
+    n = topo.n
+    if method == "fft":  # a circulant column-stochastic matrix is doubly stochastic: pi = 1/n
+        rho, _, _, slem, _ = _spectral_fft(topo)
+        return rho, slem, 1.0
+    if method == "dense":
+        prod = _period_product_dense(topo)
+        pi = _perron(None, n, None, dense=prod)
+        limit = np.outer(pi, np.ones(n))
+        rho = float(np.linalg.norm(prod - limit, 2))
+        mod = np.sort(np.abs(np.linalg.eigvals(prod - limit)))
+        return rho, float(mod[-1]), float(n * pi.min())
+
+    def apply(x: np.ndarray) -> np.ndarray:
+        y = np.asarray(x).ravel()
+        for w in topo.rounds:
+            y = w @ y
+        return y
+
+    def apply_t(x: np.ndarray) -> np.ndarray:
+        y = np.asarray(x).ravel()
+        for w in reversed(topo.rounds):
+            y = w.T @ y
+        return y
+
+    v0 = np.random.default_rng(seed).standard_normal(n)
+    pi = _perron(apply, n, np.abs(v0) + 1.0)
+    op = spla.LinearOperator(
+        (n, n), matvec=lambda x: apply(x) - pi * np.sum(x),
+        rmatvec=lambda y: apply_t(y) - np.dot(pi, np.asarray(y).ravel()), dtype=np.float64)
+    if np.linalg.norm(op @ v0) <= 1e-13 * np.linalg.norm(v0):
+        return 0.0, 0.0, float(n * pi.min())  # Pi = pi 1^T: exact in one period
+    rho = float(spla.svds(op, k=1, tol=0, v0=v0, return_singular_vectors=False)[0])
+    slem = float(np.abs(spla.eigs(op, k=1, which="LM", tol=0, v0=v0,
+                                  return_eigenvectors=False)[0]))
+    return rho, slem, float(n * pi.min())
+
+
 def spectral(
     topology: Topology | np.ndarray | sp.sparray,
     *,
@@ -272,6 +352,10 @@ def spectral(
     method: str = "auto",
 ) -> SpectralSummary:
     """Spectral summary of a topology or a mixing matrix.
+
+    A column-stochastic topology (push-sum weights) is summarised by the quantities that apply
+    to it, ``||Pi - pi 1^T||_2``, ``|lambda_2(Pi)|`` and ``n min pi`` (module docstring); its
+    ``note`` says so.
 
     Args:
         topology: A :class:`~flatlab.topology.Topology`, or a doubly stochastic matrix.
@@ -296,20 +380,29 @@ def spectral(
             method = "dense"
         else:
             method = "sparse"
+    if method == "fft" and topo.group is None:
+        raise TheoryError(f"method 'fft' needs a circulant topology; {topo.name} is not one "
+                          "(accepted here: dense, sparse)")
+    if method == "dense":
+        _dense_guard(topo)
+    elif method == "sparse" and topo.n < _SPARSE_MIN_N:
+        method = "dense"  # ARPACK needs k < n - 1; tiny problems are exact densely
+    if topo.column_stochastic:
+        rho, slem, perron_min = _spectral_column(topo, method)
+        return _summary(topo, rho, None, None, slem, False, eps, method, perron_min)
     if method == "fft":
-        if topo.group is None:
-            raise TheoryError(f"method 'fft' needs a circulant topology; {topo.name} is not one "
-                              "(accepted here: dense, sparse)")
         rho, lam2, lam_min, slem, symmetric = _spectral_fft(topo)
     elif method == "dense":
-        _dense_guard(topo)
-        rho, lam2, lam_min, slem, symmetric = _spectral_dense(topo)
-    elif topo.n < _SPARSE_MIN_N:  # ARPACK needs k < n - 1; tiny problems are exact densely
-        method = "dense"
         rho, lam2, lam_min, slem, symmetric = _spectral_dense(topo)
     else:
         rho, lam2, lam_min, slem, symmetric = _spectral_sparse(topo)
+    return _summary(topo, rho, lam2, lam_min, slem, symmetric, eps, method, 1.0)
+
+
+def _summary(topo: Topology, rho: float, lam2: float | None, lam_min: float | None, slem: float,
+             symmetric: bool, eps: float, method: str, perron_min: float) -> SpectralSummary:
     rho = min(max(rho, 0.0), 1.0) if rho < 1 + 1e-9 else rho
+    column = topo.column_stochastic
     weights = f"lazy {topo.weights}" if topo.lazy else topo.weights
     return SpectralSummary(
         topology=topo.name,
@@ -321,12 +414,15 @@ def spectral(
         lambda2=lam2,
         lambda_min=lam_min,
         spectral_gap=1.0 - rho,
-        p=1.0 - rho**2,
+        p=None if column else 1.0 - rho**2,
         slem=slem,
         rho_per_round=rho ** (1.0 / topo.period),
         eps=eps,
         mixing_time=mixing_time(rho, eps, topo.period),
         method=method,
+        stochastic=topo.stochastic,
+        perron_min=perron_min,
+        note=_NOTE_COLUMN if column else _NOTE_DOUBLY,
     )
 
 
@@ -343,8 +439,10 @@ def d2_radius(topology: Topology | np.ndarray | sp.sparray) -> float:
     Exact Diffusion uses ``(I + W)/2``, whose eigenvalues are in ``[0, 1]``, and is always stable.
 
     Circulant topologies are computed per Fourier mode (the rounds commute); others densely.
+    A column-stochastic (push-sum) topology is refused: D² is derived for doubly stochastic W.
     """
     topo = as_topology(topology)
+    doubly_stochastic("d2_radius", topo)
 
     def companion(lam: complex) -> np.ndarray:
         return np.array([[2 * lam, -lam], [1.0, 0.0]], dtype=complex)

@@ -12,11 +12,20 @@ Generators (``available()``; ``catalog()`` gives size conditions and parameters)
 ring, torus, hypercube, complete, star, path, exponential (directed, Ying et al. 2021),
 exponential-undirected, one-peer-exponential (time-varying), erdos-renyi and random-regular
 (seeded), social (the 32-node Davis Southern Women graph of the QG-DSGDm experiments).
-A user's own graph: :func:`from_adjacency`, :func:`from_edges`, :func:`from_matrix`, or
-:func:`load` / ``make("edges:PATH")``, ``make("adjacency:PATH")``, ``make("matrix:PATH")``.
+A user's own graph: :func:`from_adjacency`, :func:`from_edges` (``directed=True`` for arcs),
+:func:`from_matrix`, or :func:`load` / ``make("edges:PATH")``, ``make("arcs:PATH")``,
+``make("adjacency:PATH")``, ``make("matrix:PATH")``.
 
 Weight rules: ``metropolis`` (default), ``max-degree``, ``uniform`` (regular graphs only), and
-``lazy=True`` for ``(I + W) / 2``.
+``lazy=True`` for ``(I + W) / 2``: doubly stochastic. ``push-sum``: column-stochastic,
+``P[j, i] = 1 / (outdeg_i + 1)`` on ``out(i) ∪ {i}``, on any (directed) graph, for push-sum
+methods only (``sgp``; ``Topology.stochastic == "column"``):
+
+>>> topology.make("exponential", 8, weights="push-sum").stochastic
+'column'
+>>> star = topology.from_edges([(0, 1), (0, 2), (1, 0), (2, 1)], directed=True, weights="push-sum")
+>>> star.matrix()[:, 0]                                 # node 0 splits its mass over 0, 1, 2
+array([0.33333333, 0.33333333, 0.33333333])
 """
 
 from __future__ import annotations
@@ -32,9 +41,14 @@ import scipy.sparse as sp
 
 from flatlab.errors import TopologyError
 from flatlab.topology import graphs
-from flatlab.topology.core import DENSE_LIMIT, Topology, as_rounds
+from flatlab.topology.core import DENSE_LIMIT, STOCHASTIC_KINDS, Topology, as_rounds
 from flatlab.topology.graphs import Graph
-from flatlab.topology.weights import WEIGHT_RULES, canonical_rule, mixing_matrix
+from flatlab.topology.weights import (
+    WEIGHT_RULES,
+    canonical_rule,
+    mixing_matrix,
+    stochastic_kind,
+)
 from flatlab.topology.weights import lazy as lazy_mixing
 
 __all__ = [
@@ -42,6 +56,7 @@ __all__ = [
     "Graph",
     "GeneratorInfo",
     "WEIGHT_RULES",
+    "STOCHASTIC_KINDS",
     "DENSE_LIMIT",
     "make",
     "periodic",
@@ -79,7 +94,7 @@ class GeneratorInfo:
     def weight_rules(self) -> tuple[str, ...]:
         """Weight rules the generator accepts (the first is its default)."""
         if self.directed:
-            return ("uniform",)
+            return ("uniform", "push-sum")
         return WEIGHT_RULES
 
 
@@ -112,7 +127,7 @@ _GENERATORS: dict[str, GeneratorInfo] = {
                       fixed_n=32),
     ]
 }
-_FILE_KINDS = ("edges", "adjacency", "matrix")
+_FILE_KINDS = ("edges", "arcs", "adjacency", "matrix")
 
 
 def available() -> list[str]:
@@ -132,10 +147,14 @@ def from_graph(
     lazy: bool = False,
     params: dict[str, Any] | None = None,
 ) -> Topology:
-    """Topology from a :class:`Graph` and a weight rule (metropolis; uniform if directed)."""
+    """Topology from a :class:`Graph` and a weight rule (metropolis; uniform if directed).
+
+    ``push-sum`` gives a column-stochastic topology (``stochastic="column"``), never symmetric.
+    """
     rule = canonical_rule(weights) if weights is not None else (
         "uniform" if graph.directed else "metropolis"
     )
+    kind = stochastic_kind(rule)
     rounds = [mixing_matrix(a, rule, directed=graph.directed, name=name) for a in graph.rounds]
     if lazy:
         rounds = [lazy_mixing(w) for w in rounds]
@@ -144,9 +163,10 @@ def from_graph(
         rounds=tuple(rounds),
         weights=rule,
         lazy=lazy,
-        symmetric=not graph.directed,
+        symmetric=not graph.directed and kind == "doubly",
         group=graph.group,
         params=params or {},
+        stochastic=kind,
     )
 
 
@@ -163,10 +183,12 @@ def make(
     """Build a topology by name.
 
     Args:
-        name: A name from :func:`available`, or ``"edges:PATH"``, ``"adjacency:PATH"``,
-            ``"matrix:PATH"`` for a user's graph or mixing matrix in a file (see :func:`load`).
+        name: A name from :func:`available`, or ``"edges:PATH"``, ``"arcs:PATH"`` (directed),
+            ``"adjacency:PATH"``, ``"matrix:PATH"`` for a user's graph or mixing matrix in a file
+            (see :func:`load`).
         n: Number of nodes (optional for ``social`` and for files, where it is checked).
-        weights: Weight rule; default ``metropolis`` (``uniform`` for directed graphs).
+        weights: Weight rule; default ``metropolis`` (``uniform`` for directed graphs);
+            ``push-sum`` for column-stochastic weights (push-sum methods only).
         lazy: Apply ``(I + W) / 2``.
         seed: Seed of the random generators (default 0); ignored by deterministic ones.
         local_steps: Gossip every ``local_steps`` steps, identity between (:func:`periodic`).
@@ -185,7 +207,7 @@ def make(
     if key not in _GENERATORS:
         raise TopologyError(
             f"unknown topology {name!r}; accepted: {', '.join(_GENERATORS)}, or edges:PATH, "
-            "adjacency:PATH, matrix:PATH"
+            "arcs:PATH, adjacency:PATH, matrix:PATH"
         )
     info = _GENERATORS[key]
     unknown = sorted(set(params) - set(info.params))
@@ -240,7 +262,8 @@ def periodic(topology: Topology, local_steps: int) -> Topology:
     rounds = tuple(w if h == 0 else eye for w in topology.rounds for h in range(H))
     return Topology(name=topology.name, rounds=rounds, weights=topology.weights,
                     lazy=topology.lazy, symmetric=topology.symmetric, group=topology.group,
-                    params={**topology.params, "local_steps": H}, tol=topology.tol)
+                    params={**topology.params, "local_steps": H},
+                    stochastic=topology.stochastic, tol=topology.tol)
 
 
 def from_adjacency(adjacency, weights: str | None = None, lazy: bool = False,
@@ -250,18 +273,27 @@ def from_adjacency(adjacency, weights: str | None = None, lazy: bool = False,
 
 
 def from_edges(edges, n: int | None = None, weights: str | None = None, lazy: bool = False,
-               name: str = "custom") -> Topology:
-    """Topology from an undirected edge list of node pairs (nodes ``0..n-1``)."""
-    return from_graph(graphs.from_edges(edges, n), name, weights, lazy)
+               name: str = "custom", directed: bool = False) -> Topology:
+    """Topology from an edge list of node pairs (nodes ``0..n-1``).
+
+    Undirected by default; with ``directed=True`` a pair ``(i, j)`` is the arc ``i -> j`` (node
+    ``j`` receives from ``i``), and the weights are ``push-sum`` (the default there) or
+    ``uniform`` (in- and out-degrees all equal).
+    """
+    graph = graphs.from_edges(edges, n, directed=directed)
+    if directed and weights is None:
+        weights = "push-sum"
+    return from_graph(graph, name, weights, lazy)
 
 
 def from_matrix(matrices, name: str = "custom", lazy: bool = False,
-                tol: float = 1e-9) -> Topology:
+                tol: float = 1e-9, stochastic: str = "doubly") -> Topology:
     """Topology from a mixing matrix, or a sequence of them (one per round of a period).
 
     The matrices are used as given (rule ``"given"``); they must be nonnegative, doubly
-    stochastic to ``tol`` and (strongly) connected over the period. Symmetry is detected, not
-    required: a directed doubly stochastic ``W`` is accepted.
+    stochastic to ``tol`` (with ``stochastic="column"``: columns summing to one, for push-sum)
+    and (strongly) connected over the period. Symmetry is detected, not required: a directed
+    doubly stochastic ``W`` is accepted.
     """
     rounds = as_rounds(matrices)
     if lazy:
@@ -270,8 +302,13 @@ def from_matrix(matrices, name: str = "custom", lazy: bool = False,
         w.shape[0] == w.shape[1] and (abs(w - w.T).max() if (w - w.T).nnz else 0.0) <= tol
         for w in rounds
     )
+    if stochastic not in STOCHASTIC_KINDS:
+        raise TopologyError(f"stochastic {stochastic!r} is not accepted; accepted: "
+                            f"{', '.join(STOCHASTIC_KINDS)}")
+    if stochastic == "column" and symmetric:
+        stochastic = "doubly"  # a symmetric column-stochastic matrix is doubly stochastic
     return Topology(name=name, rounds=rounds, weights="given", lazy=lazy, symmetric=symmetric,
-                    tol=tol)
+                    stochastic=stochastic, tol=tol)
 
 
 
@@ -314,11 +351,13 @@ def load(path: str | Path, kind: str = "matrix", n: int | None = None,
     Args:
         path: ``.npy``, ``.npz`` (scipy sparse) or a text file (whitespace or comma separated,
             ``#`` comments).
-        kind: ``"edges"`` (two integer columns ``i j``), ``"adjacency"`` (a square symmetric
-            matrix) or ``"matrix"`` (the mixing matrix ``W`` itself, used as given).
+        kind: ``"edges"`` (two integer columns ``i j``), ``"arcs"`` (the same, read as directed
+            arcs ``i -> j``; ``push-sum`` weights by default), ``"adjacency"`` (a square
+            symmetric matrix) or ``"matrix"`` (the mixing matrix ``W`` itself, used as given;
+            ``weights="push-sum"`` validates it as column-stochastic instead of doubly).
         n: Expected number of nodes; checked against the file (for edges it may add isolated
             nodes, which then fail the connectivity check).
-        weights: Weight rule for ``edges`` and ``adjacency``.
+        weights: Weight rule for ``edges``, ``arcs`` and ``adjacency``.
         lazy: Apply ``(I + W) / 2``.
     """
     if kind not in _FILE_KINDS:
@@ -328,15 +367,19 @@ def load(path: str | Path, kind: str = "matrix", n: int | None = None,
         raise TopologyError(f"{kind} file not found: {p}")
     data = _read_array(p)
     name = p.stem
-    if kind == "edges":
-        return from_edges(data, n=n, weights=weights, lazy=lazy, name=name)
+    if kind in ("edges", "arcs"):
+        return from_edges(data, n=n, weights=weights, lazy=lazy, name=name,
+                          directed=kind == "arcs")
     if kind == "adjacency":
         topo = from_adjacency(data, weights=weights, lazy=lazy, name=name)
     else:
-        if weights is not None:
+        column = weights is not None and canonical_rule(weights) == "push-sum"
+        if weights is not None and not column:
             raise TopologyError("a mixing matrix file is used as given; drop the weight rule "
-                                "(or give the graph as edges:PATH / adjacency:PATH)")
-        topo = from_matrix(data, name=name, lazy=lazy, tol=1e-8)
+                                "(push-sum to validate it as column-stochastic), or give the "
+                                "graph as edges:PATH / arcs:PATH / adjacency:PATH")
+        topo = from_matrix(data, name=name, lazy=lazy, tol=1e-8,
+                           stochastic="column" if column else "doubly")
     if n is not None and topo.n != int(n):
         raise TopologyError(f"{p} has {topo.n} nodes but n = {n} was asked for")
     return topo

@@ -13,8 +13,10 @@ from scipy.sparse.csgraph import connected_components
 
 from flatlab.errors import TopologyError
 
-__all__ = ["Topology", "DENSE_LIMIT"]
+__all__ = ["Topology", "DENSE_LIMIT", "STOCHASTIC_KINDS"]
 
+#: What :attr:`Topology.stochastic` accepts: doubly stochastic, or column-stochastic (push-sum).
+STOCHASTIC_KINDS = ("doubly", "column")
 #: Largest ``n`` for which :meth:`Topology.matrix` hands out a dense array by default.
 DENSE_LIMIT = 16384
 
@@ -25,14 +27,18 @@ def _fmt(x: float) -> str:
 
 @dataclass(frozen=True, eq=False)
 class Topology:
-    """A schedule of doubly stochastic mixing matrices ``W_0, ..., W_{period-1}`` over ``n`` nodes.
+    """A schedule of mixing matrices ``W_0, ..., W_{period-1}`` over ``n`` nodes.
 
     One gossip round at step ``t`` is ``X <- W_t X`` with ``W_t = matrix(t)`` (row convention:
     ``x_i <- sum_j w_ij x_j``), and the schedule repeats with ``period`` (1 when static).
-    Construction validates every round and raises :class:`~flatlab.errors.TopologyError` with one
-    line naming the problem: ``n < 2``, non-finite or negative entries, a row or column that does
-    not sum to one, asymmetry where the weight rule promises symmetry, a graph that is not
-    (strongly) connected over one period, or a static matrix that is periodic.
+    The matrices are doubly stochastic (``stochastic="doubly"``, what every algorithm but push-sum
+    needs) or column-stochastic only (``stochastic="column"``: ``1ᵀ W_t = 1ᵀ``, each node's
+    outgoing shares sum to one, so mass ``Σ_i x_i`` is conserved; push-sum's weights, run by
+    ``sgp`` only). Construction validates every round and raises
+    :class:`~flatlab.errors.TopologyError` with one line naming the problem: ``n < 2``, non-finite
+    or negative entries, a column (or, when doubly stochastic, a row) that does not sum to one,
+    asymmetry where the weight rule promises symmetry, a graph that is not (strongly) connected
+    over one period, or a static matrix that is periodic.
 
     Build one with :func:`flatlab.topology.make` or the ``from_*`` constructors rather than
     directly.
@@ -41,12 +47,16 @@ class Topology:
         name: What the graph is (``"ring"``, ``"torus"``, ``"custom"``, ...).
         rounds: One float64 CSR matrix per round of the period.
         weights: The weight rule that made the matrices (``"metropolis"``, ``"max-degree"``,
-            ``"uniform"``) or ``"given"`` for a user's matrix.
+            ``"uniform"``, ``"push-sum"``) or ``"given"`` for a user's matrix.
         lazy: Whether the lazy modifier ``(I + W) / 2`` was applied.
         symmetric: Whether every round is symmetric; when the rule promises it, it is checked.
         group: Shape of a translation group under which every round is invariant (the matrices
             are multi-dimensional circulants), or ``None``. Checked on construction.
         params: The generator's parameters (``rows``, ``cols``, ``seed``, ...), for the record.
+        stochastic: ``"doubly"`` (rows and columns sum to one) or ``"column"`` (columns only,
+            push-sum); what validation checks and what algorithms ask for
+            (:meth:`flatlab.algorithms.Algorithm.check_topology`). A column-stochastic
+            topology is never symmetric, and its graph must be strongly connected.
         tol: Tolerance of the row/column-sum and symmetry checks.
     """
 
@@ -57,6 +67,7 @@ class Topology:
     symmetric: bool = True
     group: tuple[int, ...] | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
+    stochastic: str = "doubly"
     tol: float = 1e-9
 
     def __post_init__(self) -> None:
@@ -81,6 +92,11 @@ class Topology:
     def time_varying(self) -> bool:
         """Whether the mixing matrix changes from round to round."""
         return self.period > 1
+
+    @property
+    def column_stochastic(self) -> bool:
+        """Whether the matrices are validated as column-stochastic only (push-sum weights)."""
+        return self.stochastic == "column"
 
     @property
     def label(self) -> str:
@@ -138,6 +154,13 @@ class Topology:
         raise TopologyError(f"{where} {message}")
 
     def _validate(self) -> None:
+        if self.stochastic not in STOCHASTIC_KINDS:
+            raise TopologyError(f"{self.name}: stochastic {self.stochastic!r} is not accepted; "
+                                f"accepted: {', '.join(STOCHASTIC_KINDS)}")
+        if self.column_stochastic and self.symmetric:
+            # a symmetric column-stochastic matrix is doubly stochastic: say so instead
+            raise TopologyError(f"{self.name}: a symmetric column-stochastic matrix is doubly "
+                                "stochastic; build it with stochastic='doubly'")
         if not self.rounds:
             raise TopologyError(f"{self.name}: a topology needs at least one mixing matrix")
         shape = self.rounds[0].shape
@@ -161,13 +184,17 @@ class Topology:
             i = int(np.searchsorted(w.indptr, k, side="right") - 1)
             self._fail(t, f"has a negative entry W[{i}, {int(w.indices[k])}] = "
                        f"{_fmt(w.data[k])}; mixing weights must be >= 0")
-        for axis, what in ((1, "row"), (0, "column")):
+        checks = ((0, "column"),) if self.column_stochastic else ((1, "row"), (0, "column"))
+        for axis, what in checks:
             sums = np.asarray(w.sum(axis=axis)).ravel()
             bad = np.abs(sums - 1.0)
             if bad.max() > self.tol:
                 k = int(np.argmax(bad))
+                need = ("be column-stochastic (each node's outgoing shares summing to one)"
+                        if self.column_stochastic else
+                        "be doubly stochastic (rows and columns summing to one)")
                 self._fail(t, f"{what} {k} sums to {_fmt(sums[k])}, not 1; a mixing matrix must "
-                           "be doubly stochastic (rows and columns summing to one)")
+                           f"{need}")
         if self.symmetric:
             diff = abs(w - w.T)
             if diff.nnz and diff.max() > self.tol:

@@ -354,12 +354,14 @@ def from_adjacency(adjacency) -> Graph:
     return _static(n, adj)
 
 
-def from_edges(edges, n: int | None = None) -> Graph:
-    """Undirected graph from an edge list of integer node pairs ``(i, j)``, nodes ``0..n-1``.
+def from_edges(edges, n: int | None = None, directed: bool = False) -> Graph:
+    """Graph from an edge list of integer node pairs ``(i, j)``, nodes ``0..n-1``.
 
     Args:
         edges: Iterable of pairs, or an array of shape ``[m, 2]``.
         n: Number of nodes; default ``1 + max node index``.
+        directed: Read ``(i, j)`` as the arc ``i -> j`` only (node ``j`` receives from ``i``);
+            by default the edge goes both ways.
     """
     try:
         e = np.asarray(list(edges) if not isinstance(edges, np.ndarray) else edges)
@@ -376,4 +378,6 @@ def from_edges(edges, n: int | None = None) -> Graph:
     _require(int(e.max()) < n, f"edge list names node {int(e.max())} but n = {n} "
              f"(nodes are 0..{n - 1})")
     _check_n("edge list", n)
+    if directed:  # A[j, i]: j receives from i
+        return _static(n, _adjacency(n, e[:, 1], e[:, 0]))
     return _static(n, _undirected(n, e))

@@ -1,7 +1,8 @@
 """The vectorized engine against the per-node loop reference (tests/reference/algorithms.py).
 
 Same models, same minibatches, same W_t: the trajectories over many steps must agree to 1e-5 in
-float32 and 1e-10 in float64, on several topologies (static, directed, time-varying) and splits.
+float32 and 1e-10 in float64, on several topologies (static, directed, time-varying,
+column-stochastic) and splits.
 """
 
 import pytest
@@ -73,7 +74,25 @@ CASES = [
                                                         "dual_init": "x0"}),
     ("ecl", "exponential-undirected", "iid", "logistic", torch.float32,
      {"theta": 0.5, "period": 4, "tie": 1.0}),
+    # push-sum: an irregular digraph (w moves away from 1), the time-varying one-peer exponential
+    # graph (SGP's default) and a doubly stochastic ring (w stays 1)
+    ("sgp", "digraph+push-sum", "dirichlet", "mlp", torch.float64, {}),
+    ("sgp", "one-peer-exponential+push-sum", "classes", "mlp", torch.float64, {}),
+    ("sgp", "star+push-sum", "iid", "logistic", torch.float64, {}),
+    ("sgp", "ring", "dirichlet", "logistic", torch.float32, {}),
 ]
+
+#: an irregular, strongly connected directed graph on 8 nodes: arcs i -> j
+DIGRAPH = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6), (6, 7), (7, 0), (0, 4), (0, 6),
+           (2, 7), (5, 1), (5, 2), (5, 3)]
+
+
+def topology_of(spec: str, n: int) -> flatlab.topology.Topology:
+    """A generator name, ``NAME+RULE`` for a weight rule, or ``digraph`` (:data:`DIGRAPH`)."""
+    name, _, rule = spec.partition("+")
+    if name == "digraph":
+        return flatlab.topology.from_edges(DIGRAPH, n, directed=True, weights=rule or None)
+    return flatlab.topology.make(name, n, weights=rule or None)
 
 # NGPD's loop reference solves a dense P x P system per node per step: fewer nodes and steps
 NGPD_CASES = [
@@ -86,7 +105,7 @@ NGPD_CASES = [
 
 
 def engine_and_loop(name, topo_name, split, model, dtype, hp, steps=25, n=8, norm="none"):
-    topo = flatlab.topology.make(topo_name, n)
+    topo = topology_of(topo_name, n)
     part = partition(DIGITS, n, split, alpha=0.3, seed=1)
     sampler = NodeSampler(DIGITS.x_train, DIGITS.y_train, part, batch_size=8, seed=2,
                           dtype=dtype)

@@ -1,10 +1,11 @@
 """The distributed mixer against the simulated one: real gloo processes on the loopback interface.
 
 For every algorithm in the registry (on the topologies it accepts), on static (undirected and
-directed) and time-varying topologies, 4 nodes on 4 processes and on 2 processes of 2 nodes give
-the same trajectories as the simulated mixer on the same seeds (up to float32 rounding, relative
-to the trajectory's size: tests.precision), with equal message and byte counts; per-edge exchange
-delivers each message to its receiver only.
+directed) and time-varying topologies, and column-stochastic ones (push-sum weights on an
+irregular digraph, where only sgp runs and its weights w move away from 1), 4 nodes on 4
+processes and on 2 processes of 2 nodes give the same trajectories as the simulated mixer on the
+same seeds (up to float32 rounding, relative to the trajectory's size: tests.precision), with
+equal message and byte counts; per-edge exchange delivers each message to its receiver only.
 """
 
 import os
@@ -23,13 +24,20 @@ from flatlab.data import heterogeneous_quadratics
 from tests import precision
 
 N, D, STEPS = 4, 3, 30
-TOPOLOGIES = ("ring", "exponential", "one-peer-exponential", "ring/local-3")
+TOPOLOGIES = ("ring", "exponential", "one-peer-exponential", "ring/local-3", "digraph+push-sum",
+              "one-peer-exponential+push-sum")
+#: an irregular, strongly connected digraph on 4 nodes (out-degrees 2, 1, 1, 2): arcs i -> j
+DIGRAPH = [(0, 1), (1, 2), (2, 3), (3, 0), (0, 2), (3, 1)]
 
 
 def topology(spec: str) -> flatlab.topology.Topology:
-    """A generator name, or ``NAME/local-H`` for local steps (gossip every H steps)."""
+    """A generator name, ``NAME/local-H`` for local steps (gossip every H steps), ``NAME+RULE``
+    for a weight rule, or ``digraph`` (:data:`DIGRAPH`)."""
+    spec, _, rule = spec.partition("+")
     name, _, local = spec.partition("/local-")
-    return flatlab.topology.make(name, N, local_steps=int(local or 1))
+    if name == "digraph":
+        return flatlab.topology.from_edges(DIGRAPH, N, directed=True, weights=rule or None)
+    return flatlab.topology.make(name, N, weights=rule or None, local_steps=int(local or 1))
 
 
 def free_port() -> int:
@@ -109,10 +117,15 @@ def test_every_algorithm_matches_the_simulated_mixer(distributed_results, topo_n
     world, per_rank = distributed_results
     q, gf, X0 = problem()
     topo = topology(topo_name)
-    for name in filter(lambda a: runs_on(a, topo), available()):
+    names = list(filter(lambda a: runs_on(a, topo), available()))
+    if topo.column_stochastic:
+        assert names == ["sgp"]
+    for name in names:
         mixer = SimulatedMixer(topo, device="cpu", dtype=torch.float32)
-        ref = simulate(name, topo, gf, X0, STEPS, 0.05, mixer=mixer,
-                       metric_fn=lambda X, t: q.H.float())
+        ref, state = simulate(name, topo, gf, X0, STEPS, 0.05, mixer=mixer,
+                              metric_fn=lambda X, t: q.H.float(), return_state=True)
+        if topo_name.startswith("digraph"):  # push-sum's weights are not all 1 there
+            assert float((state.w - 1).abs().max()) > 0.1
         got = torch.cat([r[topo_name, name][0] for r in per_rank], dim=1)
         # float32 rounding differs between a dense matmul and per-neighbour sums and accumulates
         # over the steps: relative to the trajectory's size (DIGing at this step grows on the

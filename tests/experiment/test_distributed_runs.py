@@ -5,7 +5,8 @@
   registry on each), writes the same
   metrics and the same final iterate as the simulated run of the same config, up to float32
   rounding (the order of floating sums differs; tests.precision), with equal byte counts (a
-  time-varying topology on 4 processes, a static one on 2).
+  time-varying topology on 4 processes, a static one on 2); and sgp on a column-stochastic
+  topology (push-sum weights on the irregular star, so its weights w are not all 1) on both.
 - SAM on every node (``optim.sam_rho``) on 2 processes equals its simulated run.
 - Checkpoints hold all nodes: a distributed run stopped and resumed, and a simulated run resumed
   on 2 processes, end exactly as the uninterrupted run.
@@ -48,11 +49,13 @@ def free_port() -> int:
 
 
 def config(algorithm: str, topology: str, **kw) -> dict:
+    """The run's config; ``topology`` is a generator name or ``NAME+RULE`` for a weight rule."""
+    name, _, rule = topology.partition("+")
     cfg = {
         "name": f"{algorithm}-{topology}",
         "data": {"name": "digits", "partition": "dirichlet", "alpha": 0.5, "batch_size": 8},
         "model": {"name": "mlp", "options": {"hidden": [16]}},
-        "topology": {"name": topology, "nodes": 4},
+        "topology": {"name": name, "nodes": 4, **({"weights": rule} if rule else {})},
         "algorithm": {"name": algorithm},
         "optim": {"lr": 0.1, "schedule": "cosine", "warmup": 2, "weight_decay": 1e-4},
         "train": {"steps": 12},
@@ -86,7 +89,11 @@ def cases(world: int) -> list[tuple[str, str]]:
     picked = names[1::2] if world == 4 else names[0::2]
     if "diffusion" not in picked:
         picked = [*picked, "diffusion"]
-    return [(a, _accepted(a, world)) for a in picked]
+    return [(a, _accepted(a, world)) for a in picked] + [PUSH_SUM]
+
+
+#: push-sum on a column-stochastic topology, on both layouts (the hub splits its mass in 4)
+PUSH_SUM = ("sgp", "star+push-sum")
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:

@@ -518,7 +518,40 @@ def loop_adagossip(nodes, W_at, batches, lr, steps, **hp):
     return _loop_compressed(nodes, W_at, batches, lr, steps, **hp)
 
 
+def push(P: np.ndarray, xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Push-sum gossip as a node would do it: node i sends P[j, i] x_i to each j it reaches.
+
+    Looping over senders and their columns (not over receivers' rows, as :func:`gossip` does).
+    """
+    out = [torch.zeros_like(x) for x in xs]
+    for i in range(len(xs)):
+        for j in np.flatnonzero(P[:, i]):
+            out[j] = out[j] + float(P[j, i]) * xs[i]
+    return out
+
+
+def loop_sgp(nodes, W_at, batches, lr, steps, *, momentum, nesterov):
+    """SGP (Assran et al. 2019, Alg. 1) node by node: x_i <- x_i - η ∇F_i(z_i), push x and w.
+
+    Each node keeps its numerator x_i and its scalar weight w_i (a Python float); the gradient is
+    taken at z_i = x_i / w_i; the trajectory is that of z.
+    """
+    xs = nodes.params()
+    ws = [1.0] * nodes.n
+    traj = [torch.stack(xs)]
+    for t in range(steps):
+        P = W_at(t)
+        zs = [xs[i] / ws[i] for i in range(nodes.n)]
+        gs = _grads(nodes, zs, batches, t)
+        half = [xs[i] - _eta(lr, t) * gs[i] for i in range(nodes.n)]
+        xs = push(P, half)
+        ws = [float(v) for v in push(P, [torch.tensor(w, dtype=torch.float64) for w in ws])]
+        traj.append(torch.stack([xs[i] / ws[i] for i in range(nodes.n)]))
+    return torch.stack(traj)
+
+
 LOOPS = {
+    "sgp": loop_sgp,
     "choco": loop_choco,
     "adagossip": loop_adagossip,
     "ecl": loop_ecl,

@@ -150,3 +150,40 @@ def simulate_disagreement(w: np.ndarray, lr: float, sigma2: float, form: str, d:
         if t >= burn:
             vals.append(np.sum((x - x.mean(axis=0)) ** 2) / n)
     return float(np.mean(vals))
+
+
+# -- push-sum (column-stochastic) weights, one arc at a time ------------------------------------
+
+
+def push_sum_loop(n: int, arcs: list[tuple[int, int]]) -> np.ndarray:
+    """P[j, i] = 1/(outdeg_i + 1) for j in out(i) ∪ {i}: node i splits its mass uniformly.
+
+    ``arcs`` are ``(i, j)``: node ``i`` sends to node ``j``.
+    """
+    out = {i: sorted({j for a, j in arcs if a == i and j != i}) for i in range(n)}
+    p = np.zeros((n, n))
+    for i in range(n):
+        share = 1.0 / (len(out[i]) + 1)
+        p[i, i] += share
+        for j in out[i]:
+            p[j, i] += share
+    return p
+
+
+def exponential_arcs(n: int) -> list[tuple[int, int]]:
+    """Directed exponential graph: i sends to i + 2^k mod n, k = 0 .. ceil(log2 n) - 1."""
+    return [(i, (i + 2**k) % n) for i in range(n) for k in range(math.ceil(math.log2(n)))]
+
+
+def one_peer_arcs(n: int, t: int) -> list[tuple[int, int]]:
+    """One-peer exponential round t: i sends to i + 2^(t mod log2 n) only."""
+    hop = 2 ** (t % math.ceil(math.log2(n)))
+    return [(i, (i + hop) % n) for i in range(n)]
+
+
+def perron_vector(p: np.ndarray) -> np.ndarray:
+    """pi with P pi = pi, 1^T pi = 1, by least squares on [P - I; 1^T] pi = [0; 1]."""
+    n = p.shape[0]
+    a = np.vstack([p - np.eye(n), np.ones((1, n))])
+    b = np.concatenate([np.zeros(n), [1.0]])
+    return np.linalg.lstsq(a, b, rcond=None)[0]
