@@ -31,10 +31,14 @@ Methods (the ``method`` column):
 Phases, all resumable (finished runs are skipped, interrupted ones resume from their
 checkpoints, a diverging run is recorded as diverged and the study goes on):
 
-1. **tune lr**: each method without SAM, on seed 0 with a 10% held-out split, over a learning-rate
-   grid extended by its own ratio until the best is interior
-   (:func:`flatlab.experiment.study.tune_bracketed`);
-2. **tune ρ**: each SAM method at its base method's learning rate, over a ``ρ`` grid, bracketed
+1. **tune lr**: centralized SGD on seed 0 with a 10% held-out split, over a learning-rate grid
+   extended by its own ratio until the best is interior
+   (:func:`flatlab.experiment.study.tune_bracketed`). **Every method trains at this common
+   step**: the final ``λ_max`` follows the step size (it settles below about ``2/η``), so
+   methods tuned to different steps would compare their steps, not their flatness (the
+   flatness comparisons of Lin et al. 2020 and Zhu et al. 2023 fix the step too). The other
+   methods without SAM run the same grid, not extended, for the sensitivity figure;
+2. **tune ρ**: each SAM method at the common learning rate, over a ``ρ`` grid, bracketed
    the same way (held-out accuracy decides; the tuning table also records each run's final
    ``λ_max``, the dose-response of flatness to ``ρ``);
 3. **final**: the tuned values with every seed on the full training set, measured every
@@ -160,26 +164,45 @@ def _with_flatness(table: pd.DataFrame, job) -> pd.DataFrame:
     return table.assign(holdout_hessian_top=tops)
 
 
+#: The method whose bracketed learning rate every method trains with.
+REFERENCE = "sgd"
+
+
 def tune_lr(grid: dict[str, Any], runs: Path, workers: int) -> pd.DataFrame:
-    """Phase 1: each method without SAM over the learning-rate grid, bracketed."""
+    """Phase 1: the learning rate of SGD, bracketed; the other methods on the same grid.
+
+    Every method trains at SGD's learning rate (:func:`common_lr`): the final λ_max follows
+    the step size (it settles below about ``2/η``), so methods at different step sizes would
+    compare their step sizes, not their flatness. The other methods without SAM run the initial
+    grid too (not extended), for the sensitivity figure and to show where the common step sits
+    in each method's own range.
+    """
     base = [m for m, d in methods(grid).items() if not d["sam"]]
-    points = [{"method": m, "lr": lr} for m in base for lr in grid["lrs"]]
 
     def job(p: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
         return (runs / "tune" / _name(p["method"], p["lr"], 0.0, 0),
                 _config(grid, p["method"], p["lr"], 0.0, 0, holdout=0.1))
 
-    t = tune_bracketed(points, job, workers, ["method"], "lr",
-                       max_extensions=grid.get("extensions", 4))
+    ref = tune_bracketed([{"method": REFERENCE, "lr": lr} for lr in grid["lrs"]], job, workers,
+                         ["method"], "lr", max_extensions=grid.get("extensions", 4))
+    others = [{"method": m, "lr": lr} for m in base if m != REFERENCE for lr in grid["lrs"]]
+    t = pd.concat([ref, tune_bracketed(others, job, workers, ["method"], "lr",
+                                       max_extensions=0)] if others else [ref],
+                  ignore_index=True)
     return _with_flatness(t, job).assign(hparam="lr", rho=0.0)
+
+
+def common_lr(lr_table: pd.DataFrame) -> float | None:
+    """SGD's chosen learning rate, the step every method trains with (None if none trained)."""
+    lrs = _chosen(lr_table[lr_table["method"] == REFERENCE], "lr")
+    return lrs.get(REFERENCE)
 
 
 def tune_rho(grid: dict[str, Any], runs: Path, lr_table: pd.DataFrame, workers: int
              ) -> pd.DataFrame:
-    """Phase 2: each SAM method at its base method's learning rate over the ρ grid, bracketed."""
-    base_lr = _chosen(lr_table, "lr")
-    lr_of = {m: base_lr[d["base"]] for m, d in methods(grid).items()
-             if d["sam"] and d["base"] in base_lr}
+    """Phase 2: each SAM method at the common learning rate over the ρ grid, bracketed."""
+    lr = common_lr(lr_table)
+    lr_of = {m: lr for m, d in methods(grid).items() if d["sam"] and lr is not None}
     points = [{"method": m, "rho": rho} for m in lr_of for rho in grid["rhos"]]
 
     def job(p: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
@@ -208,10 +231,9 @@ def final(grid: dict[str, Any], runs: Path, tuning: pd.DataFrame, workers: int
     from flatlab.theory import spectral
     from flatlab.topology import make
 
-    lr_of = _chosen(tuning[tuning["hparam"] == "lr"], "lr")
-    rho_table = tuning[tuning["hparam"] == "rho"]
-    rho_of = _chosen(rho_table, "rho")
-    lr_of |= _chosen(rho_table, "lr")
+    lr = common_lr(tuning[tuning["hparam"] == "lr"])
+    rho_of = _chosen(tuning[tuning["hparam"] == "rho"], "rho")
+    lr_of = {m: lr for m in methods(grid) if lr is not None}
     points = []
     for m, d in methods(grid).items():
         if m not in lr_of or (d["sam"] and m not in rho_of):
@@ -361,7 +383,8 @@ def markdown(summary: pd.DataFrame, tuning: pd.DataFrame, verdicts: pd.DataFrame
              grid: dict[str, Any], target: float) -> str:
     """The summary with convergence, both tunings with their grid checks, and the verdicts."""
     lines = [f"Final runs: {grid['nodes']} nodes, batch {grid['batch']} per node, "
-             f"{grid['steps']} steps, cosine schedule; converged = the test accuracy of x̄ "
+             f"{grid['steps']} steps, cosine schedule, every method at SGD's tuned learning "
+             f"rate; converged = the test accuracy of x̄ "
              f"changed by less than 1 point over the last 20% of steps; λ_max at matched "
              f"training loss L* = {target:.3g}.", "",
              "| method | lr | ρ | gap 1−ρ_W | test acc. (%) | train loss | ‖∇f(x̄)‖ | λ_max | "
@@ -377,7 +400,9 @@ def markdown(summary: pd.DataFrame, tuning: pd.DataFrame, verdicts: pd.DataFrame
             f"{int(r.converged)}/{r.seeds + r.diverged} | "
             f"{r.seeds}{f' ({r.diverged} diverged)' if r.diverged else ''} |")
     lines += ["", "Tuning (seed 0, held-out 10%): values marked * were added because the best "
-              "sat at an edge, † diverged; λ_max is the tuning run's final top eigenvalue.", "",
+              "sat at an edge, † diverged; λ_max is the tuning run's final top eigenvalue. Only "
+              f"{REFERENCE}'s learning rate and each SAM method's ρ are used; the other methods' "
+              "learning-rate grids show where the common step sits in their range.", "",
               "| method | tuned | grid (held-out acc. %, λ_max) | chosen | interior |",
               "|---|---|---|---|---|"]
     for (hp, m), g in tuning.groupby(["hparam", "method"], sort=False):

@@ -28,9 +28,9 @@ def test_tiny_scale_tunes_lr_then_rho_trains_checks_and_judges(tmp_path, capsys)
     tuning = pd.read_csv(tmp_path / "tuning.csv")
     runs = pd.read_csv(tmp_path / "runs.csv")
     verdicts = pd.read_csv(tmp_path / "verdicts.csv")
-    # tuning: the learning rate of each method without SAM, then rho of each SAM method at its
-    # base method's learning rate; one choice each, the best held-out accuracy, the initial grid
-    # there and anything added marked
+    # tuning: the learning rate of SGD (bracketed; the other methods without SAM on the same
+    # grid, not extended), then rho of each SAM method at SGD's learning rate; one choice each,
+    # the best held-out accuracy, the initial grid there and anything added marked
     lr_t, rho_t = tuning[tuning["hparam"] == "lr"], tuning[tuning["hparam"] == "rho"]
     assert set(lr_t["method"]) == {m for m, d in methods.items() if not d["sam"]}
     assert set(rho_t["method"]) == {m for m, d in methods.items() if d["sam"]}
@@ -39,19 +39,21 @@ def test_tiny_scale_tunes_lr_then_rho_trains_checks_and_judges(tmp_path, capsys)
         assert bool(g.loc[g["holdout_accuracy"].idxmax(), "chosen"]), (hp, m)
         assert set(g.loc[~g["extended"], hp]) == set(grid["lrs" if hp == "lr" else "rhos"])
         assert g["holdout_hessian_top"].notna().all() and (g["holdout_hessian_top"] > 0).all()
-    lr_of = lr_t[lr_t["chosen"]].set_index("method")["lr"]
-    for r in rho_t.itertuples():
-        assert r.lr == lr_of[methods[r.method]["base"]]
+        if hp == "lr" and m != "sgd":
+            assert not g["extended"].any()
+    common = float(lr_t[lr_t["chosen"] & (lr_t["method"] == "sgd")]["lr"].iloc[0])
+    assert (rho_t["lr"] == common).all()
     tune_dir = next((tmp_path / "runs" / "tune").iterdir())
     assert flatlab.experiment.load_config(str(tune_dir / "config.yaml")).data.holdout == 0.1
-    # final: the tuned values, every seed, full training set, i.i.d. split; SAM and the
-    # period in the configs as the method says
-    chosen = tuning[tuning["chosen"]]
+    # final: SGD's learning rate for every method, each SAM method's rho, every seed, full
+    # training set, i.i.d. split; SAM and the period in the configs as the method says
+    chosen = rho_t[rho_t["chosen"]]
     assert len(runs) == len(methods) * len(grid["seeds"])
     assert set(runs["status"]) == {"done"}
     for r in runs.itertuples():
-        pick = chosen[chosen["method"] == r.method].iloc[0]
-        assert r.lr == pick["lr"] and r.rho == (pick["rho"] if methods[r.method]["sam"] else 0)
+        assert r.lr == common
+        assert r.rho == (chosen.set_index("method").loc[r.method, "rho"]
+                         if methods[r.method]["sam"] else 0)
         cfg = flatlab.experiment.load_config(
             str(tmp_path / "runs" / "final" / s._name(r.method, r.lr, r.rho, r.seed)
                 / "config.yaml"))
