@@ -288,6 +288,26 @@ def with_convergence(table: pd.DataFrame, curve: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def during_training(table: pd.DataFrame, curve: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with ``consensus_during`` and ``gap_during``: the mean over training.
+
+    The mean of ``Ξ²`` and of the consensus gap over a run's measurements after step 0. With a
+    cosine schedule both vanish at the end (the step goes to zero, so the nodes agree), so the
+    disagreement a method trained with is read along the way.
+    """
+    keep = curve[(curve["step"] > 0)
+                 & curve["metric"].isin(["consensus_distance", "consensus_gap"])]
+    means = (keep.groupby([*RUN_KEYS, "metric"])["value"].mean().unstack("metric")
+             .rename(columns={"consensus_distance": "consensus_during",
+                              "consensus_gap": "gap_during"}).reset_index())
+    for col in ("consensus_during", "gap_during"):
+        if col not in means:
+            means[col] = math.nan
+    out = table.drop(columns=["consensus_during", "gap_during"], errors="ignore")
+    return out.merge(means[[*RUN_KEYS, "consensus_during", "gap_during"]], on=RUN_KEYS,
+                     how="left")
+
+
 def matched_loss(table: pd.DataFrame, curve: pd.DataFrame) -> tuple[pd.DataFrame, float]:
     """``table`` with ``hessian_top_matched``: each run's ``λ_max`` at the training loss ``L*``.
 
@@ -362,7 +382,8 @@ def claims(table: pd.DataFrame, grid: dict[str, Any]) -> pd.DataFrame:
 
 
 SUMMARY = ["test_accuracy", "train_loss", "grad_norm", "consensus_distance", "consensus_gap",
-           "hessian_top", "hessian_top_matched", "hessian_trace", "sharpness"]
+           "consensus_during", "gap_during", "hessian_top", "hessian_top_matched",
+           "hessian_trace", "sharpness"]
 
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
@@ -388,7 +409,8 @@ def markdown(summary: pd.DataFrame, tuning: pd.DataFrame, verdicts: pd.DataFrame
              f"changed by less than 1 point over the last 20% of steps; λ_max at matched "
              f"training loss L* = {target:.3g}.", "",
              "| method | lr | ρ | gap 1−ρ_W | test acc. (%) | train loss | ‖∇f(x̄)‖ | λ_max | "
-             "λ_max at L* | tr(H) | adaptive sharpness | Ξ² | consensus gap | converged | "
+             "λ_max at L* | tr(H) | adaptive sharpness | Ξ² (mean over training) | "
+             "consensus gap (mean over training) | converged | "
              "seeds |", "|" + "---|" * 15]
     for r in summary.itertuples():
         lines.append(
@@ -396,7 +418,7 @@ def markdown(summary: pd.DataFrame, tuning: pd.DataFrame, verdicts: pd.DataFrame
             f"{_pm(r, 'test_accuracy', 100, '.1f')} | {_pm(r, 'train_loss')} | "
             f"{_pm(r, 'grad_norm')} | {_pm(r, 'hessian_top')} | {_pm(r, 'hessian_top_matched')} "
             f"| {_pm(r, 'hessian_trace')} | {_pm(r, 'sharpness')} | "
-            f"{_pm(r, 'consensus_distance')} | {_pm(r, 'consensus_gap')} | "
+            f"{_pm(r, 'consensus_during')} | {_pm(r, 'gap_during')} | "
             f"{int(r.converged)}/{r.seeds + r.diverged} | "
             f"{r.seeds}{f' ({r.diverged} diverged)' if r.diverged else ''} |")
     lines += ["", "Tuning (seed 0, held-out 10%): values marked * were added because the best "
@@ -437,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
                        ignore_index=True)
     table = final(grid, a.runs, tuning, a.workers)
     curve = curves(table, a.runs)
-    table = with_convergence(table, curve)
+    table = during_training(with_convergence(table, curve), curve)
     table, target = matched_loss(table, curve)
     summary = summarize(table)
     verdicts = claims(table, grid)

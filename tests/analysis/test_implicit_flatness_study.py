@@ -64,10 +64,16 @@ def test_tiny_scale_tunes_lr_then_rho_trains_checks_and_judges(tmp_path, capsys)
         c = flatlab.experiment.evidence.run_convergence(
             tmp_path / "runs" / "final" / s._name(r.method, r.lr, r.rho, r.seed))
         assert (c.converged, c.change) == (r.converged, pytest.approx(r.change, nan_ok=True))
+    # the disagreement over training: the mean of the run's own measurements after step 0
+    r = runs[runs["method"] == "diffusion-ring"].iloc[0]
+    m = flatlab.results.load(tmp_path / "runs" / "final" / s._name(r.method, r.lr, r.rho, r.seed))
+    xi = m[(m["metric"] == "consensus_distance") & (m["step"] > 0)]["value"]
+    assert r.consensus_during == pytest.approx(xi.mean(), rel=1e-12) and r.consensus_during > 0
     central = runs[runs["algorithm"] == "centralized"]
     assert (central["consensus_distance"].abs() < 1e-10).all()
     assert (runs.loc[runs["algorithm"] != "centralized", "consensus_distance"] > 0).all()
-    for col in ("hessian_top", "hessian_trace", "sharpness", "consensus_gap", "grad_norm"):
+    for col in ("hessian_top", "hessian_trace", "sharpness", "consensus_gap", "grad_norm",
+                "consensus_during", "gap_during"):
         assert runs[col].notna().all(), col
     # verdicts: every claim whose methods ran, on three metrics, paired over both seeds
     assert set(verdicts["metric"]) == {"hessian_top", "hessian_top_matched", "test_accuracy"}
