@@ -48,7 +48,7 @@ checkpoints, a diverging run is recorded as diverged and the study goes on):
    Hessian trace (Hutch++) and the worst-case adaptive sharpness.
 
 ``λ_max`` at matched training loss: the loss ``L*`` is the highest final training loss of any
-method's mean, so every run reaches it; each run's ``λ_max`` is interpolated (in log loss)
+run, so every run reaches it; each run's ``λ_max`` is interpolated (in log loss)
 between the two ``λ_max`` measurements around its first crossing of ``L*``.
 
 The claims are judged seed by seed (:func:`flatlab.experiment.evidence.judge`).
@@ -311,15 +311,15 @@ def during_training(table: pd.DataFrame, curve: pd.DataFrame) -> pd.DataFrame:
 def matched_loss(table: pd.DataFrame, curve: pd.DataFrame) -> tuple[pd.DataFrame, float]:
     """``table`` with ``hessian_top_matched``: each run's ``λ_max`` at the training loss ``L*``.
 
-    ``L*`` is the highest per-method mean final training loss (of the ``done`` runs), so every
-    method reaches it on average; a run is interpolated linearly in ``log`` loss between the two
+    ``L*`` is the highest final training loss of the ``done`` runs, so every run reaches it; a
+    run is interpolated linearly in ``log`` loss between the two
     ``λ_max`` measurements around its first crossing (NaN when it never crosses, or crosses
     before its second measurement).
     """
     done = table[table["status"] == "done"]
     if done.empty:
         return table.assign(hessian_top_matched=math.nan), math.nan
-    target = float(done.groupby("method")["train_loss"].mean().max())
+    target = float(done["train_loss"].max())
     values = []
     for r in table.itertuples():
         c = curve[(curve["method"] == r.method) & (curve["seed"] == r.seed)]

@@ -93,7 +93,7 @@ def test_tiny_scale_tunes_lr_then_rho_trains_checks_and_judges(tmp_path, capsys)
 
 def test_matched_loss_interpolates_in_log_loss_at_the_first_crossing():
     s = study()
-    # two methods; the higher mean final training loss (method b: 0.25) is L*
+    # the highest final training loss of any run (method b, seed 1: 0.3) is L*
     table = pd.DataFrame({"method": ["a", "b", "b"], "seed": [0, 0, 1],
                           "status": ["done"] * 3, "train_loss": [0.1, 0.2, 0.3]})
     rows = []
@@ -106,12 +106,12 @@ def test_matched_loss_interpolates_in_log_loss_at_the_first_crossing():
                      {"step": 200 * step, "metric": "hessian_top", "value": to,
                       "method": method, "seed": seed, "status": "done"}]
     out, target = s.matched_loss(table, pd.DataFrame(rows))
-    assert target == pytest.approx(0.25)
+    assert target == pytest.approx(0.3)
     got = out["hessian_top_matched"].tolist()
-    # a crosses between 0.5 and 0.1: a fraction ln(0.5/0.25) / ln(0.5/0.1) of the way
-    assert got[0] == pytest.approx(20 + 10 * math.log(2) / math.log(5), rel=1e-12)
+    # a crosses between 0.5 and 0.1: a fraction ln(0.5/0.3) / ln(0.5/0.1) of the way
+    assert got[0] == pytest.approx(20 + 10 * math.log(0.5 / 0.3) / math.log(5), rel=1e-12)
     # b seed 0 crosses between 1.0 and 0.2
-    assert got[1] == pytest.approx(5 + 2 * math.log(4) / math.log(5), rel=1e-12)
+    assert got[1] == pytest.approx(5 + 2 * math.log(1 / 0.3) / math.log(5), rel=1e-12)
     # b seed 1 starts below L*: no crossing to interpolate
     assert math.isnan(got[2])
 
