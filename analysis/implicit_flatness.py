@@ -78,7 +78,7 @@ import pandas as pd
 from common import save_figure, study_args
 
 from flatlab.experiment import run_many
-from flatlab.experiment.evidence import Claim, curves_convergence, judge, verdict_markdown
+from flatlab.experiment.evidence import Claim, judge, verdict_markdown, with_convergence
 from flatlab.experiment.study import final_values, mean_and_se, tune_bracketed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -278,16 +278,6 @@ def curves(table: pd.DataFrame, runs: Path) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def with_convergence(table: pd.DataFrame, curve: pd.DataFrame) -> pd.DataFrame:
-    """``table`` with each run's convergence check (test accuracy of x̄, last 20% of steps)."""
-    acc = curve[curve["metric"] == "test_accuracy"].rename(columns={"value": "test_accuracy"})
-    conv = curves_convergence(acc, RUN_KEYS)[[*RUN_KEYS, "converged", "change"]]
-    out = table.drop(columns=["converged", "change"], errors="ignore").merge(
-        conv, on=RUN_KEYS, how="left")
-    out["converged"] = out["converged"].fillna(False).astype(bool)
-    return out
-
-
 def during_training(table: pd.DataFrame, curve: pd.DataFrame) -> pd.DataFrame:
     """``table`` with ``consensus_during`` and ``gap_during``: the mean over training.
 
@@ -459,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
                        ignore_index=True)
     table = final(grid, a.runs, tuning, a.workers)
     curve = curves(table, a.runs)
-    table = during_training(with_convergence(table, curve), curve)
+    table = during_training(with_convergence(table, curve, RUN_KEYS), curve)
     table, target = matched_loss(table, curve)
     summary = summarize(table)
     verdicts = claims(table, grid)

@@ -56,7 +56,7 @@ import pandas as pd
 from common import save_figure, study_args
 
 from flatlab.experiment import run_many
-from flatlab.experiment.evidence import Claim, curves_convergence, judge, verdict_markdown
+from flatlab.experiment.evidence import Claim, judge, verdict_markdown, with_convergence
 from flatlab.experiment.study import final_values, mean_and_se
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -347,22 +347,6 @@ def bound_overlay(table: pd.DataFrame, curve: pd.DataFrame, grid: dict[str, Any]
 RUN_KEYS = ["regime", "topology", "method", "lr", "seed"]
 
 
-def with_convergence(table: pd.DataFrame, curve: pd.DataFrame) -> pd.DataFrame:
-    """``table`` with each final run's convergence check (``converged``, ``change``).
-
-    The rule of :func:`flatlab.experiment.evidence.convergence` on the test accuracy of x̄ over
-    the last 20% of steps, read from the study's curves (so it also runs on committed tables).
-    At a constant step the accuracy of x̄ keeps moving with the minibatch noise; a run whose
-    last stretch moved by a point or more is reported not converged, whatever the reason.
-    """
-    acc = curve[curve["metric"] == "test_accuracy"].rename(columns={"value": "test_accuracy"})
-    conv = curves_convergence(acc, RUN_KEYS)[[*RUN_KEYS, "converged", "change"]]
-    out = table.drop(columns=["converged", "change"], errors="ignore")
-    out = out.merge(conv, on=RUN_KEYS, how="left")
-    out["converged"] = out["converged"].fillna(False).astype(bool)
-    return out
-
-
 def claims(table: pd.DataFrame, lr: float) -> pd.DataFrame:
     """The flatness paper's claims at the main step size, per regime and topology, by seed.
 
@@ -459,7 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     grid = SCALES[a.scale]
     table = final(grid, a.runs, a.workers)
     curve = curves(table, grid, a.runs)
-    table = with_convergence(table, curve)
+    # x̄'s test accuracy over the last 20% of steps: at a constant step it keeps moving with the
+    # minibatch noise, and a run whose last stretch moved by a point or more is not converged
+    table = with_convergence(table, curve, RUN_KEYS)
     esc = escape(grid, a.runs, a.workers)
     tables = {"runs": table, "curves": curve, "escape": esc,
               "steady": steady_state(table, curve, grid),

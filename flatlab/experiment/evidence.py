@@ -29,7 +29,8 @@ import pandas as pd
 
 from flatlab.errors import FlatlabError
 
-__all__ = ["Convergence", "convergence", "run_convergence", "curves_convergence", "GridCheck",
+__all__ = ["Convergence", "convergence", "run_convergence", "curves_convergence",
+           "with_convergence", "GridCheck",
            "grid_check", "extension", "bracket", "sensitivity", "Paired", "paired_difference",
            "verdict", "VERDICTS", "Claim", "judge", "change_between", "verdict_markdown"]
 
@@ -132,6 +133,23 @@ def curves_convergence(curves: pd.DataFrame, keys: Sequence[str], *, value: str 
                     | {"converged": c.converged, "change": c.change, "start": c.start,
                        "end": c.end})
     return pd.DataFrame(rows, columns=[*keys, "converged", "change", "start", "end"])
+
+
+def with_convergence(table: pd.DataFrame, curves: pd.DataFrame, keys: Sequence[str], *,
+                     metric: str = "test_accuracy") -> pd.DataFrame:
+    """``table`` (one row per run) with each run's convergence check from a long curves table.
+
+    :func:`curves_convergence` on the rows of ``curves`` whose ``metric`` column is ``metric``
+    (``value`` its values), joined on ``keys``; replaces any ``converged`` and ``change`` columns
+    ``table`` had. A run without a curve is ``converged = False`` with ``change`` NaN: it is never
+    counted as settled. This is how a study checks committed tables without the run directories.
+    """
+    curve = curves[curves["metric"] == metric].rename(columns={"value": metric})
+    conv = curves_convergence(curve, keys, value=metric)[[*keys, "converged", "change"]]
+    out = table.drop(columns=["converged", "change"], errors="ignore").merge(
+        conv, on=list(keys), how="left")
+    out["converged"] = out["converged"].fillna(False).astype(bool)
+    return out
 
 
 @dataclass(frozen=True)

@@ -198,6 +198,28 @@ def test_curves_convergence_checks_every_run_of_a_long_table():
     assert (got.start == 800).all() and (got.end == 1000).all()
 
 
+def test_with_convergence_joins_each_runs_check_and_flags_runs_without_a_curve():
+    from flatlab.experiment.evidence import with_convergence
+
+    steps = np.arange(0, 1001, 100)
+    curves = pd.concat(
+        [pd.DataFrame({"method": m, "seed": 0, "step": steps, "metric": metric, "value": v})
+         for m, v in (("rising", 0.5 + 0.0004 * steps), ("flat", np.full(len(steps), 0.9)))
+         for metric, v in (("test_accuracy", v), ("train_loss", 1 - v))])
+    table = pd.DataFrame({"method": ["flat", "rising", "lost"], "seed": [0, 0, 0],
+                          "converged": [False, True, True], "acc": [0.9, 0.9, 0.1]})
+    got = with_convergence(table, curves, ["method", "seed"])
+    # the table's own rows and order, its stale convergence columns replaced
+    assert got["method"].tolist() == ["flat", "rising", "lost"] and got["acc"].tolist() == [
+        0.9, 0.9, 0.1]
+    assert got["converged"].tolist() == [True, False, False]
+    assert got["change"].iloc[:2].tolist() == pytest.approx([0.0, 0.08])
+    assert np.isnan(got["change"].iloc[2])  # no curve: never counted as settled
+    # another metric's curve: train_loss falls by 0.08 on the rising run, so the same verdicts
+    by_loss = with_convergence(table, curves, ["method", "seed"], metric="train_loss")
+    assert by_loss["converged"].tolist() == [True, False, False]
+
+
 def test_a_flat_grid_is_not_extended():
     flat = grid_check([0.01, 0.03, 0.1], [0.1, 0.1, 0.1])
     assert flat.interior and flat.next_value is None
