@@ -34,7 +34,8 @@ checkpoints, a diverging run is recorded as diverged and the study goes on):
 1. **tune lr**: centralized SGD on seed 0 with a 10% held-out split, over a learning-rate grid
    extended by its own ratio until the best is interior
    (:func:`flatlab.experiment.study.tune_bracketed`). **Every method trains at this common
-   step**: the final ``λ_max`` follows the step size (it settles below about ``2/η``), so
+   step**: the final ``λ_max`` follows the step size (a larger step cannot stay in sharper
+   regions: the edge of stability, ``λ_max ≲ 2/η``), so
    methods tuned to different steps would compare their steps, not their flatness (the
    flatness comparisons of Lin et al. 2020 and Zhu et al. 2023 fix the step too). The other
    methods without SAM run the same grid, not extended, for the sensitivity figure;
@@ -55,14 +56,14 @@ The claims are judged seed by seed (:func:`flatlab.experiment.evidence.judge`).
 
 Usage::
 
-    python analysis/implicit_flatness.py --scale small   # 16 nodes, 8 methods, 5 seeds, CPU
+    python analysis/implicit_flatness.py --scale small   # 16 nodes, 8 methods, 5 seeds, CPU (~2 h)
     python analysis/implicit_flatness.py --scale full    # 32 nodes, longer, GPU
     python analysis/implicit_flatness.py --scale small --report   # tables and figures from disk
 
 Writes under ``results/implicit_flatness-<scale>/``: ``tuning.csv`` (both tunings, extensions
 marked), ``runs.csv`` (one row per final run, with its convergence), ``curves.csv`` (metrics
 over training), ``summary.csv``, ``summary.md`` and ``verdicts.csv``; and the figures
-``paper_figs/out/implicit_flatness{,_sensitivity}.{pdf,png}``.
+``paper_figs/out/implicit_flatness{,_sensitivity,_sensitivity_rho}.{pdf,png}``.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SCALES: dict[str, dict[str, Any]] = {
     # total batch 16 x 32 = 512 of mnist1d's 4000 training samples; 2000 steps with a cosine
-    # schedule; about 70 runs, within about 2.5 hours on 2 cores
+    # schedule; 27 tuning and 40 final runs, about 2 h on 2 cores
     "small": dict(nodes=16, batch=32, topologies=("ring", "exponential"), local_steps=(4, 16),
                   steps=2000, every=100, flat_every=200, seeds=(0, 1, 2, 3, 4),
                   lrs=(0.1, 0.3, 0.9), rhos=(0.01, 0.03, 0.1), trace_matvecs=30),
