@@ -1,18 +1,12 @@
 """The compression study end to end at its tiny scale (so the script cannot rot)."""
 
-import importlib.util
-from pathlib import Path
-
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.analysis import load_study
 
 
 def test_tiny_scale_tunes_trains_pairs_and_writes_tables_and_figure(tmp_path):
-    spec = importlib.util.spec_from_file_location("compression", ROOT / "analysis" /
-                                                  "compression.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_study("compression")
     assert mod.main(["--scale", "tiny", "--out", str(tmp_path), "--jobs", "1"]) == 0
     gammas = pd.read_csv(tmp_path / "gamma.csv")
     assert gammas.groupby("method")["chosen"].sum().to_dict() == {"adagossip": 1, "choco": 1}

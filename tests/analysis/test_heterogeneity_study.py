@@ -1,23 +1,16 @@
 """The heterogeneity study end to end at its tiny scale, its table logic and its figure."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 import flatlab
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.analysis import load_study
 
 
 def study():
-    spec = importlib.util.spec_from_file_location("heterogeneity",
-                                                  ROOT / "analysis" / "heterogeneity.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_study("heterogeneity")
 
 
 def test_tiny_scale_tunes_trains_checks_and_judges(tmp_path, capsys):

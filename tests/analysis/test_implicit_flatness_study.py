@@ -1,23 +1,16 @@
 """The implicit-flatness study end to end at its tiny scale, and its matched-loss rule."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 import flatlab
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.analysis import load_study
 
 
 def study():
-    spec = importlib.util.spec_from_file_location("implicit_flatness",
-                                                  ROOT / "analysis" / "implicit_flatness.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_study("implicit_flatness")
 
 
 def test_tiny_scale_tunes_lr_then_rho_trains_checks_and_judges(tmp_path, capsys):

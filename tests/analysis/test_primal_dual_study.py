@@ -1,18 +1,12 @@
 """The primal-dual study end to end at its tiny scale (so the script cannot rot)."""
 
-import importlib.util
-from pathlib import Path
-
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.analysis import load_study
 
 
 def test_tiny_scale_tunes_trains_times_and_writes_tables_and_figure(tmp_path):
-    spec = importlib.util.spec_from_file_location("primal_dual", ROOT / "analysis" /
-                                                  "primal_dual.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_study("primal_dual")
     assert mod.main(["--scale", "tiny", "--out", str(tmp_path), "--jobs", "1"]) == 0
     summary = pd.read_csv(tmp_path / "summary.csv")
     assert list(summary["method"]) == list(mod.METHODS)

@@ -1,23 +1,17 @@
 """The flatness-versus-optimization study end to end at its tiny scale (so it cannot rot)."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 import flatlab.experiment.evidence
 from flatlab.theory import predicted_consensus_distance
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.analysis import load_study
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("tradeoff", ROOT / "analysis" / "tradeoff.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_study("tradeoff")
 
 
 def test_tiny_scale_trains_escapes_overlays_and_draws(tmp_path):
