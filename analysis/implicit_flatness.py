@@ -86,17 +86,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SCALES: dict[str, dict[str, Any]] = {
     # total batch 16 x 32 = 512 of mnist1d's 4000 training samples; 2000 steps with a cosine
-    # schedule; 27 tuning and 40 final runs, about 2 h on 2 cores
+    # schedule; 27 tuning and 40 final runs, about 2 h on 2 cores. Measured every 125 steps, a
+    # multiple of neither period H: Local SGD's nodes agree exactly after steps H, 2H, ..., so a
+    # measurement interval that is a multiple of H would always read its disagreement as 0
+    # (125 k mod 16 visits each of the 16 phases once in 2000 steps, mod 4 each phase 4 times)
     "small": dict(nodes=16, batch=32, topologies=("ring", "exponential"), local_steps=(4, 16),
-                  steps=2000, every=100, flat_every=200, seeds=(0, 1, 2, 3, 4),
+                  steps=2000, every=125, flat_every=250, seeds=(0, 1, 2, 3, 4),
                   lrs=(0.1, 0.3, 0.9), rhos=(0.01, 0.03, 0.1), trace_matvecs=30),
     "full": dict(nodes=32, batch=64, topologies=("ring", "torus", "exponential"),
-                 local_steps=(4, 16, 64), steps=6000, every=200, flat_every=400,
+                 local_steps=(4, 16, 64), steps=6000, every=375, flat_every=750,
                  seeds=(0, 1, 2, 3, 4), lrs=(0.03, 0.1, 0.3, 0.9), rhos=(0.01, 0.03, 0.1, 0.3),
                  trace_matvecs=60),
     # the test suite's: a few steps, so that the script cannot rot
-    "tiny": dict(nodes=4, batch=8, topologies=("ring",), local_steps=(2,), steps=6, every=2,
-                 flat_every=2, seeds=(0, 1), lrs=(0.1, 0.3), rhos=(0.03, 0.1),
+    "tiny": dict(nodes=4, batch=8, topologies=("ring",), local_steps=(2,), steps=6, every=3,
+                 flat_every=3, seeds=(0, 1), lrs=(0.1, 0.3), rhos=(0.03, 0.1),
                  trace_matvecs=6, extensions=1, train_subset=256, curvature_subset=64),
 }
 

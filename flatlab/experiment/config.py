@@ -100,8 +100,8 @@ class ModelConfig:
 class TopologyConfig:
     """Graph generator (``flatlab topologies``), size, weight rule and generator parameters.
 
-    ``local_steps`` ``H > 1`` gossips every ``H`` steps and takes local steps between
-    (:func:`flatlab.topology.periodic`; with ``complete``, Local SGD).
+    ``local_steps`` ``H > 1`` takes ``H`` local steps and gossips on the last of them
+    (:func:`flatlab.topology.periodic`; ``diffusion`` on ``complete`` is Local SGD).
     """
 
     name: str = "ring"

@@ -232,11 +232,14 @@ def make(
 
 
 def periodic(topology: Topology, local_steps: int) -> Topology:
-    """Local steps: ``W_t`` of ``topology`` every ``local_steps`` steps, the identity between.
+    """Local steps: ``H - 1`` identity rounds, then ``W`` of ``topology`` (``H = local_steps``).
 
-    ``W'_t = W_{t / H}`` when ``t mod H == 0``, else ``I`` (``H = local_steps``): every node
-    takes ``H - 1`` steps on its own between gossip rounds, and with the complete graph this is
-    Local SGD (Stich, ICLR 2019; Lin, Stich, Patel, Jaggi, ICLR 2020). A static base gives a
+    ``W'_t = W_{⌊t / H⌋}`` when ``(t + 1) mod H == 0``, else ``I``: every node takes ``H`` steps
+    and the ``H``-th step's gossip closes the period, so with ``diffusion``
+    (``X ← W_t (X − μ G)``) on the complete graph this is Local SGD exactly as Stich (ICLR 2019)
+    and Lin, Stich, Patel, Jaggi (ICLR 2020) write it: ``H`` local steps, *then* the average, so
+    the nodes agree after steps ``H, 2H, ...`` and a run of a multiple of ``H`` steps ends
+    averaged (no round is spent mixing identical nodes at ``t = 0``). A static base gives a
     period of ``H``, a time-varying one ``H`` times its period (its rounds in order, one per
     communication). Rounds of ``I`` send nothing, so traffic is counted on mixing steps only, and
     the spectral summary's period product is ``W``'s own (``I`` contracts nothing), so
@@ -259,7 +262,7 @@ def periodic(topology: Topology, local_steps: int) -> Topology:
     if H == 1:
         return topology
     eye = sp.identity(topology.n, dtype=np.float64, format="csr")
-    rounds = tuple(w if h == 0 else eye for w in topology.rounds for h in range(H))
+    rounds = tuple(w if h == H - 1 else eye for w in topology.rounds for h in range(H))
     return Topology(name=topology.name, rounds=rounds, weights=topology.weights,
                     lazy=topology.lazy, symmetric=topology.symmetric, group=topology.group,
                     params={**topology.params, "local_steps": H},

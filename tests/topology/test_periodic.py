@@ -1,8 +1,10 @@
-"""Local steps (flatlab.topology.periodic): gossip every H steps, the identity between.
+"""Local steps (flatlab.topology.periodic): H - 1 identity rounds, then W on the H-th step.
 
-Against independent references: H = 1 is the base topology; the complete graph with period H is
-Local SGD, checked on heterogeneous quadratics against a per-node loop that averages every H
-steps; traffic is counted on mixing steps only; algorithms that need a fixed W refuse it.
+Against independent references: H = 1 is the base topology; diffusion on the complete graph with
+period H is textbook Local SGD (Stich 2019; Lin et al. 2020: H local steps, then the average),
+checked on heterogeneous quadratics against a hand-written per-node loop, with exact agreement of
+the nodes after steps H, 2H, ...; traffic is counted on mixing steps only; algorithms that need a
+fixed W refuse it.
 """
 
 import numpy as np
@@ -21,50 +23,59 @@ def test_one_local_step_is_the_base_topology():
     assert flatlab.topology.make("ring", 6, local_steps=1).period == 1
 
 
-def test_rounds_are_w_then_identities_for_static_and_time_varying_bases():
+def test_rounds_are_identities_then_w_for_static_and_time_varying_bases():
     ring = flatlab.topology.make("ring", 6)
     local = flatlab.topology.periodic(ring, 3)
     assert local.period == 3 and local.params["local_steps"] == 3
-    np.testing.assert_array_equal(local.matrix(0), ring.matrix(0))
+    np.testing.assert_array_equal(local.matrix(0), np.eye(6))  # nodes still identical: no round
     np.testing.assert_array_equal(local.matrix(1), np.eye(6))
-    np.testing.assert_array_equal(local.matrix(5), np.eye(6))
+    np.testing.assert_array_equal(local.matrix(2), ring.matrix(0))
+    np.testing.assert_array_equal(local.matrix(5), ring.matrix(0))
     ope = flatlab.topology.make("one-peer-exponential", 8)  # period 3
     local = flatlab.topology.make("one-peer-exponential", 8, local_steps=2)
     assert local.period == 6
     for t in range(6):
-        want = ope.matrix(t // 2) if t % 2 == 0 else np.eye(8)
+        want = ope.matrix(t // 2) if (t + 1) % 2 == 0 else np.eye(8)
         np.testing.assert_array_equal(local.matrix(t), want)
     # the period product is the base's: the spectral summary contracts as W alone does
     assert flatlab.spectral(local).rho == pytest.approx(flatlab.spectral(ope).rho, abs=1e-12)
 
 
-@pytest.mark.parametrize("H", [1, 3, 5])
+@pytest.mark.parametrize("H", [1, 3, 4, 5])
 def test_complete_graph_with_period_h_is_local_sgd_on_quadratics(H):
-    """f_i(x) = ½ a_i ‖x − b_i‖²: H − 1 local gradient steps, then the exact average."""
-    n, d, lr, steps = 5, 3, 0.1, 23
+    """f_i(x) = ½ a_i ‖x − b_i‖²: H local gradient steps, then the exact average (Stich 2019,
+    Algorithm 1; Lin et al. 2020, eq. 1), from a common start as Local SGD begins."""
+    n, d, lr, steps = 5, 3, 0.1, 4 * 3 * 5  # a multiple of every H
     gen = torch.Generator().manual_seed(0)
     a = torch.rand(n, 1, generator=gen, dtype=torch.float64) + 0.5
     b = torch.randn(n, d, generator=gen, dtype=torch.float64)
-    X0 = torch.randn(n, d, generator=gen, dtype=torch.float64)  # noqa: N806
+    X0 = torch.randn(d, dtype=torch.float64, generator=gen).expand(n, d).clone()  # noqa: N806
     topo = flatlab.topology.make("complete", n, local_steps=H)
     xs = flatlab.simulate("diffusion", topo, lambda X, t: a * (X - b), X0, steps=steps, lr=lr)
-    x = [X0[i].clone() for i in range(n)]  # the per-node loop of Local SGD
-    for t in range(steps):
-        x = [x[i] - lr * a[i] * (x[i] - b[i]) for i in range(n)]
-        if t % H == 0:
-            avg = sum(x) / n
-            x = [avg.clone() for _ in range(n)]
-        torch.testing.assert_close(xs[t + 1], torch.stack(x), rtol=1e-12, atol=1e-14)
+    x = [X0[i].clone() for i in range(n)]  # the hand-written loop of Local SGD
+    for k in range(steps // H):
+        for _ in range(H):  # H local steps
+            x = [x[i] - lr * a[i] * (x[i] - b[i]) for i in range(n)]
+        avg = sum(x) / n  # then the average
+        x = [avg.clone() for _ in range(n)]
+        t = (k + 1) * H  # the nodes agree exactly after steps H, 2H, ...
+        torch.testing.assert_close(xs[t], torch.stack(x), rtol=1e-13, atol=1e-15)
+        assert float((xs[t] - xs[t].mean(0)).abs().max()) <= 1e-15
+    assert float((xs[-1] - xs[-1].mean(0)).abs().max()) <= 1e-15  # the run ends averaged
+    if H > 1:  # and between averages the nodes drift apart (the heterogeneity is real)
+        assert float((xs[H - 1] - xs[H - 1].mean(0)).abs().max()) > 1e-3
 
 
 def test_traffic_is_counted_on_mixing_steps_only():
     base = flatlab.topology.make("ring", 8)
     mixer = SimulatedMixer(flatlab.topology.periodic(base, 4), device="cpu")
     X = torch.randn(8, 10)  # noqa: N806
-    for t in range(10):  # mixing at t = 0, 4, 8
+    for t in range(12):  # mixing at t = 3, 7, 11 (the last step of each period of 4)
         out = mixer.mix(X, t)
-        if t % 4:
+        if (t + 1) % 4:
             assert torch.equal(out, X) and out is not X
+        else:
+            assert not torch.equal(out, X)
     np.testing.assert_array_equal(mixer.stats.messages.numpy(), np.full(8, 3 * 2))
     np.testing.assert_array_equal(mixer.stats.bytes.numpy(), np.full(8, 3 * 2 * 40))
 
