@@ -14,7 +14,10 @@
 Overrides (``key=value``) may stand anywhere after the command. Bad input of any kind ends
 with one line on stderr naming what is wrong and what is accepted, and exit status 2. A
 distributed run that loses a process ends with one line naming the lost rank and exit status 1
-(the run is marked failed).
+(the run is marked failed). ``results`` and ``plot`` over a sweep leave out a run whose files
+cannot be read (a damaged ``status.json``, ``config.yaml`` or ``metrics.parquet``), show the
+others, print one line on stderr per run left out naming its file and what is wrong, and end with
+exit status 1; a run directory given directly that cannot be read is refused, exit status 2.
 """
 
 from __future__ import annotations
@@ -393,18 +396,39 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0 if counts.get("failed", 0) == 0 else 1
 
 
+#: Exit status of ``results`` and ``plot`` when a run of the sweep could not be read (it was left
+#: out, and named on stderr): the readable runs were shown, but not all of the sweep.
+EXIT_UNREADABLE = 1
+
+#: The help's note on runs that cannot be read (``results`` and ``plot``).
+_UNREADABLE_HELP = ("A run of a sweep whose files cannot be read (a damaged status.json, "
+                    "config.yaml or metrics.parquet) is left out: the other runs are shown, one "
+                    "line on stderr names each run left out, its file and what is wrong, and the "
+                    "exit status is 1. A run directory given directly that cannot be read is "
+                    "refused in one line, exit status 2.")
+
+
+def _left_out(command: str, unreadable: Sequence[Any]) -> int:
+    """One line on stderr per run left out; the exit status (0 when none)."""
+    sys.stdout.flush()  # the table first, then what it lacks
+    for u in unreadable:
+        print(f"flatlab {command}: left out run {u.run}: {u.message}", file=sys.stderr)
+    return EXIT_UNREADABLE if unreadable else 0
+
+
 def _cmd_results(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from flatlab.results import summary
+    from flatlab.results import summary_readable
 
     csv = _output_file(args.csv, "--csv") if args.csv else None
-    df = summary(args.path)
-    if csv is not None:
-        df.to_csv(csv, index=False)
-    with pd.option_context("display.width", 200, "display.max_columns", 30):
-        print(df.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    return 0
+    df, unreadable = summary_readable(args.path)
+    if df is not None:
+        if csv is not None:
+            df.to_csv(csv, index=False)
+        with pd.option_context("display.width", 200, "display.max_columns", 30):
+            print(df.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return _left_out(args.command, unreadable)
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
@@ -413,17 +437,19 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
     matplotlib.use("Agg")
     from flatlab.plots import training_curves
-    from flatlab.results import load
+    from flatlab.results import load_readable
 
     if not Path(args.path).exists():
         raise FlatlabError(f"{args.path} does not exist; accepted: a run or sweep directory")
     kinds = sorted(matplotlib.figure.Figure().canvas.get_supported_filetypes())
     out = _output_file(args.out if args.out else str(Path(args.path) / "curves.png"), "--out",
                        kinds)
-    fig = training_curves(load(args.path), metrics=args.metric or None, hue=args.hue)
-    fig.savefig(out, dpi=150)
-    print(f"wrote {out}")
-    return 0
+    df, unreadable = load_readable(args.path)
+    if df is not None:
+        fig = training_curves(df, metrics=args.metric or None, hue=args.hue)
+        fig.savefig(out, dpi=150)
+        print(f"wrote {out}")
+    return _left_out(args.command, unreadable)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -510,12 +536,14 @@ def _parser() -> tuple[_Parser, dict[str, argparse.ArgumentParser]]:
                    help="every run also logs to TensorBoard (tensorboard --logdir OUT)")
     p.set_defaults(func=_cmd_sweep)
 
-    p = sub.add_parser("results", help="one line per run: status and last metrics")
+    p = sub.add_parser("results", help="one line per run: status and last metrics",
+                       epilog=_UNREADABLE_HELP)
     p.add_argument("path", help="a run or sweep directory")
     p.add_argument("--csv", help="also write the table here")
     p.set_defaults(func=_cmd_results)
 
-    p = sub.add_parser("plot", help="training curves from a run or sweep directory")
+    p = sub.add_parser("plot", help="training curves from a run or sweep directory",
+                       epilog=_UNREADABLE_HELP)
     p.add_argument("path", help="a run or sweep directory")
     p.add_argument("--metric", action="append", help="metric to plot (repeatable)")
     p.add_argument("--hue", default="algorithm.name", help="config column for colours")
@@ -574,8 +602,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Bad input (a :class:`~flatlab.errors.FlatlabError`): one line on stderr, status 2 (under
     ``torchrun`` printed by rank 0 only, status 2 on every rank). A lost rank: one line, status 1.
-    Another failure to read or write a file: one line, status 1. Output into a closed pipe
-    (``flatlab bounds ... | head``): silent, status 141 (128 + SIGPIPE, as other tools end).
+    Another failure to read or write a file: one line, status 1. ``results`` or ``plot`` over a
+    sweep with runs that cannot be read: the others shown, one line per run left out, status 1.
+    Output into a closed pipe (``flatlab bounds ... | head``): silent, status 141 (128 + SIGPIPE,
+    as other tools end).
     """
     parser, subparsers = _parser()
     args, extra = parser.parse_known_args(argv)

@@ -1,4 +1,4 @@
-"""Exceptions that carry one clear line for the user.
+"""Exceptions (and a warning) that carry one clear line for the user.
 
 Every error that bad input can cause derives from :class:`FlatlabError`. Its message is a single
 line naming what is wrong and what is accepted; the command line prints it and exits with status 2.
@@ -19,6 +19,7 @@ __all__ = [
     "ObjectiveError",
     "RunDirError",
     "RankLostError",
+    "UnreadableRunWarning",
 ]
 
 
@@ -77,4 +78,12 @@ class RankLostError(RuntimeError):
     """A distributed run lost one of its processes; the message names it (exit status 1).
 
     Not a :class:`FlatlabError`: the input was fine, the run failed.
+    """
+
+
+class UnreadableRunWarning(UserWarning):
+    """A run of a sweep was left out of a results table because its files cannot be read.
+
+    Issued by :func:`flatlab.results.load` and :func:`flatlab.results.summary`, once per run left
+    out; the message is the one line of the :class:`RunDirError` that reading the run raised.
     """

@@ -3,6 +3,16 @@
 This module is the public name of :mod:`flatlab.experiment.results`.
 """
 
-from flatlab.experiment.results import find_runs, flatten, load, summary
+from flatlab.experiment.results import (
+    Readout,
+    Unreadable,
+    find_runs,
+    flatten,
+    load,
+    load_readable,
+    summary,
+    summary_readable,
+)
 
-__all__ = ["load", "summary", "find_runs", "flatten"]
+__all__ = ["load", "summary", "find_runs", "flatten", "load_readable", "summary_readable",
+           "Readout", "Unreadable"]

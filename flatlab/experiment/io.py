@@ -124,13 +124,24 @@ def read_yaml(path: str | Path, what: str = "YAML file", *, mapping: bool = True
 
 def read_json(path: str | Path, what: str = "JSON file", *,
               error: type[FlatlabError] = FlatlabError) -> dict[str, Any]:
-    """A JSON object from a file (one-line errors for a missing, damaged or non-object file)."""
+    """A JSON object from a file (one-line errors for a missing, damaged or non-object file).
+
+    A file that stops before its JSON does (empty, or cut inside a string or a container) is
+    called truncated, the usual way such a file comes about (a disk that filled up, a copy cut
+    short); any other parse error is named with its line.
+    """
     path = Path(path)
     text = _read_text(path, what, error)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise error(f"{what} {path} is not valid JSON: {e.msg} (line {e.lineno})") from None
+        if not text.strip():
+            why = "the file is empty (truncated?)"
+        elif e.pos >= len(text.rstrip()) or e.msg.startswith("Unterminated string"):
+            why = f"it stops before the JSON ends (truncated?) at line {e.lineno}"
+        else:
+            why = f"{e.msg} (line {e.lineno})"
+        raise error(f"{what} {path} is not valid JSON: {why}") from None
     if not isinstance(data, dict):
         raise error(f"{what} {path} must hold a JSON object (got a {type(data).__name__})")
     return data

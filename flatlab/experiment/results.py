@@ -7,21 +7,59 @@ Columns: ``step, epoch, metric, scope, value`` (DESIGN.md §7), then ``run`` (th
 relative to the path loaded), ``status`` (``interrupted`` for a run whose status says running
 but whose process is gone, see :mod:`flatlab.experiment.rundir`), and one column per config field,
 dotted (``algorithm.name``, ``optim.lr``, ``topology.nodes``, ...), ready for seaborn's ``hue=``.
+
+**Damaged runs.** A run directory given directly whose files cannot be read (a ``status.json``
+that is not a JSON object with a known status and a step, a ``config.yaml`` that does not parse,
+a damaged ``metrics.parquet``) is refused with one :class:`~flatlab.errors.RunDirError` line. In
+a sweep, one such run does not hide the others: :func:`load` and :func:`summary` leave it out
+with one :class:`~flatlab.errors.UnreadableRunWarning` naming its file and what is wrong
+(``strict=True`` raises instead), and :func:`load_readable` / :func:`summary_readable` return the
+table of the readable runs beside the list of those left out (what ``flatlab results`` and
+``flatlab plot`` print).
 """
 
 from __future__ import annotations
 
 import json
+import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 import pandas as pd
 
-from flatlab.errors import FlatlabError, RunDirError
+from flatlab.errors import FlatlabError, RunDirError, UnreadableRunWarning
 from flatlab.experiment import rundir
 from flatlab.experiment.rundir import METRIC_COLUMNS
 
-__all__ = ["load", "find_runs", "flatten", "summary", "read_metrics", "run_line"]
+__all__ = ["load", "find_runs", "flatten", "summary", "read_metrics", "run_line", "Unreadable",
+           "Readout", "load_readable", "summary_readable"]
+
+_T = TypeVar("_T")
+
+
+class Unreadable(NamedTuple):
+    """A run of a sweep that could not be read.
+
+    Attributes:
+        run: Its name, relative to the path loaded (as in the ``run`` column).
+        message: One line naming the file and what is wrong with it.
+    """
+
+    run: str
+    message: str
+
+
+class Readout(NamedTuple):
+    """The readable runs under a path as one table, and the runs that could not be read.
+
+    Attributes:
+        table: The table of the readable runs; ``None`` when not one could be read.
+        unreadable: The runs left out, in the order of :func:`find_runs`.
+    """
+
+    table: pd.DataFrame | None
+    unreadable: list[Unreadable]
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -98,37 +136,125 @@ def _run_frame(run: Path, root: Path) -> pd.DataFrame:
     return df
 
 
-def load(path: str | Path) -> pd.DataFrame:
-    """All metrics of the run, or of every run under a sweep directory, as one long DataFrame.
+def _summary_row(run: Path, root: Path) -> dict[str, Any]:
+    st = rundir.read_status(run)
+    if st is None:  # find_runs saw it: it went away since
+        raise RunDirError(f"status file {run / 'status.json'} is gone (removed while reading?)")
+    row = {"run": _run_name(run, root), "status": rundir.shown_status(st),
+           "step": st.get("step"), "elapsed_s": st.get("elapsed_s")}
+    m = read_metrics(run)
+    if len(m):
+        m = m[m.scope.isin(["avg", "network", "mean"])]
+        last = m.sort_values("step").groupby(["metric", "scope"]).value.last()
+        for (metric, scope), v in last.items():
+            row[metric if scope != "mean" else f"{metric}[mean]"] = v
+    return row
+
+
+def _read_each(path: Path, read: Callable[[Path, Path], _T]) -> tuple[list[_T], list[Unreadable]]:
+    """``read(run, path)`` for every run under ``path``; the runs it cannot read, apart.
+
+    A run directory given directly is not a sweep: its problem is raised, as it is the answer.
 
     Raises:
         FlatlabError: ``path`` does not exist or holds no run.
+        RunDirError: ``path`` is itself a run directory and it cannot be read.
+    """
+    runs = _runs_or_fail(path)
+    if runs == [path]:
+        return [read(path, path)], []
+    good: list[_T] = []
+    bad: list[Unreadable] = []
+    for r in runs:
+        try:
+            good.append(read(r, path))
+        except RunDirError as e:
+            bad.append(Unreadable(_run_name(r, path), str(e)))
+        except OSError as e:  # a file that went away or turned unreadable while we looked
+            where = e.filename if getattr(e, "filename", None) else r
+            bad.append(Unreadable(_run_name(r, path),
+                                  f"run directory {r}: {where} cannot be read: {e.strerror or e}"))
+    return good, bad
+
+
+def load_readable(path: str | Path) -> Readout:
+    """All metrics of every readable run under ``path`` (:func:`load`'s table), and the others.
+
+    Never raises for a run of a sweep that cannot be read: it is listed in ``unreadable``.
+
+    Raises:
+        FlatlabError: ``path`` does not exist or holds no run.
+        RunDirError: ``path`` is itself a run directory and it cannot be read.
     """
     path = Path(path)
-    runs = _runs_or_fail(path)
-    frames = [_run_frame(r, path) for r in runs]
+    frames, bad = _read_each(path, _run_frame)
+    if not frames:
+        return Readout(None, bad)
     frames = [f for f in frames if len(f)] or frames[:1]
-    return pd.concat(frames, ignore_index=True)
+    return Readout(pd.concat(frames, ignore_index=True), bad)
 
 
-def summary(path: str | Path) -> pd.DataFrame:
-    """One row per run: its status, step and the last value of each ``avg``/``network`` metric."""
+def summary_readable(path: str | Path) -> Readout:
+    """One row per readable run under ``path`` (:func:`summary`'s table), and the others.
+
+    Never raises for a run of a sweep that cannot be read: it is listed in ``unreadable``.
+
+    Raises:
+        FlatlabError: ``path`` does not exist or holds no run.
+        RunDirError: ``path`` is itself a run directory and it cannot be read.
+    """
     path = Path(path)
-    runs = _runs_or_fail(path)
-    rows = []
-    for r in runs:
-        st = rundir.read_status(r)
-        row = {"run": _run_name(r, path),
-               "status": rundir.shown_status(st), "step": st.get("step"),
-               "elapsed_s": st.get("elapsed_s")}
-        m = read_metrics(r)
-        if len(m):
-            m = m[m.scope.isin(["avg", "network", "mean"])]
-            last = m.sort_values("step").groupby(["metric", "scope"]).value.last()
-            for (metric, scope), v in last.items():
-                row[metric if scope != "mean" else f"{metric}[mean]"] = v
-        rows.append(row)
-    return pd.DataFrame(rows)
+    rows, bad = _read_each(path, _summary_row)
+    return Readout(pd.DataFrame(rows) if rows else None, bad)
+
+
+def _settled(readout: Readout, path: str | Path, strict: bool) -> pd.DataFrame:
+    """The table of a :class:`Readout`, one warning per run left out (or the error)."""
+    table, bad = readout
+    if table is None and len(bad) > 1:
+        raise RunDirError(f"none of the {len(bad)} runs under {path} can be read; the first: "
+                          f"{bad[0].message}")
+    if table is None or (bad and strict):
+        raise RunDirError(bad[0].message)
+    for u in bad:
+        warnings.warn(f"run {u.run} left out: {u.message}", UnreadableRunWarning, stacklevel=3)
+    return table
+
+
+def load(path: str | Path, *, strict: bool = False) -> pd.DataFrame:
+    """All metrics of the run, or of every run under a sweep directory, as one long DataFrame.
+
+    A run of a sweep whose files cannot be read is left out with one
+    :class:`~flatlab.errors.UnreadableRunWarning` naming its file (see :func:`load_readable`).
+
+    Args:
+        path: A run directory or a folder of runs (a sweep).
+        strict: Raise for a run of a sweep that cannot be read instead of leaving it out.
+
+    Raises:
+        FlatlabError: ``path`` does not exist or holds no run.
+        RunDirError: ``path`` is a run directory that cannot be read, no run under it can be read,
+            or (``strict``) one cannot.
+    """
+    return _settled(load_readable(path), path, strict)
+
+
+def summary(path: str | Path, *, strict: bool = False) -> pd.DataFrame:
+    """One row per run: its status, step and the last value of each ``avg``/``network`` metric.
+
+    A run of a sweep whose files cannot be read is left out with one
+    :class:`~flatlab.errors.UnreadableRunWarning` naming its file (see :func:`summary_readable`).
+
+    Args:
+        path: A run directory or a folder of runs (a sweep).
+        strict: Raise for a run of a sweep that cannot be read instead of leaving it out.
+
+    Raises:
+        FlatlabError: ``path`` does not exist or holds no run.
+        RunDirError: ``path`` is a run directory that cannot be read, no run under it can be read,
+            or (``strict``) one cannot.
+    """
+    return _settled(summary_readable(path), path, strict)
 
 
 #: The metrics :func:`run_line` shows when the run has them (the averaged model's).

@@ -118,6 +118,10 @@ def read_status(path: str | Path) -> Status | None:
         st = read_json(p, "status file", error=RunDirError)
     except RunDirError as e:
         raise RunDirError(f"{e}; {RESTART_HINT}") from None
+    missing = [k for k in ("status", "step") if k not in st]
+    if missing:
+        raise RunDirError(f"status file {p} has no {' and no '.join(map(repr, missing))} field "
+                          f"(a flatlab status holds both); {RESTART_HINT}")
     if st.get("status") not in STATUSES:
         raise RunDirError(f"status file {p}: status {st.get('status')!r} is unknown (accepted: "
                           f"{', '.join(STATUSES)}); {RESTART_HINT}")
