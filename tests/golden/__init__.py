@@ -4,13 +4,16 @@ The set (:data:`RUNS`): every registered algorithm for a few steps with measures
 every curvature and landscape measure (and its extra tables), a run on least squares with
 ``loss_gap``, a run stopped and resumed, a two-point sweep, and a 2-process distributed run
 (gloo on the loopback) of two algorithms, one of them primal-dual (edge messages). All in
-float64 on one thread, so that they are as reproducible as the machine allows.
+float64 on one thread (the curvature measures in float32, their default), so that they are as
+reproducible as the machine allows.
 
 :func:`produce` writes every run into a folder and returns their tables;
 ``python -m tests.golden.record`` re-records ``tests/golden/data/`` (one parquet per run, and
-``machine.json``: where it was recorded). ``tests/experiment/test_golden.py`` compares a fresh
-production with the recording: **bit for bit on the machine that recorded it** (same CPU, torch,
-numpy), and to float64 rounding of a few steps elsewhere (other CPUs sum in other orders).
+``machine.json``: the :func:`fingerprint` of where it was recorded).
+``tests/experiment/test_golden.py`` compares a fresh production with the recording: **bit for
+bit on a machine with the recording's fingerprint** (CPU micro-architecture and instruction sets,
+torch and its kernel level, numpy and its SIMD dispatch, the BLAS core type), and elsewhere each
+value to the tolerance its own computation allows (:mod:`tests.golden.tolerance`).
 
 Re-record only for an intended change of numbers, in its own commit, saying why.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import socket
 from datetime import timedelta
 from pathlib import Path
@@ -84,10 +88,12 @@ def config(algorithm: str, name: str | None = None, **kw: Any) -> dict[str, Any]
 
 def _tables(path: Path) -> dict[str, pd.DataFrame]:
     """A run folder's metrics and extra tables, by file stem, and a summary of its final state
-    (``state``: per state tensor its sum, sum of squares and first entry)."""
+    (``state``: per state tensor its size, sum, sum of absolute values, sum of squares and first
+    entry; the absolute sum and the size are the scales another CPU's rounding is measured on)."""
     got = {p.stem: pd.read_parquet(p) for p in sorted(path.glob("*.parquet"))}
     ck = torch.load(path / "checkpoint.pt", weights_only=True)
-    rows = [{"key": k, "sum": float(v.double().sum()), "sumsq": float((v.double() ** 2).sum()),
+    rows = [{"key": k, "numel": v.numel(), "sum": float(v.double().sum()),
+             "abs": float(v.double().abs().sum()), "sumsq": float((v.double() ** 2).sum()),
              "first": float(v.reshape(-1)[0]) if v.numel() else 0.0}
             for k, v in sorted(ck["state"].items()) if isinstance(v, torch.Tensor)]
     got["state"] = pd.DataFrame(rows)
@@ -169,20 +175,86 @@ def produce(out: Path, *, distributed: bool = True) -> dict[str, pd.DataFrame]:
     return got
 
 
-def machine() -> dict[str, str]:
-    """What decides bit-exactness: the CPU, the libraries and the thread count."""
-    import numpy
+#: Environment variables that choose kernels: torch's ATen level, MKL's and oneDNN's instruction
+#: sets and numerical-reproducibility mode, numpy's SIMD dispatch, OpenBLAS's core type.
+KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR", "MKL_DEBUG_CPU_TYPE",
+              "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "NPY_DISABLE_CPU_FEATURES",
+              "NPY_ENABLE_CPU_FEATURES", "OPENBLAS_CORETYPE")
 
-    cpu = platform.processor() or platform.machine()
+#: The instruction-set flags of ``/proc/cpuinfo`` that kernel dispatch reads (x86 and Arm).
+_ISA = re.compile(r"^(sse4_2|avx.*|fma|f16c|amx.*|asimd.*|sve.*|bf16|i8mm|fphp)$")
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of ``/proc/cpuinfo`` (empty where there is none)."""
+    out: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            if not line.strip():
+                if out:
+                    break
+                continue
+            key, _, value = line.partition(":")
+            out.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return {"cpu": cpu, "machine": platform.machine(), "torch": torch.__version__,
-            "numpy": numpy.__version__, "threads": "1"}
+    return out
+
+
+def _numpy_simd() -> str:
+    """numpy's baseline and the dispatch targets it enabled (after ``NPY_DISABLE_CPU_FEATURES``)."""
+    try:
+        from numpy._core import _multiarray_umath as um  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core import _multiarray_umath as um
+    on = [k for k in um.__cpu_dispatch__ if um.__cpu_features__.get(k)]
+    return " ".join(list(um.__cpu_baseline__) + ["|"] + on)
+
+
+def _blas() -> str:
+    """numpy's and scipy's BLAS and the core type it dispatched to (threadpoolctl)."""
+    try:
+        import scipy.linalg  # noqa: F401  (loads scipy's BLAS, so the answer is whole)
+        import threadpoolctl
+    except ImportError:  # pragma: no cover - scikit-learn brings both
+        return "unknown"
+    info = [f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')}"
+            for i in threadpoolctl.threadpool_info() if i.get("user_api") == "blas"]
+    return "; ".join(sorted(set(info))) or "none"
+
+
+def fingerprint() -> dict[str, str]:
+    """What decides bit equality of the golden runs on this machine.
+
+    Two machines with the same fingerprint run the same instructions in the same order, so the
+    golden runs reproduce bit for bit; any difference (another vector width, another BLAS
+    kernel) moves the last bits, and the comparison falls back to the tolerances of
+    :mod:`tests.golden.tolerance`. The parts:
+
+    - ``cpu``: vendor, family, model and stepping (MKL and OpenBLAS choose kernels by
+      micro-architecture, MKL also by vendor), and the instruction-set flags; not the model-name
+      string, which a virtual machine may report the same for different CPUs;
+    - ``torch`` and its ATen kernel level (``torch.backends.cpu.get_cpu_capability()``: the
+      vector width of its elementwise and reduction kernels, and of the float32 ``uniform_``
+      that draws every model's start);
+    - ``numpy`` and its enabled SIMD dispatch targets, and the BLAS core type it loaded;
+    - the environment variables that choose kernels (:data:`KERNEL_ENV`) where set, and one
+      thread.
+    """
+    import numpy
+
+    info = _cpuinfo()
+    flags = info.get("flags") or info.get("Features") or ""
+    cpu = " ".join(info.get(k, "?") for k in ("vendor_id", "cpu family", "model", "stepping"))
+    if not info:
+        cpu = platform.processor() or "?"
+    env = " ".join(f"{k}={os.environ[k]}" for k in KERNEL_ENV if os.environ.get(k))
+    return {"machine": platform.machine(), "cpu": cpu,
+            "isa": " ".join(sorted(f for f in flags.split() if _ISA.match(f))),
+            "torch": torch.__version__,
+            "torch_capability": torch.backends.cpu.get_cpu_capability(),
+            "numpy": numpy.__version__, "numpy_simd": _numpy_simd(), "blas": _blas(),
+            "kernel_env": env, "threads": "1"}
 
 
 def key_file(key: str) -> str:

@@ -5,7 +5,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from tests.golden import DATA, key_file, machine, produce
+from tests.golden import DATA, fingerprint, key_file, produce
 
 
 def main() -> None:
@@ -16,7 +16,7 @@ def main() -> None:
     for key, frame in got.items():
         frame.to_parquet(DATA / key_file(key), index=False)
     (DATA / "machine.json").write_text(json.dumps(
-        {**machine(), "tables": sorted(got)}, indent=1) + "\n")
+        {**fingerprint(), "tables": sorted(got)}, indent=1) + "\n")
     print(f"recorded {len(got)} tables into {DATA}")
 
 
