@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.flatlab-installed
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: demo test test-slow lint figs bench bench-gpu clean heterogeneity primal-dual compression tradeoff implicit-flatness
+.PHONY: demo test test-kernels test-slow lint figs bench bench-gpu clean heterogeneity primal-dual compression tradeoff implicit-flatness
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -26,6 +26,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m ruff check flatlab tests benchmarks paper_figs analysis notebooks/*.py
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# the golden runs and the float32 comparisons (pytest -m kernels) under every kernel level this CPU
+# offers (x86: DEFAULT, AVX2, AVX-512 ATen kernels, with MKL, oneDNN, numpy and OpenBLAS held to
+# the same level), with the largest measured rounding ratio of each kind beside its budget; run it
+# whenever numbers may have moved (tests/kernels.py; about 4 minutes a level on 2 cores)
+test-kernels: $(STAMP)
+	$(BIN)/python -m tests.kernels
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

@@ -23,6 +23,8 @@ from flatlab.comm import DistributedMixer, SimulatedMixer
 from flatlab.data import heterogeneous_quadratics
 from tests import precision
 
+pytestmark = pytest.mark.kernels  # float32 results of other kernels: make test-kernels
+
 N, D, STEPS = 4, 3, 30
 TOPOLOGIES = ("ring", "exponential", "one-peer-exponential", "ring/local-3", "digraph+push-sum",
               "one-peer-exponential+push-sum")

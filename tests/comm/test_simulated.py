@@ -9,6 +9,8 @@ from flatlab.comm import SimulatedMixer
 from flatlab.errors import FlatlabError
 from tests import precision
 
+pytestmark = pytest.mark.kernels  # float32 results of other kernels: make test-kernels
+
 TOPOLOGIES = [("ring", 16), ("torus", 16), ("exponential", 16), ("one-peer-exponential", 16),
               ("erdos-renyi", 20), ("star", 9), ("complete", 5)]
 

@@ -36,6 +36,8 @@ from flatlab.algorithms import available
 from flatlab.experiment import load_config, run
 from tests import precision
 
+pytestmark = pytest.mark.kernels  # float32 results of other kernels: make test-kernels
+
 REPO = Path(__file__).resolve().parents[2]
 #: processes -> topology run over the whole registry (the mixer-level suite, tests/comm, covers
 #: every topology on both layouts; here the runner is checked on a time-varying and a static one)

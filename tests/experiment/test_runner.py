@@ -227,6 +227,7 @@ def test_sweep_spec_errors(tmp_path):
     assert not (tmp_path / "x" / "optim.lr=-1").exists()  # nothing runs before all validate
 
 
+@pytest.mark.kernels  # a float32 mean against a float64 one: make test-kernels
 def test_init_from_starts_every_node_at_the_source_average(tmp_path):
     """The escape experiment's start: every node at the source run's final x̄ (checkpoint)."""
     from flatlab.experiment import average_model, build

@@ -29,6 +29,8 @@ from tests.models.cases import (
     kink_margin,
 )
 
+pytestmark = pytest.mark.kernels  # float32 results of other kernels: make test-kernels
+
 N_NODES = 3
 F64_TOL = 1e-10
 DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
