@@ -6,8 +6,9 @@
 - Constant step on heterogeneous quadratics: the fixed point equals the closed form
   D z = P (D z − η ∇F(z)), D = diag(n pi); the local gradients cancel there, x* is missed by O(η).
 - On doubly stochastic topologies w stays 1 and SGP is diffusion (DSGD).
-- Every other registered algorithm refuses a column-stochastic topology in one line, before
-  anything runs (check_topology, simulate's init, config validation).
+- Every other registered algorithm that mixes refuses a column-stochastic topology in one line,
+  before anything runs (check_topology, simulate's init, config validation); centralized, which
+  never mixes, runs on it and does not depend on it.
 The per-node loop reference is in tests/algorithms/test_against_loop.py (loop_sgp).
 """
 
@@ -139,7 +140,9 @@ def test_on_doubly_stochastic_topologies_sgp_is_dsgd(topo):
     assert float((a[-1] - a[0]).abs().max()) > 0.1
 
 
-OTHERS = [a for a in available() if a != "sgp"]
+#: registered methods that take exact network averages and never mix, so any topology will do
+NEVER_MIXES = {"centralized"}
+OTHERS = [a for a in available() if a != "sgp" and a not in NEVER_MIXES]
 
 
 @pytest.mark.parametrize("name", OTHERS)
@@ -177,3 +180,23 @@ def test_sgp_accepts_the_config_and_refuses_a_round_without_self_weight():
     assert "\n" not in str(e.value)
     # the same schedule as doubly stochastic: w stays 1, nothing is divided by zero
     make("sgp").check_topology(flatlab.topology.from_matrix([perm, (np.eye(3) + perm) / 2]))
+
+
+# -- centralized never mixes ---------------------------------------------------------------------
+
+
+def test_centralized_runs_on_a_column_stochastic_topology_and_does_not_depend_on_it():
+    q = heterogeneous_quadratics(8, 4, seed=5, dtype=F64)
+    X0 = torch.randn(8, 4, dtype=F64, generator=torch.Generator().manual_seed(1))  # noqa: N806
+    gf = q.grad_fn(noise=0.3, seed=6)
+    runs = [simulate("centralized", topo, gf, X0, steps=50, lr=0.05, weight_decay=1e-2,
+                     momentum=0.9, nesterov=True)
+            for topo in (digraph(), flatlab.topology.make("one-peer-exponential", 8,
+                                                           weights="push-sum"),
+                         flatlab.topology.make("ring", 8))]
+    assert torch.equal(runs[0], runs[2]) and torch.equal(runs[1], runs[2])
+    assert float((runs[0][-1] - runs[0][0]).abs().max()) > 0.1
+    cfg = load_config({"topology": {"name": "one-peer-exponential", "nodes": 8,
+                                    "weights": "push-sum"},
+                       "algorithm": {"name": "centralized"}})
+    assert cfg.algorithm.name == "centralized"
