@@ -41,10 +41,15 @@ def test_shipped_configs_are_valid():
                        ["algorithm.name=centralized"]).algorithm.name == "centralized"
 
 
-def test_sgp_config_runs_centralized(capsys, tmp_path):
+@pytest.mark.parametrize("overrides", [
+    ["algorithm.name=centralized", "algorithm.params.momentum=0.9"],
+    ["algorithm.params.momentum=0.9", "algorithm.params.nesterov=true",
+     "algorithm.params.weight_decay_on=numerator", "optim.weight_decay=0.01"],
+])
+def test_sgp_config_runs_centralized_and_sgp_with_the_authors_momentum(capsys, tmp_path,
+                                                                       overrides):
     code, out, err = run(capsys, "run", REPO / "configs" / "sgp16.yaml", "--out", tmp_path / "r",
-                         "--no-progress", "--threads", "1", *TINY, "algorithm.name=centralized",
-                         "algorithm.params.momentum=0.9")
+                         "--no-progress", "--threads", "1", *TINY, *overrides)
     assert code == 0, err
     assert out.startswith("done at step 6")
 
@@ -187,6 +192,10 @@ def test_every_listing_has_json(capsys, cmd, names):
       "algorithm.params.form=next"], "form must be one of diging, atc"),
     (["run", REPO / "configs" / "sgp16.yaml", "algorithm.name=dsgd"],
      "is column-stochastic (push-sum weights), which only sgp mixes over"),
+    (["run", REPO / "configs" / "sgp16.yaml", "algorithm.params.weight_decay_on=x"],
+     "weight_decay_on must be one of z, numerator, got 'x'"),
+    (["run", REPO / "configs" / "sgp16.yaml", "algorithm.params.nesterov=true"],
+     "nesterov needs momentum > 0"),
     (["run", REPO / "configs" / "ring16.yaml", "topology.weights=push-sum"],
      "diffusion: needs doubly stochastic mixing matrices"),
     (["run", REPO / "configs" / "ring16.yaml", "data.holdout=1"], "config field data.holdout"),
