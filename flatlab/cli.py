@@ -234,7 +234,7 @@ def _cmd_topologies(args: argparse.Namespace) -> int:
     print("\nfiles: edges:PATH (two columns i j), arcs:PATH (directed i -> j), adjacency:PATH "
           "(square symmetric), matrix:PATH (W as given); .npy, .npz or text.\nweights: "
           "metropolis (default), max-degree, uniform (regular graphs); --lazy for (I + W)/2; "
-          "push-sum: column-stochastic P[j, i] = 1/(outdeg_i + 1), for sgp only.")
+          "push-sum: column-stochastic P[j, i] = 1/(outdeg_i + 1), for sgp (and centralized).")
     return 0
 
 

@@ -36,6 +36,22 @@ def test_shipped_configs_are_valid():
     assert cfg.algorithm.name == "sgp" and cfg.topology.weights == "push-sum"
     with pytest.raises(ConfigError, match="column-stochastic"):  # sgp's topology is its own
         load_config(REPO / "configs" / "sgp16.yaml", ["algorithm.name=diffusion"])
+    # but centralized, which never mixes, is the baseline on it
+    assert load_config(REPO / "configs" / "sgp16.yaml",
+                       ["algorithm.name=centralized"]).algorithm.name == "centralized"
+
+
+@pytest.mark.parametrize("overrides", [
+    ["algorithm.name=centralized", "algorithm.params.momentum=0.9"],
+    ["algorithm.params.momentum=0.9", "algorithm.params.nesterov=true",
+     "algorithm.params.weight_decay_on=numerator", "optim.weight_decay=0.01"],
+])
+def test_sgp_config_runs_centralized_and_sgp_with_the_authors_momentum(capsys, tmp_path,
+                                                                       overrides):
+    code, out, err = run(capsys, "run", REPO / "configs" / "sgp16.yaml", "--out", tmp_path / "r",
+                         "--no-progress", "--threads", "1", *TINY, *overrides)
+    assert code == 0, err
+    assert out.startswith("done at step 6")
 
 
 def test_run_results_plot(capsys, tmp_path):
@@ -175,7 +191,11 @@ def test_every_listing_has_json(capsys, cmd, names):
     (["run", REPO / "configs" / "ring16.yaml", "algorithm.name=gradient-tracking",
       "algorithm.params.form=next"], "form must be one of diging, atc"),
     (["run", REPO / "configs" / "sgp16.yaml", "algorithm.name=dsgd"],
-     "is column-stochastic (push-sum weights), which only sgp runs"),
+     "is column-stochastic (push-sum weights), which only sgp mixes over"),
+    (["run", REPO / "configs" / "sgp16.yaml", "algorithm.params.weight_decay_on=x"],
+     "weight_decay_on must be one of z, numerator, got 'x'"),
+    (["run", REPO / "configs" / "sgp16.yaml", "algorithm.params.nesterov=true"],
+     "nesterov needs momentum > 0"),
     (["run", REPO / "configs" / "ring16.yaml", "topology.weights=push-sum"],
      "diffusion: needs doubly stochastic mixing matrices"),
     (["run", REPO / "configs" / "ring16.yaml", "data.holdout=1"], "config field data.holdout"),

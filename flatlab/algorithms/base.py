@@ -104,7 +104,8 @@ class Algorithm:
         mixing: Kinds of mixing matrices the update is correct for
             (:attr:`flatlab.topology.Topology.stochastic`): ``("doubly",)`` for every method
             whose average ``x̄`` is preserved by ``W`` because ``1ᵀ W = 1ᵀ`` and ``W 1 = 1``;
-            push-sum methods (``sgp``) add ``"column"``.
+            push-sum methods (``sgp``) add ``"column"``, and so does ``centralized``, which
+            never mixes (it takes exact network averages, whatever the topology).
     """
 
     name: ClassVar[str] = ""
@@ -128,16 +129,17 @@ class Algorithm:
         with the configured topology, and every ``init`` passes it to ``mixer.require`` (which
         applies it to the mixer's schedule), so a run or a :func:`~flatlab.simulate` call that
         cannot work is refused before it starts. Here: the kind of the matrices must be one of
-        :attr:`mixing` (a column-stochastic, push-sum topology runs ``sgp`` only); subclasses
-        that add conditions call this first.
+        :attr:`mixing` (a column-stochastic, push-sum topology is mixed over by ``sgp`` only,
+        and accepted by ``centralized``, which never mixes); subclasses that add conditions
+        call this first.
         """
         kind = getattr(topology, "stochastic", "doubly")
         if kind not in self.mixing:
             label = getattr(topology, "label", "this topology")
             self._check(False, f"needs doubly stochastic mixing matrices, but {label} is "
-                               "column-stochastic (push-sum weights), which only sgp runs; use "
-                               "algorithm sgp or a doubly stochastic weight rule (metropolis, "
-                               "max-degree, uniform)")
+                               "column-stochastic (push-sum weights), which only sgp mixes over; "
+                               "use algorithm sgp (or centralized, which never mixes) or a "
+                               "doubly stochastic weight rule (metropolis, max-degree, uniform)")
 
     def hparams(self) -> dict[str, Any]:
         """Hyper-parameters as a plain dict."""

@@ -44,6 +44,10 @@ class Centralized(Algorithm):
     sends ``2(n − 1)/n · P`` numbers per node). State: ``x`` (rows equal) and the global
     momentum ``m``. Fixed point: exact (``ḡ = 0``).
 
+    It never mixes: ``mixer.mean`` is the exact network average whatever the topology, so the
+    topology's matrices play no part and any kind is accepted, doubly or column-stochastic
+    (push-sum weights, as in an ``sgp`` run it is the baseline of).
+
     Args:
         momentum: ``β ∈ [0, 1)``.
         nesterov: Nesterov's variant (needs ``β > 0``).
@@ -53,6 +57,7 @@ class Centralized(Algorithm):
     nesterov: bool = False
     exact = True
     hparam_aliases: ClassVar[dict[str, str]] = {"beta": "momentum"}
+    mixing: ClassVar[tuple[str, ...]] = ("doubly", "column")
 
     def __post_init__(self) -> None:
         self._check(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum}")

@@ -53,6 +53,7 @@ def simulate(
     metric_fn: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
     sam_rho: float = 0.0,
     sam_adaptive: bool = False,
+    weight_decay: float = 0.0,
     **hparams: Any,
 ) -> torch.Tensor | tuple[torch.Tensor, State]:
     """Iterate a registered algorithm on per-node gradient maps, for theory checks.
@@ -79,6 +80,10 @@ def simulate(
         sam_rho: SAM on every node: gradients at ``x_i + ρ g_i/‖g_i‖``
             (:class:`~flatlab.engine.SAMOracle`); 0 (default) is the plain method.
         sam_adaptive: ASAM's perturbation instead.
+        weight_decay: L2 coefficient the oracle adds, ``grad_fn(X, t) + weight_decay · X``
+            (:class:`~flatlab.engine.FunctionOracle`; ``optim.weight_decay`` of a run), kept
+            apart from ``grad_fn`` so that a method that decays another point can move it
+            (``sgp`` with ``weight_decay_on="numerator"``).
         **hparams: Hyper-parameters, when ``algorithm`` is a name.
 
     Returns:
@@ -106,8 +111,8 @@ def simulate(
     if mixer is None:
         topo = as_topology(topology, X0.shape[0])
         mixer = SimulatedMixer(topo, device=X0.device, dtype=X0.dtype, method=mix_method)
-    oracle = sam_oracle(FunctionOracle(grad_fn, metric_fn=metric_fn), sam_rho,
-                        adaptive=sam_adaptive)
+    oracle = sam_oracle(FunctionOracle(grad_fn, weight_decay=weight_decay, metric_fn=metric_fn),
+                        sam_rho, adaptive=sam_adaptive)
     lr_at = lr if callable(lr) else (lambda _t, _lr=float(lr): _lr)
     state = algo.init(X0.clone(), oracle, mixer)
     out = [state.x.clone()]

@@ -16,6 +16,7 @@ from flatlab.engine.evaluate import Evaluation, evaluate, full_gradient
 from flatlab.engine.layout import ParamLayout
 from flatlab.engine.objective import Objective
 from flatlab.engine.oracle import (
+    DecayOracle,
     DenseMetricBlock,
     FunctionOracle,
     FusedMetricOracle,
@@ -35,6 +36,7 @@ __all__ = [
     "GradientOracle",
     "FunctionOracle",
     "Oracle",
+    "DecayOracle",
     "Objective",
     "Evaluation",
     "evaluate",

@@ -10,7 +10,9 @@ Weight decay belongs to the oracle: ``G = grad + weight_decay * X``, the place t
 it (inside the gradient, before any momentum or tracking).
 
 Beyond gradients an oracle may offer declared capabilities, which algorithms test with
-``isinstance`` and never by looking inside: :class:`MetricOracle`, a per-node curvature metric in
+``isinstance`` and never by looking inside: :class:`DecayOracle`, the weight decay it adds (for a
+method that decays another point than the one its gradient is taken at: SGP's push-sum
+numerators), :class:`MetricOracle`, a per-node curvature metric in
 Kronecker-factored blocks (NGPD's; K-FAC for :class:`GradientOracle`, the user's ``metric_fn``
 for :class:`FunctionOracle`), and :class:`LayeredOracle`, the parameter tensors' slices of the
 flat vector (per-layer compression).
@@ -29,8 +31,9 @@ from flatlab.engine.kfac import KFACLayer, kfac_factors, kfac_grads_and_factors,
 from flatlab.engine.stack import NodeStack
 from flatlab.errors import AlgorithmError
 
-__all__ = ["Oracle", "MetricOracle", "FusedMetricOracle", "MetricBlock", "LayeredOracle",
-           "DenseMetricBlock", "GradientOracle", "FunctionOracle", "SAMOracle", "sam_oracle"]
+__all__ = ["Oracle", "DecayOracle", "MetricOracle", "FusedMetricOracle", "MetricBlock",
+           "LayeredOracle", "DenseMetricBlock", "GradientOracle", "FunctionOracle", "SAMOracle",
+           "sam_oracle"]
 
 
 @runtime_checkable
@@ -40,6 +43,23 @@ class Oracle(Protocol):
     def __call__(self, X: torch.Tensor, batch: Any) -> tuple[torch.Tensor | None, torch.Tensor]:  # noqa: N803
         """Per-node losses ``[n]`` (or ``None``) and gradients ``[n, P]`` at ``X`` on ``batch``."""
         ...
+
+
+@runtime_checkable
+class DecayOracle(Oracle, Protocol):
+    """An oracle that states the weight decay it adds: ``G = ∇F(X) + weight_decay · X``.
+
+    The decay is taken at the point the gradient is taken at (``X``). A method whose update
+    decays another point ``Y`` (SGP with ``weight_decay_on="numerator"``: the push-sum numerators,
+    as its authors' code does) moves the term, ``G + weight_decay · (Y − X)``, which is
+    ``∇F(X) + weight_decay · Y`` exactly, up to rounding. :class:`GradientOracle`,
+    :class:`FunctionOracle` and :class:`SAMOracle` are decay oracles.
+
+    Attributes:
+        weight_decay: The L2 coefficient added to every gradient (0 for none).
+    """
+
+    weight_decay: float
 
 
 @runtime_checkable

@@ -80,6 +80,13 @@ CASES = [
     ("sgp", "one-peer-exponential+push-sum", "classes", "mlp", torch.float64, {}),
     ("sgp", "star+push-sum", "iid", "logistic", torch.float64, {}),
     ("sgp", "ring", "dirichlet", "logistic", torch.float32, {}),
+    # the authors' local step (torch.optim.SGD on the numerator): momentum, Nesterov, and weight
+    # decay on the numerator, on the irregular digraph and on two alternating irregular ones
+    ("sgp", "digraph+push-sum", "dirichlet", "mlp", torch.float64, {"momentum": 0.9}),
+    ("sgp", "digraphs+push-sum", "classes", "mlp", torch.float64,
+     {"momentum": 0.9, "nesterov": True, "weight_decay_on": "numerator"}),
+    ("sgp", "star+push-sum", "iid", "logistic", torch.float32,
+     {"momentum": 0.5, "weight_decay_on": "numerator"}),
 ]
 
 #: an irregular, strongly connected directed graph on 8 nodes: arcs i -> j
@@ -87,11 +94,23 @@ DIGRAPH = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6), (6, 7), (7, 0), (0, 4
            (2, 7), (5, 1), (5, 2), (5, 3)]
 
 
+#: another one, with other out-degrees (3, 1, 2, 1, 1, 2, 1, 1)
+DIGRAPH_B = [(0, 3), (0, 5), (0, 7), (1, 0), (2, 1), (2, 6), (3, 2), (4, 3), (5, 4), (5, 0),
+             (6, 5), (7, 6)]
+
+
 def topology_of(spec: str, n: int) -> flatlab.topology.Topology:
-    """A generator name, ``NAME+RULE`` for a weight rule, or ``digraph`` (:data:`DIGRAPH`)."""
+    """A generator name, ``NAME+RULE`` for a weight rule, ``digraph`` (:data:`DIGRAPH`), or
+    ``digraphs+push-sum``: time-varying, push-sum weights on :data:`DIGRAPH` and
+    :data:`DIGRAPH_B` in turn (both irregular, so the weights w do not stay 1)."""
     name, _, rule = spec.partition("+")
     if name == "digraph":
         return flatlab.topology.from_edges(DIGRAPH, n, directed=True, weights=rule or None)
+    if name == "digraphs":
+        assert rule == "push-sum"
+        rounds = [flatlab.topology.from_edges(arcs, n, directed=True).matrix()
+                  for arcs in (DIGRAPH, DIGRAPH_B)]
+        return flatlab.topology.from_matrix(rounds, name="digraphs", stochastic="column")
     return flatlab.topology.make(name, n, weights=rule or None)
 
 # NGPD's loop reference solves a dense P x P system per node per step: fewer nodes and steps
@@ -104,7 +123,8 @@ NGPD_CASES = [
 ]
 
 
-def engine_and_loop(name, topo_name, split, model, dtype, hp, steps=25, n=8, norm="none"):
+def engine_and_loop(name, topo_name, split, model, dtype, hp, steps=25, n=8, norm="none",
+                    weight_decay=1e-3):
     topo = topology_of(topo_name, n)
     part = partition(DIGITS, n, split, alpha=0.3, seed=1)
     sampler = NodeSampler(DIGITS.x_train, DIGITS.y_train, part, batch_size=8, seed=2,
@@ -114,7 +134,7 @@ def engine_and_loop(name, topo_name, split, model, dtype, hp, steps=25, n=8, nor
         model, opts = "mlp", {"hidden": (6,), "norm": norm}
     template = make_model(model, input_shape=(64,), num_classes=10, seed=3, **opts).to(dtype)
     stack = NodeStack(template, n, device="cpu", dtype=dtype)
-    oracle = GradientOracle(stack, weight_decay=1e-3)
+    oracle = GradientOracle(stack, weight_decay=weight_decay)
     mixer = SimulatedMixer(topo, device="cpu", dtype=dtype)
     algo = make(name, **hp)
     lr = lambda t: 0.2 / (1 + 0.05 * t)  # noqa: E731 - a schedule, to exercise the lr argument
@@ -123,7 +143,7 @@ def engine_and_loop(name, topo_name, split, model, dtype, hp, steps=25, n=8, nor
     for t in range(steps):
         state = algo.step(state, sampler.batch(t), oracle, mixer, lr(t))
         traj.append(state.x)
-    loop = LoopNodes(template, n, weight_decay=1e-3)
+    loop = LoopNodes(template, n, weight_decay=weight_decay)
     ref = run_loop(name, loop, lambda t: topo.matrix(t), sampler.batch, lr, steps,
                    **algo.hparams())
     return torch.stack(traj), ref, stack, loop

@@ -1,12 +1,14 @@
 """What algorithms may ask of an oracle beyond gradients: declared capabilities (a curvature
-metric for NGPD, parameter slices for per-layer compression), never a look inside."""
+metric for NGPD, parameter slices for per-layer compression, the weight decay it adds for SGP's
+decay on the numerators), never a look inside."""
 
 import torch
 
 from flatlab.curvature.kfac import kfac_factors, kfac_layers
 from flatlab.data import heterogeneous_quadratics
-from flatlab.engine import FunctionOracle, GradientOracle, NodeStack
+from flatlab.engine import FunctionOracle, GradientOracle, NodeStack, SAMOracle
 from flatlab.engine.oracle import (
+    DecayOracle,
     DenseMetricBlock,
     LayeredOracle,
     MetricBlock,
@@ -57,3 +59,22 @@ def test_function_oracle_metric_is_one_dense_block_and_only_with_metric_fn():
     out = torch.zeros_like(x)
     block.scatter(block.matrix(x), out)
     assert torch.equal(out, x)
+
+
+def test_every_oracle_flatlab_builds_states_the_weight_decay_it_adds():
+    """DecayOracle: G = ∇F(X) + weight_decay · X, taken at the point of the call."""
+    stack, batch = stack_and_batch()
+    X = stack.initial_params()  # noqa: N806
+    plain = GradientOracle(stack)
+    decayed = GradientOracle(stack, weight_decay=0.1)
+    sam = SAMOracle(GradientOracle(stack, weight_decay=0.1), rho=0.05)
+    for oracle, wd in ((plain, 0.0), (decayed, 0.1), (sam, 0.1)):
+        assert isinstance(oracle, DecayOracle) and oracle.weight_decay == wd
+    torch.testing.assert_close(decayed(X, batch)[1] - plain(X, batch)[1], 0.1 * X, rtol=0,
+                               atol=1e-15)
+    q = heterogeneous_quadratics(3, 4, seed=0)
+    f = FunctionOracle(q.grad_fn(), weight_decay=0.2)
+    Y = torch.randn(3, 4, dtype=torch.float64)  # noqa: N806
+    assert isinstance(f, DecayOracle) and f.weight_decay == 0.2
+    torch.testing.assert_close(f(Y, 0)[1], q.grad(Y) + 0.2 * Y, rtol=0, atol=1e-15)
+    assert not isinstance(lambda X, batch: (None, X), DecayOracle)  # a bare callable states none

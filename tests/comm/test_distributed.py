@@ -2,10 +2,12 @@
 
 For every algorithm in the registry (on the topologies it accepts), on static (undirected and
 directed) and time-varying topologies, and column-stochastic ones (push-sum weights on an
-irregular digraph, where only sgp runs and its weights w move away from 1), 4 nodes on 4
-processes and on 2 processes of 2 nodes give the same trajectories as the simulated mixer on the
-same seeds (up to float32 rounding, relative to the trajectory's size: tests.precision), with
-equal message and byte counts; per-edge exchange delivers each message to its receiver only.
+irregular digraph, where only sgp mixes and its weights w move away from 1; sgp there also with
+momentum, Nesterov and weight decay on the numerator, and centralized, which never mixes), 4
+nodes on 4 processes and on 2 processes of 2 nodes give the same trajectories as the simulated
+mixer on the same seeds (up to float32 rounding, relative to the trajectory's size:
+tests.precision), with equal message and byte counts; per-edge exchange delivers each message to
+its receiver only.
 """
 
 import os
@@ -30,6 +32,10 @@ TOPOLOGIES = ("ring", "exponential", "one-peer-exponential", "ring/local-3", "di
               "one-peer-exponential+push-sum")
 #: an irregular, strongly connected digraph on 4 nodes (out-degrees 2, 1, 1, 2): arcs i -> j
 DIGRAPH = [(0, 1), (1, 2), (2, 3), (3, 0), (0, 2), (3, 1)]
+#: hyper-parameter variants run beside the defaults on column-stochastic topologies:
+#: label -> (algorithm, hyper-parameters, the oracle's weight decay)
+VARIANTS = {"sgp+nesterov+numerator-decay": ("sgp", {"momentum": 0.9, "nesterov": True,
+                                                     "weight_decay_on": "numerator"}, 1e-2)}
 
 
 def topology(spec: str) -> flatlab.topology.Topology:
@@ -63,6 +69,14 @@ def runs_on(name, topo):
     return True
 
 
+def runs(topo):
+    """``(label, algorithm, hyper-parameters, weight decay)`` of every run on ``topo``."""
+    out = [(name, name, {}, 0.0) for name in available() if runs_on(name, topo)]
+    if topo.column_stochastic:
+        out += [(label, *v) for label, v in VARIANTS.items()]
+    return out
+
+
 def local_grad_fn(gf, rows):
     """The rows of the full noisy gradient (gradients are row-wise, noise is drawn for all n)."""
 
@@ -83,14 +97,14 @@ def worker(rank, world, port, out):
         res = {}
         for topo_name in TOPOLOGIES:
             topo = topology(topo_name)
-            for name in filter(lambda a: runs_on(a, topo), available()):
+            for label, name, hp, wd in runs(topo):
                 mixer = DistributedMixer(topo, dtype=torch.float32)
                 rows = mixer.local_rows
                 xs = simulate(name, topo, local_grad_fn(gf, rows), X0[rows], STEPS, 0.05,
                               metric_fn=lambda X, t, rows=rows: q.H[rows].float(),
-                              mixer=mixer)
+                              mixer=mixer, weight_decay=wd, **hp)
                 st = mixer.gathered_stats()
-                res[topo_name, name] = (xs, st.messages, st.bytes)
+                res[topo_name, label] = (xs, st.messages, st.bytes)
             # per-edge exchange: message (src, dst) encoded as 10 src + dst
             mixer = DistributedMixer(topo, dtype=torch.float32)
             for t in range(topo.period):
@@ -119,26 +133,27 @@ def test_every_algorithm_matches_the_simulated_mixer(distributed_results, topo_n
     world, per_rank = distributed_results
     q, gf, X0 = problem()
     topo = topology(topo_name)
-    names = list(filter(lambda a: runs_on(a, topo), available()))
-    if topo.column_stochastic:
-        assert names == ["sgp"]
-    for name in names:
+    cases = runs(topo)
+    if topo.column_stochastic:  # sgp mixes over it; centralized never mixes
+        assert [c[0] for c in cases] == ["centralized", "sgp", *VARIANTS]
+    for label, name, hp, wd in cases:
         mixer = SimulatedMixer(topo, device="cpu", dtype=torch.float32)
         ref, state = simulate(name, topo, gf, X0, STEPS, 0.05, mixer=mixer,
-                              metric_fn=lambda X, t: q.H.float(), return_state=True)
-        if topo_name.startswith("digraph"):  # push-sum's weights are not all 1 there
+                              metric_fn=lambda X, t: q.H.float(), return_state=True,
+                              weight_decay=wd, **hp)
+        if topo_name.startswith("digraph") and name == "sgp":  # w is not all 1 there
             assert float((state.w - 1).abs().max()) > 0.1
-        got = torch.cat([r[topo_name, name][0] for r in per_rank], dim=1)
+        got = torch.cat([r[topo_name, label][0] for r in per_rank], dim=1)
         # float32 rounding differs between a dense matmul and per-neighbour sums and accumulates
         # over the steps: relative to the trajectory's size (DIGing at this step grows on the
         # ring of 4, whose W has -1/3) times the steps (measured worst: 6.2 eps x scale in all)
         precision.assert_close(got, ref, scale=precision.magnitude(ref) * STEPS,
-                               what=f"{name} on {topo_name}, {world} processes")
+                               what=f"{label} on {topo_name}, {world} processes")
         assert float((ref[-1] - ref[0]).abs().max()) > 0.1
-        msgs = per_rank[0][topo_name, name][1]
-        bytes_ = per_rank[0][topo_name, name][2]
-        assert torch.equal(msgs, mixer.stats.messages), name
-        assert torch.equal(bytes_, mixer.stats.bytes), name
+        msgs = per_rank[0][topo_name, label][1]
+        bytes_ = per_rank[0][topo_name, label][2]
+        assert torch.equal(msgs, mixer.stats.messages), label
+        assert torch.equal(bytes_, mixer.stats.bytes), label
 
 
 def test_exchange_delivers_each_edge_message_to_its_receiver(distributed_results):

@@ -47,9 +47,10 @@ class LoopNodes:
     def params(self) -> list[torch.Tensor]:
         return [flat(m) for m in self.models]
 
-    def grad(self, i: int, x: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor
-             ) -> tuple[float, torch.Tensor]:
-        """Loss and gradient of node i's module at parameters x on its batch (updates its BN)."""
+    def grad(self, i: int, x: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor,
+             decay: bool = True) -> tuple[float, torch.Tensor]:
+        """Loss and gradient of node i's module at parameters x on its batch (updates its BN),
+        plus ``weight_decay * x`` unless ``decay`` is False."""
         m = self.models[i]
         set_flat(m, x)
         m.zero_grad(set_to_none=True)
@@ -60,7 +61,7 @@ class LoopNodes:
             loss = 0.5 * (out - targets.reshape(out.shape)).pow(2).sum(-1).mean()
         loss.backward()
         g = torch.cat([p.grad.reshape(-1) for p in m.parameters()])
-        return float(loss.detach()), g + self.weight_decay * x
+        return float(loss.detach()), (g + self.weight_decay * x) if decay else g
 
 
 def gossip(W: np.ndarray, xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -530,23 +531,40 @@ def push(P: np.ndarray, xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return out
 
 
-def loop_sgp(nodes, W_at, batches, lr, steps, *, momentum, nesterov):
-    """SGP (Assran et al. 2019, Alg. 1) node by node: x_i <- x_i - η ∇F_i(z_i), push x and w.
+def loop_sgp(nodes, W_at, batches, lr, steps, *, momentum, nesterov, weight_decay_on):
+    """SGP (Assran et al. 2019, Alg. 1) node by node, its local step as the authors' code takes it.
 
-    Each node keeps its numerator x_i and its scalar weight w_i (a Python float); the gradient is
-    taken at z_i = x_i / w_i; the trajectory is that of z.
+    Each node keeps its numerator x_i as the one parameter of its own ``torch.optim.SGD``
+    (facebookresearch/stochastic_gradient_push: ``GossipDataParallel`` de-biases the model for the
+    forward and backward pass and multiplies it back into the numerator before
+    ``optimizer.step()``), and its scalar weight w_i (a Python float). The gradient is taken at
+    z_i = x_i / w_i; SGD adds its momentum (dampening 0, Nesterov as asked) and, with
+    ``weight_decay_on="numerator"``, its weight decay on the numerator it steps (``wd * x_i``);
+    with ``"z"`` the decay ``wd * z_i`` is put in the gradient instead, and SGD's is 0. Then x
+    and w are pushed with the same P. The trajectory is that of z.
     """
-    xs = nodes.params()
+    wd = nodes.weight_decay
+    xs = [torch.nn.Parameter(x.clone()) for x in nodes.params()]
+    opts = [torch.optim.SGD([x], lr=1.0, momentum=momentum, nesterov=nesterov,
+                            weight_decay=wd if weight_decay_on == "numerator" else 0.0)
+            for x in xs]
     ws = [1.0] * nodes.n
-    traj = [torch.stack(xs)]
+    traj = [torch.stack([x.detach().clone() for x in xs])]
     for t in range(steps):
         P = W_at(t)
-        zs = [xs[i] / ws[i] for i in range(nodes.n)]
-        gs = _grads(nodes, zs, batches, t)
-        half = [xs[i] - _eta(lr, t) * gs[i] for i in range(nodes.n)]
-        xs = push(P, half)
+        inputs, targets = batches(t)
+        for i in range(nodes.n):
+            z = xs[i].detach() / ws[i]
+            g = nodes.grad(i, z, inputs[i], targets[i], decay=False)[1]
+            xs[i].grad = g + wd * z if weight_decay_on == "z" else g
+            opts[i].param_groups[0]["lr"] = _eta(lr, t)
+            opts[i].step()
+        half = push(P, [x.detach() for x in xs])
         ws = [float(v) for v in push(P, [torch.tensor(w, dtype=torch.float64) for w in ws])]
-        traj.append(torch.stack([xs[i] / ws[i] for i in range(nodes.n)]))
+        with torch.no_grad():
+            for i in range(nodes.n):
+                xs[i].copy_(half[i])
+        traj.append(torch.stack([half[i] / ws[i] for i in range(nodes.n)]))
     return torch.stack(traj)
 
 
