@@ -105,10 +105,10 @@ def summarize(log: Path) -> list[str]:
         return ["  (no comparison logged)"]
     for line in log.read_text().splitlines():
         test, what, ratio, budget = line.split("\t")
-        kind = what.split(":")[0] if test == "golden" else test.split("::")[0]
+        kind = f"golden: {what.split(' | ')[0]}" if test == "golden" else test.split("::")[0]
         r, b = float(ratio), float(budget)
         if kind not in worst or r / max(b, 1e-300) > worst[kind][0] / max(worst[kind][1], 1e-300):
-            worst[kind] = (r, b, what if test == "golden" else f"{test} {what}")
+            worst[kind] = (r, b, what.split(" | ")[-1] if test == "golden" else f"{test} {what}")
     return [f"  {kind:48s} worst {r:9.3g} of budget {b:9.3g}   ({where})"
             for kind, (r, b, where) in sorted(worst.items())]
 

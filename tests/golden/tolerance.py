@@ -151,9 +151,10 @@ def _metric_checks(table: str, got: pd.DataFrame, want: pd.DataFrame) -> Iterato
     def at(step: int, metric: str, scope: str, default: float = math.nan) -> float:
         return value.get((step, metric, scope), default)
 
-    def loss_scale(step: int) -> float:
+    def loss_scale(step: int, own: float) -> float:
+        """The largest training loss recorded at ``step`` (``own`` where none was)."""
         losses = [abs(v) for (s, m, _), v in value.items() if s == step and m == "train_loss"]
-        return max(losses) if losses else math.nan
+        return max(losses, default=abs(own))
 
     for g, w in zip(got.itertuples(), want.itertuples(), strict=True):
         m, what = w.metric, f"{w.metric}[step {w.step}, {w.scope}]"
@@ -163,9 +164,10 @@ def _metric_checks(table: str, got: pd.DataFrame, want: pd.DataFrame) -> Iterato
         elif m in ACCURACY:
             yield Check(table, what, _diff(a, b), 1.0 / SAMPLES + 1e-12, "one sample")
         elif m in LOSS_DIFFERENCE:
-            yield _rounded(table, what, a, b, max(loss_scale(w.step), abs(b)), "loss difference")
+            yield _rounded(table, what, a, b, max(loss_scale(w.step, b), abs(b)),
+                           "loss difference")
         elif m == "sharpness_keskar":  # 100 (max f − f) / (1 + f), in percent
-            f = loss_scale(w.step)
+            f = loss_scale(w.step, 1.0)
             yield _rounded(table, what, a, b, 100 * f / (1 + f), "loss difference")
         elif m == "consensus_distance":  # Ξ² = mean ‖x_i − x̄‖²: moves by 2 √Ξ² ‖δ‖
             rel = at(w.step, "consensus_distance_rel", w.scope)
@@ -266,4 +268,4 @@ def _log(out: list[Check]) -> None:
             worst[c.rule] = c
     with open(path, "a") as f:
         for rule, c in sorted(worst.items()):
-            f.write(f"golden\t{rule}: {c.table} {c.what}\t{c.ratio:.4g}\t{c.budget:.4g}\n")
+            f.write(f"golden\t{rule} | {c.table} {c.what}\t{c.ratio:.4g}\t{c.budget:.4g}\n")
