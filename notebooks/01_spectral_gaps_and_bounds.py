@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -157,9 +157,11 @@ pred.pivot_table(index=["topology", "form"], columns="lr", values="Xi^2")
 # ## 6. Local steps and SAM on a written-down objective
 #
 # Heterogeneous quadratics `f_i(x) = ½ (x − b_i)ᵀ H_i (x − b_i)` with exact gradients, so every
-# difference below is the method's own, not noise. **Local steps** (`local_steps=H`: gossip every
-# `H` steps, Local SGD on the complete graph) trade communication for drift: with a constant step
-# the nodes' fixed point moves away from `x*` as `H` grows, while the traffic falls by `H`.
+# difference below is the method's own, not noise. **Local steps** (`local_steps=H`: `H` local
+# steps, then gossip; Local SGD on the complete graph) trade communication for drift: with a
+# constant step the nodes' fixed point moves away from `x*` as `H` grows, while the traffic falls
+# by `H`. The consensus distance is read on the last step, an averaging step when `H` divides 400,
+# so Local SGD's is 0 there: its nodes drift apart between averages, not at them.
 # **SAM on every node** (`sam_rho`) takes each node's gradient at `x_i + ρ g_i/‖g_i‖`; on a
 # quadratic that adds `ρ H_i g_i/‖g_i‖`, a bias of order `ρ` that does not vanish at the minimum
 # (SAM oscillates around it with a constant step, the known behaviour of unnormalised SAM).
@@ -179,5 +181,5 @@ for H in [1, 4, 16]:
         rows.append({"local steps H": H, "SAM rho": rho,
                      "|x̄ − x*|": float((xbar - q.x_star).norm()),
                      "consensus distance": float((xs[-1] - xbar).pow(2).sum(1).mean()),
-                     "gossip rounds": len(range(0, 400, H))})
+                     "gossip rounds": 400 // H})
 pd.DataFrame(rows)
