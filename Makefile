@@ -30,7 +30,7 @@ test: $(STAMP)
 # the golden runs and the float32 comparisons (pytest -m kernels) under every kernel level this CPU
 # offers (x86: DEFAULT, AVX2, AVX-512 ATen kernels, with MKL, oneDNN, numpy and OpenBLAS held to
 # the same level), with the largest measured rounding ratio of each kind beside its budget; run it
-# whenever numbers may have moved (tests/kernels.py; about 4 minutes a level on 2 cores)
+# whenever numbers may have moved (tests/kernels.py; about 2 minutes a level, 6 in all, on 2 cores)
 test-kernels: $(STAMP)
 	$(BIN)/python -m tests.kernels
 
