@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.golden import KERNEL_ENV, numpy_dispatch
+
 ROOT = Path(__file__).resolve().parents[1]
 
 X86 = ("default", "avx2", "avx512")
@@ -61,14 +63,10 @@ def native_level() -> str:
 
 def _numpy_disabled(level: str) -> str:
     """numpy dispatch targets above ``level`` (for ``NPY_DISABLE_CPU_FEATURES``)."""
-    try:
-        from numpy._core import _multiarray_umath as um
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core import _multiarray_umath as um
-    on = [k for k in um.__cpu_dispatch__ if um.__cpu_features__.get(k)]
+    enabled = numpy_dispatch()[1]
     if level == "default":
-        return " ".join(on)
-    return " ".join(k for k in on if "512" in k or k in ("X86_V4",))
+        return " ".join(enabled)
+    return " ".join(k for k in enabled if "512" in k or k == "X86_V4")
 
 
 def levels_offered() -> list[str]:
@@ -81,9 +79,7 @@ def levels_offered() -> list[str]:
 
 def environment(level: str, native: str) -> dict[str, str]:
     """The environment of the tests at ``level`` (nothing changed at the native level)."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("ATEN_CPU", "MKL_ENABLE", "ONEDNN_MAX", "NPY_DISABLE",
-                                "OPENBLAS_CORETYPE"))}
+    env = {k: v for k, v in os.environ.items() if k not in KERNEL_ENV}
     if level == native:
         return env
     if level in _X86_ENV:

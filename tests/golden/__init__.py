@@ -201,14 +201,20 @@ def _cpuinfo() -> dict[str, str]:
     return out
 
 
-def _numpy_simd() -> str:
-    """numpy's baseline and the dispatch targets it enabled (after ``NPY_DISABLE_CPU_FEATURES``)."""
+def numpy_dispatch() -> tuple[list[str], list[str]]:
+    """numpy's SIMD baseline and the dispatch targets it enabled (after
+    ``NPY_DISABLE_CPU_FEATURES``)."""
     try:
         from numpy._core import _multiarray_umath as um  # numpy >= 2
     except ImportError:  # pragma: no cover - numpy 1.x
         from numpy.core import _multiarray_umath as um
-    on = [k for k in um.__cpu_dispatch__ if um.__cpu_features__.get(k)]
-    return " ".join(list(um.__cpu_baseline__) + ["|"] + on)
+    return list(um.__cpu_baseline__), [k for k in um.__cpu_dispatch__
+                                       if um.__cpu_features__.get(k)]
+
+
+def _numpy_simd() -> str:
+    baseline, enabled = numpy_dispatch()
+    return " ".join(baseline + ["|"] + enabled)
 
 
 def _blas() -> str:
