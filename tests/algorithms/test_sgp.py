@@ -58,15 +58,22 @@ def test_push_sum_gossip_reaches_the_exact_average_where_plain_mixing_is_biased(
     np.testing.assert_allclose(state.w.numpy().ravel(), 8 * pi, rtol=0, atol=1e-12)
 
 
-def test_total_weight_is_n_and_the_numerators_move_by_the_summed_gradients():
-    q = heterogeneous_quadratics(8, 4, seed=3, dtype=F64)
-    noisy = q.grad_fn(noise=0.5, seed=4)
-    seen = []
+def recorded_gradients():
+    """Noisy gradients of heterogeneous quadratics (8 nodes, d = 4), and the list each call's
+    gradients are appended to (what the numerators' sums must move by)."""
+    noisy = heterogeneous_quadratics(8, 4, seed=3, dtype=F64).grad_fn(noise=0.5, seed=4)
+    seen: list[torch.Tensor] = []
 
     def grad_fn(X, t):  # noqa: N803
         g = noisy(X, t)
         seen.append(g)
         return g
+
+    return grad_fn, seen
+
+
+def test_total_weight_is_n_and_the_numerators_move_by_the_summed_gradients():
+    grad_fn, seen = recorded_gradients()
 
     for topo in (digraph(), flatlab.topology.make("one-peer-exponential", 8, weights="push-sum")):
         algo, oracle = make("sgp"), FunctionOracle(grad_fn)
@@ -250,14 +257,7 @@ def test_numerator_sums_move_by_local_terms_only(hp, on):
     """Σ_i x_i^{t+1} = Σ_i x_i^t − η Σ_i d_i with Σ_i u_i^{t+1} = β Σ_i u_i^t + Σ_i g_i: the buffers
     are never mixed. With the decay on the numerator Σ_i g_i = Σ_i ∇f_i(z_i) + λ Σ_i x_i, so the
     mass-conserving average decays as in centralized SGD; on z it is λ Σ_i z_i."""
-    q = heterogeneous_quadratics(8, 4, seed=3, dtype=F64)
-    noisy = q.grad_fn(noise=0.5, seed=4)
-    seen = []
-
-    def grad_fn(X, t):  # noqa: N803
-        g = noisy(X, t)
-        seen.append(g)
-        return g
+    grad_fn, seen = recorded_gradients()
 
     beta, nesterov, wd, lr = hp.get("momentum", 0.0), hp.get("nesterov", False), 1e-2, 0.05
     algo, oracle = make("sgp", weight_decay_on=on, **hp), FunctionOracle(grad_fn, weight_decay=wd)
