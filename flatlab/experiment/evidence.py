@@ -30,12 +30,15 @@ import pandas as pd
 from flatlab.errors import FlatlabError
 
 __all__ = ["Convergence", "convergence", "run_convergence", "curves_convergence",
-           "with_convergence", "GridCheck",
-           "grid_check", "extension", "bracket", "sensitivity", "Paired", "paired_difference",
-           "verdict", "VERDICTS", "Claim", "judge", "change_between", "verdict_markdown"]
+           "with_convergence", "loss_plateau", "curves_loss_plateau", "at_chance",
+           "GridCheck", "grid_check", "extension", "bracket", "robust_choice", "sensitivity",
+           "Paired", "paired_difference", "verdict", "PairedTest", "paired_test", "tost",
+           "holm", "benjamini_hochberg", "adjust", "ADJUSTMENTS", "RobustChoice", "VERDICTS",
+           "Claim", "judge", "family", "change_between", "verdict_markdown", "edge_of_stability",
+           "time_to_target_label"]
 
-#: The three verdicts on a claim.
-VERDICTS = ("supported", "contradicted", "not separable")
+#: The four verdicts on a claim, and the word for a claim that gets none (:func:`family`).
+VERDICTS = ("better", "worse", "equivalent", "inconclusive", "no verdict")
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,88 @@ def with_convergence(table: pd.DataFrame, curves: pd.DataFrame, keys: Sequence[s
         conv, on=list(keys), how="left")
     out["converged"] = out["converged"].fillna(False).astype(bool)
     return out
+
+
+def loss_plateau(steps: Sequence[int], losses: Sequence[float], *, last: float = 0.2,
+                 threshold: float = 0.1, smooth: int = 3) -> Convergence:
+    """Whether the training loss (what is optimized) has plateaued over the last ``last``.
+
+    The loss is smoothed by a trailing mean over ``smooth`` measurements (minibatch noise and
+    the measurement subset make single points jump); the relative change of the smoothed loss
+    from the window's first step to the last, ``(L_end - L_start) / L_start``, must be below
+    ``threshold`` in size. A loss still falling 1.5x over the window (change -0.33) is not
+    converged, whatever the held-out accuracy does; a cosine schedule cannot pass this by
+    construction as it passes a held-out check, because the loss keeps falling while the step
+    shrinks if the run is still optimizing. A non-finite loss never plateaus.
+
+    Args:
+        steps: Measurement steps, increasing.
+        losses: The training loss there (positive).
+        last: The window, a fraction of the run's steps.
+        threshold: The largest relative change accepted (default 10%).
+        smooth: Measurements in the trailing mean (1: none).
+
+    Returns:
+        A :class:`Convergence` whose ``change`` is the relative change.
+
+    Raises:
+        FlatlabError: Mismatched lengths, decreasing steps, ``last`` outside (0, 1] or
+            ``smooth < 1``.
+    """
+    s, v = np.asarray(steps, dtype=float), np.asarray(losses, dtype=float)
+    if s.shape != v.shape or s.ndim != 1 or not s.size:
+        raise FlatlabError(f"loss_plateau needs equally long, non-empty steps and losses; got "
+                           f"{s.shape} and {v.shape}")
+    if np.any(np.diff(s) <= 0):
+        raise FlatlabError("loss_plateau needs increasing steps")
+    if not 0 < last <= 1:
+        raise FlatlabError(f"last must be in (0, 1], got {last}")
+    if smooth < 1:
+        raise FlatlabError(f"smooth must be >= 1, got {smooth}")
+    kernel = np.ones(smooth) / smooth
+    smoothed = np.array([v[max(0, i - smooth + 1):i + 1].mean() if i + 1 < smooth
+                         else float(np.dot(v[i - smooth + 1:i + 1], kernel))
+                         for i in range(len(v))])
+    begin = s[-1] - last * (s[-1] - s[0])
+    window = np.flatnonzero(s >= begin - 1e-9)
+    first, end = int(window[0]), len(s) - 1
+    start_value = smoothed[first]
+    change = (float((smoothed[end] - start_value) / start_value)
+              if len(window) > 1 and start_value > 0 else math.nan)
+    ok = len(window) > 1 and math.isfinite(change) and abs(change) < threshold
+    return Convergence(ok, change, int(s[first]), int(s[end]), threshold)
+
+
+def curves_loss_plateau(curves: pd.DataFrame, keys: Sequence[str], *, metric: str = "train_loss",
+                        last: float = 0.2, threshold: float = 0.1, smooth: int = 3
+                        ) -> pd.DataFrame:
+    """:func:`loss_plateau` of every run of a long curves table (``step, metric, value``).
+
+    Returns:
+        One row per run: ``keys``, ``loss_converged`` and ``loss_change`` (relative).
+    """
+    rows = []
+    sel = curves[curves["metric"] == metric].dropna(subset=["value"])
+    for k, g in sel.groupby(list(keys), sort=False):
+        g = g.sort_values("step").drop_duplicates("step", keep="last")
+        c = loss_plateau(g["step"].to_numpy(), g["value"].to_numpy(), last=last,
+                         threshold=threshold, smooth=smooth)
+        rows.append(dict(zip(keys, k if isinstance(k, tuple) else (k,), strict=True))
+                    | {"loss_converged": c.converged, "loss_change": c.change})
+    return pd.DataFrame(rows, columns=[*keys, "loss_converged", "loss_change"])
+
+
+def at_chance(accuracy: float | Sequence[float] | pd.Series, classes: int = 10, *,
+              within: float = 0.1) -> np.ndarray | bool:
+    """Whether an accuracy is at chance: at most ``1/classes + within`` (default 10 points).
+
+    A run stuck there has not learned, whether or not its curve is flat: it is flagged apart
+    from a run still moving (:func:`convergence` would call a flat 9% "converged"). NaN (a
+    diverged run) is not at chance; it is diverged.
+    """
+    a = np.asarray(accuracy, dtype=float)
+    out = np.isfinite(a) & (a <= 1.0 / classes + within)
+    return bool(out) if out.ndim == 0 else out
 
 
 @dataclass(frozen=True)
@@ -272,6 +357,87 @@ def bracket(values: Sequence[float], evaluate: Callable[[float], tuple[float, bo
     return table
 
 
+@dataclass(frozen=True)
+class RobustChoice:
+    """The value a multi-seed tuning chooses, and how.
+
+    Attributes:
+        chosen: The chosen value (NaN when no value trained on every seed).
+        best: The value with the best mean (what the choice was tied with).
+        ties: The values whose mean lies within one standard error of the best mean.
+        interior: ``chosen`` has a grid value on each side.
+        next_value: The value to add (the best sits at an edge with no interior value tied with
+            it), or None.
+        ratio: The grid's ratio at the edge that needs extending (or at ``chosen``).
+        rule: The tie-breaking rule, as the table states it.
+    """
+
+    chosen: float
+    best: float
+    ties: tuple[float, ...]
+    interior: bool
+    next_value: float | None
+    ratio: float
+    rule: str = ("best mean over seeds; values within one standard error of it tie, and a tie "
+                 "goes to the value nearest the grid's centre (log scale), then the higher mean")
+
+
+def robust_choice(values: Sequence[float], means: Sequence[float], ses: Sequence[float],
+                  diverged: Sequence[bool] | None = None, *, higher_is_better: bool = True
+                  ) -> RobustChoice:
+    """Choose a tuned value from its mean over seeds, so that one held-out sample cannot flip it.
+
+    A value that diverged on any seed is out (it bounds the grid on its side). The best mean
+    defines a tolerance, its standard error over seeds: every value whose mean lies within it
+    ties with the best, and the tie goes toward the grid's interior (the value nearest the
+    centre of the grid in log scale; then the higher mean, then the smaller value). The grid
+    needs extending only when the best mean sits at an edge and no interior value ties with it.
+
+    Args:
+        values: The tuned values (positive, any order).
+        means: Their mean held-out scores over seeds (NaN: failed).
+        ses: The standard errors of those means (NaN with one seed: no tolerance).
+        diverged: Whether any seed of each value diverged.
+        higher_is_better: Accuracy (True) or a loss (False).
+
+    Raises:
+        FlatlabError: Fewer than two values, non-positive values, or mismatched lengths.
+    """
+    x = np.asarray(values, dtype=float)
+    y = np.asarray(means, dtype=float)
+    e = np.asarray(ses, dtype=float)
+    bad = np.zeros(x.shape, bool) if diverged is None else np.asarray(diverged, dtype=bool)
+    if x.ndim != 1 or x.size < 2 or not (y.shape == e.shape == bad.shape == x.shape):
+        raise FlatlabError(f"robust_choice needs two or more values with one mean, standard "
+                           f"error and divergence flag each; got {x.shape}, {y.shape}, "
+                           f"{e.shape}, {bad.shape}")
+    if np.any(x <= 0):
+        raise FlatlabError("robust_choice needs positive values (a geometric grid)")
+    order = np.argsort(x)
+    x, y, e, bad = x[order], y[order], e[order], bad[order]
+    ok = np.isfinite(y) & ~bad
+    if not ok.any():
+        return RobustChoice(math.nan, math.nan, (), False, None, float(x[1] / x[0]))
+    score = np.where(ok, y if higher_is_better else -y, -np.inf)
+    i_best = int(np.argmax(score))
+    tol = float(e[i_best]) if math.isfinite(e[i_best]) else 0.0
+    ties = np.flatnonzero(ok & (score >= score[i_best] - tol))
+    logs = np.log(x)
+    centre = (logs[0] + logs[-1]) / 2
+    pick = int(min(ties, key=lambda i: (abs(logs[i] - centre), -score[i], x[i])))
+    interior = 0 < pick < len(x) - 1
+    inner_tie = any(0 < i < len(x) - 1 for i in ties)
+    nxt, ratio = None, float(x[min(pick + 1, len(x) - 1)] / x[max(pick + 1, 1) - 1])
+    if not inner_tie and i_best == 0:
+        ratio = float(x[1] / x[0])
+        nxt = float(x[0] / ratio)
+    elif not inner_tie and i_best == len(x) - 1:
+        ratio = float(x[-1] / x[-2])
+        nxt = float(x[-1] * ratio)
+    return RobustChoice(float(x[pick]), float(x[i_best]), tuple(float(x[i]) for i in ties),
+                        interior, nxt, ratio)
+
+
 def sensitivity(table: pd.DataFrame, keys: list[str], hparam: str, score: str) -> pd.DataFrame:
     """The held-out metric against a tuned value, per group of ``keys`` (a method, a setting).
 
@@ -336,12 +502,13 @@ def paired_difference(a: pd.Series, b: pd.Series, *, level: float = 0.95) -> Pai
 
 
 def verdict(p: Paired, claim: str = "greater", *, margin: float = 0.0) -> str:
-    """The verdict on a claim about a paired difference ``a - b``.
+    """The interval-only reading of a paired difference (kept for interval checks).
 
-    ``claim="greater"``: ``a`` beats ``b`` by more than ``margin``. Supported when the whole
-    interval lies above ``margin``, contradicted when it lies below it (the advantage is
-    surely smaller than claimed; with ``margin = 0``: ``b`` is surely better), not separable
-    otherwise. ``"less"`` mirrors it (``a`` below ``b`` by more than ``margin``).
+    ``claim="greater"``: ``a`` beats ``b`` by more than ``margin``. ``"better"`` when the whole
+    interval lies above ``margin``, ``"worse"`` when it lies below it, ``"inconclusive"``
+    otherwise (an interval that includes the margin, or fewer than two seeds: one seed decides
+    nothing). ``"less"`` mirrors it. Verdicts on a study's claims come from :func:`judge`, which
+    adds the equivalence test and the family-wise adjustment.
 
     Raises:
         FlatlabError: An unknown claim.
@@ -350,25 +517,178 @@ def verdict(p: Paired, claim: str = "greater", *, margin: float = 0.0) -> str:
         raise FlatlabError(f"claim {claim!r} is unknown; accepted: greater, less")
     low, high = (p.low, p.high) if claim == "greater" else (-p.high, -p.low)
     if p.n < 2 or not (math.isfinite(low) and math.isfinite(high)):
-        return "not separable"
+        return "inconclusive"
     if low > margin:
-        return "supported"
+        return "better"
     if high < margin:
-        return "contradicted"
-    return "not separable"
+        return "worse"
+    return "inconclusive"
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """A seed-paired difference ``a - b`` with its two tests.
+
+    Attributes:
+        mean: Mean difference over the paired seeds.
+        se: Its standard error (``s/√n``).
+        n: Paired seeds.
+        margin: The equivalence margin ``m`` (in the metric's units, > 0).
+        p: Two-sided p-value of the difference test (H0: ``d = 0``; Student t, ``n - 1`` df).
+        p_equivalent: p-value of the two one-sided tests (TOST; H0: ``|d| >= m``), the larger
+            of the p-values of ``H0: d <= -m`` and ``H0: d >= m``.
+    """
+
+    mean: float
+    se: float
+    n: int
+    margin: float
+    p: float
+    p_equivalent: float
+
+    def interval(self, level: float = 0.95) -> tuple[float, float]:
+        """The two-sided Student-t interval at ``level`` (infinite with one seed)."""
+        from scipy import stats
+
+        if self.n < 2:
+            return (-math.inf, math.inf) if self.n else (math.nan, math.nan)
+        half = float(stats.t.ppf(0.5 + level / 2, self.n - 1)) * self.se
+        return self.mean - half, self.mean + half
+
+
+def tost(mean: float, se: float, df: int, margin: float) -> float:
+    """p-value of the two one-sided tests of equivalence within ``±margin`` (Schuirmann 1987).
+
+    ``max(P(T >= (mean + m)/se), P(T <= (mean - m)/se))`` for ``T ~ t(df)``: the larger p of the
+    nulls ``d <= -m`` and ``d >= m``; rejecting both at level α (p < α) is the same as the
+    ``1 - 2α`` interval lying inside ``(-m, m)``. With ``se = 0`` (every pair equal) it is 0
+    when ``|mean| < m`` and 1 otherwise.
+
+    Raises:
+        FlatlabError: A margin that is not positive, or ``df < 1``.
+    """
+    from scipy import stats
+
+    if not margin > 0:
+        raise FlatlabError(f"an equivalence margin must be positive, got {margin}")
+    if df < 1:
+        raise FlatlabError(f"tost needs at least one degree of freedom (two seeds), got {df}")
+    if se == 0:
+        return 0.0 if abs(mean) < margin else 1.0
+    return float(max(stats.t.sf((mean + margin) / se, df), stats.t.cdf((mean - margin) / se, df)))
+
+
+def paired_test(a: pd.Series, b: pd.Series, margin: float) -> PairedTest:
+    """:func:`paired_difference` with the difference test and the equivalence test (:func:`tost`).
+
+    Args:
+        a: A metric per seed (indexed by seed; seeds missing or NaN in either are dropped).
+        b: The same metric of the method compared against.
+        margin: The equivalence margin in the metric's units (> 0).
+
+    With fewer than two paired seeds both p-values are NaN: one seed decides nothing.
+    """
+    from scipy import stats
+
+    if not margin > 0:
+        raise FlatlabError(f"an equivalence margin must be positive, got {margin}")
+    d = (a.astype(float) - b.astype(float)).dropna()
+    n = len(d)
+    if n < 2:
+        return PairedTest(float(d.mean()) if n else math.nan, math.nan, n, margin, math.nan,
+                          math.nan)
+    mean, se = float(d.mean()), float(d.std(ddof=1)) / math.sqrt(n)
+    if se == 0:
+        p = 0.0 if mean != 0 else 1.0
+    else:
+        p = float(2 * stats.t.sf(abs(mean) / se, n - 1))
+    return PairedTest(mean, se, n, margin, p, tost(mean, se, n - 1, margin))
+
+
+#: Family-wise adjustments :func:`adjust` knows.
+ADJUSTMENTS = ("holm", "bh", "none")
+
+
+def holm(p: Sequence[float], *, max_true: int | None = None) -> np.ndarray:
+    """Holm's (1979) step-down adjusted p-values, family-wise error rate controlled.
+
+    Sort the ``M`` p-values ``p_(1) <= ... <= p_(M)``; ``p̃_(j) = min(1, max_{i<=j} c_i p_(i))``
+    with ``c_i = M - i + 1``. Rejecting every ``p̃ < α`` is Holm's procedure at level α.
+
+    ``max_true`` caps the multipliers at the largest number of nulls that can be true together
+    (Shaffer 1986, method S1: ``c_i = min(M - i + 1, max_true)``). :func:`judge` tests two
+    nulls per claim, ``d = 0`` and ``|d| >= m``, which exclude each other (``m > 0``), so at
+    most one per claim is true: ``max_true`` is the number of claims.
+
+    NaN p-values (a test that could not be made) stay NaN and do not count in ``M``.
+    """
+    p = np.asarray(p, dtype=float)
+    out = np.full(p.shape, math.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = len(ok)
+    if not m:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    c = np.arange(m, 0, -1, dtype=float)
+    if max_true is not None:
+        c = np.minimum(c, max(int(max_true), 1))
+    out[order] = np.minimum(1.0, np.maximum.accumulate(c * p[order]))
+    return out
+
+
+def benjamini_hochberg(p: Sequence[float]) -> np.ndarray:
+    """Benjamini-Hochberg (1995) step-up adjusted p-values (false discovery rate, not FWER).
+
+    ``q_(j) = min(1, min_{i>=j} M p_(i) / i)``; NaN p-values stay NaN and do not count in ``M``.
+    """
+    p = np.asarray(p, dtype=float)
+    out = np.full(p.shape, math.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = len(ok)
+    if not m:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    q = m * p[order] / np.arange(1, m + 1)
+    out[order] = np.minimum(1.0, np.minimum.accumulate(q[::-1])[::-1])
+    return out
+
+
+def adjust(p: Sequence[float], method: str = "holm", *, max_true: int | None = None
+           ) -> np.ndarray:
+    """Adjusted p-values: ``holm`` (:func:`holm`), ``bh`` (:func:`benjamini_hochberg`), ``none``.
+
+    Raises:
+        FlatlabError: An unknown method.
+    """
+    if method == "holm":
+        return holm(p, max_true=max_true)
+    if method == "bh":
+        return benjamini_hochberg(p)
+    if method == "none":
+        return np.asarray(p, dtype=float).copy()
+    raise FlatlabError(f"adjustment {method!r} is unknown; accepted: {', '.join(ADJUSTMENTS)}")
 
 
 @dataclass(frozen=True)
 class Claim:
-    """A claim that method ``a`` beats (or trails) method ``b`` where ``where`` holds.
+    """A claim about method ``a`` against method ``b`` where ``where`` holds.
+
+    Every claim is judged two ways on the seed-paired difference ``d = a - b``: is ``a``
+    better or worse (H0: ``d = 0``), and is it equivalent within ``±margin`` (TOST, H0:
+    ``|d| >= margin``). The margin is part of the claim, fixed before the data are seen.
 
     Attributes:
         text: The claim in plain words, as the verdict table shows it.
         a: The value of the label column (a method) on the left of ``a - b``.
         b: The method compared against.
-        claim: ``"greater"`` (``a`` better) or ``"less"`` (``a`` worse), as :func:`verdict`.
+        claim: The direction in which ``a`` is better: ``"greater"`` (a higher value is better,
+            accuracy) or ``"less"`` (a lower one, λ_max or steps to a target).
         where: Column values that select the rows (a setting); empty selects all.
-        margin: As :func:`verdict`.
+        margin: The equivalence margin, in the metric's units, or, with ``relative``, as a
+            fraction of ``|mean of b|`` over the paired seeds.
+        relative: Whether ``margin`` is a fraction of the reference ``b``'s mean.
+        why: Why this margin (shown in the study's specification and report).
+        value: The compared metric's column (None: :func:`judge`'s ``value``).
     """
 
     text: str
@@ -376,39 +696,63 @@ class Claim:
     b: str
     claim: str = "greater"
     where: Mapping[str, object] = field(default_factory=dict)
-    margin: float = 0.0
+    margin: float = 0.01
+    relative: bool = False
+    why: str = ""
+    value: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.claim not in ("greater", "less"):
+            raise FlatlabError(f"claim {self.text!r}: direction {self.claim!r} is unknown; "
+                               f"accepted: greater, less")
+        if not (isinstance(self.margin, int | float) and math.isfinite(self.margin)
+                and self.margin > 0):
+            raise FlatlabError(f"claim {self.text!r}: the equivalence margin must be a positive "
+                               f"number, got {self.margin!r}")
 
 
 def judge(table: pd.DataFrame, claims: Sequence[Claim], *, label: str = "method",
           value: str = "test_accuracy", pair: str = "seed",
-          converged: str | None = "converged") -> pd.DataFrame:
-    """The verdict on each claim, with the seed-paired difference and its 95% interval.
+          converged: str | Sequence[str] | None = "converged", alpha: float = 0.05,
+          adjustment: str = "holm") -> pd.DataFrame:
+    """The verdict on each claim: better, worse, equivalent within ±m, or inconclusive.
 
-    Whether the runs behind each comparison converged is reported beside it. Only runs whose
-    ``status`` is ``done`` are paired (a diverged run has no accuracy to pair); a comparison
-    that rests on a run not converged, or that lost runs to divergence, keeps its verdict but
-    says so in ``converged`` (False) and ``note``: a verdict on runs still moving is
-    provisional.
+    Each claim's seed-paired difference gets the difference test and the equivalence test
+    (:func:`paired_test`); the p-values are adjusted over the claims given (:func:`family`,
+    Holm by default; a study that judges in several calls adjusts the concatenation once more
+    with :func:`family`, over its whole family). Only runs whose ``status`` is ``done`` are
+    paired. A claim involving a method *untrainable at this grid* (a run that diverged, or
+    ``table["untrainable"]`` true for one of its runs: its best tuned value at chance) gets
+    ``no verdict`` and is left out of the family. A comparison resting on a run not converged
+    keeps its verdict and says so in ``converged`` (False) and ``note``: it is provisional.
 
     Args:
         table: One row per run: ``label``, ``pair``, ``value``, ``status``, the ``where``
-            columns, and ``converged`` (unless ``converged`` is None).
+            columns, the ``converged`` column(s), and optionally ``untrainable``.
         claims: What to judge.
         label: The column naming the method.
-        value: The compared metric.
+        value: The compared metric (a claim's own ``value`` overrides it).
         pair: The column that pairs runs (the seed: same initialization, data and minibatches).
-        converged: The convergence column, or None when ``value`` is not a training curve's
-            end (a difference between settings, say, judged on runs checked elsewhere).
+        converged: The convergence column(s) (a run is settled when all are true), or None when
+            ``value`` is not a training curve's end.
+        alpha: The family-wise level.
+        adjustment: As :func:`adjust`.
 
     Returns:
-        One row per claim: ``claim`` (its text), the ``where`` values, ``a``, ``b``,
-        ``difference``, ``low``, ``high``, ``pairs``, ``verdict``, ``converged`` and ``note``.
+        One row per claim: ``claim``, the ``where`` values, ``metric``, ``a``, ``b``,
+        ``difference``, ``low``, ``high`` (95% interval), ``pairs``, ``margin`` (absolute),
+        ``p``, ``p_equivalent`` (raw), and from :func:`family`: ``p_adj``,
+        ``p_equivalent_adj``, ``low_adj``, ``high_adj``, ``adjustment``, ``verdict``; then
+        ``converged`` and ``note``.
 
     Raises:
         FlatlabError: A method with more than one run per seed where a claim selects.
     """
+    settled_by = [] if converged is None else (
+        [converged] if isinstance(converged, str) else list(converged))
     rows = []
     for c in claims:
+        col = c.value or value
         sel = table
         for k, v in c.where.items():
             sel = sel[sel[k] == v]
@@ -417,22 +761,95 @@ def judge(table: pd.DataFrame, claims: Sequence[Claim], *, label: str = "method"
             if g[pair].duplicated().any():
                 raise FlatlabError(f"claim {c.text!r}: {name} has more than one run per {pair}; "
                                    f"select one with where={{...}}")
-        ok = {k: g[g["status"] == "done"].set_index(pair)[value] for k, g in side.items()}
-        p = paired_difference(ok[c.a], ok[c.b])
+        ok = {k: g[g["status"] == "done"].set_index(pair)[col] for k, g in side.items()}
+        both = ok[c.a].index.intersection(ok[c.b].index)
+        scale = abs(float(ok[c.b].loc[both].astype(float).mean())) if c.relative else 1.0
+        margin = c.margin * scale if math.isfinite(scale) and scale > 0 else c.margin
+        t = paired_test(ok[c.a], ok[c.b], margin)
+        low, high = t.interval(0.95)
         runs = pd.concat([side[c.a], side[c.b]])
         done = runs[runs["status"] == "done"]
-        unsettled = 0 if converged is None else int((~done[converged].astype(bool)).sum())
-        failed = int((runs["status"] != "done").sum())
-        settled = bool(len(runs)) and unsettled == 0 and failed == 0
+        unsettled = int((~done[settled_by].astype(bool).all(axis=1)).sum()) if settled_by else 0
+        failed = runs[runs["status"] != "done"]
+        untrainable = sorted(set(failed[label]) | (
+            set(runs.loc[runs["untrainable"].astype(bool), label])
+            if "untrainable" in runs else set()))
         notes = ([f"{unsettled} of {len(runs)} runs not converged"] if unsettled else []) + (
-            [f"{failed} of {len(runs)} runs diverged or failed"] if failed else []) + (
-            [f"{p.n} paired seed(s)"] if p.n < 2 else [])
-        note = "; ".join(notes)
-        rows.append({"claim": c.text, **dict(c.where), "a": c.a, "b": c.b,
-                     "difference": p.mean, "low": p.low, "high": p.high, "pairs": p.n,
-                     "verdict": verdict(p, c.claim, margin=c.margin), "converged": settled,
-                     "note": note})
-    return pd.DataFrame(rows)
+            [f"{len(failed)} of {len(runs)} runs diverged or failed"] if len(failed) else []) + (
+            [f"untrainable at this grid: {', '.join(untrainable)}"] if untrainable else []) + (
+            [f"{t.n} paired seed(s)"] if t.n < 2 else [])
+        rows.append({"claim": c.text, **dict(c.where), "metric": col, "a": c.a, "b": c.b,
+                     "direction": c.claim, "difference": t.mean, "low": low, "high": high,
+                     "se": t.se, "pairs": t.n, "margin": margin,
+                     "p": math.nan if untrainable else t.p,
+                     "p_equivalent": math.nan if untrainable else t.p_equivalent,
+                     "untrainable": bool(untrainable),
+                     "converged": bool(len(runs)) and unsettled == 0 and not len(failed),
+                     "note": "; ".join(notes)})
+    return family(pd.DataFrame(rows), alpha=alpha, adjustment=adjustment)
+
+
+def family(verdicts: pd.DataFrame, *, alpha: float = 0.05, adjustment: str = "holm"
+           ) -> pd.DataFrame:
+    """Decide a study's whole family of claims from their raw tests (:func:`judge`'s rows).
+
+    The ``2k`` p-values of ``k`` testable claims (difference and equivalence) are adjusted
+    together by ``adjustment`` (:func:`adjust`; Holm with ``max_true = k``, since each claim's
+    two nulls exclude each other). Then, per claim, from the adjusted p-values at ``alpha``:
+
+    - ``better`` / ``worse``: the difference test rejects ``d = 0`` and ``d`` lies on the
+      claim's side (``direction``) or the other;
+    - ``equivalent``: it does not, and the equivalence test rejects ``|d| >= margin``;
+    - ``inconclusive``: neither (an interval that includes zero and reaches past the margin);
+    - ``no verdict``: a method untrainable at this grid, or fewer than two paired seeds.
+
+    A difference that is significant *and* inside the margin is ``better``/``worse`` with the
+    note ``smaller than the margin``. The adjusted interval is the Student-t interval at level
+    ``1 - α·p/p_adj``: it excludes zero exactly when the adjusted test rejects.
+
+    Returns:
+        ``verdicts`` with ``p_adj``, ``p_equivalent_adj``, ``low_adj``, ``high_adj``,
+        ``adjustment`` and ``verdict`` (re)computed.
+    """
+    from scipy import stats
+
+    out = verdicts.copy()
+    if out.empty:
+        return out.assign(p_adj=[], p_equivalent_adj=[], low_adj=[], high_adj=[],
+                          adjustment=[], verdict=[])
+    p = np.r_[out["p"].to_numpy(float), out["p_equivalent"].to_numpy(float)]
+    k = int(np.isfinite(out["p"].to_numpy(float)).sum())
+    adj = adjust(p, adjustment, max_true=k if adjustment == "holm" else None)
+    out["p_adj"], out["p_equivalent_adj"] = adj[:len(out)], adj[len(out):]
+    low, high, words, notes = [], [], [], []
+    for r in out.itertuples():
+        lo = hi = math.nan
+        if r.pairs >= 2 and math.isfinite(r.p_adj):
+            level = 1 - alpha * (r.p / r.p_adj if r.p_adj > 0 else 1.0)
+            if r.se > 0:
+                half = float(stats.t.ppf(0.5 + level / 2, r.pairs - 1)) * r.se
+                lo, hi = r.difference - half, r.difference + half
+            else:
+                lo = hi = r.difference
+        low.append(lo)
+        high.append(hi)
+        note = "" if (isinstance(r.note, float) or r.note is None) else str(r.note)
+        if r.untrainable or r.pairs < 2 or not math.isfinite(r.p_adj):
+            words.append("no verdict")
+        elif r.p_adj < alpha:
+            ahead = r.difference > 0 if r.direction == "greater" else r.difference < 0
+            words.append("better" if ahead else "worse")
+            if r.p_equivalent_adj < alpha and "smaller than the margin" not in note:
+                note = "; ".join(filter(None, [note, "smaller than the margin"]))
+        elif r.p_equivalent_adj < alpha:
+            words.append("equivalent")
+        else:
+            words.append("inconclusive")
+        notes.append(note)
+    out["low_adj"], out["high_adj"] = low, high
+    out["adjustment"] = adjustment
+    out["verdict"], out["note"] = words, notes
+    return out
 
 
 def change_between(table: pd.DataFrame, column: str, before: object, after: object, *,
@@ -462,21 +879,58 @@ def change_between(table: pd.DataFrame, column: str, before: object, after: obje
     return out.reset_index()
 
 
-def verdict_markdown(verdicts: pd.DataFrame, *, scale: float = 100.0, unit: str = "points"
-                     ) -> str:
-    """:func:`judge`'s table as Markdown.
+def verdict_markdown(verdicts: pd.DataFrame, *, scale: float = 100.0, unit: str = "points",
+                     digits: int = 1) -> str:
+    """:func:`judge`'s (or :func:`family`'s) table as Markdown.
 
-    Columns: setting (when it has one), claim, ``a − b`` and its interval (times ``scale``, in
-    ``unit``), paired seeds, and the verdict with its note (runs not converged).
+    Columns: setting (when it has one), claim, ``a − b`` with its raw 95% interval and its
+    family-adjusted interval (times ``scale``, in ``unit``), the equivalence margin, the raw and
+    adjusted p-values of the difference and equivalence tests, paired seeds, and the verdict
+    with its note. ``equivalent`` is written ``equivalent within ±m``.
     """
+    def num(x: float) -> str:
+        return f"{scale * x:+.{digits}f}" if math.isfinite(x) else "–"
+
+    def pv(x: float) -> str:
+        return "–" if not math.isfinite(x) else ("<0.001" if x < 1e-3 else f"{x:.3f}")
+
     setting = "setting" in verdicts
+    adjustment = (str(verdicts["adjustment"].iloc[0]) if "adjustment" in verdicts
+                  and len(verdicts) else "holm")
     lines = [("| setting " if setting else "") + f"| claim | a − b ({unit}) | 95% interval | "
-             "seeds | verdict |", ("|---" if setting else "") + "|---|---|---|---|---|"]
+             f"adjusted ({adjustment}) | margin ±m | p diff. (adj.) | p equiv. (adj.) | seeds "
+             "| verdict |", ("|---" if setting else "") + "|---|---|---|---|---|---|---|---|---|"]
     for r in verdicts.itertuples():
-        interval = (f"[{scale * r.low:+.1f}, {scale * r.high:+.1f}]"
-                    if math.isfinite(r.low) and math.isfinite(r.high) else "–")
-        diff = f"{scale * r.difference:+.1f}" if math.isfinite(r.difference) else "–"
-        word = r.verdict + (f" ({r.note})" if r.note else "")
+        m = f"{scale * r.margin:.{digits}f}" if math.isfinite(r.margin) else "–"
+        word = f"equivalent within ±{m}" if r.verdict == "equivalent" else r.verdict
+        note = "" if not isinstance(r.note, str) else r.note
         lines.append((f"| {r.setting} " if setting else "")
-                     + f"| {r.claim} | {diff} | {interval} | {r.pairs} | {word} |")
+                     + f"| {r.claim} | {num(r.difference)} | [{num(r.low)}, {num(r.high)}] | "
+                     f"[{num(r.low_adj)}, {num(r.high_adj)}] | {m} | {pv(r.p)} ({pv(r.p_adj)}) "
+                     f"| {pv(r.p_equivalent)} ({pv(r.p_equivalent_adj)}) | {r.pairs} | "
+                     f"{word}{f' ({note})' if note else ''} |")
     return "\n".join(lines) + "\n"
+
+
+def edge_of_stability(lr: float | np.ndarray | pd.Series, hessian_top: float | np.ndarray
+                      | pd.Series) -> float | np.ndarray | pd.Series:
+    """``η·λ_max/2``: where a curvature measurement sits against the edge of stability.
+
+    Gradient descent on a quadratic is stable along the top direction only while
+    ``λ_max < 2/η``; at ``η·λ_max/2 = 1`` the iterate sits on the edge (Cohen et al. 2021).
+    λ_max at the end of training tracks ``2/η`` more than it tracks the method, so every λ_max a
+    table reports is shown beside this ratio, with ``η`` the step *at the step it was measured*
+    (under a schedule, the scheduled value there).
+    """
+    return lr * hessian_top / 2
+
+
+def time_to_target_label(steps: float, first: float) -> str:
+    """A time-to-target as a table shows it: ``≤ first`` when it equals the first measurement.
+
+    The target was reached somewhere between step 0 and the first measurement point; the
+    number is the measurement's resolution, not a result. NaN (never reached) is ``–``.
+    """
+    if not math.isfinite(steps):
+        return "–"
+    return f"≤ {first:g}" if steps <= first else f"{steps:g}"

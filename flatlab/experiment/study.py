@@ -48,81 +48,130 @@ def final_values(path: str | Path, columns: dict[str, str]) -> dict[str, Any]:
 def tune_bracketed(points: Sequence[dict[str, Any]],
                    job: Callable[[dict[str, Any]], tuple[str | Path, dict[str, Any]]],
                    workers: int, group: list[str], hparam: str, *, max_extensions: int = 4,
-                   limits: Callable[[dict[str, Any]], tuple[float, float]] | None = None
-                   ) -> pd.DataFrame:
-    """Run one held-out job per grid point; extend the grid until each group's best is interior.
+                   limits: Callable[[dict[str, Any]], tuple[float, float]] | None = None,
+                   seeds: Sequence[int] = (0,), classes: int | None = None,
+                   score: str = "test_accuracy") -> pd.DataFrame:
+    """Run held-out jobs per grid point and seed; extend each grid until its choice is interior.
 
-    Each job evaluates on a held-out split, so its final ``test_accuracy`` is the held-out
-    accuracy; the best value of ``hparam`` per group is ``chosen``. The extension rule is
-    :func:`flatlab.experiment.evidence.grid_check`: after each round of runs (run in parallel by
-    :func:`~flatlab.experiment.many.run_many`), a group whose best value sits at an edge gets
-    the next value beyond it, the edge times or divided by the grid's own ratio
-    (rounded to 3 significant digits), until the best has a worse or diverged neighbour on both
-    sides or ``max_extensions`` values were added to that group. Rounds are resumable like
-    everything else: finished runs are skipped, so a rerun replays the same decisions.
+    Each job evaluates on a held-out split, so its final ``score`` is the held-out accuracy.
+    Per group and value, the mean and standard error over ``seeds`` decide
+    (:func:`flatlab.experiment.evidence.robust_choice`): values within one standard error of
+    the best mean tie, and a tie goes toward the grid's centre; a value that diverged on any
+    seed bounds the grid. After each round of runs (in parallel,
+    :func:`~flatlab.experiment.many.run_many`) a group whose best mean sits at an edge, with no
+    interior value tied, gets the next value beyond it (the edge times or divided by the grid's
+    own ratio, 3 significant digits) until ``max_extensions`` values were added. Rounds are
+    resumable: finished runs are skipped, so a rerun replays the same decisions.
 
     Args:
         points: The initial grid: dicts of the setting's keys and the tuned ``hparam``.
-        job: ``point -> (run directory, config)``, evaluated on a held-out split.
-        workers: As :func:`~flatlab.experiment.many.run_many` (0 reads what is on disk and
-            extends nothing that has not been run).
+        job: ``point -> (run directory, config)``; the point carries ``seed`` (one of
+            ``seeds``), which the job must use for initialization, data and minibatches.
+        workers: As :func:`~flatlab.experiment.many.run_many` (0 reads what is on disk).
         group: Keys of a point that define one choice (setting and method).
-        hparam: The tuned key (positive; ties go to its smaller value).
+        hparam: The tuned key (positive).
         max_extensions: Values added at most per group.
         limits: ``group keys -> (low, high)``, the values the hyper-parameter may take there
-            (CHOCO-SGD's ``γ <= 1``, say). An extension beyond a limit tries the limit itself;
-            a best value at its limit is reported ``at_limit`` rather than extended.
+            (CHOCO-SGD's ``γ <= 1``, say); a best value at its limit is ``at_limit``.
+        seeds: The tuning seeds (at least 3 for a choice one sample cannot flip).
+        classes: With it, a group whose chosen mean is at chance
+            (:func:`~flatlab.experiment.evidence.at_chance`) or that trained at no value is
+            ``untrainable``.
+        score: The run's final metric that is the held-out score.
 
     Returns:
-        One row per point run: its keys, ``status``, ``holdout_accuracy`` (NaN unless done),
-        ``extended`` (added beyond the initial grid), ``chosen``, and per group ``interior``
-        (its best is bracketed), ``at_limit`` (its best sits at an edge that is the
-        hyper-parameter's own limit) and ``extensions`` (values added).
+        One row per value tried: the keys, ``status`` (``diverged`` when any seed diverged),
+        ``holdout_accuracy`` (mean over the seeds that finished), ``holdout_se``,
+        ``holdout_seeds``, ``diverged_seeds``, ``extended``, ``tied`` (within one standard
+        error of the group's best mean), ``chosen``; per group ``interior``, ``at_limit``,
+        ``extensions`` and ``untrainable``. ``attrs["per_seed"]`` holds one row per run and
+        ``attrs["rule"]`` the tie rule.
     """
-    from flatlab.experiment.evidence import extension, grid_check
+    from flatlab.experiment.evidence import RobustChoice, at_chance, robust_choice
+
+    seeds = tuple(int(s) for s in seeds)
+    if not seeds:
+        raise ValueError("tune_bracketed needs at least one seed")
 
     def bounds(key: tuple) -> tuple[float, float]:
         return limits(dict(zip(group, key, strict=True))) if limits else (0.0, math.inf)
 
-    def groups(table: pd.DataFrame):
-        for key, g in table.groupby(group, sort=False):
-            yield (key if isinstance(key, tuple) else (key,)), g
+    def aggregate(per_seed: list[dict[str, Any]]) -> pd.DataFrame:
+        rows = []
+        t = pd.DataFrame(per_seed)
+        for key, g in t.groupby([*group, hparam], sort=False):
+            ok = g.loc[g["status"] == "done", "holdout_accuracy"].astype(float).dropna()
+            states = set(g["status"])
+            status = ("diverged" if "diverged" in states else "done" if states == {"done"}
+                      else sorted(states - {"done"})[0])
+            rows.append(dict(zip([*group, hparam], key, strict=True)) | {
+                "extended": bool(g["extended"].any()), "status": status,
+                "holdout_accuracy": ok.mean() if len(ok) == len(g) else math.nan,
+                "holdout_se": ok.std(ddof=1) / math.sqrt(len(ok)) if len(ok) > 1 else math.nan,
+                "holdout_seeds": len(ok), "diverged_seeds": int((g["status"] == "diverged").sum())})
+        return pd.DataFrame(rows)
 
-    def scored(g: pd.DataFrame) -> tuple[list, list, list]:
-        return (g[hparam].tolist(), g["holdout_accuracy"].tolist(),
-                (g["status"] == "diverged").tolist())
+    def choice(g: pd.DataFrame) -> RobustChoice:
+        return robust_choice(g[hparam].tolist(), g["holdout_accuracy"].tolist(),
+                             g["holdout_se"].tolist(), (g["status"] == "diverged").tolist())
+
+    def clipped(c: RobustChoice, key: tuple, tried: set[float]) -> float | None:
+        if c.next_value is None:
+            return None
+        lo, hi = bounds(key)
+        value = min(max(float(f"{c.next_value:.3g}"), lo), hi)
+        return None if value in tried else value
 
     todo = [dict(p) for p in points]
-    done: list[dict[str, Any]] = []
+    per_seed: list[dict[str, Any]] = []
     while todo:
-        jobs = [job(p) for p in todo]
+        runs = [(p, seed) for p in todo for seed in seeds]
+        jobs = [job({**{k: v for k, v in p.items() if k != "extended"}, "seed": seed})
+                for p, seed in runs]
         run_many(jobs, workers)
-        for p, (path, _) in zip(todo, jobs, strict=True):
-            r = final_values(path, {"holdout_accuracy": "test_accuracy"})
+        for (p, seed), (path, _) in zip(runs, jobs, strict=True):
+            r = final_values(path, {"holdout_accuracy": score})
             if r["status"] != "done":
                 r["holdout_accuracy"] = math.nan
-            done.append({"extended": False, **p, **r})
+            per_seed.append({"extended": False, **p, "seed": seed, **r})
         todo = []
-        for key, g in groups(pd.DataFrame(done)):
+        for key, g in aggregate(per_seed).groupby(group, sort=False):
+            key = key if isinstance(key, tuple) else (key,)
             if (g["status"].isin(["running", "interrupted", "failed"]).any() or len(g) < 2
                     or g["extended"].sum() >= max_extensions):
                 continue  # unfinished runs decide nothing yet; or the group's budget is spent
-            value = extension(*scored(g), limits=bounds(key))
+            value = clipped(choice(g), key, set(g[hparam].astype(float)))
             if value is not None:
                 todo.append({**dict(zip(group, key, strict=True)), hparam: value,
                              "extended": True})
-    table = pd.DataFrame(done)
-    table["chosen"] = choose_best(table, group, "holdout_accuracy", hparam)
-    table["interior"], table["at_limit"], table["extensions"] = False, False, 0
-    for key, g in groups(table):
-        if len(g) < 2:
-            continue
-        check = grid_check(*scored(g))
-        table.loc[g.index, "interior"] = check.interior
-        table.loc[g.index, "at_limit"] = (check.edge is not None and extension(
-            *scored(g), limits=bounds(key)) is None)
+    table = aggregate(per_seed)
+    for col, v in (("tied", False), ("chosen", False), ("interior", False),
+                   ("at_limit", False), ("extensions", 0), ("untrainable", False)):
+        table[col] = v
+    rule = RobustChoice.rule
+    for key, g in table.groupby(group, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
         table.loc[g.index, "extensions"] = int(g["extended"].sum())
-    return table.sort_values([*group, hparam], kind="stable").reset_index(drop=True)
+        if len(g) < 2:
+            c = None
+            ok = g[(g["status"] == "done") & g["holdout_accuracy"].notna()]
+            chosen = float(ok[hparam].iloc[0]) if len(ok) else math.nan
+        else:
+            c = choice(g)
+            chosen = c.chosen
+            table.loc[g.index, "interior"] = c.interior
+            table.loc[g.index, "tied"] = g[hparam].astype(float).isin(c.ties).to_numpy()
+            table.loc[g.index, "at_limit"] = (c.next_value is not None and clipped(
+                c, key, set(g[hparam].astype(float))) is None)
+        pick = g[hparam].astype(float) == chosen
+        table.loc[g.index, "chosen"] = pick.to_numpy()
+        mean = g.loc[pick, "holdout_accuracy"]
+        table.loc[g.index, "untrainable"] = bool(classes) and (
+            not pick.any() or bool(at_chance(float(mean.iloc[0]), classes)))
+    table = table.sort_values([*group, hparam], kind="stable").reset_index(drop=True)
+    table.attrs["per_seed"] = pd.DataFrame(per_seed)
+    table.attrs["rule"] = rule
+    return table
 
 
 def final_convergence(path: str | Path, metric: str = "test_accuracy", *, last: float = 0.2,

@@ -102,18 +102,18 @@ def test_the_paired_interval_is_the_paired_t_interval():
     assert (p.low, p.high) == (pytest.approx(ci.low, abs=1e-12), pytest.approx(ci.high, abs=1e-12))
 
 
-def test_verdicts_follow_the_interval():
+def test_interval_readings_follow_the_interval():
     idx = range(5)
     up = paired_difference(pd.Series([0.9, 0.91, 0.92, 0.9, 0.91], index=idx),
                            pd.Series([0.8, 0.8, 0.81, 0.8, 0.79], index=idx))
-    assert verdict(up, "greater") == "supported"
-    assert verdict(up, "less") == "contradicted"
-    assert verdict(up, "greater", margin=0.2) == "contradicted"  # surely less than 20 points
+    assert verdict(up, "greater") == "better"
+    assert verdict(up, "less") == "worse"
+    assert verdict(up, "greater", margin=0.2) == "worse"  # surely less than 20 points
     tie = paired_difference(pd.Series([0.9, 0.8, 0.85, 0.82, 0.88], index=idx),
                             pd.Series([0.85, 0.86, 0.84, 0.83, 0.87], index=idx))
-    assert verdict(tie, "greater") == "not separable"
+    assert verdict(tie, "greater") == "inconclusive"  # an interval with zero is not "the same"
     one = paired_difference(pd.Series([0.9]), pd.Series([0.1]))
-    assert one.n == 1 and verdict(one, "greater") == "not separable"  # one seed decides nothing
+    assert one.n == 1 and verdict(one, "greater") == "inconclusive"  # one seed decides nothing
     with pytest.raises(FlatlabError, match="claim 'better' is unknown"):
         verdict(up, "better")
 
@@ -168,18 +168,19 @@ def test_judge_pairs_by_seed_and_flags_unconverged_runs():
     b = t[(t.setting == "hard") & (t.method == "b") & (t.status == "done")].set_index(
         "seed").test_accuracy
     ci = stats.ttest_rel(a.loc[b.index], b).confidence_interval(0.95)
-    assert hard.pairs == 4 and hard.verdict == "supported"  # the diverged seed is not paired
+    assert hard.pairs == 4 and hard.verdict == "no verdict"  # b diverged on a final seed
     assert (hard.low, hard.high) == (pytest.approx(ci.low), pytest.approx(ci.high))
-    assert not hard.converged
-    assert hard.note == "1 of 10 runs not converged; 1 of 10 runs diverged or failed"
-    assert got.iloc[1].verdict == "supported" and got.iloc[1].setting == "easy"
+    assert not hard.converged and math.isnan(hard.p_adj)
+    assert hard.note == ("1 of 10 runs not converged; 1 of 10 runs diverged or failed; "
+                         "untrainable at this grid: b")
+    assert got.iloc[1].verdict == "better" and got.iloc[1].setting == "easy"
     # the change from easy to hard, paired by seed: a gains 5 points, b nothing
     ch = change_between(t, "setting", "easy", "hard", keys=["method"])
     assert ch[ch.method == "a"].test_accuracy.to_numpy() == pytest.approx([0.05] * 5)
     assert len(ch[ch.method == "b"]) == 4 and not ch[(ch.method == "b")
                                                       & (ch.seed == 3)].converged.item()
     drop = judge(ch, [Claim("a gains more", "a", "b")])
-    assert drop.verdict.item() == "supported" and drop.pairs.item() == 4
+    assert drop.verdict.item() == "better" and drop.pairs.item() == 4
     with pytest.raises(FlatlabError, match="more than one run per seed"):
         judge(t, [Claim("unselected", "a", "b")])  # both settings: two runs per seed
 

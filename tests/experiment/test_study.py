@@ -205,3 +205,30 @@ def test_tune_bracketed_stops_at_the_hyperparameters_own_limit(monkeypatch):
                              ["method"], "lr", limits=lambda key: (0.0, 1.0))
     assert t.lr.tolist() == [0.167, 0.5, 1.0] and t.extended.tolist() == [False, False, True]
     assert t.at_limit.all() and not t.interior.any() and (t.extensions == 1).all()
+
+
+def test_tune_bracketed_chooses_on_the_mean_over_seeds(monkeypatch):
+    # seed noise of +-0.01 on a flat top: the per-seed best flips between 0.1 and 0.3, the mean
+    # over three seeds ties them within one standard error, and the tie goes to the centre
+    calls = []
+    monkeypatch.setattr(study, "run_many", lambda jobs, workers: calls.append(len(jobs)))
+    top = {0.01: 0.80, 0.03: 0.90, 0.1: 0.950, 0.3: 0.951, 0.9: 0.70}
+
+    def read(path, columns):
+        lr, seed = path.split("|")
+        return {"status": "done",
+                "holdout_accuracy": top[float(lr)] + 0.01 * (-1) ** int(seed) * (float(lr) > 0.05)}
+
+    monkeypatch.setattr(study, "final_values", read)
+    t = study.tune_bracketed([{"method": "a", "lr": v} for v in top], lambda p: (
+        f"{p['lr']}|{p['seed']}", {}), 1, ["method"], "lr", seeds=(0, 1, 2), classes=10)
+    assert calls == [15] and (t.holdout_seeds == 3).all()
+    assert t.loc[t.chosen, "lr"].item() == 0.1 and t.interior.all()
+    assert t.tied.tolist() == [False, False, True, True, False]
+    assert not t.untrainable.any() and len(t.attrs["per_seed"]) == 15
+    # a method whose best is at chance is untrainable
+    monkeypatch.setattr(study, "final_values", lambda path, columns: {
+        "status": "done", "holdout_accuracy": 0.1})
+    t = study.tune_bracketed([{"method": "a", "lr": v} for v in (0.1, 0.3, 0.9)], lambda p: (
+        f"{p['lr']}|{p['seed']}", {}), 1, ["method"], "lr", seeds=(0, 1, 2), classes=10)
+    assert t.untrainable.all()
