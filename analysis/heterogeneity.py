@@ -70,7 +70,7 @@ SIX = ("dsgdm", "qg-dsgdm", "decentlam", "gradient-tracking", "gradient-tracking
 SCALES: dict[str, dict[str, Any]] = {
     # the mildest and the strongest skew of the official demo (k classes per node), 3000 steps
     "small": dict(nodes=(8,), settings=(("classes", 10), ("classes", 2)), methods=SIX,
-                  seeds=(0, 1, 2, 3, 4), steps=3000, every=300,
+                  seeds=(0, 1, 2, 3, 4), tune_seeds=(0, 1, 2), steps=3000, every=150,
                   lrs={"momentum": (0.003, 0.01, 0.03, 0.1), "plain": (0.01, 0.03, 0.1, 0.3)}),
     "full": dict(nodes=(8, 16), settings=(("dirichlet", 10.0), ("dirichlet", 1.0),
                                           ("dirichlet", 0.1), ("classes", 10), ("classes", 4),
@@ -132,12 +132,14 @@ def tune(grid: dict[str, Any], runs: Path, workers: int) -> pd.DataFrame:
 
     def job(p: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
         s = (p["partition"], p["level"])
-        return (runs / "tune" / _run_name(p["method"], p["nodes"], s, p["lr"], 0),
-                _config(p["method"], p["nodes"], s, p["lr"], 0, grid["steps"], holdout=0.1,
+        seed = p["seed"]
+        return (runs / "tune" / _run_name(p["method"], p["nodes"], s, p["lr"], seed),
+                _config(p["method"], p["nodes"], s, p["lr"], seed, grid["steps"], holdout=0.1,
                         every=grid["steps"]))
 
     return tune_bracketed(points, job, workers, GROUP, "lr",
-                          max_extensions=grid.get("extensions", 4))
+                          max_extensions=grid.get("extensions", 4),
+                          seeds=grid.get("tune_seeds", (0,)), classes=10)
 
 
 def final(grid: dict[str, Any], runs: Path, lr_table: pd.DataFrame, workers: int

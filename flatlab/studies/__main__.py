@@ -1,0 +1,23 @@
+"""``python -m flatlab.studies <name or file.py> [--scale ...]``: run one study."""
+
+import sys
+
+from flatlab.errors import FlatlabError
+from flatlab.studies import STUDIES, load, main
+
+
+def _cli(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: python -m flatlab.studies NAME [options]; NAME is one of "
+              f"{', '.join(STUDIES)} or a .py file that defines STUDY; NAME --help for options")
+        return 0 if argv else 2
+    try:
+        study = load(argv[0])
+    except FlatlabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return main(study, argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(_cli(sys.argv[1:]))
