@@ -52,9 +52,10 @@ tradeoff: $(STAMP)
 	$(BIN)/python analysis/tradeoff.py --scale small
 
 # the data-heterogeneity study at its CPU scale: k=10 and k=2 classes per node, 3000 steps, 5 seeds,
-# bracketed learning rates (73 min of runs on 2 cores; resumable; --scale full on a GPU)
+# learning rates tuned on 3 seeds and bracketed (about 100 min on 2 cores; resumable; --scale full
+# on a GPU; --rejudge re-judges the committed tables without training)
 heterogeneity: $(STAMP)
-	$(BIN)/python analysis/heterogeneity.py --scale small
+	$(BIN)/python -m flatlab.studies heterogeneity --scale small
 
 # the primal-dual study (NGPD, ECL against DSGD, GT, MT) at its CPU scale: 1500 steps, 5 seeds,
 # bracketed learning rates (estimated 80-90 min on 2 cores; resumable); --scale full on a GPU

@@ -197,22 +197,27 @@ def check(study: Study, table: pd.DataFrame, curves: pd.DataFrame, run_keys: Seq
     (:func:`~flatlab.experiment.evidence.curves_convergence`, threshold one point);
     ``loss_converged``/``loss_change``: the smoothed training loss there
     (:func:`~flatlab.experiment.evidence.curves_loss_plateau`, relative change below 10%);
+    each is recomputed from ``curves`` when they hold its metric, else a column ``table``
+    already has is kept (committed tables whose curves were not kept), else it is False;
     ``at_chance``: the final accuracy within 10 points of chance; ``untrainable``: the method
     diverged on some final seed in its setting, or was untrainable in tuning (status
     ``untrainable``: no final runs). A run without a
     curve is never counted as settled.
     """
-    out = table.drop(columns=["converged", "change", "loss_converged", "loss_change"],
-                     errors="ignore")
     keys = list(run_keys)
-    if len(curves) and "metric" in curves:
+    metrics = set(curves["metric"]) if len(curves) and "metric" in curves else set()
+    out = table
+    if "test_accuracy" in metrics:
         acc = curves[curves["metric"] == "test_accuracy"].rename(
             columns={"value": "test_accuracy"})
         conv = curves_convergence(acc, keys, threshold=ACCURACY_THRESHOLD)[
             [*keys, "converged", "change"]]
-        out = out.merge(conv, on=keys, how="left")
+        out = out.drop(columns=["converged", "change"], errors="ignore").merge(
+            conv, on=keys, how="left")
+    if "train_loss" in metrics:
         loss = curves_loss_plateau(curves, keys, threshold=LOSS_THRESHOLD)
-        out = out.merge(loss, on=keys, how="left")
+        out = out.drop(columns=["loss_converged", "loss_change"], errors="ignore").merge(
+            loss, on=keys, how="left")
     for col in ("converged", "loss_converged"):
         out[col] = out[col].astype("boolean").fillna(False).astype(bool) if col in out else False
     for col in ("change", "loss_change"):
@@ -235,14 +240,17 @@ def judge_claims(study: Study, scale: Scale, tables: Mapping[str, pd.DataFrame],
                  adjustment: str = "holm", alpha: float = 0.05) -> pd.DataFrame:
     """Every claim of the study judged on its table, then decided over the whole family.
 
-    A claim on the runs table counts runs not settled by either criterion in its note; a
-    claim on a derived table (a change between settings) takes that table's ``converged``.
+    A claim on the runs table counts runs not settled by either criterion in its note (by
+    the held-out one alone when no run has a training-loss curve: committed tables whose curves
+    were not kept); a claim on a derived table (a change between settings) takes that table's
+    ``converged``.
     """
     rows = []
+    loss_known = "loss_change" in tables["runs"] and tables["runs"]["loss_change"].notna().any()
     for name, c in _claims(study, scale):
         t = tables[name]
-        converged = (["converged", "loss_converged"] if name == "runs" else
-                     (["converged"] if "converged" in t else None))
+        converged = ((["converged", "loss_converged"] if loss_known else ["converged"])
+                     if name == "runs" else (["converged"] if "converged" in t else None))
         got = judge(t, [c], converged=converged, adjustment="none")
         setting = {k: v for k, v in c.where.items()}
         got.insert(1, "setting", study.label(setting) if setting else "")
@@ -384,8 +392,13 @@ def results_text(study: Study, tables: Mapping[str, pd.DataFrame]) -> str:
     loss = int(runs["loss_converged"].sum())
     both = int((runs["converged"] & runs["loss_converged"]).sum())
     chance = int(runs["at_chance"].sum())
-    lines = [f"{n} final runs, {done} finished; {acc} settled by the held-out criterion, {loss} "
-             f"by the training-loss criterion, {both} by both; {chance} at chance."]
+    if "loss_change" in runs and runs["loss_change"].notna().any():
+        settled = (f"{acc} settled by the held-out criterion, {loss} by the training-loss "
+                   f"criterion, {both} by both")
+    else:
+        settled = (f"{acc} settled by the held-out criterion (the training-loss criterion cannot "
+                   "be judged: no training-loss curves were kept)")
+    lines = [f"{n} final runs, {done} finished; {settled}; {chance} at chance."]
     if len(verdicts):
         counts = verdicts["verdict"].value_counts()
         order = ("better", "worse", "equivalent", "inconclusive", "no verdict")
