@@ -77,15 +77,13 @@ def tune(study: Study, scale: Scale, runs: Path, workers: int
         the hyper-parameter and ``value`` its value), the choices per ``(*setting, method)``
         and the keys untrainable at this grid.
     """
-    keys = study.setting_keys(scale)
     chosen: dict[tuple, dict[str, float]] = {
         _key(s, m): {} for s in scale.settings for m in scale.methods}
     untrainable: set[tuple] = set()
     tables = []
     for stage in study.stages:
-        points = []
+        points, rest = [], []
         for s in scale.settings:
-            by_method = {m: chosen[_key(s, m)] for m in scale.methods}
             for m in scale.methods:
                 k = _key(s, m)
                 if k in untrainable:
@@ -94,41 +92,54 @@ def tune(study: Study, scale: Scale, runs: Path, workers: int
                 values = tuple(stage.grid(base, scale))
                 if values:
                     points += [{**base, stage.hparam: float(v)} for v in values]
-                elif stage.fixed is not None:
-                    v = stage.fixed(base, {mm: c.get(stage.hparam, math.nan)
-                                           for mm, c in by_method.items()})
-                    if v is not None:
-                        chosen[k][stage.hparam] = float(v)
-        if not points:
+                else:
+                    rest.append((s, m, base))
+        if points:
+            tables.append(_tune_stage(study, scale, stage, points, runs, workers, chosen,
+                                      untrainable))
+        if stage.fixed is None:
             continue
-        earlier = {tuple(p[c] for c in [*keys, "method"]): {
-            h: p[h] for h in p if h not in keys and h not in ("method", stage.hparam)}
-            for p in points}
-
-        def job(p: dict[str, Any], earlier=earlier) -> tuple[Path, dict[str, Any]]:
-            seed = int(p["seed"])
-            point = {**{k: v for k, v in p.items() if k != "seed"},
-                     **earlier[tuple(p[c] for c in [*keys, "method"])]}
-            return (runs / "tune" / study.folder(point, seed),
-                    study.config(point, scale, seed, study.holdout))
-
-        t = tune_bracketed([{k: p[k] for k in [*keys, "method", stage.hparam]} for p in points],
-                           job, workers, [*keys, "method"], stage.hparam,
-                           max_extensions=int(scale.options.get("extensions",
-                                                                stage.extensions)),
-                           limits=stage.limits,
-                           seeds=scale.tune_seeds, classes=study.classes)
-        for r in t[t["chosen"]].itertuples(index=False):
-            row = r._asdict()
-            chosen[tuple(row[c] for c in [*keys, "method"])][stage.hparam] = float(
-                row[stage.hparam])
-        for key, g in t.groupby([*keys, "method"], sort=False):
-            key = key if isinstance(key, tuple) else (key,)
-            if g["untrainable"].any() or not g["chosen"].any():
-                untrainable.add(key)
-        tables.append(t.rename(columns={stage.hparam: "value"}).assign(stage=stage.hparam))
+        for s, m, base in rest:  # after the stage: a value shared with a tuned method is known
+            v = stage.fixed(base, {mm: chosen[_key(s, mm)].get(stage.hparam, math.nan)
+                                   for mm in scale.methods})
+            if v is None:
+                continue
+            if not math.isfinite(float(v)):
+                untrainable.add(_key(s, m))  # the method it takes its value from has none
+                continue
+            chosen[_key(s, m)][stage.hparam] = float(v)
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     return table, chosen, untrainable
+
+
+def _tune_stage(study: Study, scale: Scale, stage: Any, points: list[dict[str, Any]],
+                runs: Path, workers: int, chosen: dict[tuple, dict[str, float]],
+                untrainable: set[tuple]) -> pd.DataFrame:
+    """One stage's :func:`tune_bracketed`; records its choices and untrainable groups."""
+    keys = study.setting_keys(scale)
+    group = [*keys, "method"]
+    earlier = {tuple(p[c] for c in group): {
+        h: p[h] for h in p if h not in keys and h not in ("method", stage.hparam)}
+        for p in points}
+
+    def job(p: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+        seed = int(p["seed"])
+        point = {**{k: v for k, v in p.items() if k != "seed"},
+                 **earlier[tuple(p[c] for c in group)]}
+        return (runs / "tune" / study.folder(point, seed),
+                study.config(point, scale, seed, study.holdout))
+
+    t = tune_bracketed([{k: p[k] for k in [*group, stage.hparam]} for p in points], job,
+                       workers, group, stage.hparam,
+                       max_extensions=int(scale.options.get("extensions", stage.extensions)),
+                       limits=stage.limits, seeds=scale.tune_seeds, classes=study.classes)
+    for _, row in t[t["chosen"]].iterrows():
+        chosen[tuple(row[c] for c in group)][stage.hparam] = float(row[stage.hparam])
+    for key, g in t.groupby(group, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        if g["untrainable"].any() or not g["chosen"].any():
+            untrainable.add(key)
+    return t.rename(columns={stage.hparam: "value"}).assign(stage=stage.hparam)
 
 
 def _curves(path: Path, metrics: Sequence[str]) -> pd.DataFrame:
