@@ -1,13 +1,13 @@
-"""What the study scripts in ``analysis/`` share as a library: read back, tune, summarize.
+"""Run directories read back, tuned and summarized: what the study pipeline applies the rules to.
 
 A study runs its ``(run directory, config)`` jobs with :func:`~flatlab.experiment.many.run_many`
 (resumable: finished runs are skipped, interrupted ones resume from their checkpoints, a failure
 is recorded and the rest goes on), reads them back with :func:`final_values`, tunes with
-:func:`tune_bracketed` (``max_extensions=0`` keeps a fixed grid),
-checks the final runs with :func:`final_convergence` and summarizes over seeds with
-:func:`mean_and_se`. The scripts' command line and figure files are theirs
-(``analysis/common.py``). The rules that decide whether a conclusion is earned (converged runs,
-grids that bracket their optimum, seed-paired intervals and verdicts) are
+:func:`tune_bracketed` (every value on several seeds, the mean decides, ties within one standard
+error go toward the grid's centre, an edge best is extended; ``max_extensions=0`` keeps a fixed
+grid), checks final runs with :func:`final_convergence` and summarizes over seeds with
+:func:`mean_and_se`. The pipeline that strings these together for a study specification is
+:mod:`flatlab.studies`; the rules that decide whether a conclusion is earned are
 :mod:`flatlab.experiment.evidence`.
 """
 
