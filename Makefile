@@ -65,7 +65,7 @@ primal-dual: $(STAMP)
 # the compression study (CHOCO-SGD against AdaGossip) at its CPU scale: ring, alpha 0.1, top-k 1%
 # and QSGD, 2000 steps, 5 seeds, bracketed gamma (resumable); --scale full on a GPU
 compression: $(STAMP)
-	$(BIN)/python analysis/compression.py --scale small
+	$(BIN)/python -m flatlab.studies compression --scale small
 
 # implicit against explicit flatness (SGD, SAM, diffusion with and without SAM on a ring and the
 # exponential graph, local SGD with H = 4, 16) at its CPU scale: 16 nodes, batch 512, 2000 steps,

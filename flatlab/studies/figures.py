@@ -19,8 +19,8 @@ __all__ = ["save_figure", "committed_results", "redraw"]
 def save_figure(fig: Any, path: Path) -> None:
     """Write ``fig`` as ``path.pdf`` and ``path.png`` (200 dpi), creating the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    for ext in ("pdf", "png"):
-        fig.savefig(path.with_suffix(f".{ext}"), dpi=200)
+    fig.savefig(path.with_suffix(".pdf"), dpi=200, metadata={"CreationDate": None})
+    fig.savefig(path.with_suffix(".png"), dpi=200)
 
 
 def committed_results(root: Path, name: str, needs: str) -> Path | None:

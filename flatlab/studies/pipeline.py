@@ -51,6 +51,7 @@ from flatlab.experiment.evidence import (
 )
 from flatlab.experiment.many import run_many
 from flatlab.experiment.study import final_values, mean_and_se, tune_bracketed
+from flatlab.studies.figures import save_figure
 from flatlab.studies.spec import Scale, Study
 
 __all__ = ["tune", "final", "check", "judge_claims", "summarize", "report", "results_text",
@@ -234,13 +235,17 @@ def check(study: Study, table: pd.DataFrame, curves: pd.DataFrame, run_keys: Seq
     for col in ("change", "loss_change"):
         if col not in out:
             out[col] = math.nan
+    known = out.pop("untrainable").astype(bool) if "untrainable" in out else False
+    out = out.drop(columns=["at_chance"], errors="ignore")
     out["at_chance"] = at_chance(out["test_accuracy"].to_numpy(float), study.classes)
     method = [k for k in keys if k != "seed"]
     diverged = out.groupby(method, sort=False)["status"].transform(
         lambda s: bool((s != "done").any()))
-    out["untrainable"] = diverged.astype(bool) | (out["untrainable"].astype(bool)
-                                                  if "untrainable" in out else False)
-    return out
+    out["untrainable"] = diverged.astype(bool) | known
+    order = [c for c in out if c not in ("converged", "change", "loss_converged",
+                                          "loss_change", "at_chance", "untrainable")]
+    return out[[*order, "converged", "change", "loss_converged", "loss_change", "at_chance",
+                "untrainable"]]
 
 
 def _claims(study: Study, scale: Scale) -> list[tuple[str, Claim]]:
@@ -299,6 +304,8 @@ def summarize(study: Study, scale: Scale, table: pd.DataFrame) -> pd.DataFrame:
 def _pm(m: float, se: float, scale: float = 1.0, fmt: str = ".1f") -> str:
     if not math.isfinite(m):
         return "–"
+    if math.isfinite(se) and abs(se) <= 1e-9 * max(abs(m), 1e-300):
+        se = 0.0  # a constant column's rounding noise is no spread
     return f"{scale * m:{fmt}}" + (f" ± {scale * se:{fmt}}" if math.isfinite(se) else "")
 
 
@@ -461,10 +468,7 @@ def _write(study: Study, scale: Scale, out: Path, fig: Path | None,
     (out / "summary.md").write_text(text)
     (out / "results.md").write_text(prose)
     for suffix, f in figures.items():
-        path = fig.with_name(fig.name + (f"_{suffix}" if suffix else ""))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for ext in ("pdf", "png"):
-            f.savefig(path.with_suffix(f".{ext}"), dpi=200)
+        save_figure(f, fig.with_name(fig.name + (f"_{suffix}" if suffix else "")))
     print(text)
 
 
@@ -476,7 +480,8 @@ def run_study(study: Study, scale: Scale, out: Path, fig: Path | None, workers: 
     table, curves = final(study, scale, runs, workers, chosen, untrainable)
     extra: dict[str, pd.DataFrame] = {}
     for phase in study.phases:
-        extra.update(phase(study, scale, runs, workers, {"runs": table, "curves": curves}))
+        extra.update(phase(study, scale, runs, workers,
+                           {"runs": table, "curves": curves, "tuning": tuning}))
     tables = _tables(study, scale, tuning, table, curves, extra)
     _write(study, scale, out, fig, tables)
     return tables
