@@ -1,8 +1,9 @@
 """Publication figures: flatness against optimization error, and the theory overlay.
 
 Redraws ``paper_figs/out/tradeoff_{scatter,accuracy,consensus,escape,bound}.{pdf,png}``
-(``make figs``) from the committed tables of ``analysis/tradeoff.py``
-(``results/tradeoff-<scale>/``, the full scale when it has been run, else the small one).
+(``make figs``) from the committed tables of :mod:`flatlab.studies.tradeoff`
+(``results/tradeoff-<scale>/``, the full scale when it has been run, else the small one) with
+the study's own figure function.
 """
 
 from __future__ import annotations
@@ -12,25 +13,28 @@ from pathlib import Path
 
 import pandas as pd
 
-from flatlab.plots import tradeoff_figures
+from flatlab.studies.tradeoff import SCALES, STUDY
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "analysis"))  # common: the study scripts' shared module
-from common import committed_results, save_figure  # noqa: E402
-
 TABLES = ("runs", "curves", "escape", "steady", "bound")
 
 
 def main() -> int:
-    src = committed_results(ROOT, "tradeoff", "runs.csv")
-    if src is None:
-        print("error: no tradeoff results; run python analysis/tradeoff.py first",
+    """Redraw every figure; returns the exit status (2 after one line when never run)."""
+    for scale in ("full", "small"):
+        src = ROOT / "results" / f"tradeoff-{scale}"
+        if (src / "runs.csv").is_file():
+            break
+    else:
+        print("error: no tradeoff results; run python -m flatlab.studies tradeoff first",
               file=sys.stderr)
         return 2
     tables = {t: pd.read_csv(src / f"{t}.csv") for t in TABLES}
     out = ROOT / "paper_figs" / "out"
-    for name, fig in tradeoff_figures(tables).items():
-        save_figure(fig, out / f"tradeoff_{name}")
+    out.mkdir(parents=True, exist_ok=True)
+    for name, fig in STUDY.figures(tables, SCALES[scale]).items():
+        for ext in ("pdf", "png"):
+            fig.savefig(out / f"tradeoff_{name}.{ext}", dpi=200)
     print(f"wrote {out}/tradeoff_*.pdf and .png from {src.relative_to(ROOT)}")
     return 0
 
