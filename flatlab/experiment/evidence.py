@@ -804,8 +804,11 @@ def family(verdicts: pd.DataFrame, *, alpha: float = 0.05, adjustment: str = "ho
     - ``no verdict``: a method untrainable at this grid, or fewer than two paired seeds.
 
     A difference that is significant *and* inside the margin is ``better``/``worse`` with the
-    note ``smaller than the margin``. The adjusted interval is the Student-t interval at level
-    ``1 - α·p/p_adj``: it excludes zero exactly when the adjusted test rejects.
+    note ``smaller than the margin``; an ``inconclusive`` claim whose raw test rejected says
+    ``different before adjustment`` or ``equivalent before adjustment`` with the raw p-value, so
+    that the cost of the family's size is visible. The adjusted interval is the Student-t
+    interval at level ``1 - α·p/p_adj``: it excludes zero exactly when the adjusted test
+    rejects.
 
     Returns:
         ``verdicts`` with ``p_adj``, ``p_equivalent_adj``, ``low_adj``, ``high_adj``,
@@ -845,6 +848,10 @@ def family(verdicts: pd.DataFrame, *, alpha: float = 0.05, adjustment: str = "ho
             words.append("equivalent")
         else:
             words.append("inconclusive")
+            before = ([f"different before adjustment (p = {r.p:.3f})"] if r.p < alpha else []) + (
+                [f"equivalent before adjustment (TOST p = {r.p_equivalent:.3f})"]
+                if r.p_equivalent < alpha else [])
+            note = "; ".join(filter(None, [note, *[b for b in before if b not in note]]))
         notes.append(note)
     out["low_adj"], out["high_adj"] = low, high
     out["adjustment"] = adjustment

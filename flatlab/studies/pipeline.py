@@ -79,7 +79,7 @@ def tune(study: Study, scale: Scale, runs: Path, workers: int
         and the keys untrainable at this grid.
     """
     chosen: dict[tuple, dict[str, float]] = {
-        _key(s, m): {} for s in scale.settings for m in scale.methods}
+        _key(s, m): {} for s in scale.settings for m in scale.methods if study.runs(s, m, scale)}
     untrainable: set[tuple] = set()
     tables = []
     for stage in study.stages:
@@ -87,7 +87,7 @@ def tune(study: Study, scale: Scale, runs: Path, workers: int
         for s in scale.settings:
             for m in scale.methods:
                 k = _key(s, m)
-                if k in untrainable:
+                if k in untrainable or k not in chosen:
                     continue
                 base = {**s, "method": m, **chosen[k]}
                 values = tuple(stage.grid(base, scale))
@@ -102,7 +102,7 @@ def tune(study: Study, scale: Scale, runs: Path, workers: int
             continue
         for s, m, base in rest:  # after the stage: a value shared with a tuned method is known
             v = stage.fixed(base, {mm: chosen[_key(s, mm)].get(stage.hparam, math.nan)
-                                   for mm in scale.methods})
+                                   for mm in scale.methods if _key(s, mm) in chosen})
             if v is None:
                 continue
             if not math.isfinite(float(v)):
@@ -140,6 +140,7 @@ def _tune_stage(study: Study, scale: Scale, stage: Any, points: list[dict[str, A
         key = key if isinstance(key, tuple) else (key,)
         if g["untrainable"].any() or not g["chosen"].any():
             untrainable.add(key)
+    t.attrs.clear()  # per-seed rows are in the run folders; concat cannot compare frames there
     return t.rename(columns={stage.hparam: "value"}).assign(stage=stage.hparam)
 
 
@@ -176,6 +177,8 @@ def final(study: Study, scale: Scale, runs: Path, workers: int,
     for s in scale.settings:
         for m in scale.methods:
             k = _key(s, m)
+            if not study.runs(s, m, scale):
+                continue
             if k in untrainable:
                 print(f"{m} at {study.label(s)}: untrainable at this grid, no final runs",
                       flush=True)
@@ -237,7 +240,9 @@ def check(study: Study, table: pd.DataFrame, curves: pd.DataFrame, run_keys: Seq
             out[col] = math.nan
     known = out.pop("untrainable").astype(bool) if "untrainable" in out else False
     out = out.drop(columns=["at_chance"], errors="ignore")
-    out["at_chance"] = at_chance(out["test_accuracy"].to_numpy(float), study.classes)
+    accuracy = out["test_accuracy"] if "test_accuracy" in out else pd.Series(
+        math.nan, index=out.index)
+    out["at_chance"] = at_chance(accuracy.to_numpy(float), study.classes)
     method = [k for k in keys if k != "seed"]
     diverged = out.groupby(method, sort=False)["status"].transform(
         lambda s: bool((s != "done").any()))
@@ -309,8 +314,10 @@ def _pm(m: float, se: float, scale: float = 1.0, fmt: str = ".1f") -> str:
     return f"{scale * m:{fmt}}" + (f" ± {scale * se:{fmt}}" if math.isfinite(se) else "")
 
 
-def _unit(metric: str) -> tuple[float, str, int]:
-    """How a metric's differences are shown: (scale, unit, digits)."""
+def _unit(metric: str, study: Study | None = None) -> tuple[float, str, int]:
+    """How a metric's differences are shown: (scale, unit, digits); ``Study.units`` first."""
+    if study is not None and metric in study.units:
+        return study.units[metric]
     if "accuracy" in metric:
         return 100.0, "points", 1
     if metric.startswith("steps"):
@@ -389,7 +396,7 @@ def report(study: Study, scale: Scale, tables: Mapping[str, pd.DataFrame]) -> st
                   "the adjusted TOST rejects |a − b| ≥ m, else inconclusive. Margins are the "
                   "study's specification, fixed before the runs.", ""]
         for metric, v in verdicts.groupby("metric", sort=False):
-            sc, unit, digits = _unit(str(metric))
+            sc, unit, digits = _unit(str(metric), study)
             lines += [f"**{metric}**", "", verdict_markdown(v, scale=sc, unit=unit,
                                                             digits=digits)]
     if study.appendix is not None:
@@ -430,7 +437,7 @@ def results_text(study: Study, tables: Mapping[str, pd.DataFrame]) -> str:
                 " (the interval includes zero and reaches past the margin: not \"the same\")"
                 if word == "inconclusive" else ""), ""]
             for r in v.itertuples():
-                sc, unit, digits = _unit(str(r.metric))
+                sc, unit, digits = _unit(str(r.metric), study)
                 interval = (f"[{sc * r.low_adj:+.{digits}f}, {sc * r.high_adj:+.{digits}f}]"
                             if math.isfinite(r.low_adj) else "–")
                 where = f" ({r.setting})" if isinstance(r.setting, str) and r.setting else ""
@@ -487,6 +494,14 @@ def run_study(study: Study, scale: Scale, out: Path, fig: Path | None, workers: 
     return tables
 
 
+def _read_csv(path: Path) -> pd.DataFrame:
+    """A table, or an empty one for a file without rows or columns (nothing tuned)."""
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
 def rejudge(study: Study, scale: Scale, out: Path, fig: Path | None) -> dict[str, pd.DataFrame]:
     """Re-apply the checks, verdicts and report to a study's committed tables (no runs needed).
 
@@ -494,7 +509,7 @@ def rejudge(study: Study, scale: Scale, out: Path, fig: Path | None) -> dict[str
     from ``out``; convergence is recomputed from the curves (a run without a curve is not
     settled), verdicts from the runs.
     """
-    read = {p.stem: pd.read_csv(p) for p in sorted(out.glob("*.csv"))}
+    read = {p.stem: _read_csv(p) for p in sorted(out.glob("*.csv"))}
     table = read.pop("runs")
     curves = read.pop("curves", pd.DataFrame(columns=["step", "metric", "value"]))
     tuning = read.pop("tuning", pd.DataFrame())

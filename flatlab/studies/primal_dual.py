@@ -38,25 +38,7 @@ from typing import Any
 import pandas as pd
 
 from flatlab.experiment.evidence import Claim, time_to_target_label
-from flatlab.experiment.study import tune_bracketed
-from flatlab.studies import pipeline
 from flatlab.studies.spec import Point, Scale, Stage, Study
-
-
-def _stage_table(*args: Any, **kwargs: Any) -> pd.DataFrame:
-    """:func:`tune_bracketed` without ``attrs["per_seed"]`` (a DataFrame).
-
-    :func:`flatlab.studies.pipeline.tune` concatenates the tables of its stages, and pandas
-    compares their ``attrs`` when it does: two DataFrames there raise, so a study with two
-    stages (learning rate, then damping) cannot run. The pipeline reads nothing from
-    ``per_seed``; until it drops the attrs itself, this study's import does it for it.
-    """
-    table = tune_bracketed(*args, **kwargs)
-    table.attrs.pop("per_seed", None)
-    return table
-
-
-pipeline.tune_bracketed = _stage_table
 
 METHODS = ("ngpd", "ecl", "dsgd", "gradient-tracking", "momentum-tracking")
 RIVALS = ("ecl", "dsgd", "gradient-tracking", "momentum-tracking")

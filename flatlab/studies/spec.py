@@ -132,6 +132,11 @@ class Study:
         protocol: Markdown describing the protocol, placed before the report's tables.
         appendix: ``(tables, scale) -> Markdown`` appended to ``summary.md`` (the study's own
             tables: times to a target, a timing, a matched-loss comparison with its steps).
+        includes: ``(setting, method, scale) -> bool``: whether a method runs in a setting
+            (None: every method in every setting). Centralized SGD runs on no graph, say, and
+            an extra step size only for some methods: the runs are then not a cross product.
+        units: Metric -> ``(scale, unit, digits)`` for the verdict tables and prose (default:
+            accuracies in points, ``steps*`` in steps, anything else as is with 2 digits).
     """
 
     name: str
@@ -155,6 +160,12 @@ class Study:
     holdout: float = 0.1
     protocol: str = ""
     appendix: Callable[[dict[str, pd.DataFrame], Scale], str] | None = None
+    units: Mapping[str, tuple[float, str, int]] = field(default_factory=dict)
+    includes: Callable[[Mapping[str, Any], str, Scale], bool] | None = None
+
+    def runs(self, setting: Mapping[str, Any], method: str, scale: Scale) -> bool:
+        """Whether ``method`` runs in ``setting`` at ``scale`` (:attr:`includes`)."""
+        return self.includes is None or bool(self.includes(setting, method, scale))
 
     def setting_keys(self, scale: Scale) -> list[str]:
         """The setting columns, in the order of the first setting."""

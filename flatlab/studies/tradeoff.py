@@ -49,7 +49,7 @@ import pandas as pd
 from flatlab.experiment.evidence import Claim, edge_of_stability
 from flatlab.studies.spec import Point, Scale, Study
 
-__all__ = ["STUDY", "SCALES", "config", "run_name", "claims", "paired", "empty_tuning",
+__all__ = ["STUDY", "SCALES", "config", "run_name", "claims", "paired", "includes",
            "CENTRALIZED"]
 
 #: The method without a topology (all-reduce): paired with every topology's runs.
@@ -64,10 +64,6 @@ MEASURES = {"test_accuracy": "test_accuracy", "test_accuracy_nodes": "test_accur
 CURVES = ("train_loss", "test_accuracy", "grad_norm", "consensus_distance")
 ESCAPE_METRICS = ("train_loss", "test_accuracy", "hessian_top", "hessian_trace",
                   "consensus_distance")
-#: The pipeline's method label while it runs: the method of a run is its ``algorithm`` setting
-#: column (see :func:`_relabel`).
-RUN = "run"
-
 #: λ_max and training loss: 10% of the reference method's mean (relative margins).
 TENTH = 0.1
 WHY_LAMBDA = ("10% of the reference method's λ_max: the smallest flatness gap the paper's "
@@ -81,31 +77,46 @@ WHY_POINT = "one accuracy point: 10 of 1000 test samples, the tables' resolution
 
 
 def _settings(g: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
-    """Every final run's setting (a run's method is its ``algorithm`` column).
+    """Every setting of a final run: batch regime, graph and step.
 
-    Centralized SGD once per batch on all-reduce, consensus and diffusion per topology at the
-    main step; the extra steps on the extra topologies (small batch); large-batch centralized
-    at the escape's other steps.
+    ``all-reduce`` is centralized SGD's (no graph); which methods run where is :func:`includes`.
     """
     out = []
     for regime, batch in g["batches"].items():
         row = {"regime": regime, "batch": batch}
-        out.append({**row, "topology": "all-reduce", "lr": g["lr"], "algorithm": CENTRALIZED})
-        out += [{**row, "topology": t, "lr": g["lr"], "algorithm": m}
-                for m in g["methods"] if m != CENTRALIZED for t in g["topologies"]]
+        out.append({**row, "topology": "all-reduce", "lr": g["lr"]})
+        out += [{**row, "topology": t, "lr": g["lr"]} for t in g["topologies"]]
         if regime == "small-batch":
-            out += [{**row, "topology": t, "lr": lr, "algorithm": m}
-                    for m in g["methods"] if m in FORMS for lr in g["extra_lrs"]
+            out += [{**row, "topology": t, "lr": lr} for lr in g["extra_lrs"]
                     for t in g["extra_topologies"]]
         if regime == "large-batch":
-            out += [{**row, "topology": "all-reduce", "lr": lr, "algorithm": CENTRALIZED}
+            out += [{**row, "topology": "all-reduce", "lr": lr}
                     for lr in g["escape_lrs"] if lr != g["lr"]]
     return tuple(out)
 
 
+def includes(setting: Mapping[str, Any], method: str, scale: Scale) -> bool:
+    """Which method runs in a setting.
+
+    Centralized SGD on all-reduce, the others on a graph; at the main step every method, at the
+    extra steps consensus and diffusion on the extra graphs (small batch) and centralized SGD at
+    the escape's steps (large batch).
+    """
+    g = scale.options
+    central = setting["topology"] == "all-reduce"
+    if (method == CENTRALIZED) != central:
+        return False
+    if setting["lr"] == g["lr"]:
+        return True
+    if central:
+        return setting["regime"] == "large-batch" and setting["lr"] in g["escape_lrs"]
+    return (method in FORMS and setting["regime"] == "small-batch"
+            and setting["topology"] in g["extra_topologies"] and setting["lr"] in g["extra_lrs"])
+
+
 def _scale(g: dict[str, Any], seeds: tuple[int, ...]) -> Scale:
-    return Scale(settings=_settings(g), methods=(RUN,), seeds=seeds, steps=g["steps"],
-                 every=g["every"], options=g)
+    return Scale(settings=_settings(g), methods=tuple(g["methods"]), seeds=seeds,
+                 steps=g["steps"], every=g["every"], options=g)
 
 
 SCALES = {
@@ -137,10 +148,6 @@ SCALES = {
                         escape_lrs=(0.1,), escape_seeds=(0,), noise_draws=2, trace_matvecs=6,
                         train_subset=256, curvature_subset=64), seeds=(0,)),
 }
-
-
-def _method(point: Point) -> str:
-    return str(point.get("algorithm", point.get("method")))
 
 
 def _graph(point: Point, g: Mapping[str, Any]) -> str:
@@ -180,7 +187,7 @@ def _config(g: Mapping[str, Any], method: str, graph: str, batch: int, lr: float
 def config(point: Point, scale: Scale, seed: int, holdout: float) -> dict[str, Any]:
     """The run config of a final run (the old script's, unchanged: nothing is held out)."""
     g = scale.options
-    cfg = _config(g, _method(point), _graph(point, g), int(point["batch"]), float(point["lr"]),
+    cfg = _config(g, point["method"], _graph(point, g), int(point["batch"]), float(point["lr"]),
                   seed)
     if holdout:
         cfg["data"]["holdout"] = holdout
@@ -194,7 +201,7 @@ def _name(regime: str, topology: str, method: str, lr: float, seed: int) -> str:
 
 def run_name(point: Point, seed: int) -> str:
     """``small-batch,ring,consensus,lr=0.1,seed=0`` (the old script's names)."""
-    return _name(point["regime"], point["topology"], _method(point), float(point["lr"]), seed)
+    return _name(point["regime"], point["topology"], point["method"], float(point["lr"]), seed)
 
 
 def setting_label(setting: Mapping[str, Any]) -> str:
@@ -251,37 +258,13 @@ def extra(path: Path, point: Point, scale: Scale) -> dict[str, Any]:
     from flatlab.topology import make
 
     out: dict[str, Any] = dict(_start_values(path))
-    if _method(point) != CENTRALIZED:
+    if point["method"] != CENTRALIZED:
         s = spectral(make(point["topology"], scale.options["nodes"]))
         out |= {"rho": s.rho, "spectral_gap": s.spectral_gap}
         st = read_status(path)
         if st is not None and st["status"] == "done":
             out |= _noise(path, scale.options["noise_draws"])
     return out
-
-
-def _relabel(study: Study, scale: Scale, runs: Path, workers: int,
-             tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-    """The runs' and curves' ``method`` becomes the run's ``algorithm`` (in place).
-
-    The pipeline crosses every setting with every method; this study's runs are not a cross
-    product (centralized SGD has no topology, the extra steps run on some methods only), so
-    each setting names its method (``algorithm``) and the pipeline runs one label (:data:`RUN`).
-    This first phase writes the method back before the tables are checked and judged. It also
-    returns the (empty) tuning table with its header, so that ``--rejudge`` can read it back.
-    """
-    for t in (tables["runs"], tables["curves"]):
-        if "algorithm" in t:
-            t["method"] = t["algorithm"]
-    return {"tuning": empty_tuning(scale)}
-
-
-def empty_tuning(scale: Scale) -> pd.DataFrame:
-    """The pipeline's tuning table without rows (nothing is tuned), with its columns."""
-    return pd.DataFrame(columns=["stage", "value", *scale.settings[0], "method", "status",
-                                 "holdout_accuracy", "holdout_se", "holdout_seeds",
-                                 "extended", "tied", "chosen", "interior", "at_limit",
-                                 "extensions", "untrainable"])
 
 
 def _series(path: Path, metrics: tuple[str, ...]) -> pd.DataFrame:
@@ -554,8 +537,8 @@ STUDY = Study(
              "centralized SGD at the same constant step, is consensus the flattest, and is "
              "diffusion the best balance of flatness, optimization and accuracy?",
     scales=SCALES, config=config, run_name=run_name, claims=claims, derived=paired,
-    stages=(), measures=MEASURES, extra=extra, curves=CURVES,
-    phases=(_relabel, escape, steady, bound),
+    stages=(), measures=MEASURES, extra=extra, curves=CURVES, includes=includes,
+    phases=(escape, steady, bound),
     summary_columns=("test_accuracy", "train_loss", "grad_norm", "consensus_distance",
                      "sharpness", "hessian_trace", "hessian_top"),
     setting_label=setting_label, step_size=_step_size, figures=figures, appendix=appendix,
