@@ -1,0 +1,1 @@
+"""Tests of the studies of flatlab.studies, each at its tiny scale."""
