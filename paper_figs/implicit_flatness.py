@@ -1,11 +1,12 @@
 """Publication figures: implicit against explicit flatness (SGD, SAM, diffusion, local SGD).
 
-Redraws ``paper_figs/out/implicit_flatness.{pdf,png}`` (``make figs``: λ_max against training
-loss along training, final λ_max against accuracy, the consensus gap) from the committed tables
-of the study, ``results/implicit_flatness-<scale>/{runs,curves}.csv`` (the full scale when it
-has been run, else the small one), and ``implicit_flatness_sensitivity{,_rho}`` (held-out
-accuracy against the learning rate and against SAM's ρ) from its ``tuning.csv``. The study
-itself is ``analysis/implicit_flatness.py``.
+Redraws ``paper_figs/out/implicit_flatness.{pdf,png}`` (λ_max against training loss along
+training, final λ_max against accuracy, the consensus gap) and
+``implicit_flatness_sensitivity{,_rho}`` (held-out accuracy against the learning rate and
+against SAM's ρ) from the committed tables of the study,
+``results/implicit_flatness-<scale>/`` (the full scale when it has been run, else the small
+one), with the study's own :func:`flatlab.studies.implicit_flatness.figures`. The study itself is
+``python -m flatlab.studies implicit_flatness``.
 """
 
 from __future__ import annotations
@@ -15,25 +16,29 @@ from pathlib import Path
 
 import pandas as pd
 
-from flatlab.plots import implicit_flatness, sensitivity
+from flatlab.studies.implicit_flatness import STUDY, figures
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "analysis"))  # common: the study scripts' shared module
-from common import committed_results, redraw, save_figure  # noqa: E402
 
 
 def main() -> int:
-    status = redraw(ROOT, "implicit_flatness", ["runs.csv", "curves.csv"], implicit_flatness)
-    if status:
-        return status
-    tuning = pd.read_csv(committed_results(ROOT, "implicit_flatness", "runs.csv")
-                         / "tuning.csv")
-    for hparam, suffix in (("lr", ""), ("rho", "_rho")):
-        t = tuning[tuning["hparam"] == hparam]
-        if len(t):
-            out = ROOT / "paper_figs" / "out" / f"implicit_flatness_sensitivity{suffix}"
-            save_figure(sensitivity(t, hparam), out)
-            print(f"wrote {out}.pdf and .png")
+    """Draw the figures; 2 after one line when no committed tables exist."""
+    for scale in ("full", "small"):
+        folder = ROOT / "results" / f"{STUDY.name}-{scale}"
+        if (folder / "runs.csv").is_file():
+            break
+    else:
+        print(f"error: no results/{STUDY.name}-{{full,small}}/runs.csv; run the study first",
+              file=sys.stderr)
+        return 2
+    tables = {p.stem: pd.read_csv(p) for p in sorted(folder.glob("*.csv"))}
+    out = ROOT / "paper_figs" / "out" / STUDY.name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for suffix, fig in figures(tables, STUDY.scales[scale]).items():
+        path = out.with_name(out.name + (f"_{suffix}" if suffix else ""))
+        for ext in ("pdf", "png"):
+            fig.savefig(path.with_suffix(f".{ext}"), dpi=200)
+        print(f"wrote {path}.pdf and .png")
     return 0
 
 
