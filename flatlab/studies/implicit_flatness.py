@@ -188,11 +188,10 @@ def _rho_grid(point: Point, scale: Scale) -> tuple[float, ...]:
 
 
 STAGES = (
-    Stage("lr", _lr_grid, why=f"{REFERENCE}'s learning rate, bracketed; the others take it"),
-    # a second stage on the same key hands the reference's choice to every method: a Stage's
-    # ``fixed`` sees only the choices of earlier stages
-    Stage("lr", lambda p, s: (), fixed=_common_lr,
-          why="every method trains at the reference's step: λ_max follows the step"),
+    # the reference's learning rate is tuned; every other method takes it (``fixed`` runs after
+    # the stage's choice): λ_max follows the step, so the methods are compared at one step
+    Stage("lr", _lr_grid, fixed=_common_lr,
+          why=f"{REFERENCE}'s learning rate, bracketed; every method trains at it"),
     Stage("rho", _rho_grid, fixed=lambda p, chosen: 0.0,
           why="SAM's radius at the common step, bracketed"),
 )
@@ -540,33 +539,6 @@ def figures(tables: dict[str, pd.DataFrame], scale: Scale) -> dict[str, Any]:
             if len(t):
                 out[suffix] = sensitivity(t, stage)
     return out
-
-
-def _stage_tables_concatenate() -> None:
-    """Let :func:`flatlab.studies.pipeline.tune` concatenate more than one stage's table.
-
-    Each :func:`~flatlab.experiment.study.tune_bracketed` table carries its per-seed runs in
-    ``attrs["per_seed"]`` (a DataFrame); pandas 3 compares the attrs of the tables it
-    concatenates, and two DataFrames do not compare to a bool, so a study with two tuned stages
-    (lr, then ρ) fails there. The pipeline reads nothing from ``per_seed``: the tuning tables
-    it uses lose it. A workaround until ``tune`` drops the attrs itself (then this is a no-op).
-    """
-    from flatlab.studies import pipeline
-
-    original = pipeline.tune_bracketed
-    if getattr(original, "drops_per_seed", False):
-        return
-
-    def tune_bracketed(*args: Any, **kwargs: Any) -> pd.DataFrame:
-        table = original(*args, **kwargs)
-        table.attrs.pop("per_seed", None)
-        return table
-
-    tune_bracketed.drops_per_seed = True  # type: ignore[attr-defined]
-    pipeline.tune_bracketed = tune_bracketed
-
-
-_stage_tables_concatenate()
 
 
 STUDY = Study(

@@ -109,7 +109,11 @@ def tune(study: Study, scale: Scale, runs: Path, workers: int
                 untrainable.add(_key(s, m))  # the method it takes its value from has none
                 continue
             chosen[_key(s, m)][stage.hparam] = float(v)
-    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    table = (pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
+        columns=["stage", "value", *study.setting_keys(scale), "method", "status",
+                 "holdout_accuracy", "holdout_se", "holdout_seeds", "diverged_seeds",
+                 "extended", "tied", "chosen", "interior", "at_limit", "extensions",
+                 "untrainable"]))  # nothing tuned: the table's header, so it reads back
     return table, chosen, untrainable
 
 

@@ -35,7 +35,11 @@ def test_runs_are_the_old_scripts_with_their_fixed_step(tiny):
     scale = SCALES["tiny"]
     runs = t["runs"]
     assert (runs["status"] == "done").all()
-    assert len(runs) == len(scale.settings) * len(scale.seeds)
+    pairs = [(s, m) for s in scale.settings for m in scale.methods if STUDY.runs(s, m, scale)]
+    assert len(runs) == len(pairs) * len(scale.seeds)
+    # per regime: centralized on all-reduce, consensus and diffusion on 2 graphs, and both
+    # at the extra step on the ring (small batch)
+    assert len(pairs) == (1 + 2 * 2 + 2) + (1 + 2 * 2)
     # centralized once per regime and step, on all-reduce; the others per topology
     assert set(runs.loc[runs["method"] == CENTRALIZED, "topology"]) == {"all-reduce"}
     assert len(t["tuning"]) == 0  # nothing tuned: the step is fixed
