@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(BIN)/flatlab demo
 
 test: $(STAMP)
-	$(BIN)/python -m ruff check flatlab tests benchmarks paper_figs analysis notebooks/*.py
+	$(BIN)/python -m ruff check flatlab tests benchmarks paper_figs notebooks/*.py
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # the golden runs and the float32 comparisons (pytest -m kernels) under every kernel level this CPU
@@ -49,7 +49,7 @@ figs: $(STAMP)
 # regimes, 3000 steps, 5 seeds, escape experiment, theory overlay) at its CPU scale (3 h 13 min on
 # 2 cores); --scale full on a GPU
 tradeoff: $(STAMP)
-	$(BIN)/python analysis/tradeoff.py --scale small
+	$(BIN)/python -m flatlab.studies tradeoff --scale small
 
 # the data-heterogeneity study at its CPU scale: k=10 and k=2 classes per node, 3000 steps, 5 seeds,
 # learning rates tuned on 3 seeds and bracketed (about 100 min on 2 cores; resumable; --scale full
@@ -60,7 +60,7 @@ heterogeneity: $(STAMP)
 # the primal-dual study (NGPD, ECL against DSGD, GT, MT) at its CPU scale: 1500 steps, 5 seeds,
 # bracketed learning rates (estimated 80-90 min on 2 cores; resumable); --scale full on a GPU
 primal-dual: $(STAMP)
-	$(BIN)/python analysis/primal_dual.py --scale small
+	$(BIN)/python -m flatlab.studies primal_dual --scale small
 
 # the compression study (CHOCO-SGD against AdaGossip) at its CPU scale: ring, alpha 0.1, top-k 1%
 # and QSGD, 2000 steps, 5 seeds, bracketed gamma (resumable); --scale full on a GPU
@@ -71,7 +71,7 @@ compression: $(STAMP)
 # exponential graph, local SGD with H = 4, 16) at its CPU scale: 16 nodes, batch 512, 2000 steps,
 # 5 seeds, bracketed lr and rho (about 2.5 h on 2 cores; resumable); --scale full on a GPU
 implicit-flatness: $(STAMP)
-	$(BIN)/python analysis/implicit_flatness.py --scale small
+	$(BIN)/python -m flatlab.studies implicit_flatness --scale small
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/spectral.py

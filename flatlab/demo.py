@@ -18,7 +18,7 @@ moves a single run's accuracy by points between CPUs. The printed table and ``OU
 give the mean and standard error over the seeds, ``OUT/table.csv`` every run, and the figures
 draw error bars. About 4 minutes on 2 idle CPU cores; ``--small`` is a seconds-long check of the
 same pipeline. The study behind it, with seeds, topologies and the theory overlay, is
-``analysis/tradeoff.py``.
+``flatlab.studies.tradeoff``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ __all__ = ["run_demo", "demo_runs", "ALGORITHMS", "BATCHES", "SEEDS"]
 
 #: method -> (step size, hyper-parameters). The same step for the plain methods (the flatness
 #: paper compares at equal μ); Momentum Tracking at μ / (1 - β) equal to theirs; NGPD at the
-#: rate its tuning in analysis/primal_dual.py picked for this model.
+#: rate its tuning in flatlab.studies.primal_dual picked for this model.
 ALGORITHMS: dict[str, tuple[float, dict[str, Any]]] = {
     "centralized": (0.1, {}),
     "consensus": (0.1, {}),

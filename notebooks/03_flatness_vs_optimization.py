@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -16,7 +16,7 @@
 # %% [markdown]
 # # Flatness versus optimization
 #
-# The results of `analysis/tradeoff.py`, read back and redrawn: what centralized SGD, consensus
+# The results of `flatlab.studies.tradeoff`, read back and redrawn: what centralized SGD, consensus
 # and diffusion converge to on mnist1d over four topologies at a small and a large batch, next
 # to what the spectral gap predicts. The question is Cao, Wu, Yuan and Sayed's ("On the
 # trade-off between flatness and optimization in distributed learning", 2024;
@@ -29,9 +29,7 @@
 # scale into a temporary folder first. The test suite runs it with `FLATLAB_NOTEBOOK_SMALL=1`.
 
 # %%
-import importlib.util
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -41,21 +39,17 @@ import pandas as pd
 from IPython.display import display
 
 import flatlab
-from flatlab import plots
+from flatlab import plots, studies
+from flatlab.studies import tradeoff
+from flatlab.studies.figures import committed_results
 from flatlab.theory import spectral_gap_study
 
 SMALL = bool(os.environ.get("FLATLAB_NOTEBOOK_SMALL"))
 ROOT = Path(flatlab.__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "analysis"))  # for common, the study scripts' module
-from common import committed_results  # noqa: E402
-
 src = committed_results(ROOT, "tradeoff", "runs.csv")
 if src is None:  # no committed study: its tiny scale, a few minutes on 2 cores
-    spec = importlib.util.spec_from_file_location("tradeoff", ROOT / "analysis" / "tradeoff.py")
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
     src = Path(tempfile.mkdtemp()) / "tradeoff-tiny"
-    study.main(["--scale", "tiny", "--out", str(src), "--jobs", "1"])
+    studies.main(tradeoff.STUDY, ["--scale", "tiny", "--out", str(src), "--jobs", "1"])
 tables = {t: pd.read_csv(src / f"{t}.csv")
           for t in ("runs", "curves", "escape", "steady", "bound")}
 runs = tables["runs"]

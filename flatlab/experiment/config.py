@@ -18,7 +18,7 @@ Example YAML (every field has a default; see ``configs/`` for complete files)::
 Seeds: ``data.seed`` fixes the data set (synthetic tasks) and the partition, so runs that differ
 only in ``seed`` see the same split; ``seed`` fixes the model initialisation, the minibatch order
 and dropout. ``init_from`` (a finished run directory) starts every node at that run's averaged
-model ``x̄`` instead (the escape experiment of ``analysis/tradeoff.py``).
+model ``x̄`` instead (the escape experiment of ``flatlab.studies.tradeoff``).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ def compression(curves: pd.DataFrame, *, panel_size: tuple[float, float] = (4.0,
 
     Args:
         curves: ``topology, alpha, compression, method, seed, step, mb_per_node,
-            test_accuracy`` rows (``analysis/compression.py``'s ``curves.csv``).
+            test_accuracy`` rows (``flatlab.studies.compression``'s ``curves.csv``).
         panel_size: Size of one panel in inches.
 
     Returns:

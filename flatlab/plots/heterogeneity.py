@@ -33,7 +33,7 @@ def heterogeneity(table: pd.DataFrame, *, methods: list[str] | None = None,
 
     Args:
         table: One row per run with ``nodes, partition, level, method, seed, status,
-            test_accuracy, test_accuracy_nodes`` (``analysis/heterogeneity.py``'s ``runs.csv``).
+            test_accuracy, test_accuracy_nodes`` (``flatlab.studies.heterogeneity``'s ``runs.csv``).
         methods: Methods to draw, in legend order (default: as they appear).
         panel_size: Size of one panel in inches.
 

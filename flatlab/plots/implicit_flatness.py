@@ -35,7 +35,7 @@ def implicit_flatness(runs: pd.DataFrame, curves: pd.DataFrame, *,
 
     Args:
         runs: One row per final run: ``method, seed, status, hessian_top, test_accuracy``
-            (``analysis/implicit_flatness.py``'s ``runs.csv``).
+            (``flatlab.studies.implicit_flatness``'s ``runs.csv``).
         curves: Long table ``step, metric, value, method, seed, status`` with ``train_loss``,
             ``hessian_top`` and ``consensus_gap`` (its ``curves.csv``).
         methods: Methods to draw, in legend order (default: as they appear).

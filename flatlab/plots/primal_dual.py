@@ -27,7 +27,7 @@ def primal_dual(curves: pd.DataFrame, summary: pd.DataFrame, *,
         curves: ``variant, nodes, alpha, method, seed, step, test_accuracy`` rows.
         summary: ``variant, nodes, alpha, method, ms_per_step, vs_dsgd`` rows and one
             ``target_<name>`` column per target
-            (``analysis/primal_dual.py``'s ``summary.csv``).
+            (``flatlab.studies.primal_dual``'s ``summary.csv``).
         panel_size: Size of one panel in inches.
 
     Returns:

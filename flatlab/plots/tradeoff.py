@@ -1,4 +1,4 @@
-"""Flatness-versus-optimization figures (``analysis/tradeoff.py``, ``flatlab demo``).
+"""Flatness-versus-optimization figures (``flatlab.studies.tradeoff``, ``flatlab demo``).
 
 Every function reads a results table and draws; none computes a measurement. Tables:
 
@@ -354,7 +354,7 @@ def bound_overlay(table: pd.DataFrame, *, panel_size: tuple[float, float] = (3.4
 
 
 def tradeoff_figures(tables: dict[str, pd.DataFrame]) -> dict[str, Figure]:
-    """Every figure of ``analysis/tradeoff.py`` from its tables, by name.
+    """Every figure of ``flatlab.studies.tradeoff`` from its tables, by name.
 
     Tables ``runs``, ``curves``, ``steady``, ``escape``, ``bound``; figures ``scatter``,
     ``accuracy``, ``consensus``, ``escape``, ``bound``.

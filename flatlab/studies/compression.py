@@ -102,7 +102,7 @@ SCALES = {
 
 
 def config(point: Point, scale: Scale, seed: int, holdout: float) -> dict[str, Any]:
-    """The run config of a point, as ``analysis/compression.py`` made it (runs resume)."""
+    """The run config of a point, as the old ``analysis/compression.py`` made it (runs resume)."""
     algorithm, compression = split(point["method"])
     params: dict[str, Any] = dict(LOCAL)
     if algorithm != REFERENCE:
@@ -212,7 +212,7 @@ def appendix(tables: dict[str, pd.DataFrame], scale: Scale) -> str:
         seeds = int(tuning["holdout_seeds"].max())
         if seeds < len(scale.tune_seeds):
             lines += [f"Tuning on {seeds} seed{'s' if seeds > 1 else ''}: these tables were "
-                      "tuned under the old rule of `analysis/compression.py` (seed 0 alone, the "
+                      "tuned under the old script's rule (seed 0 alone, the "
                       "best held-out accuracy of one run, no tie rule); the values tried and "
                       "chosen are that script's. A re-run tunes on seeds "
                       f"{', '.join(map(str, scale.tune_seeds))}.", ""]
