@@ -837,12 +837,15 @@ def family(verdicts: pd.DataFrame, *, alpha: float = 0.05, adjustment: str = "ho
         low.append(lo)
         high.append(hi)
         note = "" if (isinstance(r.note, float) or r.note is None) else str(r.note)
+        # the notes this function writes are recomputed (a family re-decided from its raw tests)
+        note = "; ".join(n for n in note.split("; ") if n and n != "smaller than the margin"
+                         and "before adjustment" not in n)
         if r.untrainable or r.pairs < 2 or not math.isfinite(r.p_adj):
             words.append("no verdict")
         elif r.p_adj < alpha:
             ahead = r.difference > 0 if r.direction == "greater" else r.difference < 0
             words.append("better" if ahead else "worse")
-            if r.p_equivalent_adj < alpha and "smaller than the margin" not in note:
+            if r.p_equivalent_adj < alpha:
                 note = "; ".join(filter(None, [note, "smaller than the margin"]))
         elif r.p_equivalent_adj < alpha:
             words.append("equivalent")
@@ -851,7 +854,7 @@ def family(verdicts: pd.DataFrame, *, alpha: float = 0.05, adjustment: str = "ho
             before = ([f"different before adjustment (p = {r.p:.3f})"] if r.p < alpha else []) + (
                 [f"equivalent before adjustment (TOST p = {r.p_equivalent:.3f})"]
                 if r.p_equivalent < alpha else [])
-            note = "; ".join(filter(None, [note, *[b for b in before if b not in note]]))
+            note = "; ".join(filter(None, [note, *before]))
         notes.append(note)
     out["low_adj"], out["high_adj"] = low, high
     out["adjustment"] = adjustment

@@ -232,3 +232,12 @@ def test_resolution_and_edge_of_stability_labels():
     assert time_to_target_label(50, 50) == "≤ 50" and time_to_target_label(150, 50) == "150"
     assert time_to_target_label(math.nan, 50) == "–"
     assert edge_of_stability(0.1, 20.0) == pytest.approx(1.0)
+
+
+def test_re_deciding_a_family_recomputes_its_own_notes():
+    t = _table({"up": 0.05, "same": 0.0}, [0.003, 0.001], seeds=8)
+    once = judge(t, [Claim("up beats ref", "up", "ref", margin=0.2),
+                     Claim("same beats ref", "same", "ref")])
+    assert once.note.iloc[0] == "smaller than the margin"
+    twice = family(once)
+    pd.testing.assert_frame_equal(twice, once)
