@@ -12,21 +12,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from flatlab.plots import heterogeneity, sensitivity
-from flatlab.studies.figures import redraw
+from flatlab.studies.figures import redraw_study
+from flatlab.studies.heterogeneity import STUDY
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _sensitivity(tuning):
-    lr = tuning[tuning["stage"] == "lr"].rename(columns={"value": "lr"})
-    return sensitivity(lr, "lr", panels=["nodes", "partition", "level"])
-
-
 def main() -> int:
-    return (redraw(ROOT, "heterogeneity", ["runs.csv"], heterogeneity)
-            or redraw(ROOT, "heterogeneity", ["tuning.csv"], _sensitivity,
-                      figure="heterogeneity_sensitivity"))
+    """Redraw the study's figures from its committed tables (2 after one line if never run)."""
+    return redraw_study(ROOT, STUDY)
 
 
 if __name__ == "__main__":

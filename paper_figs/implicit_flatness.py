@@ -14,32 +14,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pandas as pd
-
-from flatlab.studies.implicit_flatness import STUDY, figures
+from flatlab.studies.figures import redraw_study
+from flatlab.studies.implicit_flatness import STUDY
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
-    """Draw the figures; 2 after one line when no committed tables exist."""
-    for scale in ("full", "small"):
-        folder = ROOT / "results" / f"{STUDY.name}-{scale}"
-        if (folder / "runs.csv").is_file():
-            break
-    else:
-        print(f"error: no results/{STUDY.name}-{{full,small}}/runs.csv; run the study first",
-              file=sys.stderr)
-        return 2
-    tables = {p.stem: pd.read_csv(p) for p in sorted(folder.glob("*.csv"))}
-    out = ROOT / "paper_figs" / "out" / STUDY.name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for suffix, fig in figures(tables, STUDY.scales[scale]).items():
-        path = out.with_name(out.name + (f"_{suffix}" if suffix else ""))
-        for ext in ("pdf", "png"):
-            fig.savefig(path.with_suffix(f".{ext}"), dpi=200)
-        print(f"wrote {path}.pdf and .png")
-    return 0
+    """Redraw the study's figures from its committed tables (2 after one line if never run)."""
+    return redraw_study(ROOT, STUDY)
 
 
 if __name__ == "__main__":

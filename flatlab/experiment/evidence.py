@@ -65,6 +65,25 @@ class Convergence:
         return "converged" if self.converged else "not converged"
 
 
+def _curve(name: str, steps: Sequence[int], values: Sequence[float], last: float
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Checked arrays of a curve and the indices of its last ``last`` of the steps.
+
+    Raises:
+        FlatlabError: Mismatched lengths, decreasing steps, or ``last`` outside (0, 1].
+    """
+    s, v = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+    if s.shape != v.shape or s.ndim != 1 or not s.size:
+        raise FlatlabError(f"{name} needs equally long, non-empty steps and values; got "
+                           f"{s.shape} and {v.shape}")
+    if np.any(np.diff(s) <= 0):
+        raise FlatlabError(f"{name} needs increasing steps")
+    if not 0 < last <= 1:
+        raise FlatlabError(f"last must be in (0, 1], got {last}")
+    begin = s[-1] - last * (s[-1] - s[0])
+    return s, v, np.flatnonzero(s >= begin - 1e-9)
+
+
 def convergence(steps: Sequence[int], values: Sequence[float], *, last: float = 0.2,
                 threshold: float = 0.01) -> Convergence:
     """Whether a metric changed by less than ``threshold`` over the last ``last`` of the steps.
@@ -78,16 +97,7 @@ def convergence(steps: Sequence[int], values: Sequence[float], *, last: float = 
     Raises:
         FlatlabError: Mismatched lengths, decreasing steps, or ``last`` outside (0, 1].
     """
-    s, v = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
-    if s.shape != v.shape or s.ndim != 1 or not s.size:
-        raise FlatlabError(f"convergence needs equally long, non-empty steps and values; got "
-                           f"{s.shape} and {v.shape}")
-    if np.any(np.diff(s) <= 0):
-        raise FlatlabError("convergence needs increasing steps")
-    if not 0 < last <= 1:
-        raise FlatlabError(f"last must be in (0, 1], got {last}")
-    begin = s[-1] - last * (s[-1] - s[0])
-    window = np.flatnonzero(s >= begin - 1e-9)
+    s, v, window = _curve("convergence", steps, values, last)
     first, end = int(window[0]), len(s) - 1
     change = float(v[end] - v[first]) if len(window) > 1 else math.nan
     ok = len(window) > 1 and math.isfinite(change) and abs(change) < threshold
@@ -181,22 +191,13 @@ def loss_plateau(steps: Sequence[int], losses: Sequence[float], *, last: float =
         FlatlabError: Mismatched lengths, decreasing steps, ``last`` outside (0, 1] or
             ``smooth < 1``.
     """
-    s, v = np.asarray(steps, dtype=float), np.asarray(losses, dtype=float)
-    if s.shape != v.shape or s.ndim != 1 or not s.size:
-        raise FlatlabError(f"loss_plateau needs equally long, non-empty steps and losses; got "
-                           f"{s.shape} and {v.shape}")
-    if np.any(np.diff(s) <= 0):
-        raise FlatlabError("loss_plateau needs increasing steps")
-    if not 0 < last <= 1:
-        raise FlatlabError(f"last must be in (0, 1], got {last}")
     if smooth < 1:
         raise FlatlabError(f"smooth must be >= 1, got {smooth}")
+    s, v, window = _curve("loss_plateau", steps, losses, last)
     kernel = np.ones(smooth) / smooth
     smoothed = np.array([v[max(0, i - smooth + 1):i + 1].mean() if i + 1 < smooth
                          else float(np.dot(v[i - smooth + 1:i + 1], kernel))
                          for i in range(len(v))])
-    begin = s[-1] - last * (s[-1] - s[0])
-    window = np.flatnonzero(s >= begin - 1e-9)
     first, end = int(window[0]), len(s) - 1
     start_value = smoothed[first]
     change = (float((smoothed[end] - start_value) / start_value)
@@ -609,6 +610,13 @@ def paired_test(a: pd.Series, b: pd.Series, margin: float) -> PairedTest:
 ADJUSTMENTS = ("holm", "bh", "none")
 
 
+def _sorted_finite(p: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``p`` as floats, an all-NaN output of its shape, and its finite indices by ascending p."""
+    p = np.asarray(p, dtype=float)
+    ok = np.flatnonzero(np.isfinite(p))
+    return p, np.full(p.shape, math.nan), ok[np.argsort(p[ok], kind="stable")]
+
+
 def holm(p: Sequence[float], *, max_true: int | None = None) -> np.ndarray:
     """Holm's (1979) step-down adjusted p-values, family-wise error rate controlled.
 
@@ -622,13 +630,10 @@ def holm(p: Sequence[float], *, max_true: int | None = None) -> np.ndarray:
 
     NaN p-values (a test that could not be made) stay NaN and do not count in ``M``.
     """
-    p = np.asarray(p, dtype=float)
-    out = np.full(p.shape, math.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    m = len(ok)
+    p, out, order = _sorted_finite(p)
+    m = len(order)
     if not m:
         return out
-    order = ok[np.argsort(p[ok], kind="stable")]
     c = np.arange(m, 0, -1, dtype=float)
     if max_true is not None:
         c = np.minimum(c, max(int(max_true), 1))
@@ -641,13 +646,10 @@ def benjamini_hochberg(p: Sequence[float]) -> np.ndarray:
 
     ``q_(j) = min(1, min_{i>=j} M p_(i) / i)``; NaN p-values stay NaN and do not count in ``M``.
     """
-    p = np.asarray(p, dtype=float)
-    out = np.full(p.shape, math.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    m = len(ok)
+    p, out, order = _sorted_finite(p)
+    m = len(order)
     if not m:
         return out
-    order = ok[np.argsort(p[ok], kind="stable")]
     q = m * p[order] / np.arange(1, m + 1)
     out[order] = np.minimum(1.0, np.minimum.accumulate(q[::-1])[::-1])
     return out

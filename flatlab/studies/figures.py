@@ -1,19 +1,17 @@
 """Figure files of the studies: write a figure, and redraw one from a study's committed tables.
 
-``paper_figs/<study>.py`` scripts call :func:`redraw` with the repository root; a study run
-writes its own figures through the pipeline (``Study.figures``).
+``paper_figs/<study>.py`` scripts call :func:`redraw_study` with the repository root: the
+study's own figure function (``Study.figures``) over its committed tables, the same figures a
+run of the study writes through the pipeline.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-__all__ = ["save_figure", "committed_results", "redraw"]
+__all__ = ["save_figure", "committed_results", "redraw_study"]
 
 
 def save_figure(fig: Any, path: Path) -> None:
@@ -32,20 +30,24 @@ def committed_results(root: Path, name: str, needs: str) -> Path | None:
     return None
 
 
-def redraw(root: Path, name: str, tables: Sequence[str], draw: Callable[..., Any],
-           figure: str | None = None) -> int:
-    """Redraw ``paper_figs/out/<figure>.{pdf,png}`` from a study's committed tables.
+def redraw_study(root: Path, study: Any) -> int:
+    """Redraw a study's figures (``Study.figures``) from its committed tables.
 
-    ``draw`` gets the tables (read with pandas, in the order of ``tables``) of
-    :func:`committed_results`; ``figure`` defaults to the study's ``name``. Returns 0, or 2
-    after one line when the study has not been run.
+    Reads every table of ``results/<name>-full`` (else ``-small``) and writes
+    ``paper_figs/out/<name>[_<suffix>].{pdf,png}``. Returns 0, or 2 after one line when the
+    study has not been run.
     """
-    src = committed_results(root, name, tables[0])
+    from flatlab.studies.pipeline import _read_csv
+
+    src = committed_results(root, study.name, "runs.csv")
     if src is None:
-        print(f"error: no {name} results; run python -m flatlab.studies {name} first",
-              file=sys.stderr)
+        print(f"error: no {study.name} results; run python -m flatlab.studies {study.name} "
+              "first", file=sys.stderr)
         return 2
-    out = root / "paper_figs" / "out" / (figure or name)
-    save_figure(draw(*(pd.read_csv(src / t) for t in tables)), out)
-    print(f"wrote {out}.pdf and .png from {src.relative_to(root)}")
+    scale = study.scales[src.name.rsplit("-", 1)[1]]
+    tables = {p.stem: _read_csv(p) for p in sorted(src.glob("*.csv"))}
+    out = root / "paper_figs" / "out" / study.name
+    for suffix, fig in study.figures(tables, scale).items():
+        save_figure(fig, out.with_name(out.name + (f"_{suffix}" if suffix else "")))
+    print(f"wrote {out}*.pdf and .png from {src.relative_to(root)}")
     return 0

@@ -25,3 +25,20 @@ def test_sync_fills_a_block_and_refuses_an_unknown_study(tmp_path):
     assert sync(tmp_path, got) == got
     with pytest.raises(FileNotFoundError, match="'other'"):
         sync(tmp_path, "<!-- results:other -->\n<!-- /results:other -->")
+
+
+def test_redraw_study_draws_from_the_committed_tables_or_refuses_in_one_line(tmp_path, capsys):
+    from flatlab.studies import heterogeneity
+    from flatlab.studies.figures import redraw_study
+
+    assert redraw_study(tmp_path, heterogeneity.STUDY) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: no heterogeneity results; run python -m flatlab.studies heterogeneity first")
+    src = tmp_path / "results" / "heterogeneity-small"
+    src.mkdir(parents=True)
+    for name in ("runs.csv", "tuning.csv"):
+        (src / name).write_text((ROOT / "results" / "heterogeneity-small" / name).read_text())
+    assert redraw_study(tmp_path, heterogeneity.STUDY) == 0
+    out = tmp_path / "paper_figs" / "out"
+    assert (out / "heterogeneity.png").stat().st_size > 10_000
+    assert (out / "heterogeneity_sensitivity.pdf").is_file()
