@@ -86,7 +86,8 @@ SCALES = {
                   seeds=(0, 1), tune_seeds=(0, 1), steps=30, every=10,
                   options={"targets": {"cnn": (0.0, 1.0)}, "lrs": {"ngpd": (0.1, 0.3)},
                            "plain": (0.1, 0.3), "dampings": (0.1, 1.0), "extensions": 0,
-                           "timing_steps": 10, "timing_repeats": 1}),
+                           "timing_steps": 10, "timing_repeats": 1,
+                           "measure": {"train_subset": 256, "test_subset": 256}}),
 }
 
 
@@ -103,17 +104,20 @@ def config(point: Point, scale: Scale, seed: int, holdout: float) -> dict[str, A
     if point["method"] == "ngpd":
         params = {**params, "damping": _damping(point)}
     steps = scale.steps
-    return {"name": "primal-dual", "seed": seed, "device": "auto",
-            "data": {"name": "mnist1d", "partition": "dirichlet", "alpha": point["alpha"],
-                     "seed": seed, "batch_size": 32, "holdout": holdout},
-            "model": VARIANTS[point["variant"]],
-            "topology": {"name": "ring", "nodes": point["nodes"]},
-            "algorithm": {"name": name, "params": params},
-            "optim": {"lr": point["lr"], "schedule": "cosine", "weight_decay": 1e-4},
-            "train": {"steps": steps},
-            "measure": {"every": steps if holdout else scale.every,
-                        "metrics": ["loss", "accuracy", "comm_bytes"], "per_node": False},
-            "checkpoint_every": max(steps // 2, 1)}
+    cfg = {"name": "primal-dual", "seed": seed, "device": "auto",
+           "data": {"name": "mnist1d", "partition": "dirichlet", "alpha": point["alpha"],
+                    "seed": seed, "batch_size": 32, "holdout": holdout},
+           "model": VARIANTS[point["variant"]],
+           "topology": {"name": "ring", "nodes": point["nodes"]},
+           "algorithm": {"name": name, "params": params},
+           "optim": {"lr": point["lr"], "schedule": "cosine", "weight_decay": 1e-4},
+           "train": {"steps": steps},
+           "measure": {"every": steps if holdout else scale.every,
+                       "metrics": ["loss", "accuracy", "comm_bytes"], "per_node": False},
+           "checkpoint_every": max(steps // 2, 1)}
+    # a scale may measure on subsets (the test suite's tiny scale: the whole sets dominate it)
+    cfg["measure"].update(scale.options.get("measure", {}))
+    return cfg
 
 
 def run_name(point: Point, seed: int) -> str:
