@@ -1,20 +1,26 @@
-"""What makes a study's conclusion earned: convergence, bracketed tuning, paired intervals.
+"""What makes a study's conclusion earned: convergence, robust tuning, four verdicts, a family.
 
-Free functions over plain arrays and tables, so that every study applies the same rules:
+Free functions over plain arrays and tables, so that every study applies the same rules
+(:mod:`flatlab.studies` applies them all):
 
-- :func:`convergence`: a run has converged when its held-out metric changed by less than a
-  threshold (default one accuracy point, 0.01) over the last 20% of its steps; a run still
-  improving is reported ``not converged``, never silently compared.
-- :func:`grid_check` and :func:`bracket`: a tuned value must be interior to its grid. When the
-  best value sits at an edge, the grid is extended by its own ratio until the best is interior
-  or the next value diverges (a diverged neighbour bounds the best as well as a worse one does);
-  the extension is recorded.
-- :func:`sensitivity`: the held-out metric against the tuned value per method, with the
-  divergence boundary (the smallest value that diverged).
-- :func:`paired_difference` and :func:`verdict`: a comparison is the seed-paired difference with
-  a 95% Student-t interval; the verdict says ``supported``, ``contradicted`` or
-  ``not separable`` (an interval that straddles zero, or fewer than two seeds: one seed decides
-  nothing).
+- :func:`convergence` (the held-out metric moved by less than a point over the last 20% of
+  steps) and :func:`loss_plateau` (the smoothed training loss, what is optimized, changed by
+  less than 10% there): both are reported; :func:`at_chance` flags a run that has not learned,
+  apart from a run still moving.
+- :func:`robust_choice` and :func:`grid_check`: a tuned value is chosen on the mean over
+  seeds; values within one standard error of the best tie and the tie goes toward the grid's
+  centre; a best value at an edge is extended by the grid's own ratio (:func:`extension`,
+  :func:`bracket`); a diverged neighbour bounds the best as well as a worse one does.
+- :func:`sensitivity`: the held-out metric against the tuned value, with the divergence
+  boundary.
+- :func:`paired_test`, :func:`tost`, :func:`judge` and :func:`family`: a claim is the
+  seed-paired difference ``a - b`` with a margin ``m`` fixed in advance; the paired t-test of
+  ``a - b = 0`` and the two one-sided tests of ``|a - b| >= m``, adjusted over the study's
+  family (:func:`holm`, Shaffer-capped; :func:`benjamini_hochberg` as an option), give
+  ``better``, ``worse``, ``equivalent`` (within ±m) or ``inconclusive``: an interval that
+  includes zero is never "the same". A method untrainable at its grid gets ``no verdict``.
+- :func:`edge_of_stability` (``η·λ_max/2``) and :func:`time_to_target_label` (``≤ first``):
+  a flatness beside its step, a time at its resolution.
 """
 
 from __future__ import annotations
