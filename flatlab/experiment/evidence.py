@@ -37,7 +37,8 @@ from flatlab.errors import FlatlabError
 
 __all__ = ["Convergence", "convergence", "run_convergence", "curves_convergence",
            "with_convergence", "loss_plateau", "curves_loss_plateau", "at_chance",
-           "GridCheck", "grid_check", "extension", "bracket", "robust_choice", "sensitivity",
+           "GridCheck", "grid_check", "next_value", "extension", "bracket", "robust_choice",
+           "sensitivity",
            "Paired", "paired_difference", "verdict", "PairedTest", "paired_test", "tost",
            "holm", "benjamini_hochberg", "adjust", "ADJUSTMENTS", "RobustChoice", "VERDICTS",
            "Claim", "judge", "family", "change_between", "verdict_markdown", "edge_of_stability",
@@ -275,36 +276,31 @@ def grid_check(values: Sequence[float], scores: Sequence[float],
         diverged: Whether each value diverged (a diverged value bounds the grid on its side).
         higher_is_better: Accuracy (True) or a loss (False).
 
-    An edge value that ties an interior one counts as interior: the optimum is flat there, and
-    extending would only add more of the same (a grid of equal scores is not extended).
+    The one-seed case of :func:`robust_choice` (no standard error: only exact ties tie). An edge
+    value that ties an interior one counts as interior: the optimum is flat there, and extending
+    would only add more of the same (a grid of equal scores is not extended).
 
     Raises:
         FlatlabError: Fewer than two values, non-positive values, or mismatched lengths.
     """
     x = np.asarray(values, dtype=float)
-    y = np.asarray(scores, dtype=float)
-    bad = np.zeros(x.shape, bool) if diverged is None else np.asarray(diverged, dtype=bool)
-    if x.ndim != 1 or x.size < 2 or y.shape != x.shape or bad.shape != x.shape:
-        raise FlatlabError(f"grid_check needs two or more values with one score each; got "
-                           f"{x.shape}, {y.shape}, {bad.shape}")
-    if np.any(x <= 0):
-        raise FlatlabError("grid_check needs positive values (a geometric grid)")
-    order = np.argsort(x)
-    x, y, bad = x[order], y[order], bad[order]
-    ok = np.isfinite(y) & ~bad
-    if not ok.any():
-        return GridCheck(math.nan, False, None, None, float(x[1] / x[0]))
-    score = np.where(ok, y if higher_is_better else -y, -np.inf)
-    ties = np.flatnonzero(ok & (score == score.max()))
-    inner = ties[(ties > 0) & (ties < len(x) - 1)]
-    i = int(inner[0] if len(inner) else ties[0])  # a tie with an interior value is bracketed
-    if 0 < i < len(x) - 1:
-        return GridCheck(float(x[i]), True, None, None, float(x[i + 1] / x[i]))
-    if i == 0:
-        ratio = float(x[1] / x[0])
-        return GridCheck(float(x[0]), False, "low", float(x[0] / ratio), ratio)
-    ratio = float(x[-1] / x[-2])
-    return GridCheck(float(x[-1]), False, "high", float(x[-1] * ratio), ratio)
+    c = robust_choice(x, scores, np.full(x.shape, math.nan), diverged,
+                      higher_is_better=higher_is_better)
+    edge = None if c.next_value is None else ("low" if c.next_value < x.min() else "high")
+    return GridCheck(c.chosen, c.interior, edge, c.next_value, c.ratio)
+
+
+def next_value(value: float | None, tried: Sequence[float], *,
+               limits: tuple[float, float] = (0.0, math.inf)) -> float | None:
+    """A grid's next value as a run is named: 3 significant digits, clipped to ``limits``.
+
+    An edge beyond a limit tries the limit itself (CHOCO-SGD's ``γ <= 1``, say); a value already
+    tried (a best value at its limit) needs nothing more: None, as for ``value=None``.
+    """
+    if value is None:
+        return None
+    v = min(max(float(f"{value:.3g}"), limits[0]), limits[1])
+    return None if v in {float(t) for t in tried} else v
 
 
 def extension(values: Sequence[float], scores: Sequence[float],
@@ -313,16 +309,10 @@ def extension(values: Sequence[float], scores: Sequence[float],
               higher_is_better: bool = True) -> float | None:
     """The value a tuned grid needs next, or None when its best is bracketed.
 
-    :func:`grid_check`'s ``next_value`` rounded to 3 significant digits (so that it names a run
-    folder cleanly) and clipped to the hyper-parameter's ``limits`` (CHOCO-SGD's ``γ <= 1``,
-    say): an edge beyond a limit tries the limit itself, and a best value already at its limit
-    needs nothing more (None).
+    :func:`grid_check`'s ``next_value`` as :func:`next_value` rounds and clips it.
     """
     check = grid_check(values, scores, diverged, higher_is_better=higher_is_better)
-    if check.next_value is None:
-        return None
-    value = min(max(float(f"{check.next_value:.3g}"), limits[0]), limits[1])
-    return None if value in {float(v) for v in values} else value
+    return next_value(check.next_value, values, limits=limits)
 
 
 def bracket(values: Sequence[float], evaluate: Callable[[float], tuple[float, bool]], *,

@@ -22,7 +22,7 @@ import pandas as pd
 
 from flatlab.experiment.many import run_many
 
-__all__ = ["final_values", "choose_best", "mean_and_se", "tune_bracketed", "final_convergence"]
+__all__ = ["final_values", "mean_and_se", "tune_bracketed", "final_convergence"]
 
 
 def final_values(path: str | Path, columns: dict[str, str]) -> dict[str, Any]:
@@ -87,7 +87,7 @@ def tune_bracketed(points: Sequence[dict[str, Any]],
         ``extensions`` and ``untrainable``. ``attrs["per_seed"]`` holds one row per run and
         ``attrs["rule"]`` the tie rule.
     """
-    from flatlab.experiment.evidence import RobustChoice, at_chance, robust_choice
+    from flatlab.experiment.evidence import RobustChoice, at_chance, next_value, robust_choice
 
     seeds = tuple(int(s) for s in seeds)
     if not seeds:
@@ -116,11 +116,7 @@ def tune_bracketed(points: Sequence[dict[str, Any]],
                              g["holdout_se"].tolist(), (g["status"] == "diverged").tolist())
 
     def clipped(c: RobustChoice, key: tuple, tried: set[float]) -> float | None:
-        if c.next_value is None:
-            return None
-        lo, hi = bounds(key)
-        value = min(max(float(f"{c.next_value:.3g}"), lo), hi)
-        return None if value in tried else value
+        return next_value(c.next_value, tried, limits=bounds(key))
 
     todo = [dict(p) for p in points]
     per_seed: list[dict[str, Any]] = []
@@ -190,18 +186,6 @@ def final_convergence(path: str | Path, metric: str = "test_accuracy", *, last: 
     except (FlatlabError, OSError):
         return {"converged": False, "change": math.nan}
     return {"converged": c.converged, "change": c.change}
-
-
-def choose_best(table: pd.DataFrame, keys: list[str], score: str, tie: str) -> pd.Series:
-    """Mask of the best row per group of ``keys``: the highest finite ``score``.
-
-    Ties go to the smaller ``tie`` (e.g. the learning rate); a group whose scores are all NaN
-    chooses nothing.
-    """
-    ranked = (table.dropna(subset=[score])
-              .sort_values([score, tie], ascending=[False, True])
-              .drop_duplicates(keys))
-    return pd.Series(table.index.isin(ranked.index), index=table.index)
 
 
 def mean_and_se(table: pd.DataFrame, keys: list[str], columns: list[str]) -> pd.DataFrame:

@@ -105,14 +105,6 @@ def test_run_many_in_worker_processes(tmp_path, capsys):
     assert [line.split(" (")[0] for line in out] == ["[1/2] a: done", "[2/2] b: failed"]
 
 
-def test_choose_best_takes_the_highest_score_ties_to_the_smaller_value_and_skips_nan_groups():
-    t = pd.DataFrame({"method": ["a", "a", "a", "b", "b", "c"],
-                      "lr": [0.3, 0.1, 0.03, 0.1, 0.3, 0.1],
-                      "acc": [0.8, 0.8, 0.5, 0.2, math.nan, math.nan]})
-    chosen = study.choose_best(t, ["method"], "acc", "lr")
-    assert t[chosen][["method", "lr"]].values.tolist() == [["a", 0.1], ["b", 0.1]]
-
-
 def test_mean_and_se_counts_done_runs_only():
     t = pd.DataFrame({"m": ["a"] * 4 + ["b"], "status": ["done", "done", "done", "diverged",
                                                          "done"],
