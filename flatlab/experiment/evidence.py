@@ -156,7 +156,7 @@ def curves_convergence(curves: pd.DataFrame, keys: Sequence[str], *, value: str 
 
 
 def with_convergence(table: pd.DataFrame, curves: pd.DataFrame, keys: Sequence[str], *,
-                     metric: str = "test_accuracy") -> pd.DataFrame:
+                     metric: str = "test_accuracy", threshold: float = 0.01) -> pd.DataFrame:
     """``table`` (one row per run) with each run's convergence check from a long curves table.
 
     :func:`curves_convergence` on the rows of ``curves`` whose ``metric`` column is ``metric``
@@ -165,7 +165,8 @@ def with_convergence(table: pd.DataFrame, curves: pd.DataFrame, keys: Sequence[s
     counted as settled. This is how a study checks committed tables without the run directories.
     """
     curve = curves[curves["metric"] == metric].rename(columns={"value": metric})
-    conv = curves_convergence(curve, keys, value=metric)[[*keys, "converged", "change"]]
+    conv = curves_convergence(curve, keys, value=metric, threshold=threshold)[
+        [*keys, "converged", "change"]]
     out = table.drop(columns=["converged", "change"], errors="ignore").merge(
         conv, on=list(keys), how="left")
     out["converged"] = out["converged"].fillna(False).astype(bool)

@@ -42,12 +42,12 @@ import pandas as pd
 from flatlab.experiment.evidence import (
     Claim,
     at_chance,
-    curves_convergence,
     curves_loss_plateau,
     edge_of_stability,
     family,
     judge,
     verdict_markdown,
+    with_convergence,
 )
 from flatlab.experiment.many import run_many
 from flatlab.experiment.study import final_values, mean_and_se, tune_bracketed
@@ -213,7 +213,7 @@ def check(study: Study, table: pd.DataFrame, curves: pd.DataFrame, run_keys: Seq
     """Both convergence criteria, the chance flag and untrainability, per run.
 
     ``converged``/``change``: the held-out accuracy of x̄ over the last 20% of steps
-    (:func:`~flatlab.experiment.evidence.curves_convergence`, threshold one point);
+    (:func:`~flatlab.experiment.evidence.with_convergence`, threshold one point);
     ``loss_converged``/``loss_change``: the smoothed training loss there
     (:func:`~flatlab.experiment.evidence.curves_loss_plateau`, relative change below 10%);
     each is recomputed from ``curves`` when they hold its metric, else a column ``table``
@@ -227,12 +227,7 @@ def check(study: Study, table: pd.DataFrame, curves: pd.DataFrame, run_keys: Seq
     metrics = set(curves["metric"]) if len(curves) and "metric" in curves else set()
     out = table
     if "test_accuracy" in metrics:
-        acc = curves[curves["metric"] == "test_accuracy"].rename(
-            columns={"value": "test_accuracy"})
-        conv = curves_convergence(acc, keys, threshold=ACCURACY_THRESHOLD)[
-            [*keys, "converged", "change"]]
-        out = out.drop(columns=["converged", "change"], errors="ignore").merge(
-            conv, on=keys, how="left")
+        out = with_convergence(out, curves, keys, threshold=ACCURACY_THRESHOLD)
     if "train_loss" in metrics:
         loss = curves_loss_plateau(curves, keys, threshold=LOSS_THRESHOLD)
         out = out.drop(columns=["loss_converged", "loss_change"], errors="ignore").merge(
