@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from flatlab.experiment.evidence import Claim, edge_of_stability
+from flatlab.studies.pipeline import run_curves
 from flatlab.studies.spec import Point, Scale, Stage, Study
 
 #: The method whose bracketed learning rate every method trains with.
@@ -197,16 +198,6 @@ STAGES = (
 )
 
 
-def _read_run(path: Path) -> pd.DataFrame:
-    from flatlab.experiment.results import read_metrics
-
-    m = read_metrics(path)
-    if m.empty:
-        return m
-    m = m[m["scope"].isin(["avg", "network"])]
-    return m.drop_duplicates(["step", "metric"], keep="last")
-
-
 def extra(path: Path, point: Point, scale: Scale) -> dict[str, Any]:
     """A final run's method columns, its spectral gap and its disagreement over training.
 
@@ -225,7 +216,7 @@ def extra(path: Path, point: Point, scale: Scale) -> dict[str, Any]:
         gap = {"rho_w": float(s.rho), "spectral_gap": float(s.spectral_gap)}
     during = {"consensus_during": math.nan, "gap_during": math.nan}
     try:
-        m = _read_run(path)
+        m = run_curves(path, ("consensus_distance", "consensus_gap"), lr=False)
     except Exception:  # noqa: BLE001  (a damaged or missing run reads as NaN, its status says why)
         m = pd.DataFrame()
     if len(m):

@@ -54,8 +54,9 @@ from flatlab.experiment.study import final_values, mean_and_se, tune_bracketed
 from flatlab.studies.figures import save_figure
 from flatlab.studies.spec import Scale, Study
 
-__all__ = ["tune", "final", "check", "judge_claims", "summarize", "report", "results_text",
-           "run_study", "rejudge", "main", "TABLES", "LOSS_THRESHOLD", "ACCURACY_THRESHOLD"]
+__all__ = ["tune", "final", "run_curves", "check", "judge_claims", "summarize", "report",
+           "results_text", "run_study", "rejudge", "main", "TABLES", "LOSS_THRESHOLD",
+           "ACCURACY_THRESHOLD"]
 
 #: The held-out criterion: accuracy moved by less than this over the last 20% of steps.
 ACCURACY_THRESHOLD = 0.01
@@ -148,15 +149,19 @@ def _tune_stage(study: Study, scale: Scale, stage: Any, points: list[dict[str, A
     return t.rename(columns={stage.hparam: "value"}).assign(stage=stage.hparam)
 
 
-def _curves(path: Path, metrics: Sequence[str]) -> pd.DataFrame:
-    """A run's curves of ``metrics`` (the averaged model x̄ where a metric has it), and ``lr``."""
+def run_curves(path: Path, metrics: Sequence[str], *, lr: bool = True) -> pd.DataFrame:
+    """A run's curves ``step, metric, value`` of ``metrics`` (and of ``lr``, the step there).
+
+    Each metric at the averaged model x̄ where it has that scope, else the network's, else the
+    mean over nodes; a step recorded twice (a resumed run) counts once. Empty without metrics.
+    """
     from flatlab.experiment.results import read_metrics
 
     m = read_metrics(path)
     if m.empty:
         return pd.DataFrame(columns=["step", "metric", "value"])
     rows = []
-    for metric in (*metrics, "lr"):
+    for metric in (*metrics, *(("lr",) if lr else ())):
         sel = m[m["metric"] == metric]
         for scope in ("avg", "network", "mean"):
             if (sel["scope"] == scope).any():
@@ -200,7 +205,7 @@ def final(study: Study, scale: Scale, runs: Path, workers: int,
         rows.append({**{k: p[k] for k in keys}, "setting": study.label({k: p[k] for k in keys}),
                      **{k: v for k, v in p.items() if k not in keys}, "seed": seed, **r,
                      **extra})
-        c = _curves(Path(path), study.curves)
+        c = run_curves(Path(path), study.curves)
         curves.append(c.assign(**{k: p[k] for k in [*keys, "method"]}, seed=seed))
     table = pd.DataFrame(rows + skipped)
     curve = (pd.concat(curves, ignore_index=True) if curves

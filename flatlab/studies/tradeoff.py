@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 from flatlab.experiment.evidence import Claim, edge_of_stability
+from flatlab.studies.pipeline import run_curves
 from flatlab.studies.spec import Point, Scale, Study
 
 __all__ = ["STUDY", "SCALES", "config", "run_name", "claims", "paired", "includes",
@@ -267,16 +268,6 @@ def extra(path: Path, point: Point, scale: Scale) -> dict[str, Any]:
     return out
 
 
-def _series(path: Path, metrics: tuple[str, ...]) -> pd.DataFrame:
-    import flatlab.results
-
-    if not (path / "metrics.parquet").is_file():
-        return pd.DataFrame(columns=["step", "metric", "value"])
-    df = flatlab.results.load(path)
-    df = df[df["metric"].isin(metrics) & df["scope"].isin(["avg", "network"])]
-    return df[["step", "metric", "value"]].drop_duplicates(["step", "metric"])
-
-
 def escape(study: Study, scale: Scale, runs: Path, workers: int,
            tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     """Every method restarted at large-batch centralized SGD's final x̄ (per seed and step).
@@ -309,7 +300,7 @@ def escape(study: Study, scale: Scale, runs: Path, workers: int,
     run_many(jobs, workers)
     parts = []
     for (method, top, lr, seed), (path, _) in zip(pts, jobs, strict=True):
-        s = _series(Path(path), ESCAPE_METRICS)
+        s = run_curves(Path(path), ESCAPE_METRICS, lr=False)
         st = final_values(path, {})["status"]
         parts.append(s.assign(method=method, topology=top, lr=lr, seed=seed, status=st))
     if not parts:
