@@ -455,24 +455,28 @@ def results_text(study: Study, tables: Mapping[str, pd.DataFrame]) -> str:
 
 
 def _tables(study: Study, scale: Scale, tuning: pd.DataFrame, table: pd.DataFrame,
-            curves: pd.DataFrame, extra: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+            curves: pd.DataFrame, extra: Mapping[str, pd.DataFrame]
+            ) -> tuple[dict[str, pd.DataFrame], set[str]]:
+    """The checked, judged and summarized tables, and the names of the derived ones.
+
+    Derived tables are recomputed from the runs on every report, so they are not written.
+    """
     keys = [*study.setting_keys(scale), "method", "seed"]
     table = check(study, table, curves, keys)
     tables: dict[str, pd.DataFrame] = {"tuning": tuning, "runs": table, "curves": curves,
                                        **extra}
-    if study.derived is not None:
-        tables.update(study.derived(table, scale))
+    derived = study.derived(table, scale) if study.derived is not None else {}
+    tables.update(derived)
     tables["verdicts"] = judge_claims(study, scale, tables)
     tables["summary"] = summarize(study, scale, table)
-    return tables
+    return tables, set(derived)
 
 
 def _write(study: Study, scale: Scale, out: Path, fig: Path | None,
-           tables: Mapping[str, pd.DataFrame]) -> None:
+           tables: Mapping[str, pd.DataFrame], derived: set[str]) -> None:
     text, prose = report(study, scale, tables), results_text(study, tables)
     figures = study.figures(dict(tables), scale) if (study.figures and fig is not None) else {}
     out.mkdir(parents=True, exist_ok=True)
-    derived = set(study.derived(tables["runs"], scale)) if study.derived else set()
     for name, t in tables.items():
         if name not in derived:
             t.to_csv(out / f"{name}.csv", index=False)
@@ -493,8 +497,8 @@ def run_study(study: Study, scale: Scale, out: Path, fig: Path | None, workers: 
     for phase in study.phases:
         extra.update(phase(study, scale, runs, workers,
                            {"runs": table, "curves": curves, "tuning": tuning}))
-    tables = _tables(study, scale, tuning, table, curves, extra)
-    _write(study, scale, out, fig, tables)
+    tables, derived = _tables(study, scale, tuning, table, curves, extra)
+    _write(study, scale, out, fig, tables, derived)
     return tables
 
 
@@ -523,8 +527,8 @@ def rejudge(study: Study, scale: Scale, out: Path, fig: Path | None) -> dict[str
         keys = study.setting_keys(scale)
         table.insert(0, "setting", [study.label({k: r[k] for k in keys})
                                     for _, r in table[keys].iterrows()])
-    tables = _tables(study, scale, tuning, table, curves, read)
-    _write(study, scale, out, fig, tables)
+    tables, derived = _tables(study, scale, tuning, table, curves, read)
+    _write(study, scale, out, fig, tables, derived)
     return tables
 
 
