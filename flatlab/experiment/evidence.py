@@ -38,8 +38,8 @@ from flatlab.errors import FlatlabError
 __all__ = ["Convergence", "convergence", "run_convergence", "curves_convergence",
            "with_convergence", "loss_plateau", "curves_loss_plateau", "at_chance",
            "GridCheck", "grid_check", "next_value", "extension", "bracket", "robust_choice",
-           "sensitivity",
-           "Paired", "paired_difference", "verdict", "PairedTest", "paired_test", "tost",
+           "sensitivity", "Paired", "paired_difference", "t_interval", "verdict", "PairedTest",
+           "paired_test", "tost",
            "holm", "benjamini_hochberg", "adjust", "ADJUSTMENTS", "RobustChoice", "VERDICTS",
            "Claim", "judge", "family", "change_between", "verdict_markdown", "edge_of_stability",
            "time_to_target_label"]
@@ -485,18 +485,25 @@ def paired_difference(a: pd.Series, b: pd.Series, *, level: float = 0.95) -> Pai
         b: The same metric of the method compared against, per seed.
         level: The interval's coverage.
     """
-    from scipy import stats
-
     d = (a.astype(float) - b.astype(float)).dropna()
     n = len(d)
-    if n == 0:
-        return Paired(math.nan, math.nan, math.nan, math.nan, 0)
-    mean = float(d.mean())
-    if n == 1:
-        return Paired(mean, -math.inf, math.inf, math.nan, 1)
-    se = float(d.std(ddof=1)) / math.sqrt(n)
+    mean = float(d.mean()) if n else math.nan
+    se = float(d.std(ddof=1)) / math.sqrt(n) if n > 1 else math.nan
+    return Paired(mean, *t_interval(mean, se, n, level), se, n)
+
+
+def t_interval(mean: float, se: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """The two-sided Student-t interval ``mean ± t_{(1+level)/2, n-1} se`` of a paired mean.
+
+    Infinite with one seed (one seed decides nothing), NaN with none; ``[mean, mean]`` when
+    every pair is equal (``se = 0``).
+    """
+    from scipy import stats
+
+    if n < 2:
+        return (-math.inf, math.inf) if n else (math.nan, math.nan)
     half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * se
-    return Paired(mean, mean - half, mean + half, se, n)
+    return mean - half, mean + half
 
 
 def verdict(p: Paired, claim: str = "greater", *, margin: float = 0.0) -> str:
@@ -545,13 +552,8 @@ class PairedTest:
     p_equivalent: float
 
     def interval(self, level: float = 0.95) -> tuple[float, float]:
-        """The two-sided Student-t interval at ``level`` (infinite with one seed)."""
-        from scipy import stats
-
-        if self.n < 2:
-            return (-math.inf, math.inf) if self.n else (math.nan, math.nan)
-        half = float(stats.t.ppf(0.5 + level / 2, self.n - 1)) * self.se
-        return self.mean - half, self.mean + half
+        """The two-sided Student-t interval at ``level`` (:func:`t_interval`)."""
+        return t_interval(self.mean, self.se, self.n, level)
 
 
 def tost(mean: float, se: float, df: int, margin: float) -> float:
@@ -813,8 +815,6 @@ def family(verdicts: pd.DataFrame, *, alpha: float = 0.05, adjustment: str = "ho
         ``verdicts`` with ``p_adj``, ``p_equivalent_adj``, ``low_adj``, ``high_adj``,
         ``adjustment`` and ``verdict`` (re)computed.
     """
-    from scipy import stats
-
     out = verdicts.copy()
     if out.empty:
         return out.assign(p_adj=[], p_equivalent_adj=[], low_adj=[], high_adj=[],
@@ -828,11 +828,7 @@ def family(verdicts: pd.DataFrame, *, alpha: float = 0.05, adjustment: str = "ho
         lo = hi = math.nan
         if r.pairs >= 2 and math.isfinite(r.p_adj):
             level = 1 - alpha * (r.p / r.p_adj if r.p_adj > 0 else 1.0)
-            if r.se > 0:
-                half = float(stats.t.ppf(0.5 + level / 2, r.pairs - 1)) * r.se
-                lo, hi = r.difference - half, r.difference + half
-            else:
-                lo = hi = r.difference
+            lo, hi = t_interval(r.difference, r.se, r.pairs, level)
         low.append(lo)
         high.append(hi)
         note = "" if (isinstance(r.note, float) or r.note is None) else str(r.note)
