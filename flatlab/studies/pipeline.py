@@ -24,7 +24,8 @@ Each step is a free function of the :class:`~flatlab.studies.spec.Study` and its
    ``results.md`` (the Results prose, generated from the tables so that it cannot go stale).
 
 :func:`main` is the command line every study shares (``--scale``, ``--out``, ``--fig``,
-``--jobs``, ``--report`` from the runs on disk, ``--rejudge`` from the committed tables alone).
+``--jobs``, ``--report`` from the runs on disk, ``--rejudge`` from the committed tables alone,
+``--retune`` to re-run only the tuning and keep the committed final runs where no choice moved).
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ from flatlab.studies.figures import save_figure
 from flatlab.studies.spec import Scale, Study
 
 __all__ = ["tune", "final", "run_curves", "check", "judge_claims", "summarize", "report",
-           "results_text", "run_study", "rejudge", "main", "TABLES", "LOSS_THRESHOLD",
-           "ACCURACY_THRESHOLD"]
+           "results_text", "run_study", "rejudge", "retune", "moved_choices", "main", "TABLES",
+           "LOSS_THRESHOLD", "ACCURACY_THRESHOLD"]
 
 #: The held-out criterion: accuracy moved by less than this over the last 20% of steps.
 ACCURACY_THRESHOLD = 0.01
@@ -532,14 +533,83 @@ def rejudge(study: Study, scale: Scale, out: Path, fig: Path | None) -> dict[str
     return tables
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Two table cells name the same value (numbers to 1e-9 relative, else as text)."""
+    try:
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
+def moved_choices(study: Study, scale: Scale, runs: pd.DataFrame,
+                  chosen: Mapping[tuple, Mapping[str, float]], untrainable: set[tuple]
+                  ) -> list[str]:
+    """What a new tuning changes in a committed runs table, one line per method and setting.
+
+    A method moves when a chosen value differs from the one its final runs used, when it
+    became untrainable, or when it was untrainable and now trains. Empty: the committed final
+    runs are exactly the runs the new choices ask for (same configurations, same seeds).
+    """
+    keys = study.setting_keys(scale)
+    moved = []
+    for s in scale.settings:
+        for m in scale.methods:
+            if not study.runs(s, m, scale):
+                continue
+            k, label = _key(s, m), f"{m} at {study.label(s)}"
+            rows = runs[(runs["method"] == m)
+                        & pd.Series([all(_same(r[c], s[c]) for c in keys)
+                                     for _, r in runs[keys].iterrows()], index=runs.index)]
+            if rows.empty:
+                moved.append(f"{label}: no committed final runs")
+                continue
+            was_untrainable = bool((rows["status"] == "untrainable").all())
+            if (k in untrainable) != was_untrainable:
+                moved.append(f"{label}: {'now' if k in untrainable else 'no longer'} "
+                             "untrainable at this grid")
+                continue
+            if k in untrainable:
+                continue
+            for h, v in chosen.get(k, {}).items():
+                old = rows[h].unique() if h in rows else []
+                if len(old) != 1 or not _same(old[0], v):
+                    was = ", ".join(f"{x:g}" if isinstance(x, float) else str(x) for x in old)
+                    moved.append(f"{label}: {h} {was or 'none'} -> {v:g}")
+    return moved
+
+
+def retune(study: Study, scale: Scale, out: Path, fig: Path | None, workers: int
+           ) -> tuple[dict[str, pd.DataFrame] | None, list[str]]:
+    """Re-run only the tuning, and keep the committed final runs where no choice moved.
+
+    The final runs are deterministic functions of their configurations, so where the new
+    tuning (:func:`tune`, resumable under ``out/runs``) chooses every value the committed
+    ``runs.csv`` used, those runs are what a full re-run would train again: the new tuning
+    table is written and the study re-judged (:func:`rejudge`). Otherwise nothing is written
+    and the moved choices are returned (re-run the study to train their final runs).
+
+    Returns:
+        The tables (``None`` when a choice moved) and the moved choices
+        (:func:`moved_choices`).
+    """
+    committed = _read_csv(out / "runs.csv")
+    tuning, chosen, untrainable = tune(study, scale, out / "runs", workers)
+    moved = moved_choices(study, scale, committed, chosen, untrainable)
+    if moved:
+        return None, moved
+    tuning.to_csv(out / "tuning.csv", index=False)
+    return rejudge(study, scale, out, fig), []
+
+
 def main(study: Study, argv: list[str] | None = None, *, root: Path | None = None) -> int:
     """The command line of a study; returns the exit status (2 after one line on bad input).
 
     ``--scale`` (default ``small``), ``--out`` (default ``results/<name>-<scale>`` under
     ``root``, the current folder by default), ``--fig`` (default
     ``paper_figs/out/<name>``; at ``tiny`` scale ``<out>/<name>``), ``--jobs``, ``--report``
-    (tables and figures from the runs on disk, nothing trained) and ``--rejudge`` (from the
-    committed tables in ``--out`` alone).
+    (tables and figures from the runs on disk, nothing trained), ``--rejudge`` (from the
+    committed tables in ``--out`` alone) and ``--retune`` (:func:`retune`: exit status 1, with
+    the moved choices, when the committed final runs no longer match the tuning).
     """
     root = Path.cwd() if root is None else root
     p = argparse.ArgumentParser(prog=f"flatlab study {study.name}",
@@ -555,6 +625,9 @@ def main(study: Study, argv: list[str] | None = None, *, root: Path | None = Non
                       help="only rebuild tables and figures from the runs on disk")
     mode.add_argument("--rejudge", action="store_true",
                       help="re-check and re-judge the committed tables in --out (no runs)")
+    mode.add_argument("--retune", action="store_true",
+                      help="re-run only the tuning; re-judge the committed final runs if no "
+                           "chosen value moved, else name what moved (exit 1)")
     try:
         a = p.parse_args(argv)
     except SystemExit as e:
@@ -570,13 +643,23 @@ def main(study: Study, argv: list[str] | None = None, *, root: Path | None = Non
         print(f"error: no runs under {out / 'runs'}; run without --report first",
               file=sys.stderr)
         return 2
-    if a.rejudge and not (out / "runs.csv").is_file():
-        print(f"error: no runs.csv in {out}; --rejudge needs a study's tables",
+    if (a.rejudge or a.retune) and not (out / "runs.csv").is_file():
+        flag = "--rejudge" if a.rejudge else "--retune"
+        print(f"error: no runs.csv in {out}; {flag} needs a study's tables",
               file=sys.stderr)
         return 2
     t0 = time.time()
     if a.rejudge:
         tables = rejudge(study, scale, out, fig)
+    elif a.retune:
+        new, moved = retune(study, scale, out, fig, a.jobs)
+        if new is None:
+            print(f"the new tuning moved {len(moved)} choice(s); the committed final runs "
+                  f"no longer apply, so nothing was written (run without --retune):")
+            for line in moved:
+                print(f"  {line}")
+            return 1
+        tables = new
     else:
         tables = run_study(study, scale, out, fig, 0 if a.report else a.jobs)
     print(f"{len(tables['runs'])} final runs ({time.time() - t0:.0f} s); tables in {out}")

@@ -75,3 +75,30 @@ def test_the_module_command_line_refuses_unknown_studies_in_one_line(tmp_path):
     assert cli().returncode == 2
     with pytest.raises(FlatlabError, match="does not exist"):
         load(str(tmp_path / "missing.py"))
+
+
+def test_retune_keeps_the_final_runs_only_where_no_choice_moved(tmp_path, capsys):
+    path = tmp_path / "mine.py"
+    path.write_text(STUDY_FILE)
+    study = load(str(path))
+    out = tmp_path / "o"
+    args = ["--scale", "tiny", "--out", str(out), "--jobs", "1"]
+    assert main(study, args) == 0
+    runs, tuning = (out / "runs.csv").read_text(), (out / "tuning.csv").read_text()
+    # the same rule chooses the same values: the committed final runs stand, re-judged
+    assert main(study, [*args, "--retune"]) == 0
+    assert (out / "runs.csv").read_text() == runs
+    assert (out / "tuning.csv").read_text() == tuning
+    # a table from another rule (its final runs at another step): nothing is written
+    table = pd.read_csv(out / "runs.csv")
+    old = float(table["lr"].iloc[0])
+    table["lr"] = 0.03
+    table.to_csv(out / "runs.csv", index=False)
+    (out / "tuning.csv").write_text("stale\n")
+    capsys.readouterr()
+    assert main(study, [*args, "--retune"]) == 1
+    said = capsys.readouterr().out
+    assert "moved 2 choice(s)" in said
+    assert f"dsgd at nodes=4: lr 0.03 -> {old:g}" in said.replace("  ", "")
+    assert (out / "tuning.csv").read_text() == "stale\n"
+    assert main(study, ["--scale", "tiny", "--out", str(tmp_path / "none"), "--retune"]) == 2
