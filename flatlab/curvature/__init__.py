@@ -12,9 +12,21 @@ any callable ``v -> Hv``, and batched over node models (docs/reference/measures.
     flatlab.curvature.node_top_eigenvalues(stack, X, x_eval, y_eval)   # [n, 1], by device
     f = flatlab.curvature.kfac_factors(stack, X, xb, yb)          # {layer: (A [n,a,a], G [n,g,g])}
     flatlab.curvature.kfac_solve(V, A, G, damping)                 # (G ⊗ A + λI)⁻¹ vec V, exact
+    D = flatlab.curvature.deviations(X)                            # X − 1 x̄ᵀ, [n, P]
+    flatlab.curvature.disagreement_curvature(op, D).value          # tr(HΣ), Σ = DᵀD / n
+    flatlab.curvature.disagreement_alignment(vecs, D).share        # ‖D‖² share in span(vecs)
 """
 
 from flatlab.curvature.density import SpectralDensity, spectral_density
+from flatlab.curvature.disagreement import (
+    Alignment,
+    DisagreementCurvature,
+    DisagreementGap,
+    deviations,
+    disagreement_alignment,
+    disagreement_curvature,
+    disagreement_gap,
+)
 from flatlab.curvature.kfac import (
     FISHER_TYPES,
     Eigenbasis,
@@ -59,4 +71,6 @@ __all__ = [
     "lanczos", "power_iteration", "EigenResult", "random_probes",
     "trace", "TraceResult", "TRACE_METHODS", "spectral_density", "SpectralDensity",
     "stack_loss", "model_hessian", "node_top_eigenvalues", "NODE_STRATEGIES",
+    "deviations", "disagreement_curvature", "disagreement_gap", "disagreement_alignment",
+    "DisagreementCurvature", "DisagreementGap", "Alignment",
 ]

@@ -147,8 +147,8 @@ def measure(run: Run, X: torch.Tensor, step: int, *,  # noqa: N803
         rows=run.rows, step=step, mixer=mixer,
         eval_batch=cfg.measure.eval_batch, per_node=cfg.measure.per_node,
         curvature_dtype=getattr(torch, cfg.measure.curvature_dtype),
-        comm_bytes=float(mixer.gathered_stats().total_bytes()))
-    rows: list[named.Row] = [("lr", "network", run.lr(step))]
+        comm_bytes=float(mixer.gathered_stats().total_bytes()), lr=float(run.lr(step)))
+    rows: list[named.Row] = [("lr", "network", ctx.lr)]
     rows += _schedule.measure(ctx, run.schedule.due(step), alone=alone, timings=timings,
                               announce=announce)
     main = mixer.rank == 0

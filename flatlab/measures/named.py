@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,7 @@ from flatlab.comm.protocols import CollectiveGroup
 from flatlab.errors import MeasureError
 from flatlab.measures import sharpness as _sh
 from flatlab.measures.settings import Settings, setting, validate
+from flatlab.seeds import seed_for
 
 __all__ = ["NamedMeasure", "MeasureContext", "available", "get", "resolve", "describe",
            "TABLES", "Row"]
@@ -63,6 +65,7 @@ class MeasureContext:
         dataset: The run's dataset (``optimum``, ``info["optimum_loss"]`` on synthetic tasks).
         n: Number of nodes of the network.
         step: The training step.
+        lr: The step size of the step just taken (``run.lr(step)``; nan when unknown).
         eval_batch: Samples per evaluation chunk.
         per_node: Record per-node rows.
         curvature_dtype: dtype of curvature, sharpness and landscape computations.
@@ -89,6 +92,7 @@ class MeasureContext:
     per_node: bool = True
     curvature_dtype: torch.dtype = torch.float32
     comm_bytes: float = 0.0
+    lr: float = math.nan
     cache: dict[str, Any] = field(default_factory=dict)
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
@@ -153,11 +157,47 @@ class MeasureContext:
                           batch_size=self.eval_batch), self.to_curvature(self.xbar)
 
     def avg_hessian(self):
-        """The Hessian operator of ``f`` at ``x̄`` on the curvature subset."""
+        """The Hessian operator of ``f`` at ``x̄`` on the curvature subset (one per step).
+
+        Shared by the measures of a step, so its gradient graph is built once.
+        """
         from flatlab.curvature import hessian_operator
 
-        fn, x = self.avg_loss_fn()
-        return hessian_operator(fn, x)
+        if "avg_hessian" not in self.cache:
+            fn, x = self.avg_loss_fn()
+            self.cache["avg_hessian"] = hessian_operator(fn, x)
+        return self.cache["avg_hessian"]
+
+    def avg_top(self, k: int, tol: float, max_iter: int, seed: int):
+        """Lanczos' top-``k`` eigenpairs of ``H(x̄)`` with vectors, once per step and setting.
+
+        Shared by ``hessian_top``, ``disagreement_alignment`` and ``edge_of_stability``.
+        """
+        from flatlab.curvature import lanczos
+
+        key = f"avg_top/{k}/{tol}/{max_iter}/{seed}"
+        if key not in self.cache:
+            self.cache[key] = lanczos(self.avg_hessian(), k, tol=tol, max_iter=max_iter,
+                                      seed=seed, return_vectors=True)
+        return self.cache[key]
+
+    def node_top(self, k: int, tol: float, max_iter: int, seed: int, strategy: str):
+        """Every node's top-``k`` eigenvalues (this process's nodes), computed once per step."""
+        from flatlab.curvature import node_top_eigenvalues
+
+        key = f"node_top/{k}/{tol}/{max_iter}/{seed}/{strategy}"
+        if key not in self.cache:
+            self.cache[key] = node_top_eigenvalues(
+                self.curvature_stack(), self.to_curvature(self.X), *self.curvature, k=k,
+                tol=tol, max_iter=max_iter, seed=seed, first_node=self.rows.start,
+                strategy=strategy, batch_size=self.eval_batch)
+        return self.cache[key]
+
+    def all_nodes(self) -> torch.Tensor:
+        """``[n, P]`` every node's parameters (gathered; on rank 0 after the ``nodes`` part)."""
+        if "all_nodes" not in self.cache:
+            self.cache["all_nodes"] = self.mixer.gather(self.X)
+        return self.cache["all_nodes"]
 
 
 @dataclass(frozen=True)
@@ -451,7 +491,7 @@ def _hessian_top(ctx: MeasureContext, s: dict) -> list[Row]:
     if s["method"] == "power":
         res = power_iteration(op, s["k"], max_iter=s["max_iter"], tol=s["tol"], seed=s["seed"])
     else:
-        res = lanczos(op, s["k"], tol=s["tol"], max_iter=s["max_iter"], seed=s["seed"])
+        res = ctx.avg_top(s["k"], s["tol"], s["max_iter"], s["seed"])
     rows = _eig_rows("hessian_top", res, "avg")
     if s["smallest"]:
         low = lanczos(op, 1, which="smallest", tol=s["tol"], max_iter=s["max_iter"],
@@ -468,26 +508,34 @@ _register(NamedMeasure(
     settings=HessianTopSettings, average=_hessian_top, source="docs/reference/measures.md §5"))
 
 
-def _hessian_top_nodes(ctx: MeasureContext, s: dict) -> list[Row]:
-    from flatlab.curvature import node_top_eigenvalues
+def _gather_nodes(ctx: MeasureContext, s: dict) -> list[Row]:
+    ctx.all_nodes()  # a collective: every process, before the average part
+    return []
 
-    res = node_top_eigenvalues(ctx.curvature_stack(), ctx.to_curvature(ctx.X), *ctx.curvature,
-                               k=s["k"], tol=s["tol"], max_iter=s["max_iter"], seed=s["seed"],
-                               first_node=ctx.rows.start, strategy=s["strategy"],
-                               batch_size=ctx.eval_batch)
+
+def _spread(metric: str, v: torch.Tensor, per_node: bool) -> list[Row]:
+    """``mean``, ``max``, ``min`` and ``std`` (over nodes, n − 1) of per-node values, and each."""
+    v = v.double()
+    rows = [(metric, "mean", float(v.mean())), (metric, "max", float(v.max())),
+            (metric, "min", float(v.min())),
+            (metric, "std", float(v.std(correction=1)) if v.numel() > 1 else 0.0)]
+    if per_node:
+        rows += [(metric, str(i), float(u)) for i, u in enumerate(v)]
+    return rows
+
+
+def _hessian_top_nodes(ctx: MeasureContext, s: dict) -> list[Row]:
+    res = ctx.node_top(s["k"], s["tol"], s["max_iter"], s["seed"], s["strategy"])
     top = ctx.gathered(res.eigenvalues[:, 0].double())
     ok = ctx.gathered(res.converged.all(1).double())
-    rows = [("hessian_top", "mean", float(top.mean())), ("hessian_top", "max", float(top.max())),
-            ("hessian_top", "min", float(top.min())),
+    return [*_spread("hessian_top", top, ctx.per_node),
             ("hessian_top_converged", "nodes", float(ok.min()))]
-    if ctx.per_node:
-        rows += [("hessian_top", str(i), float(v)) for i, v in enumerate(top)]
-    return rows
 
 
 _register(NamedMeasure(
     "hessian_top_nodes", "top Hessian eigenvalue of every node model (each with its own "
-    "buffers and start vector; one at a time on the CPU, batched on a GPU)",
+    "buffers and start vector; one at a time on the CPU, batched on a GPU): mean, max, min, "
+    "std over nodes (the curvature's spread across nodes) and each",
     ("hessian_top", "hessian_top_converged"),
     settings=HessianTopNodesSettings, nodes=_hessian_top_nodes,
     source="docs/reference/measures.md §5"))
@@ -512,6 +560,183 @@ _register(NamedMeasure(
     "hessian_trace", "tr(H) at x̄ by Hutch++ (or Hutchinson) with its standard error",
     ("hessian_trace", "hessian_trace_stderr"),
     settings=HessianTraceSettings, average=_hessian_trace, source="docs/reference/measures.md §6"))
+
+
+@dataclass(frozen=True)
+class HessianTraceNodesSettings(Settings):
+    """Settings of ``hessian_trace_nodes`` (:func:`~flatlab.curvature.trace`, batched over nodes).
+
+    One batched pass estimates every node's trace on the curvature subset with its own buffers;
+    ``num_matvecs`` products of all nodes at once (a node's probes depend on how many nodes a
+    process holds, so a distributed run's estimates differ within their standard errors).
+    """
+
+    num_matvecs: int = setting(30, low=2)
+    method: str = setting("hutch++", choices=("hutch++", "hutchinson"))
+    seed: int = setting(0, low=0)
+
+    def problem(self) -> str | None:
+        """Hutch++ needs at least 3 products, Hutchinson 2."""
+        return HessianTraceSettings.problem(self)  # type: ignore[arg-type]
+
+
+def _hessian_trace_nodes(ctx: MeasureContext, s: dict) -> list[Row]:
+    from flatlab.curvature import model_hessian, trace
+
+    op = model_hessian(ctx.curvature_stack(), ctx.to_curvature(ctx.X), *ctx.curvature,
+                       batch_size=ctx.eval_batch)
+    res = trace(op, s["num_matvecs"], method=s["method"],
+                seed=seed_for(s["seed"], "probes", ctx.rows.start))
+    est = ctx.gathered(torch.as_tensor(res.estimate, dtype=torch.float64))
+    err = ctx.gathered(torch.as_tensor(res.stderr, dtype=torch.float64))
+    return [*_spread("hessian_trace", est, ctx.per_node),
+            ("hessian_trace_stderr", "max", float(err.max()))]
+
+
+_register(NamedMeasure(
+    "hessian_trace_nodes", "tr(H) of every node model by Hutch++ in one batched pass: mean, "
+    "max, min, std over nodes and each, with the largest standard error",
+    ("hessian_trace", "hessian_trace_stderr"), settings=HessianTraceNodesSettings,
+    nodes=_hessian_trace_nodes, source="docs/reference/measures.md §6, §10.4"))
+
+
+# ---------------------------------------------------------------------- the mechanism
+@dataclass(frozen=True)
+class DisagreementSettings(Settings):
+    """Settings of ``disagreement`` (:func:`~flatlab.curvature.disagreement_curvature`).
+
+    ``probes``: 0 for the exact ``tr(HΣ) = (1/n) Σ_i d_iᵀ H d_i`` (``n`` Hessian-vector
+    products at x̄); ``k ≥ 2`` for the unbiased estimate from ``k`` Rademacher combinations of
+    the deviations, with its standard error (``k`` products whatever ``n``: for large ``n``).
+    The gap costs ``n + 1`` forward passes over the curvature subset.
+    """
+
+    probes: int = setting(0, low=0)
+    seed: int = setting(0, low=0)
+
+    def problem(self) -> str | None:
+        """One probe has no standard error."""
+        if self.probes == 1:
+            return "probes = 1 gives no standard error; accepted: 0 (exact) or >= 2"
+        return None
+
+
+def _disagreement(ctx: MeasureContext, s: dict) -> list[Row]:
+    from flatlab.curvature.disagreement import (
+        deviations,
+        disagreement_curvature,
+        disagreement_gap,
+    )
+
+    fn, xbar = ctx.avg_loss_fn()
+    D = deviations(ctx.all_nodes(), ctx.xbar)  # noqa: N806
+    c = disagreement_curvature(ctx.avg_hessian(), D, probes=s["probes"], seed=s["seed"])
+    g = disagreement_gap(fn, xbar, D, c.value)
+    rows = [("disagreement_curvature", "avg", c.value),
+            ("disagreement_gap", "avg", g.gap),
+            ("disagreement_gap_predicted", "avg", g.predicted)]
+    if s["probes"]:
+        rows.append(("disagreement_curvature_stderr", "avg", c.stderr))
+    if g.predicted > 0:  # undefined without disagreement (centralized, exact consensus)
+        rows.append(("disagreement_gap_ratio", "avg", g.ratio))
+    if c.consensus_distance > 0:
+        rows.append(("disagreement_rayleigh", "avg", c.rayleigh))
+    return rows
+
+
+_register(NamedMeasure(
+    "disagreement", "the disagreement through the curvature at x̄: tr(HΣ) (Σ = (1/n) Σ d_i d_iᵀ), "
+    "the gap (1/n) Σ f(x_i) − f(x̄) on the curvature subset beside ½ tr(HΣ), their ratio, and "
+    "tr(HΣ)/Ξ²", ("disagreement_curvature", "disagreement_curvature_stderr", "disagreement_gap",
+                  "disagreement_gap_predicted", "disagreement_gap_ratio",
+                  "disagreement_rayleigh"),
+    settings=DisagreementSettings, nodes=_gather_nodes, average=_disagreement,
+    source="docs/reference/measures.md §10.4 (Zhu et al., ICML 2023)"))
+
+
+@dataclass(frozen=True)
+class AlignmentSettings(Settings):
+    """Settings of ``disagreement_alignment`` (top-``k`` Ritz vectors of ``H(x̄)`` by Lanczos).
+
+    With ``hessian_top``'s ``k``, ``tol``, ``max_iter`` and ``seed`` the eigenpairs are computed
+    once for both.
+    """
+
+    k: int = setting(5, low=1)
+    tol: float = setting(1e-3, low=0.0, strict=True)
+    max_iter: int = setting(100, low=1)
+    seed: int = setting(0, low=0)
+
+    def problem(self) -> str | None:
+        """Lanczos needs ``max_iter >= k``."""
+        return _krylov_steps(self.k, self.max_iter)
+
+
+def _alignment(ctx: MeasureContext, s: dict) -> list[Row]:
+    from flatlab.curvature.disagreement import deviations, disagreement_alignment
+
+    res = ctx.avg_top(s["k"], s["tol"], s["max_iter"], s["seed"])
+    D = deviations(ctx.all_nodes(), ctx.xbar)  # noqa: N806
+    a = disagreement_alignment(res.eigenvectors, D)
+    rows = [("disagreement_alignment_chance", "avg", a.chance),
+            ("disagreement_alignment_converged", "avg", float(bool(res.converged.all())))]
+    if math.isfinite(a.share):  # undefined without disagreement
+        rows += [("disagreement_alignment", "avg", a.share)]
+        rows += [(f"disagreement_alignment_{j + 1}", "avg", float(v))
+                 for j, v in enumerate(a.per_direction)]
+    return rows
+
+
+_register(NamedMeasure(
+    "disagreement_alignment", "share of ‖X − 1x̄ᵀ‖_F² in the top-k Hessian eigenspace at x̄, "
+    "each direction's share, and k/P (a random direction's share)",
+    ("disagreement_alignment", "disagreement_alignment_chance",
+     "disagreement_alignment_converged"),
+    settings=AlignmentSettings, nodes=_gather_nodes, average=_alignment,
+    source="docs/reference/measures.md §10.4"))
+
+
+@dataclass(frozen=True)
+class EdgeOfStabilitySettings(Settings):
+    """Settings of ``edge_of_stability`` (``η λ_max / 2`` at x̄, and per node with ``nodes``).
+
+    ``λ_max`` at x̄ is ``hessian_top``'s (shared when ``tol``, ``max_iter`` and ``seed`` agree);
+    per node it is ``hessian_top_nodes``' (each node's Hessian on the curvature subset with its
+    own buffers), ``strategy`` as there.
+    """
+
+    nodes: bool = setting(True)
+    tol: float = setting(1e-3, low=0.0, strict=True)
+    max_iter: int = setting(100, low=1)
+    seed: int = setting(0, low=0)
+    strategy: str = setting("auto", choices=("auto", "batched", "sequential"))
+
+
+def _step_size(ctx: MeasureContext) -> float:
+    if not math.isfinite(ctx.lr):
+        raise MeasureError("edge_of_stability needs the run's step size; the measure context "
+                           "has none")
+    return float(ctx.lr)
+
+
+def _edge_nodes(ctx: MeasureContext, s: dict) -> list[Row]:
+    if not s["nodes"]:
+        return []
+    res = ctx.node_top(1, s["tol"], s["max_iter"], s["seed"], s["strategy"])
+    top = ctx.gathered(res.eigenvalues[:, 0].double())
+    return _spread("edge_of_stability", _step_size(ctx) * top / 2, ctx.per_node)
+
+
+def _edge(ctx: MeasureContext, s: dict) -> list[Row]:
+    res = ctx.avg_top(1, s["tol"], s["max_iter"], s["seed"])
+    return [("edge_of_stability", "avg", _step_size(ctx) * float(res.eigenvalues[0]) / 2)]
+
+
+_register(NamedMeasure(
+    "edge_of_stability", "η λ_max / 2 at x̄ and at every node (mean, max, min, std, each): "
+    "gradient descent on the local quadratic is stable below 1 (Cohen et al., ICLR 2021)",
+    ("edge_of_stability",), settings=EdgeOfStabilitySettings, nodes=_edge_nodes,
+    average=_edge, source="docs/reference/measures.md §10.4"))
 
 
 def _spectral_density(ctx: MeasureContext, s: dict) -> list[Row]:
@@ -647,16 +872,11 @@ class Landscape2DSettings(Settings):
     seed: int = setting(0, low=0)
 
 
-def _barrier_nodes(ctx: MeasureContext, s: dict) -> list[Row]:
-    ctx.cache["all_nodes"] = ctx.mixer.gather(ctx.X)
-    return []
-
-
 def _barrier(ctx: MeasureContext, s: dict) -> list[Row]:
     from flatlab.measures import node_to_average
 
     fn, xbar = ctx.avg_loss_fn()
-    X = ctx.to_curvature(ctx.cache["all_nodes"])  # noqa: N806
+    X = ctx.to_curvature(ctx.all_nodes())  # noqa: N806
     res = node_to_average(fn, X, xbar=xbar, points=s["points"])
     b = torch.as_tensor(res.barriers, dtype=torch.float64)
     rows = [("barrier_to_average", "max", float(b.max())),
@@ -669,7 +889,7 @@ def _barrier(ctx: MeasureContext, s: dict) -> list[Row]:
 _register(NamedMeasure(
     "barrier_to_average", "loss barrier on the segment from each node model to x̄ (averaged "
     "buffers), max and mean over nodes", ("barrier_to_average",),
-    settings=BarrierSettings, nodes=_barrier_nodes, average=_barrier,
+    settings=BarrierSettings, nodes=_gather_nodes, average=_barrier,
     source="docs/reference/measures.md §13.3"))
 
 

@@ -7,10 +7,14 @@
   equals node-by-node eigenvalues; ``hessian_trace`` is within 4 standard errors of the trace;
 - on least squares (a quadratic): ``consensus_gap = ½ tr(H C)`` exactly, and ``loss_gap`` is 0
   at the known optimum and ``f(x̄) − f*`` elsewhere;
+- the mechanism on least squares: ``disagreement`` is ``tr(HΣ)`` and its gap exactly ``½ tr(HΣ)``,
+  ``disagreement_alignment`` the share of ``‖D‖²`` in ``eigh``'s top eigenvectors,
+  ``edge_of_stability`` ``η λ_max / 2`` at x̄ and every node, ``hessian_trace_nodes`` the trace;
 - bad settings are refused with one line naming the accepted ones.
 """
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -79,11 +83,13 @@ def test_every_measure_writes_finite_rows_settings_and_tables(full_run):
     assert np.isfinite(df.value).all()
     got = set(df.metric)
     for name in cfg.measure.metrics:
-        assert set(named.get(name).metrics) - {"hessian_min"} <= got | {"hessian_min"}, name
+        optional = {"hessian_min", "disagreement_curvature_stderr"}  # on request only
+        assert set(named.get(name).metrics) - optional <= got, name
     assert {"hessian_min", "hessian_top_2", "sharpness_worst", "consensus_gap",
             "barrier_to_average", "landscape_2d_max"} <= got
     # every: the trace at steps 0 and 4 only (every 4); the loss at 0, 2, 4
-    assert sorted(df[df.metric == "hessian_trace"].step) == [0, 4]
+    trace = df[(df.metric == "hessian_trace") & (df.scope == "avg")]
+    assert sorted(trace.step) == [0, 4]
     assert sorted(df[(df.metric == "train_loss") & (df.scope == "avg")].step) == [0, 2, 4]
     info = json.loads((out / "measures.json").read_text())
     assert info["measures"]["hessian_top"]["k"] == 2
@@ -119,13 +125,13 @@ def test_curvature_measures_equal_the_dense_hessian(full_run):
         assert last["hessian_top", str(i)] == pytest.approx(top, rel=1e-6)
 
 
-def _least_squares(**kw):
+def _least_squares(measure=None, **kw):
     return load_config(_cfg(
         data={"name": "least-squares", "partition": "natural", "batch_size": 8,
               "options": {"dim": 5, "samples_per_node": 20}},
         model={"name": "logistic", "options": {}},
         measure={"every": 2, "train_subset": None, "curvature_subset": 10**6,
-                 "metrics": ["consensus_gap", "loss_gap", "loss"]}, **kw))
+                 "metrics": ["consensus_gap", "loss_gap", "loss"], **(measure or {})}, **kw))
 
 
 def test_consensus_gap_is_half_trace_hc_and_loss_gap_vanishes_at_the_optimum():
@@ -154,6 +160,51 @@ def test_consensus_gap_is_half_trace_hc_and_loss_gap_vanishes_at_the_optimum():
     assert at_opt["consensus_gap", "network"] == 0.0
 
 
+def test_the_mechanism_measures_on_a_quadratic_equal_their_closed_forms():
+    cfg = _least_squares(measure={"metrics": [
+        "disagreement", "disagreement_alignment", "edge_of_stability", "hessian_trace_nodes",
+        "hessian_top", "consensus_distance"],
+        "options": {"disagreement_alignment": {"k": 2, "tol": 1e-10, "max_iter": 50},
+                    "edge_of_stability": {"tol": 1e-10, "max_iter": 50},
+                    "hessian_top": {"k": 2, "tol": 1e-10, "max_iter": 50},
+                    "hessian_trace_nodes": {"num_matvecs": 60}}})
+    built = build(cfg)
+    torch.manual_seed(2)
+    X = built.stack.initial_params() + 0.3 * torch.randn(4, built.stack.P, dtype=torch.float64)  # noqa: N806
+    rows = {(m, s): v for m, s, v in measure(built, X, 0)}
+    from flatlab.measures import model_loss
+
+    fn = model_loss(built.stack, *built.curvature_eval)
+    H = torch.autograd.functional.hessian(fn, X.mean(0)).numpy()  # noqa: N806
+    D = (X - X.mean(0)).numpy()  # noqa: N806
+    trhs = float(np.trace(H @ (D.T @ D / 4)))
+    assert rows["disagreement_curvature", "avg"] == pytest.approx(trhs, rel=1e-10)
+    assert rows["disagreement_gap", "avg"] == pytest.approx(0.5 * trhs, rel=1e-9)
+    assert rows["disagreement_gap_ratio", "avg"] == pytest.approx(1.0, abs=1e-9)
+    xi2 = rows["consensus_distance", "network"]
+    assert rows["disagreement_rayleigh", "avg"] == pytest.approx(trhs / xi2, rel=1e-10)
+    h, V = np.linalg.eigh(H)  # noqa: N806
+    top = V[:, -2:]
+    share = float(((D @ top) ** 2).sum() / (D**2).sum())
+    assert rows["disagreement_alignment", "avg"] == pytest.approx(share, rel=1e-6)
+    assert rows["disagreement_alignment_1", "avg"] + rows["disagreement_alignment_2", "avg"] \
+        == pytest.approx(share, rel=1e-6)
+    assert rows["disagreement_alignment_chance", "avg"] == 2 / built.stack.P
+    lr = rows["lr", "network"]
+    assert lr > 0 and rows["edge_of_stability", "avg"] == pytest.approx(lr * h[-1] / 2, rel=1e-8)
+    for scope in ("mean", "max", "min", "0", "3"):  # a quadratic: every node's Hessian is H
+        assert rows["edge_of_stability", scope] == pytest.approx(lr * h[-1] / 2, rel=1e-8)
+        assert rows["hessian_trace", scope] == pytest.approx(h.sum(), rel=1e-9)
+    assert rows["edge_of_stability", "std"] == pytest.approx(0.0, abs=1e-8)
+    assert rows["hessian_top_2", "avg"] == pytest.approx(h[-2], rel=1e-8)
+    # no disagreement (every node at x̄): the ratio and the alignment are undefined, not NaN rows
+    same = {(m, s): v for m, s, v in measure(built, X.mean(0).expand(4, -1).clone(), 0)}
+    assert same["disagreement_curvature", "avg"] == 0.0 and same["disagreement_gap", "avg"] == 0
+    assert ("disagreement_gap_ratio", "avg") not in same
+    assert ("disagreement_alignment", "avg") not in same
+    assert all(math.isfinite(v) for v in same.values())
+
+
 @pytest.mark.parametrize("measure_cfg, needle", [
     ({"metrics": ["hessian_tops"]}, "measure.metrics[0]"),
     ({"options": {"hessian_top": {"kk": 2}}}, "accepted: every, k, tol"),
@@ -161,6 +212,8 @@ def test_consensus_gap_is_half_trace_hc_and_loss_gap_vanishes_at_the_optimum():
     ({"options": {"hessian_top": {"k": 1.5}}}, "an integer"),
     ({"options": {"hessian_trace": {"every": 3}}}, "a multiple of measure.every = 2"),
     ({"curvature_dtype": "float16"}, "float32, float64"),
+    ({"options": {"disagreement": {"probes": 1}}}, "accepted: 0 (exact) or >= 2"),
+    ({"options": {"disagreement_alignment": {"k": 8, "max_iter": 4}}}, "max_iter >= k"),
 ])
 def test_bad_measure_settings_are_refused_naming_what_is_accepted(measure_cfg, needle):
     with pytest.raises(ConfigError) as e:
