@@ -10,6 +10,13 @@ the run's ``timings_s`` (per call and in all).
 
     python benchmarks/measure_cost.py                 # 1000 steps, every 100
     python benchmarks/measure_cost.py --steps 200 --every 50
+    python benchmarks/measure_cost.py --mechanism     # issue 32's measures and the loss
+
+``--mechanism`` measures instead what the mechanism's measures (``disagreement``,
+``disagreement_alignment``, ``edge_of_stability``, ``hessian_top_nodes``,
+``hessian_trace_nodes``) cost together at their default settings (target: at most 25% of the
+run), and what the ``loss`` measure costs with the node models on the whole evaluation sets
+(``node_subset: null``, the old default) and on its default fixed subset.
 """
 
 from __future__ import annotations
@@ -28,20 +35,48 @@ from step_time import cpu_name  # noqa: E402 - benchmarks/ is on the path when r
 from flatlab.experiment import run  # noqa: E402
 
 CURVATURE = ["hessian_top", "hessian_trace", "sharpness_worst"]
+MECHANISM = ["disagreement", "disagreement_alignment", "edge_of_stability", "hessian_top_nodes",
+             "hessian_trace_nodes"]
 
 
-def one(steps: int, every: int, metrics: list[str], out: Path, device: str) -> dict:
+def one(steps: int, every: int, metrics: list[str], out: Path, device: str,
+        options: dict | None = None) -> dict:
     cfg = {"name": "measure-cost", "seed": 0, "device": device, "threads": 1,
            "data": {"name": "mnist1d", "partition": "dirichlet", "alpha": 1.0,
                     "batch_size": 32},
            "model": {"name": "cnn1d"}, "topology": {"name": "ring", "nodes": 16},
            "algorithm": {"name": "diffusion"}, "optim": {"lr": 0.1, "schedule": "constant"},
            "train": {"steps": steps},
-           "measure": {"every": every, "metrics": ["loss", *metrics]},
+           "measure": {"every": every, "metrics": ["loss", *metrics],
+                       "options": options or {}},
            "checkpoint_every": 10 * steps}
     res = run(cfg, out, progress=False)
     assert res.status == "done", res.status
     return json.loads((out / "status.json").read_text())["timings_s"]
+
+
+def mechanism(a: argparse.Namespace, calls: int) -> None:
+    """The mechanism's measures and the two ways of evaluating the node models' loss."""
+    with tempfile.TemporaryDirectory() as tmp:
+        whole = one(a.steps, a.every, [], Path(tmp) / "whole", a.device,
+                    {"loss": {"node_subset": None}})
+        base = one(a.steps, a.every, [], Path(tmp) / "base", a.device)
+        full = one(a.steps, a.every, MECHANISM, Path(tmp) / "full", a.device)
+    print(f"device: {a.device} ({cpu_name()}), torch {torch.__version__}, 1 thread; cnn1d, 16 "
+          f"nodes, ring, {a.steps} steps, measures every {a.every} ({calls} calls)")
+    for label, t in (("loss, nodes on the whole sets", whole), ("loss, nodes on 256 samples",
+                                                                 base)):
+        loss = t["measures"].get("loss", 0.0)
+        print(f"{label}: run {t['total']:.1f} s (train {t['train']:.1f} s), loss {loss:.1f} s "
+              f"= {100 * loss / t['total']:.0f}% of the run")
+    print(f"with the mechanism's measures: {full['total']:.1f} s (train {full['train']:.1f} s)")
+    for name in ["loss", *MECHANISM]:
+        s = full["measures"].get(name, 0.0)
+        print(f"  {name:<24} {s:7.1f} s in all, {1e3 * s / calls:8.1f} ms per call, "
+              f"{100 * s / base['total']:5.1f}% of the run without them")
+    extra = full["total"] - base["total"]
+    print(f"the mechanism's measures: {100 * extra / base['total']:.0f}% of the run "
+          f"(target <= 25%)")
 
 
 def main() -> None:
@@ -49,8 +84,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--every", type=int, default=100)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--mechanism", action="store_true",
+                    help="the mechanism's measures and the loss measure's node subset")
     a = ap.parse_args()
     calls = a.steps // a.every + 1
+    if a.mechanism:
+        mechanism(a, calls)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         base = one(a.steps, a.every, [], Path(tmp) / "base", a.device)
         full = one(a.steps, a.every, CURVATURE, Path(tmp) / "full", a.device)

@@ -74,7 +74,7 @@ class Run:
     def schedule(self) -> Schedule:
         """The run's measurement schedule (resolved once; asked at every step)."""
         m = self.cfg.measure
-        return Schedule(scheduled(m.metrics, m.options), m.every, self.total_steps)
+        return Schedule(scheduled(m.metrics, m.options, m.every), m.every, self.total_steps)
 
 
 def _rows(n: int, procs: Processes | None) -> slice:

@@ -97,13 +97,23 @@ class MeasureContext:
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ shared evaluations
-    def node_eval(self, split: str):
-        """Loss and accuracy of every node on ``split`` (``[n]``, gathered), computed once."""
-        key = f"node_eval/{split}"
+    def node_eval(self, split: str, samples: int | None = None):
+        """Loss and accuracy of every node on ``split`` (``[n]``, gathered), computed once.
+
+        ``samples``: a fixed subset of that many samples of the evaluation set (the same at
+        every step and for every node: the first of a permutation seeded by the split alone);
+        ``None`` for the whole set.
+        """
+        key = f"node_eval/{split}/{samples}"
         if key not in self.cache:
             from flatlab.engine import evaluate
 
             x, y = self.train if split == "train" else self.test
+            if samples is not None and samples < x.shape[0]:
+                gen = torch.Generator().manual_seed(seed_for(0, "eval_subset",
+                                                             0 if split == "train" else 1))
+                keep = torch.randperm(x.shape[0], generator=gen)[:samples].sort().values
+                x, y = x[keep.to(x.device)], y[keep.to(y.device)]
             ev = evaluate(self.stack, self.X, x, y, average=False, batch_size=self.eval_batch)
             acc = None if ev.accuracy_nodes is None else self.gathered(ev.accuracy_nodes)
             self.cache[key] = (self.gathered(ev.loss_nodes), acc)
@@ -214,6 +224,9 @@ class NamedMeasure:
             the dict :func:`resolve` returns.
         average: ``(ctx, settings) -> rows``, once on rank 0, on ``x̄``.
         source: Where the definition comes from.
+        thin: Without an ``every`` of its own, measured at every ``thin``-th measurement
+            (``every = thin × measure.every``; 1: at each): the expensive measures of the
+            mechanism thin themselves so that scheduling them keeps a run's cost bounded.
     """
 
     name: str
@@ -223,6 +236,7 @@ class NamedMeasure:
     nodes: Callable[[MeasureContext, dict], list[Row]] | None = None
     average: Callable[[MeasureContext, dict], list[Row]] | None = None
     source: str = ""
+    thin: int = 1
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -278,16 +292,32 @@ def describe() -> list[dict[str, Any]]:
         on = "+".join(p for p, f in (("nodes", m.nodes), ("average", m.average)) if f)
         settings = {f.name: f.default for f in dataclasses.fields(m.settings)}
         out.append({"name": m.name, "summary": m.summary, "metrics": list(m.metrics),
-                    "on": on, "settings": settings, "source": m.source})
+                    "on": on, "settings": settings, "source": m.source, "thin": m.thin})
     return out
 
 
 # ====================================================================== the measures
+@dataclass(frozen=True)
+class EvaluationSettings(Settings):
+    """Settings of ``loss`` and ``accuracy``.
+
+    x̄ is evaluated on the whole evaluation sets (``measure.train_subset``,
+    ``measure.test_subset``); the ``n`` node models on a fixed subset of ``node_subset`` samples
+    of each (the same at every step and for every node; ``null`` for the whole sets). The node
+    models are ``n`` of the ``n + 1`` evaluations: on a 16-node 1-D CNN with the whole sets
+    (2,048 + 1,000 samples) ``loss`` cost 22% of a run measured every 100 steps; the default
+    subset makes the per-node values and their mean noisier, not x̄'s
+    (``benchmarks/measure_cost.py``).
+    """
+
+    node_subset: int | None = setting(256, low=1)
+
+
 def _loss_nodes(metric: str) -> Callable[[MeasureContext, dict], list[Row]]:
     def nodes(ctx: MeasureContext, s: dict) -> list[Row]:
         rows: list[Row] = []
         for split in ("train", "test"):
-            loss, acc = ctx.node_eval(split)
+            loss, acc = ctx.node_eval(split, s["node_subset"])
             v = loss if metric == "loss" else acc
             if v is None:
                 continue
@@ -311,13 +341,16 @@ def _loss_average(metric: str) -> Callable[[MeasureContext, dict], list[Row]]:
 
 
 _register(NamedMeasure(
-    "loss", "training and test loss of x̄ (avg), mean over nodes, each node",
-    ("train_loss", "test_loss"), nodes=_loss_nodes("loss"), average=_loss_average("loss"),
-    source="docs/reference/measures.md §11"))
+    "loss", "training and test loss of x̄ (avg; the whole evaluation sets), mean over nodes "
+    "and each node (on node_subset samples of each)",
+    ("train_loss", "test_loss"), settings=EvaluationSettings, nodes=_loss_nodes("loss"),
+    average=_loss_average("loss"), source="docs/reference/measures.md §11"))
 _register(NamedMeasure(
-    "accuracy", "training and test accuracy of x̄ (avg), mean over nodes, each node",
-    ("train_accuracy", "test_accuracy"), nodes=_loss_nodes("accuracy"),
-    average=_loss_average("accuracy"), source="docs/reference/measures.md §11"))
+    "accuracy", "training and test accuracy of x̄ (avg; the whole evaluation sets), mean over "
+    "nodes and each node (on node_subset samples of each)",
+    ("train_accuracy", "test_accuracy"), settings=EvaluationSettings,
+    nodes=_loss_nodes("accuracy"), average=_loss_average("accuracy"),
+    source="docs/reference/measures.md §11"))
 
 
 def _consensus_distance(ctx: MeasureContext, s: dict) -> list[Row]:
@@ -538,7 +571,7 @@ _register(NamedMeasure(
     "std over nodes (the curvature's spread across nodes) and each",
     ("hessian_top", "hessian_top_converged"),
     settings=HessianTopNodesSettings, nodes=_hessian_top_nodes,
-    source="docs/reference/measures.md §5"))
+    source="docs/reference/measures.md §5", thin=10))
 
 
 def _hessian_trace(ctx: MeasureContext, s: dict) -> list[Row]:
@@ -571,7 +604,7 @@ class HessianTraceNodesSettings(Settings):
     process holds, so a distributed run's estimates differ within their standard errors).
     """
 
-    num_matvecs: int = setting(30, low=2)
+    num_matvecs: int = setting(9, low=2)
     method: str = setting("hutch++", choices=("hutch++", "hutchinson"))
     seed: int = setting(0, low=0)
 
@@ -597,7 +630,7 @@ _register(NamedMeasure(
     "hessian_trace_nodes", "tr(H) of every node model by Hutch++ in one batched pass: mean, "
     "max, min, std over nodes and each, with the largest standard error",
     ("hessian_trace", "hessian_trace_stderr"), settings=HessianTraceNodesSettings,
-    nodes=_hessian_trace_nodes, source="docs/reference/measures.md §6, §10.4"))
+    nodes=_hessian_trace_nodes, source="docs/reference/measures.md §6, §10.4", thin=10))
 
 
 # ---------------------------------------------------------------------- the mechanism
@@ -651,7 +684,7 @@ _register(NamedMeasure(
                   "disagreement_gap_predicted", "disagreement_gap_ratio",
                   "disagreement_rayleigh"),
     settings=DisagreementSettings, nodes=_gather_nodes, average=_disagreement,
-    source="docs/reference/measures.md §10.4 (Zhu et al., ICML 2023)"))
+    source="docs/reference/measures.md §10.4 (Zhu et al., ICML 2023)", thin=5))
 
 
 @dataclass(frozen=True)
@@ -693,19 +726,22 @@ _register(NamedMeasure(
     ("disagreement_alignment", "disagreement_alignment_chance",
      "disagreement_alignment_converged"),
     settings=AlignmentSettings, nodes=_gather_nodes, average=_alignment,
-    source="docs/reference/measures.md §10.4"))
+    source="docs/reference/measures.md §10.4", thin=5))
 
 
 @dataclass(frozen=True)
 class EdgeOfStabilitySettings(Settings):
     """Settings of ``edge_of_stability`` (``η λ_max / 2`` at x̄, and per node with ``nodes``).
 
+    Per node it is ``n`` Lanczos runs (7.6 s per call for a 16-node 1-D CNN on one AMD EPYC
+    core, ``benchmarks/measure_cost.py --mechanism``), so ``nodes`` is off by default.
+
     ``λ_max`` at x̄ is ``hessian_top``'s (shared when ``tol``, ``max_iter`` and ``seed`` agree);
     per node it is ``hessian_top_nodes``' (each node's Hessian on the curvature subset with its
     own buffers), ``strategy`` as there.
     """
 
-    nodes: bool = setting(True)
+    nodes: bool = setting(False)
     tol: float = setting(1e-3, low=0.0, strict=True)
     max_iter: int = setting(100, low=1)
     seed: int = setting(0, low=0)
@@ -736,7 +772,7 @@ _register(NamedMeasure(
     "edge_of_stability", "η λ_max / 2 at x̄ and at every node (mean, max, min, std, each): "
     "gradient descent on the local quadratic is stable below 1 (Cohen et al., ICLR 2021)",
     ("edge_of_stability",), settings=EdgeOfStabilitySettings, nodes=_edge_nodes,
-    average=_edge, source="docs/reference/measures.md §10.4"))
+    average=_edge, source="docs/reference/measures.md §10.4", thin=5))
 
 
 def _spectral_density(ctx: MeasureContext, s: dict) -> list[Row]:

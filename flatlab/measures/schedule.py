@@ -26,14 +26,23 @@ Alone = Callable[[str, Callable[[], Any]], Any]
 
 
 def scheduled(metrics: Sequence[str],
-              options: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+              options: Mapping[str, Mapping[str, Any]] | None = None,
+              every: int | None = None) -> dict[str, dict[str, Any]]:
     """The named measures of a run with their resolved settings (what ``measures.json`` holds).
 
-    ``comm_bytes`` is always measured, first; the others follow in the order given.
+    ``comm_bytes`` is always measured, first; the others follow in the order given. A measure
+    that thins itself by default (:attr:`NamedMeasure.thin <flatlab.measures.named.NamedMeasure>`
+    > 1, the expensive curvature of the mechanism) and is given no ``every`` of its own gets
+    ``every = thin × every`` (the run's period), so ``measures.json`` records its real period.
     """
     options = options or {}
-    return {name: named.resolve(name, options.get(name))
-            for name in ["comm_bytes", *(m for m in metrics if m != "comm_bytes")]}
+    out = {}
+    for name in ["comm_bytes", *(m for m in metrics if m != "comm_bytes")]:
+        s = named.resolve(name, options.get(name))
+        if s["every"] is None and every is not None and named.get(name).thin > 1:
+            s["every"] = named.get(name).thin * every
+        out[name] = s
+    return out
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ ALL_MEASURES = ["loss", "accuracy", "consensus_distance", "grad_norm", "comm_byt
                 "sharpness_keskar", "barrier_to_average", "landscape_1d", "landscape_2d"]
 
 #: small, cheap settings for the expensive measures
-OPTIONS = {"hessian_top": {"k": 2}, "hessian_top_nodes": {"k": 1},
+OPTIONS = {"hessian_top": {"k": 2}, "hessian_top_nodes": {"k": 1, "every": 3},
            "hessian_trace": {"num_matvecs": 12},
            "spectral_density": {"num_runs": 2, "lanczos_steps": 8},
            "sharpness_average": {"samples": 4}, "sharpness_worst": {"steps": 3},

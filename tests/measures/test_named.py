@@ -93,6 +93,11 @@ def test_every_measure_writes_finite_rows_settings_and_tables(full_run):
     assert sorted(df[(df.metric == "train_loss") & (df.scope == "avg")].step) == [0, 2, 4]
     info = json.loads((out / "measures.json").read_text())
     assert info["measures"]["hessian_top"]["k"] == 2
+    # the mechanism's curvature thins itself: every 5th (10th per node) measurement by default
+    assert info["measures"]["disagreement"]["every"] == 10
+    assert info["measures"]["hessian_trace_nodes"]["every"] == 20
+    assert info["measures"]["consensus_gap"]["every"] is None
+    assert sorted(df[df.metric == "disagreement_curvature"].step) == [0, 4]
     assert info["measures"]["sharpness_worst"]["rho"] == 0.05
     assert info["curvature_eval_size"] == 128 and info["curvature_dtype"] == "float64"
     dens = pd.read_parquet(out / "density.parquet")
@@ -165,7 +170,7 @@ def test_the_mechanism_measures_on_a_quadratic_equal_their_closed_forms():
         "disagreement", "disagreement_alignment", "edge_of_stability", "hessian_trace_nodes",
         "hessian_top", "consensus_distance"],
         "options": {"disagreement_alignment": {"k": 2, "tol": 1e-10, "max_iter": 50},
-                    "edge_of_stability": {"tol": 1e-10, "max_iter": 50},
+                    "edge_of_stability": {"tol": 1e-10, "max_iter": 50, "nodes": True},
                     "hessian_top": {"k": 2, "tol": 1e-10, "max_iter": 50},
                     "hessian_trace_nodes": {"num_matvecs": 60}}})
     built = build(cfg)
@@ -203,6 +208,27 @@ def test_the_mechanism_measures_on_a_quadratic_equal_their_closed_forms():
     assert ("disagreement_gap_ratio", "avg") not in same
     assert ("disagreement_alignment", "avg") not in same
     assert all(math.isfinite(v) for v in same.values())
+
+
+def test_node_models_are_evaluated_on_a_fixed_subset_and_the_average_on_the_whole_set():
+    def rows(node_subset):
+        opts = {m: {"node_subset": node_subset} for m in ("loss", "accuracy")}
+        built = build(load_config(_cfg(measure={"metrics": ["loss", "accuracy"],
+                                                "options": opts})))
+        X = built.stack.initial_params()  # noqa: N806 - "different": every node its own model
+        return built, {(m, s): v for m, s, v in measure(built, X, 0)}
+
+    built, whole = rows(None)
+    _, same = rows(300)  # the whole training set (300 samples): nothing changes there
+    _, sub = rows(50)
+    assert same["train_loss", "2"] == whole["train_loss", "2"]
+    for key in (("train_loss", "avg"), ("test_accuracy", "avg"), ("test_loss", "avg")):
+        assert sub[key] == whole[key]  # x̄ on the whole evaluation sets
+    for i in range(4):  # a node on 50 samples: another value, a multiple of 1/50
+        assert sub["train_loss", str(i)] != whole["train_loss", str(i)]
+        assert sub["train_accuracy", str(i)] * 50 == pytest.approx(
+            round(sub["train_accuracy", str(i)] * 50), abs=1e-9)
+    assert rows(50)[1] == sub  # the same subset every time
 
 
 @pytest.mark.parametrize("measure_cfg, needle", [
