@@ -2,6 +2,9 @@
 
     flatlab spectral --topology ring --nodes 16 [--weights metropolis] [--lazy] [--json]
     flatlab bounds --algorithm diffusion --topology ring --nodes 16 [--L 1 --sigma2 1] [--json]
+    flatlab disagreement (--topology ring --nodes 16 | --eigenvalues 1,0.5,...) --lr 0.1
+                --curvature 1,2 --noise 1 [--form diffusion] [--local-steps H] [--bulk-hs X]
+                [--json]
     flatlab topologies | algorithms | datasets | models | measures [--json]
     flatlab run CONFIG [key=value ...] [--out DIR] [--no-progress] [--restart] [--threads N]
                 [--tensorboard]
@@ -210,6 +213,74 @@ def _cmd_bounds(args: argparse.Namespace) -> int:
     ]))
     print(f"source: {b.rate[0].source}")
     for note in b.notes:
+        print(f"note: {note}")
+    return 0
+
+
+def _parse_numbers(text: str | None, flag: str, what: str) -> list[float] | None:
+    """A comma-separated list of numbers (``1,0.5,0.25``), or ``None`` when not given."""
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise FlatlabError(f"{flag} takes {what} separated by commas, e.g. 1,0.5 "
+                           f"(got {text!r})") from None
+
+
+def _cmd_disagreement(args: argparse.Namespace) -> int:
+    from flatlab.theory import stationary_disagreement
+
+    missing = [flag for flag, value in (("--lr ETA", args.lr), ("--curvature h1,h2,...",
+                                                                args.curvature),
+                                        ("--noise s (or s1,s2,...)", args.noise))
+               if value is None]
+    has_topology = args.topology is not None
+    if has_topology == (args.eigenvalues is not None):
+        if has_topology:
+            raise FlatlabError("give the network once: --topology NAME --nodes N or "
+                               "--eigenvalues 1,l2,...,ln, not both")
+        missing.append("the network (--topology NAME --nodes N, or --eigenvalues 1,l2,...,ln)")
+    if missing:
+        raise FlatlabError("disagreement needs " + " and ".join(missing))
+    eigenvalues = _parse_numbers(args.eigenvalues, "--eigenvalues", "the eigenvalues of W")
+    if eigenvalues is not None and args.nodes is not None and args.nodes != len(eigenvalues):
+        raise FlatlabError(f"--nodes {args.nodes} but --eigenvalues gives {len(eigenvalues)} "
+                           "values; accepted: all n eigenvalues of W (1 included)")
+    curvature = _parse_numbers(args.curvature, "--curvature", "the curvatures h_j")
+    noise = _parse_numbers(args.noise, "--noise", "the noise variances s_j (or one s)")
+    p = stationary_disagreement(
+        args.lr, curvature, noise[0] if len(noise) == 1 else noise,
+        topology=_topology_from(args) if has_topology else None, eigenvalues=eigenvalues,
+        form=args.form, local_steps=args.local_steps, bulk_hs=args.bulk_hs, method=args.method)
+    if args.json:
+        print(json.dumps(p.as_dict()))
+        return 0
+    print(f"{p.form} on {p.inputs['topology']}, lr = {_fmt(p.inputs['lr'])}")
+    print(_table([
+        ("E tr(H Sigma)  (curvature_disagreement)", p.curvature_disagreement),
+        ("  directions", p.terms["directions"]),
+        ("  bulk (small-step limit)", p.terms["bulk"]),
+        ("E Xi^2  (consensus_distance, directions)", p.consensus_distance),
+        ("stability margin (1 - largest contraction per step)", p.stability_margin),
+        ("method", p.method),
+    ]))
+    if p.inputs["period"] > 1:
+        print(f"per phase r: after s = r (mod {p.inputs['period']}) steps; r a multiple of "
+              f"local_steps = {p.inputs['local_steps']}: right after a gossip round")
+        rows = [("r", "tr(H Sigma)", "Xi^2")]
+        rows += [(str(r), _fmt(c), _fmt(x)) for r, (c, x) in enumerate(zip(
+            p.per_phase["curvature_disagreement"], p.per_phase["consensus_distance"],
+            strict=True))]
+        _print_rows([("  " + a, b, c) for a, b, c in rows])
+    print("per direction")
+    rows = [("h", "s", "tr(H Sigma)", "Xi^2")]
+    rows += [(_fmt(h), _fmt(s), _fmt(c), _fmt(x)) for h, s, c, x in zip(
+        p.inputs["curvature"], p.inputs["noise"], p.per_direction["curvature_disagreement"],
+        p.per_direction["consensus_distance"], strict=True)]
+    _print_rows([("  " + r[0], *r[1:]) for r in rows])
+    print(f"source: {p.source}")
+    for note in p.notes:
         print(f"note: {note}")
     return 0
 
@@ -495,6 +566,26 @@ def _parser() -> tuple[_Parser, dict[str, argparse.ArgumentParser]]:
                    help="multiplier of one term (repeatable)")
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.set_defaults(func=_cmd_bounds)
+
+    p = sub.add_parser("disagreement", help="predicted stationary disagreement curvature "
+                       "E tr(H Sigma) and consensus distance of DSGD near a minimum")
+    _add_topology_args(p, required=False)
+    p.add_argument("--eigenvalues", metavar="1,L2,...",
+                   help="all n eigenvalues of a symmetric W (1 included) instead of a topology")
+    p.add_argument("--lr", type=float, help="(required) step size")
+    p.add_argument("--curvature", metavar="H1,H2,...",
+                   help="(required) Hessian eigenvalues h_j >= 0 of the explicit directions")
+    p.add_argument("--noise", metavar="S or S1,S2,...",
+                   help="(required) gradient-noise variance s_j along each direction, or one s")
+    p.add_argument("--form", default="diffusion",
+                   help="diffusion (ATC, default), consensus (DGD) or diffusion-cta")
+    p.add_argument("--local-steps", type=int, default=1,
+                   help="gossip every H steps (default 1)")
+    p.add_argument("--bulk-hs", type=float, default=0.0,
+                   help="remaining sum of h_j s_j, in the small-step limit (default 0)")
+    p.add_argument("--method", default="auto", help="auto, eigen or dense")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.set_defaults(func=_cmd_disagreement)
 
     for name, func, helptext in (
             ("topologies", _cmd_topologies, "list topology generators"),

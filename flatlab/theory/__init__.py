@@ -9,11 +9,15 @@
   diffusion-cta: one bound), gradient tracking, Momentum Tracking, CHOCO-SGD and the lower bound,
   named as the algorithm registry names them (:func:`bound_algorithms`).
 * :func:`predicted_consensus_distance`: steady-state ``Xi^2`` of constant-step DSGD.
+* :func:`stationary_disagreement`: the exact stationary disagreement curvature ``tr(H Sigma)``
+  and ``Xi^2`` of constant-step DSGD (diffusion, consensus, diffusion-cta) near a minimum, per
+  eigenmode of ``W`` and ``H``, with local steps, time-varying ``W`` and a small-step bulk.
 * :func:`spectral_gap_study`: the gap and transients against ``n``, as a tidy table.
 """
 
 from flatlab.theory.bounds import Bound, RateTerm, bound, bound_algorithms
 from flatlab.theory.consensus import ConsensusPrediction, predicted_consensus_distance
+from flatlab.theory.disagreement import DisagreementPrediction, stationary_disagreement
 from flatlab.theory.neighbors import effective_neighbors, stationary_variances
 from flatlab.theory.spectral import (
     SpectralSummary,
@@ -40,5 +44,7 @@ __all__ = [
     "bound_algorithms",
     "ConsensusPrediction",
     "predicted_consensus_distance",
+    "DisagreementPrediction",
+    "stationary_disagreement",
     "spectral_gap_study",
 ]
