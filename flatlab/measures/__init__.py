@@ -35,7 +35,7 @@ from flatlab.measures.landscape import (
     slice_1d,
     slice_2d,
 )
-from flatlab.measures.noise import GradientNoise, gradient_noise
+from flatlab.measures.noise import GradientNoise, NoiseAlong, gradient_noise, noise_along
 from flatlab.measures.sharpness import (
     AverageSharpness,
     KeskarSharpness,
@@ -72,4 +72,6 @@ __all__ = [
     "node_to_average",
     "GradientNoise",
     "gradient_noise",
+    "NoiseAlong",
+    "noise_along",
 ]

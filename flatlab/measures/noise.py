@@ -14,6 +14,20 @@ oracle (train mode, its weight decay) and minibatches::
 without replacement from its local data, as the run samples); ``ζ²`` is the heterogeneity at
 ``x`` (the bounds use its supremum over ``x``; a value at the end of training is what the
 steady state sees).
+
+:func:`noise_along` resolves both along given directions ``v_j`` (the top Hessian eigenvectors),
+which is what the stationary disagreement of :func:`flatlab.theory.stationary_disagreement`
+takes: with the minibatch deviations ``ξ_i^(d) = g_i^(d)(x) − ∇f_i(x)`` and ``S̄`` their mean
+second moment over nodes and draws,
+
+    s_j    = v_jᵀ S̄ v_j = (1/(nD)) Σ_{i,d} (v_jᵀ ξ_i^(d))²       (noise along v_j)
+    Z v_j  = (∇f_i(x) − ∇f(x))ᵀ v_j, one entry per node            (heterogeneity along v_j)
+    tr(HS̄) = E[zᵀ H z],  z = Σ_{i,d} ε_id ξ_i^(d) / √(nD)         (Rademacher ε: the cross
+                                                                      terms cancel)
+
+the last from ``probes`` Hessian-vector products, with its standard error; ``tr(HS̄) − Σ_j h_j
+s_j`` is the curvature-weighted noise left outside the listed directions (the theory's
+``bulk_hs``).
 """
 
 from __future__ import annotations
@@ -24,7 +38,7 @@ import torch
 
 from flatlab.errors import MeasureError
 
-__all__ = ["GradientNoise", "gradient_noise"]
+__all__ = ["GradientNoise", "gradient_noise", "NoiseAlong", "noise_along"]
 
 
 @dataclass(frozen=True)
@@ -68,3 +82,84 @@ def gradient_noise(oracle, sampler, x: torch.Tensor, *, draws: int = 8,
         sigma2 += float((g - full).pow(2).sum(1).mean()) / draws
     return GradientNoise(sigma2=sigma2, zeta2=zeta2, grad_norm2=float(mean @ mean), draws=draws,
                          batch_size=int(sampler.batch_size))
+
+
+@dataclass(frozen=True)
+class NoiseAlong:
+    """Gradient noise and heterogeneity along directions ``v_j``, and ``tr(H S̄)``.
+
+    Attributes:
+        noise: ``[k]`` ``s_j = v_jᵀ S̄ v_j``, one node's minibatch-noise variance along ``v_j``
+            (the mean over nodes and draws).
+        heterogeneity: ``[n, k]`` ``(∇f_i(x) − ∇f(x))ᵀ v_j``: each node's gradient offset along
+            ``v_j`` (columns sum to zero).
+        sigma2: ``tr S̄`` (:attr:`GradientNoise.sigma2`).
+        trace_hs: ``tr(H S̄)`` estimated from ``probes`` products (nan without a Hessian).
+        trace_hs_stderr: Its standard error (nan with fewer than 2 probes).
+        draws: Minibatches per node.
+        batch_size: The run's batch size.
+    """
+
+    noise: torch.Tensor
+    heterogeneity: torch.Tensor
+    sigma2: float
+    trace_hs: float
+    trace_hs_stderr: float
+    draws: int
+    batch_size: int
+
+
+def noise_along(oracle, sampler, x: torch.Tensor, vectors: torch.Tensor, *, hessian=None,
+                probes: int = 8, draws: int = 8, first_step: int = 0,
+                seed: int = 0) -> NoiseAlong:
+    """Noise and heterogeneity along ``vectors`` at ``x``, and ``tr(H S̄)`` (module docstring).
+
+    Args:
+        oracle: The run's gradient oracle.
+        sampler: The run's :class:`~flatlab.data.NodeSampler`.
+        x: ``[P]`` the model (every node at ``x``).
+        vectors: ``[k, P]`` directions (orthonormal: the Ritz vectors of ``H(x)``).
+        hessian: The Hessian at ``x`` as an operator (:func:`flatlab.curvature.hessian_operator`)
+            for ``tr(H S̄)``; ``None`` to skip it.
+        probes: Rademacher combinations of the ``n · draws`` deviations for ``tr(H S̄)``.
+        draws: Minibatches per node (the sampler's steps ``first_step ...``).
+        first_step: First sampler step used.
+        seed: Seed of the Rademacher signs.
+
+    Returns:
+        A :class:`NoiseAlong`.
+    """
+    import math
+
+    from flatlab.curvature.lanczos import random_probes
+
+    if draws < 1:
+        raise MeasureError(f"draws must be >= 1, got {draws}")
+    if probes < 0:
+        raise MeasureError(f"probes must be >= 0, got {probes}")
+    if x.dim() != 1:
+        raise MeasureError(f"x must be one model's flat parameters [P], got {tuple(x.shape)}")
+    if vectors.dim() != 2 or vectors.shape[1] != x.shape[0]:
+        raise MeasureError(f"vectors must be [k, {x.shape[0]}] (one direction per row), got "
+                           f"{tuple(vectors.shape)}")
+    n = sampler.x.shape[0]
+    X = x.detach().expand(n, -1).contiguous()  # noqa: N806 - the paper's stacked X
+    _, full = oracle(X, (sampler.x, sampler.y))  # [n, P] full local gradients
+    V = vectors.detach().to(full)  # noqa: N806
+    het = ((full - full.mean(0)) @ V.T).double().cpu()
+    xis = []
+    for d in range(draws):
+        _, g = oracle(X, sampler.batch(first_step + d))
+        xis.append((g - full).double())
+    xi = torch.cat(xis)  # [n D, P]
+    s = (xi @ V.double().T).pow(2).mean(0).cpu()
+    sigma2 = float(xi.pow(2).sum(1).mean())
+    trace, err = math.nan, math.nan
+    if hessian is not None and probes > 0:
+        eps = random_probes((probes, xi.shape[0]), seed=seed, dtype=torch.float64,
+                            device=xi.device)
+        z = eps @ xi / math.sqrt(xi.shape[0])
+        q = torch.stack([(r * hessian.matvec(r.to(hessian.dtype)).double()).sum() for r in z])
+        trace = float(q.mean())
+        err = float(q.std(correction=1)) / math.sqrt(probes) if probes > 1 else math.nan
+    return NoiseAlong(s, het, sigma2, trace, err, draws, int(sampler.batch_size))

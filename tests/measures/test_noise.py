@@ -49,3 +49,36 @@ def test_a_full_local_batch_has_no_noise():
     assert gradient_noise(run.oracle, run.sampler, x, draws=2).sigma2 < 1e-25
     with pytest.raises(MeasureError, match="draws"):
         gradient_noise(run.oracle, run.sampler, x, draws=0)
+
+
+def test_noise_along_directions_matches_the_per_node_loop_and_its_trace_is_unbiased():
+    from flatlab.curvature import as_operator
+    from flatlab.measures import noise_along
+
+    run = build(load_config(CFG))
+    P, n, s = run.stack.P, run.n, run.sampler  # noqa: N806
+    gen = torch.Generator().manual_seed(1)
+    x = run.stack.initial_params()[0] + 0.01 * torch.randn(P, dtype=torch.float64, generator=gen)
+    V = torch.linalg.qr(torch.randn(P, 3, dtype=torch.float64, generator=gen))[0].T  # noqa: N806
+    B = torch.randn(P, P, dtype=torch.float64, generator=gen)  # noqa: N806
+    A = B @ B.T / P  # noqa: N806 - a dense SPD "Hessian"
+    r = noise_along(run.oracle, s, x, V, hessian=as_operator(A), probes=3000, draws=3, seed=2)
+    full = torch.stack([_local_grad(run.stack, x, s.x[i], s.y[i], 1e-3) for i in range(n)])
+    xi = []
+    for d in range(3):
+        xb, yb = s.batch(d)
+        xi += [_local_grad(run.stack, x, xb[i], yb[i], 1e-3) - full[i] for i in range(n)]
+    xi = torch.stack(xi)
+    torch.testing.assert_close(r.noise, ((xi @ V.T) ** 2).mean(0), rtol=1e-10, atol=0)
+    torch.testing.assert_close(r.heterogeneity, (full - full.mean(0)) @ V.T, rtol=1e-10,
+                               atol=1e-14)
+    assert r.heterogeneity.sum(0).abs().max() < 1e-12
+    assert r.sigma2 == pytest.approx(gradient_noise(run.oracle, s, x, draws=3).sigma2,
+                                     rel=1e-12)
+    exact = float(torch.einsum("ip,pq,iq->i", xi, A, xi).mean())  # tr(A S̄)
+    assert abs(r.trace_hs - exact) < 4 * r.trace_hs_stderr
+    assert r.trace_hs_stderr < 0.1 * exact  # narrow enough to fail
+    none = noise_along(run.oracle, s, x, V, draws=3)
+    assert none.trace_hs != none.trace_hs  # nan without a Hessian
+    with pytest.raises(MeasureError, match="vectors must be"):
+        noise_along(run.oracle, s, x, V[:, :5])
