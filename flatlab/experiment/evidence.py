@@ -690,6 +690,10 @@ class Claim:
         relative: Whether ``margin`` is a fraction of the reference ``b``'s mean.
         why: Why this margin (shown in the study's specification and report).
         value: The compared metric's column (None: :func:`judge`'s ``value``).
+        against: Another column of ``b``'s runs to compare ``value`` with (None: ``value``).
+            With ``b = a`` the claim is about one method, paired within each run: its measured
+            gap against its second-order prediction, a share against its chance level
+            (``d = a[value] − a[against]``).
     """
 
     text: str
@@ -701,6 +705,7 @@ class Claim:
     relative: bool = False
     why: str = ""
     value: str | None = None
+    against: str | None = None
 
     def __post_init__(self) -> None:
         if self.claim not in ("greater", "less"):
@@ -762,13 +767,14 @@ def judge(table: pd.DataFrame, claims: Sequence[Claim], *, label: str = "method"
             if g[pair].duplicated().any():
                 raise FlatlabError(f"claim {c.text!r}: {name} has more than one run per {pair}; "
                                    f"select one with where={{...}}")
-        ok = {k: g[g["status"] == "done"].set_index(pair)[col] for k, g in side.items()}
-        both = ok[c.a].index.intersection(ok[c.b].index)
-        scale = abs(float(ok[c.b].loc[both].astype(float).mean())) if c.relative else 1.0
+        done_a, done_b = (side[k][side[k]["status"] == "done"].set_index(pair) for k in (c.a, c.b))
+        ok_a, ok_b = done_a[col], done_b[c.against or col]
+        both = ok_a.index.intersection(ok_b.index)
+        scale = abs(float(ok_b.loc[both].astype(float).mean())) if c.relative else 1.0
         margin = c.margin * scale if math.isfinite(scale) and scale > 0 else c.margin
-        t = paired_test(ok[c.a], ok[c.b], margin)
+        t = paired_test(ok_a, ok_b, margin)
         low, high = t.interval(0.95)
-        runs = pd.concat([side[c.a], side[c.b]])
+        runs = pd.concat([side[c.a], side[c.b]]) if c.a != c.b else side[c.a]
         done = runs[runs["status"] == "done"]
         unsettled = int((~done[settled_by].astype(bool).all(axis=1)).sum()) if settled_by else 0
         failed = runs[runs["status"] != "done"]
@@ -779,7 +785,8 @@ def judge(table: pd.DataFrame, claims: Sequence[Claim], *, label: str = "method"
             [f"{len(failed)} of {len(runs)} runs diverged or failed"] if len(failed) else []) + (
             [f"untrainable at this grid: {', '.join(untrainable)}"] if untrainable else []) + (
             [f"{t.n} paired seed(s)"] if t.n < 2 else [])
-        rows.append({"claim": c.text, **dict(c.where), "metric": col, "a": c.a, "b": c.b,
+        metric = col if c.against is None else f"{col} − {c.against}"
+        rows.append({"claim": c.text, **dict(c.where), "metric": metric, "a": c.a, "b": c.b,
                      "direction": c.claim, "difference": t.mean, "low": low, "high": high,
                      "se": t.se, "pairs": t.n, "margin": margin,
                      "p": math.nan if untrainable else t.p,

@@ -193,6 +193,25 @@ def test_a_relative_margin_is_a_fraction_of_the_reference_mean():
     assert got.margin.item() == pytest.approx(0.1 * ref)
 
 
+def test_a_claim_within_runs_compares_two_columns_of_one_method_by_the_one_sample_t_test():
+    rng = np.random.default_rng(5)
+    pred = 1.0 + 0.5 * rng.random(6)
+    rows = [{"method": "m", "seed": s, "status": "done", "converged": True, "gap": g, "pred": p}
+            for s, (g, p) in enumerate(zip(pred * (1 + 0.02 * rng.standard_normal(6)), pred,
+                                           strict=True))]
+    t = pd.DataFrame(rows)
+    got = judge(t, [Claim("the gap is its prediction", "m", "m", margin=0.2, relative=True,
+                          value="gap", against="pred")]).iloc[0]
+    d = t.gap - t.pred
+    assert got.difference == pytest.approx(d.mean(), rel=1e-12)
+    assert got.p == pytest.approx(stats.ttest_1samp(d, 0.0).pvalue, rel=1e-10)
+    assert got.margin == pytest.approx(0.2 * t.pred.mean(), rel=1e-12)
+    assert got.verdict == "equivalent" and got.metric == "gap − pred" and got.pairs == 6
+    above = judge(t.assign(chance=0.1, share=0.5 + 0.01 * rng.standard_normal(6)), [
+        Claim("share above chance", "m", "m", margin=0.05, value="share", against="chance")])
+    assert above.verdict.item() == "better"
+
+
 def test_a_tie_within_one_standard_error_breaks_toward_the_grid_centre():
     lrs = [0.01, 0.03, 0.1, 0.3, 0.9]
     # 0.9 is best by one held-out sample of 1197 (0.00084) and ties with 0.3 and 0.1
