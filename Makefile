@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.flatlab-installed
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: demo test test-kernels test-slow lint figs bench bench-gpu clean heterogeneity primal-dual compression tradeoff implicit-flatness
+.PHONY: demo test test-kernels test-slow lint figs bench bench-gpu clean heterogeneity primal-dual compression tradeoff implicit-flatness mechanism
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -72,6 +72,12 @@ compression: $(STAMP)
 # 5 seeds, bracketed lr and rho (about 2.5 h on 2 cores; resumable); --scale full on a GPU
 implicit-flatness: $(STAMP)
 	$(BIN)/python -m flatlab.studies implicit_flatness --scale small
+
+# the mechanism (does the nodes' disagreement act on x̄ as ½ tr(HΣ); is it aligned with the top
+# curvature; does the linear theory predict it): 16 nodes, 7 methods, 2 constant steps, 2000
+# steps, 3 seeds (about 40 min on 2 cores; resumable)
+mechanism: $(STAMP)
+	$(BIN)/python -m flatlab.studies mechanism --scale small
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/spectral.py

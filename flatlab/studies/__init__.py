@@ -20,7 +20,8 @@ from flatlab.studies.spec import Scale, Stage, Study
 __all__ = ["Scale", "Stage", "Study", "main", "run_study", "rejudge", "load", "STUDIES"]
 
 #: The project's studies (modules of this package that define ``STUDY``).
-STUDIES = ("tradeoff", "heterogeneity", "primal_dual", "compression", "implicit_flatness")
+STUDIES = ("tradeoff", "heterogeneity", "primal_dual", "compression", "implicit_flatness",
+           "mechanism")
 
 
 def load(name: str) -> Study:
