@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -89,7 +89,7 @@ config = {
         "metrics": ["loss", "accuracy", "consensus_distance", "hessian_top",
                     "hessian_top_nodes"],
         "options": {"hessian_top": {"k": 3, "tol": 1e-2 if SMALL else 1e-3},
-                    "hessian_top_nodes": {"tol": 1e-2}},
+                    "hessian_top_nodes": {"tol": 1e-2, "every": EVERY}},
         "train_subset": 500 if SMALL else 2000,
         "test_subset": 500 if SMALL else None,
         "curvature_subset": CURVATURE_SUBSET,
