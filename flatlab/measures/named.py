@@ -191,15 +191,26 @@ class MeasureContext:
                                       seed=seed, return_vectors=True)
         return self.cache[key]
 
-    def node_top(self, k: int, tol: float, max_iter: int, seed: int, strategy: str):
+    def node_curvature(self, subset: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``subset`` samples of the curvature subset (all of it for ``None``).
+
+        The curvature subset is the head of a fixed shuffle, so its head is a fixed random
+        subset too: what the per-node curvature measures use, ``n`` Hessians being ``n`` times
+        the cost of one.
+        """
+        x, y = self.curvature
+        return (x, y) if subset is None else (x[:subset], y[:subset])
+
+    def node_top(self, k: int, tol: float, max_iter: int, seed: int, strategy: str,
+                 subset: int | None = None):
         """Every node's top-``k`` eigenvalues (this process's nodes), computed once per step."""
         from flatlab.curvature import node_top_eigenvalues
 
-        key = f"node_top/{k}/{tol}/{max_iter}/{seed}/{strategy}"
+        key = f"node_top/{k}/{tol}/{max_iter}/{seed}/{strategy}/{subset}"
         if key not in self.cache:
             self.cache[key] = node_top_eigenvalues(
-                self.curvature_stack(), self.to_curvature(self.X), *self.curvature, k=k,
-                tol=tol, max_iter=max_iter, seed=seed, first_node=self.rows.start,
+                self.curvature_stack(), self.to_curvature(self.X), *self.node_curvature(subset),
+                k=k, tol=tol, max_iter=max_iter, seed=seed, first_node=self.rows.start,
                 strategy=strategy, batch_size=self.eval_batch)
         return self.cache[key]
 
@@ -454,7 +465,9 @@ class HessianTopNodesSettings(Settings):
     """Settings of ``hessian_top_nodes`` (:func:`~flatlab.curvature.node_top_eigenvalues`).
 
     ``strategy``: ``auto`` (one node at a time on the CPU, all at once on a GPU), ``batched`` or
-    ``sequential``.
+    ``sequential``. ``subset``: each node's Hessian on the first ``subset`` samples of the
+    curvature subset (``null``: all of it); ``n`` Lanczos runs cost ``n`` times one, so the
+    default 128 keeps them to a quarter of the default 512-sample subset's cost.
     """
 
     k: int = setting(1, low=1)
@@ -462,6 +475,7 @@ class HessianTopNodesSettings(Settings):
     max_iter: int = setting(100, low=1)
     seed: int = setting(0, low=0)
     strategy: str = setting("auto", choices=("auto", "batched", "sequential"))
+    subset: int | None = setting(128, low=1)
 
     def problem(self) -> str | None:
         """Lanczos needs ``max_iter >= k``."""
@@ -558,7 +572,7 @@ def _spread(metric: str, v: torch.Tensor, per_node: bool) -> list[Row]:
 
 
 def _hessian_top_nodes(ctx: MeasureContext, s: dict) -> list[Row]:
-    res = ctx.node_top(s["k"], s["tol"], s["max_iter"], s["seed"], s["strategy"])
+    res = ctx.node_top(s["k"], s["tol"], s["max_iter"], s["seed"], s["strategy"], s["subset"])
     top = ctx.gathered(res.eigenvalues[:, 0].double())
     ok = ctx.gathered(res.converged.all(1).double())
     return [*_spread("hessian_top", top, ctx.per_node),
@@ -607,6 +621,7 @@ class HessianTraceNodesSettings(Settings):
     num_matvecs: int = setting(9, low=2)
     method: str = setting("hutch++", choices=("hutch++", "hutchinson"))
     seed: int = setting(0, low=0)
+    subset: int | None = setting(128, low=1)
 
     def problem(self) -> str | None:
         """Hutch++ needs at least 3 products, Hutchinson 2."""
@@ -616,8 +631,8 @@ class HessianTraceNodesSettings(Settings):
 def _hessian_trace_nodes(ctx: MeasureContext, s: dict) -> list[Row]:
     from flatlab.curvature import model_hessian, trace
 
-    op = model_hessian(ctx.curvature_stack(), ctx.to_curvature(ctx.X), *ctx.curvature,
-                       batch_size=ctx.eval_batch)
+    op = model_hessian(ctx.curvature_stack(), ctx.to_curvature(ctx.X),
+                       *ctx.node_curvature(s["subset"]), batch_size=ctx.eval_batch)
     res = trace(op, s["num_matvecs"], method=s["method"],
                 seed=seed_for(s["seed"], "probes", ctx.rows.start))
     est = ctx.gathered(torch.as_tensor(res.estimate, dtype=torch.float64))
@@ -737,8 +752,8 @@ class EdgeOfStabilitySettings(Settings):
     core, ``benchmarks/measure_cost.py --mechanism``), so ``nodes`` is off by default.
 
     ``λ_max`` at x̄ is ``hessian_top``'s (shared when ``tol``, ``max_iter`` and ``seed`` agree);
-    per node it is ``hessian_top_nodes``' (each node's Hessian on the curvature subset with its
-    own buffers), ``strategy`` as there.
+    per node it is ``hessian_top_nodes``' (each node's Hessian on the first ``subset`` samples
+    of the curvature subset with its own buffers), ``strategy`` and ``subset`` as there.
     """
 
     nodes: bool = setting(False)
@@ -746,6 +761,7 @@ class EdgeOfStabilitySettings(Settings):
     max_iter: int = setting(100, low=1)
     seed: int = setting(0, low=0)
     strategy: str = setting("auto", choices=("auto", "batched", "sequential"))
+    subset: int | None = setting(128, low=1)
 
 
 def _step_size(ctx: MeasureContext) -> float:
@@ -758,7 +774,7 @@ def _step_size(ctx: MeasureContext) -> float:
 def _edge_nodes(ctx: MeasureContext, s: dict) -> list[Row]:
     if not s["nodes"]:
         return []
-    res = ctx.node_top(1, s["tol"], s["max_iter"], s["seed"], s["strategy"])
+    res = ctx.node_top(1, s["tol"], s["max_iter"], s["seed"], s["strategy"], s["subset"])
     top = ctx.gathered(res.eigenvalues[:, 0].double())
     return _spread("edge_of_stability", _step_size(ctx) * top / 2, ctx.per_node)
 

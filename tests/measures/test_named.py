@@ -202,6 +202,14 @@ def test_the_mechanism_measures_on_a_quadratic_equal_their_closed_forms():
         assert rows["hessian_trace", scope] == pytest.approx(h.sum(), rel=1e-9)
     assert rows["edge_of_stability", "std"] == pytest.approx(0.0, abs=1e-8)
     assert rows["hessian_top_2", "avg"] == pytest.approx(h[-2], rel=1e-8)
+    # per-node curvature on the head of the curvature subset: node 1's Hessian on 10 samples
+    sub = build(_least_squares(measure={"metrics": ["hessian_top_nodes"], "options": {
+        "hessian_top_nodes": {"subset": 10, "tol": 1e-10, "max_iter": 50, "every": 2}}}))
+    few = {(m, s): v for m, s, v in measure(sub, X, 0)}
+    x10, y10 = (t[:10] for t in sub.curvature_eval)
+    H10 = torch.autograd.functional.hessian(model_loss(sub.stack, x10, y10), X[1]).numpy()  # noqa: N806
+    assert few["hessian_top", "1"] == pytest.approx(np.linalg.eigvalsh(H10)[-1], rel=1e-8)
+    assert abs(few["hessian_top", "1"] - h[-1]) > 1e-6 * h[-1]  # not the whole set's
     # no disagreement (every node at x̄): the ratio and the alignment are undefined, not NaN rows
     same = {(m, s): v for m, s, v in measure(built, X.mean(0).expand(4, -1).clone(), 0)}
     assert same["disagreement_curvature", "avg"] == 0.0 and same["disagreement_gap", "avg"] == 0
