@@ -417,7 +417,8 @@ def stationary_disagreement(
     Args:
         lr: Step size ``η > 0``.
         curvature: ``h_j >= 0``, one per explicit direction (a scalar: one direction).
-        noise: ``s_j = v_jᵀ S v_j >= 0`` per direction, or one number for all of them.
+        noise: ``s_j = v_jᵀ S v_j >= 0`` per direction, or one number (or a one-element
+            sequence) for all of them.
         topology: A doubly stochastic :class:`~flatlab.topology.Topology` (static or
             time-varying; give this or ``eigenvalues``).
         eigenvalues: All ``n`` eigenvalues of a symmetric ``W``, the average's 1 included.
@@ -444,7 +445,7 @@ def stationary_disagreement(
     lr = positive("lr", lr)
     h = _vector("curvature", curvature)
     s = _vector("noise", noise)
-    if s.size == 1 and np.ndim(noise) == 0:
+    if s.size == 1:
         s = np.full(h.size, s[0])
     if s.size != h.size:
         raise TheoryError(f"noise has {s.size} values but curvature {h.size}; accepted: one s_j "

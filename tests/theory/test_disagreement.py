@@ -390,6 +390,13 @@ def test_bad_input_is_refused_in_one_line(kwargs, pattern):
     assert "\n" not in str(info.value)
 
 
+def test_one_noise_value_in_a_list_is_broadcast():
+    top = topology.make("ring", 8)
+    a = stationary_disagreement(0.1, [1.0, 2.0, 4.0], [0.5], topology=top)
+    b = stationary_disagreement(0.1, [1.0, 2.0, 4.0], 0.5, topology=top)
+    assert a == b and a.inputs["noise"] == [0.5, 0.5, 0.5]
+
+
 def test_the_average_may_be_marginal_but_the_deviations_must_contract():
     # h = 0 (a flat direction) is fine: its average wanders, its deviations are stationary
     p = stationary_disagreement(0.1, [0.0], 1.0, topology=topology.make("ring", 8))
