@@ -64,8 +64,13 @@ exact; ``eigenvalues=`` alone does not give them and is refused with ``heterogen
 **Stability.** Every disagreement mode (``k ≥ 2``) must contract, ``|m| < 1`` (over one period:
 ``Π_t |m_t| < 1``); otherwise the prediction is refused, naming the condition. The model also
 needs the average to stay near the minimum: its multiplier is ``1 − η h_j`` in every form, so
-``η h_j ≤ 2`` is required. ``stability_margin`` is ``1 −`` the largest per-step contraction
-factor of a disagreement mode (``(Π_t |m_t|)^(1/period)``).
+``η h_j ≤ 2`` is required. ``stability_margin = 1 − max_k (Π_t |m_t|)^(1/period)``: the slowest
+mode's contraction per step, geometric mean over the period, the rate at which the state
+forgets its start (``≤ 0`` is what is refused). A period that ends in exact averaging (Local
+SGD on the complete graph) has the product 0 and the margin 1, however little the local steps
+shrink; ``step_contraction = max_t max_k |m_t|`` (dense route: ``max_t ||Ã_t||₂``) is the
+weakest single step's factor, e.g. ``1 − η h_min`` during Local SGD's local steps (1 for a flat
+direction or the bulk).
 
 **Local steps and time-varying W (periodic state).** With ``local_steps = H`` the gossip happens
 only on every ``H``-th step; the other steps use ``W = I`` (:func:`flatlab.topology.periodic`:
@@ -175,8 +180,15 @@ class DisagreementPrediction:
         per_direction: ``curvature_disagreement`` (``h_j Σ_k E y_kj² / n``),
             ``consensus_distance`` (``Σ_k E y_kj² / n``) and the ``heterogeneity`` share of the
             first (``h_j Σ_k |E y_kj|² / n``) of each explicit direction, mean over the period.
-        stability_margin: ``1 −`` the largest per-step contraction factor of a disagreement
-            mode (over a period: ``(Π_t |m_t|)^(1/period)``); in ``(0, 1]``.
+        stability_margin: ``1 − r`` with ``r = max_k (Π_t |m_t|)^(1/period)``, the slowest
+            disagreement mode's contraction per step, geometric mean over the period (the rate
+            at which the state forgets its start; the prediction is refused when ``r ≥ 1``);
+            in ``(0, 1]``. It is 1 when the period ends in exact averaging (Local SGD on the
+            complete graph): the period map is 0 however little the local steps shrink.
+        step_contraction: The largest one-step factor ``max_t max_k |m_t|`` (dense route:
+            ``max_t ||Ã_t||₂``): how much the weakest step shrinks the slowest mode. 1 for a
+            flat direction (or the bulk) during local steps, where nothing shrinks; may exceed
+            1 for a non-normal ``W`` or a periodic schedule that is still stable.
         method: ``eigen`` (per-mode closed form) or ``dense`` (periodic Lyapunov equation).
         inputs: What it was computed from.
         notes: What the numbers mean and leave out.
@@ -190,6 +202,7 @@ class DisagreementPrediction:
     per_phase: dict[str, list[float]]
     per_direction: dict[str, list[float]]
     stability_margin: float
+    step_contraction: float
     method: str
     inputs: dict[str, Any]
     notes: list[str] = field(default_factory=list)
@@ -389,12 +402,14 @@ class _Phases:
         mean: ``Σ_{k≥2} |E y_k|²`` per phase for the given offsets (zeros without them).
         factor: The largest ``Π_t |m_t|²`` over the modes (dense: spectral radius² of ``Φ``).
         mode: The mode attaining it (eigen route; ``-1`` on the dense route).
+        step: The largest one-step factor ``max_t max_k |m_t|`` (dense: ``max_t ||Ã_t||₂``).
     """
 
     var: np.ndarray
     mean: np.ndarray
     factor: float
     mode: int
+    step: float
 
 
 def _eigen_phases(sched: _Schedule, form: str, lr: float, h: float,
@@ -409,9 +424,10 @@ def _eigen_phases(sched: _Schedule, form: str, lr: float, h: float,
         a_tot, b_tot = a[t] * a_tot, a[t] * b_tot + b[t]
         m_tot, c_tot = m[t] * m_tot, m[t] * c_tot - c[t] * zero
     worst = int(np.argmax(a_tot))
+    step = float(np.abs(m).max())
     if a_tot[worst] >= 1.0:
         inf = np.full(sched.period, np.inf)
-        return _Phases(inf, inf, float(a_tot[worst]), worst)
+        return _Phases(inf, inf, float(a_tot[worst]), worst, step)
     v = b_tot / (1.0 - a_tot)
     mu = c_tot / (1.0 - m_tot)
     var, mean = np.empty(sched.period), np.zeros(sched.period)
@@ -421,7 +437,7 @@ def _eigen_phases(sched: _Schedule, form: str, lr: float, h: float,
         if z is not None:
             mean[t] = float(np.sum(np.abs(mu) ** 2))
             mu = m[t] * mu - c[t] * z
-    return _Phases(var, mean, float(a_tot[worst]), worst)
+    return _Phases(var, mean, float(a_tot[worst]), worst, step)
 
 
 def _dense_phases(sched: _Schedule, form: str, lr: float, h: float,
@@ -429,12 +445,13 @@ def _dense_phases(sched: _Schedule, form: str, lr: float, h: float,
     """Periodic Lyapunov equation for the covariance, periodic fixed point for the mean."""
     k = sched.n - 1
     eye = np.eye(k)
-    maps = []
+    maps, step = [], 0.0
     for w in sched.dense:
         wt = eye if w is None else w
         a = wt - lr * h * eye if form == "consensus" else (1.0 - lr * h) * wt
         b = lr * wt if form == "diffusion" else lr * eye
         maps.append((a, b))
+        step = max(step, abs(1.0 - lr * h) if w is None else float(np.linalg.norm(a, 2)))
     zero = np.zeros(k) if z is None else z
     phi, q, c = eye, np.zeros((k, k)), np.zeros(k)
     for a, b in maps:  # x⁺ = a x − b (z + ε) composed over one period
@@ -442,7 +459,7 @@ def _dense_phases(sched: _Schedule, form: str, lr: float, h: float,
     radius = float(np.abs(np.linalg.eigvals(phi)).max())
     if radius >= 1.0:
         inf = np.full(sched.period, np.inf)
-        return _Phases(inf, inf, radius**2, -1)
+        return _Phases(inf, inf, radius**2, -1, step)
     cov = sla.solve_discrete_lyapunov(phi, q)
     mu = np.linalg.solve(eye - phi, c)
     var, mean = np.empty(sched.period), np.zeros(sched.period)
@@ -453,7 +470,7 @@ def _dense_phases(sched: _Schedule, form: str, lr: float, h: float,
         if z is not None:
             mean[t] = float(mu @ mu)
             mu = a @ mu - b @ z
-    return _Phases(var, mean, radius**2, -1)
+    return _Phases(var, mean, radius**2, -1, step)
 
 
 def _unstable(sched: _Schedule, form: str, lr: float, h: float, factor: float, mode: int,
@@ -600,14 +617,14 @@ def stationary_disagreement(
         coords = sched.coordinates(z)  # [n - 1, m]: z_kj per disagreement mode
     phases = _dense_phases if sched.dense is not None else _eigen_phases
 
-    factor = 0.0
+    factor, step = 0.0, 0.0
     per_dir = np.zeros((h.size, sched.period))  # noise: Σ_k Var_kj / n per phase
     het_dir = np.zeros((h.size, sched.period))  # offsets: Σ_k |E y_kj|² / n per phase
     for j in range(h.size):
         res = phases(sched, form, lr, float(h[j]), None if coords is None else coords[:, j])
         if res.factor >= 1.0:
             raise _unstable(sched, form, lr, float(h[j]), res.factor, res.mode, bulk=False)
-        factor = max(factor, res.factor)
+        factor, step = max(factor, res.factor), max(step, res.step)
         per_dir[j] = res.var * s[j] / sched.n
         het_dir[j] = res.mean / sched.n
     bulk = np.zeros(sched.period)
@@ -615,7 +632,7 @@ def stationary_disagreement(
         res = phases(sched, form, lr, 0.0, None)
         if res.factor >= 1.0:
             raise _unstable(sched, form, lr, 0.0, res.factor, res.mode, bulk=True)
-        factor = max(factor, res.factor)
+        factor, step = max(factor, res.factor), max(step, res.step)
         bulk = bulk_hs * res.var / sched.n
     both = per_dir + het_dir
     xi2 = both.sum(axis=0)
@@ -636,6 +653,10 @@ def stationary_disagreement(
                      "phases; per_phase[r] is the iterate after s = r (mod period) steps; a "
                      "step count s that is a multiple of local_steps is right after a gossip "
                      "round (entry 0)")
+        if margin == 1.0:
+            notes.append("stability_margin is 1: the period's product erases every deviation "
+                         "(exact averaging); the local steps alone shrink them only by "
+                         f"step_contraction = {step:.6g} per step")
     if bulk_hs > 0:
         notes.append("bulk: small-step limit lr h -> 0 of the directions outside curvature; it "
                      "adds to curvature_disagreement only (consensus_distance counts the explicit "
@@ -661,6 +682,7 @@ def stationary_disagreement(
                        "consensus_distance": both.mean(axis=1).tolist(),
                        "heterogeneity": (h * het_dir.mean(axis=1)).tolist()},
         stability_margin=float(margin),
+        step_contraction=float(step),
         method="dense" if sched.dense is not None else "eigen",
         inputs=inputs,
         notes=notes,

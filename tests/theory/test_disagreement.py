@@ -616,6 +616,38 @@ def test_one_noise_value_in_a_list_is_broadcast():
     assert a == b and a.inputs["noise"] == [0.5, 0.5, 0.5]
 
 
+def test_stability_margin_local_sgd_and_ring():
+    """``stability_margin = 1 − max (Π_t |m_t|)^(1/period)``; ``step_contraction = max |m_t|``."""
+    lr, h = 0.2, np.array([0.5, 1.0, 3.0])
+    # Local SGD: the period ends in the exact average (margin 1), the local steps shrink the
+    # slowest direction by 1 − lr h_min per step, a flat one (the bulk) not at all
+    local = stationary_disagreement(lr, h, 1.0, topology=topology.make("complete", 8),
+                                    local_steps=4)
+    assert local.stability_margin == 1.0
+    assert local.step_contraction == pytest.approx(1 - lr * 0.5, rel=1e-12)
+    assert any("stability_margin is 1" in note for note in local.notes)
+    flat = stationary_disagreement(lr, h, 1.0, topology=topology.make("complete", 8),
+                                   local_steps=4, bulk_hs=1.0)
+    assert flat.stability_margin == 1.0 and flat.step_contraction == 1.0
+    # ring, static: one step is the period
+    ring = topology.make("ring", 8)
+    lam = np.abs(np.linalg.eigvalsh(ring.matrix())[:-1]).max()
+    p = stationary_disagreement(lr, h, 1.0, topology=ring)
+    assert p.stability_margin == pytest.approx(1 - lam * (1 - lr * 0.5), rel=1e-12)
+    assert p.step_contraction == pytest.approx(1 - p.stability_margin, rel=1e-12)
+    eig = np.linalg.eigvalsh(ring.matrix())[:-1]
+    c = stationary_disagreement(lr, h, 1.0, topology=ring, form="consensus")
+    assert c.stability_margin == pytest.approx(
+        1 - np.abs(eig[:, None] - lr * h[None, :]).max(), rel=1e-12)
+    # ring with 3 local steps: the geometric mean over the period, and the local steps' factor
+    r3 = stationary_disagreement(lr, h, 1.0, topology=ring, local_steps=3)
+    assert r3.stability_margin == pytest.approx(1 - lam ** (1 / 3) * (1 - lr * 0.5), rel=1e-12)
+    assert r3.step_contraction == pytest.approx(1 - lr * 0.5, rel=1e-12)
+    dense = stationary_disagreement(lr, h, 1.0, topology=ring, local_steps=3, method="dense")
+    assert dense.stability_margin == pytest.approx(r3.stability_margin, rel=1e-9)
+    assert dense.step_contraction == pytest.approx(r3.step_contraction, rel=1e-12)
+
+
 def test_the_average_may_be_marginal_but_the_deviations_must_contract():
     # h = 0 (a flat direction) is fine: its average wanders, its deviations are stationary
     p = stationary_disagreement(0.1, [0.0], 1.0, topology=topology.make("ring", 8))
