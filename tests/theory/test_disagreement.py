@@ -609,6 +609,14 @@ def test_bad_input_is_refused_in_one_line(kwargs, pattern):
     assert "\n" not in str(info.value)
 
 
+def test_exported_from_the_package_like_the_other_calculators():
+    import flatlab
+
+    assert flatlab.stationary_disagreement is stationary_disagreement
+    assert flatlab.DisagreementPrediction is DisagreementPrediction
+    assert {"stationary_disagreement", "DisagreementPrediction"} <= set(flatlab.__all__)
+
+
 def test_one_noise_value_in_a_list_is_broadcast():
     top = topology.make("ring", 8)
     a = stationary_disagreement(0.1, [1.0, 2.0, 4.0], [0.5], topology=top)
