@@ -22,7 +22,8 @@ torch.Size([3001, 8, 3])
 True
 
 Modules: :mod:`flatlab.topology` (graphs, weight rules, schedules), :mod:`flatlab.theory`
-(spectral quantities, effective neighbours, bounds, predicted consensus distance),
+(spectral quantities, effective neighbours, bounds, predicted consensus distance, stationary
+disagreement curvature),
 :mod:`flatlab.data` (datasets, partitions, samplers, test problems), :mod:`flatlab.models`,
 :mod:`flatlab.engine` (the node stack and its gradient oracle), :mod:`flatlab.comm` (mixers),
 :mod:`flatlab.algorithms` (init/step pairs and :func:`flatlab.simulate`),
@@ -48,12 +49,14 @@ from flatlab.errors import (
 from flatlab.theory import (
     Bound,
     ConsensusPrediction,
+    DisagreementPrediction,
     SpectralSummary,
     bound,
     effective_neighbors,
     predicted_consensus_distance,
     spectral,
     spectral_gap_study,
+    stationary_disagreement,
 )
 from flatlab.topology import Topology
 
@@ -96,6 +99,8 @@ __all__ = [
     "Bound",
     "predicted_consensus_distance",
     "ConsensusPrediction",
+    "stationary_disagreement",
+    "DisagreementPrediction",
     "spectral_gap_study",
     "FlatlabError",
     "TopologyError",

@@ -259,10 +259,12 @@ def _cmd_disagreement(args: argparse.Namespace) -> int:
     print(f"{p.form} on {p.inputs['topology']}, lr = {_fmt(p.inputs['lr'])}")
     print(_table([
         ("E tr(H Sigma)  (curvature_disagreement)", p.curvature_disagreement),
-        ("  directions", p.terms["directions"]),
+        ("  directions (noise)", p.terms["directions"]),
         ("  bulk (small-step limit)", p.terms["bulk"]),
         ("E Xi^2  (consensus_distance, directions)", p.consensus_distance),
-        ("stability margin (1 - largest contraction per step)", p.stability_margin),
+        ("stability margin (1 - contraction per step, geometric mean over the period)",
+         p.stability_margin),
+        ("largest one-step factor (step_contraction)", p.step_contraction),
         ("method", p.method),
     ]))
     if p.inputs["period"] > 1:
