@@ -178,8 +178,10 @@ plt.show()
 # At the final `x̄`: the top-5 eigenpairs of the curvature-subset Hessian (Lanczos), the
 # minibatch noise along them `s_j = v_jᵀ S̄ v_j` and `tr(H S̄)` (`noise_along`, with the run's own
 # oracle and batches), then the linear theory with the curvature-weighted noise outside the top
-# five as its small-step `bulk_hs`. Directions at or past the edge of stability (`η h_j ≥ 2`)
-# have no stationary state in the linear model; they are left out and counted.
+# five as its small-step `bulk_hs`, and the nodes' gradient offsets along the top five (even an
+# i.i.d. split gives each node its own sample) as `heterogeneity`. Directions at or past the
+# edge of stability (`η h_j ≥ 2`) have no stationary state in the linear model; they are left
+# out and counted.
 
 # %%
 built = build(load_config(str(out / "config.yaml")))
@@ -192,8 +194,9 @@ na = noise_along(built.oracle, built.sampler, xbar, top.eigenvectors, hessian=op
 hj, sj = top.eigenvalues.double().numpy(), na.noise.numpy()
 stable = 0.2 * hj < 2
 bulk = max(na.trace_hs - float(hj @ sj), 0.0)
+z = na.heterogeneity.numpy()[:, stable]  # each node's gradient offset along the kept v_j
 p = stationary_disagreement(0.2, hj[stable], sj[stable], topology=make("ring", NODES),
-                            bulk_hs=bulk)
+                            bulk_hs=bulk, heterogeneity=z - z.mean(0))
 late = wide.loc[wide.index >= 0.75 * STEPS, "disagreement_curvature"].mean()
 pd.DataFrame({"h_j": hj, "s_j": sj, "η h_j": 0.2 * hj, "in the model": stable}).round(4)
 
@@ -201,7 +204,8 @@ pd.DataFrame({"h_j": hj, "s_j": sj, "η h_j": 0.2 * hj, "in the model": stable})
 print(f"tr(HS̄) = {na.trace_hs:.4g} ± {na.trace_hs_stderr:.2g}; top-5 share of it: "
       f"{float(hj @ sj) / na.trace_hs:.0%}")
 print(f"predicted stationary tr(HΣ) = {p.curvature_disagreement:.4g} "
-      f"(bulk {p.terms['bulk'] / p.curvature_disagreement:.0%}); measured over the last "
+      f"(bulk {p.terms['bulk'] / p.curvature_disagreement:.0%}, heterogeneity "
+      f"{p.terms['heterogeneity'] / p.curvature_disagreement:.0%}); measured over the last "
       f"quarter = {late:.4g}; ratio {late / p.curvature_disagreement:.2f}")
 
 # %% [markdown]

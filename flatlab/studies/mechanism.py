@@ -186,12 +186,13 @@ def predict(path: Path, method: Mapping[str, Any], lr: float, scale: Scale) -> d
     Top-``k`` eigenpairs of the curvature-subset Hessian at x̄ (Lanczos, tol 1e-3), the noise
     along them and ``tr(HS̄)`` (:func:`~flatlab.measures.noise_along` with the run's oracle and
     sampler), then :func:`~flatlab.theory.stationary_disagreement` with the bulk
-    ``max(tr(HS̄) − Σ h_j s_j, 0)``. Directions along which the linear model has no stationary
-    state (``η h_j > 2``, or a consensus mode ``|λ_k − η h_j| ≥ 1``: the edge of stability,
-    where the nonlinearity holds the iterates) are left out and counted
-    (``edge_directions``). The prediction is the mean of its per-phase values at the late
-    measurement steps (Local SGD's steps since the last averaging). Centralized SGD: 0 by
-    construction.
+    ``max(tr(HS̄) − Σ h_j s_j, 0)`` and the nodes' gradient offsets along the listed directions
+    (the heterogeneity of the i.i.d. split: each node's own sample). Directions along which the
+    linear model has no stationary state (``η h_j > 2``, or a consensus mode
+    ``|λ_k − η h_j| ≥ 1``: the edge of stability, where the nonlinearity holds the iterates)
+    are left out and counted (``edge_directions``). The prediction is the mean of its per-phase
+    values at the late measurement steps (Local SGD's steps since the last averaging).
+    Centralized SGD: 0 by construction.
     """
     import torch
 
@@ -206,7 +207,7 @@ def predict(path: Path, method: Mapping[str, Any], lr: float, scale: Scale) -> d
     o = scale.options
     nan = {"trhs_predicted": math.nan, "log_trhs_predicted": math.nan, "noise_top": math.nan,
            "trace_hs": math.nan, "bulk_share": math.nan, "heterogeneity_top": math.nan,
-           "edge_directions": math.nan}
+           "heterogeneity_share": math.nan, "edge_directions": math.nan}
     if method["algorithm"] == "centralized":
         return {**nan, "trhs_predicted": 0.0}
     run = build(load_config(str(path / "config.yaml")))
@@ -231,8 +232,10 @@ def predict(path: Path, method: Mapping[str, Any], lr: float, scale: Scale) -> d
 
     keep = [j for j in range(len(h)) if stable(j)]
     bulk = max(na.trace_hs - float(np.dot(h, s)), 0.0)
+    z = na.heterogeneity.double().cpu().numpy()[:, keep]
+    z = z - z.mean(0)  # the offsets sum to zero up to rounding
     try:
-        p = stationary_disagreement(lr, h[keep], s[keep], bulk_hs=bulk, **kw)
+        p = stationary_disagreement(lr, h[keep], s[keep], bulk_hs=bulk, heterogeneity=z, **kw)
     except FlatlabError:  # nothing left to predict from
         return {**nan, "edge_directions": len(h) - len(keep)}
     phases = np.asarray(p.per_phase["curvature_disagreement"], dtype=float)
@@ -245,6 +248,8 @@ def predict(path: Path, method: Mapping[str, Any], lr: float, scale: Scale) -> d
             "noise_top": float(s[0]) if len(s) else math.nan, "trace_hs": na.trace_hs,
             "bulk_share": float(p.terms.get("bulk", 0.0)) / float(p.curvature_disagreement)
             if p.curvature_disagreement > 0 else math.nan,
+            "heterogeneity_share": float(p.terms.get("heterogeneity", 0.0))
+            / float(p.curvature_disagreement) if p.curvature_disagreement > 0 else math.nan,
             "heterogeneity_top": float(torch.as_tensor(na.heterogeneity[:, 0]).pow(2).mean())
             if na.heterogeneity.numel() else math.nan}
 
@@ -367,17 +372,24 @@ def appendix(tables: dict[str, pd.DataFrame], scale: Scale) -> str:
                          f"{r.ratio_sd:.2g} | {r.enrichment:.3g} ± {r.enrichment_sd:.2g} |")
     pr = tables.get("prediction")
     if pr is not None and len(pr) and "trhs_predicted" in pr:
+        cols = ["trhs_late", "trhs_predicted", "bulk_share", "heterogeneity_share",
+                "edge_directions"]
         both = pr[pr["status"] == "done"].groupby(["lr", "method"])[
-            ["trhs_late", "trhs_predicted", "bulk_share"]].mean().reset_index()
+            [c for c in cols if c in pr]].mean().reset_index()
         lines += ["", "Predicted (linear theory at the final x̄) against measured tr(HΣ) (mean "
-                  "of the last quarter), means over seeds; bulk: the share of the prediction "
-                  "from directions outside the top k.", "",
-                  "| lr | method | measured | predicted | ratio | bulk share |",
-                  "|---|---|---|---|---|---|"]
-        for r in both.itertuples():
-            ratio = r.trhs_late / r.trhs_predicted if r.trhs_predicted > 0 else math.nan
-            lines.append(f"| {r.lr:g} | {r.method} | {r.trhs_late:.3g} | "
-                         f"{r.trhs_predicted:.3g} | {ratio:.3g} | {r.bulk_share:.2g} |")
+                  "of the last quarter), means over seeds; bulk and heterogeneity: their shares "
+                  "of the prediction (directions outside the top k; the nodes' gradient "
+                  "offsets); edge: top directions left out, at or past the edge of stability.",
+                  "", "| lr | method | measured | predicted | ratio | bulk | heterogeneity | "
+                  "edge |", "|---|---|---|---|---|---|---|---|"]
+        for r in both.to_dict("records"):
+            ratio = (r["trhs_late"] / r["trhs_predicted"] if r["trhs_predicted"] > 0
+                     else math.nan)
+            lines.append(f"| {r['lr']:g} | {r['method']} | {r['trhs_late']:.3g} | "
+                         f"{r['trhs_predicted']:.3g} | {ratio:.3g} | "
+                         f"{r.get('bulk_share', math.nan):.2g} | "
+                         f"{r.get('heterogeneity_share', math.nan):.2g} | "
+                         f"{r.get('edge_directions', math.nan):.2g} |")
     return "\n".join(lines)
 
 
