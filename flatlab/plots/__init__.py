@@ -3,6 +3,7 @@
 from flatlab.plots.compression import compression
 from flatlab.plots.heterogeneity import heterogeneity
 from flatlab.plots.implicit_flatness import implicit_flatness
+from flatlab.plots.mechanism import mechanism
 from flatlab.plots.primal_dual import primal_dual
 from flatlab.plots.sensitivity import sensitivity
 from flatlab.plots.spectral import spectral_gap
@@ -16,6 +17,7 @@ from flatlab.plots.tradeoff import (
 )
 from flatlab.plots.training import training_curves
 
-__all__ = ["spectral_gap", "training_curves", "heterogeneity", "implicit_flatness", "primal_dual",
+__all__ = ["spectral_gap", "training_curves", "heterogeneity", "implicit_flatness", "mechanism",
+           "primal_dual",
            "compression", "sensitivity", "tradeoff_scatter", "accuracy_vs_flatness",
            "consensus_over_training", "escape", "bound_overlay", "tradeoff_figures"]

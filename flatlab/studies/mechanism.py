@@ -393,6 +393,19 @@ def appendix(tables: dict[str, pd.DataFrame], scale: Scale) -> str:
     return "\n".join(lines)
 
 
+def figures(tables: dict[str, pd.DataFrame], scale: Scale) -> dict[str, Any]:
+    """The gap against ½ tr(HΣ), the alignment over chance, the prediction against measurement."""
+    from flatlab.plots import mechanism
+
+    curves = tables["curves"]
+    prediction = tables.get("prediction")
+    if prediction is None or "trhs_predicted" not in prediction:
+        prediction = pd.DataFrame(columns=["lr", "method", "status", "trhs_late",
+                                           "trhs_predicted"])
+    sgd = curves["method"] == "sgd"
+    return {"": mechanism(curves[~sgd], prediction[prediction["method"] != "sgd"])}
+
+
 STUDY = Study(
     name="mechanism",
     question="Does the disagreement between nodes act on x̄ as ½ tr(HΣ): does the second-order "
@@ -405,7 +418,7 @@ STUDY = Study(
     extra=extra, curves=CURVES, phases=(_prediction_phase, _phases_phase),
     summary_columns=("test_accuracy", "train_loss", "hessian_top", "trhs_late", "gap_late",
                      "predicted_late", "alignment_late", "trhs_predicted", "trhs_integral"),
-    setting_label=lambda s: f"lr={s['lr']:g}", appendix=appendix,
+    setting_label=lambda s: f"lr={s['lr']:g}", appendix=appendix, figures=figures,
     units={"gap_late − predicted_late": (1.0, "", 3),
            "alignment_late − alignment_chance": (100.0, "points", 1),
            "log_trhs_late − log_trhs_predicted": (1.0, "log", 2),

@@ -49,3 +49,4 @@ def test_tiny_scale_measures_predicts_and_judges_the_mechanism(tmp_path):
     assert set(phases["phase"]) == {"early", "middle", "late"}
     assert "sgd" not in set(phases["method"])
     assert "By phase of training" in (tmp_path / "summary.md").read_text()
+    assert (tmp_path / "mechanism.png").is_file() and (tmp_path / "mechanism.pdf").is_file()
