@@ -29,7 +29,7 @@ The ``prediction`` phase, per final run: at the final x̄, the top-``k`` Hessian
 ``stationary_disagreement(η, h, s, topology, form, local_steps, bulk_hs = tr(HS̄) − Σ h_j s_j)``
 against the measured ``tr(HΣ)`` averaged over the last quarter of training.
 
-Run: ``python -m flatlab.studies mechanism --scale small`` (16 nodes, 7 methods, 2 steps, 3
+Run: ``python -m flatlab.studies mechanism --scale small`` (16 nodes, 7 methods, 2 steps, 5
 seeds).
 """
 
@@ -49,12 +49,17 @@ from flatlab.studies.spec import Point, Scale, Study
 
 #: Share of the run (from its end) whose measurements make the "late" averages.
 LATE = 0.25
+#: A disagreement at rounding level: ``Ξ² / ‖x̄‖²`` below ``(8 ε)²`` of float32 (centralized
+#: SGD's nodes, Local SGD right after an averaging). Ratios and shares of such a disagreement
+#: are rounding noise and are left out of the ratio and alignment columns.
+FLOOR = (8 * 2.0**-23) ** 2
 #: Phases of training for the appendix: (name, first share, last share) of the steps.
 PHASES = (("early", 0.0, 1 / 3), ("middle", 1 / 3, 2 / 3), ("late", 2 / 3, 1.0))
 
-WHY_GAP = ("±25% of ½ tr(HΣ), fixed before the runs: the third-order terms of a Taylor "
-           "expansion at this disagreement, and ReLU kinks between x̄ and the nodes, may move "
-           "the gap by tens of percent; within 25% the curvature explains the gap")
+WHY_GAP = ("the gap over ½ tr(HΣ) within 1 ± 0.25, fixed before the runs: the third-order "
+           "terms of a Taylor expansion at this disagreement, and ReLU kinks between x̄ and "
+           "the nodes, may move the gap by tens of percent; within 25% the curvature explains "
+           "the gap")
 WHY_ALIGN = ("one percentage point of ‖D‖²_F: above chance (k/P, a fraction of a percent) by "
              "more than that is concentration worth reporting")
 WHY_PREDICT = ("a factor of 2 (log 2 on the log scale): the linear theory's inputs (noise and "
@@ -65,7 +70,8 @@ WHY_ORDER = ("10% of the reference's mean: about the seed-to-seed spread of λ_m
 
 CURVES = ("train_loss", "test_accuracy", "consensus_distance", "disagreement_curvature",
           "disagreement_gap", "disagreement_gap_predicted", "disagreement_alignment",
-          "disagreement_alignment_chance", "edge_of_stability", "hessian_top")
+          "disagreement_alignment_chance", "edge_of_stability", "hessian_top",
+          "consensus_distance_rel")
 
 
 def _scale(nodes: int, steps: int, every: int, seeds: tuple[int, ...], lrs: tuple[float, ...],
@@ -82,7 +88,7 @@ def _scale(nodes: int, steps: int, every: int, seeds: tuple[int, ...], lrs: tupl
 SCALES = {
     # 16 x 32 = 512 of mnist1d's 4000 training samples per step; 2000 constant steps, measured
     # every 125 (not a multiple of H = 4)
-    "small": _scale(16, 2000, 125, (0, 1, 2), (0.05, 0.2), batch=32,
+    "small": _scale(16, 2000, 125, (0, 1, 2, 3, 4), (0.05, 0.2), batch=32,
                     topologies=("ring", "exponential"), local_steps=(4,), k=5, probes=16,
                     draws=8),
     # the test suite's
@@ -141,27 +147,45 @@ def _trapezoid(steps: np.ndarray, values: np.ndarray) -> float:
     return float(np.sum((values[1:] + values[:-1]) * np.diff(steps)) / 2)
 
 
+def _disagreeing(wide: pd.DataFrame) -> pd.Series:
+    """Measurements whose disagreement is above rounding level (:data:`FLOOR`)."""
+    rel = wide["consensus_distance_rel"] if "consensus_distance_rel" in wide else pd.Series(
+        math.inf, index=wide.index)
+    return rel.fillna(math.inf) > FLOOR
+
+
 def late_means(curves: pd.DataFrame, steps: int) -> dict[str, float]:
     """The mechanism's columns of one run's curves (long ``step, metric, value``).
 
-    ``*_late``: means over the measurements after step ``(1 − LATE) · steps``;
+    ``*_late``: means over the measurements after step ``(1 − LATE) · steps``; the gap's ratio
+    to ``½ tr(HΣ)`` (``gap_ratio_late``) and the alignment only over measurements whose
+    disagreement is above rounding level (:data:`FLOOR`), nan when none is;
     ``trhs_integral``: ``∫ tr(HΣ) dt`` over the run (trapezoid over the measurements);
-    ``log_trhs_late``: its log (nan at no disagreement).
+    ``log_trhs_late``: its log (nan at no disagreement); ``one``: 1, what the ratio is
+    compared with.
     """
     out = {"trhs_late": math.nan, "gap_late": math.nan, "predicted_late": math.nan,
-           "alignment_late": math.nan, "alignment_chance": math.nan, "xi2_late": math.nan,
-           "edge_late": math.nan, "trhs_integral": math.nan, "log_trhs_late": math.nan}
+           "gap_ratio_late": math.nan, "alignment_late": math.nan,
+           "alignment_chance": math.nan, "xi2_late": math.nan, "edge_late": math.nan,
+           "trhs_integral": math.nan, "log_trhs_late": math.nan, "one": 1.0}
     if curves.empty:
         return out
     late = curves[curves["step"] >= (1 - LATE) * steps]
     for metric, col in (("disagreement_curvature", "trhs_late"), ("disagreement_gap", "gap_late"),
                         ("disagreement_gap_predicted", "predicted_late"),
-                        ("disagreement_alignment", "alignment_late"),
                         ("disagreement_alignment_chance", "alignment_chance"),
                         ("consensus_distance", "xi2_late"), ("edge_of_stability", "edge_late")):
         v = late.loc[late["metric"] == metric, "value"]
         if len(v):
             out[col] = float(v.mean())
+    wide = late.pivot_table(index="step", columns="metric", values="value")
+    if len(wide):
+        w = wide[_disagreeing(wide)]
+        if len(w) and {"disagreement_gap", "disagreement_gap_predicted"} <= set(w.columns):
+            out["gap_ratio_late"] = float((w["disagreement_gap"]
+                                           / w["disagreement_gap_predicted"]).mean())
+        if len(w) and "disagreement_alignment" in w:
+            out["alignment_late"] = float(w["disagreement_alignment"].mean())
     c = curves[curves["metric"] == "disagreement_curvature"].sort_values("step")
     out["trhs_integral"] = _trapezoid(c["step"].to_numpy(float), c["value"].to_numpy(float))
     if out["trhs_late"] > 0:
@@ -292,20 +316,22 @@ def _prediction_phase(study: Study, scale: Scale, runs: Path, workers: int,
 def phase_table(curves: pd.DataFrame, runs: pd.DataFrame, steps: int) -> pd.DataFrame:
     """Per method, step size and phase of training: gap / ½ tr(HΣ) and share / chance.
 
-    Means and standard deviations over seeds of each run's mean over the phase's measurements.
+    Means and standard deviations over seeds of each run's mean over the phase's measurements
+    whose disagreement is above rounding level (:data:`FLOOR`).
     """
     done = runs.loc[runs["status"] == "done", ["lr", "method", "seed"]]
     c = curves.merge(done, on=["lr", "method", "seed"])
     rows = []
     for name, lo, hi in PHASES:
         part = c[(c["step"] > lo * steps) & (c["step"] <= hi * steps)
-                 & c["metric"].isin(CURVES[4:8])]
+                 & c["metric"].isin([*CURVES[4:8], "consensus_distance_rel"])]
         wide = part.pivot_table(index=["lr", "method", "seed", "step"], columns="metric",
                                 values="value").reset_index()
         for col in ("disagreement_gap", "disagreement_gap_predicted", "disagreement_alignment",
                     "disagreement_alignment_chance"):
             if col not in wide:
                 wide[col] = math.nan
+        wide = wide[_disagreeing(wide)]  # rounding-level disagreement has no ratio
         wide["ratio"] = wide["disagreement_gap"] / wide["disagreement_gap_predicted"].where(
             wide["disagreement_gap_predicted"] > 0)
         wide["enrichment"] = wide["disagreement_alignment"] / wide[
@@ -337,8 +363,8 @@ def claims(scale: Scale) -> list[Claim | tuple[str, Claim]]:
     for s in scale.settings:
         for m in decentralized:
             out += [
-                Claim(f"{m}: the gap is ½ tr(HΣ)", m, m, where=s, value="gap_late",
-                      against="predicted_late", margin=0.25, relative=True, why=WHY_GAP),
+                Claim(f"{m}: the gap is ½ tr(HΣ)", m, m, where=s, value="gap_ratio_late",
+                      against="one", margin=0.25, why=WHY_GAP),
                 Claim(f"{m}: disagreement concentrates in the top-{scale.options['k']} "
                       "eigenspace", m, m, where=s, value="alignment_late",
                       against="alignment_chance", margin=0.01, why=WHY_ALIGN),
@@ -416,10 +442,10 @@ STUDY = Study(
     measures={"test_accuracy": "test_accuracy", "train_loss": "train_loss",
               "hessian_top": "hessian_top", "consensus_distance": "consensus_distance"},
     extra=extra, curves=CURVES, phases=(_prediction_phase, _phases_phase),
-    summary_columns=("test_accuracy", "train_loss", "hessian_top", "trhs_late", "gap_late",
-                     "predicted_late", "alignment_late", "trhs_predicted", "trhs_integral"),
+    summary_columns=("test_accuracy", "train_loss", "hessian_top", "trhs_late",
+                     "gap_ratio_late", "alignment_late", "trhs_integral"),
     setting_label=lambda s: f"lr={s['lr']:g}", appendix=appendix, figures=figures,
-    units={"gap_late − predicted_late": (1.0, "", 3),
+    units={"gap_ratio_late − one": (1.0, "", 2),
            "alignment_late − alignment_chance": (100.0, "points", 1),
            "log_trhs_late − log_trhs_predicted": (1.0, "log", 2),
            "trhs_integral": (1.0, "", 3), "hessian_top": (1.0, "", 2)},

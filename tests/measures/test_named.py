@@ -216,6 +216,12 @@ def test_the_mechanism_measures_on_a_quadratic_equal_their_closed_forms():
     assert ("disagreement_gap_ratio", "avg") not in same
     assert ("disagreement_alignment", "avg") not in same
     assert all(math.isfinite(v) for v in same.values())
+    # nodes that agree up to rounding (a centralized run): no ratio or share of rounding noise
+    tiny = X.mean(0) + 1e-20 * torch.randn(4, built.stack.P, dtype=torch.float64)
+    noise = {(m, s): v for m, s, v in measure(built, tiny, 0)}
+    assert 0 < noise["disagreement_curvature", "avg"] < 1e-30
+    assert ("disagreement_gap_ratio", "avg") not in noise
+    assert ("disagreement_alignment", "avg") not in noise
 
 
 def test_node_models_are_evaluated_on_a_fixed_subset_and_the_average_on_the_whole_set():
