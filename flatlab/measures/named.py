@@ -685,11 +685,21 @@ def _disagreement(ctx: MeasureContext, s: dict) -> list[Row]:
             ("disagreement_gap_predicted", "avg", g.predicted)]
     if s["probes"]:
         rows.append(("disagreement_curvature_stderr", "avg", c.stderr))
-    if g.predicted > 0:  # undefined without disagreement (centralized, exact consensus)
-        rows.append(("disagreement_gap_ratio", "avg", g.ratio))
-    if c.consensus_distance > 0:
-        rows.append(("disagreement_rayleigh", "avg", c.rayleigh))
+    if _disagrees(ctx, c.consensus_distance):  # a ratio of rounding noise says nothing
+        rows += [("disagreement_gap_ratio", "avg", g.ratio),
+                 ("disagreement_rayleigh", "avg", c.rayleigh)]
     return rows
+
+
+def _disagrees(ctx: MeasureContext, xi2: float) -> bool:
+    """Whether ``Ξ²`` is above the rounding level of the nodes' dtype.
+
+    Nodes that agree up to rounding (centralized SGD, Local SGD right after an averaging) have
+    ``Ξ² ≈ (ε ‖x̄‖)²``; below ``(8 ε ‖x̄‖)²`` the ratio and the alignment of the disagreement
+    are rounding noise and are not recorded.
+    """
+    eps = torch.finfo(ctx.X.dtype).eps
+    return xi2 > (8 * eps) ** 2 * float(ctx.xbar.double().pow(2).sum())
 
 
 _register(NamedMeasure(
@@ -728,7 +738,8 @@ def _alignment(ctx: MeasureContext, s: dict) -> list[Row]:
     a = disagreement_alignment(res.eigenvectors, D)
     rows = [("disagreement_alignment_chance", "avg", a.chance),
             ("disagreement_alignment_converged", "avg", float(bool(res.converged.all())))]
-    if math.isfinite(a.share):  # undefined without disagreement
+    xi2 = float(D.pow(2).sum()) / D.shape[0]
+    if math.isfinite(a.share) and _disagrees(ctx, xi2):  # undefined without disagreement
         rows += [("disagreement_alignment", "avg", a.share)]
         rows += [(f"disagreement_alignment_{j + 1}", "avg", float(v))
                  for j, v in enumerate(a.per_direction)]
