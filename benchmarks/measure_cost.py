@@ -70,9 +70,14 @@ def mechanism(a: argparse.Namespace, calls: int) -> None:
         print(f"{label}: run {t['total']:.1f} s (train {t['train']:.1f} s), loss {loss:.1f} s "
               f"= {100 * loss / t['total']:.0f}% of the run")
     print(f"with the mechanism's measures: {full['total']:.1f} s (train {full['train']:.1f} s)")
+    from flatlab.measures import named
+
     for name in ["loss", *MECHANISM]:
         s = full["measures"].get(name, 0.0)
-        print(f"  {name:<24} {s:7.1f} s in all, {1e3 * s / calls:8.1f} ms per call, "
+        period = a.every * named.get(name).thin  # the default thinning
+        n_calls = len({0, a.steps, *range(0, a.steps + 1, period)})
+        print(f"  {name:<24} {s:7.1f} s in all, {n_calls:2d} calls, "
+              f"{1e3 * s / n_calls:8.1f} ms per call, "
               f"{100 * s / base['total']:5.1f}% of the run without them")
     extra = full["total"] - base["total"]
     print(f"the mechanism's measures: {100 * extra / base['total']:.0f}% of the run "
