@@ -43,7 +43,7 @@ def test_tiny_scale_measures_predicts_and_judges_the_mechanism(tmp_path):
     # 4 decentralized methods x 3 claims, and the consensus-vs-diffusion pair on the ring x 2
     assert len(verdicts) == 4 * 3 + 2
     assert set(verdicts["verdict"].str.split(" (", regex=False).str[0]) <= set(VERDICTS)
-    assert set(verdicts.loc[verdicts["claim"].str.contains("predicts"), "table"]) == {
+    assert set(verdicts.loc[verdicts["claim"].str.contains("linear theory"), "table"]) == {
         "prediction"}
     phases = pd.read_csv(tmp_path / "phases.csv")
     assert set(phases["phase"]) == {"early", "middle", "late"}
