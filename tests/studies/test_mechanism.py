@@ -50,3 +50,19 @@ def test_tiny_scale_measures_predicts_and_judges_the_mechanism(tmp_path):
     assert "sgd" not in set(phases["method"])
     assert "By phase of training" in (tmp_path / "summary.md").read_text()
     assert (tmp_path / "mechanism.png").is_file() and (tmp_path / "mechanism.pdf").is_file()
+
+
+def test_committed_results_prose_is_the_tables():
+    from pathlib import Path
+
+    from flatlab.studies.pipeline import results_text
+
+    committed = Path(__file__).resolve().parents[2] / "results" / "mechanism-small"
+    t = {name: pd.read_csv(committed / f"{name}.csv") for name in ("runs", "verdicts")}
+    assert (committed / "results.md").read_text() == results_text(study.STUDY, t)
+    v = t["verdicts"]
+    assert len(v) == 52 and set(v["verdict"].str.split(" (", regex=False).str[0]) <= set(
+        VERDICTS)
+    pred = pd.read_csv(committed / "prediction.csv")
+    assert (pred.loc[pred["method"] == "sgd", "trhs_predicted"] == 0).all()
+    assert (pred.loc[pred["method"] != "sgd", "trhs_predicted"] > 0).all()
