@@ -382,6 +382,8 @@ def _cmd_measures(args: argparse.Namespace) -> int:
         print(f"    metrics: {', '.join(m['metrics'])}")
         settings = ", ".join(f"{k}={v}" for k, v in m["settings"].items())
         print(f"    settings: {settings}")
+        if m["thin"] > 1:
+            print(f"    without its own every: every {m['thin']}th measurement")
     print("always recorded: lr, comm_bytes (all nodes, so far), batch_loss (node mean of the "
           "minibatch losses since the last measurement). Settings: measure.options.NAME.KEY=V")
     return 0

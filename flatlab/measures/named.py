@@ -796,8 +796,9 @@ def _edge(ctx: MeasureContext, s: dict) -> list[Row]:
 
 
 _register(NamedMeasure(
-    "edge_of_stability", "η λ_max / 2 at x̄ and at every node (mean, max, min, std, each): "
-    "gradient descent on the local quadratic is stable below 1 (Cohen et al., ICLR 2021)",
+    "edge_of_stability", "η λ_max / 2 at x̄ and, with nodes=true, at every node (mean, max, "
+    "min, std, each): gradient descent on the local quadratic is stable below 1 (Cohen et al., "
+    "ICLR 2021)",
     ("edge_of_stability",), settings=EdgeOfStabilitySettings, nodes=_edge_nodes,
     average=_edge, source="docs/reference/measures.md §10.4", thin=5))
 
