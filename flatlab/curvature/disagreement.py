@@ -152,12 +152,12 @@ def disagreement_curvature(op, D: torch.Tensor, *, probes: int = 0,  # noqa: N80
         raise CurvatureError(f"probes must be an integer >= 0 (0: exact), got {probes!r}")
     xi2 = float(D.pow(2).sum()) / n
     start = op.num_matvecs
+    D = D.to(op.device)  # noqa: N806 - the products run where the operator lives
     if probes == 0:
         rows = D
-    else:
-        eps = random_probes((probes, n), seed=seed, dtype=torch.float64)
-        rows = eps @ D.cpu() / math.sqrt(n)
-    rows = rows.to(op.device)
+    else:  # signs drawn on the CPU (device-independent), combined where D is
+        eps = random_probes((probes, n), seed=seed, dtype=torch.float64, device=D.device)
+        rows = eps @ D / math.sqrt(n)
     samples = torch.stack([(r * op.matvec(r.to(op.dtype)).double()).sum() for r in rows]).cpu()
     if probes == 0:
         value, err = float(samples.sum()) / n, 0.0

@@ -32,10 +32,12 @@ s_j`` is the curvature-weighted noise left outside the listed directions (the th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
+from flatlab.curvature.disagreement import disagreement_curvature
 from flatlab.errors import MeasureError
 
 __all__ = ["GradientNoise", "gradient_noise", "NoiseAlong", "noise_along"]
@@ -129,10 +131,6 @@ def noise_along(oracle, sampler, x: torch.Tensor, vectors: torch.Tensor, *, hess
     Returns:
         A :class:`NoiseAlong`.
     """
-    import math
-
-    from flatlab.curvature.lanczos import random_probes
-
     if draws < 1:
         raise MeasureError(f"draws must be >= 1, got {draws}")
     if probes < 0:
@@ -156,10 +154,7 @@ def noise_along(oracle, sampler, x: torch.Tensor, vectors: torch.Tensor, *, hess
     sigma2 = float(xi.pow(2).sum(1).mean())
     trace, err = math.nan, math.nan
     if hessian is not None and probes > 0:
-        eps = random_probes((probes, xi.shape[0]), seed=seed, dtype=torch.float64,
-                            device=xi.device)
-        z = eps @ xi / math.sqrt(xi.shape[0])
-        q = torch.stack([(r * hessian.matvec(r.to(hessian.dtype)).double()).sum() for r in z])
-        trace = float(q.mean())
-        err = float(q.std(correction=1)) / math.sqrt(probes) if probes > 1 else math.nan
+        # (1/(nD)) Σ ξᵀHξ is tr(HΣ) of the deviations ξ: the same probe estimator
+        t = disagreement_curvature(hessian, xi, probes=probes, seed=seed)
+        trace, err = t.value, t.stderr
     return NoiseAlong(s, het, sigma2, trace, err, draws, int(sampler.batch_size))
