@@ -43,7 +43,7 @@ from flatlab.measures.settings import Settings, setting, validate
 from flatlab.seeds import seed_for
 
 __all__ = ["NamedMeasure", "MeasureContext", "available", "get", "resolve", "describe",
-           "TABLES", "Row"]
+           "rounding_level", "TABLES", "Row"]
 
 Row = tuple[str, str, float]
 #: Extra tables (not scalar series) and their columns besides ``step``.
@@ -219,6 +219,28 @@ class MeasureContext:
         if "all_nodes" not in self.cache:
             self.cache["all_nodes"] = self.mixer.gather(self.X)
         return self.cache["all_nodes"]
+
+    def deviations(self) -> tuple[torch.Tensor, bool]:
+        """``D = X − 1x̄ᵀ`` (float64, every node) and whether it is above rounding level.
+
+        Computed once per step for the mechanism's measures. Nodes that agree up to rounding
+        (centralized SGD, Local SGD right after an averaging) have ``Ξ² ≈ (ε‖x̄‖)²``; at or
+        below ``rounding_level(dtype) · ‖x̄‖²`` the gap's ratio and the alignment of the
+        disagreement are rounding noise and are not recorded.
+        """
+        if "deviations" not in self.cache:
+            from flatlab.curvature.disagreement import deviations
+
+            D = deviations(self.all_nodes(), self.xbar)  # noqa: N806
+            xi2 = float(D.pow(2).sum()) / D.shape[0]
+            above = xi2 > rounding_level(self.X.dtype) * float(self.xbar.double().pow(2).sum())
+            self.cache["deviations"] = (D, above)
+        return self.cache["deviations"]
+
+
+def rounding_level(dtype: torch.dtype) -> float:
+    """``(8 ε)²`` of ``dtype``: ``Ξ² / ‖x̄‖²`` at or below it is a disagreement of rounding."""
+    return float(8 * torch.finfo(dtype).eps) ** 2
 
 
 @dataclass(frozen=True)
@@ -670,14 +692,10 @@ class DisagreementSettings(Settings):
 
 
 def _disagreement(ctx: MeasureContext, s: dict) -> list[Row]:
-    from flatlab.curvature.disagreement import (
-        deviations,
-        disagreement_curvature,
-        disagreement_gap,
-    )
+    from flatlab.curvature.disagreement import disagreement_curvature, disagreement_gap
 
     fn, xbar = ctx.avg_loss_fn()
-    D = deviations(ctx.all_nodes(), ctx.xbar)  # noqa: N806
+    D, disagrees = ctx.deviations()  # noqa: N806
     c = disagreement_curvature(ctx.avg_hessian(), D, probes=s["probes"], seed=s["seed"])
     g = disagreement_gap(fn, xbar, D, c.value)
     rows = [("disagreement_curvature", "avg", c.value),
@@ -685,21 +703,10 @@ def _disagreement(ctx: MeasureContext, s: dict) -> list[Row]:
             ("disagreement_gap_predicted", "avg", g.predicted)]
     if s["probes"]:
         rows.append(("disagreement_curvature_stderr", "avg", c.stderr))
-    if _disagrees(ctx, c.consensus_distance):  # a ratio of rounding noise says nothing
+    if disagrees:  # a ratio of rounding noise says nothing
         rows += [("disagreement_gap_ratio", "avg", g.ratio),
                  ("disagreement_rayleigh", "avg", c.rayleigh)]
     return rows
-
-
-def _disagrees(ctx: MeasureContext, xi2: float) -> bool:
-    """Whether ``Ξ²`` is above the rounding level of the nodes' dtype.
-
-    Nodes that agree up to rounding (centralized SGD, Local SGD right after an averaging) have
-    ``Ξ² ≈ (ε ‖x̄‖)²``; below ``(8 ε ‖x̄‖)²`` the ratio and the alignment of the disagreement
-    are rounding noise and are not recorded.
-    """
-    eps = torch.finfo(ctx.X.dtype).eps
-    return xi2 > (8 * eps) ** 2 * float(ctx.xbar.double().pow(2).sum())
 
 
 _register(NamedMeasure(
@@ -731,15 +738,14 @@ class AlignmentSettings(Settings):
 
 
 def _alignment(ctx: MeasureContext, s: dict) -> list[Row]:
-    from flatlab.curvature.disagreement import deviations, disagreement_alignment
+    from flatlab.curvature.disagreement import disagreement_alignment
 
     res = ctx.avg_top(s["k"], s["tol"], s["max_iter"], s["seed"])
-    D = deviations(ctx.all_nodes(), ctx.xbar)  # noqa: N806
+    D, disagrees = ctx.deviations()  # noqa: N806
     a = disagreement_alignment(res.eigenvectors, D)
     rows = [("disagreement_alignment_chance", "avg", a.chance),
             ("disagreement_alignment_converged", "avg", float(bool(res.converged.all())))]
-    xi2 = float(D.pow(2).sum()) / D.shape[0]
-    if math.isfinite(a.share) and _disagrees(ctx, xi2):  # undefined without disagreement
+    if disagrees:  # undefined without disagreement (the share of nothing)
         rows += [("disagreement_alignment", "avg", a.share)]
         rows += [(f"disagreement_alignment_{j + 1}", "avg", float(v))
                  for j, v in enumerate(a.per_direction)]

@@ -42,17 +42,20 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from flatlab.experiment.evidence import Claim
+from flatlab.measures.named import rounding_level
 from flatlab.studies.pipeline import run_curves
 from flatlab.studies.spec import Point, Scale, Study
 
 #: Share of the run (from its end) whose measurements make the "late" averages.
 LATE = 0.25
-#: A disagreement at rounding level: ``Ξ² / ‖x̄‖²`` below ``(8 ε)²`` of float32 (centralized
-#: SGD's nodes, Local SGD right after an averaging). Ratios and shares of such a disagreement
-#: are rounding noise and are left out of the ratio and alignment columns.
-FLOOR = (8 * 2.0**-23) ** 2
+#: A disagreement at rounding level: ``Ξ² / ‖x̄‖²`` at or below the measures' rule for float32
+#: (:func:`flatlab.measures.named.rounding_level`; centralized SGD's nodes, Local SGD right
+#: after an averaging). Its ratios and shares are rounding noise and are left out of the ratio
+#: and alignment columns.
+FLOOR = rounding_level(torch.float32)
 #: Phases of training for the appendix: (name, first share, last share) of the steps.
 PHASES = (("early", 0.0, 1 / 3), ("middle", 1 / 3, 2 / 3), ("late", 2 / 3, 1.0))
 
@@ -218,8 +221,6 @@ def predict(path: Path, method: Mapping[str, Any], lr: float, scale: Scale) -> d
     values at the late measurement steps (Local SGD's steps since the last averaging).
     Centralized SGD: 0 by construction.
     """
-    import torch
-
     from flatlab.curvature import hessian_operator, lanczos
     from flatlab.errors import FlatlabError
     from flatlab.experiment import build, load_config
@@ -274,7 +275,7 @@ def predict(path: Path, method: Mapping[str, Any], lr: float, scale: Scale) -> d
             if p.curvature_disagreement > 0 else math.nan,
             "heterogeneity_share": float(p.terms.get("heterogeneity", 0.0))
             / float(p.curvature_disagreement) if p.curvature_disagreement > 0 else math.nan,
-            "heterogeneity_top": float(torch.as_tensor(na.heterogeneity[:, 0]).pow(2).mean())
+            "heterogeneity_top": float(na.heterogeneity[:, 0].pow(2).mean())
             if na.heterogeneity.numel() else math.nan}
 
 
