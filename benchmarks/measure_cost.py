@@ -33,6 +33,7 @@ import torch  # noqa: E402
 from step_time import cpu_name  # noqa: E402 - benchmarks/ is on the path when run as a script
 
 from flatlab.experiment import run  # noqa: E402
+from flatlab.measures import named  # noqa: E402
 
 CURVATURE = ["hessian_top", "hessian_trace", "sharpness_worst"]
 MECHANISM = ["disagreement", "disagreement_alignment", "edge_of_stability", "hessian_top_nodes",
@@ -70,8 +71,6 @@ def mechanism(a: argparse.Namespace, calls: int) -> None:
         print(f"{label}: run {t['total']:.1f} s (train {t['train']:.1f} s), loss {loss:.1f} s "
               f"= {100 * loss / t['total']:.0f}% of the run")
     print(f"with the mechanism's measures: {full['total']:.1f} s (train {full['train']:.1f} s)")
-    from flatlab.measures import named
-
     for name in ["loss", *MECHANISM]:
         s = full["measures"].get(name, 0.0)
         period = a.every * named.get(name).thin  # the default thinning
