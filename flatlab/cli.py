@@ -250,7 +250,7 @@ def _cmd_disagreement(args: argparse.Namespace) -> int:
     curvature = _parse_numbers(args.curvature, "--curvature", "the curvatures h_j")
     noise = _parse_numbers(args.noise, "--noise", "the noise variances s_j (or one s)")
     p = stationary_disagreement(
-        args.lr, curvature, noise[0] if len(noise) == 1 else noise,
+        args.lr, curvature, noise,
         topology=_topology_from(args) if has_topology else None, eigenvalues=eigenvalues,
         form=args.form, local_steps=args.local_steps, bulk_hs=args.bulk_hs, method=args.method)
     if args.json:
