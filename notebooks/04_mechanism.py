@@ -119,7 +119,7 @@ plt.show()
 # `(1/n) Σ f(x_i) − f(x̄)` on the curvature subset beside `½ tr(HΣ)`), `disagreement_alignment`
 # (the share of `‖X − 1x̄ᵀ‖²` in the top-5 Hessian eigenspace beside `5/P`) and
 # `edge_of_stability` (`η λ_max / 2` at `x̄`). Without an `every` of their own these measures thin
-# themselves to every 5th measurement; here they are asked for at each.
+# themselves to every 10th measurement; here they are asked for at each.
 
 # %%
 out = Path(tempfile.mkdtemp()) / "mechanism-ring"

@@ -42,6 +42,8 @@ from flatlab.curvature.model import (
     NODE_STRATEGIES,
     model_hessian,
     node_top_eigenvalues,
+    node_traces,
+    nodes_equal,
     stack_loss,
 )
 from flatlab.curvature.operators import (
@@ -70,7 +72,8 @@ __all__ = [
     "hvp", "hessian_operator", "as_operator", "HVP_METHODS",
     "lanczos", "power_iteration", "EigenResult", "random_probes",
     "trace", "TraceResult", "TRACE_METHODS", "spectral_density", "SpectralDensity",
-    "stack_loss", "model_hessian", "node_top_eigenvalues", "NODE_STRATEGIES",
+    "stack_loss", "model_hessian", "node_top_eigenvalues", "node_traces",
+    "nodes_equal", "NODE_STRATEGIES",
     "deviations", "disagreement_curvature", "disagreement_gap", "disagreement_alignment",
     "DisagreementCurvature", "DisagreementGap", "Alignment",
 ]

@@ -137,7 +137,8 @@ def disagreement_curvature(op, D: torch.Tensor, *, probes: int = 0,  # noqa: N80
         D: ``[n, P]`` deviations ``x_i − x̄`` (:func:`deviations`).
         probes: 0 for the exact ``(1/n) Σ_i d_iᵀ H d_i`` (``n`` products); ``k ≥ 1`` for the
             unbiased estimate from ``z_j = Σ_i ε_ji d_i / √n`` (``k`` products, standard error
-            from the spread of ``z_jᵀ H z_j``).
+            from the spread of ``z_jᵀ H z_j``). A row of zeros costs no product (``H 0 = 0``):
+            nodes that agree exactly with ``x̄`` (at the start) cost nothing.
         seed: Seed of the Rademacher signs.
 
     Returns:
@@ -158,7 +159,9 @@ def disagreement_curvature(op, D: torch.Tensor, *, probes: int = 0,  # noqa: N80
     else:  # signs drawn on the CPU (device-independent), combined where D is
         eps = random_probes((probes, n), seed=seed, dtype=torch.float64, device=D.device)
         rows = eps @ D / math.sqrt(n)
-    samples = torch.stack([(r * op.matvec(r.to(op.dtype)).double()).sum() for r in rows]).cpu()
+    zero = torch.zeros((), dtype=torch.float64, device=D.device)
+    samples = torch.stack([(r * op.matvec(r.to(op.dtype)).double()).sum() if bool(r.any())
+                           else zero for r in rows]).cpu()  # H 0 = 0: no product for it
     if probes == 0:
         value, err = float(samples.sum()) / n, 0.0
     else:
@@ -182,7 +185,8 @@ def disagreement_gap(loss_fn: Callable[[torch.Tensor], torch.Tensor], xbar: torc
     with torch.no_grad():
         f0 = float(loss_fn(xbar))
         x64 = xbar.detach().double()
-        fs = [float(loss_fn((x64 + d.to(x64)).to(xbar.dtype))) for d in D.double()]
+        fs = [float(loss_fn((x64 + d.to(x64)).to(xbar.dtype))) if bool(d.any()) else f0
+              for d in D.double()]  # x̄ + 0 is x̄: no pass for a node that agrees exactly
     gap = math.fsum(fs) / len(fs) - f0
     predicted = 0.5 * float(curvature)
     return DisagreementGap(gap, predicted, gap / predicted if predicted != 0 else math.nan, f0)

@@ -14,15 +14,17 @@ import torch
 
 from flatlab.curvature.lanczos import EigenResult, lanczos, random_probes
 from flatlab.curvature.operators import HessianOperator
+from flatlab.curvature.trace import TraceResult, trace
 from flatlab.engine.objective import Objective
 from flatlab.engine.stack import NodeStack
 from flatlab.errors import CurvatureError
 from flatlab.seeds import seed_for
 
-__all__ = ["stack_loss", "model_hessian", "node_top_eigenvalues", "NODE_STRATEGIES"]
+__all__ = ["stack_loss", "model_hessian", "node_top_eigenvalues", "node_traces", "nodes_equal",
+           "NODE_STRATEGIES"]
 
 NODE_STRATEGIES = ("auto", "batched", "sequential")
-"""How :func:`node_top_eigenvalues` runs the n node models' Lanczos."""
+"""How :func:`node_top_eigenvalues` and :func:`node_traces` treat the n node models."""
 
 
 def stack_loss(stack: NodeStack, inputs: torch.Tensor, targets: torch.Tensor, *,
@@ -66,6 +68,84 @@ def model_hessian(stack: NodeStack, x: torch.Tensor, inputs: torch.Tensor,
     return HessianOperator(fn, x, method=method)
 
 
+def nodes_equal(stack: NodeStack, X: torch.Tensor) -> bool:  # noqa: N803
+    """Whether every row of ``X`` and of each stack buffer equals the first, bit for bit.
+
+    Then the ``n`` node Hessians are one Hessian (at the start, every node from the same
+    initialization; after an exact average): the per-node curvature functions compute it once.
+    """
+    return bool((X == X[:1]).all()) and all(bool((b == b[:1]).all())
+                                            for b in stack.buffers.values())
+
+
+def _node_buffers(stack: NodeStack, i: int) -> dict[str, torch.Tensor]:
+    return {name: b[i] for name, b in stack.buffers.items()}
+
+
+def _node_ops(stack: NodeStack, X: torch.Tensor, inputs: torch.Tensor,  # noqa: N803
+              targets: torch.Tensor, batch_size: int, count: int) -> list[HessianOperator]:
+    return [model_hessian(stack, X[i], inputs, targets, batch_size=batch_size,
+                          buffers=_node_buffers(stack, i)) for i in range(count)]
+
+
+def _node_strategy(strategy: str, X: torch.Tensor) -> str:  # noqa: N803
+    if strategy not in NODE_STRATEGIES:
+        raise CurvatureError(f"strategy {strategy!r} is unknown; accepted: "
+                             f"{', '.join(NODE_STRATEGIES)}")
+    if strategy == "auto":
+        return "sequential" if X.device.type == "cpu" else "batched"
+    return strategy
+
+
+def _node_rows(stack: NodeStack, X: torch.Tensor) -> None:  # noqa: N803
+    if X.dim() != 2 or X.shape[0] != stack.n:
+        raise CurvatureError(f"X must be the {stack.n} node models [n, P], got shape "
+                             f"{tuple(X.shape)}")
+
+
+def node_traces(stack: NodeStack, X: torch.Tensor, inputs: torch.Tensor,  # noqa: N803
+                targets: torch.Tensor, *, num_matvecs: int = 9, method: str = "hutch++",
+                seed: int = 0, first_node: int = 0, strategy: str = "auto",
+                batch_size: int = 2048) -> TraceResult:
+    """``tr(H)`` of every node model (:func:`~flatlab.curvature.trace`), each with its buffers.
+
+    Node ``i``'s probes come from ``seed_for(seed, "probes", first_node + i)``, so its estimate
+    depends neither on the strategy (up to rounding) nor on how nodes are split over processes.
+    Nodes equal to node 0 in parameters and buffers (:func:`nodes_equal`) share its estimate.
+
+    Args:
+        stack: The node stack (its buffers are the nodes').
+        X: ``[n, P]`` node models.
+        inputs: ``[N, ...]`` evaluation inputs, the same for every node.
+        targets: ``[N]`` labels or ``[N, k]`` targets.
+        num_matvecs: Products per node.
+        method: ``hutch++`` or ``hutchinson``.
+        seed: The probes' seed (see above).
+        first_node: Global id of ``X``'s first row (a process's rows of a distributed run).
+        strategy: ``"batched"``: every product an ``[n, P]`` stack; ``"sequential"``: one
+            node at a time; ``"auto"``: sequential on the CPU (measured 1.2x faster there:
+            ``benchmarks/measure_cost.py --mechanism``), batched on a GPU.
+        batch_size: Samples per chunk of the evaluation set.
+
+    Returns:
+        A :class:`~flatlab.curvature.TraceResult` with ``[n]`` estimates and standard errors.
+    """
+    _node_rows(stack, X)
+    strategy = _node_strategy(strategy, X)
+    seeds = [seed_for(seed, "probes", first_node + i) for i in range(stack.n)]
+    if strategy == "batched" and not nodes_equal(stack, X):
+        return trace(model_hessian(stack, X, inputs, targets, batch_size=batch_size),
+                     num_matvecs, method=method, seed=seeds)
+    one = nodes_equal(stack, X)
+    ops = _node_ops(stack, X, inputs, targets, batch_size, 1 if one else stack.n)
+    res = [trace(op, num_matvecs, method=method, seed=seeds[i]) for i, op in enumerate(ops)]
+    res = res * stack.n if one else res
+    return TraceResult(torch.tensor([r.estimate for r in res], dtype=torch.float64),
+                       torch.tensor([r.stderr for r in res], dtype=torch.float64),
+                       torch.stack([r.samples for r in res]), max(r.num_matvecs for r in res),
+                       method, res[0].distribution)
+
+
 def node_top_eigenvalues(stack: NodeStack, X: torch.Tensor, inputs: torch.Tensor,  # noqa: N803
                          targets: torch.Tensor, *, k: int = 1, tol: float = 1e-3,
                          max_iter: int | None = None, seed: int = 0, first_node: int = 0,
@@ -92,31 +172,27 @@ def node_top_eigenvalues(stack: NodeStack, X: torch.Tensor, inputs: torch.Tensor
             EPYC cores): batched is 1.6x slower than sequential on the CPU, where one node's
             product already runs the cores at their arithmetic limit; its products cost 1.3x
             more per node (``[n, B, width]`` activations fall out of cache) and it runs the slowest
-            node's number of steps for every node (26 against 19 on average).
+            node's number of steps for every node (26 against 19 on average). Nodes equal to
+            node 0 in parameters and buffers (:func:`nodes_equal`) share its result (node 0's
+            start vector), whatever the strategy: one Lanczos run at the start of training,
+            and a spread of exactly 0 there rather than Lanczos' tolerance.
         batch_size: Samples per chunk of the evaluation set.
 
     Returns:
         An :class:`~flatlab.curvature.EigenResult` with a leading ``n`` on every field;
         ``num_matvecs`` is the most products any node took (a batched product counts once).
     """
-    if strategy not in NODE_STRATEGIES:
-        raise CurvatureError(f"strategy {strategy!r} is unknown; accepted: "
-                             f"{', '.join(NODE_STRATEGIES)}")
-    if X.dim() != 2 or X.shape[0] != stack.n:
-        raise CurvatureError(f"X must be the {stack.n} node models [n, P], got shape "
-                             f"{tuple(X.shape)}")
+    _node_rows(stack, X)
+    strategy = _node_strategy(strategy, X)
     v0 = torch.cat([random_probes((1, X.shape[1]), seed=seed_for(seed, "probes", first_node + i),
                                   dtype=X.dtype, device=X.device) for i in range(stack.n)])
-    if strategy == "auto":
-        strategy = "sequential" if X.device.type == "cpu" else "batched"
-    if strategy == "batched":
+    one = nodes_equal(stack, X)
+    if strategy == "batched" and not one:
         op = model_hessian(stack, X, inputs, targets, batch_size=batch_size)
         return lanczos(op, k, tol=tol, max_iter=max_iter, v0=v0)
-    results = []
-    for i in range(stack.n):
-        op = model_hessian(stack, X[i], inputs, targets, batch_size=batch_size,
-                           buffers={name: b[i] for name, b in stack.buffers.items()})
-        results.append(lanczos(op, k, tol=tol, max_iter=max_iter, v0=v0[i]))
+    ops = _node_ops(stack, X, inputs, targets, batch_size, 1 if one else stack.n)
+    results = [lanczos(op, k, tol=tol, max_iter=max_iter, v0=v0[i]) for i, op in enumerate(ops)]
+    results = results * stack.n if one else results
     return EigenResult(torch.stack([r.eigenvalues for r in results]),
                        torch.stack([r.residuals for r in results]),
                        torch.stack([r.converged for r in results]),

@@ -14,6 +14,7 @@ rule, which misbehaves in PyHessian):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -49,8 +50,18 @@ class TraceResult:
     distribution: str
 
 
+def _probes(m: int, B: int, P: int, seed: int | Sequence[int], distribution: str,  # noqa: N803
+            op) -> torch.Tensor:
+    """``[m, B, P]`` probes: from one ``seed``, or row ``b`` from ``seed[b]``."""
+    if isinstance(seed, int):
+        return random_probes((m, B, P), seed=seed, distribution=distribution, dtype=op.dtype,
+                             device=op.device)
+    return torch.cat([random_probes((m, 1, P), seed=s, distribution=distribution,
+                                    dtype=op.dtype, device=op.device) for s in seed], dim=1)
+
+
 def trace(op, num_matvecs: int = 100, *, method: str = "hutch++",
-          distribution: str = "rademacher", seed: int = 0) -> TraceResult:
+          distribution: str = "rademacher", seed: int | Sequence[int] = 0) -> TraceResult:
     """Estimate ``tr(H)`` with ``num_matvecs`` products (see the module docstring).
 
     Args:
@@ -59,7 +70,10 @@ def trace(op, num_matvecs: int = 100, *, method: str = "hutch++",
         num_matvecs: Products to spend (Hutch++ needs at least 3, Hutchinson 2).
         method: ``hutch++`` (default) or ``hutchinson``.
         distribution: ``rademacher`` (default) or ``gaussian`` probes.
-        seed: Seed of the probes.
+        seed: Seed of the probes; for a batched operator of ``n`` matrices also a sequence of
+            ``n`` seeds, matrix ``b``'s probes drawn from ``seed[b]``: each row's estimate is
+            then the one its matrix alone gets with that seed (up to rounding), however the
+            matrices are batched.
     """
     op = as_operator(op)
     if method not in TRACE_METHODS:
@@ -70,24 +84,30 @@ def trace(op, num_matvecs: int = 100, *, method: str = "hutch++",
         raise CurvatureError(f"{method} needs num_matvecs >= {low} (got {num_matvecs})")
     mv = batched_matvec(op)
     B, P, m = op.batch or 1, op.size, int(num_matvecs)  # noqa: N806
+    if isinstance(seed, (list, tuple)):
+        seed = [int(s) for s in seed]
+        if len(seed) != B or op.batch is None:
+            raise CurvatureError(f"a sequence of seeds needs a batched operator and one seed per "
+                                 f"matrix; got {len(seed)} seeds for "
+                                 f"{op.batch or 'one matrix (give one int)'}")
+    else:
+        seed = int(seed)
     start = op.num_matvecs
     exact = torch.zeros(B, dtype=torch.float64)
     if method == "hutch++":
         s = min(m // 3, P)  # a sketch wider than P is the whole space
-        S = random_probes((s, B, P), seed=seed, distribution=distribution, dtype=op.dtype,  # noqa: N806
-                          device=op.device)
+        S = _probes(s, B, P, seed, distribution, op)  # noqa: N806
         HS = torch.stack([mv(S[j]) for j in range(s)], dim=2)  # [B, P, s]  # noqa: N806
         Q = torch.linalg.qr(HS.double())[0].to(op.dtype)  # [B, P, s]  # noqa: N806
         HQ = torch.stack([mv(Q[:, :, j].contiguous()) for j in range(s)], dim=2)  # noqa: N806
         exact = torch.einsum("bps,bps->b", Q.double(), HQ.double()).cpu()
-        probes = random_probes((m - 2 * s, B, P), seed=seed_for(seed, "probes", 1),
-                               distribution=distribution,
-                               dtype=op.dtype, device=op.device)
+        second = (seed_for(seed, "probes", 1) if isinstance(seed, int) else
+                  [seed_for(r, "probes", 1) for r in seed])
+        probes = _probes(m - 2 * s, B, P, second, distribution, op)
         probes = probes - torch.einsum("bps,jbs->jbp", Q,
                                        torch.einsum("bps,jbp->jbs", Q, probes))
     else:
-        probes = random_probes((m, B, P), seed=seed, distribution=distribution, dtype=op.dtype,
-                               device=op.device)
+        probes = _probes(m, B, P, seed, distribution, op)
     samples = torch.stack([(g.double() * mv(g).double()).sum(1) for g in probes]).cpu()  # [m', B]
     est = exact + samples.mean(0)
     err = samples.std(0, correction=1) / math.sqrt(samples.shape[0]) if samples.shape[0] > 1 \

@@ -138,7 +138,10 @@ def measure(run: Run, X: torch.Tensor, step: int, *,  # noqa: N803
     as each measure starts.
     """
     cfg, mixer, stack = run.cfg, run.mixer, run.stack
-    xbar = X.mean(0) if mixer.world_size == 1 else mixer.all_reduce(X.sum(0)) / run.n
+    # accumulated in float64 and rounded once: nodes that agree exactly average to themselves
+    # (at the start every x_i = x̄ and D = 0, which the mechanism's measures skip)
+    total = X.double().sum(0) if mixer.world_size == 1 else mixer.all_reduce(X.double().sum(0))
+    xbar = (total / run.n).to(X.dtype)
     bufs = {k: mixer.gather(v) for k, v in stack.buffers.items()}
     ctx = named.MeasureContext(
         stack=stack, X=X, xbar=xbar, buffers_avg=stack.average_buffers(bufs),

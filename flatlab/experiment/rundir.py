@@ -496,7 +496,7 @@ def final_models(path: str | Path) -> tuple[torch.Tensor, dict[str, torch.Tensor
 def average_model(path: str | Path) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The averaged model ``x̄`` ``[P]`` and averaged buffers of a run (:func:`final_models`)."""
     x, buffers = final_models(path)
-    return x.mean(0), {k: (v.mean(0) if v.is_floating_point() else v[0])
+    return x.double().mean(0).to(x.dtype), {k: (v.mean(0) if v.is_floating_point() else v[0])
                        for k, v in buffers.items()}
 
 

@@ -73,6 +73,8 @@ class MeasureContext:
             and ``all_reduce`` (sum over processes); identities in a simulated run.
         comm_bytes: Bytes sent by the network so far.
         cache: Shared between measures at one step (node and average evaluations).
+        top_wanted: ``{(tol, max_iter, seed): k}``, the most top eigenpairs at ``x̄`` any due
+            measure asks :meth:`avg_top` for with those settings (:func:`top_wanted`).
         tables: Rows of extra tables written by non-scalar measures, ``{table: [dict]}``.
     """
 
@@ -94,6 +96,7 @@ class MeasureContext:
     comm_bytes: float = 0.0
     lr: float = math.nan
     cache: dict[str, Any] = field(default_factory=dict)
+    top_wanted: dict[tuple[float, int, int], int] = field(default_factory=dict)
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ shared evaluations
@@ -181,15 +184,25 @@ class MeasureContext:
     def avg_top(self, k: int, tol: float, max_iter: int, seed: int):
         """Lanczos' top-``k`` eigenpairs of ``H(x̄)`` with vectors, once per step and setting.
 
-        Shared by ``hessian_top``, ``disagreement_alignment`` and ``edge_of_stability``.
+        Shared by ``hessian_top``, ``disagreement_alignment`` and ``edge_of_stability``: with
+        the same ``tol``, ``max_iter`` and ``seed`` one solve runs at a step, for the largest
+        ``k`` a due measure wants (:attr:`top_wanted`), and each gets its first ``k`` pairs
+        (each converged to ``tol``, so a value differs from a solve for fewer pairs by at most
+        the tolerance).
         """
         from flatlab.curvature import lanczos
 
-        key = f"avg_top/{k}/{tol}/{max_iter}/{seed}"
+        most = max(k, self.top_wanted.get((tol, max_iter, seed), 0))
+        key = f"avg_top/{most}/{tol}/{max_iter}/{seed}"
         if key not in self.cache:
-            self.cache[key] = lanczos(self.avg_hessian(), k, tol=tol, max_iter=max_iter,
+            self.cache[key] = lanczos(self.avg_hessian(), most, tol=tol, max_iter=max_iter,
                                       seed=seed, return_vectors=True)
-        return self.cache[key]
+        res = self.cache[key]
+        if most == k:
+            return res
+        return dataclasses.replace(res, eigenvalues=res.eigenvalues[:k],
+                                   residuals=res.residuals[:k], converged=res.converged[:k],
+                                   eigenvectors=res.eigenvectors[:k])
 
     def node_curvature(self, subset: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The first ``subset`` samples of the curvature subset (all of it for ``None``).
@@ -238,6 +251,19 @@ class MeasureContext:
         return self.cache["deviations"]
 
 
+def top_wanted(ctx: MeasureContext, due: Mapping[str, Mapping[str, Any]],
+               ) -> dict[tuple[float, int, int], int]:
+    """``{(tol, max_iter, seed): k}``: the most top eigenpairs at ``x̄`` ``due`` measures want."""
+    out: dict[tuple[float, int, int], int] = {}
+    for name, s in due.items():
+        m = get(name)
+        k = m.top_k(ctx, dict(s)) if m.top_k is not None else None
+        if k:
+            key = (s["tol"], s["max_iter"], s["seed"])
+            out[key] = max(out.get(key, 0), k)
+    return out
+
+
 def rounding_level(dtype: torch.dtype) -> float:
     """``(8 ε)²`` of ``dtype``: ``Ξ² / ‖x̄‖²`` at or below it is a disagreement of rounding."""
     return float(8 * torch.finfo(dtype).eps) ** 2
@@ -260,6 +286,9 @@ class NamedMeasure:
         thin: Without an ``every`` of its own, measured at every ``thin``-th measurement
             (``every = thin × measure.every``; 1: at each): the expensive measures of the
             mechanism thin themselves so that scheduling them keeps a run's cost bounded.
+        top_k: ``(ctx, settings) -> k or None``: how many top eigenpairs at ``x̄`` the
+            average part will ask :meth:`MeasureContext.avg_top` for (with the settings'
+            ``tol``, ``max_iter`` and ``seed``), so that one solve serves every measure due.
     """
 
     name: str
@@ -270,6 +299,7 @@ class NamedMeasure:
     average: Callable[[MeasureContext, dict], list[Row]] | None = None
     source: str = ""
     thin: int = 1
+    top_k: Callable[[MeasureContext, dict], int | None] | None = None
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -574,7 +604,9 @@ _register(NamedMeasure(
     "hessian_top", "top-k Hessian eigenvalues of x̄ (Lanczos, residual and converged flag); "
     "the smallest on request", ("hessian_top", "hessian_top_residual", "hessian_top_converged",
                                 "hessian_top_matvecs", "hessian_min"),
-    settings=HessianTopSettings, average=_hessian_top, source="docs/reference/measures.md §5"))
+    settings=HessianTopSettings, average=_hessian_top, source="docs/reference/measures.md §5",
+    top_k=lambda ctx, s: s["k"] if s["method"] == "lanczos" and s["backend"] == "flatlab"
+    else None))
 
 
 def _gather_nodes(ctx: MeasureContext, s: dict) -> list[Row]:
@@ -633,16 +665,18 @@ _register(NamedMeasure(
 
 @dataclass(frozen=True)
 class HessianTraceNodesSettings(Settings):
-    """Settings of ``hessian_trace_nodes`` (:func:`~flatlab.curvature.trace`, batched over nodes).
+    """Settings of ``hessian_trace_nodes`` (:func:`~flatlab.curvature.node_traces`).
 
-    One batched pass estimates every node's trace on the curvature subset with its own buffers;
-    ``num_matvecs`` products of all nodes at once (a node's probes depend on how many nodes a
-    process holds, so a distributed run's estimates differ within their standard errors).
+    Every node's trace on the first ``subset`` samples of the curvature subset with its own
+    buffers, ``num_matvecs`` products per node; node ``i``'s probes come from its own seed, so
+    its estimate depends neither on ``strategy`` (``auto``: one node at a time on the CPU, all
+    at once on a GPU) nor on how nodes are split over processes.
     """
 
     num_matvecs: int = setting(9, low=2)
     method: str = setting("hutch++", choices=("hutch++", "hutchinson"))
     seed: int = setting(0, low=0)
+    strategy: str = setting("auto", choices=("auto", "batched", "sequential"))
     subset: int | None = setting(128, low=1)
 
     def problem(self) -> str | None:
@@ -651,12 +685,12 @@ class HessianTraceNodesSettings(Settings):
 
 
 def _hessian_trace_nodes(ctx: MeasureContext, s: dict) -> list[Row]:
-    from flatlab.curvature import model_hessian, trace
+    from flatlab.curvature import node_traces
 
-    op = model_hessian(ctx.curvature_stack(), ctx.to_curvature(ctx.X),
-                       *ctx.node_curvature(s["subset"]), batch_size=ctx.eval_batch)
-    res = trace(op, s["num_matvecs"], method=s["method"],
-                seed=seed_for(s["seed"], "probes", ctx.rows.start))
+    res = node_traces(ctx.curvature_stack(), ctx.to_curvature(ctx.X),
+                      *ctx.node_curvature(s["subset"]), num_matvecs=s["num_matvecs"],
+                      method=s["method"], seed=s["seed"], first_node=ctx.rows.start,
+                      strategy=s["strategy"], batch_size=ctx.eval_batch)
     est = ctx.gathered(torch.as_tensor(res.estimate, dtype=torch.float64))
     err = ctx.gathered(torch.as_tensor(res.stderr, dtype=torch.float64))
     return [*_spread("hessian_trace", est, ctx.per_node),
@@ -664,8 +698,8 @@ def _hessian_trace_nodes(ctx: MeasureContext, s: dict) -> list[Row]:
 
 
 _register(NamedMeasure(
-    "hessian_trace_nodes", "tr(H) of every node model by Hutch++ in one batched pass: mean, "
-    "max, min, std over nodes and each, with the largest standard error",
+    "hessian_trace_nodes", "tr(H) of every node model by Hutch++ (each node its own probes): "
+    "mean, max, min, std over nodes and each, with the largest standard error",
     ("hessian_trace", "hessian_trace_stderr"), settings=HessianTraceNodesSettings,
     nodes=_hessian_trace_nodes, source="docs/reference/measures.md §6, §10.4", thin=10))
 
@@ -716,15 +750,17 @@ _register(NamedMeasure(
                   "disagreement_gap_predicted", "disagreement_gap_ratio",
                   "disagreement_rayleigh"),
     settings=DisagreementSettings, nodes=_gather_nodes, average=_disagreement,
-    source="docs/reference/measures.md §10.4 (Zhu et al., ICML 2023)", thin=5))
+    source="docs/reference/measures.md §10.4 (Zhu et al., ICML 2023)", thin=10))
 
 
 @dataclass(frozen=True)
 class AlignmentSettings(Settings):
     """Settings of ``disagreement_alignment`` (top-``k`` Ritz vectors of ``H(x̄)`` by Lanczos).
 
-    With ``hessian_top``'s ``k``, ``tol``, ``max_iter`` and ``seed`` the eigenpairs are computed
-    once for both.
+    With ``hessian_top``'s and ``edge_of_stability``'s ``tol``, ``max_iter`` and ``seed`` one
+    Lanczos solve at a step serves all three (:meth:`MeasureContext.avg_top`). Without
+    disagreement above rounding (the start, centralized SGD) the share is undefined: only
+    ``k / P`` is recorded and no solve runs.
     """
 
     k: int = setting(5, low=1)
@@ -740,16 +776,16 @@ class AlignmentSettings(Settings):
 def _alignment(ctx: MeasureContext, s: dict) -> list[Row]:
     from flatlab.curvature.disagreement import disagreement_alignment
 
-    res = ctx.avg_top(s["k"], s["tol"], s["max_iter"], s["seed"])
     D, disagrees = ctx.deviations()  # noqa: N806
+    rows = [("disagreement_alignment_chance", "avg", s["k"] / D.shape[1])]
+    if not disagrees:  # undefined without disagreement (the share of nothing): no solve
+        return rows
+    res = ctx.avg_top(s["k"], s["tol"], s["max_iter"], s["seed"])
     a = disagreement_alignment(res.eigenvectors, D)
-    rows = [("disagreement_alignment_chance", "avg", a.chance),
-            ("disagreement_alignment_converged", "avg", float(bool(res.converged.all())))]
-    if disagrees:  # undefined without disagreement (the share of nothing)
-        rows += [("disagreement_alignment", "avg", a.share)]
-        rows += [(f"disagreement_alignment_{j + 1}", "avg", float(v))
-                 for j, v in enumerate(a.per_direction)]
-    return rows
+    return [*rows, ("disagreement_alignment_converged", "avg", float(bool(res.converged.all()))),
+            ("disagreement_alignment", "avg", a.share),
+            *((f"disagreement_alignment_{j + 1}", "avg", float(v))
+              for j, v in enumerate(a.per_direction))]
 
 
 _register(NamedMeasure(
@@ -758,7 +794,8 @@ _register(NamedMeasure(
     ("disagreement_alignment", "disagreement_alignment_chance",
      "disagreement_alignment_converged"),
     settings=AlignmentSettings, nodes=_gather_nodes, average=_alignment,
-    source="docs/reference/measures.md §10.4", thin=5))
+    source="docs/reference/measures.md §10.4", thin=10,
+    top_k=lambda ctx, s: s["k"] if ctx.deviations()[1] else None))
 
 
 @dataclass(frozen=True)
@@ -768,7 +805,8 @@ class EdgeOfStabilitySettings(Settings):
     Per node it is ``n`` Lanczos runs (7.6 s per call for a 16-node 1-D CNN on one AMD EPYC
     core, ``benchmarks/measure_cost.py --mechanism``), so ``nodes`` is off by default.
 
-    ``λ_max`` at x̄ is ``hessian_top``'s (shared when ``tol``, ``max_iter`` and ``seed`` agree);
+    ``λ_max`` at x̄ is ``hessian_top``'s and ``disagreement_alignment``'s (one solve when ``tol``,
+    ``max_iter`` and ``seed`` agree);
     per node it is ``hessian_top_nodes``' (each node's Hessian on the first ``subset`` samples
     of the curvature subset with its own buffers), ``strategy`` and ``subset`` as there.
     """
@@ -806,7 +844,8 @@ _register(NamedMeasure(
     "min, std, each): gradient descent on the local quadratic is stable below 1 (Cohen et al., "
     "ICLR 2021)",
     ("edge_of_stability",), settings=EdgeOfStabilitySettings, nodes=_edge_nodes,
-    average=_edge, source="docs/reference/measures.md §10.4", thin=5))
+    average=_edge, source="docs/reference/measures.md §10.4", thin=10,
+    top_k=lambda ctx, s: 1))
 
 
 def _spectral_density(ctx: MeasureContext, s: dict) -> list[Row]:

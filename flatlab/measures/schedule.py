@@ -100,6 +100,7 @@ def measure(ctx: named.MeasureContext, due: Mapping[str, Mapping[str, Any]], *,
 
     def on_average() -> list[named.Row]:
         out: list[named.Row] = []
+        ctx.top_wanted = named.top_wanted(ctx, due)  # one eigensolve at x̄ for all that want it
         for name, s in due.items():
             part = named.get(name).average
             if part is not None:

@@ -183,6 +183,62 @@ def test_node_top_eigenvalues_every_strategy_equals_exact_per_node_hessians(mode
                                    rtol=1e-6)
 
 
+@pytest.mark.parametrize("strategy", C.NODE_STRATEGIES)
+def test_node_traces_give_each_node_the_estimate_of_its_own_seed_whatever_the_strategy(
+        model_problem, strategy):
+    stack, x, y = model_problem
+    X = stack.initial_params()
+    r = C.node_traces(stack, X, x, y, num_matvecs=30, seed=4, first_node=2, strategy=strategy)
+    assert r.estimate.shape == (3,) and r.stderr.shape == (3,)
+    for i in range(3):
+        bufs = {k: v[i] for k, v in stack.buffers.items()}
+        alone = C.trace(C.model_hessian(stack, X[i], x, y, buffers=bufs), 30,
+                        seed=seed_for(4, "probes", 2 + i))
+        assert float(r.estimate[i]) == pytest.approx(alone.estimate, rel=1e-10)
+        assert float(r.stderr[i]) == pytest.approx(alone.stderr, rel=1e-8)
+        Hi = exact_hessian(C.stack_loss(stack, x, y, buffers=bufs), X[i])
+        assert abs(float(r.estimate[i]) - np.trace(Hi)) < 4 * float(r.stderr[i]) + 1e-9
+
+
+def test_a_batched_trace_with_one_seed_per_matrix_equals_each_matrix_alone(model_problem):
+    stack, x, y = model_problem
+    X = stack.initial_params()
+    for method in C.TRACE_METHODS:
+        both = C.trace(C.model_hessian(stack, X, x, y), 12, method=method, seed=[7, 8, 9])
+        for i, s in enumerate((7, 8, 9)):
+            bufs = {k: v[i] for k, v in stack.buffers.items()}
+            one = C.trace(C.model_hessian(stack, X[i], x, y, buffers=bufs), 12, method=method,
+                          seed=s)
+            assert float(both.estimate[i]) == pytest.approx(one.estimate, rel=1e-10)
+    with pytest.raises(C.CurvatureError, match="one seed per matrix"):
+        C.trace(C.model_hessian(stack, X, x, y), 12, seed=[1, 2])
+    with pytest.raises(C.CurvatureError, match="give one int"):
+        C.trace(C.model_hessian(stack, X[0], x, y), 12, seed=[1])
+
+
+@pytest.mark.parametrize("strategy", C.NODE_STRATEGIES)
+def test_equal_nodes_share_node_zeros_computation(model_problem, strategy):
+    """At the start every node is the same model: one computation, a spread of exactly 0."""
+    stack, x, y = model_problem
+    X = stack.initial_params()[:1].expand(3, -1).clone()
+    assert C.nodes_equal(stack, X)
+    assert not C.nodes_equal(stack, X + torch.eye(3, stack.P, dtype=X.dtype) * 1e-12)
+    top = C.node_top_eigenvalues(stack, X, x, y, k=2, tol=1e-8, strategy=strategy)
+    tr = C.node_traces(stack, X, x, y, num_matvecs=12, strategy=strategy)
+    alone_top = C.node_top_eigenvalues(stack, X, x, y, k=2, tol=1e-8, strategy="sequential")
+    for i in range(3):
+        assert torch.equal(top.eigenvalues[i], top.eigenvalues[0])
+        assert float(tr.estimate[i]) == float(tr.estimate[0])
+    assert torch.equal(top.eigenvalues, alone_top.eigenvalues)
+    bufs = {k: v[0] for k, v in stack.buffers.items()}
+    one = C.trace(C.model_hessian(stack, X[0], x, y, buffers=bufs), 12,
+                  seed=seed_for(0, "probes", 0))
+    assert float(tr.estimate[0]) == one.estimate
+    H0 = exact_hessian(C.stack_loss(stack, x, y, buffers=bufs), X[0])
+    np.testing.assert_allclose(top.eigenvalues[0].numpy(), np.linalg.eigvalsh(H0)[::-1][:2],
+                               rtol=1e-6)
+
+
 def test_node_top_eigenvalues_refuses_what_it_cannot_use(model_problem):
     stack, x, y = model_problem
     with pytest.raises(C.CurvatureError, match="accepted: auto, batched, sequential"):

@@ -109,3 +109,29 @@ def test_bad_input_is_refused_in_one_line(call, needle):
     with pytest.raises(CurvatureError) as e:
         call(A, _D(3, 5, 0))
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_nodes_that_agree_exactly_cost_no_product_and_no_pass():
+    """``H 0 = 0`` and ``x̄ + 0 = x̄``: zero deviations are skipped, the values unchanged."""
+    A, _, _ = _spd(7, 3)  # noqa: N806
+    D = _D(5, 7, 4)  # noqa: N806
+    D[1] = 0.0
+    D[3] = 0.0
+    D[4] = -(D[0] + D[2])  # deviations sum to zero
+    op = as_operator(torch.as_tensor(A))
+    c = disagreement_curvature(op, D)
+    assert c.num_matvecs == 3  # the three non-zero rows
+    Dn = D.numpy()  # noqa: N806
+    assert c.value == pytest.approx(float(np.trace(A @ Dn.T @ Dn)) / 5, rel=1e-12)
+    calls = []
+
+    def f(x):
+        calls.append(1)
+        return 0.5 * x @ torch.as_tensor(A) @ x
+
+    xbar = torch.ones(7, dtype=torch.float64)
+    g = disagreement_gap(f, xbar, D, c.value)
+    assert len(calls) == 1 + 3 and g.ratio == pytest.approx(1.0, abs=1e-10)
+    zero = disagreement_curvature(op, torch.zeros(5, 7, dtype=torch.float64))
+    assert zero.value == 0.0 and zero.num_matvecs == 0
+    assert disagreement_gap(f, xbar, torch.zeros(5, 7, dtype=torch.float64), 0.0).gap == 0.0

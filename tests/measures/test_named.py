@@ -93,8 +93,8 @@ def test_every_measure_writes_finite_rows_settings_and_tables(full_run):
     assert sorted(df[(df.metric == "train_loss") & (df.scope == "avg")].step) == [0, 2, 4]
     info = json.loads((out / "measures.json").read_text())
     assert info["measures"]["hessian_top"]["k"] == 2
-    # the mechanism's curvature thins itself: every 5th (10th per node) measurement by default
-    assert info["measures"]["disagreement"]["every"] == 10
+    # the mechanism's curvature thins itself: every 10th measurement by default
+    assert info["measures"]["disagreement"]["every"] == 20
     assert info["measures"]["hessian_trace_nodes"]["every"] == 20
     assert info["measures"]["consensus_gap"]["every"] is None
     assert sorted(df[df.metric == "disagreement_curvature"].step) == [0, 4]
@@ -225,6 +225,67 @@ def test_the_mechanism_measures_on_a_quadratic_equal_their_closed_forms():
     assert 0 < noise["disagreement_curvature", "avg"] < 1e-28
     assert ("disagreement_gap_ratio", "avg") not in noise
     assert ("disagreement_alignment", "avg") not in noise
+
+
+def test_one_eigensolve_at_xbar_serves_every_measure_that_wants_one(monkeypatch):
+    """hessian_top, disagreement_alignment and edge_of_stability share the step's largest solve."""
+    import flatlab.curvature as C
+
+    calls = []
+    real = C.lanczos
+
+    def counting(op, k=1, **kw):
+        calls.append(k)
+        return real(op, k, **kw)
+
+    monkeypatch.setattr(C, "lanczos", counting)
+    tight = {"tol": 1e-10, "max_iter": 50}
+    built = build(_least_squares(measure={
+        "metrics": ["hessian_top", "disagreement_alignment", "edge_of_stability"],
+        "options": {"hessian_top": tight, "disagreement_alignment": {"k": 3, **tight},
+                    "edge_of_stability": tight}}))
+    torch.manual_seed(2)
+    X = built.stack.initial_params() + 0.3 * torch.randn(4, built.stack.P, dtype=torch.float64)  # noqa: N806
+    rows = {(m, s): v for m, s, v in measure(built, X, 0)}
+    assert calls == [3]  # one solve for three pairs, not three solves
+    from flatlab.measures import model_loss
+
+    h = np.linalg.eigvalsh(torch.autograd.functional.hessian(
+        model_loss(built.stack, *built.curvature_eval), X.mean(0)).numpy())
+    assert rows["hessian_top", "avg"] == pytest.approx(h[-1], rel=1e-8)
+    assert ("hessian_top_2", "avg") not in rows  # each gets the pairs it asked for
+    assert rows["edge_of_stability", "avg"] == pytest.approx(rows["lr", "network"] * h[-1] / 2,
+                                                             rel=1e-8)
+    # without disagreement the alignment asks for nothing: the edge's one pair is solved for
+    calls.clear()
+    same = {(m, s): v for m, s, v in measure(built, X.mean(0).expand(4, -1).clone(), 0)}
+    assert calls == [1] and ("disagreement_alignment_converged", "avg") not in same
+    assert same["disagreement_alignment_chance", "avg"] == 3 / built.stack.P
+    # other settings are another solve
+    other = build(_least_squares(measure={
+        "metrics": ["hessian_top", "edge_of_stability"],
+        "options": {"hessian_top": tight, "edge_of_stability": {"tol": 1e-6}}}))
+    calls.clear()
+    measure(other, X, 0)
+    assert sorted(calls) == [1, 1]
+
+
+def test_equal_float32_nodes_average_to_themselves_and_measure_no_disagreement():
+    """x̄ is accumulated in float64: 12 equal float32 rows average to the row, bit for bit."""
+    built = build(load_config(_cfg(
+        dtype="float32", init="same", topology={"name": "ring", "nodes": 12},
+        measure={"curvature_dtype": "float32", "metrics": [
+            "disagreement", "disagreement_alignment", "hessian_trace_nodes",
+            "hessian_top_nodes"]})))
+    X = built.stack.initial_params()  # noqa: N806
+    assert X.dtype == torch.float32 and bool((X == X[:1]).all())
+    assert not torch.equal(X.mean(0), X[0])  # float32 accumulation would be off by rounding
+    rows = {(m, s): v for m, s, v in measure(built, X, 0)}
+    assert rows["disagreement_curvature", "avg"] == 0.0
+    assert rows["disagreement_gap", "avg"] == 0.0
+    assert ("disagreement_alignment", "avg") not in rows
+    for metric in ("hessian_trace", "hessian_top"):  # one computation for every node
+        assert rows[metric, "max"] == rows[metric, "min"] == rows[metric, "0"] == rows[metric, "11"]
 
 
 def test_node_models_are_evaluated_on_a_fixed_subset_and_the_average_on_the_whole_set():
