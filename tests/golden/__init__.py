@@ -1,7 +1,7 @@
 """Golden runs: the metrics of a fixed set of runs, recorded so that refactors change nothing.
 
 The set (:data:`RUNS`): every registered algorithm for a few steps with measures, one run with
-every curvature and landscape measure (and its extra tables), a run on least squares with
+every curvature, landscape and mechanism measure (and its extra tables), a run on least squares with
 ``loss_gap``, a run stopped and resumed, a two-point sweep, and a 2-process distributed run
 (gloo on the loopback) of two algorithms, one of them primal-dual (edge messages). All in
 float64 on one thread (the curvature measures in float32, their default), so that they are as
@@ -33,11 +33,13 @@ import torch
 
 DATA = Path(__file__).resolve().parent / "data"
 
-#: every curvature, sharpness and landscape measure, on the run that records them all
+#: every curvature, sharpness, landscape and mechanism measure, on the run that records them all
 ALL_MEASURES = ["loss", "accuracy", "consensus_distance", "grad_norm", "comm_bytes",
                 "consensus_gap", "hessian_top", "hessian_top_nodes", "hessian_trace",
                 "spectral_density", "sharpness_worst", "sharpness_average", "sharpness_sam",
-                "sharpness_keskar", "barrier_to_average", "landscape_1d", "landscape_2d"]
+                "sharpness_keskar", "barrier_to_average", "landscape_1d", "landscape_2d",
+                "disagreement", "disagreement_alignment", "edge_of_stability",
+                "hessian_trace_nodes"]
 
 #: small, cheap settings for the expensive measures
 OPTIONS = {"hessian_top": {"k": 2}, "hessian_top_nodes": {"k": 1, "every": 3},
@@ -45,7 +47,13 @@ OPTIONS = {"hessian_top": {"k": 2}, "hessian_top_nodes": {"k": 1, "every": 3},
            "spectral_density": {"num_runs": 2, "lanczos_steps": 8},
            "sharpness_average": {"samples": 4}, "sharpness_worst": {"steps": 3},
            "sharpness_keskar": {"steps": 3}, "barrier_to_average": {"points": 3},
-           "landscape_1d": {"points": 5}, "landscape_2d": {"points": 3}}
+           "landscape_1d": {"points": 5}, "landscape_2d": {"points": 3},
+           "disagreement": {"every": 3},
+           # a fixed computation (40 steps, never converged in float32) rather than a criterion:
+           # the share depends on the Ritz vectors, which a tolerance on Ritz values does not bound
+           "disagreement_alignment": {"every": 3, "k": 2, "tol": 1e-10, "max_iter": 40},
+           "edge_of_stability": {"every": 3, "nodes": True},
+           "hessian_trace_nodes": {"every": 3, "num_matvecs": 12}}
 
 
 def config(algorithm: str, name: str | None = None, **kw: Any) -> dict[str, Any]:

@@ -133,13 +133,14 @@ def _rounded(table: str, what: str, got: float, want: float, scale: float, rule:
 
 # --------------------------------------------------------------------------------- metrics
 #: Metrics whose value is exact on every machine.
-EXACT = {"lr", "comm_bytes", "hessian_top_converged"}
+EXACT = {"lr", "comm_bytes", "hessian_top_converged", "disagreement_alignment_chance",
+         "disagreement_alignment_converged"}
 #: Accuracies (one sample).
 ACCURACY = {"train_accuracy", "test_accuracy"}
 #: Differences of losses: the scale is the loss.
 LOSS_DIFFERENCE = {"consensus_gap", "barrier_to_average", "sharpness_average",
                    "sharpness_average_stderr", "sharpness_sam", "sharpness_worst",
-                   "landscape_1d_max", "landscape_2d_max", "loss_gap"}
+                   "landscape_1d_max", "landscape_2d_max", "loss_gap", "disagreement_gap"}
 #: Float32 curvature of a fixed number of products, on the scale of the value.
 CURVATURE = {"hessian_trace", "hessian_trace_stderr", "hessian_trace_slq"}
 #: Float64 trajectory values on their own scale.
@@ -181,6 +182,36 @@ def _metric_checks(table: str, got: pd.DataFrame, want: pd.DataFrame) -> Iterato
                            "trajectory")
         elif m in TRAJECTORY:
             yield _rounded(table, what, a, b, abs(b), "trajectory")
+        elif m in ("disagreement_curvature", "disagreement_gap_predicted",
+                   "disagreement_rayleigh"):
+            # (1/n) Σ d_iᵀ H d_i from float32 products: on the scale |λ_max| Ξ² of its terms
+            # (divided by Ξ² for the Rayleigh quotient; halved for the prediction)
+            xi2 = at(w.step, "consensus_distance", "network")
+            terms = abs(at(w.step, "hessian_top", "avg")) * (1.0 if m.endswith("rayleigh")
+                                                             else xi2)
+            yield _rounded(table, what, a, b, max(abs(b), terms), "curvature")
+        elif m == "disagreement_gap_ratio":  # gap / prediction: each part's error over the
+            pred = at(w.step, "disagreement_gap_predicted", "avg")  # prediction
+            terms = abs(at(w.step, "hessian_top", "avg")) * at(w.step, "consensus_distance",
+                                                               "network") / 2
+            allowed = (BUDGET["loss difference"] * loss_scale(w.step, 1.0)
+                       + BUDGET["curvature"] * abs(b) * max(abs(pred), terms)) * EPS32 / abs(pred)
+            yield Check(table, what, _diff(a, b), allowed, "derived: gap / prediction")
+        elif m.startswith("disagreement_alignment"):
+            # shares of ‖D‖² in Ritz vectors after a fixed 40 Lanczos steps: shares of 1
+            yield _rounded(table, what, a, b, 1.0, "curvature")
+        elif m == "edge_of_stability":  # η θ / 2 of Lanczos' θ: its criterion, as hessian_top
+            flag = at(w.step, "hessian_top_converged", "avg" if w.scope == "avg" else "nodes",
+                      1.0)
+            theta = abs(at(w.step, m, "mean" if w.scope == "std" else w.scope, b))
+            if flag == 1.0:
+                yield Check(table, what, _diff(a, b),
+                            2 * LANCZOS_TOL * theta + BUDGET["criterion"] * EPS32 * abs(b),
+                            "criterion: Lanczos", abs(b))
+            else:  # max_iter steps: a fixed computation
+                yield _rounded(table, what, a, b, theta, "curvature")
+        elif m in CURVATURE and w.scope == "std":  # a spread of per-node estimates: their scale
+            yield _rounded(table, what, a, b, abs(at(w.step, m, "mean", b)), "curvature")
         elif m in CURVATURE:
             yield _rounded(table, what, a, b, abs(b), "curvature")
         elif m == "hessian_negative_mass":  # a share of the SLQ weights, in [0, 1]
