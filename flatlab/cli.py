@@ -4,7 +4,7 @@
     flatlab bounds --algorithm diffusion --topology ring --nodes 16 [--L 1 --sigma2 1] [--json]
     flatlab disagreement (--topology ring --nodes 16 | --eigenvalues 1,0.5,...) --lr 0.1
                 --curvature 1,2 --noise 1 [--form diffusion] [--local-steps H] [--bulk-hs X]
-                [--json]
+                [--heterogeneity ZETA.csv] [--json]
     flatlab topologies | algorithms | datasets | models | measures [--json]
     flatlab run CONFIG [key=value ...] [--out DIR] [--no-progress] [--restart] [--threads N]
                 [--tensorboard]
@@ -228,6 +228,20 @@ def _parse_numbers(text: str | None, flag: str, what: str) -> list[float] | None
                            f"(got {text!r})") from None
 
 
+def _read_matrix(path: str):
+    """A numeric CSV (one row per node, one column per direction) as an ``[n, m]`` array."""
+    import numpy as np
+
+    if not Path(path).is_file():
+        raise FlatlabError(f"--heterogeneity {path}: no such file; accepted: a CSV of numbers, "
+                           "one row per node and one column per direction")
+    try:
+        return np.loadtxt(path, delimiter=",", ndmin=2, dtype=float)
+    except ValueError as e:
+        raise FlatlabError(f"--heterogeneity {path}: not a CSV of numbers ({e}); accepted: one "
+                           "row per node, one column per direction, comma-separated") from None
+
+
 def _cmd_disagreement(args: argparse.Namespace) -> int:
     from flatlab.theory import stationary_disagreement
 
@@ -249,10 +263,12 @@ def _cmd_disagreement(args: argparse.Namespace) -> int:
                            "values; accepted: all n eigenvalues of W (1 included)")
     curvature = _parse_numbers(args.curvature, "--curvature", "the curvatures h_j")
     noise = _parse_numbers(args.noise, "--noise", "the noise variances s_j (or one s)")
+    heterogeneity = None if args.heterogeneity is None else _read_matrix(args.heterogeneity)
     p = stationary_disagreement(
         args.lr, curvature, noise,
         topology=_topology_from(args) if has_topology else None, eigenvalues=eigenvalues,
-        form=args.form, local_steps=args.local_steps, bulk_hs=args.bulk_hs, method=args.method)
+        form=args.form, local_steps=args.local_steps, bulk_hs=args.bulk_hs,
+        heterogeneity=heterogeneity, method=args.method)
     if args.json:
         print(json.dumps(p.as_dict()))
         return 0
@@ -261,6 +277,7 @@ def _cmd_disagreement(args: argparse.Namespace) -> int:
         ("E tr(H Sigma)  (curvature_disagreement)", p.curvature_disagreement),
         ("  directions (noise)", p.terms["directions"]),
         ("  bulk (small-step limit)", p.terms["bulk"]),
+        ("  heterogeneity (constant offsets)", p.terms["heterogeneity"]),
         ("E Xi^2  (consensus_distance, directions)", p.consensus_distance),
         ("stability margin (1 - contraction per step, geometric mean over the period)",
          p.stability_margin),
@@ -587,6 +604,10 @@ def _parser() -> tuple[_Parser, dict[str, argparse.ArgumentParser]]:
                    help="gossip every H steps (default 1)")
     p.add_argument("--bulk-hs", type=float, default=0.0,
                    help="remaining sum of h_j s_j, in the small-step limit (default 0)")
+    p.add_argument("--heterogeneity", metavar="FILE.csv",
+                   help="the nodes' constant gradient offsets along each direction: a CSV, one "
+                        "row per node, one column per direction, each column summing to 0 "
+                        "(needs --topology)")
     p.add_argument("--method", default="auto", help="auto, eigen or dense")
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.set_defaults(func=_cmd_disagreement)

@@ -692,6 +692,31 @@ def test_cli_json_parses_and_matches_the_api(capsys):
     assert d == json.loads(json.dumps(p.as_dict()))
 
 
+def test_cli_heterogeneity_from_a_csv_matches_the_api(capsys, tmp_path):
+    rng = np.random.default_rng(0)
+    Z = rng.standard_normal((8, 2))  # noqa: N806
+    Z -= Z.mean(0)  # noqa: N806 - the mean gradient vanishes at the minimum
+    f = tmp_path / "zeta.csv"
+    np.savetxt(f, Z, delimiter=",", fmt="%.17g")
+    code, out, err = _cli(capsys, "--topology", "ring", "--nodes", "8", "--lr", "0.1",
+                          "--curvature", "1,2", "--noise", "1", "--heterogeneity", str(f),
+                          "--json")
+    assert code == 0 and err == ""
+    p = stationary_disagreement(0.1, [1, 2], 1.0, topology=topology.make("ring", 8),
+                                heterogeneity=Z)
+    assert json.loads(out) == json.loads(json.dumps(p.as_dict()))
+    assert p.terms["heterogeneity"] > 0
+    code, out, _ = _cli(capsys, "--topology", "ring", "--nodes", "8", "--lr", "0.1",
+                        "--curvature", "1,2", "--noise", "1", "--heterogeneity", str(f))
+    assert code == 0 and "heterogeneity (constant offsets)" in out
+    bad = tmp_path / "bad.csv"
+    bad.write_text("1,x\n")
+    for path, needle in ((tmp_path / "none.csv", "no such file"), (bad, "not a CSV of numbers")):
+        code, out, err = _cli(capsys, "--topology", "ring", "--nodes", "8", "--lr", "0.1",
+                              "--curvature", "1,2", "--noise", "1", "--heterogeneity", str(path))
+        assert code == 2 and out == "" and err.count("\n") == 1 and needle in err
+
+
 @pytest.mark.parametrize("argv, pattern", [
     (["--topology", "ring", "--nodes", "16", "--lr", "-1", "--curvature", "1", "--noise", "1"],
      "lr must be > 0"),
