@@ -32,7 +32,8 @@ downloads.
 
 Tuning split (:func:`holdout`): a stratified, seeded share of the training set becomes the
 evaluation split (``data.holdout`` in a run config), so learning rates are tuned without the
-test set.
+test set. Label noise (:func:`label_noise`, ``data.label_noise``): a seeded share of the training
+labels replaced by a uniformly drawn other class, the test labels untouched.
 
 Partitions (:func:`partition` -> :class:`Partition`, an ``[n, m]`` index array with per-node label
 histograms and a :meth:`Partition.summary` table): ``iid``, ``dirichlet`` (alpha), ``classes``
@@ -50,7 +51,7 @@ seeded noisy gradient oracle ``grad_fn(noise, seed)``.
 
 from __future__ import annotations
 
-from flatlab.data.dataset import Dataset, holdout
+from flatlab.data.dataset import Dataset, holdout, label_noise
 from flatlab.data.partition import Partition, partition
 from flatlab.data.quadratics import QuadraticProblem, heterogeneous_quadratics
 from flatlab.data.registry import available, catalog, load
@@ -59,6 +60,7 @@ from flatlab.data.sampler import NodeSampler
 __all__ = [
     "Dataset",
     "holdout",
+    "label_noise",
     "load",
     "available",
     "catalog",

@@ -199,6 +199,41 @@ def check_options(name: str, options: Mapping[str, Any],
     return {**defaults, **options}
 
 
+def label_noise(dataset: Dataset, fraction: float, seed: int = 0) -> Dataset:
+    """Replace a share of the training labels by a uniformly drawn *other* class (seeded).
+
+    Symmetric label noise, the knob that makes generalization matter on a small task (Zhang et
+    al. 2017, "Understanding deep learning requires rethinking generalization"): exactly
+    ``round(fraction · N)`` training samples, drawn without replacement, get a label drawn
+    uniformly from the ``C − 1`` classes that are not theirs. The test set is untouched, so test
+    accuracy is against the true labels. ``info["label_noise"]`` records the fraction and
+    ``info["noisy"]`` how many samples were relabelled; ``optimum`` is dropped.
+
+    Args:
+        dataset: A classification dataset.
+        fraction: Share of the training set relabelled, in ``[0, 1)``.
+        seed: Seed of the choice of samples and of their new labels.
+
+    Returns:
+        A new :class:`Dataset` (the same one for ``fraction = 0``).
+    """
+    fraction = check_float(fraction, "label_noise", minimum=0.0, below=1.0)
+    if fraction == 0.0:
+        return dataset
+    if dataset.task != "classification" or dataset.num_classes < 2:
+        raise DataError(f"label_noise needs a classification task with at least 2 classes; "
+                        f"{dataset.name!r} is {dataset.task} with {dataset.num_classes}")
+    rng = np.random.default_rng(derive_seed(check_seed(seed), 4242))
+    n = dataset.num_train
+    k = int(round(fraction * n))
+    idx = rng.choice(n, k, replace=False)
+    y = dataset.y_train.clone()
+    shift = torch.as_tensor(rng.integers(1, dataset.num_classes, size=k), dtype=y.dtype)
+    y[idx] = (y[idx] + shift) % dataset.num_classes  # uniform over the C − 1 other classes
+    return dataclasses.replace(dataset, y_train=y, optimum=None,
+                               info={**dataset.info, "label_noise": fraction, "noisy": k})
+
+
 def holdout(dataset: Dataset, fraction: float, seed: int = 0) -> Dataset:
     """Hold out part of the training set as the evaluation split (for tuning, never the test set).
 

@@ -91,6 +91,8 @@ def _dataset(cfg: RunConfig, n: int) -> tuple[Any, Any]:
     """The data set (with its holdout split) and its partition over ``n`` nodes."""
     dataset = _data.load(cfg.data.name, root=cfg.data.root, seed=cfg.data.seed,
                          nodes=n, **cfg.data.options)
+    if cfg.data.label_noise:
+        dataset = _data.label_noise(dataset, cfg.data.label_noise, seed=cfg.data.seed)
     if cfg.data.holdout:
         dataset = _data.holdout(dataset, cfg.data.holdout, seed=cfg.data.seed)
     part = _data.partition(dataset, n, cfg.data.partition, alpha=cfg.data.alpha,

@@ -74,6 +74,9 @@ class DataConfig:
 
     ``holdout`` > 0 trains on the rest of the training set and evaluates ("test" metrics) on
     that held-out share of it (:func:`flatlab.data.holdout`), for tuning without the test set.
+    ``label_noise`` > 0 relabels that share of the training set with a uniformly drawn other
+    class before the holdout split (:func:`flatlab.data.label_noise`, seeded by ``seed``); the
+    test set keeps its true labels.
     """
 
     name: str = "mnist1d"
@@ -81,6 +84,7 @@ class DataConfig:
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
     holdout: float = 0.0
+    label_noise: float = 0.0
     partition: str = "iid"
     alpha: float = 1.0
     classes_per_node: int = 2
@@ -514,6 +518,7 @@ def _validate_data(d: DataConfig) -> None:
     _one_of("data.partition", d.partition, PARTITIONS)
     _need(d.alpha > 0, "data.alpha", d.alpha, "a number > 0")
     _need(0 <= d.holdout < 1, "data.holdout", d.holdout, "a fraction in [0, 1)")
+    _need(0 <= d.label_noise < 1, "data.label_noise", d.label_noise, "a fraction in [0, 1)")
     _need(d.classes_per_node >= 1, "data.classes_per_node", d.classes_per_node, "an integer >= 1")
     _need(d.shards_per_node >= 1, "data.shards_per_node", d.shards_per_node, "an integer >= 1")
     _need(d.batch_size >= 1, "data.batch_size", d.batch_size, "an integer >= 1")

@@ -1,11 +1,11 @@
-"""The tuning split: stratified, seeded, disjoint, and wired into runs as data.holdout."""
+"""The tuning split (stratified, seeded, disjoint: data.holdout) and label noise (data.label_noise)."""
 
 import numpy as np
 import pytest
 import torch
 
 import flatlab
-from flatlab.data import holdout, load
+from flatlab.data import holdout, label_noise, load
 from flatlab.errors import ConfigError, DataError
 
 
@@ -45,3 +45,37 @@ def test_a_run_with_holdout_evaluates_on_the_held_out_share(tmp_path):
     assert torch.equal(run.test_eval[0], held.x_test) and held.num_test == 142
     with pytest.raises(ConfigError, match="data.holdout"):
         flatlab.experiment.load_config({**cfg, "data": {"name": "digits", "holdout": 1.5}})
+
+
+def test_label_noise_relabels_exactly_a_share_with_other_classes_uniformly():
+    ds = load("mnist1d", num_samples=20000)
+    noisy = label_noise(ds, 0.3, seed=5)
+    changed = noisy.y_train != ds.y_train
+    assert int(changed.sum()) == round(0.3 * ds.num_train) == noisy.info["noisy"]
+    assert torch.equal(noisy.x_train, ds.x_train) and torch.equal(noisy.y_test, ds.y_test)
+    # the new label is one of the C − 1 others, each about equally often (C − 1 = 9 shifts)
+    shift = ((noisy.y_train - ds.y_train) % 10)[changed]
+    counts = torch.bincount(shift, minlength=10).numpy()
+    assert counts[0] == 0
+    expected = changed.sum().item() / 9
+    chi2 = float(((counts[1:] - expected) ** 2 / expected).sum())
+    assert chi2 < 26.1  # chi-square with 8 degrees of freedom: P(> 26.1) = 0.001
+    assert torch.equal(label_noise(ds, 0.3, seed=5).y_train, noisy.y_train)
+    assert not torch.equal(label_noise(ds, 0.3, seed=6).y_train, noisy.y_train)
+    assert label_noise(ds, 0.0) is ds
+    with pytest.raises(DataError, match="label_noise must be < 1"):
+        label_noise(ds, 1.0)
+    with pytest.raises(DataError, match="needs a classification task"):
+        label_noise(load("least-squares", nodes=4), 0.1)
+
+
+def test_a_run_with_label_noise_trains_on_noisy_labels_and_tests_on_true_ones(tmp_path):
+    cfg = {"data": {"name": "digits", "label_noise": 0.2, "holdout": 0.1},
+           "model": {"name": "logistic"}, "topology": {"name": "ring", "nodes": 4},
+           "train": {"steps": 2}, "measure": {"every": 2, "metrics": ["accuracy"]}}
+    run = flatlab.experiment.runner.build(flatlab.experiment.load_config(cfg))
+    want = holdout(label_noise(load("digits"), 0.2), 0.1)  # noise first, then the holdout split
+    assert torch.equal(run.test_eval[1], want.y_test)
+    assert run.dataset.info["label_noise"] == 0.2
+    with pytest.raises(ConfigError, match="data.label_noise"):
+        flatlab.experiment.load_config({**cfg, "data": {"name": "digits", "label_noise": -0.1}})
