@@ -1,4 +1,4 @@
-"""The tuning split (stratified, seeded, disjoint: data.holdout) and label noise (data.label_noise)."""
+"""The tuning split (stratified, seeded, disjoint: data.holdout) and data.label_noise."""
 
 import numpy as np
 import pytest
