@@ -768,7 +768,9 @@ def judge(table: pd.DataFrame, claims: Sequence[Claim], *, label: str = "method"
                 raise FlatlabError(f"claim {c.text!r}: {name} has more than one run per {pair}; "
                                    f"select one with where={{...}}")
         done_a, done_b = (side[k][side[k]["status"] == "done"].set_index(pair) for k in (c.a, c.b))
-        ok_a, ok_b = done_a[col], done_b[c.against or col]
+        # a column no run has (no final runs at all: every method untrainable) pairs nothing
+        ok_a, ok_b = (d[k] if k in d else pd.Series(dtype=float)
+                      for d, k in ((done_a, col), (done_b, c.against or col)))
         both = ok_a.index.intersection(ok_b.index)
         scale = abs(float(ok_b.loc[both].astype(float).mean())) if c.relative else 1.0
         margin = c.margin * scale if math.isfinite(scale) and scale > 0 else c.margin

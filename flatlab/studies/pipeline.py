@@ -470,6 +470,8 @@ def _tables(study: Study, scale: Scale, tuning: pd.DataFrame, table: pd.DataFram
     tables.update(derived)
     tables["verdicts"] = judge_claims(study, scale, tables)
     tables["summary"] = summarize(study, scale, table)
+    if study.views is not None:
+        tables.update(study.views(tables, scale))
     return tables, set(derived)
 
 

@@ -137,6 +137,9 @@ class Study:
             an extra step size only for some methods: the runs are then not a cross product.
         units: Metric -> ``(scale, unit, digits)`` for the verdict tables and prose (default:
             accuracies in points, ``steps*`` in steps, anything else as is with 2 digits).
+        views: ``(tables, scale) -> {name: table}`` built from the judged tables (verdicts and
+            summary included) and written beside them, recomputed on every report and
+            re-judgment (a search's one-row-per-setting table, say).
     """
 
     name: str
@@ -162,6 +165,7 @@ class Study:
     appendix: Callable[[dict[str, pd.DataFrame], Scale], str] | None = None
     units: Mapping[str, tuple[float, str, int]] = field(default_factory=dict)
     includes: Callable[[Mapping[str, Any], str, Scale], bool] | None = None
+    views: Callable[[dict[str, pd.DataFrame], Scale], dict[str, pd.DataFrame]] | None = None
 
     def runs(self, setting: Mapping[str, Any], method: str, scale: Scale) -> bool:
         """Whether ``method`` runs in ``setting`` at ``scale`` (:attr:`includes`)."""

@@ -1,0 +1,243 @@
+"""The large-batch regime first: where does centralized SGD generalize worse at a large batch?
+
+Issue 33, step 1. The seed claim (Cao, Wu, Yuan, Sayed 2024) is about the large-batch regime:
+where centralized SGD with a large batch generalizes worse, decentralized training escapes the
+sharp minima and ends flatter. Before testing it, the premise must appear at this scale: a
+**separable large-batch generalization gap** of centralized SGD, paired over 5 seeds, judged by
+the study rules, of at least 2 accuracy points. This study searches for it and records every
+setting tried, negative results included (``phenomenon.csv``).
+
+Protocol (Keskar et al. 2017; Goyal et al. 2017; Hoffer et al. 2017 on why the budget matters):
+centralized SGD (an exact all-reduce average over ``n = 16`` nodes, iid split) at a small and a
+large total batch (``16 × 2 = 32`` against ``16 × 128 = 2048``, ratio 64) for the **same number
+of epochs** ``E`` (so the large batch takes 64 times fewer steps), each batch with its own step
+size **tuned** on a held-out 10% of the training set over 3 seeds (bracketed: a best value at
+the grid's edge extends the grid), a cosine schedule with a 5% linear warm-up, no weight decay,
+no augmentation. The knobs of a setting: the training-set size ``N`` (mnist1d generates any;
+1000 test samples always), the model, symmetric label noise on the training labels
+(``data.label_noise``) and the epoch budget.
+
+Claims, one per setting: "small-batch SGD generalizes better" (``a = small``, ``b = large``, test
+accuracy, seed-paired over 5 seeds, Holm-adjusted over the settings), with an equivalence margin
+of 2 points fixed before the runs: ``equivalent`` says the two batches generalize alike within
+2 points (no regime here), ``better`` that the gap is separable. ``phenomenon.csv`` says for
+each setting whether the gap is **found** (separable and at least 2 points on average).
+
+Run: ``python -m flatlab.studies large_batch --scale small`` (resumable; ``--report`` rebuilds the
+tables from the runs on disk, ``--rejudge`` from the committed tables).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from flatlab.experiment.evidence import Claim
+from flatlab.studies.spec import Point, Scale, Stage, Study
+
+__all__ = ["STUDY", "SCALES", "config", "claims", "phenomenon", "steps_of", "MARGIN"]
+
+#: Nodes of the all-reduce (centralized SGD is the same for any n at a fixed total batch).
+NODES = 16
+#: Test samples of every setting (mnist1d generates them with the training set).
+TEST = 1000
+#: The gap the regime needs, and the equivalence margin of every claim (accuracy, absolute).
+MARGIN = 0.02
+WHY = ("2 accuracy points, the issue's bar: a smaller large-batch gap is not the regime in "
+       "which the paper's claims are made (20 of the 1000 test samples)")
+#: Held-out share of the training set for tuning.
+HOLDOUT = 0.1
+
+
+def steps_of(setting: Mapping[str, Any], batch: int) -> int:
+    """Training steps for ``epochs`` passes over the ``train`` samples at a total ``batch``."""
+    return max(1, math.ceil(setting["epochs"] * setting["train"] / batch))
+
+
+def _setting(train: int, model: str, noise: float, epochs: int) -> dict[str, Any]:
+    return {"train": train, "model": model, "noise": noise, "epochs": epochs}
+
+
+def _scale(settings: tuple[dict[str, Any], ...], seeds: tuple[int, ...],
+           tune_seeds: tuple[int, ...], batches: dict[str, int], **options: Any) -> Scale:
+    steps = max(steps_of(s, b) for s in settings for b in batches.values())
+    return Scale(settings=settings, methods=tuple(batches), seeds=seeds, tune_seeds=tune_seeds,
+                 steps=steps, every=0, options={"batches": batches, **options})
+
+
+SCALES = {
+    # The search on 2 CPU cores, cheapest settings first: a 1000-sample training set makes
+    # generalization matter; label noise and the MLP (more parameters than samples) are the
+    # knobs that most often open a large-batch gap; 4000 samples is mnist1d's usual size.
+    "small": _scale(
+        (_setting(1000, "cnn1d", 0.0, 200), _setting(1000, "cnn1d", 0.2, 200),
+         _setting(1000, "mlp", 0.0, 200), _setting(4000, "cnn1d", 0.0, 100),
+         _setting(4000, "mlp", 0.2, 100)),
+        (0, 1, 2, 3, 4), (0, 1, 2), {"small": 32, "large": 2048},
+        lrs={"small": (0.03, 0.1, 0.3), "large": (0.3, 1.0, 3.0)}, measurements=10),
+    # the test suite's: a few steps, so that the study cannot rot
+    "tiny": _scale((_setting(200, "logistic", 0.0, 8), _setting(200, "logistic", 0.2, 8)),
+                   (0, 1), (0, 1), {"small": 16, "large": 64},
+                   lrs={"small": (0.3, 1.0), "large": (1.0, 3.0)}, measurements=2),
+}
+
+
+def _lr_grid(point: Point, scale: Scale) -> tuple[float, ...]:
+    return tuple(scale.options["lrs"][point["method"]])
+
+
+STAGES = (Stage("lr", _lr_grid, extensions=4,
+                why="each batch's own step size, bracketed on held-out data over 3 seeds "
+                    "(a large batch takes a larger step; linear scaling by 64 would not be "
+                    "stable, so it is tuned, not scaled)"),)
+
+
+def config(point: Point, scale: Scale, seed: int, holdout: float) -> dict[str, Any]:
+    """The run config of a point: centralized SGD at the method's total batch for the epochs."""
+    batch = scale.options["batches"][point["method"]]
+    if batch % NODES and batch >= NODES:
+        raise ValueError(f"total batch {batch} is not a multiple of {NODES} nodes")
+    nodes = NODES if batch >= NODES else 2
+    steps = steps_of(point, batch)
+    final = holdout == 0.0
+    every = max(1, steps // scale.options["measurements"]) if final else steps
+    model: dict[str, Any] = {"name": point["model"], "options": {}}
+    return {"name": "large_batch", "seed": seed, "device": "auto",
+            "data": {"name": "mnist1d", "partition": "iid", "seed": seed,
+                     "batch_size": batch // nodes, "holdout": holdout,
+                     "label_noise": float(point["noise"]),
+                     "options": {"num_samples": point["train"] + TEST,
+                                 "train_split": point["train"] / (point["train"] + TEST)}},
+            "model": model,
+            "topology": {"name": "complete", "nodes": nodes},
+            "algorithm": {"name": "centralized", "params": {}},
+            "optim": {"lr": float(point["lr"]), "schedule": "cosine",
+                      "warmup": max(1, steps // 20), "weight_decay": 0.0},
+            "train": {"steps": steps},
+            "measure": {"every": every, "per_node": False, "metrics": ["loss", "accuracy"],
+                        "train_subset": None, "test_subset": None},
+            "checkpoint_every": max(steps // 4, 1)}
+
+
+def run_name(point: Point, seed: int) -> str:
+    """``small,N=1000,cnn1d,noise=0.2,E=200,lr=0.1,seed=0``."""
+    return (f"{point['method']},N={point['train']},{point['model']},noise={point['noise']:g},"
+            f"E={point['epochs']},lr={float(point['lr']):g},seed={seed}")
+
+
+def label(setting: Mapping[str, Any]) -> str:
+    """``N=1000, cnn1d, noise 0.2, 200 epochs``."""
+    return (f"N={setting['train']}, {setting['model']}, noise {setting['noise']:g}, "
+            f"{setting['epochs']} epochs")
+
+
+def claims(scale: Scale) -> list[Claim]:
+    """Small-batch SGD generalizes better than large-batch SGD, in each setting."""
+    return [Claim(f"small batch generalizes better ({label(s)})", "small", "large", "greater",
+                  dict(s), margin=MARGIN, why=WHY) for s in scale.settings]
+
+
+def extra(path: Path, point: Point, scale: Scale) -> dict[str, Any]:
+    """The run's steps, total batch and wall-clock seconds (its cost)."""
+    batch = scale.options["batches"][point["method"]]
+    try:
+        seconds = float(json.loads((path / "status.json").read_text())["timings_s"]["total"])
+    except (OSError, ValueError, KeyError, TypeError):
+        seconds = math.nan
+    return {"batch": batch, "steps": steps_of(point, batch), "seconds": seconds}
+
+
+def phenomenon(tables: Mapping[str, pd.DataFrame], scale: Scale) -> pd.DataFrame:
+    """One row per setting tried: both batches' accuracy, the paired gap, its interval, found.
+
+    ``low``/``high`` are the Holm-adjusted interval of ``small − large`` (the verdict's);
+    ``found``: the gap is separable (verdict ``better``) and at least :data:`MARGIN` on
+    average. ``cost_s``: wall-clock seconds of the setting's final runs.
+    """
+    runs, verdicts = tables["runs"], tables["verdicts"]
+    rows = []
+    for s in scale.settings:
+        sel = runs
+        for k, v in s.items():
+            sel = sel[sel[k] == v]
+        done = sel[sel["status"] == "done"]
+        acc = done.groupby("method")["test_accuracy"].mean()
+        v = verdicts[verdicts["claim"] == f"small batch generalizes better ({label(s)})"]
+        v = v.iloc[0] if len(v) else None
+        diff = float(v["difference"]) if v is not None else math.nan
+        rows.append({
+            "setting": label(s), **s,
+            "small_batch": scale.options["batches"]["small"],
+            "large_batch": scale.options["batches"]["large"],
+            "lr_small": _first(done, "small", "lr"), "lr_large": _first(done, "large", "lr"),
+            "acc_small": float(acc.get("small", math.nan)),
+            "acc_large": float(acc.get("large", math.nan)),
+            "train_loss_small": _mean(done, "small", "train_loss"),
+            "train_loss_large": _mean(done, "large", "train_loss"),
+            "difference": diff,
+            "low": float(v["low_adj"]) if v is not None else math.nan,
+            "high": float(v["high_adj"]) if v is not None else math.nan,
+            "seeds": int(v["pairs"]) if v is not None else 0,
+            "verdict": str(v["verdict"]) if v is not None else "no runs",
+            "found": bool(v is not None and v["verdict"] == "better" and diff >= MARGIN),
+            "cost_s": float(sel["seconds"].sum()) if "seconds" in sel else math.nan})
+    return pd.DataFrame(rows)
+
+
+def _first(t: pd.DataFrame, method: str, col: str) -> float:
+    v = t.loc[t["method"] == method, col]
+    return float(v.iloc[0]) if len(v) else math.nan
+
+
+def _mean(t: pd.DataFrame, method: str, col: str) -> float:
+    v = t.loc[t["method"] == method, col]
+    return float(v.mean()) if len(v) else math.nan
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def appendix(tables: Mapping[str, pd.DataFrame], scale: Scale) -> str:
+    """The phenomenon table: every setting tried, the gap and whether the regime is found."""
+    ph = phenomenon(tables, scale)
+    lines = ["## The search (`phenomenon.csv`)", "",
+             "| setting | lr small / large | acc. small (%) | acc. large (%) | small − large "
+             "(points) [Holm interval] | train loss small / large | verdict | found | cost |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in ph.itertuples():
+        lines.append(
+            f"| {r.setting} | {r.lr_small:g} / {r.lr_large:g} | {100 * r.acc_small:.1f} | "
+            f"{100 * r.acc_large:.1f} | {100 * r.difference:+.1f} [{100 * r.low:+.1f}, "
+            f"{100 * r.high:+.1f}] | {r.train_loss_small:.3g} / {r.train_loss_large:.3g} | "
+            f"{r.verdict} | {'yes' if r.found else 'no'} | {_duration(r.cost_s)} |")
+    found = ph[ph["found"]]
+    lines += ["", (f"The large-batch gap appears in {len(found)} of {len(ph)} settings: "
+                   + ", ".join(found["setting"]) + ".") if len(found) else
+              f"No setting of the {len(ph)} tried shows a separable large-batch gap of at "
+              f"least {100 * MARGIN:.0f} points."]
+    return "\n".join(lines)
+
+
+STUDY = Study(
+    name="large_batch",
+    question="Where does centralized SGD generalize worse at a large batch, at a fixed budget "
+             "of epochs with each batch's step tuned: the premise of the flatness-versus-"
+             "optimization claims, searched for before they are tested?",
+    scales=SCALES, config=config, run_name=run_name, claims=claims, stages=STAGES,
+    measures={"test_accuracy": "test_accuracy", "train_loss": "train_loss"}, extra=extra,
+    curves=("test_accuracy", "train_loss"), summary_columns=("test_accuracy", "train_loss"),
+    setting_label=label, appendix=appendix, holdout=HOLDOUT,
+    views=lambda tables, scale: {"phenomenon": phenomenon(tables, scale)},
+    protocol="Centralized SGD (all-reduce over 16 nodes, iid) at total batch 32 against 2048 "
+             "for the same epochs, each batch's step tuned on 10% held out over 3 seeds, "
+             "cosine with 5% warm-up, no weight decay; mnist1d with N training samples (1000 "
+             "test), label noise on the training labels; claims Holm-adjusted over the "
+             "settings with a 2-point equivalence margin.")

@@ -1,0 +1,87 @@
+"""The large-batch phenomenon search end to end at its tiny scale, and its ``found`` rule.
+
+Checked against independent recomputation: every run's steps are the epochs over the training
+set at its total batch, each batch's step size is the tuning's robust choice, the test set
+keeps 1000 true labels whatever the label noise, and ``phenomenon.csv`` is the verdicts'
+difference and Holm interval per setting, ``found`` only for a separable gap of 2 points.
+"""
+
+import math
+
+import pandas as pd
+import pytest
+
+import flatlab
+from flatlab.experiment.evidence import VERDICTS, robust_choice
+from flatlab.studies import large_batch as study
+from flatlab.studies import main
+from flatlab.studies.spec import Scale
+
+
+def test_tiny_scale_tunes_each_batch_runs_fixed_epochs_and_writes_the_search(tmp_path):
+    scale = study.SCALES["tiny"]
+    assert main(study.STUDY, ["--scale", "tiny", "--out", str(tmp_path), "--jobs", "2"]) == 0
+    tuning = pd.read_csv(tmp_path / "tuning.csv")
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    ph = pd.read_csv(tmp_path / "phenomenon.csv")
+    verdicts = pd.read_csv(tmp_path / "verdicts.csv")
+    # each batch tuned on its own, the choice robust_choice's
+    keys = ["train", "model", "noise", "epochs"]
+    for (*setting, method), g in tuning.groupby([*keys, "method"]):
+        c = robust_choice(g["value"].tolist(), g["holdout_accuracy"].tolist(),
+                          g["holdout_se"].tolist(), (g["status"] == "diverged").tolist())
+        assert float(g.loc[g["chosen"], "value"].iloc[0]) == c.chosen
+        sel = runs[(runs[keys] == setting).all(axis=1) & (runs["method"] == method)]
+        assert (sel["lr"] == c.chosen).all() and len(sel) == len(scale.seeds)
+    # a fixed budget of epochs: the large batch takes batch-ratio times fewer steps
+    for r in runs.itertuples():
+        batch = scale.options["batches"][r.method]
+        assert r.batch == batch and r.steps == math.ceil(r.epochs * r.train / batch)
+        cfg = flatlab.experiment.load_config(
+            str(tmp_path / "runs" / "final" / study.run_name(
+                {"method": r.method, "train": r.train, "model": r.model, "noise": r.noise,
+                 "epochs": r.epochs, "lr": r.lr}, r.seed) / "config.yaml"))
+        assert cfg.data.label_noise == r.noise and cfg.train.steps == r.steps
+        assert cfg.algorithm.name == "centralized" and cfg.optim.weight_decay == 0.0
+        assert cfg.data.batch_size * cfg.topology.nodes == batch
+    built = flatlab.experiment.runner.build(cfg)
+    assert built.dataset.num_test == study.TEST and built.dataset.num_train == cfg_train(cfg)
+    # the search table: one row per setting, from the verdicts
+    assert len(ph) == len(scale.settings) and set(ph["verdict"]) <= set(VERDICTS)
+    for r in ph.itertuples():
+        v = verdicts[verdicts["claim"] == f"small batch generalizes better ({r.setting})"].iloc[0]
+        assert r.difference == pytest.approx(v["difference"]) and r.low == v["low_adj"]
+        sel = runs[(runs["setting"] == r.setting) & (runs["status"] == "done")]
+        small = sel.loc[sel["method"] == "small", "test_accuracy"].mean()
+        assert r.acc_small == pytest.approx(small)
+        assert r.found == (r.verdict == "better" and r.difference >= study.MARGIN)
+        assert r.cost_s == pytest.approx(runs.loc[runs["setting"] == r.setting, "seconds"].sum())
+    assert "## The search (`phenomenon.csv`)" in (tmp_path / "summary.md").read_text()
+    # re-judging from the committed tables alone rebuilds the same search table
+    before = ph.copy()
+    assert main(study.STUDY, ["--scale", "tiny", "--out", str(tmp_path), "--rejudge"]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "phenomenon.csv"), before)
+
+
+def cfg_train(cfg) -> int:
+    return int(cfg.data.options["num_samples"] * cfg.data.options["train_split"])
+
+
+def test_found_needs_a_separable_gap_of_two_points():
+    s1, s2, s3 = ({"train": 100, "model": "m", "noise": 0.0, "epochs": e} for e in (1, 2, 3))
+    scale = Scale(settings=(s1, s2, s3), methods=("small", "large"), seeds=(0, 1), steps=1,
+                  every=1, options={"batches": {"small": 32, "large": 2048}})
+    runs = pd.DataFrame([{**s, "setting": study.label(s), "method": m, "seed": 0, "lr": 0.1,
+                          "status": "done", "test_accuracy": 0.9, "train_loss": 0.1,
+                          "seconds": 1.0} for s in (s1, s2, s3) for m in ("small", "large")])
+    verdicts = pd.DataFrame([
+        {"claim": f"small batch generalizes better ({study.label(s)})", "difference": d,
+         "low_adj": lo, "high_adj": hi, "pairs": 5, "verdict": v}
+        for s, d, lo, hi, v in ((s1, 0.05, 0.01, 0.09, "better"),     # separable, 5 points
+                                (s2, 0.015, 0.005, 0.025, "better"),  # separable, 1.5 points
+                                (s3, 0.05, -0.01, 0.11, "inconclusive"))])
+    ph = study.phenomenon({"runs": runs, "verdicts": verdicts}, scale)
+    assert ph["found"].tolist() == [True, False, False]
+    assert ph["cost_s"].tolist() == [2.0, 2.0, 2.0]
+    text = study.appendix({"runs": runs, "verdicts": verdicts}, scale)
+    assert "appears in 1 of 3 settings" in text
