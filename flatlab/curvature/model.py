@@ -133,10 +133,10 @@ def node_traces(stack: NodeStack, X: torch.Tensor, inputs: torch.Tensor,  # noqa
     _node_rows(stack, X)
     strategy = _node_strategy(strategy, X)
     seeds = [seed_for(seed, "probes", first_node + i) for i in range(stack.n)]
-    if strategy == "batched" and not nodes_equal(stack, X):
+    one = nodes_equal(stack, X)
+    if strategy == "batched" and not one:
         return trace(model_hessian(stack, X, inputs, targets, batch_size=batch_size),
                      num_matvecs, method=method, seed=seeds)
-    one = nodes_equal(stack, X)
     ops = _node_ops(stack, X, inputs, targets, batch_size, 1 if one else stack.n)
     res = [trace(op, num_matvecs, method=method, seed=seeds[i]) for i, op in enumerate(ops)]
     res = res * stack.n if one else res
