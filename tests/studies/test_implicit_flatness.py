@@ -129,5 +129,15 @@ def test_committed_results_text_is_the_committed_tables():
     tables = {name: pd.read_csv(folder / f"{name}.csv") for name in ("runs", "verdicts")}
     assert (folder / "results.md").read_text() == results_text(study.STUDY, tables)
     tuning = pd.read_csv(folder / "tuning.csv")
-    assert (tuning["holdout_seeds"] == 1).all()  # the old one-seed tuning, said in the report
-    assert "Tuning on one seed" in (folder / "summary.md").read_text()
+    assert (tuning["holdout_seeds"] == 3).all()  # re-run under the 3-seed rule
+    assert "Tuning on one seed" not in (folder / "summary.md").read_text()
+    # each committed choice is the robust rule's on the committed tuning table
+    for (stage, method), g in tuning.groupby(["stage", "method"]):
+        c = robust_choice(g["value"].tolist(), g["holdout_accuracy"].tolist(),
+                          g["holdout_se"].tolist(), (g["status"] == "diverged").tolist())
+        assert float(g.loc[g["chosen"], "value"].iloc[0]) == c.chosen
+    runs = pd.read_csv(folder / "runs.csv")
+    chosen = tuning[tuning["chosen"]].set_index(["stage", "method"])["value"]
+    assert (runs["lr"] == chosen["lr", study.REFERENCE]).all()
+    for m in ("sam", "diffusion-sam-ring", "diffusion-sam-exponential"):
+        assert (runs.loc[runs["method"] == m, "rho"] == chosen["rho", m]).all()
