@@ -26,7 +26,7 @@ def test_tiny_scale_tunes_each_batch_runs_fixed_epochs_and_writes_the_search(tmp
     ph = pd.read_csv(tmp_path / "phenomenon.csv")
     verdicts = pd.read_csv(tmp_path / "verdicts.csv")
     # each batch tuned on its own, the choice robust_choice's
-    keys = ["train", "model", "noise", "epochs"]
+    keys = ["train", "model", "noise", "epochs", "large"]
     for (*setting, method), g in tuning.groupby([*keys, "method"]):
         c = robust_choice(g["value"].tolist(), g["holdout_accuracy"].tolist(),
                           g["holdout_se"].tolist(), (g["status"] == "diverged").tolist())
@@ -35,12 +35,12 @@ def test_tiny_scale_tunes_each_batch_runs_fixed_epochs_and_writes_the_search(tmp
         assert (sel["lr"] == c.chosen).all() and len(sel) == len(scale.seeds)
     # a fixed budget of epochs: the large batch takes batch-ratio times fewer steps
     for r in runs.itertuples():
-        batch = scale.options["batches"][r.method]
+        batch = scale.options["small"] if r.method == "small" else r.large
         assert r.batch == batch and r.steps == math.ceil(r.epochs * r.train / batch)
         cfg = flatlab.experiment.load_config(
             str(tmp_path / "runs" / "final" / study.run_name(
                 {"method": r.method, "train": r.train, "model": r.model, "noise": r.noise,
-                 "epochs": r.epochs, "lr": r.lr}, r.seed) / "config.yaml"))
+                 "epochs": r.epochs, "large": r.large, "lr": r.lr}, r.seed) / "config.yaml"))
         assert cfg.data.label_noise == r.noise and cfg.train.steps == r.steps
         assert cfg.algorithm.name == "centralized" and cfg.optim.weight_decay == 0.0
         assert cfg.data.batch_size * cfg.topology.nodes == batch
@@ -68,9 +68,10 @@ def cfg_train(cfg) -> int:
 
 
 def test_found_needs_a_separable_gap_of_two_points():
-    s1, s2, s3 = ({"train": 100, "model": "m", "noise": 0.0, "epochs": e} for e in (1, 2, 3))
+    s1, s2, s3 = ({"train": 100, "model": "m", "noise": 0.0, "epochs": e, "large": 64}
+                  for e in (1, 2, 3))
     scale = Scale(settings=(s1, s2, s3), methods=("small", "large"), seeds=(0, 1), steps=1,
-                  every=1, options={"batches": {"small": 32, "large": 2048}})
+                  every=1, options={"small": 32})
     runs = pd.DataFrame([{**s, "setting": study.label(s), "method": m, "seed": 0, "lr": 0.1,
                           "status": "done", "test_accuracy": 0.9, "train_loss": 0.1,
                           "seconds": 1.0} for s in (s1, s2, s3) for m in ("small", "large")])
@@ -85,3 +86,14 @@ def test_found_needs_a_separable_gap_of_two_points():
     assert ph["cost_s"].tolist() == [2.0, 2.0, 2.0]
     text = study.appendix({"runs": runs, "verdicts": verdicts}, scale)
     assert "appears in 1 of 3 settings" in text
+
+
+def test_a_large_batch_the_nodes_cannot_fill_is_refused_before_any_run():
+    """2048 of 1000 samples: each of 16 nodes holds 56 while tuning, not 128."""
+    bad = Scale(settings=({"train": 1000, "model": "cnn1d", "noise": 0.0, "epochs": 1,
+                           "large": 2048},), methods=("small", "large"), seeds=(0,), steps=1,
+                every=1, options={"small": 32})
+    with pytest.raises(flatlab.errors.FlatlabError, match="needs 128 samples per node.*at most 56"):
+        study.check_scale(bad)
+    for scale in study.SCALES.values():
+        study.check_scale(scale)
