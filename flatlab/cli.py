@@ -1,6 +1,7 @@
 """The ``flatlab`` command.
 
-    flatlab spectral --topology ring --nodes 16 [--weights metropolis] [--lazy] [--json]
+    flatlab spectral --topology ring --nodes 16 [--weights metropolis] [--lazy]
+                [--link-failures P] [--json]
     flatlab bounds --algorithm diffusion --topology ring --nodes 16 [--L 1 --sigma2 1] [--json]
     flatlab disagreement (--topology ring --nodes 16 | --eigenvalues 1,0.5,...) --lr 0.1
                 --curvature 1,2 --noise 1 [--form diffusion] [--local-steps H] [--bulk-hs X]
@@ -99,8 +100,25 @@ def _table(rows: Sequence[tuple[str, Any]]) -> str:
 
 
 def _cmd_spectral(args: argparse.Namespace) -> int:
-    from flatlab.theory import spectral
+    from flatlab.theory import link_failure_spectrum, spectral
 
+    if args.link_failures is not None:
+        f = link_failure_spectrum(_topology_from(args), args.link_failures,
+                                  samples=args.samples, seed=args.seed or 0)
+        if args.json:
+            print(json.dumps(f.as_dict()))
+            return 0
+        print(f"{f.topology}, each link down with probability {_fmt(f.p)} per round "
+              f"({f.method}: {f.samples} failure patterns)")
+        print(_table([
+            ("E||e_t+1||^2 / E||e_t||^2 <=  lambda_2(E[W^T W])  (mean-square bound)",
+             f.mean_square_bound),
+            ("exact mean-square rate  rho(E[(W-J) x (W-J)])",
+             "n > 16: not computed" if f.rate is None else f.rate),
+            ("rate of the expected iterate  lambda_2(E[W])", f.mean_rate),
+            ("without failures  ||W - J||^2", f.failure_free),
+            ("largest standard error of an entry", f.stderr)]))
+        return 0
     s = spectral(_topology_from(args), eps=args.eps, method=args.method)
     if args.json:
         print(json.dumps(s.as_dict()))
@@ -563,6 +581,11 @@ def _parser() -> tuple[_Parser, dict[str, argparse.ArgumentParser]]:
     _add_topology_args(p)
     p.add_argument("--eps", type=float, default=1e-3, help="accuracy of the mixing time")
     p.add_argument("--method", default="auto", help="auto, fft, dense or sparse")
+    p.add_argument("--link-failures", type=float, metavar="P",
+                   help="each link down with probability P per round (Metropolis weights on "
+                        "the surviving graph): the mean-square bound and the exact rate")
+    p.add_argument("--samples", type=int, default=20000,
+                   help="draws when the failure patterns are too many to sum (default 20000)")
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.set_defaults(func=_cmd_spectral)
 

@@ -1,0 +1,100 @@
+"""Links that fail: the mixing matrix of a round in which some edges are down (issue 34).
+
+Each undirected edge of a static, symmetric base graph fails in a round independently with
+probability ``p``; the round's weights are recomputed by the base's rule on the surviving graph
+(Metropolis: ``w_ij = 1 / (1 + max(d_i, d_j))`` with the surviving degrees), so every ``W_t`` is
+symmetric and doubly stochastic and gossip preserves the average exactly. A node whose edges are
+all down keeps its own value (``w_ii = 1``). The draw of round ``t`` is seeded
+(``seed_for(seed, "faults", t)``), so any process that asks for round ``t`` gets the same
+matrix. What theory says about such a random schedule (``E[W]``, ``E[WᵀW]`` and the exact
+mean-square rate) is :func:`flatlab.theory.link_failure_spectrum`.
+
+    from flatlab.topology import make
+    from flatlab.topology.faults import LinkFailures
+
+    faults = LinkFailures(make("ring", 6), p=0.3, seed=0)
+    W5 = faults.matrix(5)          # round 5's W (dense float64), the same on every call
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from flatlab.errors import TopologyError
+from flatlab.seeds import seed_for
+from flatlab.topology.core import Topology
+from flatlab.topology.weights import mixing_matrix
+
+__all__ = ["LinkFailures", "FAULT_RULES", "undirected_edges", "surviving_matrix"]
+
+#: Weight rules recomputed on the surviving graph (both symmetric and doubly stochastic).
+FAULT_RULES = ("metropolis", "max-degree")
+
+
+def undirected_edges(topology: Topology) -> np.ndarray:
+    """``[m, 2]`` the edges ``(i, j)``, ``i < j``, of a static symmetric topology."""
+    if topology.time_varying or not topology.symmetric or topology.column_stochastic:
+        raise TopologyError(f"link failures need a static undirected graph with symmetric "
+                            f"weights; {topology.label} is "
+                            + ("time-varying" if topology.time_varying else "not symmetric"))
+    w = sp.triu(topology.matrix(0, sparse=True), k=1).tocoo()
+    keep = w.data > 0
+    return np.stack([w.row[keep], w.col[keep]], axis=1).astype(np.int64)
+
+
+def surviving_matrix(n: int, edges: np.ndarray, alive: np.ndarray, rule: str = "metropolis",
+                     ) -> sp.csr_array:
+    """The mixing matrix of the graph made of the ``alive`` edges (a boolean per edge)."""
+    if rule not in FAULT_RULES:
+        raise TopologyError(f"link failures recompute {rule!r} weights; accepted: "
+                            f"{', '.join(FAULT_RULES)}")
+    up = edges[np.asarray(alive, dtype=bool)]
+    rows = np.concatenate([up[:, 0], up[:, 1]])
+    cols = np.concatenate([up[:, 1], up[:, 0]])
+    adj = sp.csr_array((np.ones(rows.size, dtype=bool), (rows, cols)), shape=(n, n))
+    return mixing_matrix(adj, rule, directed=False, name="the surviving graph")
+
+
+@dataclass(frozen=True)
+class LinkFailures:
+    """A base graph whose edges fail independently with probability ``p`` in each round.
+
+    Attributes:
+        base: The static, undirected graph with symmetric weights.
+        p: The probability that an edge is down in a round, in ``[0, 1)``.
+        seed: Seed of the failures (round ``t`` draws from ``seed_for(seed, "faults", t)``).
+        rule: The weight rule recomputed on the surviving graph (``metropolis`` by default).
+    """
+
+    base: Topology
+    p: float
+    seed: int = 0
+    rule: str = "metropolis"
+    edges: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.p, int | float) and math.isfinite(self.p) and 0 <= self.p < 1):
+            raise TopologyError(f"link failure probability p must be in [0, 1), got {self.p!r}")
+        if self.rule not in FAULT_RULES:
+            raise TopologyError(f"link failures recompute {self.rule!r} weights; accepted: "
+                                f"{', '.join(FAULT_RULES)}")
+        object.__setattr__(self, "edges", undirected_edges(self.base))
+
+    @property
+    def n(self) -> int:
+        """Number of nodes."""
+        return self.base.n
+
+    def alive(self, t: int) -> np.ndarray:
+        """Which edges are up in round ``t`` (boolean ``[m]``)."""
+        rng = np.random.default_rng(seed_for(self.seed, "faults", int(t)))
+        return rng.random(len(self.edges)) >= self.p
+
+    def matrix(self, t: int, *, sparse: bool = False) -> np.ndarray | sp.csr_array:
+        """Round ``t``'s mixing matrix on the surviving graph."""
+        w = surviving_matrix(self.n, self.edges, self.alive(t), self.rule)
+        return w if sparse else w.toarray()

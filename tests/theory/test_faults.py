@@ -1,0 +1,126 @@
+"""Links that fail i.i.d.: the rounds (flatlab.topology.faults) and their rates (theory.faults).
+
+Independent references: the issue's numbers for a ring of 6 at p = 0.3 (bound 0.631, exact rate
+0.584), the closed form of E[W] for Metropolis weights on a ring, a brute-force sum over every
+failure pattern written here from the definition, sampled rounds against the exact expectations
+within their standard errors, and the average kept to float64 rounding over 10⁴ rounds.
+"""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from flatlab.errors import TheoryError, TopologyError
+from flatlab.theory import link_failure_spectrum, ring_metropolis_mean_weight
+from flatlab.topology import make
+from flatlab.topology.faults import LinkFailures
+
+
+def _brute(n, p):
+    """E[W], E[WᵀW], E[(W−J)⊗(W−J)] of a Metropolis ring, from the definition."""
+    edges = [(i, (i + 1) % n) for i in range(n)]
+    J = np.full((n, n), 1 / n)  # noqa: N806
+    mean, second, kron = np.zeros((n, n)), np.zeros((n, n)), np.zeros((n * n, n * n))
+    for alive in itertools.product((0, 1), repeat=n):
+        prob = np.prod([1 - p if a else p for a in alive])
+        deg = np.zeros(n)
+        for (i, j), a in zip(edges, alive, strict=True):
+            deg[[i, j]] += a
+        W = np.zeros((n, n))  # noqa: N806
+        for (i, j), a in zip(edges, alive, strict=True):
+            if a:
+                W[i, j] = W[j, i] = 1 / (1 + max(deg[i], deg[j]))
+        W += np.diag(1 - W.sum(1))  # noqa: N806
+        mean += prob * W
+        second += prob * W.T @ W
+        kron += prob * np.kron(W - J, W - J)
+    return mean, second, kron
+
+
+def test_a_ring_of_six_at_p_03_has_the_issues_bound_and_exact_rate():
+    s = link_failure_spectrum(make("ring", 6), 0.3)
+    assert s.method == "exact" and s.samples == 2**6 and s.stderr == 0.0
+    assert round(s.mean_square_bound, 3) == 0.631 and round(s.rate, 3) == 0.584
+    assert s.mean_rate**2 <= s.rate <= s.mean_square_bound  # Jensen, and the trace bound
+    mean, second, kron = _brute(6, 0.3)
+    np.testing.assert_allclose(s.mean, mean, atol=1e-15)
+    np.testing.assert_allclose(s.second, second, atol=1e-15)
+    assert s.rate == pytest.approx(max(abs(np.linalg.eigvals(kron))), rel=1e-12)
+    assert s.failure_free == pytest.approx(np.linalg.norm(make("ring", 6).matrix() - 1 / 6, 2) ** 2)
+
+
+@pytest.mark.parametrize("n", [5, 10])
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.5, 0.9])
+def test_expected_metropolis_ring_weight_has_its_closed_form(n, p):
+    s = link_failure_spectrum(make("ring", n), p, max_nodes=0)
+    w = ring_metropolis_mean_weight(p)
+    for i in range(n):
+        assert s.mean[i, (i + 1) % n] == pytest.approx(w, rel=1e-12)
+        assert s.mean[i, i] == pytest.approx(1 - 2 * w, rel=1e-12)
+    assert s.rate is None  # above max_nodes: no n² x n² matrix
+    if p == 0.0:
+        assert s.mean_square_bound == pytest.approx(s.failure_free, rel=1e-12)
+
+
+def test_sampled_rounds_agree_with_the_exact_expectations_within_their_errors():
+    exact = link_failure_spectrum(make("complete", 5), 0.25)
+    sampled = link_failure_spectrum(make("complete", 5), 0.25, method="sampled",
+                                     samples=4000, seed=3)
+    assert exact.method == "exact" and sampled.method == "sampled"
+    assert np.abs(sampled.mean - exact.mean).max() < 5 * sampled.stderr
+    assert np.abs(sampled.second - exact.second).max() < 5 * sampled.stderr
+    assert sampled.rate == pytest.approx(exact.rate, abs=0.02)
+
+
+def test_every_round_is_symmetric_doubly_stochastic_replayable_and_keeps_the_average():
+    faults = LinkFailures(make("ring", 16), 0.3, seed=7)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(16)
+    mean0 = x.mean()
+    down = 0
+    for t in range(10_000):
+        W = faults.matrix(t, sparse=True)  # noqa: N806
+        x = W @ x
+        down += int((~faults.alive(t)).sum())
+    assert abs(x.mean() - mean0) <= 1e3 * np.finfo(np.float64).eps * np.abs(x).max()
+    assert down / (10_000 * 16) == pytest.approx(0.3, abs=0.005)  # each edge down with p
+    W = faults.matrix(12)  # noqa: N806
+    assert np.allclose(W, W.T) and np.allclose(W.sum(0), 1) and np.allclose(W.sum(1), 1)
+    assert np.array_equal(LinkFailures(make("ring", 16), 0.3, seed=7).matrix(12), W)
+    assert not all(np.array_equal(LinkFailures(make("ring", 16), 0.3, seed=8).matrix(t),
+                                  faults.matrix(t)) for t in range(5))
+    assert np.array_equal(LinkFailures(make("ring", 16), 0.0).matrix(3), make("ring", 16).matrix())
+
+
+@pytest.mark.parametrize("call, pattern", [
+    (lambda: LinkFailures(make("ring", 6), 1.0), "p must be in \\[0, 1\\)"),
+    (lambda: LinkFailures(make("ring", 6), 0.1, rule="uniform"), "accepted: metropolis"),
+    (lambda: LinkFailures(make("one-peer-exponential", 8), 0.1), "static undirected"),
+    (lambda: link_failure_spectrum(make("ring", 6), -0.1), "p must be in"),
+    (lambda: link_failure_spectrum(make("ring", 6), 0.1, method="mc"), "unknown method"),
+    (lambda: link_failure_spectrum(make("ring", 30), 0.1, method="exact"), "too many"),
+    (lambda: link_failure_spectrum(make("ring", 6), 0.1, method="sampled", samples=1),
+     "samples must be"),
+])
+def test_bad_input_is_one_line(call, pattern):
+    with pytest.raises((TheoryError, TopologyError), match=pattern) as info:
+        call()
+    assert "\n" not in str(info.value)
+
+
+def test_cli_prints_both_rates_and_refuses_a_bad_probability_in_one_line(capsys):
+    import json
+
+    from flatlab.cli import main
+
+    assert main(["spectral", "--topology", "ring", "--nodes", "6", "--link-failures", "0.3",
+                 "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d == link_failure_spectrum(make("ring", 6), 0.3).as_dict()
+    assert main(["spectral", "--topology", "ring", "--nodes", "6", "--link-failures", "0.3"]) == 0
+    out = capsys.readouterr().out
+    assert "mean-square bound" in out and "0.584248" in out and "0.630944" in out
+    assert main(["spectral", "--topology", "ring", "--nodes", "6", "--link-failures", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "must be in [0, 1)" in err
