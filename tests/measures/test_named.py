@@ -279,7 +279,7 @@ def test_equal_float32_nodes_average_to_themselves_and_measure_no_disagreement()
             "hessian_top_nodes"]})))
     X = built.stack.initial_params()  # noqa: N806
     assert X.dtype == torch.float32 and bool((X == X[:1]).all())
-    assert not torch.equal(X.mean(0), X[0])  # float32 accumulation would be off by rounding
+    # (a float32 mean of 12 equal rows may be off by rounding: 3v is not exact in float32)
     rows = {(m, s): v for m, s, v in measure(built, X, 0)}
     assert rows["disagreement_curvature", "avg"] == 0.0
     assert rows["disagreement_gap", "avg"] == 0.0
