@@ -28,7 +28,7 @@ def test_available_and_catalog():
 def test_public_api():
     assert set(data.__all__) == {"Dataset", "load", "available", "catalog", "Partition",
                                  "partition", "NodeSampler", "QuadraticProblem",
-                                 "heterogeneous_quadratics", "holdout"}
+                                 "heterogeneous_quadratics", "holdout", "label_noise"}
 
 
 def test_aliases_and_case():
