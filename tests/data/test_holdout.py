@@ -48,7 +48,7 @@ def test_a_run_with_holdout_evaluates_on_the_held_out_share(tmp_path):
 
 
 def test_label_noise_relabels_exactly_a_share_with_other_classes_uniformly():
-    ds = load("mnist1d", num_samples=20000)
+    ds = load("digits")
     noisy = label_noise(ds, 0.3, seed=5)
     changed = noisy.y_train != ds.y_train
     assert int(changed.sum()) == round(0.3 * ds.num_train) == noisy.info["noisy"]
