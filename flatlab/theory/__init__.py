@@ -14,13 +14,20 @@
   eigenmode of ``W`` and ``H``, with local steps, time-varying ``W`` and a small-step bulk.
 * :func:`spectral_gap_study`: the gap and transients against ``n``, as a tidy table.
 * :func:`link_failure_spectrum`: links that fail i.i.d. in each round: ``E[W]``, ``E[WᵀW]``,
-  the mean-square bound ``λ₂(E[WᵀW])`` and the exact rate ``ρ(E[(W − J) ⊗ (W − J)])``.
+  the mean-square bound ``λ₂(E[WᵀW])`` and the exact rate ``ρ(E[(W − J) ⊗ (W − J)])``;
+  :func:`consensus_value_variance`: one-way message drops, the variance of the agreed value.
 """
 
 from flatlab.theory.bounds import Bound, RateTerm, bound, bound_algorithms
 from flatlab.theory.consensus import ConsensusPrediction, predicted_consensus_distance
 from flatlab.theory.disagreement import DisagreementPrediction, stationary_disagreement
-from flatlab.theory.faults import FaultSpectrum, link_failure_spectrum, ring_metropolis_mean_weight
+from flatlab.theory.faults import (
+    DropConsensus,
+    FaultSpectrum,
+    consensus_value_variance,
+    link_failure_spectrum,
+    ring_metropolis_mean_weight,
+)
 from flatlab.theory.neighbors import effective_neighbors, stationary_variances
 from flatlab.theory.spectral import (
     SpectralSummary,
@@ -53,4 +60,6 @@ __all__ = [
     "FaultSpectrum",
     "link_failure_spectrum",
     "ring_metropolis_mean_weight",
+    "DropConsensus",
+    "consensus_value_variance",
 ]

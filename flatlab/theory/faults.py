@@ -17,6 +17,20 @@ a closed form: an edge is up with probability ``q = 1 − p``, and its weight is
 neighbouring edges are down (degrees 1 and 1) and ``1/3`` otherwise, so
 ``E[w_ij] = q (p²/2 + (1 − p²)/3)`` (:func:`ring_metropolis_mean_weight`).
 
+**One-way message drops** (:class:`~flatlab.topology.faults.MessageDrops`: the receiver keeps the
+weight of a message it did not get) leave every ``W_t`` row-stochastic, so the nodes still agree,
+but not column-stochastic, so the value ``c`` they agree on is random. With drops i.i.d. with the
+same ``p`` on every message, ``E[W] = (1 − p) W + p I`` is doubly stochastic and
+``E[c] = mean(x_0)``. Its variance: the product of i.i.d. rounds has the
+law of the product in reverse order, so ``c`` has the law of ``lim z_Tᵀ x_0`` with
+``z_{t+1}ᵀ = z_tᵀ W_t``, ``z_0 = 1/n``, whose second moment obeys, writing each round as
+``W̄ + Σ_e (b_e − (1 − p)) A_e`` over the messages ``e = (j → i)`` with ``A_e = w_ij e_i (e_j −
+e_i)ᵀ`` and independent Bernoulli ``b_e``,
+
+    ``M_{t+1} = W̄ᵀ M_t W̄ + p (1 − p) Σ_e w_ij² (M_t)_ii (e_j − e_i)(e_j − e_i)ᵀ``,
+
+so ``Var c = x_0ᵀ (M_∞ − 11ᵀ/n²) x_0`` (:func:`consensus_value_variance`).
+
 The expectations are exact, summed over every pattern of failed edges, when there are at most
 ``max_edges`` edges (``2^m`` patterns); otherwise averages over ``samples`` seeded draws, with
 the standard error of each entry. The exact rate needs ``n² × n²`` and is computed for
@@ -32,9 +46,10 @@ import numpy as np
 
 from flatlab.errors import TheoryError
 from flatlab.topology.core import Topology
-from flatlab.topology.faults import LinkFailures, surviving_matrix
+from flatlab.topology.faults import LinkFailures, MessageDrops, surviving_matrix
 
-__all__ = ["FaultSpectrum", "link_failure_spectrum", "ring_metropolis_mean_weight"]
+__all__ = ["FaultSpectrum", "link_failure_spectrum", "ring_metropolis_mean_weight",
+           "DropConsensus", "consensus_value_variance"]
 
 
 @dataclass(frozen=True)
@@ -161,3 +176,77 @@ def link_failure_spectrum(topology: Topology, p: float, *, rule: str = "metropol
     return FaultSpectrum(topology.label, float(p), n, m, mean, second, float(lam[-2]), rate,
                          mean_rate, free, method, count, stderr)
 
+
+
+@dataclass(frozen=True)
+class DropConsensus:
+    """Where nodes agree when one-way messages drop i.i.d. with probability ``p``.
+
+    Attributes:
+        topology: The base graph's label.
+        p: Probability that a message is lost.
+        mean: ``E[W]`` (``[n, n]``, doubly stochastic).
+        covariance: ``Cov(π)``, the covariance of the random weights ``c = πᵀ x_0`` of the
+            consensus value (``[n, n]``; ``E[π] = 1/n``).
+        variance: ``Var c = x_0ᵀ Cov(π) x_0`` for the given ``x_0`` (None without one).
+        rounds: Rounds the second-moment recursion took to converge.
+    """
+
+    topology: str
+    p: float
+    mean: np.ndarray
+    covariance: np.ndarray
+    variance: float | None
+    rounds: int
+
+
+def consensus_value_variance(topology: Topology, p: float, x0: np.ndarray | None = None, *,
+                             tol: float = 1e-14, max_rounds: int = 100_000) -> DropConsensus:
+    """The variance of the value gossip agrees on when messages drop (module docstring).
+
+    Args:
+        topology: A static base graph with doubly stochastic weights.
+        p: Probability that a message is lost, in ``[0, 1)``.
+        x0: ``[n]`` the starting values (optional; ``Var c`` needs them).
+        tol: Stop when the second moment moves by less than ``tol`` (max abs entry).
+        max_rounds: Most rounds of the recursion.
+
+    Raises:
+        TheoryError: A bad input, or a recursion that has not converged (one line).
+    """
+    try:
+        drops = MessageDrops(topology, p)
+    except Exception as e:  # noqa: BLE001 - a TopologyError says what is wrong in one line
+        raise TheoryError(str(e)) from None
+    n = topology.n
+    W = topology.matrix(0)  # noqa: N806
+    i, j = drops.edges[:, 0], drops.edges[:, 1]
+    w = W[i, j]
+    mean = W.copy()
+    mean[i, j] *= 1 - p
+    np.add.at(mean, (i, i), p * w)
+    # each message's fluctuation: (e_j − e_i)(e_j − e_i)ᵀ scaled by p(1 − p) w_ij² (M)_ii
+    M = np.full((n, n), 1.0 / n**2)  # noqa: N806
+    rounds = 0
+    for rounds in range(1, max_rounds + 1):  # noqa: B007 - the count is reported
+        coef = p * (1 - p) * w**2 * M[i, i]
+        new = mean.T @ M @ mean
+        np.add.at(new, (j, j), coef)
+        np.add.at(new, (i, i), coef)
+        np.add.at(new, (i, j), -coef)
+        np.add.at(new, (j, i), -coef)
+        moved = float(np.abs(new - M).max())
+        M = new  # noqa: N806
+        if moved < tol:
+            break
+    else:
+        raise TheoryError(f"the consensus value's second moment did not settle in {max_rounds} "
+                          f"rounds (moved {moved:.2g}); accepted: a connected graph, p < 1")
+    cov = M - 1.0 / n**2
+    var = None
+    if x0 is not None:
+        x = np.asarray(x0, dtype=np.float64)
+        if x.shape != (n,):
+            raise TheoryError(f"x0 must have shape ({n},), got {x.shape}")
+        var = float(x @ cov @ x)
+    return DropConsensus(topology.label, float(p), mean, cov, var, rounds)

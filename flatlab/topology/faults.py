@@ -29,7 +29,7 @@ from flatlab.seeds import seed_for
 from flatlab.topology.core import Topology
 from flatlab.topology.weights import mixing_matrix
 
-__all__ = ["LinkFailures", "FAULT_RULES", "undirected_edges", "surviving_matrix"]
+__all__ = ["LinkFailures", "MessageDrops", "FAULT_RULES", "undirected_edges", "surviving_matrix"]
 
 #: Weight rules recomputed on the surviving graph (both symmetric and doubly stochastic).
 FAULT_RULES = ("metropolis", "max-degree")
@@ -97,4 +97,59 @@ class LinkFailures:
     def matrix(self, t: int, *, sparse: bool = False) -> np.ndarray | sp.csr_array:
         """Round ``t``'s mixing matrix on the surviving graph."""
         w = surviving_matrix(self.n, self.edges, self.alive(t), self.rule)
+        return w if sparse else w.toarray()
+
+
+@dataclass(frozen=True)
+class MessageDrops:
+    """Each directed message of a round is lost with probability ``p``; its receiver keeps it.
+
+    When node ``i`` does not receive ``x_j`` it puts the weight ``w_ij`` on its own value
+    (``w_ii ← w_ii + w_ij``, ``w_ij ← 0``): each row still sums to one (``W_t`` is
+    row-stochastic, consensus is still reached), but a column does not, so the average drifts
+    and the value the nodes agree on is random. With the same ``p`` on every message
+    ``E[W_t] = (1 − p) W + p I`` is doubly stochastic and the consensus value is unbiased; its variance is :func:`flatlab.theory.consensus_value_variance`. Push-sum keeps the
+    mass when the sender keeps what was not delivered; that schedule is not this one.
+
+    Attributes:
+        base: A static graph with doubly stochastic weights (the rounds without drops).
+        p: The probability that a message is lost, in ``[0, 1)``.
+        seed: Seed of the drops (round ``t`` from ``seed_for(seed, "faults", t)``).
+    """
+
+    base: Topology
+    p: float
+    seed: int = 0
+    edges: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.p, int | float) and math.isfinite(self.p) and 0 <= self.p < 1):
+            raise TopologyError(f"message drop probability p must be in [0, 1), got {self.p!r}")
+        if self.base.time_varying or self.base.column_stochastic:
+            raise TopologyError(f"message drops need a static doubly stochastic graph; "
+                                f"{self.base.label} is "
+                                + ("time-varying" if self.base.time_varying
+                                   else "column-stochastic"))
+        w = self.base.matrix(0, sparse=True).tocoo()
+        off = (w.row != w.col) & (w.data > 0)
+        object.__setattr__(self, "edges", np.stack([w.row[off], w.col[off]], axis=1))
+
+    @property
+    def n(self) -> int:
+        """Number of nodes."""
+        return self.base.n
+
+    def delivered(self, t: int) -> np.ndarray:
+        """Which messages ``j → i`` (rows of :attr:`edges`, ``(i, j)``) arrive in round ``t``."""
+        rng = np.random.default_rng(seed_for(self.seed, "faults", int(t)))
+        return rng.random(len(self.edges)) >= self.p
+
+    def matrix(self, t: int, *, sparse: bool = False) -> np.ndarray | sp.csr_array:
+        """Round ``t``'s row-stochastic mixing matrix."""
+        w = self.base.matrix(0, sparse=True).tolil(copy=True)
+        for (i, j) in self.edges[~self.delivered(t)]:
+            w[i, i] += w[i, j]
+            w[i, j] = 0.0
+        w = sp.csr_array(w)
+        w.eliminate_zeros()
         return w if sparse else w.toarray()

@@ -124,3 +124,65 @@ def test_cli_prints_both_rates_and_refuses_a_bad_probability_in_one_line(capsys)
     assert main(["spectral", "--topology", "ring", "--nodes", "6", "--link-failures", "1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "must be in [0, 1)" in err
+
+
+def _simulate_drops(W, p, x0, rounds, paths, seed):  # noqa: N803
+    """Independent vectorized gossip with drops: the receiver keeps a lost message's weight."""
+    rng = np.random.default_rng(seed)
+    i, j = np.nonzero(W - np.diag(np.diag(W)))
+    w = W[i, j]
+    x = np.tile(np.asarray(x0, dtype=np.float64), (paths, 1))
+    for _ in range(rounds):
+        got = rng.random((paths, len(w))) >= p
+        new = x * np.diag(W)
+        np.add.at(new.T, i, (w * np.where(got, x[:, j], x[:, i])).T)
+        x = new
+    return x
+
+
+def test_message_drops_keep_rows_stochastic_and_the_consensus_value_unbiased_with_its_variance():
+    from flatlab.theory import consensus_value_variance
+    from flatlab.topology.faults import MessageDrops
+
+    base = make("ring", 6)
+    W = base.matrix()  # noqa: N806
+    drops = MessageDrops(base, 0.3, seed=2)
+    for t in range(20):
+        Wt = drops.matrix(t)  # noqa: N806
+        assert np.allclose(Wt.sum(1), 1) and (Wt >= 0).all()
+    assert not np.allclose(drops.matrix(0).sum(0), 1)  # a column loses mass: the average drifts
+    x0 = np.arange(6.0)
+    pred = consensus_value_variance(base, 0.3, x0)
+    np.testing.assert_allclose(pred.mean, 0.7 * W + 0.3 * np.eye(6), atol=1e-15)
+    x = _simulate_drops(W, 0.3, x0, rounds=150, paths=20000, seed=0)
+    assert np.ptp(x, axis=1).max() < 1e-9  # every path has reached consensus
+    c = x.mean(1)
+    k = len(c)
+    assert abs(c.mean() - x0.mean()) < 4 * c.std() / np.sqrt(k)  # unbiased
+    # the sample variance of 20000 draws is within 5% of the truth (4.5 of its standard errors)
+    assert c.var(ddof=1) == pytest.approx(pred.variance, rel=0.05)
+    assert consensus_value_variance(base, 0.0, x0).variance == pytest.approx(0.0, abs=1e-15)
+    with pytest.raises(TheoryError, match="x0 must have shape"):
+        consensus_value_variance(base, 0.3, np.ones(5))
+    with pytest.raises(TheoryError, match="message drop probability"):
+        consensus_value_variance(base, 1.0)
+
+
+def test_the_simulator_of_the_test_plays_messagedrops_rounds():
+    """The vectorized simulation above is the rounds MessageDrops plays (one path, seeded)."""
+    from flatlab.topology.faults import MessageDrops
+
+    base = make("ring", 5)
+    drops = MessageDrops(base, 0.4, seed=1)
+    x = np.arange(5.0)
+    for t in range(10):
+        W = base.matrix()  # noqa: N806
+        got = drops.delivered(t)
+        Wt = W.copy()  # noqa: N806
+        for (i, j), ok in zip(drops.edges, got, strict=True):
+            if not ok:
+                Wt[i, i] += Wt[i, j]
+                Wt[i, j] = 0
+        np.testing.assert_allclose(drops.matrix(t), Wt, atol=1e-15)
+        x = Wt @ x
+    assert np.isfinite(x).all()
