@@ -108,8 +108,9 @@ class MessageDrops:
     (``w_ii ← w_ii + w_ij``, ``w_ij ← 0``): each row still sums to one (``W_t`` is
     row-stochastic, consensus is still reached), but a column does not, so the average drifts
     and the value the nodes agree on is random. With the same ``p`` on every message
-    ``E[W_t] = (1 − p) W + p I`` is doubly stochastic and the consensus value is unbiased; its variance is :func:`flatlab.theory.consensus_value_variance`. Push-sum keeps the
-    mass when the sender keeps what was not delivered; that schedule is not this one.
+    ``E[W_t] = (1 − p) W + p I`` is doubly stochastic and the consensus value is unbiased; its
+    variance is :func:`flatlab.theory.consensus_value_variance`. Push-sum keeps the mass when the
+    sender keeps what was not delivered; that schedule is not this one.
 
     Attributes:
         base: A static graph with doubly stochastic weights (the rounds without drops).
