@@ -186,8 +186,12 @@ def phenomenon(tables: Mapping[str, pd.DataFrame], scale: Scale) -> pd.DataFrame
     """One row per setting tried: both batches' accuracy, the paired gap, its interval, found.
 
     ``low``/``high`` are the Holm-adjusted interval of ``small − large`` (the verdict's);
-    ``found``: the gap is separable (verdict ``better``) and at least :data:`MARGIN` on
-    average. ``cost_s``: wall-clock seconds of the setting's final runs.
+    ``settled_small``/``settled_large``: the share of each batch's finished runs whose training
+    loss has settled (``loss_converged``); ``found``: the gap is separable (verdict ``better``),
+    at least :data:`MARGIN` on average, and every run of both batches settled: a large batch
+    still optimizing after its few steps has a gap of optimization, not of generalization
+    (``gap_unsettled`` marks that case). ``cost_s``: wall-clock seconds of the setting's final
+    runs.
     """
     runs, verdicts = tables["runs"], tables["verdicts"]
     rows = []
@@ -200,6 +204,9 @@ def phenomenon(tables: Mapping[str, pd.DataFrame], scale: Scale) -> pd.DataFrame
         v = verdicts[verdicts["claim"] == f"small batch generalizes better ({label(s)})"]
         v = v.iloc[0] if len(v) else None
         diff = float(v["difference"]) if v is not None else math.nan
+        settled = {m: _share(done, m, "loss_converged") for m in ("small", "large")}
+        gap = bool(v is not None and v["verdict"] == "better" and diff >= MARGIN)
+        both = settled["small"] == 1.0 and settled["large"] == 1.0
         rows.append({
             "setting": label(s), **s,
             "small_batch": scale.options["small"], "large_batch": int(s["large"]),
@@ -213,7 +220,8 @@ def phenomenon(tables: Mapping[str, pd.DataFrame], scale: Scale) -> pd.DataFrame
             "high": float(v["high_adj"]) if v is not None else math.nan,
             "seeds": int(v["pairs"]) if v is not None else 0,
             "verdict": str(v["verdict"]) if v is not None else "no runs",
-            "found": bool(v is not None and v["verdict"] == "better" and diff >= MARGIN),
+            "settled_small": settled["small"], "settled_large": settled["large"],
+            "found": gap and both, "gap_unsettled": gap and not both,
             "cost_s": float(sel["seconds"].sum()) if "seconds" in sel else math.nan})
     return pd.DataFrame(rows)
 
@@ -221,6 +229,11 @@ def phenomenon(tables: Mapping[str, pd.DataFrame], scale: Scale) -> pd.DataFrame
 def _first(t: pd.DataFrame, method: str, col: str) -> float:
     v = t.loc[t["method"] == method, col]
     return float(v.iloc[0]) if len(v) else math.nan
+
+
+def _share(t: pd.DataFrame, method: str, col: str) -> float:
+    v = t.loc[t["method"] == method, col] if col in t else pd.Series(dtype=bool)
+    return float(v.astype(bool).mean()) if len(v) else math.nan
 
 
 def _mean(t: pd.DataFrame, method: str, col: str) -> float:
@@ -239,20 +252,30 @@ def appendix(tables: Mapping[str, pd.DataFrame], scale: Scale) -> str:
     ph = phenomenon(tables, scale)
     lines = ["## The search (`phenomenon.csv`)", "",
              "| setting | lr small / large | acc. small (%) | acc. large (%) | small − large "
-             "(points) [Holm interval] | train loss small / large | verdict | found | cost |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "(points) [Holm interval] | train loss small / large | loss settled small / "
+             "large | verdict | found | cost |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in ph.itertuples():
         lines.append(
             f"| {r.setting} | {r.lr_small:g} / {r.lr_large:g} | {100 * r.acc_small:.1f} | "
             f"{100 * r.acc_large:.1f} | {100 * r.difference:+.1f} [{100 * r.low:+.1f}, "
             f"{100 * r.high:+.1f}] | {r.train_loss_small:.3g} / {r.train_loss_large:.3g} | "
-            f"{r.verdict} | {'yes' if r.found else 'no'} | {_duration(r.cost_s)} |")
-    found = ph[ph["found"]]
+            f"{_pct(r.settled_small)} / {_pct(r.settled_large)} | {r.verdict} | "
+            f"{'yes' if r.found else ('gap, loss unsettled' if r.gap_unsettled else 'no')} | "
+            f"{_duration(r.cost_s)} |")
+    found, unsettled = ph[ph["found"]], ph[ph["gap_unsettled"]]
     lines += ["", (f"The large-batch gap appears in {len(found)} of {len(ph)} settings: "
                    + ", ".join(found["setting"]) + ".") if len(found) else
               f"No setting of the {len(ph)} tried shows a separable large-batch gap of at "
-              f"least {100 * MARGIN:.0f} points."]
+              f"least {100 * MARGIN:.0f} points with both batches' training loss settled."]
+    if len(unsettled):
+        lines.append(f"A gap with a training loss still moving (optimization, not only "
+                     f"generalization): {', '.join(unsettled['setting'])}.")
     return "\n".join(lines)
+
+
+def _pct(x: float) -> str:
+    return "?" if not math.isfinite(x) else f"{100 * x:.0f}%"
 
 
 STUDY = Study(

@@ -54,7 +54,10 @@ def test_tiny_scale_tunes_each_batch_runs_fixed_epochs_and_writes_the_search(tmp
         sel = runs[(runs["setting"] == r.setting) & (runs["status"] == "done")]
         small = sel.loc[sel["method"] == "small", "test_accuracy"].mean()
         assert r.acc_small == pytest.approx(small)
-        assert r.found == (r.verdict == "better" and r.difference >= study.MARGIN)
+        settled = all(sel.loc[sel["method"] == m, "loss_converged"].all()
+                      for m in ("small", "large"))
+        gap = r.verdict == "better" and r.difference >= study.MARGIN
+        assert r.found == (gap and settled) and r.gap_unsettled == (gap and not settled)
         assert r.cost_s == pytest.approx(runs.loc[runs["setting"] == r.setting, "seconds"].sum())
     assert "## The search (`phenomenon.csv`)" in (tmp_path / "summary.md").read_text()
     # re-judging from the committed tables alone rebuilds the same search table
@@ -68,24 +71,29 @@ def cfg_train(cfg) -> int:
 
 
 def test_found_needs_a_separable_gap_of_two_points():
-    s1, s2, s3 = ({"train": 100, "model": "m", "noise": 0.0, "epochs": e, "large": 64}
-                  for e in (1, 2, 3))
-    scale = Scale(settings=(s1, s2, s3), methods=("small", "large"), seeds=(0, 1), steps=1,
+    s1, s2, s3, s4 = ({"train": 100, "model": "m", "noise": 0.0, "epochs": e, "large": 64}
+                      for e in (1, 2, 3, 4))
+    scale = Scale(settings=(s1, s2, s3, s4), methods=("small", "large"), seeds=(0, 1), steps=1,
                   every=1, options={"small": 32})
     runs = pd.DataFrame([{**s, "setting": study.label(s), "method": m, "seed": 0, "lr": 0.1,
                           "status": "done", "test_accuracy": 0.9, "train_loss": 0.1,
-                          "seconds": 1.0} for s in (s1, s2, s3) for m in ("small", "large")])
+                          "loss_converged": s["epochs"] != 4 or m == "small", "seconds": 1.0}
+                         for s in (s1, s2, s3, s4) for m in ("small", "large")])
     verdicts = pd.DataFrame([
         {"claim": f"small batch generalizes better ({study.label(s)})", "difference": d,
          "low_adj": lo, "high_adj": hi, "pairs": 5, "verdict": v}
         for s, d, lo, hi, v in ((s1, 0.05, 0.01, 0.09, "better"),     # separable, 5 points
                                 (s2, 0.015, 0.005, 0.025, "better"),  # separable, 1.5 points
-                                (s3, 0.05, -0.01, 0.11, "inconclusive"))])
+                                (s3, 0.05, -0.01, 0.11, "inconclusive"),
+                                (s4, 0.05, 0.01, 0.09, "better"))])   # large batch unsettled
     ph = study.phenomenon({"runs": runs, "verdicts": verdicts}, scale)
-    assert ph["found"].tolist() == [True, False, False]
-    assert ph["cost_s"].tolist() == [2.0, 2.0, 2.0]
+    assert ph["found"].tolist() == [True, False, False, False]
+    assert ph["gap_unsettled"].tolist() == [False, False, False, True]
+    assert ph["settled_large"].tolist() == [1.0, 1.0, 1.0, 0.0]
+    assert ph["cost_s"].tolist() == [2.0, 2.0, 2.0, 2.0]
     text = study.appendix({"runs": runs, "verdicts": verdicts}, scale)
-    assert "appears in 1 of 3 settings" in text
+    assert "appears in 1 of 4 settings" in text and "gap, loss unsettled" in text
+    assert "still moving" in text
 
 
 def test_a_large_batch_the_nodes_cannot_fill_is_refused_before_any_run():
