@@ -1,7 +1,7 @@
 """The ``flatlab`` command.
 
     flatlab spectral --topology ring --nodes 16 [--weights metropolis] [--lazy]
-                [--link-failures P] [--json]
+                [--link-failures P | --node-churn P] [--json]
     flatlab bounds --algorithm diffusion --topology ring --nodes 16 [--L 1 --sigma2 1] [--json]
     flatlab disagreement (--topology ring --nodes 16 | --eigenvalues 1,0.5,...) --lr 0.1
                 --curvature 1,2 --noise 1 [--form diffusion] [--local-steps H] [--bulk-hs X]
@@ -100,15 +100,21 @@ def _table(rows: Sequence[tuple[str, Any]]) -> str:
 
 
 def _cmd_spectral(args: argparse.Namespace) -> int:
-    from flatlab.theory import link_failure_spectrum, spectral
+    from flatlab.theory import fault_spectrum, spectral
+    from flatlab.topology.faults import LinkFailures, NodeChurn
 
-    if args.link_failures is not None:
-        f = link_failure_spectrum(_topology_from(args), args.link_failures,
-                                  samples=args.samples, seed=args.seed or 0)
+    if args.link_failures is not None and args.node_churn is not None:
+        raise FlatlabError("give one fault model: --link-failures P or --node-churn P, not both")
+    if args.link_failures is not None or args.node_churn is not None:
+        top, seed = _topology_from(args), args.seed or 0
+        model = (LinkFailures(top, args.link_failures, seed=seed) if args.node_churn is None
+                 else NodeChurn(top, args.node_churn, seed=seed))
+        f = fault_spectrum(model, samples=args.samples)
         if args.json:
             print(json.dumps(f.as_dict()))
             return 0
-        print(f"{f.topology}, each link down with probability {_fmt(f.p)} per round "
+        what = "link" if args.node_churn is None else "node"
+        print(f"{f.topology}, each {what} down with probability {_fmt(f.p)} per round "
               f"({f.method}: {f.samples} failure patterns)")
         print(_table([
             ("E||e_t+1||^2 / E||e_t||^2 <=  lambda_2(E[W^T W])  (mean-square bound)",
@@ -584,6 +590,9 @@ def _parser() -> tuple[_Parser, dict[str, argparse.ArgumentParser]]:
     p.add_argument("--link-failures", type=float, metavar="P",
                    help="each link down with probability P per round (Metropolis weights on "
                         "the surviving graph): the mean-square bound and the exact rate")
+    p.add_argument("--node-churn", type=float, metavar="P",
+                   help="each node offline with probability P per round (it keeps its value; "
+                        "the online nodes mix among themselves)")
     p.add_argument("--samples", type=int, default=20000,
                    help="draws when the failure patterns are too many to sum (default 20000)")
     p.add_argument("--json", action="store_true", help="one JSON object")

@@ -25,6 +25,7 @@ from flatlab.theory.faults import (
     DropConsensus,
     FaultSpectrum,
     consensus_value_variance,
+    fault_spectrum,
     link_failure_spectrum,
     ring_metropolis_mean_weight,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "spectral_gap_study",
     "FaultSpectrum",
     "link_failure_spectrum",
+    "fault_spectrum",
     "ring_metropolis_mean_weight",
     "DropConsensus",
     "consensus_value_variance",

@@ -31,10 +31,14 @@ e_i)ᵀ`` and independent Bernoulli ``b_e``,
 
 so ``Var c = x_0ᵀ (M_∞ − 11ᵀ/n²) x_0`` (:func:`consensus_value_variance`).
 
-The expectations are exact, summed over every pattern of failed edges, when there are at most
-``max_edges`` edges (``2^m`` patterns); otherwise averages over ``samples`` seeded draws, with
-the standard error of each entry. The exact rate needs ``n² × n²`` and is computed for
-``n <= max_nodes``.
+**Node churn** (:class:`~flatlab.topology.faults.NodeChurn`: a node offline in a round keeps its
+value and the online nodes mix among themselves) is the same computation over the nodes instead
+of the edges (:func:`fault_spectrum`).
+
+The expectations are exact, summed over every pattern of failed parts (edges, or nodes), when
+there are at most ``max_units`` of them (``2^m`` patterns); otherwise averages over ``samples``
+seeded draws, with the standard error of each entry. The exact rate needs ``n² × n²`` and is
+computed for ``n <= max_nodes``.
 """
 
 from __future__ import annotations
@@ -46,10 +50,10 @@ import numpy as np
 
 from flatlab.errors import TheoryError
 from flatlab.topology.core import Topology
-from flatlab.topology.faults import LinkFailures, MessageDrops, surviving_matrix
+from flatlab.topology.faults import LinkFailures, MessageDrops, NodeChurn
 
-__all__ = ["FaultSpectrum", "link_failure_spectrum", "ring_metropolis_mean_weight",
-           "DropConsensus", "consensus_value_variance"]
+__all__ = ["FaultSpectrum", "fault_spectrum", "link_failure_spectrum",
+           "ring_metropolis_mean_weight", "DropConsensus", "consensus_value_variance"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ class FaultSpectrum:
         method: ``exact`` (every failure pattern) or ``sampled``.
         samples: Patterns summed (``2^m``) or drawn.
         stderr: Largest standard error of an entry of ``E[W]`` or ``E[WᵀW]`` (0 when exact).
+        model: ``link failures`` or ``node churn``.
     """
 
     topology: str
@@ -86,13 +91,15 @@ class FaultSpectrum:
     method: str
     samples: int
     stderr: float
+    model: str = "link failures"
 
     def as_dict(self) -> dict:
         """Plain numbers (no matrices), for JSON."""
         return {"topology": self.topology, "p": self.p, "n": self.n, "edges": self.edges,
                 "mean_square_bound": self.mean_square_bound, "rate": self.rate,
                 "mean_rate": self.mean_rate, "failure_free": self.failure_free,
-                "method": self.method, "samples": self.samples, "stderr": self.stderr}
+                "method": self.method, "samples": self.samples, "stderr": self.stderr,
+                "model": self.model}
 
 
 def ring_metropolis_mean_weight(p: float) -> float:
@@ -106,16 +113,33 @@ def link_failure_spectrum(topology: Topology, p: float, *, rule: str = "metropol
                           max_edges: int = 16, max_nodes: int = 16) -> FaultSpectrum:
     """``E[W]``, ``E[WᵀW]``, the mean-square bound and the exact rate under link failures.
 
+    :func:`fault_spectrum` of :class:`~flatlab.topology.faults.LinkFailures` (``topology``,
+    ``p``, ``seed``, ``rule``); ``max_edges`` is its ``max_units``.
+
+    Raises:
+        TheoryError: A bad input, in one line.
+    """
+    try:
+        faults = LinkFailures(topology, p, seed=seed, rule=rule)
+    except Exception as e:  # noqa: BLE001 - a TopologyError says what is wrong in one line
+        raise TheoryError(str(e)) from None
+    return fault_spectrum(faults, method=method, samples=samples, max_units=max_edges,
+                          max_nodes=max_nodes)
+
+
+def fault_spectrum(faults, *, method: str = "auto", samples: int = 20000, max_units: int = 16,
+                   max_nodes: int = 16) -> FaultSpectrum:
+    """``E[W]``, ``E[WᵀW]``, the mean-square bound and the exact rate of a fault model.
+
     Args:
-        topology: The static undirected base graph (symmetric weights).
-        p: Probability that an edge is down in a round, in ``[0, 1)``.
-        rule: Weights recomputed on the surviving graph (``metropolis`` or ``max-degree``).
-        method: ``exact`` (every one of the ``2^m`` failure patterns), ``sampled`` (``samples``
-            seeded draws, the rounds :class:`~flatlab.topology.faults.LinkFailures` plays), or
-            ``auto`` (exact when ``m <= max_edges``).
+        faults: :class:`~flatlab.topology.faults.LinkFailures` (its units are the edges) or
+            :class:`~flatlab.topology.faults.NodeChurn` (the nodes): ``m`` independent units,
+            each down with probability ``p`` in a round.
+        method: ``exact`` (every one of the ``2^m`` patterns, weighted by its probability),
+            ``sampled`` (``samples`` of the rounds the model plays, from its seed), or
+            ``auto`` (exact when ``m <= max_units``).
         samples: Draws for ``sampled``.
-        seed: Seed of the draws.
-        max_edges: Most edges for ``auto`` to enumerate.
+        max_units: Most units for ``auto`` to enumerate.
         max_nodes: Most nodes for the exact rate's ``n² × n²`` matrix.
 
     Raises:
@@ -123,17 +147,12 @@ def link_failure_spectrum(topology: Topology, p: float, *, rule: str = "metropol
     """
     if method not in ("auto", "exact", "sampled"):
         raise TheoryError(f"unknown method {method!r}; accepted: auto, exact, sampled")
-    try:
-        faults = LinkFailures(topology, p, seed=seed, rule=rule)
-    except Exception as e:  # noqa: BLE001 - a TopologyError says what is wrong in one line
-        raise TheoryError(str(e)) from None
-    n, edges = topology.n, faults.edges
-    m = len(edges)
+    topology, p, n, m = faults.base, faults.p, faults.n, faults.units
     if method == "auto":
-        method = "exact" if m <= max_edges else "sampled"
+        method = "exact" if m <= max_units else "sampled"
     if method == "exact" and m > 24:
         raise TheoryError(f"exact enumeration of 2^{m} failure patterns is too many; accepted: "
-                          "method='sampled' (or a graph with at most 24 edges)")
+                          "method='sampled' (or at most 24 parts that fail)")
     if method == "sampled" and (isinstance(samples, bool) or not isinstance(samples, int)
                                 or samples < 2):
         raise TheoryError(f"samples must be an integer >= 2, got {samples!r}")
@@ -152,7 +171,7 @@ def link_failure_spectrum(topology: Topology, p: float, *, rule: str = "metropol
         alive = np.asarray(alive, dtype=bool)
         k = int(alive.sum())
         weight = (1 - p) ** k * p ** (m - k) if method == "exact" else 1.0 / count
-        W = surviving_matrix(n, edges, alive, rule).toarray()  # noqa: N806
+        W = faults.round_from(alive).toarray()  # noqa: N806
         WW = W.T @ W  # noqa: N806
         mean += weight * W
         second += weight * WW
@@ -173,8 +192,9 @@ def link_failure_spectrum(topology: Topology, p: float, *, rule: str = "metropol
     free = float(np.linalg.norm(base - J, 2)) ** 2
     rate = float(np.max(np.abs(np.linalg.eigvals(K)))) if kron else None
     mean_rate = float(max(abs(lam_mean[-2]), abs(lam_mean[0])))
-    return FaultSpectrum(topology.label, float(p), n, m, mean, second, float(lam[-2]), rate,
-                         mean_rate, free, method, count, stderr)
+    model = "node churn" if isinstance(faults, NodeChurn) else "link failures"
+    return FaultSpectrum(topology.label, float(p), n, len(faults.edges), mean, second,
+                         float(lam[-2]), rate, mean_rate, free, method, count, stderr, model)
 
 
 

@@ -29,7 +29,8 @@ from flatlab.seeds import seed_for
 from flatlab.topology.core import Topology
 from flatlab.topology.weights import mixing_matrix
 
-__all__ = ["LinkFailures", "MessageDrops", "FAULT_RULES", "undirected_edges", "surviving_matrix"]
+__all__ = ["LinkFailures", "NodeChurn", "MessageDrops", "FAULT_RULES", "undirected_edges",
+           "surviving_matrix"]
 
 #: Weight rules recomputed on the surviving graph (both symmetric and doubly stochastic).
 FAULT_RULES = ("metropolis", "max-degree")
@@ -89,14 +90,80 @@ class LinkFailures:
         """Number of nodes."""
         return self.base.n
 
+    @property
+    def units(self) -> int:
+        """The independent parts that fail: the edges."""
+        return len(self.edges)
+
     def alive(self, t: int) -> np.ndarray:
         """Which edges are up in round ``t`` (boolean ``[m]``)."""
         rng = np.random.default_rng(seed_for(self.seed, "faults", int(t)))
-        return rng.random(len(self.edges)) >= self.p
+        return rng.random(self.units) >= self.p
+
+    def round_from(self, alive: np.ndarray) -> sp.csr_array:
+        """The mixing matrix when exactly the ``alive`` edges are up."""
+        return surviving_matrix(self.n, self.edges, alive, self.rule)
 
     def matrix(self, t: int, *, sparse: bool = False) -> np.ndarray | sp.csr_array:
         """Round ``t``'s mixing matrix on the surviving graph."""
-        w = surviving_matrix(self.n, self.edges, self.alive(t), self.rule)
+        w = self.round_from(self.alive(t))
+        return w if sparse else w.toarray()
+
+
+@dataclass(frozen=True)
+class NodeChurn:
+    """Each node is offline in a round with probability ``p``, independently.
+
+    An offline node neither computes nor communicates: it keeps its value (``w_ii = 1``) and
+    its edges are down; the online nodes mix with the base rule's weights recomputed on the
+    graph they induce, so every ``W_t`` stays symmetric and doubly stochastic. (That an offline
+    node skips its gradient step too is the training loop's part.)
+
+    Attributes:
+        base: The static, undirected graph with symmetric weights.
+        p: The probability that a node is offline in a round, in ``[0, 1)``.
+        seed: Seed of the churn (round ``t`` from ``seed_for(seed, "faults", t)``).
+        rule: The weight rule recomputed on the online graph (``metropolis`` by default).
+    """
+
+    base: Topology
+    p: float
+    seed: int = 0
+    rule: str = "metropolis"
+    edges: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.p, int | float) and math.isfinite(self.p) and 0 <= self.p < 1):
+            raise TopologyError(f"node churn probability p must be in [0, 1), got {self.p!r}")
+        if self.rule not in FAULT_RULES:
+            raise TopologyError(f"node churn recomputes {self.rule!r} weights; accepted: "
+                                f"{', '.join(FAULT_RULES)}")
+        object.__setattr__(self, "edges", undirected_edges(self.base))
+
+    @property
+    def n(self) -> int:
+        """Number of nodes."""
+        return self.base.n
+
+    @property
+    def units(self) -> int:
+        """The independent parts that fail: the nodes."""
+        return self.n
+
+    def alive(self, t: int) -> np.ndarray:
+        """Which nodes are online in round ``t`` (boolean ``[n]``)."""
+        rng = np.random.default_rng(seed_for(self.seed, "faults", int(t)))
+        return rng.random(self.n) >= self.p
+
+    def round_from(self, alive: np.ndarray) -> sp.csr_array:
+        """The mixing matrix when exactly the ``alive`` nodes are online."""
+        on = np.asarray(alive, dtype=bool)
+        return surviving_matrix(self.n, self.edges, on[self.edges[:, 0]] & on[self.edges[:, 1]],
+                                self.rule)
+
+    def matrix(self, t: int, *, sparse: bool = False) -> np.ndarray | sp.csr_array:
+        """Round ``t``'s mixing matrix among the online nodes."""
+        w = self.round_from(self.alive(t))
         return w if sparse else w.toarray()
 
 

@@ -186,3 +186,38 @@ def test_the_simulator_of_the_test_plays_messagedrops_rounds():
         np.testing.assert_allclose(drops.matrix(t), Wt, atol=1e-15)
         x = Wt @ x
     assert np.isfinite(x).all()
+
+
+def test_node_churn_against_the_definition_and_its_rounds():
+    """Offline nodes keep their value; the online ones mix with Metropolis on what they induce."""
+    from flatlab.theory import fault_spectrum
+    from flatlab.topology.faults import NodeChurn
+
+    n, p = 5, 0.2
+    churn = NodeChurn(make("ring", n), p, seed=4)
+    s = fault_spectrum(churn)
+    assert s.model == "node churn" and s.method == "exact" and s.samples == 2**n
+    J = np.full((n, n), 1 / n)  # noqa: N806
+    mean, second, kron = np.zeros((n, n)), np.zeros((n, n)), np.zeros((n * n, n * n))
+    for on in itertools.product((0, 1), repeat=n):
+        prob = np.prod([1 - p if o else p for o in on])
+        up = [(i, (i + 1) % n) for i in range(n) if on[i] and on[(i + 1) % n]]
+        deg = np.zeros(n)
+        for i, j in up:
+            deg[[i, j]] += 1
+        W = np.zeros((n, n))  # noqa: N806
+        for i, j in up:
+            W[i, j] = W[j, i] = 1 / (1 + max(deg[i], deg[j]))
+        W += np.diag(1 - W.sum(1))  # noqa: N806
+        mean += prob * W
+        second += prob * W.T @ W
+        kron += prob * np.kron(W - J, W - J)
+    np.testing.assert_allclose(s.mean, mean, atol=1e-15)
+    np.testing.assert_allclose(s.second, second, atol=1e-15)
+    assert s.rate == pytest.approx(max(abs(np.linalg.eigvals(kron))), rel=1e-12)
+    for t in range(50):
+        on, W = churn.alive(t), churn.matrix(t)  # noqa: N806
+        assert np.allclose(W, W.T) and np.allclose(W.sum(1), 1)
+        assert all(W[i, i] == 1.0 for i in np.flatnonzero(~on))  # an offline node keeps its value
+    with pytest.raises(TopologyError, match="churn probability"):
+        NodeChurn(make("ring", n), 1.0)
