@@ -89,10 +89,13 @@ def mechanism(a: argparse.Namespace, calls: int) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=1000)
-    ap.add_argument("--every", type=int, default=100)
-    ap.add_argument("--device", default="cpu")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 epilog="Each run trains a 16-node 1-D CNN: a few minutes on "
+                                        "one CPU core at the defaults.")
+    ap.add_argument("--steps", type=int, default=1000, help="training steps (default 1000)")
+    ap.add_argument("--every", type=int, default=100,
+                    help="measurement period in steps (default 100)")
+    ap.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     ap.add_argument("--mechanism", action="store_true",
                     help="the mechanism's measures and the loss measure's node subset")
     a = ap.parse_args()

@@ -121,7 +121,8 @@ def _cmd_spectral(args: argparse.Namespace) -> int:
              f.mean_square_bound),
             ("exact mean-square rate  rho(E[(W-J) x (W-J)])",
              "n > 16: not computed" if f.rate is None else f.rate),
-            ("rate of the expected iterate  lambda_2(E[W])", f.mean_rate),
+            ("expected iterate  ||E[W] - J||^2  (mean-square scale, <= exact)",
+             f.mean_rate**2),
             ("without failures  ||W - J||^2", f.failure_free),
             ("largest standard error of an entry", f.stderr)]))
         return 0
@@ -254,16 +255,26 @@ def _parse_numbers(text: str | None, flag: str, what: str) -> list[float] | None
 
 def _read_matrix(path: str):
     """A numeric CSV (one row per node, one column per direction) as an ``[n, m]`` array."""
+    import warnings
+
     import numpy as np
 
+    accepted = "accepted: a CSV of numbers, one row per node and one column per direction"
+    if not Path(path).exists():
+        raise FlatlabError(f"--heterogeneity {path}: no such file; {accepted}")
     if not Path(path).is_file():
-        raise FlatlabError(f"--heterogeneity {path}: no such file; accepted: a CSV of numbers, "
-                           "one row per node and one column per direction")
+        raise FlatlabError(f"--heterogeneity {path}: not a file; {accepted}")
     try:
-        return np.loadtxt(path, delimiter=",", ndmin=2, dtype=float)
+        with warnings.catch_warnings():  # an empty file warns; it is refused below
+            warnings.simplefilter("ignore", UserWarning)
+            z = np.loadtxt(path, delimiter=",", ndmin=2, dtype=float)
     except ValueError as e:
-        raise FlatlabError(f"--heterogeneity {path}: not a CSV of numbers ({e}); accepted: one "
-                           "row per node, one column per direction, comma-separated") from None
+        why = str(e).split(";")[0]  # numpy's reason, without its advice on usecols
+        raise FlatlabError(f"--heterogeneity {path}: not a CSV of numbers ({why}); "
+                           f"{accepted}") from None
+    if z.size == 0:
+        raise FlatlabError(f"--heterogeneity {path}: the file is empty; {accepted}")
+    return z
 
 
 def _cmd_disagreement(args: argparse.Namespace) -> int:

@@ -222,7 +222,8 @@ def label_noise(dataset: Dataset, fraction: float, seed: int = 0) -> Dataset:
         return dataset
     if dataset.task != "classification" or dataset.num_classes < 2:
         raise DataError(f"label_noise needs a classification task with at least 2 classes; "
-                        f"{dataset.name!r} is {dataset.task} with {dataset.num_classes}")
+                        f"{dataset.name!r} is a {dataset.task} task with "
+                        f"{dataset.num_classes} output(s)")
     rng = np.random.default_rng(derive_seed(check_seed(seed), 4242))
     n = dataset.num_train
     k = int(round(fraction * n))

@@ -288,9 +288,10 @@ STUDY = Study(
     curves=("test_accuracy", "train_loss"), summary_columns=("test_accuracy", "train_loss"),
     setting_label=label, appendix=appendix, holdout=HOLDOUT,
     views=lambda tables, scale: {"phenomenon": phenomenon(tables, scale)},
-    protocol="Centralized SGD (all-reduce over 16 nodes, iid) at total batch 32 against the "
-             "setting's large batch (512 of 1000 samples, 2048 of 4000) for the same epochs, "
-             "each batch's step tuned on 10% held out over 3 seeds, cosine with 5% warm-up, "
-             "no weight decay; mnist1d with N training samples (1000 "
-             "test), label noise on the training labels; claims Holm-adjusted over the "
-             "settings with a 2-point equivalence margin.")
+    protocol="Centralized SGD (an all-reduce over 16 nodes, iid) at the scale's small total "
+             "batch against each setting's large one, for the same epochs; each batch's step "
+             "tuned on 10% held out over the scale's tuning seeds, cosine with a 5% warm-up, "
+             "no weight decay; mnist1d with N training samples (1000 test), label noise on "
+             "the training labels; claims Holm-adjusted over the settings with a 2-point "
+             "equivalence margin. The title's step count is the longest run's (the small "
+             "batch's).")

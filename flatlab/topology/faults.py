@@ -2,9 +2,10 @@
 
 Each undirected edge of a static, symmetric base graph fails in a round independently with
 probability ``p``; the round's weights are recomputed by the base's rule on the surviving graph
-(Metropolis: ``w_ij = 1 / (1 + max(d_i, d_j))`` with the surviving degrees), so every ``W_t`` is
-symmetric and doubly stochastic and gossip preserves the average exactly. A node whose edges are
-all down keeps its own value (``w_ii = 1``). The draw of round ``t`` is seeded
+(Metropolis: ``w_ij = 1 / (1 + max(d_i, d_j))`` with the surviving degrees; max-degree; then the
+lazy ``(I + W) / 2`` when the base is lazy), so every ``W_t`` is symmetric and doubly stochastic,
+gossip preserves the average exactly, and ``p = 0`` plays the base's own matrix. A node whose
+edges are all down keeps its own value (``w_ii = 1``). The draw of round ``t`` is seeded
 (``seed_for(seed, "faults", t)``), so any process that asks for round ``t`` gets the same
 matrix. What theory says about such a random schedule (``E[W]``, ``E[WᵀW]`` and the exact
 mean-square rate) is :func:`flatlab.theory.link_failure_spectrum`.
@@ -19,6 +20,7 @@ mean-square rate) is :func:`flatlab.theory.link_failure_spectrum`.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +29,7 @@ import scipy.sparse as sp
 from flatlab.errors import TopologyError
 from flatlab.seeds import seed_for
 from flatlab.topology.core import Topology
+from flatlab.topology.weights import lazy as lazy_matrix
 from flatlab.topology.weights import mixing_matrix
 
 __all__ = ["LinkFailures", "NodeChurn", "MessageDrops", "FAULT_RULES", "undirected_edges",
@@ -48,7 +51,7 @@ def undirected_edges(topology: Topology) -> np.ndarray:
 
 
 def surviving_matrix(n: int, edges: np.ndarray, alive: np.ndarray, rule: str = "metropolis",
-                     ) -> sp.csr_array:
+                     *, lazy: bool = False) -> sp.csr_array:
     """The mixing matrix of the graph made of the ``alive`` edges (a boolean per edge)."""
     if rule not in FAULT_RULES:
         raise TopologyError(f"link failures recompute {rule!r} weights; accepted: "
@@ -57,7 +60,25 @@ def surviving_matrix(n: int, edges: np.ndarray, alive: np.ndarray, rule: str = "
     rows = np.concatenate([up[:, 0], up[:, 1]])
     cols = np.concatenate([up[:, 1], up[:, 0]])
     adj = sp.csr_array((np.ones(rows.size, dtype=bool), (rows, cols)), shape=(n, n))
-    return mixing_matrix(adj, rule, directed=False, name="the surviving graph")
+    w = mixing_matrix(adj, rule, directed=False, name="the surviving graph")
+    return lazy_matrix(w) if lazy else w
+
+
+def _checked(base: object, p: object, what: str, rule: str | None = None,
+             ) -> tuple[float, str, np.ndarray]:
+    """``p`` as a float in ``[0, 1)``, the rule to recompute (the base's by default), the edges."""
+    if not isinstance(base, Topology):
+        raise TopologyError(f"{what} need a Topology (flatlab.topology.make), got "
+                            f"{type(base).__name__}")
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not (
+            math.isfinite(float(p)) and 0 <= float(p) < 1):
+        raise TopologyError(f"{what} probability p must be in [0, 1), got {p!r}")
+    edges = undirected_edges(base)
+    chosen = base.weights if rule is None else rule
+    if chosen not in FAULT_RULES:
+        raise TopologyError(f"{what} recompute the weights on the surviving graph: {chosen!r} "
+                            f"weights cannot be; accepted: {', '.join(FAULT_RULES)}")
+    return float(p), chosen, edges
 
 
 @dataclass(frozen=True)
@@ -68,22 +89,21 @@ class LinkFailures:
         base: The static, undirected graph with symmetric weights.
         p: The probability that an edge is down in a round, in ``[0, 1)``.
         seed: Seed of the failures (round ``t`` draws from ``seed_for(seed, "faults", t)``).
-        rule: The weight rule recomputed on the surviving graph (``metropolis`` by default).
+        rule: The weight rule recomputed on the surviving graph (default: the base's own,
+            ``metropolis`` or ``max-degree``; a lazy base stays lazy).
     """
 
     base: Topology
     p: float
     seed: int = 0
-    rule: str = "metropolis"
+    rule: str | None = None
     edges: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.p, int | float) and math.isfinite(self.p) and 0 <= self.p < 1):
-            raise TopologyError(f"link failure probability p must be in [0, 1), got {self.p!r}")
-        if self.rule not in FAULT_RULES:
-            raise TopologyError(f"link failures recompute {self.rule!r} weights; accepted: "
-                                f"{', '.join(FAULT_RULES)}")
-        object.__setattr__(self, "edges", undirected_edges(self.base))
+        p, rule, edges = _checked(self.base, self.p, "link failures", self.rule)
+        object.__setattr__(self, "p", p)
+        object.__setattr__(self, "rule", rule)
+        object.__setattr__(self, "edges", edges)
 
     @property
     def n(self) -> int:
@@ -102,7 +122,7 @@ class LinkFailures:
 
     def round_from(self, alive: np.ndarray) -> sp.csr_array:
         """The mixing matrix when exactly the ``alive`` edges are up."""
-        return surviving_matrix(self.n, self.edges, alive, self.rule)
+        return surviving_matrix(self.n, self.edges, alive, self.rule, lazy=self.base.lazy)
 
     def matrix(self, t: int, *, sparse: bool = False) -> np.ndarray | sp.csr_array:
         """Round ``t``'s mixing matrix on the surviving graph."""
@@ -123,22 +143,20 @@ class NodeChurn:
         base: The static, undirected graph with symmetric weights.
         p: The probability that a node is offline in a round, in ``[0, 1)``.
         seed: Seed of the churn (round ``t`` from ``seed_for(seed, "faults", t)``).
-        rule: The weight rule recomputed on the online graph (``metropolis`` by default).
+        rule: The weight rule recomputed on the online graph (default: the base's own).
     """
 
     base: Topology
     p: float
     seed: int = 0
-    rule: str = "metropolis"
+    rule: str | None = None
     edges: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.p, int | float) and math.isfinite(self.p) and 0 <= self.p < 1):
-            raise TopologyError(f"node churn probability p must be in [0, 1), got {self.p!r}")
-        if self.rule not in FAULT_RULES:
-            raise TopologyError(f"node churn recomputes {self.rule!r} weights; accepted: "
-                                f"{', '.join(FAULT_RULES)}")
-        object.__setattr__(self, "edges", undirected_edges(self.base))
+        p, rule, edges = _checked(self.base, self.p, "node churn", self.rule)
+        object.__setattr__(self, "p", p)
+        object.__setattr__(self, "rule", rule)
+        object.__setattr__(self, "edges", edges)
 
     @property
     def n(self) -> int:
@@ -159,7 +177,7 @@ class NodeChurn:
         """The mixing matrix when exactly the ``alive`` nodes are online."""
         on = np.asarray(alive, dtype=bool)
         return surviving_matrix(self.n, self.edges, on[self.edges[:, 0]] & on[self.edges[:, 1]],
-                                self.rule)
+                                self.rule, lazy=self.base.lazy)
 
     def matrix(self, t: int, *, sparse: bool = False) -> np.ndarray | sp.csr_array:
         """Round ``t``'s mixing matrix among the online nodes."""
@@ -191,8 +209,13 @@ class MessageDrops:
     edges: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.p, int | float) and math.isfinite(self.p) and 0 <= self.p < 1):
+        if not isinstance(self.base, Topology):
+            raise TopologyError(f"message drops need a Topology (flatlab.topology.make), got "
+                                f"{type(self.base).__name__}")
+        if isinstance(self.p, bool) or not isinstance(self.p, numbers.Real) or not (
+                math.isfinite(float(self.p)) and 0 <= float(self.p) < 1):
             raise TopologyError(f"message drop probability p must be in [0, 1), got {self.p!r}")
+        object.__setattr__(self, "p", float(self.p))
         if self.base.time_varying or self.base.column_stochastic:
             raise TopologyError(f"message drops need a static doubly stochastic graph; "
                                 f"{self.base.label} is "

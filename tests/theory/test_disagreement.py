@@ -711,7 +711,10 @@ def test_cli_heterogeneity_from_a_csv_matches_the_api(capsys, tmp_path):
     assert code == 0 and "heterogeneity (constant offsets)" in out
     bad = tmp_path / "bad.csv"
     bad.write_text("1,x\n")
-    for path, needle in ((tmp_path / "none.csv", "no such file"), (bad, "not a CSV of numbers")):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    for path, needle in ((tmp_path / "none.csv", "no such file"), (bad, "not a CSV of numbers"),
+                         (empty, "the file is empty"), (tmp_path, "not a file")):
         code, out, err = _cli(capsys, "--topology", "ring", "--nodes", "8", "--lr", "0.1",
                               "--curvature", "1,2", "--noise", "1", "--heterogeneity", str(path))
         assert code == 2 and out == "" and err.count("\n") == 1 and needle in err

@@ -162,7 +162,7 @@ def test_message_drops_keep_rows_stochastic_and_the_consensus_value_unbiased_wit
     # the sample variance of 20000 draws is within 5% of the truth (4.5 of its standard errors)
     assert c.var(ddof=1) == pytest.approx(pred.variance, rel=0.05)
     assert consensus_value_variance(base, 0.0, x0).variance == pytest.approx(0.0, abs=1e-15)
-    with pytest.raises(TheoryError, match="x0 must have shape"):
+    with pytest.raises(TheoryError, match="x0 must be 6 finite numbers"):
         consensus_value_variance(base, 0.3, np.ones(5))
     with pytest.raises(TheoryError, match="message drop probability"):
         consensus_value_variance(base, 1.0)
@@ -221,3 +221,30 @@ def test_node_churn_against_the_definition_and_its_rounds():
         assert all(W[i, i] == 1.0 for i in np.flatnonzero(~on))  # an offline node keeps its value
     with pytest.raises(TopologyError, match="churn probability"):
         NodeChurn(make("ring", n), 1.0)
+
+
+def test_the_base_rule_and_laziness_are_kept_so_p_zero_plays_the_base_itself():
+    from flatlab.theory import consensus_value_variance
+    from flatlab.topology.faults import MessageDrops, NodeChurn
+
+    for base in (make("ring", 6, lazy=True),
+                 make("erdos-renyi", 8, edge_prob=0.4, seed=1, weights="max-degree")):
+        assert np.array_equal(LinkFailures(base, 0.0).matrix(0), base.matrix())
+        assert np.array_equal(NodeChurn(base, 0.0).matrix(3), base.matrix())
+        s = link_failure_spectrum(base, 0.0, method="sampled")
+        assert s.method == "exact" and s.samples == 1  # one pattern: nothing down
+        assert s.rate == pytest.approx(s.failure_free, rel=1e-12)
+        assert s.mean_square_bound == pytest.approx(s.failure_free, rel=1e-12)
+    assert LinkFailures(make("ring", 6), np.float32(0.3)).p == pytest.approx(0.3)
+    with pytest.raises(TopologyError, match="need a Topology"):
+        LinkFailures("ring", 0.3)
+    with pytest.raises(TopologyError, match="need a Topology"):
+        MessageDrops("ring", 0.3)
+    with pytest.raises(TheoryError, match="finite numbers"):
+        consensus_value_variance(make("ring", 5), 0.3, ["a"] * 5)
+    with pytest.raises(TheoryError, match="non-finite"):
+        consensus_value_variance(make("ring", 5), 0.3, [np.nan] * 5)
+    with pytest.raises(TheoryError, match="p must be in"):
+        ring_metropolis_mean_weight(1.7)
+    with pytest.raises(TheoryError, match="samples must be"):
+        link_failure_spectrum(make("ring", 6), 0.3, samples=0)
