@@ -31,6 +31,7 @@ import json
 import math
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -751,6 +752,10 @@ def _overrides(args: argparse.Namespace, extra: list[str], parser: argparse.Argu
     return words[:at] + words[at + 1:]
 
 
+#: How long a rank > 0 waits before leaving on bad input, so that rank 0 has printed it.
+_SILENT_RANK_DELAY_S = 3.0
+
+
 def _speaks() -> bool:
     """Whether this process prints errors: always, except ranks > 0 under torchrun."""
     return os.environ.get("RANK", "0") in ("", "0")
@@ -776,6 +781,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FlatlabError as err:
         if _speaks():
             print(f"flatlab {args.command}: error: {err}", file=sys.stderr)
+        else:
+            # every rank finds the same bad input; torchrun stops the others at the first exit,
+            # so a silent rank leaving first could kill rank 0 before it prints the one line
+            time.sleep(_SILENT_RANK_DELAY_S)
         return EXIT_USAGE
     except RankLostError as err:  # a distributed run lost a process: the run failed, not the input
         print(f"flatlab {args.command}: {err}", file=sys.stderr)
