@@ -64,25 +64,80 @@ def surviving_matrix(n: int, edges: np.ndarray, alive: np.ndarray, rule: str = "
     return lazy_matrix(w) if lazy else w
 
 
-def _checked(base: object, p: object, what: str, rule: str | None = None,
-             ) -> tuple[float, str, np.ndarray]:
-    """``p`` as a float in ``[0, 1)``, the rule to recompute (the base's by default), the edges."""
+def _probability(base: object, p: object, what: str, noun: str) -> float:
+    """``p`` as a float in ``[0, 1)``, after checking that ``base`` is a Topology."""
     if not isinstance(base, Topology):
         raise TopologyError(f"{what} need a Topology (flatlab.topology.make), got "
                             f"{type(base).__name__}")
     if isinstance(p, bool) or not isinstance(p, numbers.Real) or not (
             math.isfinite(float(p)) and 0 <= float(p) < 1):
-        raise TopologyError(f"{what} probability p must be in [0, 1), got {p!r}")
-    edges = undirected_edges(base)
-    chosen = base.weights if rule is None else rule
-    if chosen not in FAULT_RULES:
-        raise TopologyError(f"{what} recompute the weights on the surviving graph: {chosen!r} "
-                            f"weights cannot be; accepted: {', '.join(FAULT_RULES)}")
-    return float(p), chosen, edges
+        raise TopologyError(f"{noun} probability p must be in [0, 1), got {p!r}")
+    return float(p)
 
 
 @dataclass(frozen=True)
-class LinkFailures:
+class _Faults:
+    """What every fault model shares: a base graph, ``p``, the seeded draw of a round.
+
+    A model has ``units`` independent parts, each up with probability ``1 − p`` in a round
+    (:meth:`alive`, drawn from ``seed_for(seed, "faults", t)``), and builds the round's
+    matrix from which are up (:meth:`round_from`).
+    """
+
+    base: Topology
+    p: float
+    seed: int = 0
+    what = "faults"  # the model, in messages ("link failures need ...")
+    noun = "fault"  # one event ("link failure probability ...")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "p", _probability(self.base, self.p, self.what, self.noun))
+
+    @property
+    def n(self) -> int:
+        """Number of nodes."""
+        return self.base.n
+
+    @property
+    def units(self) -> int:  # pragma: no cover - every model defines it
+        raise NotImplementedError
+
+    def alive(self, t: int) -> np.ndarray:
+        """Which parts are up in round ``t`` (boolean ``[units]``)."""
+        rng = np.random.default_rng(seed_for(self.seed, "faults", int(t)))
+        return rng.random(self.units) >= self.p
+
+    def round_from(self, alive: np.ndarray) -> sp.csr_array:  # pragma: no cover
+        raise NotImplementedError
+
+    def matrix(self, t: int, *, sparse: bool = False) -> np.ndarray | sp.csr_array:
+        """Round ``t``'s mixing matrix."""
+        w = self.round_from(self.alive(t))
+        return w if sparse else w.toarray()
+
+
+@dataclass(frozen=True)
+class _Reweighted(_Faults):
+    """Faults after which the base's weight rule is recomputed on the edges still up."""
+
+    rule: str | None = None
+    edges: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "edges", undirected_edges(self.base))
+        rule = self.base.weights if self.rule is None else self.rule
+        if rule not in FAULT_RULES:
+            raise TopologyError(f"{self.what} recompute the weights on the surviving graph: "
+                                f"{rule!r} weights cannot be; accepted: {', '.join(FAULT_RULES)}")
+        object.__setattr__(self, "rule", rule)
+
+    def _on_edges(self, up: np.ndarray) -> sp.csr_array:
+        return surviving_matrix(self.n, self.edges, up, self.rule, lazy=self.base.lazy)
+
+
+@dataclass(frozen=True)
+class LinkFailures(_Reweighted):
     """A base graph whose edges fail independently with probability ``p`` in each round.
 
     Attributes:
@@ -93,45 +148,20 @@ class LinkFailures:
             ``metropolis`` or ``max-degree``; a lazy base stays lazy).
     """
 
-    base: Topology
-    p: float
-    seed: int = 0
-    rule: str | None = None
-    edges: np.ndarray = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        p, rule, edges = _checked(self.base, self.p, "link failures", self.rule)
-        object.__setattr__(self, "p", p)
-        object.__setattr__(self, "rule", rule)
-        object.__setattr__(self, "edges", edges)
-
-    @property
-    def n(self) -> int:
-        """Number of nodes."""
-        return self.base.n
+    what, noun = "link failures", "link failure"
 
     @property
     def units(self) -> int:
         """The independent parts that fail: the edges."""
         return len(self.edges)
 
-    def alive(self, t: int) -> np.ndarray:
-        """Which edges are up in round ``t`` (boolean ``[m]``)."""
-        rng = np.random.default_rng(seed_for(self.seed, "faults", int(t)))
-        return rng.random(self.units) >= self.p
-
     def round_from(self, alive: np.ndarray) -> sp.csr_array:
         """The mixing matrix when exactly the ``alive`` edges are up."""
-        return surviving_matrix(self.n, self.edges, alive, self.rule, lazy=self.base.lazy)
-
-    def matrix(self, t: int, *, sparse: bool = False) -> np.ndarray | sp.csr_array:
-        """Round ``t``'s mixing matrix on the surviving graph."""
-        w = self.round_from(self.alive(t))
-        return w if sparse else w.toarray()
+        return self._on_edges(alive)
 
 
 @dataclass(frozen=True)
-class NodeChurn:
+class NodeChurn(_Reweighted):
     """Each node is offline in a round with probability ``p``, independently.
 
     An offline node neither computes nor communicates: it keeps its value (``w_ii = 1``) and
@@ -146,47 +176,21 @@ class NodeChurn:
         rule: The weight rule recomputed on the online graph (default: the base's own).
     """
 
-    base: Topology
-    p: float
-    seed: int = 0
-    rule: str | None = None
-    edges: np.ndarray = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        p, rule, edges = _checked(self.base, self.p, "node churn", self.rule)
-        object.__setattr__(self, "p", p)
-        object.__setattr__(self, "rule", rule)
-        object.__setattr__(self, "edges", edges)
-
-    @property
-    def n(self) -> int:
-        """Number of nodes."""
-        return self.base.n
+    what, noun = "node churn", "node churn"
 
     @property
     def units(self) -> int:
         """The independent parts that fail: the nodes."""
         return self.n
 
-    def alive(self, t: int) -> np.ndarray:
-        """Which nodes are online in round ``t`` (boolean ``[n]``)."""
-        rng = np.random.default_rng(seed_for(self.seed, "faults", int(t)))
-        return rng.random(self.n) >= self.p
-
     def round_from(self, alive: np.ndarray) -> sp.csr_array:
         """The mixing matrix when exactly the ``alive`` nodes are online."""
         on = np.asarray(alive, dtype=bool)
-        return surviving_matrix(self.n, self.edges, on[self.edges[:, 0]] & on[self.edges[:, 1]],
-                                self.rule, lazy=self.base.lazy)
-
-    def matrix(self, t: int, *, sparse: bool = False) -> np.ndarray | sp.csr_array:
-        """Round ``t``'s mixing matrix among the online nodes."""
-        w = self.round_from(self.alive(t))
-        return w if sparse else w.toarray()
+        return self._on_edges(on[self.edges[:, 0]] & on[self.edges[:, 1]])
 
 
 @dataclass(frozen=True)
-class MessageDrops:
+class MessageDrops(_Faults):
     """Each directed message of a round is lost with probability ``p``; its receiver keeps it.
 
     When node ``i`` does not receive ``x_j`` it puts the weight ``w_ij`` on its own value
@@ -201,21 +205,14 @@ class MessageDrops:
         base: A static graph with doubly stochastic weights (the rounds without drops).
         p: The probability that a message is lost, in ``[0, 1)``.
         seed: Seed of the drops (round ``t`` from ``seed_for(seed, "faults", t)``).
+        edges: ``[m, 2]`` the messages ``(i, j)``: ``i`` receives from ``j``.
     """
 
-    base: Topology
-    p: float
-    seed: int = 0
+    what, noun = "message drops", "message drop"
     edges: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.base, Topology):
-            raise TopologyError(f"message drops need a Topology (flatlab.topology.make), got "
-                                f"{type(self.base).__name__}")
-        if isinstance(self.p, bool) or not isinstance(self.p, numbers.Real) or not (
-                math.isfinite(float(self.p)) and 0 <= float(self.p) < 1):
-            raise TopologyError(f"message drop probability p must be in [0, 1), got {self.p!r}")
-        object.__setattr__(self, "p", float(self.p))
+        super().__post_init__()
         if self.base.time_varying or self.base.column_stochastic:
             raise TopologyError(f"message drops need a static doubly stochastic graph; "
                                 f"{self.base.label} is "
@@ -226,21 +223,23 @@ class MessageDrops:
         object.__setattr__(self, "edges", np.stack([w.row[off], w.col[off]], axis=1))
 
     @property
-    def n(self) -> int:
-        """Number of nodes."""
-        return self.base.n
+    def units(self) -> int:
+        """The independent parts that fail: the directed messages."""
+        return len(self.edges)
 
     def delivered(self, t: int) -> np.ndarray:
         """Which messages ``j → i`` (rows of :attr:`edges`, ``(i, j)``) arrive in round ``t``."""
-        rng = np.random.default_rng(seed_for(self.seed, "faults", int(t)))
-        return rng.random(len(self.edges)) >= self.p
+        return self.alive(t)
 
-    def matrix(self, t: int, *, sparse: bool = False) -> np.ndarray | sp.csr_array:
-        """Round ``t``'s row-stochastic mixing matrix."""
-        w = self.base.matrix(0, sparse=True).tolil(copy=True)
-        for (i, j) in self.edges[~self.delivered(t)]:
-            w[i, i] += w[i, j]
-            w[i, j] = 0.0
-        w = sp.csr_array(w)
-        w.eliminate_zeros()
-        return w if sparse else w.toarray()
+    def round_from(self, alive: np.ndarray) -> sp.csr_array:
+        """The row-stochastic matrix when exactly the ``alive`` messages arrive."""
+        w = self.base.matrix(0, sparse=True)
+        lost = self.edges[~np.asarray(alive, dtype=bool)]
+        i, j = lost[:, 0], lost[:, 1]
+        kept = np.asarray(w[i, j]).ravel()
+        delta = sp.coo_array((np.concatenate([kept, -kept]),
+                              (np.concatenate([i, i]), np.concatenate([i, j]))),
+                             shape=w.shape)  # w_ii += w_ij, w_ij -= w_ij
+        out = sp.csr_array(w + delta)
+        out.eliminate_zeros()
+        return out
