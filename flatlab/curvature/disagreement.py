@@ -160,8 +160,9 @@ def disagreement_curvature(op, D: torch.Tensor, *, probes: int = 0,  # noqa: N80
         eps = random_probes((probes, n), seed=seed, dtype=torch.float64, device=D.device)
         rows = eps @ D / math.sqrt(n)
     zero = torch.zeros((), dtype=torch.float64, device=D.device)
-    samples = torch.stack([(r * op.matvec(r.to(op.dtype)).double()).sum() if bool(r.any())
-                           else zero for r in rows]).cpu()  # H 0 = 0: no product for it
+    nonzero = rows.any(dim=1).tolist()  # one device round trip, not one per row
+    samples = torch.stack([(r * op.matvec(r.to(op.dtype)).double()).sum() if nz else zero
+                           for r, nz in zip(rows, nonzero, strict=True)]).cpu()  # H 0 = 0
     if probes == 0:
         value, err = float(samples.sum()) / n, 0.0
     else:
@@ -185,8 +186,9 @@ def disagreement_gap(loss_fn: Callable[[torch.Tensor], torch.Tensor], xbar: torc
     with torch.no_grad():
         f0 = float(loss_fn(xbar))
         x64 = xbar.detach().double()
-        fs = [float(loss_fn((x64 + d.to(x64)).to(xbar.dtype))) if bool(d.any()) else f0
-              for d in D.double()]  # x̄ + 0 is x̄: no pass for a node that agrees exactly
+        D64 = D.double()  # noqa: N806
+        fs = [float(loss_fn((x64 + d.to(x64)).to(xbar.dtype))) if nz else f0
+              for d, nz in zip(D64, D64.any(dim=1).tolist(), strict=True)]  # x̄ + 0 is x̄
     gap = math.fsum(fs) / len(fs) - f0
     predicted = 0.5 * float(curvature)
     return DisagreementGap(gap, predicted, gap / predicted if predicted != 0 else math.nan, f0)
