@@ -41,6 +41,8 @@ from flatlab.errors import FlatlabError, RankLostError
 __all__ = ["main"]
 
 EXIT_USAGE = 2
+#: Ctrl-C: 128 + SIGINT, as shells report a process that SIGINT ended.
+EXIT_INTERRUPT = 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -503,7 +505,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         print(f"{res.status} at step {res.step}: {res.path}"
               + (f" ({res.message})" if res.message else "")
-              + ("" if res.ran else " (finished before: nothing ran; --restart to train again)"))
+              + ("" if res.ran or res.mended else
+                 " (finished before: nothing ran; --restart to train again)")
+              + (f" (mended: {res.mended})" if res.mended else ""))
         print(run_line(res.path))
     return 0 if res.status in ("done", "diverged") else 1
 
@@ -547,13 +551,14 @@ def _left_out(command: str, unreadable: Sequence[Any]) -> int:
 def _cmd_results(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from flatlab.experiment.io import atomic_write
     from flatlab.results import summary_readable
 
     csv = _output_file(args.csv, "--csv") if args.csv else None
     df, unreadable = summary_readable(args.path)
     if df is not None:
-        if csv is not None:
-            df.to_csv(csv, index=False)
+        if csv is not None:  # atomic: a full disk leaves no half (or empty) file behind
+            atomic_write(csv, lambda p: df.to_csv(p, index=False))
         with pd.option_context("display.width", 200, "display.max_columns", 30):
             print(df.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     return _left_out(args.command, unreadable)
@@ -564,6 +569,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     import matplotlib.figure
 
     matplotlib.use("Agg")
+    from flatlab.experiment.io import atomic_write
     from flatlab.plots import training_curves
     from flatlab.results import load_readable
 
@@ -575,7 +581,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     df, unreadable = load_readable(args.path)
     if df is not None:
         fig = training_curves(df, metrics=args.metric or None, hue=args.hue)
-        fig.savefig(out, dpi=150)
+        atomic_write(out, lambda p: fig.savefig(p, dpi=150, format=out.suffix[1:].lower()))
         print(f"wrote {out}")
     return _left_out(args.command, unreadable)
 
@@ -761,6 +767,27 @@ def _speaks() -> bool:
     return os.environ.get("RANK", "0") in ("", "0")
 
 
+def _matplotlib_config_dir() -> None:
+    """Give matplotlib a private cache folder where the user's is not writable (a read-only HOME).
+
+    matplotlib then makes a temporary one itself, but says so in two warning lines on every
+    command; flatlab makes it quietly (``MPLCONFIGDIR``, set only when the user has not).
+    """
+    if os.environ.get("MPLCONFIGDIR"):
+        return
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    wanted = Path(base) / "matplotlib"
+    try:
+        wanted.mkdir(parents=True, exist_ok=True)
+        if os.access(wanted, os.W_OK):
+            return
+    except OSError:
+        pass
+    import tempfile
+
+    os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="flatlab-matplotlib-")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status.
 
@@ -769,8 +796,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     Another failure to read or write a file: one line, status 1. ``results`` or ``plot`` over a
     sweep with runs that cannot be read: the others shown, one line per run left out, status 1.
     Output into a closed pipe (``flatlab bounds ... | head``): silent, status 141 (128 + SIGPIPE,
-    as other tools end).
+    as other tools end). Ctrl-C (SIGINT): one line, status 130 (128 + SIGINT); a run it stops is
+    left ``interrupted`` (not failed) and resumes from its last checkpoint.
     """
+    _matplotlib_config_dir()
+    for stream in (sys.stdout, sys.stderr):  # a path Python decoded with surrogate escapes (a
+        # non-ASCII folder in a plain-ASCII locale) is printed as the bytes it was, not refused
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="surrogateescape")
     parser, subparsers = _parser()
     args, extra = parser.parse_known_args(argv)
     args.overrides = _overrides(args, extra, subparsers.get(getattr(args, "command", ""), parser))
@@ -786,6 +819,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             # so a silent rank leaving first could kill rank 0 before it prints the one line
             time.sleep(_SILENT_RANK_DELAY_S)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # Ctrl-C: one line, as SIGTERM ends a run, and 128 + SIGINT
+        if _speaks():
+            print(f"\nflatlab {args.command}: interrupted (Ctrl-C); what finished is kept and "
+                  "the same command resumes the rest from its last checkpoint", file=sys.stderr)
+        return EXIT_INTERRUPT
     except RankLostError as err:  # a distributed run lost a process: the run failed, not the input
         print(f"flatlab {args.command}: {err}", file=sys.stderr)
         sys.stdout.flush()

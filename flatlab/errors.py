@@ -18,6 +18,7 @@ __all__ = [
     "CurvatureError",
     "ObjectiveError",
     "RunDirError",
+    "RunBusyError",
     "RankLostError",
     "UnreadableRunWarning",
 ]
@@ -71,6 +72,14 @@ class RunDirError(FlatlabError):
     """A run directory whose files flatlab cannot use (damaged, foreign, or in use elsewhere).
 
     The message names the file and what to do (``--restart``, another directory).
+    """
+
+
+class RunBusyError(RunDirError):
+    """A run directory that another live process is writing (it holds the directory's lock).
+
+    A sweep or study leaves such a run to its writer and reports it as skipped; ``flatlab run``
+    refuses it in one line. Nothing is read or written in the directory.
     """
 
 

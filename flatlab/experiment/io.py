@@ -28,7 +28,7 @@ import yaml
 from flatlab.errors import FlatlabError
 
 __all__ = ["StrictLoader", "yaml_loads", "read_yaml", "read_json", "atomic_write", "write_text",
-           "yaml_error_line"]
+           "yaml_error_line", "write_error", "write_parquet", "read_parquet"]
 
 
 class StrictLoader(yaml.SafeLoader):
@@ -150,15 +150,88 @@ def read_json(path: str | Path, what: str = "JSON file", *,
 def atomic_write(path: Path, writer: Callable[[Path], Any]) -> None:
     """``writer(tmp)`` then ``os.replace(tmp, path)``: readers see the old or the new file.
 
-    The temporary name is unique per process and thread, so two writers never share it.
+    The temporary name is unique per process and thread, so two writers never share it. A write
+    that fails (a full file system, a file-size limit, a folder that went read-only) leaves the
+    old file as it was and no temporary behind, and is raised as one :class:`OSError` naming
+    ``path`` and the cause (:func:`write_error`), also where the writer reported it otherwise
+    (torch's writer raises ``RuntimeError: [enforce fail at inline_container.cc] ...``).
     """
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{threading.get_ident()}")
     try:
         writer(tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        raise write_error(path, e) from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def write_error(path: Path, e: BaseException) -> OSError:
+    """``e``, raised while writing ``path``, as one line: the file and the cause, diagnosed.
+
+    ``ENOSPC``/``EDQUOT``: the file system (or a quota) is full; ``EFBIG``: a file-size limit
+    (``ulimit -f``); a writer that says neither (torch's) is told apart by the free space and the
+    process's limit.
+    """
+    import errno
+    import shutil
+
+    code = getattr(e, "errno", None)
+    if isinstance(e, OSError) and code not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, None):
+        return OSError(code, f"cannot be written: {e.strerror or e}", str(path))
+    limit = _file_size_limit()
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    full = free is not None and free < 1 << 20
+    if code in (errno.ENOSPC, errno.EDQUOT) or (code is None and full):
+        cause = f"the file system is full ({free if free is not None else '?'} bytes free)"
+        code = code or errno.ENOSPC
+    elif code == errno.EFBIG or (code is None and limit is not None):
+        cause = (f"a file-size limit stops it (ulimit -f: {limit} bytes)" if limit is not None
+                 else "a file-size limit stops it")
+        code = errno.EFBIG
+    else:
+        cause = (str(e).splitlines() or [type(e).__name__])[0][:160]
+        code = errno.EIO
+    return OSError(code, f"cannot be written: {cause}; the files written before are intact",
+                   str(path))
+
+
+def _file_size_limit() -> int | None:
+    """This process's file-size limit in bytes (``ulimit -f``), ``None`` when unlimited."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def write_parquet(path: Path, frame: Any) -> None:
+    """Write a DataFrame to ``path`` as Parquet, atomically, through a Python file object.
+
+    pyarrow encodes a path it is given as UTF-8 and fails on one that Python holds with
+    surrogate escapes (a non-ASCII folder under ``LC_ALL=C PYTHONUTF8=0``); a file Python opened
+    has no such problem.
+    """
+    def write(p: Path) -> None:
+        with open(p, "wb") as fh:
+            frame.to_parquet(fh, index=False)
+
+    atomic_write(Path(path), write)
+
+
+def read_parquet(path: Path) -> Any:
+    """A Parquet file as a DataFrame, read through a Python file object (see write_parquet)."""
+    import pandas as pd
+
+    with open(path, "rb") as fh:
+        return pd.read_parquet(fh)
 
 
 def write_text(path: Path, text: str) -> None:

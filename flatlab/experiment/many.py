@@ -6,10 +6,14 @@ A job is ``(run directory, config)``. :func:`run_many` keeps the rules every cal
   (:func:`flatlab.experiment.rundir.conflict`) and every config's needs of this machine met
   (:func:`flatlab.experiment.runner.preflight`: device, threads, ``init_from``, TensorBoard);
   one bad job refuses them all, in one line;
-* a finished run (``done`` or ``diverged``) of the same config is skipped, an unfinished one
-  resumes from its checkpoint, a failed one is retried;
-* a run alive in another process (:func:`flatlab.experiment.rundir.owned_elsewhere`) is left to
-  it and reported as skipped;
+* a finished run (``done`` or ``diverged``) of the same config is skipped when its files are
+  sound (:func:`flatlab.experiment.rundir.finished_damage`); a damaged one is mended (its other
+  files rewritten from a sound checkpoint, or the run trained again) and says so; an unfinished
+  one resumes from its checkpoint, or starts over when its status or config was damaged; a
+  failed one is retried;
+* a run alive in another process (:func:`flatlab.experiment.rundir.owned_elsewhere`, or the
+  directory's lock, :class:`flatlab.experiment.rundir.RunLock`) is left to it, untouched, and
+  reported as skipped;
 * a run that raises is marked ``failed`` (:func:`flatlab.experiment.rundir.mark_failed`) and the
   others go on; ``KeyboardInterrupt`` stops everything;
 * one worker runs the jobs in this process; more run them in spawned processes of one thread
@@ -30,7 +34,7 @@ from typing import Any
 
 import pandas as pd
 
-from flatlab.errors import ConfigError, FlatlabError
+from flatlab.errors import ConfigError, FlatlabError, RunBusyError, RunDirError
 from flatlab.experiment import rundir
 from flatlab.experiment.config import RunConfig, load_config, to_dict
 from flatlab.experiment.runner import preflight, run
@@ -49,6 +53,7 @@ class _Job:
     config: RunConfig
     progress: bool
     verbose: bool
+    damaged: str = ""  # an unfinished run's status or config is damaged: it starts over
 
     @property
     def name(self) -> str:
@@ -116,22 +121,38 @@ def _plan(jobs: Sequence[tuple[str | Path, RunConfig | dict[str, Any]]], label: 
             cfg = config if isinstance(config, RunConfig) else load_config(config)
         except ConfigError as e:
             raise ConfigError(f"{label} {path.name}: {e}") from None
-        problem = rundir.conflict(path, to_dict(cfg))
+        damaged = ""
+        try:
+            st = rundir.read_status(path)
+        except RunDirError as e:  # flatlab writes it atomically: damaged from outside
+            st, damaged = None, f"status.json is damaged ({_first(e)})"
+        try:
+            problem = rundir.conflict(path, to_dict(cfg))
+        except RunDirError as e:  # a finished run is mended from its checkpoint (decide)
+            problem = None
+            if st is None or st["status"] not in ("done", "diverged"):
+                damaged = damaged or f"config.yaml is damaged ({_first(e)})"
         if problem:
             raise ConfigError(f"{label} {path.name}: {problem}")
         try:
             preflight(cfg)
         except FlatlabError as e:
             raise type(e)(f"{label} {path.name}: {e}") from None
-        planned.append((_Job(path, cfg, progress, verbose), rundir.read_status(path)))
+        planned.append((_Job(path, cfg, progress, verbose, damaged), st))
     return planned
+
+
+def _first(e: Exception) -> str:
+    return str(e).split("; ")[0][:100]
 
 
 def _skipped(job: _Job, st: dict[str, Any] | None) -> dict[str, Any] | None:
     """The row of a job that does not run (finished, or alive elsewhere), else ``None``."""
-    if st is None:
+    if st is None or job.damaged:
         return None
     if st["status"] in ("done", "diverged"):
+        if rundir.finished_damage(job.path):  # its run mends it (rundir.decide)
+            return None
         message = st.get("message", "")
     elif rundir.owned_elsewhere(st):
         message = f"running in process {st.get('pid')} on {st.get('host')}"
@@ -144,15 +165,27 @@ def _skipped(job: _Job, st: dict[str, Any] | None) -> dict[str, Any] | None:
 def _run_one(job: _Job) -> dict[str, Any]:
     """Run one job; a run that raises is marked ``failed`` and its row says why."""
     try:
-        res = run(job.config, job.path, progress=job.progress)
+        res = run(job.config, job.path, progress=job.progress, resume=not job.damaged)
+        mended = (f"{job.damaged}: trained again from the start" if job.damaged
+                  else res.mended)
+        if mended and job.verbose:
+            print(f"{job.path}: mended: {mended}", file=sys.stderr, flush=True)
         return {"run": job.name, "status": res.status, "step": res.step,
-                "message": res.message, "skipped": False}
+                "message": f"mended: {mended}" if mended else res.message,
+                "skipped": not res.ran and not mended}
     except KeyboardInterrupt:
         raise
+    except RunBusyError as e:  # another process took it since the plan: left to it, untouched
+        if job.verbose:
+            print(f"{job.path}: skipped: {e}", file=sys.stderr, flush=True)
+        return {"run": job.name, "status": "running", "step": 0,
+                "message": "running in another process (it holds the directory's lock)",
+                "skipped": True}
     except Exception as e:  # noqa: BLE001 - a failed run is recorded, the others go on
         text = str(e).splitlines()[0] if str(e) else type(e).__name__
-        message = f"{type(e).__name__}: {text}"
-        if job.verbose and isinstance(e, FlatlabError):
+        message = (f"{e.filename} {e.strerror}" if isinstance(e, OSError) and e.filename
+                   and e.strerror else f"{type(e).__name__}: {text}")
+        if job.verbose and isinstance(e, (FlatlabError, OSError)):  # bad input, a file: a line
             print(f"{job.path}: {message}", file=sys.stderr, flush=True)
         elif job.verbose:
             traceback.print_exc()
@@ -161,7 +194,12 @@ def _run_one(job: _Job) -> dict[str, Any]:
         except FlatlabError:
             st = {}
         if st.get("status") != "failed":
-            rundir.mark_failed(job.path, to_dict(job.config), message)
+            try:
+                rundir.mark_failed(job.path, to_dict(job.config), message)
+            except OSError as e2:  # not even a status can be written (a full disk): stop here
+                raise OSError(e2.errno, f"{e2.strerror} (so the sweep stops; what finished is "
+                                        "kept and a rerun resumes the rest)", e2.filename
+                              ) from None
         return {"run": job.name, "status": "failed", "step": st.get("step", 0),
                 "message": message, "skipped": False}
 
@@ -211,11 +249,39 @@ def _clock(seconds: float) -> str:
 
 
 def _in_worker(job: _Job) -> dict[str, Any]:
-    """:func:`_run_one` in a spawned worker process, on one thread."""
+    """:func:`_run_one` in a spawned worker process, on one thread (Ctrl-C: an interrupted row).
+
+    After a SIGINT the worker starts nothing more: a job it is handed then (the pool queues
+    some ahead) comes back as not run.
+    """
+    import signal
+
     import torch
 
+    global _INTERRUPTED
+    if _INTERRUPTED:
+        return {"run": job.name, "status": "interrupted", "step": 0,
+                "message": "not started (interrupted)", "skipped": True}
     torch.set_num_threads(1)
-    return _run_one(job)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return _run_one(job)
+    except KeyboardInterrupt:  # the run left its directory interrupted (resumable)
+        _INTERRUPTED = True
+        return {"run": job.name, "status": "interrupted", "step": 0, "message": "interrupted",
+                "skipped": False}
+    finally:
+        signal.signal(signal.SIGINT, _note_interrupt)
+
+
+#: Set in a worker by a SIGINT: it starts no further job.
+_INTERRUPTED = False
+
+
+def _note_interrupt(signum: int, frame: Any) -> None:
+    """A worker's SIGINT between runs: no traceback, and no run started after it."""
+    global _INTERRUPTED
+    _INTERRUPTED = True
 
 
 def _run_pool(todo: list[tuple[int, _Job]], workers: int) -> list[tuple[int, dict[str, Any]]]:
@@ -224,11 +290,45 @@ def _run_pool(todo: list[tuple[int, _Job]], workers: int) -> list[tuple[int, dic
         return []
     out = []
     t0 = time.time()
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        rows = pool.map(_in_worker, [job for _, job in todo])
-        for k, ((i, job), row) in enumerate(zip(todo, rows, strict=True)):
-            if job.verbose:
-                print(f"[{k + 1}/{len(todo)}] {job.name}: {row['status']}"
-                      f"{_eta(k + 1, len(todo), t0)}", flush=True)
-            out.append((i, row))
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
+                             initializer=_quiet_on_interrupt) as pool:
+        try:
+            rows = pool.map(_in_worker, [job for _, job in todo])
+            for k, ((i, job), row) in enumerate(zip(todo, rows, strict=True)):
+                if job.verbose:
+                    print(f"[{k + 1}/{len(todo)}] {job.name}: {row['status']}"
+                          f"{_eta(k + 1, len(todo), t0)}", flush=True)
+                out.append((i, row))
+        except KeyboardInterrupt:
+            _interrupt(pool)
+            raise
     return out
+
+
+def _quiet_on_interrupt() -> None:
+    """A worker notes a SIGINT between runs (:func:`_note_interrupt`) instead of dying noisily."""
+    import signal
+
+    signal.signal(signal.SIGINT, _note_interrupt)
+
+
+def _interrupt(pool: ProcessPoolExecutor) -> None:
+    """Ctrl-C of the parent: no new run starts, and the running ones are interrupted.
+
+    A terminal sends SIGINT to the whole process group, workers included; a ``kill -INT`` of the
+    parent alone reaches them here. Each running run leaves its directory as an interrupted run
+    (resumable), as in a single process.
+    """
+    import os
+    import signal
+
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # no public handle
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        if proc.is_alive() and proc.pid is not None:
+            try:
+                os.kill(proc.pid, signal.SIGINT)
+            except OSError:
+                pass
+    for proc in procs:
+        proc.join(timeout=30)

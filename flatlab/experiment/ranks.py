@@ -27,21 +27,29 @@ from pathlib import Path
 from typing import Any
 
 from flatlab.comm.process import PeerLost, Processes, Watchdog
-from flatlab.errors import FlatlabError, RankLostError, RunDirError
+from flatlab.errors import FlatlabError, RankLostError, RunBusyError, RunDirError
 from flatlab.experiment import rundir
 from flatlab.experiment.hooks import StatusFile, Terminated
 
 __all__ = ["decide", "record_failure", "run_id", "catch_sigterm"]
 
 
-def decide(out: Path, cfg_dict: dict[str, Any], resume: bool, procs: Processes | None
-            ) -> tuple[str, Any]:
-    """:func:`rundir.decide` on rank 0, heard by every rank (also when reading fails)."""
+def decide(out: Path, cfg_dict: dict[str, Any], resume: bool, procs: Processes | None,
+           lock: rundir.RunLock) -> tuple[str, Any]:
+    """:func:`rundir.decide` on rank 0 under the directory's ``lock``, heard by every rank.
+
+    Rank 0 (the one writer) takes ``lock`` first; a refusal, a busy directory or a read that
+    fails is raised on every rank alike (a busy one as :class:`RunBusyError`).
+    """
     if procs is None:
+        lock.acquire()
         decision = rundir.decide(out, cfg_dict, resume)
     elif procs.rank == 0:
         try:
+            lock.acquire()
             decision = rundir.decide(out, cfg_dict, resume)
+        except RunBusyError as e:
+            decision = "busy", str(e)
         except FlatlabError as e:  # reported on every rank below
             decision = "error", str(e)
         except Exception as e:  # noqa: BLE001 - reported on every rank below
@@ -54,6 +62,8 @@ def decide(out: Path, cfg_dict: dict[str, Any], resume: bool, procs: Processes |
         box = [decision]
         dist.broadcast_object_list(box, src=0)
         decision = box[0]
+    if decision[0] == "busy":
+        raise RunBusyError(decision[1])
     if decision[0] == "error":
         raise RunDirError(decision[1])
     return decision
@@ -77,8 +87,19 @@ def record_failure(e: BaseException, out: Path, status: StatusFile, watchdog: Wa
             msg = lost = watchdog.verdict(e, terminated=terminated)
         elif not isinstance(e, KeyboardInterrupt):
             watchdog.blame_self(msg)
-    if status.main or (out / "status.json").is_file():  # rank 0 may be the one that was lost
-        status.writer.write("failed", status.step, status.record.elapsed, msg)
+    if isinstance(e, KeyboardInterrupt) and lost is None:
+        # Ctrl-C is an interrupt, not a failure: left as a killed process leaves it (shown as
+        # interrupted, resumed from its last checkpoint by the same command)
+        if status.main:
+            try:
+                status.writer.release()
+            except OSError:
+                pass
+    elif status.main or (out / "status.json").is_file():  # rank 0 may be the one that was lost
+        try:
+            status.writer.write("failed", status.step, status.record.elapsed, msg)
+        except OSError:  # a full disk: the error being raised says why; the status stays
+            pass
     if watchdog is not None:
         watchdog.close()
         watchdog.mark_exited()

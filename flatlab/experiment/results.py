@@ -30,6 +30,7 @@ import pandas as pd
 
 from flatlab.errors import FlatlabError, RunDirError, UnreadableRunWarning
 from flatlab.experiment import rundir
+from flatlab.experiment.io import read_parquet
 from flatlab.experiment.rundir import METRIC_COLUMNS
 
 __all__ = ["load", "find_runs", "flatten", "summary", "read_metrics", "run_line", "Unreadable",
@@ -78,13 +79,30 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+#: Files that only a run writes: a folder holding one of them is a run directory.
+_RUN_MARKS = ("status.json", "metrics.parquet", "checkpoint.pt")
+
+
 def find_runs(path: str | Path) -> list[Path]:
-    """Run directories (with ``config.yaml`` and ``status.json``) at or under ``path``."""
+    """Run directories at or under ``path``: folders holding a run's status, metrics or checkpoint.
+
+    A run that lost one of its files (a deleted ``config.yaml``, say) is still found, so that
+    reading it says what is missing instead of leaving it out without a word.
+    """
     path = Path(path)
-    if (path / "config.yaml").is_file() and (path / "status.json").is_file():
+    if any((path / m).exists() for m in _RUN_MARKS):
         return [path]
-    return sorted(p.parent for p in path.rglob("status.json") if (p.parent / "config.yaml")
-                  .is_file())
+    return sorted({p.parent for m in _RUN_MARKS for p in path.rglob(m)})
+
+
+def _require_files(run: Path) -> None:
+    """A run to read needs its ``config.yaml`` and ``status.json``; one line when one is gone."""
+    for name in ("config.yaml", "status.json"):
+        if not (run / name).exists():
+            raise RunDirError(f"run directory {run} has no {name} (deleted?); its results "
+                              "cannot be read without it: rerun its sweep or `flatlab run` its "
+                              "config into it (a finished run is mended from its checkpoint), "
+                              "or delete the run")
 
 
 def _runs_or_fail(path: Path) -> list[Path]:
@@ -93,7 +111,8 @@ def _runs_or_fail(path: Path) -> list[Path]:
         raise FlatlabError(f"results path {path} does not exist")
     runs = find_runs(path)
     if not runs:
-        raise FlatlabError(f"no run directory (config.yaml + status.json) under {path}")
+        raise FlatlabError(f"no run directory (a folder with status.json, metrics.parquet or "
+                           f"checkpoint.pt) under {path}")
     return runs
 
 
@@ -112,12 +131,13 @@ def read_metrics(run: str | Path) -> pd.DataFrame:
     if not mpath.is_file():
         return pd.DataFrame(columns=list(METRIC_COLUMNS))
     try:
-        df = pd.read_parquet(mpath)
+        df = read_parquet(mpath)
     except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds for a damaged file
         first = (str(e).splitlines() or [""])[0][:120] or type(e).__name__
         raise RunDirError(f"metrics file {mpath} cannot be read ({first}); it is damaged: "
-                          "resume the run to rewrite it at its next checkpoint, or delete the "
-                          "run") from None
+                          "rerun its sweep or `flatlab run` its config into it (a finished run "
+                          "rewrites it from its checkpoint, an unfinished one at its next), or "
+                          "delete the run") from None
     missing = [c for c in METRIC_COLUMNS if c not in df.columns]
     if missing:
         raise RunDirError(f"metrics file {mpath} has no column {missing[0]!r}; it is not a "
@@ -126,6 +146,7 @@ def read_metrics(run: str | Path) -> pd.DataFrame:
 
 
 def _run_frame(run: Path, root: Path) -> pd.DataFrame:
+    _require_files(run)
     cfg = flatten(rundir.read_config(run) or {})
     status = rundir.shown_status(rundir.read_status(run))
     df = read_metrics(run)
@@ -137,6 +158,7 @@ def _run_frame(run: Path, root: Path) -> pd.DataFrame:
 
 
 def _summary_row(run: Path, root: Path) -> dict[str, Any]:
+    _require_files(run)
     st = rundir.read_status(run)
     if st is None:  # find_runs saw it: it went away since
         raise RunDirError(f"status file {run / 'status.json'} is gone (removed while reading?)")

@@ -45,15 +45,23 @@ import pandas as pd
 import torch
 import yaml
 
-from flatlab.errors import RunDirError
+from flatlab.errors import RunBusyError, RunDirError
 from flatlab.experiment.config import EXECUTION_FIELDS
-from flatlab.experiment.io import atomic_write, read_json, read_yaml, write_text
+from flatlab.experiment.io import (
+    atomic_write,
+    read_json,
+    read_parquet,
+    read_yaml,
+    write_parquet,
+    write_text,
+)
 
 __all__ = ["STATUSES", "METRIC_COLUMNS", "SHOWN_STATUSES", "HEARTBEAT_S", "STALE_S", "Status",
            "Checkpoint", "read_status", "shown_status", "process_gone", "read_config", "identity",
            "load_checkpoint", "check_fits", "save_checkpoint", "final_models", "average_model",
            "StatusWriter", "mark_failed", "clear_results", "conflict", "owned_elsewhere",
-           "decide", "start_files", "write_results", "RESTART_HINT"]
+           "decide", "start_files", "write_results", "RESTART_HINT", "RunLock",
+           "finished_damage", "repair", "clear_temporaries"]
 
 STATUSES = ("running", "done", "diverged", "failed")
 #: Columns of ``metrics.parquet`` (long form).
@@ -192,6 +200,103 @@ def owned_elsewhere(st: Status | None) -> bool:
         return False
     same = st.get("pid") == os.getpid() and st.get("host") == socket.gethostname()
     return not same and ("pid" in st or "heartbeat" in st)
+
+
+class RunLock:
+    """One writer per run directory: an exclusive ``flock`` on the directory, held while it runs.
+
+    :func:`flatlab.experiment.run` takes it before it reads anything to decide what to do and
+    holds it until the run has written its last file, so two processes started on one folder at
+    the same moment cannot both run, whatever the timing: the second is refused
+    (:class:`~flatlab.errors.RunBusyError`, one line; a sweep or study skips the point). The
+    kernel releases the lock when its process ends, however it ends (an exception, SIGKILL, a
+    lost machine), so a later process resumes the run. The status file's ``pid`` and heartbeat
+    still say *who* writes; the lock is what makes the claim atomic.
+
+    The lock is taken on the directory itself, so nothing is written to take it (a new directory
+    is created first, and removed again when it stays empty). Where a file system refuses locks
+    on directories (NFS emulates ``flock`` with byte-range locks, which need a file open for
+    writing), a hidden ``.flatlab.lock`` file in the directory is locked instead. Without
+    ``fcntl`` (Windows) there is no lock and only the status check guards the directory.
+    """
+
+    #: The lock file used where a directory cannot be locked.
+    FILE = ".flatlab.lock"
+
+    def __init__(self, out: str | Path) -> None:
+        self.out = Path(out)
+        self._fd: int | None = None
+        self._made = False
+
+    def acquire(self) -> None:
+        """Take the lock, creating the directory when it is new (a file path is left to decide).
+
+        Raises:
+            RunBusyError: Another process holds it.
+            RunDirError: The directory cannot be created or opened.
+        """
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks through fcntl
+            return
+        out = self.out
+        if out.exists() and not out.is_dir():
+            return  # decide() refuses a file in one line
+        if not out.exists():
+            try:
+                out.mkdir(parents=True)
+                self._made = True
+            except FileExistsError:
+                pass
+            except OSError as e:
+                raise RunDirError(f"cannot create run directory {out}: {e.strerror or e}; "
+                                  "accepted: a path in a writable folder") from None
+        try:
+            fd = os.open(out, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError as e:
+            raise RunDirError(f"cannot open run directory {out}: {e.strerror or e}") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise
+            except OSError:  # no flock on a directory here: lock a file in it instead
+                os.close(fd)
+                fd = os.open(out / self.FILE, os.O_RDWR | os.O_CREAT, 0o644)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunBusyError(
+                f"run directory {out} is being written by another process (it holds the "
+                "directory's lock); wait for it to end or stop it, or choose another "
+                "directory") from None
+        except OSError as e:
+            os.close(fd)
+            raise RunDirError(f"cannot lock run directory {out}: {e.strerror or e}") from None
+        self._fd = fd
+
+    def release(self) -> None:
+        """Let go of the lock (idempotent); a directory it created and nothing filled is removed.
+
+        Only by the holder: a process that created the directory but lost the race for its lock
+        leaves it to the winner.
+        """
+        if self._made and self._fd is not None:
+            try:
+                self.out.rmdir()  # only an empty directory: nothing was written
+            except OSError:
+                pass
+            self._made = False
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 class StatusWriter:
@@ -377,7 +482,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise RunDirError(f"{bad} is not a checkpoint file (not written by torch.save); "
                           f"{RESTART_HINT}")
     try:
-        ck = torch.load(p, map_location="cpu", weights_only=True)
+        with open(p, "rb") as fh:
+            ck = torch.load(fh, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         why = ("it holds objects other than tensors and plain data (refused: loading them could "
                "run code)" if "weights only" in str(e).lower() or "weights_only" in str(e)
@@ -472,7 +578,11 @@ def check_fits(ck: Checkpoint, path: Path, *, state: dict[str, Any],
 
 def save_checkpoint(out: Path, ck: Checkpoint) -> None:
     """Write ``out/checkpoint.pt`` atomically."""
-    atomic_write(Path(out) / "checkpoint.pt", lambda p: torch.save(ck.to_dict(), p))
+    def write(p: Path) -> None:  # through a Python file: any path Python can open
+        with open(p, "wb") as fh:
+            torch.save(ck.to_dict(), fh)
+
+    atomic_write(Path(out) / "checkpoint.pt", write)
 
 
 def final_models(path: str | Path) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -534,10 +644,9 @@ def write_results(out: Path, metrics: list[tuple], tables: dict[str, list[dict[s
     df = pd.DataFrame(metrics, columns=list(METRIC_COLUMNS))
     df = df.astype({"step": "int64", "epoch": "float64", "metric": "string", "scope": "string",
                     "value": "float64"})
-    atomic_write(Path(out) / "metrics.parquet", lambda p: df.to_parquet(p, index=False))
+    write_parquet(Path(out) / "metrics.parquet", df)
     for t, rows in tables.items():
-        atomic_write(Path(out) / f"{t}.parquet",
-                     lambda p, r=rows: pd.DataFrame(r).to_parquet(p, index=False))
+        write_parquet(Path(out) / f"{t}.parquet", pd.DataFrame(rows))
 
 
 # ---------------------------------------------------------------------- resume decision
@@ -614,13 +723,101 @@ def foreign_files(out: Path) -> str | None:
             "directory")
 
 
+def finished_damage(out: Path) -> list[str]:
+    """What is missing or damaged among a finished run's files; empty when they are sound.
+
+    A finished run is only as good as its files: ``config.yaml`` (what the run was),
+    ``metrics.parquet`` (what it measured) and ``checkpoint.pt`` (its final state, which later
+    measures read). Each is read whole here: the YAML parsed, the table read, the checkpoint
+    loaded and checked (:func:`load_checkpoint`). Each problem is ``"FILE is missing"`` or
+    ``"FILE is damaged (why)"``.
+    """
+    out = Path(out)
+    problems = []
+    try:
+        if read_config(out) is None:
+            problems.append("config.yaml is missing")
+    except RunDirError as e:
+        problems.append(f"config.yaml is damaged ({_why(e)})")
+    m = out / "metrics.parquet"
+    if not m.is_file():
+        problems.append("metrics.parquet is missing")
+    else:
+        try:
+            read_parquet(m)
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds for a damaged file
+            problems.append(f"metrics.parquet is damaged ({_why(e)})")
+    c = out / "checkpoint.pt"
+    if not c.is_file():
+        problems.append("checkpoint.pt is missing")
+    else:
+        try:
+            load_checkpoint(c)
+        except RunDirError as e:
+            problems.append(f"checkpoint.pt is damaged ({_why(e)})")
+    return problems
+
+
+def _why(e: Exception) -> str:
+    first = (str(e).splitlines() or [""])[0]
+    return (first.split("; ")[0][:100] or type(e).__name__).rstrip(".")
+
+
+def _mend(out: Path, cfg_dict: dict[str, Any], st: Status, damage: list[str]
+          ) -> tuple[str, Any]:
+    """What to do with a finished run of ``cfg_dict`` whose files are damaged.
+
+    A sound checkpoint of the same config holds everything else (its config, every metric row
+    and extra table): ``("repair", (status, checkpoint, damage))`` rewrites the other files from
+    it, nothing trained. Without one the run is trained again from the start: ``("redo",
+    damage)``. Never a run of another config: a readable ``config.yaml`` or checkpoint that
+    differs is refused as any other conflict.
+    """
+    if not any(d.startswith("config.yaml") for d in damage):
+        problem = conflict(out, cfg_dict)
+        if problem:
+            return "error", problem.replace("choose another output directory or delete it",
+                                            f"choose another output directory or {RESTART_HINT}")
+    if any(d.startswith("checkpoint.pt") for d in damage):
+        return "redo", damage
+    ck = load_checkpoint(out / "checkpoint.pt")
+    if ck.config is None or identity(ck.config) != identity(cfg_dict):
+        return "error", (f"run directory {out}: {'; '.join(damage)}, and its checkpoint was "
+                         f"written by a run with a different config; {RESTART_HINT}")
+    return "repair", (st, ck, damage)
+
+
+def clear_temporaries(out: Path) -> list[str]:
+    """Remove what dead writers left of their atomic writes (``.NAME.tmpPID-TID``); their names.
+
+    Called by the holder of the directory's :class:`RunLock` only: no other writer is alive,
+    so every temporary file there is a killed process's leftover.
+    """
+    out = Path(out)
+    gone = []
+    if out.is_dir():
+        for f in out.iterdir():
+            if f.name.startswith(".") and ".tmp" in f.name and f.is_file():
+                f.unlink(missing_ok=True)
+                gone.append(f.name)
+    return gone
+
+
+def repair(out: Path, ck: Checkpoint, cfg_dict: dict[str, Any]) -> None:
+    """Rewrite a finished run's config, metrics and extra tables from its sound checkpoint."""
+    out = Path(out)
+    write_text(out / "config.yaml", yaml.safe_dump(ck.config or cfg_dict, sort_keys=False))
+    write_results(out, list(ck.metrics), ck.tables)
+
+
 def decide(out: Path, cfg_dict: dict[str, Any], resume: bool
            ) -> tuple[str, Status | Checkpoint | str | None]:
     """What to do with the run directory ``out`` for a run of ``cfg_dict``.
 
     Returns ``("finished", status)`` for a finished run (done or diverged) of the same config,
-    ``("start", checkpoint)`` to resume (``None``: start afresh), or ``("error", message)``.
-    Everything is read and checked here, before anything is written.
+    ``("start", checkpoint)`` to resume (``None``: start afresh), ``("repair", ...)`` or
+    ``("redo", damage)`` for a finished run whose files are damaged (:func:`_mend`), or
+    ``("error", message)``. Everything is read and checked here, before anything is written.
 
     Raises:
         RunDirError: (when resuming) a damaged status, config or checkpoint.
@@ -646,6 +843,10 @@ def decide(out: Path, cfg_dict: dict[str, Any], resume: bool
             return "error", problem
     if st is None or not resume:
         return "start", None
+    if st["status"] in ("done", "diverged"):
+        damage = finished_damage(out)
+        if damage:
+            return _mend(out, cfg_dict, st, damage)
     problem = conflict(out, cfg_dict)
     if problem:
         return "error", problem.replace("choose another output directory or delete it",

@@ -30,7 +30,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,9 @@ class RunResult:
     """Outcome of :func:`run`: the directory, the final status, the step reached.
 
     ``main`` is whether this process wrote the directory (rank 0 of a distributed run); ``ran``
-    is False when the run had finished before and was returned as it was.
+    is False when the run had finished before and was returned as it was. ``mended`` says which
+    of a finished run's files were missing or damaged and how they were mended (rewritten from
+    its checkpoint, or the run trained again); empty when nothing was.
     """
 
     path: Path
@@ -66,6 +68,7 @@ class RunResult:
     message: str = ""
     main: bool = True
     ran: bool = True  # False: the run had finished before and nothing ran
+    mended: str = ""  # a finished run's damaged files, and how they were mended
 
 
 def run(config: RunConfig | dict | str | Path, out: str | Path, *, progress: bool = True,
@@ -162,18 +165,33 @@ def _run(cfg: RunConfig, out: Path, *, progress: bool, resume: bool, stop_after:
          hooks: Sequence[Hook]) -> RunResult:
     procs = join(cfg.device, cfg.timeout) if cfg.backend == "distributed" else None
     failed = False
+    lock = rundir.RunLock(out)  # rank 0's, held until the run has written its last file
     try:
-        kind, payload = ranks.decide(out, to_dict(cfg), resume, procs)
+        kind, payload = ranks.decide(out, to_dict(cfg), resume, procs, lock)
+        main = procs is None or procs.rank == 0
+        if main:  # under the lock: what a killed writer left half-written goes
+            rundir.clear_temporaries(out)
         if kind == "finished":
             return RunResult(out, payload["status"], payload["step"],
-                             payload.get("message", ""), procs is None or procs.rank == 0,
-                             ran=False)
+                             payload.get("message", ""), main, ran=False)
+        if kind == "repair":  # a finished run whose other files its checkpoint rewrites
+            st, ck, damage = payload
+            if main:
+                rundir.repair(out, ck, to_dict(cfg))
+            return RunResult(out, st["status"], st["step"], st.get("message", ""), main,
+                             ran=False, mended=f"{'; '.join(damage)}: rewritten from its "
+                                               "checkpoint, nothing trained")
+        if kind == "redo":  # a finished run without a sound checkpoint: trained again
+            res = _train(cfg, out, None, procs, progress=progress, stop_after=stop_after,
+                         extra=hooks)
+            return replace(res, mended=f"{'; '.join(payload)}: trained again from the start")
         return _train(cfg, out, payload, procs, progress=progress, stop_after=stop_after,
                       extra=hooks)
     except BaseException:
         failed = True
         raise
     finally:
+        lock.release()
         if procs is not None:
             leave(procs, failed=failed)
 

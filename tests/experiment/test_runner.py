@@ -197,7 +197,7 @@ def test_sweep_runs_grid_records_failures_and_resumes(tmp_path, monkeypatch):
 
     calls = []
 
-    def flaky(cfg, path, progress=True):
+    def flaky(cfg, path, progress=True, resume=True):
         calls.append(cfg.name)
         raise RuntimeError("boom")
 

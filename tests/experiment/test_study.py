@@ -48,7 +48,7 @@ def test_run_many_in_process_marks_failures_skips_finished_and_restores_threads(
         tmp_path, monkeypatch, capsys):
     real, seen = many_mod.run, []
 
-    def flaky(cfg, path, progress=True):
+    def flaky(cfg, path, progress=True, resume=True):
         seen.append((path.name, torch.get_num_threads()))
         if path.name == "b":
             raise RuntimeError("boom\nsecond line")
