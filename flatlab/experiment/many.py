@@ -100,6 +100,8 @@ def run_many(jobs: Sequence[tuple[str | Path, RunConfig | dict[str, Any]]], work
     planned = _plan(jobs, label, progress=progress, verbose=verbose)
     if before is not None:
         before()
+    for parent in sorted({job.path.parent for job, _ in planned}):  # a read-only folder or a
+        parent.mkdir(parents=True, exist_ok=True)  # full disk: one OSError now, not per run
     rows: list[dict[str, Any] | None] = [_skipped(job, st) for job, st in planned]
     todo = [(i, job) for i, (job, _) in enumerate(planned) if rows[i] is None]
     if workers == 1:

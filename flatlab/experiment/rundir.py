@@ -26,7 +26,10 @@ process, and refreshes ``heartbeat`` (Unix seconds) every :data:`HEARTBEAT_S` se
 background thread. A ``running`` status whose process is gone (on this host: no process with that
 pid and start time; on another host: no heartbeat for :data:`STALE_S` seconds) is shown as
 ``interrupted`` (:func:`shown_status`); ``flatlab run`` resumes it from its checkpoint. A run
-directory whose process is still alive is never written by a second process.
+directory whose process is still alive is never written by a second process: :class:`RunLock`
+(an ``flock`` on the directory, held from before :func:`decide` to the last file) makes that hold
+whatever the timing, and :func:`finished_damage` / :func:`repair` check and mend a finished run's
+files before it is trusted.
 """
 
 from __future__ import annotations

@@ -13,10 +13,18 @@ def _cli(argv: list[str]) -> int:
         return 0 if argv else 2
     try:
         study = load(argv[0])
-    except FlatlabError as e:
+        return main(study, argv[1:])
+    except FlatlabError as e:  # bad input, a run folder that cannot be used: one line
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return main(study, argv[1:])
+    except KeyboardInterrupt:  # Ctrl-C: finished runs are kept, the same command resumes
+        print("\ninterrupted (Ctrl-C); what finished is kept and the same command resumes the "
+              "rest from its last checkpoint", file=sys.stderr)
+        return 130
+    except OSError as e:  # a folder that cannot be written, a full disk: one line
+        where = f"{e.filename} " if getattr(e, "filename", None) else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -331,14 +331,12 @@ def test_a_file_size_limit_is_one_line_and_keeps_the_last_checkpoint(tmp_path):
     assert not [f for f in out.iterdir() if ".tmp" in f.name]
 
 
-@pytest.fixture
-def small_file_system(tmp_path):
-    """A real file system of 160 KiB (tmpfs), where this machine lets the tests mount one."""
+def _mounted(where: Path, options: str):
+    """A real tmpfs at ``where``, where this machine lets the tests mount one (else a skip)."""
     import subprocess
 
-    where = tmp_path / "small"
     where.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(where)],
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
                           capture_output=True)
     if made.returncode != 0:
         pytest.skip("this machine does not let the tests mount a file system")
@@ -346,6 +344,36 @@ def small_file_system(tmp_path):
         yield where
     finally:
         subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+@pytest.fixture
+def small_file_system(tmp_path):
+    """A real file system of 160 KiB."""
+    yield from _mounted(tmp_path / "small", "size=160k")
+
+
+@pytest.fixture
+def read_only_file_system(tmp_path):
+    """A real file system mounted read-only (root writes into read-only folders, not here)."""
+    yield from _mounted(tmp_path / "ro", "size=64k,ro")
+
+
+def test_a_study_or_sweep_into_a_read_only_file_system_is_one_line(read_only_file_system,
+                                                                   tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "flatlab.studies", "large_batch", "--scale",
+                           "tiny", "--out", str(read_only_file_system / "x")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip() == f"error: {read_only_file_system / 'x'} Read-only file system"
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(
+        dict(_sweep(tmp_path), out=str(read_only_file_system / "sw"))))
+    proc = subprocess.run(_cli("sweep", str(tmp_path / "s.yaml")), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "Read-only file system" in proc.stderr
 
 
 def test_a_sweep_onto_a_full_file_system_says_so_in_one_line_per_point(small_file_system,
@@ -411,3 +439,26 @@ def test_a_read_only_home_gives_matplotlib_a_private_folder_quietly(monkeypatch)
     monkeypatch.setenv("MPLCONFIGDIR", "/chosen")
     cli._matplotlib_config_dir()
     assert os.environ["MPLCONFIGDIR"] == "/chosen"  # the user's choice stands
+
+
+def test_the_advice_for_damaged_metrics_when_followed_mends_them(tmp_path, capsys):
+    """``flatlab results`` says to run the config into the folder; doing so rewrites the table
+    from the checkpoint (before: "done, nothing ran", then the same error)."""
+    import pandas as pd
+
+    from flatlab.cli import main
+
+    out = tmp_path / "run"
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(TINY))
+    assert main(["run", str(tmp_path / "c.yaml"), "--out", str(out), "--no-progress"]) == 0
+    want = pd.read_parquet(out / "metrics.parquet")
+    (out / "metrics.parquet").write_bytes(b"PAR1 not really")
+    capsys.readouterr()
+    assert main(["results", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "`flatlab run` its config into it" in err
+    assert main(["run", str(tmp_path / "c.yaml"), "--out", str(out), "--no-progress"]) == 0
+    said = capsys.readouterr().out
+    assert "mended: metrics.parquet is damaged" in said and "nothing ran" not in said
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "metrics.parquet"), want)
+    assert main(["results", str(out)]) == 0
