@@ -231,6 +231,17 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "flatlab.cli", *args]
 
 
+def _as_from_a_terminal() -> None:
+    """SIGINT as a terminal's foreground process has it: default (Python's KeyboardInterrupt).
+
+    A process inherits an ignored SIGINT (a shell's background job, a pytest-xdist worker), and
+    Python then keeps ignoring it, as Ctrl-C never reaches a background job.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _wait_for(path: Path, proc, seconds: float = 120) -> None:
     import time
 
@@ -255,7 +266,8 @@ def test_ctrl_c_interrupts_a_run_in_one_line_and_it_resumes(tmp_path):
     out = tmp_path / "run"
     cmd = _cli("run", str(tmp_path / "c.yaml"), "--out", str(out), "--no-progress")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=_as_from_a_terminal)
     _wait_for(out / "checkpoint.pt", proc)
     time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGINT)
@@ -266,7 +278,8 @@ def test_ctrl_c_interrupts_a_run_in_one_line_and_it_resumes(tmp_path):
     st = read_status(out)
     assert st["status"] == "running" and st["step"] < 3000 and shown_status(st) == "interrupted"
     (out / ".checkpoint.pt.tmp999-1").write_bytes(b"")  # as a killed writer leaves one
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_as_from_a_terminal)
     deadline = time.time() + 120
     while (read_status(out) or {}).get("pid") != proc.pid and time.time() < deadline:
         time.sleep(0.05)  # the resumed run has taken the directory over
@@ -288,7 +301,8 @@ def test_ctrl_c_of_a_parallel_sweep_is_one_line_and_leaves_no_run_failed(tmp_pat
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
     proc = subprocess.Popen(_cli("sweep", str(tmp_path / "s.yaml"), "--jobs", "2",
                                  "--no-progress"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=_as_from_a_terminal)
     deadline = time.time() + 120
     while time.time() < deadline and not list((tmp_path / "sw").glob("*/checkpoint.pt")):
         time.sleep(0.05)
