@@ -23,7 +23,7 @@ from flatlab.comm.process import Processes
 from flatlab.engine import GradientOracle, NodeStack
 from flatlab.engine.oracle import Oracle, sam_oracle
 from flatlab.errors import ConfigError, FlatlabError, RunDirError
-from flatlab.experiment.config import RunConfig
+from flatlab.experiment.config import RunConfig, fault_schedule
 from flatlab.experiment.rundir import average_model
 from flatlab.experiment.schedules import lr_at
 from flatlab.measures.schedule import Schedule, scheduled
@@ -181,6 +181,8 @@ def build(cfg: RunConfig, procs: Processes | None = None) -> Run:
     topo = make_topology(cfg.topology.name, n, weights=cfg.topology.weights,
                          lazy=cfg.topology.lazy, local_steps=cfg.topology.local_steps,
                          **cfg.topology.params)
+    if cfg.topology.faults:  # every round of the run, replayed alike by either mixer
+        topo = fault_schedule(cfg.topology.faults, topo, seed=cfg.seed, rounds=total)
     if procs is None:
         mixer: SimulatedMixer | DistributedMixer = SimulatedMixer(
             topo, device=stack.device, dtype=stack.dtype, method=cfg.mix_method)

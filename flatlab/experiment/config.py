@@ -106,6 +106,12 @@ class TopologyConfig:
 
     ``local_steps`` ``H > 1`` takes ``H`` local steps and gossips on the last of them
     (:func:`flatlab.topology.periodic`; ``diffusion`` on ``complete`` is Local SGD).
+
+    ``faults`` (empty: none) makes links fail: ``{model: link_failures, p: 0.1}`` fails each
+    undirected edge in each round with probability ``p``, independently, seeded by the run's
+    seed (:class:`flatlab.topology.faults.LinkFailures`: the base's weights recomputed on the
+    surviving graph, so every round stays symmetric and doubly stochastic). The run mixes with
+    the resulting time-varying schedule, so a method that needs a static graph refuses it.
     """
 
     name: str = "ring"
@@ -114,6 +120,7 @@ class TopologyConfig:
     lazy: bool = False
     local_steps: int = 1
     params: dict[str, Any] = field(default_factory=dict)
+    faults: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -533,12 +540,50 @@ def _validate_topology(t: TopologyConfig) -> Any:
     _need(t.local_steps >= 1, "topology.local_steps", t.local_steps,
           "an integer >= 1 (steps between gossip rounds)")
     try:
-        return make_topology(t.name, t.nodes, weights=t.weights, lazy=t.lazy,
+        topo = make_topology(t.name, t.nodes, weights=t.weights, lazy=t.lazy,
                              local_steps=t.local_steps, **t.params)
     except FlatlabError as e:
         raise ConfigError(f"config field topology: {e}") from None
     except TypeError as e:
         raise ConfigError(f"config field topology.params: {e}") from None
+    if t.faults:  # what an algorithm is checked against: a schedule of failing links
+        return fault_schedule(t.faults, topo, seed=0, rounds=FAULT_CHECK_ROUNDS)
+    return topo
+
+
+#: Fault models a run can train under (``topology.faults.model``).
+FAULT_MODELS = ("link_failures",)
+#: Rounds of the schedule that validation builds to check the algorithm against it.
+FAULT_CHECK_ROUNDS = 64
+
+
+def fault_schedule(faults: dict[str, Any], base: Any, *, seed: int, rounds: int) -> Any:
+    """The time-varying topology of ``topology.faults`` over ``base`` for ``rounds`` rounds.
+
+    Raises:
+        ConfigError: An unknown model or key, a ``p`` outside ``[0, 1)``, or a base the model
+            cannot fail (time-varying, directed, weights that cannot be recomputed).
+    """
+    from flatlab.topology.faults import LinkFailures
+
+    if not isinstance(faults, dict):
+        raise ConfigError(f"config field topology.faults must be a mapping such as "
+                          f"{{model: link_failures, p: 0.1}}, got {faults!r}")
+    unknown = sorted(set(faults) - {"model", "p"})
+    if unknown:
+        raise ConfigError(f"config field topology.faults.{unknown[0]} is unknown; accepted: "
+                          "model, p")
+    model = faults.get("model")
+    if model == "node_churn":
+        raise ConfigError("config field topology.faults.model: node_churn in training (offline "
+                          "nodes skipping their step) is not built yet; accepted: "
+                          f"{', '.join(FAULT_MODELS)} (flatlab.theory.fault_spectrum predicts "
+                          "churn's mixing)")
+    _one_of("topology.faults.model", model, FAULT_MODELS)
+    try:
+        return LinkFailures(base, p=faults.get("p", 0.0), seed=seed).topology(rounds)
+    except FlatlabError as e:
+        raise ConfigError(f"config field topology.faults: {e}") from None
 
 
 def _validate_algorithm(a: AlgorithmConfig, topology: Any) -> None:

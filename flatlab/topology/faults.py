@@ -135,6 +135,28 @@ class _Reweighted(_Faults):
     def _on_edges(self, up: np.ndarray) -> sp.csr_array:
         return surviving_matrix(self.n, self.edges, up, self.rule, lazy=self.base.lazy)
 
+    def topology(self, rounds: int) -> Topology:
+        """Rounds ``0 … rounds − 1`` as one time-varying :class:`Topology` of that period.
+
+        What a training run mixes with (``topology.faults`` in a config): every mixer reads a
+        Topology, so the simulated and the torch.distributed mixer replay the same failed
+        links in the same rounds. ``p = 0`` is the base itself. Building costs about 0.4 ms a
+        round for 16 nodes (1.3 s for 3000 rounds), the dense mixer's copy ``rounds · n²``
+        numbers.
+
+        Raises:
+            TopologyError: ``rounds < 1``, or the rounds' union graph is not connected.
+        """
+        if isinstance(rounds, bool) or not isinstance(rounds, numbers.Integral) or rounds < 1:
+            raise TopologyError(f"{self.what}: rounds must be an integer >= 1, got {rounds!r}")
+        if self.p == 0:
+            return self.base
+        mats = tuple(self.matrix(t, sparse=True) for t in range(int(rounds)))
+        return Topology(name=f"{self.base.name} with {self.what}", rounds=mats,
+                        weights=self.rule, lazy=self.base.lazy, symmetric=True,
+                        params={**self.base.params, "faults": self.what, "p": self.p,
+                                "fault_seed": self.seed})
+
 
 @dataclass(frozen=True)
 class LinkFailures(_Reweighted):

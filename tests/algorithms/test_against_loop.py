@@ -14,6 +14,7 @@ from flatlab.comm import SimulatedMixer
 from flatlab.data import NodeSampler, load, partition
 from flatlab.engine import GradientOracle, NodeStack
 from flatlab.models import make as make_model
+from flatlab.topology.faults import LinkFailures
 from tests.reference.algorithms import LOOPS, LoopNodes, buffers, run_loop
 
 DIGITS = load("digits", seed=0)
@@ -87,6 +88,12 @@ CASES = [
      {"momentum": 0.9, "nesterov": True, "weight_decay_on": "numerator"}),
     ("sgp", "star+push-sum", "iid", "logistic", torch.float32,
      {"momentum": 0.5, "weight_decay_on": "numerator"}),
+    # links that fail (issue 34): the run's schedule against the fault model's own rounds
+    ("diffusion", "torus~lf", "dirichlet", "mlp", torch.float64, {}),
+    ("gradient-tracking", "ring~lf", "classes", "mlp", torch.float64, {}),
+    ("momentum-tracking", "exponential-undirected~lf", "dirichlet", "logistic", torch.float64,
+     {}),
+    ("sgp", "ring~lf", "iid", "mlp", torch.float64, {"momentum": 0.9}),
 ]
 
 #: an irregular, strongly connected directed graph on 8 nodes: arcs i -> j
@@ -99,10 +106,19 @@ DIGRAPH_B = [(0, 3), (0, 5), (0, 7), (1, 0), (2, 1), (2, 6), (3, 2), (4, 3), (5,
              (6, 5), (7, 6)]
 
 
-def topology_of(spec: str, n: int) -> flatlab.topology.Topology:
-    """A generator name, ``NAME+RULE`` for a weight rule, ``digraph`` (:data:`DIGRAPH`), or
+def link_failures(spec: str, n: int) -> LinkFailures:
+    """``NAME~lf``: the graph's edges fail with probability 0.3 in each round."""
+    return LinkFailures(topology_of(spec.removesuffix("~lf"), n), p=0.3, seed=4)
+
+
+def topology_of(spec: str, n: int, rounds: int = 25) -> flatlab.topology.Topology:
+    """A generator name, ``NAME+RULE`` for a weight rule, ``digraph`` (:data:`DIGRAPH`),
     ``digraphs+push-sum``: time-varying, push-sum weights on :data:`DIGRAPH` and
-    :data:`DIGRAPH_B` in turn (both irregular, so the weights w do not stay 1)."""
+    :data:`DIGRAPH_B` in turn (both irregular, so the weights w do not stay 1), or ``NAME~lf``:
+    :func:`link_failures`' schedule of ``rounds`` rounds, as a run under ``topology.faults``
+    mixes with."""
+    if spec.endswith("~lf"):
+        return link_failures(spec, n).topology(rounds)
     name, _, rule = spec.partition("+")
     if name == "digraph":
         return flatlab.topology.from_edges(DIGRAPH, n, directed=True, weights=rule or None)
@@ -144,8 +160,9 @@ def engine_and_loop(name, topo_name, split, model, dtype, hp, steps=25, n=8, nor
         state = algo.step(state, sampler.batch(t), oracle, mixer, lr(t))
         traj.append(state.x)
     loop = LoopNodes(template, n, weight_decay=weight_decay)
-    ref = run_loop(name, loop, lambda t: topo.matrix(t), sampler.batch, lr, steps,
-                   **algo.hparams())
+    # the loop mixes with each round drawn from the fault model itself, not the schedule
+    W_at = link_failures(topo_name, n).matrix if topo_name.endswith("~lf") else topo.matrix  # noqa: N806
+    ref = run_loop(name, loop, lambda t: W_at(t), sampler.batch, lr, steps, **algo.hparams())
     return torch.stack(traj), ref, stack, loop
 
 

@@ -119,10 +119,16 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             cfg = load_config(config("diffusion", "ring", name="sam", backend="distributed",
                                      optim=SAM_OPTIM))
             assert run(cfg, Path(out) / "sam", progress=False).status == "done"
+            # links that fail: both mixers replay the seeded rounds (issue 34)
+            cfg = load_config(dict(config("gradient-tracking", "ring", name="faults",
+                                          backend="distributed"), topology=FAULTY))
+            assert run(cfg, Path(out) / "faults", progress=False).status == "done"
     finally:
         dist.destroy_process_group()
 
 
+#: A ring of 4 whose links fail in 40% of the rounds each.
+FAULTY = {"name": "ring", "nodes": 4, "faults": {"model": "link_failures", "p": 0.4}}
 SAM_OPTIM = {"lr": 0.1, "schedule": "cosine", "warmup": 2, "weight_decay": 1e-4,
              "sam_rho": 0.05}
 
@@ -207,6 +213,10 @@ def test_distributed_runs_equal_simulated_runs(world, simulated, tmp_path):
     if world == 2:
         _compare(tmp_path / "sam", _simulated(tmp_path / "whole", "diffusion", "ring",
                                               name="sam", optim=SAM_OPTIM))
+        faulty = load_config(dict(config("gradient-tracking", "ring", name="faults"),
+                                  topology=FAULTY))
+        run(faulty, tmp_path / "whole" / "faults", progress=False)
+        _compare(tmp_path / "faults", tmp_path / "whole" / "faults")
     ck = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
     assert ck["processes"] == world and len(ck["rng"]) == world
     assert ck["state"]["x"].shape[0] == 4 and ck["mixer"]["bytes"].shape == (4,)
