@@ -44,6 +44,7 @@ __all__ = [
     "get",
     "state_dict",
     "load_state",
+    "hold",
 ]
 
 
@@ -234,6 +235,34 @@ def _typed(algo: str, key: str, value: Any, tp: Any) -> Any:
                            for a in args)
     raise AlgorithmError(f"{algo}: hyper-parameter {key} = {value!r} is not accepted; "
                          f"accepted: {want}")
+
+
+def hold(new: S, old: S, offline: torch.Tensor) -> S:
+    """``new`` with the rows of the ``offline`` nodes taken from ``old``: they did not step.
+
+    Node churn (:class:`flatlab.topology.faults.NodeChurn`): an offline node neither computes nor
+    communicates, so every per-node field of its state (``x``, momenta, trackers, duals, the
+    last gradient, its loss) stays as it was and it rejoins later with that stale state; the
+    online nodes' rows, the step counter and :func:`derived` fields are ``new``'s. The round's
+    mixing matrix must leave the offline nodes out (``w_ij = 0`` to and from them), as
+    ``NodeChurn``'s rounds do, so that no online node used what they would have sent.
+
+    Args:
+        new: The state after the step.
+        old: The state before it.
+        offline: ``[k]`` booleans, one per node this process holds.
+    """
+    k = offline.shape[0]
+    changes: dict[str, Any] = {}
+    for f in fields(new):
+        if is_derived(f) or f.name == "t":
+            continue
+        a, b = getattr(new, f.name), getattr(old, f.name)
+        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dim() \
+                and a.shape[0] == k and b.shape == a.shape:
+            keep = offline.to(a.device).reshape(k, *([1] * (a.dim() - 1)))
+            changes[f.name] = torch.where(keep, b, a)
+    return dataclasses.replace(new, **changes)
 
 
 def state_dict(state: State) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from flatlab.algorithms.base import Algorithm, State, make
+from flatlab.algorithms.base import Algorithm, State, hold, make
 from flatlab.comm.protocols import Mixer
 from flatlab.comm.simulated import SimulatedMixer
 from flatlab.engine.oracle import FunctionOracle, sam_oracle
@@ -54,6 +54,7 @@ def simulate(
     sam_rho: float = 0.0,
     sam_adaptive: bool = False,
     weight_decay: float = 0.0,
+    offline: Callable[[int], Any] | None = None,
     **hparams: Any,
 ) -> torch.Tensor | tuple[torch.Tensor, State]:
     """Iterate a registered algorithm on per-node gradient maps, for theory checks.
@@ -84,6 +85,10 @@ def simulate(
             (:class:`~flatlab.engine.FunctionOracle`; ``optim.weight_decay`` of a run), kept
             apart from ``grad_fn`` so that a method that decays another point can move it
             (``sgp`` with ``weight_decay_on="numerator"``).
+        offline: Node churn: ``offline(t)`` gives the nodes offline at step ``t`` (booleans
+            ``[n]``, e.g. :meth:`flatlab.topology.faults.NodeChurn.offline`); they keep their
+            whole state (:func:`~flatlab.algorithms.hold`). Pair it with the churn's rounds as
+            ``topology`` (``NodeChurn.topology(steps)``), which leave them out of the mixing.
         **hparams: Hyper-parameters, when ``algorithm`` is a name.
 
     Returns:
@@ -117,7 +122,10 @@ def simulate(
     state = algo.init(X0.clone(), oracle, mixer)
     out = [state.x.clone()]
     for t in range(steps):
+        before = state
         state = algo.step(state, t, oracle, mixer, lr_at(t))
+        if offline is not None:
+            state = hold(state, before, torch.as_tensor(offline(t), dtype=torch.bool))
         if (t + 1) % stride == 0:
             out.append(state.x.clone())
     xs = torch.stack(out)

@@ -8,6 +8,7 @@ objects; it writes nothing. In a distributed run each process builds its own row
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -23,12 +24,13 @@ from flatlab.comm.process import Processes
 from flatlab.engine import GradientOracle, NodeStack
 from flatlab.engine.oracle import Oracle, sam_oracle
 from flatlab.errors import ConfigError, FlatlabError, RunDirError
-from flatlab.experiment.config import RunConfig, fault_schedule
+from flatlab.experiment.config import RunConfig, fault_model, fault_schedule
 from flatlab.experiment.rundir import average_model
 from flatlab.experiment.schedules import lr_at
 from flatlab.measures.schedule import Schedule, scheduled
 from flatlab.seeds import seed_for
 from flatlab.topology import make as make_topology
+from flatlab.topology.faults import NodeChurn
 
 __all__ = ["Run", "build"]
 
@@ -48,6 +50,8 @@ class Run:
         test_eval: The fixed test evaluation subset.
         curvature_eval: The curvature subset of ``train_eval`` (its first
             ``measure.curvature_subset`` samples in a fixed shuffle).
+        offline: Under node churn, ``offline(t)``: which of this process's nodes are offline
+            at step ``t`` (they keep their state, :func:`flatlab.algorithms.hold`); else None.
     """
 
     cfg: RunConfig
@@ -65,6 +69,7 @@ class Run:
     n: int = 0
     rows: slice = field(default_factory=lambda: slice(0, 0))
     curvature_eval: Pair | None = None
+    offline: Callable[[int], torch.Tensor] | None = None
 
     def lr(self, step: int) -> float:
         """The scheduled step size at ``step``."""
@@ -181,8 +186,20 @@ def build(cfg: RunConfig, procs: Processes | None = None) -> Run:
     topo = make_topology(cfg.topology.name, n, weights=cfg.topology.weights,
                          lazy=cfg.topology.lazy, local_steps=cfg.topology.local_steps,
                          **cfg.topology.params)
+    offline = None
     if cfg.topology.faults:  # every round of the run, replayed alike by either mixer
+        faults = fault_model(cfg.topology.faults, topo, seed=cfg.seed)
         topo = fault_schedule(cfg.topology.faults, topo, seed=cfg.seed, rounds=total)
+        if isinstance(faults, NodeChurn) and faults.p > 0:
+            if stack.buffers:
+                raise ConfigError("config field topology.faults: node churn freezes an offline "
+                                  "node's state, but this model's buffers (batch-norm "
+                                  "statistics) move in every forward pass; accepted: a model "
+                                  "without buffers (norm: group or none), or link_failures")
+            mask = torch.zeros(n, dtype=torch.bool)
+
+            def offline(t: int, faults: NodeChurn = faults, rows: slice = rows) -> torch.Tensor:
+                return mask.new_tensor(faults.offline(t))[rows]
     if procs is None:
         mixer: SimulatedMixer | DistributedMixer = SimulatedMixer(
             topo, device=stack.device, dtype=stack.dtype, method=cfg.mix_method)
@@ -197,4 +214,4 @@ def build(cfg: RunConfig, procs: Processes | None = None) -> Run:
     return Run(cfg=cfg, dataset=dataset, partition=part, sampler=sampler, stack=stack,
                oracle=oracle, mixer=mixer, algorithm=algo, steps_per_epoch=spe,
                total_steps=total, train_eval=train, test_eval=test, n=n, rows=rows,
-               curvature_eval=curvature)
+               curvature_eval=curvature, offline=offline)

@@ -107,11 +107,14 @@ class TopologyConfig:
     ``local_steps`` ``H > 1`` takes ``H`` local steps and gossips on the last of them
     (:func:`flatlab.topology.periodic`; ``diffusion`` on ``complete`` is Local SGD).
 
-    ``faults`` (empty: none) makes links fail: ``{model: link_failures, p: 0.1}`` fails each
-    undirected edge in each round with probability ``p``, independently, seeded by the run's
-    seed (:class:`flatlab.topology.faults.LinkFailures`: the base's weights recomputed on the
-    surviving graph, so every round stays symmetric and doubly stochastic). The run mixes with
-    the resulting time-varying schedule, so a method that needs a static graph refuses it.
+    ``faults`` (empty: none) makes links or nodes fail, seeded by the run's seed:
+    ``{model: link_failures, p: 0.1}`` fails each undirected edge in each round with
+    probability ``p`` (:class:`flatlab.topology.faults.LinkFailures`); ``{model: node_churn,
+    p: 0.1}`` takes each node offline in a round with probability ``p``
+    (:class:`flatlab.topology.faults.NodeChurn`): it neither communicates nor steps, keeping
+    its whole state (:func:`flatlab.algorithms.hold`). The base's weights are recomputed on
+    what is up, so every round stays symmetric and doubly stochastic. The run mixes with the
+    resulting time-varying schedule, so a method that needs a static graph refuses it.
     """
 
     name: str = "ring"
@@ -552,7 +555,7 @@ def _validate_topology(t: TopologyConfig) -> Any:
 
 
 #: Fault models a run can train under (``topology.faults.model``).
-FAULT_MODELS = ("link_failures",)
+FAULT_MODELS = ("link_failures", "node_churn")
 #: Rounds of the schedule that validation builds to check the algorithm against it.
 FAULT_CHECK_ROUNDS = 64
 
@@ -564,7 +567,21 @@ def fault_schedule(faults: dict[str, Any], base: Any, *, seed: int, rounds: int)
         ConfigError: An unknown model or key, a ``p`` outside ``[0, 1)``, or a base the model
             cannot fail (time-varying, directed, weights that cannot be recomputed).
     """
-    from flatlab.topology.faults import LinkFailures
+    model = fault_model(faults, base, seed=seed)
+    try:
+        return model.topology(rounds)
+    except FlatlabError as e:
+        raise ConfigError(f"config field topology.faults: {e}") from None
+
+
+def fault_model(faults: dict[str, Any], base: Any, *, seed: int) -> Any:
+    """The fault model of ``topology.faults`` over ``base`` (:mod:`flatlab.topology.faults`).
+
+    Raises:
+        ConfigError: An unknown model or key, a ``p`` outside ``[0, 1)``, or a base the model
+            cannot fail.
+    """
+    from flatlab.topology.faults import LinkFailures, NodeChurn
 
     if not isinstance(faults, dict):
         raise ConfigError(f"config field topology.faults must be a mapping such as "
@@ -574,14 +591,10 @@ def fault_schedule(faults: dict[str, Any], base: Any, *, seed: int, rounds: int)
         raise ConfigError(f"config field topology.faults.{unknown[0]} is unknown; accepted: "
                           "model, p")
     model = faults.get("model")
-    if model == "node_churn":
-        raise ConfigError("config field topology.faults.model: node_churn in training (offline "
-                          "nodes skipping their step) is not built yet; accepted: "
-                          f"{', '.join(FAULT_MODELS)} (flatlab.theory.fault_spectrum predicts "
-                          "churn's mixing)")
     _one_of("topology.faults.model", model, FAULT_MODELS)
+    kind = LinkFailures if model == "link_failures" else NodeChurn
     try:
-        return LinkFailures(base, p=faults.get("p", 0.0), seed=seed).topology(rounds)
+        return kind(base, p=faults.get("p", 0.0), seed=seed)
     except FlatlabError as e:
         raise ConfigError(f"config field topology.faults: {e}") from None
 
@@ -594,6 +607,10 @@ def _validate_algorithm(a: AlgorithmConfig, topology: Any) -> None:
         algorithms.make(a.name, **a.params).check_topology(topology)
     except FlatlabError as e:
         raise ConfigError(f"config field algorithm: {e}") from None
+    if a.name == "centralized" and "faults" in getattr(topology, "params", {}):
+        raise ConfigError("config field topology.faults: centralized averages with an exact "
+                          "all-reduce, which no link or node failure touches; accepted: a "
+                          "decentralized method, or no faults")
 
 
 def _validate_optim(o: OptimConfig) -> None:

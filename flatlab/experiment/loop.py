@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from flatlab.algorithms.base import hold
 from flatlab.errors import FlatlabError
 
 __all__ = ["Loop", "Outcome", "Hook", "train", "network_mean"]
@@ -116,7 +117,8 @@ def network_mean(values: torch.Tensor, group: Any) -> float:
 
 def train(algorithm: Any, state: Any, sampler: Any, oracle: Any, mixer: Any,
           lr: Callable[[int], float] | float, hooks: Sequence[Hook] = (), *, total: int,
-          start: int = 0, group: Any = None) -> tuple[Any, Outcome]:
+          start: int = 0, group: Any = None,
+          offline: Callable[[int], torch.Tensor] | None = None) -> tuple[Any, Outcome]:
     """Run ``algorithm`` from ``state`` at step ``start`` to ``total``, calling ``hooks``.
 
     Args:
@@ -130,6 +132,8 @@ def train(algorithm: Any, state: Any, sampler: Any, oracle: Any, mixer: Any,
         total: The last step.
         start: Steps already done.
         group: The collective group over processes (default: ``mixer``).
+        offline: Node churn: ``offline(t)`` gives step ``t``'s offline nodes among this
+            process's (booleans); they keep their whole state (:func:`flatlab.algorithms.hold`).
 
     Returns:
         The final state and the :class:`Outcome`. A non-finite loss ends the loop only through a
@@ -146,7 +150,10 @@ def train(algorithm: Any, state: Any, sampler: Any, oracle: Any, mixer: Any,
         outcome = _first(hooks, lambda h: h.on_start(loop))
         while outcome is None and loop.step < total:
             t = loop.step
-            loop.state = algorithm.step(loop.state, sampler.batch(t), oracle, mixer, lr(t))
+            before = loop.state
+            loop.state = algorithm.step(before, sampler.batch(t), oracle, mixer, lr(t))
+            if offline is not None:  # node churn: the offline nodes did not step
+                loop.state = hold(loop.state, before, offline(t))
             loop.step = t + 1
             loss = loop.state.loss
             loop.loss = None if loss is None else network_mean(loss, group)

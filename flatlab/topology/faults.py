@@ -205,6 +205,10 @@ class NodeChurn(_Reweighted):
         """The independent parts that fail: the nodes."""
         return self.n
 
+    def offline(self, t: int) -> np.ndarray:
+        """Which nodes are offline in round ``t`` (boolean ``[n]``; the same draw as its matrix)."""
+        return ~self.alive(t)
+
     def round_from(self, alive: np.ndarray) -> sp.csr_array:
         """The mixing matrix when exactly the ``alive`` nodes are online."""
         on = np.asarray(alive, dtype=bool)

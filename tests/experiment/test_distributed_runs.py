@@ -123,12 +123,17 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             cfg = load_config(dict(config("gradient-tracking", "ring", name="faults",
                                           backend="distributed"), topology=FAULTY))
             assert run(cfg, Path(out) / "faults", progress=False).status == "done"
+            cfg = load_config(dict(config("momentum-tracking", "ring", name="churn",
+                                          backend="distributed"), topology=CHURN))
+            assert run(cfg, Path(out) / "churn", progress=False).status == "done"
     finally:
         dist.destroy_process_group()
 
 
 #: A ring of 4 whose links fail in 40% of the rounds each.
 FAULTY = {"name": "ring", "nodes": 4, "faults": {"model": "link_failures", "p": 0.4}}
+#: ... and one whose nodes are offline in 30% of the rounds each (they keep their state).
+CHURN = {"name": "ring", "nodes": 4, "faults": {"model": "node_churn", "p": 0.3}}
 SAM_OPTIM = {"lr": 0.1, "schedule": "cosine", "warmup": 2, "weight_decay": 1e-4,
              "sam_rho": 0.05}
 
@@ -217,6 +222,10 @@ def test_distributed_runs_equal_simulated_runs(world, simulated, tmp_path):
                                   topology=FAULTY))
         run(faulty, tmp_path / "whole" / "faults", progress=False)
         _compare(tmp_path / "faults", tmp_path / "whole" / "faults")
+        churn = load_config(dict(config("momentum-tracking", "ring", name="churn"),
+                                 topology=CHURN))
+        run(churn, tmp_path / "whole" / "churn", progress=False)
+        _compare(tmp_path / "churn", tmp_path / "whole" / "churn")
     ck = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
     assert ck["processes"] == world and len(ck["rng"]) == world
     assert ck["state"]["x"].shape[0] == 4 and ck["mixer"]["bytes"].shape == (4,)

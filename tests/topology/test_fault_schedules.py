@@ -7,7 +7,7 @@ from flatlab.errors import ConfigError, TopologyError
 from flatlab.experiment import load_config
 from flatlab.experiment.assemble import build
 from flatlab.topology import make
-from flatlab.topology.faults import LinkFailures
+from flatlab.topology.faults import LinkFailures, NodeChurn
 
 RUN = {"name": "lf", "data": {"name": "digits", "partition": "iid", "batch_size": 8},
        "model": {"name": "logistic"}, "algorithm": {"name": "diffusion"},
@@ -41,7 +41,7 @@ def test_a_run_mixes_with_the_model_seeded_by_its_own_seed():
     ({"model": "link_failures", "p": 1.0}, r"topology.faults: link failure probability p must "
                                            r"be in \[0, 1\), got 1.0"),
     ({"model": "storms", "p": 0.1}, r"topology.faults.model.*accepted: link_failures"),
-    ({"model": "node_churn", "p": 0.1}, r"node_churn in training .* is not built yet"),
+    ({"model": "node_churn", "p": -0.1}, r"node churn probability p must be in \[0, 1\)"),
     ({"model": "link_failures", "q": 0.1}, r"topology.faults.q is unknown; accepted: model, p"),
     ("often", r"topology.faults: 'often' is not a mapping"),
 ])
@@ -55,3 +55,76 @@ def test_methods_that_need_a_static_graph_and_local_steps_refuse_failing_links()
         load_config({**RUN, "algorithm": {"name": "choco"}})
     with pytest.raises(ConfigError, match=r"link failures need a static undirected graph"):
         load_config({**RUN, "topology": {**RUN["topology"], "local_steps": 2}})
+
+
+# ---------------------------------------------------------------------- node churn
+def test_under_churn_diffusion_equals_the_loop_in_which_offline_nodes_keep_their_value():
+    """The independent loop: ``x ← W_t (x − μ ∇f(x))`` for the online nodes, an offline node's
+    row unchanged, with ``W_t`` and the offline set drawn from the churn model itself."""
+    import torch
+
+    from flatlab.algorithms import simulate
+    from flatlab.data import heterogeneous_quadratics
+
+    q = heterogeneous_quadratics(8, 3, seed=1)
+    churn = NodeChurn(make("ring", 8), p=0.3, seed=5)
+    X0 = torch.randn(8, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))  # noqa: N806
+    xs = simulate("diffusion", churn.topology(40), q.grad_fn(), X0, 40, 0.1,
+                  offline=churn.offline)
+    X = X0.clone()  # noqa: N806
+    frozen = 0
+    for t in range(40):
+        W = torch.as_tensor(churn.matrix(t))  # noqa: N806
+        off = torch.as_tensor(churn.offline(t))
+        new = W @ (X - 0.1 * q.grad(X))
+        new[off] = X[off]
+        frozen += int(off.sum())
+        X = new  # noqa: N806
+        torch.testing.assert_close(xs[t + 1], X, rtol=0, atol=1e-13)
+    assert frozen > 40, "the churn never took a node offline"
+
+
+def test_under_churn_gradient_tracking_keeps_its_invariant_and_reaches_the_exact_minimizer():
+    """Frozen rows leave ``Σ y = Σ g`` intact (W_t is doubly stochastic and leaves offline
+    nodes out), so with exact gradients the exact method still reaches x*."""
+    import torch
+
+    from flatlab.algorithms import simulate
+    from flatlab.data import heterogeneous_quadratics
+
+    q = heterogeneous_quadratics(6, 4, seed=2)
+    churn = NodeChurn(make("ring", 6), p=0.2, seed=1)
+    X0 = torch.zeros(6, 4, dtype=torch.float64)  # noqa: N806
+    xs, st = simulate("gradient-tracking", churn.topology(3000), q.grad_fn(), X0, 3000, 0.05,
+                      offline=churn.offline, return_state=True)
+    torch.testing.assert_close(st.y.sum(0), st.g.sum(0), rtol=0, atol=1e-12)
+    torch.testing.assert_close(xs[-1], q.x_star.expand(6, 4), rtol=0, atol=1e-10)
+
+
+def test_hold_keeps_every_per_node_field_of_the_offline_rows_and_advances_the_step():
+    import torch
+
+    from flatlab.algorithms import hold
+    from flatlab.algorithms.tracking import TrackingState
+
+    old = TrackingState(x=torch.zeros(3, 2), y=torch.zeros(3, 2), g=torch.zeros(3, 2), t=4,
+                        loss=torch.zeros(3))
+    new = TrackingState(x=torch.ones(3, 2), y=torch.ones(3, 2), g=torch.ones(3, 2), t=5,
+                        loss=torch.ones(3))
+    out = hold(new, old, torch.tensor([False, True, False]))
+    for name in ("x", "y", "g"):
+        assert getattr(out, name)[:, 0].tolist() == [1.0, 0.0, 1.0]
+    assert out.loss.tolist() == [1.0, 0.0, 1.0] and out.t == 5
+
+
+def test_churn_runs_and_refuses_what_it_cannot_mean():
+    run = build(load_config({**RUN, "topology": {**RUN["topology"],
+                                                 "faults": {"model": "node_churn", "p": 0.2}}}))
+    want = NodeChurn(make("torus", 9), p=0.2, seed=7)
+    assert run.offline(3).tolist() == want.offline(3).tolist()
+    with pytest.raises(ConfigError, match=r"centralized averages with an exact all-reduce"):
+        load_config({**RUN, "algorithm": {"name": "centralized"}})
+    bn = {**RUN, "model": {"name": "mlp", "options": {"hidden": [8], "norm": "batch"}},
+          "topology": {**RUN["topology"], "faults": {"model": "node_churn", "p": 0.2}}}
+    with pytest.raises(ConfigError, match=r"batch-norm statistics"):
+        build(load_config(bn))
