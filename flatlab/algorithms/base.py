@@ -106,7 +106,9 @@ class Algorithm:
             (:attr:`flatlab.topology.Topology.stochastic`): ``("doubly",)`` for every method
             whose average ``x̄`` is preserved by ``W`` because ``1ᵀ W = 1ᵀ`` and ``W 1 = 1``;
             push-sum methods (``sgp``) add ``"column"``, and so does ``centralized``, which
-            never mixes (it takes exact network averages, whatever the topology).
+            never mixes (it takes exact network averages, whatever the topology); the plain
+            gossip methods (consensus, diffusion) add ``"row"``: rounds that lost messages
+            still bring the nodes to agreement, on a value that drifts (what they measure).
     """
 
     name: ClassVar[str] = ""
@@ -137,6 +139,11 @@ class Algorithm:
         kind = getattr(topology, "stochastic", "doubly")
         if kind not in self.mixing:
             label = getattr(topology, "label", "this topology")
+            if kind == "row":
+                self._check(False, f"needs mixing that preserves the average, but {label} is "
+                                   "only row-stochastic (messages are lost); its update relies "
+                                   "on 1ᵀW = 1ᵀ. Methods that mix over it: consensus, "
+                                   "diffusion, diffusion-cta")
             self._check(False, f"needs doubly stochastic mixing matrices, but {label} is "
                                "column-stochastic (push-sum weights), which only sgp mixes over; "
                                "use algorithm sgp (or centralized, which never mixes) or a "

@@ -18,7 +18,7 @@ papers call DSGD.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -30,6 +30,9 @@ __all__ = ["Consensus", "Diffusion", "DiffusionCTA"]
 
 
 class _Gossip(Algorithm):
+    #: Row-stochastic rounds (lost messages) too: the nodes still agree, the average drifts.
+    mixing: ClassVar[tuple[str, ...]] = ("doubly", "row")
+
     def init(self, X0: torch.Tensor, oracle: Oracle, mixer: Mixer) -> State:  # noqa: N803
         """The state is the iterate only."""
         mixer.require(self.check_topology)

@@ -112,8 +112,12 @@ class TopologyConfig:
     probability ``p`` (:class:`flatlab.topology.faults.LinkFailures`); ``{model: node_churn,
     p: 0.1}`` takes each node offline in a round with probability ``p``
     (:class:`flatlab.topology.faults.NodeChurn`): it neither communicates nor steps, keeping
-    its whole state (:func:`flatlab.algorithms.hold`). The base's weights are recomputed on
-    what is up, so every round stays symmetric and doubly stochastic. The run mixes with the
+    its whole state (:func:`flatlab.algorithms.hold`). For both the base's weights are
+    recomputed on what is up, so every round stays symmetric and doubly stochastic.
+    ``{model: message_drops, p: 0.1}`` loses each directed message with probability ``p``; the
+    receiver keeps the weight on its own value
+    (:class:`flatlab.topology.faults.MessageDrops`), so rounds are row-stochastic only and
+    only the plain gossip methods (consensus, diffusion) accept them. The run mixes with the
     resulting time-varying schedule, so a method that needs a static graph refuses it.
     """
 
@@ -555,7 +559,7 @@ def _validate_topology(t: TopologyConfig) -> Any:
 
 
 #: Fault models a run can train under (``topology.faults.model``).
-FAULT_MODELS = ("link_failures", "node_churn")
+FAULT_MODELS = ("link_failures", "node_churn", "message_drops")
 #: Rounds of the schedule that validation builds to check the algorithm against it.
 FAULT_CHECK_ROUNDS = 64
 
@@ -581,7 +585,7 @@ def fault_model(faults: dict[str, Any], base: Any, *, seed: int) -> Any:
         ConfigError: An unknown model or key, a ``p`` outside ``[0, 1)``, or a base the model
             cannot fail.
     """
-    from flatlab.topology.faults import LinkFailures, NodeChurn
+    from flatlab.topology.faults import LinkFailures, MessageDrops, NodeChurn
 
     if not isinstance(faults, dict):
         raise ConfigError(f"config field topology.faults must be a mapping such as "
@@ -592,7 +596,8 @@ def fault_model(faults: dict[str, Any], base: Any, *, seed: int) -> Any:
                           "model, p")
     model = faults.get("model")
     _one_of("topology.faults.model", model, FAULT_MODELS)
-    kind = LinkFailures if model == "link_failures" else NodeChurn
+    kind = {"link_failures": LinkFailures, "node_churn": NodeChurn,
+            "message_drops": MessageDrops}[model]
     try:
         return kind(base, p=faults.get("p", 0.0), seed=seed)
     except FlatlabError as e:

@@ -16,7 +16,7 @@ from flatlab.errors import TopologyError
 __all__ = ["Topology", "DENSE_LIMIT", "STOCHASTIC_KINDS"]
 
 #: What :attr:`Topology.stochastic` accepts: doubly stochastic, or column-stochastic (push-sum).
-STOCHASTIC_KINDS = ("doubly", "column")
+STOCHASTIC_KINDS = ("doubly", "column", "row")
 #: Largest ``n`` for which :meth:`Topology.matrix` hands out a dense array by default.
 DENSE_LIMIT = 16384
 
@@ -99,6 +99,15 @@ class Topology:
         return self.stochastic == "column"
 
     @property
+    def row_stochastic(self) -> bool:
+        """Whether the matrices are validated as row-stochastic only.
+
+        Rounds that lost messages (:class:`flatlab.topology.faults.MessageDrops`): each node's
+        weights still sum to one, the average is not preserved.
+        """
+        return self.stochastic == "row"
+
+    @property
     def label(self) -> str:
         """Short description such as ``"ring (n=16, metropolis)"``."""
         rule = f"lazy {self.weights}" if self.lazy else self.weights
@@ -157,10 +166,10 @@ class Topology:
         if self.stochastic not in STOCHASTIC_KINDS:
             raise TopologyError(f"{self.name}: stochastic {self.stochastic!r} is not accepted; "
                                 f"accepted: {', '.join(STOCHASTIC_KINDS)}")
-        if self.column_stochastic and self.symmetric:
-            # a symmetric column-stochastic matrix is doubly stochastic: say so instead
-            raise TopologyError(f"{self.name}: a symmetric column-stochastic matrix is doubly "
-                                "stochastic; build it with stochastic='doubly'")
+        if (self.column_stochastic or self.row_stochastic) and self.symmetric:
+            # a symmetric column- or row-stochastic matrix is doubly stochastic: say so instead
+            raise TopologyError(f"{self.name}: a symmetric {self.stochastic}-stochastic matrix "
+                                "is doubly stochastic; build it with stochastic='doubly'")
         if not self.rounds:
             raise TopologyError(f"{self.name}: a topology needs at least one mixing matrix")
         shape = self.rounds[0].shape
@@ -184,7 +193,8 @@ class Topology:
             i = int(np.searchsorted(w.indptr, k, side="right") - 1)
             self._fail(t, f"has a negative entry W[{i}, {int(w.indices[k])}] = "
                        f"{_fmt(w.data[k])}; mixing weights must be >= 0")
-        checks = ((0, "column"),) if self.column_stochastic else ((1, "row"), (0, "column"))
+        checks = (((0, "column"),) if self.column_stochastic else ((1, "row"),)
+                  if self.row_stochastic else ((1, "row"), (0, "column")))
         for axis, what in checks:
             sums = np.asarray(w.sum(axis=axis)).ravel()
             bad = np.abs(sums - 1.0)
@@ -192,6 +202,8 @@ class Topology:
                 k = int(np.argmax(bad))
                 need = ("be column-stochastic (each node's outgoing shares summing to one)"
                         if self.column_stochastic else
+                        "be row-stochastic (each node's weights summing to one)"
+                        if self.row_stochastic else
                         "be doubly stochastic (rows and columns summing to one)")
                 self._fail(t, f"{what} {k} sums to {_fmt(sums[k])}, not 1; a mixing matrix must "
                            f"{need}")

@@ -126,6 +126,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             cfg = load_config(dict(config("momentum-tracking", "ring", name="churn",
                                           backend="distributed"), topology=CHURN))
             assert run(cfg, Path(out) / "churn", progress=False).status == "done"
+            cfg = load_config(dict(config("diffusion", "ring", name="drops",
+                                          backend="distributed"), topology=DROPS))
+            assert run(cfg, Path(out) / "drops", progress=False).status == "done"
     finally:
         dist.destroy_process_group()
 
@@ -134,6 +137,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 FAULTY = {"name": "ring", "nodes": 4, "faults": {"model": "link_failures", "p": 0.4}}
 #: ... and one whose nodes are offline in 30% of the rounds each (they keep their state).
 CHURN = {"name": "ring", "nodes": 4, "faults": {"model": "node_churn", "p": 0.3}}
+#: ... and one that loses 30% of its messages (row-stochastic rounds).
+DROPS = {"name": "ring", "nodes": 4, "faults": {"model": "message_drops", "p": 0.3}}
 SAM_OPTIM = {"lr": 0.1, "schedule": "cosine", "warmup": 2, "weight_decay": 1e-4,
              "sam_rho": 0.05}
 
@@ -226,6 +231,9 @@ def test_distributed_runs_equal_simulated_runs(world, simulated, tmp_path):
                                  topology=CHURN))
         run(churn, tmp_path / "whole" / "churn", progress=False)
         _compare(tmp_path / "churn", tmp_path / "whole" / "churn")
+        drops = load_config(dict(config("diffusion", "ring", name="drops"), topology=DROPS))
+        run(drops, tmp_path / "whole" / "drops", progress=False)
+        _compare(tmp_path / "drops", tmp_path / "whole" / "drops")
     ck = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
     assert ck["processes"] == world and len(ck["rng"]) == world
     assert ck["state"]["x"].shape[0] == 4 and ck["mixer"]["bytes"].shape == (4,)

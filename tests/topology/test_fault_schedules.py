@@ -128,3 +128,37 @@ def test_churn_runs_and_refuses_what_it_cannot_mean():
           "topology": {**RUN["topology"], "faults": {"model": "node_churn", "p": 0.2}}}
     with pytest.raises(ConfigError, match=r"batch-norm statistics"):
         build(load_config(bn))
+
+
+# ---------------------------------------------------------------------- message drops
+def test_under_message_drops_gossip_is_the_product_of_the_models_rounds_and_drifts():
+    """Gossip only (zero gradients): the mixer plays exactly ``∏ W_t x0`` with each ``W_t``
+    from the drop model; the nodes agree, on a value that has left the initial average."""
+    import torch
+
+    from flatlab.algorithms import simulate
+    from flatlab.topology.faults import MessageDrops
+
+    drops = MessageDrops(make("ring", 6), p=0.3, seed=2)
+    # a round in which every message arrives is the base's (it used to fail to build)
+    np.testing.assert_array_equal(drops.round_from(np.ones(drops.units, bool)).toarray(),
+                                  make("ring", 6).matrix())
+    X0 = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))  # noqa: N806
+    xs = simulate("diffusion", drops.topology(200), lambda X, t: torch.zeros_like(X), X0, 200,
+                  0.1)
+    X = X0.clone()  # noqa: N806
+    for t in range(200):
+        X = torch.as_tensor(drops.matrix(t)) @ X  # noqa: N806
+    torch.testing.assert_close(xs[-1], X, rtol=0, atol=1e-13)
+    assert float((xs[-1] - xs[-1].mean(0)).abs().max()) < 1e-8, "the nodes agree"
+    assert float((xs[-1].mean(0) - X0.mean(0)).abs().max()) > 1e-3, "on a drifted value"
+
+
+def test_message_drops_are_for_the_plain_gossip_methods_only():
+    drops = {**RUN, "topology": {**RUN["topology"],
+                                 "faults": {"model": "message_drops", "p": 0.2}}}
+    for name in ("consensus", "diffusion", "diffusion-cta"):
+        load_config({**drops, "algorithm": {"name": name}})
+    with pytest.raises(ConfigError, match=r"gradient-tracking: needs mixing that preserves the "
+                                          r"average, but .* is only row-stochastic"):
+        load_config({**drops, "algorithm": {"name": "gradient-tracking"}})

@@ -100,7 +100,11 @@ def test_validation_of_column_stochastic_schedules_names_the_problem():
     assert "not strongly connected" in msg
     assert "accepted: metropolis, max-degree, uniform, push-sum" in _err(
         topology.make, "ring", 4, weights="pull")
-    assert "stochastic 'row' is not accepted" in _err(topology.from_matrix, p, stochastic="row")
+    assert "stochastic 'rows' is not accepted" in _err(topology.from_matrix, p,
+                                                        stochastic="rows")
+    # a column-stochastic matrix is not row-stochastic (the kind of rounds that lost messages)
+    assert "must be row-stochastic (each node's weights summing to one)" in _err(
+        topology.from_matrix, p, stochastic="row")
     assert "accepted: uniform, push-sum" in _err(topology.make, "exponential", 8,
                                                  weights="metropolis")
 
