@@ -11,7 +11,7 @@ import torch
 from flatlab.algorithms.base import Algorithm, State, hold, make
 from flatlab.comm.protocols import Mixer
 from flatlab.comm.simulated import SimulatedMixer
-from flatlab.engine.oracle import FunctionOracle, sam_oracle
+from flatlab.engine.oracle import FunctionOracle, SkippingOracle, sam_oracle
 from flatlab.errors import FlatlabError
 from flatlab.topology import Topology
 from flatlab.topology import from_matrix as _from_matrix
@@ -55,6 +55,7 @@ def simulate(
     sam_adaptive: bool = False,
     weight_decay: float = 0.0,
     offline: Callable[[int], Any] | None = None,
+    straggling: Callable[[int], Any] | None = None,
     **hparams: Any,
 ) -> torch.Tensor | tuple[torch.Tensor, State]:
     """Iterate a registered algorithm on per-node gradient maps, for theory checks.
@@ -89,6 +90,9 @@ def simulate(
             ``[n]``, e.g. :meth:`flatlab.topology.faults.NodeChurn.offline`); they keep their
             whole state (:func:`~flatlab.algorithms.hold`). Pair it with the churn's rounds as
             ``topology`` (``NodeChurn.topology(steps)``), which leave them out of the mixing.
+        straggling: Stragglers: ``straggling(t)`` gives the nodes whose gradient is missing
+            at step ``t`` (booleans ``[n]``, e.g. :meth:`flatlab.topology.faults.Stragglers.
+            skips`); the step sees :class:`~flatlab.engine.oracle.SkippingOracle`.
         **hparams: Hyper-parameters, when ``algorithm`` is a name.
 
     Returns:
@@ -123,7 +127,9 @@ def simulate(
     out = [state.x.clone()]
     for t in range(steps):
         before = state
-        state = algo.step(state, t, oracle, mixer, lr_at(t))
+        now = oracle if straggling is None else SkippingOracle(
+            oracle, torch.as_tensor(straggling(t), dtype=torch.bool))
+        state = algo.step(state, t, now, mixer, lr_at(t))
         if offline is not None:
             state = hold(state, before, torch.as_tensor(offline(t), dtype=torch.bool))
         if (t + 1) % stride == 0:

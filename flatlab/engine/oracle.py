@@ -33,7 +33,7 @@ from flatlab.errors import AlgorithmError
 
 __all__ = ["Oracle", "DecayOracle", "MetricOracle", "FusedMetricOracle", "MetricBlock",
            "LayeredOracle", "DenseMetricBlock", "GradientOracle", "FunctionOracle", "SAMOracle",
-           "sam_oracle"]
+           "sam_oracle", "SkippingOracle"]
 
 
 @runtime_checkable
@@ -422,3 +422,32 @@ class SAMOracle:
 def sam_oracle(base: Oracle, rho: float, *, adaptive: bool = False, eta: float = 0.01) -> Oracle:
     """``base`` itself when ``rho == 0``, else :class:`SAMOracle` around it."""
     return base if rho == 0 else SAMOracle(base, rho, adaptive=adaptive, eta=eta)
+
+
+class SkippingOracle:
+    """Stragglers: the nodes in ``skip`` contribute no gradient this step (their rows are 0).
+
+    A straggler that has not finished its gradient when the round closes still gossips, but
+    its update carries no gradient: ``G_i = 0`` (weight decay included), so DSGD's
+    ``x_i⁺ = Σ_j w_ij x_j − η G_i`` only mixes, and a tracker moves by ``0 − g_i`` as the
+    method's own bookkeeping says. Its loss is still reported. Every other attribute of the
+    wrapped oracle is its own (``weight_decay``, ``stack``, ...); a method that asks the
+    oracle for more than gradients (NGPD's curvature factors) is refused by the config.
+
+    Args:
+        inner: The oracle of the run.
+        skip: ``[k]`` booleans, one per node this process holds.
+    """
+
+    def __init__(self, inner: Oracle, skip: torch.Tensor) -> None:
+        self.inner = inner
+        self.skip = skip
+
+    def __call__(self, X: torch.Tensor, batch: Any) -> tuple[torch.Tensor | None, torch.Tensor]:  # noqa: N803
+        """The inner oracle's losses and gradients, the skipping nodes' rows set to zero."""
+        loss, G = self.inner(X, batch)  # noqa: N806
+        keep = ~self.skip.to(G.device).reshape(-1, *([1] * (G.dim() - 1)))
+        return loss, G * keep
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)

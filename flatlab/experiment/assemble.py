@@ -30,7 +30,7 @@ from flatlab.experiment.schedules import lr_at
 from flatlab.measures.schedule import Schedule, scheduled
 from flatlab.seeds import seed_for
 from flatlab.topology import make as make_topology
-from flatlab.topology.faults import NodeChurn
+from flatlab.topology.faults import NodeChurn, Stragglers
 
 __all__ = ["Run", "build"]
 
@@ -52,6 +52,8 @@ class Run:
             ``measure.curvature_subset`` samples in a fixed shuffle).
         offline: Under node churn, ``offline(t)``: which of this process's nodes are offline
             at step ``t`` (they keep their state, :func:`flatlab.algorithms.hold`); else None.
+        straggling: With ``train.stragglers``, ``straggling(t)``: which of this process's
+            nodes miss step ``t``'s gradient (:class:`~flatlab.engine.oracle.SkippingOracle`).
     """
 
     cfg: RunConfig
@@ -70,6 +72,7 @@ class Run:
     rows: slice = field(default_factory=lambda: slice(0, 0))
     curvature_eval: Pair | None = None
     offline: Callable[[int], torch.Tensor] | None = None
+    straggling: Callable[[int], torch.Tensor] | None = None
 
     def lr(self, step: int) -> float:
         """The scheduled step size at ``step``."""
@@ -211,7 +214,13 @@ def build(cfg: RunConfig, procs: Processes | None = None) -> Run:
                         cfg.optim.sam_rho, adaptive=cfg.optim.sam_adaptive)
     algo = _algorithms.make(cfg.algorithm.name, **cfg.algorithm.params)
     train, test, curvature = _eval_sets(cfg, dataset, part, stack)
+    straggling = None
+    if cfg.train.stragglers:
+        late = Stragglers(n, cfg.train.stragglers, seed=cfg.seed)
+
+        def straggling(t: int, late: Stragglers = late, rows: slice = rows) -> torch.Tensor:
+            return torch.as_tensor(late.skips(t))[rows]
     return Run(cfg=cfg, dataset=dataset, partition=part, sampler=sampler, stack=stack,
                oracle=oracle, mixer=mixer, algorithm=algo, steps_per_epoch=spe,
                total_steps=total, train_eval=train, test_eval=test, n=n, rows=rows,
-               curvature_eval=curvature, offline=offline)
+               curvature_eval=curvature, offline=offline, straggling=straggling)

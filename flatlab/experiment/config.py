@@ -167,11 +167,14 @@ class OptimConfig:
 class TrainConfig:
     """Length of training: ``steps`` or (per-node) ``epochs``, not both.
 
-    When neither is given, 10 epochs.
+    When neither is given, 10 epochs. ``stragglers`` ``p``: each node misses a step's gradient
+    with probability ``p`` (seeded by the run's seed; it still gossips, its update carries no
+    gradient: :class:`flatlab.topology.faults.Stragglers`).
     """
 
     steps: int | None = None
     epochs: float | None = None
+    stragglers: float = 0.0
 
 
 @dataclass
@@ -640,6 +643,15 @@ def _validate_train(cfg: RunConfig) -> None:
         _need(tr.steps >= 1, "train.steps", tr.steps, "an integer >= 1")
     if tr.epochs is not None:
         _need(tr.epochs > 0, "train.epochs", tr.epochs, "a number > 0")
+    _need(0 <= tr.stragglers < 1, "train.stragglers", tr.stragglers,
+          "a probability in [0, 1) that a node misses a step's gradient")
+    if tr.stragglers and cfg.algorithm.name in ("ngpd", "centralized"):
+        raise ConfigError(f"config field train.stragglers: {cfg.algorithm.name} "
+                          + ("asks the oracle for curvature factors besides gradients, which a "
+                             "straggler would not have" if cfg.algorithm.name == "ngpd" else
+                             "averages every gradient exactly (no node straggles behind an "
+                             "all-reduce)")
+                          + "; accepted: another method, or train.stragglers: 0")
 
 
 def _validate_measure(m: MeasureConfig) -> None:

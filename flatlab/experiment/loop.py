@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from flatlab.algorithms.base import hold
+from flatlab.engine.oracle import SkippingOracle
 from flatlab.errors import FlatlabError
 
 __all__ = ["Loop", "Outcome", "Hook", "train", "network_mean"]
@@ -118,7 +119,8 @@ def network_mean(values: torch.Tensor, group: Any) -> float:
 def train(algorithm: Any, state: Any, sampler: Any, oracle: Any, mixer: Any,
           lr: Callable[[int], float] | float, hooks: Sequence[Hook] = (), *, total: int,
           start: int = 0, group: Any = None,
-          offline: Callable[[int], torch.Tensor] | None = None) -> tuple[Any, Outcome]:
+          offline: Callable[[int], torch.Tensor] | None = None,
+          straggling: Callable[[int], torch.Tensor] | None = None) -> tuple[Any, Outcome]:
     """Run ``algorithm`` from ``state`` at step ``start`` to ``total``, calling ``hooks``.
 
     Args:
@@ -134,6 +136,8 @@ def train(algorithm: Any, state: Any, sampler: Any, oracle: Any, mixer: Any,
         group: The collective group over processes (default: ``mixer``).
         offline: Node churn: ``offline(t)`` gives step ``t``'s offline nodes among this
             process's (booleans); they keep their whole state (:func:`flatlab.algorithms.hold`).
+        straggling: Stragglers: ``straggling(t)`` gives the nodes that miss step ``t``'s
+            gradient; the step sees :class:`~flatlab.engine.oracle.SkippingOracle`.
 
     Returns:
         The final state and the :class:`Outcome`. A non-finite loss ends the loop only through a
@@ -151,7 +155,8 @@ def train(algorithm: Any, state: Any, sampler: Any, oracle: Any, mixer: Any,
         while outcome is None and loop.step < total:
             t = loop.step
             before = loop.state
-            loop.state = algorithm.step(before, sampler.batch(t), oracle, mixer, lr(t))
+            now = oracle if straggling is None else SkippingOracle(oracle, straggling(t))
+            loop.state = algorithm.step(before, sampler.batch(t), now, mixer, lr(t))
             if offline is not None:  # node churn: the offline nodes did not step
                 loop.state = hold(loop.state, before, offline(t))
             loop.step = t + 1

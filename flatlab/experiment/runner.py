@@ -269,7 +269,7 @@ def _train(cfg: RunConfig, out: Path, ck: rundir.Checkpoint | None, procs: Proce
             watchdog.barrier("setting up", stop=term.is_set)
         _, outcome = train(built.algorithm, state, built.sampler, built.oracle, built.mixer,
                            built.lr, hooks, total=built.total_steps, start=status.step,
-                           offline=built.offline)
+                           offline=built.offline, straggling=built.straggling)
         shown = "running" if outcome.status == "stopped" else outcome.status
         return RunResult(out, shown, outcome.step, outcome.message, main)
     except BaseException as e:

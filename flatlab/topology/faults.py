@@ -32,8 +32,8 @@ from flatlab.topology.core import Topology
 from flatlab.topology.weights import lazy as lazy_matrix
 from flatlab.topology.weights import mixing_matrix
 
-__all__ = ["LinkFailures", "NodeChurn", "MessageDrops", "FAULT_RULES", "undirected_edges",
-           "surviving_matrix"]
+__all__ = ["LinkFailures", "NodeChurn", "MessageDrops", "Stragglers", "FAULT_RULES",
+           "undirected_edges", "surviving_matrix"]
 
 #: Weight rules recomputed on the surviving graph (both symmetric and doubly stochastic).
 FAULT_RULES = ("metropolis", "max-degree")
@@ -277,3 +277,37 @@ class MessageDrops(_Faults):
         out = sp.csr_array(w + delta)
         out.eliminate_zeros()
         return out
+
+
+@dataclass(frozen=True)
+class Stragglers:
+    """Each node misses a step's gradient with probability ``p``, independently (a compute fault).
+
+    A straggler still gossips; its update carries no gradient that step
+    (:class:`flatlab.engine.oracle.SkippingOracle`). Round ``t``'s draw is
+    ``seed_for(seed, "stragglers", t)``, its own stream, so stragglers compose with any
+    network fault without changing its draws.
+
+    Attributes:
+        n: Number of nodes.
+        p: The probability that a node misses a step's gradient, in ``[0, 1)``.
+        seed: Seed of the draws.
+    """
+
+    n: int
+    p: float
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n, bool) or not isinstance(self.n, numbers.Integral) or self.n < 1:
+            raise TopologyError(f"stragglers need a number of nodes >= 1, got {self.n!r}")
+        p = self.p
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not (
+                math.isfinite(float(p)) and 0 <= float(p) < 1):
+            raise TopologyError(f"straggler probability p must be in [0, 1), got {p!r}")
+        object.__setattr__(self, "p", float(p))
+
+    def skips(self, t: int) -> np.ndarray:
+        """Which nodes miss step ``t``'s gradient (boolean ``[n]``), the same on every call."""
+        rng = np.random.default_rng(seed_for(self.seed, "stragglers", int(t)))
+        return rng.random(self.n) < self.p

@@ -129,6 +129,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             cfg = load_config(dict(config("diffusion", "ring", name="drops",
                                           backend="distributed"), topology=DROPS))
             assert run(cfg, Path(out) / "drops", progress=False).status == "done"
+            cfg = load_config(dict(config("dsgdm", "ring", name="stragglers",
+                                          backend="distributed"), train=STRAGGLERS))
+            assert run(cfg, Path(out) / "stragglers", progress=False).status == "done"
     finally:
         dist.destroy_process_group()
 
@@ -139,6 +142,8 @@ FAULTY = {"name": "ring", "nodes": 4, "faults": {"model": "link_failures", "p": 
 CHURN = {"name": "ring", "nodes": 4, "faults": {"model": "node_churn", "p": 0.3}}
 #: ... and one that loses 30% of its messages (row-stochastic rounds).
 DROPS = {"name": "ring", "nodes": 4, "faults": {"model": "message_drops", "p": 0.3}}
+#: ... and nodes that miss 30% of their steps' gradients.
+STRAGGLERS = {"steps": 12, "stragglers": 0.3}
 SAM_OPTIM = {"lr": 0.1, "schedule": "cosine", "warmup": 2, "weight_decay": 1e-4,
              "sam_rho": 0.05}
 
@@ -234,6 +239,9 @@ def test_distributed_runs_equal_simulated_runs(world, simulated, tmp_path):
         drops = load_config(dict(config("diffusion", "ring", name="drops"), topology=DROPS))
         run(drops, tmp_path / "whole" / "drops", progress=False)
         _compare(tmp_path / "drops", tmp_path / "whole" / "drops")
+        late = load_config(dict(config("dsgdm", "ring", name="stragglers"), train=STRAGGLERS))
+        run(late, tmp_path / "whole" / "stragglers", progress=False)
+        _compare(tmp_path / "stragglers", tmp_path / "whole" / "stragglers")
     ck = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
     assert ck["processes"] == world and len(ck["rng"]) == world
     assert ck["state"]["x"].shape[0] == 4 and ck["mixer"]["bytes"].shape == (4,)

@@ -162,3 +162,43 @@ def test_message_drops_are_for_the_plain_gossip_methods_only():
     with pytest.raises(ConfigError, match=r"gradient-tracking: needs mixing that preserves the "
                                           r"average, but .* is only row-stochastic"):
         load_config({**drops, "algorithm": {"name": "gradient-tracking"}})
+
+
+# ---------------------------------------------------------------------- stragglers
+def test_with_stragglers_consensus_equals_the_loop_without_their_gradients():
+    """``X⁺ = W X − μ (G with the stragglers' rows 0)``, the stragglers drawn by the model."""
+    import torch
+
+    from flatlab.algorithms import simulate
+    from flatlab.data import heterogeneous_quadratics
+    from flatlab.topology.faults import Stragglers
+
+    q = heterogeneous_quadratics(8, 3, seed=3)
+    late = Stragglers(8, p=0.4, seed=6)
+    X0 = torch.randn(8, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))  # noqa: N806
+    xs = simulate("consensus", "ring", q.grad_fn(), X0, 30, 0.1, straggling=late.skips)
+    W = torch.as_tensor(make("ring", 8).matrix())  # noqa: N806
+    X, missed = X0.clone(), 0  # noqa: N806
+    for t in range(30):
+        G = q.grad(X)  # noqa: N806
+        skip = torch.as_tensor(late.skips(t))
+        G[skip] = 0
+        missed += int(skip.sum())
+        X = W @ X - 0.1 * G  # noqa: N806
+        torch.testing.assert_close(xs[t + 1], X, rtol=0, atol=1e-13)
+    assert 60 < missed < 130  # about 0.4 of 240
+    assert not np.array_equal(late.skips(0), Stragglers(8, p=0.4, seed=7).skips(0)) or \
+        not np.array_equal(late.skips(1), Stragglers(8, p=0.4, seed=7).skips(1))
+
+
+def test_straggler_settings_are_checked_in_one_line():
+    with pytest.raises(ConfigError, match=r"train.stragglers: 1.0 is not accepted; accepted: a "
+                                          r"probability in \[0, 1\)"):
+        load_config({**RUN, "train": {"steps": 4, "stragglers": 1.0}})
+    with pytest.raises(ConfigError, match=r"ngpd asks the oracle for curvature factors"):
+        load_config({**RUN, "topology": {"name": "ring", "nodes": 4},
+                     "algorithm": {"name": "ngpd"}, "train": {"steps": 4, "stragglers": 0.1}})
+    run = build(load_config({**RUN, "train": {"steps": 4, "stragglers": 0.5}}))
+    from flatlab.topology.faults import Stragglers
+
+    assert run.straggling(2).tolist() == Stragglers(9, 0.5, seed=7).skips(2).tolist()
