@@ -346,10 +346,17 @@ def _cmd_topologies(args: argparse.Namespace) -> int:
     from flatlab.topology import catalog
 
     gens = catalog()
+    def faults(g: Any) -> list[str]:  # topology.faults models a run on it can train under
+        if g.time_varying:
+            return []
+        return ["message_drops"] if g.directed else ["link_failures", "node_churn",
+                                                     "message_drops"]
+
     if args.json:
         print(json.dumps([{"name": g.name, "size": g.size, "params": list(g.params),
                            "weights": list(g.weight_rules), "directed": g.directed,
-                           "time_varying": g.time_varying, "random": g.random}
+                           "time_varying": g.time_varying, "random": g.random,
+                           "faults": faults(g)}
                           for g in gens], indent=1))
         return 0
     rows = [("name", "size condition", "parameters", "weights", "kind")]
@@ -363,6 +370,9 @@ def _cmd_topologies(args: argparse.Namespace) -> int:
           "(square symmetric), matrix:PATH (W as given); .npy, .npz or text.\nweights: "
           "metropolis (default), max-degree, uniform (regular graphs); --lazy for (I + W)/2; "
           "push-sum: column-stochastic P[j, i] = 1/(outdeg_i + 1), for sgp (and centralized).")
+    print("faults (topology.faults, on a static graph): link_failures and node_churn (undirected, "
+          "metropolis or max-degree weights, recomputed on what is up), message_drops (any "
+          "doubly stochastic W; consensus and diffusion only); train.stragglers on any graph.")
     return 0
 
 

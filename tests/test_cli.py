@@ -147,3 +147,14 @@ def test_installed_entry_point_exit_status():
                          capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.strip().count("\n") == 0 and "power of two" in bad.stderr
+
+
+def test_topologies_say_which_faults_a_run_on_them_can_train_under(capsys):
+    import json
+
+    code, out, _ = run(capsys, "topologies", "--json")
+    kinds = {g["name"]: g["faults"] for g in json.loads(out)}
+    assert code == 0 and kinds["ring"] == ["link_failures", "node_churn", "message_drops"]
+    assert kinds["one-peer-exponential"] == []  # time-varying: nothing to fail on top
+    code, out, _ = run(capsys, "topologies")
+    assert "faults (topology.faults, on a static graph)" in out
