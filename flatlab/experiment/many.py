@@ -265,7 +265,7 @@ def _in_worker(job: _Job) -> dict[str, Any]:
         return {"run": job.name, "status": "interrupted", "step": 0,
                 "message": "not started (interrupted)", "skipped": True}
     torch.set_num_threads(1)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, _interrupt_once)
     try:
         return _run_one(job)
     except KeyboardInterrupt:  # the run left its directory interrupted (resumable)
@@ -278,6 +278,21 @@ def _in_worker(job: _Job) -> dict[str, Any]:
 
 #: Set in a worker by a SIGINT: it starts no further job.
 _INTERRUPTED = False
+
+
+def _interrupt_once(signum: int, frame: Any) -> None:
+    """A worker's first SIGINT during a run: KeyboardInterrupt, and later ones only noted.
+
+    A terminal's Ctrl-C reaches the worker, and the parent passes it on too: a second
+    KeyboardInterrupt would land in the run's clean-up (a ``__del__``, a ``finally``) and print
+    a traceback there.
+    """
+    import signal
+
+    global _INTERRUPTED
+    _INTERRUPTED = True
+    signal.signal(signal.SIGINT, _note_interrupt)
+    raise KeyboardInterrupt
 
 
 def _note_interrupt(signum: int, frame: Any) -> None:

@@ -24,10 +24,12 @@ from flatlab.theory.disagreement import DisagreementPrediction, stationary_disag
 from flatlab.theory.faults import (
     DropConsensus,
     FaultSpectrum,
+    FaultyDisagreement,
     consensus_value_variance,
     fault_spectrum,
     link_failure_spectrum,
     ring_metropolis_mean_weight,
+    stationary_disagreement_under_faults,
 )
 from flatlab.theory.neighbors import effective_neighbors, stationary_variances
 from flatlab.theory.spectral import (
@@ -64,4 +66,6 @@ __all__ = [
     "ring_metropolis_mean_weight",
     "DropConsensus",
     "consensus_value_variance",
+    "FaultyDisagreement",
+    "stationary_disagreement_under_faults",
 ]

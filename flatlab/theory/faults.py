@@ -54,7 +54,8 @@ from flatlab.topology.core import Topology
 from flatlab.topology.faults import LinkFailures, MessageDrops, NodeChurn
 
 __all__ = ["FaultSpectrum", "fault_spectrum", "link_failure_spectrum",
-           "ring_metropolis_mean_weight", "DropConsensus", "consensus_value_variance"]
+           "ring_metropolis_mean_weight", "DropConsensus", "consensus_value_variance",
+           "FaultyDisagreement", "stationary_disagreement_under_faults"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,8 @@ class FaultSpectrum:
         samples: Patterns summed (``2^m``) or drawn.
         stderr: Largest standard error of an entry of ``E[W]`` or ``E[WᵀW]`` (0 when exact).
         model: ``link failures`` or ``node churn``.
+        kron: ``E[(W − J) ⊗ (W − J)]`` (``[n², n²]``), the second-moment map of the
+            disagreement (None above ``max_nodes``).
     """
 
     topology: str
@@ -94,6 +97,7 @@ class FaultSpectrum:
     samples: int
     stderr: float
     model: str = "link failures"
+    kron: np.ndarray | None = None
 
     def as_dict(self) -> dict:
         """Plain numbers (no matrices), for JSON."""
@@ -202,7 +206,119 @@ def fault_spectrum(faults, *, method: str = "auto", samples: int = 20000, max_un
     mean_rate = float(max(abs(lam_mean[-2]), abs(lam_mean[0])))
     model = "node churn" if isinstance(faults, NodeChurn) else "link failures"
     return FaultSpectrum(topology.label, float(p), n, len(faults.edges), mean, second,
-                         float(lam[-2]), rate, mean_rate, free, method, count, stderr, model)
+                         float(lam[-2]), rate, mean_rate, free, method, count, stderr, model,
+                         K)
+
+
+@dataclass(frozen=True)
+class FaultyDisagreement:
+    """Stationary disagreement of constant-step decentralized SGD while links fail.
+
+    Attributes:
+        form: ``diffusion``, ``consensus`` or ``diffusion-cta``.
+        consensus_distance: ``E Ξ² = (1/n) E Σ_i ‖x_i − x̄‖²`` over the explicit directions.
+        curvature_disagreement: ``E tr(H Σ) = (1/n) Σ_j h_j E‖D v_j‖²``.
+        per_direction: ``consensus_distance`` of each direction.
+        contraction: The spectral radius of the second-moment map (``< 1``: a stationary
+            regime exists; the prediction is refused otherwise).
+        p: The links' failure probability.
+        method: How ``E[(W − J) ⊗ (W − J)]`` was computed (``exact`` or ``sampled``).
+    """
+
+    form: str
+    consensus_distance: float
+    curvature_disagreement: float
+    per_direction: np.ndarray
+    contraction: float
+    p: float
+    method: str
+
+
+def stationary_disagreement_under_faults(faults: LinkFailures, lr: float, curvature, noise, *,
+                                         form: str = "diffusion", method: str = "auto",
+                                         samples: int = 20000) -> FaultyDisagreement:
+    """``E Ξ²`` and ``E tr(HΣ)`` of DSGD near a minimum, on a graph whose links fail i.i.d.
+
+    Near a minimum with Hessian ``H`` (eigenvalues ``h_j``, directions ``v_j``) and gradient
+    noise of variance ``s_j`` along ``v_j``, independent across nodes and steps, the
+    disagreement ``D = (I − J) X`` along ``v_j`` follows a linear recursion with a random
+    ``W_t``, e.g. for diffusion (ATC, ``X⁺ = W_t (X − η (X H + E))``)
+    ``d⁺ = (W_t − J)((1 − η h_j) d − η ε)``, and its second moment ``S = E[d dᵀ]`` obeys
+    ``vec S = a² K vec S + η² s_j K vec I`` with ``K = E[(W_t − J) ⊗ (W_t − J)]``
+    (:func:`fault_spectrum`'s ``kron``, exact over every failure pattern or sampled) and
+    ``a = 1 − η h_j``; for DGD (``consensus``) the map is ``E[B ⊗ B]`` with
+    ``B = (W_t − J) − η h_j (I − J)`` and the noise enters as ``η² s_j (I − J)``; for
+    ``diffusion-cta`` the map is ``a² K`` and the noise ``η² s_j (I − J)``. Then
+    ``E Ξ² = Σ_j tr(S_j) / n`` and ``E tr(HΣ) = Σ_j h_j tr(S_j) / n``. At ``p = 0`` this is
+    :func:`flatlab.theory.stationary_disagreement` of the base graph (checked to rounding).
+
+    Args:
+        faults: :class:`~flatlab.topology.faults.LinkFailures` (rounds symmetric, doubly
+            stochastic, independent of the iterate).
+        lr: Step size ``η > 0``.
+        curvature: ``h_j >= 0`` per explicit direction (a scalar: one direction).
+        noise: ``s_j >= 0`` per direction, or one number for all.
+        form: ``diffusion``, ``consensus`` or ``diffusion-cta``.
+        method: How :func:`fault_spectrum` computes the expectations (``auto``, ``exact``,
+            ``sampled``).
+        samples: Draws when sampled.
+
+    Raises:
+        TheoryError: Another fault model (node churn couples the disagreement to the mean;
+            message drops move the mean), bad numbers, more than 16 nodes (the ``n² × n²``
+            map), or no stationary regime (contraction ``>= 1``), in one line.
+    """
+    if not isinstance(faults, LinkFailures):
+        raise TheoryError(f"the stationary disagreement under faults is derived for link "
+                          f"failures; got {type(faults).__name__} (node churn couples the "
+                          "disagreement to the mean, dropped messages move the mean)")
+    if form in ("dsgd", "diffusion-atc"):
+        form = "diffusion"
+    if form not in ("diffusion", "consensus", "diffusion-cta"):
+        raise TheoryError(f"form {form!r} is unknown; accepted: diffusion, consensus, "
+                          "diffusion-cta")
+    if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and np.isfinite(lr)
+            and lr > 0):
+        raise TheoryError(f"lr must be a finite number > 0, got {lr!r}")
+    h = np.atleast_1d(np.asarray(curvature, dtype=float))
+    sn = np.atleast_1d(np.asarray(noise, dtype=float))
+    if sn.size == 1:
+        sn = np.full(h.shape, float(sn[0]))
+    if h.ndim != 1 or sn.shape != h.shape or not (np.isfinite(h).all() and np.isfinite(sn).all()
+                                                 and (h >= 0).all() and (sn >= 0).all()):
+        raise TheoryError(f"curvature and noise must be finite numbers >= 0, one noise per "
+                          f"direction or one for all; got {h.size} and {sn.size}")
+    spec = fault_spectrum(faults, method=method, samples=samples)
+    if spec.kron is None:
+        raise TheoryError(f"the second-moment map needs n² × n² = {spec.n ** 4} numbers; "
+                          f"accepted: at most 16 nodes (got {spec.n})")
+    n = spec.n
+    K, eye, J = spec.kron, np.eye(n), np.full((n, n), 1.0 / n)  # noqa: N806
+    P = eye - J  # noqa: N806
+    EW = spec.mean - J  # noqa: N806
+    per, worst = np.zeros(h.size), 0.0
+    for j, (hj, sj) in enumerate(zip(h, sn, strict=True)):
+        a = 1.0 - lr * hj
+        if form == "consensus":
+            c = lr * hj
+            M = K - c * (np.kron(EW, P) + np.kron(P, EW)) + c * c * np.kron(P, P)  # noqa: N806
+            rhs = lr * lr * sj * P.ravel()
+        elif form == "diffusion":
+            M = a * a * K  # noqa: N806
+            rhs = lr * lr * sj * (K @ eye.ravel())
+        else:
+            M = a * a * K  # noqa: N806
+            rhs = lr * lr * sj * P.ravel()
+        r = float(np.max(np.abs(np.linalg.eigvals(M))))
+        worst = max(worst, r)
+        if r >= 1:
+            raise TheoryError(f"no stationary regime: the disagreement's second moment grows "
+                              f"by {r:.4g} per step along direction {j} (h = {hj:g}, lr = "
+                              f"{lr:g}); accepted: a smaller step")
+        S = np.linalg.solve(np.eye(n * n) - M, rhs).reshape(n, n)  # noqa: N806
+        per[j] = float(np.trace(S)) / n
+    return FaultyDisagreement(form, float(per.sum()), float((h * per).sum()), per, worst,
+                              faults.p, spec.method)
 
 
 

@@ -248,3 +248,57 @@ def test_the_base_rule_and_laziness_are_kept_so_p_zero_plays_the_base_itself():
         ring_metropolis_mean_weight(1.7)
     with pytest.raises(TheoryError, match="samples must be"):
         link_failure_spectrum(make("ring", 6), 0.3, samples=0)
+
+
+# ---------------------------------------------------------------------- steady disagreement
+@pytest.mark.parametrize("form", ["diffusion", "consensus", "diffusion-cta"])
+def test_without_failures_the_prediction_is_the_static_one(form):
+    """At p = 0 the second-moment map is (W − J) ⊗ (W − J): the static closed form."""
+    from flatlab.theory import stationary_disagreement, stationary_disagreement_under_faults
+
+    base = make("ring", 6)
+    got = stationary_disagreement_under_faults(LinkFailures(base, 0.0), 0.1, [0.5, 2.0],
+                                               [1.0, 0.3], form=form)
+    want = stationary_disagreement(0.1, [0.5, 2.0], [1.0, 0.3], topology=base, form=form)
+    assert got.consensus_distance == pytest.approx(want.consensus_distance, rel=1e-10)
+    assert got.curvature_disagreement == pytest.approx(want.curvature_disagreement, rel=1e-10)
+
+
+def test_the_predicted_steady_consensus_distance_is_what_a_run_under_failures_measures():
+    """Diffusion on ``f_i = ½ h ‖x‖²`` with gradient noise, links of a ring of 6 down with
+    p = 0.3: the time average of Ξ² over 3000 steps (40 independent coordinates) against the
+    prediction, within 4 standard errors of batch means (and 8%)."""
+    import torch
+
+    from flatlab.algorithms import simulate
+    from flatlab.theory import stationary_disagreement_under_faults
+
+    n, d, h, lr, s, steps = 6, 40, 0.5, 0.1, 1.0, 3000
+    faults = LinkFailures(make("ring", n), 0.3, seed=11)
+
+    def grad(X, t):  # noqa: N803
+        gen = torch.Generator().manual_seed(1000 + t)
+        return h * X + s ** 0.5 * torch.randn(X.shape, generator=gen, dtype=X.dtype)
+
+    xs = simulate("diffusion", faults.topology(steps), grad, torch.zeros(n, d,
+                  dtype=torch.float64), steps, lr)
+    xi2 = ((xs - xs.mean(1, keepdim=True)) ** 2).sum((1, 2)) / n
+    blocks = xi2[501:].reshape(10, -1).mean(1)  # after a burn-in, 10 blocks of 250 steps
+    measured, se = float(blocks.mean()), float(blocks.std() / 10 ** 0.5)
+    pred = stationary_disagreement_under_faults(faults, lr, h, s).consensus_distance * d
+    assert abs(measured - pred) < 4 * se and abs(measured / pred - 1) < 0.08, (measured, pred, se)
+    static = stationary_disagreement_under_faults(LinkFailures(make("ring", n), 0.0), lr, h, s)
+    assert pred > 1.2 * static.consensus_distance * d  # failing links: more disagreement
+
+
+def test_the_steady_disagreement_refuses_what_it_does_not_cover_in_one_line():
+    from flatlab.theory import stationary_disagreement_under_faults
+    from flatlab.topology.faults import NodeChurn
+
+    with pytest.raises(TheoryError, match="derived for link failures; got NodeChurn"):
+        stationary_disagreement_under_faults(NodeChurn(make("ring", 6), 0.2), 0.1, 1.0, 1.0)
+    with pytest.raises(TheoryError, match="no stationary regime"):
+        stationary_disagreement_under_faults(LinkFailures(make("ring", 6), 0.2), 3.0, 1.0, 1.0)
+    with pytest.raises(TheoryError, match="form 'gt' is unknown"):
+        stationary_disagreement_under_faults(LinkFailures(make("ring", 6), 0.2), 0.1, 1.0, 1.0,
+                                             form="gt")
