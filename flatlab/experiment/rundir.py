@@ -737,27 +737,15 @@ def finished_damage(out: Path) -> list[str]:
     """
     out = Path(out)
     problems = []
-    try:
-        if read_config(out) is None:
-            problems.append("config.yaml is missing")
-    except RunDirError as e:
-        problems.append(f"config.yaml is damaged ({_why(e)})")
-    m = out / "metrics.parquet"
-    if not m.is_file():
-        problems.append("metrics.parquet is missing")
-    else:
+    for name, read in (("config.yaml", lambda p: read_yaml(p, "run config", error=RunDirError)),
+                       ("metrics.parquet", read_parquet), ("checkpoint.pt", load_checkpoint)):
+        if not (out / name).is_file():
+            problems.append(f"{name} is missing")
+            continue
         try:
-            read_parquet(m)
+            read(out / name)
         except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds for a damaged file
-            problems.append(f"metrics.parquet is damaged ({_why(e)})")
-    c = out / "checkpoint.pt"
-    if not c.is_file():
-        problems.append("checkpoint.pt is missing")
-    else:
-        try:
-            load_checkpoint(c)
-        except RunDirError as e:
-            problems.append(f"checkpoint.pt is damaged ({_why(e)})")
+            problems.append(f"{name} is damaged ({_why(e)})")
     return problems
 
 

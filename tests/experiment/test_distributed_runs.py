@@ -119,31 +119,27 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             cfg = load_config(config("diffusion", "ring", name="sam", backend="distributed",
                                      optim=SAM_OPTIM))
             assert run(cfg, Path(out) / "sam", progress=False).status == "done"
-            # links that fail: both mixers replay the seeded rounds (issue 34)
-            cfg = load_config(dict(config("gradient-tracking", "ring", name="faults",
-                                          backend="distributed"), topology=FAULTY))
-            assert run(cfg, Path(out) / "faults", progress=False).status == "done"
-            cfg = load_config(dict(config("momentum-tracking", "ring", name="churn",
-                                          backend="distributed"), topology=CHURN))
-            assert run(cfg, Path(out) / "churn", progress=False).status == "done"
-            cfg = load_config(dict(config("diffusion", "ring", name="drops",
-                                          backend="distributed"), topology=DROPS))
-            assert run(cfg, Path(out) / "drops", progress=False).status == "done"
-            cfg = load_config(dict(config("dsgdm", "ring", name="stragglers",
-                                          backend="distributed"), train=STRAGGLERS))
-            assert run(cfg, Path(out) / "stragglers", progress=False).status == "done"
+            # faults: both mixers replay the same seeded rounds (issue 34)
+            for name, algo, override in FAULT_RUNS:
+                cfg = load_config(dict(config(algo, "ring", name=name, backend="distributed"),
+                                       **override))
+                assert run(cfg, Path(out) / name, progress=False).status == "done"
     finally:
         dist.destroy_process_group()
 
 
-#: A ring of 4 whose links fail in 40% of the rounds each.
-FAULTY = {"name": "ring", "nodes": 4, "faults": {"model": "link_failures", "p": 0.4}}
-#: ... and one whose nodes are offline in 30% of the rounds each (they keep their state).
-CHURN = {"name": "ring", "nodes": 4, "faults": {"model": "node_churn", "p": 0.3}}
-#: ... and one that loses 30% of its messages (row-stochastic rounds).
-DROPS = {"name": "ring", "nodes": 4, "faults": {"model": "message_drops", "p": 0.3}}
-#: ... and nodes that miss 30% of their steps' gradients.
-STRAGGLERS = {"steps": 12, "stragglers": 0.3}
+#: Runs under each fault model, on 2 processes and simulated: a ring of 4 whose links fail
+#: (40% each round), whose nodes go offline (30%; they keep their state), that loses messages
+#: (30%; row-stochastic rounds), and whose nodes miss 30% of their steps' gradients.
+FAULT_RUNS = [
+    ("faults", "gradient-tracking",
+     {"topology": {"name": "ring", "nodes": 4, "faults": {"model": "link_failures", "p": 0.4}}}),
+    ("churn", "momentum-tracking",
+     {"topology": {"name": "ring", "nodes": 4, "faults": {"model": "node_churn", "p": 0.3}}}),
+    ("drops", "diffusion",
+     {"topology": {"name": "ring", "nodes": 4, "faults": {"model": "message_drops", "p": 0.3}}}),
+    ("stragglers", "dsgdm", {"train": {"steps": 12, "stragglers": 0.3}}),
+]
 SAM_OPTIM = {"lr": 0.1, "schedule": "cosine", "warmup": 2, "weight_decay": 1e-4,
              "sam_rho": 0.05}
 
@@ -228,20 +224,10 @@ def test_distributed_runs_equal_simulated_runs(world, simulated, tmp_path):
     if world == 2:
         _compare(tmp_path / "sam", _simulated(tmp_path / "whole", "diffusion", "ring",
                                               name="sam", optim=SAM_OPTIM))
-        faulty = load_config(dict(config("gradient-tracking", "ring", name="faults"),
-                                  topology=FAULTY))
-        run(faulty, tmp_path / "whole" / "faults", progress=False)
-        _compare(tmp_path / "faults", tmp_path / "whole" / "faults")
-        churn = load_config(dict(config("momentum-tracking", "ring", name="churn"),
-                                 topology=CHURN))
-        run(churn, tmp_path / "whole" / "churn", progress=False)
-        _compare(tmp_path / "churn", tmp_path / "whole" / "churn")
-        drops = load_config(dict(config("diffusion", "ring", name="drops"), topology=DROPS))
-        run(drops, tmp_path / "whole" / "drops", progress=False)
-        _compare(tmp_path / "drops", tmp_path / "whole" / "drops")
-        late = load_config(dict(config("dsgdm", "ring", name="stragglers"), train=STRAGGLERS))
-        run(late, tmp_path / "whole" / "stragglers", progress=False)
-        _compare(tmp_path / "stragglers", tmp_path / "whole" / "stragglers")
+        for name, algo, override in FAULT_RUNS:
+            cfg = load_config(dict(config(algo, "ring", name=name), **override))
+            run(cfg, tmp_path / "whole" / name, progress=False)
+            _compare(tmp_path / name, tmp_path / "whole" / name)
     ck = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
     assert ck["processes"] == world and len(ck["rng"]) == world
     assert ck["state"]["x"].shape[0] == 4 and ck["mixer"]["bytes"].shape == (4,)
