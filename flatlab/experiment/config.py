@@ -215,6 +215,29 @@ class LogConfig:
 
 
 @dataclass
+class ClockConfig:
+    """A simulated wall clock (:class:`flatlab.comm.clock.WallClock`): time, not only steps.
+
+    Each step every node computes for a time drawn from a log-normal distribution of mean
+    ``compute`` seconds and coefficient of variation ``compute_cv`` (0: always ``compute``),
+    then sends what the algorithm sends this step at ``bandwidth`` bytes per second (``null``:
+    no transfer time); a round that exchanges anything adds ``latency`` seconds. A synchronous
+    round ends when its slowest node is done. The run records the cumulative ``sim_time``
+    (scope ``network``) wherever it measures. All zero (the default): no clock.
+    """
+
+    compute: float = 0.0
+    compute_cv: float = 0.0
+    latency: float = 0.0
+    bandwidth: float | None = None
+
+    @property
+    def on(self) -> bool:
+        """Whether the clock runs."""
+        return bool(self.compute or self.latency or self.bandwidth is not None)
+
+
+@dataclass
 class RunConfig:
     """One run: everything the runner needs to build and train, and nothing else.
 
@@ -263,6 +286,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
+    clock: ClockConfig = field(default_factory=ClockConfig)
 
 
 # ---------------------------------------------------------------------- dict <-> dataclass
@@ -500,6 +524,12 @@ def validate(cfg: RunConfig) -> None:
     _validate_optim(cfg.optim)
     _validate_train(cfg)
     _validate_measure(cfg.measure)
+    c = cfg.clock
+    _need(c.compute >= 0, "clock.compute", c.compute, "seconds >= 0 (a step's mean compute)")
+    _need(c.compute_cv >= 0, "clock.compute_cv", c.compute_cv, "a number >= 0")
+    _need(c.latency >= 0, "clock.latency", c.latency, "seconds >= 0 per round")
+    _need(c.bandwidth is None or c.bandwidth > 0, "clock.bandwidth", c.bandwidth,
+          "bytes per second > 0, or null (no transfer time)")
 
 
 def _validate_run(cfg: RunConfig) -> None:

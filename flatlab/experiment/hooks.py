@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from flatlab import algorithms as _algorithms
+from flatlab.comm.clock import WallClock
 from flatlab.errors import FlatlabError, RunDirError
 from flatlab.experiment import rundir
 from flatlab.experiment.assemble import Run
@@ -68,6 +69,7 @@ class Record:
         started: ISO time of the run's first start.
         measure_s: Seconds spent in each named measure so far.
         checkpoint_s: Seconds spent writing checkpoints and metric files so far.
+        clock_s: The simulated wall clock's seconds so far (:class:`Clock`; 0 without one).
         announce: Called with a measure's name as it starts (the progress bar sets it).
     """
 
@@ -79,6 +81,7 @@ class Record:
     started: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
     measure_s: dict[str, float] = field(default_factory=dict)
     checkpoint_s: float = 0.0
+    clock_s: float = 0.0
     announce: Callable[[str], None] | None = field(default=None, repr=False)
     _t0: float = field(default_factory=time.perf_counter, repr=False)
 
@@ -90,7 +93,8 @@ class Record:
                    {k: list(v) for k, v in ck.tables.items()}, list(ck.loss_acc),
                    float(ck.elapsed), started,
                    {k: float(v) for k, v in ck.timings.get("measures", {}).items()},
-                   float(ck.timings.get("checkpoint", 0.0)))
+                   float(ck.timings.get("checkpoint", 0.0)),
+                   float(ck.timings.get("clock", 0.0)))
 
     def timings(self) -> dict[str, Any]:
         """Where the time went, as ``status.json`` holds it (``timings_s``).
@@ -214,6 +218,62 @@ class Divergence(Hook):
             ok = agree(self.group, bool(torch.isfinite(loop.state.x).all()))
         return None if ok else Outcome("diverged", loop.step, f"non-finite loss at step "
                                                               f"{loop.step}")
+
+
+@dataclass
+class Clock(Hook):
+    """The simulated wall clock (:class:`flatlab.comm.clock.WallClock`): ``sim_time``.
+
+    After every step: each of this process's nodes' compute time plus the bytes it sent that
+    step over the bandwidth; the step takes the slowest node's time over all processes, plus
+    the latency when anything was sent. The processes combine their per-step maxima only where
+    the run measures or checkpoints (one gather), so the clock adds no collective to a step;
+    the cumulative seconds are recorded as ``sim_time`` (scope ``network``) wherever the run
+    measures, and kept in the checkpoint.
+    """
+
+    run: Run
+    record: Record
+    clock: WallClock
+    checkpoint_every: int
+    _pending: list[tuple[float, bool]] = field(default_factory=list)
+    _sent: torch.Tensor | None = None
+
+    def on_start(self, loop: Loop) -> None:
+        """The mixer's byte counts so far; ``sim_time = 0`` at the start of a fresh run."""
+        self._sent = self.run.mixer.stats.bytes.clone()
+        if loop.step == 0 and self.run.mixer.rank == 0 and not any(
+                r[2] == "sim_time" for r in self.record.rows):
+            self.record.add(0, [("sim_time", "network", 0.0)])
+
+    def on_step(self, loop: Loop) -> None:
+        """Add the step's time; combine and record where the run measures or checkpoints."""
+        now = self.run.mixer.stats.bytes
+        sent = (now - self._sent).double().cpu().numpy()
+        self._sent = now.clone()
+        times = self.clock.node_times(loop.step - 1, sent, self.run.rows)
+        self._pending.append((float(times.max()), bool(sent.sum() > 0)))
+        measured = self.run.schedule.is_step(loop.step)
+        if measured or loop.step % self.checkpoint_every == 0:
+            self._flush()
+        if measured and self.run.mixer.rank == 0:
+            self.record.add(loop.step, [("sim_time", "network", self.record.clock_s)])
+
+    def on_end(self, loop: Loop, outcome: Outcome) -> None:
+        """A run that ended off the schedule (diverged, or done early) records its time too."""
+        if outcome.status in ("done", "diverged") and (
+                self._pending or not self.run.schedule.is_step(outcome.step)):
+            self._flush()
+            if self.run.mixer.rank == 0 and not self.run.schedule.is_step(outcome.step):
+                self.record.add(outcome.step, [("sim_time", "network", self.record.clock_s)])
+
+    def _flush(self) -> None:
+        """Combine every process's pending steps (their slowest node, anything sent)."""
+        per_rank = self.run.mixer.gather_object(self._pending)
+        for steps in zip(*per_rank, strict=True):
+            self.record.clock_s += self.clock.step_seconds(max(s for s, _ in steps),
+                                                           any(a for _, a in steps))
+        self._pending = []
 
 
 @dataclass
@@ -360,7 +420,8 @@ class Checkpointing(Hook):
             elapsed=rec.elapsed, loss_acc=rec.loss_acc, rng=mixer.gather_object(rng),
             processes=mixer.world_size, tables=rec.tables, started=rec.started,
             config=self.config,
-            timings={"measures": dict(rec.measure_s), "checkpoint": rec.checkpoint_s})
+            timings={"measures": dict(rec.measure_s), "checkpoint": rec.checkpoint_s,
+                     "clock": rec.clock_s})
 
         def write() -> None:
             rundir.save_checkpoint(self.out, ck)

@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from flatlab.comm.clock import WallClock
 from flatlab.comm.process import Processes, Watchdog, join, leave
 from flatlab.errors import ConfigError
 from flatlab.experiment import hooks as _hooks
@@ -223,6 +224,12 @@ def _hooks_of(built: Run, record: _hooks.Record, status: _hooks.StatusFile, out:
             h.bind(built, record)
     return [_hooks.Terminate(term), _hooks.BatchLoss(record), _hooks.Divergence(built.mixer),
             _hooks.Measuring(built, record, alone),
+            # after Measuring (which measures a fresh run's start only while nothing is
+            # recorded), before Checkpointing (which keeps the clock's seconds)
+            *([_hooks.Clock(built, record, WallClock(
+                built.n, cfg.clock.compute, cfg.clock.compute_cv, cfg.clock.latency,
+                cfg.clock.bandwidth, seed=cfg.seed), cfg.checkpoint_every)]
+              if cfg.clock.on else []),
             _hooks.Progress(cfg.name, built.total_steps, status.step, record,
                             progress and status.main, lr=built.lr),
             *([_hooks.StopAfter(stop_after)] if stop_after is not None else []),

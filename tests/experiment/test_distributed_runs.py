@@ -130,7 +130,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
 #: Runs under each fault model, on 2 processes and simulated: a ring of 4 whose links fail
 #: (40% each round), whose nodes go offline (30%; they keep their state), that loses messages
-#: (30%; row-stochastic rounds), and whose nodes miss 30% of their steps' gradients.
+#: (30%; row-stochastic rounds), whose nodes miss 30% of their steps' gradients, and a clock.
 FAULT_RUNS = [
     ("faults", "gradient-tracking",
      {"topology": {"name": "ring", "nodes": 4, "faults": {"model": "link_failures", "p": 0.4}}}),
@@ -139,6 +139,9 @@ FAULT_RUNS = [
     ("drops", "diffusion",
      {"topology": {"name": "ring", "nodes": 4, "faults": {"model": "message_drops", "p": 0.3}}}),
     ("stragglers", "dsgdm", {"train": {"steps": 12, "stragglers": 0.3}}),
+    # and the simulated wall clock: each process's slowest node, combined where measured
+    ("clock", "diffusion", {"clock": {"compute": 0.05, "compute_cv": 0.5, "latency": 0.001,
+                                      "bandwidth": 1.0e6}}),
 ]
 SAM_OPTIM = {"lr": 0.1, "schedule": "cosine", "warmup": 2, "weight_decay": 1e-4,
              "sam_rho": 0.05}

@@ -1,0 +1,67 @@
+"""A simulated wall clock: what a run's steps would take on a network (issue 34).
+
+A step of a synchronous method ends when its slowest node has computed its gradient and sent its
+messages::
+
+    T_t = max_i ( c_{i,t} + b_{i,t} / B ) + L · [anything sent at step t]
+
+with ``c_{i,t}`` node ``i``'s compute time, log-normal with mean ``m`` and coefficient of
+variation ``v`` (``σ² = ln(1 + v²)``, ``μ = ln m − σ²/2``; ``v = 0``: exactly ``m``), drawn from
+``seed_for(seed, "clock", t)`` for every node at once (so it is the same however the nodes are
+split over processes), ``b_{i,t}`` the bytes node ``i`` sent at step ``t`` (what the mixer
+counted: compressed messages count their encoding), ``B`` the link bandwidth and ``L`` the
+latency of a round. The run's ``sim_time`` is ``Σ_t T_t``. With many nodes and a variable compute
+time, ``E max_i c_i`` grows with ``n``: the synchronous method waits for its slowest node.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from flatlab.seeds import seed_for
+
+__all__ = ["WallClock"]
+
+
+@dataclass(frozen=True)
+class WallClock:
+    """The cost model of one run.
+
+    Attributes:
+        n: Nodes of the network.
+        compute: Mean compute seconds of a node's step.
+        compute_cv: Coefficient of variation of the compute time (0: fixed).
+        latency: Seconds a round that exchanges anything adds.
+        bandwidth: Bytes per second of a node's link (None: no transfer time).
+        seed: The run's seed.
+    """
+
+    n: int
+    compute: float
+    compute_cv: float = 0.0
+    latency: float = 0.0
+    bandwidth: float | None = None
+    seed: int = 0
+
+    def compute_times(self, t: int) -> np.ndarray:
+        """``c_{i,t}`` of every node at step ``t`` (seconds, ``[n]``)."""
+        if self.compute_cv == 0 or self.compute == 0:
+            return np.full(self.n, float(self.compute))
+        s2 = math.log1p(self.compute_cv**2)
+        mu = math.log(self.compute) - s2 / 2
+        rng = np.random.default_rng(seed_for(self.seed, "clock", int(t)))
+        return rng.lognormal(mu, math.sqrt(s2), self.n)
+
+    def node_times(self, t: int, sent: np.ndarray, rows: slice) -> np.ndarray:
+        """``c_{i,t} + b_{i,t} / B`` of the nodes ``rows`` that sent ``sent`` bytes."""
+        c = self.compute_times(t)[rows]
+        if self.bandwidth is None:
+            return c
+        return c + np.asarray(sent, dtype=float) / self.bandwidth
+
+    def step_seconds(self, slowest: float, anything_sent: bool) -> float:
+        """``T_t`` from the slowest node's time and whether the round exchanged anything."""
+        return float(slowest) + (self.latency if anything_sent else 0.0)
