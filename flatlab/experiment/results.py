@@ -281,7 +281,8 @@ def summary(path: str | Path, *, strict: bool = False) -> pd.DataFrame:
 
 #: The metrics :func:`run_line` shows when the run has them (the averaged model's).
 LINE_METRICS = (("train_loss", "loss"), ("test_accuracy", "test acc"),
-                ("hessian_top", "lambda_max"), ("consensus_distance", "consensus"))
+                ("hessian_top", "lambda_max"), ("consensus_distance", "consensus"),
+                ("sim_time", "simulated s"))
 
 
 def _seconds(s: float) -> str:
