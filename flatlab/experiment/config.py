@@ -114,10 +114,12 @@ class TopologyConfig:
     (:class:`flatlab.topology.faults.NodeChurn`): it neither communicates nor steps, keeping
     its whole state (:func:`flatlab.algorithms.hold`). For both the base's weights are
     recomputed on what is up, so every round stays symmetric and doubly stochastic.
-    ``{model: message_drops, p: 0.1}`` loses each directed message with probability ``p``; the
-    receiver keeps the weight on its own value
-    (:class:`flatlab.topology.faults.MessageDrops`), so rounds are row-stochastic only and
-    only the plain gossip methods (consensus, diffusion) accept them. The run mixes with the
+    ``{model: message_drops, p: 0.1}`` loses each directed message with probability ``p``
+    (:class:`flatlab.topology.faults.MessageDrops`); on a doubly stochastic graph the receiver
+    keeps the lost weight on its own value, so rounds are row-stochastic only and only the
+    plain gossip methods (consensus, diffusion) accept them; on push-sum weights the sender
+    keeps the share it could not deliver (``keeper: sender``), so rounds stay
+    column-stochastic and ``sgp`` conserves its mass. The run mixes with the
     resulting time-varying schedule, so a method that needs a static graph refuses it.
     """
 
@@ -623,16 +625,20 @@ def fault_model(faults: dict[str, Any], base: Any, *, seed: int) -> Any:
     if not isinstance(faults, dict):
         raise ConfigError(f"config field topology.faults must be a mapping such as "
                           f"{{model: link_failures, p: 0.1}}, got {faults!r}")
-    unknown = sorted(set(faults) - {"model", "p"})
+    unknown = sorted(set(faults) - {"model", "p", "keeper"})
     if unknown:
         raise ConfigError(f"config field topology.faults.{unknown[0]} is unknown; accepted: "
-                          "model, p")
+                          "model, p, keeper (message_drops)")
     model = faults.get("model")
     _one_of("topology.faults.model", model, FAULT_MODELS)
+    if "keeper" in faults and model != "message_drops":
+        raise ConfigError(f"config field topology.faults.keeper: only message_drops has one "
+                          f"(who keeps a lost message's share); {model} does not")
+    extra = {"keeper": faults["keeper"]} if "keeper" in faults else {}
     kind = {"link_failures": LinkFailures, "node_churn": NodeChurn,
             "message_drops": MessageDrops}[model]
     try:
-        return kind(base, p=faults.get("p", 0.0), seed=seed)
+        return kind(base, p=faults.get("p", 0.0), seed=seed, **extra)
     except FlatlabError as e:
         raise ConfigError(f"config field topology.faults: {e}") from None
 

@@ -359,7 +359,7 @@ def consensus_value_variance(topology: Topology, p: float, x0: np.ndarray | None
         TheoryError: A bad input, or a recursion that has not converged (one line).
     """
     try:
-        drops = MessageDrops(topology, p)
+        drops = MessageDrops(topology, p, keeper="receiver")  # the receiver keeps its share
     except Exception as e:  # noqa: BLE001 - a TopologyError says what is wrong in one line
         raise TheoryError(str(e)) from None
     n = topology.n

@@ -222,37 +222,55 @@ class NodeChurn(_Reweighted):
 
 @dataclass(frozen=True)
 class MessageDrops(_Faults):
-    """Each directed message of a round is lost with probability ``p``; its receiver keeps it.
+    """Each directed message of a round is lost with probability ``p``; someone keeps its weight.
 
-    When node ``i`` does not receive ``x_j`` it puts the weight ``w_ij`` on its own value
-    (``w_ii ← w_ii + w_ij``, ``w_ij ← 0``): each row still sums to one (``W_t`` is
-    row-stochastic, consensus is still reached), but a column does not, so the average drifts
-    and the value the nodes agree on is random. With the same ``p`` on every message
-    ``E[W_t] = (1 − p) W + p I`` is doubly stochastic and the consensus value is unbiased; its
-    variance is :func:`flatlab.theory.consensus_value_variance`. Push-sum keeps the mass when the
-    sender keeps what was not delivered; that schedule is not this one.
+    ``keeper="receiver"`` (the default on a doubly stochastic base): when node ``i`` does not
+    receive ``x_j`` it puts the weight ``w_ij`` on its own value (``w_ii ← w_ii + w_ij``,
+    ``w_ij ← 0``): each row still sums to one (``W_t`` is row-stochastic, consensus is still
+    reached), but a column does not, so the average drifts and the value the nodes agree on is
+    random. With the same ``p`` on every message ``E[W_t] = (1 − p) W + p I`` is doubly
+    stochastic and the consensus value is unbiased; its variance is
+    :func:`flatlab.theory.consensus_value_variance`.
+
+    ``keeper="sender"`` (the default on a push-sum, column-stochastic base): the sender keeps
+    the share that was not delivered (``w_jj ← w_jj + w_ij``, ``w_ij ← 0``), so every column
+    still sums to one and push-sum (``sgp``) conserves its mass exactly: its de-biased ratio
+    still reaches the exact average.
 
     Attributes:
-        base: A static graph with doubly stochastic weights (the rounds without drops).
+        base: A static graph: doubly stochastic, or column-stochastic (push-sum weights).
         p: The probability that a message is lost, in ``[0, 1)``.
         seed: Seed of the drops (round ``t`` from ``seed_for(seed, "faults", t)``).
+        keeper: ``receiver`` or ``sender`` (default: by the base, as above).
         edges: ``[m, 2]`` the messages ``(i, j)``: ``i`` receives from ``j``.
     """
 
     what, noun = "message drops", "message drop"
-    stochastic = "row"
+    keeper: str | None = None
     edges: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.base.time_varying or self.base.column_stochastic:
-            raise TopologyError(f"message drops need a static doubly stochastic graph; "
-                                f"{self.base.label} is "
-                                + ("time-varying" if self.base.time_varying
-                                   else "column-stochastic"))
+        if self.base.time_varying:
+            raise TopologyError(f"message drops need a static graph; {self.base.label} is "
+                                "time-varying")
+        keeper = self.keeper or ("sender" if self.base.column_stochastic else "receiver")
+        if keeper not in ("receiver", "sender"):
+            raise TopologyError(f"message drops: keeper {keeper!r} is unknown; accepted: "
+                                "receiver, sender")
+        if keeper == "receiver" and self.base.column_stochastic:
+            raise TopologyError(f"message drops kept by the receiver need a doubly stochastic "
+                                f"graph; {self.base.label} is column-stochastic (push-sum: "
+                                "keeper sender conserves its mass)")
+        object.__setattr__(self, "keeper", keeper)
         w = self.base.matrix(0, sparse=True).tocoo()
         off = (w.row != w.col) & (w.data > 0)
         object.__setattr__(self, "edges", np.stack([w.row[off], w.col[off]], axis=1))
+
+    @property
+    def stochastic(self) -> str:  # type: ignore[override]
+        """``row`` when the receiver keeps a lost share, ``column`` when the sender does."""
+        return "row" if self.keeper == "receiver" else "column"
 
     @property
     def units(self) -> int:
@@ -264,16 +282,17 @@ class MessageDrops(_Faults):
         return self.alive(t)
 
     def round_from(self, alive: np.ndarray) -> sp.csr_array:
-        """The row-stochastic matrix when exactly the ``alive`` messages arrive."""
+        """The round's matrix when exactly the ``alive`` messages arrive."""
         w = self.base.matrix(0, sparse=True)
         lost = self.edges[~np.asarray(alive, dtype=bool)]
         if not len(lost):  # every message arrived: the base round
             return sp.csr_array(w, copy=True)
         i, j = lost[:, 0], lost[:, 1]
         kept = np.asarray(w[i, j]).ravel()
+        k = i if self.keeper == "receiver" else j  # w_kk += w_ij, w_ij -= w_ij
         delta = sp.coo_array((np.concatenate([kept, -kept]),
-                              (np.concatenate([i, i]), np.concatenate([i, j]))),
-                             shape=w.shape)  # w_ii += w_ij, w_ij -= w_ij
+                              (np.concatenate([k, i]), np.concatenate([k, j]))),
+                             shape=w.shape)
         out = sp.csr_array(w + delta)
         out.eliminate_zeros()
         return out

@@ -202,3 +202,39 @@ def test_straggler_settings_are_checked_in_one_line():
     from flatlab.topology.faults import Stragglers
 
     assert run.straggling(2).tolist() == Stragglers(9, 0.5, seed=7).skips(2).tolist()
+
+
+def test_push_sum_under_drops_kept_by_the_sender_conserves_its_mass_exactly():
+    """The sender keeps a share it could not deliver: every round stays column-stochastic, the
+    numerators and weights keep their sums, and the de-biased ratio reaches the exact average
+    (gossip only) although 30% of the messages are lost."""
+    import torch
+
+    from flatlab.algorithms import simulate
+    from flatlab.topology.faults import MessageDrops
+
+    base = make("exponential", 8, weights="push-sum")
+    drops = MessageDrops(base, p=0.3, seed=4)
+    assert drops.keeper == "sender" and drops.stochastic == "column"
+    sched = drops.topology(300)
+    for t in range(300):
+        np.testing.assert_allclose(sched.matrix(t).sum(0), 1.0, rtol=0, atol=1e-15)
+    X0 = torch.randn(8, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5))  # noqa: N806
+    xs, st = simulate("sgp", sched, lambda X, t: torch.zeros_like(X), X0, 300, 0.1,  # noqa: N803
+                      return_state=True)
+    torch.testing.assert_close(st.numerator.sum(0), X0.sum(0), rtol=0, atol=1e-13)
+    assert float(st.w.sum()) == pytest.approx(8.0, abs=1e-13)
+    torch.testing.assert_close(xs[-1], X0.mean(0).expand(8, 3), rtol=0, atol=1e-10)
+
+
+def test_who_keeps_a_lost_share_is_checked_in_one_line():
+    push = {**RUN, "topology": {"name": "ring", "nodes": 6, "weights": "push-sum",
+                                "faults": {"model": "message_drops", "p": 0.2}},
+            "algorithm": {"name": "sgp"}}
+    load_config(push)  # the sender keeps: column-stochastic rounds, which sgp mixes over
+    with pytest.raises(ConfigError, match=r"kept by the receiver need a doubly stochastic graph"):
+        load_config({**push, "topology": {**push["topology"], "faults": {
+            "model": "message_drops", "p": 0.2, "keeper": "receiver"}}})
+    with pytest.raises(ConfigError, match=r"only message_drops has one"):
+        load_config({**RUN, "topology": {**RUN["topology"], "faults": {
+            "model": "link_failures", "p": 0.2, "keeper": "sender"}}})
