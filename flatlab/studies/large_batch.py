@@ -54,6 +54,11 @@ WHY = ("2 accuracy points, the issue's bar: a smaller large-batch gap is not the
        "which the paper's claims are made (20 of the 1000 test samples)")
 #: Held-out share of the training set for tuning.
 HOLDOUT = 0.1
+#: The mean final training loss (cross-entropy, nats) at which a batch fits its training set.
+#: A gap counts as one of generalization only where both batches fit: round 1 found a large
+#: batch whose loss had settled, by the plateau rule, at 1.01 (an underfit plateau), beside a
+#: small batch at 0.0003; a test gap there is one of optimization. Set after round 1.
+FIT = 0.05
 
 
 def steps_of(setting: Mapping[str, Any], batch: int) -> int:
@@ -199,11 +204,13 @@ def phenomenon(tables: Mapping[str, pd.DataFrame], scale: Scale) -> pd.DataFrame
 
     ``low``/``high`` are the Holm-adjusted interval of ``small − large`` (the verdict's);
     ``settled_small``/``settled_large``: the share of each batch's finished runs whose training
-    loss has settled (``loss_converged``); ``found``: the gap is separable (verdict ``better``),
-    at least :data:`MARGIN` on average, and every run of both batches settled: a large batch
-    still optimizing after its few steps has a gap of optimization, not of generalization
-    (``gap_unsettled`` marks that case). ``cost_s``: wall-clock seconds of the setting's final
-    runs.
+    loss has settled (``loss_converged``); ``fits_small``/``fits_large``: whether the batch's
+    mean final training loss is at most :data:`FIT`. ``found``: the gap is separable (verdict
+    ``better``), at least :data:`MARGIN` on average, every run of both batches settled and both
+    batches fit their training set; otherwise a separable gap is marked ``gap_unsettled`` (a
+    large batch still optimizing after its few steps) or ``gap_underfit`` (settled on a plateau
+    above :data:`FIT`): a gap of optimization, not of generalization. ``cost_s``: wall-clock
+    seconds of the setting's final runs.
     """
     runs, verdicts = tables["runs"], tables["verdicts"]
     rows = []
@@ -219,21 +226,25 @@ def phenomenon(tables: Mapping[str, pd.DataFrame], scale: Scale) -> pd.DataFrame
         settled = {m: _share(done, m, "loss_converged") for m in ("small", "large")}
         gap = bool(v is not None and v["verdict"] == "better" and diff >= MARGIN)
         both = settled["small"] == 1.0 and settled["large"] == 1.0
+        loss = {m: _mean(done, m, "train_loss") for m in ("small", "large")}
+        fits = {m: bool(loss[m] <= FIT) for m in ("small", "large")}
         rows.append({
             "setting": label(s), **s,
             "small_batch": scale.options["small"], "large_batch": int(s["large"]),
             "lr_small": _first(done, "small", "lr"), "lr_large": _first(done, "large", "lr"),
             "acc_small": float(acc.get("small", math.nan)),
             "acc_large": float(acc.get("large", math.nan)),
-            "train_loss_small": _mean(done, "small", "train_loss"),
-            "train_loss_large": _mean(done, "large", "train_loss"),
+            "train_loss_small": loss["small"], "train_loss_large": loss["large"],
             "difference": diff,
             "low": float(v["low_adj"]) if v is not None else math.nan,
             "high": float(v["high_adj"]) if v is not None else math.nan,
             "seeds": int(v["pairs"]) if v is not None else 0,
             "verdict": str(v["verdict"]) if v is not None else "no runs",
             "settled_small": settled["small"], "settled_large": settled["large"],
-            "found": gap and both, "gap_unsettled": gap and not both,
+            "fits_small": fits["small"], "fits_large": fits["large"],
+            "found": gap and both and fits["small"] and fits["large"],
+            "gap_unsettled": gap and not both,
+            "gap_underfit": gap and both and not (fits["small"] and fits["large"]),
             "cost_s": float(sel["seconds"].sum()) if "seconds" in sel else math.nan})
     return pd.DataFrame(rows)
 
@@ -273,17 +284,32 @@ def appendix(tables: Mapping[str, pd.DataFrame], scale: Scale) -> str:
             f"{100 * r.acc_large:.1f} | {100 * r.difference:+.1f} [{100 * r.low:+.1f}, "
             f"{100 * r.high:+.1f}] | {r.train_loss_small:.3g} / {r.train_loss_large:.3g} | "
             f"{_pct(r.settled_small)} / {_pct(r.settled_large)} | {r.verdict} | "
-            f"{'yes' if r.found else ('gap, loss unsettled' if r.gap_unsettled else 'no')} | "
+            f"{_found(r)} | "
             f"{_duration(r.cost_s)} |")
     found, unsettled = ph[ph["found"]], ph[ph["gap_unsettled"]]
+    underfit = ph[ph["gap_underfit"]]
     lines += ["", (f"The large-batch gap appears in {len(found)} of {len(ph)} settings: "
                    + ", ".join(found["setting"]) + ".") if len(found) else
               f"No setting of the {len(ph)} tried shows a separable large-batch gap of at "
-              f"least {100 * MARGIN:.0f} points with both batches' training loss settled."]
+              f"least {100 * MARGIN:.0f} points with both batches' training loss settled at "
+              f"or below {FIT:g}."]
     if len(unsettled):
         lines.append(f"A gap with a training loss still moving (optimization, not only "
-                     f"generalization): {', '.join(unsettled['setting'])}.")
+                     f"generalization): {'; '.join(unsettled['setting'])}.")
+    if len(underfit):
+        lines.append(f"A gap with the large batch settled above a training loss of {FIT:g} "
+                     f"(underfit: optimization, not generalization): "
+                     f"{'; '.join(underfit['setting'])}.")
     return "\n".join(lines)
+
+
+def _found(r: Any) -> str:
+    """The table's ``found`` cell: yes, or why a separable gap does not count, or no."""
+    if r.found:
+        return "yes"
+    if r.gap_unsettled:
+        return "gap, loss unsettled"
+    return "gap, underfit" if r.gap_underfit else "no"
 
 
 def _pct(x: float) -> str:

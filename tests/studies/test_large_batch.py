@@ -7,6 +7,7 @@ difference and Holm interval per setting, ``found`` only for a separable gap of 
 """
 
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -57,7 +58,10 @@ def test_tiny_scale_tunes_each_batch_runs_fixed_epochs_and_writes_the_search(tmp
         settled = all(sel.loc[sel["method"] == m, "loss_converged"].all()
                       for m in ("small", "large"))
         gap = r.verdict == "better" and r.difference >= study.MARGIN
-        assert r.found == (gap and settled) and r.gap_unsettled == (gap and not settled)
+        fits = r.train_loss_small <= study.FIT and r.train_loss_large <= study.FIT
+        assert r.found == (gap and settled and fits)
+        assert r.gap_unsettled == (gap and not settled)
+        assert r.gap_underfit == (gap and settled and not fits)
         assert r.cost_s == pytest.approx(runs.loc[runs["setting"] == r.setting, "seconds"].sum())
     assert "## The search (`phenomenon.csv`)" in (tmp_path / "summary.md").read_text()
     # re-judging from the committed tables alone rebuilds the same search table
@@ -70,30 +74,34 @@ def cfg_train(cfg) -> int:
     return int(cfg.data.options["num_samples"] * cfg.data.options["train_split"])
 
 
-def test_found_needs_a_separable_gap_of_two_points():
-    s1, s2, s3, s4 = ({"train": 100, "model": "m", "noise": 0.0, "epochs": e, "large": 64}
-                      for e in (1, 2, 3, 4))
-    scale = Scale(settings=(s1, s2, s3, s4), methods=("small", "large"), seeds=(0, 1), steps=1,
-                  every=1, options={"small": 32})
+def test_found_needs_a_separable_gap_of_two_points_with_both_batches_fitting():
+    s1, s2, s3, s4, s5 = ({"train": 100, "model": "m", "noise": 0.0, "epochs": e, "large": 64}
+                          for e in (1, 2, 3, 4, 5))
+    scale = Scale(settings=(s1, s2, s3, s4, s5), methods=("small", "large"), seeds=(0, 1),
+                  steps=1, every=1, options={"small": 32})
     runs = pd.DataFrame([{**s, "setting": study.label(s), "method": m, "seed": 0, "lr": 0.1,
-                          "status": "done", "test_accuracy": 0.9, "train_loss": 0.1,
+                          "status": "done", "test_accuracy": 0.9,
+                          "train_loss": 1.0 if (s["epochs"] == 5 and m == "large") else 0.01,
                           "loss_converged": s["epochs"] != 4 or m == "small", "seconds": 1.0}
-                         for s in (s1, s2, s3, s4) for m in ("small", "large")])
+                         for s in (s1, s2, s3, s4, s5) for m in ("small", "large")])
     verdicts = pd.DataFrame([
         {"claim": f"small batch generalizes better ({study.label(s)})", "difference": d,
          "low_adj": lo, "high_adj": hi, "pairs": 5, "verdict": v}
         for s, d, lo, hi, v in ((s1, 0.05, 0.01, 0.09, "better"),     # separable, 5 points
                                 (s2, 0.015, 0.005, 0.025, "better"),  # separable, 1.5 points
                                 (s3, 0.05, -0.01, 0.11, "inconclusive"),
-                                (s4, 0.05, 0.01, 0.09, "better"))])   # large batch unsettled
+                                (s4, 0.05, 0.01, 0.09, "better"),     # large batch unsettled
+                                (s5, 0.05, 0.01, 0.09, "better"))])   # settled, underfit
     ph = study.phenomenon({"runs": runs, "verdicts": verdicts}, scale)
-    assert ph["found"].tolist() == [True, False, False, False]
-    assert ph["gap_unsettled"].tolist() == [False, False, False, True]
-    assert ph["settled_large"].tolist() == [1.0, 1.0, 1.0, 0.0]
-    assert ph["cost_s"].tolist() == [2.0, 2.0, 2.0, 2.0]
+    assert ph["found"].tolist() == [True, False, False, False, False]
+    assert ph["gap_unsettled"].tolist() == [False, False, False, True, False]
+    assert ph["gap_underfit"].tolist() == [False, False, False, False, True]
+    assert ph["fits_large"].tolist() == [True, True, True, True, False]
+    assert ph["settled_large"].tolist() == [1.0, 1.0, 1.0, 0.0, 1.0]
+    assert ph["cost_s"].tolist() == [2.0] * 5
     text = study.appendix({"runs": runs, "verdicts": verdicts}, scale)
-    assert "appears in 1 of 4 settings" in text and "gap, loss unsettled" in text
-    assert "still moving" in text
+    assert "appears in 1 of 5 settings" in text and "gap, loss unsettled" in text
+    assert "still moving" in text and "gap, underfit" in text and "underfit: optimization" in text
 
 
 def test_a_large_batch_the_nodes_cannot_fill_is_refused_before_any_run():
@@ -105,3 +113,25 @@ def test_a_large_batch_the_nodes_cannot_fill_is_refused_before_any_run():
         study.check_scale(bad)
     for scale in study.SCALES.values():
         study.check_scale(scale)
+
+
+def test_the_committed_first_round_rejudges_to_its_tables_and_finds_no_regime(tmp_path):
+    """results/large_batch-round1 (50 final runs, 5 settings): re-judging a copy of its tables
+    reproduces every committed report and table, and no setting shows the regime (the two
+    separable gaps are one of a large batch still optimizing and one settled underfit)."""
+    import shutil
+
+    from flatlab.studies import pipeline
+
+    committed = Path(__file__).resolve().parents[2] / "results" / "large_batch-round1"
+    for p in committed.glob("*.csv"):
+        shutil.copy(p, tmp_path / p.name)
+    pipeline.rejudge(study.STUDY, study.SCALES["round1"], tmp_path, None)
+    for name in ("summary.md", "results.md"):
+        assert (tmp_path / name).read_text() == (committed / name).read_text()
+    for name in ("verdicts", "phenomenon"):
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / f"{name}.csv"),
+                                      pd.read_csv(committed / f"{name}.csv"))
+    ph = pd.read_csv(committed / "phenomenon.csv")
+    assert len(ph) == 5 and not ph["found"].any() and (ph["seeds"] == 5).all()
+    assert ph["gap_unsettled"].sum() == 1 and ph["gap_underfit"].sum() == 1
