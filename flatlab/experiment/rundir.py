@@ -408,8 +408,26 @@ def read_config(path: str | Path) -> dict[str, Any] | None:
 
 
 def identity(d: dict[str, Any]) -> dict[str, Any]:
-    """A config without its execution fields (what must match to resume a directory)."""
-    return {k: v for k, v in d.items() if k not in EXECUTION_FIELDS}
+    """A config without its execution fields (what must match to resume a directory).
+
+    A field the config does not hold takes its default first: a ``config.yaml`` written before
+    a field existed (``clock``, ``topology.faults``, ``train.stragglers``) ran with the
+    behaviour that field's default keeps, so it still matches the same run of today's flatlab.
+    """
+    from flatlab.experiment.config import RunConfig, to_dict
+
+    full = _with_defaults(d, to_dict(RunConfig()))
+    return {k: v for k, v in full.items() if k not in EXECUTION_FIELDS}
+
+
+def _with_defaults(d: Any, base: Any) -> Any:
+    """``d`` with every key of the mapping ``base`` it lacks, recursively."""
+    if not (isinstance(d, dict) and isinstance(base, dict)):
+        return d
+    out = dict(base)
+    for k, v in d.items():
+        out[k] = _with_defaults(v, base.get(k))
+    return out
 
 
 # ---------------------------------------------------------------------- checkpoint

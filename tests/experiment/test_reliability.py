@@ -476,3 +476,19 @@ def test_the_advice_for_damaged_metrics_when_followed_mends_them(tmp_path, capsy
     assert "mended: metrics.parquet is damaged" in said and "nothing ran" not in said
     pd.testing.assert_frame_equal(pd.read_parquet(out / "metrics.parquet"), want)
     assert main(["results", str(out)]) == 0
+
+
+def test_a_run_written_before_a_config_field_existed_is_still_the_same_run(tmp_path):
+    """A config.yaml without the fields added later (clock, topology.faults, train.stragglers)
+    ran with their defaults: it matches today's config, so sweeps and studies resume it (a
+    study folder was refused as "a different config" before identity filled the defaults)."""
+    cfg = load_config(TINY)
+    run(cfg, tmp_path / "r", progress=False)
+    old = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    del old["clock"], old["topology"]["faults"], old["train"]["stragglers"]
+    (tmp_path / "r" / "config.yaml").write_text(yaml.safe_dump(old))
+    res = run(cfg, tmp_path / "r", progress=False)
+    assert res.status == "done" and not res.ran and not res.mended
+    changed = load_config({**TINY, "clock": {"compute": 0.1}})
+    with pytest.raises(RunDirError, match=r"different config \(it differs in clock.compute\)"):
+        run(changed, tmp_path / "r", progress=False)
