@@ -340,9 +340,9 @@ class StatusWriter:
             self._last = d
             self._write(d)
         if status == "running" and self._thread is None and self._interval > 0:
-            self._thread = threading.Thread(target=self._beat, name="flatlab-heartbeat",
-                                            daemon=True)
-            self._thread.start()
+            beat = threading.Thread(target=self._beat, name="flatlab-heartbeat", daemon=True)
+            beat.start()  # started before it is kept: a Ctrl-C between the two leaves none
+            self._thread = beat
 
     def _write(self, d: dict[str, Any]) -> None:
         write_text(self.path, json.dumps(dict(d, heartbeat=round(time.time(), 3)), indent=1)
@@ -374,7 +374,7 @@ class StatusWriter:
         """Stop the heartbeat (idempotent)."""
         self._stop.set()
         t, self._thread = self._thread, None
-        if t is not None and t is not threading.current_thread():
+        if t is not None and t is not threading.current_thread() and t.ident is not None:
             t.join()
 
 
