@@ -109,6 +109,13 @@ def _cmd_spectral(args: argparse.Namespace) -> int:
     if args.link_failures is not None and args.node_churn is not None:
         raise FlatlabError("give one fault model: --link-failures P or --node-churn P, not both")
     if args.link_failures is not None or args.node_churn is not None:
+        given = [f for f, v in (("--eps", args.eps), ("--method", args.method)) if v is not None]
+        if given:
+            raise FlatlabError(f"{' and '.join(given)} {'set' if len(given) > 1 else 'sets'} "
+                               "the spectral summary of a fixed "
+                               "graph; with --link-failures or --node-churn the rates come from "
+                               "the failure patterns (summed, or --samples draws); accepted: "
+                               "leave them out")
         top, seed = _topology_from(args), args.seed or 0
         model = (LinkFailures(top, args.link_failures, seed=seed) if args.node_churn is None
                  else NodeChurn(top, args.node_churn, seed=seed))
@@ -129,7 +136,8 @@ def _cmd_spectral(args: argparse.Namespace) -> int:
             ("without failures  ||W - J||^2", f.failure_free),
             ("largest standard error of an entry", f.stderr)]))
         return 0
-    s = spectral(_topology_from(args), eps=args.eps, method=args.method)
+    s = spectral(_topology_from(args), eps=1e-3 if args.eps is None else args.eps,
+                 method=args.method or "auto")
     if args.json:
         print(json.dumps(s.as_dict()))
     else:
@@ -613,8 +621,9 @@ def _parser() -> tuple[_Parser, dict[str, argparse.ArgumentParser]]:
 
     p = sub.add_parser("spectral", help="spectral summary of a topology")
     _add_topology_args(p)
-    p.add_argument("--eps", type=float, default=1e-3, help="accuracy of the mixing time")
-    p.add_argument("--method", default="auto", help="auto, fft, dense or sparse")
+    p.add_argument("--eps", type=float, default=None,
+                   help="accuracy of the mixing time (default 1e-3)")
+    p.add_argument("--method", default=None, help="auto (default), fft, dense or sparse")
     p.add_argument("--link-failures", type=float, metavar="P",
                    help="each link down with probability P per round (Metropolis weights on "
                         "the surviving graph): the mean-square bound and the exact rate")

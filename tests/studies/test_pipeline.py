@@ -103,3 +103,12 @@ def test_retune_keeps_the_final_runs_only_where_no_choice_moved(tmp_path, capsys
     assert f"dsgd at nodes=4: lr 0.03 -> {old:g}" in said.replace("  ", "")
     assert (out / "tuning.csv").read_text() == "stale\n"
     assert main(study, ["--scale", "tiny", "--out", str(tmp_path / "none"), "--retune"]) == 2
+
+
+def test_a_bad_study_option_is_one_line(capsys):
+    from flatlab.studies import large_batch
+
+    assert main(large_batch.STUDY, ["--scale", "nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(
+        "python -m flatlab.studies large_batch: error: argument --scale: invalid choice")

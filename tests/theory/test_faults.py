@@ -121,6 +121,10 @@ def test_cli_prints_both_rates_and_refuses_a_bad_probability_in_one_line(capsys)
     assert main(["spectral", "--topology", "ring", "--nodes", "6", "--link-failures", "0.3"]) == 0
     out = capsys.readouterr().out
     assert "mean-square bound" in out and "0.584248" in out and "0.630944" in out
+    # --eps and --method belong to a fixed graph's summary: refused beside a fault model
+    assert main(["spectral", "--topology", "ring", "--nodes", "6", "--link-failures", "0.3",
+                 "--method", "fft"]) == 2
+    assert "--method sets the spectral summary of a fixed graph" in capsys.readouterr().err
     assert main(["spectral", "--topology", "ring", "--nodes", "6", "--link-failures", "1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "must be in [0, 1)" in err
