@@ -34,29 +34,15 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from flatlab.errors import FlatlabError, RankLostError
+from flatlab.errors import EXIT_USAGE, FlatlabError, OneLineParser, RankLostError
 
 __all__ = ["main"]
 
-EXIT_USAGE = 2
 #: Ctrl-C: 128 + SIGINT, as shells report a process that SIGINT ended.
 EXIT_INTERRUPT = 130
-
-
-class _Parser(argparse.ArgumentParser):
-    """ArgumentParser whose errors are one line on stderr and exit status 2.
-
-    Flags are taken only as spelled (no prefixes: ``--thread`` is not ``--threads``).
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> NoReturn:  # noqa: D102
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+_Parser = OneLineParser
 
 
 def _add_topology_args(p: argparse.ArgumentParser, required: bool = True) -> None:

@@ -6,6 +6,9 @@ line naming what is wrong and what is accepted; the command line prints it and e
 
 from __future__ import annotations
 
+import argparse
+from typing import Any, NoReturn
+
 __all__ = [
     "FlatlabError",
     "TopologyError",
@@ -21,7 +24,12 @@ __all__ = [
     "RunBusyError",
     "RankLostError",
     "UnreadableRunWarning",
+    "EXIT_USAGE",
+    "OneLineParser",
 ]
+
+#: The exit status of bad input, on every command line of flatlab.
+EXIT_USAGE = 2
 
 
 class FlatlabError(ValueError):
@@ -96,3 +104,18 @@ class UnreadableRunWarning(UserWarning):
     Issued by :func:`flatlab.results.load` and :func:`flatlab.results.summary`, once per run left
     out; the message is the one line of the :class:`RunDirError` that reading the run raised.
     """
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line on stderr and exit status :data:`EXIT_USAGE`.
+
+    Flags are taken only as spelled (no prefixes: ``--thread`` is not ``--threads``). The
+    ``flatlab`` command and ``python -m flatlab.studies NAME`` both parse with it.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:  # noqa: D102
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")

@@ -164,6 +164,11 @@ def _eval_sets(cfg: RunConfig, dataset: Any, part: Any, stack: NodeStack
     return train, test, (train[0][pick], train[1][pick])
 
 
+def _local(draw: Callable[[int], np.ndarray], rows: slice) -> Callable[[int], torch.Tensor]:
+    """``draw(t)``, booleans over all nodes (the same on every process), at this process's rows."""
+    return lambda t: torch.as_tensor(draw(t))[rows]
+
+
 def build(cfg: RunConfig, procs: Processes | None = None) -> Run:
     """Build data, partition, sampler, model stack, oracle, mixer and algorithm from ``cfg``.
 
@@ -192,17 +197,14 @@ def build(cfg: RunConfig, procs: Processes | None = None) -> Run:
     offline = None
     if cfg.topology.faults:  # every round of the run, replayed alike by either mixer
         faults = fault_model(cfg.topology.faults, topo, seed=cfg.seed)
-        topo = fault_schedule(cfg.topology.faults, topo, seed=cfg.seed, rounds=total)
+        topo = fault_schedule(faults, total)
         if isinstance(faults, NodeChurn) and faults.p > 0:
             if stack.buffers:
                 raise ConfigError("config field topology.faults: node churn freezes an offline "
                                   "node's state, but this model's buffers (batch-norm "
                                   "statistics) move in every forward pass; accepted: a model "
                                   "without buffers (norm: group or none), or link_failures")
-            mask = torch.zeros(n, dtype=torch.bool)
-
-            def offline(t: int, faults: NodeChurn = faults, rows: slice = rows) -> torch.Tensor:
-                return mask.new_tensor(faults.offline(t))[rows]
+            offline = _local(faults.offline, rows)
     if procs is None:
         mixer: SimulatedMixer | DistributedMixer = SimulatedMixer(
             topo, device=stack.device, dtype=stack.dtype, method=cfg.mix_method)
@@ -216,10 +218,7 @@ def build(cfg: RunConfig, procs: Processes | None = None) -> Run:
     train, test, curvature = _eval_sets(cfg, dataset, part, stack)
     straggling = None
     if cfg.train.stragglers:
-        late = Stragglers(n, cfg.train.stragglers, seed=cfg.seed)
-
-        def straggling(t: int, late: Stragglers = late, rows: slice = rows) -> torch.Tensor:
-            return torch.as_tensor(late.skips(t))[rows]
+        straggling = _local(Stragglers(n, cfg.train.stragglers, seed=cfg.seed).skips, rows)
     return Run(cfg=cfg, dataset=dataset, partition=part, sampler=sampler, stack=stack,
                oracle=oracle, mixer=mixer, algorithm=algo, steps_per_epoch=spe,
                total_steps=total, train_eval=train, test_eval=test, n=n, rows=rows,

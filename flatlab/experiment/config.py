@@ -589,7 +589,7 @@ def _validate_topology(t: TopologyConfig) -> Any:
     except TypeError as e:
         raise ConfigError(f"config field topology.params: {e}") from None
     if t.faults:  # what an algorithm is checked against: a schedule of failing links
-        return fault_schedule(t.faults, topo, seed=0, rounds=FAULT_CHECK_ROUNDS)
+        return fault_schedule(fault_model(t.faults, topo, seed=0), FAULT_CHECK_ROUNDS)
     return topo
 
 
@@ -599,14 +599,12 @@ FAULT_MODELS = ("link_failures", "node_churn", "message_drops")
 FAULT_CHECK_ROUNDS = 64
 
 
-def fault_schedule(faults: dict[str, Any], base: Any, *, seed: int, rounds: int) -> Any:
-    """The time-varying topology of ``topology.faults`` over ``base`` for ``rounds`` rounds.
+def fault_schedule(model: Any, rounds: int) -> Any:
+    """The time-varying topology a fault ``model`` (:func:`fault_model`) plays for ``rounds``.
 
     Raises:
-        ConfigError: An unknown model or key, a ``p`` outside ``[0, 1)``, or a base the model
-            cannot fail (time-varying, directed, weights that cannot be recomputed).
+        ConfigError: The rounds' union graph is not connected (``topology.faults``' line).
     """
-    model = fault_model(faults, base, seed=seed)
     try:
         return model.topology(rounds)
     except FlatlabError as e:

@@ -127,13 +127,13 @@ def _plan(jobs: Sequence[tuple[str | Path, RunConfig | dict[str, Any]]], label: 
         try:
             st = rundir.read_status(path)
         except RunDirError as e:  # flatlab writes it atomically: damaged from outside
-            st, damaged = None, f"status.json is damaged ({_first(e)})"
+            st, damaged = None, f"status.json is damaged ({rundir.cause(e)})"
         try:
             problem = rundir.conflict(path, to_dict(cfg))
         except RunDirError as e:  # a finished run is mended from its checkpoint (decide)
             problem = None
             if st is None or st["status"] not in ("done", "diverged"):
-                damaged = damaged or f"config.yaml is damaged ({_first(e)})"
+                damaged = damaged or f"config.yaml is damaged ({rundir.cause(e)})"
         if problem:
             raise ConfigError(f"{label} {path.name}: {problem}")
         try:
@@ -142,10 +142,6 @@ def _plan(jobs: Sequence[tuple[str | Path, RunConfig | dict[str, Any]]], label: 
             raise type(e)(f"{label} {path.name}: {e}") from None
         planned.append((_Job(path, cfg, progress, verbose, damaged), st))
     return planned
-
-
-def _first(e: Exception) -> str:
-    return str(e).split("; ")[0][:100]
 
 
 def _skipped(job: _Job, st: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -64,7 +64,7 @@ __all__ = ["STATUSES", "METRIC_COLUMNS", "SHOWN_STATUSES", "HEARTBEAT_S", "STALE
            "load_checkpoint", "check_fits", "save_checkpoint", "final_models", "average_model",
            "StatusWriter", "mark_failed", "clear_results", "conflict", "owned_elsewhere",
            "decide", "start_files", "write_results", "RESTART_HINT", "RunLock",
-           "finished_damage", "repair", "clear_temporaries"]
+           "finished_damage", "repair", "clear_temporaries", "cause"]
 
 STATUSES = ("running", "done", "diverged", "failed")
 #: Columns of ``metrics.parquet`` (long form).
@@ -763,11 +763,12 @@ def finished_damage(out: Path) -> list[str]:
         try:
             read(out / name)
         except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds for a damaged file
-            problems.append(f"{name} is damaged ({_why(e)})")
+            problems.append(f"{name} is damaged ({cause(e)})")
     return problems
 
 
-def _why(e: Exception) -> str:
+def cause(e: Exception) -> str:
+    """The first clause of an error's first line (at most 100 characters): why a file is bad."""
     first = (str(e).splitlines() or [""])[0]
     return (first.split("; ")[0][:100] or type(e).__name__).rstrip(".")
 

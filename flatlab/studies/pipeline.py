@@ -30,16 +30,16 @@ Each step is a free function of the :class:`~flatlab.studies.spec.Study` and its
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pandas as pd
 
+from flatlab.errors import OneLineParser
 from flatlab.experiment.evidence import (
     Claim,
     at_chance,
@@ -603,17 +603,6 @@ def retune(study: Study, scale: Scale, out: Path, fig: Path | None, workers: int
     return rejudge(study, scale, out, fig), []
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """Bad arguments are one line (``prog: error: ...``) and status 2, as the CLI's are."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> NoReturn:  # noqa: D102
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def main(study: Study, argv: list[str] | None = None, *, root: Path | None = None) -> int:
     """The command line of a study; returns the exit status (2 after one line on bad input).
 
@@ -625,7 +614,7 @@ def main(study: Study, argv: list[str] | None = None, *, root: Path | None = Non
     the moved choices, when the committed final runs no longer match the tuning).
     """
     root = Path.cwd() if root is None else root
-    p = _OneLineParser(prog=f"python -m flatlab.studies {study.name}",
+    p = OneLineParser(prog=f"python -m flatlab.studies {study.name}",
                        description=study.question)
     p.add_argument("--scale", choices=sorted(study.scales), default="small")
     p.add_argument("--out", type=Path, default=None,

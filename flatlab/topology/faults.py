@@ -69,6 +69,11 @@ def _probability(base: object, p: object, what: str, noun: str) -> float:
     if not isinstance(base, Topology):
         raise TopologyError(f"{what} need a Topology (flatlab.topology.make), got "
                             f"{type(base).__name__}")
+    return _unit(p, noun)
+
+
+def _unit(p: object, noun: str) -> float:
+    """``p`` as a float in ``[0, 1)``, or one line naming the ``noun`` it is the probability of."""
     if isinstance(p, bool) or not isinstance(p, numbers.Real) or not (
             math.isfinite(float(p)) and 0 <= float(p) < 1):
         raise TopologyError(f"{noun} probability p must be in [0, 1), got {p!r}")
@@ -320,11 +325,7 @@ class Stragglers:
     def __post_init__(self) -> None:
         if isinstance(self.n, bool) or not isinstance(self.n, numbers.Integral) or self.n < 1:
             raise TopologyError(f"stragglers need a number of nodes >= 1, got {self.n!r}")
-        p = self.p
-        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not (
-                math.isfinite(float(p)) and 0 <= float(p) < 1):
-            raise TopologyError(f"straggler probability p must be in [0, 1), got {p!r}")
-        object.__setattr__(self, "p", float(p))
+        object.__setattr__(self, "p", _unit(self.p, "straggler"))
 
     def skips(self, t: int) -> np.ndarray:
         """Which nodes miss step ``t``'s gradient (boolean ``[n]``), the same on every call."""
