@@ -1,7 +1,7 @@
 """The ``flatlab`` command.
 
     flatlab spectral --topology ring --nodes 16 [--weights metropolis] [--lazy]
-                [--link-failures P | --node-churn P] [--json]
+                [--link-failures P | --node-churn P | --async-gossip [EVENTS]] [--json]
     flatlab bounds --algorithm diffusion --topology ring --nodes 16 [--L 1 --sigma2 1] [--json]
     flatlab disagreement (--topology ring --nodes 16 | --eigenvalues 1,0.5,...) --lr 0.1
                 --curvature 1,2 --noise 1 [--form diffusion] [--local-steps H] [--bulk-hs X]
@@ -89,29 +89,43 @@ def _table(rows: Sequence[tuple[str, Any]]) -> str:
 
 
 def _cmd_spectral(args: argparse.Namespace) -> int:
-    from flatlab.theory import fault_spectrum, spectral
+    from flatlab.theory import async_gossip_spectrum, fault_spectrum, spectral
     from flatlab.topology.faults import LinkFailures, NodeChurn
 
-    if args.link_failures is not None and args.node_churn is not None:
-        raise FlatlabError("give one fault model: --link-failures P or --node-churn P, not both")
-    if args.link_failures is not None or args.node_churn is not None:
+    chosen = [f for f, v in (("--link-failures", args.link_failures),
+                             ("--node-churn", args.node_churn),
+                             ("--async-gossip", args.async_gossip)) if v is not None]
+    if len(chosen) > 1:
+        raise FlatlabError(f"give one fault model, not {' and '.join(chosen)}; accepted: "
+                           "--link-failures P, --node-churn P or --async-gossip [EVENTS]")
+    if chosen:
         given = [f for f, v in (("--eps", args.eps), ("--method", args.method)) if v is not None]
         if given:
             raise FlatlabError(f"{' and '.join(given)} {'set' if len(given) > 1 else 'sets'} "
                                "the spectral summary of a fixed "
-                               "graph; with --link-failures or --node-churn the rates come from "
-                               "the failure patterns (summed, or --samples draws); accepted: "
+                               f"graph; with {chosen[0]} the rates come from "
+                               "the random rounds (summed, or --samples draws); accepted: "
                                "leave them out")
         top, seed = _topology_from(args), args.seed or 0
-        model = (LinkFailures(top, args.link_failures, seed=seed) if args.node_churn is None
-                 else NodeChurn(top, args.node_churn, seed=seed))
-        f = fault_spectrum(model, samples=args.samples)
+        if args.async_gossip is not None:
+            events = None if args.async_gossip == "n" else args.async_gossip
+            f = async_gossip_spectrum(top, events=events)
+        else:
+            model = (LinkFailures(top, args.link_failures, seed=seed) if args.node_churn is None
+                     else NodeChurn(top, args.node_churn, seed=seed))
+            f = fault_spectrum(model, samples=args.samples)
         if args.json:
             print(json.dumps(f.as_dict()))
             return 0
-        what = "link" if args.node_churn is None else "node"
-        print(f"{f.topology}, each {what} down with probability {_fmt(f.p)} per round "
-              f"({f.method}: {f.samples} failure patterns)")
+        if args.async_gossip is not None:
+            print(f"{f.topology}, asynchronous pairwise gossip (AD-PSGD): a round is "
+                  f"{events or f.n} ticks, each averaging a random node with a random "
+                  "neighbour (closed form); effective spectral gap "
+                  f"1 - bound = {_fmt(1 - f.mean_square_bound)}")
+        else:
+            what = "link" if args.node_churn is None else "node"
+            print(f"{f.topology}, each {what} down with probability {_fmt(f.p)} per round "
+                  f"({f.method}: {f.samples} failure patterns)")
         print(_table([
             ("E||e_t+1||^2 / E||e_t||^2 <=  lambda_2(E[W^T W])  (mean-square bound)",
              f.mean_square_bound),
@@ -119,7 +133,7 @@ def _cmd_spectral(args: argparse.Namespace) -> int:
              "n > 16: not computed" if f.rate is None else f.rate),
             ("expected iterate  ||E[W] - J||^2  (mean-square scale, <= exact)",
              f.mean_rate**2),
-            ("without failures  ||W - J||^2", f.failure_free),
+            ("without failures (synchronous rounds of W)  ||W - J||^2", f.failure_free),
             ("largest standard error of an entry", f.stderr)]))
         return 0
     s = spectral(_topology_from(args), eps=1e-3 if args.eps is None else args.eps,
@@ -344,7 +358,7 @@ def _cmd_topologies(args: argparse.Namespace) -> int:
         if g.time_varying:
             return []
         return ["message_drops"] if g.directed else ["link_failures", "node_churn",
-                                                     "message_drops"]
+                                                     "message_drops", "async_gossip"]
 
     if args.json:
         print(json.dumps([{"name": g.name, "size": g.size, "params": list(g.params),
@@ -366,7 +380,9 @@ def _cmd_topologies(args: argparse.Namespace) -> int:
           "push-sum: column-stochastic P[j, i] = 1/(outdeg_i + 1), for sgp (and centralized).")
     print("faults (topology.faults, on a static graph): link_failures and node_churn (undirected, "
           "metropolis or max-degree weights, recomputed on what is up), message_drops (any "
-          "doubly stochastic W; consensus and diffusion only); train.stragglers on any graph.")
+          "doubly stochastic W; consensus and diffusion only), async_gossip (AD-PSGD's "
+          "pairwise averaging with a random neighbour, events ticks a round; algorithm "
+          "ad-psgd); train.stragglers and train.staleness (late gradients) on any graph.")
     return 0
 
 
@@ -600,6 +616,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _events(text: str) -> int | str:
+    """``--async-gossip``'s ticks per round: an integer, or ``n`` (the number of nodes)."""
+    return text if text == "n" else int(text)
+
+
+_events.__name__ = "integer"  # argparse's message names the type: "invalid integer value"
+
+
 def _parser() -> tuple[_Parser, dict[str, argparse.ArgumentParser]]:
     parser = _Parser(prog="flatlab", description="Flatness versus optimization in "
                      "decentralized learning: training, topologies, spectral gaps and bounds.")
@@ -616,6 +640,9 @@ def _parser() -> tuple[_Parser, dict[str, argparse.ArgumentParser]]:
     p.add_argument("--node-churn", type=float, metavar="P",
                    help="each node offline with probability P per round (it keeps its value; "
                         "the online nodes mix among themselves)")
+    p.add_argument("--async-gossip", type=_events, nargs="?", const="n", metavar="EVENTS",
+                   help="AD-PSGD's asynchronous pairwise gossip, EVENTS ticks a round (default "
+                        "n): E[W], the mean-square bound and the exact rate, in closed form")
     p.add_argument("--samples", type=int, default=20000,
                    help="draws when the failure patterns are too many to sum (default 20000)")
     p.add_argument("--json", action="store_true", help="one JSON object")

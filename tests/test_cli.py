@@ -154,7 +154,8 @@ def test_topologies_say_which_faults_a_run_on_them_can_train_under(capsys):
 
     code, out, _ = run(capsys, "topologies", "--json")
     kinds = {g["name"]: g["faults"] for g in json.loads(out)}
-    assert code == 0 and kinds["ring"] == ["link_failures", "node_churn", "message_drops"]
+    assert code == 0 and kinds["ring"] == ["link_failures", "node_churn", "message_drops",
+                                                "async_gossip"]
     assert kinds["one-peer-exponential"] == []  # time-varying: nothing to fail on top
     code, out, _ = run(capsys, "topologies")
     assert "faults (topology.faults, on a static graph)" in out

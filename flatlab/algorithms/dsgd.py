@@ -12,7 +12,8 @@ name                update                                 gradient at
 ==================  =====================================  ==========================
 
 ``dsgd`` is an alias of ``diffusion``, the form Koloskova et al. (2020) and most deep-learning
-papers call DSGD.
+papers call DSGD. ``ad-psgd`` is the consensus order over an asynchronous pairwise network
+(:class:`~flatlab.topology.faults.AsyncGossip`), with stale gradients where the run sets them.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ import torch
 from flatlab.algorithms.base import Algorithm, State, register
 from flatlab.comm.protocols import Mixer
 from flatlab.engine.oracle import Oracle
+from flatlab.topology.core import Topology
 
-__all__ = ["Consensus", "Diffusion", "DiffusionCTA"]
+__all__ = ["Consensus", "Diffusion", "DiffusionCTA", "ADPSGD"]
 
 
 class _Gossip(Algorithm):
@@ -97,3 +99,37 @@ class DiffusionCTA(_Gossip):
         phi = mixer.mix(state.x, state.t)
         loss, G = oracle(phi, batch)
         return State(x=torch.add(phi, G, alpha=-lr), t=state.t + 1, loss=loss)
+
+
+@register("ad-psgd", "adpsgd")
+@dataclass(frozen=True)
+class ADPSGD(Consensus):
+    """Asynchronous decentralized parallel SGD, AD-PSGD (Lian, Zhang, Zhang, Liu; ICML 2018).
+
+    Each node computes a gradient on the copy of its model it read when it started (possibly
+    stale), averages atomically with one uniformly random neighbour, and applies the gradient.
+    Over a round of ticks (:class:`~flatlab.topology.faults.AsyncGossip`, one unit of time):
+    ``X⁺ = W_t X − η G(X̂)`` with ``W_t`` the product of the round's pairwise averages (doubly
+    stochastic) and ``x̂_i`` node ``i``'s model ``d_i`` steps ago (``train.staleness``; none:
+    ``X̂ = X``). The consensus order (Lian et al.'s Algorithm 1 averages before it applies the
+    gradient computed on the earlier copy). Its network rate is the round's mean-square
+    contraction ``λ₂(E[W_tᵀ W_t])``, closed form in :func:`flatlab.theory.async_gossip_spectrum`.
+
+    Messages: one vector per tick a node takes part in (``x_j`` to the partner, and back).
+    State: ``x`` (the stale points are the run's, :class:`~flatlab.engine.oracle.
+    DelayedGradients`). With a constant step there is no fixed point: ``W_t`` is new every
+    round, so the iterates keep moving by ``O(η)`` around the consensus-form bias.
+
+    Runs on ``topology.faults: {model: async_gossip}`` only: on a static graph the same update is
+    ``consensus`` (D-PSGD), the synchronous method.
+    """
+
+    def check_topology(self, topology: Topology) -> None:
+        """Only the rounds of asynchronous pairwise gossip."""
+        super().check_topology(topology)
+        label = getattr(topology, "label", "this topology")
+        self._check(getattr(topology, "params", {}).get("faults") == "async gossip",
+                    f"averages with one random neighbour per tick, so it runs on "
+                    f"topology.faults: {{model: async_gossip}} (flatlab.topology.faults."
+                    f"AsyncGossip), not on {label}; accepted: that network, or consensus for "
+                    "the synchronous D-PSGD")

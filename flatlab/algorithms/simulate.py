@@ -11,7 +11,7 @@ import torch
 from flatlab.algorithms.base import Algorithm, State, hold, make
 from flatlab.comm.protocols import Mixer
 from flatlab.comm.simulated import SimulatedMixer
-from flatlab.engine.oracle import FunctionOracle, SkippingOracle, sam_oracle
+from flatlab.engine.oracle import DelayedGradients, FunctionOracle, SkippingOracle, sam_oracle
 from flatlab.errors import FlatlabError
 from flatlab.topology import Topology
 from flatlab.topology import from_matrix as _from_matrix
@@ -56,6 +56,8 @@ def simulate(
     weight_decay: float = 0.0,
     offline: Callable[[int], Any] | None = None,
     straggling: Callable[[int], Any] | None = None,
+    staleness: Callable[[int], Any] | None = None,
+    tau: int = 1,
     **hparams: Any,
 ) -> torch.Tensor | tuple[torch.Tensor, State]:
     """Iterate a registered algorithm on per-node gradient maps, for theory checks.
@@ -93,6 +95,12 @@ def simulate(
         straggling: Stragglers: ``straggling(t)`` gives the nodes whose gradient is missing
             at step ``t`` (booleans ``[n]``, e.g. :meth:`flatlab.topology.faults.Stragglers.
             skips`); the step sees :class:`~flatlab.engine.oracle.SkippingOracle`.
+        staleness: Stale gradients: ``staleness(t)`` gives each node's delay at step ``t``
+            (integers ``[n]`` in ``0 … tau``, e.g. :meth:`flatlab.topology.faults.
+            StaleGradients.delays`); node ``i``'s gradient is taken at the point of step
+            ``t − d_i`` (:class:`~flatlab.engine.oracle.DelayedGradients`). Pass ``tau``
+            (the largest delay) with it.
+        tau: The largest delay ``staleness`` gives (default 1).
         **hparams: Hyper-parameters, when ``algorithm`` is a name.
 
     Returns:
@@ -124,11 +132,13 @@ def simulate(
                         sam_rho, adaptive=sam_adaptive)
     lr_at = lr if callable(lr) else (lambda _t, _lr=float(lr): _lr)
     state = algo.init(X0.clone(), oracle, mixer)
+    delayed = None if staleness is None else DelayedGradients(staleness, tau)
     out = [state.x.clone()]
     for t in range(steps):
         before = state
-        now = oracle if straggling is None else SkippingOracle(
-            oracle, torch.as_tensor(straggling(t), dtype=torch.bool))
+        now = oracle if delayed is None else delayed.at(oracle, t)
+        now = now if straggling is None else SkippingOracle(
+            now, torch.as_tensor(straggling(t), dtype=torch.bool))
         state = algo.step(state, t, now, mixer, lr_at(t))
         if offline is not None:
             state = hold(state, before, torch.as_tensor(offline(t), dtype=torch.bool))

@@ -12,6 +12,13 @@ split over processes), ``b_{i,t}`` the bytes node ``i`` sent at step ``t`` (what
 counted: compressed messages count their encoding), ``B`` the link bandwidth and ``L`` the
 latency of a round. The run's ``sim_time`` is ``Σ_t T_t``. With many nodes and a variable compute
 time, ``E max_i c_i`` grows with ``n``: the synchronous method waits for its slowest node.
+
+An **asynchronous** network (``asynchronous=True``: AD-PSGD's pairwise gossip,
+:class:`flatlab.topology.faults.AsyncGossip`) waits for nobody: each node computes and exchanges
+at its own pace, so a round, in which every node steps once on average, takes the nodes' mean
+time, ``T_t = mean_i ( c_{i,t} + b_{i,t} / B ) + L · [anything sent at step t]`` (a node's own
+exchange still pays the latency). With i.i.d. compute times this is the renewal rate of the
+nodes' steps; it ignores that a node a neighbour is averaging with waits for the lock.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ class WallClock:
         latency: Seconds a round that exchanges anything adds.
         bandwidth: Bytes per second of a node's link (None: no transfer time).
         seed: The run's seed.
+        asynchronous: A round takes the nodes' mean time, not the slowest's.
     """
 
     n: int
@@ -45,6 +53,7 @@ class WallClock:
     latency: float = 0.0
     bandwidth: float | None = None
     seed: int = 0
+    asynchronous: bool = False
 
     def compute_times(self, t: int) -> np.ndarray:
         """``c_{i,t}`` of every node at step ``t`` (seconds, ``[n]``)."""
@@ -62,6 +71,8 @@ class WallClock:
             return c
         return c + np.asarray(sent, dtype=float) / self.bandwidth
 
-    def step_seconds(self, slowest: float, anything_sent: bool) -> float:
-        """``T_t`` from the slowest node's time and whether the round exchanged anything."""
-        return float(slowest) + (self.latency if anything_sent else 0.0)
+    def step_seconds(self, slowest: float, anything_sent: bool, mean: float | None = None
+                     ) -> float:
+        """``T_t``: the slowest node's time (asynchronous: the mean), plus any latency."""
+        wait = float(mean) if self.asynchronous and mean is not None else float(slowest)
+        return wait + (self.latency if anything_sent else 0.0)

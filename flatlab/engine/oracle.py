@@ -33,7 +33,7 @@ from flatlab.errors import AlgorithmError
 
 __all__ = ["Oracle", "DecayOracle", "MetricOracle", "FusedMetricOracle", "MetricBlock",
            "LayeredOracle", "DenseMetricBlock", "GradientOracle", "FunctionOracle", "SAMOracle",
-           "sam_oracle", "SkippingOracle"]
+           "sam_oracle", "SkippingOracle", "DelayedGradients"]
 
 
 @runtime_checkable
@@ -448,6 +448,68 @@ class SkippingOracle:
         loss, G = self.inner(X, batch)  # noqa: N806
         keep = ~self.skip.to(G.device).reshape(-1, *([1] * (G.dim() - 1)))
         return loss, G * keep
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class DelayedGradients:
+    """Stale gradients: node ``i``'s step-``t`` gradient at its point of ``d_{i,t}`` steps before.
+
+    The delays are :class:`flatlab.topology.faults.StaleGradients`'s.
+    ``G_t = ∇F(X̂_t)``, ``x̂_{i,t} = p_{i, t − d_{i,t}}``, where ``p_{i,s}`` is the point the method
+    handed the oracle at step ``s`` (its iterate for consensus and diffusion ATC, the combined
+    point for CTA) and ``p_{i,s} = p_{i,0}`` before the start. It keeps the last ``tau`` points,
+    ``past`` (``[k, tau, P]``, node first, the newest at index 0: part of a checkpoint, so a
+    resumed run continues bit for bit). The reported loss is the stale point's. Every method
+    asks the oracle once per step; a second call in the same step is refused.
+
+    Args:
+        delays: ``delays(t)``: ``[k]`` integers in ``0 … tau`` for this process's nodes.
+        tau: The largest delay.
+    """
+
+    def __init__(self, delays: Callable[[int], Any], tau: int) -> None:
+        self.delays = delays
+        self.tau = int(tau)
+        self.past: torch.Tensor | None = None
+        self._asked: int | None = None
+
+    def at(self, oracle: Oracle, t: int) -> Oracle:
+        """``oracle`` as step ``t`` sees it: gradients at the stale points."""
+        return _Delayed(self, oracle, int(t))
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps (``past``, node first, or nothing before the first step)."""
+        return {} if self.past is None else {"past": self.past.detach().cpu().clone()}
+
+    def load_state_dict(self, d: dict[str, Any], device: Any = None) -> None:
+        """Restore :meth:`state_dict`'s ``past`` (this process's rows)."""
+        past = d.get("past")
+        self.past = None if past is None else past.to(device)
+
+
+class _Delayed:
+    """One step's view of an oracle under :class:`DelayedGradients`."""
+
+    def __init__(self, owner: DelayedGradients, inner: Oracle, t: int) -> None:
+        self.owner, self.inner, self.t = owner, inner, t
+
+    def __call__(self, X: torch.Tensor, batch: Any) -> tuple[torch.Tensor | None, torch.Tensor]:  # noqa: N803
+        """The inner oracle at ``x̂_{i,t}``; remembers ``X`` as this step's points."""
+        h = self.owner
+        if h._asked == self.t:
+            raise AlgorithmError(f"stale gradients: the oracle was asked twice at step {self.t}; "
+                               "accepted: methods that ask once per step")
+        h._asked = self.t
+        now = X.detach().unsqueeze(1)
+        if h.past is None or h.past.shape[0] != X.shape[0]:
+            h.past = now.expand(-1, h.tau, *X.shape[1:]).clone()
+        points = torch.cat([now, h.past.to(X.device)], dim=1)  # [k, tau + 1, ...]
+        d = torch.as_tensor(h.delays(self.t), dtype=torch.long, device=X.device)
+        stale = points[torch.arange(X.shape[0], device=X.device), d]
+        h.past = points[:, :h.tau].clone()
+        return self.inner(stale, batch)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

@@ -22,9 +22,9 @@ from flatlab import models as _models
 from flatlab.comm import DistributedMixer, SimulatedMixer
 from flatlab.comm.process import Processes
 from flatlab.engine import GradientOracle, NodeStack
-from flatlab.engine.oracle import Oracle, sam_oracle
+from flatlab.engine.oracle import DelayedGradients, Oracle, sam_oracle
 from flatlab.errors import ConfigError, FlatlabError, RunDirError
-from flatlab.experiment.config import RunConfig, fault_model, fault_schedule
+from flatlab.experiment.config import RunConfig, fault_model, fault_schedule, stale_gradients
 from flatlab.experiment.rundir import average_model
 from flatlab.experiment.schedules import lr_at
 from flatlab.measures.schedule import Schedule, scheduled
@@ -52,6 +52,8 @@ class Run:
             ``measure.curvature_subset`` samples in a fixed shuffle).
         offline: Under node churn, ``offline(t)``: which of this process's nodes are offline
             at step ``t`` (they keep their state, :func:`flatlab.algorithms.hold`); else None.
+        delayed: With ``train.staleness``, the stale points and each step's delays
+            (:class:`~flatlab.engine.oracle.DelayedGradients`; its ``past`` is checkpointed).
         straggling: With ``train.stragglers``, ``straggling(t)``: which of this process's
             nodes miss step ``t``'s gradient (:class:`~flatlab.engine.oracle.SkippingOracle`).
     """
@@ -73,6 +75,7 @@ class Run:
     curvature_eval: Pair | None = None
     offline: Callable[[int], torch.Tensor] | None = None
     straggling: Callable[[int], torch.Tensor] | None = None
+    delayed: DelayedGradients | None = None
 
     def lr(self, step: int) -> float:
         """The scheduled step size at ``step``."""
@@ -219,7 +222,10 @@ def build(cfg: RunConfig, procs: Processes | None = None) -> Run:
     straggling = None
     if cfg.train.stragglers:
         straggling = _local(Stragglers(n, cfg.train.stragglers, seed=cfg.seed).skips, rows)
+    stale = stale_gradients(cfg.train.staleness, n, seed=cfg.seed)
+    delayed = None if stale is None else DelayedGradients(_local(stale.delays, rows), stale.tau)
     return Run(cfg=cfg, dataset=dataset, partition=part, sampler=sampler, stack=stack,
                oracle=oracle, mixer=mixer, algorithm=algo, steps_per_epoch=spe,
                total_steps=total, train_eval=train, test_eval=test, n=n, rows=rows,
-               curvature_eval=curvature, offline=offline, straggling=straggling)
+               curvature_eval=curvature, offline=offline, straggling=straggling,
+               delayed=delayed)

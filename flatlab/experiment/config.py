@@ -119,7 +119,10 @@ class TopologyConfig:
     keeps the lost weight on its own value, so rounds are row-stochastic only and only the
     plain gossip methods (consensus, diffusion) accept them; on push-sum weights the sender
     keeps the share it could not deliver (``keeper: sender``), so rounds stay
-    column-stochastic and ``sgp`` conserves its mass. The run mixes with the
+    column-stochastic and ``sgp`` conserves its mass. ``{model: async_gossip}`` (optionally
+    ``events: m``, default ``n``) is AD-PSGD's asynchronous network: a round is ``m`` ticks, each
+    averaging a uniform node with a uniform neighbour (:class:`flatlab.topology.faults.
+    AsyncGossip`); ``algorithm: ad-psgd`` runs on it. The run mixes with the
     resulting time-varying schedule, so a method that needs a static graph refuses it.
     """
 
@@ -171,12 +174,17 @@ class TrainConfig:
 
     When neither is given, 10 epochs. ``stragglers`` ``p``: each node misses a step's gradient
     with probability ``p`` (seeded by the run's seed; it still gossips, its update carries no
-    gradient: :class:`flatlab.topology.faults.Stragglers`).
+    gradient: :class:`flatlab.topology.faults.Stragglers`). ``staleness`` (empty: none),
+    ``{tau: 2, p: 1.0, fixed: false}``: each node's gradient is late with probability ``p``,
+    taken at the point the method asked about ``d`` steps earlier, ``d`` uniform on
+    ``1 … tau`` (or exactly ``tau`` when ``fixed``) (:class:`flatlab.topology.faults.
+    StaleGradients`; :class:`flatlab.engine.oracle.DelayedGradients`).
     """
 
     steps: int | None = None
     epochs: float | None = None
     stragglers: float = 0.0
+    staleness: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -594,7 +602,7 @@ def _validate_topology(t: TopologyConfig) -> Any:
 
 
 #: Fault models a run can train under (``topology.faults.model``).
-FAULT_MODELS = ("link_failures", "node_churn", "message_drops")
+FAULT_MODELS = ("link_failures", "node_churn", "message_drops", "async_gossip")
 #: Rounds of the schedule that validation builds to check the algorithm against it.
 FAULT_CHECK_ROUNDS = 64
 
@@ -618,20 +626,31 @@ def fault_model(faults: dict[str, Any], base: Any, *, seed: int) -> Any:
         ConfigError: An unknown model or key, a ``p`` outside ``[0, 1)``, or a base the model
             cannot fail.
     """
-    from flatlab.topology.faults import LinkFailures, MessageDrops, NodeChurn
+    from flatlab.topology.faults import AsyncGossip, LinkFailures, MessageDrops, NodeChurn
 
     if not isinstance(faults, dict):
         raise ConfigError(f"config field topology.faults must be a mapping such as "
                           f"{{model: link_failures, p: 0.1}}, got {faults!r}")
-    unknown = sorted(set(faults) - {"model", "p", "keeper"})
+    unknown = sorted(set(faults) - {"model", "p", "keeper", "events"})
     if unknown:
         raise ConfigError(f"config field topology.faults.{unknown[0]} is unknown; accepted: "
-                          "model, p, keeper (message_drops)")
+                          "model, p, keeper (message_drops), events (async_gossip)")
     model = faults.get("model")
     _one_of("topology.faults.model", model, FAULT_MODELS)
     if "keeper" in faults and model != "message_drops":
         raise ConfigError(f"config field topology.faults.keeper: only message_drops has one "
                           f"(who keeps a lost message's share); {model} does not")
+    if "events" in faults and model != "async_gossip":
+        raise ConfigError(f"config field topology.faults.events: only async_gossip has ticks "
+                          f"per round; {model} does not")
+    if model == "async_gossip":
+        if "p" in faults:
+            raise ConfigError("config field topology.faults.p: async_gossip loses nothing "
+                              "(every tick averages a pair); accepted: model, events")
+        try:
+            return AsyncGossip(base, events=faults.get("events"), seed=seed)
+        except FlatlabError as e:
+            raise ConfigError(f"config field topology.faults: {e}") from None
     extra = {"keeper": faults["keeper"]} if "keeper" in faults else {}
     kind = {"link_failures": LinkFailures, "node_churn": NodeChurn,
             "message_drops": MessageDrops}[model]
@@ -679,6 +698,13 @@ def _validate_train(cfg: RunConfig) -> None:
         _need(tr.epochs > 0, "train.epochs", tr.epochs, "a number > 0")
     _need(0 <= tr.stragglers < 1, "train.stragglers", tr.stragglers,
           "a probability in [0, 1) that a node misses a step's gradient")
+    stale_gradients(tr.staleness, cfg.topology.nodes, seed=0)
+    if tr.staleness and cfg.algorithm.name in ("ngpd", "centralized"):
+        raise ConfigError(f"config field train.staleness: {cfg.algorithm.name} "
+                          + ("asks the oracle for curvature factors besides gradients, which "
+                             "a late gradient would not carry" if cfg.algorithm.name == "ngpd"
+                             else "averages every gradient in one synchronous all-reduce")
+                          + "; accepted: another method, or no train.staleness")
     if tr.stragglers and cfg.algorithm.name in ("ngpd", "centralized"):
         raise ConfigError(f"config field train.stragglers: {cfg.algorithm.name} "
                           + ("asks the oracle for curvature factors besides gradients, which a "
@@ -686,6 +712,33 @@ def _validate_train(cfg: RunConfig) -> None:
                              "averages every gradient exactly (no node straggles behind an "
                              "all-reduce)")
                           + "; accepted: another method, or train.stragglers: 0")
+
+
+def stale_gradients(staleness: dict[str, Any], n: int, *, seed: int) -> Any:
+    """The :class:`~flatlab.topology.faults.StaleGradients` of ``train.staleness`` (None: empty).
+
+    Raises:
+        ConfigError: Not a mapping, an unknown key, or a bad ``tau``, ``p`` or ``fixed``.
+    """
+    from flatlab.topology.faults import StaleGradients
+
+    if not isinstance(staleness, dict):
+        raise ConfigError(f"config field train.staleness must be a mapping such as "
+                          f"{{tau: 2}}, got {staleness!r}")
+    if not staleness:
+        return None
+    unknown = sorted(set(staleness) - {"tau", "p", "fixed"})
+    if unknown:
+        raise ConfigError(f"config field train.staleness.{unknown[0]} is unknown; accepted: "
+                          "tau, p, fixed")
+    if "tau" not in staleness:
+        raise ConfigError("config field train.staleness needs tau, the largest delay in steps "
+                          "(an integer >= 1)")
+    try:
+        return StaleGradients(n, staleness["tau"], p=staleness.get("p", 1.0),
+                              fixed=staleness.get("fixed", False), seed=seed)
+    except FlatlabError as e:
+        raise ConfigError(f"config field train.staleness: {e}") from None
 
 
 def _validate_measure(m: MeasureConfig) -> None:

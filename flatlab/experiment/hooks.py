@@ -226,7 +226,8 @@ class Clock(Hook):
 
     After every step: each of this process's nodes' compute time plus the bytes it sent that
     step over the bandwidth; the step takes the slowest node's time over all processes, plus
-    the latency when anything was sent. The processes combine their per-step maxima only where
+    the latency when anything was sent (asynchronous gossip: the nodes' mean time). The
+    processes combine their per-step maxima (and sums) only where
     the run measures or checkpoints (one gather), so the clock adds no collective to a step;
     the cumulative seconds are recorded as ``sim_time`` (scope ``network``) wherever the run
     measures, and kept in the checkpoint.
@@ -236,7 +237,7 @@ class Clock(Hook):
     record: Record
     clock: WallClock
     checkpoint_every: int
-    _pending: list[tuple[float, bool]] = field(default_factory=list)
+    _pending: list[tuple[float, bool, float, int]] = field(default_factory=list)
     _sent: torch.Tensor | None = None
 
     def on_start(self, loop: Loop) -> None:
@@ -252,7 +253,8 @@ class Clock(Hook):
         sent = (now - self._sent).double().cpu().numpy()
         self._sent = now.clone()
         times = self.clock.node_times(loop.step - 1, sent, self.run.rows)
-        self._pending.append((float(times.max()), bool(sent.sum() > 0)))
+        self._pending.append((float(times.max()), bool(sent.sum() > 0), float(times.sum()),
+                              int(times.size)))
         measured = self.run.schedule.is_step(loop.step)
         if measured or loop.step % self.checkpoint_every == 0:
             self._flush()
@@ -271,8 +273,9 @@ class Clock(Hook):
         """Combine every process's pending steps (their slowest node, anything sent)."""
         per_rank = self.run.mixer.gather_object(self._pending)
         for steps in zip(*per_rank, strict=True):
-            self.record.clock_s += self.clock.step_seconds(max(s for s, _ in steps),
-                                                           any(a for _, a in steps))
+            self.record.clock_s += self.clock.step_seconds(
+                max(s[0] for s in steps), any(s[1] for s in steps),
+                mean=sum(s[2] for s in steps) / sum(s[3] for s in steps))
         self._pending = []
 
 
@@ -421,7 +424,9 @@ class Checkpointing(Hook):
             processes=mixer.world_size, tables=rec.tables, started=rec.started,
             config=self.config,
             timings={"measures": dict(rec.measure_s), "checkpoint": rec.checkpoint_s,
-                     "clock": rec.clock_s})
+                     "clock": rec.clock_s},
+            stale={} if self.run.delayed is None else {
+                k: self._gathered(v) for k, v in self.run.delayed.state_dict().items()})
 
         def write() -> None:
             rundir.save_checkpoint(self.out, ck)
@@ -515,6 +520,9 @@ def restore(ck: rundir.Checkpoint, out: Path, built: Run, state: Any) -> Any:
         state = _algorithms.load_state(saved, state, device=stack.device)
         stack.load_buffers({k: _rows_of(v, own, n) for k, v in ck.buffers.items()})
         mixer.stats.load_state_dict({k: _rows_of(v, own, n) for k, v in ck.mixer.items()})
+        if built.delayed is not None:
+            built.delayed.load_state_dict({k: _rows_of(v, own, n) for k, v in ck.stale.items()},
+                                          device=stack.device)
         if len(ck.rng) == mixer.world_size:  # the same processes: each continues its own stream
             mine = ck.rng[mixer.rank]
             torch.set_rng_state(mine[0])

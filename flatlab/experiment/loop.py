@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from flatlab.algorithms.base import hold
-from flatlab.engine.oracle import SkippingOracle
+from flatlab.engine.oracle import DelayedGradients, SkippingOracle
 from flatlab.errors import FlatlabError
 
 __all__ = ["Loop", "Outcome", "Hook", "train", "network_mean"]
@@ -120,7 +120,8 @@ def train(algorithm: Any, state: Any, sampler: Any, oracle: Any, mixer: Any,
           lr: Callable[[int], float] | float, hooks: Sequence[Hook] = (), *, total: int,
           start: int = 0, group: Any = None,
           offline: Callable[[int], torch.Tensor] | None = None,
-          straggling: Callable[[int], torch.Tensor] | None = None) -> tuple[Any, Outcome]:
+          straggling: Callable[[int], torch.Tensor] | None = None,
+          delayed: DelayedGradients | None = None) -> tuple[Any, Outcome]:
     """Run ``algorithm`` from ``state`` at step ``start`` to ``total``, calling ``hooks``.
 
     Args:
@@ -138,6 +139,8 @@ def train(algorithm: Any, state: Any, sampler: Any, oracle: Any, mixer: Any,
             process's (booleans); they keep their whole state (:func:`flatlab.algorithms.hold`).
         straggling: Stragglers: ``straggling(t)`` gives the nodes that miss step ``t``'s
             gradient; the step sees :class:`~flatlab.engine.oracle.SkippingOracle`.
+        delayed: Stale gradients (``train.staleness``): the step's oracle answers at the
+            points of earlier steps (:class:`~flatlab.engine.oracle.DelayedGradients`).
 
     Returns:
         The final state and the :class:`Outcome`. A non-finite loss ends the loop only through a
@@ -155,7 +158,8 @@ def train(algorithm: Any, state: Any, sampler: Any, oracle: Any, mixer: Any,
         while outcome is None and loop.step < total:
             t = loop.step
             before = loop.state
-            now = oracle if straggling is None else SkippingOracle(oracle, straggling(t))
+            now = oracle if delayed is None else delayed.at(oracle, t)
+            now = now if straggling is None else SkippingOracle(now, straggling(t))
             loop.state = algorithm.step(before, sampler.batch(t), now, mixer, lr(t))
             if offline is not None:  # node churn: the offline nodes did not step
                 loop.state = hold(loop.state, before, offline(t))

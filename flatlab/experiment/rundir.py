@@ -454,6 +454,8 @@ class Checkpoint:
         config: The run's config (what a resumed run must match).
         timings: Seconds so far per measure (``measures``) and writing checkpoints
             (``checkpoint``).
+        stale: Under ``train.staleness``, the points of the last ``tau`` steps
+            (``{"past": [n, tau, P]}``: :class:`~flatlab.engine.oracle.DelayedGradients`).
     """
 
     step: int
@@ -469,6 +471,7 @@ class Checkpoint:
     started: str | None = None
     config: dict[str, Any] | None = None
     timings: dict[str, Any] = field(default_factory=dict)
+    stale: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The mapping saved to disk."""
@@ -553,12 +556,17 @@ def _checked(ck: Any, bad: str) -> Checkpoint:
             and all(isinstance(v, (int, float)) for v in timings.get("measures", {}).values())
             and isinstance(timings.get("checkpoint", 0.0), (int, float))):
         timings = {}  # older checkpoints have none; a damaged one only loses the split
+    stale = ck.get("stale", {})
+    if not isinstance(stale, dict) or any(not isinstance(v, torch.Tensor) or v.dim() < 2
+                                          for v in stale.values()):
+        raise RunDirError(f"{bad}: its stale-gradient points are damaged; {RESTART_HINT}")
     return Checkpoint(step=ck["step"], state=state, buffers=ck["buffers"], mixer=ck["mixer"],
                       metrics=ck["metrics"], elapsed=float(ck["elapsed"]),
                       loss_acc=ck["loss_acc"], rng=rng, processes=ck.get("processes", 1),
                       tables=tables if isinstance(tables, dict) else {},
                       started=ck.get("started"),
-                      config=config if isinstance(config, dict) else None, timings=timings)
+                      config=config if isinstance(config, dict) else None, timings=timings,
+                      stale=stale)
 
 
 def check_fits(ck: Checkpoint, path: Path, *, state: dict[str, Any],

@@ -228,7 +228,9 @@ def _hooks_of(built: Run, record: _hooks.Record, status: _hooks.StatusFile, out:
             # recorded), before Checkpointing (which keeps the clock's seconds)
             *([_hooks.Clock(built, record, WallClock(
                 built.n, cfg.clock.compute, cfg.clock.compute_cv, cfg.clock.latency,
-                cfg.clock.bandwidth, seed=cfg.seed), cfg.checkpoint_every)]
+                cfg.clock.bandwidth, seed=cfg.seed,
+                asynchronous=cfg.topology.faults.get("model") == "async_gossip"),
+                cfg.checkpoint_every)]
               if cfg.clock.on else []),
             _hooks.Progress(cfg.name, built.total_steps, status.step, record,
                             progress and status.main, lr=built.lr),
@@ -276,7 +278,8 @@ def _train(cfg: RunConfig, out: Path, ck: rundir.Checkpoint | None, procs: Proce
             watchdog.barrier("setting up", stop=term.is_set)
         _, outcome = train(built.algorithm, state, built.sampler, built.oracle, built.mixer,
                            built.lr, hooks, total=built.total_steps, start=status.step,
-                           offline=built.offline, straggling=built.straggling)
+                           offline=built.offline, straggling=built.straggling,
+                           delayed=built.delayed)
         shown = "running" if outcome.status == "stopped" else outcome.status
         return RunResult(out, shown, outcome.step, outcome.message, main)
     except BaseException as e:

@@ -32,8 +32,8 @@ from flatlab.topology.core import Topology
 from flatlab.topology.weights import lazy as lazy_matrix
 from flatlab.topology.weights import mixing_matrix
 
-__all__ = ["LinkFailures", "NodeChurn", "MessageDrops", "Stragglers", "FAULT_RULES",
-           "undirected_edges", "surviving_matrix"]
+__all__ = ["LinkFailures", "NodeChurn", "MessageDrops", "AsyncGossip", "Stragglers",
+           "StaleGradients", "FAULT_RULES", "undirected_edges", "surviving_matrix"]
 
 #: Weight rules recomputed on the surviving graph (both symmetric and doubly stochastic).
 FAULT_RULES = ("metropolis", "max-degree")
@@ -331,3 +331,163 @@ class Stragglers:
         """Which nodes miss step ``t``'s gradient (boolean ``[n]``), the same on every call."""
         rng = np.random.default_rng(seed_for(self.seed, "stragglers", int(t)))
         return rng.random(self.n) < self.p
+
+
+@dataclass(frozen=True)
+class AsyncGossip:
+    """Asynchronous pairwise gossip, AD-PSGD's network (Lian et al., ICML 2018; Boyd et al. 2006).
+
+    Every node has a clock of rate one; when node ``i``'s ticks it picks a neighbour ``j``
+    uniformly and the two replace their values by their average, atomically:
+    ``W_e = I − ½ (e_i − e_j)(e_i − e_j)ᵀ``, a symmetric projection. A round (one unit of time)
+    is ``events`` such ticks (default ``n``: each node's clock ticks once on average), each
+    initiator drawn uniformly and independently, so the round's matrix is the product
+    ``W_t = W_{e_m} ⋯ W_{e_1}``: doubly stochastic (the average is preserved exactly), not
+    symmetric, and a node may average several times in a round or not at all. The ticks are
+    i.i.d., so what theory needs has closed forms (:func:`flatlab.theory.async_gossip_spectrum`):
+    with ``W̄₁ = E[W_e] = I − ½ Σ_e π_e (e_i − e_j)(e_i − e_j)ᵀ`` and
+    ``π_{ij} = (1/d_i + 1/d_j)/n``, ``E[W_t] = W̄₁^m``, and ``E[(W_t − J) ⊗ (W_t − J)]`` is the
+    ``m``-th power of its one-tick value.
+
+    In a training run every node takes one gradient step per round (on a stale copy of its
+    model when ``train.staleness`` is set) and the round's ticks mix: ``X⁺ = W_t X − η G(X̂)``,
+    the ``ad-psgd`` algorithm. Applying the round's gradients after its ticks is this
+    simulation's one simplification of the event order: in AD-PSGD a node's gradient lands
+    after its own average, and later ticks in the same unit of time mix it on. The mixers apply
+    the round as one exchange along the non-zeros of ``W_t``, so ``comm_bytes`` counts a
+    message per non-zero (information that reached a node through a chain of ticks), not the
+    two vectors a tick sends.
+
+    Attributes:
+        base: The static undirected graph whose edges the pairs are drawn from (its weights
+            are not used: a pair always averages with weights ½).
+        events: Ticks per round (default: ``n``).
+        seed: Seed of the ticks (round ``t`` from ``seed_for(seed, "faults", t)``).
+    """
+
+    base: Topology
+    events: int | None = None
+    seed: int = 0
+    what = "async gossip"
+    noun = "async gossip"
+    stochastic = "doubly"
+    p = 0.0  # nothing fails: every pair that is drawn averages
+    edges: np.ndarray = field(init=False, repr=False)
+    neighbors: tuple[np.ndarray, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.base, Topology):
+            raise TopologyError(f"async gossip needs a Topology (flatlab.topology.make), got "
+                                f"{type(self.base).__name__}")
+        edges = undirected_edges(self.base)
+        n = self.base.n
+        events = n if self.events is None else self.events
+        if isinstance(events, bool) or not isinstance(events, numbers.Integral) or events < 1:
+            raise TopologyError(f"async gossip: events (ticks per round) must be an integer "
+                                f">= 1, got {self.events!r}")
+        nbrs = [[] for _ in range(n)]
+        for i, j in edges:
+            nbrs[i].append(j)
+            nbrs[j].append(i)
+        if n > 1 and any(not a for a in nbrs):
+            lonely = next(i for i, a in enumerate(nbrs) if not a)
+            raise TopologyError(f"async gossip: node {lonely} of {self.base.label} has no "
+                                "neighbour to average with")
+        object.__setattr__(self, "events", int(events))
+        object.__setattr__(self, "edges", edges)
+        object.__setattr__(self, "neighbors", tuple(np.asarray(sorted(a), dtype=np.int64)
+                                                      for a in nbrs))
+
+    @property
+    def n(self) -> int:
+        """Number of nodes."""
+        return self.base.n
+
+    def ticks(self, t: int) -> np.ndarray:
+        """Round ``t``'s ticks in order: ``[events, 2]`` pairs (initiator, the neighbour)."""
+        rng = np.random.default_rng(seed_for(self.seed, "faults", int(t)))
+        who = rng.integers(0, self.n, self.events)
+        pick = rng.random(self.events)
+        if self.n == 1:
+            return np.zeros((self.events, 2), dtype=np.int64)
+        deg = np.array([len(a) for a in self.neighbors])
+        k = np.minimum((pick * deg[who]).astype(np.int64), deg[who] - 1)
+        other = np.array([self.neighbors[i][c] for i, c in zip(who, k, strict=True)])
+        return np.stack([who, other], axis=1)
+
+    def pair_probabilities(self) -> np.ndarray:
+        """``π_e`` of each edge (rows of :attr:`edges`): the chance that a tick averages it."""
+        deg = np.array([len(a) for a in self.neighbors], dtype=float)
+        i, j = self.edges[:, 0], self.edges[:, 1]
+        return (1.0 / deg[i] + 1.0 / deg[j]) / self.n
+
+    def matrix(self, t: int, *, sparse: bool = False) -> np.ndarray | sp.csr_array:
+        """Round ``t``'s ``W_t = W_{e_m} ⋯ W_{e_1}``."""
+        w = np.eye(self.n)
+        for i, j in self.ticks(t):
+            if i != j:
+                w[[i, j]] = (w[i] + w[j]) / 2
+        return sp.csr_array(w) if sparse else w
+
+    def topology(self, rounds: int) -> Topology:
+        """Rounds ``0 … rounds − 1`` as one time-varying :class:`Topology` of that period."""
+        if isinstance(rounds, bool) or not isinstance(rounds, numbers.Integral) or rounds < 1:
+            raise TopologyError(f"{self.what}: rounds must be an integer >= 1, got {rounds!r}")
+        mats = tuple(self.matrix(t, sparse=True) for t in range(int(rounds)))
+        return Topology(name=f"{self.base.name} with {self.what}", rounds=mats,
+                        weights="pairwise", lazy=False, symmetric=False, stochastic="doubly",
+                        params={**self.base.params, "faults": self.what,
+                                "events": self.events, "fault_seed": self.seed})
+
+
+@dataclass(frozen=True)
+class StaleGradients:
+    """Delayed gradients: a node's gradient is taken at the point it held some steps earlier.
+
+    At step ``t`` node ``i`` is late with probability ``p``; a late node's gradient is the one
+    it started ``d_{i,t}`` steps earlier, at the point the method then asked the oracle about
+    (``d = tau`` when ``fixed``, else uniform on ``1 … tau``); before step 0 the points are the
+    starting point. ``G_t = ∇F(X̂_t)`` with ``x̂_{i,t} = x_{i, t − d_{i,t}}`` is the bounded-
+    staleness model of asynchronous SGD (AD-PSGD's analysis: Lian et al., ICML 2018, staleness at
+    most ``T``). Round ``t``'s draw is ``seed_for(seed, "staleness", t)``, over every node at once,
+    so it is the same however the nodes are split over processes.
+    (:class:`flatlab.engine.oracle.DelayedGradients` keeps the points and serves the gradients.)
+
+    Attributes:
+        n: Number of nodes.
+        tau: The largest delay, in steps (an integer >= 1).
+        p: The probability that a node's gradient is late at a step, in ``(0, 1]``.
+        fixed: Every late gradient is exactly ``tau`` steps old (else uniform on ``1 … tau``).
+        seed: Seed of the draws.
+    """
+
+    n: int
+    tau: int
+    p: float = 1.0
+    fixed: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n, bool) or not isinstance(self.n, numbers.Integral) or self.n < 1:
+            raise TopologyError(f"stale gradients need a number of nodes >= 1, got {self.n!r}")
+        if isinstance(self.tau, bool) or not isinstance(self.tau, numbers.Integral) \
+                or self.tau < 1:
+            raise TopologyError(f"stale gradients: tau (the largest delay, in steps) must be "
+                                f"an integer >= 1, got {self.tau!r}")
+        p = self.p
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not (
+                math.isfinite(float(p)) and 0 < float(p) <= 1):
+            raise TopologyError(f"stale gradients: p (the probability that a gradient is late) "
+                                f"must be in (0, 1], got {p!r}")
+        if not isinstance(self.fixed, bool):
+            raise TopologyError(f"stale gradients: fixed must be true or false, got "
+                                f"{self.fixed!r}")
+        object.__setattr__(self, "p", float(p))
+        object.__setattr__(self, "tau", int(self.tau))
+
+    def delays(self, t: int) -> np.ndarray:
+        """``d_{i,t}`` of every node at step ``t`` (integers ``[n]`` in ``0 … tau``)."""
+        rng = np.random.default_rng(seed_for(self.seed, "staleness", int(t)))
+        late = rng.random(self.n) < self.p
+        d = np.full(self.n, self.tau) if self.fixed else rng.integers(1, self.tau + 1, self.n)
+        return np.where(late, d, 0).astype(np.int64)

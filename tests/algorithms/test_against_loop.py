@@ -14,7 +14,7 @@ from flatlab.comm import SimulatedMixer
 from flatlab.data import NodeSampler, load, partition
 from flatlab.engine import GradientOracle, NodeStack
 from flatlab.models import make as make_model
-from flatlab.topology.faults import LinkFailures
+from flatlab.topology.faults import AsyncGossip, LinkFailures
 from tests.reference.algorithms import LOOPS, LoopNodes, buffers, run_loop
 
 DIGITS = load("digits", seed=0)
@@ -94,6 +94,8 @@ CASES = [
     ("momentum-tracking", "exponential-undirected~lf", "dirichlet", "logistic", torch.float64,
      {}),
     ("sgp", "ring~lf", "iid", "mlp", torch.float64, {"momentum": 0.9}),
+    # AD-PSGD over asynchronous pairwise ticks (its stale gradients: test_async_gossip.py)
+    ("ad-psgd", "torus~ag", "dirichlet", "mlp", torch.float64, {}),
 ]
 
 #: an irregular, strongly connected directed graph on 8 nodes: arcs i -> j
@@ -106,8 +108,11 @@ DIGRAPH_B = [(0, 3), (0, 5), (0, 7), (1, 0), (2, 1), (2, 6), (3, 2), (4, 3), (5,
              (6, 5), (7, 6)]
 
 
-def link_failures(spec: str, n: int) -> LinkFailures:
-    """``NAME~lf``: the graph's edges fail with probability 0.3 in each round."""
+def link_failures(spec: str, n: int) -> LinkFailures | AsyncGossip:
+    """``NAME~lf``: the graph's edges fail with probability 0.3 in each round; ``NAME~ag``:
+    asynchronous pairwise gossip over it (``n`` ticks a round)."""
+    if spec.endswith("~ag"):
+        return AsyncGossip(topology_of(spec.removesuffix("~ag"), n), seed=4)
     return LinkFailures(topology_of(spec.removesuffix("~lf"), n), p=0.3, seed=4)
 
 
@@ -117,7 +122,7 @@ def topology_of(spec: str, n: int, rounds: int = 25) -> flatlab.topology.Topolog
     :data:`DIGRAPH_B` in turn (both irregular, so the weights w do not stay 1), or ``NAME~lf``:
     :func:`link_failures`' schedule of ``rounds`` rounds, as a run under ``topology.faults``
     mixes with."""
-    if spec.endswith("~lf"):
+    if spec.endswith(("~lf", "~ag")):
         return link_failures(spec, n).topology(rounds)
     name, _, rule = spec.partition("+")
     if name == "digraph":
@@ -161,7 +166,8 @@ def engine_and_loop(name, topo_name, split, model, dtype, hp, steps=25, n=8, nor
         traj.append(state.x)
     loop = LoopNodes(template, n, weight_decay=weight_decay)
     # the loop mixes with each round drawn from the fault model itself, not the schedule
-    W_at = link_failures(topo_name, n).matrix if topo_name.endswith("~lf") else topo.matrix  # noqa: N806
+    W_at = (link_failures(topo_name, n).matrix if topo_name.endswith(("~lf", "~ag"))  # noqa: N806
+            else topo.matrix)
     ref = run_loop(name, loop, lambda t: W_at(t), sampler.batch, lr, steps, **algo.hparams())
     return torch.stack(traj), ref, stack, loop
 
@@ -197,6 +203,7 @@ def test_engine_equals_loop_with_batchnorm_buffers():
 
 def test_every_registered_algorithm_has_a_loop_reference():
     for name in flatlab.algorithms.available():
-        if name in ("centralized", "consensus", "diffusion", "diffusion-cta") or name in LOOPS:
+        if name in ("centralized", "consensus", "diffusion", "diffusion-cta", "ad-psgd") \
+                or name in LOOPS:
             continue
         pytest.fail(f"{name} has no per-node loop reference in tests/reference/algorithms.py")

@@ -87,7 +87,7 @@ def cases(world: int) -> list[tuple[str, str]]:
     """Half the registry on each layout, so every algorithm goes through the distributed runner
     once (tests/comm/test_distributed.py compares every algorithm on both layouts at the mixer
     level); diffusion on both, it is the resumed run's reference."""
-    names = available()
+    names = [a for a in available() if a != "ad-psgd"]  # its own network: FAULT_RUNS
     picked = names[1::2] if world == 4 else names[0::2]
     if "diffusion" not in picked:
         picked = [*picked, "diffusion"]
@@ -142,6 +142,12 @@ FAULT_RUNS = [
     # and the simulated wall clock: each process's slowest node, combined where measured
     ("clock", "diffusion", {"clock": {"compute": 0.05, "compute_cv": 0.5, "latency": 0.001,
                                       "bandwidth": 1.0e6}}),
+    # AD-PSGD: asynchronous pairwise ticks, late gradients (their points are checkpointed and
+    # gathered), and the asynchronous clock's mean over both processes' nodes
+    ("async", "ad-psgd",
+     {"topology": {"name": "ring", "nodes": 4, "faults": {"model": "async_gossip"}},
+      "train": {"steps": 12, "staleness": {"tau": 2}},
+      "clock": {"compute": 0.05, "compute_cv": 0.5, "latency": 0.001}}),
 ]
 SAM_OPTIM = {"lr": 0.1, "schedule": "cosine", "warmup": 2, "weight_decay": 1e-4,
              "sam_rho": 0.05}

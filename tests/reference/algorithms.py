@@ -98,7 +98,7 @@ def run_loop(name: str, nodes: LoopNodes, W_at: Callable[[int], np.ndarray],
         eta = lr(t) if callable(lr) else lr
         inputs, targets = batches(t)
         W = W_at(t)
-        if name == "consensus":
+        if name in ("consensus", "ad-psgd"):  # AD-PSGD: W the round's product of pair averages
             gs = [nodes.grad(i, xs[i], inputs[i], targets[i])[1] for i in range(n)]
             mixed = gossip(W, xs)
             xs = [mixed[i] - eta * gs[i] for i in range(n)]
