@@ -19,6 +19,10 @@ at its own pace, so a round, in which every node steps once on average, takes th
 time, ``T_t = mean_i ( c_{i,t} + b_{i,t} / B ) + L · [anything sent at step t]`` (a node's own
 exchange still pays the latency). With i.i.d. compute times this is the renewal rate of the
 nodes' steps; it ignores that a node a neighbour is averaging with waits for the lock.
+
+A **deadline** ``D`` closes a synchronous round's computation: a node with ``c_{i,t} > D`` is a
+straggler at step ``t`` (:meth:`WallClock.late`; its update carries no gradient) and the round
+waits ``min(c_{i,t}, D)`` for it, so ``T_t = max_i ( min(c_{i,t}, D) + b_{i,t} / B ) + L``.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ class WallClock:
         bandwidth: Bytes per second of a node's link (None: no transfer time).
         seed: The run's seed.
         asynchronous: A round takes the nodes' mean time, not the slowest's.
+        deadline: Seconds after which a synchronous round stops waiting for a node's
+            gradient (None: it waits for every node).
     """
 
     n: int
@@ -54,6 +60,7 @@ class WallClock:
     bandwidth: float | None = None
     seed: int = 0
     asynchronous: bool = False
+    deadline: float | None = None
 
     def compute_times(self, t: int) -> np.ndarray:
         """``c_{i,t}`` of every node at step ``t`` (seconds, ``[n]``)."""
@@ -67,9 +74,17 @@ class WallClock:
     def node_times(self, t: int, sent: np.ndarray, rows: slice) -> np.ndarray:
         """``c_{i,t} + b_{i,t} / B`` of the nodes ``rows`` that sent ``sent`` bytes."""
         c = self.compute_times(t)[rows]
+        if self.deadline is not None:
+            c = np.minimum(c, self.deadline)
         if self.bandwidth is None:
             return c
         return c + np.asarray(sent, dtype=float) / self.bandwidth
+
+    def late(self, t: int) -> np.ndarray:
+        """The nodes whose compute time at step ``t`` passes the deadline (booleans ``[n]``)."""
+        if self.deadline is None:
+            return np.zeros(self.n, dtype=bool)
+        return self.compute_times(t) > self.deadline
 
     def step_seconds(self, slowest: float, anything_sent: bool, mean: float | None = None
                      ) -> float:

@@ -20,6 +20,7 @@ from flatlab import algorithms as _algorithms
 from flatlab import data as _data
 from flatlab import models as _models
 from flatlab.comm import DistributedMixer, SimulatedMixer
+from flatlab.comm.clock import WallClock
 from flatlab.comm.process import Processes
 from flatlab.engine import GradientOracle, NodeStack
 from flatlab.engine.oracle import DelayedGradients, Oracle, sam_oracle
@@ -167,6 +168,25 @@ def _eval_sets(cfg: RunConfig, dataset: Any, part: Any, stack: NodeStack
     return train, test, (train[0][pick], train[1][pick])
 
 
+def wall_clock(cfg: RunConfig) -> WallClock:
+    """The simulated wall clock of ``cfg.clock`` (asynchronous under ``async_gossip``)."""
+    c = cfg.clock
+    return WallClock(int(cfg.topology.nodes), c.compute, c.compute_cv, c.latency, c.bandwidth,
+                     seed=cfg.seed,
+                     asynchronous=cfg.topology.faults.get("model") == "async_gossip",
+                     deadline=c.deadline)
+
+
+def _stragglers(cfg: RunConfig, n: int) -> Callable[[int], np.ndarray] | None:
+    """Who misses step ``t``'s gradient: ``train.stragglers``' coin, or past ``clock.deadline``."""
+    coin = Stragglers(n, cfg.train.stragglers, seed=cfg.seed).skips \
+        if cfg.train.stragglers else None
+    late = wall_clock(cfg).late if cfg.clock.deadline is not None else None
+    if coin is None or late is None:
+        return coin or late
+    return lambda t: coin(t) | late(t)
+
+
 def _local(draw: Callable[[int], np.ndarray], rows: slice) -> Callable[[int], torch.Tensor]:
     """``draw(t)``, booleans over all nodes (the same on every process), at this process's rows."""
     return lambda t: torch.as_tensor(draw(t))[rows]
@@ -219,9 +239,8 @@ def build(cfg: RunConfig, procs: Processes | None = None) -> Run:
                         cfg.optim.sam_rho, adaptive=cfg.optim.sam_adaptive)
     algo = _algorithms.make(cfg.algorithm.name, **cfg.algorithm.params)
     train, test, curvature = _eval_sets(cfg, dataset, part, stack)
-    straggling = None
-    if cfg.train.stragglers:
-        straggling = _local(Stragglers(n, cfg.train.stragglers, seed=cfg.seed).skips, rows)
+    skips = _stragglers(cfg, n)
+    straggling = None if skips is None else _local(skips, rows)
     stale = stale_gradients(cfg.train.staleness, n, seed=cfg.seed)
     delayed = None if stale is None else DelayedGradients(_local(stale.delays, rows), stale.tau)
     return Run(cfg=cfg, dataset=dataset, partition=part, sampler=sampler, stack=stack,

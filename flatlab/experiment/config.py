@@ -234,12 +234,18 @@ class ClockConfig:
     no transfer time); a round that exchanges anything adds ``latency`` seconds. A synchronous
     round ends when its slowest node is done. The run records the cumulative ``sim_time``
     (scope ``network``) wherever it measures. All zero (the default): no clock.
+
+    ``deadline`` (seconds; ``null``: none) closes a synchronous round's computation there: a
+    node whose compute time exceeds it is a straggler that step (no gradient, as
+    ``train.stragglers``; it still gossips), and the round waits ``min(c_i, deadline)``.
+    Slow nodes, not a coin, decide who straggles.
     """
 
     compute: float = 0.0
     compute_cv: float = 0.0
     latency: float = 0.0
     bandwidth: float | None = None
+    deadline: float | None = None
 
     @property
     def on(self) -> bool:
@@ -540,6 +546,15 @@ def validate(cfg: RunConfig) -> None:
     _need(c.latency >= 0, "clock.latency", c.latency, "seconds >= 0 per round")
     _need(c.bandwidth is None or c.bandwidth > 0, "clock.bandwidth", c.bandwidth,
           "bytes per second > 0, or null (no transfer time)")
+    _need(c.deadline is None or (c.deadline > 0 and c.compute > 0), "clock.deadline",
+          c.deadline, "seconds > 0 beside a clock.compute > 0, or null (no deadline)")
+    if c.deadline is not None and cfg.topology.faults.get("model") == "async_gossip":
+        raise ConfigError("config field clock.deadline: an asynchronous network has no round "
+                          "to close (each node steps at its own pace); accepted: null")
+    if c.deadline is not None and cfg.algorithm.name in ("ngpd", "centralized"):
+        raise ConfigError(f"config field clock.deadline: its late nodes are stragglers, which "
+                          f"{cfg.algorithm.name} cannot have (see train.stragglers); "
+                          "accepted: another method, or null")
 
 
 def _validate_run(cfg: RunConfig) -> None:

@@ -36,12 +36,11 @@ from typing import Any
 
 import torch
 
-from flatlab.comm.clock import WallClock
 from flatlab.comm.process import Processes, Watchdog, join, leave
 from flatlab.errors import ConfigError
 from flatlab.experiment import hooks as _hooks
 from flatlab.experiment import ranks, rundir
-from flatlab.experiment.assemble import Run, build
+from flatlab.experiment.assemble import Run, build, wall_clock
 from flatlab.experiment.config import RunConfig, load_config, to_dict
 from flatlab.experiment.hooks import measure
 from flatlab.experiment.loop import Hook, train
@@ -226,11 +225,7 @@ def _hooks_of(built: Run, record: _hooks.Record, status: _hooks.StatusFile, out:
             _hooks.Measuring(built, record, alone),
             # after Measuring (which measures a fresh run's start only while nothing is
             # recorded), before Checkpointing (which keeps the clock's seconds)
-            *([_hooks.Clock(built, record, WallClock(
-                built.n, cfg.clock.compute, cfg.clock.compute_cv, cfg.clock.latency,
-                cfg.clock.bandwidth, seed=cfg.seed,
-                asynchronous=cfg.topology.faults.get("model") == "async_gossip"),
-                cfg.checkpoint_every)]
+            *([_hooks.Clock(built, record, wall_clock(cfg), cfg.checkpoint_every)]
               if cfg.clock.on else []),
             _hooks.Progress(cfg.name, built.total_steps, status.step, record,
                             progress and status.main, lr=built.lr),

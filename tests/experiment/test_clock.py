@@ -73,3 +73,48 @@ def test_compute_times_are_lognormal_with_the_stated_mean_and_spread_however_spl
 def test_bad_clock_settings_are_one_line(field, value, match):
     with pytest.raises(ConfigError, match=match):
         load_config(dict(CFG, clock={**CFG["clock"], field: value}))
+
+
+def test_a_deadline_makes_the_slow_nodes_stragglers_and_caps_the_wait(tmp_path):
+    """``T_t = max_i (min(c_i, D) + b_i/B) + L``; the nodes past D miss that step's gradient."""
+    from flatlab.experiment.assemble import build
+
+    clock = {"compute": 0.1, "compute_cv": 0.8, "latency": 0.01, "bandwidth": 1.0e6,
+             "deadline": 0.15}
+    cfg = load_config(dict(CFG, clock=clock, seed=2))
+    wall = WallClock(8, 0.1, 0.8, 0.01, 1.0e6, seed=2, deadline=0.15)
+    built = build(cfg)
+    late = np.stack([wall.late(t) for t in range(20)])
+    assert 0.05 < late.mean() < 0.5  # some nodes, not all, miss the deadline
+    for t in range(20):
+        np.testing.assert_array_equal(built.straggling(t).numpy(), late[t])
+        np.testing.assert_array_equal(late[t], wall.compute_times(t) > 0.15)
+    run(cfg, tmp_path / "d", progress=False)
+    want = sum(np.minimum(wall.compute_times(t), 0.15).max() + SENT / 1e6 + 0.01
+               for t in range(20))
+    assert sim_time(tmp_path / "d")[20] == pytest.approx(want, rel=1e-12)
+    run(load_config(dict(CFG, clock={**clock, "deadline": None}, seed=2)), tmp_path / "w",
+        progress=False)
+    assert sim_time(tmp_path / "w")[20] > sim_time(tmp_path / "d")[20]  # it waited for them
+    import torch
+
+    a, b = (torch.load(tmp_path / r / "checkpoint.pt", weights_only=True)["state"]["x"]
+            for r in ("d", "w"))
+    assert not torch.equal(a, b)  # and their gradients were missing
+    far = load_config(dict(CFG, clock={**clock, "deadline": 1e9}, seed=2))
+    assert not any(build(far).straggling(t).any() for t in range(20))
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"clock": {"compute": 0.1, "deadline": 0.0}}, "clock.deadline: 0.0 is not accepted"),
+    ({"clock": {"latency": 0.1, "deadline": 1.0}}, "beside a clock.compute > 0"),
+    ({"clock": {"compute": 0.1, "deadline": 1.0},
+      "topology": {"name": "ring", "nodes": 8, "faults": {"model": "async_gossip"}},
+      "algorithm": {"name": "ad-psgd"}}, "an asynchronous network has no round to close"),
+    ({"clock": {"compute": 0.1, "deadline": 1.0}, "algorithm": {"name": "centralized"}},
+     "centralized cannot have"),
+])
+def test_bad_deadlines_are_one_line(change, match):
+    with pytest.raises(ConfigError, match=match) as e:
+        load_config(dict(CFG, **change))
+    assert "\n" not in str(e.value)
