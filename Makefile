@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.flatlab-installed
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: demo test test-kernels test-slow lint figs bench bench-gpu clean heterogeneity primal-dual compression tradeoff implicit-flatness mechanism large-batch
+.PHONY: demo test test-kernels test-slow lint figs bench bench-gpu gpu-wheels clean heterogeneity primal-dual compression tradeoff implicit-flatness mechanism large-batch
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -101,11 +101,16 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/scale.py
 	$(BIN)/python benchmarks/measure_cost.py
 
-# every benchmark with --device cuda and the GPU-relevant tests, in under 10 minutes on one GPU;
+# the GPU benchmarks that matter most and the CUDA test stage, in about 8 minutes on one GPU;
 # tables under $$OUT or benchmarks/gpu-out (benchmarks/gpu.sh). It uses the machine's own python3
-# and CUDA torch (not the CPU venv), with this checkout on PYTHONPATH
+# and CUDA torch (not the CPU venv), with this checkout on PYTHONPATH and the wheels of .whl/
 bench-gpu:
 	PYTHONPATH=$(CURDIR) bash benchmarks/gpu.sh
+
+# the pure-Python packages a bare GPU machine's image lacks, as wheels in .whl/ (run it where pip
+# reaches the registry; carry .whl/ to the GPU machine, where benchmarks/gpu.sh installs them)
+gpu-wheels:
+	python3 -m pip download -q --no-deps --only-binary=:all: -d .whl mnist1d==0.0.2.post1 pyhessian==0.1
 
 clean:
 	rm -rf $(VENV) .pytest_cache paper_figs/out results/demo

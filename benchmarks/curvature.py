@@ -41,12 +41,20 @@ from flatlab.engine import NodeStack  # noqa: E402
 TOLS = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 1e-6)
 
 
+def _sync() -> None:
+    """Wait for the GPU's queued work, so that a timing includes it (no-op on the CPU)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def timed(fn, reps: int = 3):
-    """(best seconds, last result) over ``reps`` calls."""
+    """(best seconds, last result) over ``reps`` calls, the GPU synchronized at both ends."""
     best, out = float("inf"), None
     for _ in range(reps):
+        _sync()
         t = time.perf_counter()
         out = fn()
+        _sync()
         best = min(best, time.perf_counter() - t)
     return best, out
 
@@ -58,7 +66,7 @@ def ours(stack, x, xs, ys, tol):
 
 def pyhessian(stack, x, xs, ys, tol):
     """PyHessian's power iteration alone (no residual check), and its products."""
-    with PH._contained(stack.dtype, 0) as (mod, counter):
+    with PH._contained(stack.dtype, 0, stack.device) as (mod, counter):
         vals, _ = PH._hessian(mod, stack, x, xs, ys, None).eigenvalues(maxIter=300, tol=tol,
                                                                          top_n=1)
     return float(vals[0]), counter[0]

@@ -109,6 +109,8 @@ def join(device: str = "auto", timeout: float = 60.0) -> Processes:
     if dist.is_initialized():
         backend = dist.get_backend()
         dev = _device(device, local_rank, want_cuda=backend == "nccl")
+        if dev.type == "cuda":  # NCCL's collectives run on the current device: make it ours
+            torch.cuda.set_device(dev)
         return Processes(dist.get_rank(), dist.get_world_size(), local_rank, dev, backend,
                          False, timeout)
     missing = [k for k in _ENV if k not in os.environ]
@@ -140,7 +142,18 @@ def _device(device: str, local_rank: int, want_cuda: bool | None = None) -> torc
         if not cuda:
             raise FlatlabError(f"device {device!r} asked for but this machine has no CUDA GPU; "
                                "accepted here: auto, cpu")
-        return torch.device(f"cuda:{local_rank}") if dev.index is None else dev
+        if dev.index is None:
+            dev = torch.device(f"cuda:{local_rank}")
+        elif int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
+            raise FlatlabError(f"device {device!r} would put every process of this machine on "
+                               "one GPU (NCCL refuses two ranks on one device); accepted: auto "
+                               "or cuda (each process on cuda:LOCAL_RANK)")
+        count = torch.cuda.device_count()
+        if dev.index >= count:
+            raise FlatlabError(f"device {dev} does not exist: this machine has {count} GPU"
+                               f"{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1}); "
+                               "set LOCAL_RANK below that, or launch fewer processes per machine")
+        return dev
     return dev
 
 

@@ -290,7 +290,7 @@ def power_iteration(op, k: int = 1, *, max_iter: int = 100, tol: float = 1e-3,
     order = torch.stack(vals, 1).abs().argsort(1, descending=True)
     ev = torch.stack(vals, 1).gather(1, order.to(op.device))
     rs = torch.stack(ress, 1).gather(1, order.to(op.device))
-    ok = torch.stack(oks, 1).gather(1, order)
+    ok = torch.stack(oks, 1).gather(1, order.cpu())  # the flags live on the host
     V = torch.stack(vecs, 1)  # noqa: N806
     V = V.gather(1, order.to(op.device)[:, :, None].expand(-1, -1, op.size))  # noqa: N806
     if op.batch is None:

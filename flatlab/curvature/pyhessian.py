@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import math
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -47,8 +47,13 @@ def _module():
 
 
 @contextmanager
-def _contained(dtype: torch.dtype, seed: int):
-    """Seed, default dtype, torch.eig shim and an HVP counter, all undone afterwards."""
+def _contained(dtype: torch.dtype, seed: int, device: torch.device | None = None):
+    """Seed, default dtype, torch.eig shim and an HVP counter, all undone afterwards.
+
+    On a GPU the stack's device is made the current one for the call (PyHessian's ``cuda=True``
+    moves its vectors with ``.cuda()``, to the current device, which is not the stack's on
+    ``cuda:1``), and that device's RNG is seeded and restored along with the CPU's.
+    """
     mod = _module()
     counter = [0]
     original_hvp = mod.hessian_vector_product
@@ -64,13 +69,21 @@ def _contained(dtype: torch.dtype, seed: int):
     had_eig = hasattr(torch, "eig")
     old_eig = getattr(torch, "eig", None)
     old_dtype, rng = torch.get_default_dtype(), torch.get_rng_state()
+    gpu = device is not None and device.type == "cuda"
+    current = torch.cuda.device(device) if gpu else nullcontext()
+    cuda_rng = torch.cuda.get_rng_state(device) if gpu else None
     torch.set_default_dtype(dtype)
-    torch.manual_seed(seed)
+    torch.random.default_generator.manual_seed(seed)
     torch.eig = eig_shim
     mod.hessian_vector_product = counted
     try:
-        yield mod, counter
+        with current:
+            if gpu:
+                torch.cuda.manual_seed(seed)  # the stack's device's generator only
+            yield mod, counter
     finally:
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng, device)
         mod.hessian_vector_product = original_hvp
         if had_eig:
             torch.eig = old_eig
@@ -108,11 +121,12 @@ def pyhessian_eigenvalues(stack: NodeStack, x: torch.Tensor, inputs: torch.Tenso
                           tol: float = 1e-3, buffers: dict[str, torch.Tensor] | None = None,
                           seed: int = 0) -> EigenResult:
     """PyHessian's top-``k`` eigenvalues (largest magnitude) of the loss on one batch at ``x``."""
-    with _contained(stack.dtype, seed) as (mod, counter):
+    with _contained(stack.dtype, seed, stack.device) as (mod, counter):
         vals, vecs = _hessian(mod, stack, x, inputs, targets, buffers).eigenvalues(
             maxIter=max_iter, tol=tol, top_n=k)
     ev = torch.tensor(vals, dtype=stack.dtype)
-    V = torch.stack([torch.cat([t.reshape(-1) for t in v]) for v in vecs]).to(stack.dtype)  # noqa: N806
+    V = torch.stack([torch.cat([t.reshape(-1) for t in v])  # noqa: N806 - on the host
+                     for v in vecs]).to(device="cpu", dtype=stack.dtype)
     op = model_hessian(stack, x, inputs, targets, buffers=buffers)
     res = torch.stack([(op.matvec(V[i].to(stack.device)).cpu() - ev[i] * V[i]).norm()
                        for i in range(len(vals))])
@@ -125,7 +139,7 @@ def pyhessian_trace(stack: NodeStack, x: torch.Tensor, inputs: torch.Tensor,
                     buffers: dict[str, torch.Tensor] | None = None,
                     seed: int = 0) -> TraceResult:
     """PyHessian's Hutchinson trace (its running-mean stopping rule) with a standard error."""
-    with _contained(stack.dtype, seed) as (mod, counter):
+    with _contained(stack.dtype, seed, stack.device) as (mod, counter):
         samples = _hessian(mod, stack, x, inputs, targets, buffers).trace(maxIter=max_iter,
                                                                            tol=tol)
     s = torch.tensor(samples, dtype=torch.float64)
@@ -139,7 +153,7 @@ def pyhessian_density(stack: NodeStack, x: torch.Tensor, inputs: torch.Tensor,
                       buffers: dict[str, torch.Tensor] | None = None,
                       seed: int = 0) -> SpectralDensity:
     """PyHessian's SLQ nodes and weights, smoothed as flatlab's ``spectral_density``."""
-    with _contained(stack.dtype, seed) as (mod, counter):
+    with _contained(stack.dtype, seed, stack.device) as (mod, counter):
         nodes, weights = _hessian(mod, stack, x, inputs, targets, buffers).density(iter=iter,
                                                                                    n_v=n_v)
     th = torch.tensor(np.asarray(nodes, dtype=np.float64))

@@ -42,6 +42,11 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise FlatlabError(f"device {device!r} requested but CUDA is not available here; "
                            "use device=auto or cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise FlatlabError(f"device {device!r} does not exist: this machine has {count} GPU"
+                           f"{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1}); "
+                           "accepted: one of those, cuda, auto or cpu")
     return dev
 
 

@@ -62,7 +62,7 @@ __all__ = [
 BASIC_METRICS = ("loss", "accuracy", "consensus_distance", "grad_norm")
 BACKENDS = ("simulated", "distributed")
 #: Fields that say how a run executes, not what it computes (ignored when resuming a directory).
-EXECUTION_FIELDS = ("backend", "timeout", "measure_timeout", "threads", "log")
+EXECUTION_FIELDS = ("backend", "timeout", "measure_timeout", "threads", "log", "deterministic")
 PARTITIONS = ("iid", "dirichlet", "classes", "shards", "natural")
 SCHEDULES = ("constant", "step", "cosine")
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -271,7 +271,9 @@ class RunConfig:
     far from the best measured on 2 cores, idle or shared; see the README's "Threads") or a
     whole number. None of these changes the numbers beyond float32 rounding, so a run directory
     may be resumed under another backend or thread count. ``log`` (live logging) is an
-    execution setting too.
+    execution setting too, and so is ``deterministic``: on a GPU, deterministic kernels only
+    (:func:`flatlab.engine.precision.deterministic`; off by default, it costs speed), so that a
+    resumed run continues bit for bit there too; on the CPU it changes nothing.
 
     Initialisation: ``init`` is ``same`` (every node starts from ``model(seed)``) or
     ``different`` (node ``i`` from ``model(seed_for(seed, "init", i))``, :mod:`flatlab.seeds`);
@@ -294,6 +296,7 @@ class RunConfig:
     timeout: float = 60.0
     measure_timeout: float = 3600.0
     threads: int | str = "auto"
+    deterministic: bool = False
     log: LogConfig = field(default_factory=LogConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

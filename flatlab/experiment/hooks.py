@@ -413,8 +413,9 @@ class Checkpointing(Hook):
         """Write the checkpoint of ``state`` at ``step``."""
         mixer, rec = self.run.mixer, self.record
         t0 = time.perf_counter()
-        rng = (torch.get_rng_state(),
-               torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+        dev = self.run.stack.device  # the run's GPU only: another machine may have fewer
+        rng = (torch.get_rng_state(), torch.cuda.get_rng_state(dev) if dev.type == "cuda"
+               else None)
         ck = rundir.Checkpoint(
             step=step,
             state={k: self._gathered(v) for k, v in _algorithms.state_dict(state).items()},
@@ -506,6 +507,23 @@ def _rows_of(v: Any, rows: slice, n: int) -> Any:
     return v
 
 
+def _restore_cuda_rng(saved: Any, device: torch.device) -> None:
+    """The run's GPU generator from a checkpoint's saved CUDA state.
+
+    One state; or, from checkpoints written before it was one, the list of every visible GPU's,
+    of which the run's own is taken when present. Nothing on the CPU, or when the checkpoint was
+    written without a GPU.
+    """
+    if saved is None or device.type != "cuda":
+        return
+    if isinstance(saved, (list, tuple)):
+        index = device.index or 0
+        if index >= len(saved):
+            return
+        saved = saved[index]
+    torch.cuda.set_rng_state(saved, device)
+
+
 def restore(ck: rundir.Checkpoint, out: Path, built: Run, state: Any) -> Any:
     """The state, buffers, communication counts and random stream of a checkpoint.
 
@@ -526,8 +544,7 @@ def restore(ck: rundir.Checkpoint, out: Path, built: Run, state: Any) -> Any:
         if len(ck.rng) == mixer.world_size:  # the same processes: each continues its own stream
             mine = ck.rng[mixer.rank]
             torch.set_rng_state(mine[0])
-            if mine[1] is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(mine[1])
+            _restore_cuda_rng(mine[1], stack.device)
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, FlatlabError) as e:
         first = (str(e).splitlines() or [""])[0][:160] or type(e).__name__
         raise RunDirError(f"checkpoint {path} cannot be restored ({first}); "

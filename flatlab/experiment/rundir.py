@@ -447,7 +447,7 @@ class Checkpoint:
         metrics: Metric rows so far, ``(step, epoch, metric, scope, value)``.
         elapsed: Training seconds so far.
         loss_acc: ``[sum, count]`` of batch losses since the last measurement.
-        rng: Per process ``(torch RNG state, CUDA RNG states or None)``.
+        rng: Per process ``(torch RNG state, the run GPU's RNG state or None)``.
         processes: Number of processes that wrote it.
         tables: Rows of extra tables so far (``density``, ``landscape``).
         started: ISO time of the run's first start.

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from flatlab.comm.process import Processes, Watchdog, join, leave
+from flatlab.engine.precision import deterministic
 from flatlab.errors import ConfigError
 from flatlab.experiment import hooks as _hooks
 from flatlab.experiment import ranks, rundir
@@ -112,8 +113,9 @@ def run(config: RunConfig | dict | str | Path, out: str | Path, *, progress: boo
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(resolve_threads(cfg.threads))
     try:
-        return _run(cfg, out, progress=progress, resume=resume, stop_after=stop_after,
-                    hooks=hooks)
+        with deterministic(cfg.deterministic):
+            return _run(cfg, out, progress=progress, resume=resume, stop_after=stop_after,
+                        hooks=hooks)
     finally:
         torch.set_num_threads(saved_threads)
 

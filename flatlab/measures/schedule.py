@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from flatlab.engine.precision import full_float32
 from flatlab.measures import named
 
 __all__ = ["Schedule", "scheduled", "measure"]
@@ -81,6 +82,14 @@ def measure(ctx: named.MeasureContext, due: Mapping[str, Mapping[str, Any]], *,
     parts) are added to ``timings[name]`` when it is given; ``announce(name)`` is called as
     each starts (a progress bar shows it).
     """
+    with full_float32():  # a GPU's TF32 would round the curvature to 10 mantissa bits
+        return _measure(ctx, due, alone=alone, timings=timings, announce=announce)
+
+
+def _measure(ctx: named.MeasureContext, due: Mapping[str, Mapping[str, Any]], *,
+             alone: Alone | None, timings: dict[str, float] | None,
+             announce: Callable[[str], None] | None) -> list[named.Row]:
+    """:func:`measure`, inside :func:`~flatlab.engine.precision.full_float32`."""
     rows: list[named.Row] = []
     clock = timings if timings is not None else {}
 

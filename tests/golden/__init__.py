@@ -86,6 +86,9 @@ def config(algorithm: str, name: str | None = None, **kw: Any) -> dict[str, Any]
         "init": "different",
         "device": "cpu",
     }
+    if algorithm == "ad-psgd":  # its own network, and late gradients (checkpointed points)
+        cfg["topology"]["faults"] = {"model": "async_gossip"}
+        cfg["train"]["staleness"] = {"tau": 2}
     for key, value in kw.items():
         if isinstance(value, dict) and isinstance(cfg.get(key), dict):
             cfg[key] = {**cfg[key], **value}
