@@ -122,7 +122,8 @@ class TopologyConfig:
     column-stochastic and ``sgp`` conserves its mass. ``{model: async_gossip}`` (optionally
     ``events: m``, default ``n``) is AD-PSGD's asynchronous network: a round is ``m`` ticks, each
     averaging a uniform node with a uniform neighbour (:class:`flatlab.topology.faults.
-    AsyncGossip`); ``algorithm: ad-psgd`` runs on it. The run mixes with the
+    AsyncGossip`; ``p``: a tick's exchange is lost with that probability and the pair keeps
+    its values); ``algorithm: ad-psgd`` runs on it. The run mixes with the
     resulting time-varying schedule, so a method that needs a static graph refuses it.
     """
 
@@ -662,11 +663,9 @@ def fault_model(faults: dict[str, Any], base: Any, *, seed: int) -> Any:
         raise ConfigError(f"config field topology.faults.events: only async_gossip has ticks "
                           f"per round; {model} does not")
     if model == "async_gossip":
-        if "p" in faults:
-            raise ConfigError("config field topology.faults.p: async_gossip loses nothing "
-                              "(every tick averages a pair); accepted: model, events")
         try:
-            return AsyncGossip(base, events=faults.get("events"), seed=seed)
+            return AsyncGossip(base, events=faults.get("events"), seed=seed,
+                               p=faults.get("p", 0.0))
         except FlatlabError as e:
             raise ConfigError(f"config field topology.faults: {e}") from None
     extra = {"keeper": faults["keeper"]} if "keeper" in faults else {}

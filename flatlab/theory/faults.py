@@ -212,7 +212,7 @@ def fault_spectrum(faults, *, method: str = "auto", samples: int = 20000, max_un
                          K)
 
 
-def async_gossip_spectrum(topology: Topology, *, events: int | None = None,
+def async_gossip_spectrum(topology: Topology, *, events: int | None = None, p: float = 0.0,
                           max_nodes: int = 16) -> FaultSpectrum:
     """AD-PSGD's asynchronous pairwise gossip in closed form (Boyd et al. 2006; Lian et al. 2018).
 
@@ -226,15 +226,17 @@ def async_gossip_spectrum(topology: Topology, *, events: int | None = None,
     * ``E[(W_t − J) ⊗ (W_t − J)] = K₁^m`` with ``K₁ = Σ_e π_e (W_e − J) ⊗ (W_e − J)``, so the
       exact mean-square rate per round is ``ρ(K₁)^m``.
 
-    The effective spectral gap of a round is ``1 − mean_square_bound`` (a synchronous round of
-    the base graph contracts by ``failure_free``, the field's value here). Everything is exact
-    (``method = "exact"``, ``stderr = 0``).
+    A tick lost with probability ``p`` leaves the pair as it was: each sum above gains the term
+    ``p · I`` (``p · M``, ``p (I − J) ⊗ (I − J)``) and the edges' weights are scaled by
+    ``1 − p``. The effective spectral gap of a round is ``1 − mean_square_bound`` (a synchronous
+    round of the base graph contracts by ``failure_free``, the field's value here). Everything is
+    exact (``method = "exact"``, ``stderr = 0``).
 
     Raises:
         TheoryError: A bad input, in one line.
     """
     try:
-        faults = AsyncGossip(topology, events=events)
+        faults = AsyncGossip(topology, events=events, p=p)
     except Exception as e:  # noqa: BLE001 - a TopologyError says what is wrong in one line
         raise TheoryError(str(e)) from None
     return _async_spectrum(faults, max_nodes)
@@ -245,11 +247,11 @@ def _async_spectrum(faults: AsyncGossip, max_nodes: int) -> FaultSpectrum:
     n, m = faults.n, faults.events
     J = np.full((n, n), 1.0 / n)  # noqa: N806
     pi = faults.pair_probabilities()
-    ticks = []
+    ticks = [(faults.p, np.eye(n))] if faults.p > 0 else []  # a lost tick: nothing moves
     for (i, j), w in zip(faults.edges, pi, strict=True):
         We = np.eye(n)  # noqa: N806
         We[np.ix_([i, j], [i, j])] = 0.5
-        ticks.append((w, We))
+        ticks.append(((1 - faults.p) * w, We))
     one = sum(w * We for w, We in ticks) if ticks else np.eye(n)
     mean = np.linalg.matrix_power(one, m)
     second = np.eye(n)
@@ -265,7 +267,7 @@ def _async_spectrum(faults: AsyncGossip, max_nodes: int) -> FaultSpectrum:
     lam = np.sort(np.linalg.eigvalsh((second + second.T) / 2))
     lam_mean = np.sort(np.linalg.eigvalsh((mean + mean.T) / 2))
     free = float(np.linalg.norm(faults.base.matrix(0) - J, 2)) ** 2
-    return FaultSpectrum(faults.base.label, 0.0, n, len(faults.edges), mean, second,
+    return FaultSpectrum(faults.base.label, faults.p, n, len(faults.edges), mean, second,
                          float(lam[-2]) if n > 1 else 0.0, rate,
                          float(max(abs(lam_mean[-2]), abs(lam_mean[0]))) if n > 1 else 0.0,
                          free, "exact", 1, 0.0, "async gossip", kron)

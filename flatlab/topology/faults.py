@@ -363,15 +363,18 @@ class AsyncGossip:
             are not used: a pair always averages with weights ½).
         events: Ticks per round (default: ``n``).
         seed: Seed of the ticks (round ``t`` from ``seed_for(seed, "faults", t)``).
+        p: The probability that a tick's exchange is lost, in ``[0, 1)``: the pair does not
+            average (an atomic average either happens or not, so every round stays doubly
+            stochastic), ``W̄₁ = (1 − p) Σ_e π_e W_e + p I``.
     """
 
     base: Topology
     events: int | None = None
     seed: int = 0
+    p: float = 0.0
     what = "async gossip"
-    noun = "async gossip"
+    noun = "lost tick"
     stochastic = "doubly"
-    p = 0.0  # nothing fails: every pair that is drawn averages
     edges: np.ndarray = field(init=False, repr=False)
     neighbors: tuple[np.ndarray, ...] = field(init=False, repr=False)
 
@@ -394,6 +397,7 @@ class AsyncGossip:
             raise TopologyError(f"async gossip: node {lonely} of {self.base.label} has no "
                                 "neighbour to average with")
         object.__setattr__(self, "events", int(events))
+        object.__setattr__(self, "p", _unit(self.p, "lost tick"))
         object.__setattr__(self, "edges", edges)
         object.__setattr__(self, "neighbors", tuple(np.asarray(sorted(a), dtype=np.int64)
                                                       for a in nbrs))
@@ -404,16 +408,23 @@ class AsyncGossip:
         return self.base.n
 
     def ticks(self, t: int) -> np.ndarray:
-        """Round ``t``'s ticks in order: ``[events, 2]`` pairs (initiator, the neighbour)."""
+        """Round ``t``'s ticks that averaged, in order: ``[m, 2]`` pairs (initiator, neighbour).
+
+        ``m = events`` unless ticks were lost (``p > 0``); the lost ones are drawn after the
+        pairs, so the same seed plays the same pairs whatever ``p``.
+        """
         rng = np.random.default_rng(seed_for(self.seed, "faults", int(t)))
         who = rng.integers(0, self.n, self.events)
         pick = rng.random(self.events)
         if self.n == 1:
-            return np.zeros((self.events, 2), dtype=np.int64)
+            return np.zeros((0, 2), dtype=np.int64)
         deg = np.array([len(a) for a in self.neighbors])
         k = np.minimum((pick * deg[who]).astype(np.int64), deg[who] - 1)
         other = np.array([self.neighbors[i][c] for i, c in zip(who, k, strict=True)])
-        return np.stack([who, other], axis=1)
+        pairs = np.stack([who, other], axis=1)
+        if self.p > 0:
+            pairs = pairs[rng.random(self.events) >= self.p]
+        return pairs
 
     def pair_probabilities(self) -> np.ndarray:
         """``π_e`` of each edge (rows of :attr:`edges`): the chance that a tick averages it."""
@@ -437,7 +448,7 @@ class AsyncGossip:
         return Topology(name=f"{self.base.name} with {self.what}", rounds=mats,
                         weights="pairwise", lazy=False, symmetric=False, stochastic="doubly",
                         params={**self.base.params, "faults": self.what,
-                                "events": self.events, "fault_seed": self.seed})
+                                "events": self.events, "p": self.p, "fault_seed": self.seed})
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,13 @@ def test_a_round_is_the_product_of_its_ticks_on_the_base_edges_and_keeps_the_ave
     assert np.ptp(x) < 1e-12  # and they agree
     np.testing.assert_array_equal(model.ticks(7), AsyncGossip(base, seed=4).ticks(7))
     assert not np.array_equal(model.ticks(7), AsyncGossip(base, seed=5).ticks(7))
+    # lost ticks: the same pairs drawn, a share p of them left out
+    lossy = AsyncGossip(base, seed=4, p=0.4)
+    kept = [lossy.ticks(t) for t in range(2000)]
+    assert abs(sum(len(k) for k in kept) / (2000 * 8) - 0.6) < 0.02
+    for t in range(20):
+        full = {tuple(r) for r in model.ticks(t).tolist()}
+        assert {tuple(r) for r in kept[t].tolist()} <= full
 
 
 def test_a_tick_picks_a_uniform_node_then_a_uniform_neighbour():
@@ -70,22 +77,25 @@ def test_a_tick_picks_a_uniform_node_then_a_uniform_neighbour():
     assert np.all(np.abs(counts / rounds - pi) < 5 * se)
 
 
-@pytest.mark.parametrize("graph,n,events", [("path", 4, 2), ("ring", 5, 3), ("star", 4, 2)])
-def test_closed_forms_equal_the_sum_over_every_tick_sequence(graph, n, events):
-    """``E[W] = W̄₁^m``, ``E[WᵀW] = Φ^m(I)`` and the Kronecker map, against enumeration."""
-    model = AsyncGossip(make(graph, n), events=events)
-    pi = model.pair_probabilities()
+@pytest.mark.parametrize("graph,n,events,p", [("path", 4, 2, 0.0), ("ring", 5, 3, 0.0),
+                                              ("star", 4, 2, 0.0), ("ring", 4, 2, 0.3)])
+def test_closed_forms_equal_the_sum_over_every_tick_sequence(graph, n, events, p):
+    """``E[W] = W̄₁^m``, ``E[WᵀW] = Φ^m(I)`` and the Kronecker map, against enumeration (each
+    tick an edge, or lost with probability ``p``: the last outcome below)."""
+    model = AsyncGossip(make(graph, n), events=events, p=p)
+    pi = np.append((1 - p) * model.pair_probabilities(), p)
     J = np.full((n, n), 1 / n)  # noqa: N806
     mean, second, kron = np.zeros((n, n)), np.zeros((n, n)), np.zeros((n * n, n * n))
     for seq in itertools.product(range(len(pi)), repeat=events):
         W = np.eye(n)  # noqa: N806
         for e in seq:
-            W = tick_matrix(n, *model.edges[e]) @ W  # noqa: N806
+            if e < len(model.edges):
+                W = tick_matrix(n, *model.edges[e]) @ W  # noqa: N806
         w = np.prod(pi[list(seq)])
         mean += w * W
         second += w * W.T @ W
         kron += w * np.kron(W - J, W - J)
-    s = async_gossip_spectrum(make(graph, n), events=events)
+    s = async_gossip_spectrum(make(graph, n), events=events, p=p)
     np.testing.assert_allclose(s.mean, mean, rtol=0, atol=1e-14)
     np.testing.assert_allclose(s.second, second, rtol=0, atol=1e-14)
     np.testing.assert_allclose(s.kron, kron, rtol=0, atol=1e-14)
@@ -268,8 +278,8 @@ def test_an_asynchronous_round_takes_the_nodes_mean_time(tmp_path):
 
 @pytest.mark.parametrize("change,match", [
     ({"topology": {"name": "ring", "nodes": 8}}, "ad-psgd: averages with one random neighbour"),
-    ({"topology": {"name": "ring", "nodes": 8, "faults": {"model": "async_gossip", "p": 0.1}}},
-     "async_gossip loses nothing"),
+    ({"topology": {"name": "ring", "nodes": 8, "faults": {"model": "async_gossip", "p": 1.0}}},
+     r"lost tick probability p must be in \[0, 1\), got 1.0"),
     ({"topology": {"name": "ring", "nodes": 8, "faults": {"model": "async_gossip",
                                                           "events": 0}}}, "events"),
     ({"topology": {"name": "ring", "nodes": 8, "faults": {"model": "link_failures",
