@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.flatlab-installed
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: demo test test-kernels test-slow lint figs bench bench-gpu gpu-wheels clean heterogeneity primal-dual compression tradeoff implicit-flatness mechanism large-batch
+.PHONY: demo test test-kernels test-slow lint figs bench bench-gpu gpu-wheels clean heterogeneity primal-dual compression tradeoff implicit-flatness mechanism large-batch faults
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -89,6 +89,12 @@ mechanism: $(STAMP)
 # epoch budget, each batch's step tuned; 5 settings, 5 seeds; several hours on 2 CPU cores)
 large-batch: $(STAMP)
 	$(BIN)/python -m flatlab.studies large_batch --scale small
+
+# networks that fail (lost exchanges, stragglers) for diffusion, gradient tracking, SGP and
+# AD-PSGD: accuracy, disagreement (against the theory's prediction), flatness and simulated time;
+# 16 nodes, 20 methods, 1500 constant steps, 5 seeds (resumable)
+faults: $(STAMP)
+	$(BIN)/python -m flatlab.studies faults --scale small
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/spectral.py

@@ -317,7 +317,9 @@ def stationary_disagreement_under_faults(faults: LinkFailures, lr: float, curvat
 
     Args:
         faults: :class:`~flatlab.topology.faults.LinkFailures` (rounds symmetric, doubly
-            stochastic, independent of the iterate).
+            stochastic, independent of the iterate), or
+            :class:`~flatlab.topology.faults.AsyncGossip` (doubly stochastic, i.i.d. rounds:
+            AD-PSGD is the ``consensus`` form over them; its maps are in closed form).
         lr: Step size ``η > 0``.
         curvature: ``h_j >= 0`` per explicit direction (a scalar: one direction).
         noise: ``s_j >= 0`` per direction, or one number for all.
@@ -331,10 +333,11 @@ def stationary_disagreement_under_faults(faults: LinkFailures, lr: float, curvat
             message drops move the mean), bad numbers, more than 16 nodes (the ``n² × n²``
             map), or no stationary regime (contraction ``>= 1``), in one line.
     """
-    if not isinstance(faults, LinkFailures):
+    if not isinstance(faults, (LinkFailures, AsyncGossip)):
         raise TheoryError(f"the stationary disagreement under faults is derived for link "
-                          f"failures; got {type(faults).__name__} (node churn couples the "
-                          "disagreement to the mean, dropped messages move the mean)")
+                          f"failures and asynchronous gossip; got {type(faults).__name__} (node "
+                          "churn couples the disagreement to the mean, dropped messages move "
+                          "the mean)")
     if form in ("dsgd", "diffusion-atc"):
         form = "diffusion"
     if form not in ("diffusion", "consensus", "diffusion-cta"):

@@ -68,8 +68,8 @@ def test_the_module_command_line_refuses_unknown_studies_in_one_line(tmp_path):
     r = cli("nosuch")
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "error: study 'nosuch' is unknown; accepted: tradeoff, heterogeneity, primal_dual, "
-        "compression, implicit_flatness, mechanism, large_batch, or a path to a .py file that "
-        "defines STUDY"]
+        "compression, implicit_flatness, mechanism, large_batch, faults, or a path to a .py "
+        "file that defines STUDY"]
     (tmp_path / "empty.py").write_text("x = 1\n")
     r = cli(str(tmp_path / "empty.py"))
     assert r.returncode == 2 and "defines no STUDY" in r.stderr
