@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +130,7 @@ def run_name(point: Point, seed: int) -> str:
     return f"{str(point['method']).replace(' ', '-')},seed={seed}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def predicted_ratio(algorithm: str, level: float, nodes: int, lr: float) -> float:
     """The stationary ``E Ξ²`` under drops over that without, for noise-dominated directions.
 
@@ -185,7 +184,8 @@ def claims(scale: Scale) -> list[Claim]:
     """Per algorithm, at the largest fault level: accuracy, disagreement and flatness under
     drops, accuracy under stragglers, each against the fault-free run; and, where the theory
     covers it, the measured growth of the disagreement against the predicted one at every
-    drop level."""
+    drop level.
+    """
     top = max(scale.options["levels"])
     algorithms = list(dict.fromkeys(parse(m)[0] for m in scale.methods))
     out: list[Claim] = []
