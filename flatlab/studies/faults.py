@@ -181,10 +181,11 @@ def extra(path: Path, point: Point, scale: Scale) -> dict[str, Any]:
 
 
 def claims(scale: Scale) -> list[Claim]:
-    """Per algorithm, at the largest fault level: accuracy, disagreement and flatness under
-    drops, accuracy under stragglers, each against the fault-free run; and, where the theory
-    covers it, the measured growth of the disagreement against the predicted one at every
-    drop level.
+    """Per algorithm: its faults' claims against its fault-free run, and the predictions.
+
+    At the largest level: accuracy, disagreement and flatness under drops, accuracy under
+    stragglers; where the theory covers the algorithm, the measured growth of the disagreement
+    against the predicted one at every drop level.
     """
     top = max(scale.options["levels"])
     algorithms = list(dict.fromkeys(parse(m)[0] for m in scale.methods))
