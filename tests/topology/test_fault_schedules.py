@@ -238,3 +238,41 @@ def test_who_keeps_a_lost_share_is_checked_in_one_line():
     with pytest.raises(ConfigError, match=r"only message_drops has one"):
         load_config({**RUN, "topology": {**RUN["topology"], "faults": {
             "model": "link_failures", "p": 0.2, "keeper": "sender"}}})
+
+
+def test_gradient_tracking_under_drops_loses_its_invariant_which_is_why_it_is_refused():
+    """Tracking (``y⁺ = W_t y + ∇F(x⁺) − ∇F(x)``, ``x⁺ = W_t x − η y``) keeps ``Σ_i y_i =
+    Σ_i ∇f_i(x_i)`` only while ``1ᵀ W_t = 1ᵀ``: under link failures (doubly stochastic) the
+    invariant holds to rounding; under receiver-kept drops (row-stochastic) it drifts, and the
+    method stops at a point where the local gradients do not cancel. Measured here on the
+    recursion written out; ``gradient-tracking`` refuses row-stochastic rounds in one line."""
+    import torch
+
+    from flatlab.algorithms import make as make_algorithm
+    from flatlab.data import heterogeneous_quadratics
+    from flatlab.errors import AlgorithmError
+    from flatlab.topology.faults import LinkFailures, MessageDrops
+
+    q = heterogeneous_quadratics(8, 3, seed=5)
+    base = make("ring", 8)
+
+    def track(model, steps=1500, lr=0.05):
+        x = torch.zeros(8, 3, dtype=torch.float64)
+        g = q.grad(x)
+        y = g.clone()
+        drift = []
+        for t in range(steps):
+            W = torch.as_tensor(model.matrix(t))  # noqa: N806
+            x_new = W @ x - lr * y
+            g_new = q.grad(x_new)
+            y = W @ y + g_new - g
+            x, g = x_new, g_new
+            drift.append(float((y.sum(0) - g.sum(0)).norm()))
+        return np.array(drift), float(q.grad(x).sum(0).norm())
+
+    kept, stationary_kept = track(LinkFailures(base, 0.3, seed=1))
+    lost, stationary_lost = track(MessageDrops(base, 0.3, seed=1))
+    assert kept.max() < 1e-12 and stationary_kept < 1e-9  # the exact minimizer
+    assert lost[-1] > 1e-3 and stationary_lost > 1e-3  # the invariant and the fixed point lost
+    with pytest.raises(AlgorithmError, match="only row-stochastic"):
+        make_algorithm("gradient-tracking").check_topology(MessageDrops(base, 0.3).topology(4))
