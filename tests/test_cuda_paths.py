@@ -12,7 +12,6 @@ comes back on the device of its inputs.
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import flatlab
 import flatlab.curvature as C  # noqa: N812
@@ -21,21 +20,13 @@ from flatlab.comm import SimulatedMixer
 from flatlab.data import heterogeneous_quadratics
 from flatlab.engine import GradientOracle, NodeStack
 from flatlab.experiment import load_config, run
+from tests.curvature.test_curvature import Tanh  # the small model of the curvature tests
 
 CUDA = torch.cuda.is_available()
 DEVICES = ["cpu",
            pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")),
            pytest.param("cuda:1", marks=pytest.mark.skipif(
                not CUDA or torch.cuda.device_count() < 2, reason="needs two CUDA GPUs"))]
-
-
-class Tanh(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.l1, self.l2 = nn.Linear(5, 6), nn.Linear(6, 3)
-
-    def forward(self, x):
-        return self.l2(torch.tanh(self.l1(x)))
 
 
 def problem(device):
