@@ -29,16 +29,23 @@ def test_paired_ipynb_matches_the_script(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_executes(path, monkeypatch, tmp_path):
+def test_notebook_executes_and_shows_its_figures(path, monkeypatch, tmp_path):
+    """Executed in a Jupyter kernel as a user opens it: with the kernel's own (inline) backend,
+    not ``MPLBACKEND=Agg``, so a library that switched the backend at import would leave the
+    cells that draw without an image, as it once did."""
     monkeypatch.setenv("FLATLAB_NOTEBOOK_SMALL", "1")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.delenv("MPLBACKEND", raising=False)
     monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
     nb = jupytext.read(path)
     NotebookClient(nb, timeout=300, kernel_name="python3",
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if o.get("output_type") == "error"]
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    errors = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
+    drawing = [c for c in code if "plt.show()" in c.source]
+    blank = [c.source.splitlines()[0] for c in drawing
+             if not any("image/png" in o.get("data", {}) for o in c.get("outputs", []))]
+    assert not blank, f"cells that draw but show no image: {blank}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

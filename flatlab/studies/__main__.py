@@ -7,6 +7,9 @@ from flatlab.studies import STUDIES, load, main
 
 
 def _cli(argv: list[str]) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")  # an entry point may choose the backend; the library does not
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: python -m flatlab.studies NAME [options]; NAME is one of "
               f"{', '.join(STUDIES)} or a .py file that defines STUDY; NAME --help for options")
