@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.flatlab-installed
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: demo test test-kernels test-slow lint figs bench bench-gpu gpu-wheels clean heterogeneity primal-dual compression tradeoff implicit-flatness mechanism large-batch faults
+.PHONY: demo test test-kernels test-slow lint figs bench bench-gpu gpu-wheels wheel-check clean heterogeneity primal-dual compression tradeoff implicit-flatness mechanism large-batch faults
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -112,6 +112,16 @@ bench: $(STAMP)
 # and CUDA torch (not the CPU venv), with this checkout on PYTHONPATH and the wheels of .whl/
 bench-gpu:
 	PYTHONPATH=$(CURDIR) bash benchmarks/gpu.sh
+
+# a wheel built from this checkout installs into a fresh environment (torch pinned first) and
+# runs the small demo there: what a user of the released package gets
+wheel-check:
+	rm -rf build/wheel-check && mkdir -p build/wheel-check
+	$(PYTHON) -m venv build/wheel-check/venv
+	build/wheel-check/venv/bin/pip install -q build "$(TORCH_SPEC)"
+	build/wheel-check/venv/bin/python -m build --wheel -o build/wheel-check/dist .
+	build/wheel-check/venv/bin/pip install -q build/wheel-check/dist/flatlab-*.whl
+	cd build/wheel-check && OMP_NUM_THREADS=1 venv/bin/flatlab demo --small --out demo --no-progress
 
 # the pure-Python packages a bare GPU machine's image lacks, as wheels in .whl/ (run it where pip
 # reaches the registry; carry .whl/ to the GPU machine, where benchmarks/gpu.sh installs them)
