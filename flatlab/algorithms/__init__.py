@@ -2,7 +2,7 @@
 
 >>> import flatlab
 >>> flatlab.algorithms.available()  # doctest: +NORMALIZE_WHITESPACE
-['adagossip', 'centralized', 'choco', 'consensus', 'd2', 'decentlam', 'diffusion',
+['ad-psgd', 'adagossip', 'centralized', 'choco', 'consensus', 'd2', 'decentlam', 'diffusion',
  'diffusion-cta', 'dsgdm', 'ecl', 'exact-diffusion', 'gradient-tracking', 'momentum-tracking',
  'ngpd', 'qg-dsgdm', 'sgp']
 >>> flatlab.algorithms.make("dsgd")
@@ -31,7 +31,7 @@ from flatlab.algorithms.base import (
 from flatlab.algorithms.bias_corrected import D2, BiasCorrectedState, ExactDiffusion
 from flatlab.algorithms.centralized import Centralized, CentralizedState
 from flatlab.algorithms.compressed import CHOCO, AdaGossip, AdaGossipState, ChocoState
-from flatlab.algorithms.dsgd import Consensus, Diffusion, DiffusionCTA
+from flatlab.algorithms.dsgd import ADPSGD, Consensus, Diffusion, DiffusionCTA
 from flatlab.algorithms.momentum import DecentLaM, DSGDm, MomentumState, QGDSGDm
 from flatlab.algorithms.primal_dual import ECL, NGPD, ECLState, NGPDState
 from flatlab.algorithms.push_sum import SGP, PushSumState
@@ -61,6 +61,7 @@ __all__ = [
     "Consensus",
     "Diffusion",
     "DiffusionCTA",
+    "ADPSGD",
     "DSGDm",
     "QGDSGDm",
     "DecentLaM",

@@ -46,8 +46,15 @@ class NodeSampler:
         device: Device of the batches.
 
     Example:
-        >>> sampler = NodeSampler(ds.x_train, ds.y_train, part, batch_size=32)  # doctest: +SKIP
-        >>> xb, yb = sampler.batch(step)      # [n, 32, ...], [n, 32]        # doctest: +SKIP
+        >>> from flatlab import data
+        >>> ds = data.load("digits", seed=0)
+        >>> part = data.partition(ds, 4, "iid", seed=0)
+        >>> sampler = NodeSampler(ds.x_train, ds.y_train, part, batch_size=32, seed=0)
+        >>> xb, yb = sampler.batch(5)                     # [n, 32, 64], [n, 32]
+        >>> tuple(xb.shape), sampler.steps_per_epoch
+        ((4, 32, 64), 11)
+        >>> bool((sampler.batch(5)[0] == xb).all())        # a pure function of the step
+        True
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, partition: Partition, batch_size: int,

@@ -1,7 +1,9 @@
 """The results store: one tidy DataFrame over a run directory or a whole sweep.
 
->>> df = flatlab.results.load("runs/my-sweep")            # doctest: +SKIP
->>> df[df.metric == "test_accuracy"].groupby("algorithm.name").value.last()  # doctest: +SKIP
+Over a sweep that ``flatlab sweep`` wrote::
+
+    df = flatlab.results.load("runs/my-sweep")
+    df[df.metric == "test_accuracy"].groupby("algorithm.name").value.last()
 
 Columns: ``step, epoch, metric, scope, value`` (DESIGN.md §7), then ``run`` (the directory,
 relative to the path loaded), ``status`` (``interrupted`` for a run whose status says running
