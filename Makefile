@@ -11,13 +11,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.flatlab-installed
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: demo test test-kernels test-slow lint figs bench bench-gpu gpu-wheels wheel-check clean heterogeneity primal-dual compression tradeoff implicit-flatness mechanism large-batch faults
+.PHONY: demo test test-kernels test-slow lint figs bench bench-gpu gpu-wheels wheel-check clean heterogeneity primal-dual compression tradeoff implicit-flatness mechanism large-batch faults docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	if [ -n "$(TORCH_SPEC)" ]; then $(BIN)/python -m pip install -q "$(TORCH_SPEC)"; fi
-	$(BIN)/python -m pip install -q -e ".[test,notebook,tensorboard]"
+	$(BIN)/python -m pip install -q -e ".[test,notebook,tensorboard,docs]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -29,7 +29,7 @@ demo: $(STAMP)
 # TEST_WORKERS=0 runs it in one process
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m ruff check flatlab tests benchmarks paper_figs notebooks/*.py
+	$(BIN)/python -m ruff check flatlab tests benchmarks paper_figs notebooks/*.py docs/*.py
 	$(BIN)/python -m pytest -q -m "not slow" $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 
 # the golden runs and the float32 comparisons (pytest -m kernels) under every kernel level this CPU
@@ -41,6 +41,10 @@ test-kernels: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# the documentation site into build/site, every warning an error (mkdocs.yml: strict)
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
 
 figs: $(STAMP)
 	$(BIN)/python paper_figs/spectral_gap.py

@@ -191,11 +191,13 @@ class AdaGossip(CHOCO):
     Messages: CHOCO's (one compressed vector per node per step). State: CHOCO's plus ``u``
     (``[n, P]``, never sent). Fixed point: not exact (the heterogeneity bias remains).
 
+    The other arguments (``gamma``, ``compressor``, ``fraction``, ``levels``, ``scaled``,
+    ``biased``, ``per_layer``, ``momentum``, ``nesterov``, ``seed``) are CHOCO's (see
+    :class:`CHOCO`).
+
     Args:
         beta: ``β ∈ [0, 1)`` of the second moment.
         eps: ``ε > 0``.
-        gamma, compressor, fraction, levels, scaled, biased, per_layer, momentum, nesterov,
-            seed: CHOCO's (see :class:`CHOCO`).
     """
 
     gamma: float = 1.0

@@ -366,8 +366,10 @@ class NGPD(ECL):
     Messages: one vector per edge per exchange (as ECL). State: ``x``, the duals ``z``, the
     packed running factors and their eigenbases. Fixed point: exact (consensus at ``x*``).
 
+    The arguments ``alpha``, ``theta``, ``period``, ``tie`` and ``dual_init`` are ECL's (see
+    :class:`ECL`).
+
     Args:
-        alpha, theta, period, tie, dual_init: ECL's (see :class:`ECL`).
         damping: ``λ > 0`` added to the Fisher.
         fisher: ``"empirical"`` or ``"true"`` (labels sampled from the model, seeded per step).
         factor_every: Steps between factor updates ``T_f``.

@@ -136,7 +136,7 @@ class DistributedMixer(EdgeSchedule):
         wire_bytes: Bytes this rank actually sent to other ranks.
     """
 
-    def __init__(self, topology: Topology, *, group=None,
+    def __init__(self, topology: Topology, *, group: dist.ProcessGroup | None = None,
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> None:
         if not dist.is_available() or not dist.is_initialized():
             raise FlatlabError("DistributedMixer needs an initialised torch.distributed process "

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from flatlab.curvature.lanczos import random_probes, tridiagonalize
-from flatlab.curvature.operators import as_operator
+from flatlab.curvature.operators import Operator, as_operator
 from flatlab.errors import CurvatureError
 from flatlab.seeds import seed_for
 
@@ -63,7 +63,7 @@ def smooth_density(nodes: torch.Tensor, weights: torch.Tensor, *, sigma: float |
     return grid, (weights.double()[..., None] * kernel).sum(-2).mean(-2), sig
 
 
-def spectral_density(op, *, num_runs: int = 10, lanczos_steps: int = 80,
+def spectral_density(op: Operator | torch.Tensor, *, num_runs: int = 10, lanczos_steps: int = 80,
                      num_grid_points: int = 1000, sigma: float | None = None,
                      grid_padding: float = 0.1, seed: int = 0) -> SpectralDensity:
     """The spectral density of ``H`` by stochastic Lanczos quadrature.

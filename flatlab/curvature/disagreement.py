@@ -128,7 +128,7 @@ def _one_matrix(op) -> Operator:
     return op
 
 
-def disagreement_curvature(op, D: torch.Tensor, *, probes: int = 0,  # noqa: N803
+def disagreement_curvature(op: Operator | torch.Tensor, D: torch.Tensor, *, probes: int = 0,  # noqa: N803
                            seed: int = 0) -> DisagreementCurvature:
     """``tr(HΣ)`` for ``Σ = (1/n) Dᵀ D``: exact, or from ``probes`` Rademacher combinations.
 

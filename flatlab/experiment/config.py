@@ -269,12 +269,13 @@ class RunConfig:
     for rank 0 measuring the averaged model (or writing files) alone before they call it hung.
     ``threads`` is the number of CPU threads torch uses in this process during the run:
     ``auto`` (the default, :func:`flatlab.experiment.runner.resolve_threads`: one thread, never
-    far from the best measured on 2 cores, idle or shared; see the README's "Threads") or a
-    whole number. None of these changes the numbers beyond float32 rounding, so a run directory
-    may be resumed under another backend or thread count. ``log`` (live logging) is an
-    execution setting too, and so is ``deterministic``: on a GPU, deterministic kernels only
-    (:func:`flatlab.engine.precision.deterministic`; off by default, it costs speed), so that a
-    resumed run continues bit for bit there too; on the CPU it changes nothing.
+    far from the best measured on 2 cores, idle or shared; see "Threads" in
+    docs/guide/runs.md) or a whole number. None of these changes the numbers beyond float32
+    rounding, so a run directory may be resumed under another backend or thread count. ``log``
+    (live logging) is an execution setting too, and so is ``deterministic``: on a GPU,
+    deterministic kernels only (:func:`flatlab.engine.precision.deterministic`; off by default,
+    it costs speed), so that a resumed run continues bit for bit there too; on the CPU it
+    changes nothing.
 
     Initialisation: ``init`` is ``same`` (every node starts from ``model(seed)``) or
     ``different`` (node ``i`` from ``model(seed_for(seed, "init", i))``, :mod:`flatlab.seeds`);
@@ -494,7 +495,7 @@ def _shortened(d: dict[str, Any]) -> dict[str, Any]:
     """``d`` with at most ``$FLATLAB_MAX_STEPS`` training steps, when that is set.
 
     ``FLATLAB_MAX_STEPS=N`` makes every run loaded from a config train ``N`` steps (its own
-    ``train.steps`` when fewer; ``train.epochs`` is replaced): a way to try the README's
+    ``train.steps`` when fewer; ``train.epochs`` is replaced): a way to try the manual's
     examples, a sweep or a study's configs in seconds. The shortened length is the run's
     config (``config.yaml`` says it), so a shortened run is never mistaken for a full one.
     """

@@ -38,6 +38,9 @@ from dataclasses import dataclass
 import torch
 
 from flatlab.curvature.disagreement import disagreement_curvature
+from flatlab.curvature.operators import Operator
+from flatlab.data.sampler import NodeSampler
+from flatlab.engine.oracle import GradientOracle
 from flatlab.errors import MeasureError
 
 __all__ = ["GradientNoise", "gradient_noise", "NoiseAlong", "noise_along"]
@@ -54,7 +57,7 @@ class GradientNoise:
     batch_size: int
 
 
-def gradient_noise(oracle, sampler, x: torch.Tensor, *, draws: int = 8,
+def gradient_noise(oracle: GradientOracle, sampler: NodeSampler, x: torch.Tensor, *, draws: int = 8,
                    first_step: int = 0) -> GradientNoise:
     """Minibatch noise and heterogeneity of the local gradients at ``x`` (all nodes at ``x``).
 
@@ -111,7 +114,8 @@ class NoiseAlong:
     batch_size: int
 
 
-def noise_along(oracle, sampler, x: torch.Tensor, vectors: torch.Tensor, *, hessian=None,
+def noise_along(oracle: GradientOracle, sampler: NodeSampler, x: torch.Tensor,
+                vectors: torch.Tensor, *, hessian: Operator | None = None,
                 probes: int = 8, draws: int = 8, first_step: int = 0,
                 seed: int = 0) -> NoiseAlong:
     """Noise and heterogeneity along ``vectors`` at ``x``, and ``tr(H S̄)`` (module docstring).

@@ -7,8 +7,8 @@
 >>> models.num_parameters(net), models.has_batchnorm(net), models.has_dropout(net)
 (13898, False, False)
 >>> lin = models.make("logistic", input_shape=(8,), num_classes=3)
->>> [name for name, _ in lin.named_parameters()]
-['linear.weight', 'linear.bias']
+>>> ", ".join(name for name, _ in lin.named_parameters())
+'linear.weight, linear.bias'
 
 Models (``catalog()`` gives each one's options, defaults, accepted input shapes and parameter
 count): ``logistic`` (also linear least squares), ``mlp``, ``cnn1d`` (mnist1d), ``lenet``

@@ -413,7 +413,7 @@ def results_text(study: Study, tables: Mapping[str, pd.DataFrame]) -> str:
     """The Results prose of a study, generated from its tables (``results.md``).
 
     Counts of runs settled by each criterion, and each verdict class with its claims and
-    adjusted intervals, so that a README section quoting it cannot drift from the tables.
+    adjusted intervals, so that a study page quoting it cannot drift from the tables.
     """
     runs, verdicts = tables["runs"], tables["verdicts"]
     n = len(runs)

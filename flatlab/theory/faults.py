@@ -45,6 +45,7 @@ computed for ``n <= max_nodes``.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,7 +137,8 @@ def link_failure_spectrum(topology: Topology, p: float, *, rule: str | None = No
                           max_nodes=max_nodes)
 
 
-def fault_spectrum(faults, *, method: str = "auto", samples: int = 20000, max_units: int = 12,
+def fault_spectrum(faults: LinkFailures | NodeChurn | MessageDrops | AsyncGossip, *,
+                   method: str = "auto", samples: int = 20000, max_units: int = 12,
                    max_nodes: int = 16) -> FaultSpectrum:
     """``E[W]``, ``E[WᵀW]``, the mean-square bound and the exact rate of a fault model.
 
@@ -297,7 +299,9 @@ class FaultyDisagreement:
     method: str
 
 
-def stationary_disagreement_under_faults(faults: LinkFailures, lr: float, curvature, noise, *,
+def stationary_disagreement_under_faults(faults: LinkFailures | AsyncGossip, lr: float,
+                                         curvature: float | Sequence[float],
+                                         noise: float | Sequence[float], *,
                                          form: str = "diffusion", method: str = "auto",
                                          samples: int = 20000) -> FaultyDisagreement:
     """``E Ξ²`` and ``E tr(HΣ)`` of DSGD near a minimum, on a graph whose links fail i.i.d.

@@ -18,6 +18,8 @@ a time-varying schedule).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
@@ -50,7 +52,8 @@ def _dense_rounds(topology) -> list[np.ndarray]:
     return out
 
 
-def stationary_variances(topology, gamma: float) -> np.ndarray:
+def stationary_variances(topology: Topology | np.ndarray | Sequence[np.ndarray],
+                         gamma: float) -> np.ndarray:
     """Stationary per-node variances ``S_ii`` of ``x <- W_t (sqrt(gamma) x + xi)``, per phase.
 
     Args:
@@ -103,7 +106,8 @@ def _periodic_fixed_point(lams: list[np.ndarray], gamma: float) -> list[np.ndarr
     return out
 
 
-def effective_neighbors(topology, gamma: float, worst_case: bool = False) -> float:
+def effective_neighbors(topology: Topology | np.ndarray | Sequence[np.ndarray], gamma: float,
+                        worst_case: bool = False) -> float:
     """Effective number of neighbours ``n_eff(gamma)`` of Vogels et al. (2022).
 
     Args:

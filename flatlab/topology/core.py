@@ -58,6 +58,11 @@ class Topology:
             (:meth:`flatlab.algorithms.Algorithm.check_topology`). A column-stochastic
             topology is never symmetric, and its graph must be strongly connected.
         tol: Tolerance of the row/column-sum and symmetry checks.
+        drawn: Whether the rounds are one draw of a fault model over a connected base graph
+            (:mod:`flatlab.topology.faults`): connectivity is then the base's, checked when the
+            base was built, and the union of the drawn rounds is not checked (over a short run a
+            random draw need not connect every node, and a run shortened to try an example
+            would be refused for its length).
     """
 
     name: str
@@ -69,6 +74,7 @@ class Topology:
     params: Mapping[str, Any] = field(default_factory=dict)
     stochastic: str = "doubly"
     tol: float = 1e-9
+    drawn: bool = False
 
     def __post_init__(self) -> None:
         rounds = tuple(sp.csr_array(w, dtype=np.float64) for w in self.rounds)
@@ -181,7 +187,8 @@ class Topology:
             if w.shape != shape:
                 self._fail(t, f"has shape {w.shape}, unlike W_0's {shape}")
             self._validate_round(t, w)
-        self._validate_connected()
+        if not self.drawn:
+            self._validate_connected()
         if self.group is not None:
             self._validate_group()
 

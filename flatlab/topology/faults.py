@@ -133,7 +133,8 @@ class _Faults:
         16 nodes (1.3 s for 3000 rounds); the dense mixer keeps ``rounds · n²`` numbers.
 
         Raises:
-            TopologyError: ``rounds < 1``, or the rounds' union graph is not connected.
+            TopologyError: ``rounds < 1``. (The base graph was checked connected when it was
+                built; the drawn rounds' union is not checked, see :attr:`Topology.drawn`.)
         """
         if isinstance(rounds, bool) or not isinstance(rounds, numbers.Integral) or rounds < 1:
             raise TopologyError(f"{self.what}: rounds must be an integer >= 1, got {rounds!r}")
@@ -143,7 +144,7 @@ class _Faults:
         return Topology(name=f"{self.base.name} with {self.what}", rounds=mats,
                         weights=getattr(self, "rule", None) or self.base.weights,
                         lazy=self.base.lazy, symmetric=self.stochastic == "doubly",
-                        stochastic=self.stochastic,
+                        stochastic=self.stochastic, drawn=True,
                         params={**self.base.params, "faults": self.what, "p": self.p,
                                 "fault_seed": self.seed})
 
@@ -447,6 +448,7 @@ class AsyncGossip:
         mats = tuple(self.matrix(t, sparse=True) for t in range(int(rounds)))
         return Topology(name=f"{self.base.name} with {self.what}", rounds=mats,
                         weights="pairwise", lazy=False, symmetric=False, stochastic="doubly",
+                        drawn=True,
                         params={**self.base.params, "faults": self.what,
                                 "events": self.events, "p": self.p, "fault_seed": self.seed})
 

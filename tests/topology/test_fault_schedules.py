@@ -6,7 +6,7 @@ import pytest
 from flatlab.errors import ConfigError, TopologyError
 from flatlab.experiment import load_config
 from flatlab.experiment.assemble import build
-from flatlab.topology import make
+from flatlab.topology import Topology, make
 from flatlab.topology.faults import LinkFailures, NodeChurn
 
 RUN = {"name": "lf", "data": {"name": "digits", "partition": "iid", "batch_size": 8},
@@ -276,3 +276,22 @@ def test_gradient_tracking_under_drops_loses_its_invariant_which_is_why_it_is_re
     assert lost[-1] > 1e-3 and stationary_lost > 1e-3  # the invariant and the fixed point lost
     with pytest.raises(AlgorithmError, match="only row-stochastic"):
         make_algorithm("gradient-tracking").check_topology(MessageDrops(base, 0.3).topology(4))
+
+
+def test_a_short_draw_is_played_although_its_rounds_do_not_connect_every_node():
+    """Connectivity is the base graph's: two rounds of lost ticks or failed links need not
+    join every node (a run shortened to try an example), and they are played, not refused."""
+    from scipy.sparse.csgraph import connected_components
+
+    from flatlab.topology.faults import AsyncGossip
+
+    ring = make("ring", 16)
+    for faults in (AsyncGossip(ring, seed=0), LinkFailures(ring, p=0.9, seed=0)):
+        short = faults.topology(2)
+        union = sum(abs(w) for w in short.rounds)
+        assert connected_components(union, directed=False)[0] > 1  # the draw itself splits
+        assert short.drawn and short.period == 2
+        for t in range(2):
+            np.testing.assert_array_equal(short.matrix(t), faults.matrix(t))
+    with pytest.raises(TopologyError, match="not connected"):
+        Topology(name="two pieces", rounds=(np.kron(np.eye(2), np.full((2, 2), 0.5)),))

@@ -1,19 +1,40 @@
-"""The README's Results quote the committed results.md of each study, verbatim."""
+"""The manual's study pages quote the committed results.md of each study, verbatim."""
 
 from pathlib import Path
 
 import pytest
 
 from flatlab.studies import STUDIES
-from flatlab.studies.readme import blocks, sync
+from flatlab.studies.manual import blocks, pages, sync
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_readme_results_blocks_equal_the_committed_results():
-    text = (ROOT / "README.md").read_text()
-    assert text == sync(ROOT, text), "run python -m flatlab.studies.readme"
+@pytest.mark.parametrize("page", pages(ROOT), ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_results_blocks_equal_the_committed_results(page):
+    text = page.read_text()
+    assert text == sync(ROOT, text), "run python -m flatlab.studies.manual"
     assert set(blocks(text)) <= set(STUDIES)
+
+
+def test_every_study_with_committed_results_has_its_page_quoting_them():
+    quoted = {name for page in pages(ROOT) for name in blocks(page.read_text())}
+    committed = {name for name in STUDIES if (ROOT / "results" / f"{name}-small").is_dir()}
+    for name in committed:
+        assert (ROOT / "docs" / "studies" / f"{name}.md").is_file(), name
+    assert committed <= quoted
+
+
+def test_main_writes_nothing_when_a_block_names_a_study_without_results(tmp_path, monkeypatch,
+                                                                       capsys):
+    from flatlab.studies.manual import main
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "README.md").write_text("<!-- results:ghost -->\nold\n<!-- /results:ghost -->\n")
+    monkeypatch.chdir(tmp_path)
+    assert main() == 2
+    assert "results block 'ghost'" in capsys.readouterr().err
+    assert "old" in (tmp_path / "README.md").read_text()
 
 
 def test_sync_fills_a_block_and_refuses_an_unknown_study(tmp_path):
