@@ -1,8 +1,11 @@
 """The layers of flatlab depend downwards only (docs/architecture.md).
 
 Every ``import`` of a flatlab module (at the top of a file or inside a function) is read from
-the source with ``ast``; a module may import its own package and the layers below it, never a
-layer above. ``topology`` and ``theory`` need nothing of torch.
+the source with ``ast``, and so are the two ways around an import statement: attribute access
+through ``import flatlab`` (``flatlab.experiment.run``, which the package's lazy ``__getattr__``
+would load) and ``importlib.import_module("flatlab....")`` calls, whose module name must be a
+literal outside the package's own ``__init__``. A module may import its own package and the
+layers below it, never a layer above. ``topology`` and ``theory`` need nothing of torch.
 """
 
 import ast
@@ -42,7 +45,30 @@ def _imports(path: Path) -> list[tuple[int, str]]:
                 out.append((node.lineno, base))
         elif isinstance(node, ast.Import):
             out += [(node.lineno, a.name) for a in node.names]
+        elif _is_import_module(node):
+            arg = node.args[0] if node.args else None
+            if isinstance(arg, ast.Constant):
+                name = arg.value
+            elif (isinstance(arg, ast.JoinedStr) and arg.values
+                  and isinstance(arg.values[0], ast.Constant)
+                  and arg.values[0].value.startswith("flatlab.")):
+                name = arg.values[0].value.rstrip(".")  # f"flatlab.studies.{name}": a module
+            else:                                       # of flatlab.studies, whichever it is
+                name = "<computed>"
+            out.append((node.lineno, f"importlib:{name}"))
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                and node.value.id == "flatlab":
+            out.append((node.lineno, f"flatlab.{node.attr}"))
     return out
+
+
+def _is_import_module(node: ast.AST) -> bool:
+    """Whether ``node`` calls ``importlib.import_module`` (or ``import_module`` imported)."""
+    if not isinstance(node, ast.Call):
+        return False
+    f = node.func
+    return (isinstance(f, ast.Attribute) and f.attr == "import_module"
+            or isinstance(f, ast.Name) and f.id == "import_module")
 
 
 FILES = sorted(ROOT.rglob("*.py"))
@@ -55,11 +81,29 @@ def test_every_part_has_a_layer():
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_imports_run_down_the_layers(path):
     src = _part(path)
-    up = [f"line {line}: {mod}" for line, mod in _imports(path)
+    found = _imports(path)
+    computed = [f"line {line}" for line, mod in found if mod == "importlib:<computed>"]
+    assert not computed, (f"{path.relative_to(ROOT)} imports a module whose name is computed "
+                          f"beyond a literal prefix: {computed}")
+    found = [(line, mod.removeprefix("importlib:")) for line, mod in found]
+    up = [f"line {line}: {mod}" for line, mod in found
           if mod.startswith("flatlab.") and (tgt := mod.split(".")[1]) != src
           and tgt in RANK and RANK[tgt] >= RANK[src]]
     assert not up, f"{path.relative_to(ROOT)} ({src}) imports up or across the layers: {up}"
     if src in TORCH_FREE:
-        torch = [f"line {line}: {mod}" for line, mod in _imports(path)
+        torch = [f"line {line}: {mod}" for line, mod in found
                  if mod.split(".")[0] == "torch"]
         assert not torch, f"{path.relative_to(ROOT)} must not need torch: {torch}"
+
+
+def test_the_blind_spots_are_seen(tmp_path):
+    """An import through attribute access on ``flatlab`` or through ``importlib`` is found."""
+    sneaky = tmp_path / "sneaky.py"
+    sneaky.write_text("import importlib\nimport flatlab\n\n\ndef f():\n"
+                      "    flatlab.experiment.run\n"
+                      "    importlib.import_module('flatlab.plots')\n"
+                      "    importlib.import_module(name)\n"
+                      "    importlib.import_module(f'flatlab.studies.{name}')\n")
+    assert set(_imports(sneaky)) >= {(2, "flatlab"), (6, "flatlab.experiment"),
+                                     (7, "importlib:flatlab.plots"), (8, "importlib:<computed>"),
+                                     (9, "importlib:flatlab.studies")}
