@@ -54,6 +54,7 @@ figs: $(STAMP)
 	$(BIN)/python paper_figs/tradeoff.py
 	$(BIN)/python paper_figs/implicit_flatness.py
 	$(BIN)/python paper_figs/mechanism.py
+	$(BIN)/python paper_figs/faults.py
 
 # the flatness-versus-optimization study (centralized, consensus, diffusion; 3 topologies, 2 batch
 # regimes, 3000 steps, 5 seeds, escape experiment, theory overlay) at its CPU scale (3 h 13 min on

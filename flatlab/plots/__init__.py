@@ -1,6 +1,7 @@
 """Figures over results tables (seaborn/matplotlib; they read data, never compute it)."""
 
 from flatlab.plots.compression import compression
+from flatlab.plots.faults import faults
 from flatlab.plots.heterogeneity import heterogeneity
 from flatlab.plots.implicit_flatness import implicit_flatness
 from flatlab.plots.mechanism import mechanism
@@ -18,6 +19,7 @@ from flatlab.plots.tradeoff import (
 from flatlab.plots.training import training_curves
 
 __all__ = ["spectral_gap", "training_curves", "heterogeneity", "implicit_flatness", "mechanism",
+           "faults",
            "primal_dual",
            "compression", "sensitivity", "tradeoff_scatter", "accuracy_vs_flatness",
            "consensus_over_training", "escape", "bound_overlay", "tradeoff_figures"]

@@ -209,6 +209,16 @@ def claims(scale: Scale) -> list[Claim]:
     return out
 
 
+def figures(tables: dict[str, pd.DataFrame], scale: Scale) -> dict[str, Any]:
+    """Accuracy, disagreement (with the prediction) and λ_max against the level; time axis."""
+    from flatlab.plots import faults
+
+    runs = tables.get("runs")
+    if runs is None or not len(runs) or "cd_late" not in runs:
+        return {}
+    return {"": faults(runs, tables.get("curves"))}
+
+
 def appendix(tables: dict[str, pd.DataFrame], scale: Scale) -> str:
     """Per method: accuracy, late disagreement (measured and predicted growth), λ_max, time."""
     runs = tables.get("runs")
@@ -251,7 +261,7 @@ STUDY = Study(
     summary_columns=("test_accuracy", "train_loss", "cd_late", "hessian_top", "sim_time"),
     step_size=lambda point, scale: scale.options["lr"],
     setting_label=lambda s: "ring, iid",
-    appendix=appendix,
+    appendix=appendix, figures=figures,
     units={"cd_late": (1.0, "", 3), "hessian_top": (1.0, "", 2),
            "log_cd_excess": (1.0, "log", 2)},
     protocol="Constant step, no tuning (the fault and its level are the controlled variables). "

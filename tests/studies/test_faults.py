@@ -89,3 +89,17 @@ def test_tiny_scale_runs_measures_and_judges_every_fault(tmp_path):
     assert set(verdicts["verdict"].str.split(" (", regex=False).str[0]) <= set(VERDICTS)
     text = (tmp_path / "summary.md").read_text()
     assert "growth measured" in text and "ad-psgd drops 0.5" in text
+    # the figure: three panels against the level and one in time; each predicted marker is the
+    # fault-free mean of the late disagreement times the predicted growth
+    from flatlab.plots import faults
+
+    fig = faults(runs, curves)
+    assert len(fig.axes) == 4
+    cd_ax = fig.axes[1]
+    for a in study.PREDICTED:
+        (line,) = [ln for ln in cd_ax.get_lines() if ln.get_label() == f"{a}, predicted"]
+        base = runs[(runs["algorithm"] == a) & (runs["fault"] == "none")]["cd_late"].mean()
+        ratio = runs[(runs["algorithm"] == a) & (runs["fault"] == "drops")]["predicted_ratio"]
+        np.testing.assert_allclose(line.get_ydata(), [base * ratio.mean()], rtol=1e-12)
+    with pytest.raises(ValueError, match="lack columns"):
+        faults(runs.drop(columns="cd_late"))
