@@ -278,7 +278,7 @@ grid = torch.linspace(-1, 1, PLANE_POINTS, dtype=torch.float64)
 planes = {}
 for label, fn, x in [("x̄", f_avg, xbar), (f"node {NODE}", f_node, X[NODE])]:
     d1 = measures.filter_normalized_direction(stack.layout, x, seed=0)
-    d2 = measures.filter_normalized_direction(stack.layout, x, seed=1)
+    d2 = measures.filter_normalized_direction(stack.layout, x, seed=0, index=1)
     planes[label] = measures.slice_2d(fn, x, d1, d2, grid, grid)
 
 levels = np.linspace(np.log10(min(float(p.losses.min()) for p in planes.values())),

@@ -18,6 +18,7 @@ import torch
 from flatlab.engine.layout import ParamLayout
 from flatlab.errors import MeasureError
 from flatlab.measures.base import LossFn, check_count, check_x, loss_value
+from flatlab.seeds import seed_for
 
 __all__ = [
     "Slice1D",
@@ -145,7 +146,7 @@ def _grid(values: Sequence[float] | torch.Tensor, name: str) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------- directions
 def filter_normalized_direction(layout: ParamLayout, x: torch.Tensor, *, seed: int = 0,
-                                ignore: str | None = "biasbn") -> torch.Tensor:
+                                index: int = 0, ignore: str | None = "biasbn") -> torch.Tensor:
     """A Gaussian direction with every filter rescaled to the norm of the same filter of ``x``.
 
     Li et al. 2018, "Visualizing the loss landscape of neural nets" (NeurIPS), filter
@@ -158,7 +159,10 @@ def filter_normalized_direction(layout: ParamLayout, x: torch.Tensor, *, seed: i
     Args:
         layout: The parameter layout of ``x``.
         x: Flat parameters ``[P]``.
-        seed: Seed of the Gaussian draw (reproducible per device).
+        seed: Seed of the Gaussian draw (reproducible per device; the stream
+            ``seed_for(seed, "landscape", index)`` of :mod:`flatlab.seeds`).
+        index: Which direction of this seed: a 2-D slice takes ``0`` and ``1``, independent
+            draws (``seed + 1`` would be another seed's first direction).
         ignore: ``"biasbn"`` or ``None``.
 
     Returns:
@@ -169,7 +173,7 @@ def filter_normalized_direction(layout: ParamLayout, x: torch.Tensor, *, seed: i
         raise MeasureError(f"x has {x.shape[0]} entries but the layout has P = {layout.P}")
     if ignore not in _IGNORE:
         raise MeasureError(f"ignore {ignore!r} is unknown; accepted: 'biasbn', None")
-    gen = torch.Generator(device=x.device).manual_seed(int(seed))
+    gen = torch.Generator(device=x.device).manual_seed(seed_for(seed, "landscape", index))
     d = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
     tiny = torch.finfo(x.dtype).tiny
     for _, s, shape in layout:

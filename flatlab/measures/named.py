@@ -1016,7 +1016,7 @@ def _landscape(dims: int) -> Callable[[MeasureContext, dict], list[Row]]:
             table += [{"kind": "slice_1d", "scope": "avg", "alpha": float(a), "beta": 0.0,
                        "loss": float(v)} for a, v in zip(sl.alphas, sl.losses, strict=True)]
             return [("landscape_1d_max", "avg", float(sl.losses.max()) - sl.loss)]
-        d2 = ms.filter_normalized_direction(layout, x, seed=s["seed"] + 1)
+        d2 = ms.filter_normalized_direction(layout, x, seed=s["seed"], index=1)
         sl = ms.slice_2d(fn, x, d1, d2, alphas, alphas)
         for i, a in enumerate(sl.alphas):
             table += [{"kind": "slice_2d", "scope": "avg", "alpha": float(a), "beta": float(b),

@@ -36,6 +36,7 @@ from flatlab.measures.base import (
     loss_value,
     loss_value_and_grad,
 )
+from flatlab.seeds import seed_for
 
 __all__ = [
     "WorstCaseSharpness",
@@ -269,7 +270,7 @@ def _ascent_direction(gu: torch.Tensor, norm: str) -> torch.Tensor | None:
 
 def _random_start(x: torch.Tensor, rho: float, norm: str, seed: int) -> torch.Tensor:
     """A point drawn uniformly in ``{‖u‖_p ≤ ρ}`` (seeded; reproducible per device)."""
-    gen = torch.Generator(device=x.device).manual_seed(int(seed))
+    gen = torch.Generator(device=x.device).manual_seed(seed_for(seed, "sharpness"))
     if norm == "linf":
         return rho * (2 * torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) - 1)
     z = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
@@ -436,7 +437,7 @@ def sharpness_average(loss_fn: LossFn, x: torch.Tensor, *, sigma: float = SIGMA,
     def one(xi: torch.Tensor, scale: Any) -> AverageSharpness:
         c = _scale(xi, adaptive, eta, scale)
         f0 = loss_value(loss_fn, xi)
-        gen = torch.Generator(device=xi.device).manual_seed(int(seed))
+        gen = torch.Generator(device=xi.device).manual_seed(seed_for(seed, "sharpness"))
         diffs = []
         for _ in range(samples):
             d = sigma * c * torch.randn(xi.shape, generator=gen, device=xi.device,

@@ -71,6 +71,25 @@ def test_filter_normalized_direction_matches_filter_norms():
             assert torch.equal(kept[name], dp[name])
 
 
+def test_directions_come_from_their_named_stream_and_a_second_is_not_the_next_seeds():
+    """``seed_for(seed, "landscape", index)`` (flatlab.seeds): a 2-D slice's second direction
+    is independent of another seed's first (``seed + 1`` made them equal)."""
+    from flatlab.seeds import seed_for
+
+    m = net()
+    layout = ParamLayout.from_module(m)
+    x = layout.flatten_module(m)
+    gen = torch.Generator().manual_seed(seed_for(3, "landscape", 1))
+    raw = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+    d = filter_normalized_direction(layout, x, seed=3, index=1)
+    first = next(name for name, _, shape in layout if len(shape) > 1)
+    a, b = layout.unflatten(d)[first], layout.unflatten(raw)[first]
+    ratio = a.reshape(a.shape[0], -1) / b.reshape(b.shape[0], -1)  # one positive scale a filter
+    assert torch.allclose(ratio, ratio[:, :1].expand_as(ratio), rtol=1e-12) and (ratio > 0).all()
+    assert not torch.equal(d, filter_normalized_direction(layout, x, seed=4, index=0))
+    assert not torch.equal(d, filter_normalized_direction(layout, x, seed=3, index=0))
+
+
 def test_filter_normalized_direction_bad_input():
     m = net()
     layout = ParamLayout.from_module(m)
