@@ -6,6 +6,8 @@ from the fault models' second-moment maps; every claim gets one of the verdicts.
 """
 
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -103,3 +105,39 @@ def test_tiny_scale_runs_measures_and_judges_every_fault(tmp_path):
         np.testing.assert_allclose(line.get_ydata(), [base * ratio.mean()], rtol=1e-12)
     with pytest.raises(ValueError, match="lack columns"):
         faults(runs.drop(columns="cd_late"))
+
+
+COMMITTED = Path(__file__).resolve().parents[2] / "results" / "faults-small"
+
+
+def test_the_committed_tables_rejudge_to_themselves_and_the_prose_numbers_are_theirs(tmp_path):
+    from flatlab.studies import pipeline
+
+    for p in COMMITTED.glob("*.csv"):
+        shutil.copy(p, tmp_path / p.name)
+    pipeline.rejudge(study.STUDY, study.SCALES["small"], tmp_path, None)
+    for name in ("summary.md", "results.md"):
+        assert (tmp_path / name).read_text() == (COMMITTED / name).read_text()
+    for name in ("verdicts", "runs", "summary"):
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / f"{name}.csv"),
+                                      pd.read_csv(COMMITTED / f"{name}.csv"))
+    runs = pd.read_csv(COMMITTED / "runs.csv")
+    assert len(runs) == 100 and (runs["status"] == "done").all()
+    # the predictions in the prose are the committed ones, fixed before the runs
+    scale = study.SCALES["small"]
+    for a, lv, want in (("diffusion", 0.2, 1.36), ("diffusion", 0.5, 2.33),
+                        ("ad-psgd", 0.2, 1.19), ("ad-psgd", 0.5, 1.75)):
+        got = runs[runs["method"] == study.label(a, "drops", lv)]["predicted_ratio"]
+        assert got.round(2).eq(want).all()
+        if a == "ad-psgd":  # closed form, fast; diffusion's sampled map takes 30 s a level
+            assert study.predicted_ratio(a, lv, scale.options["nodes"],
+                                         scale.options["lr"]) == pytest.approx(got.iloc[0])
+    # the measured growth the page quotes, paired by seed
+    base = runs[runs["fault"] == "none"].set_index(["algorithm", "seed"])["cd_late"]
+    for method, want in (("diffusion drops 0.2", 1.45), ("diffusion drops 0.5", 2.76),
+                         ("ad-psgd drops 0.2", 1.20), ("ad-psgd drops 0.5", 1.97),
+                         ("gradient-tracking drops 0.5", 5.69)):
+        g = runs[runs["method"] == method]
+        ratio = g["cd_late"].to_numpy() / base.loc[list(zip(g["algorithm"], g["seed"],
+                                                          strict=True))].to_numpy()
+        assert round(float(ratio.mean()), 2) == want, method
