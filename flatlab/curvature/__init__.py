@@ -40,6 +40,7 @@ from flatlab.curvature.kfac import (
 from flatlab.curvature.lanczos import EigenResult, lanczos, power_iteration, random_probes
 from flatlab.curvature.model import (
     NODE_STRATEGIES,
+    batched_chunk,
     model_hessian,
     node_top_eigenvalues,
     node_traces,
@@ -73,7 +74,7 @@ __all__ = [
     "lanczos", "power_iteration", "EigenResult", "random_probes",
     "trace", "TraceResult", "TRACE_METHODS", "spectral_density", "SpectralDensity",
     "stack_loss", "model_hessian", "node_top_eigenvalues", "node_traces",
-    "nodes_equal", "NODE_STRATEGIES",
+    "nodes_equal", "NODE_STRATEGIES", "batched_chunk",
     "deviations", "disagreement_curvature", "disagreement_gap", "disagreement_alignment",
     "DisagreementCurvature", "DisagreementGap", "Alignment",
 ]

@@ -16,12 +16,12 @@ from flatlab.curvature.lanczos import EigenResult, lanczos, random_probes
 from flatlab.curvature.operators import HessianOperator
 from flatlab.curvature.trace import TraceResult, trace
 from flatlab.engine.objective import Objective
-from flatlab.engine.stack import NodeStack
+from flatlab.engine.stack import NodeStack, available_memory
 from flatlab.errors import CurvatureError
 from flatlab.seeds import seed_for
 
 __all__ = ["stack_loss", "model_hessian", "node_top_eigenvalues", "node_traces", "nodes_equal",
-           "NODE_STRATEGIES"]
+           "NODE_STRATEGIES", "batched_chunk"]
 
 NODE_STRATEGIES = ("auto", "batched", "sequential")
 """How :func:`node_top_eigenvalues` and :func:`node_traces` treat the n node models."""
@@ -97,6 +97,36 @@ def _node_strategy(strategy: str, X: torch.Tensor) -> str:  # noqa: N803
     return strategy
 
 
+#: Share of the free memory a batched per-node measurement plans to fill with its vectors.
+MEMORY_SHARE = 0.5
+#: Work vectors per node beside the ``steps`` a batched estimator keeps (Lanczos: the current
+#: and previous vectors, the product, the reorthogonalisation; Hutch++: the sketch's products).
+WORK_VECTORS = 8
+
+
+def batched_chunk(n: int, P: int, steps: int, dtype: torch.dtype,  # noqa: N803
+                  device: torch.device, free: int | None = None) -> int:
+    """Nodes per batched pass so that their vectors fit in :data:`MEMORY_SHARE` of free memory.
+
+    A batched Lanczos run keeps an ``[n, steps, P]`` basis (Hutch++ an ``[n, steps, P]``
+    sketch) and :data:`WORK_VECTORS` more ``[n, P]`` vectors: for 1,024 MLP nodes and 100 steps
+    that is 32 GB, for ResNet-20 about 110 GB, so on a GPU the nodes go in chunks of this many
+    (all of them when they fit). ``free`` defaults to :func:`flatlab.engine.available_memory`
+    (on a GPU, with PyTorch's cached memory counted as free); unknown free memory means one pass.
+    The Hessian-vector products' own activations are bounded separately, by the evaluation
+    set's ``batch_size``.
+    """
+    free = available_memory(device) if free is None else free
+    if free is None:
+        return n
+    per_node = (steps + WORK_VECTORS) * P * torch.finfo(dtype).bits // 8
+    return max(1, min(n, int(MEMORY_SHARE * free) // per_node))
+
+
+def _chunks(n: int, chunk: int) -> list[tuple[int, int]]:
+    return [(s, min(n, s + chunk)) for s in range(0, n, chunk)]
+
+
 def _node_rows(stack: NodeStack, X: torch.Tensor) -> None:  # noqa: N803
     if X.dim() != 2 or X.shape[0] != stack.n:
         raise CurvatureError(f"X must be the {stack.n} node models [n, P], got shape "
@@ -106,7 +136,7 @@ def _node_rows(stack: NodeStack, X: torch.Tensor) -> None:  # noqa: N803
 def node_traces(stack: NodeStack, X: torch.Tensor, inputs: torch.Tensor,  # noqa: N803
                 targets: torch.Tensor, *, num_matvecs: int = 9, method: str = "hutch++",
                 seed: int = 0, first_node: int = 0, strategy: str = "auto",
-                batch_size: int = 2048) -> TraceResult:
+                batch_size: int = 2048, chunk: int | None = None) -> TraceResult:
     """``tr(H)`` of every node model (:func:`~flatlab.curvature.trace`), each with its buffers.
 
     Node ``i``'s probes come from ``seed_for(seed, "probes", first_node + i)``, so its estimate
@@ -126,6 +156,8 @@ def node_traces(stack: NodeStack, X: torch.Tensor, inputs: torch.Tensor,  # noqa
             node at a time; ``"auto"``: sequential on the CPU (measured 1.2x faster there:
             ``benchmarks/measure_cost.py --mechanism``), batched on a GPU.
         batch_size: Samples per chunk of the evaluation set.
+        chunk: Nodes per batched pass (default :func:`batched_chunk`: as many as free memory
+            holds); the estimates do not depend on it beyond rounding.
 
     Returns:
         A :class:`~flatlab.curvature.TraceResult` with ``[n]`` estimates and standard errors.
@@ -135,8 +167,17 @@ def node_traces(stack: NodeStack, X: torch.Tensor, inputs: torch.Tensor,  # noqa
     seeds = [seed_for(seed, "probes", first_node + i) for i in range(stack.n)]
     one = nodes_equal(stack, X)
     if strategy == "batched" and not one:
-        return trace(model_hessian(stack, X, inputs, targets, batch_size=batch_size),
-                     num_matvecs, method=method, seed=seeds)
+        chunk = chunk or batched_chunk(stack.n, stack.P, num_matvecs, X.dtype, X.device)
+        parts = [trace(model_hessian(stack.rows(s, e), X[s:e], inputs, targets,
+                                     batch_size=batch_size),
+                       num_matvecs, method=method, seed=seeds[s:e])
+                 for s, e in _chunks(stack.n, chunk)]
+        if len(parts) == 1:
+            return parts[0]
+        return TraceResult(torch.cat([p.estimate for p in parts]),
+                           torch.cat([p.stderr for p in parts]),
+                           torch.cat([p.samples for p in parts]),
+                           max(p.num_matvecs for p in parts), method, parts[0].distribution)
     ops = _node_ops(stack, X, inputs, targets, batch_size, 1 if one else stack.n)
     res = [trace(op, num_matvecs, method=method, seed=seeds[i]) for i, op in enumerate(ops)]
     res = res * stack.n if one else res
@@ -149,7 +190,8 @@ def node_traces(stack: NodeStack, X: torch.Tensor, inputs: torch.Tensor,  # noqa
 def node_top_eigenvalues(stack: NodeStack, X: torch.Tensor, inputs: torch.Tensor,  # noqa: N803
                          targets: torch.Tensor, *, k: int = 1, tol: float = 1e-3,
                          max_iter: int | None = None, seed: int = 0, first_node: int = 0,
-                         strategy: str = "auto", batch_size: int = 2048) -> EigenResult:
+                         strategy: str = "auto", batch_size: int = 2048,
+                         chunk: int | None = None) -> EigenResult:
     """The top ``k`` Hessian eigenvalues of every node model, each with its own buffers.
 
     Args:
@@ -177,6 +219,9 @@ def node_top_eigenvalues(stack: NodeStack, X: torch.Tensor, inputs: torch.Tensor
             start vector), whatever the strategy: one Lanczos run at the start of training,
             and a spread of exactly 0 there rather than Lanczos' tolerance.
         batch_size: Samples per chunk of the evaluation set.
+        chunk: Nodes per batched run (default :func:`batched_chunk`: as many as free memory
+            holds, so 1,024 nodes' ``[n, steps, P]`` basis is not allocated at once); each
+            chunk runs until its slowest node has converged.
 
     Returns:
         An :class:`~flatlab.curvature.EigenResult` with a leading ``n`` on every field;
@@ -188,8 +233,19 @@ def node_top_eigenvalues(stack: NodeStack, X: torch.Tensor, inputs: torch.Tensor
                                   dtype=X.dtype, device=X.device) for i in range(stack.n)])
     one = nodes_equal(stack, X)
     if strategy == "batched" and not one:
-        op = model_hessian(stack, X, inputs, targets, batch_size=batch_size)
-        return lanczos(op, k, tol=tol, max_iter=max_iter, v0=v0)
+        steps = min(stack.P, max_iter if max_iter is not None else max(30, 6 * k))
+        chunk = chunk or batched_chunk(stack.n, stack.P, steps, X.dtype, X.device)
+        parts = [lanczos(model_hessian(stack.rows(s, e), X[s:e], inputs, targets,
+                                       batch_size=batch_size), k, tol=tol, max_iter=max_iter,
+                         v0=v0[s:e])
+                 for s, e in _chunks(stack.n, chunk)]
+        if len(parts) == 1:
+            return parts[0]
+        return EigenResult(torch.cat([p.eigenvalues for p in parts]),
+                           torch.cat([p.residuals for p in parts]),
+                           torch.cat([p.converged for p in parts]),
+                           max(p.num_matvecs for p in parts), None, "largest", float(tol),
+                           "lanczos")
     ops = _node_ops(stack, X, inputs, targets, batch_size, 1 if one else stack.n)
     results = [lanczos(op, k, tol=tol, max_iter=max_iter, v0=v0[i]) for i, op in enumerate(ops)]
     results = results * stack.n if one else results

@@ -9,6 +9,7 @@ per node and are never gossiped; dropout draws a different mask per node
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -68,9 +69,14 @@ STACK_COPIES = 8
 
 
 def available_memory(device: torch.device) -> int | None:
-    """Bytes free for new tensors on ``device`` (``None`` when it cannot be told)."""
+    """Bytes free for new tensors on ``device`` (``None`` when it cannot be told).
+
+    On a GPU: the driver's free memory plus what PyTorch's caching allocator holds but does not
+    use (reserved − allocated), which new tensors reuse first.
+    """
     if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(torch.cuda.mem_get_info(device)[0]) + max(0, int(cached))
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
@@ -194,6 +200,20 @@ class NodeStack:
         self.randomness = "different"
 
     # ------------------------------------------------------------------ basics
+    def rows(self, start: int, stop: int) -> NodeStack:
+        """A view of nodes ``start … stop − 1``.
+
+        The same model, those nodes' buffers (views, not copies) and ``n = stop − start``: what
+        a batched per-node measurement runs on, chunk by chunk.
+        """
+        if not 0 <= start < stop <= self.n:
+            raise FlatlabError(f"rows {start}:{stop} are not within the {self.n} nodes")
+        view = copy.copy(self)
+        view.n = stop - start
+        view.buffers = {name: b[start:stop] for name, b in self.buffers.items()}
+        view._x0 = self._x0[start:stop]
+        return view
+
     @property
     def P(self) -> int:  # noqa: N802 - the paper's symbol
         """Number of parameters per node."""

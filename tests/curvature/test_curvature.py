@@ -9,6 +9,7 @@ from torch import nn
 
 import flatlab.curvature as C
 from flatlab.engine import NodeStack
+from flatlab.errors import FlatlabError
 from flatlab.seeds import seed_for
 
 P = 40
@@ -198,6 +199,41 @@ def test_node_traces_give_each_node_the_estimate_of_its_own_seed_whatever_the_st
         assert float(r.stderr[i]) == pytest.approx(alone.stderr, rel=1e-8)
         Hi = exact_hessian(C.stack_loss(stack, x, y, buffers=bufs), X[i])
         assert abs(float(r.estimate[i]) - np.trace(Hi)) < 4 * float(r.stderr[i]) + 1e-9
+
+
+@pytest.mark.parametrize("chunk", [1, 2])
+def test_batched_in_chunks_equals_exact_per_node_hessians_and_each_nodes_own_estimate(
+        model_problem, chunk):
+    """Chunks of nodes (what a GPU's free memory allows) give every node its own result."""
+    stack, x, y = model_problem
+    X = stack.initial_params()
+    r = C.node_top_eigenvalues(stack, X, x, y, k=2, tol=1e-8, strategy="batched", chunk=chunk)
+    t = C.node_traces(stack, X, x, y, num_matvecs=30, seed=4, strategy="batched", chunk=chunk)
+    assert r.eigenvalues.shape == (3, 2) and r.all_converged and t.estimate.shape == (3,)
+    for i in range(3):
+        bufs = {k: v[i] for k, v in stack.buffers.items()}
+        Hi = exact_hessian(C.stack_loss(stack, x, y, buffers=bufs), X[i])
+        np.testing.assert_allclose(r.eigenvalues[i].numpy(), np.linalg.eigvalsh(Hi)[::-1][:2],
+                                   rtol=1e-6)
+        alone = C.trace(C.model_hessian(stack, X[i], x, y, buffers=bufs), 30,
+                        seed=seed_for(4, "probes", i))
+        assert float(t.estimate[i]) == pytest.approx(alone.estimate, rel=1e-10)
+
+
+def test_batched_chunk_fills_half_the_free_memory_and_a_rows_view_shares_the_stack(
+        model_problem):
+    stack, _, _ = model_problem
+    row = (40 + C.model.WORK_VECTORS) * 1000 * 4  # bytes per node: 40 steps of P = 1000 float32
+    cpu = torch.device("cpu")
+    assert C.batched_chunk(1024, 1000, 40, torch.float32, cpu, free=10 * row) == 5
+    assert C.batched_chunk(1024, 1000, 40, torch.float32, cpu, free=row) == 1  # at least one
+    assert C.batched_chunk(8, 1000, 40, torch.float32, cpu, free=10**15) == 8
+    view = stack.rows(1, 3)
+    assert view.n == 2 and view.module is stack.module and stack.n == 3
+    for name, b in stack.buffers.items():
+        assert view.buffers[name].data_ptr() == b[1].data_ptr()  # a view, not a copy
+    with pytest.raises(FlatlabError, match="not within the 3 nodes"):
+        stack.rows(2, 5)
 
 
 def test_a_batched_trace_with_one_seed_per_matrix_equals_each_matrix_alone(model_problem):
