@@ -382,7 +382,9 @@ def _cmd_topologies(args: argparse.Namespace) -> int:
           "metropolis or max-degree weights, recomputed on what is up), message_drops (any "
           "doubly stochastic W; consensus and diffusion only), async_gossip (AD-PSGD's "
           "pairwise averaging with a random neighbour, events ticks a round; algorithm "
-          "ad-psgd); train.stragglers and train.staleness (late gradients) on any graph.")
+          "ad-psgd); train.stragglers and train.staleness (late gradients) on any graph; "
+          "topology.delays (messages up to tau rounds late; doubly stochastic gossip, simulated "
+          "backend).")
     return 0
 
 

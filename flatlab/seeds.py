@@ -18,6 +18,7 @@ A stream is named, and keyed by what it depends on (a node's global id, a step, 
     seed_for(seed, "staleness", t)       which nodes' gradients are late at step t, and by how much
     seed_for(seed, "sharpness")          a sharpness estimator's random start or draws
     seed_for(seed, "landscape", k)       the k-th filter-normalized direction of a landscape
+    seed_for(seed, "delays", t)          which messages of round t arrive late, and by how much
 
 ``SeedSequence([seed, stream, *keys])`` hashes the whole key, so different streams, steps, nodes
 and run seeds never share a random state. Adding numbers did: with ``seed + i`` node ``i + 1``
@@ -39,7 +40,8 @@ __all__ = ["STREAMS", "seed_for", "derive"]
 #: The named streams and their keys in the seed sequence (never renumber: it changes results).
 STREAMS = {"init": 1, "sampler": 2, "eval_subset": 3, "curvature_subset": 4, "compressor": 5,
            "kfac": 6, "probes": 7, "process": 8, "noise": 9, "restart": 10, "faults": 11,
-           "stragglers": 12, "clock": 13, "staleness": 14, "sharpness": 15, "landscape": 16}
+           "stragglers": 12, "clock": 13, "staleness": 14, "sharpness": 15, "landscape": 16,
+           "delays": 17}
 
 
 def seed_for(seed: int, stream: str, *keys: int) -> int:

@@ -6,9 +6,11 @@ algorithm may use, and :class:`CollectiveGroup`, what the runner and the measure
 :class:`SimulatedMixer` holds every node in one process; :class:`DistributedMixer` spreads them
 over torch.distributed ranks (gloo or NCCL) with real point-to-point messages, and
 :mod:`flatlab.comm.process` joins the process group from ``torchrun``'s environment and names a
-lost rank when communication fails. :mod:`flatlab.comm.compress` holds the compression operators
-of compressed gossip (top-k, random-k, scaled sign, QSGD), vectorized over nodes, with their
-quality ``ω`` and the bytes they send.
+lost rank when communication fails. :class:`DelayedMixer` is the simulated mixer whose messages
+arrive late (bounded delays, :class:`flatlab.topology.faults.MessageDelays`).
+:mod:`flatlab.comm.compress` holds the compression operators of compressed gossip (top-k,
+random-k, scaled sign, QSGD), vectorized over nodes, with their quality ``ω`` and the bytes they
+send.
 
 >>> import torch, flatlab
 >>> mixer = flatlab.comm.SimulatedMixer(flatlab.topology.make("ring", 4), device="cpu")
@@ -20,9 +22,10 @@ tensor([1., 1., 1., 1.])
 
 from flatlab.comm import compress
 from flatlab.comm.base import CommStats, EdgeSlots
+from flatlab.comm.delayed import DelayedMixer
 from flatlab.comm.distributed import DistributedMixer
 from flatlab.comm.protocols import CollectiveGroup, Mixer
 from flatlab.comm.simulated import MIX_METHODS, SimulatedMixer
 
 __all__ = ["Mixer", "CollectiveGroup", "CommStats", "EdgeSlots", "SimulatedMixer",
-           "DistributedMixer", "MIX_METHODS", "compress"]
+           "DistributedMixer", "DelayedMixer", "MIX_METHODS", "compress"]

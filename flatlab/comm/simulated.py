@@ -122,17 +122,21 @@ class SimulatedMixer(EdgeSchedule):
         """
         self._check(X)
         r = t % self.period
-        if row_bytes is None:
-            row_bytes = X[0].numel() * X.element_size()
-        deg = self._out_degree[r]
-        self.stats.messages += deg
-        self.stats.bytes += deg * row_bytes
+        self._count(X, r, row_bytes)
         if self._identity[r]:  # a local step: nothing is sent, every node keeps its own
             return X.clone()
         if self.method == "shift":
             return self._shift_mix(X, r)
         flat = X.reshape(self.n, -1)
         return (self._W[r] @ flat).reshape(X.shape)
+
+    def _count(self, X: torch.Tensor, r: int, row_bytes: int | None) -> None:  # noqa: N803
+        """Count round ``r``'s messages: one row of ``X`` from each node to each out-neighbour."""
+        if row_bytes is None:
+            row_bytes = X[0].numel() * X.element_size()
+        deg = self._out_degree[r]
+        self.stats.messages += deg
+        self.stats.bytes += deg * row_bytes
 
     def _shift_mix(self, X: torch.Tensor, r: int) -> torch.Tensor:  # noqa: N803
         """``Σ_o K[o] · roll(X, -o)``: ``out[i] += K[o] X[(i + o) mod group]``, slice by slice."""

@@ -19,13 +19,19 @@ import torch
 from flatlab import algorithms as _algorithms
 from flatlab import data as _data
 from flatlab import models as _models
-from flatlab.comm import DistributedMixer, SimulatedMixer
+from flatlab.comm import DelayedMixer, DistributedMixer, SimulatedMixer
 from flatlab.comm.clock import WallClock
 from flatlab.comm.process import Processes
 from flatlab.engine import GradientOracle, NodeStack
 from flatlab.engine.oracle import DelayedGradients, Oracle, sam_oracle
 from flatlab.errors import ConfigError, FlatlabError, RunDirError
-from flatlab.experiment.config import RunConfig, fault_model, fault_schedule, stale_gradients
+from flatlab.experiment.config import (
+    RunConfig,
+    fault_model,
+    fault_schedule,
+    message_delays,
+    stale_gradients,
+)
 from flatlab.experiment.rundir import average_model
 from flatlab.experiment.schedules import lr_at
 from flatlab.measures.schedule import Schedule, scheduled
@@ -228,9 +234,13 @@ def build(cfg: RunConfig, procs: Processes | None = None) -> Run:
                                   "statistics) move in every forward pass; accepted: a model "
                                   "without buffers (norm: group or none), or link_failures")
             offline = _local(faults.offline, rows)
-    if procs is None:
-        mixer: SimulatedMixer | DistributedMixer = SimulatedMixer(
-            topo, device=stack.device, dtype=stack.dtype, method=cfg.mix_method)
+    delays = message_delays(cfg.topology.delays, n, seed=cfg.seed)
+    if delays is not None:  # validation refused it with the distributed backend
+        mixer: SimulatedMixer | DistributedMixer = DelayedMixer(
+            topo, delays, device=stack.device, dtype=stack.dtype)
+    elif procs is None:
+        mixer = SimulatedMixer(topo, device=stack.device, dtype=stack.dtype,
+                               method=cfg.mix_method)
     else:
         mixer = DistributedMixer(topo, device=stack.device, dtype=stack.dtype)
     method = "vmap" if cfg.compile and cfg.oracle == "auto" else cfg.oracle

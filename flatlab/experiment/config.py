@@ -125,6 +125,15 @@ class TopologyConfig:
     AsyncGossip`; ``p``: a tick's exchange is lost with that probability and the pair keeps
     its values); ``algorithm: ad-psgd`` runs on it. The run mixes with the
     resulting time-varying schedule, so a method that needs a static graph refuses it.
+
+    ``delays`` (empty: none), ``{tau: 2, p: 0.5, fixed: false}``: each message of a round
+    arrives late with probability ``p`` (default 1), by up to ``tau`` rounds (exactly ``tau``
+    when ``fixed``), and its receiver mixes the value its neighbour sent then
+    (:class:`flatlab.topology.faults.MessageDelays`, :class:`flatlab.comm.DelayedMixer`);
+    composable with ``faults`` (the delays fall on the links of each round). The gossip
+    methods that only mix accept them; per-edge exchanges (``ecl``, ``ngpd``), push-sum
+    (``sgp``) and the all-reduce (``centralized``) do not, and the ``distributed`` backend
+    does not keep past messages (refused in one line).
     """
 
     name: str = "ring"
@@ -134,6 +143,7 @@ class TopologyConfig:
     local_steps: int = 1
     params: dict[str, Any] = field(default_factory=dict)
     faults: dict[str, Any] = field(default_factory=dict)
+    delays: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -723,6 +733,16 @@ def _validate_train(cfg: RunConfig) -> None:
                              "a late gradient would not carry" if cfg.algorithm.name == "ngpd"
                              else "averages every gradient in one synchronous all-reduce")
                           + "; accepted: another method, or no train.staleness")
+    message_delays(cfg.topology.delays, cfg.topology.nodes, seed=0)
+    if cfg.topology.delays and cfg.algorithm.name in DELAY_REFUSED:
+        raise ConfigError(f"config field topology.delays: {cfg.algorithm.name} "
+                          f"{DELAY_REFUSED[cfg.algorithm.name]}; accepted: a gossip method that "
+                          "mixes (consensus, diffusion, tracking, momentum, choco, ...), or no "
+                          "topology.delays")
+    if cfg.topology.delays and cfg.backend == "distributed":
+        raise ConfigError("config field topology.delays: the distributed backend does not keep "
+                          "its neighbours' past messages; accepted: backend=simulated, or no "
+                          "topology.delays")
     if tr.stragglers and cfg.algorithm.name in ("ngpd", "centralized"):
         raise ConfigError(f"config field train.stragglers: {cfg.algorithm.name} "
                           + ("asks the oracle for curvature factors besides gradients, which a "
@@ -730,6 +750,42 @@ def _validate_train(cfg: RunConfig) -> None:
                              "averages every gradient exactly (no node straggles behind an "
                              "all-reduce)")
                           + "; accepted: another method, or train.stragglers: 0")
+
+
+#: Algorithms that cannot run with late messages, and why.
+DELAY_REFUSED = {
+    "centralized": "averages in one synchronous all-reduce, no message to delay",
+    "ecl": "exchanges per-edge duals (only mixing is delayed)",
+    "ngpd": "exchanges per-edge duals (only mixing is delayed)",
+    "sgp": "mixes column-stochastic push-sum weights, whose mass a late value would not conserve",
+}
+
+
+def message_delays(delays: dict[str, Any], n: int, *, seed: int) -> Any:
+    """The :class:`~flatlab.topology.faults.MessageDelays` of ``topology.delays`` (None: empty).
+
+    Raises:
+        ConfigError: Not a mapping, an unknown key, no ``tau``, or a value out of range.
+    """
+    from flatlab.topology.faults import MessageDelays
+
+    if not isinstance(delays, dict):
+        raise ConfigError(f"config field topology.delays must be a mapping such as "
+                          f"{{tau: 2, p: 0.5}}, got {delays!r}")
+    if not delays:
+        return None
+    unknown = sorted(set(delays) - {"tau", "p", "fixed"})
+    if unknown:
+        raise ConfigError(f"config field topology.delays.{unknown[0]} is unknown; accepted: "
+                          "tau, p, fixed")
+    if "tau" not in delays:
+        raise ConfigError("config field topology.delays needs tau, the largest delay in rounds "
+                          "(an integer >= 1)")
+    try:
+        return MessageDelays(n, delays["tau"], p=delays.get("p", 1.0),
+                             fixed=delays.get("fixed", False), seed=seed)
+    except FlatlabError as e:
+        raise ConfigError(f"config field topology.delays: {e}") from None
 
 
 def stale_gradients(staleness: dict[str, Any], n: int, *, seed: int) -> Any:

@@ -38,6 +38,7 @@ import torch
 
 from flatlab import algorithms as _algorithms
 from flatlab.comm.clock import WallClock
+from flatlab.comm.delayed import DelayedMixer
 from flatlab.errors import FlatlabError, RunDirError
 from flatlab.experiment import rundir
 from flatlab.experiment.assemble import Run
@@ -427,7 +428,8 @@ class Checkpointing(Hook):
             timings={"measures": dict(rec.measure_s), "checkpoint": rec.checkpoint_s,
                      "clock": rec.clock_s},
             stale={} if self.run.delayed is None else {
-                k: self._gathered(v) for k, v in self.run.delayed.state_dict().items()})
+                k: self._gathered(v) for k, v in self.run.delayed.state_dict().items()},
+            delays=mixer.state_dict() if isinstance(mixer, DelayedMixer) else {})
 
         def write() -> None:
             rundir.save_checkpoint(self.out, ck)
@@ -541,6 +543,8 @@ def restore(ck: rundir.Checkpoint, out: Path, built: Run, state: Any) -> Any:
         if built.delayed is not None:
             built.delayed.load_state_dict({k: _rows_of(v, own, n) for k, v in ck.stale.items()},
                                           device=stack.device)
+        if isinstance(mixer, DelayedMixer):  # one process (the distributed backend refuses delays)
+            mixer.load_state_dict(ck.delays)
         if len(ck.rng) == mixer.world_size:  # the same processes: each continues its own stream
             mine = ck.rng[mixer.rank]
             torch.set_rng_state(mine[0])

@@ -456,6 +456,8 @@ class Checkpoint:
             (``checkpoint``).
         stale: Under ``train.staleness``, the points of the last ``tau`` steps
             (``{"past": [n, tau, P]}``: :class:`~flatlab.engine.oracle.DelayedGradients`).
+        delays: Under ``topology.delays``, the past inputs of each gossip channel
+            (``{"channel0": [k, n, ...]}``: :class:`~flatlab.comm.DelayedMixer`).
     """
 
     step: int
@@ -472,6 +474,7 @@ class Checkpoint:
     config: dict[str, Any] | None = None
     timings: dict[str, Any] = field(default_factory=dict)
     stale: dict[str, Any] = field(default_factory=dict)
+    delays: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The mapping saved to disk."""
@@ -560,13 +563,17 @@ def _checked(ck: Any, bad: str) -> Checkpoint:
     if not isinstance(stale, dict) or any(not isinstance(v, torch.Tensor) or v.dim() < 2
                                           for v in stale.values()):
         raise RunDirError(f"{bad}: its stale-gradient points are damaged; {RESTART_HINT}")
+    delays = ck.get("delays", {})
+    if not isinstance(delays, dict) or any(not isinstance(v, torch.Tensor) or v.dim() < 2
+                                           for v in delays.values()):
+        raise RunDirError(f"{bad}: its delayed messages are damaged; {RESTART_HINT}")
     return Checkpoint(step=ck["step"], state=state, buffers=ck["buffers"], mixer=ck["mixer"],
                       metrics=ck["metrics"], elapsed=float(ck["elapsed"]),
                       loss_acc=ck["loss_acc"], rng=rng, processes=ck.get("processes", 1),
                       tables=tables if isinstance(tables, dict) else {},
                       started=ck.get("started"),
                       config=config if isinstance(config, dict) else None, timings=timings,
-                      stale=stale)
+                      stale=stale, delays=delays)
 
 
 def check_fits(ck: Checkpoint, path: Path, *, state: dict[str, Any],

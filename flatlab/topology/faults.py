@@ -33,7 +33,7 @@ from flatlab.topology.weights import lazy as lazy_matrix
 from flatlab.topology.weights import mixing_matrix
 
 __all__ = ["LinkFailures", "NodeChurn", "MessageDrops", "AsyncGossip", "Stragglers",
-           "StaleGradients", "FAULT_RULES", "undirected_edges", "surviving_matrix"]
+           "StaleGradients", "MessageDelays", "FAULT_RULES", "undirected_edges", "surviving_matrix"]
 
 #: Weight rules recomputed on the surviving graph (both symmetric and doubly stochastic).
 FAULT_RULES = ("metropolis", "max-degree")
@@ -504,3 +504,71 @@ class StaleGradients:
         late = rng.random(self.n) < self.p
         d = np.full(self.n, self.tau) if self.fixed else rng.integers(1, self.tau + 1, self.n)
         return np.where(late, d, 0).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class MessageDelays:
+    """Bounded communication delays: a neighbour's value arrives some rounds late.
+
+    In round ``t`` the message on each link ``j → i`` (``w_ij > 0`` in that round, ``j ≠ i``) is
+    late with probability ``p``, by ``d_{ij,t}`` rounds (``tau`` when ``fixed``, else uniform
+    on ``1 … tau``): the receiver mixes the value ``j`` sent ``d`` rounds earlier,
+    ``x_i⁺ = w_ii x_i(t) + Σ_{j≠i} w_ij x_j(t − d_{ij,t})``, and before round 0 the values are
+    the starting ones. Own values are never late. The weights stay those of round ``t``, so
+    rows still sum to one; the average is no longer preserved (a late value is mixed in place
+    of the current one). This is the bounded-delay gossip model of asynchronous decentralized
+    SGD (delays at most ``tau``; e.g. Lian et al., ICML 2018; Nedić and Olshevsky's delayed
+    consensus). Round ``t``'s draw is ``seed_for(seed, "delays", t)`` over every link at once.
+    (:class:`flatlab.comm.DelayedMixer` keeps the past values and mixes them.)
+
+    Attributes:
+        n: Number of nodes.
+        tau: The largest delay, in rounds (an integer >= 1).
+        p: The probability that a message is late, in ``(0, 1]``.
+        fixed: Every late message is exactly ``tau`` rounds old (else uniform on ``1 … tau``).
+        seed: Seed of the draws.
+    """
+
+    n: int
+    tau: int
+    p: float = 1.0
+    fixed: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n, bool) or not isinstance(self.n, numbers.Integral) or self.n < 2:
+            raise TopologyError(f"message delays need a number of nodes >= 2, got {self.n!r}")
+        if isinstance(self.tau, bool) or not isinstance(self.tau, numbers.Integral) \
+                or self.tau < 1:
+            raise TopologyError(f"message delays: tau (the largest delay, in rounds) must be an "
+                                f"integer >= 1, got {self.tau!r}")
+        p = self.p
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not (
+                math.isfinite(float(p)) and 0 < float(p) <= 1):
+            raise TopologyError(f"message delays: p (the probability that a message is late) "
+                                f"must be in (0, 1], got {p!r}")
+        if not isinstance(self.fixed, bool):
+            raise TopologyError(f"message delays: fixed must be true or false, got "
+                                f"{self.fixed!r}")
+        object.__setattr__(self, "p", float(p))
+        object.__setattr__(self, "tau", int(self.tau))
+
+    @property
+    def what(self) -> str:
+        """The model in words (``"message delays up to 2 rounds, p = 0.5"``)."""
+        size = f"of {self.tau}" if self.fixed else f"up to {self.tau}"
+        return f"message delays {size} round{'s' if self.tau > 1 else ''}, p = {self.p:g}"
+
+    def delays(self, t: int) -> np.ndarray:
+        """``d_{ij,t}`` for every pair at round ``t`` (``[n, n]`` integers in ``0 … tau``).
+
+        Drawn for every ordered pair ``i ≠ j`` at once (the diagonal is 0); only the entries on
+        links of round ``t``'s graph are used, so the draw does not depend on the graph.
+        """
+        rng = np.random.default_rng(seed_for(self.seed, "delays", int(t)))
+        late = rng.random((self.n, self.n)) < self.p
+        d = (np.full((self.n, self.n), self.tau) if self.fixed
+             else rng.integers(1, self.tau + 1, (self.n, self.n)))
+        out = np.where(late, d, 0).astype(np.int64)
+        np.fill_diagonal(out, 0)
+        return out
