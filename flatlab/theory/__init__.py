@@ -22,6 +22,7 @@ from flatlab.theory.bounds import Bound, RateTerm, bound, bound_algorithms
 from flatlab.theory.consensus import ConsensusPrediction, predicted_consensus_distance
 from flatlab.theory.disagreement import DisagreementPrediction, stationary_disagreement
 from flatlab.theory.faults import (
+    DelayedDisagreement,
     DropConsensus,
     FaultSpectrum,
     FaultyDisagreement,
@@ -30,6 +31,7 @@ from flatlab.theory.faults import (
     fault_spectrum,
     link_failure_spectrum,
     ring_metropolis_mean_weight,
+    stationary_disagreement_under_delays,
     stationary_disagreement_under_faults,
 )
 from flatlab.theory.neighbors import effective_neighbors, stationary_variances
@@ -70,4 +72,6 @@ __all__ = [
     "consensus_value_variance",
     "FaultyDisagreement",
     "stationary_disagreement_under_faults",
+    "DelayedDisagreement",
+    "stationary_disagreement_under_delays",
 ]

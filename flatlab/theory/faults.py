@@ -52,11 +52,18 @@ import numpy as np
 
 from flatlab.errors import TheoryError
 from flatlab.topology.core import Topology
-from flatlab.topology.faults import AsyncGossip, LinkFailures, MessageDrops, NodeChurn
+from flatlab.topology.faults import (
+    AsyncGossip,
+    LinkFailures,
+    MessageDelays,
+    MessageDrops,
+    NodeChurn,
+)
 
 __all__ = ["FaultSpectrum", "fault_spectrum", "link_failure_spectrum", "async_gossip_spectrum",
            "ring_metropolis_mean_weight", "DropConsensus", "consensus_value_variance",
-           "FaultyDisagreement", "stationary_disagreement_under_faults"]
+           "FaultyDisagreement", "stationary_disagreement_under_faults", "DelayedDisagreement",
+           "stationary_disagreement_under_delays"]
 
 
 @dataclass(frozen=True)
@@ -469,3 +476,177 @@ def consensus_value_variance(topology: Topology, p: float, x0: np.ndarray | None
                                                                               " values"))
         var = float(x @ cov @ x)
     return DropConsensus(topology.label, float(p), mean, cov, var, rounds)
+
+
+@dataclass(frozen=True)
+class DelayedDisagreement:
+    """Stationary disagreement of constant-step decentralized SGD whose messages arrive late.
+
+    Attributes:
+        form: ``diffusion`` or ``consensus``.
+        consensus_distance: ``E Ξ² = (1/n) E Σ_i ‖x_i − x̄‖²`` over the explicit directions.
+        curvature_disagreement: ``E tr(H Σ) = (1/n) Σ_j h_j E‖D v_j‖²``.
+        per_direction: ``consensus_distance`` of each direction.
+        contraction: The spectral radius of the augmented second-moment map (``< 1``).
+        tau: The largest delay; ``p``: the probability that a message is late.
+    """
+
+    form: str
+    consensus_distance: float
+    curvature_disagreement: float
+    per_direction: np.ndarray
+    contraction: float
+    tau: int
+    p: float
+
+
+def _delay_probabilities(n: int, delays: MessageDelays) -> np.ndarray:
+    """``Π[d, i, j] = P(d_ij = d)``: own values never late, each link late with ``p``."""
+    tau, p = delays.tau, delays.p
+    late = np.zeros(tau + 1)
+    late[0] = 1.0 - p
+    if delays.fixed:
+        late[tau] += p
+    else:
+        late[1:] += p / tau
+    pi = np.broadcast_to(late[:, None, None], (tau + 1, n, n)).copy()
+    for d in range(tau + 1):
+        np.fill_diagonal(pi[d], 1.0 if d == 0 else 0.0)
+    return pi
+
+
+def stationary_disagreement_under_delays(topology: Topology, delays: MessageDelays, lr: float,
+                                         curvature: float | Sequence[float],
+                                         noise: float | Sequence[float], *,
+                                         form: str = "diffusion") -> DelayedDisagreement:
+    """``E Ξ²`` and ``E tr(HΣ)`` of DSGD near a minimum when messages arrive late.
+
+    Near a minimum with Hessian eigenvalues ``h_j`` and gradient noise of variance ``s_j``
+    along its directions (independent across nodes and steps), each direction's node values
+    follow a linear recursion whose mixing reads values ``d_{ij,t}`` rounds old
+    (:class:`~flatlab.topology.faults.MessageDelays`, :class:`flatlab.comm.DelayedMixer`). With
+    ``W_d = W ⊙ [D_t = d]`` (``Σ_d W_d = W``), the values sent, ``y``, stacked over the last
+    ``τ + 1`` rounds, ``z_t = [y_t; …; y_{t−τ}]``, obey ``z_{t+1} = A_t z_t + e_0 ⊗ ξ_t`` with
+    first block row ``[R_0 … R_τ]`` and the shift below it:
+
+    - ``diffusion`` (ATC): ``y = ψ = (1 − η h) x − η ε``, ``R_d = (1 − η h) W_d``,
+      ``x_{t+1} = Σ_d W_d ψ_{t−d}``;
+    - ``consensus`` (DGD): ``y = x``, ``R_0 = W_0 − η h I``, ``R_d = W_d``.
+
+    The stationary ``S = E[z zᵀ]`` solves ``S = E[A S Aᵀ] + η² s (e_0 e_0ᵀ ⊗ I)``, with the
+    expectation over the delays exact (each link's delay independent of the others and of
+    ``z``: ``E[W_d X W_{d'}ᵀ] = W̄_d X W̄_{d'}ᵀ + diag(Σ_j w_ij² (δ_{dd'} π_d − π_d π_{d'})
+    X_jj)``, ``W̄_d = W ⊙ Π_d``), solved by GMRES on the ``[n(τ+1)]²`` unknowns; then
+    ``E Ξ² = (1/n) tr((I − J) E[x xᵀ])``. Derived (not from a paper); checked against
+    :class:`~flatlab.comm.DelayedMixer` runs in ``tests/theory/test_delays.py``. The average is
+    not preserved under delays, so only directions with ``h > 0`` have a stationary regime.
+
+    Args:
+        topology: A static, doubly stochastic topology.
+        delays: The delay model (its ``n`` the topology's).
+        lr: Step size ``η > 0``.
+        curvature: ``h_j > 0`` per explicit direction (a scalar: one direction).
+        noise: ``s_j >= 0`` per direction, or one number for all.
+        form: ``diffusion`` or ``consensus``.
+
+    Raises:
+        TheoryError: A time-varying or push-sum topology, another ``n``, bad numbers, more
+            than 64 nodes, or no stationary regime, in one line.
+    """
+    from scipy.sparse.linalg import LinearOperator, eigs, gmres
+
+    if form in ("dsgd", "diffusion-atc"):
+        form = "diffusion"
+    if form not in ("diffusion", "consensus"):
+        raise TheoryError(f"form {form!r} is not derived under delays; accepted: diffusion, "
+                          "consensus")
+    if not isinstance(topology, Topology) or topology.time_varying \
+            or topology.stochastic != "doubly":
+        raise TheoryError("the disagreement under delays is derived for a static, doubly "
+                          "stochastic topology")
+    if not isinstance(delays, MessageDelays) or delays.n != topology.n:
+        raise TheoryError(f"delays must be MessageDelays over the topology's {topology.n} "
+                          f"nodes, got {delays!r}")
+    if topology.n > 64:
+        raise TheoryError(f"the augmented map has [n(tau + 1)]² unknowns; accepted: at most 64 "
+                          f"nodes (got {topology.n})")
+    if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and np.isfinite(lr)
+            and lr > 0):
+        raise TheoryError(f"lr must be a finite number > 0, got {lr!r}")
+    h = np.atleast_1d(np.asarray(curvature, dtype=float))
+    sn = np.atleast_1d(np.asarray(noise, dtype=float))
+    if sn.size == 1:
+        sn = np.full(h.shape, float(sn[0]))
+    if h.ndim != 1 or sn.shape != h.shape or not (np.isfinite(h).all() and np.isfinite(sn).all()
+                                                 and (h > 0).all() and (sn >= 0).all()):
+        raise TheoryError(f"curvature must be numbers > 0 and noise numbers >= 0, one noise "
+                          f"per direction or one for all; got {h.size} and {sn.size}")
+    n, tau = topology.n, delays.tau
+    k = tau + 1
+    W = topology.matrix(0)  # noqa: N806
+    pi = _delay_probabilities(n, delays)
+    Wd = W[None] * pi  # noqa: N806  (E W_d)
+    W2 = W * W  # noqa: N806
+    P = np.eye(n) - np.full((n, n), 1.0 / n)  # noqa: N806
+
+    def pair(d: int, e: int, X: np.ndarray) -> np.ndarray:  # noqa: N803
+        """``E[W_d X W_eᵀ]`` over one round's delays."""
+        corr = W2 * ((pi[d] if d == e else 0.0) - pi[d] * pi[e])
+        return Wd[d] @ X @ Wd[e].T + np.diag(corr @ np.diag(X))
+
+    def moment(S: np.ndarray, c: float, a: float) -> np.ndarray:  # noqa: N803
+        """``E[A S Aᵀ]`` for blocks ``S[p, q]`` (``[k, k, n, n]``)."""
+        out = np.empty_like(S)
+        top = np.zeros((n, n))
+        for d in range(k):
+            for e in range(k):
+                m = pair(d, e, S[d, e])
+                if form == "consensus":
+                    if e == 0:
+                        m = m - c * Wd[d] @ S[d, 0]
+                    if d == 0:
+                        m = m - c * S[0, e] @ Wd[e].T
+                    if d == 0 and e == 0:
+                        m = m + c * c * S[0, 0]
+                top += m
+        out[0, 0] = a * a * top
+        for q in range(1, k):  # E[first row] S (shift)ᵀ
+            row = sum(Wd[d] @ S[d, q - 1] for d in range(k))
+            if form == "consensus":
+                row = row - c * S[0, q - 1]
+            out[0, q] = a * row
+            out[q, 0] = out[0, q].T
+        out[1:, 1:] = S[:-1, :-1]
+        return out
+
+    size = (k * n) ** 2
+    per, worst = np.zeros(h.size), 0.0
+    for j, (hj, sj) in enumerate(zip(h, sn, strict=True)):
+        c, a = (lr * hj, 1.0) if form == "consensus" else (0.0, 1.0 - lr * hj)
+
+        def apply(v: np.ndarray, c: float = c, a: float = a) -> np.ndarray:
+            return moment(v.reshape(k, k, n, n), c, a).ravel()
+
+        T = LinearOperator((size, size), matvec=apply, dtype=float)  # noqa: N806
+        r = float(abs(eigs(T, k=1, which="LM", return_eigenvectors=False, tol=1e-8,
+                           maxiter=20 * size)[0]))
+        worst = max(worst, r)
+        if r >= 1:
+            raise TheoryError(f"no stationary regime: the second moment grows by {r:.4g} per "
+                              f"step along direction {j} (h = {hj:g}, lr = {lr:g}); accepted: a "
+                              "smaller step or shorter delays")
+        Q = np.zeros((k, k, n, n))  # noqa: N806
+        Q[0, 0] = lr * lr * sj * np.eye(n)
+        L = LinearOperator((size, size), matvec=lambda v, f=apply: v - f(v), dtype=float)  # noqa: N806
+        sol, info = gmres(L, Q.ravel(), rtol=1e-12, atol=0.0, restart=200, maxiter=200)
+        if info != 0:
+            raise TheoryError(f"the stationary second moment did not converge along direction "
+                              f"{j} (GMRES info {info})")
+        S = sol.reshape(k, k, n, n)  # noqa: N806
+        if form == "diffusion":
+            X = sum(pair(d, e, S[d, e]) for d in range(k) for e in range(k))  # noqa: N806
+        else:
+            X = S[0, 0]  # noqa: N806
+        per[j] = float(np.trace(P @ X)) / n
+    return DelayedDisagreement(form, float(per.sum()), float((h * per).sum()), per, worst,
+                               tau, delays.p)
