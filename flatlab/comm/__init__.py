@@ -7,7 +7,8 @@ algorithm may use, and :class:`CollectiveGroup`, what the runner and the measure
 over torch.distributed ranks (gloo or NCCL) with real point-to-point messages, and
 :mod:`flatlab.comm.process` joins the process group from ``torchrun``'s environment and names a
 lost rank when communication fails. :class:`DelayedMixer` is the simulated mixer whose messages
-arrive late (bounded delays, :class:`flatlab.topology.faults.MessageDelays`).
+arrive late (bounded delays, :class:`flatlab.topology.faults.MessageDelays`), and
+:class:`DelayedDistributedMixer` its torch.distributed counterpart.
 :mod:`flatlab.comm.compress` holds the compression operators of compressed gossip (top-k,
 random-k, scaled sign, QSGD), vectorized over nodes, with their quality ``ω`` and the bytes they
 send.
@@ -22,10 +23,11 @@ tensor([1., 1., 1., 1.])
 
 from flatlab.comm import compress
 from flatlab.comm.base import CommStats, EdgeSlots
-from flatlab.comm.delayed import DelayedMixer
+from flatlab.comm.delayed import DelayedDistributedMixer, DelayedMixer
 from flatlab.comm.distributed import DistributedMixer
 from flatlab.comm.protocols import CollectiveGroup, Mixer
 from flatlab.comm.simulated import MIX_METHODS, SimulatedMixer
 
 __all__ = ["Mixer", "CollectiveGroup", "CommStats", "EdgeSlots", "SimulatedMixer",
-           "DistributedMixer", "DelayedMixer", "MIX_METHODS", "compress"]
+           "DistributedMixer", "DelayedMixer", "DelayedDistributedMixer", "MIX_METHODS",
+           "compress"]

@@ -26,6 +26,8 @@ initialises the default process group); pass an explicit, short ``timeout`` to
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -208,16 +210,7 @@ class DistributedMixer(EdgeSchedule):
         """
         self._check(X)
         r = self._rounds[t % self.period]
-        flat = X.reshape(self.k, -1)
-        if not flat.is_contiguous():
-            flat = flat.contiguous()
-        sends = {q: flat[idx] if isinstance(idx, slice)  # consecutive rows: a view
-                 else torch.index_select(flat, 0, idx, out=self._buffer(
-                     ("send", t % self.period, q), (idx.numel(), flat.shape[1]), X))
-                 for q, idx in r.send_idx.items()}
-        recvs = {q: self._buffer(("mix", t % self.period, q), (len(ids), flat.shape[1]), X)
-                 for q, ids in r.recv.items()}
-        wait = self._p2p(sends, recvs)
+        flat, recvs, wait = self._post_rows(X, t)
         out = r.W_self @ flat  # the own block needs nothing received: overlap it with the exchange
         wait()
         for q, buf in recvs.items():
@@ -229,11 +222,35 @@ class DistributedMixer(EdgeSchedule):
                 out[rows].addmm_(r.W_peer[q], buf)
             else:
                 out.index_add_(0, rows, r.W_peer[q] @ buf)
+        self._count(r, flat, X, row_bytes)
+        return out.reshape(X.shape)
+
+    def _post_rows(self, X: torch.Tensor, t: int  # noqa: N803
+                   ) -> tuple[torch.Tensor, dict[int, torch.Tensor], Callable[[], None]]:
+        """Send each peer the rows of ``X`` it needs in round ``t`` and post the receives.
+
+        Returns the local rows ``[k, numel]``, the receive buffers by peer (rows ``r.recv[q]``,
+        filled once ``wait()`` returns; reused by the next call of the round) and ``wait``.
+        """
+        r = self._rounds[t % self.period]
+        flat = X.reshape(self.k, -1)
+        if not flat.is_contiguous():
+            flat = flat.contiguous()
+        sends = {q: flat[idx] if isinstance(idx, slice)  # consecutive rows: a view
+                 else torch.index_select(flat, 0, idx, out=self._buffer(
+                     ("send", t % self.period, q), (idx.numel(), flat.shape[1]), X))
+                 for q, idx in r.send_idx.items()}
+        recvs = {q: self._buffer(("mix", t % self.period, q), (len(ids), flat.shape[1]), X)
+                 for q, ids in r.recv.items()}
+        return flat, recvs, self._p2p(sends, recvs)
+
+    def _count(self, r: _Round, flat: torch.Tensor, X: torch.Tensor,  # noqa: N803
+               row_bytes: int | None) -> None:
+        """Count a mix's messages: one row from each local node to each out-neighbour."""
         if row_bytes is None:
             row_bytes = flat.shape[1] * X.element_size()
         self.stats.messages += r.out_degree
         self.stats.bytes += r.out_degree * row_bytes
-        return out.reshape(X.shape)
 
     def _buffer(self, key: tuple, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         """A send or receive buffer reused across calls (consumed before the call returns)."""

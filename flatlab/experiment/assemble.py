@@ -21,6 +21,7 @@ from flatlab import data as _data
 from flatlab import models as _models
 from flatlab.comm import DelayedMixer, DistributedMixer, SimulatedMixer
 from flatlab.comm.clock import WallClock
+from flatlab.comm.delayed import DelayedDistributedMixer
 from flatlab.comm.process import Processes
 from flatlab.engine import GradientOracle, NodeStack
 from flatlab.engine.oracle import DelayedGradients, Oracle, sam_oracle
@@ -235,9 +236,11 @@ def build(cfg: RunConfig, procs: Processes | None = None) -> Run:
                                   "without buffers (norm: group or none), or link_failures")
             offline = _local(faults.offline, rows)
     delays = message_delays(cfg.topology.delays, n, seed=cfg.seed)
-    if delays is not None:  # validation refused it with the distributed backend
+    if delays is not None and procs is None:
         mixer: SimulatedMixer | DistributedMixer = DelayedMixer(
             topo, delays, device=stack.device, dtype=stack.dtype)
+    elif delays is not None:
+        mixer = DelayedDistributedMixer(topo, delays, device=stack.device, dtype=stack.dtype)
     elif procs is None:
         mixer = SimulatedMixer(topo, device=stack.device, dtype=stack.dtype,
                                method=cfg.mix_method)

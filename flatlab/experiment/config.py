@@ -132,8 +132,9 @@ class TopologyConfig:
     (:class:`flatlab.topology.faults.MessageDelays`, :class:`flatlab.comm.DelayedMixer`);
     composable with ``faults`` (the delays fall on the links of each round). The gossip
     methods that only mix accept them; per-edge exchanges (``ecl``, ``ngpd``), push-sum
-    (``sgp``) and the all-reduce (``centralized``) do not, and the ``distributed`` backend
-    does not keep past messages (refused in one line).
+    (``sgp``) and the all-reduce (``centralized``) do not. On the ``distributed`` backend the
+    graph must be static (no ``faults``, no ``local_steps``; each process keeps the past of the
+    rows it receives).
     """
 
     name: str = "ring"
@@ -554,6 +555,11 @@ def validate(cfg: RunConfig) -> None:
     _validate_algorithm(cfg.algorithm, topology)
     _validate_optim(cfg.optim)
     _validate_train(cfg)
+    if cfg.topology.delays and cfg.backend == "distributed" and topology.time_varying:
+        raise ConfigError("config field topology.delays: on the distributed backend the graph "
+                          f"must be static (the rows a process receives may not change between "
+                          f"rounds); {cfg.topology.name} varies; accepted: backend=simulated, "
+                          "or a static graph without topology.faults and local_steps")
     _validate_measure(cfg.measure)
     c = cfg.clock
     _need(c.compute >= 0, "clock.compute", c.compute, "seconds >= 0 (a step's mean compute)")
@@ -738,10 +744,6 @@ def _validate_train(cfg: RunConfig) -> None:
         raise ConfigError(f"config field topology.delays: {cfg.algorithm.name} "
                           f"{DELAY_REFUSED[cfg.algorithm.name]}; accepted: a gossip method that "
                           "mixes (consensus, diffusion, tracking, momentum, choco, ...), or no "
-                          "topology.delays")
-    if cfg.topology.delays and cfg.backend == "distributed":
-        raise ConfigError("config field topology.delays: the distributed backend does not keep "
-                          "its neighbours' past messages; accepted: backend=simulated, or no "
                           "topology.delays")
     if tr.stragglers and cfg.algorithm.name in ("ngpd", "centralized"):
         raise ConfigError(f"config field train.stragglers: {cfg.algorithm.name} "

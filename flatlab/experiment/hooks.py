@@ -38,7 +38,7 @@ import torch
 
 from flatlab import algorithms as _algorithms
 from flatlab.comm.clock import WallClock
-from flatlab.comm.delayed import DelayedMixer
+from flatlab.comm.delayed import DelayedDistributedMixer, DelayedMixer
 from flatlab.errors import FlatlabError, RunDirError
 from flatlab.experiment import rundir
 from flatlab.experiment.assemble import Run
@@ -51,6 +51,9 @@ __all__ = ["Record", "Terminate", "Terminated", "BatchLoss", "Divergence", "Meas
            "status_fields", "eval_sizes"]
 
 Alone = Callable[[str, Callable[[], Any]], Any]
+
+#: The mixers whose messages arrive late: their past values are checkpointed.
+DELAYED = (DelayedMixer, DelayedDistributedMixer)
 
 
 def _here(label: str, fn: Callable[[], Any]) -> Any:
@@ -429,7 +432,8 @@ class Checkpointing(Hook):
                      "clock": rec.clock_s},
             stale={} if self.run.delayed is None else {
                 k: self._gathered(v) for k, v in self.run.delayed.state_dict().items()},
-            delays=mixer.state_dict() if isinstance(mixer, DelayedMixer) else {})
+            delays={k: self._gathered(v) for k, v in mixer.state_dict().items()}
+            if isinstance(mixer, DELAYED) else {})
 
         def write() -> None:
             rundir.save_checkpoint(self.out, ck)
@@ -543,7 +547,7 @@ def restore(ck: rundir.Checkpoint, out: Path, built: Run, state: Any) -> Any:
         if built.delayed is not None:
             built.delayed.load_state_dict({k: _rows_of(v, own, n) for k, v in ck.stale.items()},
                                           device=stack.device)
-        if isinstance(mixer, DelayedMixer):  # one process (the distributed backend refuses delays)
+        if isinstance(mixer, DELAYED):  # the full past: each rank keeps the rows it mixes
             mixer.load_state_dict(ck.delays)
         if len(ck.rng) == mixer.world_size:  # the same processes: each continues its own stream
             mine = ck.rng[mixer.rank]

@@ -148,6 +148,10 @@ FAULT_RUNS = [
      {"topology": {"name": "ring", "nodes": 4, "faults": {"model": "async_gossip"}},
       "train": {"steps": 12, "staleness": {"tau": 2}},
       "clock": {"compute": 0.05, "compute_cv": 0.5, "latency": 0.001}}),
+    # late messages (up to 2 rounds, half of them): each process keeps the past of the rows it
+    # receives, and gradient tracking's [X | Y] message is one delayed channel
+    ("late", "gradient-tracking",
+     {"topology": {"name": "ring", "nodes": 4, "delays": {"tau": 2, "p": 0.5}}}),
 ]
 SAM_OPTIM = {"lr": 0.1, "schedule": "cosine", "warmup": 2, "weight_decay": 1e-4,
              "sam_rho": 0.05}
@@ -237,6 +241,13 @@ def test_distributed_runs_equal_simulated_runs(world, simulated, tmp_path):
             cfg = load_config(dict(config(algo, "ring", name=name), **override))
             run(cfg, tmp_path / "whole" / name, progress=False)
             _compare(tmp_path / name, tmp_path / "whole" / name)
+        late = torch.load(tmp_path / "late" / "checkpoint.pt", weights_only=True)["delays"]
+        whole = torch.load(tmp_path / "whole" / "late" / "checkpoint.pt",
+                           weights_only=True)["delays"]
+        assert late["channel0"].shape[:2] == (4, 3)  # every rank's own rows' past, gathered
+        precision.assert_close(late["channel0"], whole["channel0"],
+                               scale=precision.magnitude(whole["channel0"]) * 12,
+                               what="the late messages' past")
     ck = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
     assert ck["processes"] == world and len(ck["rng"]) == world
     assert ck["state"]["x"].shape[0] == 4 and ck["mixer"]["bytes"].shape == (4,)
