@@ -7,13 +7,19 @@ Each owns one concern of a run; :func:`flatlab.experiment.runner.run` wires them
     Divergence    a non-finite loss (or iterate) ends the run as diverged
     Measuring     the scheduled measures (flatlab.measures.schedule) at step 0, every
                   measure.every steps and the last; non-finite metrics end the run as diverged
+    Clock         the simulated wall clock (with a clock config): sim_time rows
     Progress      the progress bar (rank 0)
     StopAfter     stops after k steps as a kill would (tests of resumption)
+    (TensorBoardLog, then the caller's hooks)
     Checkpointing checkpoint.pt, metrics.parquet and the extra tables, every checkpoint_every
                   steps, at the end and on divergence
     StatusFile    status.json: running, then done / diverged; released when stopped
 
-They share a :class:`Record` (the metric rows, tables and timings a checkpoint holds). A new hook
+They share a :class:`Record` (the metric rows, tables and timings a checkpoint holds); each
+declares the fields it ``reads``, ``writes`` and ``reads_before`` (:class:`~flatlab.experiment.
+loop.Hook`), and the runner checks the order above against those declarations
+(:func:`check_order`) before training. :class:`Progress` installs ``Record.announce`` when it is
+built (the measures call it as they start), which is wiring, not an order. A new hook
 (a logger, timings) subclasses :class:`~flatlab.experiment.Hook` and is given to
 ``flatlab.experiment.run(..., hooks=[...])``, which places it after ``StopAfter``, before
 ``Checkpointing``; if it defines ``bind(run, record)``, that is called once before training
@@ -48,12 +54,37 @@ from flatlab.measures import schedule as _schedule
 
 __all__ = ["Record", "Terminate", "Terminated", "BatchLoss", "Divergence", "Measuring",
            "Progress", "StopAfter", "Checkpointing", "StatusFile", "measure", "agree", "restore",
-           "status_fields", "eval_sizes"]
+           "status_fields", "eval_sizes", "check_order"]
 
 Alone = Callable[[str, Callable[[], Any]], Any]
 
 #: The mixers whose messages arrive late: their past values are checkpointed.
 DELAYED = (DelayedMixer, DelayedDistributedMixer)
+
+
+def check_order(hooks: list[Hook]) -> None:
+    """Refuse an order of hooks that breaks what they declare about the :class:`Record`.
+
+    Within a step the hooks run in list order. A hook that ``reads`` a field must come after
+    every other hook that ``writes`` it (it sees this step's value: :class:`Measuring` after
+    :class:`BatchLoss`, :class:`Checkpointing` after every writer); a hook that ``reads_before``
+    a field must come before them (:class:`Measuring` measures a fresh run's start only while
+    nothing is recorded, so before :class:`Clock` records the clock's zero).
+
+    Raises:
+        FlatlabError: One line naming the two hooks and the field.
+    """
+    for i, early in enumerate(hooks):
+        for late in hooks[i + 1:]:
+            for field_ in sorted(early.reads & late.writes):
+                raise FlatlabError(f"hook order: {type(early).__name__} reads the record's "
+                                   f"{field_} before {type(late).__name__} writes it this step; "
+                                   f"place {type(late).__name__} first")
+            for field_ in sorted(late.reads_before & early.writes):
+                raise FlatlabError(f"hook order: {type(late).__name__} reads the record's "
+                                   f"{field_} as it was before this step, but "
+                                   f"{type(early).__name__} writes it first; place "
+                                   f"{type(late).__name__} first")
 
 
 def _here(label: str, fn: Callable[[], Any]) -> Any:
@@ -196,6 +227,9 @@ class Terminate(Hook):
 class BatchLoss(Hook):
     """Accumulates the network's mean batch loss; :class:`Measuring` records its average."""
 
+    reads = frozenset()
+    writes = frozenset({"loss_acc"})
+
     record: Record
 
     def on_step(self, loop: Loop) -> None:
@@ -236,6 +270,9 @@ class Clock(Hook):
     the cumulative seconds are recorded as ``sim_time`` (scope ``network``) wherever the run
     measures, and kept in the checkpoint.
     """
+
+    reads = frozenset()
+    writes = frozenset({"rows", "clock_s"})
 
     run: Run
     record: Record
@@ -290,6 +327,10 @@ class Measuring(Hook):
     At step 0 (a fresh run), every ``measure.every`` steps and at the last step; a non-finite
     iterate or metric ends the run as ``diverged``, and a diverged run gets a ``diverged`` row.
     """
+
+    reads = frozenset({"loss_acc"})
+    writes = frozenset({"rows", "tables", "measure_s", "loss_acc"})
+    reads_before = frozenset({"rows"})
 
     run: Run
     record: Record
@@ -397,6 +438,9 @@ class Checkpointing(Hook):
     rows of the state are gathered), rank 0 writes.
     """
 
+    reads = frozenset({"rows", "tables", "loss_acc", "measure_s", "clock_s"})
+    writes = frozenset({"checkpoint_s", "elapsed"})
+
     run: Run
     record: Record
     out: Path
@@ -467,6 +511,9 @@ class StatusFile(Hook):
     ``done`` or ``diverged``; a stopped run is released (shown as interrupted). ``step`` is the
     last step seen, for a failure.
     """
+
+    reads = frozenset({"elapsed", "measure_s", "checkpoint_s"})
+    writes = frozenset()
 
     writer: rundir.StatusWriter
     record: Record

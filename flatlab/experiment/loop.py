@@ -87,7 +87,19 @@ class Hook:
     ``on_start`` and ``on_step`` may return an :class:`Outcome` to end the loop; ``on_end`` then
     runs on every hook with it. ``on_close`` runs on every hook however the loop ends (also on
     an exception), to release what the hook holds.
+
+    What a hook shares with the others goes through the run's record
+    (:class:`flatlab.experiment.hooks.Record`), and each hook declares which of its fields it
+    touches within a step, so that the runner can check their order
+    (:func:`flatlab.experiment.hooks.check_order`): ``writes``, the fields it changes;
+    ``reads``, those it needs as this step's other hooks left them (their writers come first);
+    ``reads_before``, those it needs before this step's other hooks change them (their writers
+    come after). A hook that declares nothing is placed freely.
     """
+
+    reads: frozenset[str] = frozenset()
+    writes: frozenset[str] = frozenset()
+    reads_before: frozenset[str] = frozenset()
 
     def on_start(self, loop: Loop) -> Outcome | None:
         """Before the first step (``loop.step == loop.start``)."""

@@ -223,19 +223,19 @@ def _hooks_of(built: Run, record: _hooks.Record, status: _hooks.StatusFile, out:
     for h in extra:
         if hasattr(h, "bind"):
             h.bind(built, record)
-    return [_hooks.Terminate(term), _hooks.BatchLoss(record), _hooks.Divergence(built.mixer),
-            _hooks.Measuring(built, record, alone),
-            # after Measuring (which measures a fresh run's start only while nothing is
-            # recorded), before Checkpointing (which keeps the clock's seconds)
-            *([_hooks.Clock(built, record, wall_clock(cfg), cfg.checkpoint_every)]
-              if cfg.clock.on else []),
-            _hooks.Progress(cfg.name, built.total_steps, status.step, record,
-                            progress and status.main, lr=built.lr),
-            *([_hooks.StopAfter(stop_after)] if stop_after is not None else []),
-            *([TensorBoardLog(out, record, status.step)] if cfg.log.tensorboard and status.main
-              else []), *extra,
-            _hooks.Checkpointing(built, record, out, cfg.checkpoint_every, to_dict(cfg), alone),
-            status]
+    hooks = [_hooks.Terminate(term), _hooks.BatchLoss(record), _hooks.Divergence(built.mixer),
+             _hooks.Measuring(built, record, alone),
+             *([_hooks.Clock(built, record, wall_clock(cfg), cfg.checkpoint_every)]
+               if cfg.clock.on else []),
+             _hooks.Progress(cfg.name, built.total_steps, status.step, record,
+                             progress and status.main, lr=built.lr),
+             *([_hooks.StopAfter(stop_after)] if stop_after is not None else []),
+             *([TensorBoardLog(out, record, status.step)] if cfg.log.tensorboard and status.main
+               else []), *extra,
+             _hooks.Checkpointing(built, record, out, cfg.checkpoint_every, to_dict(cfg), alone),
+             status]
+    _hooks.check_order(hooks)  # what each declares it reads and writes of the record
+    return hooks
 
 
 def _train(cfg: RunConfig, out: Path, ck: rundir.Checkpoint | None, procs: Processes | None,

@@ -61,6 +61,8 @@ class TensorBoardLog(Hook):
             it are purged (the resumed run writes them again).
     """
 
+    reads = frozenset({"rows", "tables", "measure_s"})  # this step's measures (timings lag)
+
     def __init__(self, out: Path, record: Any, start: int) -> None:
         writer = require_tensorboard()
         self.writer = writer(str(out), purge_step=start + 1 if start > 0 else None)
