@@ -107,3 +107,24 @@ def test_the_blind_spots_are_seen(tmp_path):
     assert set(_imports(sneaky)) >= {(2, "flatlab"), (6, "flatlab.experiment"),
                                      (7, "importlib:flatlab.plots"), (8, "importlib:<computed>"),
                                      (9, "importlib:flatlab.studies")}
+
+
+#: Imports that stay inside functions in flatlab/experiment, and why: an optional dependency
+#: (TensorBoard) or a POSIX-only module (fcntl, resource); every other import is at module level
+#: so that a file's dependencies are read at its top.
+LAZY_OK = {"tensorboard", "torch.utils.tensorboard", "fcntl", "resource"}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "experiment").glob("*.py")),
+                         ids=lambda p: p.name)
+def test_experiment_imports_at_module_level(path):
+    lazy = []
+    for fn in ast.walk(ast.parse(path.read_text())):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.ImportFrom) and node.module not in LAZY_OK:
+                    lazy.append(f"line {node.lineno}: {node.module}")
+                elif isinstance(node, ast.Import):
+                    lazy += [f"line {node.lineno}: {a.name}" for a in node.names
+                             if a.name not in LAZY_OK]
+    assert not lazy, f"experiment/{path.name} imports inside functions: {lazy}"

@@ -36,8 +36,20 @@ from typing import Any, Union
 
 import yaml
 
+from flatlab import algorithms, data, models
+from flatlab.comm import MIX_METHODS
 from flatlab.errors import ConfigError, FlatlabError
 from flatlab.experiment.io import read_yaml, yaml_error_line, yaml_loads
+from flatlab.measures import MeasureError, named
+from flatlab.topology import make as make_topology
+from flatlab.topology.faults import (
+    AsyncGossip,
+    LinkFailures,
+    MessageDelays,
+    MessageDrops,
+    NodeChurn,
+    StaleGradients,
+)
 
 __all__ = [
     "RunConfig",
@@ -546,8 +558,6 @@ def validate(cfg: RunConfig) -> None:
     Raises:
         ConfigError: On the first bad field, naming it and the accepted values.
     """
-    from flatlab import models
-
     _validate_run(cfg)
     _validate_data(cfg.data)
     _one_of("model.name", cfg.model.name, models.available())
@@ -580,8 +590,6 @@ def validate(cfg: RunConfig) -> None:
 
 def _validate_run(cfg: RunConfig) -> None:
     """The top-level fields: seed, precision, device, execution, checkpoints and the name."""
-    from flatlab.comm import MIX_METHODS
-
     _need(cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
     _one_of("dtype", cfg.dtype, ("float32", "float64"))
     _need(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
@@ -605,8 +613,6 @@ def _validate_run(cfg: RunConfig) -> None:
 
 def _validate_data(d: DataConfig) -> None:
     """``data``: a registered data set, its partition and batch size."""
-    from flatlab import data
-
     _one_of("data.name", d.name, data.available())
     _one_of("data.partition", d.partition, PARTITIONS)
     _need(d.alpha > 0, "data.alpha", d.alpha, "a number > 0")
@@ -620,8 +626,6 @@ def _validate_data(d: DataConfig) -> None:
 
 def _validate_topology(t: TopologyConfig) -> Any:
     """``topology``: builds it (its generator checks its parameters); returns the topology."""
-    from flatlab.topology import make as make_topology
-
     _need(t.nodes >= 1, "topology.nodes", t.nodes, "an integer >= 1")
     _need(t.local_steps >= 1, "topology.local_steps", t.local_steps,
           "an integer >= 1 (steps between gossip rounds)")
@@ -662,8 +666,6 @@ def fault_model(faults: dict[str, Any], base: Any, *, seed: int) -> Any:
         ConfigError: An unknown model or key, a ``p`` outside ``[0, 1)``, or a base the model
             cannot fail.
     """
-    from flatlab.topology.faults import AsyncGossip, LinkFailures, MessageDrops, NodeChurn
-
     if not isinstance(faults, dict):
         raise ConfigError(f"config field topology.faults must be a mapping such as "
                           f"{{model: link_failures, p: 0.1}}, got {faults!r}")
@@ -696,8 +698,6 @@ def fault_model(faults: dict[str, Any], base: Any, *, seed: int) -> Any:
 
 def _validate_algorithm(a: AlgorithmConfig, topology: Any) -> None:
     """``algorithm``: a registered name, its hyper-parameters, and the topology it accepts."""
-    from flatlab import algorithms
-
     try:
         algorithms.make(a.name, **a.params).check_topology(topology)
     except FlatlabError as e:
@@ -769,8 +769,6 @@ def message_delays(delays: dict[str, Any], n: int, *, seed: int) -> Any:
     Raises:
         ConfigError: Not a mapping, an unknown key, no ``tau``, or a value out of range.
     """
-    from flatlab.topology.faults import MessageDelays
-
     if not isinstance(delays, dict):
         raise ConfigError(f"config field topology.delays must be a mapping such as "
                           f"{{tau: 2, p: 0.5}}, got {delays!r}")
@@ -796,8 +794,6 @@ def stale_gradients(staleness: dict[str, Any], n: int, *, seed: int) -> Any:
     Raises:
         ConfigError: Not a mapping, an unknown key, or a bad ``tau``, ``p`` or ``fixed``.
     """
-    from flatlab.topology.faults import StaleGradients
-
     if not isinstance(staleness, dict):
         raise ConfigError(f"config field train.staleness must be a mapping such as "
                           f"{{tau: 2}}, got {staleness!r}")
@@ -819,8 +815,6 @@ def stale_gradients(staleness: dict[str, Any], n: int, *, seed: int) -> Any:
 
 def _validate_measure(m: MeasureConfig) -> None:
     """``measure``: the schedule, the named metrics and their options, the evaluation sets."""
-    from flatlab.measures import named
-
     _need(m.every >= 1, "measure.every", m.every, "an integer >= 1")
     for i, name in enumerate(m.metrics):
         _one_of(f"measure.metrics[{i}]", name, tuple(named.available()))
@@ -842,8 +836,6 @@ def _validate_measure(m: MeasureConfig) -> None:
 
 def _validate_measure_options(name: str, given: Any, every: int) -> None:
     """``measure.options.<name>``: a known measure's settings, on the measurement schedule."""
-    from flatlab.measures import MeasureError, named
-
     _one_of("measure.options", name, tuple(named.available()))
     _need(isinstance(given, dict), f"measure.options.{name}", given,
           "a mapping of settings (flatlab measures lists them)")

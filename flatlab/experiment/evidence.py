@@ -32,8 +32,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from flatlab.errors import FlatlabError
+from flatlab.experiment.results import read_metrics
 
 __all__ = ["Convergence", "convergence", "run_convergence", "curves_convergence",
            "with_convergence", "loss_plateau", "curves_loss_plateau", "at_chance",
@@ -119,8 +121,6 @@ def run_convergence(path: str | Path, metric: str = "test_accuracy", scope: str 
         FlatlabError: The run has no such metric, or too few measurements of it.
         RunDirError: Its metrics file is damaged.
     """
-    from flatlab.experiment.results import read_metrics
-
     m = read_metrics(path)
     curve = m[(m.metric == metric) & (m.scope == scope)].sort_values("step")
     if curve.empty:
@@ -498,8 +498,6 @@ def t_interval(mean: float, se: float, n: int, level: float = 0.95) -> tuple[flo
     Infinite with one seed (one seed decides nothing), NaN with none; ``[mean, mean]`` when
     every pair is equal (``se = 0``).
     """
-    from scipy import stats
-
     if n < 2:
         return (-math.inf, math.inf) if n else (math.nan, math.nan)
     half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * se
@@ -567,8 +565,6 @@ def tost(mean: float, se: float, df: int, margin: float) -> float:
     Raises:
         FlatlabError: A margin that is not positive, or ``df < 1``.
     """
-    from scipy import stats
-
     if not margin > 0:
         raise FlatlabError(f"an equivalence margin must be positive, got {margin}")
     if df < 1:
@@ -588,8 +584,6 @@ def paired_test(a: pd.Series, b: pd.Series, margin: float) -> PairedTest:
 
     With fewer than two paired seeds both p-values are NaN: one seed decides nothing.
     """
-    from scipy import stats
-
     if not margin > 0:
         raise FlatlabError(f"an equivalence margin must be positive, got {margin}")
     d = (a.astype(float) - b.astype(float)).dropna()

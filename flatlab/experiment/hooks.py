@@ -41,7 +41,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+import flatlab
 from flatlab import algorithms as _algorithms
 from flatlab.comm.clock import WallClock
 from flatlab.comm.delayed import DelayedDistributedMixer, DelayedMixer
@@ -381,8 +383,6 @@ class Progress(Hook):
 
     def __init__(self, name: str, total: int, start: int, record: Record, show: bool,
                  lr: Callable[[int], float] | None = None) -> None:
-        from tqdm.auto import tqdm
-
         self.lr = lr
         self.show = show
         self.bar = tqdm(total=total, initial=start, desc=name, disable=not show,
@@ -609,8 +609,6 @@ def restore(ck: rundir.Checkpoint, out: Path, built: Run, state: Any) -> Any:
 
 def status_fields(built: Run, record: Record, procs: Any = None) -> dict[str, Any]:
     """The fields of ``status.json`` that stay fixed during a run."""
-    import flatlab
-
     dev = built.stack.device
     device = (f"cuda ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else
               f"cpu ({platform.processor() or platform.machine()}, "

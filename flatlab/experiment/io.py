@@ -15,14 +15,17 @@ what is wrong and, where there is one, the line of the file. Files are written a
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from flatlab.errors import FlatlabError
@@ -176,9 +179,6 @@ def write_error(path: Path, e: BaseException) -> OSError:
     (``ulimit -f``); a writer that says neither (torch's) is told apart by the free space and the
     process's limit.
     """
-    import errno
-    import shutil
-
     code = getattr(e, "errno", None)
     if isinstance(e, OSError) and code not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, None):
         return OSError(code, f"cannot be written: {e.strerror or e}", str(path))
@@ -228,8 +228,6 @@ def write_parquet(path: Path, frame: Any) -> None:
 
 def read_parquet(path: Path) -> Any:
     """A Parquet file as a DataFrame, read through a Python file object (see write_parquet)."""
-    import pandas as pd
-
     with open(path, "rb") as fh:
         return pd.read_parquet(fh)
 

@@ -22,6 +22,8 @@ A job is ``(run directory, config)``. :func:`run_many` keeps the rules every cal
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 import traceback
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from flatlab.errors import ConfigError, FlatlabError, RunBusyError, RunDirError
 from flatlab.experiment import rundir
@@ -205,8 +208,6 @@ def _run_one(job: _Job) -> dict[str, Any]:
 def _run_here(todo: list[tuple[int, _Job]], total: int, *, headings: bool,
               threads: int | None) -> list[tuple[int, dict[str, Any]]]:
     """Run the jobs one after another in this process (torch's thread count restored)."""
-    import torch
-
     saved = torch.get_num_threads()
     out = []
     t0 = time.time()
@@ -252,10 +253,6 @@ def _in_worker(job: _Job) -> dict[str, Any]:
     After a SIGINT the worker starts nothing more: a job it is handed then (the pool queues
     some ahead) comes back as not run.
     """
-    import signal
-
-    import torch
-
     global _INTERRUPTED
     if _INTERRUPTED:
         return {"run": job.name, "status": "interrupted", "step": 0,
@@ -283,8 +280,6 @@ def _interrupt_once(signum: int, frame: Any) -> None:
     KeyboardInterrupt would land in the run's clean-up (a ``__del__``, a ``finally``) and print
     a traceback there.
     """
-    import signal
-
     global _INTERRUPTED
     _INTERRUPTED = True
     signal.signal(signal.SIGINT, _note_interrupt)
@@ -320,8 +315,6 @@ def _run_pool(todo: list[tuple[int, _Job]], workers: int) -> list[tuple[int, dic
 
 def _quiet_on_interrupt() -> None:
     """A worker notes a SIGINT between runs (:func:`_note_interrupt`) instead of dying noisily."""
-    import signal
-
     signal.signal(signal.SIGINT, _note_interrupt)
 
 
@@ -332,9 +325,6 @@ def _interrupt(pool: ProcessPoolExecutor) -> None:
     parent alone reaches them here. Each running run leaves its directory as an interrupted run
     (resumable), as in a single process.
     """
-    import os
-    import signal
-
     procs = list((getattr(pool, "_processes", None) or {}).values())  # no public handle
     pool.shutdown(wait=False, cancel_futures=True)
     for proc in procs:

@@ -26,6 +26,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import torch.distributed as dist
+
 from flatlab.comm.process import PeerLost, Processes, Watchdog
 from flatlab.errors import FlatlabError, RankLostError, RunBusyError, RunDirError
 from flatlab.experiment import rundir
@@ -57,7 +59,6 @@ def decide(out: Path, cfg_dict: dict[str, Any], resume: bool, procs: Processes |
     else:
         decision = None
     if procs is not None:
-        import torch.distributed as dist
 
         box = [decision]
         dist.broadcast_object_list(box, src=0)
@@ -113,8 +114,6 @@ def run_id(rank: int) -> int:
     The same on every rank (all ranks run the same sequence), so one run's store keys never
     meet another's.
     """
-    import torch.distributed as dist
-
     store = dist.distributed_c10d._get_default_store()
     return int(store.add(f"flatlab/runs/{rank}", 1))
 

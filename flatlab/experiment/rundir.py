@@ -49,7 +49,7 @@ import torch
 import yaml
 
 from flatlab.errors import RunBusyError, RunDirError
-from flatlab.experiment.config import EXECUTION_FIELDS
+from flatlab.experiment.config import EXECUTION_FIELDS, RunConfig, to_dict
 from flatlab.experiment.io import (
     atomic_write,
     read_json,
@@ -58,6 +58,7 @@ from flatlab.experiment.io import (
     write_parquet,
     write_text,
 )
+from flatlab.measures.named import TABLES
 
 __all__ = ["STATUSES", "METRIC_COLUMNS", "SHOWN_STATUSES", "HEARTBEAT_S", "STALE_S", "Status",
            "Checkpoint", "read_status", "shown_status", "process_gone", "read_config", "identity",
@@ -414,8 +415,6 @@ def identity(d: dict[str, Any]) -> dict[str, Any]:
     a field existed (``clock``, ``topology.faults``, ``train.stragglers``) ran with the
     behaviour that field's default keeps, so it still matches the same run of today's flatlab.
     """
-    from flatlab.experiment.config import RunConfig, to_dict
-
     full = _with_defaults(d, to_dict(RunConfig()))
     return {k: v for k, v in full.items() if k not in EXECUTION_FIELDS}
 
@@ -652,8 +651,6 @@ def clear_results(out: Path) -> None:
     A fresh start must not leave an older checkpoint behind: a kill before the new run's first
     checkpoint would otherwise resume someone else's state.
     """
-    from flatlab.measures.named import TABLES
-
     for name in ("checkpoint.pt", "metrics.parquet", *(f"{t}.parquet" for t in TABLES)):
         (Path(out) / name).unlink(missing_ok=True)
 

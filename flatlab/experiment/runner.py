@@ -38,6 +38,7 @@ import torch
 
 from flatlab.comm.process import Processes, Watchdog, join, leave
 from flatlab.engine.precision import deterministic
+from flatlab.engine.stack import resolve_device
 from flatlab.errors import ConfigError
 from flatlab.experiment import hooks as _hooks
 from flatlab.experiment import ranks, rundir
@@ -131,8 +132,6 @@ def preflight(cfg: RunConfig) -> None:
     Raises:
         FlatlabError: One line naming what is missing.
     """
-    from flatlab.engine.stack import resolve_device
-
     if cfg.backend != "distributed":  # a distributed run's device is its rank's, resolved there
         resolve_device(cfg.device)
     resolve_threads(cfg.threads)

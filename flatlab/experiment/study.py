@@ -20,7 +20,17 @@ from typing import Any
 
 import pandas as pd
 
+from flatlab.errors import FlatlabError
+from flatlab.experiment.evidence import (
+    RobustChoice,
+    at_chance,
+    next_value,
+    robust_choice,
+    run_convergence,
+)
 from flatlab.experiment.many import run_many
+from flatlab.experiment.results import summary
+from flatlab.experiment.rundir import read_status
 
 __all__ = ["final_values", "mean_and_se", "tune_bracketed", "final_convergence"]
 
@@ -33,9 +43,6 @@ def final_values(path: str | Path, columns: dict[str, str]) -> dict[str, Any]:
         columns: ``{output name: metric column of flatlab.results.summary}`` (for example
             ``{"test_accuracy_nodes": "test_accuracy[mean]"}``).
     """
-    from flatlab.experiment.results import summary
-    from flatlab.experiment.rundir import read_status
-
     path = Path(path)
     st = read_status(path)
     out: dict[str, Any] = {"status": "failed" if st is None else st["status"]}
@@ -87,8 +94,6 @@ def tune_bracketed(points: Sequence[dict[str, Any]],
         ``extensions`` and ``untrainable``. ``attrs["per_seed"]`` holds one row per run and
         ``attrs["rule"]`` the tie rule.
     """
-    from flatlab.experiment.evidence import RobustChoice, at_chance, next_value, robust_choice
-
     seeds = tuple(int(s) for s in seeds)
     if not seeds:
         raise ValueError("tune_bracketed needs at least one seed")
@@ -178,9 +183,6 @@ def final_convergence(path: str | Path, metric: str = "test_accuracy", *, last: 
     without such a curve (failed, diverged early, measured once) is ``converged = False`` with
     ``change`` NaN: it is never counted as settled.
     """
-    from flatlab.errors import FlatlabError
-    from flatlab.experiment.evidence import run_convergence
-
     try:
         c = run_convergence(path, metric, last=last, threshold=threshold)
     except (FlatlabError, OSError):
