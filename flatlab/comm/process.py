@@ -19,7 +19,7 @@ once, and a hung peer after ``timeout``), :meth:`Watchdog.verdict` looks at the 
    rank. A rank that is merely slow keeps entering calls and is never named; nor is one that
    waits in a call (a victim), unless it alone lags behind calls every other rank has passed;
 4. when no rank fits, the line says that every rank is alive and none is clearly hung, with the
-   call counts, rather than guess (:func:`judge` holds these rules, apart from the store).
+   call counts, rather than guess (:func:`blame` holds these rules, apart from the store).
 
 Ranks legitimately stand one call apart (point-to-point exchanges do not line up all ranks, and
 a rank that posts only some of an exchange's messages before it hangs lets some peers through):
@@ -58,7 +58,7 @@ import torch.distributed as dist
 
 from flatlab.errors import FlatlabError
 
-__all__ = ["Processes", "join", "leave", "Watchdog", "PeerLost", "Beat", "judge", "LAUNCH_HINT"]
+__all__ = ["Processes", "join", "leave", "Watchdog", "PeerLost", "Beat", "blame", "LAUNCH_HINT"]
 
 LAUNCH_HINT = ("launch with `torchrun --nproc_per_node=K -m flatlab run CONFIG "
                "backend=distributed` (K processes dividing the number of nodes)")
@@ -425,7 +425,7 @@ class Watchdog:
             second = self._read()
             exited = {q for q in range(self.world_size)
                       if self.store.check([f"{self.prefix}exit/{q}"])}
-            text = judge(self.rank, self.world_size, self.progress(), first, second,
+            text = blame(self.rank, self.world_size, self.progress(), first, second,
                          timeout=self.timeout, interval=self.interval, exited=exited,
                          terminated=terminated, error=error)
             return self._record(text)
@@ -459,7 +459,7 @@ class Beat:
         return cls(int(count), int(calls), waiting == "1", float(still))
 
 
-def judge(rank: int, world_size: int, calls: int, first: dict[int, Beat],
+def blame(rank: int, world_size: int, calls: int, first: dict[int, Beat],
           second: dict[int, Beat], *, timeout: float, interval: float,
           exited: set[int] | frozenset[int] = frozenset(), terminated: bool = False,
           error: BaseException | None = None) -> str:

@@ -272,7 +272,7 @@ def periodic(topology: Topology, local_steps: int) -> Topology:
 def from_adjacency(adjacency, weights: str | None = None, lazy: bool = False,
                    name: str = "custom") -> Topology:
     """Topology from a symmetric adjacency matrix (nonzero off-diagonal entries are edges)."""
-    return from_graph(graphs.from_adjacency(adjacency), name, weights, lazy)
+    return from_graph(graphs.graph_from_adjacency(adjacency), name, weights, lazy)
 
 
 def from_edges(edges, n: int | None = None, weights: str | None = None, lazy: bool = False,
@@ -283,7 +283,7 @@ def from_edges(edges, n: int | None = None, weights: str | None = None, lazy: bo
     ``j`` receives from ``i``), and the weights are ``push-sum`` (the default there) or
     ``uniform`` (in- and out-degrees all equal).
     """
-    graph = graphs.from_edges(edges, n, directed=directed)
+    graph = graphs.graph_from_edges(edges, n, directed=directed)
     if directed and weights is None:
         weights = "push-sum"
     return from_graph(graph, name, weights, lazy)

@@ -36,8 +36,8 @@ __all__ = [
     "erdos_renyi",
     "random_regular",
     "social_network",
-    "from_adjacency",
-    "from_edges",
+    "graph_from_adjacency",
+    "graph_from_edges",
     "is_power_of_two",
     "torus_shape",
 ]
@@ -324,7 +324,7 @@ def social_network() -> Graph:
 # A user's own graph
 
 
-def from_adjacency(adjacency) -> Graph:
+def graph_from_adjacency(adjacency) -> Graph:
     """Undirected graph from a square adjacency matrix (any nonzero off-diagonal entry is an edge).
 
     Raises:
@@ -354,7 +354,7 @@ def from_adjacency(adjacency) -> Graph:
     return _static(n, adj)
 
 
-def from_edges(edges, n: int | None = None, directed: bool = False) -> Graph:
+def graph_from_edges(edges, n: int | None = None, directed: bool = False) -> Graph:
     """Graph from an edge list of integer node pairs ``(i, j)``, nodes ``0..n-1``.
 
     Args:

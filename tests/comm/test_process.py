@@ -1,4 +1,4 @@
-"""The watchdog's verdicts: the rules on fake heartbeats (:func:`judge`), then on an in-process
+"""The watchdog's verdicts: the rules on fake heartbeats (:func:`blame`), then on an in-process
 store with one watchdog per simulated rank."""
 
 import threading
@@ -7,7 +7,7 @@ import time
 import pytest
 import torch.distributed as dist
 
-from flatlab.comm.process import Beat, PeerLost, Watchdog, judge
+from flatlab.comm.process import Beat, PeerLost, Watchdog, blame
 
 TIMEOUT, INTERVAL = 5.0, 1.0
 
@@ -28,7 +28,7 @@ def later(first: dict[int, Beat], **changes: tuple[int, bool, float]) -> dict[in
 
 def verdict(first, second, rank=0, calls=None, **kw) -> str:
     calls = second[rank].calls if calls is None else calls
-    return judge(rank, len(first), calls, first, second, timeout=TIMEOUT, interval=INTERVAL, **kw)
+    return blame(rank, len(first), calls, first, second, timeout=TIMEOUT, interval=INTERVAL, **kw)
 
 
 def test_judge_names_the_hung_rank_not_the_one_a_faster_peer_left_behind():
