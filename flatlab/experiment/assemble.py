@@ -25,7 +25,7 @@ from flatlab.comm.delayed import DelayedDistributedMixer
 from flatlab.comm.process import Processes
 from flatlab.engine import GradientOracle, NodeStack
 from flatlab.engine.oracle import DelayedGradients, Oracle, sam_oracle
-from flatlab.errors import ConfigError, FlatlabError, RunDirError
+from flatlab.errors import ConfigError, FlatlabError, MeasureError, RunDirError
 from flatlab.experiment.config import (
     RunConfig,
     fault_model,
@@ -35,6 +35,7 @@ from flatlab.experiment.config import (
 )
 from flatlab.experiment.rundir import average_model
 from flatlab.experiment.schedules import lr_at
+from flatlab.measures import named
 from flatlab.measures.schedule import Schedule, scheduled
 from flatlab.seeds import seed_for
 from flatlab.topology import make as make_topology
@@ -117,10 +118,11 @@ def _dataset(cfg: RunConfig, n: int) -> tuple[Any, Any]:
     part = _data.partition(dataset, n, cfg.data.partition, alpha=cfg.data.alpha,
                            classes_per_node=cfg.data.classes_per_node,
                            shards_per_node=cfg.data.shards_per_node, seed=cfg.data.seed)
-    if "loss_gap" in cfg.measure.metrics and (
-            dataset.optimum is None or "optimum_loss" not in (dataset.info or {})):
-        raise ConfigError(f"measure loss_gap needs a task with a known optimum (data.name "
-                          f"least-squares or logistic); {cfg.data.name!r} has none")
+    if "loss_gap" in cfg.measure.metrics:
+        try:
+            named.check_optimum(dataset)
+        except MeasureError as e:
+            raise ConfigError(f"measure {e}") from None
     return dataset, part
 
 

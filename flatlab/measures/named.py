@@ -465,14 +465,24 @@ _register(NamedMeasure(
     source="docs/reference/measures.md §10"))
 
 
+def check_optimum(dataset: Any) -> None:
+    """``loss_gap``'s requirement, in one place: a task with a known optimum and its loss.
+
+    Raises:
+        MeasureError: The data set has none (what the config refuses before a run, too).
+    """
+    info = getattr(dataset, "info", {}) or {}
+    if getattr(dataset, "optimum", None) is None or info.get("optimum_loss") is None:
+        raise MeasureError(f"loss_gap needs a task with a known optimum (data.name "
+                           f"least-squares or logistic); {dataset.name!r} has none")
+
+
 def _loss_gap(ctx: MeasureContext, s: dict) -> list[Row]:
     from flatlab.measures import model_loss
 
-    info = getattr(ctx.dataset, "info", {}) or {}
-    fstar = info.get("optimum_loss")
-    if getattr(ctx.dataset, "optimum", None) is None or fstar is None:
-        raise MeasureError(f"loss_gap needs a task with a known optimum (least-squares or "
-                           f"logistic); {ctx.dataset.name!r} has none")
+    check_optimum(ctx.dataset)
+    info = ctx.dataset.info
+    fstar = info["optimum_loss"]
     x, y = ctx.dataset.x_train, ctx.dataset.y_train
     stack = ctx.curvature_stack()
     fn = model_loss(stack, x, y.to(stack.dtype) if y.is_floating_point() else y,
