@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	if [ -n "$(TORCH_SPEC)" ]; then $(BIN)/python -m pip install -q "$(TORCH_SPEC)"; fi
-	$(BIN)/python -m pip install -q -e ".[test,notebook,tensorboard,docs]"
+	$(BIN)/python -m pip install -q -e ".[test,notebook,tensorboard,docs,cluster]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -39,8 +39,10 @@ import torch
 
 from flatlab.errors import ConfigError, FlatlabError, RunBusyError, RunDirError
 from flatlab.experiment import rundir
+from flatlab.experiment import slurm as _slurm
 from flatlab.experiment.config import RunConfig, load_config, to_dict
 from flatlab.experiment.runner import preflight, run
+from flatlab.experiment.slurm import SlurmResources
 
 __all__ = ["run_many", "COLUMNS"]
 
@@ -67,7 +69,8 @@ class _Job:
 def run_many(jobs: Sequence[tuple[str | Path, RunConfig | dict[str, Any]]], workers: int, *,
              progress: bool = False, verbose: bool = True, headings: bool = False,
              threads: int | None = 1, label: str = "run",
-             before: Callable[[], None] | None = None) -> pd.DataFrame:
+             before: Callable[[], None] | None = None,
+             slurm: SlurmResources | None = None, wait: bool = True) -> pd.DataFrame:
     """Run ``(directory, config)`` jobs, ``workers`` at a time, resumably.
 
     Args:
@@ -87,6 +90,11 @@ def run_many(jobs: Sequence[tuple[str | Path, RunConfig | dict[str, Any]]], work
         label: What a job is called in a refusal (``"sweep point"``: "sweep point NAME: ...").
         before: Called once everything is checked, before the first run (e.g. to write a
             sweep's spec).
+        slurm: Run on a SLURM cluster instead, one job-array element per run
+            (:mod:`flatlab.experiment.slurm`; ``workers`` is then ignored): the jobs are
+            recorded in the runs' common folder, and a run whose job is still queued or
+            running is not submitted again.
+        wait: With ``slurm``, wait for the runs (else return them as ``queued``).
 
     Returns:
         One row per job, in order: ``run`` (directory name), ``status``, ``step``, ``message``
@@ -106,6 +114,18 @@ def run_many(jobs: Sequence[tuple[str | Path, RunConfig | dict[str, Any]]], work
     for parent in sorted({job.path.parent for job, _ in planned}):  # a read-only folder or a
         parent.mkdir(parents=True, exist_ok=True)  # full disk: one OSError now, not per run
     rows: list[dict[str, Any] | None] = [_skipped(job, st) for job, st in planned]
+    if slurm is not None:
+        root = Path(os.path.commonpath([str(job.path.parent) for job, _ in planned]))
+        held = _slurm.queued(root)
+        for i, (job, _) in enumerate(planned):
+            if rows[i] is None and job.name in held:
+                rows[i] = {"run": job.name, "status": held[job.name], "step": 0,
+                           "message": "its SLURM job is still held", "skipped": True}
+        todo = [(i, job) for i, (job, _) in enumerate(planned) if rows[i] is None]
+        done = _slurm.submit_and_wait(todo, root, slurm, _run_one, wait=wait, verbose=verbose)
+        for i, row in done:
+            rows[i] = row
+        return pd.DataFrame(rows, columns=list(COLUMNS))
     todo = [(i, job) for i, (job, _) in enumerate(planned) if rows[i] is None]
     if workers == 1:
         done = _run_here(todo, len(planned), headings=headings and verbose, threads=threads)

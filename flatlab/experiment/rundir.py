@@ -726,7 +726,8 @@ def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> l
 #: What a run directory may hold besides its own files before it has a status: what a run,
 #: ``flatlab plot`` or a study writes there, and the temporary files of atomic writes.
 _RUN_FILES = ("config.yaml", "status.json", "metrics.parquet", "checkpoint.pt", "measures.json",
-              "density.parquet", "landscape.parquet", "noise.json", "curves.png", "curves.pdf")
+              "density.parquet", "landscape.parquet", "noise.json", "curves.png", "curves.pdf",
+              "slurm.log")  # the run's output when it ran as a SLURM job
 
 
 def _run_file(name: str) -> bool:

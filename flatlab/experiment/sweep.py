@@ -46,6 +46,7 @@ from flatlab.experiment.config import (
 )
 from flatlab.experiment.io import read_yaml, write_text
 from flatlab.experiment.many import run_many
+from flatlab.experiment.slurm import SlurmResources, check_slurm
 
 __all__ = ["SweepSpec", "load_sweep", "expand", "run_sweep"]
 
@@ -152,8 +153,8 @@ def expand(spec: SweepSpec) -> list[tuple[str, RunConfig]]:
     return out
 
 
-def run_sweep(spec: SweepSpec, *, progress: bool = True, verbose: bool = True, jobs: int = 1
-              ) -> pd.DataFrame:
+def run_sweep(spec: SweepSpec, *, progress: bool = True, verbose: bool = True, jobs: int = 1,
+              slurm: SlurmResources | None = None, wait: bool = True) -> pd.DataFrame:
     """Run every grid point into ``spec.out/<name>``, ``jobs`` at a time, with :func:`run_many`.
 
     With ``jobs`` above one the points run in that many spawned processes (each run with its
@@ -166,6 +167,9 @@ def run_sweep(spec: SweepSpec, *, progress: bool = True, verbose: bool = True, j
     in another process is left to it. Then ``sweep.yaml`` is written. A run that raises is
     marked ``failed`` (with the error in its status) and the sweep continues; bad input (a
     :class:`~flatlab.errors.FlatlabError`) is recorded the same way.
+
+    With ``slurm`` the points go to a SLURM cluster as one job array
+    (:mod:`flatlab.experiment.slurm`), after the same checks; ``wait`` waits for them.
 
     Returns:
         One row per run: ``run`` (its name), ``status``, ``step``, ``message``, ``skipped``.
@@ -188,9 +192,12 @@ def run_sweep(spec: SweepSpec, *, progress: bool = True, verbose: bool = True, j
         if stray:
             raise ConfigError(f"sweep output {spec.out} holds other files ({stray[0]}); "
                               "accepted: a new or empty folder, or a sweep folder")
+    if slurm is not None:
+        check_slurm(slurm)
     return run_many([(spec.out / name, cfg) for name, cfg in points], jobs,
-                    progress=progress and jobs == 1, verbose=verbose, headings=True,
-                    threads=None, label="sweep point", before=lambda: _write_spec(spec))
+                    progress=progress and jobs == 1 and slurm is None, verbose=verbose,
+                    headings=True, threads=None, label="sweep point",
+                    before=lambda: _write_spec(spec), slurm=slurm, wait=wait)
 
 
 def _write_spec(spec: SweepSpec) -> None:

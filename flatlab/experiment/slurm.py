@@ -1,0 +1,276 @@
+"""Many runs on a SLURM cluster: each run an element of a job array, submitted through submitit.
+
+flatlab hands its runs to the cluster's scheduler rather than growing its own: the runs a sweep
+plans (:func:`flatlab.experiment.many.run_many`: every config validated, finished runs skipped)
+go to ``sbatch --array`` through `submitit <https://github.com/facebookincubator/submitit>`_,
+with a limit on how many run at once and the resources a user asks for (partition, minutes,
+CPUs, memory, GPUs, account). Each element runs :func:`flatlab.experiment.run` on its run
+folder and writes its output to ``slurm.log`` in that folder.
+
+**Truth from the run folders.** A run's state is its ``status.json``; while a job is queued or
+running (no status yet, or a status another host writes) the scheduler says so: the jobs a
+sweep submitted are recorded in ``<sweep>/.slurm/jobs.json`` and read back with ``squeue`` (no
+accounting, no ``sacct``). A rerun of the sweep skips finished runs, does not submit a run whose
+job is still queued or running, and resubmits the missing and the failed. Interrupting a
+waiting sweep (Ctrl-C) cancels its jobs (``scancel``) and leaves resumable folders; so does
+``flatlab sweep SPEC --cancel``; ``--status`` counts queued, running, done and failed runs.
+
+submitit pickles the job (the validated config and the run folder) into ``<sweep>/.slurm``
+and reads back the result it writes there: files flatlab itself wrote, never a user's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flatlab.errors import ConfigError, FlatlabError
+from flatlab.experiment import rundir
+from flatlab.experiment.io import write_text
+
+__all__ = ["SlurmResources", "check_slurm", "submit_and_wait", "queued", "status_counts",
+           "cancel", "JOBS_FILE"]
+
+#: Where a sweep keeps submitit's files and the record of its jobs.
+JOBS_FILE = Path(".slurm") / "jobs.json"
+
+
+@dataclass(frozen=True)
+class SlurmResources:
+    """What each run asks the scheduler for.
+
+    Attributes:
+        partition: The partition (``None``: the cluster's default).
+        minutes: Time limit of each run, in minutes.
+        cpus: CPUs of each run (its torch threads stay the config's ``threads``).
+        mem_gb: Memory of each run in GB (``None``: the partition's default).
+        gpus: GPUs of each run.
+        account: The account to charge (``None``: the user's default).
+        parallel: Runs of the array at once (``None``: as many as the cluster allows).
+    """
+
+    partition: str | None = None
+    minutes: int = 60
+    cpus: int = 1
+    mem_gb: float | None = None
+    gpus: int = 0
+    account: str | None = None
+    parallel: int | None = None
+
+    def __post_init__(self) -> None:
+        for name, low in (("minutes", 1), ("cpus", 1), ("gpus", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ConfigError(f"--{'time' if name == 'minutes' else name} must be an integer "
+                                  f">= {low} (got {v!r})")
+        if self.mem_gb is not None and not self.mem_gb > 0:
+            raise ConfigError(f"--mem must be a number of GB > 0 (got {self.mem_gb!r})")
+        if self.parallel is not None and self.parallel < 1:
+            raise ConfigError(f"--max-running must be an integer >= 1 (got {self.parallel!r})")
+
+    def parameters(self) -> dict[str, Any]:
+        """Submitit's ``update_parameters`` for these resources."""
+        out: dict[str, Any] = {"timeout_min": self.minutes, "cpus_per_task": self.cpus,
+                               "slurm_signal_delay_s": 30}
+        if self.partition:
+            out["slurm_partition"] = self.partition
+        if self.mem_gb is not None:
+            out["mem_gb"] = self.mem_gb
+        if self.gpus:
+            out["gpus_per_node"] = self.gpus
+        if self.account:
+            out["slurm_account"] = self.account
+        if self.parallel is not None:
+            out["slurm_array_parallelism"] = self.parallel
+        return out
+
+
+def check_slurm(resources: SlurmResources) -> None:
+    """Refuse, before anything is submitted, what this cluster cannot run.
+
+    Raises:
+        FlatlabError: No ``sbatch`` on the PATH, no submitit, no answer from the controller, or
+            an unknown partition; one line each.
+    """
+    for cmd in ("sbatch", "squeue", "sinfo", "scancel"):
+        if shutil.which(cmd) is None:
+            raise FlatlabError(f"--engine slurm needs SLURM's {cmd} on the PATH; accepted: "
+                               "--engine local (runs on this machine), or a SLURM login node")
+    try:
+        import submitit  # noqa: F401 - an optional dependency: pip install "flatlab[cluster]"
+    except ImportError:
+        raise FlatlabError("--engine slurm needs the submitit package; install it with "
+                           "pip install \"flatlab[cluster]\"") from None
+    r = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30)
+    if r.returncode:
+        first = (r.stderr.strip().splitlines() or ["no answer"])[0]
+        raise FlatlabError(f"--engine slurm: sinfo failed ({first}); is the SLURM controller "
+                           "up?")
+    parts = [p.rstrip("*") for p in r.stdout.split()]
+    if resources.partition and resources.partition not in parts:
+        raise FlatlabError(f"--partition {resources.partition} is unknown on this cluster; "
+                           f"accepted: {', '.join(parts) or 'none listed'}")
+
+
+def _read_jobs(root: Path) -> dict[str, str]:
+    p = root / JOBS_FILE
+    if not p.is_file():
+        return {}
+    try:
+        d = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in d.items()} if isinstance(d, dict) else {}
+
+
+#: Job states in which the scheduler still holds a job (``squeue``'s long names).
+HELD = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING"}
+
+
+def _held(ids: Sequence[str]) -> dict[str, str]:
+    """``squeue``'s state of each job (``123_4`` for array elements) still held, by id."""
+    if not ids or shutil.which("squeue") is None:
+        return {}
+    r = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j",
+                        ",".join(sorted({j.split("_")[0] for j in ids}))],
+                       capture_output=True, text=True, timeout=30)
+    states = dict(line.split(None, 1) for line in r.stdout.splitlines() if " " in line)
+    return {j: s.strip() for j, s in states.items() if s.strip() in HELD}
+
+
+def queued(root: Path) -> dict[str, str]:
+    """Runs of the sweep at ``root`` whose job the scheduler still holds: name -> state."""
+    jobs = _read_jobs(root)
+    held = _held(list(jobs.values()))
+    return {name: held[j].lower() for name, j in jobs.items() if j in held}
+
+
+def _run_logged(run_one: Callable[[Any], dict[str, Any]], job: Any) -> dict[str, Any]:
+    """One array element: ``run_one(job)``, its output into ``slurm.log`` in the run folder."""
+    job.path.mkdir(parents=True, exist_ok=True)
+    with open(job.path / "slurm.log", "a") as log, contextlib.redirect_stdout(log), \
+            contextlib.redirect_stderr(log):
+        print(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} job "
+              f"{os.environ.get('SLURM_ARRAY_JOB_ID', '?')}_"
+              f"{os.environ.get('SLURM_ARRAY_TASK_ID', '?')} on {os.uname().nodename}",
+              flush=True)
+        return run_one(job)
+
+
+def submit_and_wait(todo: Sequence[tuple[int, Any]], root: Path, resources: SlurmResources,
+                    run_one: Callable[[Any], dict[str, Any]], *, wait: bool = True,
+                    verbose: bool = True) -> list[tuple[int, dict[str, Any]]]:
+    """Submit the planned runs as one job array; wait for them (unless ``wait`` is false).
+
+    Args:
+        todo: ``(row index, job)`` of :func:`flatlab.experiment.many.run_many`'s plan.
+        root: The sweep folder (``.slurm/`` goes there).
+        resources: What each run asks for.
+        run_one: What an element runs on its job (a module-level function, pickled by name).
+        wait: Wait for every run and print one line as each ends (Ctrl-C cancels them).
+        verbose: Print those lines.
+
+    Returns:
+        ``(row index, row)`` of every run: its final row when waited for, else ``queued``.
+    """
+    import submitit
+
+    logging.getLogger("submitit").setLevel(logging.ERROR)  # its sacct probes: we ask squeue
+    if not todo:
+        return []
+    folder = root / ".slurm"
+    folder.mkdir(parents=True, exist_ok=True)
+    ex = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
+    ex.update_parameters(name=root.name, **resources.parameters())
+    jobs = ex.map_array(functools.partial(_run_logged, run_one), [job for _, job in todo])
+    record = _read_jobs(root)
+    record.update({job.name: sj.job_id for (_, job), sj in zip(todo, jobs, strict=True)})
+    write_text(root / JOBS_FILE, json.dumps(record, indent=1) + "\n")
+    if verbose:
+        print(f"submitted {len(jobs)} runs as SLURM job {jobs[0].job_id.split('_')[0]}"
+              + (f" ({resources.partition})" if resources.partition else ""), flush=True)
+    if not wait:
+        return [(i, {"run": job.name, "status": "queued", "step": 0,
+                     "message": f"SLURM job {sj.job_id}", "skipped": False})
+                for (i, job), sj in zip(todo, jobs, strict=True)]
+    out: list[tuple[int, dict[str, Any]]] = []
+    pending = dict(zip(range(len(jobs)), zip(todo, jobs, strict=True), strict=True))
+    t0 = time.perf_counter()
+    try:
+        while pending:
+            held = _held([sj.job_id for _, sj in pending.values()])
+            for k in [k for k, (_, sj) in pending.items() if sj.job_id not in held]:
+                (i, job), sj = pending.pop(k)
+                row = _row(job, sj.job_id)
+                out.append((i, row))
+                if verbose:
+                    print(f"[{len(out)}/{len(jobs)}] {job.name}: {row['status']} "
+                          f"({time.perf_counter() - t0:.0f} s so far)", flush=True)
+            if pending:
+                time.sleep(1.0)
+    except KeyboardInterrupt:
+        subprocess.run(["scancel", *(sj.job_id for _, sj in pending.values())], check=False,
+                       timeout=60)
+        print(f"cancelled {len(pending)} SLURM runs; their folders resume with the next "
+              "flatlab sweep", file=sys.stderr, flush=True)
+        raise
+    return out
+
+
+def _row(job: Any, job_id: str) -> dict[str, Any]:
+    """A row of a run whose job the scheduler no longer holds: what its folder says.
+
+    Not submitit's result (it asks ``sacct``, which clusters often turn off): a run that ended
+    has written its status; one whose status is missing or still says running was killed,
+    cancelled or out of time, and is recorded as failed (its next sweep resubmits it).
+    """
+    try:
+        st = rundir.read_status(job.path) or {}
+    except FlatlabError as e:
+        st = {"status": "failed", "message": str(e)}
+    if st.get("status") in ("done", "diverged", "failed"):
+        return {"run": job.name, "status": st["status"], "step": st.get("step", 0),
+                "message": st.get("message", ""), "skipped": False}
+    return {"run": job.name, "status": "failed", "step": st.get("step", 0),
+            "message": f"SLURM job {job_id} ended without finishing the run (killed, cancelled "
+                       f"or out of time; its output: {job.path / 'slurm.log'})",
+            "skipped": False}
+
+
+def status_counts(root: Path, names: Sequence[str]) -> dict[str, int]:
+    """Queued, running, done, diverged, failed and not started runs of a sweep."""
+    held = queued(root)
+    counts: dict[str, int] = {}
+    for name in names:
+        state = held.get(name)
+        if state is None:
+            try:
+                st = rundir.read_status(root / name)
+            except FlatlabError:
+                st = {"status": "failed"}
+            state = "not started" if st is None else st["status"]
+        elif state == "pending":
+            state = "queued"
+        counts[state] = counts.get(state, 0) + 1
+    return counts
+
+
+def cancel(root: Path) -> int:
+    """Cancel every job of the sweep at ``root`` the scheduler still holds; how many."""
+    held = queued(root)
+    jobs = _read_jobs(root)
+    ids = sorted({jobs[name] for name in held})
+    if ids and shutil.which("scancel"):
+        subprocess.run(["scancel", *ids], check=False, timeout=60)
+    return len(ids)

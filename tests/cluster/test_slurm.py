@@ -1,0 +1,115 @@
+"""Sweeps on a real SLURM cluster, through submitit (flatlab.experiment.slurm).
+
+These tests submit real jobs to the single-node cluster that ``tests/cluster/slurm.sh start``
+runs on this machine (root and Debian's slurm packages; ``.ci/run`` starts it when it can).
+Without a cluster they skip, saying so, so that a newcomer's ``make test`` passes without root.
+Each waits for its jobs with a deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from flatlab.experiment import slurm
+from flatlab.experiment.sweep import load_sweep, run_sweep
+
+
+def _cluster() -> str | None:
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        return "no sbatch here (tests/cluster/slurm.sh start, as root, runs a local cluster)"
+    r = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=30)
+    if r.returncode or not any(s in r.stdout for s in ("idle", "mix", "alloc")):
+        return "no SLURM node answers (tests/cluster/slurm.sh start)"
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        return "submitit is not installed (pip install 'flatlab[cluster]')"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_cluster() is not None, reason=str(_cluster()))
+
+BASE = {"name": "cl", "data": {"name": "digits", "partition": "iid", "batch_size": 8},
+        "model": {"name": "logistic"}, "topology": {"name": "ring", "nodes": 4},
+        "optim": {"lr": 0.1}, "train": {"steps": 12},
+        "measure": {"every": 6, "train_subset": 100, "test_subset": 100, "metrics": ["loss"]},
+        "checkpoint_every": 6, "device": "cpu"}
+RESOURCES = slurm.SlurmResources(minutes=5, parallel=2)
+
+
+def _spec(out: Path, grid: dict, **base) -> object:
+    return load_sweep({"name": out.name, "base": {**BASE, **base}, "grid": grid, "out": str(out)})
+
+
+def test_a_sweep_through_the_job_array_equals_the_same_sweep_run_here(tmp_path):
+    grid = {"algorithm.name": ["diffusion", "gradient-tracking"], "seed": [0, 1]}
+    here = run_sweep(_spec(tmp_path / "here", grid), progress=False, verbose=False)
+    there = run_sweep(_spec(tmp_path / "there", grid), slurm=RESOURCES, verbose=False)
+    assert list(there.status) == ["done"] * 4 and list(here.status) == ["done"] * 4
+    for name in here.run:
+        a = pd.read_parquet(tmp_path / "here" / name / "metrics.parquet")
+        b = pd.read_parquet(tmp_path / "there" / name / "metrics.parquet")
+        pd.testing.assert_frame_equal(a, b)  # bit for bit: the same machine, the same code
+        assert "job" in (tmp_path / "there" / name / "slurm.log").read_text()
+    # a rerun submits nothing: every run is finished
+    again = run_sweep(_spec(tmp_path / "there", grid), slurm=RESOURCES, verbose=False)
+    assert again.skipped.all()
+    assert slurm.status_counts(tmp_path / "there", list(here.run)) == {"done": 4}
+
+
+def _wait_until(cond, deadline: float = 120.0) -> None:
+    end = time.monotonic() + deadline
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError("the cluster did not get there in time")
+        time.sleep(0.5)
+
+
+def test_a_killed_job_is_failed_and_a_queued_one_is_not_submitted_twice(tmp_path):
+    out = tmp_path / "slow"
+    grid = {"seed": [0, 1]}
+    slow = {"train": {"steps": 4000}, "checkpoint_every": 50,
+            "measure": {"every": 2000, "train_subset": 100, "test_subset": 100,
+                        "metrics": ["loss"]}}
+    rows = run_sweep(_spec(out, grid, **slow), slurm=RESOURCES, wait=False, verbose=False)
+    assert list(rows.status) == ["queued", "queued"]
+    # while held, a rerun submits nothing more and --status counts them
+    again = run_sweep(_spec(out, grid, **slow), slurm=RESOURCES, wait=False, verbose=False)
+    assert again.skipped.all()
+    names = list(rows.run)
+    _wait_until(lambda: set(slurm.queued(out).values()) == {"running"})
+    counts = slurm.status_counts(out, names)
+    assert counts == {"running": 2}
+    # cancelled: no longer held, the runs' folders resumable
+    assert slurm.cancel(out) == 2
+    _wait_until(lambda: not slurm.queued(out))
+    # the rerun waits, resubmits both (resuming from their checkpoints) and they finish
+    fast = dict(slow, train={"steps": 4000})
+    done = run_sweep(_spec(out, grid, **fast), slurm=RESOURCES, verbose=False)
+    assert list(done.status) == ["done", "done"] and not done.skipped.any()
+
+
+def test_what_the_cluster_cannot_run_is_refused_in_one_line_before_submitting(tmp_path):
+    env = {**os.environ, "FLATLAB_MAX_STEPS": "2"}
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"name: x\nbase: {{data: {{name: digits}}, model: {{name: logistic}}, "
+                    f"topology: {{name: ring, nodes: 4}}, train: {{steps: 2}}}}\n"
+                    f"grid: {{seed: [0]}}\nout: {tmp_path / 'out'}\n")
+    cmd = [sys.executable, "-m", "flatlab", "sweep", str(spec), "--engine", "slurm"]
+    r = subprocess.run([*cmd, "--partition", "nowhere"], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 2 and "--partition nowhere is unknown" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+    path = ":".join(p for p in env["PATH"].split(":")
+                    if not (Path(p) / "sbatch").exists())
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                       env={**env, "PATH": path})
+    assert r.returncode == 2 and "needs SLURM's sbatch on the PATH" in r.stderr
