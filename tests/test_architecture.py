@@ -110,8 +110,8 @@ def test_the_blind_spots_are_seen(tmp_path):
 
 
 #: Imports that stay inside functions in flatlab/experiment, and why: an optional dependency
-#: (TensorBoard, submitit) or a POSIX-only module (fcntl, resource); every other import is at module level
-#: so that a file's dependencies are read at its top.
+#: (TensorBoard, submitit) or a POSIX-only module (fcntl, resource); every other import is at
+#: module level so that a file's dependencies are read at its top.
 LAZY_OK = {"tensorboard", "torch.utils.tensorboard", "fcntl", "resource", "submitit"}
 
 
