@@ -22,12 +22,13 @@ A job is ``(run directory, config)``. :func:`run_many` keeps the rules every cal
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -66,6 +67,24 @@ class _Job:
         return self.path.name
 
 
+#: The engine :func:`run_many` uses when its caller names none (:func:`on_slurm` sets it).
+_ENGINE: list[SlurmResources] = []
+
+
+@contextlib.contextmanager
+def on_slurm(resources: SlurmResources) -> Iterator[None]:
+    """Within this block, :func:`run_many` sends its runs to SLURM (and waits for them).
+
+    How a study's pipeline (tuning, final runs, later phases: each a :func:`run_many`) runs on a
+    cluster without threading the resources through every stage.
+    """
+    _ENGINE.append(resources)
+    try:
+        yield
+    finally:
+        _ENGINE.pop()
+
+
 def run_many(jobs: Sequence[tuple[str | Path, RunConfig | dict[str, Any]]], workers: int, *,
              progress: bool = False, verbose: bool = True, headings: bool = False,
              threads: int | None = 1, label: str = "run",
@@ -94,7 +113,8 @@ def run_many(jobs: Sequence[tuple[str | Path, RunConfig | dict[str, Any]]], work
             (:mod:`flatlab.experiment.slurm`; ``workers`` is then ignored): the jobs are
             recorded in the runs' common folder, and a run whose job is still queued or
             running is not submitted again.
-        wait: With ``slurm``, wait for the runs (else return them as ``queued``).
+        wait: With ``slurm``, wait for the runs (else return them as ``queued``). Without
+            ``slurm``, the engine of an enclosing :func:`on_slurm` is used, if any.
 
     Returns:
         One row per job, in order: ``run`` (directory name), ``status``, ``step``, ``message``
@@ -114,6 +134,8 @@ def run_many(jobs: Sequence[tuple[str | Path, RunConfig | dict[str, Any]]], work
     for parent in sorted({job.path.parent for job, _ in planned}):  # a read-only folder or a
         parent.mkdir(parents=True, exist_ok=True)  # full disk: one OSError now, not per run
     rows: list[dict[str, Any] | None] = [_skipped(job, st) for job, st in planned]
+    if slurm is None and _ENGINE:
+        slurm = _ENGINE[-1]
     if slurm is not None:
         root = Path(os.path.commonpath([str(job.path.parent) for job, _ in planned]))
         held = _slurm.queued(root)

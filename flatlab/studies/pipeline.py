@@ -30,6 +30,7 @@ Each step is a free function of the :class:`~flatlab.studies.spec.Study` and its
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -39,7 +40,7 @@ from typing import Any
 
 import pandas as pd
 
-from flatlab.errors import OneLineParser
+from flatlab.errors import FlatlabError, OneLineParser
 from flatlab.experiment.evidence import (
     Claim,
     at_chance,
@@ -50,7 +51,8 @@ from flatlab.experiment.evidence import (
     verdict_markdown,
     with_convergence,
 )
-from flatlab.experiment.many import run_many
+from flatlab.experiment.many import on_slurm, run_many
+from flatlab.experiment.slurm import SlurmResources, check_slurm
 from flatlab.experiment.study import final_values, mean_and_se, tune_bracketed
 from flatlab.studies.figures import save_figure
 from flatlab.studies.spec import Scale, Study
@@ -622,6 +624,16 @@ def main(study: Study, argv: list[str] | None = None, *, root: Path | None = Non
     p.add_argument("--fig", type=Path, default=None,
                    help=f"figure path without suffix (default paper_figs/out/{study.name})")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
+    g = p.add_argument_group("on a SLURM cluster (flatlab.experiment.slurm)")
+    g.add_argument("--engine", choices=("local", "slurm"), default="local",
+                   help="slurm: every tuning and final run as a job-array element")
+    g.add_argument("--partition", help="SLURM partition (default: the cluster's)")
+    g.add_argument("--time", type=int, default=60, help="minutes per run (default 60)")
+    g.add_argument("--cpus", type=int, default=1, help="CPUs per run (default 1)")
+    g.add_argument("--mem", type=float, help="GB of memory per run")
+    g.add_argument("--gpus", type=int, default=0, help="GPUs per run (default 0)")
+    g.add_argument("--account", help="account to charge")
+    g.add_argument("--max-running", type=int, help="runs at once (default: all)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--report", action="store_true",
                       help="only rebuild tables and figures from the runs on disk")
@@ -637,6 +649,17 @@ def main(study: Study, argv: list[str] | None = None, *, root: Path | None = Non
     if a.jobs < 1:
         print(f"error: --jobs must be >= 1 (got {a.jobs})", file=sys.stderr)
         return 2
+    engine: Any = contextlib.nullcontext()
+    if a.engine == "slurm" and not (a.report or a.rejudge):
+        try:
+            resources = SlurmResources(partition=a.partition, minutes=a.time, cpus=a.cpus,
+                                       mem_gb=a.mem, gpus=a.gpus, account=a.account,
+                                       parallel=a.max_running)
+            check_slurm(resources)
+        except FlatlabError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        engine = on_slurm(resources)
     scale = study.scales[a.scale]
     out = a.out or root / "results" / f"{study.name}-{a.scale}"
     fig = a.fig or (out / study.name if a.scale == "tiny"
@@ -651,6 +674,17 @@ def main(study: Study, argv: list[str] | None = None, *, root: Path | None = Non
               file=sys.stderr)
         return 2
     t0 = time.time()
+    with engine:
+        tables = _run_mode(study, scale, out, fig, a)
+    if tables is None:
+        return 1
+    print(f"{len(tables['runs'])} final runs ({time.time() - t0:.0f} s); tables in {out}")
+    return 0
+
+
+def _run_mode(study: Study, scale: Scale, out: Path, fig: Path, a: Any
+              ) -> dict[str, pd.DataFrame] | None:
+    """What the command line asked: re-judge, re-tune or run (None: a re-tune moved)."""
     if a.rejudge:
         tables = rejudge(study, scale, out, fig)
     elif a.retune:
@@ -660,9 +694,8 @@ def main(study: Study, argv: list[str] | None = None, *, root: Path | None = Non
                   f"no longer apply, so nothing was written (run without --retune):")
             for line in moved:
                 print(f"  {line}")
-            return 1
+            return None
         tables = new
     else:
         tables = run_study(study, scale, out, fig, 0 if a.report else a.jobs)
-    print(f"{len(tables['runs'])} final runs ({time.time() - t0:.0f} s); tables in {out}")
-    return 0
+    return tables

@@ -113,3 +113,20 @@ def test_what_the_cluster_cannot_run_is_refused_in_one_line_before_submitting(tm
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
                        env={**env, "PATH": path})
     assert r.returncode == 2 and "needs SLURM's sbatch on the PATH" in r.stderr
+
+
+@pytest.mark.slow  # about 3 minutes: 48 runs, half of them as jobs (make test-slow)
+def test_a_study_on_the_cluster_writes_the_tables_it_writes_here(tmp_path):
+    """Every tuning and final run of a study as array elements (``--engine slurm``)."""
+    from flatlab.studies import faults, main
+
+    assert main(faults.STUDY, ["--scale", "tiny", "--out", str(tmp_path / "here"),
+                               "--jobs", "2"]) == 0
+    assert main(faults.STUDY, ["--scale", "tiny", "--out", str(tmp_path / "there"),
+                               "--engine", "slurm", "--time", "5"]) == 0
+    for name in ("runs.csv", "verdicts.csv"):
+        a = pd.read_csv(tmp_path / "here" / name)
+        b = pd.read_csv(tmp_path / "there" / name)
+        pd.testing.assert_frame_equal(a, b)
+    # the final runs' array, recorded beside them (this study tunes nothing)
+    assert (tmp_path / "there" / "runs" / "final" / ".slurm" / "jobs.json").is_file()
