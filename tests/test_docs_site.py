@@ -42,7 +42,7 @@ def text_of(html: Path) -> str:
 def test_the_home_page_is_the_readme_with_site_links(site):
     home = (site / "index.html").read_text()
     assert "flatness versus optimization in decentralized learning" in text_of(site / "index.html")
-    assert 'href="getting-started/"' in home and "docs/getting-started.md" not in home
+    assert 'href="getting-started.html"' in home and "docs/getting-started.md" not in home
 
 
 def test_every_registered_algorithm_is_in_the_generated_table_and_on_its_family_page(site):
@@ -51,22 +51,39 @@ def test_every_registered_algorithm_is_in_the_generated_table_and_on_its_family_
         cls = flatlab.algorithms.get(name)
         family = cls.__module__.rsplit(".", 1)[-1]
         assert name in table, name
-        page = (site / "algorithms" / family / "index.html").read_text()
+        page = (site / "algorithms" / f"{family}.html").read_text()
         assert f'id="{cls.__module__}.{cls.__name__}"' in page, (name, family)
 
 
 @pytest.mark.parametrize("name", STUDY_PAGES)
 def test_every_study_page_shows_its_committed_figures(site, name):
-    page = (site / "studies" / name / "index.html").read_text()
+    page = (site / "studies" / f"{name}.html").read_text()
     for src in re.findall(r'<img[^>]+src="([^"]+)"', page):
-        assert (site / "studies" / name / src).resolve().is_file(), src
+        assert (site / "studies" / src).resolve().is_file(), src
     figures = sorted((REPO / "paper_figs" / "out").glob(f"{name}*.png"))
     assert all(f"figures/{f.name}" in page for f in figures), name
 
 
 def test_docstring_examples_render_as_code_not_quotes(site):
-    page = (site / "api" / "topology" / "index.html").read_text()
+    page = (site / "api" / "topology.html").read_text()
     assert "<blockquote>" not in page and "&gt;&gt;&gt; </span>" in page
+
+
+def test_docstrings_reST_renders_as_markdown_on_every_generated_page(site):
+    """Sphinx roles, ``literals`` and simple tables would show as markup: none is left."""
+    for page in [*(site / "api").glob("*.html"), *(site / "algorithms").glob("*.html")]:
+        text = text_of(page)
+        for markup in (":class:`", ":func:`", ":mod:`", ":meth:`", ":attr:`", "``", "======"):
+            assert markup not in text, (page.name, markup)
+    dsgd = (site / "algorithms" / "dsgd.html").read_text()
+    assert "<table>" in dsgd and "<code>diffusion-cta</code>" in dsgd
+
+
+def test_the_site_opens_from_disk():
+    """Pages are NAME.html, not folders, so links work from file:// (README says to open it)."""
+    import yaml
+
+    assert yaml.safe_load((REPO / "mkdocs.yml").read_text())["use_directory_urls"] is False
 
 
 def test_fence_keeps_every_doctest_example_and_leaves_an_examples_section_alone():

@@ -565,11 +565,8 @@ def validate(cfg: RunConfig) -> None:
     _validate_algorithm(cfg.algorithm, topology)
     _validate_optim(cfg.optim)
     _validate_train(cfg)
-    if cfg.topology.delays and cfg.backend == "distributed" and topology.time_varying:
-        raise ConfigError("config field topology.delays: on the distributed backend the graph "
-                          f"must be static (the rows a process receives may not change between "
-                          f"rounds); {cfg.topology.name} varies; accepted: backend=simulated, "
-                          "or a static graph without topology.faults and local_steps")
+    if cfg.topology.delays:
+        _validate_delays(cfg, topology)
     _validate_measure(cfg.measure)
     c = cfg.clock
     _need(c.compute >= 0, "clock.compute", c.compute, "seconds >= 0 (a step's mean compute)")
@@ -752,6 +749,29 @@ def _validate_train(cfg: RunConfig) -> None:
                              "averages every gradient exactly (no node straggles behind an "
                              "all-reduce)")
                           + "; accepted: another method, or train.stragglers: 0")
+
+
+def _validate_delays(cfg: RunConfig, topology: Any) -> None:
+    """``topology.delays`` against the network it falls on (``topology``: what validation built).
+
+    Raises:
+        ConfigError: Row-stochastic rounds (message drops), or a time-varying network on the
+            distributed backend, in one line naming the cause.
+    """
+    if topology.stochastic != "doubly":
+        raise ConfigError(f"config field topology.delays: late messages need doubly stochastic "
+                          f"gossip, but {cfg.topology.faults.get('model', cfg.topology.name)} "
+                          f"makes the rounds {topology.stochastic}-stochastic; accepted: "
+                          "link_failures, node_churn or async_gossip, or no topology.delays")
+    if cfg.backend == "distributed" and topology.time_varying:
+        cause = (f"topology.faults ({cfg.topology.faults.get('model')}) makes it vary"
+                 if cfg.topology.faults else f"topology.local_steps={cfg.topology.local_steps} "
+                 "makes it vary" if cfg.topology.local_steps > 1 else
+                 f"{cfg.topology.name} varies")
+        raise ConfigError("config field topology.delays: on the distributed backend the graph "
+                          "must be static (the rows a process receives may not change between "
+                          f"rounds), and {cause}; accepted: backend=simulated, or a static "
+                          "graph")
 
 
 #: Algorithms that cannot run with late messages, and why.

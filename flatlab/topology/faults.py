@@ -506,6 +506,11 @@ class StaleGradients:
         return np.where(late, d, 0).astype(np.int64)
 
 
+#: The largest delay :class:`MessageDelays` accepts: the mixer keeps ``tau + 1`` past copies of
+#: each gossiped quantity and combines them every round.
+MAX_DELAY = 100
+
+
 @dataclass(frozen=True)
 class MessageDelays:
     """Bounded communication delays: a neighbour's value arrives some rounds late.
@@ -539,9 +544,10 @@ class MessageDelays:
         if isinstance(self.n, bool) or not isinstance(self.n, numbers.Integral) or self.n < 2:
             raise TopologyError(f"message delays need a number of nodes >= 2, got {self.n!r}")
         if isinstance(self.tau, bool) or not isinstance(self.tau, numbers.Integral) \
-                or self.tau < 1:
+                or not 1 <= self.tau <= MAX_DELAY:
             raise TopologyError(f"message delays: tau (the largest delay, in rounds) must be an "
-                                f"integer >= 1, got {self.tau!r}")
+                                f"integer in 1 … {MAX_DELAY}, got {self.tau!r} (the mixer keeps "
+                                f"tau + 1 copies of every gossiped quantity)")
         p = self.p
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not (
                 math.isfinite(float(p)) and 0 < float(p) <= 1):

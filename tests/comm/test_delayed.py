@@ -34,7 +34,8 @@ def test_the_schedule_draws_delays_on_links_only_seeded_by_round():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"tau": 0}, "tau .* must be an integer >= 1"),
+    ({"tau": 0}, "tau .* must be an integer in 1 … 100"),
+    ({"tau": 101}, "tau .* must be an integer in 1 … 100"),
     ({"tau": 2, "p": 0}, r"p .* must be in \(0, 1\]"),
     ({"tau": 2, "fixed": "yes"}, "fixed must be true or false"),
 ])
@@ -139,7 +140,15 @@ def test_a_resumed_run_with_late_messages_continues_bit_for_bit(tmp_path):
     ({"algorithm": {"name": "centralized"}}, "topology.delays: centralized averages"),
     ({"backend": "distributed", "topology": {"name": "ring", "nodes": 8, "delays": {"tau": 2},
                                              "faults": {"model": "link_failures", "p": 0.2}}},
-     "on the distributed backend the graph must be static"),
+     r"graph must be static .*, and topology.faults \(link_failures\) makes it vary"),
+    ({"backend": "distributed", "topology": {"name": "ring", "nodes": 8, "delays": {"tau": 2},
+                                             "local_steps": 2}},
+     "and topology.local_steps=2 makes it vary"),
+    ({"algorithm": {"name": "diffusion"},
+      "topology": {"name": "ring", "nodes": 8, "delays": {"tau": 2},
+                   "faults": {"model": "message_drops", "p": 0.1}}},
+     "late messages need doubly stochastic gossip, but message_drops makes the rounds "
+     "row-stochastic"),
     ({"topology": {"name": "ring", "nodes": 8, "delays": {"p": 0.5}}},
      "topology.delays needs tau"),
     ({"topology": {"name": "ring", "nodes": 8, "delays": {"tau": 2, "lag": 1}}},
