@@ -647,8 +647,11 @@ FAULT_CHECK_ROUNDS = 64
 def fault_schedule(model: Any, rounds: int) -> Any:
     """The time-varying topology a fault ``model`` (:func:`fault_model`) plays for ``rounds``.
 
+    The drawn rounds need not join every node (connectivity is the base graph's,
+    :attr:`flatlab.topology.Topology.drawn`).
+
     Raises:
-        ConfigError: The rounds' union graph is not connected (``topology.faults``' line).
+        ConfigError: The model cannot play ``rounds`` rounds (``topology.faults``' line).
     """
     try:
         return model.topology(rounds)
