@@ -299,7 +299,8 @@ def test_the_steady_disagreement_refuses_what_it_does_not_cover_in_one_line():
     from flatlab.theory import stationary_disagreement_under_faults
     from flatlab.topology.faults import NodeChurn
 
-    with pytest.raises(TheoryError, match="derived for link failures and asynchronous gossip; got NodeChurn"):
+    with pytest.raises(TheoryError,
+                       match="derived for link failures and asynchronous gossip; got NodeChurn"):
         stationary_disagreement_under_faults(NodeChurn(make("ring", 6), 0.2), 0.1, 1.0, 1.0)
     with pytest.raises(TheoryError, match="no stationary regime"):
         stationary_disagreement_under_faults(LinkFailures(make("ring", 6), 0.2), 3.0, 1.0, 1.0)
