@@ -73,6 +73,7 @@ def _wait_until(cond, deadline: float = 120.0) -> None:
         time.sleep(0.5)
 
 
+@pytest.mark.slow  # two 4000-step runs, cancelled and resubmitted: about a minute
 def test_a_killed_job_is_failed_and_a_queued_one_is_not_submitted_twice(tmp_path):
     out = tmp_path / "slow"
     grid = {"seed": [0, 1]}
