@@ -552,11 +552,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         counts = slurm.status_counts(spec.out, names)
         print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + f": {spec.out}")
         return 0
-    resources = None
-    if args.engine == "slurm":
-        resources = slurm.SlurmResources(partition=args.partition, minutes=args.time,
-                                         cpus=args.cpus, mem_gb=args.mem, gpus=args.gpus,
-                                         account=args.account, parallel=args.max_running)
+    resources = slurm.resources_from(args)
     df = run_sweep(spec, progress=not args.no_progress, jobs=args.jobs, slurm=resources,
                    wait=not args.no_wait)
     counts = df.status.value_counts().to_dict()
@@ -750,17 +746,10 @@ def _parser() -> tuple[_Parser, dict[str, argparse.ArgumentParser]]:
                    help="CPU threads of each run (the same as threads=N; default auto: one)")
     p.add_argument("--tensorboard", action="store_true",
                    help="every run also logs to TensorBoard (tensorboard --logdir OUT)")
-    g = p.add_argument_group("on a SLURM cluster (--engine slurm; needs flatlab[cluster])")
-    g.add_argument("--engine", choices=("local", "slurm"), default="local",
-                   help="local: runs on this machine (--jobs at a time); slurm: one job-array "
-                        "element per run, through submitit")
-    g.add_argument("--partition", help="SLURM partition (default: the cluster's)")
-    g.add_argument("--time", type=int, default=60, help="minutes per run (default 60)")
-    g.add_argument("--cpus", type=int, default=1, help="CPUs per run (default 1)")
-    g.add_argument("--mem", type=float, help="GB of memory per run (default: the partition's)")
-    g.add_argument("--gpus", type=int, default=0, help="GPUs per run (default 0)")
-    g.add_argument("--account", help="account to charge (default: yours)")
-    g.add_argument("--max-running", type=int, help="runs of the array at once (default: all)")
+    from flatlab.experiment.slurm import add_arguments
+
+    add_arguments(p, "the sweep's runs")
+    g = p.add_argument_group("the sweep's SLURM jobs")
     g.add_argument("--no-wait", action="store_true",
                    help="submit and return; a later flatlab sweep skips what is still queued")
     g.add_argument("--status", action="store_true",

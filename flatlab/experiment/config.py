@@ -786,29 +786,36 @@ DELAY_REFUSED = {
 }
 
 
+def _lateness(name: str, value: Any, model: type, n: int, seed: int, unit: str,
+              example: str) -> Any:
+    """A lateness model (``tau``, ``p``, ``fixed``) from config field ``name`` (None: empty)."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"config field {name} must be a mapping such as {example}, got "
+                          f"{value!r}")
+    if not value:
+        return None
+    unknown = sorted(set(value) - {"tau", "p", "fixed"})
+    if unknown:
+        raise ConfigError(f"config field {name}.{unknown[0]} is unknown; accepted: tau, p, "
+                          "fixed")
+    if "tau" not in value:
+        raise ConfigError(f"config field {name} needs tau, the largest delay in {unit} (an "
+                          "integer >= 1)")
+    try:
+        return model(n, value["tau"], p=value.get("p", 1.0), fixed=value.get("fixed", False),
+                     seed=seed)
+    except FlatlabError as e:
+        raise ConfigError(f"config field {name}: {e}") from None
+
+
 def message_delays(delays: dict[str, Any], n: int, *, seed: int) -> Any:
     """The :class:`~flatlab.topology.faults.MessageDelays` of ``topology.delays`` (None: empty).
 
     Raises:
         ConfigError: Not a mapping, an unknown key, no ``tau``, or a value out of range.
     """
-    if not isinstance(delays, dict):
-        raise ConfigError(f"config field topology.delays must be a mapping such as "
-                          f"{{tau: 2, p: 0.5}}, got {delays!r}")
-    if not delays:
-        return None
-    unknown = sorted(set(delays) - {"tau", "p", "fixed"})
-    if unknown:
-        raise ConfigError(f"config field topology.delays.{unknown[0]} is unknown; accepted: "
-                          "tau, p, fixed")
-    if "tau" not in delays:
-        raise ConfigError("config field topology.delays needs tau, the largest delay in rounds "
-                          "(an integer >= 1)")
-    try:
-        return MessageDelays(n, delays["tau"], p=delays.get("p", 1.0),
-                             fixed=delays.get("fixed", False), seed=seed)
-    except FlatlabError as e:
-        raise ConfigError(f"config field topology.delays: {e}") from None
+    return _lateness("topology.delays", delays, MessageDelays, n, seed, "rounds",
+                     "{tau: 2, p: 0.5}")
 
 
 def stale_gradients(staleness: dict[str, Any], n: int, *, seed: int) -> Any:
@@ -817,23 +824,8 @@ def stale_gradients(staleness: dict[str, Any], n: int, *, seed: int) -> Any:
     Raises:
         ConfigError: Not a mapping, an unknown key, or a bad ``tau``, ``p`` or ``fixed``.
     """
-    if not isinstance(staleness, dict):
-        raise ConfigError(f"config field train.staleness must be a mapping such as "
-                          f"{{tau: 2}}, got {staleness!r}")
-    if not staleness:
-        return None
-    unknown = sorted(set(staleness) - {"tau", "p", "fixed"})
-    if unknown:
-        raise ConfigError(f"config field train.staleness.{unknown[0]} is unknown; accepted: "
-                          "tau, p, fixed")
-    if "tau" not in staleness:
-        raise ConfigError("config field train.staleness needs tau, the largest delay in steps "
-                          "(an integer >= 1)")
-    try:
-        return StaleGradients(n, staleness["tau"], p=staleness.get("p", 1.0),
-                              fixed=staleness.get("fixed", False), seed=seed)
-    except FlatlabError as e:
-        raise ConfigError(f"config field train.staleness: {e}") from None
+    return _lateness("train.staleness", staleness, StaleGradients, n, seed, "steps",
+                     "{tau: 2}")
 
 
 def _validate_measure(m: MeasureConfig) -> None:

@@ -21,6 +21,7 @@ and reads back the result it writes there: files flatlab itself wrote, never a u
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import functools
 import json
@@ -40,7 +41,7 @@ from flatlab.experiment import rundir
 from flatlab.experiment.io import write_text
 
 __all__ = ["SlurmResources", "check_slurm", "submit_and_wait", "queued", "status_counts",
-           "cancel", "JOBS_FILE"]
+           "cancel", "JOBS_FILE", "add_arguments", "resources_from"]
 
 #: Where a sweep keeps submitit's files and the record of its jobs.
 JOBS_FILE = Path(".slurm") / "jobs.json"
@@ -94,6 +95,35 @@ class SlurmResources:
         if self.parallel is not None:
             out["slurm_array_parallelism"] = self.parallel
         return out
+
+
+def add_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """The command-line options of the SLURM engine (``flatlab sweep``, a study's command).
+
+    Args:
+        parser: The command's parser.
+        what: What ``--engine slurm`` sends as array elements (for the help).
+    """
+    g = parser.add_argument_group("on a SLURM cluster (--engine slurm; flatlab[cluster])")
+    g.add_argument("--engine", choices=("local", "slurm"), default="local",
+                   help=f"local: runs on this machine; slurm: {what} as job-array elements, "
+                        "through submitit")
+    g.add_argument("--partition", help="SLURM partition (default: the cluster's)")
+    g.add_argument("--time", type=int, default=60, help="minutes per run (default 60)")
+    g.add_argument("--cpus", type=int, default=1, help="CPUs per run (default 1)")
+    g.add_argument("--mem", type=float, help="GB of memory per run (default: the partition's)")
+    g.add_argument("--gpus", type=int, default=0, help="GPUs per run (default 0)")
+    g.add_argument("--account", help="account to charge (default: yours)")
+    g.add_argument("--max-running", type=int, help="runs of the array at once (default: all)")
+
+
+def resources_from(args: argparse.Namespace) -> SlurmResources | None:
+    """The resources :func:`add_arguments`' options ask for (None with ``--engine local``)."""
+    if args.engine != "slurm":
+        return None
+    return SlurmResources(partition=args.partition, minutes=args.time, cpus=args.cpus,
+                          mem_gb=args.mem, gpus=args.gpus, account=args.account,
+                          parallel=args.max_running)
 
 
 def check_slurm(resources: SlurmResources) -> None:

@@ -52,7 +52,7 @@ from flatlab.experiment.evidence import (
     with_convergence,
 )
 from flatlab.experiment.many import on_slurm, run_many
-from flatlab.experiment.slurm import SlurmResources, check_slurm
+from flatlab.experiment.slurm import add_arguments, check_slurm, resources_from
 from flatlab.experiment.study import final_values, mean_and_se, tune_bracketed
 from flatlab.studies.figures import save_figure
 from flatlab.studies.spec import Scale, Study
@@ -624,16 +624,7 @@ def main(study: Study, argv: list[str] | None = None, *, root: Path | None = Non
     p.add_argument("--fig", type=Path, default=None,
                    help=f"figure path without suffix (default paper_figs/out/{study.name})")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
-    g = p.add_argument_group("on a SLURM cluster (flatlab.experiment.slurm)")
-    g.add_argument("--engine", choices=("local", "slurm"), default="local",
-                   help="slurm: every tuning and final run as a job-array element")
-    g.add_argument("--partition", help="SLURM partition (default: the cluster's)")
-    g.add_argument("--time", type=int, default=60, help="minutes per run (default 60)")
-    g.add_argument("--cpus", type=int, default=1, help="CPUs per run (default 1)")
-    g.add_argument("--mem", type=float, help="GB of memory per run")
-    g.add_argument("--gpus", type=int, default=0, help="GPUs per run (default 0)")
-    g.add_argument("--account", help="account to charge")
-    g.add_argument("--max-running", type=int, help="runs at once (default: all)")
+    add_arguments(p, "every tuning and final run")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--report", action="store_true",
                       help="only rebuild tables and figures from the runs on disk")
@@ -652,9 +643,7 @@ def main(study: Study, argv: list[str] | None = None, *, root: Path | None = Non
     engine: Any = contextlib.nullcontext()
     if a.engine == "slurm" and not (a.report or a.rejudge):
         try:
-            resources = SlurmResources(partition=a.partition, minutes=a.time, cpus=a.cpus,
-                                       mem_gb=a.mem, gpus=a.gpus, account=a.account,
-                                       parallel=a.max_running)
+            resources = resources_from(a)
             check_slurm(resources)
         except FlatlabError as e:
             print(f"error: {e}", file=sys.stderr)

@@ -47,6 +47,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -354,17 +355,7 @@ def stationary_disagreement_under_faults(faults: LinkFailures | AsyncGossip, lr:
     if form not in ("diffusion", "consensus", "diffusion-cta"):
         raise TheoryError(f"form {form!r} is unknown; accepted: diffusion, consensus, "
                           "diffusion-cta")
-    if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and np.isfinite(lr)
-            and lr > 0):
-        raise TheoryError(f"lr must be a finite number > 0, got {lr!r}")
-    h = np.atleast_1d(np.asarray(curvature, dtype=float))
-    sn = np.atleast_1d(np.asarray(noise, dtype=float))
-    if sn.size == 1:
-        sn = np.full(h.shape, float(sn[0]))
-    if h.ndim != 1 or sn.shape != h.shape or not (np.isfinite(h).all() and np.isfinite(sn).all()
-                                                 and (h >= 0).all() and (sn >= 0).all()):
-        raise TheoryError(f"curvature and noise must be finite numbers >= 0, one noise per "
-                          f"direction or one for all; got {h.size} and {sn.size}")
+    h, sn = _directions(lr, curvature, noise, positive=False)
     spec = fault_spectrum(faults, method=method, samples=samples)
     if spec.kron is None:
         raise TheoryError(f"the second-moment map needs n² × n² = {spec.n ** 4} numbers; "
@@ -478,6 +469,29 @@ def consensus_value_variance(topology: Topology, p: float, x0: np.ndarray | None
     return DropConsensus(topology.label, float(p), mean, cov, var, rounds)
 
 
+def _directions(lr: float, curvature: Any, noise: Any, *, positive: bool
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The step, and ``h_j`` and ``s_j`` per direction (one noise broadcast to all), checked.
+
+    ``positive``: every ``h_j > 0`` (no stationary regime along a flat direction otherwise).
+    """
+    if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and np.isfinite(lr)
+            and lr > 0):
+        raise TheoryError(f"lr must be a finite number > 0, got {lr!r}")
+    h = np.atleast_1d(np.asarray(curvature, dtype=float))
+    sn = np.atleast_1d(np.asarray(noise, dtype=float))
+    if sn.size == 1:
+        sn = np.full(h.shape, float(sn[0]))
+    flat_ok = (h > 0).all() if positive else (h >= 0).all()
+    if h.ndim != 1 or sn.shape != h.shape or not (np.isfinite(h).all() and np.isfinite(sn).all()
+                                                 and flat_ok and (sn >= 0).all()):
+        what = ("curvature must be numbers > 0 and noise numbers >= 0" if positive else
+                "curvature and noise must be finite numbers >= 0")
+        raise TheoryError(f"{what}, one noise per direction or one for all; got {h.size} and "
+                          f"{sn.size}")
+    return h, sn
+
+
 @dataclass(frozen=True)
 class DelayedDisagreement:
     """Stationary disagreement of constant-step decentralized SGD whose messages arrive late.
@@ -570,17 +584,7 @@ def stationary_disagreement_under_delays(topology: Topology, delays: MessageDela
     if topology.n > 64:
         raise TheoryError(f"the augmented map has [n(tau + 1)]² unknowns; accepted: at most 64 "
                           f"nodes (got {topology.n})")
-    if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and np.isfinite(lr)
-            and lr > 0):
-        raise TheoryError(f"lr must be a finite number > 0, got {lr!r}")
-    h = np.atleast_1d(np.asarray(curvature, dtype=float))
-    sn = np.atleast_1d(np.asarray(noise, dtype=float))
-    if sn.size == 1:
-        sn = np.full(h.shape, float(sn[0]))
-    if h.ndim != 1 or sn.shape != h.shape or not (np.isfinite(h).all() and np.isfinite(sn).all()
-                                                 and (h > 0).all() and (sn >= 0).all()):
-        raise TheoryError(f"curvature must be numbers > 0 and noise numbers >= 0, one noise "
-                          f"per direction or one for all; got {h.size} and {sn.size}")
+    h, sn = _directions(lr, curvature, noise, positive=True)
     n, tau = topology.n, delays.tau
     k = tau + 1
     W = topology.matrix(0)  # noqa: N806

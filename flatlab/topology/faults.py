@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -453,6 +454,32 @@ class AsyncGossip:
                                 "events": self.events, "p": self.p, "fault_seed": self.seed})
 
 
+def _check_lateness(model: Any, what: str, late: str, unit: str, *, nodes: int,
+                    most: int | None) -> None:
+    """Validate (and normalise) ``n``, ``tau``, ``p`` and ``fixed`` of a lateness model.
+
+    The one rule :class:`StaleGradients` and :class:`MessageDelays` share: ``n >= nodes``,
+    ``tau`` an integer in ``1 … most``, ``p`` in ``(0, 1]``, ``fixed`` a boolean.
+    """
+    n, tau, p = model.n, model.tau, model.p
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < nodes:
+        raise TopologyError(f"{what} need a number of nodes >= {nodes}, got {n!r}")
+    if isinstance(tau, bool) or not isinstance(tau, numbers.Integral) or tau < 1 \
+            or (most is not None and tau > most):
+        bound = ">= 1" if most is None else f"in 1 … {most}"
+        why = "" if most is None else " (the mixer keeps tau + 1 copies of every gossiped quantity)"
+        raise TopologyError(f"{what}: tau (the largest delay, in {unit}) must be an integer "
+                            f"{bound}, got {tau!r}{why}")
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not (
+            math.isfinite(float(p)) and 0 < float(p) <= 1):
+        raise TopologyError(f"{what}: p (the probability that {late} is late) must be in "
+                            f"(0, 1], got {p!r}")
+    if not isinstance(model.fixed, bool):
+        raise TopologyError(f"{what}: fixed must be true or false, got {model.fixed!r}")
+    object.__setattr__(model, "p", float(p))
+    object.__setattr__(model, "tau", int(tau))
+
+
 @dataclass(frozen=True)
 class StaleGradients:
     """Delayed gradients: a node's gradient is taken at the point it held some steps earlier.
@@ -481,22 +508,8 @@ class StaleGradients:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.n, bool) or not isinstance(self.n, numbers.Integral) or self.n < 1:
-            raise TopologyError(f"stale gradients need a number of nodes >= 1, got {self.n!r}")
-        if isinstance(self.tau, bool) or not isinstance(self.tau, numbers.Integral) \
-                or self.tau < 1:
-            raise TopologyError(f"stale gradients: tau (the largest delay, in steps) must be "
-                                f"an integer >= 1, got {self.tau!r}")
-        p = self.p
-        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not (
-                math.isfinite(float(p)) and 0 < float(p) <= 1):
-            raise TopologyError(f"stale gradients: p (the probability that a gradient is late) "
-                                f"must be in (0, 1], got {p!r}")
-        if not isinstance(self.fixed, bool):
-            raise TopologyError(f"stale gradients: fixed must be true or false, got "
-                                f"{self.fixed!r}")
-        object.__setattr__(self, "p", float(p))
-        object.__setattr__(self, "tau", int(self.tau))
+        _check_lateness(self, "stale gradients", "a gradient", "steps", nodes=1,
+                        most=None)
 
     def delays(self, t: int) -> np.ndarray:
         """``d_{i,t}`` of every node at step ``t`` (integers ``[n]`` in ``0 … tau``)."""
@@ -541,23 +554,8 @@ class MessageDelays:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.n, bool) or not isinstance(self.n, numbers.Integral) or self.n < 2:
-            raise TopologyError(f"message delays need a number of nodes >= 2, got {self.n!r}")
-        if isinstance(self.tau, bool) or not isinstance(self.tau, numbers.Integral) \
-                or not 1 <= self.tau <= MAX_DELAY:
-            raise TopologyError(f"message delays: tau (the largest delay, in rounds) must be an "
-                                f"integer in 1 … {MAX_DELAY}, got {self.tau!r} (the mixer keeps "
-                                f"tau + 1 copies of every gossiped quantity)")
-        p = self.p
-        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not (
-                math.isfinite(float(p)) and 0 < float(p) <= 1):
-            raise TopologyError(f"message delays: p (the probability that a message is late) "
-                                f"must be in (0, 1], got {p!r}")
-        if not isinstance(self.fixed, bool):
-            raise TopologyError(f"message delays: fixed must be true or false, got "
-                                f"{self.fixed!r}")
-        object.__setattr__(self, "p", float(p))
-        object.__setattr__(self, "tau", int(self.tau))
+        _check_lateness(self, "message delays", "a message", "rounds", nodes=2,
+                        most=MAX_DELAY)
 
     @property
     def what(self) -> str:
