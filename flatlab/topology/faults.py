@@ -541,7 +541,7 @@ class MessageDelays:
 
     Attributes:
         n: Number of nodes.
-        tau: The largest delay, in rounds (an integer >= 1).
+        tau: The largest delay, in rounds (an integer in ``1 … MAX_DELAY``).
         p: The probability that a message is late, in ``(0, 1]``.
         fixed: Every late message is exactly ``tau`` rounds old (else uniform on ``1 … tau``).
         seed: Seed of the draws.
