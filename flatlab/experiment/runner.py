@@ -197,12 +197,26 @@ def _run(cfg: RunConfig, out: Path, *, progress: bool, resume: bool, stop_after:
             leave(procs, failed=failed)
 
 
+class _Calls:
+    """The communication calls the watchdog counts: the run's mixer's, once it exists.
+
+    The watchdog beats from before the run is built (a slow setup is not a hang), so it is given
+    this, and :func:`_setup` hands it the mixer as soon as the run is built.
+    """
+
+    def __init__(self) -> None:
+        self.mixer: Any = None
+
+    def __call__(self) -> int:
+        return 0 if self.mixer is None else self.mixer.calls
+
+
 def _setup(cfg: RunConfig, out: Path, ck: rundir.Checkpoint | None, procs: Processes | None,
-           watchdog: Watchdog | None, box: list) -> tuple[Run, Any]:
+           watchdog: Watchdog | None, calls: _Calls) -> tuple[Run, Any]:
     """Build the run and its initial (or restored) state; nothing is written before this ends."""
     try:
         built = build(cfg, procs)
-        box.append(built.mixer)
+        calls.mixer = built.mixer
         torch.manual_seed(seed_for(cfg.seed, "process", built.mixer.rank))
         state = built.algorithm.init(built.stack.initial_params(), built.oracle, built.mixer)
         if ck is not None:  # everything in the checkpoint is checked before anything is written
@@ -241,12 +255,11 @@ def _train(cfg: RunConfig, out: Path, ck: rundir.Checkpoint | None, procs: Proce
            *, progress: bool, stop_after: int | None, extra: Sequence[Hook] = ()) -> RunResult:
     """Build, restore, write the run's files and train with the runner's hooks."""
     main = procs is None or procs.rank == 0
-    watchdog, box = None, []
+    watchdog, calls = None, _Calls()
     if procs is not None:  # heartbeats from here on, so that a slow setup is not a hang
-        watchdog = Watchdog(procs.rank, procs.world_size,
-                            lambda: box[0].calls if box else 0, timeout=cfg.timeout,
+        watchdog = Watchdog(procs.rank, procs.world_size, calls, timeout=cfg.timeout,
                             run_id=ranks.run_id(procs.rank), solo_timeout=cfg.measure_timeout)
-    built, state = _setup(cfg, out, ck, procs, watchdog, box)
+    built, state = _setup(cfg, out, ck, procs, watchdog, calls)
     if main:
         rundir.start_files(out, to_dict(cfg), {
             "measures": built.schedule.measures, "every": cfg.measure.every,
