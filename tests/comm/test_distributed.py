@@ -21,15 +21,21 @@ import torch.multiprocessing as mp
 
 import flatlab
 from flatlab.algorithms import available, simulate
-from flatlab.comm import DistributedMixer, SimulatedMixer
+from flatlab.comm import DelayedDistributedMixer, DelayedMixer, DistributedMixer, SimulatedMixer
 from flatlab.data import heterogeneous_quadratics
+from flatlab.experiment.config import DELAY_REFUSED
+from flatlab.topology.faults import LinkFailures, MessageDelays
 from tests import precision
 
 pytestmark = pytest.mark.kernels  # float32 results of other kernels: make test-kernels
 
 N, D, STEPS = 4, 3, 30
 TOPOLOGIES = ("ring", "exponential", "one-peer-exponential", "ring/local-3", "digraph+push-sum",
-              "one-peer-exponential+push-sum")
+              "one-peer-exponential+push-sum", "ring~link-failures", "ring@late")
+#: faults replayed on both mixers (issue 34): a ring of 4 whose links fail (40% a round), and
+#: one whose messages arrive up to 2 rounds late (half of them)
+LINK_FAILURES = {"p": 0.4, "seed": 2}
+LATE = {"tau": 2, "p": 0.5, "seed": 3}
 #: an irregular, strongly connected digraph on 4 nodes (out-degrees 2, 1, 1, 2): arcs i -> j
 DIGRAPH = [(0, 1), (1, 2), (2, 3), (3, 0), (0, 2), (3, 1)]
 #: hyper-parameter variants run beside the defaults on column-stochastic topologies:
@@ -40,7 +46,12 @@ VARIANTS = {"sgp+nesterov+numerator-decay": ("sgp", {"momentum": 0.9, "nesterov"
 
 def topology(spec: str) -> flatlab.topology.Topology:
     """A generator name, ``NAME/local-H`` for local steps (gossip every H steps), ``NAME+RULE``
-    for a weight rule, or ``digraph`` (:data:`DIGRAPH`)."""
+    for a weight rule, ``digraph`` (:data:`DIGRAPH`), ``NAME~link-failures`` (its links failing,
+    :data:`LINK_FAILURES`) or ``NAME@late`` (the graph itself; :func:`mixers` delays it)."""
+    spec = spec.split("@")[0]
+    if spec.endswith("~link-failures"):
+        base = topology(spec.removesuffix("~link-failures"))
+        return LinkFailures(base, **LINK_FAILURES).topology(STEPS)
     spec, _, rule = spec.partition("+")
     name, _, local = spec.partition("/local-")
     if name == "digraph":
@@ -60,6 +71,16 @@ def problem():
     return q, q.grad_fn(noise=0.1, seed=3), X0
 
 
+def mixers(spec: str, topo: flatlab.topology.Topology):
+    """The distributed mixer of ``spec`` and its simulated counterpart (both delayed for @late)."""
+    if spec.endswith("@late"):
+        late = MessageDelays(N, **LATE)
+        return (lambda: DelayedDistributedMixer(topo, late, dtype=torch.float32),
+                lambda: DelayedMixer(topo, late, device="cpu", dtype=torch.float32))
+    return (lambda: DistributedMixer(topo, dtype=torch.float32),
+            lambda: SimulatedMixer(topo, device="cpu", dtype=torch.float32))
+
+
 def runs_on(name, topo):
     """Whether the algorithm accepts the topology (d2 refuses those with lambda_min <= -1/3)."""
     try:
@@ -69,9 +90,11 @@ def runs_on(name, topo):
     return True
 
 
-def runs(topo):
+def runs(topo, spec: str = ""):
     """``(label, algorithm, hyper-parameters, weight decay)`` of every run on ``topo``."""
-    out = [(name, name, {}, 0.0) for name in available() if runs_on(name, topo)]
+    late = spec.endswith("@late")
+    out = [(name, name, {}, 0.0) for name in available() if runs_on(name, topo)
+           and not (late and name in DELAY_REFUSED)]
     if topo.column_stochastic:
         out += [(label, *v) for label, v in VARIANTS.items()]
     return out
@@ -97,8 +120,9 @@ def worker(rank, world, port, out):
         res = {}
         for topo_name in TOPOLOGIES:
             topo = topology(topo_name)
-            for label, name, hp, wd in runs(topo):
-                mixer = DistributedMixer(topo, dtype=torch.float32)
+            make_mixer, _ = mixers(topo_name, topo)
+            for label, name, hp, wd in runs(topo, topo_name):
+                mixer = make_mixer()
                 rows = mixer.local_rows
                 xs = simulate(name, topo, local_grad_fn(gf, rows), X0[rows], STEPS, 0.05,
                               metric_fn=lambda X, t, rows=rows: q.H[rows].float(),
@@ -133,11 +157,12 @@ def test_every_algorithm_matches_the_simulated_mixer(distributed_results, topo_n
     world, per_rank = distributed_results
     q, gf, X0 = problem()
     topo = topology(topo_name)
-    cases = runs(topo)
+    cases = runs(topo, topo_name)
+    _, make_mixer = mixers(topo_name, topo)
     if topo.column_stochastic:  # sgp mixes over it; centralized never mixes
         assert [c[0] for c in cases] == ["centralized", "sgp", *VARIANTS]
     for label, name, hp, wd in cases:
-        mixer = SimulatedMixer(topo, device="cpu", dtype=torch.float32)
+        mixer = make_mixer()
         ref, state = simulate(name, topo, gf, X0, STEPS, 0.05, mixer=mixer,
                               metric_fn=lambda X, t: q.H.float(), return_state=True,
                               weight_decay=wd, **hp)
