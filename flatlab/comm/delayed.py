@@ -48,6 +48,13 @@ class _Past:
         self.channels: list[list[torch.Tensor]] = []
         self._round: int | None = None
         self._next = 0
+        self._drawn: tuple[int, np.ndarray] | None = None
+
+    def delays(self, t: int, model: MessageDelays) -> np.ndarray:
+        """Round ``t``'s delays, drawn once however many quantities the round gossips."""
+        if self._drawn is None or self._drawn[0] != t:
+            self._drawn = (t, model.delays(t))
+        return self._drawn[1]
 
     def push(self, t: int, values: torch.Tensor) -> list[torch.Tensor]:
         """Record this call's values (the ``c``-th call of round ``t``); its channel's past."""
@@ -79,6 +86,20 @@ class _Past:
             v = v if pick is None else v[pick]
             channels.append([x.to(device, dtype) for x in v.unbind(1)])
         self.channels, self._round, self._next = channels, None, 0
+
+
+def _late_mix(W: torch.Tensor, d: np.ndarray, past: list[torch.Tensor]) -> torch.Tensor:  # noqa: N803
+    """``Σ_d (W ⊙ [D = d]) V_{t−d}``, the delayed mix.
+
+    ``W`` is on the device, the delays ``D`` (same shape) on the host, ``past`` the values mixed,
+    newest first (the oldest stands in before round 0). Only the delays drawn this round are
+    visited, chosen on the host: no device sync per delay.
+    """
+    out = None
+    for k in np.unique(d):  # ascending: the on-time values first
+        term = (W * torch.as_tensor(d == k, device=W.device)) @ past[min(int(k), len(past) - 1)]
+        out = term if out is None else out.add_(term)
+    return out
 
 
 class DelayedMixer(SimulatedMixer):
@@ -114,14 +135,7 @@ class DelayedMixer(SimulatedMixer):
         past = self.past.push(t, flat)
         if self._identity[r]:  # a local step: nothing is sent, nothing is late
             return X.clone()
-        W = self._W[r]
-        d = torch.as_tensor(self.delays.delays(t), device=self.device)
-        out = (W * (d == 0)) @ flat
-        for k in range(1, self.delays.tau + 1):
-            mask = d == k
-            if bool(mask.any()):
-                out += (W * mask) @ past[min(k, len(past) - 1)]
-        return out.reshape(X.shape)
+        return _late_mix(self._W[r], self.past.delays(t, self.delays), past).reshape(X.shape)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The past inputs of every channel: ``channel{c}`` ``[n, k, ...]``, newest first."""
@@ -183,14 +197,8 @@ class DelayedDistributedMixer(DistributedMixer):
         V = torch.cat([flat, *(recvs[q] for q in self._peers)])  # noqa: N806
         past = self.past.push(t, V)
         lo = self.local_rows.start
-        d = torch.as_tensor(self.delays.delays(t)[lo:lo + self.k][:, self._cols.numpy()],
-                            device=self.device)
-        out = (self._W_loc * (d == 0)) @ V
-        for k in range(1, self.delays.tau + 1):
-            mask = d == k
-            if bool(mask.any()):
-                out += (self._W_loc * mask) @ past[min(k, len(past) - 1)]
-        return out.reshape(X.shape)
+        d = self.past.delays(t, self.delays)[lo:lo + self.k][:, self._cols.numpy()]
+        return _late_mix(self._W_loc, d, past).reshape(X.shape)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """This rank's own rows of every channel's past, ``[k, h, numel]``.

@@ -136,7 +136,7 @@ def run_many(jobs: Sequence[tuple[str | Path, RunConfig | dict[str, Any]]], work
     rows: list[dict[str, Any] | None] = [_skipped(job, st) for job, st in planned]
     if slurm is None and _ENGINE:
         slurm = _ENGINE[-1]
-    if slurm is not None:
+    if slurm is not None and planned:
         root = Path(os.path.commonpath([str(job.path.parent) for job, _ in planned]))
         held = _slurm.queued(root)
         for i, (job, _) in enumerate(planned):

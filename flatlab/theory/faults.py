@@ -564,8 +564,8 @@ def stationary_disagreement_under_delays(topology: Topology, delays: MessageDela
         form: ``diffusion`` or ``consensus``.
 
     Raises:
-        TheoryError: A time-varying or push-sum topology, another ``n``, bad numbers, more
-            than 64 nodes, or no stationary regime, in one line.
+        TheoryError: A time-varying or push-sum topology, another ``n``, bad numbers,
+            ``n(tau + 1) > 256`` (the map's size), or no stationary regime, in one line.
     """
     from scipy.sparse.linalg import LinearOperator, eigs, gmres
 
@@ -581,9 +581,9 @@ def stationary_disagreement_under_delays(topology: Topology, delays: MessageDela
     if not isinstance(delays, MessageDelays) or delays.n != topology.n:
         raise TheoryError(f"delays must be MessageDelays over the topology's {topology.n} "
                           f"nodes, got {delays!r}")
-    if topology.n > 64:
-        raise TheoryError(f"the augmented map has [n(tau + 1)]² unknowns; accepted: at most 64 "
-                          f"nodes (got {topology.n})")
+    if topology.n * (delays.tau + 1) > 256:
+        raise TheoryError(f"the augmented map has [n(tau + 1)]² unknowns; accepted: "
+                          f"n(tau + 1) <= 256 (got {topology.n} nodes, tau = {delays.tau})")
     h, sn = _directions(lr, curvature, noise, positive=True)
     n, tau = topology.n, delays.tau
     k = tau + 1

@@ -71,5 +71,8 @@ def test_what_the_map_does_not_cover_is_refused_in_one_line():
         stationary_disagreement_under_delays(RING, MessageDelays(4, tau=1), 0.1, 1.0, 1.0)
     with pytest.raises(TheoryError, match="curvature must be numbers > 0"):
         stationary_disagreement_under_delays(RING, late, 0.1, 0.0, 1.0)
+    with pytest.raises(TheoryError, match=r"n\(tau \+ 1\) <= 256 \(got 64 nodes, tau = 4\)"):
+        stationary_disagreement_under_delays(make("ring", 64), MessageDelays(64, tau=4), 0.1,
+                                             1.0, 1.0)
     with pytest.raises(TheoryError, match="no stationary regime"):
         stationary_disagreement_under_delays(RING, late, 1.5, 2.0, 1.0, form="consensus")
