@@ -26,19 +26,12 @@ from flatlab.comm.process import Processes
 from flatlab.engine import GradientOracle, NodeStack
 from flatlab.engine.oracle import DelayedGradients, Oracle, sam_oracle
 from flatlab.errors import ConfigError, FlatlabError, MeasureError, RunDirError
-from flatlab.experiment.config import (
-    RunConfig,
-    fault_model,
-    fault_schedule,
-    message_delays,
-    stale_gradients,
-)
+from flatlab.experiment.config import RunConfig, network
 from flatlab.experiment.rundir import average_model
 from flatlab.experiment.schedules import lr_at
 from flatlab.measures import named
 from flatlab.measures.schedule import Schedule, scheduled
 from flatlab.seeds import seed_for
-from flatlab.topology import make as make_topology
 from flatlab.topology.faults import NodeChurn, Stragglers
 
 __all__ = ["Run", "build"]
@@ -223,21 +216,15 @@ def build(cfg: RunConfig, procs: Processes | None = None) -> Run:
     spe = sampler.steps_per_epoch
     total = cfg.train.steps if cfg.train.steps is not None else max(1, math.ceil(
         cfg.train.epochs * spe))
-    topo = make_topology(cfg.topology.name, n, weights=cfg.topology.weights,
-                         lazy=cfg.topology.lazy, local_steps=cfg.topology.local_steps,
-                         **cfg.topology.params)
-    offline = None
-    if cfg.topology.faults:  # every round of the run, replayed alike by either mixer
-        faults = fault_model(cfg.topology.faults, topo, seed=cfg.seed)
-        topo = fault_schedule(faults, total)
-        if isinstance(faults, NodeChurn) and faults.p > 0:
-            if stack.buffers:
-                raise ConfigError("config field topology.faults: node churn freezes an offline "
-                                  "node's state, but this model's buffers (batch-norm "
-                                  "statistics) move in every forward pass; accepted: a model "
-                                  "without buffers (norm: group or none), or link_failures")
-            offline = _local(faults.offline, rows)
-    delays = message_delays(cfg.topology.delays, n, seed=cfg.seed)
+    net = network(cfg, rounds=total)  # every round of the run, replayed alike by either mixer
+    topo, delays, offline = net.topology, net.delays, None
+    if isinstance(net.faults, NodeChurn) and net.faults.p > 0:
+        if stack.buffers:
+            raise ConfigError("config field topology.faults: node churn freezes an offline "
+                              "node's state, but this model's buffers (batch-norm statistics) "
+                              "move in every forward pass; accepted: a model without buffers "
+                              "(norm: group or none), or link_failures")
+        offline = _local(net.faults.offline, rows)
     if delays is not None and procs is None:
         mixer: SimulatedMixer | DistributedMixer = DelayedMixer(
             topo, delays, device=stack.device, dtype=stack.dtype)
@@ -252,14 +239,13 @@ def build(cfg: RunConfig, procs: Processes | None = None) -> Run:
     oracle = sam_oracle(GradientOracle(stack, weight_decay=cfg.optim.weight_decay,
                                        method=method, compile=cfg.compile),
                         cfg.optim.sam_rho, adaptive=cfg.optim.sam_adaptive)
-    algo = _algorithms.make(cfg.algorithm.name, **cfg.algorithm.params)
     train, test, curvature = _eval_sets(cfg, dataset, part, stack)
     skips = _stragglers(cfg, n)
     straggling = None if skips is None else _local(skips, rows)
-    stale = stale_gradients(cfg.train.staleness, n, seed=cfg.seed)
+    stale = net.staleness
     delayed = None if stale is None else DelayedGradients(_local(stale.delays, rows), stale.tau)
     return Run(cfg=cfg, dataset=dataset, partition=part, sampler=sampler, stack=stack,
-               oracle=oracle, mixer=mixer, algorithm=algo, steps_per_epoch=spe,
+               oracle=oracle, mixer=mixer, algorithm=net.algorithm, steps_per_epoch=spe,
                total_steps=total, train_eval=train, test_eval=test, n=n, rows=rows,
                curvature_eval=curvature, offline=offline, straggling=straggling,
                delayed=delayed)

@@ -66,6 +66,8 @@ __all__ = [
     "apply_overrides",
     "parse_overrides",
     "validate",
+    "network",
+    "Network",
     "BASIC_METRICS",
     "PARTITIONS",
     "SCHEDULES",
@@ -561,12 +563,9 @@ def validate(cfg: RunConfig) -> None:
     _validate_run(cfg)
     _validate_data(cfg.data)
     _one_of("model.name", cfg.model.name, models.available())
-    topology = _validate_topology(cfg.topology)
-    _validate_algorithm(cfg.algorithm, topology)
+    network(cfg, rounds=FAULT_CHECK_ROUNDS)  # the network and the method: built is checked
     _validate_optim(cfg.optim)
     _validate_train(cfg)
-    if cfg.topology.delays:
-        _validate_delays(cfg, topology)
     _validate_measure(cfg.measure)
     c = cfg.clock
     _need(c.compute >= 0, "clock.compute", c.compute, "seconds >= 0 (a step's mean compute)")
@@ -621,21 +620,64 @@ def _validate_data(d: DataConfig) -> None:
     _need(d.seed >= 0, "data.seed", d.seed, "an integer >= 0")
 
 
-def _validate_topology(t: TopologyConfig) -> Any:
-    """``topology``: builds it (its generator checks its parameters); returns the topology."""
+@dataclass(frozen=True)
+class Network:
+    """The network and the method a config names, built and checked against each other.
+
+    What :func:`network` returns: the one place where ``topology`` (its graph, faults and
+    delays), ``train.staleness`` and ``algorithm`` become objects. Validation is this build
+    (over the first :data:`FAULT_CHECK_ROUNDS` rounds); :func:`flatlab.experiment.assemble.build`
+    calls it again for the run's whole length.
+
+    Attributes:
+        base: The graph ``topology.name`` makes (its generator checked its parameters).
+        topology: What the mixers follow: ``base``, or under ``topology.faults`` the schedule
+            of rounds its fault model plays.
+        faults: The fault model of ``topology.faults`` (None without faults).
+        delays: The :class:`~flatlab.topology.faults.MessageDelays` of ``topology.delays``
+            (None: every message arrives in its round).
+        staleness: The :class:`~flatlab.topology.faults.StaleGradients` of
+            ``train.staleness`` (None: fresh gradients).
+        algorithm: The method of ``algorithm``, checked against ``topology``.
+    """
+
+    base: Any
+    topology: Any
+    faults: Any
+    delays: Any
+    staleness: Any
+    algorithm: Any
+
+
+def network(cfg: RunConfig, *, rounds: int) -> Network:
+    """The network and the method of ``cfg`` for ``rounds`` gossip rounds, checked together.
+
+    Every draw (faults, delays, staleness) is seeded by ``cfg.seed``.
+
+    Raises:
+        ConfigError: A bad topology, fault model, delay or staleness model, an unknown
+            algorithm or one of its hyper-parameters, or a method the network cannot carry, in
+            one line naming the config field.
+    """
+    t = cfg.topology
     _need(t.nodes >= 1, "topology.nodes", t.nodes, "an integer >= 1")
     _need(t.local_steps >= 1, "topology.local_steps", t.local_steps,
           "an integer >= 1 (steps between gossip rounds)")
     try:
-        topo = make_topology(t.name, t.nodes, weights=t.weights, lazy=t.lazy,
+        base = make_topology(t.name, t.nodes, weights=t.weights, lazy=t.lazy,
                              local_steps=t.local_steps, **t.params)
     except FlatlabError as e:
         raise ConfigError(f"config field topology: {e}") from None
     except TypeError as e:
         raise ConfigError(f"config field topology.params: {e}") from None
-    if t.faults:  # what an algorithm is checked against: a schedule of failing links
-        return fault_schedule(fault_model(t.faults, topo, seed=0), FAULT_CHECK_ROUNDS)
-    return topo
+    faults = fault_model(t.faults, base, seed=cfg.seed) if t.faults else None
+    topology = base if faults is None else fault_schedule(faults, rounds)
+    algorithm = _algorithm(cfg.algorithm, topology)
+    delays = message_delays(t.delays, t.nodes, seed=cfg.seed)
+    if delays is not None:
+        _check_delays(cfg, topology)
+    staleness = stale_gradients(cfg.train.staleness, t.nodes, seed=cfg.seed)
+    return Network(base, topology, faults, delays, staleness, algorithm)
 
 
 #: Fault models a run can train under (``topology.faults.model``).
@@ -696,16 +738,18 @@ def fault_model(faults: dict[str, Any], base: Any, *, seed: int) -> Any:
         raise ConfigError(f"config field topology.faults: {e}") from None
 
 
-def _validate_algorithm(a: AlgorithmConfig, topology: Any) -> None:
+def _algorithm(a: AlgorithmConfig, topology: Any) -> Any:
     """``algorithm``: a registered name, its hyper-parameters, and the topology it accepts."""
     try:
-        algorithms.make(a.name, **a.params).check_topology(topology)
+        algorithm = algorithms.make(a.name, **a.params)
+        algorithm.check_topology(topology)
     except FlatlabError as e:
         raise ConfigError(f"config field algorithm: {e}") from None
     if a.name == "centralized" and "faults" in getattr(topology, "params", {}):
         raise ConfigError("config field topology.faults: centralized averages with an exact "
                           "all-reduce, which no link or node failure touches; accepted: a "
                           "decentralized method, or no faults")
+    return algorithm
 
 
 def _validate_optim(o: OptimConfig) -> None:
@@ -732,14 +776,12 @@ def _validate_train(cfg: RunConfig) -> None:
         _need(tr.epochs > 0, "train.epochs", tr.epochs, "a number > 0")
     _need(0 <= tr.stragglers < 1, "train.stragglers", tr.stragglers,
           "a probability in [0, 1) that a node misses a step's gradient")
-    stale_gradients(tr.staleness, cfg.topology.nodes, seed=0)
     if tr.staleness and cfg.algorithm.name in ("ngpd", "centralized"):
         raise ConfigError(f"config field train.staleness: {cfg.algorithm.name} "
                           + ("asks the oracle for curvature factors besides gradients, which "
                              "a late gradient would not carry" if cfg.algorithm.name == "ngpd"
                              else "averages every gradient in one synchronous all-reduce")
                           + "; accepted: another method, or no train.staleness")
-    message_delays(cfg.topology.delays, cfg.topology.nodes, seed=0)
     if cfg.topology.delays and cfg.algorithm.name in DELAY_REFUSED:
         raise ConfigError(f"config field topology.delays: {cfg.algorithm.name} "
                           f"{DELAY_REFUSED[cfg.algorithm.name]}; accepted: a gossip method that "
@@ -754,7 +796,7 @@ def _validate_train(cfg: RunConfig) -> None:
                           + "; accepted: another method, or train.stragglers: 0")
 
 
-def _validate_delays(cfg: RunConfig, topology: Any) -> None:
+def _check_delays(cfg: RunConfig, topology: Any) -> None:
     """``topology.delays`` against the network it falls on (``topology``: what validation built).
 
     Raises:

@@ -16,12 +16,12 @@ from flatlab.errors import ModelError
 from flatlab.models.layers import (
     ACTIVATIONS,
     ZooModel,
-    check_choice,
     check_groups,
-    check_int,
-    check_ints,
     make_activation,
     make_norm,
+    option_choice,
+    option_int,
+    option_ints,
 )
 
 __all__ = ["CNN1d", "LeNet", "CONV_NORMS"]
@@ -79,19 +79,19 @@ class CNN1d(ZooModel):
             raise ModelError(
                 f"cnn1d takes input shapes (L,) or (C, L) with L >= 4 (got {self.input_shape})"
             )
-        widths = check_ints("cnn1d", "channels", channels)
-        kernel = check_int("cnn1d", "kernel_size", kernel_size)
+        widths = option_ints("cnn1d", "channels", channels)
+        kernel = option_int("cnn1d", "kernel_size", kernel_size)
         if kernel % 2 == 0:
             raise ModelError(f"cnn1d option 'kernel_size' must be odd (got {kernel})")
-        steps = check_ints("cnn1d", "strides", strides)
+        steps = option_ints("cnn1d", "strides", strides)
         if len(steps) != len(widths):
             raise ModelError(
                 f"cnn1d option 'strides' needs one entry per convolution, {len(widths)} for "
                 f"channels={widths} (got {tuple(steps)})"
             )
-        norm = check_choice("cnn1d", "norm", norm, CONV_NORMS)
-        groups = check_int("cnn1d", "groups", groups)
-        activation = check_choice("cnn1d", "activation", activation, tuple(ACTIVATIONS))
+        norm = option_choice("cnn1d", "norm", norm, CONV_NORMS)
+        groups = option_int("cnn1d", "groups", groups)
+        activation = option_choice("cnn1d", "activation", activation, tuple(ACTIVATIONS))
         if norm == "group":
             check_groups("cnn1d", groups, widths)
         in_channels = 1 if len(self.input_shape) == 1 else self.input_shape[0]
@@ -149,14 +149,14 @@ class LeNet(ZooModel):
             raise ModelError(
                 f"lenet takes image input shapes (C, H, W) with H, W >= 16 (got {self.input_shape})"
             )
-        activation = check_choice("lenet", "activation", activation, tuple(ACTIVATIONS))
-        norm = check_choice("lenet", "norm", norm, CONV_NORMS)
-        groups = check_int("lenet", "groups", groups)
+        activation = option_choice("lenet", "activation", activation, tuple(ACTIVATIONS))
+        norm = option_choice("lenet", "norm", norm, CONV_NORMS)
+        groups = option_int("lenet", "groups", groups)
         if norm == "group":
             check_groups("lenet", groups, (6, 16))
         if padding is None:
             padding = 2 if min(self.input_shape[1:]) < 32 else 0
-        padding = check_int("lenet", "padding", padding, minimum=0)
+        padding = option_int("lenet", "padding", padding, minimum=0)
         channels = self.input_shape[0]
         layers: list[nn.Module] = []
         for width, pad in ((6, padding), (16, 0)):

@@ -14,13 +14,13 @@ from torch import nn
 from flatlab.models.layers import (
     ACTIVATIONS,
     ZooModel,
-    check_choice,
     check_groups,
-    check_int,
-    check_ints,
-    check_probability,
     make_activation,
     make_norm,
+    option_choice,
+    option_int,
+    option_ints,
+    option_probability,
 )
 
 __all__ = ["Logistic", "MLP", "MLP_NORMS"]
@@ -86,11 +86,11 @@ class MLP(ZooModel):
         groups: int = 8,
     ) -> None:
         super().__init__(input_shape, num_classes)
-        widths = check_ints("mlp", "hidden", hidden, allow_empty=True)
-        activation = check_choice("mlp", "activation", activation, tuple(ACTIVATIONS))
-        dropout = check_probability("mlp", "dropout", dropout)
-        norm = check_choice("mlp", "norm", norm, MLP_NORMS)
-        groups = check_int("mlp", "groups", groups)
+        widths = option_ints("mlp", "hidden", hidden, allow_empty=True)
+        activation = option_choice("mlp", "activation", activation, tuple(ACTIVATIONS))
+        dropout = option_probability("mlp", "dropout", dropout)
+        norm = option_choice("mlp", "norm", norm, MLP_NORMS)
+        groups = option_int("mlp", "groups", groups)
         if norm == "group":
             check_groups("mlp", groups, widths)
         layers: list[nn.Module] = []

@@ -1,8 +1,9 @@
 """Building blocks shared by the model zoo: option checks, norm and activation layers, init.
 
-Every check raises :class:`~flatlab.errors.ModelError` with one line that names the model, the
-option, what was given and what is accepted, so a bad configuration fails before any tensor is
-allocated.
+Every ``option_*`` check takes ``(model, option, value, ...)`` and raises
+:class:`~flatlab.errors.ModelError` with one line that names the model, the option, what was
+given and what is accepted, so a bad configuration fails before any tensor is allocated. (The
+data sets' :func:`flatlab.data.dataset.check_int` checks a plain value, ``(value, name, ...)``.)
 
 Initialisation is explicit: :func:`init_parameters` redraws every parameter of a module from a
 ``torch.Generator`` (or the global torch RNG when none is given) in module registration order,
@@ -29,12 +30,12 @@ __all__ = [
     "ZooModel",
     "ACTIVATIONS",
     "CONV_INITS",
-    "check_choice",
-    "check_int",
-    "check_ints",
+    "option_choice",
+    "option_int",
+    "option_ints",
     "check_groups",
-    "check_probability",
-    "check_positive_float",
+    "option_probability",
+    "option_positive",
     "make_activation",
     "make_norm",
     "init_parameters",
@@ -53,7 +54,7 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def check_choice(model: str, option: str, value: Any, choices: Sequence[str]) -> str:
+def option_choice(model: str, option: str, value: Any, choices: Sequence[str]) -> str:
     """Return ``value`` lower-cased if it is one of ``choices``.
 
     Raises:
@@ -66,7 +67,7 @@ def check_choice(model: str, option: str, value: Any, choices: Sequence[str]) ->
     )
 
 
-def check_int(model: str, option: str, value: Any, minimum: int = 1) -> int:
+def option_int(model: str, option: str, value: Any, minimum: int = 1) -> int:
     """Return ``value`` as an ``int`` if it is an integer (not a bool) ``>= minimum``.
 
     Raises:
@@ -84,7 +85,7 @@ def check_int(model: str, option: str, value: Any, minimum: int = 1) -> int:
     )
 
 
-def check_ints(
+def option_ints(
     model: str, option: str, value: Any, minimum: int = 1, length: int | None = None,
     allow_empty: bool = False,
 ) -> tuple[int, ...]:
@@ -112,7 +113,7 @@ def check_ints(
     if (not items and not allow_empty) or (length is not None and len(items) != length):
         raise ModelError(message)
     try:
-        return tuple(check_int(model, option, v, minimum) for v in items)
+        return tuple(option_int(model, option, v, minimum) for v in items)
     except ModelError:
         raise ModelError(message) from None
 
@@ -131,7 +132,7 @@ def check_groups(model: str, groups: int, channels: Sequence[int]) -> None:
         )
 
 
-def check_probability(model: str, option: str, value: Any) -> float:
+def option_probability(model: str, option: str, value: Any) -> float:
     """Return ``value`` as a float in ``[0, 1)``.
 
     Raises:
@@ -142,7 +143,7 @@ def check_probability(model: str, option: str, value: Any) -> float:
     raise ModelError(f"{model} option {option!r} must be a number in [0, 1) (got {_show(value)})")
 
 
-def check_positive_float(model: str, option: str, value: Any) -> float:
+def option_positive(model: str, option: str, value: Any) -> float:
     """Return ``value`` as a positive finite float.
 
     Raises:

@@ -22,11 +22,11 @@ from flatlab.errors import ModelError
 from flatlab.models.conv import CONV_NORMS
 from flatlab.models.layers import (
     ZooModel,
-    check_choice,
     check_groups,
-    check_int,
-    check_positive_float,
     make_norm,
+    option_choice,
+    option_int,
+    option_positive,
 )
 
 __all__ = ["ResNet20", "BasicBlock", "PadShortcut", "SHORTCUTS"]
@@ -127,10 +127,10 @@ class ResNet20(ZooModel):
             raise ModelError(
                 f"resnet20 takes image input shapes (C, H, W) (got {self.input_shape})"
             )
-        norm = check_choice("resnet20", "norm", norm, CONV_NORMS)
-        groups = check_int("resnet20", "groups", groups)
-        width = check_positive_float("resnet20", "width", width)
-        shortcut = check_choice("resnet20", "shortcut", shortcut, SHORTCUTS)
+        norm = option_choice("resnet20", "norm", norm, CONV_NORMS)
+        groups = option_int("resnet20", "groups", groups)
+        width = option_positive("resnet20", "width", width)
+        shortcut = option_choice("resnet20", "shortcut", shortcut, SHORTCUTS)
         widths = tuple(max(1, round(base * width)) for base in (16, 32, 64))
         if norm == "group":
             check_groups("resnet20", groups, widths)
