@@ -55,8 +55,8 @@ from flatlab.measures import named
 from flatlab.measures import schedule as _schedule
 
 __all__ = ["Record", "Terminate", "Terminated", "BatchLoss", "Divergence", "Measuring",
-           "Progress", "StopAfter", "Checkpointing", "StatusFile", "measure", "agree", "restore",
-           "status_fields", "eval_sizes", "check_order"]
+           "Progress", "StopAfter", "Checkpointing", "StatusFile", "measure_run", "agree",
+           "restore", "status_fields", "eval_sizes", "check_order"]
 
 Alone = Callable[[str, Callable[[], Any]], Any]
 
@@ -165,7 +165,7 @@ def agree(group: Any, ok: bool) -> bool:
     return float(group.all_reduce(flag)) == 0.0
 
 
-def measure(run: Run, X: torch.Tensor, step: int, *,  # noqa: N803
+def measure_run(run: Run, X: torch.Tensor, step: int, *,  # noqa: N803
             alone: Alone | None = None,
             tables: dict[str, list[dict[str, Any]]] | None = None,
             timings: dict[str, float] | None = None,
@@ -343,7 +343,7 @@ class Measuring(Hook):
         group, rec = self.run.mixer, self.record
         if not agree(group, bool(torch.isfinite(loop.state.x).all())):
             return False
-        new = measure(self.run, loop.state.x, loop.step, alone=self.alone, tables=rec.tables,
+        new = measure_run(self.run, loop.state.x, loop.step, alone=self.alone, tables=rec.tables,
                       timings=rec.measure_s, announce=rec.announce)
         if loop.step > 0 and rec.loss_acc[1]:
             new.append(("batch_loss", "mean", rec.loss_acc[0] / rec.loss_acc[1]))
@@ -550,6 +550,30 @@ class StatusFile(Hook):
     def on_close(self) -> None:
         """Stop the heartbeat."""
         self.writer.stop()
+
+    def release(self) -> None:
+        """Leave the run as a killed process leaves it (shown as interrupted, resumable).
+
+        Written by the main process; a failed write is left to the error being raised.
+        """
+        if self.main:
+            try:
+                self.writer.release()
+            except OSError:
+                pass
+
+    def fail(self, message: str) -> None:
+        """``failed`` at the last step seen, with ``message``.
+
+        Written by the main process, or by any process once ``status.json`` exists (the main
+        process may be the one that was lost). A full disk leaves the status as it was: the
+        error being raised says why.
+        """
+        if self.main or self.writer.path.is_file():
+            try:
+                self.writer.write("failed", self.step, self.record.elapsed, message)
+            except OSError:
+                pass
 
 
 # ---------------------------------------------------------------------- resume and status

@@ -91,16 +91,9 @@ def record_failure(e: BaseException, out: Path, status: StatusFile, watchdog: Wa
     if isinstance(e, KeyboardInterrupt) and lost is None:
         # Ctrl-C is an interrupt, not a failure: left as a killed process leaves it (shown as
         # interrupted, resumed from its last checkpoint by the same command)
-        if status.main:
-            try:
-                status.writer.release()
-            except OSError:
-                pass
-    elif status.main or (out / "status.json").is_file():  # rank 0 may be the one that was lost
-        try:
-            status.writer.write("failed", status.step, status.record.elapsed, msg)
-        except OSError:  # a full disk: the error being raised says why; the status stays
-            pass
+        status.release()
+    else:
+        status.fail(msg)
     if watchdog is not None:
         watchdog.close()
         watchdog.mark_exited()

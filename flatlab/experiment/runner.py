@@ -44,13 +44,13 @@ from flatlab.experiment import hooks as _hooks
 from flatlab.experiment import ranks, rundir
 from flatlab.experiment.assemble import Run, build, wall_clock
 from flatlab.experiment.config import RunConfig, load_config, to_dict
-from flatlab.experiment.hooks import measure
+from flatlab.experiment.hooks import measure_run
 from flatlab.experiment.loop import Hook, train
 from flatlab.experiment.rundir import METRIC_COLUMNS, STATUSES, average_model, final_models
 from flatlab.experiment.tensorboard import TensorBoardLog, require_tensorboard
 from flatlab.seeds import seed_for
 
-__all__ = ["Run", "RunResult", "build", "run", "preflight", "resolve_threads", "measure",
+__all__ = ["Run", "RunResult", "build", "run", "preflight", "resolve_threads", "measure_run",
            "average_model", "final_models", "STATUSES", "METRIC_COLUMNS"]
 
 
