@@ -23,11 +23,19 @@ same pipeline. The study behind it, with seeds, topologies and the theory overla
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from flatlab.experiment import run_many
+from flatlab.experiment.study import final_convergence, final_values, mean_and_se
+from flatlab.plots import tradeoff_scatter, training_curves
+from flatlab.results import load
+from flatlab.theory import spectral
+from flatlab.topology import make
 
 __all__ = ["run_demo", "demo_runs", "ALGORITHMS", "BATCHES", "SEEDS"]
 
@@ -109,7 +117,6 @@ def run_demo(out: Path, small: bool = False, progress: bool = True, workers: int
     import matplotlib
 
     matplotlib.use("Agg")
-    from flatlab.experiment import run_many
 
     out = Path(out)
     jobs = demo_runs(out, small)
@@ -134,8 +141,6 @@ def run_demo(out: Path, small: bool = False, progress: bool = True, workers: int
 
 def _table(jobs: list[tuple[Path, dict[str, Any]]]) -> pd.DataFrame:
     """One row per run: its regime, batch and method, status and final measurements."""
-    from flatlab.experiment.study import final_convergence, final_values
-
     rows = []
     for path, cfg in jobs:
         regime, method, _ = path.name.split(",")
@@ -160,19 +165,12 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     changed by less than a point over the last 20% of steps) and ``<metric>_mean``,
     ``<metric>_se`` for each measured column.
     """
-    from flatlab.experiment.study import mean_and_se
-
     cols = [c for c in SHOWN if c in table]
     return mean_and_se(table, ["regime", "batch", "method"], cols)
 
 
 def _show(table: pd.DataFrame, summary: pd.DataFrame, nodes: int, steps: int) -> None:
     """Print the ring's spectral gap, mean ± s.e. over seeds, and the runs that did not finish."""
-    import math
-
-    from flatlab.theory import spectral
-    from flatlab.topology import make
-
     def cell(m: float, se: float) -> str:
         if not math.isfinite(m):
             return "–"
@@ -202,9 +200,6 @@ def _show(table: pd.DataFrame, summary: pd.DataFrame, nodes: int, steps: int) ->
 
 def _figures(table: pd.DataFrame, jobs: list[tuple[Path, dict[str, Any]]], out: Path) -> Path:
     """Write the trade-off figure and the training curves; the trade-off PNG's path."""
-    from flatlab.plots import tradeoff_scatter, training_curves
-    from flatlab.results import load
-
     fig = tradeoff_scatter(table)
     png = out / "tradeoff.png"
     for p in (png, out / "tradeoff.pdf"):

@@ -20,6 +20,7 @@ import torch
 from flatlab.algorithms.base import Algorithm, State, register
 from flatlab.comm.protocols import Mixer
 from flatlab.engine.oracle import Oracle
+from flatlab.theory import d2_radius
 from flatlab.topology import Topology
 
 __all__ = ["ExactDiffusion", "D2", "BiasCorrectedState"]
@@ -101,7 +102,6 @@ class D2(_AdaptCorrectCombine):
     def check_topology(self, topology: Topology) -> None:
         """Refuse (or warn about) a topology on which D²'s recursion does not contract."""
         super().check_topology(topology)
-        from flatlab.theory import d2_radius
 
         radius = d2_radius(topology)
         if radius < 1 - 1e-9:

@@ -30,8 +30,9 @@ import yaml
 
 from flatlab.errors import FlatlabError
 
-__all__ = ["StrictLoader", "yaml_loads", "read_yaml", "read_json", "atomic_write", "write_text",
-           "yaml_error_line", "write_error", "write_parquet", "read_parquet"]
+__all__ = ["StrictLoader", "yaml_loads", "read_yaml", "read_json", "read_table",
+           "atomic_write", "write_text", "yaml_error_line", "write_error", "write_parquet",
+           "read_parquet"]
 
 
 class StrictLoader(yaml.SafeLoader):
@@ -235,3 +236,11 @@ def read_parquet(path: Path) -> Any:
 def write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A CSV table, or an empty one for a file without rows or columns (nothing tuned)."""
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()

@@ -36,8 +36,27 @@ from typing import Any
 
 import torch
 
+from flatlab import measures as ms
 from flatlab.comm.protocols import CollectiveGroup
+from flatlab.curvature import (
+    hessian_operator,
+    lanczos,
+    node_top_eigenvalues,
+    node_traces,
+    power_iteration,
+    spectral_density,
+    trace,
+)
+from flatlab.curvature.disagreement import (
+    deviations,
+    disagreement_alignment,
+    disagreement_curvature,
+    disagreement_gap,
+)
+from flatlab.curvature.pyhessian import pyhessian_eigenvalues, pyhessian_trace
+from flatlab.engine import evaluate, full_gradient
 from flatlab.errors import MeasureError
+from flatlab.measures import model_loss, node_to_average
 from flatlab.measures import sharpness as _sh
 from flatlab.measures.settings import Settings, setting, validate
 from flatlab.seeds import seed_for
@@ -109,7 +128,6 @@ class MeasureContext:
         """
         key = f"node_eval/{split}/{samples}"
         if key not in self.cache:
-            from flatlab.engine import evaluate
 
             x, y = self.train if split == "train" else self.test
             if samples is not None and samples < x.shape[0]:
@@ -130,7 +148,6 @@ class MeasureContext:
         """Loss and accuracy of ``x̄`` on ``split``, computed once (rank 0)."""
         key = f"avg_eval/{split}"
         if key not in self.cache:
-            from flatlab.engine import evaluate
 
             x, y = self.train if split == "train" else self.test
             ev = evaluate(self.stack, self.X[:1], x, y, nodes=False, batch_size=self.eval_batch,
@@ -164,8 +181,6 @@ class MeasureContext:
 
     def avg_loss_fn(self):
         """``x ↦ f(x)`` on the curvature subset with ``x̄``'s buffers, and ``x̄`` cast."""
-        from flatlab.measures import model_loss
-
         return model_loss(self.curvature_stack(), *self.curvature, buffers=self.avg_buffers(),
                           batch_size=self.eval_batch), self.to_curvature(self.xbar)
 
@@ -174,8 +189,6 @@ class MeasureContext:
 
         Shared by the measures of a step, so its gradient graph is built once.
         """
-        from flatlab.curvature import hessian_operator
-
         if "avg_hessian" not in self.cache:
             fn, x = self.avg_loss_fn()
             self.cache["avg_hessian"] = hessian_operator(fn, x)
@@ -190,8 +203,6 @@ class MeasureContext:
         (each converged to ``tol``, so a value differs from a solve for fewer pairs by at most
         the tolerance).
         """
-        from flatlab.curvature import lanczos
-
         most = max(k, self.top_wanted.get((tol, max_iter, seed), 0))
         key = f"avg_top/{most}/{tol}/{max_iter}/{seed}"
         if key not in self.cache:
@@ -217,8 +228,6 @@ class MeasureContext:
     def node_top(self, k: int, tol: float, max_iter: int, seed: int, strategy: str,
                  subset: int | None = None):
         """Every node's top-``k`` eigenvalues (this process's nodes), computed once per step."""
-        from flatlab.curvature import node_top_eigenvalues
-
         key = f"node_top/{k}/{tol}/{max_iter}/{seed}/{strategy}/{subset}"
         if key not in self.cache:
             self.cache[key] = node_top_eigenvalues(
@@ -242,7 +251,6 @@ class MeasureContext:
         disagreement are rounding noise and are not recorded.
         """
         if "deviations" not in self.cache:
-            from flatlab.curvature.disagreement import deviations
 
             D = deviations(self.all_nodes(), self.xbar)  # noqa: N806
             xi2 = float(D.pow(2).sum()) / D.shape[0]
@@ -431,7 +439,6 @@ _register(NamedMeasure(
 
 
 def _grad_norm(ctx: MeasureContext, s: dict) -> list[Row]:
-    from flatlab.engine import full_gradient
 
     g = full_gradient(ctx.stack, ctx.xbar, *ctx.train, batch_size=ctx.eval_batch,
                       buffers=ctx.buffers_avg)
@@ -478,7 +485,6 @@ def check_optimum(dataset: Any) -> None:
 
 
 def _loss_gap(ctx: MeasureContext, s: dict) -> list[Row]:
-    from flatlab.measures import model_loss
 
     check_optimum(ctx.dataset)
     info = ctx.dataset.info
@@ -587,10 +593,8 @@ def _eig_rows(name: str, res, scope: str, smallest: bool = False) -> list[Row]:
 
 
 def _hessian_top(ctx: MeasureContext, s: dict) -> list[Row]:
-    from flatlab.curvature import lanczos, power_iteration
 
     if s["backend"] == "pyhessian":
-        from flatlab.curvature.pyhessian import pyhessian_eigenvalues
 
         res = pyhessian_eigenvalues(ctx.curvature_stack(), ctx.to_curvature(ctx.xbar),
                                     *ctx.curvature, k=s["k"], tol=s["tol"], max_iter=s["max_iter"],
@@ -654,13 +658,11 @@ _register(NamedMeasure(
 
 def _hessian_trace(ctx: MeasureContext, s: dict) -> list[Row]:
     if s["backend"] == "pyhessian":
-        from flatlab.curvature.pyhessian import pyhessian_trace
 
         res = pyhessian_trace(ctx.curvature_stack(), ctx.to_curvature(ctx.xbar), *ctx.curvature,
                               max_iter=s["num_matvecs"], buffers=ctx.avg_buffers(),
                               seed=s["seed"])
     else:
-        from flatlab.curvature import trace
 
         res = trace(ctx.avg_hessian(), s["num_matvecs"], method=s["method"], seed=s["seed"])
     return [("hessian_trace", "avg", float(res.estimate)),
@@ -695,7 +697,6 @@ class HessianTraceNodesSettings(Settings):
 
 
 def _hessian_trace_nodes(ctx: MeasureContext, s: dict) -> list[Row]:
-    from flatlab.curvature import node_traces
 
     res = node_traces(ctx.curvature_stack(), ctx.to_curvature(ctx.X),
                       *ctx.node_curvature(s["subset"]), num_matvecs=s["num_matvecs"],
@@ -736,7 +737,6 @@ class DisagreementSettings(Settings):
 
 
 def _disagreement(ctx: MeasureContext, s: dict) -> list[Row]:
-    from flatlab.curvature.disagreement import disagreement_curvature, disagreement_gap
 
     fn, xbar = ctx.avg_loss_fn()
     D, disagrees = ctx.deviations()  # noqa: N806
@@ -784,7 +784,6 @@ class AlignmentSettings(Settings):
 
 
 def _alignment(ctx: MeasureContext, s: dict) -> list[Row]:
-    from flatlab.curvature.disagreement import disagreement_alignment
 
     D, disagrees = ctx.deviations()  # noqa: N806
     rows = [("disagreement_alignment_chance", "avg", s["k"] / D.shape[1])]
@@ -859,7 +858,6 @@ _register(NamedMeasure(
 
 
 def _spectral_density(ctx: MeasureContext, s: dict) -> list[Row]:
-    from flatlab.curvature import spectral_density
 
     d = spectral_density(ctx.avg_hessian(), num_runs=s["num_runs"],
                          lanczos_steps=s["lanczos_steps"], num_grid_points=64, seed=s["seed"])
@@ -925,7 +923,6 @@ class KeskarSharpnessSettings(Settings):
 
 def _sharpness(kind: str) -> Callable[[MeasureContext, dict], list[Row]]:
     def average(ctx: MeasureContext, s: dict) -> list[Row]:
-        from flatlab import measures as ms
 
         fn, x = ctx.avg_loss_fn()
         if kind == "worst":
@@ -992,7 +989,6 @@ class Landscape2DSettings(Settings):
 
 
 def _barrier(ctx: MeasureContext, s: dict) -> list[Row]:
-    from flatlab.measures import node_to_average
 
     fn, xbar = ctx.avg_loss_fn()
     X = ctx.to_curvature(ctx.all_nodes())  # noqa: N806
@@ -1014,7 +1010,6 @@ _register(NamedMeasure(
 
 def _landscape(dims: int) -> Callable[[MeasureContext, dict], list[Row]]:
     def average(ctx: MeasureContext, s: dict) -> list[Row]:
-        from flatlab import measures as ms
 
         fn, x = ctx.avg_loss_fn()
         layout = ctx.stack.layout

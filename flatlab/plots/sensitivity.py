@@ -8,6 +8,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from flatlab.experiment.evidence import sensitivity as curves
+
 __all__ = ["sensitivity"]
 
 
@@ -48,7 +50,6 @@ def sensitivity(table: pd.DataFrame, hparam: str, *, score: str = "holdout_accur
     fig, axes = plt.subplots(1, len(keys), squeeze=False, constrained_layout=True,
                              figsize=(panel_size[0] * len(keys) + 1.8, panel_size[1]),
                              sharey="row")
-    from flatlab.experiment.evidence import sensitivity as curves
 
     finite = table.loc[table["status"] == "done", score].astype(float)
     floor = 100 * (np.nanmin(finite) if finite.notna().any() else 0.0)

@@ -43,6 +43,9 @@ from typing import Any
 import pandas as pd
 
 from flatlab.experiment.evidence import Claim
+from flatlab.experiment.study import final_values
+from flatlab.plots import compression, sensitivity
+from flatlab.studies.pipeline import tune
 from flatlab.studies.spec import Point, Scale, Stage, Study
 
 ALGORITHMS = ("choco", "adagossip")
@@ -146,8 +149,6 @@ def _gammas(point: Point, scale: Scale) -> tuple[float, ...]:
 
 def extra(path: Path, point: Point, scale: Scale) -> dict[str, Any]:
     """The method's compression and the megabytes each node sent (``comm_bytes / n / 1e6``)."""
-    from flatlab.experiment.study import final_values
-
     sent = final_values(path, {"bytes": "comm_bytes"})["bytes"]
     return {"compression": split(point["method"])[1],
             "mb_per_node": float(sent) / scale.options["nodes"] / 1e6}
@@ -202,8 +203,6 @@ def plateau(tuning: pd.DataFrame, points: float = PLATEAU) -> pd.DataFrame:
 def plateau_phase(study: Study, scale: Scale, runs: Path, workers: int,
                   tables: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     """``plateau``: :func:`plateau` of the tuning (read back from the tuning runs on disk)."""
-    from flatlab.studies.pipeline import tune
-
     return {"plateau": plateau(tune(study, scale, runs, 0)[0])}
 
 
@@ -247,8 +246,6 @@ def _wide(curves: pd.DataFrame, nodes: int) -> pd.DataFrame:
 
 def figures(tables: dict[str, pd.DataFrame], scale: Scale) -> dict[str, Any]:
     """Accuracy against megabytes sent per node; held-out accuracy against ``γ``."""
-    from flatlab.plots import compression, sensitivity
-
     out: dict[str, Any] = {}
     curves = tables.get("curves")
     if curves is not None and len(curves):

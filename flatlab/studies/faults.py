@@ -44,8 +44,12 @@ from typing import Any
 import pandas as pd
 
 from flatlab.experiment.evidence import Claim
+from flatlab.plots import faults
 from flatlab.studies.pipeline import run_curves
 from flatlab.studies.spec import Point, Scale, Study
+from flatlab.theory import stationary_disagreement_under_faults
+from flatlab.topology import make
+from flatlab.topology.faults import AsyncGossip, LinkFailures
 
 ALGORITHMS = ("diffusion", "gradient-tracking", "sgp", "ad-psgd")
 #: Share of the run (from its end) whose measurements make ``cd_late``.
@@ -141,9 +145,6 @@ def predicted_ratio(algorithm: str, level: float, nodes: int, lr: float) -> floa
     """
     if algorithm not in PREDICTED or level == 0:
         return 1.0 if level == 0 else math.nan
-    from flatlab.theory import stationary_disagreement_under_faults
-    from flatlab.topology import make
-    from flatlab.topology.faults import AsyncGossip, LinkFailures
 
     base = make("ring", nodes)
     form = PREDICTED[algorithm]
@@ -211,8 +212,6 @@ def claims(scale: Scale) -> list[Claim]:
 
 def figures(tables: dict[str, pd.DataFrame], scale: Scale) -> dict[str, Any]:
     """Accuracy, disagreement (with the prediction) and λ_max against the level; time axis."""
-    from flatlab.plots import faults
-
     runs = tables.get("runs")
     if runs is None or not len(runs) or "cd_late" not in runs:
         return {}

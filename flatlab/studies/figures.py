@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from flatlab.experiment.io import read_table
+
 __all__ = ["save_figure", "committed_results", "redraw_study"]
 
 
@@ -37,15 +39,13 @@ def redraw_study(root: Path, study: Any) -> int:
     ``paper_figs/out/<name>[_<suffix>].{pdf,png}``. Returns 0, or 2 after one line when the
     study has not been run.
     """
-    from flatlab.studies.pipeline import _read_csv
-
     src = committed_results(root, study.name, "runs.csv")
     if src is None:
         print(f"error: no {study.name} results; run python -m flatlab.studies {study.name} "
               "first", file=sys.stderr)
         return 2
     scale = study.scales[src.name.rsplit("-", 1)[1]]
-    tables = {p.stem: _read_csv(p) for p in sorted(src.glob("*.csv"))}
+    tables = {p.stem: read_table(p) for p in sorted(src.glob("*.csv"))}
     out = root / "paper_figs" / "out" / study.name
     for suffix, fig in study.figures(tables, scale).items():
         save_figure(fig, out.with_name(out.name + (f"_{suffix}" if suffix else "")))

@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from flatlab.experiment.evidence import Claim, change_between
+from flatlab.plots import heterogeneity, sensitivity
 from flatlab.studies.spec import Point, Scale, Stage, Study
 
 # study label -> (registered algorithm, hyper-parameters)
@@ -154,8 +155,6 @@ def derived(table: pd.DataFrame, scale: Scale) -> dict[str, pd.DataFrame]:
 
 def figures(tables: dict[str, pd.DataFrame], scale: Scale) -> dict[str, Any]:
     """Accuracy against heterogeneity; held-out accuracy against the learning rate."""
-    from flatlab.plots import heterogeneity, sensitivity
-
     lr = tables["tuning"]
     lr = lr[lr["stage"] == "lr"].rename(columns={"value": "lr"})
     return {"": heterogeneity(tables["runs"]),

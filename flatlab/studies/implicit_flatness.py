@@ -47,9 +47,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from flatlab.experiment.evidence import Claim, edge_of_stability
-from flatlab.studies.pipeline import run_curves
+from flatlab.errors import FlatlabError
+from flatlab.experiment.config import OptimConfig
+from flatlab.experiment.evidence import (
+    Claim,
+    curves_convergence,
+    curves_loss_plateau,
+    edge_of_stability,
+)
+from flatlab.experiment.many import run_many
+from flatlab.experiment.schedules import lr_at
+from flatlab.experiment.study import final_values
+from flatlab.plots import implicit_flatness, sensitivity
+from flatlab.studies.pipeline import ACCURACY_THRESHOLD, LOSS_THRESHOLD, run_curves
 from flatlab.studies.spec import Point, Scale, Stage, Study
+from flatlab.theory import spectral
+from flatlab.topology import make
 
 #: The method whose bracketed learning rate every method trains with.
 REFERENCE = "sgd"
@@ -116,8 +129,6 @@ def methods(scale: Scale) -> dict[str, dict[str, Any]]:
 
 def config(point: Point, scale: Scale, seed: int, holdout: float) -> dict[str, Any]:
     """The run config of a point (a tuning run measures once, at its end)."""
-    from flatlab.errors import FlatlabError
-
     if not math.isfinite(float(point.get("lr", math.nan))):
         raise FlatlabError(f"{point['method']}: no common learning rate ({REFERENCE} trained at "
                            "no value of its grid)")
@@ -164,9 +175,6 @@ def step_at(step: float, lr: float, scale: Scale) -> float:
     :func:`flatlab.experiment.schedules.lr_at`; a final measurement at ``steps`` sits at the
     schedule's end, ``η = 0``.
     """
-    from flatlab.experiment.config import OptimConfig
-    from flatlab.experiment.schedules import lr_at
-
     return lr_at(int(round(step)), scale.steps, OptimConfig(lr=float(lr), schedule="cosine"))
 
 
@@ -205,9 +213,6 @@ def extra(path: Path, point: Point, scale: Scale) -> dict[str, Any]:
     the run's measurements after step 0 (with a cosine schedule both vanish at the end, so the
     disagreement a method trained with is read along the way).
     """
-    from flatlab.theory import spectral
-    from flatlab.topology import make
-
     d = methods(scale)[point["method"]]
     if d["algorithm"] == "centralized":
         gap = {"rho_w": 0.0, "spectral_gap": 1.0}  # an exact average every step
@@ -240,9 +245,6 @@ def matched_loss(runs: pd.DataFrame, curves: pd.DataFrame, scale: Scale,
     interpolated the same way, ``eta_cross`` is the scheduled step there and ``edge_cross``
     ``η·λ_max/2``. ``converged``: both of the pipeline's criteria on the run's curves.
     """
-    from flatlab.experiment.evidence import curves_convergence, curves_loss_plateau
-    from flatlab.studies.pipeline import ACCURACY_THRESHOLD, LOSS_THRESHOLD
-
     keys = [k for k in keys if k in runs]
     done = runs[runs["status"] == "done"]
     target = float(done["train_loss"].max()) if len(done) else math.nan
@@ -297,9 +299,6 @@ def _grid_phase(study: Study, scale: Scale, runs: Path, workers: int,
     dose-response of flatness to the step and to ``ρ``). Returns ``grid``: one row per stage,
     method and value, mean over the tuning seeds.
     """
-    from flatlab.experiment.many import run_many
-    from flatlab.experiment.study import final_values
-
     setting = dict(scale.settings[0])
     ms = methods(scale)
     others = [m for m in scale.methods if m != REFERENCE and not ms[m]["sam"]]
@@ -505,8 +504,6 @@ def appendix(tables: dict[str, pd.DataFrame], scale: Scale) -> str:
 
 def figures(tables: dict[str, pd.DataFrame], scale: Scale) -> dict[str, Any]:
     """λ_max along training, at the end and the consensus gap; held-out sensitivity to lr, ρ."""
-    from flatlab.plots import implicit_flatness, sensitivity
-
     runs = tables["runs"]
     status = runs[["method", "seed", "status"]]
     curves = tables["curves"].drop(columns=["status"], errors="ignore").merge(

@@ -39,6 +39,7 @@ from typing import Any
 
 import pandas as pd
 
+from flatlab.errors import FlatlabError
 from flatlab.experiment.evidence import Claim
 from flatlab.studies.spec import Point, Scale, Stage, Study
 
@@ -87,8 +88,6 @@ def check_scale(scale: Scale, holdout: float = HOLDOUT) -> None:
     Every node holds ``⌊N (1 − holdout) / n⌋`` samples while tuning; its batch, ``B / n``,
     must fit in it (a large batch of 2048 needs at least 2048 / 0.9 training samples).
     """
-    from flatlab.errors import FlatlabError
-
     for s in scale.settings:
         for method in scale.methods:
             b = batch_of({**s, "method": method}, scale)

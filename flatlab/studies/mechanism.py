@@ -44,10 +44,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from flatlab.experiment.evidence import Claim
+from flatlab.curvature import hessian_operator, lanczos
+from flatlab.errors import FlatlabError
+from flatlab.experiment import build, load_config
+from flatlab.experiment.evidence import Claim, curves_loss_plateau
+from flatlab.experiment.rundir import average_model
+from flatlab.measures import model_loss, noise_along
 from flatlab.measures.named import rounding_level
-from flatlab.studies.pipeline import run_curves
+from flatlab.plots import mechanism
+from flatlab.studies.pipeline import LOSS_THRESHOLD, run_curves
 from flatlab.studies.spec import Point, Scale, Study
+from flatlab.theory import stationary_disagreement
+from flatlab.topology import make
 
 #: Share of the run (from its end) whose measurements make the "late" averages.
 LATE = 0.25
@@ -221,14 +229,6 @@ def predict(path: Path, method: Mapping[str, Any], lr: float, scale: Scale) -> d
     values at the late measurement steps (Local SGD's steps since the last averaging).
     Centralized SGD: 0 by construction.
     """
-    from flatlab.curvature import hessian_operator, lanczos
-    from flatlab.errors import FlatlabError
-    from flatlab.experiment import build, load_config
-    from flatlab.experiment.rundir import average_model
-    from flatlab.measures import model_loss, noise_along
-    from flatlab.theory import stationary_disagreement
-    from flatlab.topology import make
-
     o = scale.options
     nan = {"trhs_predicted": math.nan, "log_trhs_predicted": math.nan, "noise_top": math.nan,
            "trace_hs": math.nan, "bulk_share": math.nan, "heterogeneity_top": math.nan,
@@ -288,9 +288,6 @@ def _prediction_phase(study: Study, scale: Scale, runs: Path, workers: int,
     :func:`~flatlab.experiment.evidence.curves_loss_plateau`: a stationary state is what the
     theory predicts), so that the prediction's claims are judged on this table.
     """
-    from flatlab.experiment.evidence import curves_loss_plateau
-    from flatlab.studies.pipeline import LOSS_THRESHOLD
-
     table = tables["runs"]
     ms = methods(scale)
     rows = []
@@ -430,8 +427,6 @@ def figures(tables: dict[str, pd.DataFrame], scale: Scale) -> dict[str, Any]:
     Measurements whose disagreement is at rounding level (:data:`FLOOR`: Local SGD right after
     an averaging) and centralized SGD are left out: their ratio and share are rounding noise.
     """
-    from flatlab.plots import mechanism
-
     curves = tables["curves"]
     prediction = tables.get("prediction")
     if prediction is None or "trhs_predicted" not in prediction:

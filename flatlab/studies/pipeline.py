@@ -43,6 +43,7 @@ import pandas as pd
 from flatlab.errors import FlatlabError, OneLineParser
 from flatlab.experiment.evidence import (
     Claim,
+    RobustChoice,
     at_chance,
     curves_loss_plateau,
     edge_of_stability,
@@ -51,7 +52,9 @@ from flatlab.experiment.evidence import (
     verdict_markdown,
     with_convergence,
 )
+from flatlab.experiment.io import read_table
 from flatlab.experiment.many import on_slurm, run_many
+from flatlab.experiment.results import read_metrics
 from flatlab.experiment.slurm import add_arguments, check_slurm, resources_from
 from flatlab.experiment.study import final_values, mean_and_se, tune_bracketed
 from flatlab.studies.figures import save_figure
@@ -158,8 +161,6 @@ def run_curves(path: Path, metrics: Sequence[str], *, lr: bool = True) -> pd.Dat
     Each metric at the averaged model x̄ where it has that scope, else the network's, else the
     mean over nodes; a step recorded twice (a resumed run) counts once. Empty without metrics.
     """
-    from flatlab.experiment.results import read_metrics
-
     m = read_metrics(path)
     if m.empty:
         return pd.DataFrame(columns=["step", "metric", "value"])
@@ -338,8 +339,6 @@ def report(study: Study, scale: Scale, tables: Mapping[str, pd.DataFrame]) -> st
     The summary shows both convergence criteria, the tuning its grid checks and tie rule, the
     verdicts per metric their raw and adjusted tests.
     """
-    from flatlab.experiment.evidence import RobustChoice
-
     summary, tuning, verdicts = tables["summary"], tables.get("tuning"), tables["verdicts"]
     lines = [f"# {study.name} ({len(scale.seeds)} seeds, {scale.steps} steps)", "",
              study.question, ""]
@@ -507,14 +506,6 @@ def run_study(study: Study, scale: Scale, out: Path, fig: Path | None, workers: 
     return tables
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
-    """A table, or an empty one for a file without rows or columns (nothing tuned)."""
-    try:
-        return pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        return pd.DataFrame()
-
-
 def rejudge(study: Study, scale: Scale, out: Path, fig: Path | None) -> dict[str, pd.DataFrame]:
     """Re-apply the checks, verdicts and report to a study's committed tables (no runs needed).
 
@@ -522,7 +513,7 @@ def rejudge(study: Study, scale: Scale, out: Path, fig: Path | None) -> dict[str
     from ``out``; convergence is recomputed from the curves (a run without a curve is not
     settled), verdicts from the runs.
     """
-    read = {p.stem: _read_csv(p) for p in sorted(out.glob("*.csv"))}
+    read = {p.stem: read_table(p) for p in sorted(out.glob("*.csv"))}
     table = read.pop("runs")
     curves = read.pop("curves", pd.DataFrame(columns=["step", "metric", "value"]))
     tuning = read.pop("tuning", pd.DataFrame())
@@ -596,7 +587,7 @@ def retune(study: Study, scale: Scale, out: Path, fig: Path | None, workers: int
         The tables (``None`` when a choice moved) and the moved choices
         (:func:`moved_choices`).
     """
-    committed = _read_csv(out / "runs.csv")
+    committed = read_table(out / "runs.csv")
     tuning, chosen, untrainable = tune(study, scale, out / "runs", workers)
     moved = moved_choices(study, scale, committed, chosen, untrainable)
     if moved:

@@ -36,8 +36,14 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
+import flatlab
+from flatlab.comm import SimulatedMixer
+from flatlab.engine import GradientOracle, NodeStack
 from flatlab.experiment.evidence import Claim, time_to_target_label
+from flatlab.experiment.results import read_metrics
+from flatlab.plots import primal_dual, sensitivity
 from flatlab.studies.spec import Point, Scale, Stage, Study
 
 METHODS = ("ngpd", "ecl", "dsgd", "gradient-tracking", "momentum-tracking")
@@ -142,8 +148,6 @@ def _damping_grid(point: Point, scale: Scale) -> tuple[float, ...]:
 
 def to_targets(path: Path, targets: tuple[float, float]) -> dict[str, float]:
     """Per target: first measured step with test accuracy of x̄ >= it, and bytes sent by then."""
-    from flatlab.experiment.results import read_metrics
-
     out: dict[str, float] = {}
     for name, target in zip(TARGETS, targets, strict=True):
         out[f"target_{name}"] = target
@@ -196,12 +200,6 @@ def timing(study: Study, scale: Scale, runs: Path, workers: int,
     interleaved, and the fastest repetition counts (the least disturbed by whatever else the
     machine does). NGPD runs at damping 1: the damping changes no operation's cost.
     """
-    import torch
-
-    import flatlab
-    from flatlab.comm import SimulatedMixer
-    from flatlab.engine import GradientOracle, NodeStack
-
     steps = int(scale.options.get("timing_steps", 30))
     repeats = int(scale.options.get("timing_repeats", 3))
     torch.set_num_threads(1)
@@ -329,8 +327,6 @@ def wide_curves(curves: pd.DataFrame) -> pd.DataFrame:
 
 def figures(tables: dict[str, pd.DataFrame], scale: Scale) -> dict[str, Any]:
     """Accuracy against rounds with the cost per step; held-out accuracy against lr and damping."""
-    from flatlab.plots import primal_dual, sensitivity
-
     out: dict[str, Any] = {}
     runs = tables["runs"]
     if "timing" in tables and len(tables["curves"]):

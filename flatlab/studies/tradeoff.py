@@ -46,9 +46,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+import flatlab.results
+from flatlab.experiment import average_model, build, load_config, run_many
 from flatlab.experiment.evidence import Claim, edge_of_stability
+from flatlab.experiment.rundir import read_config, read_status
+from flatlab.experiment.study import final_values
+from flatlab.measures import gradient_noise
+from flatlab.plots import tradeoff_figures
 from flatlab.studies.pipeline import run_curves
 from flatlab.studies.spec import Point, Scale, Study
+from flatlab.theory import bound as dsgd_bound
+from flatlab.theory import predicted_consensus_distance, spectral
+from flatlab.topology import make
 
 __all__ = ["STUDY", "SCALES", "config", "run_name", "claims", "paired", "includes",
            "CENTRALIZED"]
@@ -223,8 +232,6 @@ def _step_size(point: Point, scale: Scale) -> float:
 
 def _start_values(path: Path) -> dict[str, float]:
     """Step-0 flatness and loss of a run (the initialization, or the escape's start)."""
-    import flatlab.results
-
     if not (path / "metrics.parquet").is_file():
         return {}
     df = flatlab.results.load(path)
@@ -238,9 +245,6 @@ def _noise(path: Path, draws: int) -> dict[str, float]:
     cache = path / "noise.json"
     if cache.is_file():
         return json.loads(cache.read_text())
-    from flatlab.experiment import average_model, build, load_config
-    from flatlab.experiment.rundir import read_config
-    from flatlab.measures import gradient_noise
 
     run = build(load_config(read_config(path)))
     x, buffers = average_model(path)
@@ -254,10 +258,6 @@ def _noise(path: Path, draws: int) -> dict[str, float]:
 
 def extra(path: Path, point: Point, scale: Scale) -> dict[str, Any]:
     """Start values, the topology's ρ and gap, and σ², ζ² at the final x̄ of a run."""
-    from flatlab.experiment.rundir import read_status
-    from flatlab.theory import spectral
-    from flatlab.topology import make
-
     out: dict[str, Any] = dict(_start_values(path))
     if point["method"] != CENTRALIZED:
         s = spectral(make(point["topology"], scale.options["nodes"]))
@@ -275,9 +275,6 @@ def escape(study: Study, scale: Scale, runs: Path, workers: int,
     For each step of ``escape_lrs``: the start is the final x̄ of large-batch centralized SGD
     trained at that step, and every method continues from it at the same batch and step.
     """
-    from flatlab.experiment import run_many
-    from flatlab.experiment.study import final_values
-
     g = scale.options
     regime = "large-batch"
     batch = g["batches"][regime]
@@ -318,8 +315,6 @@ def _curve(curves: pd.DataFrame, r: Any, metric: str) -> pd.DataFrame:
 def steady(study: Study, scale: Scale, runs: Path, workers: int,
            tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     """Measured steady-state Ξ² (mean over the second half) against the prediction, per run."""
-    from flatlab.theory import predicted_consensus_distance
-
     table, curves = tables["runs"], tables["curves"]
     rows = []
     done = table[(table["status"] == "done") & table["method"].isin(FORMS)]
@@ -348,9 +343,6 @@ def bound(study: Study, scale: Scale, runs: Path, workers: int,
     ``L`` is the run's final λ_max, ``F0`` its initial training loss (``f* ≈ 0``), ``σ²`` and
     ``ζ²`` at its final x̄; the constants are unspecified (order of magnitude and slope only).
     """
-    from flatlab.theory import bound as dsgd_bound
-    from flatlab.topology import make
-
     table, curves = tables["runs"], tables["curves"]
     rows = []
     done = table[(table["status"] == "done") & table["method"].isin(FORMS)
@@ -517,8 +509,6 @@ def appendix(tables: dict[str, pd.DataFrame], scale: Scale) -> str:
 
 def figures(tables: dict[str, pd.DataFrame], scale: Scale) -> dict[str, Any]:
     """The five trade-off figures (:func:`flatlab.plots.tradeoff_figures`)."""
-    from flatlab.plots import tradeoff_figures
-
     return tradeoff_figures(tables)
 
 

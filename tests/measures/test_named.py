@@ -26,7 +26,7 @@ import torch
 
 from flatlab.errors import ConfigError
 from flatlab.experiment import load_config, run
-from flatlab.experiment.runner import build, measure
+from flatlab.experiment.runner import build, measure_run
 from flatlab.measures import named
 
 REPO = Path(__file__).resolve().parents[2]
@@ -144,7 +144,7 @@ def test_consensus_gap_is_half_trace_hc_and_loss_gap_vanishes_at_the_optimum():
     built = build(cfg)
     torch.manual_seed(1)
     X = built.stack.initial_params() + 0.3 * torch.randn(4, built.stack.P, dtype=torch.float64)  # noqa: N806
-    rows = {(m, s): v for m, s, v in measure(built, X, 0)}
+    rows = {(m, s): v for m, s, v in measure_run(built, X, 0)}
     # a quadratic: f(x_i) - f(x̄) averages to ½ (x_i - x̄)ᵀ H (x_i - x̄) exactly (Σ (x_i - x̄) = 0)
     from flatlab.measures import model_loss
 
@@ -160,7 +160,7 @@ def test_consensus_gap_is_half_trace_hc_and_loss_gap_vanishes_at_the_optimum():
     full = model_loss(built.stack, ds.x_train.double(), ds.y_train.double())
     assert rows["loss_gap", "avg"] == pytest.approx(float(full(X.mean(0))) - fstar, rel=1e-9)
     opt = built.stack.layout.flatten({k: v.double() for k, v in ds.optimum.items()})
-    at_opt = {(m, s): v for m, s, v in measure(built, opt.expand(4, -1).clone(), 0)}
+    at_opt = {(m, s): v for m, s, v in measure_run(built, opt.expand(4, -1).clone(), 0)}
     assert abs(at_opt["loss_gap", "avg"]) < 1e-10
     assert at_opt["consensus_gap", "network"] == 0.0
 
@@ -176,7 +176,7 @@ def test_the_mechanism_measures_on_a_quadratic_equal_their_closed_forms():
     built = build(cfg)
     torch.manual_seed(2)
     X = built.stack.initial_params() + 0.3 * torch.randn(4, built.stack.P, dtype=torch.float64)  # noqa: N806
-    rows = {(m, s): v for m, s, v in measure(built, X, 0)}
+    rows = {(m, s): v for m, s, v in measure_run(built, X, 0)}
     from flatlab.measures import model_loss
 
     fn = model_loss(built.stack, *built.curvature_eval)
@@ -205,13 +205,13 @@ def test_the_mechanism_measures_on_a_quadratic_equal_their_closed_forms():
     # per-node curvature on the head of the curvature subset: node 1's Hessian on 10 samples
     sub = build(_least_squares(measure={"metrics": ["hessian_top_nodes"], "options": {
         "hessian_top_nodes": {"subset": 10, "tol": 1e-10, "max_iter": 50, "every": 2}}}))
-    few = {(m, s): v for m, s, v in measure(sub, X, 0)}
+    few = {(m, s): v for m, s, v in measure_run(sub, X, 0)}
     x10, y10 = (t[:10] for t in sub.curvature_eval)
     H10 = torch.autograd.functional.hessian(model_loss(sub.stack, x10, y10), X[1]).numpy()  # noqa: N806
     assert few["hessian_top", "1"] == pytest.approx(np.linalg.eigvalsh(H10)[-1], rel=1e-8)
     assert abs(few["hessian_top", "1"] - h[-1]) > 1e-6 * h[-1]  # not the whole set's
     # no disagreement (every node at x̄): the ratio and the alignment are undefined, not NaN rows
-    same = {(m, s): v for m, s, v in measure(built, X.mean(0).expand(4, -1).clone(), 0)}
+    same = {(m, s): v for m, s, v in measure_run(built, X.mean(0).expand(4, -1).clone(), 0)}
     assert same["disagreement_curvature", "avg"] == 0.0 and same["disagreement_gap", "avg"] == 0
     assert ("disagreement_gap_ratio", "avg") not in same
     assert ("disagreement_alignment", "avg") not in same
@@ -221,7 +221,7 @@ def test_the_mechanism_measures_on_a_quadratic_equal_their_closed_forms():
                                                               dtype=torch.float64) - \
         torch.finfo(torch.float64).eps  # ±1 ulp of each coordinate
     tiny = X.mean(0) * (1 + ulp)
-    noise = {(m, s): v for m, s, v in measure(built, tiny, 0)}
+    noise = {(m, s): v for m, s, v in measure_run(built, tiny, 0)}
     assert 0 < noise["disagreement_curvature", "avg"] < 1e-28
     assert ("disagreement_gap_ratio", "avg") not in noise
     assert ("disagreement_alignment", "avg") not in noise
@@ -229,16 +229,14 @@ def test_the_mechanism_measures_on_a_quadratic_equal_their_closed_forms():
 
 def test_one_eigensolve_at_xbar_serves_every_measure_that_wants_one(monkeypatch):
     """hessian_top, disagreement_alignment and edge_of_stability share the step's largest solve."""
-    import flatlab.curvature as C
-
     calls = []
-    real = C.lanczos
+    real = named.lanczos
 
     def counting(op, k=1, **kw):
         calls.append(k)
         return real(op, k, **kw)
 
-    monkeypatch.setattr(C, "lanczos", counting)
+    monkeypatch.setattr(named, "lanczos", counting)
     tight = {"tol": 1e-10, "max_iter": 50}
     built = build(_least_squares(measure={
         "metrics": ["hessian_top", "disagreement_alignment", "edge_of_stability"],
@@ -246,7 +244,7 @@ def test_one_eigensolve_at_xbar_serves_every_measure_that_wants_one(monkeypatch)
                     "edge_of_stability": tight}}))
     torch.manual_seed(2)
     X = built.stack.initial_params() + 0.3 * torch.randn(4, built.stack.P, dtype=torch.float64)  # noqa: N806
-    rows = {(m, s): v for m, s, v in measure(built, X, 0)}
+    rows = {(m, s): v for m, s, v in measure_run(built, X, 0)}
     assert calls == [3]  # one solve for three pairs, not three solves
     from flatlab.measures import model_loss
 
@@ -258,7 +256,7 @@ def test_one_eigensolve_at_xbar_serves_every_measure_that_wants_one(monkeypatch)
                                                              rel=1e-8)
     # without disagreement the alignment asks for nothing: the edge's one pair is solved for
     calls.clear()
-    same = {(m, s): v for m, s, v in measure(built, X.mean(0).expand(4, -1).clone(), 0)}
+    same = {(m, s): v for m, s, v in measure_run(built, X.mean(0).expand(4, -1).clone(), 0)}
     assert calls == [1] and ("disagreement_alignment_converged", "avg") not in same
     assert same["disagreement_alignment_chance", "avg"] == 3 / built.stack.P
     # other settings are another solve
@@ -266,7 +264,7 @@ def test_one_eigensolve_at_xbar_serves_every_measure_that_wants_one(monkeypatch)
         "metrics": ["hessian_top", "edge_of_stability"],
         "options": {"hessian_top": tight, "edge_of_stability": {"tol": 1e-6}}}))
     calls.clear()
-    measure(other, X, 0)
+    measure_run(other, X, 0)
     assert sorted(calls) == [1, 1]
 
 
@@ -280,7 +278,7 @@ def test_equal_float32_nodes_average_to_themselves_and_measure_no_disagreement()
     X = built.stack.initial_params()  # noqa: N806
     assert X.dtype == torch.float32 and bool((X == X[:1]).all())
     # (a float32 mean of 12 equal rows may be off by rounding: 3v is not exact in float32)
-    rows = {(m, s): v for m, s, v in measure(built, X, 0)}
+    rows = {(m, s): v for m, s, v in measure_run(built, X, 0)}
     assert rows["disagreement_curvature", "avg"] == 0.0
     assert rows["disagreement_gap", "avg"] == 0.0
     assert ("disagreement_alignment", "avg") not in rows
@@ -294,7 +292,7 @@ def test_node_models_are_evaluated_on_a_fixed_subset_and_the_average_on_the_whol
         built = build(load_config(_cfg(measure={"metrics": ["loss", "accuracy"],
                                                 "options": opts})))
         X = built.stack.initial_params()  # noqa: N806 - "different": every node its own model
-        return built, {(m, s): v for m, s, v in measure(built, X, 0)}
+        return built, {(m, s): v for m, s, v in measure_run(built, X, 0)}
 
     built, whole = rows(None)
     _, same = rows(300)  # the whole training set (300 samples): nothing changes there
