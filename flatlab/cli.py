@@ -521,6 +521,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, _with_flags(args))
     out = _output_dir(args.out if args.out else Path("runs") / cfg.name, "--out")
+    if args.engine == "slurm":
+        return _run_on_slurm(args, cfg, out)
     res = run(cfg, out, progress=not args.no_progress, resume=not args.restart)
     if res.main:  # in a distributed run, rank 0 speaks for all
         from flatlab.experiment.results import run_line
@@ -532,6 +534,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
               + (f" (mended: {res.mended})" if res.mended else ""))
         print(run_line(res.path))
     return 0 if res.status in ("done", "diverged") else 1
+
+
+def _run_on_slurm(args: argparse.Namespace, cfg: Any, out: Path) -> int:
+    """``flatlab run --engine slurm``: the run as one SLURM job (:func:`slurm.submit_run`)."""
+    from flatlab.experiment import slurm
+    from flatlab.experiment.results import run_line
+
+    resources = slurm.resources_from(args)
+    slurm.check_slurm(resources)
+    row = slurm.submit_run(cfg, out, resources, resume=not args.restart, wait=not args.no_wait)
+    print(f"{row['status']} at step {row['step']}: {out}"
+          + (f" ({row['message']})" if row["message"] else ""))
+    if row["status"] in ("done", "diverged"):
+        print(run_line(out))
+    return 0 if row["status"] in ("done", "diverged", "queued") else 1
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -730,6 +747,10 @@ def _parser() -> tuple[_Parser, dict[str, argparse.ArgumentParser]]:
                    help="CPU threads (the same as threads=N; default auto: one)")
     p.add_argument("--tensorboard", action="store_true",
                    help="also log to TensorBoard event files in the run directory")
+    from flatlab.experiment.slurm import add_arguments
+
+    add_arguments(p, "the run as one job of --nodes x --tasks-per-node processes "
+                     "(backend=distributed)", one_run=True)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("sweep", help="a resumable grid of runs from a sweep spec",

@@ -111,7 +111,11 @@ def test_the_manual_parses_into_blocks_and_says_why_any_is_not_run():
     run, skipped = manual_blocks()
     assert len(run) >= 20 and {lang for *_, lang, _ in run} == {"bash", "python"}
     assert skipped[0] == ("README.md", 3, "the opening block: what CI runs")
-    assert all(reason for *_, reason in skipped) and len(skipped) <= 6
+    assert all(reason for *_, reason in skipped)
+    # what the suite cannot run: a SLURM cluster (tests/cluster runs those commands where one
+    # is up) and torchrun across machines; anything else not run must stay rare
+    cluster = [b for b in skipped if "SLURM" in b[-1]]
+    assert len(cluster) <= 4 and len(skipped) - len(cluster) <= 6
 
 
 def test_every_block_of_the_manual_runs(tmp_path):

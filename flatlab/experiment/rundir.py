@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import socket
 import threading
 import time
@@ -732,7 +733,8 @@ _RUN_FILES = ("config.yaml", "status.json", "metrics.parquet", "checkpoint.pt", 
 
 def _run_file(name: str) -> bool:
     return (name in _RUN_FILES or name.startswith("events.out.tfevents.")
-            or name.startswith(".") or name.endswith(".tmp"))
+            or name.startswith(".") or name.endswith(".tmp")
+            or re.fullmatch(r"slurm\.rank\d+\.log", name) is not None)  # a distributed job's
 
 
 def foreign_files(out: Path) -> str | None:

@@ -15,6 +15,12 @@ job is still queued or running, and resubmits the missing and the failed. Interr
 waiting sweep (Ctrl-C) cancels its jobs (``scancel``) and leaves resumable folders; so does
 ``flatlab sweep SPEC --cancel``; ``--status`` counts queued, running, done and failed runs.
 
+**One distributed run as one job** (:func:`submit_run`, ``flatlab run CONFIG --engine slurm
+--nodes N --tasks-per-node T``): the run's ``N·T`` processes are the tasks of one SLURM job;
+each takes its rank and the rendezvous (the job's first host, a port drawn from the job id)
+from SLURM's environment and trains its rows with ``backend: distributed``, as under
+``torchrun``. Its output goes to ``slurm.rank<R>.log`` in the run folder.
+
 submitit pickles the job (the validated config and the run folder) into ``<sweep>/.slurm``
 and reads back the result it writes there: files flatlab itself wrote, never a user's.
 """
@@ -38,10 +44,12 @@ from typing import Any
 
 from flatlab.errors import ConfigError, FlatlabError
 from flatlab.experiment import rundir
+from flatlab.experiment.config import RunConfig, load_config, to_dict
 from flatlab.experiment.io import write_text
+from flatlab.experiment.runner import preflight, run
 
-__all__ = ["SlurmResources", "check_slurm", "submit_and_wait", "queued", "status_counts",
-           "cancel", "JOBS_FILE", "add_arguments", "resources_from"]
+__all__ = ["SlurmResources", "check_slurm", "submit_and_wait", "submit_run", "queued",
+           "status_counts", "cancel", "JOBS_FILE", "add_arguments", "resources_from"]
 
 #: Where a sweep keeps submitit's files and the record of its jobs.
 JOBS_FILE = Path(".slurm") / "jobs.json"
@@ -59,6 +67,9 @@ class SlurmResources:
         gpus: GPUs of each run.
         account: The account to charge (``None``: the user's default).
         parallel: Runs of the array at once (``None``: as many as the cluster allows).
+        nodes: Machines of one distributed run (:func:`submit_run`).
+        tasks_per_node: Processes of one distributed run on each machine; ``gpus`` and
+            ``cpus`` are then per machine and per process.
     """
 
     partition: str | None = None
@@ -68,13 +79,17 @@ class SlurmResources:
     gpus: int = 0
     account: str | None = None
     parallel: int | None = None
+    nodes: int = 1
+    tasks_per_node: int = 1
 
     def __post_init__(self) -> None:
-        for name, low in (("minutes", 1), ("cpus", 1), ("gpus", 0)):
+        flags = {"minutes": "time", "tasks_per_node": "tasks-per-node"}
+        for name, low in (("minutes", 1), ("cpus", 1), ("gpus", 0), ("nodes", 1),
+                          ("tasks_per_node", 1)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ConfigError(f"--{'time' if name == 'minutes' else name} must be an integer "
-                                  f">= {low} (got {v!r})")
+                raise ConfigError(f"--{flags.get(name, name)} must be an integer >= {low} "
+                                  f"(got {v!r})")
         if self.mem_gb is not None and not self.mem_gb > 0:
             raise ConfigError(f"--mem must be a number of GB > 0 (got {self.mem_gb!r})")
         if self.parallel is not None and self.parallel < 1:
@@ -94,36 +109,54 @@ class SlurmResources:
             out["slurm_account"] = self.account
         if self.parallel is not None:
             out["slurm_array_parallelism"] = self.parallel
+        if self.nodes > 1 or self.tasks_per_node > 1:
+            out.update(nodes=self.nodes, tasks_per_node=self.tasks_per_node)
         return out
 
 
-def add_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+def add_arguments(parser: argparse.ArgumentParser, what: str, *, one_run: bool = False
+                  ) -> None:
     """The command-line options of the SLURM engine (``flatlab sweep``, a study's command).
 
     Args:
         parser: The command's parser.
         what: What ``--engine slurm`` sends as array elements (for the help).
+        one_run: The options of ``flatlab run``: one distributed run as one job (``--nodes``,
+            ``--tasks-per-node``, ``--gpus-per-node``, ``--no-wait``) instead of an array.
     """
     g = parser.add_argument_group("on a SLURM cluster (--engine slurm; flatlab[cluster])")
     g.add_argument("--engine", choices=("local", "slurm"), default="local",
-                   help=f"local: runs on this machine; slurm: {what} as job-array elements, "
-                        "through submitit")
+                   help=f"local: runs on this machine; slurm: {what}, through submitit")
     g.add_argument("--partition", help="SLURM partition (default: the cluster's)")
     g.add_argument("--time", type=int, default=60, help="minutes per run (default 60)")
-    g.add_argument("--cpus", type=int, default=1, help="CPUs per run (default 1)")
+    g.add_argument("--cpus", type=int, default=1,
+                   help=f"CPUs per {'process' if one_run else 'run'} (default 1)")
     g.add_argument("--mem", type=float, help="GB of memory per run (default: the partition's)")
-    g.add_argument("--gpus", type=int, default=0, help="GPUs per run (default 0)")
     g.add_argument("--account", help="account to charge (default: yours)")
-    g.add_argument("--max-running", type=int, help="runs of the array at once (default: all)")
+    if not one_run:
+        g.add_argument("--gpus", type=int, default=0, help="GPUs per run (default 0)")
+        g.add_argument("--max-running", type=int,
+                       help="runs of the array at once (default: all)")
+        return
+    g.add_argument("--nodes", type=int, default=1, help="machines (default 1)")
+    g.add_argument("--tasks-per-node", type=int,
+                   help="processes on each machine (default: --gpus-per-node, or 1)")
+    g.add_argument("--gpus-per-node", dest="gpus", type=int, default=0,
+                   help="GPUs on each machine (default 0)")
+    g.add_argument("--no-wait", action="store_true",
+                   help="submit and return; the same command later resumes or waits")
 
 
 def resources_from(args: argparse.Namespace) -> SlurmResources | None:
     """The resources :func:`add_arguments`' options ask for (None with ``--engine local``)."""
     if args.engine != "slurm":
         return None
+    tasks = getattr(args, "tasks_per_node", None)
     return SlurmResources(partition=args.partition, minutes=args.time, cpus=args.cpus,
                           mem_gb=args.mem, gpus=args.gpus, account=args.account,
-                          parallel=args.max_running)
+                          parallel=getattr(args, "max_running", None),
+                          nodes=getattr(args, "nodes", 1),
+                          tasks_per_node=tasks if tasks is not None else max(1, args.gpus))
 
 
 def check_slurm(resources: SlurmResources) -> None:
@@ -258,7 +291,83 @@ def submit_and_wait(todo: Sequence[tuple[int, Any]], root: Path, resources: Slur
     return out
 
 
-def _row(job: Any, job_id: str) -> dict[str, Any]:
+def _one_rank(cfg: dict[str, Any], out: Path, resume: bool) -> dict[str, Any]:
+    """A task of a distributed run's job: its rank and rendezvous from SLURM's environment."""
+    from submitit.helpers import TorchDistributedEnvironment
+
+    env = TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / f"slurm.rank{env.rank}.log", "a") as log, contextlib.redirect_stdout(log), \
+            contextlib.redirect_stderr(log):
+        print(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} job {os.environ.get('SLURM_JOB_ID')} "
+              f"rank {env.rank} of {env.world_size} on {os.uname().nodename}, rendezvous "
+              f"{env.master_addr}:{env.master_port}", flush=True)
+        res = run(load_config(cfg), out, progress=False, resume=resume)
+        return {"status": res.status, "step": res.step, "message": res.message}
+
+
+def submit_run(cfg: RunConfig, out: Path, resources: SlurmResources, *, resume: bool = True,
+               wait: bool = True, verbose: bool = True) -> dict[str, Any]:
+    """Run ``cfg`` as one SLURM job of ``nodes x tasks_per_node`` processes (torch.distributed).
+
+    Every process trains its rows with ``backend: distributed``, as under ``torchrun``, so the
+    result equals the local multi-process run's. While the job is queued or running a second
+    call submits nothing and waits for it; after it ends, the run folder resumes as any does.
+
+    Args:
+        cfg: The run's config (its ``backend`` becomes ``distributed``).
+        out: The run folder.
+        resources: What the job asks for (``nodes``, ``tasks_per_node``, ``gpus`` per node).
+        resume: Continue from the folder's checkpoint (False: start over).
+        wait: Wait for the job (Ctrl-C cancels it); else return ``queued``.
+        verbose: Print the job's id.
+
+    Returns:
+        The run's status row: ``status``, ``step`` and ``message``.
+
+    Raises:
+        ConfigError: The processes do not divide the network's nodes.
+    """
+    import submitit
+
+    world = resources.nodes * resources.tasks_per_node
+    if cfg.topology.nodes % world:
+        raise ConfigError(f"--nodes {resources.nodes} x --tasks-per-node "
+                          f"{resources.tasks_per_node} = {world} processes cannot split "
+                          f"topology.nodes = {cfg.topology.nodes}; accepted: a number of "
+                          f"processes that divides {cfg.topology.nodes}")
+    spec = to_dict(cfg) | {"backend": "distributed"}
+    preflight(load_config(spec))
+    logging.getLogger("submitit").setLevel(logging.ERROR)
+    held = _held(list(_read_jobs(out).values()))
+    if held:
+        job_id = next(iter(held))
+        if verbose:
+            print(f"SLURM job {job_id} is {held[job_id].lower()} on this run: waiting for it",
+                  flush=True)
+    else:
+        ex = submitit.AutoExecutor(folder=out / ".slurm" / "%j", cluster="slurm")
+        ex.update_parameters(name=out.name, **resources.parameters())
+        job_id = ex.submit(_one_rank, spec, out, resume).job_id
+        write_text(out / JOBS_FILE, json.dumps({out.name: job_id}, indent=1) + "\n")
+        if verbose:
+            print(f"submitted the run as SLURM job {job_id}: {world} processes on "
+                  f"{resources.nodes} node(s)", flush=True)
+    if not wait:
+        return {"status": "queued", "step": 0, "message": f"SLURM job {job_id}"}
+    try:
+        while _held([job_id]):
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        subprocess.run(["scancel", job_id], check=False, timeout=60)
+        print(f"cancelled SLURM job {job_id}; the run resumes with the same command",
+              file=sys.stderr, flush=True)
+        raise
+    row = _row(argparse.Namespace(name=out.name, path=out), job_id, log="slurm.rank*.log")
+    return {k: row[k] for k in ("status", "step", "message")}
+
+
+def _row(job: Any, job_id: str, log: str = "slurm.log") -> dict[str, Any]:
     """A row of a run whose job the scheduler no longer holds: what its folder says.
 
     Not submitit's result (it asks ``sacct``, which clusters often turn off): a run that ended
@@ -274,7 +383,7 @@ def _row(job: Any, job_id: str) -> dict[str, Any]:
                 "message": st.get("message", ""), "skipped": False}
     return {"run": job.name, "status": "failed", "step": st.get("step", 0),
             "message": f"SLURM job {job_id} ended without finishing the run (killed, cancelled "
-                       f"or out of time; its output: {job.path / 'slurm.log'})",
+                       f"or out of time; its output: {job.path / log})",
             "skipped": False}
 
 

@@ -8,6 +8,7 @@ Each waits for its jobs with a deadline.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from flatlab.experiment import slurm
 from flatlab.experiment.sweep import load_sweep, run_sweep
@@ -34,6 +36,8 @@ def _cluster() -> str | None:
         return "submitit is not installed (pip install 'flatlab[cluster]')"
     return None
 
+
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.skipif(_cluster() is not None, reason=str(_cluster()))
 
@@ -114,6 +118,49 @@ def test_what_the_cluster_cannot_run_is_refused_in_one_line_before_submitting(tm
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
                        env={**env, "PATH": path})
     assert r.returncode == 2 and "needs SLURM's sbatch on the PATH" in r.stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_distributed_run_as_one_job_equals_the_same_run_under_torchrun(tmp_path):
+    """``flatlab run --engine slurm --tasks-per-node 2``: two ranks from SLURM's environment."""
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({**BASE, "algorithm": {"name": "gradient-tracking"}}))
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    here = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           f"--master_port={_free_port()}", "-m", "flatlab", "run", str(config),
+                           "backend=distributed", "--out", str(tmp_path / "here"),
+                           "--no-progress"], env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert here.returncode == 0, here.stderr
+    there = subprocess.run([sys.executable, "-m", "flatlab", "run", str(config), "--engine",
+                            "slurm", "--tasks-per-node", "2", "--time", "5", "--out",
+                            str(tmp_path / "there")], env=env, capture_output=True, text=True,
+                           timeout=180)
+    assert there.returncode == 0, there.stderr
+    assert "submitted the run as SLURM job" in there.stdout and "done at step 12" in there.stdout
+    st = json.loads((tmp_path / "there" / "status.json").read_text())
+    assert st["processes"] == 2 and st["backend"] == "distributed"
+    a = pd.read_parquet(tmp_path / "here" / "metrics.parquet")
+    b = pd.read_parquet(tmp_path / "there" / "metrics.parquet")
+    pd.testing.assert_frame_equal(a, b)  # bit for bit: the same machine, the same processes
+    logs = sorted(p.name for p in (tmp_path / "there").glob("slurm.rank*.log"))
+    assert logs == ["slurm.rank0.log", "slurm.rank1.log"]
+    # finished: the same command submits nothing and says so
+    again = subprocess.run(there.args, env=env, capture_output=True, text=True, timeout=180)
+    assert again.returncode == 0 and "done at step 12" in again.stdout
+    # processes that cannot split the network: one line, nothing submitted
+    bad = subprocess.run([*there.args[:-1], str(tmp_path / "bad"), "--tasks-per-node", "3"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "3 processes cannot split topology.nodes = 4" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
 
 
 @pytest.mark.slow  # about 3 minutes: 48 runs, half of them as jobs (make test-slow)
