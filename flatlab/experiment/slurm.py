@@ -113,6 +113,44 @@ class SlurmResources:
             out.update(nodes=self.nodes, tasks_per_node=self.tasks_per_node)
         return out
 
+    def sbatch_flags(self) -> list[str]:
+        """The same resources as ``sbatch`` flags (for ``sbatch --test-only``)."""
+        flags = [f"--time={self.minutes}", f"--cpus-per-task={self.cpus}",
+                 f"--nodes={self.nodes}", f"--ntasks-per-node={self.tasks_per_node}"]
+        if self.partition:
+            flags.append(f"--partition={self.partition}")
+        if self.mem_gb is not None:
+            flags.append(f"--mem={max(1, round(self.mem_gb * 1024))}M")
+        if self.gpus:
+            flags.append(f"--gpus-per-node={self.gpus}")
+        if self.account:
+            flags.append(f"--account={self.account}")
+        return flags
+
+    def describe(self) -> str:
+        """What is asked, in words."""
+        parts = [f"{self.cpus} CPUs per process"]
+        if self.nodes > 1 or self.tasks_per_node > 1:
+            parts.append(f"{self.nodes} nodes x {self.tasks_per_node} processes")
+        if self.mem_gb is not None:
+            parts.append(f"{self.mem_gb:g} GB")
+        if self.gpus:
+            parts.append(f"{self.gpus} GPUs per node")
+        if self.partition:
+            parts.append(f"partition {self.partition}")
+        return ", ".join(parts)
+
+
+def _submitted(submit: Callable[[], Any]) -> Any:
+    """``submit()``, with sbatch's refusal as one line."""
+    import submitit
+
+    try:
+        return submit()
+    except submitit.core.utils.FailedJobError as e:
+        said = (str(e).strip().splitlines() or ["refused"])[-1]
+        raise FlatlabError(f"--engine slurm: sbatch refused the job: {said}") from None
+
 
 def add_arguments(parser: argparse.ArgumentParser, what: str, *, one_run: bool = False
                   ) -> None:
@@ -163,8 +201,9 @@ def check_slurm(resources: SlurmResources) -> None:
     """Refuse, before anything is submitted, what this cluster cannot run.
 
     Raises:
-        FlatlabError: No ``sbatch`` on the PATH, no submitit, no answer from the controller, or
-            an unknown partition; one line each.
+        FlatlabError: No ``sbatch`` on the PATH, no submitit, no answer from the controller, an
+            unknown partition, or resources ``sbatch --test-only`` refuses (more CPUs, memory,
+            GPUs or nodes than the cluster has); one line each.
     """
     for cmd in ("sbatch", "squeue", "sinfo", "scancel"):
         if shutil.which(cmd) is None:
@@ -184,6 +223,14 @@ def check_slurm(resources: SlurmResources) -> None:
     if resources.partition and resources.partition not in parts:
         raise FlatlabError(f"--partition {resources.partition} is unknown on this cluster; "
                            f"accepted: {', '.join(parts) or 'none listed'}")
+    # what the scheduler would refuse (CPUs, memory, GPUs, nodes it does not have): asked of
+    # sbatch itself, which checks a job without submitting it
+    r = subprocess.run(["sbatch", "--test-only", *resources.sbatch_flags(), "--wrap", "true"],
+                       capture_output=True, text=True, timeout=30)
+    if r.returncode:
+        said = (r.stderr.strip().splitlines() or ["refused"])[-1]
+        raise FlatlabError(f"--engine slurm: the cluster cannot give what was asked "
+                           f"({resources.describe()}): {said}")
 
 
 def _read_jobs(root: Path) -> dict[str, str]:
@@ -256,7 +303,8 @@ def submit_and_wait(todo: Sequence[tuple[int, Any]], root: Path, resources: Slur
     folder.mkdir(parents=True, exist_ok=True)
     ex = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
     ex.update_parameters(name=root.name, **resources.parameters())
-    jobs = ex.map_array(functools.partial(_run_logged, run_one), [job for _, job in todo])
+    jobs = _submitted(lambda: ex.map_array(functools.partial(_run_logged, run_one),
+                                           [job for _, job in todo]))
     record = _read_jobs(root)
     record.update({job.name: sj.job_id for (_, job), sj in zip(todo, jobs, strict=True)})
     write_text(root / JOBS_FILE, json.dumps(record, indent=1) + "\n")
@@ -348,7 +396,7 @@ def submit_run(cfg: RunConfig, out: Path, resources: SlurmResources, *, resume: 
     else:
         ex = submitit.AutoExecutor(folder=out / ".slurm" / "%j", cluster="slurm")
         ex.update_parameters(name=out.name, **resources.parameters())
-        job_id = ex.submit(_one_rank, spec, out, resume).job_id
+        job_id = _submitted(lambda: ex.submit(_one_rank, spec, out, resume)).job_id
         write_text(out / JOBS_FILE, json.dumps({out.name: job_id}, indent=1) + "\n")
         if verbose:
             print(f"submitted the run as SLURM job {job_id}: {world} processes on "

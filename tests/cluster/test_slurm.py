@@ -113,6 +113,12 @@ def test_what_the_cluster_cannot_run_is_refused_in_one_line_before_submitting(tm
                        env=env, timeout=120)
     assert r.returncode == 2 and "--partition nowhere is unknown" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+    # what this one-node cluster does not have, as sbatch --test-only says, before submitting
+    for ask in (["--cpus", "512"], ["--mem", "100000"], ["--gpus", "1"]):
+        r = subprocess.run([*cmd, *ask], capture_output=True, text=True, env=env, timeout=120)
+        assert r.returncode == 2, (ask, r.stderr)
+        assert "the cluster cannot give what was asked" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
     path = ":".join(p for p in env["PATH"].split(":")
                     if not (Path(p) / "sbatch").exists())
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
