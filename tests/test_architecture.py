@@ -143,3 +143,28 @@ def test_imports_at_module_level(path):
                     lazy += [f"line {node.lineno}: {a.name}" for a in node.names
                              if not _allowed(a.name)]
     assert not lazy, f"{path.relative_to(ROOT)} imports inside functions: {lazy}"
+
+
+#: The concerns of flatlab/experiment in their order (docs/architecture.md, "The floor plan of
+#: experiment/"): a module imports only modules of its own concern or of an earlier one.
+CONCERNS = {"io": 0, "config": 0, "schedules": 0,
+            "assemble": 1, "loop": 1, "hooks": 1, "rundir": 1, "ranks": 1, "tensorboard": 1,
+            "runner": 1,
+            "many": 2, "sweep": 2, "slurm": 2, "results": 2,
+            "evidence": 3, "study": 3}
+
+
+def test_the_floor_plan_of_experiment_lists_every_module():
+    names = {p.stem for p in (ROOT / "experiment").glob("*.py")} - {"__init__"}
+    assert names == set(CONCERNS)
+
+
+@pytest.mark.parametrize("name", sorted(CONCERNS))
+def test_experiment_modules_import_their_own_concern_or_earlier(name):
+    upward = []
+    for line, mod in _imports(ROOT / "experiment" / f"{name}.py"):
+        parts = mod.split(".")
+        if parts[:2] == ["flatlab", "experiment"] and len(parts) > 2:
+            if CONCERNS[parts[2]] > CONCERNS[name]:
+                upward.append(f"line {line}: {mod}")
+    assert not upward, f"experiment/{name}.py imports a later concern: {upward}"
