@@ -26,6 +26,13 @@ of run seed ``s`` started from the model of node ``i`` of seed ``s + 1``. A node
 depends on its global id only, so it is the same however the nodes are split over processes
 (the ``process`` stream, which drives dropout, is per process by nature).
 
+The data layer's functions take a plain ``seed``, as networkx's generators do, and a run hands
+each its ``data.seed``: the data set's generator and the partition draw from it directly, label
+noise and the held-out split from keys derived from it. For a synthetic data set (numpy's
+``default_rng`` in both) the generator and the partition thus start from one random state; they
+are kept so because naming these two streams would change every recorded run's data, the
+studies' committed tables included. A new data stream takes a name here.
+
 This module needs no torch (only :mod:`flatlab.errors`).
 """
 
