@@ -43,7 +43,8 @@ from flatlab.errors import FlatlabError
 from flatlab.experiment.evidence import Claim
 from flatlab.studies.spec import Point, Scale, Stage, Study
 
-__all__ = ["STUDY", "SCALES", "config", "claims", "phenomenon", "steps_of", "MARGIN"]
+__all__ = ["STUDY", "SCALES", "config", "claims", "phenomenon", "steps_of", "MARGIN",
+           "join_rounds", "ROUND_TABLES"]
 
 #: Nodes of the all-reduce (centralized SGD is the same for any n at a fixed total batch).
 NODES = 16
@@ -134,6 +135,8 @@ SCALES = {
     # round alone, as it was judged when it finished (results/large_batch-round1).
     "small": _scale(ROUND1 + ROUND2, **_SMALL),
     "round1": _scale(ROUND1, **_SMALL),
+    # round 2 alone: its tables, joined with round 1's (join_rounds), are those of ``small``
+    "round2": _scale(ROUND2, **_SMALL),
     # the test suite's: a few steps, so that the study cannot rot
     "tiny": _scale((_setting(200, "logistic", 0.2, 8, 64),), (0, 1), (0, 1), 16,
                    lrs={"small": (0.3, 1.0), "large": (1.0, 3.0)}, measurements=2),
@@ -332,3 +335,36 @@ STUDY = Study(
              "the training labels; claims Holm-adjusted over the settings with a 2-point "
              "equivalence margin. The title's step count is the longest run's (the small "
              "batch's).")
+
+
+#: The tables a round's runs write, from which ``--rejudge`` rebuilds everything else.
+ROUND_TABLES = ("runs", "curves", "tuning")
+
+
+def join_rounds(rounds: list[Path], out: Path) -> None:
+    """Write into ``out`` the runs, curves and tuning tables of ``rounds``, one after another.
+
+    A setting's tuning and final runs depend on that setting alone (its configs, seeds and
+    grids), so the rounds' tables joined are the tables one scale of all their settings would
+    write (``small`` = ``round1`` + ``round2``); ``--rejudge --scale small --out OUT`` then judges
+    every setting together, its claims adjusted over the whole family.
+
+    Raises:
+        FlatlabError: A round lacks a table, or two rounds hold the same setting.
+    """
+    joined: dict[str, list[pd.DataFrame]] = {name: [] for name in ROUND_TABLES}
+    seen: dict[str, Path] = {}
+    for r in rounds:
+        for name in ROUND_TABLES:
+            if not (Path(r) / f"{name}.csv").is_file():
+                raise FlatlabError(f"{r} holds no {name}.csv; accepted: the folder of a "
+                                   "finished round (runs.csv, curves.csv, tuning.csv)")
+            joined[name].append(pd.read_csv(Path(r) / f"{name}.csv"))
+        for setting in joined["runs"][-1]["setting"].unique():
+            if setting in seen:
+                raise FlatlabError(f"{setting} is in both {seen[setting]} and {r}; accepted: "
+                                   "rounds of different settings")
+            seen[setting] = Path(r)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, frames in joined.items():
+        pd.concat(frames, ignore_index=True).to_csv(out / f"{name}.csv", index=False)

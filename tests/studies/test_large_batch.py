@@ -135,3 +135,33 @@ def test_the_committed_first_round_rejudges_to_its_tables_and_finds_no_regime(tm
     ph = pd.read_csv(committed / "phenomenon.csv")
     assert len(ph) == 5 and not ph["found"].any() and (ph["seeds"] == 5).all()
     assert ph["gap_unsettled"].sum() == 1 and ph["gap_underfit"].sum() == 1
+
+
+def test_rounds_joined_rejudge_as_one_scale_of_all_their_settings(tmp_path):
+    """Round 1's tables split by setting into two "rounds" and joined again (join_rounds)
+    re-judge to the committed round: joining changes nothing a scale of all the settings sees;
+    a setting in two rounds, or a round without its tables, is refused in one line."""
+    from flatlab.studies import pipeline
+
+    committed = Path(__file__).resolve().parents[2] / "results" / "large_batch-round1"
+    tables = {n: pd.read_csv(committed / f"{n}.csv") for n in study.ROUND_TABLES}
+    settings = list(tables["runs"]["setting"].unique())
+    keys = study.STUDY.setting_keys(study.SCALES["round1"])
+    label = {tuple(r[k] for k in keys): r["setting"] for _, r in tables["runs"].iterrows()}
+    for i, part in enumerate((settings[:2], settings[2:])):
+        (tmp_path / f"r{i}").mkdir()
+        for name, t in tables.items():
+            of = t.apply(lambda r: label[tuple(r[k] for k in keys)], axis=1)
+            t[of.isin(part)].to_csv(tmp_path / f"r{i}" / f"{name}.csv", index=False)
+    study.join_rounds([tmp_path / "r0", tmp_path / "r1"], tmp_path / "all")
+    pipeline.rejudge(study.STUDY, study.SCALES["round1"], tmp_path / "all", None)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "all" / "verdicts.csv"),
+                                  pd.read_csv(committed / "verdicts.csv"))
+    assert (tmp_path / "all" / "results.md").read_text() == (committed / "results.md").read_text()
+    with pytest.raises(flatlab.errors.FlatlabError, match="is in both"):
+        study.join_rounds([tmp_path / "r0", tmp_path / "r0"], tmp_path / "twice")
+    with pytest.raises(flatlab.errors.FlatlabError, match="holds no runs.csv"):
+        study.join_rounds([tmp_path / "nothing"], tmp_path / "none")
+    # round 2 is the rest of the small scale, setting for setting
+    small, r1, r2 = (study.SCALES[k].settings for k in ("small", "round1", "round2"))
+    assert list(small) == list(r1) + list(r2)
