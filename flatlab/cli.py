@@ -517,12 +517,13 @@ def _with_flags(args: argparse.Namespace) -> list[str]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from flatlab.experiment import load_config, run
+    from flatlab.experiment import load_config, run, slurm
 
+    resources = slurm.resources_from(args)  # a SLURM option without --engine slurm: refused
     cfg = load_config(args.config, _with_flags(args))
     out = _output_dir(args.out if args.out else Path("runs") / cfg.name, "--out")
-    if args.engine == "slurm":
-        return _run_on_slurm(args, cfg, out)
+    if resources is not None:
+        return _run_on_slurm(args, cfg, out, resources)
     res = run(cfg, out, progress=not args.no_progress, resume=not args.restart)
     if res.main:  # in a distributed run, rank 0 speaks for all
         from flatlab.experiment.results import run_line
@@ -536,12 +537,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0 if res.status in ("done", "diverged") else 1
 
 
-def _run_on_slurm(args: argparse.Namespace, cfg: Any, out: Path) -> int:
+def _run_on_slurm(args: argparse.Namespace, cfg: Any, out: Path, resources: Any) -> int:
     """``flatlab run --engine slurm``: the run as one SLURM job (:func:`slurm.submit_run`)."""
     from flatlab.experiment import slurm
     from flatlab.experiment.results import run_line
 
-    resources = slurm.resources_from(args)
     slurm.check_slurm(resources)
     row = slurm.submit_run(cfg, out, resources, resume=not args.restart, wait=not args.no_wait)
     print(f"{row['status']} at step {row['step']}: {out}"

@@ -295,6 +295,16 @@ CASES = [
     Case("plot-unknown-type", lambda d: ["plot", d / "done", "--out", d / "f.xyz"],
          "unknown file type .xyz"),
     Case("demo-out-is-a-file", lambda d: ["demo", "--out", d / "cfg.yaml"], "is a file"),
+    # SLURM's options without --engine slurm (they would be ignored)
+    Case("run-nodes-without-slurm",
+         lambda d: ["run", d / "cfg.yaml", "--nodes", "2", "--out", d / "new"],
+         "--nodes is an option of --engine slurm"),
+    Case("run-gpus-without-slurm", lambda d: ["run", d / "cfg.yaml", "--gpus-per-node", "1",
+                                              "--out", d / "new"],
+         "--gpus-per-node is an option of --engine slurm"),
+    Case("sweep-partition-without-slurm",
+         _sweep({"base": "@/cfg.yaml", "grid": {"seed": [0]}, "out": "@/sw"}, "--partition", "gpu"),
+         "--partition is an option of --engine slurm"),
     # 2. sweeps
     Case("sweep-base-malformed",
          lambda d: (_bad_file("b.yaml", "x: [\n")(d),

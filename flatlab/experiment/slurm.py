@@ -185,9 +185,26 @@ def add_arguments(parser: argparse.ArgumentParser, what: str, *, one_run: bool =
                    help="submit and return; the same command later resumes or waits")
 
 
+#: The SLURM options and their defaults (what a local run leaves untouched).
+_SLURM_DEFAULTS = {"partition": None, "time": 60, "cpus": 1, "mem": None, "account": None,
+                   "gpus": 0, "max_running": None, "nodes": 1, "tasks_per_node": None,
+                   "no_wait": False}
+
+
 def resources_from(args: argparse.Namespace) -> SlurmResources | None:
-    """The resources :func:`add_arguments`' options ask for (None with ``--engine local``)."""
+    """The resources :func:`add_arguments`' options ask for (None with ``--engine local``).
+
+    Raises:
+        ConfigError: A SLURM option given with ``--engine local`` (it would be ignored).
+    """
     if args.engine != "slurm":
+        given = [f"--{name.replace('_', '-')}" for name, default in _SLURM_DEFAULTS.items()
+                 if getattr(args, name, default) != default]
+        if given:
+            flag = "--gpus-per-node" if given[0] == "--gpus" and hasattr(args, "nodes") \
+                else given[0]
+            raise ConfigError(f"{flag} is an option of --engine slurm; accepted: add "
+                              "--engine slurm, or leave it out to run on this machine")
         return None
     tasks = getattr(args, "tasks_per_node", None)
     return SlurmResources(partition=args.partition, minutes=args.time, cpus=args.cpus,

@@ -632,14 +632,14 @@ def main(study: Study, argv: list[str] | None = None, *, root: Path | None = Non
         print(f"error: --jobs must be >= 1 (got {a.jobs})", file=sys.stderr)
         return 2
     engine: Any = contextlib.nullcontext()
-    if a.engine == "slurm" and not (a.report or a.rejudge):
-        try:
-            resources = resources_from(a)
+    try:
+        resources = resources_from(a)
+        if resources is not None and not (a.report or a.rejudge):
             check_slurm(resources)
-        except FlatlabError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        engine = on_slurm(resources)
+            engine = on_slurm(resources)
+    except FlatlabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     scale = study.scales[a.scale]
     out = a.out or root / "results" / f"{study.name}-{a.scale}"
     fig = a.fig or (out / study.name if a.scale == "tiny"
