@@ -542,10 +542,12 @@ def _run_on_slurm(args: argparse.Namespace, cfg: Any, out: Path, resources: Any)
     from flatlab.experiment import slurm
     from flatlab.experiment.results import run_line
 
+    slurm.check_run(cfg, resources)
     slurm.check_slurm(resources)
     row = slurm.submit_run(cfg, out, resources, resume=not args.restart, wait=not args.no_wait)
     print(f"{row['status']} at step {row['step']}: {out}"
-          + (f" ({row['message']})" if row["message"] else ""))
+          + (f" ({row['message']})" if row["message"] else "")
+          + ("" if row["ran"] else " (finished before: nothing ran; --restart to train again)"))
     if row["status"] in ("done", "diverged"):
         print(run_line(out))
     return 0 if row["status"] in ("done", "diverged", "queued") else 1
@@ -570,12 +572,20 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + f": {spec.out}")
         return 0
     resources = slurm.resources_from(args)
+    if resources is not None and args.jobs != 1:
+        raise FlatlabError(f"--jobs {args.jobs} runs on this machine; on SLURM, --max-running "
+                           "says how many runs go at once; accepted: --engine slurm without "
+                           "--jobs, or --engine local --jobs N")
     df = run_sweep(spec, progress=not args.no_progress, jobs=args.jobs, slurm=resources,
                    wait=not args.no_wait)
     counts = df.status.value_counts().to_dict()
-    skipped = int(df.skipped.sum())
+    finished = df.status.isin(["done", "diverged"])
+    skipped = int((df.skipped & finished).sum())
+    held = int((df.skipped & df.status.isin(["queued", "running"])).sum())
     print(", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-          + (f" ({skipped} finished before, skipped)" if skipped else "") + f": {spec.out}")
+          + (f" ({skipped} finished before, skipped)" if skipped else "")
+          + (f" ({held} still held by SLURM, not submitted again)" if held else "")
+          + f": {spec.out}")
     return 0 if counts.get("failed", 0) == 0 else 1
 
 

@@ -162,9 +162,27 @@ def test_the_floor_plan_of_experiment_lists_every_module():
 @pytest.mark.parametrize("name", sorted(CONCERNS))
 def test_experiment_modules_import_their_own_concern_or_earlier(name):
     upward = []
-    for line, mod in _imports(ROOT / "experiment" / f"{name}.py"):
+    for line, other in _experiment_modules(ROOT / "experiment" / f"{name}.py"):
+        if CONCERNS[other] > CONCERNS[name]:
+            upward.append(f"line {line}: {other}")
+    assert not upward, f"experiment/{name}.py imports a later concern: {upward}"
+
+
+def _experiment_modules(path: Path) -> list[tuple[int, str]]:
+    """``(line, module of experiment/)`` of every import of one, in any of its spellings."""
+    out = []
+    for line, mod in _imports(path):
         parts = mod.split(".")
         if parts[:2] == ["flatlab", "experiment"] and len(parts) > 2:
-            if CONCERNS[parts[2]] > CONCERNS[name]:
-                upward.append(f"line {line}: {mod}")
-    assert not upward, f"experiment/{name}.py imports a later concern: {upward}"
+            out.append((line, parts[2]))
+    for node in ast.walk(ast.parse(path.read_text())):  # from flatlab.experiment import X
+        if isinstance(node, ast.ImportFrom) and node.module == "flatlab.experiment":
+            out += [(node.lineno, a.name) for a in node.names if a.name in CONCERNS]
+    return out
+
+
+def test_the_floor_plan_test_sees_every_spelling(tmp_path):
+    p = tmp_path / "io.py"
+    p.write_text("from flatlab.experiment import study, load_config\n"
+                 "import flatlab.experiment.many\nfrom flatlab.experiment.sweep import x\n")
+    assert sorted(_experiment_modules(p)) == [(1, "study"), (2, "many"), (3, "sweep")]

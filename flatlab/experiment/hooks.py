@@ -481,7 +481,7 @@ class Checkpointing(Hook):
 
         def write() -> None:
             rundir.save_checkpoint(self.out, ck)
-            rundir.write_results(self.out, rec.rows, rec.tables)
+            rundir.write_metrics(self.out, rec.rows, rec.tables)
 
         self.alone(f"writing the checkpoint of step {step}", write)
         self.saved = step

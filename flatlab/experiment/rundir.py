@@ -65,7 +65,7 @@ __all__ = ["STATUSES", "METRIC_COLUMNS", "SHOWN_STATUSES", "HEARTBEAT_S", "STALE
            "Checkpoint", "read_status", "shown_status", "process_gone", "read_config", "identity",
            "load_checkpoint", "check_fits", "save_checkpoint", "final_models", "average_model",
            "StatusWriter", "mark_failed", "clear_results", "conflict", "owned_elsewhere",
-           "decide", "start_files", "write_results", "RESTART_HINT", "RunLock",
+           "decide", "start_files", "write_metrics", "RESTART_HINT", "RunLock",
            "finished_damage", "repair", "clear_temporaries", "cause"]
 
 STATUSES = ("running", "done", "diverged", "failed")
@@ -672,7 +672,7 @@ def start_files(out: Path, cfg_dict: dict[str, Any], measures: dict[str, Any], *
     write_text(out / "measures.json", json.dumps(measures, indent=1) + "\n")
 
 
-def write_results(out: Path, metrics: list[tuple], tables: dict[str, list[dict[str, Any]]]
+def write_metrics(out: Path, metrics: list[tuple], tables: dict[str, list[dict[str, Any]]]
                   ) -> None:
     """Write ``metrics.parquet`` (long form, :data:`METRIC_COLUMNS`) and the extra tables."""
     df = pd.DataFrame(metrics, columns=list(METRIC_COLUMNS))
@@ -832,7 +832,7 @@ def repair(out: Path, ck: Checkpoint, cfg_dict: dict[str, Any]) -> None:
     """Rewrite a finished run's config, metrics and extra tables from its sound checkpoint."""
     out = Path(out)
     write_text(out / "config.yaml", yaml.safe_dump(ck.config or cfg_dict, sort_keys=False))
-    write_results(out, list(ck.metrics), ck.tables)
+    write_metrics(out, list(ck.metrics), ck.tables)
 
 
 def decide(out: Path, cfg_dict: dict[str, Any], resume: bool

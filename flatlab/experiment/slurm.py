@@ -48,8 +48,8 @@ from flatlab.experiment.config import RunConfig, load_config, to_dict
 from flatlab.experiment.io import write_text
 from flatlab.experiment.runner import preflight, run
 
-__all__ = ["SlurmResources", "check_slurm", "submit_and_wait", "submit_run", "queued",
-           "status_counts", "cancel", "JOBS_FILE", "add_arguments", "resources_from"]
+__all__ = ["SlurmResources", "check_slurm", "check_run", "submit_and_wait", "submit_run",
+           "queued", "status_counts", "cancel", "JOBS_FILE", "add_arguments", "resources_from"]
 
 #: Where a sweep keeps submitit's files and the record of its jobs.
 JOBS_FILE = Path(".slurm") / "jobs.json"
@@ -129,13 +129,16 @@ class SlurmResources:
 
     def describe(self) -> str:
         """What is asked, in words."""
-        parts = [f"{self.cpus} CPUs per process"]
-        if self.nodes > 1 or self.tasks_per_node > 1:
-            parts.append(f"{self.nodes} nodes x {self.tasks_per_node} processes")
+        several = self.nodes > 1 or self.tasks_per_node > 1
+        parts = [f"{self.cpus} CPU{'s' if self.cpus != 1 else ''} per "
+                 f"{'process' if several else 'run'}"]
+        if several:
+            parts.append(f"{self.nodes} node{'s' if self.nodes != 1 else ''} x "
+                         f"{self.tasks_per_node} process{'es' if self.tasks_per_node != 1 else ''}")
         if self.mem_gb is not None:
             parts.append(f"{self.mem_gb:g} GB")
         if self.gpus:
-            parts.append(f"{self.gpus} GPUs per node")
+            parts.append(f"{self.gpus} GPU{'s' if self.gpus != 1 else ''} per node")
         if self.partition:
             parts.append(f"partition {self.partition}")
         return ", ".join(parts)
@@ -169,7 +172,9 @@ def add_arguments(parser: argparse.ArgumentParser, what: str, *, one_run: bool =
     g.add_argument("--time", type=int, default=60, help="minutes per run (default 60)")
     g.add_argument("--cpus", type=int, default=1,
                    help=f"CPUs per {'process' if one_run else 'run'} (default 1)")
-    g.add_argument("--mem", type=float, help="GB of memory per run (default: the partition's)")
+    g.add_argument("--mem", type=float,
+                   help=f"GB of memory per {'node' if one_run else 'run'} (default: the "
+                        "partition's)")
     g.add_argument("--account", help="account to charge (default: yours)")
     if not one_run:
         g.add_argument("--gpus", type=int, default=0, help="GPUs per run (default 0)")
@@ -207,6 +212,15 @@ def resources_from(args: argparse.Namespace) -> SlurmResources | None:
                               "--engine slurm, or leave it out to run on this machine")
         return None
     tasks = getattr(args, "tasks_per_node", None)
+    try:
+        return _resources(args, tasks)
+    except ConfigError as e:
+        if hasattr(args, "nodes"):  # flatlab run: its flag is --gpus-per-node
+            raise ConfigError(str(e).replace("--gpus ", "--gpus-per-node ")) from None
+        raise
+
+
+def _resources(args: argparse.Namespace, tasks: int | None) -> SlurmResources:
     return SlurmResources(partition=args.partition, minutes=args.time, cpus=args.cpus,
                           mem_gb=args.mem, gpus=args.gpus, account=args.account,
                           parallel=getattr(args, "max_running", None),
@@ -231,11 +245,14 @@ def check_slurm(resources: SlurmResources) -> None:
     except ImportError:
         raise FlatlabError("--engine slurm needs the submitit package; install it with "
                            "pip install \"flatlab[cluster]\"") from None
-    r = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30)
+    try:
+        r = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True,
+                           timeout=30)
+    except subprocess.TimeoutExpired:
+        raise FlatlabError(f"--engine slurm: sinfo gave no answer in 30 s; {NO_ANSWER}") from None
     if r.returncode:
         first = (r.stderr.strip().splitlines() or ["no answer"])[0]
-        raise FlatlabError(f"--engine slurm: sinfo failed ({first}); is the SLURM controller "
-                           "up?")
+        raise FlatlabError(f"--engine slurm: sinfo failed ({first}); {NO_ANSWER}")
     parts = [p.rstrip("*") for p in r.stdout.split()]
     if resources.partition and resources.partition not in parts:
         raise FlatlabError(f"--partition {resources.partition} is unknown on this cluster; "
@@ -247,7 +264,26 @@ def check_slurm(resources: SlurmResources) -> None:
     if r.returncode:
         said = (r.stderr.strip().splitlines() or ["refused"])[-1]
         raise FlatlabError(f"--engine slurm: the cluster cannot give what was asked "
-                           f"({resources.describe()}): {said}")
+                           f"({resources.describe()}): {said}; accepted: at most what "
+                           f"{_has(resources.partition)}")
+
+
+def _has(partition: str | None) -> str:
+    """What the partition's nodes have, as ``sinfo`` says (for a refusal's accepted part)."""
+    cmd = ["sinfo", "-h", "-o", "%P|%D|%c|%m|%G"] + (["-p", partition] if partition else [])
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return "the partition has (sinfo)"
+    rows = [line.split("|") for line in r.stdout.splitlines() if line.count("|") == 4]
+    if partition is None:
+        rows = [row for row in rows if row[0].endswith("*")] or rows[:1]
+    if not rows:
+        return "the partition has (sinfo)"
+    name, nodes, cpus, mem, gres = rows[0]
+    gpus = "no GPUs" if gres in ("(null)", "") else f"GRES {gres}"
+    return (f"partition {name.rstrip('*')} has: {nodes} node(s) of {cpus} CPUs and {mem} MB, "
+            f"{gpus}")
 
 
 def _read_jobs(root: Path) -> dict[str, str]:
@@ -263,24 +299,84 @@ def _read_jobs(root: Path) -> dict[str, str]:
 
 #: Job states in which the scheduler still holds a job (``squeue``'s long names).
 HELD = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING"}
+#: Those of them shown as ``queued`` (the others as ``running``).
+WAITING = {"PENDING", "CONFIGURING", "REQUEUED"}
+
+
+#: What to say when the scheduler does not answer.
+NO_ANSWER = ("is the SLURM controller up, and does SLURM_CONF (or /etc/slurm/slurm.conf) name "
+             "its config?")
+
+
+def _squeue(ids: Sequence[str]) -> dict[str, str] | None:
+    """``squeue``'s state of each job (``123_4`` for array elements) still held, by id.
+
+    None when the scheduler did not answer (a job it no longer knows is simply not held).
+    """
+    if not ids:
+        return {}
+    if shutil.which("squeue") is None:
+        return None
+    try:
+        r = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j",
+                            ",".join(sorted({j.split("_")[0] for j in ids}))],
+                           capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return None
+    if r.returncode:
+        return {} if "Invalid job id" in r.stderr else None
+    states = dict(line.split(None, 1) for line in r.stdout.splitlines() if " " in line)
+    return {j: s.strip() for j, s in states.items() if s.strip() in HELD}
 
 
 def _held(ids: Sequence[str]) -> dict[str, str]:
-    """``squeue``'s state of each job (``123_4`` for array elements) still held, by id."""
-    if not ids or shutil.which("squeue") is None:
-        return {}
-    r = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j",
-                        ",".join(sorted({j.split("_")[0] for j in ids}))],
-                       capture_output=True, text=True, timeout=30)
-    states = dict(line.split(None, 1) for line in r.stdout.splitlines() if " " in line)
-    return {j: s.strip() for j, s in states.items() if s.strip() in HELD}
+    """:func:`_squeue`, refusing to guess when the scheduler does not answer.
+
+    Raises:
+        FlatlabError: ``squeue`` is missing or got no answer.
+    """
+    held = _squeue(ids)
+    if held is None:
+        raise FlatlabError(f"squeue got no answer about jobs {', '.join(sorted(ids)[:3])}: "
+                           f"{NO_ANSWER}")
+    return held
+
+
+#: Seconds a waiting command tolerates a scheduler that does not answer before it gives up.
+PATIENCE_S = 300.0
+
+
+def _wait_for(ids: Sequence[str]) -> dict[str, str]:
+    """Poll until some job of ``ids`` is no longer held; the ones still held (may be empty).
+
+    A scheduler that does not answer is asked again (a busy controller times out now and then)
+    for up to :data:`PATIENCE_S` seconds; no answer is never read as "ended".
+
+    Raises:
+        FlatlabError: No answer for :data:`PATIENCE_S` seconds.
+    """
+    silent_since = None
+    while True:
+        held = _squeue(ids)
+        if held is None:
+            silent_since = silent_since or time.monotonic()
+            if time.monotonic() - silent_since > PATIENCE_S:
+                raise FlatlabError(f"squeue gave no answer for {PATIENCE_S:.0f} s while waiting "
+                                   f"for SLURM jobs {', '.join(sorted(ids)[:3])} (they may "
+                                   f"still run; the same command waits again): {NO_ANSWER}")
+        else:
+            silent_since = None
+            if len(held) < len(ids):
+                return held
+        time.sleep(1.0)
 
 
 def queued(root: Path) -> dict[str, str]:
     """Runs of the sweep at ``root`` whose job the scheduler still holds: name -> state."""
     jobs = _read_jobs(root)
     held = _held(list(jobs.values()))
-    return {name: held[j].lower() for name, j in jobs.items() if j in held}
+    return {name: "queued" if held[j] in WAITING else "running"
+            for name, j in jobs.items() if j in held}
 
 
 def _run_logged(run_one: Callable[[Any], dict[str, Any]], job: Any) -> dict[str, Any]:
@@ -288,10 +384,11 @@ def _run_logged(run_one: Callable[[Any], dict[str, Any]], job: Any) -> dict[str,
     job.path.mkdir(parents=True, exist_ok=True)
     with open(job.path / "slurm.log", "a") as log, contextlib.redirect_stdout(log), \
             contextlib.redirect_stderr(log):
-        print(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} job "
-              f"{os.environ.get('SLURM_ARRAY_JOB_ID', '?')}_"
-              f"{os.environ.get('SLURM_ARRAY_TASK_ID', '?')} on {os.uname().nodename}",
-              flush=True)
+        array = os.environ.get("SLURM_ARRAY_JOB_ID")
+        job_id = (f"{array}_{os.environ.get('SLURM_ARRAY_TASK_ID')}" if array
+                  else os.environ.get("SLURM_JOB_ID", "?"))  # one run: a plain job
+        print(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} job {job_id} on "
+              f"{os.uname().nodename}", flush=True)
         return run_one(job)
 
 
@@ -337,7 +434,7 @@ def submit_and_wait(todo: Sequence[tuple[int, Any]], root: Path, resources: Slur
     t0 = time.perf_counter()
     try:
         while pending:
-            held = _held([sj.job_id for _, sj in pending.values()])
+            held = _wait_for([sj.job_id for _, sj in pending.values()])
             for k in [k for k, (_, sj) in pending.items() if sj.job_id not in held]:
                 (i, job), sj = pending.pop(k)
                 row = _row(job, sj.job_id)
@@ -345,8 +442,6 @@ def submit_and_wait(todo: Sequence[tuple[int, Any]], root: Path, resources: Slur
                 if verbose:
                     print(f"[{len(out)}/{len(jobs)}] {job.name}: {row['status']} "
                           f"({time.perf_counter() - t0:.0f} s so far)", flush=True)
-            if pending:
-                time.sleep(1.0)
     except KeyboardInterrupt:
         subprocess.run(["scancel", *(sj.job_id for _, sj in pending.values())], check=False,
                        timeout=60)
@@ -371,13 +466,62 @@ def _one_rank(cfg: dict[str, Any], out: Path, resume: bool) -> dict[str, Any]:
         return {"status": res.status, "step": res.step, "message": res.message}
 
 
+#: What a distributed run's job records beside its id: the config it runs.
+RUN_JOB_FILE = Path(".slurm") / "run.json"
+
+
+def _held_run(out: Path, spec: dict[str, Any]) -> str | None:
+    """The job the scheduler still holds on the run folder ``out`` (None: none).
+
+    Raises:
+        ConfigError: That job runs another config.
+    """
+    p = out / RUN_JOB_FILE
+    if not p.is_file():
+        return None
+    try:
+        rec = json.loads(p.read_text())
+        job_id, held_cfg = str(rec["job"]), rec["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    held = _held([job_id])
+    if job_id not in held:
+        return None
+    diff = rundir.differences(rundir.identity(held_cfg), rundir.identity(spec))
+    if diff:
+        raise ConfigError(f"SLURM job {job_id} is {held[job_id].lower()} on {out} with another "
+                          f"config (it differs in {', '.join(diff[:4])}); accepted: the same "
+                          f"config, or wait for it, or scancel {job_id}, or another --out")
+    return job_id
+
+
+def check_run(cfg: RunConfig, resources: SlurmResources) -> None:
+    """Refuse a distributed run the job's processes cannot hold (before asking the cluster).
+
+    Raises:
+        ConfigError: The processes do not divide the network's nodes, or a GPU device without
+            GPUs.
+    """
+    world = resources.nodes * resources.tasks_per_node
+    if cfg.topology.nodes % world:
+        raise ConfigError(f"--nodes {resources.nodes} x --tasks-per-node "
+                          f"{resources.tasks_per_node} = {world} processes cannot split "
+                          f"topology.nodes = {cfg.topology.nodes}; accepted: a number of "
+                          f"processes that divides {cfg.topology.nodes}")
+    if cfg.device.startswith("cuda") and not resources.gpus:
+        raise ConfigError(f"device={cfg.device} asks for a GPU, but the job asks for none; "
+                          "accepted: --gpus-per-node G (one process per GPU), or device=auto")
+
+
 def submit_run(cfg: RunConfig, out: Path, resources: SlurmResources, *, resume: bool = True,
                wait: bool = True, verbose: bool = True) -> dict[str, Any]:
     """Run ``cfg`` as one SLURM job of ``nodes x tasks_per_node`` processes (torch.distributed).
 
     Every process trains its rows with ``backend: distributed``, as under ``torchrun``, so the
-    result equals the local multi-process run's. While the job is queued or running a second
-    call submits nothing and waits for it; after it ends, the run folder resumes as any does.
+    result equals the local multi-process run's. The run folder is checked first, as a local
+    run checks it (a finished run of the same config submits nothing; a folder of other files
+    or of another config's run is refused); while the run's job is queued or running, the same
+    command submits nothing and waits for it (another config is refused).
 
     Args:
         cfg: The run's config (its ``backend`` becomes ``distributed``).
@@ -388,48 +532,53 @@ def submit_run(cfg: RunConfig, out: Path, resources: SlurmResources, *, resume: 
         verbose: Print the job's id.
 
     Returns:
-        The run's status row: ``status``, ``step`` and ``message``.
+        The run's status row: ``status``, ``step``, ``message`` and ``ran`` (False: nothing
+        was submitted, the run had finished before).
 
     Raises:
-        ConfigError: The processes do not divide the network's nodes.
+        ConfigError: The processes do not divide the network's nodes, a GPU device without
+            GPUs, or the folder cannot hold this run; one line each, before anything is
+            submitted.
     """
     import submitit
 
+    check_run(cfg, resources)
     world = resources.nodes * resources.tasks_per_node
-    if cfg.topology.nodes % world:
-        raise ConfigError(f"--nodes {resources.nodes} x --tasks-per-node "
-                          f"{resources.tasks_per_node} = {world} processes cannot split "
-                          f"topology.nodes = {cfg.topology.nodes}; accepted: a number of "
-                          f"processes that divides {cfg.topology.nodes}")
     spec = to_dict(cfg) | {"backend": "distributed"}
     preflight(load_config(spec))
     logging.getLogger("submitit").setLevel(logging.ERROR)
-    held = _held(list(_read_jobs(out).values()))
-    if held:
-        job_id = next(iter(held))
+    job_id = _held_run(out, spec)
+    if job_id is not None:
         if verbose:
-            print(f"SLURM job {job_id} is {held[job_id].lower()} on this run: waiting for it",
-                  flush=True)
+            print(f"SLURM job {job_id} already runs this run: "
+                  + ("waiting for it" if wait else "nothing submitted"), flush=True)
     else:
+        kind, payload = rundir.decide(out, spec, resume)
+        if kind == "error":
+            raise ConfigError(str(payload))
+        if kind == "finished":
+            return {"status": payload["status"], "step": payload["step"],
+                    "message": payload.get("message", ""), "ran": False}
         ex = submitit.AutoExecutor(folder=out / ".slurm" / "%j", cluster="slurm")
         ex.update_parameters(name=out.name, **resources.parameters())
         job_id = _submitted(lambda: ex.submit(_one_rank, spec, out, resume)).job_id
-        write_text(out / JOBS_FILE, json.dumps({out.name: job_id}, indent=1) + "\n")
+        write_text(out / RUN_JOB_FILE, json.dumps({"job": job_id, "config": spec}, indent=1)
+                   + "\n")
         if verbose:
             print(f"submitted the run as SLURM job {job_id}: {world} processes on "
                   f"{resources.nodes} node(s)", flush=True)
     if not wait:
-        return {"status": "queued", "step": 0, "message": f"SLURM job {job_id}"}
+        return {"status": "queued", "step": 0, "message": f"SLURM job {job_id}", "ran": True}
     try:
-        while _held([job_id]):
-            time.sleep(1.0)
+        _wait_for([job_id])
     except KeyboardInterrupt:
         subprocess.run(["scancel", job_id], check=False, timeout=60)
         print(f"cancelled SLURM job {job_id}; the run resumes with the same command",
               file=sys.stderr, flush=True)
         raise
-    row = _row(argparse.Namespace(name=out.name, path=out), job_id, log="slurm.rank*.log")
-    return {k: row[k] for k in ("status", "step", "message")}
+    row = _row(argparse.Namespace(name=out.name, path=out), job_id,
+               log=f".slurm/{job_id}/*_log.err")
+    return {k: row[k] for k in ("status", "step", "message")} | {"ran": True}
 
 
 def _row(job: Any, job_id: str, log: str = "slurm.log") -> dict[str, Any]:
@@ -464,8 +613,6 @@ def status_counts(root: Path, names: Sequence[str]) -> dict[str, int]:
             except FlatlabError:
                 st = {"status": "failed"}
             state = "not started" if st is None else st["status"]
-        elif state == "pending":
-            state = "queued"
         counts[state] = counts.get(state, 0) + 1
     return counts
 

@@ -118,12 +118,26 @@ def test_what_the_cluster_cannot_run_is_refused_in_one_line_before_submitting(tm
         r = subprocess.run([*cmd, *ask], capture_output=True, text=True, env=env, timeout=120)
         assert r.returncode == 2, (ask, r.stderr)
         assert "the cluster cannot give what was asked" in r.stderr, r.stderr
+        assert "accepted: at most what partition" in r.stderr and " CPUs and " in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
     path = ":".join(p for p in env["PATH"].split(":")
                     if not (Path(p) / "sbatch").exists())
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
                        env={**env, "PATH": path})
     assert r.returncode == 2 and "needs SLURM's sbatch on the PATH" in r.stderr
+    # a scheduler that does not answer: said, with where its config is looked for; --cancel
+    # and --status refuse rather than report nothing held
+    conf = Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")).read_text()
+    (tmp_path / "lost.conf").write_text(  # the controller's port, wrong: nobody answers
+        "SlurmctldPort=6999\nMessageTimeout=2\n" + conf)
+    lost = {**env, "SLURM_CONF": str(tmp_path / "lost.conf")}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=lost)
+    assert r.returncode == 2 and "SLURM_CONF" in r.stderr, r.stderr
+    (tmp_path / "out" / ".slurm").mkdir(parents=True)
+    (tmp_path / "out" / ".slurm" / "jobs.json").write_text('{"seed=0": "123"}')
+    r = subprocess.run([*cmd[:-2], "--cancel"], capture_output=True, text=True, timeout=120,
+                       env=lost)
+    assert r.returncode == 2 and "squeue got no answer" in r.stderr, (r.stdout, r.stderr)
 
 
 def _free_port() -> int:
@@ -161,7 +175,25 @@ def test_a_distributed_run_as_one_job_equals_the_same_run_under_torchrun(tmp_pat
     assert logs == ["slurm.rank0.log", "slurm.rank1.log"]
     # finished: the same command submits nothing and says so
     again = subprocess.run(there.args, env=env, capture_output=True, text=True, timeout=180)
-    assert again.returncode == 0 and "done at step 12" in again.stdout
+    assert again.returncode == 0 and "finished before: nothing ran" in again.stdout
+    assert "submitted" not in again.stdout
+    # the folder is checked before submitting, as a local run checks it: another config's run,
+    # a folder of other files, a GPU device without GPUs
+    for extra, folder, says in ((["optim.lr=0.2"], "there", "different config"),
+                                ([], "notes", "holds no run but other files"),
+                                (["device=cuda"], "gpu", "asks for a GPU")):
+        (tmp_path / "notes").mkdir(exist_ok=True)
+        (tmp_path / "notes" / "notes.txt").write_text("mine\n")
+        bad = subprocess.run([*there.args[:-1], str(tmp_path / folder), *extra], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 2 and says in bad.stderr, (extra, bad.stdout, bad.stderr)
+        assert len(bad.stderr.strip().splitlines()) == 1 and "submitted" not in bad.stdout
+    assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["notes.txt"]
+    # a SLURM option without --engine slurm is refused, not ignored
+    local = subprocess.run([sys.executable, "-m", "flatlab", "run", str(config), "--nodes", "2",
+                            "--out", str(tmp_path / "local")], env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert local.returncode == 2 and "--nodes is an option of --engine slurm" in local.stderr
     # processes that cannot split the network: one line, nothing submitted
     bad = subprocess.run([*there.args[:-1], str(tmp_path / "bad"), "--tasks-per-node", "3"],
                          env=env, capture_output=True, text=True, timeout=120)
