@@ -23,15 +23,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/flatlab demo
 
-# two pytest workers, handed tests one by one (--dist loadgroup; a file whose tests share a
-# module fixture stays on one worker, tests/conftest.py): on 2 cores the suite took 0.77 of its
-# one-process time (648 s against 838 s, measured with one file per worker beside the same
-# background load), since much of it waits on spawned processes; TEST_WORKERS=0 runs it in one
-# process
+# two pytest workers, one test file each at a time (--dist loadfile keeps a file's fixtures in one
+# process; --dist loadgroup with xdist_group marks did not group under pytest 9.2 and xdist 3.8):
+# on 2 cores the suite took 0.77 of its one-process time (648 s against 838 s, measured beside the
+# same background load), since much of it waits on spawned processes; TEST_WORKERS=0 runs it in
+# one process
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/python -m ruff check flatlab tests benchmarks paper_figs notebooks/*.py docs/*.py
-	$(BIN)/python -m pytest -q -m "not slow" $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup)
+	$(BIN)/python -m pytest -q -m "not slow" $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 
 # the golden runs and the float32 comparisons (pytest -m kernels) under every kernel level this CPU
 # offers (x86: DEFAULT, AVX2, AVX-512 ATen kernels, with MKL, oneDNN, numpy and OpenBLAS held to

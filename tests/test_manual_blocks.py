@@ -1,8 +1,8 @@
 """Every `bash` and `python` block of the manual runs, in order, at a small size.
 
 The manual is ``README.md`` and the pages of ``mkdocs.yml``'s navigation, in that order. The blocks
-run as a reader would paste them, page by page (one test each, so the suite spreads them over its
-workers): in a scratch folder of the page's own (holding the repository's ``configs/`` and
+run as a reader would paste them, page by page (one test each, which names the page that
+failed): in a scratch folder of the page's own (holding the repository's ``configs/`` and
 ``results/``), ``bash`` blocks with ``set -e`` and the ``flatlab`` command on the path, the
 ``python`` blocks of a page one after another in one interpreter (a later block uses what an
 earlier one on the same page defined, as in a notebook; each page starts afresh). Runs are
