@@ -366,7 +366,8 @@ def _wait_for(ids: Sequence[str]) -> dict[str, str]:
                                    f"still run; the same command waits again): {NO_ANSWER}")
         else:
             silent_since = None
-            if len(held) < len(ids):
+            held = {j: state for j, state in held.items() if j in ids}
+            if len(held) < len(set(ids)):
                 return held
         time.sleep(1.0)
 
