@@ -26,7 +26,7 @@ def _tables(out: Path) -> dict[str, pd.DataFrame]:
 
 
 def test_tiny_scale_tunes_gamma_trains_the_choice_and_judges_with_its_margin(tmp_path):
-    assert main(STUDY, ["--scale", "tiny", "--out", str(tmp_path), "--jobs", "2"]) == 0
+    assert main(STUDY, ["--scale", "tiny", "--out", str(tmp_path), "--jobs", "1"]) == 0
     t = _tables(tmp_path)
     tuning, runs, curves, verdicts = t["tuning"], t["runs"], t["curves"], t["verdicts"]
     scale = STUDY.scales["tiny"]

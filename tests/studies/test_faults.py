@@ -65,7 +65,7 @@ def test_the_predicted_growth_is_the_ratio_of_the_second_moment_maps():
 
 def test_tiny_scale_runs_measures_and_judges_every_fault(tmp_path):
     scale = study.SCALES["tiny"]
-    assert main(study.STUDY, ["--scale", "tiny", "--out", str(tmp_path), "--jobs", "2"]) == 0
+    assert main(study.STUDY, ["--scale", "tiny", "--out", str(tmp_path), "--jobs", "1"]) == 0
     runs = pd.read_csv(tmp_path / "runs.csv")
     curves = pd.read_csv(tmp_path / "curves.csv")
     verdicts = pd.read_csv(tmp_path / "verdicts.csv")

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_tiny_scale_tunes_on_seeds_trains_checks_and_judges(tmp_path, capsys):
     scale = h.SCALES["tiny"]
-    assert main(h.STUDY, ["--scale", "tiny", "--out", str(tmp_path), "--jobs", "2"]) == 0
+    assert main(h.STUDY, ["--scale", "tiny", "--out", str(tmp_path), "--jobs", "1"]) == 0
     tuning = pd.read_csv(tmp_path / "tuning.csv")
     runs = pd.read_csv(tmp_path / "runs.csv")
     curves = pd.read_csv(tmp_path / "curves.csv")

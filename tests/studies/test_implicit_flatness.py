@@ -31,7 +31,7 @@ KEYS = ["nodes", "method", "seed"]
 def test_tiny_scale_tunes_lr_then_rho_trains_checks_and_judges(tmp_path):
     scale = study.SCALES["tiny"]
     methods = study.methods(scale)
-    assert main(study.STUDY, ["--scale", "tiny", "--out", str(tmp_path), "--jobs", "2"]) == 0
+    assert main(study.STUDY, ["--scale", "tiny", "--out", str(tmp_path), "--jobs", "1"]) == 0
     tuning = pd.read_csv(tmp_path / "tuning.csv")
     runs = pd.read_csv(tmp_path / "runs.csv")
     curves = pd.read_csv(tmp_path / "curves.csv")

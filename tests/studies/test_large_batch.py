@@ -21,7 +21,7 @@ from flatlab.studies.spec import Scale
 
 def test_tiny_scale_tunes_each_batch_runs_fixed_epochs_and_writes_the_search(tmp_path):
     scale = study.SCALES["tiny"]
-    assert main(study.STUDY, ["--scale", "tiny", "--out", str(tmp_path), "--jobs", "2"]) == 0
+    assert main(study.STUDY, ["--scale", "tiny", "--out", str(tmp_path), "--jobs", "1"]) == 0
     tuning = pd.read_csv(tmp_path / "tuning.csv")
     runs = pd.read_csv(tmp_path / "runs.csv")
     ph = pd.read_csv(tmp_path / "phenomenon.csv")

@@ -17,7 +17,7 @@ from flatlab.studies import mechanism as study
 
 def test_tiny_scale_measures_predicts_and_judges_the_mechanism(tmp_path):
     scale = study.SCALES["tiny"]
-    assert main(study.STUDY, ["--scale", "tiny", "--out", str(tmp_path), "--jobs", "2"]) == 0
+    assert main(study.STUDY, ["--scale", "tiny", "--out", str(tmp_path), "--jobs", "1"]) == 0
     runs = pd.read_csv(tmp_path / "runs.csv")
     curves = pd.read_csv(tmp_path / "curves.csv")
     pred = pd.read_csv(tmp_path / "prediction.csv")

@@ -19,7 +19,7 @@ KEYS = ["variant", "nodes", "alpha", "method", "seed"]
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("primal_dual")
-    assert main(STUDY, ["--scale", "tiny", "--out", str(out), "--jobs", "2"]) == 0
+    assert main(STUDY, ["--scale", "tiny", "--out", str(out), "--jobs", "1"]) == 0
     return out, {p.stem: pd.read_csv(p) for p in out.glob("*.csv")}
 
 

@@ -26,7 +26,7 @@ KEYS = ["regime", "batch", "topology", "lr", "method", "seed"]
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("tradeoff")
-    assert flatlab.studies.main(STUDY, ["--scale", "tiny", "--out", str(out), "--jobs", "2"]) == 0
+    assert flatlab.studies.main(STUDY, ["--scale", "tiny", "--out", str(out), "--jobs", "1"]) == 0
     return out, {p.stem: pd.read_csv(p) for p in out.glob("*.csv")}
 
 
