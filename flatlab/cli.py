@@ -30,6 +30,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -394,6 +395,12 @@ def _print_rows(rows: Sequence[Sequence[str]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
+def _plain(text: str) -> str:
+    """A docstring line as plain text: ``literal`` and :role:`target` markup removed."""
+    text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text)
+    return text.replace("``", "")
+
+
 def _cmd_algorithms(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
@@ -407,7 +414,8 @@ def _cmd_algorithms(args: argparse.Namespace) -> int:
         cls = algorithms.get(name)
         items.append({"name": name, "aliases": sorted(inv.get(name, [])),
                       "params": {f.name: f.default for f in fields(cls)}, "exact": cls.exact,
-                      "summary": (cls.__doc__ or "").strip().splitlines()[0].rstrip(".")})
+                      "summary": _plain((cls.__doc__ or "").strip().splitlines()[0])
+                      .rstrip(".")})
     if args.json:
         print(json.dumps(items, indent=1, default=str))
         return 0

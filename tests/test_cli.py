@@ -159,3 +159,13 @@ def test_topologies_say_which_faults_a_run_on_them_can_train_under(capsys):
     assert kinds["one-peer-exponential"] == []  # time-varying: nothing to fail on top
     code, out, _ = run(capsys, "topologies")
     assert "faults (topology.faults, on a static graph)" in out
+
+
+@pytest.mark.parametrize("command", ["algorithms", "topologies", "datasets", "models",
+                                     "measures"])
+def test_the_listings_print_plain_text_not_docstring_markup(capsys, command):
+    """The summaries come from docstrings; ``literals`` and :func:`roles` are printed bare."""
+    code, out, _ = run(capsys, command)
+    assert code == 0 and out.strip()
+    for markup in ("``", ":func:", ":class:", ":mod:", ":data:", ":meth:"):
+        assert markup not in out, (command, markup)
