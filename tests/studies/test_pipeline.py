@@ -60,20 +60,19 @@ def test_a_study_in_one_file_runs_with_a_value_shared_after_its_stage(tmp_path):
         assert (tmp_path / "o" / name).is_file()
 
 
-def test_the_module_command_line_refuses_unknown_studies_in_one_line(tmp_path):
-    def cli(*args):
-        return subprocess.run([sys.executable, "-m", "flatlab.studies", *args],
-                              capture_output=True, text=True, cwd=ROOT)
-
-    r = cli("nosuch")
+def test_the_module_command_line_refuses_unknown_studies_in_one_line(tmp_path, capsys):
+    r = subprocess.run([sys.executable, "-m", "flatlab.studies", "nosuch"],
+                       capture_output=True, text=True, cwd=ROOT)  # the real entry point, once
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "error: study 'nosuch' is unknown; accepted: tradeoff, heterogeneity, primal_dual, "
         "compression, implicit_flatness, mechanism, large_batch, faults, or a path to a .py "
         "file that defines STUDY"]
+    from flatlab.studies.__main__ import _cli  # the rest in this process: no new interpreter
+
     (tmp_path / "empty.py").write_text("x = 1\n")
-    r = cli(str(tmp_path / "empty.py"))
-    assert r.returncode == 2 and "defines no STUDY" in r.stderr
-    assert cli().returncode == 2
+    assert _cli([str(tmp_path / "empty.py")]) == 2
+    assert "defines no STUDY" in capsys.readouterr().err
+    assert _cli([]) == 2
     with pytest.raises(FlatlabError, match="does not exist"):
         load(str(tmp_path / "missing.py"))
 
