@@ -166,10 +166,10 @@ def agree(group: Any, ok: bool) -> bool:
 
 
 def measure_run(run: Run, X: torch.Tensor, step: int, *,  # noqa: N803
-            alone: Alone | None = None,
-            tables: dict[str, list[dict[str, Any]]] | None = None,
-            timings: dict[str, float] | None = None,
-            announce: Callable[[str], None] | None = None) -> list[named.Row]:
+                alone: Alone | None = None,
+                tables: dict[str, list[dict[str, Any]]] | None = None,
+                timings: dict[str, float] | None = None,
+                announce: Callable[[str], None] | None = None) -> list[named.Row]:
     """The measures due at ``step`` at iterate ``X`` (this process's nodes): rows.
 
     Builds the :class:`~flatlab.measures.named.MeasureContext` of the run and calls
@@ -343,8 +343,8 @@ class Measuring(Hook):
         group, rec = self.run.mixer, self.record
         if not agree(group, bool(torch.isfinite(loop.state.x).all())):
             return False
-        new = measure_run(self.run, loop.state.x, loop.step, alone=self.alone, tables=rec.tables,
-                      timings=rec.measure_s, announce=rec.announce)
+        new = measure_run(self.run, loop.state.x, loop.step, alone=self.alone,
+                          tables=rec.tables, timings=rec.measure_s, announce=rec.announce)
         if loop.step > 0 and rec.loss_acc[1]:
             new.append(("batch_loss", "mean", rec.loss_acc[0] / rec.loss_acc[1]))
             rec.loss_acc[0], rec.loss_acc[1] = 0.0, 0

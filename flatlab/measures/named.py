@@ -439,7 +439,6 @@ _register(NamedMeasure(
 
 
 def _grad_norm(ctx: MeasureContext, s: dict) -> list[Row]:
-
     g = full_gradient(ctx.stack, ctx.xbar, *ctx.train, batch_size=ctx.eval_batch,
                       buffers=ctx.buffers_avg)
     return [("grad_norm", "avg", float(g.norm()))]
@@ -485,7 +484,6 @@ def check_optimum(dataset: Any) -> None:
 
 
 def _loss_gap(ctx: MeasureContext, s: dict) -> list[Row]:
-
     check_optimum(ctx.dataset)
     info = ctx.dataset.info
     fstar = info["optimum_loss"]
@@ -593,7 +591,6 @@ def _eig_rows(name: str, res, scope: str, smallest: bool = False) -> list[Row]:
 
 
 def _hessian_top(ctx: MeasureContext, s: dict) -> list[Row]:
-
     if s["backend"] == "pyhessian":
 
         res = pyhessian_eigenvalues(ctx.curvature_stack(), ctx.to_curvature(ctx.xbar),
@@ -697,7 +694,6 @@ class HessianTraceNodesSettings(Settings):
 
 
 def _hessian_trace_nodes(ctx: MeasureContext, s: dict) -> list[Row]:
-
     res = node_traces(ctx.curvature_stack(), ctx.to_curvature(ctx.X),
                       *ctx.node_curvature(s["subset"]), num_matvecs=s["num_matvecs"],
                       method=s["method"], seed=s["seed"], first_node=ctx.rows.start,
@@ -737,7 +733,6 @@ class DisagreementSettings(Settings):
 
 
 def _disagreement(ctx: MeasureContext, s: dict) -> list[Row]:
-
     fn, xbar = ctx.avg_loss_fn()
     D, disagrees = ctx.deviations()  # noqa: N806
     c = disagreement_curvature(ctx.avg_hessian(), D, probes=s["probes"], seed=s["seed"])
@@ -784,7 +779,6 @@ class AlignmentSettings(Settings):
 
 
 def _alignment(ctx: MeasureContext, s: dict) -> list[Row]:
-
     D, disagrees = ctx.deviations()  # noqa: N806
     rows = [("disagreement_alignment_chance", "avg", s["k"] / D.shape[1])]
     if not disagrees:  # undefined without disagreement (the share of nothing): no solve
@@ -858,7 +852,6 @@ _register(NamedMeasure(
 
 
 def _spectral_density(ctx: MeasureContext, s: dict) -> list[Row]:
-
     d = spectral_density(ctx.avg_hessian(), num_runs=s["num_runs"],
                          lanczos_steps=s["lanczos_steps"], num_grid_points=64, seed=s["seed"])
     nodes, weights = d.nodes.double().cpu(), d.weights.double().cpu()
@@ -923,7 +916,6 @@ class KeskarSharpnessSettings(Settings):
 
 def _sharpness(kind: str) -> Callable[[MeasureContext, dict], list[Row]]:
     def average(ctx: MeasureContext, s: dict) -> list[Row]:
-
         fn, x = ctx.avg_loss_fn()
         if kind == "worst":
             r = ms.sharpness_worst(fn, x, rho=s["rho"], norm=s["norm"], adaptive=s["adaptive"],
@@ -989,7 +981,6 @@ class Landscape2DSettings(Settings):
 
 
 def _barrier(ctx: MeasureContext, s: dict) -> list[Row]:
-
     fn, xbar = ctx.avg_loss_fn()
     X = ctx.to_curvature(ctx.all_nodes())  # noqa: N806
     res = node_to_average(fn, X, xbar=xbar, points=s["points"])
@@ -1010,7 +1001,6 @@ _register(NamedMeasure(
 
 def _landscape(dims: int) -> Callable[[MeasureContext, dict], list[Row]]:
     def average(ctx: MeasureContext, s: dict) -> list[Row]:
-
         fn, x = ctx.avg_loss_fn()
         layout = ctx.stack.layout
         alphas = torch.linspace(-s["span"], s["span"], s["points"], dtype=torch.float64)
