@@ -789,8 +789,6 @@ def _parser() -> tuple[_Parser, dict[str, argparse.ArgumentParser]]:
 
     add_arguments(p, "the sweep's runs")
     g = p.add_argument_group("the sweep's SLURM jobs")
-    g.add_argument("--no-wait", action="store_true",
-                   help="submit and return; a later flatlab sweep skips what is still queued")
     g.add_argument("--status", action="store_true",
                    help="count the sweep's queued, running, done and failed runs; run nothing")
     g.add_argument("--cancel", action="store_true",

@@ -155,45 +155,47 @@ def _submitted(submit: Callable[[], Any]) -> Any:
         raise FlatlabError(f"--engine slurm: sbatch refused the job: {said}") from None
 
 
-def add_arguments(parser: argparse.ArgumentParser, what: str, *, one_run: bool = False
-                  ) -> None:
+def add_arguments(parser: argparse.ArgumentParser, what: str, *, one_run: bool = False,
+                  no_wait: bool = True) -> None:
     """The command-line options of the SLURM engine (``flatlab sweep``, a study's command).
 
     Args:
         parser: The command's parser.
         what: What ``--engine slurm`` sends as array elements (for the help).
         one_run: The options of ``flatlab run``: one distributed run as one job (``--nodes``,
-            ``--tasks-per-node``, ``--gpus-per-node``, ``--no-wait``) instead of an array.
+            ``--tasks-per-node``, ``--gpus-per-node``) instead of an array.
+        no_wait: Offer ``--no-wait`` (submit and return); a study waits for each phase.
     """
     g = parser.add_argument_group("on a SLURM cluster (--engine slurm; flatlab[cluster])")
     g.add_argument("--engine", choices=("local", "slurm"), default="local",
                    help=f"local: runs on this machine; slurm: {what}, through submitit")
-    g.add_argument("--partition", help="SLURM partition (default: the cluster's)")
-    g.add_argument("--time", type=int, default=60, help="minutes per run (default 60)")
-    g.add_argument("--cpus", type=int, default=1,
-                   help=f"CPUs per {'process' if one_run else 'run'} (default 1)")
-    g.add_argument("--mem", type=float,
-                   help=f"GB of memory per {'node' if one_run else 'run'} (default: the "
-                        "partition's)")
-    g.add_argument("--account", help="account to charge (default: yours)")
-    if not one_run:
-        g.add_argument("--gpus", type=int, default=0, help="GPUs per run (default 0)")
-        g.add_argument("--max-running", type=int,
-                       help="runs of the array at once (default: all)")
-        return
-    g.add_argument("--nodes", type=int, default=1, help="machines (default 1)")
-    g.add_argument("--tasks-per-node", type=int,
-                   help="processes on each machine (default: --gpus-per-node, or 1)")
-    g.add_argument("--gpus-per-node", dest="gpus", type=int, default=0,
-                   help="GPUs on each machine (default 0)")
-    g.add_argument("--no-wait", action="store_true",
-                   help="submit and return; the same command later resumes or waits")
+    options: dict[str, tuple[str, Any]] = {}  # dest -> (flag, default): what --engine local
 
+    def option(flag: str, **kw: Any) -> None:  # must leave untouched (resources_from)
+        action = g.add_argument(flag, **kw)
+        options[action.dest] = (flag, action.default)
 
-#: The SLURM options and their defaults (what a local run leaves untouched).
-_SLURM_DEFAULTS = {"partition": None, "time": 60, "cpus": 1, "mem": None, "account": None,
-                   "gpus": 0, "max_running": None, "nodes": 1, "tasks_per_node": None,
-                   "no_wait": False}
+    option("--partition", help="SLURM partition (default: the cluster's)")
+    option("--time", type=int, default=60, help="minutes per run (default 60)")
+    option("--cpus", type=int, default=1,
+           help=f"CPUs per {'process' if one_run else 'run'} (default 1)")
+    option("--mem", type=float,
+           help=f"GB of memory per {'node' if one_run else 'run'} (default: the partition's)")
+    option("--account", help="account to charge (default: yours)")
+    if one_run:
+        option("--nodes", type=int, default=1, help="machines (default 1)")
+        option("--tasks-per-node", type=int,
+               help="processes on each machine (default: --gpus-per-node, or 1)")
+        option("--gpus-per-node", dest="gpus", type=int, default=0,
+               help="GPUs on each machine (default 0)")
+    else:
+        option("--gpus", type=int, default=0, help="GPUs per run (default 0)")
+        option("--max-running", type=int, help="runs of the array at once (default: all)")
+    if no_wait:
+        option("--no-wait", action="store_true",
+               help="submit and return; the same command later skips what is still queued "
+                    "and waits for it")
+    parser.set_defaults(slurm_options=options)
 
 
 def resources_from(args: argparse.Namespace) -> SlurmResources | None:
@@ -203,21 +205,18 @@ def resources_from(args: argparse.Namespace) -> SlurmResources | None:
         ConfigError: A SLURM option given with ``--engine local`` (it would be ignored).
     """
     if args.engine != "slurm":
-        given = [f"--{name.replace('_', '-')}" for name, default in _SLURM_DEFAULTS.items()
-                 if getattr(args, name, default) != default]
+        given = [flag for dest, (flag, default) in args.slurm_options.items()
+                 if getattr(args, dest) != default]
         if given:
-            flag = "--gpus-per-node" if given[0] == "--gpus" and hasattr(args, "nodes") \
-                else given[0]
-            raise ConfigError(f"{flag} is an option of --engine slurm; accepted: add "
+            raise ConfigError(f"{given[0]} is an option of --engine slurm; accepted: add "
                               "--engine slurm, or leave it out to run on this machine")
         return None
     tasks = getattr(args, "tasks_per_node", None)
+    gpus_flag = args.slurm_options["gpus"][0]
     try:
         return _resources(args, tasks)
-    except ConfigError as e:
-        if hasattr(args, "nodes"):  # flatlab run: its flag is --gpus-per-node
-            raise ConfigError(str(e).replace("--gpus ", "--gpus-per-node ")) from None
-        raise
+    except ConfigError as e:  # the message names the field's flag of flatlab sweep
+        raise ConfigError(str(e).replace("--gpus ", f"{gpus_flag} ")) from None
 
 
 def _resources(args: argparse.Namespace, tasks: int | None) -> SlurmResources:

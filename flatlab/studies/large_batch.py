@@ -41,6 +41,7 @@ import pandas as pd
 
 from flatlab.errors import FlatlabError
 from flatlab.experiment.evidence import Claim
+from flatlab.experiment.io import read_table
 from flatlab.studies.spec import Point, Scale, Stage, Study
 
 __all__ = ["STUDY", "SCALES", "config", "claims", "phenomenon", "steps_of", "MARGIN",
@@ -359,7 +360,7 @@ def join_rounds(rounds: list[Path], out: Path) -> None:
             if not (Path(r) / f"{name}.csv").is_file():
                 raise FlatlabError(f"{r} holds no {name}.csv; accepted: the folder of a "
                                    "finished round (runs.csv, curves.csv, tuning.csv)")
-            joined[name].append(pd.read_csv(Path(r) / f"{name}.csv"))
+            joined[name].append(read_table(Path(r) / f"{name}.csv"))
         for setting in joined["runs"][-1]["setting"].unique():
             if setting in seen:
                 raise FlatlabError(f"{setting} is in both {seen[setting]} and {r}; accepted: "

@@ -615,7 +615,7 @@ def main(study: Study, argv: list[str] | None = None, *, root: Path | None = Non
     p.add_argument("--fig", type=Path, default=None,
                    help=f"figure path without suffix (default paper_figs/out/{study.name})")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
-    add_arguments(p, "every tuning and final run")
+    add_arguments(p, "every tuning and final run", no_wait=False)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--report", action="store_true",
                       help="only rebuild tables and figures from the runs on disk")
