@@ -22,6 +22,7 @@ import yaml
 
 from flatlab.experiment import slurm
 from flatlab.experiment.sweep import load_sweep, run_sweep
+from tests.experiment.test_distributed_runs import free_port
 
 
 def _cluster() -> str | None:
@@ -140,14 +141,6 @@ def test_what_the_cluster_cannot_run_is_refused_in_one_line_before_submitting(tm
     assert r.returncode == 2 and "squeue got no answer" in r.stderr, (r.stdout, r.stderr)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_distributed_run_as_one_job_equals_the_same_run_under_torchrun(tmp_path):
     """``flatlab run --engine slurm --tasks-per-node 2``: two ranks from SLURM's environment."""
     config = tmp_path / "c.yaml"
@@ -155,7 +148,7 @@ def test_a_distributed_run_as_one_job_equals_the_same_run_under_torchrun(tmp_pat
     env = dict(os.environ, OMP_NUM_THREADS="1",
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     here = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                           f"--master_port={_free_port()}", "-m", "flatlab", "run", str(config),
+                           f"--master_port={free_port()}", "-m", "flatlab", "run", str(config),
                            "backend=distributed", "--out", str(tmp_path / "here"),
                            "--no-progress"], env=env, capture_output=True, text=True,
                           timeout=180)
