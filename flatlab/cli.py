@@ -550,8 +550,6 @@ def _run_on_slurm(args: argparse.Namespace, cfg: Any, out: Path, resources: Any)
     from flatlab.experiment import slurm
     from flatlab.experiment.results import run_line
 
-    slurm.check_run(cfg, resources)
-    slurm.check_slurm(resources)
     row = slurm.submit_run(cfg, out, resources, resume=not args.restart, wait=not args.no_wait)
     print(f"{row['status']} at step {row['step']}: {out}"
           + (f" ({row['message']})" if row["message"] else "")

@@ -539,10 +539,12 @@ def submit_run(cfg: RunConfig, out: Path, resources: SlurmResources, *, resume: 
         ConfigError: The processes do not divide the network's nodes, a GPU device without
             GPUs, or the folder cannot hold this run; one line each, before anything is
             submitted.
+        FlatlabError: What :func:`check_slurm` refuses.
     """
     import submitit
 
-    check_run(cfg, resources)
+    check_run(cfg, resources)  # what the config says first, then what the cluster says
+    check_slurm(resources)
     world = resources.nodes * resources.tasks_per_node
     spec = to_dict(cfg) | {"backend": "distributed"}
     preflight(load_config(spec))
