@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from flatlab.cli import main
 from flatlab.experiment import slurm
 from flatlab.experiment.sweep import load_sweep, run_sweep
 from tests.experiment.test_distributed_runs import free_port
@@ -103,46 +104,53 @@ def test_a_killed_job_is_failed_and_a_queued_one_is_not_submitted_twice(tmp_path
     assert list(done.status) == ["done", "done"] and not done.skipped.any()
 
 
-def test_what_the_cluster_cannot_run_is_refused_in_one_line_before_submitting(tmp_path):
-    env = {**os.environ, "FLATLAB_MAX_STEPS": "2"}
+def test_what_the_cluster_cannot_run_is_refused_in_one_line_before_submitting(
+        tmp_path, monkeypatch, capsys):
+    """In process (``flatlab.cli.main``): the refusals need sbatch's answers, not a new Python."""
+    monkeypatch.setenv("FLATLAB_MAX_STEPS", "2")
     spec = tmp_path / "spec.yaml"
     spec.write_text(f"name: x\nbase: {{data: {{name: digits}}, model: {{name: logistic}}, "
                     f"topology: {{name: ring, nodes: 4}}, train: {{steps: 2}}}}\n"
                     f"grid: {{seed: [0]}}\nout: {tmp_path / 'out'}\n")
-    cmd = [sys.executable, "-m", "flatlab", "sweep", str(spec), "--engine", "slurm"]
-    r = subprocess.run([*cmd, "--partition", "nowhere"], capture_output=True, text=True,
-                       env=env, timeout=120)
-    assert r.returncode == 2 and "--partition nowhere is unknown" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+    cmd = ["sweep", str(spec), "--engine", "slurm"]
+
+    def refused(*args: str) -> str:
+        capsys.readouterr()
+        assert main([*cmd, *args]) == 2, args
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists(), err
+        return err
+
+    assert "--partition nowhere is unknown" in refused("--partition", "nowhere")
     # what this one-node cluster does not have, as sbatch --test-only says, before submitting
     for ask in (["--cpus", "512"], ["--mem", "100000"], ["--gpus", "1"]):
-        r = subprocess.run([*cmd, *ask], capture_output=True, text=True, env=env, timeout=120)
-        assert r.returncode == 2, (ask, r.stderr)
-        assert "the cluster cannot give what was asked" in r.stderr, r.stderr
-        assert "accepted: at most what partition" in r.stderr and " CPUs and " in r.stderr
-        assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
-    path = ":".join(p for p in env["PATH"].split(":")
-                    if not (Path(p) / "sbatch").exists())
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
-                       env={**env, "PATH": path})
-    assert r.returncode == 2 and "needs SLURM's sbatch on the PATH" in r.stderr
+        err = refused(*ask)
+        assert "the cluster cannot give what was asked" in err, err
+        assert "accepted: at most what partition" in err and " CPUs and " in err
+    conf = Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")).read_text()
+    path = os.environ["PATH"]
+    monkeypatch.setenv("PATH", ":".join(p for p in path.split(":")
+                                        if not (Path(p) / "sbatch").exists()))
+    assert "needs SLURM's sbatch on the PATH" in refused()
+    monkeypatch.setenv("PATH", path)
     # a scheduler that does not answer: said, with where its config is looked for; --cancel
     # and --status refuse rather than report nothing held
-    conf = Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")).read_text()
     (tmp_path / "lost.conf").write_text(  # the controller's port, wrong: nobody answers
         "SlurmctldPort=6999\nMessageTimeout=2\n" + conf)
-    lost = {**env, "SLURM_CONF": str(tmp_path / "lost.conf")}
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=lost)
-    assert r.returncode == 2 and "SLURM_CONF" in r.stderr, r.stderr
+    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "lost.conf"))
+    assert "SLURM_CONF" in refused()
     (tmp_path / "out" / ".slurm").mkdir(parents=True)
     (tmp_path / "out" / ".slurm" / "jobs.json").write_text('{"seed=0": "123"}')
-    r = subprocess.run([*cmd[:-2], "--cancel"], capture_output=True, text=True, timeout=120,
-                       env=lost)
-    assert r.returncode == 2 and "squeue got no answer" in r.stderr, (r.stdout, r.stderr)
+    capsys.readouterr()
+    assert main([*cmd[:-2], "--cancel"]) == 2
+    assert "squeue got no answer" in capsys.readouterr().err
 
 
-def test_a_distributed_run_as_one_job_equals_the_same_run_under_torchrun(tmp_path):
-    """``flatlab run --engine slurm --tasks-per-node 2``: two ranks from SLURM's environment."""
+def test_a_distributed_run_as_one_job_equals_the_same_run_under_torchrun(tmp_path, capsys):
+    """``flatlab run --engine slurm --tasks-per-node 2``: two ranks from SLURM's environment.
+
+    The two runs are processes of their own; the checks that submit nothing run in process.
+    """
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({**BASE, "algorithm": {"name": "gradient-tracking"}}))
     env = dict(os.environ, OMP_NUM_THREADS="1",
@@ -167,31 +175,34 @@ def test_a_distributed_run_as_one_job_equals_the_same_run_under_torchrun(tmp_pat
     logs = sorted(p.name for p in (tmp_path / "there").glob("slurm.rank*.log"))
     assert logs == ["slurm.rank0.log", "slurm.rank1.log"]
     # finished: the same command submits nothing and says so
-    again = subprocess.run(there.args, env=env, capture_output=True, text=True, timeout=180)
-    assert again.returncode == 0 and "finished before: nothing ran" in again.stdout
-    assert "submitted" not in again.stdout
+    args = there.args[3:]  # after "python -m flatlab"
+
+    def cli(argv: list[str]) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main(argv)
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    code, out, _ = cli(args)
+    assert code == 0 and "finished before: nothing ran" in out and "submitted" not in out
     # the folder is checked before submitting, as a local run checks it: another config's run,
     # a folder of other files, a GPU device without GPUs
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "notes.txt").write_text("mine\n")
     for extra, folder, says in ((["optim.lr=0.2"], "there", "different config"),
                                 ([], "notes", "holds no run but other files"),
                                 (["device=cuda"], "gpu", "asks for a GPU")):
-        (tmp_path / "notes").mkdir(exist_ok=True)
-        (tmp_path / "notes" / "notes.txt").write_text("mine\n")
-        bad = subprocess.run([*there.args[:-1], str(tmp_path / folder), *extra], env=env,
-                             capture_output=True, text=True, timeout=120)
-        assert bad.returncode == 2 and says in bad.stderr, (extra, bad.stdout, bad.stderr)
-        assert len(bad.stderr.strip().splitlines()) == 1 and "submitted" not in bad.stdout
+        code, out, err = cli([*args[:-1], str(tmp_path / folder), *extra])
+        assert code == 2 and says in err, (extra, out, err)
+        assert len(err.strip().splitlines()) == 1 and "submitted" not in out
     assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["notes.txt"]
     # a SLURM option without --engine slurm is refused, not ignored
-    local = subprocess.run([sys.executable, "-m", "flatlab", "run", str(config), "--nodes", "2",
-                            "--out", str(tmp_path / "local")], env=env, capture_output=True,
-                           text=True, timeout=120)
-    assert local.returncode == 2 and "--nodes is an option of --engine slurm" in local.stderr
+    code, _, err = cli(["run", str(config), "--nodes", "2", "--out", str(tmp_path / "local")])
+    assert code == 2 and "--nodes is an option of --engine slurm" in err
     # processes that cannot split the network: one line, nothing submitted
-    bad = subprocess.run([*there.args[:-1], str(tmp_path / "bad"), "--tasks-per-node", "3"],
-                         env=env, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "3 processes cannot split topology.nodes = 4" in bad.stderr
-    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+    code, _, err = cli([*args[:-1], str(tmp_path / "bad"), "--tasks-per-node", "3"])
+    assert code == 2 and "3 processes cannot split topology.nodes = 4" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
 
 
 @pytest.mark.slow  # about 3 minutes: 48 runs, half of them as jobs (make test-slow)

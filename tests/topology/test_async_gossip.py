@@ -119,14 +119,15 @@ def test_the_average_over_many_rounds_matches_the_closed_forms():
 def test_mean_square_disagreement_contracts_at_the_exact_rate_not_only_the_bound():
     """``E‖e_t‖² = vec(e_0 e_0ᵀ)ᵀ K^t ...``: measured over 4000 independent networks."""
     n, rounds, nets = 6, 4, 4000
-    s = async_gossip_spectrum(make("ring", n))
+    ring = make("ring", n)
+    s = async_gossip_spectrum(ring)
     x0 = np.array([3.0, -1.0, 0.5, 2.0, -2.5, 1.0])
     e0 = x0 - x0.mean()
     want = [float(np.trace((np.linalg.matrix_power(s.kron, t) @ np.outer(e0, e0).ravel())
                            .reshape(n, n))) for t in range(rounds + 1)]
     got = np.zeros((nets, rounds + 1))
     for k in range(nets):
-        model, x = AsyncGossip(make("ring", n), seed=k), x0.copy()
+        model, x = AsyncGossip(ring, seed=k), x0.copy()
         got[k, 0] = np.sum((x - x.mean()) ** 2)
         for t in range(rounds):
             x = model.matrix(t) @ x
