@@ -763,7 +763,7 @@ def _parser() -> tuple[_Parser, dict[str, argparse.ArgumentParser]]:
                    help="CPU threads (the same as threads=N; default auto: one)")
     p.add_argument("--tensorboard", action="store_true",
                    help="also log to TensorBoard event files in the run directory")
-    from flatlab.experiment.slurm import add_arguments
+    from flatlab.slurm_options import add_arguments
 
     add_arguments(p, "the run as one job of --nodes x --tasks-per-node processes "
                      "(backend=distributed)", one_run=True)
@@ -783,7 +783,7 @@ def _parser() -> tuple[_Parser, dict[str, argparse.ArgumentParser]]:
                    help="CPU threads of each run (the same as threads=N; default auto: one)")
     p.add_argument("--tensorboard", action="store_true",
                    help="every run also logs to TensorBoard (tensorboard --logdir OUT)")
-    from flatlab.experiment.slurm import add_arguments
+    from flatlab.slurm_options import add_arguments
 
     add_arguments(p, "the sweep's runs")
     g = p.add_argument_group("the sweep's SLURM jobs")

@@ -16,12 +16,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "flatlab"
 
 #: layer rank of each top-level part of flatlab (lower ranks may not import higher ones)
-RANK = {"errors": 0, "seeds": 0.5, "topology": 1, "theory": 2, "data": 3, "models": 3,
-        "engine": 3, "comm": 4, "curvature": 5, "algorithms": 6, "measures": 6,
+RANK = {"errors": 0, "slurm_options": 0, "seeds": 0.5, "topology": 1, "theory": 2, "data": 3,
+        "models": 3, "engine": 3, "comm": 4, "curvature": 5, "algorithms": 6, "measures": 6,
         "experiment": 7, "results": 8, "plots": 8, "demo": 9, "studies": 9, "cli": 10,
         "__main__": 11,
         "__init__": 11}
-TORCH_FREE = ("topology", "theory", "errors", "seeds")
+TORCH_FREE = ("topology", "theory", "errors", "seeds", "slurm_options")
 
 
 def _part(path: Path) -> str:

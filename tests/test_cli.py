@@ -169,3 +169,21 @@ def test_the_listings_print_plain_text_not_docstring_markup(capsys, command):
     assert code == 0 and out.strip()
     for markup in ("``", ":func:", ":class:", ":mod:", ":data:", ":meth:"):
         assert markup not in out, (command, markup)
+
+
+def test_the_theory_commands_and_refusals_do_not_load_torch():
+    """The calculators answer without torch (LAZY_FILES in tests/test_architecture.py): every
+    command's parser is built first, so nothing it declares may import a torch-based module."""
+    code = ("import sys\n"
+            "from flatlab.cli import main\n"
+            "assert main(['spectral', '--topology', 'ring', '--nodes', '8']) == 0\n"
+            "assert main(['bounds', '--algorithm', 'dsgd', '--topology', 'ring', "
+            "'--nodes', '8']) == 0\n"
+            "try:\n"
+            "    main(['run', 'missing.yaml', '--nodes', 'x'])\n"
+            "except SystemExit as e:\n"
+            "    assert e.code == 2\n"
+            "loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'torch')\n"
+            "assert not loaded, loaded[:5]\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr

@@ -55,8 +55,9 @@ from flatlab.experiment.evidence import (
 from flatlab.experiment.io import read_table
 from flatlab.experiment.many import on_slurm, run_many
 from flatlab.experiment.results import read_metrics
-from flatlab.experiment.slurm import add_arguments, check_slurm, resources_from
+from flatlab.experiment.slurm import check_slurm, resources_from
 from flatlab.experiment.study import final_values, mean_and_se, tune_bracketed
+from flatlab.slurm_options import add_arguments
 from flatlab.studies.figures import save_figure
 from flatlab.studies.spec import Scale, Study
 
