@@ -58,6 +58,7 @@ from flatlab.experiment.results import read_metrics
 from flatlab.experiment.slurm import check_slurm, resources_from
 from flatlab.experiment.study import final_values, mean_and_se, tune_bracketed
 from flatlab.slurm_options import add_arguments
+from flatlab.studies.estimate import estimate, estimate_text
 from flatlab.studies.figures import save_figure
 from flatlab.studies.spec import Scale, Study
 
@@ -597,6 +598,10 @@ def retune(study: Study, scale: Scale, out: Path, fig: Path | None, workers: int
     return rejudge(study, scale, out, fig), []
 
 
+#: Steps timed per run shape by ``--estimate``.
+ESTIMATE_STEPS = 10
+
+
 def main(study: Study, argv: list[str] | None = None, *, root: Path | None = None) -> int:
     """The command line of a study; returns the exit status (2 after one line on bad input).
 
@@ -605,7 +610,9 @@ def main(study: Study, argv: list[str] | None = None, *, root: Path | None = Non
     ``paper_figs/out/<name>``; at ``tiny`` scale ``<out>/<name>``), ``--jobs``, ``--report``
     (tables and figures from the runs on disk, nothing trained), ``--rejudge`` (from the
     committed tables in ``--out`` alone) and ``--retune`` (:func:`retune`: exit status 1, with
-    the moved choices, when the committed final runs no longer match the tuning).
+    the moved choices, when the committed final runs no longer match the tuning) and
+    ``--estimate`` (:func:`flatlab.studies.estimate.estimate`: the scale's expected training
+    hours on this device, from measured steps; nothing trained).
     """
     root = Path.cwd() if root is None else root
     p = OneLineParser(prog=f"python -m flatlab.studies {study.name}",
@@ -625,6 +632,9 @@ def main(study: Study, argv: list[str] | None = None, *, root: Path | None = Non
     mode.add_argument("--retune", action="store_true",
                       help="re-run only the tuning; re-judge the committed final runs if no "
                            "chosen value moved, else name what moved (exit 1)")
+    mode.add_argument("--estimate", action="store_true",
+                      help="train nothing: time a few steps of every run shape here and print "
+                           "the scale's expected training hours on this device")
     try:
         a = p.parse_args(argv)
     except SystemExit as e:
@@ -635,6 +645,9 @@ def main(study: Study, argv: list[str] | None = None, *, root: Path | None = Non
     engine: Any = contextlib.nullcontext()
     try:
         resources = resources_from(a)
+        if resources is not None and a.estimate:
+            raise FlatlabError("--estimate times steps on this machine; accepted: --estimate "
+                               "without --engine slurm (run it on a node of the cluster)")
         if resources is not None and not (a.report or a.rejudge):
             check_slurm(resources)
             engine = on_slurm(resources)
@@ -654,6 +667,10 @@ def main(study: Study, argv: list[str] | None = None, *, root: Path | None = Non
         print(f"error: no runs.csv in {out}; {flag} needs a study's tables",
               file=sys.stderr)
         return 2
+    if a.estimate:
+        table, device = estimate(study, scale, ESTIMATE_STEPS)
+        print(estimate_text(study, scale, table, device, ESTIMATE_STEPS))
+        return 0
     t0 = time.time()
     with engine:
         tables = _run_mode(study, scale, out, fig, a)

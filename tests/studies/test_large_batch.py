@@ -9,13 +9,16 @@ difference and Holm interval per setting, ``found`` only for a separable gap of 
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 import flatlab
 from flatlab.experiment.evidence import VERDICTS, robust_choice
 from flatlab.studies import large_batch as study
 from flatlab.studies import main
+from flatlab.studies.estimate import estimate, planned_runs
 from flatlab.studies.spec import Scale
 
 
@@ -68,6 +71,59 @@ def test_tiny_scale_tunes_each_batch_runs_fixed_epochs_and_writes_the_search(tmp
     before = ph.copy()
     assert main(study.STUDY, ["--scale", "tiny", "--out", str(tmp_path), "--rejudge"]) == 0
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "phenomenon.csv"), before)
+
+
+def test_the_estimate_plans_the_runs_the_study_trains_and_prices_each_measured_step(
+        tmp_path, capsys):
+    """``--estimate``: the planned runs are the study's own (its initial grids, its final
+    configs and lengths), each priced by a step measured here; nothing is trained."""
+    scale = study.SCALES["tiny"]
+    assert main(study.STUDY, ["--scale", "tiny", "--out", str(tmp_path), "--jobs", "1"]) == 0
+    tuning = pd.read_csv(tmp_path / "tuning.csv")
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    plan = planned_runs(study.STUDY, scale)
+    tuned = {(r["method"], r["value"]) for r in plan if r["phase"] == "tune lr"}
+    first = tuning[~tuning["extended"].astype(bool)]
+    assert tuned == set(zip(first["method"], first["value"], strict=True))
+    assert all(r["runs"] == len(scale.tune_seeds) for r in plan if r["phase"] == "tune lr")
+    for r in (r for r in plan if r["phase"] == "final"):
+        assert r["runs"] == len(scale.seeds)
+        done = runs[runs["method"] == r["method"]].iloc[0]
+        written = yaml.safe_load((tmp_path / "runs" / "final" / study.run_name(
+            {**{k: done[k] for k in ("method", "train", "model", "noise", "epochs", "large")},
+             "lr": done["lr"]}, int(done["seed"])) / "config.yaml").read_text())
+        for key in ("data", "model", "topology", "algorithm", "train"):  # lr and seed aside
+            want = {k: v for k, v in r["config"][key].items() if k != "seed"}
+            assert {k: written[key][k] for k in want} == want, key
+    table, device = estimate(study.STUDY, scale, steps=3)
+    assert device.startswith("cpu") and (table["s_per_step"] >= 0).all()
+    steps = runs.groupby("method")["steps"].first()
+    assert (table["steps"] == table["method"].map(steps)).all()
+    assert np.allclose(table["hours"], table["s_per_step"] * table["steps"] * table["runs"] / 3600)
+    capsys.readouterr()
+    out = tmp_path / "estimated"
+    assert main(study.STUDY, ["--scale", "tiny", "--out", str(out), "--estimate"]) == 0
+    text = capsys.readouterr().out
+    assert "Total:" in text and "Not counted: measurements" in text and not out.exists()
+    assert text.count("| tune lr |") + text.count("| final |") == len(plan)
+    assert main(study.STUDY, ["--scale", "tiny", "--estimate", "--engine", "slurm"]) == 2
+    assert "--estimate times steps on this machine" in capsys.readouterr().err
+
+
+def test_the_full_scale_is_cifar10_resnet20_at_the_papers_batches():
+    """``--scale full`` (a GPU's): CIFAR-10 from a folder, ResNet-20 (GroupNorm), 128 against
+    4096 for the same 100 epochs; its configs say so (no data are read here)."""
+    scale = study.SCALES["full"]
+    (s,) = scale.settings
+    assert (s["data"], s["model"], s["train"], s["large"]) == ("cifar10", "resnet20", 50000, 4096)
+    small = study.config({**s, "method": "small", "lr": 0.1}, scale, 0, 0.0)
+    large = study.config({**s, "method": "large", "lr": 1.0}, scale, 0, 0.1)
+    assert small["data"]["name"] == "cifar10" and "options" not in small["data"]
+    assert small["data"]["batch_size"] * small["topology"]["nodes"] == 128
+    assert large["data"]["batch_size"] * large["topology"]["nodes"] == 4096
+    assert (small["train"]["steps"], large["train"]["steps"]) == (39063, 1221)
+    assert large["data"]["holdout"] == 0.1 and small["model"]["name"] == "resnet20"
+    assert study.run_name({**s, "method": "large", "lr": 1.0}, 2).startswith("large4096,cifar10,")
 
 
 def cfg_train(cfg) -> int:

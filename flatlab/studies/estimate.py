@@ -1,0 +1,157 @@
+"""How long a study's scale will train on this device, from steps measured here.
+
+``python -m flatlab.studies NAME --scale S --estimate`` builds one run of every distinct shape
+the scale trains (its model, data, batch, nodes and algorithm; the tuning runs hold out
+``study.holdout``), times ``steps`` training steps of each with the runner itself (nothing
+measured, no checkpoint), and multiplies by every run's length and count:
+
+    hours = Σ over run shapes of (seconds per step) × (steps of the run) × (runs of that shape)
+
+What it leaves out, and says so: the measurements (curvature measures can cost as much as
+training at some scales), the grid extensions that bracketing adds when a best value sits at
+an edge, the phases after the final runs, and parallel jobs (divide by ``--jobs`` where the
+device has the cores or memory for them). Seconds per step come from two short runs (2 and
+``2 + steps`` steps), so set-up, data loading and the first step's one-time costs cancel.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from flatlab.experiment.rundir import read_status
+from flatlab.experiment.runner import run
+from flatlab.studies.spec import Scale, Study
+
+__all__ = ["planned_runs", "seconds_per_step", "estimate", "estimate_text"]
+
+
+def planned_runs(study: Study, scale: Scale) -> list[dict[str, Any]]:
+    """Every tuning and final run of a scale, before any value is chosen.
+
+    Each tuning stage's grid over the tuning seeds (earlier stages' hyper-parameters at the
+    first value of their grid: a stage's time does not depend on the value), then the final
+    runs over the scale's seeds. One row per (phase, setting, method, value) with ``runs``, the
+    number of seeds, and ``config``, the run config of its first seed.
+    """
+    rows = []
+    first: dict[tuple, dict[str, float]] = {}
+    for s in scale.settings:
+        for m in scale.methods:
+            if not study.runs(s, m, scale):
+                continue
+            base: dict[str, Any] = {**s, "method": m}
+            for stage in study.stages:
+                values = tuple(stage.grid(base, scale))
+                if not values:
+                    continue
+                for v in values:
+                    point = {**base, stage.hparam: float(v)}
+                    rows.append({"phase": f"tune {stage.hparam}", "setting": study.label(s),
+                                 "method": m, "value": float(v), "runs": len(scale.tune_seeds),
+                                 "config": study.config(point, scale, scale.tune_seeds[0],
+                                                        study.holdout)})
+                base = {**base, stage.hparam: float(values[0])}
+            first[tuple(sorted(s.items())), m] = base
+            rows.append({"phase": "final", "setting": study.label(s), "method": m,
+                         "value": float("nan"), "runs": len(scale.seeds),
+                         "config": study.config(base, scale, scale.seeds[0], 0.0)})
+    return rows
+
+
+def _shape(config: dict[str, Any]) -> str:
+    """What a step's time depends on: the config less name, seeds, step, length, measures."""
+    c = copy.deepcopy(config)
+    for key in ("name", "seed", "measure", "checkpoint_every", "train"):
+        c.pop(key, None)
+    for key in ("seed", "holdout"):  # a held-out share changes the evaluation sets alone
+        c.get("data", {}).pop(key, None)
+    c.get("optim", {}).pop("lr", None)
+    return json.dumps(c, sort_keys=True, default=str)
+
+
+def _timed(config: dict[str, Any], steps: int, out: Path) -> tuple[float, int, str]:
+    """Train seconds of ``steps`` steps, the run's full length, and the device."""
+    c = copy.deepcopy(config)
+    c["name"] = "estimate"
+    c["train"] = {**{k: v for k, v in c.get("train", {}).items() if k not in ("steps", "epochs")},
+                  "steps": steps}
+    c["measure"] = {"every": steps, "metrics": []}
+    c["checkpoint_every"] = 10 * steps
+    c.pop("init_from", None)
+    run(c, out, progress=False)
+    st = read_status(out)
+    if st is None or st.get("status") != "done":
+        raise RuntimeError(f"the timing run in {out} did not finish: {st and st.get('status')}")
+    return float(st["timings_s"]["train"]), int(st["steps_per_epoch"]), str(st["device"])
+
+
+def seconds_per_step(config: dict[str, Any], steps: int = 10) -> tuple[float, int, str]:
+    """Seconds per training step of ``config`` on its device, its steps per epoch, the device.
+
+    Two runs of the config (``2`` and ``2 + steps`` steps, nothing measured): the difference
+    of their training time over ``steps``, so set-up and the first steps' one-time costs cancel.
+    """
+    with tempfile.TemporaryDirectory(prefix="flatlab-estimate-") as tmp:
+        short, spe, _ = _timed(config, 2, Path(tmp) / "short")
+        long, _, device = _timed(config, 2 + steps, Path(tmp) / "long")
+    return max(long - short, 0.0) / steps, spe, device
+
+
+def _length(config: dict[str, Any], steps_per_epoch: int) -> int:
+    train = config.get("train", {})
+    if train.get("steps"):
+        return int(train["steps"])
+    return int(train["epochs"]) * steps_per_epoch
+
+
+def estimate(study: Study, scale: Scale, steps: int = 10) -> tuple[pd.DataFrame, str]:
+    """Expected training hours of every planned run (:func:`planned_runs`) on this device.
+
+    Returns:
+        One row per (phase, setting, method, value): ``runs``, ``steps`` of each run,
+        ``s_per_step`` (measured once per run shape) and ``hours`` for all its runs; and the
+        device the steps were measured on.
+    """
+    rows, per_shape, device = [], {}, ""
+    for r in planned_runs(study, scale):
+        key = _shape(r["config"])
+        if key not in per_shape:
+            s, spe, device = seconds_per_step(r["config"], steps)
+            per_shape[key] = (s, spe)
+        s, spe = per_shape[key]
+        n = _length(r["config"], spe)
+        rows.append({k: r[k] for k in ("phase", "setting", "method", "value", "runs")}
+                    | {"steps": n, "s_per_step": s, "hours": s * n * r["runs"] / 3600})
+    return pd.DataFrame(rows), device
+
+
+def estimate_text(study: Study, scale: Scale, table: pd.DataFrame, device: str,
+                  steps: int) -> str:
+    """The estimate as a table with its totals and what it leaves out."""
+    lines = [f"Expected training time of {study.name} --scale {_scale_name(study, scale)} on "
+             f"{device}, from {steps} measured steps per run shape:", "",
+             "| phase | setting | method | value | runs | steps each | s per step | hours |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in table.itertuples():
+        value = "" if pd.isna(r.value) else f"{r.value:g}"
+        lines.append(f"| {r.phase} | {r.setting} | {r.method} | {value} | {r.runs} | "
+                     f"{r.steps} | {r.s_per_step:.3g} | {r.hours:.2f} |")
+    tune = table.loc[table["phase"] != "final", "hours"].sum()
+    final = table.loc[table["phase"] == "final", "hours"].sum()
+    lines += ["", f"Total: {tune + final:.1f} hours of training in one process "
+                  f"({tune:.1f} tuning, {final:.1f} final runs; {int(table['runs'].sum())} "
+                  "runs).",
+              "Not counted: measurements, grid extensions (each adds its runs), the phases "
+              "after the final runs, and parallel jobs (divide by --jobs where the device "
+              "has room for them)."]
+    return "\n".join(lines)
+
+
+def _scale_name(study: Study, scale: Scale) -> str:
+    return next((name for name, s in study.scales.items() if s is scale), "?")
