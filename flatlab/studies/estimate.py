@@ -24,11 +24,16 @@ from typing import Any
 
 import pandas as pd
 
+from flatlab.errors import FlatlabError
 from flatlab.experiment.rundir import read_status
 from flatlab.experiment.runner import run
 from flatlab.studies.spec import Scale, Study
 
-__all__ = ["planned_runs", "seconds_per_step", "estimate", "estimate_text"]
+__all__ = ["planned_runs", "seconds_per_step", "estimate", "estimate_text", "SAFE_LR"]
+
+#: The step size of every timing run: small, so that no timing run diverges (a step's time
+#: does not depend on its size).
+SAFE_LR = 1e-4
 
 
 def planned_runs(study: Study, scale: Scale) -> list[dict[str, Any]]:
@@ -84,10 +89,13 @@ def _timed(config: dict[str, Any], steps: int, out: Path) -> tuple[float, int, s
     c["measure"] = {"every": steps, "metrics": []}
     c["checkpoint_every"] = 10 * steps
     c.pop("init_from", None)
+    c.setdefault("optim", {})["lr"] = SAFE_LR  # a step's time does not depend on its size
     run(c, out, progress=False)
     st = read_status(out)
     if st is None or st.get("status") != "done":
-        raise RuntimeError(f"the timing run in {out} did not finish: {st and st.get('status')}")
+        raise FlatlabError(f"a timing run of {config.get('name')} ended "
+                           f"{st and st.get('status')} after {st and st.get('step')} steps; "
+                           "accepted: a config that trains a few steps at a small step size")
     return float(st["timings_s"]["train"]), int(st["steps_per_epoch"]), str(st["device"])
 
 

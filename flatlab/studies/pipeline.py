@@ -668,7 +668,11 @@ def main(study: Study, argv: list[str] | None = None, *, root: Path | None = Non
               file=sys.stderr)
         return 2
     if a.estimate:
-        table, device = estimate(study, scale, ESTIMATE_STEPS)
+        try:
+            table, device = estimate(study, scale, ESTIMATE_STEPS)
+        except FlatlabError as e:  # e.g. a data set that is not on this machine
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         print(estimate_text(study, scale, table, device, ESTIMATE_STEPS))
         return 0
     t0 = time.time()

@@ -74,7 +74,7 @@ def test_tiny_scale_tunes_each_batch_runs_fixed_epochs_and_writes_the_search(tmp
 
 
 def test_the_estimate_plans_the_runs_the_study_trains_and_prices_each_measured_step(
-        tmp_path, capsys):
+        tmp_path, capsys, monkeypatch):
     """``--estimate``: the planned runs are the study's own (its initial grids, its final
     configs and lengths), each priced by a step measured here; nothing is trained."""
     scale = study.SCALES["tiny"]
@@ -108,6 +108,11 @@ def test_the_estimate_plans_the_runs_the_study_trains_and_prices_each_measured_s
     assert text.count("| tune lr |") + text.count("| final |") == len(plan)
     assert main(study.STUDY, ["--scale", "tiny", "--estimate", "--engine", "slurm"]) == 2
     assert "--estimate times steps on this machine" in capsys.readouterr().err
+    # the GPU scale's data are not here: one line naming where they are looked for
+    monkeypatch.delenv("FLATLAB_DATA", raising=False)
+    assert main(study.STUDY, ["--scale", "full", "--estimate"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "FLATLAB_DATA" in err, err
 
 
 def test_the_full_scale_is_cifar10_resnet20_at_the_papers_batches():
