@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.flatlab-installed
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: demo test test-kernels test-slow lint figs bench bench-gpu gpu-wheels wheel-check clean heterogeneity primal-dual compression tradeoff implicit-flatness mechanism large-batch faults docs
+.PHONY: demo test test-kernels test-slow lint figs bench bench-gpu gpu-wheels wheel-check clean heterogeneity primal-dual compression tradeoff implicit-flatness mechanism large-batch regime faults docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -95,6 +95,10 @@ mechanism: $(STAMP)
 # epoch budget, each batch's step tuned; 5 settings, 5 seeds; several hours on 2 CPU cores)
 large-batch: $(STAMP)
 	$(BIN)/python -m flatlab.studies large_batch --scale small
+
+# the flatness paper's claims inside the large-batch regime, at the search's setting (issue 33)
+regime: $(STAMP)
+	$(BIN)/python -m flatlab.studies regime --scale small
 
 # networks that fail (lost exchanges, stragglers) for diffusion, gradient tracking, SGP and
 # AD-PSGD: accuracy, disagreement (against the theory's prediction), flatness and simulated time;

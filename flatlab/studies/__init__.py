@@ -21,7 +21,7 @@ __all__ = ["Scale", "Stage", "Study", "main", "run_study", "rejudge", "load", "S
 
 #: The project's studies (modules of this package that define ``STUDY``).
 STUDIES = ("tradeoff", "heterogeneity", "primal_dual", "compression", "implicit_flatness",
-           "mechanism", "large_batch", "faults")
+           "mechanism", "large_batch", "regime", "faults")
 
 
 def load(name: str) -> Study:

@@ -65,8 +65,8 @@ def test_the_module_command_line_refuses_unknown_studies_in_one_line(tmp_path, c
                        capture_output=True, text=True, cwd=ROOT)  # the real entry point, once
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "error: study 'nosuch' is unknown; accepted: tradeoff, heterogeneity, primal_dual, "
-        "compression, implicit_flatness, mechanism, large_batch, faults, or a path to a .py "
-        "file that defines STUDY"]
+        "compression, implicit_flatness, mechanism, large_batch, regime, faults, or a path to "
+        "a .py file that defines STUDY"]
     from flatlab.studies.__main__ import _cli  # the rest in this process: no new interpreter
 
     (tmp_path / "empty.py").write_text("x = 1\n")
