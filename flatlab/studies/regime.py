@@ -37,15 +37,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from flatlab.experiment.config import OptimConfig
 from flatlab.experiment.evidence import Claim
+from flatlab.experiment.many import run_many
 from flatlab.experiment.schedules import lr_at
+from flatlab.experiment.study import final_values
 from flatlab.studies import large_batch
+from flatlab.studies.pipeline import run_curves
 from flatlab.studies.spec import Point, Scale, Stage, Study
+from flatlab.studies.tradeoff import escape_table
 
 __all__ = ["STUDY", "SCALES", "config", "claims", "methods", "REFERENCE"]
 
@@ -103,12 +108,14 @@ SCALES = {
     # 2 CPU cores: 5 methods x 2 batches x 5 seeds; the small batch's 6,250 steps dominate
     "small": _scale(SETTING, (0, 1, 2, 3, 4), (0, 1, 2), 32, ("ring", "exponential"),
                     lrs={"small-batch": (0.03, 0.1, 0.3), "large-batch": (0.3, 1.0, 3.0)},
-                    measurements=10, trace_matvecs=30),
+                    measurements=10, trace_matvecs=30, escape_seeds=(0, 1, 2),
+                    escape_steps=300, escape_every=50),
     # the test suite's: a few steps, so that the study cannot rot
     "tiny": _scale({"train": 200, "model": "mlp", "noise": 0.0, "epochs": 4, "large": 64},
                    (0, 1), (0, 1), 16, ("ring",),
                    lrs={"small-batch": (0.1, 0.3), "large-batch": (0.3, 1.0)},
                    measurements=2, trace_matvecs=6, extensions=1, train_subset=128,
+                   escape_seeds=(0,), escape_steps=4, escape_every=2,
                    curvature_subset=64, hidden=[16]),
 }
 
@@ -209,6 +216,58 @@ def claims(scale: Scale) -> list[Claim]:
     return out
 
 
+ESCAPE_METRICS = ("train_loss", "test_accuracy", "hessian_top", "hessian_trace",
+                  "consensus_distance", "disagreement_curvature")
+
+
+def escape(study: Study, scale: Scale, runs: Path, workers: int,
+           tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Every method restarted at large-batch centralized SGD's final x̄ (per escape seed).
+
+    The start is the minimum centralized SGD reached at the large batch (the end of its cosine
+    schedule); every method continues from it at the same batch and at that batch's tuned
+    step, held constant (a step of 0 would leave any minimum alone), for ``escape_steps``,
+    measured every ``escape_every``: how fast each leaves it, and how flat it ends.
+    """
+    o = scale.options
+    done = tables["runs"]
+    done = done[(done["regime"] == "large-batch") & (done["status"] == "done")]
+    central = done[done["method"] == REFERENCE]
+    pts, jobs = [], []
+    for seed in o["escape_seeds"]:
+        row = central[central["seed"] == seed]
+        if row.empty:
+            print(f"escape: no large-batch minimum for seed {seed} (centralized SGD's final "
+                  "run did not finish)")
+            continue
+        r = row.iloc[0]
+        point = {"regime": r["regime"], "batch": int(r["batch"]), "lr": float(r["lr"])}
+        src = runs / "final" / run_name({**point, "method": REFERENCE}, seed)
+        for method in scale.methods:
+            cfg = config({**point, "method": method}, scale, seed, 0.0)
+            every = o["escape_every"]
+            steps = every * max(1, o["escape_steps"] // every)
+            cfg["optim"] = {**cfg["optim"], "schedule": "constant", "warmup": 0}
+            cfg["train"] = {"steps": steps}
+            cfg["measure"] = {**cfg["measure"], "every": every,
+                              "metrics": ["loss", "accuracy", "consensus_distance",
+                                          "hessian_top", "hessian_trace", "disagreement"],
+                              "options": {"hessian_trace": {"every": steps,
+                                                            "num_matvecs": o["trace_matvecs"]}}}
+            cfg["init_from"] = str(src)
+            pts.append((method, point["lr"], seed))
+            jobs.append((runs / "escape" / run_name({**point, "method": method}, seed), cfg))
+    run_many(jobs, workers)
+    parts = []
+    for (method, lr, seed), (path, _) in zip(pts, jobs, strict=True):
+        c = run_curves(Path(path), ESCAPE_METRICS, lr=False)
+        st = final_values(path, {})["status"]
+        graph = methods(o["topologies"])[method]["topology"]
+        parts.append(c.assign(method=method, topology=graph, lr=lr, seed=seed, status=st))
+    cols = ["step", "metric", "value", "method", "topology", "lr", "seed", "status"]
+    return {"escape": pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)}
+
+
 def label(setting: Mapping[str, Any]) -> str:
     """``small-batch (32)``."""
     return f"{setting['regime']} ({setting['batch']})"
@@ -235,6 +294,14 @@ def appendix(tables: Mapping[str, pd.DataFrame], scale: Scale) -> str:
         for (regime, method), g in ok.groupby(["regime", "method"], sort=False):
             lines.append(f"| {regime} | {method} | {g['disagreement_curvature'].mean():.3g} | "
                          f"{g['disagreement_gap'].mean():.3g} | {len(g)} |")
+    esc = tables.get("escape")
+    lines += ["", "## Escape from centralized SGD's large-batch minimum", "",
+              f"Every method restarted at the final x̄ of large-batch centralized SGD (seeds "
+              f"{', '.join(map(str, scale.options['escape_seeds']))}), "
+              f"{scale.options['escape_steps']} steps at the large batch and its tuned step "
+              "held constant; illustrative (few seeds), no claim is judged on it. λ_max beside "
+              "η·λ_max/2 (1 is the edge of stability).", "",
+              *escape_table(esc if esc is not None else pd.DataFrame())]
     return "\n".join(lines) + "\n"
 
 
@@ -248,7 +315,7 @@ STUDY = Study(
     measures=MEASURES, curves=CURVES,
     summary_columns=("test_accuracy", "train_loss", "hessian_top", "hessian_trace",
                      "sharpness", "consensus_distance", "disagreement_curvature"),
-    setting_label=label, step_size=_step_size, appendix=appendix,
+    setting_label=label, step_size=_step_size, appendix=appendix, phases=(escape,),
     protocol="Centralized SGD (all-reduce), consensus and diffusion over 16 nodes (iid) at the "
              "search's small and large total batch for the same epochs; per batch, "
              "centralized SGD's step tuned on 10% held out over 3 seeds and shared by every "

@@ -60,7 +60,7 @@ from flatlab.theory import predicted_consensus_distance, spectral
 from flatlab.topology import make
 
 __all__ = ["STUDY", "SCALES", "config", "run_name", "claims", "paired", "includes",
-           "CENTRALIZED"]
+           "CENTRALIZED", "escape_table"]
 
 #: The method without a topology (all-reduce): paired with every topology's runs.
 CENTRALIZED = "centralized"
@@ -426,7 +426,7 @@ def _pm(m: float, se: float, fmt: str = ".3g") -> str:
     return f"{m:{fmt}}" + (f" ± {se:{fmt}}" if math.isfinite(se) else "")
 
 
-def _escape_table(esc: pd.DataFrame) -> list[str]:
+def escape_table(esc: pd.DataFrame) -> list[str]:
     """λ_max (with η·λ_max/2), trace, loss and accuracy at the escape's start and end."""
     if esc is None or not len(esc):
         return ["No escape runs."]
@@ -466,7 +466,7 @@ def appendix(tables: dict[str, pd.DataFrame], scale: Scale) -> str:
              f"Every method restarted at the final x̄ of large-batch centralized SGD (per seed "
              f"and step μ), {scale.options['escape_steps']} steps at the same batch and step; "
              "illustrative (few seeds), no claim is judged on it. λ_max beside η·λ_max/2 "
-             "(1 is the edge of stability).", "", *_escape_table(tables.get("escape"))]
+             "(1 is the edge of stability).", "", *escape_table(tables.get("escape"))]
     st = tables.get("steady")
     lines += ["", "## Steady-state consensus distance against its prediction", "",
               "Measured Ξ² (mean over the second half of training) over "

@@ -9,7 +9,9 @@ margins, per batch and graph.
 
 import math
 
+import numpy as np
 import pandas as pd
+import torch
 
 from flatlab.experiment.evidence import VERDICTS, robust_choice
 from flatlab.studies import main
@@ -44,5 +46,17 @@ def test_tiny_scale_shares_centralized_sgds_step_per_batch_and_judges_the_orderi
     assert all(c.why for c in study.claims(scale))
     text = (tmp_path / "summary.md").read_text()
     assert "## The premise in these runs" in text and "## The mechanism at the end" in text
+    # the escape: every method from large-batch centralized SGD's final x̄, at its step
+    esc = pd.read_csv(tmp_path / "escape.csv")
+    large = runs[(runs["regime"] == "large-batch") & (runs["method"] == study.REFERENCE)]
+    assert set(esc["method"]) == set(scale.methods)
+    assert set(esc["lr"]) == set(large["lr"]) and set(esc["seed"]) == set(
+        scale.options["escape_seeds"])
+    start = esc[(esc["step"] == 0) & (esc["metric"] == "train_loss")]
+    # one start for every method, the same x̄ (its copies averaged over 16 nodes: float32
+    # rounding of the average, a few ulps)
+    eps = float(torch.finfo(torch.float32).eps)
+    assert np.ptp(start["value"]) <= 16 * eps * start["value"].abs().max()
+    assert "## Escape from centralized SGD's large-batch minimum" in text
     assert main(study.STUDY, ["--scale", "tiny", "--out", str(tmp_path), "--rejudge"]) == 0
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "verdicts.csv"), verdicts)
