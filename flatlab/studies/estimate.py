@@ -39,33 +39,37 @@ SAFE_LR = 1e-4
 def planned_runs(study: Study, scale: Scale) -> list[dict[str, Any]]:
     """Every tuning and final run of a scale, before any value is chosen.
 
-    Each tuning stage's grid over the tuning seeds (earlier stages' hyper-parameters at the
-    first value of their grid: a stage's time does not depend on the value), then the final
-    runs over the scale's seeds. One row per (phase, setting, method, value) with ``runs``, the
-    number of seeds, and ``config``, the run config of its first seed.
+    Each tuning stage's grid over the tuning seeds, then the final runs over the scale's seeds.
+    Before a stage, the hyper-parameters of earlier ones stand at the first value of their grid
+    (a step's time does not depend on the value), and a method the stage does not tune takes
+    the stage's ``fixed`` value from those first values (a step shared with a reference). One
+    row per (phase, setting, method, value) with ``runs``, the number of seeds, and ``config``,
+    the run config of its first seed.
     """
     rows = []
-    first: dict[tuple, dict[str, float]] = {}
     for s in scale.settings:
-        for m in scale.methods:
-            if not study.runs(s, m, scale):
-                continue
-            base: dict[str, Any] = {**s, "method": m}
-            for stage in study.stages:
-                values = tuple(stage.grid(base, scale))
-                if not values:
-                    continue
-                for v in values:
-                    point = {**base, stage.hparam: float(v)}
+        ms = [m for m in scale.methods if study.runs(s, m, scale)]
+        base: dict[str, dict[str, Any]] = {m: {**s, "method": m} for m in ms}
+        for stage in study.stages:
+            grids = {m: tuple(stage.grid(base[m], scale)) for m in ms}
+            first = {m: float(g[0]) for m, g in grids.items() if g}
+            for m in ms:
+                for v in grids[m]:
+                    point = {**base[m], stage.hparam: float(v)}
                     rows.append({"phase": f"tune {stage.hparam}", "setting": study.label(s),
                                  "method": m, "value": float(v), "runs": len(scale.tune_seeds),
                                  "config": study.config(point, scale, scale.tune_seeds[0],
                                                         study.holdout)})
-                base = {**base, stage.hparam: float(values[0])}
-            first[tuple(sorted(s.items())), m] = base
-            rows.append({"phase": "final", "setting": study.label(s), "method": m,
-                         "value": float("nan"), "runs": len(scale.seeds),
-                         "config": study.config(base, scale, scale.seeds[0], 0.0)})
+            for m in ms:
+                if m in first:
+                    base[m][stage.hparam] = first[m]
+                elif stage.fixed is not None:
+                    v = stage.fixed(base[m], first)
+                    if v is not None:
+                        base[m][stage.hparam] = float(v)
+        rows += [{"phase": "final", "setting": study.label(s), "method": m,
+                  "value": float("nan"), "runs": len(scale.seeds),
+                  "config": study.config(base[m], scale, scale.seeds[0], 0.0)} for m in ms]
     return rows
 
 

@@ -16,6 +16,7 @@ import torch
 from flatlab.experiment.evidence import VERDICTS, robust_choice
 from flatlab.studies import main
 from flatlab.studies import regime as study
+from flatlab.studies.estimate import planned_runs
 
 
 def test_tiny_scale_shares_centralized_sgds_step_per_batch_and_judges_the_ordering(tmp_path):
@@ -60,3 +61,17 @@ def test_tiny_scale_shares_centralized_sgds_step_per_batch_and_judges_the_orderi
     assert "## Escape from centralized SGD's large-batch minimum" in text
     assert main(study.STUDY, ["--scale", "tiny", "--out", str(tmp_path), "--rejudge"]) == 0
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "verdicts.csv"), verdicts)
+
+
+def test_the_estimate_plans_every_method_at_the_step_it_shares():
+    """Methods the stage does not tune take the reference's step in the plan as in the runs."""
+    scale = study.SCALES["small"]
+    plan = planned_runs(study.STUDY, scale)
+    tune = [r for r in plan if r["phase"] == "tune lr"]
+    assert {r["method"] for r in tune} == {study.REFERENCE} and len(tune) == 2 * 3
+    finals = [r for r in plan if r["phase"] == "final"]
+    assert len(finals) == len(scale.methods) * len(scale.settings)
+    for r in finals:
+        regime = "small-batch" if "small" in r["setting"] else "large-batch"
+        assert r["config"]["optim"]["lr"] == scale.options["lrs"][regime][0]
+        assert r["runs"] == len(scale.seeds)
