@@ -11,7 +11,8 @@ What it leaves out, and says so: the measurements (curvature measures can cost a
 training at some scales), the grid extensions that bracketing adds when a best value sits at
 an edge, the phases after the final runs, and parallel jobs (divide by ``--jobs`` where the
 device has the cores or memory for them). Seconds per step come from two short runs (2 and
-``2 + steps`` steps), so set-up, data loading and the first step's one-time costs cancel.
+``2 + k`` steps, ``k`` from ``steps`` up until the difference reaches a second), so set-up,
+data loading and the first step's one-time costs cancel.
 """
 
 from __future__ import annotations
@@ -103,16 +104,23 @@ def _timed(config: dict[str, Any], steps: int, out: Path) -> tuple[float, int, s
     return float(st["timings_s"]["train"]), int(st["steps_per_epoch"]), str(st["device"])
 
 
-def seconds_per_step(config: dict[str, Any], steps: int = 10) -> tuple[float, int, str]:
+def seconds_per_step(config: dict[str, Any], steps: int = 10, *, at_least: float = 1.0
+                     ) -> tuple[float, int, str]:
     """Seconds per training step of ``config`` on its device, its steps per epoch, the device.
 
-    Two runs of the config (``2`` and ``2 + steps`` steps, nothing measured): the difference
-    of their training time over ``steps``, so set-up and the first steps' one-time costs cancel.
+    Two runs of the config, ``2`` and ``2 + k`` steps with nothing measured: the difference of
+    their training time over ``k``, so set-up and the first steps' one-time costs cancel. ``k``
+    starts at ``steps`` and grows tenfold (to 10,000 at most) until the difference is at least
+    ``at_least`` seconds, so that fast steps are not lost in the timer's noise.
     """
     with tempfile.TemporaryDirectory(prefix="flatlab-estimate-") as tmp:
         short, spe, _ = _timed(config, 2, Path(tmp) / "short")
-        long, _, device = _timed(config, 2 + steps, Path(tmp) / "long")
-    return max(long - short, 0.0) / steps, spe, device
+        k = steps
+        while True:
+            long, _, device = _timed(config, 2 + k, Path(tmp) / f"long{k}")
+            if long - short >= at_least or k >= 10_000:
+                return max(long - short, 0.0) / k, spe, device
+            k *= 10
 
 
 def _length(config: dict[str, Any], steps_per_epoch: int) -> int:
@@ -122,7 +130,8 @@ def _length(config: dict[str, Any], steps_per_epoch: int) -> int:
     return int(train["epochs"]) * steps_per_epoch
 
 
-def estimate(study: Study, scale: Scale, steps: int = 10) -> tuple[pd.DataFrame, str]:
+def estimate(study: Study, scale: Scale, steps: int = 10, *, at_least: float = 1.0
+             ) -> tuple[pd.DataFrame, str]:
     """Expected training hours of every planned run (:func:`planned_runs`) on this device.
 
     Returns:
@@ -134,7 +143,7 @@ def estimate(study: Study, scale: Scale, steps: int = 10) -> tuple[pd.DataFrame,
     for r in planned_runs(study, scale):
         key = _shape(r["config"])
         if key not in per_shape:
-            s, spe, device = seconds_per_step(r["config"], steps)
+            s, spe, device = seconds_per_step(r["config"], steps, at_least=at_least)
             per_shape[key] = (s, spe)
         s, spe = per_shape[key]
         n = _length(r["config"], spe)
@@ -147,7 +156,7 @@ def estimate_text(study: Study, scale: Scale, table: pd.DataFrame, device: str,
                   steps: int) -> str:
     """The estimate as a table with its totals and what it leaves out."""
     lines = [f"Expected training time of {study.name} --scale {_scale_name(study, scale)} on "
-             f"{device}, from {steps} measured steps per run shape:", "",
+             f"{device}, from at least {steps} steps (and a second) timed per run shape:", "",
              "| phase | setting | method | value | runs | steps each | s per step | hours |",
              "|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
