@@ -430,16 +430,24 @@ def test_plain_ascii_python_runs_into_a_non_ascii_folder(tmp_path):
     """``LC_ALL=C PYTHONUTF8=0``: Python holds the path with surrogate escapes, which pyarrow
     cannot encode; flatlab hands it files Python opened, so run, results and plot all work."""
     import subprocess
+    import sys
 
     where = tmp_path / "résultats ünï"
     where.mkdir()
     (where / "c.yaml").write_text(yaml.safe_dump(TINY))
     env = dict(os.environ, LC_ALL="C", PYTHONUTF8="0", PYTHONIOENCODING="utf-8")
     env.pop("LANG", None)
-    for args in (("run", str(where / "c.yaml"), "--out", str(where / "run"), "--no-progress"),
-                 ("results", str(where / "run")), ("plot", str(where / "run"))):
-        proc = subprocess.run(_cli(*args), capture_output=True, text=True, timeout=120, env=env)
-        assert proc.returncode == 0, (args[0], proc.stderr)
+    # one interpreter runs the three commands; the folder comes in through argv, so Python
+    # holds it as the C locale decodes it (surrogate escapes), as a typed command would
+    code = ("import sys\nfrom flatlab.cli import main\nw = sys.argv[1]\n"
+            "for a in (['run', w + '/c.yaml', '--out', w + '/run', '--no-progress'],\n"
+            "          ['results', w + '/run'], ['plot', w + '/run']):\n"
+            "    assert any(0xDC80 <= ord(c) <= 0xDCFF for c in w), ascii(w)\n"
+            "    if main(a):\n"
+            "        sys.exit(f'{a[0]} failed')\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(where)], capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
     assert (where / "run" / "curves.png").stat().st_size > 0
 
 
