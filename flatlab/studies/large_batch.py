@@ -142,8 +142,8 @@ SCALES = {
     # round 2 alone: its tables, joined with round 1's (join_rounds), are those of ``small``
     "round2": _scale(ROUND2, **_SMALL),
     # the GPU's: CIFAR-10 (from $FLATLAB_DATA, no augmentation) and ResNet-20 with GroupNorm,
-    # total batch 128 against 4096 (ratio 32; Goyal et al. 2017 keep a large batch of 8k
-    # accurate only with a warm-up and a tuned, scaled step, so it is tuned here), 100 epochs
+    # total batch 128 against 4096 (ratio 32; Goyal et al. 2017 keep 8k accurate only with
+    # the linear scaling rule and a warm-up; here each batch's step is tuned), 100 epochs
     # each: 39,063 small and 1,221 large steps. `--estimate` prints its hours on a device
     # (docs/studies/large_batch.md records a measured CPU step)
     "full": _scale((_setting(50000, "resnet20", 0.0, 100, 4096, data="cifar10"),),
