@@ -189,9 +189,13 @@ def _lr_grid(point: Point, scale: Scale) -> tuple[float, ...]:
     return tuple(scale.options["lrs"]) if point["method"] == REFERENCE else ()
 
 
-def _common_lr(point: Point, chosen: Mapping[str, float]) -> float | None:
-    lr = chosen.get(REFERENCE, math.nan)
-    return float(lr) if math.isfinite(lr) else None
+def _common_lr(point: Point, chosen: Mapping[str, float]) -> float:
+    """The reference's step, NaN when it has none.
+
+    NaN makes the pipeline mark the method untrainable; None would leave the step out of the
+    point, and its config would fail.
+    """
+    return float(chosen.get(REFERENCE, math.nan))
 
 
 def _rho_grid(point: Point, scale: Scale) -> tuple[float, ...]:

@@ -124,9 +124,13 @@ def _lr_grid(point: Point, scale: Scale) -> tuple[float, ...]:
     return tuple(scale.options["lrs"][point["regime"]]) if point["method"] == REFERENCE else ()
 
 
-def _common_lr(point: Point, chosen: Mapping[str, float]) -> float | None:
-    lr = chosen.get(REFERENCE, math.nan)
-    return float(lr) if math.isfinite(lr) else None
+def _common_lr(point: Point, chosen: Mapping[str, float]) -> float:
+    """The reference's step, NaN when it has none.
+
+    NaN makes the pipeline mark the method untrainable; None would leave the step out of the
+    point, and its config would fail.
+    """
+    return float(chosen.get(REFERENCE, math.nan))
 
 
 STAGES = (Stage("lr", _lr_grid, fixed=_common_lr,
@@ -277,7 +281,8 @@ def appendix(tables: Mapping[str, pd.DataFrame], scale: Scale) -> str:
     """The premise from these runs, and the disagreement through the curvature at the end."""
     runs = tables["runs"]
     done = runs[(runs["status"] == "done") & (runs["method"] == REFERENCE)]
-    acc = done.groupby("regime")["test_accuracy"].agg(["mean", "count"])
+    acc = (done.groupby("regime")["test_accuracy"].agg(["mean", "count"])
+           if "test_accuracy" in done else pd.DataFrame(columns=["mean", "count"]))
     s = scale.options["setting"]
     lines = ["## The premise in these runs", "",
              f"Setting: {large_batch.label(s)}. Centralized SGD's test accuracy per batch (the "
@@ -285,6 +290,8 @@ def appendix(tables: Mapping[str, pd.DataFrame], scale: Scale) -> str:
              "| batch | test accuracy (%) | runs |", "|---|---|---|"]
     for regime, r in acc.iterrows():
         lines.append(f"| {regime} | {100 * r['mean']:.1f} | {int(r['count'])} |")
+    if acc.empty:
+        lines.append("| – | no finished run of centralized SGD | 0 |")
     if {"disagreement_curvature", "disagreement_gap"} <= set(runs):
         lines += ["", "## The mechanism at the end of training", "",
                   "tr(HΣ), the disagreement through the curvature, and the gap "

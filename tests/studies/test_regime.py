@@ -14,9 +14,10 @@ import pandas as pd
 import torch
 
 from flatlab.experiment.evidence import VERDICTS, robust_choice
-from flatlab.studies import main
+from flatlab.studies import main, run_study
 from flatlab.studies import regime as study
 from flatlab.studies.estimate import planned_runs
+from flatlab.studies.spec import Scale
 
 
 def test_tiny_scale_shares_centralized_sgds_step_per_batch_and_judges_the_ordering(tmp_path):
@@ -75,3 +76,18 @@ def test_the_estimate_plans_every_method_at_the_step_it_shares():
         regime = "small-batch" if "small" in r["setting"] else "large-batch"
         assert r["config"]["optim"]["lr"] == scale.options["lrs"][regime][0]
         assert r["runs"] == len(scale.seeds)
+
+
+def test_a_method_sharing_an_untrainable_references_step_is_untrainable_not_a_crash(tmp_path):
+    """Centralized SGD diverging at every grid value: the methods that take its step get no
+    final runs (untrainable at this grid), and the study still writes its tables."""
+    scale = study.SCALES["tiny"]
+    grid = {"small-batch": (1e6, 3e6), "large-batch": (1e6, 3e6)}  # every run diverges
+    at_chance = Scale(settings=scale.settings, methods=scale.methods, seeds=scale.seeds,
+                      tune_seeds=scale.tune_seeds, steps=scale.steps, every=scale.every,
+                      options={**scale.options, "lrs": grid, "extensions": 0})
+    stage = study.STAGES[0]
+    assert math.isnan(stage.fixed({"method": "diffusion-ring"}, {study.REFERENCE: math.nan}))
+    tables = run_study(study.STUDY, at_chance, tmp_path, None, 1)
+    runs = tables["runs"]
+    assert runs["untrainable"].all() and (runs["status"] == "untrainable").all()
