@@ -74,12 +74,16 @@ def planned_runs(study: Study, scale: Scale) -> list[dict[str, Any]]:
     return rows
 
 
-def _shape(config: dict[str, Any]) -> str:
-    """What a step's time depends on: the config less name, seeds, step, length, measures."""
+def _shape(config: dict[str, Any], *, holdout: bool = False) -> str:
+    """What a step's time depends on: the config less name, seeds, step, length, measures.
+
+    ``holdout``: keep the held-out share, which changes the evaluation sets alone (not a
+    step's time) but also the steps of an epoch.
+    """
     c = copy.deepcopy(config)
     for key in ("name", "seed", "measure", "checkpoint_every", "train"):
         c.pop(key, None)
-    for key in ("seed", "holdout"):  # a held-out share changes the evaluation sets alone
+    for key in ("seed",) if holdout else ("seed", "holdout"):
         c.get("data", {}).pop(key, None)
     c.get("optim", {}).pop("lr", None)
     return json.dumps(c, sort_keys=True, default=str)
@@ -123,13 +127,6 @@ def seconds_per_step(config: dict[str, Any], steps: int = 10, *, at_least: float
             k *= 10
 
 
-def _length(config: dict[str, Any], steps_per_epoch: int) -> int:
-    train = config.get("train", {})
-    if train.get("steps"):
-        return int(train["steps"])
-    return int(train["epochs"]) * steps_per_epoch
-
-
 def estimate(study: Study, scale: Scale, steps: int = 10, *, at_least: float = 1.0
              ) -> tuple[pd.DataFrame, str]:
     """Expected training hours of every planned run (:func:`planned_runs`) on this device.
@@ -139,23 +136,33 @@ def estimate(study: Study, scale: Scale, steps: int = 10, *, at_least: float = 1
         ``s_per_step`` (measured once per run shape) and ``hours`` for all its runs; and the
         device the steps were measured on.
     """
-    rows, per_shape, device = [], {}, ""
+    rows, per_step, per_epoch, device = [], {}, {}, ""
     for r in planned_runs(study, scale):
-        key = _shape(r["config"])
-        if key not in per_shape:
-            s, spe, device = seconds_per_step(r["config"], steps, at_least=at_least)
-            per_shape[key] = (s, spe)
-        s, spe = per_shape[key]
-        n = _length(r["config"], spe)
+        cfg, key = r["config"], _shape(r["config"])
+        if key not in per_step:
+            per_step[key], spe, device = seconds_per_step(cfg, steps, at_least=at_least)
+            per_epoch[_shape(cfg, holdout=True)] = spe
+        s, train = per_step[key], cfg.get("train", {})
+        n = int(train["steps"]) if train.get("steps") else int(train["epochs"]) * \
+            _steps_per_epoch(cfg, per_epoch)
         rows.append({k: r[k] for k in ("phase", "setting", "method", "value", "runs")}
                     | {"steps": n, "s_per_step": s, "hours": s * n * r["runs"] / 3600})
     return pd.DataFrame(rows), device
 
 
-def estimate_text(study: Study, scale: Scale, table: pd.DataFrame, device: str,
+def _steps_per_epoch(config: dict[str, Any], known: dict[str, int]) -> int:
+    """Steps per epoch of ``config`` (its held-out share included): known, or a one-step run's."""
+    key = _shape(config, holdout=True)
+    if key not in known:
+        with tempfile.TemporaryDirectory(prefix="flatlab-estimate-") as tmp:
+            known[key] = _timed(config, 1, Path(tmp) / "epoch")[1]
+    return known[key]
+
+
+def estimate_text(study: Study, scale_name: str, table: pd.DataFrame, device: str,
                   steps: int) -> str:
     """The estimate as a table with its totals and what it leaves out."""
-    lines = [f"Expected training time of {study.name} --scale {_scale_name(study, scale)} on "
+    lines = [f"Expected training time of {study.name} --scale {scale_name} on "
              f"{device}, from at least {steps} steps (and a second) timed per run shape:", "",
              "| phase | setting | method | value | runs | steps each | s per step | hours |",
              "|---|---|---|---|---|---|---|---|"]
@@ -173,6 +180,3 @@ def estimate_text(study: Study, scale: Scale, table: pd.DataFrame, device: str,
               "has room for them)."]
     return "\n".join(lines)
 
-
-def _scale_name(study: Study, scale: Scale) -> str:
-    return next((name for name, s in study.scales.items() if s is scale), "?")

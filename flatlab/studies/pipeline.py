@@ -673,7 +673,7 @@ def main(study: Study, argv: list[str] | None = None, *, root: Path | None = Non
         except FlatlabError as e:  # e.g. a data set that is not on this machine
             print(f"error: {e}", file=sys.stderr)
             return 2
-        print(estimate_text(study, scale, table, device, ESTIMATE_STEPS))
+        print(estimate_text(study, a.scale, table, device, ESTIMATE_STEPS))
         return 0
     t0 = time.time()
     with engine:
