@@ -44,7 +44,7 @@ from flatlab.experiment.evidence import Claim
 from flatlab.experiment.io import read_table
 from flatlab.studies.spec import Point, Scale, Stage, Study
 
-__all__ = ["STUDY", "SCALES", "config", "claims", "phenomenon", "steps_of", "MARGIN",
+__all__ = ["STUDY", "SCALES", "config", "data_of", "claims", "phenomenon", "steps_of", "MARGIN",
            "join_rounds", "ROUND_TABLES"]
 
 #: Nodes of the all-reduce (centralized SGD is the same for any n at a fixed total batch).
@@ -165,6 +165,22 @@ STAGES = (Stage("lr", _lr_grid, extensions=4,
                     "stable, so it is tuned, not scaled)"),)
 
 
+def data_of(setting: Mapping[str, Any], batch_size: int, seed: int, holdout: float
+            ) -> dict[str, Any]:
+    """The ``data`` block of a setting's runs (iid, ``batch_size`` per node, label noise).
+
+    mnist1d is generated with the setting's ``train`` samples (and :data:`TEST` test ones): the
+    training set's size is a knob; a data set read from a folder (``cifar10``) keeps its own.
+    """
+    data: dict[str, Any] = {"name": setting.get("data", "mnist1d"), "partition": "iid",
+                            "seed": seed, "batch_size": batch_size, "holdout": holdout,
+                            "label_noise": float(setting["noise"])}
+    if data["name"] == "mnist1d":
+        data["options"] = {"num_samples": setting["train"] + TEST,
+                           "train_split": setting["train"] / (setting["train"] + TEST)}
+    return data
+
+
 def config(point: Point, scale: Scale, seed: int, holdout: float) -> dict[str, Any]:
     """The run config of a point: centralized SGD at the method's total batch for the epochs."""
     batch = batch_of(point, scale)
@@ -173,14 +189,8 @@ def config(point: Point, scale: Scale, seed: int, holdout: float) -> dict[str, A
     final = holdout == 0.0
     every = max(1, steps // scale.options["measurements"]) if final else steps
     model: dict[str, Any] = {"name": point["model"], "options": {}}
-    data: dict[str, Any] = {"name": point.get("data", "mnist1d"), "partition": "iid",
-                            "seed": seed, "batch_size": batch // nodes, "holdout": holdout,
-                            "label_noise": float(point["noise"])}
-    if data["name"] == "mnist1d":  # generated: the training set's size is a knob
-        data["options"] = {"num_samples": point["train"] + TEST,
-                           "train_split": point["train"] / (point["train"] + TEST)}
     return {"name": "large_batch", "seed": seed, "device": "auto",
-            "data": data,
+            "data": data_of(point, batch // nodes, seed, holdout),
             "model": model,
             "topology": {"name": "complete", "nodes": nodes},
             "algorithm": {"name": "centralized", "params": {}},

@@ -161,11 +161,7 @@ def config(point: Point, scale: Scale, seed: int, holdout: float) -> dict[str, A
     if "hidden" in o:
         model["options"]["hidden"] = list(o["hidden"])
     return {"name": "regime", "seed": seed, "device": "auto",
-            "data": {"name": "mnist1d", "partition": "iid", "seed": seed,
-                     "batch_size": int(point["batch"]) // NODES, "holdout": holdout,
-                     "label_noise": float(s["noise"]),
-                     "options": {"num_samples": s["train"] + large_batch.TEST,
-                                 "train_split": s["train"] / (s["train"] + large_batch.TEST)}},
+            "data": large_batch.data_of(s, int(point["batch"]) // NODES, seed, holdout),
             "model": model,
             "topology": {"name": m["topology"], "nodes": NODES},
             "algorithm": {"name": m["algorithm"], "params": {}},
