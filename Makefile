@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.flatlab-installed
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: demo test test-kernels test-slow lint figs bench bench-gpu gpu-wheels wheel-check clean heterogeneity primal-dual compression tradeoff implicit-flatness mechanism large-batch regime faults docs
+.PHONY: demo demo-kernels test test-kernels test-slow lint figs bench bench-gpu gpu-wheels wheel-check clean heterogeneity primal-dual compression tradeoff implicit-flatness mechanism large-batch regime faults docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -39,6 +39,11 @@ test: $(STAMP)
 # whenever numbers may have moved (tests/kernels.py; about 2 minutes a level, 6 in all, on 2 cores)
 test-kernels: $(STAMP)
 	$(BIN)/python -m tests.kernels
+
+# the demo once per kernel level this CPU offers (results/demo-kernels/<level>, about 5 minutes a
+# level on 2 cores), then how far its numbers move between them beside their standard errors
+demo-kernels: $(STAMP)
+	$(BIN)/python -m tests.kernels --demo results/demo-kernels
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

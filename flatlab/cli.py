@@ -807,8 +807,9 @@ def _parser() -> tuple[_Parser, dict[str, argparse.ArgumentParser]]:
     p.add_argument("--out", help="figure file (default PATH/curves.png)")
     p.set_defaults(func=_cmd_plot)
 
-    p = sub.add_parser("demo", help="the main job: flatness against optimization of five "
-                       "algorithms on mnist1d at a small and a large batch")
+    p = sub.add_parser("demo", help="the main job: the large-batch regime on mnist1d, "
+                       "flatness against optimization of centralized SGD and diffusion at a "
+                       "small and a large batch")
     p.add_argument("--out", default="results/demo", help="output folder (default results/demo)")
     p.add_argument("--small", action="store_true", help="a quick, tiny version")
     p.add_argument("--no-progress", action="store_true", help="no progress lines")

@@ -24,6 +24,11 @@ beside its budget, so that the margins can be read off on any CPU.
 
 Usage: ``python -m tests.kernels [--levels default,avx2] [pytest arguments]``; exit status 0 when
 every level passed.
+
+``--demo OUT`` (``make demo-kernels``) runs ``flatlab demo`` instead, once per level into
+``OUT/<level>`` (about 5 minutes a level on 2 cores), then compares every level's table with the
+native one (``python -m flatlab.demo``): how far the demo's numbers move between CPUs, beside
+their standard errors.
 """
 
 from __future__ import annotations
@@ -112,6 +117,8 @@ def summarize(log: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--levels", help="comma-separated levels (default: every level offered)")
+    p.add_argument("--demo", metavar="OUT", help="run flatlab demo per level into OUT/<level> "
+                   "and compare the levels' tables, instead of the tests")
     args, pytest_args = p.parse_known_args(argv)
     offered = levels_offered()
     native = offered[-1]
@@ -121,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: level {unknown[0]!r} is not offered by this CPU; offered: "
               f"{', '.join(offered)}", file=sys.stderr)
         return 2
+    if args.demo:
+        return _demo(Path(args.demo), levels, native)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for level in levels:
@@ -141,6 +150,22 @@ def main(argv: list[str] | None = None) -> int:
     print("kernel levels: " + ", ".join(f"{lv} {'passed' if rc == 0 else 'FAILED'}"
                                         for lv, rc in results.items()))
     return 0 if all(rc == 0 for rc in results.values()) else 1
+
+
+def _demo(out: Path, levels: list[str], native: str) -> int:
+    """``flatlab demo`` under each level, then the levels' numbers beside the native one's."""
+    for level in levels:
+        env = environment(level, native)
+        print(f"== demo at level {level}{' (native)' if level == native else ''}", flush=True)
+        t0 = time.time()
+        rc = subprocess.run([sys.executable, "-m", "flatlab", "demo", "--out",
+                             str(out / level), "--no-progress"], env=env, cwd=ROOT).returncode
+        if rc:
+            return rc
+        print(f"-- level {level}: {time.time() - t0:.0f} s", flush=True)
+    ordered = sorted(levels, key=lambda lv: lv != native)  # the native level is the reference
+    return subprocess.run([sys.executable, "-m", "flatlab.demo",
+                           *(str(out / lv) for lv in ordered)], cwd=ROOT).returncode
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from flatlab.plots.sensitivity import sensitivity
 from flatlab.plots.spectral import spectral_gap
 from flatlab.plots.tradeoff import (
     accuracy_vs_flatness,
+    batch_tradeoff,
     bound_overlay,
     consensus_over_training,
     escape,
@@ -19,7 +20,6 @@ from flatlab.plots.tradeoff import (
 from flatlab.plots.training import training_curves
 
 __all__ = ["spectral_gap", "training_curves", "heterogeneity", "implicit_flatness", "mechanism",
-           "faults",
-           "primal_dual",
-           "compression", "sensitivity", "tradeoff_scatter", "accuracy_vs_flatness",
+           "faults", "primal_dual", "compression", "sensitivity", "tradeoff_scatter",
+           "batch_tradeoff", "accuracy_vs_flatness",
            "consensus_over_training", "escape", "bound_overlay", "tradeoff_figures"]

@@ -25,8 +25,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-__all__ = ["tradeoff_scatter", "accuracy_vs_flatness", "consensus_over_training", "escape",
-           "bound_overlay", "tradeoff_figures", "LABELS"]
+__all__ = ["tradeoff_scatter", "batch_tradeoff", "accuracy_vs_flatness",
+           "consensus_over_training", "escape", "bound_overlay", "tradeoff_figures", "LABELS"]
 
 #: Axis labels with units (losses in nats, curvature in loss per squared parameter unit).
 LABELS = {
@@ -167,6 +167,85 @@ def tradeoff_scatter(runs: pd.DataFrame, *, flatness: str = "hessian_top",
     cb = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes[0, :],
                       location="right", pad=0.02)
     cb.set_label(LABELS["test_accuracy"])
+    return fig
+
+
+def batch_tradeoff(runs: pd.DataFrame, *, flatness: str = "hessian_top",
+                   error: str = "grad_norm", panel_size: tuple[float, float] = (4.4, 3.6)
+                   ) -> Figure:
+    """The large-batch regime at a glance (``flatlab demo``): flatness, optimization, accuracy.
+
+    Left: ``flatness`` against ``error`` (both log scale), colour by batch regime, marker by
+    method; each seed a small point, the mean over seeds a large one with standard-error bars,
+    labelled with its mean test accuracy. Right: test accuracy per method at each batch, the
+    seeds and their mean ± s.e., the paired drop from the small batch to the large one written
+    above each method (the large-batch gap). Lower-left on the left is flat and well optimized.
+    """
+    _need(runs, {"regime", "method", "status", "seed", "test_accuracy", flatness, error},
+          "runs")
+    done = runs[runs["status"] == "done"]
+    regimes, methods = _regimes(runs), _methods(runs["method"])
+    colours = dict(zip(regimes, sns.color_palette("colorblind", max(len(regimes), 3)),
+                       strict=False))
+    _, markers = _style(methods)
+    pts = _points(done, [flatness, error, "test_accuracy"])
+    fig, (ax, bx) = plt.subplots(1, 2, layout="constrained",
+                                 figsize=(panel_size[0] * 2 + 1.0, panel_size[1] + 0.4))
+    for regime in regimes:
+        for method in methods:
+            one = done[(done["regime"] == regime) & (done["method"] == method)]
+            ax.scatter(one[error], one[flatness], marker=markers[method], s=16, alpha=0.35,
+                       color=colours[regime], linewidths=0)
+    for r in pts.itertuples():
+        x, y = getattr(r, f"{error}_mean"), getattr(r, f"{flatness}_mean")
+        ax.errorbar(x, y, xerr=getattr(r, f"{error}_se"), yerr=getattr(r, f"{flatness}_se"),
+                    fmt=markers[r.method], color=colours[r.regime], mec="black", mew=0.6,
+                    ms=9, ecolor="0.4", elinewidth=0.8, capsize=2)
+        ax.annotate(f"{100 * r.test_accuracy_mean:.1f}%", (x, y), xytext=(6, 5),
+                    textcoords="offset points", fontsize=8, color="0.2")
+    ax.set(xscale="log", yscale="log", xlabel=LABELS.get(error, error),
+           ylabel=LABELS.get(flatness, flatness),
+           title="flatness against optimization (labels: test accuracy)")
+    ax.title.set_fontsize(10)
+    for axis in (ax.xaxis, ax.yaxis):  # 0.02, not 2×10⁻²; λ_max's minor ticks labelled too
+        axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(
+        lambda v, _: f"{v:g}" if v > 0 and round(v / 10 ** np.floor(np.log10(v))) in (2, 5)
+        else ""))
+    ax.grid(True, which="both", alpha=0.25)
+    width = 0.8 / max(len(regimes), 1)
+    for i, method in enumerate(methods):
+        for j, regime in enumerate(regimes):
+            one = done[(done["regime"] == regime) & (done["method"] == method)]
+            acc = 100 * one["test_accuracy"].to_numpy(dtype=float)
+            x = i + (j - (len(regimes) - 1) / 2) * width
+            bx.scatter(np.full(len(acc), x), acc, s=16, alpha=0.45, color=colours[regime],
+                       marker=markers[method], linewidths=0)
+            if len(acc):
+                se = acc.std(ddof=1) / np.sqrt(len(acc)) if len(acc) > 1 else 0.0
+                bx.errorbar(x, acc.mean(), yerr=se, fmt=markers[method], color=colours[regime],
+                            mec="black", mew=0.6, ms=9, ecolor="0.4", capsize=3)
+        wide = (done[done["method"] == method]
+                .pivot_table(index="seed", columns="regime", values="test_accuracy").dropna())
+        if len(regimes) == 2 and set(regimes) <= set(wide.columns) and len(wide):
+            d = 100 * (wide[regimes[0]] - wide[regimes[1]])
+            se = f" ± {d.std(ddof=1) / np.sqrt(len(d)):.1f}" if len(d) > 1 else ""
+            top = 100 * done.loc[done["method"] == method, "test_accuracy"].max()
+            bx.annotate(f"{regimes[0].split('-')[0]} − {regimes[1].split('-')[0]}: "
+                        f"{d.mean():+.1f}{se} points",
+                        (i, top), xytext=(0, 8), textcoords="offset points", ha="center",
+                        fontsize=8)
+    bx.set_xticks(range(len(methods)), methods)
+    bx.set(ylabel=LABELS["test_accuracy"], title="the large-batch gap (paired over seeds)")
+    bx.title.set_fontsize(10)
+    bx.margins(y=0.25)
+    bx.grid(True, axis="y", alpha=0.3)
+    handles = ([matplotlib.patches.Patch(color=colours[r], label=r) for r in regimes]
+               + [plt.Line2D([], [], ls="", marker=markers[m], color="0.6", mec="black", ms=8,
+                             label=m) for m in methods])
+    bx.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False,
+              fontsize=8)
     return fig
 
 
