@@ -20,7 +20,8 @@ worst-case adaptive sharpness and the consensus distance ``Ξ²`` (docs/referenc
 ``OUT/table.csv`` (every run), ``OUT/summary.csv`` (mean and standard error over the seeds),
 ``OUT/tradeoff.{png,pdf}`` (λ_max against ``‖∇f(x̄)‖`` per method and batch, beside test accuracy
 per batch: the large-batch gap) and ``OUT/curves.{png,pdf}``. It prints what the table shows
-first, the table, and what it does not show last. About 4 minutes on 2 idle CPU cores;
+first, the table, and what it does not show last. About 4-5 minutes on 2 CPU cores (268 s
+on an Intel Xeon beside a study at low priority);
 ``--small`` is a seconds-long check of the same pipeline. The judged versions: the gap in
 :mod:`flatlab.studies.large_batch`, the paper's claims inside the regime (more graphs, five
 seeds, the same epochs at both batches) in :mod:`flatlab.studies.regime`.

@@ -77,7 +77,8 @@ def _at_lr(table: pd.DataFrame, lr: float | None) -> pd.DataFrame:
 
 
 def _regimes(runs: pd.DataFrame) -> list[str]:
-    return list(dict.fromkeys(runs["regime"])) if "regime" in runs else [None]
+    """The batch regimes in order of appearance; ``[None]`` (one panel) when there are none."""
+    return list(dict.fromkeys(runs["regime"])) if "regime" in runs and len(runs) else [None]
 
 
 def _final_points(runs: pd.DataFrame, flatness: str, error: str, lr: float | None
@@ -384,8 +385,9 @@ def escape(table: pd.DataFrame, *, metrics: tuple[str, ...] = ("hessian_top", "h
             if row == len(lrs) - 1:
                 ax.set_xlabel("steps after the start at the sharp minimum")
             ax.grid(True, alpha=0.3)
-    axes[0, -1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=8,
-                       title="method (topology)")
+    if axes[0, -1].get_legend_handles_labels()[0]:  # none when no escape run finished
+        axes[0, -1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False,
+                           fontsize=8, title="method (topology)")
     return fig
 
 

@@ -308,9 +308,11 @@ def appendix(tables: Mapping[str, pd.DataFrame], scale: Scale) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in ph.itertuples():
         lines.append(
-            f"| {r.setting} | {r.lr_small:g} / {r.lr_large:g} | {100 * r.acc_small:.1f} | "
-            f"{100 * r.acc_large:.1f} | {100 * r.difference:+.1f} [{100 * r.low:+.1f}, "
-            f"{100 * r.high:+.1f}] | {r.train_loss_small:.3g} / {r.train_loss_large:.3g} | "
+            f"| {r.setting} | {_num(r.lr_small, 'g')} / {_num(r.lr_large, 'g')} | "
+            f"{_num(100 * r.acc_small, '.1f')} | {_num(100 * r.acc_large, '.1f')} | "
+            f"{_num(100 * r.difference, '+.1f')} [{_num(100 * r.low, '+.1f')}, "
+            f"{_num(100 * r.high, '+.1f')}] | {_num(r.train_loss_small, '.3g')} / "
+            f"{_num(r.train_loss_large, '.3g')} | "
             f"{_pct(r.settled_small)} / {_pct(r.settled_large)} | {r.verdict} | "
             f"{_found(r)} | "
             f"{_duration(r.cost_s)} |")
@@ -338,6 +340,11 @@ def _found(r: Any) -> str:
     if r.gap_unsettled:
         return "gap, loss unsettled"
     return "gap, underfit" if r.gap_underfit else "no"
+
+
+def _num(x: float, fmt: str) -> str:
+    """A number in ``fmt``, or – where there is none (no finished run)."""
+    return format(x, fmt) if math.isfinite(x) else "–"
 
 
 def _pct(x: float) -> str:
