@@ -448,7 +448,8 @@ def results_text(study: Study, tables: Mapping[str, pd.DataFrame]) -> str:
                 sc, unit, digits = _unit(str(r.metric), study)
                 interval = (f"[{sc * r.low_adj:+.{digits}f}, {sc * r.high_adj:+.{digits}f}]"
                             if math.isfinite(r.low_adj) else "–")
-                where = f" ({r.setting})" if isinstance(r.setting, str) and r.setting else ""
+                where = (f" ({r.setting})" if isinstance(r.setting, str) and r.setting
+                         and f"({r.setting})" not in r.claim else "")  # named once
                 margin = f"±{sc * r.margin:.{digits}f}"
                 diff = (f"{sc * r.difference:+.{digits}f} {unit}" if math.isfinite(r.difference)
                         else "no paired difference")

@@ -226,3 +226,39 @@ def test_rounds_joined_rejudge_as_one_scale_of_all_their_settings(tmp_path):
     # round 2 is the rest of the small scale, setting for setting
     small, r1, r2 = (study.SCALES[k].settings for k in ("small", "round1", "round2"))
     assert list(small) == list(r1) + list(r2)
+
+
+def test_the_committed_search_joins_its_rounds_finds_two_settings_and_feeds_the_regime(tmp_path):
+    """results/large_batch-small is round 1 and round 2 joined and re-judged together (Holm
+    over all 7 settings): re-judging a join of the committed rounds reproduces it; the regime
+    is found in the two 1000-sample CNN settings trained long enough for the large batch to
+    fit, and those are the regime study's settings, its step grids centred on the search's
+    choices."""
+    from flatlab.studies import pipeline, regime
+
+    results = Path(__file__).resolve().parents[2] / "results"
+    study.join_rounds([results / "large_batch-round1", results / "large_batch-round2"],
+                      tmp_path)
+    pipeline.rejudge(study.STUDY, study.SCALES["small"], tmp_path, None)
+    committed = results / "large_batch-small"
+    for name in ("summary.md", "results.md"):
+        assert (tmp_path / name).read_text() == (committed / name).read_text()
+    for name in ("verdicts", "phenomenon", "runs"):
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / f"{name}.csv"),
+                                      pd.read_csv(committed / f"{name}.csv"))
+    ph = pd.read_csv(committed / "phenomenon.csv")
+    assert len(ph) == 7 and (ph["seeds"] == 5).all()
+    found = ph[ph["found"]]
+    assert set(found["epochs"]) == {400, 800}
+    # found: separable after Holm, at least 2 points on average, every run settled, both fit
+    assert (found["low"] > 0).all() and (found["difference"] >= study.MARGIN).all()
+    assert (found[["settled_small", "settled_large"]] == 1.0).all().all()
+    assert (found[["train_loss_small", "train_loss_large"]] <= study.FIT).all().all()
+    keys = ("train", "model", "noise", "epochs", "large")
+    for name, setting in (("small", regime.SETTING), ("second", regime.SECOND)):
+        row = found[found["epochs"] == setting["epochs"]].iloc[0]
+        assert {k: row[k] for k in keys} == setting
+        assert regime.SCALES[name].options["setting"] == setting
+        lrs = regime.SCALES[name].options["lrs"]
+        assert lrs["small-batch"][1] == row["lr_small"]  # the search's choice, mid-grid
+        assert lrs["large-batch"][1] == row["lr_large"]

@@ -19,8 +19,8 @@ matplotlib.use("Agg")
 ROOT = Path(__file__).resolve().parents[2]
 #: committed folder -> (study, its scale)
 COMMITTED = {name: (name, "small") for name in (
-    "compression", "faults", "heterogeneity", "implicit_flatness", "mechanism", "primal_dual",
-    "tradeoff")} | {"large_batch-round1": ("large_batch", "round1")}
+    "compression", "faults", "heterogeneity", "implicit_flatness", "large_batch", "mechanism",
+    "primal_dual", "tradeoff")}
 
 
 def _folder(name: str) -> Path:
