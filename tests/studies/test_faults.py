@@ -6,7 +6,6 @@ from the fault models' second-moment maps; every claim gets one of the verdicts.
 """
 
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import pytest
 from flatlab.experiment.evidence import VERDICTS
 from flatlab.studies import faults as study
 from flatlab.studies import main
+from tests.studies.committed import assert_rejudges_to
 
 
 def test_each_method_runs_under_the_fault_it_can_run_under():
@@ -111,16 +111,7 @@ COMMITTED = Path(__file__).resolve().parents[2] / "results" / "faults-small"
 
 
 def test_the_committed_tables_rejudge_to_themselves_and_the_prose_numbers_are_theirs(tmp_path):
-    from flatlab.studies import pipeline
-
-    for p in COMMITTED.glob("*.csv"):
-        shutil.copy(p, tmp_path / p.name)
-    pipeline.rejudge(study.STUDY, study.SCALES["small"], tmp_path, None)
-    for name in ("summary.md", "results.md"):
-        assert (tmp_path / name).read_text() == (COMMITTED / name).read_text()
-    for name in ("verdicts", "runs", "summary"):
-        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / f"{name}.csv"),
-                                      pd.read_csv(COMMITTED / f"{name}.csv"))
+    assert_rejudges_to(study.STUDY, study.SCALES["small"], tmp_path, COMMITTED)
     runs = pd.read_csv(COMMITTED / "runs.csv")
     assert len(runs) == 100 and (runs["status"] == "done").all()
     # the predictions in the prose are the committed ones, fixed before the runs

@@ -20,6 +20,7 @@ from flatlab.studies import large_batch as study
 from flatlab.studies import main
 from flatlab.studies.estimate import estimate, planned_runs
 from flatlab.studies.spec import Scale
+from tests.studies.committed import assert_rejudges_to
 
 
 def test_tiny_scale_tunes_each_batch_runs_fixed_epochs_and_writes_the_search(tmp_path):
@@ -180,19 +181,9 @@ def test_the_committed_first_round_rejudges_to_its_tables_and_finds_no_regime(tm
     """results/large_batch-round1 (50 final runs, 5 settings): re-judging a copy of its tables
     reproduces every committed report and table, and no setting shows the regime (the two
     separable gaps are one of a large batch still optimizing and one settled underfit)."""
-    import shutil
-
-    from flatlab.studies import pipeline
-
     committed = Path(__file__).resolve().parents[2] / "results" / "large_batch-round1"
-    for p in committed.glob("*.csv"):
-        shutil.copy(p, tmp_path / p.name)
-    pipeline.rejudge(study.STUDY, study.SCALES["round1"], tmp_path, None)
-    for name in ("summary.md", "results.md"):
-        assert (tmp_path / name).read_text() == (committed / name).read_text()
-    for name in ("verdicts", "phenomenon"):
-        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / f"{name}.csv"),
-                                      pd.read_csv(committed / f"{name}.csv"))
+    assert_rejudges_to(study.STUDY, study.SCALES["round1"], tmp_path, committed,
+                       tables=("verdicts", "phenomenon"))
     ph = pd.read_csv(committed / "phenomenon.csv")
     assert len(ph) == 5 and not ph["found"].any() and (ph["seeds"] == 5).all()
     assert ph["gap_unsettled"].sum() == 1 and ph["gap_underfit"].sum() == 1
@@ -234,18 +225,14 @@ def test_the_committed_search_joins_its_rounds_finds_two_settings_and_feeds_the_
     is found in the two 1000-sample CNN settings trained long enough for the large batch to
     fit, and those are the regime study's settings, its step grids centred on the search's
     choices."""
-    from flatlab.studies import pipeline, regime
+    from flatlab.studies import regime
 
     results = Path(__file__).resolve().parents[2] / "results"
     study.join_rounds([results / "large_batch-round1", results / "large_batch-round2"],
                       tmp_path)
-    pipeline.rejudge(study.STUDY, study.SCALES["small"], tmp_path, None)
     committed = results / "large_batch-small"
-    for name in ("summary.md", "results.md"):
-        assert (tmp_path / name).read_text() == (committed / name).read_text()
-    for name in ("verdicts", "phenomenon", "runs"):
-        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / f"{name}.csv"),
-                                      pd.read_csv(committed / f"{name}.csv"))
+    assert_rejudges_to(study.STUDY, study.SCALES["small"], tmp_path, committed,
+                       copy_from=False, tables=("verdicts", "phenomenon", "runs"))
     ph = pd.read_csv(committed / "phenomenon.csv")
     assert len(ph) == 7 and (ph["seeds"] == 5).all()
     found = ph[ph["found"]]
