@@ -39,7 +39,8 @@ import pandas as pd
 
 from flatlab.errors import FlatlabError
 from flatlab.experiment import run_many
-from flatlab.experiment.study import final_convergence, final_values, mean_and_se
+from flatlab.experiment.evidence import loss_plateau
+from flatlab.experiment.study import final_values, mean_and_se
 from flatlab.plots import batch_tradeoff, training_curves
 from flatlab.results import load
 from flatlab.theory import spectral
@@ -94,7 +95,7 @@ def _config(regime: str, method: str, seed: int, small: bool) -> dict[str, Any]:
     if small:
         batch, epochs = batch // 4, max(epochs // 50, 2)
     steps = math.ceil(epochs * train / batch)
-    every = max(1, steps // 8)
+    every = max(1, steps // 10)  # the studies' density (measurements=10): the loss criterion
     last = every * (steps // every + 1)  # a period past the end: measured once, at the end
     return {"name": f"demo-{regime}-{method}", "seed": seed, "device": "auto",
             "data": {"name": "mnist1d", "partition": "iid", "seed": seed,
@@ -175,9 +176,8 @@ def _table(jobs: list[tuple[Path, dict[str, Any]]]) -> pd.DataFrame:
         rows.append({"regime": regime, "batch": cfg["data"]["batch_size"]
                      * cfg["topology"]["nodes"], "method": method,
                      "topology": cfg["topology"]["name"], "seed": cfg["seed"],
-                     "steps": cfg["train"]["steps"], **r,
-                     **final_convergence(path, "train_loss", threshold=0.1)})
-    table = pd.DataFrame(rows).rename(columns={"converged": "settled"})
+                     "steps": cfg["train"]["steps"], **r, **_settled(path)})
+    table = pd.DataFrame(rows)
     order = {r: i for i, r in enumerate(BATCHES)} | {m: i for i, m in enumerate(METHODS)}
     table = table.sort_values(["regime", "method", "seed"], key=lambda c: c.map(order)
                               if c.name != "seed" else c, kind="stable", ignore_index=True)
@@ -185,6 +185,21 @@ def _table(jobs: list[tuple[Path, dict[str, Any]]]) -> pd.DataFrame:
     if "comm_bytes" in table:
         table["MB_sent"] = table.pop("comm_bytes") / 1e6
     return table
+
+
+def _settled(path: Path) -> dict[str, Any]:
+    """Whether a run's training loss settled, by the studies' loss criterion.
+
+    :func:`flatlab.experiment.evidence.loss_plateau`: the smoothed training loss moved by less
+    than 10% over the last 20% of steps.
+    """
+    try:
+        m = load(path)
+        c = m[(m["metric"] == "train_loss") & (m["scope"] == "avg")].sort_values("step")
+        p = loss_plateau(c["step"].to_numpy(), c["value"].to_numpy())
+    except (FlatlabError, OSError):
+        return {"settled": False, "loss_change": math.nan}
+    return {"settled": p.converged, "loss_change": p.change}
 
 
 SHOWN = {"test_accuracy": "test acc", "train_accuracy": "train acc", "train_loss": "train loss",
@@ -197,8 +212,8 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
 
     Columns ``regime, batch, method, seeds, diverged`` and ``<metric>_mean``, ``<metric>_se``
     for each measured column, ``fits`` (runs whose final training loss is at most :data:`FIT`)
-    and ``settled`` (runs whose training loss moved by less than 10% over the last 20% of
-    steps).
+    and ``settled`` (runs whose smoothed training loss moved by less than 10% over the last
+    20% of steps: the studies' loss criterion, at their density of measurements).
     """
     cols = [c for c in SHOWN if c in table]
     s = mean_and_se(table, ["regime", "batch", "method"], cols)
@@ -239,6 +254,10 @@ def _shows(table: pd.DataFrame, summary: pd.DataFrame) -> str:
            if fit == len(central) else
            f"{fit} of its {len(central)} runs fit their training set (loss ≤ {FIT:g}), "
            "so the gap mixes optimization with generalization")
+    settled = int(done["settled"].sum())
+    why += ("; every run's training loss settled (the studies' criterion)"
+            if settled == len(done) else
+            f"; {settled} of {len(done)} runs' training loss settled (the studies' criterion)")
     cell = summary.set_index(["regime", "method"])
     lam = cell["hessian_top_mean"]
     acc = cell["test_accuracy_mean"]
@@ -284,6 +303,7 @@ def _show(table: pd.DataFrame, summary: pd.DataFrame, nodes: int) -> None:
                                                      summary[f"{col}_se"], strict=True)]
     done = summary["seeds"].astype(str)
     show["fit"] = summary["fits"].astype(str) + "/" + done
+    show["settled"] = summary["settled"].astype(str) + "/" + done
     show["seeds"] = done + "/" + (summary["seeds"] + summary["diverged"]).astype(str)
     with pd.option_context("display.width", 220, "display.max_columns", 20):
         print(show.to_string(index=False))
