@@ -26,9 +26,9 @@ Usage: ``python -m tests.kernels [--levels default,avx2] [pytest arguments]``; e
 every level passed.
 
 ``--demo OUT`` (``make demo-kernels``) runs ``flatlab demo`` instead, once per level into
-``OUT/<level>`` (about 5 minutes a level on 2 cores), then compares every level's table with the
-native one (``python -m flatlab.demo``): how far the demo's numbers move between CPUs, beside
-their standard errors.
+``OUT/<level>`` (about 5 minutes a level on 2 cores; ``--small``: its seconds-long check), then
+compares every level's table with the native one (``python -m flatlab.demo``): how far the
+demo's numbers move between CPUs, beside their standard errors.
 """
 
 from __future__ import annotations
@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--levels", help="comma-separated levels (default: every level offered)")
     p.add_argument("--demo", metavar="OUT", help="run flatlab demo per level into OUT/<level> "
                    "and compare the levels' tables, instead of the tests")
+    p.add_argument("--small", action="store_true", help="with --demo: flatlab demo --small, "
+                   "a seconds-long check of this command")
     args, pytest_args = p.parse_known_args(argv)
     offered = levels_offered()
     native = offered[-1]
@@ -129,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{', '.join(offered)}", file=sys.stderr)
         return 2
     if args.demo:
-        return _demo(Path(args.demo), levels, native)
+        return _demo(Path(args.demo), levels, native, args.small)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for level in levels:
@@ -152,14 +154,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(rc == 0 for rc in results.values()) else 1
 
 
-def _demo(out: Path, levels: list[str], native: str) -> int:
+def _demo(out: Path, levels: list[str], native: str, small: bool = False) -> int:
     """``flatlab demo`` under each level, then the levels' numbers beside the native one's."""
     for level in levels:
         env = environment(level, native)
         print(f"== demo at level {level}{' (native)' if level == native else ''}", flush=True)
         t0 = time.time()
         rc = subprocess.run([sys.executable, "-m", "flatlab", "demo", "--out",
-                             str(out / level), "--no-progress"], env=env, cwd=ROOT).returncode
+                             str(out / level), "--no-progress", *(["--small"] if small else [])],
+                            env=env, cwd=ROOT).returncode
         if rc:
             return rc
         print(f"-- level {level}: {time.time() - t0:.0f} s", flush=True)
