@@ -67,6 +67,14 @@ def test_demo_trains_measures_and_writes_its_table_and_figures(tmp_path, capsys)
     row = summary[(summary.regime == "large-batch") & (summary.method == "diffusion")].iloc[0]
     assert row.test_accuracy_mean == pytest.approx(one.mean())
     assert row.test_accuracy_se == pytest.approx(one.std(ddof=1) / 2 ** 0.5)
+    # settled: the studies' loss criterion on each run's own training-loss curve
+    from flatlab.experiment.evidence import loss_plateau
+    for r in table.itertuples():
+        m = flatlab.results.load(tmp_path / "runs" / f"{r.regime},{r.method},seed={r.seed}")
+        c = m[(m.metric == "train_loss") & (m.scope == "avg")].sort_values("step")
+        assert len(c) >= 11  # at least as often as the studies: at 0, 10 times and the end
+        p = loss_plateau(c.step.to_numpy(), c.value.to_numpy())
+        assert r.settled == p.converged and r.loss_change == pytest.approx(p.change)
     # fits: the final training loss at most FIT, counted per cell
     assert (table.fits == (table.train_loss <= FIT)).all()
     assert row.fits == int(table[(table.regime == "large-batch")
