@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: committed folder -> (study, its scale)
 COMMITTED = {name: (name, "small") for name in (
     "compression", "faults", "heterogeneity", "implicit_flatness", "large_batch", "mechanism",
-    "primal_dual", "tradeoff")}
+    "primal_dual", "regime", "tradeoff")}
 
 
 def _folder(name: str) -> Path:
