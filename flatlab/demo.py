@@ -39,7 +39,7 @@ import pandas as pd
 
 from flatlab.errors import FlatlabError
 from flatlab.experiment import run_many
-from flatlab.experiment.evidence import loss_plateau
+from flatlab.experiment.evidence import loss_plateau, paired_difference
 from flatlab.experiment.study import final_values, mean_and_se
 from flatlab.plots import batch_tradeoff, training_curves
 from flatlab.results import load
@@ -234,11 +234,9 @@ def paired_gap(table: pd.DataFrame, method: str, column: str = "test_accuracy"
         fewer than two).
     """
     done = table[(table["status"] == "done") & (table["method"] == method)]
-    wide = done.pivot_table(index="seed", columns="regime", values=column).dropna()
-    if not {"small-batch", "large-batch"} <= set(wide.columns) or len(wide) < 2:
-        return math.nan, math.nan, len(wide)
-    d = (wide["small-batch"] - wide["large-batch"]).to_numpy()
-    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))), len(d)
+    per = {r: done[done["regime"] == r].set_index("seed")[column] for r in BATCHES}
+    p = paired_difference(per["small-batch"], per["large-batch"])
+    return (p.mean, p.se, p.n) if p.n > 1 else (math.nan, math.nan, p.n)
 
 
 def _shows(table: pd.DataFrame, summary: pd.DataFrame) -> str:

@@ -25,6 +25,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from flatlab.experiment.evidence import paired_difference
+
 __all__ = ["tradeoff_scatter", "batch_tradeoff", "accuracy_vs_flatness",
            "consensus_over_training", "escape", "bound_overlay", "tradeoff_figures", "LABELS"]
 
@@ -227,14 +229,14 @@ def batch_tradeoff(runs: pd.DataFrame, *, flatness: str = "hessian_top",
                 se = acc.std(ddof=1) / np.sqrt(len(acc)) if len(acc) > 1 else 0.0
                 bx.errorbar(x, acc.mean(), yerr=se, fmt=markers[method], color=colours[regime],
                             mec="black", mew=0.6, ms=9, ecolor="0.4", capsize=3)
-        wide = (done[done["method"] == method]
-                .pivot_table(index="seed", columns="regime", values="test_accuracy").dropna())
-        if len(regimes) == 2 and set(regimes) <= set(wide.columns) and len(wide):
-            d = 100 * (wide[regimes[0]] - wide[regimes[1]])
-            se = f" ± {d.std(ddof=1) / np.sqrt(len(d)):.1f}" if len(d) > 1 else ""
-            top = 100 * done.loc[done["method"] == method, "test_accuracy"].max()
+        mine = done[done["method"] == method]
+        per = [mine[mine["regime"] == r].set_index("seed")["test_accuracy"] for r in regimes]
+        p = paired_difference(*per) if len(regimes) == 2 else None
+        if p is not None and p.n:
+            se = f" ± {100 * p.se:.1f}" if p.n > 1 else ""
+            top = 100 * mine["test_accuracy"].max()
             bx.annotate(f"{regimes[0].split('-')[0]} − {regimes[1].split('-')[0]}: "
-                        f"{d.mean():+.1f}{se} points",
+                        f"{100 * p.mean:+.1f}{se} points",
                         (i, top), xytext=(0, 8), textcoords="offset points", ha="center",
                         fontsize=8)
     bx.set_xticks(range(len(methods)), methods)
