@@ -11,15 +11,15 @@ from flatlab.studies.spec import Scale, Study
 
 
 def assert_rejudges_to(study: Study, scale: Scale, out: Path, committed: Path, *,
-                       copy_from: Path | bool = True,
+                       copy: bool = True,
                        tables: Sequence[str] = ("verdicts", "runs", "summary")) -> None:
     """Re-judge the tables in ``out`` and assert every report and table equals ``committed``'s.
 
-    ``copy_from``: where the ``*.csv`` tables come from, copied into ``out`` first (``True``:
-    ``committed``; ``False`` copies nothing: ``out`` already holds them, e.g. joined rounds).
+    ``copy``: copy ``committed``'s ``*.csv`` tables into ``out`` first (``False``: ``out``
+    already holds them, e.g. joined rounds).
     """
-    if copy_from is not False:
-        for p in Path(committed if copy_from is True else copy_from).glob("*.csv"):
+    if copy:
+        for p in committed.glob("*.csv"):
             shutil.copy(p, out / p.name)
     pipeline.rejudge(study, scale, out, None)
     for name in ("summary.md", "results.md"):

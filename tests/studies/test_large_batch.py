@@ -232,7 +232,7 @@ def test_the_committed_search_joins_its_rounds_finds_two_settings_and_feeds_the_
                       tmp_path)
     committed = results / "large_batch-small"
     assert_rejudges_to(study.STUDY, study.SCALES["small"], tmp_path, committed,
-                       copy_from=False, tables=("verdicts", "phenomenon", "runs"))
+                       copy=False, tables=("verdicts", "phenomenon", "runs"))
     ph = pd.read_csv(committed / "phenomenon.csv")
     assert len(ph) == 7 and (ph["seeds"] == 5).all()
     found = ph[ph["found"]]
