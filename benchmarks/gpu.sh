@@ -10,7 +10,7 @@
 # the device named. The GPU targets of issue 21: flatlab/limit <= 1.5 (step_time), batched
 # per-node curvature <= 0.3x sequential (curvature), 1024 ResNet-20-GN nodes at >= 5 steps/s.
 # Each command has its own time limit so that one slow benchmark cannot eat the others'; the
-# limits add to 555 s.
+# limits add to 575 s.
 #
 # It runs on the machine's own python3 and CUDA torch ($PYTHON to choose another), with this
 # checkout on PYTHONPATH (as `make bench-gpu` sets). A GPU machine has no package registry: what
@@ -55,9 +55,10 @@ echo "== tests" | tee "$out/tests.txt"
 PYTHONUNBUFFERED=1 timeout 150 "$py" -m pytest -q -x -m "not slow" -p no:cacheprovider \
     -p no:xdist tests/test_cuda_paths.py 2>&1 | tail -n 30 | tee -a "$out/tests.txt"
 cd "$here"
+run host_waits 30 host_waits.py --device "$dev"
 run mix 35 mix.py --device "$dev" --sizes 32,256,1024
 run ngpd 30 ngpd.py --device "$dev" --quick
-run scale 35 scale.py --device "$dev" --sizes 256,1024 --steps 20
+run scale 30 scale.py --device "$dev" --sizes 256,1024 --steps 20
 # the large-batch search's GPU scale (issue 33): its expected hours from steps timed here, on
 # random CIFAR-10-shaped files (a step's time depends on the shapes, not on the pixels)
 fake="${TMPDIR:-/tmp}/flatlab-fake-cifar"
@@ -65,5 +66,5 @@ fake="${TMPDIR:-/tmp}/flatlab-fake-cifar"
 d.mkdir(parents=True, exist_ok=True); r = np.random.default_rng(0)
 for f in [f'data_batch_{i}.bin' for i in range(1, 6)] + ['test_batch.bin']:
     x = r.integers(0, 256, (10000, 3073), dtype=np.uint8); x[:, 0] %= 10; x.tofile(d / f)"
-FLATLAB_DATA="$fake" run large_batch_full 75 -m flatlab.studies large_batch --scale full \
+FLATLAB_DATA="$fake" run large_batch_full 70 -m flatlab.studies large_batch --scale full \
     --estimate

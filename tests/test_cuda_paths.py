@@ -3,7 +3,8 @@
 Each test runs on ``cpu``, on ``cuda`` when a GPU is present and on ``cuda:1`` when there are two,
 so one command on a CUDA machine (``pytest tests/test_cuda_paths.py``, the CUDA stage of
 ``benchmarks/gpu.sh``) runs the engine, the mixers, every algorithm, curvature (Lanczos, power
-iteration, per-node strategies, PyHessian), the measures and a resumed run there. The references
+iteration, per-node strategies, PyHessian), the measures, a resumed run, and every algorithm on
+two processes (NCCL, one GPU each, where there are two GPUs; gloo on the CPU). The references
 are float64: a dense Hessian's ``numpy.linalg.eigvalsh``, ``W @ X`` in numpy, and the same call on
 the CPU. Without a GPU the CUDA cases are skipped and the CPU case still checks that every result
 comes back on the device of its inputs.
@@ -231,3 +232,78 @@ def test_distributed_device_choice_per_process(monkeypatch):
     assert _device("cuda:1", 0) == torch.device("cuda:1")
     with pytest.raises(FlatlabError, match="cuda:5 does not exist: this machine has 4 GPUs"):
         _device("cuda:5", 0)
+
+
+def _two_process_worker(rank, world, port, out, backend):
+    """One process per GPU over NCCL, as torchrun would start them (gloo: on the CPU)."""
+    import os
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from flatlab.comm import DistributedMixer
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=60),
+                            device_id=device if backend == "nccl" else None)
+    try:
+        q = heterogeneous_quadratics(4, 3, seed=5)
+        X0 = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))  # noqa: N806
+        res = {}
+        for name in available():
+            topo = flatlab.topology.make("exponential-undirected", 4)
+            if name == "sgp":
+                topo = flatlab.topology.make("exponential", 4, weights="push-sum")
+            if name == "ad-psgd":
+                from flatlab.topology.faults import AsyncGossip
+
+                topo = AsyncGossip(topo).topology(20)
+            mixer = DistributedMixer(topo, device=device, dtype=torch.float64)
+            rows = mixer.local_rows
+            H = q.H[rows]  # noqa: N806
+
+            def grad(X, t, rows=rows):  # noqa: N803
+                full = torch.zeros(4, 3, dtype=X.dtype, device=X.device)
+                full[rows] = X
+                return q.grad_fn()(full.cpu(), t)[rows].to(X.device)
+
+            xs = simulate(name, topo, grad, X0[rows].to(device), 15, 0.05, mixer=mixer,
+                          metric_fn=lambda X, t, H=H: H.to(X))  # noqa: N803
+            res[name] = xs.cpu()
+        torch.save(res, os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("backend", [
+    "gloo", pytest.param("nccl", marks=pytest.mark.skipif(
+        not CUDA or torch.cuda.device_count() < 2 or not torch.distributed.is_nccl_available(),
+        reason="needs two CUDA GPUs and NCCL"))])
+def test_every_algorithm_on_two_processes_equals_one_process(backend, tmp_path):
+    import os
+
+    import torch.multiprocessing as mp
+
+    from tests.comm.test_distributed import free_port
+
+    mp.spawn(_two_process_worker, args=(2, free_port(), str(tmp_path), backend), nprocs=2,
+             join=True)
+    got = [torch.load(os.path.join(tmp_path, f"rank{r}.pt"), weights_only=True) for r in (0, 1)]
+    q = heterogeneous_quadratics(4, 3, seed=5)
+    X0 = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))  # noqa: N806
+    for name in available():
+        topo = flatlab.topology.make("exponential-undirected", 4)
+        if name == "sgp":
+            topo = flatlab.topology.make("exponential", 4, weights="push-sum")
+        if name == "ad-psgd":
+            from flatlab.topology.faults import AsyncGossip
+
+            topo = AsyncGossip(topo).topology(20)
+        want = simulate(name, topo, q.grad_fn(), X0, 15, 0.05,
+                        metric_fn=lambda X, t: q.H.to(X))  # noqa: N803
+        both = torch.cat([got[0][name], got[1][name]], dim=1)  # [steps + 1, n, d]
+        torch.testing.assert_close(both, want, rtol=1e-10, atol=1e-12, msg=name)

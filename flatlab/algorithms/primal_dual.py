@@ -437,10 +437,11 @@ class NGPD(ECL):
             loss, G = oracle(state.x, batch)  # noqa: N806
         if state.t % self.inverse_every == 0 or state.t == 0:
             basis, ok = _basis_or_flag(blocks, factors)
-            if not bool(ok.all()):
-                # a node's curvature blew up (its run is diverging): its loss reads NaN, so the
-                # runner records the divergence on every process after this step's exchange
-                # (an oracle without losses gets one: 0, NaN where the curvature failed)
+            # a node's curvature blew up (its run is diverging): its loss reads NaN, so the
+            # runner records the divergence on every process after this step's exchange (an
+            # oracle without losses gets one: 0, NaN where the curvature failed; only then is
+            # the flag read on the host)
+            if loss is not None or not bool(ok.all()):
                 base = loss if loss is not None else state.x.new_zeros(ok.shape)
                 loss = torch.where(ok.to(base.device), base, torch.full_like(base, math.nan))
         mu = 1.0 / lr

@@ -115,6 +115,9 @@ def tridiagonalize(op: Operator, q0: torch.Tensor, steps: int, *, seed: int = 0,
     buf = q.new_empty(B, min(steps, 8), P)
     buf[:, 0] = q
     Q = buf[:, :1]  # noqa: N806
+    # the tridiagonal's coefficients live on the host (float64): one copy of (alpha_j, beta_j)
+    # a step is the only time the host waits for a GPU; T, breakdowns and the convergence check
+    # are computed there
     alphas, betas = [], []
     beta_prev = torch.zeros(B, dtype=q.dtype, device=q.device)
     q_prev = torch.zeros_like(q)
@@ -125,27 +128,30 @@ def tridiagonalize(op: Operator, q0: torch.Tensor, steps: int, *, seed: int = 0,
         a = (q * w).sum(1)
         w = _orthogonalize(w - a[:, None] * q, Q)
         b = w.norm(dim=1)
-        alphas.append(a)
-        scale = torch.maximum(scale, a.detach().double().abs().cpu() + b.detach().double().cpu())
+        a_host, b_host = torch.stack([a, b]).detach().double().cpu()
+        alphas.append(a_host)
+        scale = torch.maximum(scale, a_host.abs() + b_host)
         T = _tri(alphas, betas)  # noqa: N806
-        broken = (b.double().cpu() <= 1e-10 * scale.clamp_min(1e-300)).to(q.device)
+        broken = b_host <= 1e-10 * scale.clamp_min(1e-300)
         if j + 1 == steps:
-            return T, Q, b.double().cpu(), j + 1
+            return T, Q, b_host, j + 1
         # never stop at a breakdown: its Ritz values are exact, but a repeated eigenvalue shows up
         # once per Krylov block, so the next block must be explored before the top k are known
-        if check is not None and not bool(broken.any()) and check(T, b.double().cpu()):
-            return T, Q, b.double().cpu(), j + 1
-        if bool(broken.any()):  # an invariant subspace: continue from a fresh orthogonal vector
+        if not bool(broken.any()):
+            if check is not None and check(T, b_host):
+                return T, Q, b_host, j + 1
+            norm = b
+        else:  # an invariant subspace: continue from a fresh orthogonal vector
             r = _orthogonalize(random_probes((B, P), seed=seed_for(seed, "restart", restarts),
                                              distribution="gaussian", dtype=q.dtype,
                                              device=q.device), Q)
             restarts += 1
-            w = torch.where(broken[:, None], r, w)
-            b = torch.where(broken, torch.zeros_like(b), b)
+            on_device = broken.to(q.device)
+            w = torch.where(on_device[:, None], r, w)
+            b = torch.where(on_device, torch.zeros_like(b), b)
+            b_host = torch.where(broken, torch.zeros_like(b_host), b_host)
             norm = w.norm(dim=1)
-        else:
-            norm = b
-        betas.append(b)
+        betas.append(b_host)
         q_prev, beta_prev = q, b
         q = w / norm[:, None]
         if j + 1 == buf.shape[1]:
@@ -158,10 +164,11 @@ def tridiagonalize(op: Operator, q0: torch.Tensor, steps: int, *, seed: int = 0,
 
 
 def _tri(alphas: list[torch.Tensor], betas: list[torch.Tensor]) -> torch.Tensor:
-    a = torch.stack(alphas, 1).double().cpu()
+    """The ``[B, m, m]`` tridiagonals of the host's ``alpha`` and ``beta`` lists (float64)."""
+    a = torch.stack(alphas, 1)
     T = torch.diag_embed(a)  # noqa: N806
     if betas:
-        b = torch.stack(betas, 1).double().cpu()
+        b = torch.stack(betas, 1)
         T = T + torch.diag_embed(b, 1) + torch.diag_embed(b, -1)  # noqa: N806
     return T
 

@@ -100,7 +100,8 @@ class Record:
     Attributes:
         rows: Metric rows ``(step, epoch, metric, scope, value)`` (rank 0's are complete).
         tables: Rows of extra tables (``density``, ``landscape``), each with its ``step``.
-        loss_acc: ``[sum, count]`` of batch losses since the last measurement.
+        loss_acc: ``[sum, count]`` of batch losses since the last measurement (the sum a
+            float64 tensor on the run's device while training, a number in a checkpoint).
         elapsed: Training seconds up to the last :meth:`tick` (measuring and checkpoints
             included).
         started: ISO time of the run's first start.
@@ -113,7 +114,7 @@ class Record:
     steps_per_epoch: int
     rows: list[tuple] = field(default_factory=list)
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    loss_acc: list[float] = field(default_factory=lambda: [0.0, 0])
+    loss_acc: list[Any] = field(default_factory=lambda: [0.0, 0])
     elapsed: float = 0.0
     started: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
     measure_s: dict[str, float] = field(default_factory=dict)
@@ -235,9 +236,9 @@ class BatchLoss(Hook):
     record: Record
 
     def on_step(self, loop: Loop) -> None:
-        """Add this step's network mean loss."""
-        if loop.loss is not None:
-            self.record.loss_acc[0] += loop.loss
+        """Add this step's network mean loss (on the device: the sum is read where measured)."""
+        if loop.batch_loss is not None:
+            self.record.loss_acc[0] = self.record.loss_acc[0] + loop.batch_loss
             self.record.loss_acc[1] += 1
 
 
@@ -246,18 +247,57 @@ class Divergence(Hook):
     """Ends the run as ``diverged`` at a non-finite batch loss.
 
     For an algorithm that reports no loss, at a non-finite iterate (agreed over processes).
+
+    Reading a GPU's loss on the host waits for the step, and the next step cannot be queued
+    meanwhile; so on a GPU (``lag=None``, or ``lag=True`` anywhere) the check is one step late:
+    step ``t``'s flag is copied to the host behind step ``t``'s kernels and read after step
+    ``t + 1`` was queued, so the GPU never runs dry. A loss that turns non-finite at step ``t``
+    then ends the run as ``diverged`` at step ``t + 1`` (its message names step ``t``); the last
+    step is checked at once. Every process reads the same all-reduced loss, so all of them stop
+    at the same step.
     """
 
     group: Any
+    lag: bool | None = None
+    _pending: tuple[int, torch.Tensor, Any] | None = field(default=None, repr=False)
 
     def on_step(self, loop: Loop) -> Outcome | None:
         """``diverged`` at a non-finite loss or iterate."""
-        if loop.state.loss is not None:
-            ok = math.isfinite(loop.loss)
-        else:
-            ok = agree(self.group, bool(torch.isfinite(loop.state.x).all()))
-        return None if ok else Outcome("diverged", loop.step, f"non-finite loss at step "
-                                                              f"{loop.step}")
+        if loop.state.loss is None:
+            if agree(self.group, bool(torch.isfinite(loop.state.x).all())):
+                return None
+            return Outcome("diverged", loop.step, f"non-finite iterate at step {loop.step}")
+        loss = loop.batch_loss
+        lag = _waits_for_device(loss) if self.lag is None else self.lag
+        earlier, self._pending = self._pending, None
+        if earlier is not None:
+            step, flag, copied = earlier
+            if copied is not None:
+                copied.synchronize()  # step `step`'s flag only, not the steps queued after it
+            if not bool(flag):
+                return Outcome("diverged", loop.step, f"non-finite loss at step {step}")
+        if lag and loop.step < loop.total:
+            self._pending = (loop.step, *_host_flag(torch.isfinite(loss)))
+            return None
+        if math.isfinite(loop.loss):
+            return None
+        return Outcome("diverged", loop.step, f"non-finite loss at step {loop.step}")
+
+
+def _waits_for_device(t: torch.Tensor) -> bool:
+    """Whether reading ``t`` on the host waits for a device (a GPU's queue)."""
+    return t.device.type == "cuda"
+
+
+def _host_flag(flag: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """``flag`` on its way to the host: the copy and, on a GPU, the event that marks it done."""
+    if flag.device.type != "cuda":
+        return flag, None
+    host = torch.empty((), dtype=flag.dtype, pin_memory=True)
+    host.copy_(flag, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    return host, done
 
 
 @dataclass
@@ -346,7 +386,7 @@ class Measuring(Hook):
         new = measure_run(self.run, loop.state.x, loop.step, alone=self.alone,
                           tables=rec.tables, timings=rec.measure_s, announce=rec.announce)
         if loop.step > 0 and rec.loss_acc[1]:
-            new.append(("batch_loss", "mean", rec.loss_acc[0] / rec.loss_acc[1]))
+            new.append(("batch_loss", "mean", float(rec.loss_acc[0]) / rec.loss_acc[1]))
             rec.loss_acc[0], rec.loss_acc[1] = 0.0, 0
         if group.rank == 0:
             rec.add(loop.step, new)
@@ -388,6 +428,7 @@ class Progress(Hook):
         self.bar = tqdm(total=total, initial=start, desc=name, disable=not show,
                         dynamic_ncols=True, leave=False)
         self.info: dict[str, str] = {}
+        self._shown = -math.inf
         if show:
             record.announce = self._announce
 
@@ -400,10 +441,12 @@ class Progress(Hook):
             self.bar.set_postfix(self.info, refresh=False)
 
     def on_step(self, loop: Loop) -> None:
-        """Advance the bar; show this step's loss and step size."""
+        """Advance the bar; show the step's loss (read twice a second) and step size."""
         if self.show:
-            if loop.loss is not None:
-                self.info["loss"] = f"{loop.loss:.4g}"
+            now = time.monotonic()
+            if loop.batch_loss is not None and now - self._shown >= 0.5:
+                self.info["loss"] = f"{loop.loss:.4g}"  # reading it waits for a GPU's step
+                self._shown = now
             if self.lr is not None:
                 self.info["lr"] = f"{self.lr(loop.step - 1):.3g}"
             self.bar.set_postfix(self.info, refresh=False)
@@ -469,7 +512,8 @@ class Checkpointing(Hook):
             state={k: self._gathered(v) for k, v in _algorithms.state_dict(state).items()},
             buffers={k: self._gathered(v) for k, v in self.run.stack.buffers.items()},
             mixer=mixer.gathered_stats().state_dict(), metrics=rec.rows,
-            elapsed=rec.elapsed, loss_acc=rec.loss_acc, rng=mixer.gather_object(rng),
+            elapsed=rec.elapsed, loss_acc=[float(rec.loss_acc[0]), rec.loss_acc[1]],
+            rng=mixer.gather_object(rng),
             processes=mixer.world_size, tables=rec.tables, started=rec.started,
             config=self.config,
             timings={"measures": dict(rec.measure_s), "checkpoint": rec.checkpoint_s,

@@ -28,7 +28,7 @@ leaves it as a kill would (resumable from its last checkpoint; nothing after it 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -51,16 +51,27 @@ class Loop:
         step: Steps done (``state`` is the iterate after ``step`` steps).
         total: The last step.
         state: The algorithm state (``state.x`` is this process's ``[k, P]`` node models).
-        loss: The network's mean batch loss of the last step; ``None`` before the first step
-            and for algorithms that report no loss.
+        batch_loss: The network's mean batch loss of the last step, a 0-d float64 tensor on the
+            run's device (reading it costs no wait for the device); ``None`` before the first
+            step and for algorithms that report no loss.
         start: The step the loop started from (0, or the step of a resumed checkpoint).
     """
 
     step: int
     total: int
     state: Any
-    loss: float | None = None
+    batch_loss: torch.Tensor | None = None
     start: int = 0
+    _read: tuple[int, float] | None = field(default=None, repr=False)
+
+    @property
+    def loss(self) -> float | None:
+        """``batch_loss`` as a number (on a GPU the first read of a step waits for the step)."""
+        if self.batch_loss is None:
+            return None
+        if self._read is None or self._read[0] != self.step:
+            self._read = (self.step, float(self.batch_loss))
+        return self._read[1]
 
 
 @dataclass(frozen=True)
@@ -116,16 +127,17 @@ class Hook:
         """Last, always."""
 
 
-def network_mean(values: torch.Tensor, group: Any) -> float:
+def network_mean(values: torch.Tensor, group: Any) -> torch.Tensor:
     """``(1/n) sum_i values_i`` over the nodes of every process (one all-reduce when several).
 
     ``values`` holds this process's ``k`` nodes; ``group`` has ``world_size`` and ``all_reduce``
-    (a mixer), and every process holds the same number of nodes.
+    (a mixer), and every process holds the same number of nodes. The mean is a 0-d float64
+    tensor on the device of ``values``: nothing waits for the device until it is read.
     """
     if group is None or group.world_size == 1:
-        return float(values.mean())
+        return values.mean().double()
     n = values.shape[0] * group.world_size
-    return float(group.all_reduce(values.sum().reshape(1))) / n
+    return group.all_reduce(values.sum().reshape(1))[0].double() / n
 
 
 def train(algorithm: Any, state: Any, sampler: Any, oracle: Any, mixer: Any,
@@ -177,7 +189,7 @@ def train(algorithm: Any, state: Any, sampler: Any, oracle: Any, mixer: Any,
                 loop.state = hold(loop.state, before, offline(t))
             loop.step = t + 1
             loss = loop.state.loss
-            loop.loss = None if loss is None else network_mean(loss, group)
+            loop.batch_loss = None if loss is None else network_mean(loss, group)
             outcome = _first(hooks, lambda h: h.on_step(loop))
         outcome = outcome or Outcome("done", loop.step)
         for h in hooks:
