@@ -245,7 +245,7 @@ class _Blocks:
         self.sizes = [(ly.a_dim, ly.g_dim) for ly in layers]
         self.F = sum(a * a + g * g for a, g in self.sizes)
         self.E = sum(a * a + a + g * g + g for a, g in self.sizes)
-        covered = torch.zeros(P, dtype=torch.bool)
+        covered = torch.zeros(P, dtype=torch.bool, device="cpu")
         for ly in layers:
             covered[ly.weight[0]] = True
             if ly.bias is not None:

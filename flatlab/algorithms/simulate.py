@@ -138,10 +138,10 @@ def simulate(
         before = state
         now = oracle if delayed is None else delayed.at(oracle, t)
         now = now if straggling is None else SkippingOracle(
-            now, torch.as_tensor(straggling(t), dtype=torch.bool))
+            now, torch.as_tensor(straggling(t), dtype=torch.bool, device="cpu"))
         state = algo.step(state, t, now, mixer, lr_at(t))
         if offline is not None:
-            state = hold(state, before, torch.as_tensor(offline(t), dtype=torch.bool))
+            state = hold(state, before, torch.as_tensor(offline(t), dtype=torch.bool, device="cpu"))
         if (t + 1) % stride == 0:
             out.append(state.x.clone())
     xs = torch.stack(out)

@@ -38,7 +38,8 @@ class CommStats:
     @classmethod
     def zeros(cls, n: int) -> CommStats:
         """No traffic yet."""
-        return cls(torch.zeros(n, dtype=torch.int64), torch.zeros(n, dtype=torch.int64))
+        return cls(torch.zeros(n, dtype=torch.int64, device="cpu"),
+                   torch.zeros(n, dtype=torch.int64, device="cpu"))
 
     def total_bytes(self) -> int:
         """Bytes sent by all nodes together."""
@@ -113,10 +114,12 @@ def edge_slots(w: sp.sparray, rows: slice, out_edges: tuple[torch.Tensor, torch.
     neighbors[node, slot] = nbr
 
     def slots_of(i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-        return torch.as_tensor(slot[np.searchsorted(pairs, i.numpy() * n + j.numpy())])
+        return torch.as_tensor(slot[np.searchsorted(pairs, i.numpy() * n + j.numpy())],
+                               device="cpu")
 
     (src, dst), (isrc, idst) = out_edges, in_edges
-    return EdgeSlots(torch.as_tensor(neighbors[rows]), torch.as_tensor(degree[rows]),
+    return EdgeSlots(torch.as_tensor(neighbors[rows], device="cpu"),
+                     torch.as_tensor(degree[rows], device="cpu"),
                      src - rows.start, slots_of(src, dst), idst - rows.start,
                      slots_of(idst, isrc))
 

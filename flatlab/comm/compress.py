@@ -167,7 +167,7 @@ def _sample_index(d: int, s: int, device: torch.device) -> torch.Tensor:
     """``s`` of ``d`` coordinates drawn once (seed 0) and sorted (a gather in memory order)."""
     key = (d, s, str(device))
     if key not in _SAMPLES:
-        perm = torch.randperm(d, generator=torch.Generator().manual_seed(0))[:s]
+        perm = torch.randperm(d, generator=torch.Generator().manual_seed(0), device="cpu")[:s]
         _SAMPLES[key] = perm.sort().values.to(device)
     return _SAMPLES[key]
 

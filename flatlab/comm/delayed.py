@@ -180,7 +180,7 @@ class DelayedDistributedMixer(DistributedMixer):
         self._peers = sorted(r.recv)
         cols = np.concatenate([np.arange(lo, lo + self.k)]
                               + [np.asarray(r.recv[q]) for q in self._peers]).astype(np.int64)
-        self._cols = torch.as_tensor(cols)
+        self._cols = torch.as_tensor(cols, device="cpu")
         self._W_loc = torch.as_tensor(topology.matrix(0)[lo:lo + self.k][:, cols],
                                       dtype=self.dtype, device=self.device)
         self.delays = delays

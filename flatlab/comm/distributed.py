@@ -105,8 +105,10 @@ class _Round:
         src, dst = src[order], dst[order]
         mine_out = (src >= lo) & (src < hi)
         mine_in = (dst >= lo) & (dst < hi)
-        self.out_edges = (torch.as_tensor(src[mine_out]), torch.as_tensor(dst[mine_out]))
-        self.in_edges = (torch.as_tensor(src[mine_in]), torch.as_tensor(dst[mine_in]))
+        self.out_edges = (torch.as_tensor(src[mine_out], device="cpu"),
+                          torch.as_tensor(dst[mine_out], device="cpu"))
+        self.in_edges = (torch.as_tensor(src[mine_in], device="cpu"),
+                         torch.as_tensor(dst[mine_in], device="cpu"))
         # exchange plan: positions in my out-edge list going to each peer, and in my in-edge
         # list coming from each peer (both in global (src, dst) order, so sender and receiver
         # agree on the order without talking)
@@ -116,7 +118,8 @@ class _Round:
         self.ex_recv = {q: np.flatnonzero(owner[si] == q) for q in range(world) if q != rank}
         self.ex_local_out = np.flatnonzero(owner[do] == rank)
         self.ex_local_in = np.flatnonzero(owner[si] == rank)
-        self.out_degree = torch.as_tensor(np.bincount(so - lo, minlength=k), dtype=torch.int64)
+        self.out_degree = torch.as_tensor(np.bincount(so - lo, minlength=k), dtype=torch.int64,
+                                          device="cpu")
 
 
 class DistributedMixer(EdgeSchedule):
@@ -280,13 +283,15 @@ class DistributedMixer(EdgeSchedule):
                                f"rank {self.rank}: {src.numel()} rows, got {M.shape[0]}")
         tail = M.shape[1:]
         out = torch.empty(r.in_edges[0].numel(), *tail, dtype=M.dtype, device=M.device)
-        out[torch.as_tensor(r.ex_local_in)] = M[torch.as_tensor(r.ex_local_out)]
-        sends = {q: M[torch.as_tensor(v)].contiguous() for q, v in r.ex_send.items() if v.size}
+        out[torch.as_tensor(r.ex_local_in, device=M.device)] = \
+            M[torch.as_tensor(r.ex_local_out, device=M.device)]
+        sends = {q: M[torch.as_tensor(v, device=M.device)].contiguous()
+                 for q, v in r.ex_send.items() if v.size}
         recvs = {q: torch.empty(v.size, *tail, dtype=M.dtype, device=M.device)
                  for q, v in r.ex_recv.items() if v.size}
         self._p2p(sends, recvs)()
         for q, buf in recvs.items():
-            out[torch.as_tensor(r.ex_recv[q])] = buf
+            out[torch.as_tensor(r.ex_recv[q], device=M.device)] = buf
         per_edge = (M[0].numel() if M.shape[0] else 0) * M.element_size()
         cnt = torch.bincount(src - self.local_rows.start, minlength=self.k)
         self.stats.messages += cnt

@@ -89,8 +89,10 @@ class SimulatedMixer(EdgeSchedule):
                 self._W.append(torch.as_tensor(w.toarray(), dtype=self.dtype, device=self.device))
             elif method == "sparse":
                 coo = w.tocoo()
-                idx = torch.as_tensor(np.vstack([coo.row, coo.col]), dtype=torch.int64)
-                sp = torch.sparse_coo_tensor(idx, torch.as_tensor(coo.data, dtype=self.dtype),
+                idx = torch.as_tensor(np.vstack([coo.row, coo.col]), dtype=torch.int64,
+                                      device="cpu")
+                sp = torch.sparse_coo_tensor(idx, torch.as_tensor(coo.data, dtype=self.dtype,
+                                                                  device="cpu"),
                                              (self.n, self.n), check_invariants=True)
                 with warnings.catch_warnings():  # "sparse CSR support is in beta"
                     warnings.simplefilter("ignore", UserWarning)
@@ -102,8 +104,8 @@ class SimulatedMixer(EdgeSchedule):
                                      for o in offs])
             coo = w.tocoo()
             off = coo.row != coo.col
-            dst = torch.as_tensor(coo.row[off], dtype=torch.int64)
-            src = torch.as_tensor(coo.col[off], dtype=torch.int64)
+            dst = torch.as_tensor(coo.row[off], dtype=torch.int64, device="cpu")
+            src = torch.as_tensor(coo.col[off], dtype=torch.int64, device="cpu")
             order = torch.argsort(src * self.n + dst)
             self._edges.append((src[order], dst[order]))
             self._out_degree.append(torch.bincount(src, minlength=self.n))

@@ -57,7 +57,8 @@ def smooth_density(nodes: torch.Tensor, weights: torch.Tensor, *, sigma: float |
     width = max(hi - lo, 1e-12 * max(abs(lo), abs(hi), 1.0))
     sig = float(sigma) if sigma is not None else width / steps
     pad = grid_padding * width + 3 * sig
-    grid = torch.linspace(lo - pad, hi + pad, int(num_grid_points), dtype=torch.float64)
+    grid = torch.linspace(lo - pad, hi + pad, int(num_grid_points), dtype=torch.float64,
+                          device=nodes.device)
     z = (grid - nodes.double()[..., None]) / sig
     kernel = torch.exp(-0.5 * z ** 2) / (sig * math.sqrt(2 * math.pi))
     return grid, (weights.double()[..., None] * kernel).sum(-2).mean(-2), sig

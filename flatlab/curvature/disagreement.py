@@ -212,5 +212,6 @@ def disagreement_alignment(vectors: torch.Tensor, D: torch.Tensor) -> Alignment:
         raise CurvatureError("the vectors are linearly dependent; give k independent directions")
     total = float(D.pow(2).sum())
     per = (D @ Q).pow(2).sum(0).cpu()
-    share = per / total if total > 0 else torch.full((k,), math.nan, dtype=torch.float64)
+    share = per / total if total > 0 else torch.full((k,), math.nan, dtype=torch.float64,
+                                                     device="cpu")
     return Alignment(float(share.sum()), k / P, share)

@@ -76,9 +76,10 @@ def random_probes(shape: tuple[int, ...], *, seed: int, distribution: str = "rad
     """Seeded probe vectors (drawn on the CPU in float64, so they do not depend on the device)."""
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     if distribution == "rademacher":
-        v = torch.randint(0, 2, shape, generator=gen, dtype=torch.int64).double() * 2 - 1
+        v = torch.randint(0, 2, shape, generator=gen, dtype=torch.int64,
+                          device="cpu").double() * 2 - 1
     elif distribution == "gaussian":
-        v = torch.randn(shape, generator=gen, dtype=torch.float64)
+        v = torch.randn(shape, generator=gen, dtype=torch.float64, device="cpu")
     else:
         raise CurvatureError(f"probe distribution {distribution!r} is unknown; accepted: "
                              "rademacher, gaussian")
@@ -122,7 +123,7 @@ def tridiagonalize(op: Operator, q0: torch.Tensor, steps: int, *, seed: int = 0,
     beta_prev = torch.zeros(B, dtype=q.dtype, device=q.device)
     q_prev = torch.zeros_like(q)
     restarts = 0
-    scale = torch.zeros(B, dtype=torch.float64)
+    scale = torch.zeros(B, dtype=torch.float64, device="cpu")
     for j in range(steps):
         w = mv(q) - beta_prev[:, None] * q_prev
         a = (q * w).sum(1)
@@ -176,7 +177,8 @@ def _tri(alphas: list[torch.Tensor], betas: list[torch.Tensor]) -> torch.Tensor:
 def _select(theta: torch.Tensor, k: int, which: str) -> torch.Tensor:
     """Indices of the wanted Ritz values (``theta`` ascending, ``[B, m]``)."""
     m = theta.shape[1]
-    idx = torch.arange(m - 1, m - 1 - k, -1) if which == "largest" else torch.arange(k)
+    idx = torch.arange(m - 1, m - 1 - k, -1, device=theta.device) if which == "largest" \
+        else torch.arange(k, device=theta.device)
     return idx.expand(theta.shape[0], -1)
 
 
@@ -219,10 +221,10 @@ def lanczos(op, k: int = 1, *, which: str = "largest", tol: float = 1e-6,
     if v0 is None:
         q0 = random_probes((B, op.size), seed=seed, dtype=op.dtype, device=op.device)
     else:
-        q0 = torch.as_tensor(v0).to(op.device, op.dtype).reshape(-1, op.size)
+        q0 = torch.as_tensor(v0, device=op.device).to(op.dtype).reshape(-1, op.size)
         if q0.shape[0] != B or not bool((q0.norm(dim=1) > 0).all()):
             raise CurvatureError(f"v0 must be {B} non-zero start vector(s) of size {op.size}, "
-                                 f"got shape {tuple(torch.as_tensor(v0).shape)}")
+                                 f"got shape {tuple(torch.as_tensor(v0, device=op.device).shape)}")
     start = op.num_matvecs
 
     def residuals(T: torch.Tensor, beta: torch.Tensor):  # noqa: N803
@@ -273,7 +275,7 @@ def power_iteration(op, k: int = 1, *, max_iter: int = 100, tol: float = 1e-3,
                           distribution="gaussian", dtype=op.dtype,
                           device=op.device)
         lam = torch.full((B,), float("nan"), dtype=op.dtype, device=op.device)
-        done = torch.zeros(B, dtype=torch.bool)
+        done = torch.zeros(B, dtype=torch.bool, device="cpu")
         res = torch.full((B,), float("nan"), dtype=op.dtype, device=op.device)
         for _ in range(max_iter):
             if vecs:

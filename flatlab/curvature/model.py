@@ -181,8 +181,8 @@ def node_traces(stack: NodeStack, X: torch.Tensor, inputs: torch.Tensor,  # noqa
     ops = _node_ops(stack, X, inputs, targets, batch_size, 1 if one else stack.n)
     res = [trace(op, num_matvecs, method=method, seed=seeds[i]) for i, op in enumerate(ops)]
     res = res * stack.n if one else res
-    return TraceResult(torch.tensor([r.estimate for r in res], dtype=torch.float64),
-                       torch.tensor([r.stderr for r in res], dtype=torch.float64),
+    return TraceResult(torch.tensor([r.estimate for r in res], dtype=torch.float64, device="cpu"),
+                       torch.tensor([r.stderr for r in res], dtype=torch.float64, device="cpu"),
                        torch.stack([r.samples for r in res]), max(r.num_matvecs for r in res),
                        method, res[0].distribution)
 

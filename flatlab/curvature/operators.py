@@ -89,7 +89,8 @@ class DenseOperator(Operator):
     """A dense symmetric matrix ``[P, P]`` (or a batch ``[n, P, P]``) as an operator."""
 
     def __init__(self, A: torch.Tensor | np.ndarray) -> None:  # noqa: N803
-        A = torch.as_tensor(A)  # noqa: N806
+        device = A.device if isinstance(A, torch.Tensor) else "cpu"  # a tensor stays where it is
+        A = torch.as_tensor(A, device=device)  # noqa: N806
         if not A.is_floating_point():
             A = A.double()  # noqa: N806
         if A.dim() not in (2, 3) or A.shape[-1] != A.shape[-2]:

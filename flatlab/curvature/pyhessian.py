@@ -124,14 +124,14 @@ def pyhessian_eigenvalues(stack: NodeStack, x: torch.Tensor, inputs: torch.Tenso
     with _contained(stack.dtype, seed, stack.device) as (mod, counter):
         vals, vecs = _hessian(mod, stack, x, inputs, targets, buffers).eigenvalues(
             maxIter=max_iter, tol=tol, top_n=k)
-    ev = torch.tensor(vals, dtype=stack.dtype)
+    ev = torch.tensor(vals, dtype=stack.dtype, device="cpu")
     V = torch.stack([torch.cat([t.reshape(-1) for t in v])  # noqa: N806 - on the host
                      for v in vecs]).to(device="cpu", dtype=stack.dtype)
     op = model_hessian(stack, x, inputs, targets, buffers=buffers)
     res = torch.stack([(op.matvec(V[i].to(stack.device)).cpu() - ev[i] * V[i]).norm()
                        for i in range(len(vals))])
-    return EigenResult(ev, res, torch.full((len(vals),), float("nan")) == 0, counter[0], V,
-                       "largest", float(tol), "pyhessian")
+    return EigenResult(ev, res, torch.full((len(vals),), float("nan"), device="cpu") == 0,
+                       counter[0], V, "largest", float(tol), "pyhessian")
 
 
 def pyhessian_trace(stack: NodeStack, x: torch.Tensor, inputs: torch.Tensor,
@@ -142,7 +142,7 @@ def pyhessian_trace(stack: NodeStack, x: torch.Tensor, inputs: torch.Tensor,
     with _contained(stack.dtype, seed, stack.device) as (mod, counter):
         samples = _hessian(mod, stack, x, inputs, targets, buffers).trace(maxIter=max_iter,
                                                                            tol=tol)
-    s = torch.tensor(samples, dtype=torch.float64)
+    s = torch.tensor(samples, dtype=torch.float64, device="cpu")
     err = float(s.std(correction=1) / math.sqrt(len(s))) if len(s) > 1 else float("nan")
     return TraceResult(float(s.mean()), err, s, counter[0], "pyhessian", "rademacher")
 
@@ -156,8 +156,8 @@ def pyhessian_density(stack: NodeStack, x: torch.Tensor, inputs: torch.Tensor,
     with _contained(stack.dtype, seed, stack.device) as (mod, counter):
         nodes, weights = _hessian(mod, stack, x, inputs, targets, buffers).density(iter=iter,
                                                                                    n_v=n_v)
-    th = torch.tensor(np.asarray(nodes, dtype=np.float64))
-    tau = torch.tensor(np.asarray(weights, dtype=np.float64))
+    th = torch.tensor(np.asarray(nodes, dtype=np.float64), device="cpu")
+    tau = torch.tensor(np.asarray(weights, dtype=np.float64), device="cpu")
     grid, dens, sig = smooth_density(th, tau, sigma=sigma, steps=int(iter),
                                      num_grid_points=num_grid_points)
     tr = stack.P * float((tau * th).sum(1).mean())

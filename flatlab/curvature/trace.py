@@ -93,7 +93,7 @@ def trace(op, num_matvecs: int = 100, *, method: str = "hutch++",
     else:
         seed = int(seed)
     start = op.num_matvecs
-    exact = torch.zeros(B, dtype=torch.float64)
+    exact = torch.zeros(B, dtype=torch.float64, device="cpu")
     if method == "hutch++":
         s = min(m // 3, P)  # a sketch wider than P is the whole space
         S = _probes(s, B, P, seed, distribution, op)  # noqa: N806
@@ -111,7 +111,7 @@ def trace(op, num_matvecs: int = 100, *, method: str = "hutch++",
     samples = torch.stack([(g.double() * mv(g).double()).sum(1) for g in probes]).cpu()  # [m', B]
     est = exact + samples.mean(0)
     err = samples.std(0, correction=1) / math.sqrt(samples.shape[0]) if samples.shape[0] > 1 \
-        else torch.full((B,), float("nan"), dtype=torch.float64)
+        else torch.full((B,), float("nan"), dtype=torch.float64, device="cpu")
     if op.batch is None:
         return TraceResult(float(est[0]), float(err[0]), samples[:, 0],
                            op.num_matvecs - start, method, distribution)

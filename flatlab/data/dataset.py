@@ -229,7 +229,8 @@ def label_noise(dataset: Dataset, fraction: float, seed: int = 0) -> Dataset:
     k = int(round(fraction * n))
     idx = rng.choice(n, k, replace=False)
     y = dataset.y_train.clone()
-    shift = torch.as_tensor(rng.integers(1, dataset.num_classes, size=k), dtype=y.dtype)
+    shift = torch.as_tensor(rng.integers(1, dataset.num_classes, size=k), dtype=y.dtype,
+                            device="cpu")
     y[idx] = (y[idx] + shift) % dataset.num_classes  # uniform over the C − 1 other classes
     return dataclasses.replace(dataset, y_train=y, optimum=None,
                                info={**dataset.info, "label_noise": fraction, "noisy": k})
@@ -270,8 +271,8 @@ def holdout(dataset: Dataset, fraction: float, seed: int = 0) -> Dataset:
     mask[np.concatenate(held)] = True
     if mask.all() or not mask.any():
         raise DataError(f"holdout {fraction} of {dataset.num_train} samples leaves an empty split")
-    keep = torch.as_tensor(np.flatnonzero(~mask))
-    out = torch.as_tensor(np.flatnonzero(mask))
+    keep = torch.as_tensor(np.flatnonzero(~mask), device="cpu")
+    out = torch.as_tensor(np.flatnonzero(mask), device="cpu")
     return dataclasses.replace(
         dataset, x_train=dataset.x_train[keep], y_train=dataset.y_train[keep],
         x_test=dataset.x_train[out], y_test=dataset.y_train[out],

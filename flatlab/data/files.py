@@ -134,12 +134,13 @@ def _find_idx_folder(name: str, root: Path) -> tuple[Path, dict[str, Path]]:
 
 
 def _normalize(name: str, x: np.ndarray, normalize: bool) -> tuple[torch.Tensor, str]:
-    out = torch.as_tensor(x).to(torch.float32).div_(255.0)
+    out = torch.as_tensor(x, device="cpu").to(torch.float32).div_(255.0)
     if not normalize:
         return out, "x / 255"
     mean, std = NORMALIZATION[name]
     shape = (1, len(mean), 1, 1)
-    out.sub_(torch.tensor(mean).reshape(shape)).div_(torch.tensor(std).reshape(shape))
+    out.sub_(torch.tensor(mean, device="cpu").reshape(shape)).div_(
+        torch.tensor(std, device="cpu").reshape(shape))
     return out, f"x / 255, then (x - {mean}) / {std} per channel"
 
 
@@ -182,9 +183,9 @@ def load_idx_dataset(name: str, root: str | Path | None = None, **options: Any) 
     return Dataset(
         name=name,
         x_train=x_train,
-        y_train=torch.as_tensor(splits["train"][1]),
+        y_train=torch.as_tensor(splits["train"][1], device="cpu"),
         x_test=x_test,
-        y_test=torch.as_tensor(splits["test"][1]),
+        y_test=torch.as_tensor(splits["test"][1], device="cpu"),
         input_shape=tuple(x_train.shape[1:]),
         num_classes=10,
         task="classification",
@@ -297,9 +298,9 @@ def load_cifar10(root: str | Path | None = None, **options: Any) -> Dataset:
     return Dataset(
         name="cifar10",
         x_train=x_train,
-        y_train=torch.as_tensor(np.concatenate([b[1] for b in train])),
+        y_train=torch.as_tensor(np.concatenate([b[1] for b in train]), device="cpu"),
         x_test=x_test,
-        y_test=torch.as_tensor(y_test),
+        y_test=torch.as_tensor(y_test, device="cpu"),
         input_shape=(3, 32, 32),
         num_classes=10,
         task="classification",

@@ -128,10 +128,10 @@ def load_mnist1d(seed: int = 0, **options: Any) -> Dataset:
     length = args["final_seq_length"]
     return Dataset(
         name="mnist1d",
-        x_train=torch.as_tensor(arrays["x"], dtype=torch.float32),
-        y_train=torch.as_tensor(arrays["y"], dtype=torch.int64),
-        x_test=torch.as_tensor(arrays["x_test"], dtype=torch.float32),
-        y_test=torch.as_tensor(arrays["y_test"], dtype=torch.int64),
+        x_train=torch.as_tensor(arrays["x"], dtype=torch.float32, device="cpu"),
+        y_train=torch.as_tensor(arrays["y"], dtype=torch.int64, device="cpu"),
+        x_test=torch.as_tensor(arrays["x_test"], dtype=torch.float32, device="cpu"),
+        y_test=torch.as_tensor(arrays["y_test"], dtype=torch.int64, device="cpu"),
         input_shape=(length,),
         num_classes=10,
         task="classification",
@@ -181,10 +181,10 @@ def load_digits(seed: int = 0, **options: Any) -> Dataset:
     shape: tuple[int, ...] = (1, 8, 8) if opts["as_image"] else (64,)
     return Dataset(
         name="digits",
-        x_train=torch.as_tensor(x_tr, dtype=torch.float32).reshape(-1, *shape),
-        y_train=torch.as_tensor(y_tr, dtype=torch.int64),
-        x_test=torch.as_tensor(x_te, dtype=torch.float32).reshape(-1, *shape),
-        y_test=torch.as_tensor(y_te, dtype=torch.int64),
+        x_train=torch.as_tensor(x_tr, dtype=torch.float32, device="cpu").reshape(-1, *shape),
+        y_train=torch.as_tensor(y_tr, dtype=torch.int64, device="cpu"),
+        x_test=torch.as_tensor(x_te, dtype=torch.float32, device="cpu").reshape(-1, *shape),
+        y_test=torch.as_tensor(y_te, dtype=torch.int64, device="cpu"),
         input_shape=shape,
         num_classes=10,
         task="classification",

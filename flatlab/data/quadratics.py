@@ -111,7 +111,7 @@ class QuadraticProblem:
                 return g
             gen = torch.Generator(device="cpu").manual_seed(
                 seed_for(seed, "noise", check_int(t, "step t", minimum=0)))
-            eps = torch.randn(self.n, self.d, generator=gen, dtype=torch.float64)
+            eps = torch.randn(self.n, self.d, generator=gen, dtype=torch.float64, device="cpu")
             return g + noise * eps.to(g)
 
         return grad_fn
@@ -173,9 +173,9 @@ def heterogeneous_quadratics(n: int, d: int, seed: int = 0, *, heterogeneity: fl
     big = float(np.linalg.eigvalsh(hess)[:, -1].max())
     small = float(np.linalg.eigvalsh(hess.mean(axis=0))[0])
     return QuadraticProblem(
-        H=torch.as_tensor(hess, dtype=dtype),
-        b=torch.as_tensor(b, dtype=dtype),
-        x_star=torch.as_tensor(x_star, dtype=dtype),
+        H=torch.as_tensor(hess, dtype=dtype, device="cpu"),
+        b=torch.as_tensor(b, dtype=dtype, device="cpu"),
+        x_star=torch.as_tensor(x_star, dtype=dtype, device="cpu"),
         zeta2_star=zeta2,
         L=big,
         mu=small,

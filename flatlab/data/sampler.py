@@ -122,7 +122,8 @@ class NodeSampler:
         epoch = check_int(epoch, "epoch", minimum=0)
         if self._epoch != epoch:
             gen = torch.Generator(device="cpu").manual_seed(seed_for(self.seed, "sampler", epoch))
-            keys = torch.rand(self.n_total, self.m, generator=gen, dtype=torch.float64)
+            keys = torch.rand(self.n_total, self.m, generator=gen, dtype=torch.float64,
+                              device="cpu")
             self._perm = keys[self.rows].argsort(dim=1).to(self.device)
             self._epoch = epoch
         return self._perm

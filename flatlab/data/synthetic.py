@@ -97,8 +97,8 @@ def _as_float32(a: np.ndarray) -> np.ndarray:
 
 
 def _optimum_dict(weight: np.ndarray, bias: np.ndarray) -> dict[str, torch.Tensor]:
-    return {"linear.weight": torch.as_tensor(weight, dtype=torch.float64),
-            "linear.bias": torch.as_tensor(bias, dtype=torch.float64)}
+    return {"linear.weight": torch.as_tensor(weight, dtype=torch.float64, device="cpu"),
+            "linear.bias": torch.as_tensor(bias, dtype=torch.float64, device="cpu")}
 
 
 def load_least_squares(seed: int = 0, nodes: int | None = None, **options: Any) -> Dataset:
@@ -151,10 +151,10 @@ def load_least_squares(seed: int = 0, nodes: int | None = None, **options: Any) 
     }
     return Dataset(
         name="least-squares",
-        x_train=torch.as_tensor(a_train, dtype=torch.float32),
-        y_train=torch.as_tensor(y_train, dtype=torch.float32),
-        x_test=torch.as_tensor(a_test, dtype=torch.float32),
-        y_test=torch.as_tensor(y_test, dtype=torch.float32),
+        x_train=torch.as_tensor(a_train, dtype=torch.float32, device="cpu"),
+        y_train=torch.as_tensor(y_train, dtype=torch.float32, device="cpu"),
+        x_test=torch.as_tensor(a_test, dtype=torch.float32, device="cpu"),
+        y_test=torch.as_tensor(y_test, dtype=torch.float32, device="cpu"),
         input_shape=(d,),
         num_classes=k,
         task="regression",
@@ -178,7 +178,7 @@ def _kron_moment(weights: np.ndarray, design: np.ndarray, chunk: int = 2048) -> 
     """
     w, x = torch.from_numpy(weights), torch.from_numpy(design)
     n_samples, k1, p = w.shape[0], w.shape[1], x.shape[1]
-    out = torch.zeros(k1 * k1 * p, p, dtype=torch.float64)
+    out = torch.zeros(k1 * k1 * p, p, dtype=torch.float64, device="cpu")
     for start in range(0, n_samples, chunk):
         xs = x[start:start + chunk]
         lifted = (w[start:start + chunk, :, :, None] * xs[:, None, None, :]).reshape(len(xs), -1)
@@ -317,10 +317,10 @@ def load_logistic(seed: int = 0, nodes: int | None = None, **options: Any) -> Da
     }
     return Dataset(
         name="logistic",
-        x_train=torch.as_tensor(a_train, dtype=torch.float32),
-        y_train=torch.as_tensor(y_train),
-        x_test=torch.as_tensor(a_test, dtype=torch.float32),
-        y_test=torch.as_tensor(y_test),
+        x_train=torch.as_tensor(a_train, dtype=torch.float32, device="cpu"),
+        y_train=torch.as_tensor(y_train, device="cpu"),
+        x_test=torch.as_tensor(a_test, dtype=torch.float32, device="cpu"),
+        y_test=torch.as_tensor(y_test, device="cpu"),
         input_shape=(d,),
         num_classes=k,
         task="classification",
@@ -436,10 +436,10 @@ def load_gaussian_mixture(seed: int = 0, nodes: int | None = None, **options: An
     }
     return Dataset(
         name="gaussian-mixture",
-        x_train=torch.as_tensor(x_train, dtype=torch.float32),
-        y_train=torch.as_tensor(y_train),
-        x_test=torch.as_tensor(x_test, dtype=torch.float32),
-        y_test=torch.as_tensor(y_test),
+        x_train=torch.as_tensor(x_train, dtype=torch.float32, device="cpu"),
+        y_train=torch.as_tensor(y_train, device="cpu"),
+        x_test=torch.as_tensor(x_test, dtype=torch.float32, device="cpu"),
+        y_test=torch.as_tensor(y_test, device="cpu"),
         input_shape=(d,),
         num_classes=c,
         task="classification",

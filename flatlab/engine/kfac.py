@@ -154,7 +154,7 @@ def _sample_targets(out: torch.Tensor, loss: str, gen: torch.Generator) -> torch
         probs = torch.softmax(out.detach().reshape(-1, out.shape[-1]).double(), -1)
         return torch.multinomial(probs.cpu(), 1, generator=gen).reshape(out.shape[:-1]).to(
             out.device)
-    noise = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out)
+    noise = torch.randn(out.shape, generator=gen, dtype=torch.float64, device="cpu").to(out)
     return out.detach() + noise
 
 

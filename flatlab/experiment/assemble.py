@@ -154,7 +154,7 @@ def _eval_sets(cfg: RunConfig, dataset: Any, part: Any, stack: NodeStack
         test_idx = np.sort(rng.choice(test_idx, cfg.measure.test_subset, replace=False))
 
     def take(x: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
-        return x[torch.as_tensor(idx, dtype=torch.int64)].to(stack.device)
+        return x[torch.as_tensor(idx, dtype=torch.int64, device="cpu")].to(stack.device)
 
     dtype = stack.dtype
     train = (take(dataset.x_train, train_idx).to(dtype), take(dataset.y_train, train_idx))
@@ -163,7 +163,7 @@ def _eval_sets(cfg: RunConfig, dataset: Any, part: Any, stack: NodeStack
         train = (train[0], train[1].to(dtype))
         test = (test[0], test[1].to(dtype))
     # curvature subset: a fixed shuffle of the training evaluation set, the first m samples
-    perm = torch.randperm(train[0].shape[0],
+    perm = torch.randperm(train[0].shape[0], device="cpu",
                           generator=torch.Generator().manual_seed(
                               seed_for(cfg.data.seed, "curvature_subset")))
     pick = perm[:cfg.measure.curvature_subset].to(stack.device)
@@ -191,7 +191,7 @@ def _stragglers(cfg: RunConfig, n: int) -> Callable[[int], np.ndarray] | None:
 
 def _local(draw: Callable[[int], np.ndarray], rows: slice) -> Callable[[int], torch.Tensor]:
     """``draw(t)``, booleans over all nodes (the same on every process), at this process's rows."""
-    return lambda t: torch.as_tensor(draw(t))[rows]
+    return lambda t: torch.as_tensor(draw(t), device="cpu")[rows]
 
 
 def build(cfg: RunConfig, procs: Processes | None = None) -> Run:

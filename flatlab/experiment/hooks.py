@@ -293,7 +293,7 @@ def _host_flag(flag: torch.Tensor) -> tuple[torch.Tensor, Any]:
     """``flag`` on its way to the host: the copy and, on a GPU, the event that marks it done."""
     if flag.device.type != "cuda":
         return flag, None
-    host = torch.empty((), dtype=flag.dtype, pin_memory=True)
+    host = torch.empty((), dtype=flag.dtype, pin_memory=True, device="cpu")
     host.copy_(flag, non_blocking=True)
     done = torch.cuda.Event()
     done.record()

@@ -135,7 +135,7 @@ def _like(d: torch.Tensor, x: torch.Tensor, name: str) -> torch.Tensor:
 
 def _grid(values: Sequence[float] | torch.Tensor, name: str) -> torch.Tensor:
     try:
-        t = torch.as_tensor(values, dtype=torch.float64).detach().cpu()
+        t = torch.as_tensor(values, dtype=torch.float64, device="cpu").detach().cpu()
     except (TypeError, ValueError, RuntimeError):
         raise MeasureError(f"{name} must be a sequence of numbers") from None
     if t.dim() != 1 or t.numel() == 0 or not bool(torch.isfinite(t).all()):
@@ -206,7 +206,8 @@ def slice_1d(loss_fn: LossFn, x: torch.Tensor, d: torch.Tensor,
     x = _point(x)
     d = _like(d, x, "d")
     a = _grid(alphas, "alphas")
-    losses = torch.tensor([loss_value(loss_fn, x + float(al) * d) for al in a], dtype=torch.float64)
+    losses = torch.tensor([loss_value(loss_fn, x + float(al) * d) for al in a],
+                          dtype=torch.float64, device="cpu")
     return Slice1D(a, losses, loss_value(loss_fn, x))
 
 
@@ -230,7 +231,7 @@ def slice_2d(loss_fn: LossFn, x: torch.Tensor, d1: torch.Tensor, d2: torch.Tenso
     d1, d2 = _like(d1, x, "d1"), _like(d2, x, "d2")
     a, b = _grid(alphas, "alphas"), _grid(betas, "betas")
     losses = torch.tensor([[loss_value(loss_fn, x + float(al) * d1 + float(be) * d2) for be in b]
-                           for al in a], dtype=torch.float64)
+                           for al in a], dtype=torch.float64, device="cpu")
     return Slice2D(a, b, losses, loss_value(loss_fn, x))
 
 
@@ -238,17 +239,18 @@ def slice_2d(loss_fn: LossFn, x: torch.Tensor, d1: torch.Tensor, d2: torch.Tenso
 def _ts(points: int, ts: Sequence[float] | torch.Tensor | None) -> torch.Tensor:
     if ts is not None:
         return _grid(ts, "ts")
-    return torch.linspace(0.0, 1.0, check_count("points", points, 2), dtype=torch.float64)
+    return torch.linspace(0.0, 1.0, check_count("points", points, 2), dtype=torch.float64,
+                          device="cpu")
 
 
 def _segment(loss_fn: LossFn, x_a: torch.Tensor, x_b: torch.Tensor, t: torch.Tensor,
              f_a: float, f_b: float) -> Interpolation:
     losses = torch.tensor([loss_value(loss_fn, (1 - float(ti)) * x_a + float(ti) * x_b)
-                           for ti in t], dtype=torch.float64)
+                           for ti in t], dtype=torch.float64, device="cpu")
     gaps = losses - ((1 - t) * f_a + t * f_b)
     inside = (t >= 0) & (t <= 1)
     if bool(inside.any()):
-        g = torch.where(inside, gaps, torch.tensor(-torch.inf, dtype=torch.float64))
+        g = torch.where(inside, gaps, torch.tensor(-torch.inf, dtype=torch.float64, device="cpu"))
         k = int(torch.argmax(g))
         barrier, barrier_t = float(gaps[k]), float(t[k])
     else:
@@ -286,13 +288,13 @@ def _collect(pairs: list[tuple[int | None, int]], segs: list[Interpolation],
              t: torch.Tensor) -> Interpolations:
     return Interpolations(
         tuple(pairs), t,
-        torch.stack([s.losses for s in segs]) if segs else torch.zeros(0, t.numel(),
-                                                                        dtype=torch.float64),
-        torch.stack([s.gaps for s in segs]) if segs else torch.zeros(0, t.numel(),
-                                                                      dtype=torch.float64),
-        torch.tensor([s.barrier for s in segs], dtype=torch.float64),
-        torch.tensor([s.loss_a for s in segs], dtype=torch.float64),
-        torch.tensor([s.loss_b for s in segs], dtype=torch.float64),
+        torch.stack([s.losses for s in segs]) if segs else torch.zeros(
+            0, t.numel(), dtype=torch.float64, device="cpu"),
+        torch.stack([s.gaps for s in segs]) if segs else torch.zeros(
+            0, t.numel(), dtype=torch.float64, device="cpu"),
+        torch.tensor([s.barrier for s in segs], dtype=torch.float64, device="cpu"),
+        torch.tensor([s.loss_a for s in segs], dtype=torch.float64, device="cpu"),
+        torch.tensor([s.loss_b for s in segs], dtype=torch.float64, device="cpu"),
     )
 
 

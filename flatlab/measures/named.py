@@ -133,7 +133,8 @@ class MeasureContext:
             if samples is not None and samples < x.shape[0]:
                 gen = torch.Generator().manual_seed(seed_for(0, "eval_subset",
                                                              0 if split == "train" else 1))
-                keep = torch.randperm(x.shape[0], generator=gen)[:samples].sort().values
+                keep = torch.randperm(x.shape[0], generator=gen, device="cpu")
+                keep = keep[:samples].sort().values
                 x, y = x[keep.to(x.device)], y[keep.to(y.device)]
             ev = evaluate(self.stack, self.X, x, y, average=False, batch_size=self.eval_batch)
             acc = None if ev.accuracy_nodes is None else self.gathered(ev.accuracy_nodes)
@@ -698,8 +699,8 @@ def _hessian_trace_nodes(ctx: MeasureContext, s: dict) -> list[Row]:
                       *ctx.node_curvature(s["subset"]), num_matvecs=s["num_matvecs"],
                       method=s["method"], seed=s["seed"], first_node=ctx.rows.start,
                       strategy=s["strategy"], batch_size=ctx.eval_batch)
-    est = ctx.gathered(torch.as_tensor(res.estimate, dtype=torch.float64))
-    err = ctx.gathered(torch.as_tensor(res.stderr, dtype=torch.float64))
+    est = ctx.gathered(torch.as_tensor(res.estimate, dtype=torch.float64, device="cpu"))
+    err = ctx.gathered(torch.as_tensor(res.stderr, dtype=torch.float64, device="cpu"))
     return [*_spread("hessian_trace", est, ctx.per_node),
             ("hessian_trace_stderr", "max", float(err.max()))]
 
@@ -984,7 +985,7 @@ def _barrier(ctx: MeasureContext, s: dict) -> list[Row]:
     fn, xbar = ctx.avg_loss_fn()
     X = ctx.to_curvature(ctx.all_nodes())  # noqa: N806
     res = node_to_average(fn, X, xbar=xbar, points=s["points"])
-    b = torch.as_tensor(res.barriers, dtype=torch.float64)
+    b = torch.as_tensor(res.barriers, dtype=torch.float64, device="cpu")
     rows = [("barrier_to_average", "max", float(b.max())),
             ("barrier_to_average", "mean", float(b.mean()))]
     if ctx.per_node:
@@ -1003,7 +1004,8 @@ def _landscape(dims: int) -> Callable[[MeasureContext, dict], list[Row]]:
     def average(ctx: MeasureContext, s: dict) -> list[Row]:
         fn, x = ctx.avg_loss_fn()
         layout = ctx.stack.layout
-        alphas = torch.linspace(-s["span"], s["span"], s["points"], dtype=torch.float64)
+        alphas = torch.linspace(-s["span"], s["span"], s["points"], dtype=torch.float64,
+                                device="cpu")
         d1 = ms.filter_normalized_direction(layout, x, seed=s["seed"])
         table = ctx.tables.setdefault("landscape", [])
         if dims == 1:

@@ -245,7 +245,7 @@ def _batched(single: Callable[..., Any], cls: type, x: torch.Tensor,
         elif isinstance(items[0], torch.Tensor):
             fields[f.name] = torch.stack(items)
         else:
-            fields[f.name] = torch.tensor(items, dtype=torch.float64)
+            fields[f.name] = torch.tensor(items, dtype=torch.float64, device="cpu")
     return cls(**fields)
 
 
@@ -446,7 +446,7 @@ def sharpness_average(loss_fn: LossFn, x: torch.Tensor, *, sigma: float = SIGMA,
             if antithetic:
                 f = 0.5 * (f + loss_value(loss_fn, xi - d))
             diffs.append(f - f0)
-        t = torch.tensor(diffs, dtype=torch.float64)
+        t = torch.tensor(diffs, dtype=torch.float64, device="cpu")
         return AverageSharpness(float(t.mean()), float(t.std() / math.sqrt(samples)), f0, sigma,
                                 bool(adaptive), eta, samples, bool(antithetic), int(seed))
 

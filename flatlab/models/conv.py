@@ -36,7 +36,8 @@ def _flat_size(features: nn.Module, shape: tuple[int, ...]) -> int:
     was_training = features.training
     features.eval()
     try:
-        out = features(torch.zeros(1, *shape))
+        device = next((p.device for p in features.parameters()), "cpu")  # where it was built
+        out = features(torch.zeros(1, *shape, device=device))
     finally:
         features.train(was_training)
     return int(out[0].numel())
