@@ -307,3 +307,15 @@ def test_every_algorithm_on_two_processes_equals_one_process(backend, tmp_path):
                         metric_fn=lambda X, t: q.H.to(X))  # noqa: N803
         both = torch.cat([got[0][name], got[1][name]], dim=1)  # [steps + 1, n, d]
         torch.testing.assert_close(both, want, rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_host_mask_reaches_the_device_equal_and_unchanged(device):
+    from flatlab.engine.stack import to_device
+
+    host = torch.tensor([True, False, True, True], device="cpu")
+    got = to_device(host, torch.device(device))
+    assert got.device == torch.device(device) and got.dtype == torch.bool
+    assert torch.equal(got.cpu(), host) and host.device.type == "cpu"
+    assert to_device(got, torch.device(device)) is got or torch.equal(
+        to_device(got, torch.device(device)).cpu(), host)

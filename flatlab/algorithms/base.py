@@ -29,6 +29,7 @@ import torch
 
 from flatlab.comm.protocols import Mixer
 from flatlab.engine.oracle import Oracle
+from flatlab.engine.stack import to_device
 from flatlab.errors import AlgorithmError
 from flatlab.topology import Topology
 
@@ -267,7 +268,7 @@ def hold(new: S, old: S, offline: torch.Tensor) -> S:
         a, b = getattr(new, f.name), getattr(old, f.name)
         if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dim() \
                 and a.shape[0] == k and b.shape == a.shape:
-            keep = offline.to(a.device).reshape(k, *([1] * (a.dim() - 1)))
+            keep = to_device(offline, a.device).reshape(k, *([1] * (a.dim() - 1)))
             changes[f.name] = torch.where(keep, b, a)
     return dataclasses.replace(new, **changes)
 

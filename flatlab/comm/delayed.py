@@ -33,6 +33,7 @@ import torch
 
 from flatlab.comm.distributed import DistributedMixer
 from flatlab.comm.simulated import SimulatedMixer
+from flatlab.engine.stack import to_device
 from flatlab.errors import FlatlabError
 from flatlab.topology import Topology
 from flatlab.topology.faults import MessageDelays
@@ -97,7 +98,8 @@ def _late_mix(W: torch.Tensor, d: np.ndarray, past: list[torch.Tensor]) -> torch
     """
     out = None
     for k in np.unique(d):  # ascending: the on-time values first
-        term = (W * torch.as_tensor(d == k, device=W.device)) @ past[min(int(k), len(past) - 1)]
+        late = to_device(torch.as_tensor(d == k, device="cpu"), W.device)
+        term = (W * late) @ past[min(int(k), len(past) - 1)]
         out = term if out is None else out.add_(term)
     return out
 

@@ -28,7 +28,7 @@ import torch
 from torch.func import grad_and_value
 
 from flatlab.engine.kfac import KFACLayer, kfac_factors, kfac_grads_and_factors, kfac_layers
-from flatlab.engine.stack import NodeStack
+from flatlab.engine.stack import NodeStack, to_device
 from flatlab.errors import AlgorithmError
 
 __all__ = ["Oracle", "DecayOracle", "MetricOracle", "FusedMetricOracle", "MetricBlock",
@@ -446,7 +446,7 @@ class SkippingOracle:
     def __call__(self, X: torch.Tensor, batch: Any) -> tuple[torch.Tensor | None, torch.Tensor]:  # noqa: N803
         """The inner oracle's losses and gradients, the skipping nodes' rows set to zero."""
         loss, G = self.inner(X, batch)  # noqa: N806
-        keep = ~self.skip.to(G.device).reshape(-1, *([1] * (G.dim() - 1)))
+        keep = ~to_device(self.skip, G.device).reshape(-1, *([1] * (G.dim() - 1)))
         return loss, G * keep
 
     def __getattr__(self, name: str) -> Any:
@@ -506,7 +506,8 @@ class _Delayed:
         if h.past is None or h.past.shape[0] != X.shape[0]:
             h.past = now.expand(-1, h.tau, *X.shape[1:]).clone()
         points = torch.cat([now, h.past.to(X.device)], dim=1)  # [k, tau + 1, ...]
-        d = torch.as_tensor(h.delays(self.t), dtype=torch.long, device=X.device)
+        d = to_device(torch.as_tensor(h.delays(self.t), dtype=torch.long, device="cpu"),
+                      X.device)
         stale = points[torch.arange(X.shape[0], device=X.device), d]
         h.past = points[:, :h.tau].clone()
         return self.inner(stale, batch)

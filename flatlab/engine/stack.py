@@ -25,10 +25,22 @@ from flatlab.engine.layout import ParamLayout
 from flatlab.errors import FlatlabError
 from flatlab.seeds import seed_for
 
-__all__ = ["NodeStack", "resolve_device", "resolve_dtype", "LOSSES", "check_fits_in_memory",
-           "available_memory", "STACK_COPIES"]
+__all__ = ["NodeStack", "resolve_device", "to_device", "resolve_dtype", "LOSSES",
+           "check_fits_in_memory", "available_memory", "STACK_COPIES"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``host`` (made on the CPU, e.g. a step's fault mask) on ``device``, without waiting.
+
+    A copy from pageable host memory to a GPU waits for everything queued before it; through
+    pinned memory with ``non_blocking`` it is queued like a kernel (PyTorch's pinned-memory
+    cache keeps the buffer until the copy has run). Elsewhere a plain ``.to(device)``.
+    """
+    if torch.device(device).type != "cuda" or host.device.type != "cpu":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
