@@ -39,6 +39,19 @@ def problem(device):
     return stack, x.to(device), y.to(device)
 
 
+def network_for(name, n):
+    """The undirected exponential graph, push-sum weights for sgp, asynchronous rounds for
+    ad-psgd (20 of them)."""
+    if name == "sgp":
+        return flatlab.topology.make("exponential", n, weights="push-sum")
+    topo = flatlab.topology.make("exponential-undirected", n)
+    if name == "ad-psgd":
+        from flatlab.topology.faults import AsyncGossip
+
+        return AsyncGossip(topo).topology(20)
+    return topo
+
+
 def exact_top(stack, x, y, X):  # noqa: N803
     """Each node's dense float64 Hessian on the CPU, its eigenvalues descending."""
     cpu = NodeStack(Tanh(), 3, device="cpu", dtype=torch.float64)
@@ -71,13 +84,7 @@ def test_every_algorithm_on_the_device_equals_its_cpu_run(device):
     X0 = torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))  # noqa: N806
     H = q.H  # noqa: N806
     for name in available():
-        topo = flatlab.topology.make("exponential-undirected", 8)
-        if name == "sgp":
-            topo = flatlab.topology.make("exponential", 8, weights="push-sum")
-        if name == "ad-psgd":
-            from flatlab.topology.faults import AsyncGossip
-
-            topo = AsyncGossip(topo).topology(20)
+        topo = network_for(name, 8)
         kw = {"metric_fn": lambda X, t: H.to(X)}  # noqa: N803
         ref = simulate(name, topo, q.grad_fn(), X0, 20, 0.05, **kw)
         got = simulate(name, topo, q.grad_fn(), X0.to(device), 20, 0.05, **kw)
@@ -255,13 +262,7 @@ def _two_process_worker(rank, world, port, out, backend):
         X0 = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))  # noqa: N806
         res = {}
         for name in available():
-            topo = flatlab.topology.make("exponential-undirected", 4)
-            if name == "sgp":
-                topo = flatlab.topology.make("exponential", 4, weights="push-sum")
-            if name == "ad-psgd":
-                from flatlab.topology.faults import AsyncGossip
-
-                topo = AsyncGossip(topo).topology(20)
+            topo = network_for(name, 4)
             mixer = DistributedMixer(topo, device=device, dtype=torch.float64)
             rows = mixer.local_rows
             H = q.H[rows]  # noqa: N806
@@ -296,13 +297,7 @@ def test_every_algorithm_on_two_processes_equals_one_process(backend, tmp_path):
     q = heterogeneous_quadratics(4, 3, seed=5)
     X0 = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))  # noqa: N806
     for name in available():
-        topo = flatlab.topology.make("exponential-undirected", 4)
-        if name == "sgp":
-            topo = flatlab.topology.make("exponential", 4, weights="push-sum")
-        if name == "ad-psgd":
-            from flatlab.topology.faults import AsyncGossip
-
-            topo = AsyncGossip(topo).topology(20)
+        topo = network_for(name, 4)
         want = simulate(name, topo, q.grad_fn(), X0, 15, 0.05,
                         metric_fn=lambda X, t: q.H.to(X))  # noqa: N803
         both = torch.cat([got[0][name], got[1][name]], dim=1)  # [steps + 1, n, d]
