@@ -296,7 +296,7 @@ def _host_flag(flag: torch.Tensor) -> tuple[torch.Tensor, Any]:
     host = torch.empty((), dtype=flag.dtype, pin_memory=True, device="cpu")
     host.copy_(flag, non_blocking=True)
     done = torch.cuda.Event()
-    done.record()
+    done.record(torch.cuda.current_stream(flag.device))  # the copy's stream (cuda:1 too)
     return host, done
 
 
