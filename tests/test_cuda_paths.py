@@ -314,3 +314,16 @@ def test_a_host_mask_reaches_the_device_equal_and_unchanged(device):
     assert torch.equal(got.cpu(), host) and host.device.type == "cpu"
     assert to_device(got, torch.device(device)) is got or torch.equal(
         to_device(got, torch.device(device)).cpu(), host)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_diverging_run_is_recorded_on_the_device_one_step_late_at_most(device, tmp_path):
+    spec = dict(CFG, measure={"every": 1000, "metrics": ["loss"]},
+                algorithm={"name": "consensus"}, train={"steps": 30}, dtype="float32")
+    fast = ["optim.lr=1e6", "optim.schedule=constant"]  # overflows float32 within a few steps
+    res = run(load_config(dict(spec, device=device), fast), tmp_path / "d", progress=False)
+    cpu = run(load_config(dict(spec, device="cpu"), fast), tmp_path / "c", progress=False)
+    assert res.status == cpu.status == "diverged"
+    lag = 1 if device != "cpu" else 0  # on a GPU the flag is read after the next step is queued
+    assert res.step == cpu.step + lag and res.step < 30, (res, cpu)
+    assert res.message == f"non-finite loss at step {cpu.step}"
