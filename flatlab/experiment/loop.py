@@ -62,15 +62,15 @@ class Loop:
     state: Any
     batch_loss: torch.Tensor | None = None
     start: int = 0
-    _read: tuple[int, float] | None = field(default=None, repr=False)
+    _read: tuple[torch.Tensor, float] | None = field(default=None, repr=False)
 
     @property
     def loss(self) -> float | None:
         """``batch_loss`` as a number (on a GPU the first read of a step waits for the step)."""
         if self.batch_loss is None:
             return None
-        if self._read is None or self._read[0] != self.step:
-            self._read = (self.step, float(self.batch_loss))
+        if self._read is None or self._read[0] is not self.batch_loss:
+            self._read = (self.batch_loss, float(self.batch_loss))
         return self._read[1]
 
 
