@@ -116,8 +116,10 @@ class _Round:
         si = src[mine_in]
         self.ex_send = {q: np.flatnonzero(owner[do] == q) for q in range(world) if q != rank}
         self.ex_recv = {q: np.flatnonzero(owner[si] == q) for q in range(world) if q != rank}
-        self.ex_local_out = np.flatnonzero(owner[do] == rank)
-        self.ex_local_in = np.flatnonzero(owner[si] == rank)
+        self.ex_local_out = _rows(np.flatnonzero(owner[do] == rank), device)
+        self.ex_local_in = _rows(np.flatnonzero(owner[si] == rank), device)
+        self.ex_send_rows = {q: _rows(v, device) for q, v in self.ex_send.items() if v.size}
+        self.ex_recv_rows = {q: _rows(v, device) for q, v in self.ex_recv.items() if v.size}
         self.out_degree = torch.as_tensor(np.bincount(so - lo, minlength=k), dtype=torch.int64,
                                           device="cpu")
 
@@ -283,15 +285,13 @@ class DistributedMixer(EdgeSchedule):
                                f"rank {self.rank}: {src.numel()} rows, got {M.shape[0]}")
         tail = M.shape[1:]
         out = torch.empty(r.in_edges[0].numel(), *tail, dtype=M.dtype, device=M.device)
-        out[torch.as_tensor(r.ex_local_in, device=M.device)] = \
-            M[torch.as_tensor(r.ex_local_out, device=M.device)]
-        sends = {q: M[torch.as_tensor(v, device=M.device)].contiguous()
-                 for q, v in r.ex_send.items() if v.size}
-        recvs = {q: torch.empty(v.size, *tail, dtype=M.dtype, device=M.device)
-                 for q, v in r.ex_recv.items() if v.size}
+        out[r.ex_local_in] = M[r.ex_local_out]  # the index plans live on the run's device
+        sends = {q: M[rows].contiguous() for q, rows in r.ex_send_rows.items()}
+        recvs = {q: torch.empty(r.ex_recv[q].size, *tail, dtype=M.dtype, device=M.device)
+                 for q in r.ex_recv_rows}
         self._p2p(sends, recvs)()
         for q, buf in recvs.items():
-            out[torch.as_tensor(r.ex_recv[q], device=M.device)] = buf
+            out[r.ex_recv_rows[q]] = buf
         per_edge = (M[0].numel() if M.shape[0] else 0) * M.element_size()
         cnt = torch.bincount(src - self.local_rows.start, minlength=self.k)
         self.stats.messages += cnt
